@@ -1,0 +1,51 @@
+namespace Engine.Tensors;
+
+/// <summary>
+/// A weight tensor as it lies in a mapped model file: name (GGUF naming), element type, shape in ggml
+/// order (<c>Dims[0]</c> innermost, so a matrix of <c>rows</c> × <c>cols</c> is <c>[cols, rows]</c>),
+/// and a pointer to its bytes. Valid while the file it came from is open.
+/// </summary>
+public sealed unsafe class TensorView
+{
+    public TensorView(string name, GgmlType type, long[] dims, byte* data, long byteSize)
+    {
+        Name = name;
+        Type = type;
+        Dims = dims;
+        Data = data;
+        ByteSize = byteSize;
+    }
+
+    public string Name { get; }
+
+    public GgmlType Type { get; }
+
+    public IReadOnlyList<long> Dims { get; }
+
+    public byte* Data { get; }
+
+    public long ByteSize { get; }
+
+    public long ElementCount => Dims.Aggregate(1L, (a, b) => a * b);
+
+    /// <summary>Length of a row (the innermost dimension).</summary>
+    public long RowLength => Dims[0];
+
+    /// <summary>Number of rows: the product of all dimensions but the innermost.</summary>
+    public long RowCount => ElementCount / Math.Max(1, Dims[0]);
+
+    public long RowBytes => GgmlTypeInfo.RowBytes(Type, RowLength);
+
+    /// <summary>The bytes of row <paramref name="row"/>.</summary>
+    public ReadOnlySpan<byte> Row(long row)
+    {
+        if ((ulong)row >= (ulong)RowCount)
+            throw new ArgumentOutOfRangeException(nameof(row), $"{Name}: row {row} of {RowCount}");
+        long bytes = RowBytes;
+        return new ReadOnlySpan<byte>(Data + row * bytes, checked((int)bytes));
+    }
+
+    public string ShapeText => "[" + string.Join(", ", Dims) + "]";
+
+    public override string ToString() => $"{Name} {Type} {ShapeText}";
+}
