@@ -1,0 +1,144 @@
+using Engine.Backends;
+using Engine.Backends.Cpu;
+using Engine.Formats;
+using Engine.Formats.Gguf;
+using Engine.Models;
+using Engine.Tensors;
+using Engine.Tokenizers;
+
+namespace Engine.Api;
+
+/// <summary>How to load a model.</summary>
+public sealed record ModelOptions
+{
+    /// <summary>CPU threads (0 = one per core). Ignored when <see cref="Backend"/> is given.</summary>
+    public int Threads { get; init; }
+
+    /// <summary>Tokens a session may hold (0 = the model's trained context, capped at 4096).</summary>
+    public int ContextLength { get; init; }
+
+    /// <summary>Most tokens one forward pass computes; longer prompts are split.</summary>
+    public int MaxBatch { get; init; } = 256;
+
+    /// <summary>The device to run on; null for the CPU backend. The model takes ownership.</summary>
+    public Backend? Backend { get; init; }
+}
+
+/// <summary>
+/// A loaded model: its configuration, tokenizer and decoder on a backend. Load one with <see cref="Load"/>,
+/// then open a <see cref="Session"/> per conversation or request.
+/// </summary>
+public sealed class LanguageModel : IDisposable
+{
+    private readonly WeightSource _weights;
+
+    private LanguageModel(string path, WeightSource weights, TextTokenizer tokenizer, LlamaModel network, int contextLength)
+    {
+        Path = path;
+        _weights = weights;
+        Tokenizer = tokenizer;
+        Network = network;
+        ContextLength = contextLength;
+    }
+
+    /// <summary>The <c>.gguf</c> file or safetensors folder this model came from.</summary>
+    public string Path { get; }
+
+    public ModelConfig Config => Network.Config;
+
+    public TextTokenizer Tokenizer { get; }
+
+    /// <summary>The decoder, for callers that drive the forward pass themselves (batches, trees, forks).</summary>
+    public LlamaModel Network { get; }
+
+    public Backend Backend => Network.Backend;
+
+    /// <summary>Tokens a session holds at most.</summary>
+    public int ContextLength { get; }
+
+    /// <summary>
+    /// Loads a <c>.gguf</c> file, or an HF folder with <c>config.json</c>, <c>*.safetensors</c> and
+    /// <c>tokenizer.json</c> or <c>tokenizer.model</c>. Weights are memory-mapped, not copied.
+    /// </summary>
+    /// <exception cref="ModelFormatException">The files are malformed or describe an unsupported model.</exception>
+    /// <exception cref="FileNotFoundException">The path does not exist.</exception>
+    public static LanguageModel Load(string path, ModelOptions? options = null)
+    {
+        options ??= new ModelOptions();
+        if (options.ContextLength < 0)
+            throw new ArgumentOutOfRangeException(nameof(options), $"context length {options.ContextLength} must be positive (0 = the model's)");
+        WeightSource? weights = null;
+        Backend? backend = options.Backend;
+        try
+        {
+            ModelConfig config;
+            TextTokenizer tokenizer;
+            if (Directory.Exists(path))
+            {
+                string configPath = System.IO.Path.Combine(path, "config.json");
+                if (!File.Exists(configPath))
+                    throw new ModelFormatException(path, "config.json", "the model folder has no config.json");
+                config = ModelConfigReader.FromHf(configPath);
+                tokenizer = TokenizerLoader.FromHfFolder(path);
+                weights = new SafetensorsWeightSource(path);
+            }
+            else if (File.Exists(path))
+            {
+                var gguf = GgufFile.Open(path);
+                weights = new GgufWeightSource(gguf);
+                tokenizer = TokenizerLoader.FromGguf(gguf.Metadata);
+                var embedding = weights.Find("token_embd.weight")
+                    ?? throw new ModelFormatException(path, "tensor 'token_embd.weight'", "required tensor is missing (is this a vocabulary-only file?)");
+                if (embedding.Dims.Count != 2)
+                    throw new ModelFormatException(path, "tensor 'token_embd.weight'", $"shape {embedding.ShapeText} is not a matrix");
+                config = ModelConfigReader.FromGguf(gguf, checked((int)embedding.Dims[1]), RopeFreqs(weights));
+            }
+            else
+                throw new FileNotFoundException($"{path}: no such file or folder", path);
+
+            if (tokenizer.VocabSize > config.VocabSize)
+                throw new ModelFormatException(path, "vocabulary", $"the tokenizer has {tokenizer.VocabSize} tokens but the embedding only {config.VocabSize} rows");
+            backend ??= new CpuBackend(options.Threads);
+            var network = new LlamaModel(config, LlamaWeights.Load(weights, config, backend), backend, options.MaxBatch);
+            int context = options.ContextLength > 0 ? options.ContextLength : Math.Min(config.ContextLength, 4096);
+            return new LanguageModel(path, weights, tokenizer, network, context);
+        }
+        catch
+        {
+            weights?.Dispose();
+            if (options.Backend is null)
+                backend?.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Loads only the tokenizer of a model file or folder (works on vocabulary-only GGUF files).</summary>
+    public static TextTokenizer LoadTokenizer(string path)
+    {
+        if (Directory.Exists(path))
+            return TokenizerLoader.FromHfFolder(path);
+        using var gguf = GgufFile.Open(path);
+        return TokenizerLoader.FromGguf(gguf.Metadata);
+    }
+
+    /// <summary>Llama 3 RoPE frequency divisors, which llama.cpp stores as the tensor <c>rope_freqs.weight</c>.</summary>
+    private static unsafe float[]? RopeFreqs(WeightSource weights)
+    {
+        var t = weights.Find("rope_freqs.weight");
+        if (t is null)
+            return null;
+        if (t.Type != GgmlType.F32 || t.Dims.Count != 1 || t.ElementCount > 1 << 16)
+            throw new ModelFormatException(weights.Path, "tensor 'rope_freqs.weight'", $"expected a 1-D F32 tensor, found {t.Type} {t.ShapeText}");
+        return new ReadOnlySpan<float>(t.Data, (int)t.ElementCount).ToArray();
+    }
+
+    /// <summary>A new conversation with its own KV cache.</summary>
+    public Session CreateSession() => new(this);
+
+    public void Dispose()
+    {
+        Network.Dispose();
+        Backend.Dispose();
+        _weights.Dispose();
+    }
+}

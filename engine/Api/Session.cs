@@ -1,0 +1,188 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using Engine.Backends;
+using Engine.Cache;
+using Engine.Sampling;
+
+namespace Engine.Api;
+
+/// <summary>What to generate.</summary>
+public sealed record GenerationOptions
+{
+    /// <summary>Most tokens to generate.</summary>
+    public int MaxTokens { get; init; } = 128;
+
+    public SamplingOptions Sampling { get; init; } = new();
+
+    /// <summary>Stop at EOS (and other end-of-generation tokens); the stop token is not returned.</summary>
+    public bool StopAtEndOfGeneration { get; init; } = true;
+
+    public void Validate()
+    {
+        if (MaxTokens < 0)
+            throw new ArgumentOutOfRangeException(nameof(MaxTokens), $"the token count {MaxTokens} must not be negative");
+        Sampling.Validate();
+    }
+}
+
+/// <summary>Why a generation ended.</summary>
+public enum StopReason
+{
+    /// <summary>The model produced an end-of-generation token.</summary>
+    EndOfGeneration,
+    /// <summary><see cref="GenerationOptions.MaxTokens"/> were generated.</summary>
+    MaxTokens,
+    /// <summary>The session's context is full.</summary>
+    ContextFull,
+}
+
+/// <summary>Counts and timings of the last generation.</summary>
+public sealed record GenerationStats(int PromptTokens, TimeSpan PromptTime, int GeneratedTokens, TimeSpan GenerationTime, StopReason StopReason)
+{
+    public double PromptTokensPerSecond => PromptTokens / Math.Max(PromptTime.TotalSeconds, 1e-9);
+
+    public double GenerationTokensPerSecond => GeneratedTokens / Math.Max(GenerationTime.TotalSeconds, 1e-9);
+}
+
+/// <summary>
+/// One conversation with a model: a KV-cache sequence and the tokens in it. Each call to
+/// <see cref="Generate"/> or <see cref="GenerateAsync"/> continues from where the last one stopped.
+/// Not thread-safe: use one session per concurrent request.
+/// </summary>
+public sealed class Session : IDisposable
+{
+    private readonly LanguageModel _model;
+    private readonly KvCache _cache;
+    private readonly KvSequence _sequence;
+    private readonly List<int> _tokens = [];
+    private readonly float[] _logits;
+    private readonly int[] _position = new int[1];
+
+    internal Session(LanguageModel model)
+    {
+        _model = model;
+        _cache = model.Network.CreateKvCache(model.ContextLength);
+        _sequence = _cache.CreateSequence();
+        _logits = new float[model.Config.VocabSize];
+    }
+
+    /// <summary>Every token in the context so far (prompts and generated tokens).</summary>
+    public IReadOnlyList<int> Tokens => _tokens;
+
+    public GenerationStats? LastStats { get; private set; }
+
+    /// <summary>Empties the context.</summary>
+    public void Reset()
+    {
+        _sequence.Truncate(0);
+        _tokens.Clear();
+    }
+
+    /// <summary>
+    /// Appends <paramref name="prompt"/> to the context (exactly these ids: add BOS yourself, or use
+    /// <see cref="Tokenizers.TextTokenizer.Encode"/>) and yields generated token ids one by one. The
+    /// generated tokens join the context, so the next call continues the conversation.
+    /// </summary>
+    public IEnumerable<int> Generate(IReadOnlyList<int> prompt, GenerationOptions options, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(prompt);
+        options.Validate();
+        if (prompt.Count == 0 && _tokens.Count == 0)
+            throw new ArgumentException("the prompt is empty and the session has no context to continue from (a prompt needs at least one token, e.g. BOS)", nameof(prompt));
+        foreach (int id in prompt)
+        {
+            if ((uint)id >= (uint)_model.Config.VocabSize)
+                throw new ArgumentOutOfRangeException(nameof(prompt), $"token id {id} is outside the vocabulary (0..{_model.Config.VocabSize - 1})");
+        }
+        if (_tokens.Count + prompt.Count > _model.ContextLength)
+            throw new ArgumentException($"the prompt ({prompt.Count} tokens, {_tokens.Count} already in context) does not fit in the context of {_model.ContextLength} tokens", nameof(prompt));
+        return GenerateIterator(prompt.ToArray(), options, SamplerChain.Create(options.Sampling), cancellationToken);
+    }
+
+    private IEnumerable<int> GenerateIterator(int[] prompt, GenerationOptions options, SamplerChain sampler, CancellationToken ct)
+    {
+        var clock = Stopwatch.StartNew();
+        _tokens.AddRange(prompt);
+        ProcessPending(); // the prompt, plus the last token of a previous generation
+        var promptTime = clock.Elapsed;
+        clock.Restart();
+        int generated = 0;
+        var reason = StopReason.MaxTokens;
+        var tokenizer = _model.Tokenizer;
+        while (generated < options.MaxTokens)
+        {
+            ct.ThrowIfCancellationRequested();
+            int next = sampler.Sample(_logits);
+            if (options.StopAtEndOfGeneration && tokenizer.IsEndOfGeneration(next))
+            {
+                reason = StopReason.EndOfGeneration;
+                break;
+            }
+            generated++;
+            _tokens.Add(next);
+            LastStats = new GenerationStats(prompt.Length, promptTime, generated, clock.Elapsed, reason);
+            yield return next;
+            if (generated == options.MaxTokens)
+                break;
+            if (_tokens.Count >= _model.ContextLength)
+            {
+                reason = StopReason.ContextFull;
+                break;
+            }
+            ProcessPending();
+        }
+        LastStats = new GenerationStats(prompt.Length, promptTime, generated, clock.Elapsed, reason);
+    }
+
+    /// <summary>
+    /// Runs the tokens not yet in the KV cache through the model at the next positions, keeping the last
+    /// row's logits. A generated token is processed only when the next one is wanted, so a generation
+    /// that stops does no wasted forward pass.
+    /// </summary>
+    private void ProcessPending()
+    {
+        int start = _sequence.Length;
+        int count = _tokens.Count - start;
+        if (count == 0)
+            return;
+        var tokens = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_tokens).Slice(start, count);
+        int[] positions = count == 1 ? _position : new int[count];
+        for (int i = 0; i < count; i++)
+            positions[i] = start + i;
+        Span<int> last = [count - 1];
+        _model.Network.Forward(_sequence, tokens, positions, AttentionMask.Causal, last, _logits);
+    }
+
+    /// <summary>
+    /// Tokenizes <paramref name="prompt"/> (adding BOS as the model says when the session is empty),
+    /// generates, and streams the text as it completes — a multi-byte character split across tokens is
+    /// yielded only once whole. Each token is computed off the caller's thread; cancellation stops
+    /// between tokens with <see cref="OperationCanceledException"/>.
+    /// </summary>
+    public async IAsyncEnumerable<string> GenerateAsync(string prompt, GenerationOptions? options = null,
+        [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        options ??= new GenerationOptions();
+        var ids = _model.Tokenizer.Encode(prompt, addSpecial: _tokens.Count == 0, parseSpecial: true);
+        var detokenizer = _model.Tokenizer.CreateStreamingDetokenizer();
+        int lastContextToken = ids.Count > 0 ? ids[^1] : _tokens.Count > 0 ? _tokens[^1] : -1;
+        if (lastContextToken == _model.Tokenizer.BosId)
+            detokenizer.Push(lastContextToken); // a first word right after BOS loses its SentencePiece space
+        using var tokens = Generate(ids, options, cancellationToken).GetEnumerator();
+        while (await Task.Run(tokens.MoveNext, cancellationToken).ConfigureAwait(false))
+        {
+            string text = detokenizer.Push(tokens.Current);
+            if (text.Length > 0)
+                yield return text;
+        }
+        string rest = detokenizer.Flush();
+        if (rest.Length > 0)
+            yield return rest;
+    }
+
+    public void Dispose()
+    {
+        _sequence.Dispose();
+        _cache.Dispose();
+    }
+}

@@ -1,0 +1,70 @@
+using Engine.Tensors;
+
+namespace Engine.Backends;
+
+/// <summary>
+/// What a device must do to run a Llama-family forward pass. The model code (<see cref="Models.LlamaModel"/>)
+/// is written once against these operations; the CPU backend implements them in C#, the CUDA backend
+/// with kernels from <c>kernels/*.cu</c>. Shapes are given per operation; every activation is row-major
+/// with one row per token of the batch. Operations may run asynchronously: results are visible to the
+/// host after <see cref="Download"/>.
+/// </summary>
+public abstract class Backend : IDisposable
+{
+    /// <summary>"cpu", "cuda:0", ...</summary>
+    public abstract string Name { get; }
+
+    /// <summary>Makes a weight matrix [rows = dims[1], cols = dims[0]] usable (CPU: in place; GPU: uploaded once, still quantized).</summary>
+    public abstract DeviceMatrix LoadMatrix(TensorView tensor);
+
+    /// <summary>Makes a 1-D weight usable as float32 (converted from F16/BF16 if needed).</summary>
+    public abstract DeviceVector LoadVector(TensorView tensor);
+
+    /// <summary>Scratch memory for activations, reused across steps.</summary>
+    public abstract DeviceBuffer Allocate(long floats);
+
+    public abstract KvStore CreateKvStore(KvLayout layout);
+
+    /// <summary>dst[i, :] = table[tokens[i], :]. table: [vocab, dim]; dst: [n, dim].</summary>
+    public abstract void Embed(DeviceMatrix table, ReadOnlySpan<int> tokens, Activation dst);
+
+    /// <summary>dst[i, :] = x[i, :] / sqrt(mean(x[i, :]²) + eps) · weight. x, dst: [n, dim] (may alias).</summary>
+    public abstract void RmsNorm(Activation x, DeviceVector weight, float eps, Activation dst);
+
+    /// <summary>dst = x·Wᵀ. x: [n, W.Cols]; dst: [n, W.Rows].</summary>
+    public abstract void MatMul(Activation x, DeviceMatrix w, Activation dst);
+
+    /// <summary>x[i, :] += bias. x: [n, bias.Length].</summary>
+    public abstract void AddBias(Activation x, DeviceVector bias);
+
+    /// <summary>Rotates each head of x in place by its row's position. x: [n, heads·headDim].</summary>
+    public abstract void Rope(Activation x, int heads, ReadOnlySpan<int> positions, RopeTable rope);
+
+    /// <summary>
+    /// Writes the batch's K and V (each [n, kvHeads·headDim]) for one layer into the cache slots
+    /// <paramref name="firstSlot"/>.. of a sequence whose blocks are <paramref name="blockTable"/>.
+    /// </summary>
+    public abstract void StoreKv(KvStore store, int layer, ReadOnlySpan<int> blockTable, int firstSlot, Activation k, Activation v);
+
+    /// <summary>
+    /// Scaled dot-product attention with grouped-query heads. Row i of q ([n, heads·headDim]) attends to
+    /// the <paramref name="prefixLength"/> committed slots of the sequence and to batch rows j (stored at
+    /// slot prefixLength + j) where <paramref name="mask"/> allows (i, j). dst: [n, heads·headDim].
+    /// </summary>
+    public abstract void Attention(Activation q, KvStore store, int layer, ReadOnlySpan<int> blockTable, int prefixLength,
+        AttentionMask mask, int heads, float scale, Activation dst);
+
+    /// <summary>dst = silu(gate) ⊙ up (SwiGLU, Shazeer 2020). All [n, ffn]; dst may alias gate.</summary>
+    public abstract void SwiGlu(Activation gate, Activation up, Activation dst);
+
+    /// <summary>dst += src, elementwise. Both [n, dim].</summary>
+    public abstract void Add(Activation dst, Activation src);
+
+    /// <summary>dst[k, :] = src[rows[k], :].</summary>
+    public abstract void GatherRows(Activation src, ReadOnlySpan<int> rows, Activation dst);
+
+    /// <summary>Copies an activation to host memory, waiting for pending work. dst: Rows·Cols floats.</summary>
+    public abstract void Download(Activation src, Span<float> dst);
+
+    public abstract void Dispose();
+}

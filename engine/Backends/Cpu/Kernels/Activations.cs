@@ -1,0 +1,20 @@
+using System.Numerics.Tensors;
+
+namespace Engine.Backends.Cpu.Kernels;
+
+/// <summary>Elementwise pieces of the forward pass.</summary>
+public static class Activations
+{
+    /// <summary>SwiGLU (Shazeer, "GLU Variants Improve Transformer", 2020): y = silu(g) · u, silu(g) = g·σ(g).</summary>
+    public static void SwiGluF32(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> y)
+    {
+        for (int i = 0; i < y.Length; i++)
+        {
+            float g = gate[i];
+            y[i] = g / (1f + MathF.Exp(-g)) * up[i];
+        }
+    }
+
+    /// <summary>y += x.</summary>
+    public static void AddF32(Span<float> y, ReadOnlySpan<float> x) => TensorPrimitives.Add(y, x, y);
+}

@@ -1,0 +1,151 @@
+namespace Engine.Cache;
+
+/// <summary>
+/// One sequence's view of the KV cache: a block table and a length. Slot s (the token at sequence
+/// index s) lives in block <c>Blocks[s / BlockSize]</c> at offset <c>s % BlockSize</c>.
+/// Supports what decoding needs: append (via the model's forward), <see cref="Truncate"/> to roll back
+/// rejected tokens, <see cref="Fork"/> to share a prefix, and <see cref="Compact"/> to keep an accepted
+/// path of a verified draft tree in place.
+/// </summary>
+public sealed class KvSequence : IDisposable
+{
+    private readonly KvCache _cache;
+    private readonly List<int> _blocks = [];
+    private bool _disposed;
+
+    internal KvSequence(KvCache cache) => _cache = cache;
+
+    public KvCache Cache => _cache;
+
+    /// <summary>Tokens whose K/V are in the cache.</summary>
+    public int Length { get; private set; }
+
+    /// <summary>The block table (block ids in sequence order).</summary>
+    public IReadOnlyList<int> Blocks => _blocks;
+
+    /// <summary>The block table as a span, for backends.</summary>
+    public ReadOnlySpan<int> BlockTable => System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_blocks);
+
+    /// <summary>
+    /// Makes slots [Length, Length + count) writable: allocates blocks and gives this sequence its own
+    /// copy of any shared block in that range. Does not change <see cref="Length"/>; the forward pass
+    /// calls <see cref="Commit"/> once the entries are written.
+    /// </summary>
+    public void Reserve(int count)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentOutOfRangeException.ThrowIfNegative(count);
+        if (count == 0)
+            return;
+        int bs = _cache.BlockSize;
+        int lastBlock = (Length + count - 1) / bs;
+        if (lastBlock >= _cache.MaxBlocks)
+            throw new KvCacheFullException($"{Length + count} tokens exceed the KV cache capacity ({_cache.MaxBlocks * bs} tokens)");
+        int added = 0;
+        try
+        {
+            while (_blocks.Count <= lastBlock)
+            {
+                _blocks.Add(_cache.Allocate());
+                added++;
+            }
+        }
+        catch
+        {
+            for (; added > 0; added--)
+            {
+                _cache.Release(_blocks[^1]);
+                _blocks.RemoveAt(_blocks.Count - 1);
+            }
+            throw;
+        }
+        MakeExclusive(Length / bs, lastBlock);
+    }
+
+    /// <summary>Marks <paramref name="count"/> reserved slots as holding valid entries.</summary>
+    public void Commit(int count)
+    {
+        if (count < 0 || Length + count > _blocks.Count * _cache.BlockSize)
+            throw new InvalidOperationException($"cannot commit {count} tokens: only {_blocks.Count * _cache.BlockSize - Length} are reserved");
+        Length += count;
+    }
+
+    /// <summary>Rolls the sequence back to its first <paramref name="length"/> tokens, freeing blocks no longer needed.</summary>
+    public void Truncate(int length)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (length < 0 || length > Length)
+            throw new ArgumentOutOfRangeException(nameof(length), $"cannot truncate a sequence of {Length} tokens to {length}");
+        Length = length;
+        int keep = (length + _cache.BlockSize - 1) / _cache.BlockSize;
+        while (_blocks.Count > keep)
+        {
+            _cache.Release(_blocks[^1]);
+            _blocks.RemoveAt(_blocks.Count - 1);
+        }
+    }
+
+    /// <summary>A new sequence with the same tokens, sharing this one's blocks until either writes.</summary>
+    public KvSequence Fork()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var child = new KvSequence(_cache) { Length = Length };
+        foreach (int b in _blocks)
+        {
+            _cache.Retain(b);
+            child._blocks.Add(b);
+        }
+        return child;
+    }
+
+    /// <summary>
+    /// Keeps, of the tokens from <paramref name="start"/> on, only those at offsets <paramref name="keep"/>
+    /// (ascending, relative to <paramref name="start"/>), moved down to be contiguous; the sequence then
+    /// ends after them. Used after verifying a draft tree: the accepted path's entries stay, in order.
+    /// </summary>
+    public void Compact(int start, ReadOnlySpan<int> keep)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (start < 0 || start > Length)
+            throw new ArgumentOutOfRangeException(nameof(start), $"start {start} is outside the sequence (length {Length})");
+        int bs = _cache.BlockSize;
+        int previous = -1;
+        foreach (int k in keep)
+        {
+            if (k <= previous || start + k >= Length)
+                throw new ArgumentException($"offsets to keep must be ascending and inside the sequence; got {k} after {previous} (length {Length - start} from {start})");
+            previous = k;
+        }
+        if (keep.Length > 0)
+            MakeExclusive(start / bs, (start + keep.Length - 1) / bs);
+        for (int i = 0; i < keep.Length; i++)
+        {
+            int from = start + keep[i], to = start + i;
+            if (from != to)
+                _cache.Store.CopySlot(_blocks[from / bs], from % bs, _blocks[to / bs], to % bs);
+        }
+        Truncate(start + keep.Length);
+    }
+
+    private void MakeExclusive(int firstBlock, int lastBlock)
+    {
+        for (int i = firstBlock; i <= lastBlock && i < _blocks.Count; i++)
+        {
+            int b = _blocks[i];
+            if (!_cache.IsShared(b))
+                continue;
+            int copy = _cache.Allocate();
+            _cache.Store.CopyBlock(b, copy);
+            _cache.Release(b);
+            _blocks[i] = copy;
+        }
+    }
+
+    public void Dispose()
+    {
+        if (_disposed)
+            return;
+        Truncate(0);
+        _disposed = true;
+    }
+}

@@ -1,0 +1,264 @@
+using Engine.Backends;
+using Engine.Cache;
+
+namespace Engine.Models;
+
+/// <summary>
+/// The Llama-family decoder (Touvron et al., "LLaMA: Open and Efficient Foundation Language Models",
+/// 2023; "Llama 2", 2023) — also Mistral and Qwen2, which differ only in hyper-parameters, RoPE
+/// ordering and q/k/v biases. <see cref="Forward"/> reads top to bottom in the order of the equations;
+/// each step is one <see cref="Backend"/> operation, so the same code runs on the CPU and on CUDA.
+/// </summary>
+public sealed class LlamaModel : IDisposable
+{
+    private readonly LlamaWeights _w;
+    private readonly RopeTable _rope;
+    private readonly float _attentionScale;
+    private Scratch? _scratch;
+    private int[] _localRows = [];
+
+    public LlamaModel(ModelConfig config, LlamaWeights weights, Backend backend, int maxBatch = 256)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxBatch, 1);
+        Config = config;
+        Backend = backend;
+        MaxBatch = maxBatch;
+        _w = weights;
+        _rope = new RopeTable(config);
+        _attentionScale = 1f / MathF.Sqrt(config.HeadDim);
+    }
+
+    public ModelConfig Config { get; }
+
+    public Backend Backend { get; }
+
+    public bool TiedOutput => _w.TiedOutput;
+
+    /// <summary>Most tokens one pass computes; longer causal batches are split into passes of this size.</summary>
+    public int MaxBatch { get; }
+
+    /// <summary>
+    /// Called after each named step with (name, layer or -1, activation) when set — llama.cpp's
+    /// <c>cb(cur, "attn_norm", il)</c>: diffing against a reference becomes a flag, not a debugging session.
+    /// </summary>
+    public Action<string, int, Activation>? Trace { get; set; }
+
+    /// <summary>A KV cache for this model holding up to <paramref name="maxTokens"/> tokens across its sequences.</summary>
+    public KvCache CreateKvCache(int maxTokens, int blockSize = 32) =>
+        new(Backend, new KvLayout(Config.Layers, Config.KvHeads, Config.HeadDim, blockSize), maxTokens);
+
+    /// <summary>
+    /// Runs a batch of tokens through the model and appends their K/V to <paramref name="sequence"/>.
+    /// Row i is token <paramref name="tokens"/>[i] at position <paramref name="positions"/>[i]; it attends
+    /// to the whole cached prefix and to the batch rows <paramref name="mask"/> allows. Logits (and, if
+    /// <paramref name="hidden"/> is not empty, the final hidden states after the output norm — what the
+    /// LM head reads) are written for the rows listed in <paramref name="outputRows"/>, in that order.
+    /// </summary>
+    /// <param name="logits">outputRows.Length × vocab floats.</param>
+    /// <param name="hidden">Empty, or outputRows.Length × dim floats.</param>
+    public void Forward(KvSequence sequence, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, AttentionMask mask,
+        ReadOnlySpan<int> outputRows, Span<float> logits, Span<float> hidden = default)
+    {
+        int n = tokens.Length;
+        if (n == 0)
+            throw new ArgumentException("a forward pass needs at least one token", nameof(tokens));
+        if (positions.Length != n)
+            throw new ArgumentException($"{n} tokens but {positions.Length} positions", nameof(positions));
+        if (!mask.IsCausal && mask.Size != n)
+            throw new ArgumentException($"the attention mask is for {mask.Size} tokens, the batch has {n}", nameof(mask));
+        if (!mask.IsCausal && n > MaxBatch)
+            throw new ArgumentException($"a batch with a non-causal mask is limited to {MaxBatch} tokens, got {n}", nameof(mask));
+        if (logits.Length != outputRows.Length * Config.VocabSize)
+            throw new ArgumentException($"logits need {outputRows.Length} × {Config.VocabSize} floats, got {logits.Length}", nameof(logits));
+        if (!hidden.IsEmpty && hidden.Length != outputRows.Length * Config.Dim)
+            throw new ArgumentException($"hidden states need {outputRows.Length} × {Config.Dim} floats, got {hidden.Length}", nameof(hidden));
+        for (int i = 0; i < n; i++)
+        {
+            if ((uint)tokens[i] >= (uint)Config.VocabSize)
+                throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[i]} is outside the vocabulary (0..{Config.VocabSize - 1})");
+            if (positions[i] < 0)
+                throw new ArgumentOutOfRangeException(nameof(positions), $"position {positions[i]} is negative");
+        }
+        for (int k = 0; k < outputRows.Length; k++)
+        {
+            if ((uint)outputRows[k] >= (uint)n)
+                throw new ArgumentOutOfRangeException(nameof(outputRows), $"output row {outputRows[k]} is outside the batch of {n}");
+        }
+
+        // A causal batch can be split into passes: later passes see earlier ones as cached prefix.
+        for (int start = 0; start < n; start += MaxBatch)
+        {
+            int count = Math.Min(MaxBatch, n - start);
+            if (_localRows.Length < outputRows.Length)
+                _localRows = new int[outputRows.Length];
+            int outputs = 0;
+            foreach (int r in outputRows)
+            {
+                if (r >= start && r < start + count)
+                    _localRows[outputs++] = r - start;
+            }
+            Pass(sequence, tokens.Slice(start, count), positions.Slice(start, count), mask,
+                _localRows.AsSpan(0, outputs), logits, hidden, outputRows, start);
+        }
+    }
+
+    private void Pass(KvSequence sequence, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, AttentionMask mask,
+        ReadOnlySpan<int> localRows, Span<float> logits, Span<float> hidden, ReadOnlySpan<int> outputRows, int start)
+    {
+        var c = Config;
+        var b = Backend;
+        int n = tokens.Length;
+        var s = _scratch ??= new Scratch(b, c, MaxBatch);
+        var x = s.X.WithRows(n);       // residual stream  [n, dim]
+        var h = s.H.WithRows(n);       // normed input      [n, dim]
+        var q = s.Q.WithRows(n);       // queries          [n, heads·hd]
+        var k = s.K.WithRows(n);       // keys             [n, kvHeads·hd]
+        var v = s.V.WithRows(n);       // values           [n, kvHeads·hd]
+        var att = s.Att.WithRows(n);   // attention output [n, heads·hd]
+        var proj = s.Proj.WithRows(n); // projection back  [n, dim]
+        var gate = s.Gate.WithRows(n); // ffn gate         [n, ffn]
+        var up = s.Up.WithRows(n);     // ffn up           [n, ffn]
+
+        int prefix = sequence.Length;
+        sequence.Reserve(n);
+        var table = sequence.BlockTable;
+        var store = sequence.Cache.Store;
+
+        // token embedding
+        b.Embed(_w.TokenEmbedding, tokens, x);
+        Trace?.Invoke("token_embd", -1, x);
+
+        for (int l = 0; l < c.Layers; l++)
+        {
+            var w = _w.Layers[l];
+
+            // attention: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x))
+            b.RmsNorm(x, w.AttnNorm, c.RmsNormEps, h);
+            Trace?.Invoke("attn_norm", l, h);
+            b.MatMul(h, w.Wq, q);
+            b.MatMul(h, w.Wk, k);
+            b.MatMul(h, w.Wv, v);
+            if (w.Bq is not null) b.AddBias(q, w.Bq);
+            if (w.Bk is not null) b.AddBias(k, w.Bk);
+            if (w.Bv is not null) b.AddBias(v, w.Bv);
+            b.Rope(q, c.Heads, positions, _rope);
+            b.Rope(k, c.KvHeads, positions, _rope);
+            Trace?.Invoke("q_rope", l, q);
+            Trace?.Invoke("k_rope", l, k);
+            b.StoreKv(store, l, table, prefix, k, v);
+            b.Attention(q, store, l, table, prefix, mask, c.Heads, _attentionScale, att);
+            Trace?.Invoke("attn_out", l, att);
+            b.MatMul(att, w.Wo, proj);
+            b.Add(x, proj);
+            Trace?.Invoke("attn_residual", l, x);
+
+            // feed-forward: x += W_down · (silu(W_gate·norm(x)) ⊙ W_up·norm(x))
+            b.RmsNorm(x, w.FfnNorm, c.RmsNormEps, h);
+            Trace?.Invoke("ffn_norm", l, h);
+            b.MatMul(h, w.WGate, gate);
+            b.MatMul(h, w.WUp, up);
+            b.SwiGlu(gate, up, gate);
+            b.MatMul(gate, w.WDown, proj);
+            b.Add(x, proj);
+            Trace?.Invoke("l_out", l, x);
+        }
+        sequence.Commit(n);
+
+        if (localRows.IsEmpty)
+            return;
+        // final norm and LM head, only for the rows asked for
+        var rows = s.Rows.WithRows(localRows.Length);
+        var outLogits = s.Logits.WithRows(localRows.Length);
+        b.GatherRows(x, localRows, rows);
+        b.RmsNorm(rows, _w.OutputNorm, c.RmsNormEps, rows);
+        Trace?.Invoke("result_norm", -1, rows);
+        b.MatMul(rows, _w.Output, outLogits);
+        Trace?.Invoke("result_output", -1, outLogits);
+
+        // Scatter this pass's rows to where the caller listed them.
+        var hostLogits = s.HostLogits(localRows.Length);
+        b.Download(outLogits, hostLogits);
+        var hostHidden = hidden.IsEmpty ? default : s.HostHidden(localRows.Length);
+        if (!hidden.IsEmpty)
+            b.Download(rows, hostHidden);
+        int o = 0;
+        for (int kk = 0; kk < outputRows.Length; kk++)
+        {
+            int r = outputRows[kk] - start;
+            if (r < 0 || r >= n)
+                continue;
+            hostLogits.Slice(o * c.VocabSize, c.VocabSize).CopyTo(logits.Slice(kk * c.VocabSize, c.VocabSize));
+            if (!hidden.IsEmpty)
+                hostHidden.Slice(o * c.Dim, c.Dim).CopyTo(hidden.Slice(kk * c.Dim, c.Dim));
+            o++;
+        }
+    }
+
+    public void Dispose()
+    {
+        _scratch?.Dispose();
+        _w.Dispose();
+    }
+
+    /// <summary>Activation buffers for one pass of up to MaxBatch tokens, allocated once and reused.</summary>
+    private sealed class Scratch : IDisposable
+    {
+        private readonly List<DeviceBuffer> _buffers = [];
+        private float[] _hostLogits = [];
+        private float[] _hostHidden = [];
+
+        public Scratch(Backend b, ModelConfig c, int rows)
+        {
+            Activation Make(int cols)
+            {
+                var buffer = b.Allocate((long)rows * cols);
+                _buffers.Add(buffer);
+                return new Activation(buffer, rows, cols);
+            }
+            X = Make(c.Dim);
+            H = Make(c.Dim);
+            Q = Make(c.QDim);
+            K = Make(c.KvDim);
+            V = Make(c.KvDim);
+            Att = Make(c.QDim);
+            Proj = Make(c.Dim);
+            Gate = Make(c.FfnDim);
+            Up = Make(c.FfnDim);
+            Rows = Make(c.Dim);
+            Logits = Make(c.VocabSize);
+            VocabSize = c.VocabSize;
+            Dim = c.Dim;
+        }
+
+        public Activation X { get; }
+        public Activation H { get; }
+        public Activation Q { get; }
+        public Activation K { get; }
+        public Activation V { get; }
+        public Activation Att { get; }
+        public Activation Proj { get; }
+        public Activation Gate { get; }
+        public Activation Up { get; }
+        public Activation Rows { get; }
+        public Activation Logits { get; }
+        private int VocabSize { get; }
+        private int Dim { get; }
+
+        public Span<float> HostLogits(int rows) => Grow(ref _hostLogits, rows * VocabSize);
+
+        public Span<float> HostHidden(int rows) => Grow(ref _hostHidden, rows * Dim);
+
+        private static Span<float> Grow(ref float[] array, int length)
+        {
+            if (array.Length < length)
+                array = new float[length];
+            return array.AsSpan(0, length);
+        }
+
+        public void Dispose()
+        {
+            foreach (var buffer in _buffers)
+                buffer.Dispose();
+        }
+    }
+}

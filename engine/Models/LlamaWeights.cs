@@ -1,0 +1,100 @@
+using Engine.Backends;
+using Engine.Formats;
+using Engine.Tensors;
+
+namespace Engine.Models;
+
+/// <summary>The backend-resident weights of one Llama block (optional biases are null when absent, as in Llama; present in Qwen2).</summary>
+public sealed record LlamaLayer(
+    DeviceVector AttnNorm,
+    DeviceMatrix Wq, DeviceMatrix Wk, DeviceMatrix Wv, DeviceMatrix Wo,
+    DeviceVector? Bq, DeviceVector? Bk, DeviceVector? Bv,
+    DeviceVector FfnNorm,
+    DeviceMatrix WGate, DeviceMatrix WUp, DeviceMatrix WDown);
+
+/// <summary>
+/// Finds every tensor a Llama-family decoder needs by its GGUF name, checks its shape against the
+/// config (an error names the tensor, the expected and the actual shape), and loads it on the backend.
+/// </summary>
+public sealed class LlamaWeights : IDisposable
+{
+    private readonly List<IDisposable> _owned = [];
+
+    public required DeviceMatrix TokenEmbedding { get; init; }
+    public required DeviceVector OutputNorm { get; init; }
+    /// <summary>The LM head; the same object as <see cref="TokenEmbedding"/> when tied.</summary>
+    public required DeviceMatrix Output { get; init; }
+    public required bool TiedOutput { get; init; }
+    public required LlamaLayer[] Layers { get; init; }
+
+    public static LlamaWeights Load(WeightSource source, ModelConfig c, Backend backend)
+    {
+        var owned = new List<IDisposable>();
+        try
+        {
+            T Track<T>(T item) where T : IDisposable
+            {
+                owned.Add(item);
+                return item;
+            }
+            TensorView? Find(string name, long[] dims, bool optional = false)
+            {
+                var t = source.Find(name);
+                if (t is null)
+                    return optional ? null : throw new ModelFormatException(source.Path, $"tensor '{name}'", $"required tensor is missing (expected shape [{string.Join(", ", dims)}])");
+                if (!t.Dims.SequenceEqual(dims))
+                    throw new ModelFormatException(source.Path, $"tensor '{name}'", $"shape {t.ShapeText} does not match the config's [{string.Join(", ", dims)}]");
+                if (!GgmlTypeInfo.IsWeightType(t.Type))
+                    throw new ModelFormatException(source.Path, $"tensor '{name}'", $"type {t.Type} is not supported for weights");
+                return t;
+            }
+            DeviceMatrix Matrix(string name, int rows, int cols) => Track(backend.LoadMatrix(Find(name, [cols, rows])!));
+            DeviceVector Vector(string name, int length) => Track(backend.LoadVector(Find(name, [length])!));
+            DeviceVector? OptionalVector(string name, int length) => Find(name, [length], optional: true) is { } t ? Track(backend.LoadVector(t)) : null;
+
+            var embedding = Matrix("token_embd.weight", c.VocabSize, c.Dim);
+            var outputView = Find("output.weight", [c.Dim, c.VocabSize], optional: true);
+            var layers = new LlamaLayer[c.Layers];
+            for (int i = 0; i < c.Layers; i++)
+            {
+                string p = $"blk.{i}.";
+                layers[i] = new LlamaLayer(
+                    Vector(p + "attn_norm.weight", c.Dim),
+                    Matrix(p + "attn_q.weight", c.QDim, c.Dim),
+                    Matrix(p + "attn_k.weight", c.KvDim, c.Dim),
+                    Matrix(p + "attn_v.weight", c.KvDim, c.Dim),
+                    Matrix(p + "attn_output.weight", c.Dim, c.QDim),
+                    OptionalVector(p + "attn_q.bias", c.QDim),
+                    OptionalVector(p + "attn_k.bias", c.KvDim),
+                    OptionalVector(p + "attn_v.bias", c.KvDim),
+                    Vector(p + "ffn_norm.weight", c.Dim),
+                    Matrix(p + "ffn_gate.weight", c.FfnDim, c.Dim),
+                    Matrix(p + "ffn_up.weight", c.FfnDim, c.Dim),
+                    Matrix(p + "ffn_down.weight", c.Dim, c.FfnDim));
+            }
+            var weights = new LlamaWeights
+            {
+                TokenEmbedding = embedding,
+                OutputNorm = Vector("output_norm.weight", c.Dim),
+                Output = outputView is null ? embedding : Track(backend.LoadMatrix(outputView)),
+                TiedOutput = outputView is null,
+                Layers = layers,
+            };
+            weights._owned.AddRange(owned);
+            return weights;
+        }
+        catch
+        {
+            foreach (var o in owned)
+                o.Dispose();
+            throw;
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var o in _owned)
+            o.Dispose();
+        _owned.Clear();
+    }
+}

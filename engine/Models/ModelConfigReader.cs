@@ -1,0 +1,155 @@
+using System.Text.Json;
+using Engine.Formats;
+using Engine.Formats.Gguf;
+
+namespace Engine.Models;
+
+/// <summary>Reads <see cref="ModelConfig"/> from GGUF metadata (<c>{arch}.*</c> keys) or an HF <c>config.json</c>.</summary>
+public static class ModelConfigReader
+{
+    /// <summary>GGUF architectures this engine runs.</summary>
+    public static readonly IReadOnlyList<string> GgufArchitectures = ["llama", "qwen2"];
+
+    /// <summary>HF <c>architectures</c> entries this engine runs, with the GGUF name each maps to.</summary>
+    public static readonly IReadOnlyDictionary<string, string> HfArchitectures = new Dictionary<string, string>
+    {
+        ["LlamaForCausalLM"] = "llama",
+        ["MistralForCausalLM"] = "llama",
+        ["Qwen2ForCausalLM"] = "qwen2",
+    };
+
+    public static ModelConfig FromGguf(GgufFile gguf, int vocabSize, float[]? ropeFreqFactors)
+    {
+        var m = gguf.Metadata;
+        string arch = m.GetString("general.architecture");
+        if (!GgufArchitectures.Contains(arch))
+            throw new ModelFormatException(gguf.Path, "general.architecture", $"'{arch}' is not supported (supported: {string.Join(", ", GgufArchitectures)})");
+        string k(string suffix) => $"{arch}.{suffix}";
+        foreach (string scalar in new[] { "feed_forward_length", "attention.head_count", "attention.head_count_kv" })
+        {
+            if (m.Find(k(scalar)) is { IsArray: true })
+                throw new ModelFormatException(gguf.Path, k(scalar), "per-layer values are not supported");
+        }
+        int dim = m.GetInt32(k("embedding_length"));
+        int heads = m.GetInt32(k("attention.head_count"));
+        if (heads <= 0)
+            throw new ModelFormatException(gguf.Path, k("attention.head_count"), $"{heads} must be positive");
+        int headDim = m.GetInt32(k("attention.key_length"), dim / heads);
+        if (m.Contains(k("attention.value_length")) && m.GetInt32(k("attention.value_length")) != headDim)
+            throw new ModelFormatException(gguf.Path, k("attention.value_length"), "a value length different from the key length is not supported");
+
+        float freqScale = 1f;
+        string? scaling = m.GetStringOrNull(k("rope.scaling.type"));
+        switch (scaling)
+        {
+            case null or "none":
+                break;
+            case "linear":
+                float factor = m.GetSingle(k("rope.scaling.factor"), 1f);
+                if (!(factor > 0))
+                    throw new ModelFormatException(gguf.Path, k("rope.scaling.factor"), $"{factor} must be positive");
+                freqScale = 1f / factor;
+                break;
+            default:
+                throw new ModelFormatException(gguf.Path, k("rope.scaling.type"), $"RoPE scaling '{scaling}' is not supported (none, linear, and Llama 3 rope_freqs are)");
+        }
+
+        var config = new ModelConfig
+        {
+            Architecture = arch,
+            VocabSize = vocabSize,
+            Dim = dim,
+            Layers = m.GetInt32(k("block_count")),
+            Heads = heads,
+            KvHeads = m.GetInt32(k("attention.head_count_kv"), heads),
+            HeadDim = headDim,
+            FfnDim = m.GetInt32(k("feed_forward_length")),
+            ContextLength = m.GetInt32(k("context_length"), 2048),
+            RmsNormEps = m.GetSingle(k("attention.layer_norm_rms_epsilon"), 1e-5f),
+            RopeTheta = m.GetSingle(k("rope.freq_base"), 10000f),
+            RopeStyle = arch == "qwen2" ? RopeStyle.NeoX : RopeStyle.Normal,
+            RopeDims = m.GetInt32(k("rope.dimension_count"), headDim),
+            RopeFreqScale = freqScale,
+            RopeFreqFactors = ropeFreqFactors,
+        };
+        config.Validate(gguf.Path);
+        return config;
+    }
+
+    /// <summary>Reads <c>config.json</c> of an HF folder. HF checkpoints store q/k rows for rotate-half RoPE, hence NeoX.</summary>
+    public static ModelConfig FromHf(string configPath)
+    {
+        using var doc = HfJson.Parse(configPath);
+        var root = doc.RootElement;
+        if (root.ValueKind != JsonValueKind.Object)
+            throw new ModelFormatException(configPath, "config", "must be a JSON object");
+        string archName = root.TryGetProperty("architectures", out var archs) && archs.ValueKind == JsonValueKind.Array && archs.GetArrayLength() > 0
+            && archs[0].ValueKind == JsonValueKind.String ? archs[0].GetString()! : "(none)";
+        if (!HfArchitectures.TryGetValue(archName, out string? arch))
+            throw new ModelFormatException(configPath, "architectures", $"'{archName}' is not supported (supported: {string.Join(", ", HfArchitectures.Keys)})");
+
+        int Int(string key, int? fallback = null)
+        {
+            if (!root.TryGetProperty(key, out var v) || v.ValueKind == JsonValueKind.Null)
+                return fallback ?? throw new ModelFormatException(configPath, key, "required field is missing");
+            return v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int i) ? i
+                : throw new ModelFormatException(configPath, key, $"{v.GetRawText()} is not an integer");
+        }
+        float Float(string key, float fallback)
+        {
+            if (!root.TryGetProperty(key, out var v) || v.ValueKind == JsonValueKind.Null)
+                return fallback;
+            return v.ValueKind == JsonValueKind.Number ? v.GetSingle() : throw new ModelFormatException(configPath, key, $"{v.GetRawText()} is not a number");
+        }
+
+        int dim = Int("hidden_size");
+        int heads = Int("num_attention_heads");
+        if (heads <= 0)
+            throw new ModelFormatException(configPath, "num_attention_heads", $"{heads} must be positive");
+        int headDim = Int("head_dim", dim / heads);
+        float theta = Float("rope_theta", 10000f);
+        float freqScale = 1f;
+        float[]? factors = null;
+        if (root.TryGetProperty("rope_scaling", out var rs) && rs.ValueKind == JsonValueKind.Object)
+        {
+            string type = rs.TryGetProperty("rope_type", out var t) || rs.TryGetProperty("type", out t) ? t.GetString() ?? "" : "";
+            float Scaling(string key) => rs.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.Number ? v.GetSingle()
+                : throw new ModelFormatException(configPath, $"rope_scaling.{key}", "missing or not a number");
+            switch (type)
+            {
+                case "default":
+                    break;
+                case "linear":
+                    freqScale = 1f / Scaling("factor");
+                    break;
+                case "llama3":
+                    factors = RopeScaling.Llama3Factors(headDim, theta, Scaling("factor"), Scaling("low_freq_factor"),
+                        Scaling("high_freq_factor"), Scaling("original_max_position_embeddings"));
+                    break;
+                default:
+                    throw new ModelFormatException(configPath, "rope_scaling", $"RoPE scaling '{type}' is not supported (default, linear, llama3 are)");
+            }
+        }
+
+        var config = new ModelConfig
+        {
+            Architecture = arch,
+            VocabSize = Int("vocab_size"),
+            Dim = dim,
+            Layers = Int("num_hidden_layers"),
+            Heads = heads,
+            KvHeads = Int("num_key_value_heads", heads),
+            HeadDim = headDim,
+            FfnDim = Int("intermediate_size"),
+            ContextLength = Int("max_position_embeddings", 2048),
+            RmsNormEps = Float("rms_norm_eps", 1e-6f),
+            RopeTheta = theta,
+            RopeStyle = RopeStyle.NeoX,
+            RopeDims = headDim,
+            RopeFreqScale = freqScale,
+            RopeFreqFactors = factors,
+        };
+        config.Validate(configPath);
+        return config;
+    }
+}

@@ -1,0 +1,186 @@
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Engine.Formats;
+using Engine.Formats.Gguf;
+using Engine.Formats.Safetensors;
+using Engine.Tensors;
+
+namespace Engine.Models;
+
+/// <summary>
+/// The tensors of a model by their GGUF names (<c>token_embd.weight</c>, <c>blk.3.attn_q.weight</c>, ...),
+/// wherever they are stored. Views point into memory-mapped files that stay open until disposal.
+/// </summary>
+public abstract class WeightSource : IDisposable
+{
+    /// <summary>The file or folder the weights come from.</summary>
+    public abstract string Path { get; }
+
+    /// <summary>All tensors, in storage order.</summary>
+    public abstract IReadOnlyList<TensorView> Tensors { get; }
+
+    /// <summary>The tensor of that GGUF name, or null.</summary>
+    public abstract TensorView? Find(string name);
+
+    public abstract void Dispose();
+}
+
+/// <summary>Tensors of a GGUF file, used in place from its mapping.</summary>
+public sealed unsafe class GgufWeightSource : WeightSource
+{
+    private readonly GgufFile _file;
+    private readonly List<TensorView> _tensors;
+    private readonly Dictionary<string, TensorView> _byName;
+
+    public GgufWeightSource(GgufFile file)
+    {
+        _file = file;
+        _tensors = file.Tensors.Select(t => new TensorView(t.Name, t.Type, [.. t.Dims], file.TensorData(t), t.ByteSize)).ToList();
+        _byName = _tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
+    }
+
+    public override string Path => _file.Path;
+
+    public GgufFile File => _file;
+
+    public override IReadOnlyList<TensorView> Tensors => _tensors;
+
+    public override TensorView? Find(string name) => _byName.GetValueOrDefault(name);
+
+    public override void Dispose() => _file.Dispose();
+}
+
+/// <summary>
+/// Tensors of an HF folder: one <c>model.safetensors</c> or shards listed in
+/// <c>model.safetensors.index.json</c>. HF names are mapped to GGUF names and row-major shapes are
+/// reversed to ggml order; the bytes themselves are the same layout and are used in place.
+/// </summary>
+public sealed unsafe partial class SafetensorsWeightSource : WeightSource
+{
+    private readonly List<SafetensorsFile> _files = [];
+    private readonly List<TensorView> _tensors = [];
+    private readonly Dictionary<string, TensorView> _byName = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, (string Hf, string DType)> _unsupported = new(StringComparer.Ordinal);
+
+    public SafetensorsWeightSource(string folder)
+    {
+        Path = folder;
+        try
+        {
+            foreach (string shard in ShardPaths(folder))
+            {
+                var file = SafetensorsFile.Open(shard);
+                _files.Add(file);
+                foreach (var t in file.Tensors.Values.OrderBy(t => t.Offset))
+                    AddTensor(file, t);
+            }
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    public override string Path { get; }
+
+    public override IReadOnlyList<TensorView> Tensors => _tensors;
+
+    public override TensorView? Find(string name)
+    {
+        if (_byName.TryGetValue(name, out var view))
+            return view;
+        if (_unsupported.TryGetValue(name, out var u))
+            throw new ModelFormatException(Path, $"tensor '{u.Hf}'", $"dtype {u.DType} is not supported for weights (F32, F16, BF16 are)");
+        return null;
+    }
+
+    private void AddTensor(SafetensorsFile file, SafetensorsTensor t)
+    {
+        string? name = GgufName(t.Name);
+        if (name is null)
+            return; // not part of the decoder (e.g. rotary_emb.inv_freq buffers)
+        if (_byName.ContainsKey(name) || _unsupported.ContainsKey(name))
+            throw new ModelFormatException(file.Path, $"tensor '{t.Name}'", "appears in more than one shard");
+        if (t.Type is not GgmlType type)
+        {
+            _unsupported[name] = (t.Name, t.DType);
+            return;
+        }
+        if (t.Shape.Length is 0 or > GgufFile.MaxDims)
+            throw new ModelFormatException(file.Path, $"tensor '{t.Name}'", $"{t.Shape.Length} dimensions are not supported for a weight");
+        long[] dims = [.. t.Shape.Reverse()];
+        var view = new TensorView(name, type, dims, file.Data(t), t.ByteSize);
+        _tensors.Add(view);
+        _byName[name] = view;
+    }
+
+    /// <summary>HF Llama/Mistral/Qwen2 parameter names → GGUF names (as llama.cpp's convert_hf_to_gguf maps them).</summary>
+    public static string? GgufName(string hf)
+    {
+        switch (hf)
+        {
+            case "model.embed_tokens.weight": return "token_embd.weight";
+            case "model.norm.weight": return "output_norm.weight";
+            case "lm_head.weight": return "output.weight";
+        }
+        var m = LayerName().Match(hf);
+        if (!m.Success)
+            return null;
+        string part = m.Groups[2].Value switch
+        {
+            "input_layernorm" => "attn_norm",
+            "self_attn.q_proj" => "attn_q",
+            "self_attn.k_proj" => "attn_k",
+            "self_attn.v_proj" => "attn_v",
+            "self_attn.o_proj" => "attn_output",
+            "post_attention_layernorm" => "ffn_norm",
+            "mlp.gate_proj" => "ffn_gate",
+            "mlp.up_proj" => "ffn_up",
+            "mlp.down_proj" => "ffn_down",
+            _ => "",
+        };
+        return part.Length == 0 ? null : $"blk.{m.Groups[1].Value}.{part}.{m.Groups[3].Value}";
+    }
+
+    [GeneratedRegex(@"^model\.layers\.(\d{1,6})\.(.+)\.(weight|bias)$")]
+    private static partial Regex LayerName();
+
+    /// <summary>The shard files of a folder, validated: names from the index must be plain file names inside it.</summary>
+    private static List<string> ShardPaths(string folder)
+    {
+        string index = System.IO.Path.Combine(folder, "model.safetensors.index.json");
+        if (File.Exists(index))
+        {
+            using var doc = HfJson.Parse(index);
+            var map = HfJson.Object(index, doc.RootElement, "weight_map");
+            var shards = new SortedSet<string>(StringComparer.Ordinal);
+            foreach (var entry in map.EnumerateObject())
+            {
+                string? shard = entry.Value.ValueKind == JsonValueKind.String ? entry.Value.GetString() : null;
+                if (string.IsNullOrEmpty(shard) || shard != System.IO.Path.GetFileName(shard) || shard is "." or "..")
+                    throw new ModelFormatException(index, $"weight_map['{entry.Name}']", $"'{entry.Value.GetRawText()}' is not a file name in the model folder");
+                shards.Add(shard);
+            }
+            var paths = shards.Select(s => System.IO.Path.Combine(folder, s)).ToList();
+            foreach (string p in paths)
+            {
+                if (!File.Exists(p))
+                    throw new ModelFormatException(index, "weight_map", $"shard '{System.IO.Path.GetFileName(p)}' is listed but missing from the folder");
+            }
+            return paths;
+        }
+        string single = System.IO.Path.Combine(folder, "model.safetensors");
+        if (File.Exists(single))
+            return [single];
+        var found = Directory.GetFiles(folder, "*.safetensors").Order(StringComparer.Ordinal).ToList();
+        return found.Count > 0 ? found : throw new ModelFormatException(folder, "weights", "no model.safetensors, index or *.safetensors file in the folder");
+    }
+
+    public override void Dispose()
+    {
+        foreach (var f in _files)
+            f.Dispose();
+        _files.Clear();
+    }
+}

@@ -1,0 +1,107 @@
+namespace Engine.Sampling;
+
+/// <summary>
+/// Picks the next token from logits: processors in order (temperature, then top-k, then top-p — the
+/// order of HF transformers and vLLM), then either the argmax (greedy) or a draw from the remaining
+/// distribution with a seeded random generator, so that a seed reproduces a generation exactly.
+/// </summary>
+public sealed class SamplerChain
+{
+    private readonly ILogitsProcessor[] _processors;
+    private readonly Random? _random;
+    private Candidates? _candidates;
+
+    private SamplerChain(ILogitsProcessor[] processors, Random? random)
+    {
+        _processors = processors;
+        _random = random;
+    }
+
+    public IReadOnlyList<ILogitsProcessor> Processors => _processors;
+
+    public bool IsGreedy => _random is null;
+
+    /// <summary>Builds the chain for <paramref name="options"/> (validated first).</summary>
+    public static SamplerChain Create(SamplingOptions options)
+    {
+        options.Validate();
+        if (options.Temperature == 0)
+            return new SamplerChain([], null);
+        var processors = new List<ILogitsProcessor> { new Temperature(options.Temperature) };
+        if (options.TopK > 0)
+            processors.Add(new TopK(options.TopK));
+        if (options.TopP < 1)
+            processors.Add(new TopP(options.TopP));
+        return new SamplerChain([.. processors], new Random(unchecked((int)options.Seed)));
+    }
+
+    public int Sample(ReadOnlySpan<float> logits)
+    {
+        if (_random is null && _processors.All(p => p.PreservesArgmax))
+            return Argmax(logits);
+        var c = _candidates is { } existing && existing.Ids.Length == logits.Length ? existing : _candidates = new Candidates(logits.Length);
+        c.Reset(logits);
+        foreach (var p in _processors)
+            p.Apply(c);
+        if (_random is null)
+        {
+            int best = 0;
+            for (int i = 1; i < c.Count; i++)
+            {
+                if (c.Logits[i] > c.Logits[best])
+                    best = i;
+            }
+            return c.Ids[best];
+        }
+        c.Softmax();
+        double u = _random.NextDouble();
+        double cumulative = 0;
+        for (int i = 0; i < c.Count; i++)
+        {
+            cumulative += c.Probs[i];
+            if (u < cumulative)
+                return c.Ids[i];
+        }
+        return c.Ids[c.Count - 1]; // rounding left u just above the total
+    }
+
+    /// <summary>Index of the largest logit (the first one on ties). NaN logits are never chosen.</summary>
+    public static int Argmax(ReadOnlySpan<float> logits)
+    {
+        int best = 0;
+        float max = float.NegativeInfinity;
+        for (int i = 0; i < logits.Length; i++)
+        {
+            if (logits[i] > max)
+            {
+                max = logits[i];
+                best = i;
+            }
+        }
+        return best;
+    }
+}
+
+/// <summary>Sampling settings. Temperature 0 means greedy decoding.</summary>
+public sealed record SamplingOptions
+{
+    public float Temperature { get; init; } = 0.8f;
+    /// <summary>0 disables top-k.</summary>
+    public int TopK { get; init; } = 40;
+    /// <summary>1 disables top-p.</summary>
+    public float TopP { get; init; } = 0.95f;
+    public ulong Seed { get; init; }
+
+    public static SamplingOptions Greedy { get; } = new() { Temperature = 0 };
+
+    /// <summary>Throws an <see cref="ArgumentOutOfRangeException"/> naming the impossible setting.</summary>
+    public void Validate()
+    {
+        if (!(Temperature >= 0) || !float.IsFinite(Temperature))
+            throw new ArgumentOutOfRangeException(nameof(Temperature), $"temperature {Temperature} must be 0 (greedy) or a positive number");
+        if (TopK < 0)
+            throw new ArgumentOutOfRangeException(nameof(TopK), $"top-k {TopK} must be 0 (off) or positive");
+        if (!(TopP > 0 && TopP <= 1))
+            throw new ArgumentOutOfRangeException(nameof(TopP), $"top-p {TopP} must be in (0, 1] (1 = off)");
+    }
+}

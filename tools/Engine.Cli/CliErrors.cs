@@ -1,0 +1,40 @@
+using System.CommandLine;
+using Engine.Formats;
+
+namespace Engine.Cli;
+
+/// <summary>Turns exceptions from a command into one line on stderr and an exit code.</summary>
+internal static class CliErrors
+{
+    public static readonly Option<bool> Verbose = new("--verbose") { Description = "Print stack traces on errors", Recursive = true };
+
+    /// <summary>Exit code for bad input (arguments, files); 2 is taken by argument parsing itself... and kept distinct.</summary>
+    public const int Failure = 1;
+
+    public static int Run(ParseResult parse, Func<int> body)
+    {
+        try
+        {
+            return body();
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            Console.Out.Flush();
+            Console.Error.WriteLine($"engine: error: {Describe(e)}");
+            if (parse.GetValue(Verbose))
+                Console.Error.WriteLine(e);
+            return Failure;
+        }
+    }
+
+    private static string Describe(Exception e) => e switch
+    {
+        ModelFormatException m => m.Message,
+        FileNotFoundException f => f.Message,
+        DirectoryNotFoundException d => d.Message,
+        AggregateException { InnerException: { } inner } => Describe(inner),
+        UnauthorizedAccessException or IOException => e.Message,
+        ArgumentException a => a.ParamName is null ? a.Message : a.Message.Replace($" (Parameter '{a.ParamName}')", "", StringComparison.Ordinal),
+        _ => $"{e.GetType().Name}: {e.Message}",
+    };
+}

@@ -1,0 +1,105 @@
+using System.CommandLine;
+using System.Globalization;
+using Engine.Api;
+using Engine.Sampling;
+
+namespace Engine.Cli.Commands;
+
+/// <summary>
+/// <c>engine generate</c>: streams a continuation of a prompt to stdout (or only the generated ids with
+/// <c>--ids</c>) and a stats line to stderr.
+/// </summary>
+internal static class GenerateCommand
+{
+    public static Command Create()
+    {
+        var model = SharedOptions.Model();
+        var prompt = new Option<string?>("--prompt", "-p") { Description = "Prompt text (BOS is added as the model's metadata says)" };
+        var promptIds = new Option<string?>("--prompt-ids") { Description = "Prompt as space-separated token ids, used exactly as given" };
+        var count = new Option<int>("--n-predict", "-n") { Description = "Tokens to generate", DefaultValueFactory = _ => 128 };
+        var temperature = new Option<float>("--temp") { Description = "Temperature (0 = greedy)", DefaultValueFactory = _ => 0.8f };
+        var topK = new Option<int>("--top-k") { Description = "Top-k (0 = off)", DefaultValueFactory = _ => 40 };
+        var topP = new Option<float>("--top-p") { Description = "Top-p (1 = off)", DefaultValueFactory = _ => 0.95f };
+        var seed = new Option<ulong?>("--seed") { Description = "Random seed (default: random)" };
+        var threads = SharedOptions.Threads();
+        var context = new Option<int>("--ctx", "-c") { Description = "Context size in tokens (default: the model's, at most 4096)" };
+        var ids = new Option<bool>("--ids") { Description = "Print only the generated token ids, space separated" };
+
+        var command = new Command("generate", "Generate text from a prompt")
+        {
+            model, prompt, promptIds, count, temperature, topK, topP, seed, threads, context, ids,
+        };
+        command.SetAction(parse => CliErrors.Run(parse, () =>
+        {
+            string? text = parse.GetValue(prompt);
+            string? idText = parse.GetValue(promptIds);
+            if ((text is null) == (idText is null))
+                throw new ArgumentException("give exactly one of --prompt (-p) and --prompt-ids");
+            var options = new GenerationOptions
+            {
+                MaxTokens = parse.GetValue(count),
+                Sampling = new SamplingOptions
+                {
+                    Temperature = parse.GetValue(temperature),
+                    TopK = parse.GetValue(topK),
+                    TopP = parse.GetValue(topP),
+                    Seed = parse.GetValue(seed) ?? (ulong)Random.Shared.NextInt64(),
+                },
+            };
+            options.Validate();
+            int threadCount = parse.GetValue(threads);
+            if (threadCount < 1)
+                throw new ArgumentException($"--threads {threadCount} must be at least 1");
+
+            using var lm = LanguageModel.Load(parse.GetRequiredValue(model), new ModelOptions { Threads = threadCount, ContextLength = parse.GetValue(context) });
+            var tokenizer = lm.Tokenizer;
+            List<int> promptTokens = text is not null ? tokenizer.Encode(text, addSpecial: true, parseSpecial: true) : ParseIds(idText!);
+            using var session = lm.CreateSession();
+            bool onlyIds = parse.GetValue(ids);
+            var output = Console.Out;
+            var detokenizer = tokenizer.CreateStreamingDetokenizer();
+            if (!onlyIds)
+            {
+                foreach (int t in promptTokens)
+                    output.Write(detokenizer.Push(t));
+            }
+            bool first = true;
+            foreach (int token in session.Generate(promptTokens, options))
+            {
+                if (onlyIds)
+                {
+                    output.Write(first ? token.ToString(CultureInfo.InvariantCulture) : " " + token.ToString(CultureInfo.InvariantCulture));
+                    first = false;
+                }
+                else
+                    output.Write(detokenizer.Push(token));
+                output.Flush();
+            }
+            if (!onlyIds)
+                output.Write(detokenizer.Flush());
+            output.WriteLine();
+            output.Flush();
+
+            var stats = session.LastStats!;
+            Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"prompt: {stats.PromptTokens} tokens, {stats.PromptTokensPerSecond:F1} tokens/s | generation: {stats.GeneratedTokens} tokens, {stats.GenerationTokensPerSecond:F1} tokens/s | stop: {stats.StopReason} | seed: {options.Sampling.Seed} | threads: {threadCount}"));
+            return 0;
+        }));
+        return command;
+    }
+
+    /// <summary>"1 2 3" → [1, 2, 3]; anything else is an error naming the bad item.</summary>
+    internal static List<int> ParseIds(string text)
+    {
+        var result = new List<int>();
+        foreach (string item in text.Split([' ', ',', '\t', '\n'], StringSplitOptions.RemoveEmptyEntries))
+        {
+            if (!int.TryParse(item, NumberStyles.None, CultureInfo.InvariantCulture, out int id))
+                throw new ArgumentException($"--prompt-ids: '{item}' is not a token id");
+            result.Add(id);
+        }
+        if (result.Count == 0)
+            throw new ArgumentException("--prompt-ids: no token ids given");
+        return result;
+    }
+}
