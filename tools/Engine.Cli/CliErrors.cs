@@ -8,10 +8,10 @@ internal static class CliErrors
 {
     public static readonly Option<bool> Verbose = new("--verbose") { Description = "Print stack traces on errors", Recursive = true };
 
-    /// <summary>Exit code for bad input (arguments, files); 2 is taken by argument parsing itself... and kept distinct.</summary>
+    /// <summary>Exit code of a command that failed (System.CommandLine uses 1 for parse errors too).</summary>
     public const int Failure = 1;
 
-    public static int Run(ParseResult parse, Func<int> body)
+    public static int Run(CliOutput io, ParseResult parse, Func<int> body)
     {
         try
         {
@@ -19,10 +19,10 @@ internal static class CliErrors
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
-            Console.Out.Flush();
-            Console.Error.WriteLine($"engine: error: {Describe(e)}");
+            io.Out.Flush();
+            io.Error.WriteLine($"engine: error: {Describe(e)}");
             if (parse.GetValue(Verbose))
-                Console.Error.WriteLine(e);
+                io.Error.WriteLine(e);
             return Failure;
         }
     }

@@ -107,7 +107,8 @@ public sealed class WorkerPool : IDisposable
         if (_disposed)
             return;
         _disposed = true;
-        _start.Release(_workers.Length);
+        if (_workers.Length > 0)
+            _start.Release(_workers.Length);
         foreach (var t in _workers)
             t.Join();
         _start.Dispose();

@@ -120,8 +120,8 @@ public sealed class GgufWriter
             w.Pad(Alignment);
             if (w.Position - dataStart != offsets[i])
                 throw new InvalidOperationException($"tensor '{_tensors[i].Name}' landed at {w.Position - dataStart}, expected {offsets[i]}");
-            long before = stream.Position;
             w.Flush();
+            long before = stream.Position;
             _tensors[i].Write(stream);
             long written = stream.Position - before;
             if (written != _tensors[i].ByteSize)

@@ -11,7 +11,7 @@ namespace Engine.Cli.Commands;
 /// </summary>
 internal static class GenerateCommand
 {
-    public static Command Create()
+    public static Command Create(CliOutput io)
     {
         var model = SharedOptions.Model();
         var prompt = new Option<string?>("--prompt", "-p") { Description = "Prompt text (BOS is added as the model's metadata says)" };
@@ -29,7 +29,7 @@ internal static class GenerateCommand
         {
             model, prompt, promptIds, count, temperature, topK, topP, seed, threads, context, ids,
         };
-        command.SetAction(parse => CliErrors.Run(parse, () =>
+        command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
             string? text = parse.GetValue(prompt);
             string? idText = parse.GetValue(promptIds);
@@ -56,7 +56,7 @@ internal static class GenerateCommand
             List<int> promptTokens = text is not null ? tokenizer.Encode(text, addSpecial: true, parseSpecial: true) : ParseIds(idText!);
             using var session = lm.CreateSession();
             bool onlyIds = parse.GetValue(ids);
-            var output = Console.Out;
+            var output = io.Out;
             var detokenizer = tokenizer.CreateStreamingDetokenizer();
             if (!onlyIds)
             {
@@ -81,7 +81,7 @@ internal static class GenerateCommand
             output.Flush();
 
             var stats = session.LastStats!;
-            Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            io.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"prompt: {stats.PromptTokens} tokens, {stats.PromptTokensPerSecond:F1} tokens/s | generation: {stats.GeneratedTokens} tokens, {stats.GenerationTokensPerSecond:F1} tokens/s | stop: {stats.StopReason} | seed: {options.Sampling.Seed} | threads: {threadCount}"));
             return 0;
         }));

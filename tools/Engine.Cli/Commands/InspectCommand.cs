@@ -7,14 +7,14 @@ namespace Engine.Cli.Commands;
 /// <summary><c>engine inspect</c>: prints a model's metadata and tensor table.</summary>
 internal static class InspectCommand
 {
-    public static Command Create()
+    public static Command Create(CliOutput io)
     {
         var model = SharedOptions.Model();
         var command = new Command("inspect", "Print a model's metadata and tensors") { model };
-        command.SetAction(parse => CliErrors.Run(parse, () =>
+        command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
             string path = parse.GetRequiredValue(model);
-            var o = Console.Out;
+            var o = io.Out;
             if (Directory.Exists(path))
             {
                 o.WriteLine($"HF folder {path}");

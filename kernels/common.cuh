@@ -1,0 +1,33 @@
+// Shared device helpers for Engine's kernels (the role ggml-cuda's common.cuh plays).
+// Every kernel file includes this; keep it to small, obviously-correct building blocks.
+#pragma once
+
+#define ENGINE_WARP_SIZE 32
+
+// Sum of v over the 32 lanes of a warp; every lane gets the result.
+static __device__ __forceinline__ float warp_reduce_sum(float v) {
+#pragma unroll
+    for (int offset = ENGINE_WARP_SIZE / 2; offset > 0; offset >>= 1) {
+        v += __shfl_xor_sync(0xffffffffu, v, offset);
+    }
+    return v;
+}
+
+// Sum of v over the whole thread block (blockDim.x a multiple of 32, at most 1024); every thread
+// gets the result. Uses 32 floats of shared memory; contains __syncthreads(), so every thread of
+// the block must call it.
+static __device__ __forceinline__ float block_reduce_sum(float v) {
+    __shared__ float partial[ENGINE_WARP_SIZE];
+    const int lane = threadIdx.x % ENGINE_WARP_SIZE;
+    const int warp = threadIdx.x / ENGINE_WARP_SIZE;
+    v = warp_reduce_sum(v);
+    if (lane == 0) {
+        partial[warp] = v;
+    }
+    __syncthreads();
+    const int warps = blockDim.x / ENGINE_WARP_SIZE;
+    v = lane < warps ? partial[lane] : 0.0f;
+    v = warp_reduce_sum(v);
+    __syncthreads(); // partial[] may be reused by a following call
+    return v;
+}

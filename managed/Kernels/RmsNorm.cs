@@ -1,0 +1,39 @@
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace Engine.Cuda.Kernels;
+
+/// <summary>
+/// Typed launchers for kernels/rmsnorm.cu. CPU reference: <see cref="Backends.Cpu.Kernels.RmsNorm"/>.
+/// </summary>
+public static class RmsNorm
+{
+    private const string File = "rmsnorm";
+
+    /// <summary>
+    /// rms_norm_f32: y[r, :] = x[r, :] / sqrt(mean(x[r, :]²) + eps) · w for r &lt; rows.
+    /// x, y: [rows, cols] (y may be x); w: [cols]. One block per row.
+    /// </summary>
+    public static unsafe void RmsNormF32(GpuDevice device, ArrayView<float> x, ArrayView<float> w, ArrayView<float> y, int rows, int cols, float eps)
+    {
+        if (rows <= 0 || cols <= 0)
+            throw new ArgumentOutOfRangeException(nameof(rows), $"rms_norm_f32: shape [{rows}, {cols}] must be positive");
+        long size = (long)rows * cols;
+        if (x.Length < size || y.Length < size)
+            throw new ArgumentException($"rms_norm_f32: x has {x.Length} and y {y.Length} elements, [{rows}, {cols}] needs {size}");
+        if (w.Length < cols)
+            throw new ArgumentException($"rms_norm_f32: w has {w.Length} elements, needs {cols}");
+        if (!(eps >= 0))
+            throw new ArgumentOutOfRangeException(nameof(eps), $"rms_norm_f32: eps {eps} must not be negative");
+        var fn = device.Function(File, "rms_norm_f32");
+        IntPtr px = x.LoadEffectiveAddressAsPtr(), pw = w.LoadEffectiveAddressAsPtr(), py = y.LoadEffectiveAddressAsPtr();
+        void** args = stackalloc void*[5];
+        args[0] = &px;
+        args[1] = &pw;
+        args[2] = &py;
+        args[3] = &cols;
+        args[4] = &eps;
+        int threads = Math.Min(1024, (cols + 31) / 32 * 32);
+        device.Launch(fn, (rows, 1, 1), (threads, 1, 1), 0, args);
+    }
+}

@@ -1,0 +1,451 @@
+using System.Runtime.InteropServices;
+using System.Text;
+using System.Text.Json;
+using Engine.Formats.Gguf;
+using Engine.Quantization;
+using Engine.Tensors;
+
+namespace Engine.Tests;
+
+/// <summary>Shape and options of a random-weight Llama-family model that a test builds.</summary>
+public sealed record TinySpec(
+    string Name, string Arch = "llama", int Vocab = 320, int Dim = 64, int Layers = 2, int Heads = 4, int KvHeads = 4,
+    int Ffn = 96, bool Tied = false, bool QkvBias = false, GgmlType WeightType = GgmlType.F32, int Seed = 1,
+    float RopeTheta = 10000f, int Context = 256)
+{
+    public int HeadDim => Dim / Heads;
+    public int QDim => Heads * HeadDim;
+    public int KvDim => KvHeads * HeadDim;
+    public bool NeoX => Arch == "qwen2";
+    public override string ToString() => Name;
+}
+
+/// <summary>
+/// The weights of a tiny model as plain row-major float arrays ([out, in] for matrices, as in the
+/// equations), plus writers that store them as GGUF or as an HF safetensors folder, and an
+/// obviously-correct reference forward pass in double precision to check the engine against.
+/// </summary>
+public sealed class TinyModel
+{
+    public required TinySpec Spec { get; init; }
+    public required float[] Embedding { get; init; }      // [vocab, dim]
+    public required float[] OutputNorm { get; init; }     // [dim]
+    public required float[]? Output { get; init; }        // [vocab, dim], null when tied
+    public required Layer[] Layers { get; init; }
+
+    public sealed class Layer
+    {
+        public required float[] AttnNorm, Wq, Wk, Wv, Wo, FfnNorm, Gate, Up, Down;
+        public float[]? Bq, Bk, Bv;
+    }
+
+    /// <summary>Seeded random weights, already rounded through the spec's weight type (so the reference sees what the engine sees).</summary>
+    public static TinyModel Random(TinySpec s)
+    {
+        var rng = new Random(s.Seed);
+        float[] Matrix(int rows, int cols, float scale)
+        {
+            var m = new float[rows * cols];
+            for (int i = 0; i < m.Length; i++)
+                m[i] = (float)((rng.NextDouble() * 2 - 1) * scale);
+            return RoundTrip(m, cols, s.WeightType);
+        }
+        float[] Norm(int n)
+        {
+            var v = new float[n];
+            for (int i = 0; i < n; i++)
+                v[i] = (float)(0.8 + 0.4 * rng.NextDouble());
+            return v;
+        }
+        float[] Bias(int n) => Enumerable.Range(0, n).Select(_ => (float)((rng.NextDouble() * 2 - 1) * 0.1)).ToArray();
+        float w = 1f / MathF.Sqrt(s.Dim);
+        var layers = new Layer[s.Layers];
+        for (int l = 0; l < s.Layers; l++)
+        {
+            layers[l] = new Layer
+            {
+                AttnNorm = Norm(s.Dim),
+                Wq = Matrix(s.QDim, s.Dim, 2 * w),
+                Wk = Matrix(s.KvDim, s.Dim, 2 * w),
+                Wv = Matrix(s.KvDim, s.Dim, w),
+                Wo = Matrix(s.Dim, s.QDim, w),
+                FfnNorm = Norm(s.Dim),
+                Gate = Matrix(s.Ffn, s.Dim, w),
+                Up = Matrix(s.Ffn, s.Dim, w),
+                Down = Matrix(s.Dim, s.Ffn, 1f / MathF.Sqrt(s.Ffn)),
+                Bq = s.QkvBias ? Bias(s.QDim) : null,
+                Bk = s.QkvBias ? Bias(s.KvDim) : null,
+                Bv = s.QkvBias ? Bias(s.KvDim) : null,
+            };
+        }
+        return new TinyModel
+        {
+            Spec = s,
+            Embedding = Matrix(s.Vocab, s.Dim, 1f),
+            OutputNorm = Norm(s.Dim),
+            Output = s.Tied ? null : Matrix(s.Vocab, s.Dim, w),
+            Layers = layers,
+        };
+    }
+
+    private static float[] RoundTrip(float[] m, int cols, GgmlType type)
+    {
+        if (type == GgmlType.F32)
+            return m;
+        var result = new float[m.Length];
+        for (int r = 0; r < m.Length / cols; r++)
+        {
+            var bytes = Quantize.Row(type, m.AsSpan(r * cols, cols));
+            Dequantize.Row(type, bytes, result.AsSpan(r * cols, cols));
+        }
+        return result;
+    }
+
+    // ---- vocabulary: 256 byte-level characters plus filler tokens, enough to load a tokenizer ----
+
+    public string[] Tokens()
+    {
+        var tokens = new string[Spec.Vocab];
+        for (int b = 0; b < 256; b++)
+            tokens[b] = ((char)ByteChar(b)).ToString();
+        for (int i = 256; i < tokens.Length; i++)
+            tokens[i] = $"<extra_{i}>";
+        return tokens;
+    }
+
+    private static int ByteChar(int b) => b is >= '!' and <= '~' or >= 0xA1 and <= 0xAC or >= 0xAE and <= 0xFF
+        ? b
+        : 256 + Enumerable.Range(0, b).Count(x => !(x is >= '!' and <= '~' or >= 0xA1 and <= 0xAC or >= 0xAE and <= 0xFF));
+
+    // ---- GGUF ----
+
+    /// <summary>Writes the model as GGUF (ggml shapes [in, out]; q/k rows as given, for the arch's RoPE style).</summary>
+    public string WriteGguf(string path)
+    {
+        var s = Spec;
+        var w = new GgufWriter();
+        w.Add("general.architecture", s.Arch);
+        w.Add("general.name", s.Name);
+        string a = s.Arch;
+        w.Add($"{a}.context_length", (uint)s.Context);
+        w.Add($"{a}.embedding_length", (uint)s.Dim);
+        w.Add($"{a}.block_count", (uint)s.Layers);
+        w.Add($"{a}.feed_forward_length", (uint)s.Ffn);
+        w.Add($"{a}.attention.head_count", (uint)s.Heads);
+        w.Add($"{a}.attention.head_count_kv", (uint)s.KvHeads);
+        w.Add($"{a}.attention.layer_norm_rms_epsilon", 1e-5f);
+        w.Add($"{a}.rope.freq_base", s.RopeTheta);
+        w.Add("tokenizer.ggml.model", "gpt2");
+        w.Add("tokenizer.ggml.pre", "default");
+        w.Add("tokenizer.ggml.tokens", GgufValue.FromArray(Tokens()));
+        w.Add("tokenizer.ggml.merges", GgufValue.FromArray(Array.Empty<string>()));
+        w.Add("tokenizer.ggml.bos_token_id", 256u);
+        w.Add("tokenizer.ggml.eos_token_id", 257u);
+
+        void Matrix(string name, float[] data, int rows, int cols, GgmlType? type = null)
+        {
+            var t = type ?? s.WeightType;
+            byte[] bytes = t == GgmlType.F32 ? MemoryMarshal.AsBytes(data.AsSpan()).ToArray() : Quantize.Row(t, data);
+            w.AddTensor(name, t, [cols, rows], bytes);
+        }
+        void Vector(string name, float[] data) => w.AddTensor(name, [data.Length], data);
+
+        Matrix("token_embd.weight", Embedding, s.Vocab, s.Dim);
+        for (int l = 0; l < s.Layers; l++)
+        {
+            var L = Layers[l];
+            string p = $"blk.{l}.";
+            Vector(p + "attn_norm.weight", L.AttnNorm);
+            Matrix(p + "attn_q.weight", L.Wq, s.QDim, s.Dim);
+            Matrix(p + "attn_k.weight", L.Wk, s.KvDim, s.Dim);
+            Matrix(p + "attn_v.weight", L.Wv, s.KvDim, s.Dim);
+            if (L.Bq is not null)
+            {
+                Vector(p + "attn_q.bias", L.Bq);
+                Vector(p + "attn_k.bias", L.Bk!);
+                Vector(p + "attn_v.bias", L.Bv!);
+            }
+            Matrix(p + "attn_output.weight", L.Wo, s.Dim, s.QDim);
+            Vector(p + "ffn_norm.weight", L.FfnNorm);
+            Matrix(p + "ffn_gate.weight", L.Gate, s.Ffn, s.Dim);
+            Matrix(p + "ffn_up.weight", L.Up, s.Ffn, s.Dim);
+            Matrix(p + "ffn_down.weight", L.Down, s.Dim, s.Ffn);
+        }
+        Vector("output_norm.weight", OutputNorm);
+        if (Output is not null)
+            Matrix("output.weight", Output, s.Vocab, s.Dim);
+        w.Write(path);
+        return path;
+    }
+
+    // ---- HF folder ----
+
+    /// <summary>
+    /// Writes an HF folder (config.json, model.safetensors, tokenizer.json) holding these weights with
+    /// q/k rows converted the way HF checkpoints store them for rotate-half RoPE: the inverse of
+    /// llama.cpp's convert permutation. The folder therefore describes the same network as <see cref="WriteGguf"/>.
+    /// </summary>
+    public string WriteHfFolder(string folder, bool shards = false)
+    {
+        var s = Spec;
+        if (s.WeightType != GgmlType.F32)
+            throw new InvalidOperationException("HF folders are written in F32");
+        Directory.CreateDirectory(folder);
+        var config = new Dictionary<string, object?>
+        {
+            ["architectures"] = new[] { s.Arch == "qwen2" ? "Qwen2ForCausalLM" : "LlamaForCausalLM" },
+            ["hidden_size"] = s.Dim,
+            ["intermediate_size"] = s.Ffn,
+            ["num_hidden_layers"] = s.Layers,
+            ["num_attention_heads"] = s.Heads,
+            ["num_key_value_heads"] = s.KvHeads,
+            ["vocab_size"] = s.Vocab,
+            ["max_position_embeddings"] = s.Context,
+            ["rms_norm_eps"] = 1e-5,
+            ["rope_theta"] = s.RopeTheta,
+            ["tie_word_embeddings"] = s.Tied,
+            ["bos_token_id"] = 256,
+            ["eos_token_id"] = 257,
+        };
+        File.WriteAllText(Path.Combine(folder, "config.json"), JsonSerializer.Serialize(config));
+        var vocab = Tokens().Select((t, i) => (t, i)).ToDictionary(x => x.t, x => x.i);
+        var tokenizer = new Dictionary<string, object?>
+        {
+            ["model"] = new Dictionary<string, object?> { ["type"] = "BPE", ["vocab"] = vocab, ["merges"] = Array.Empty<string>() },
+            ["pre_tokenizer"] = new Dictionary<string, object?> { ["type"] = "ByteLevel" },
+            ["added_tokens"] = Array.Empty<object>(),
+        };
+        File.WriteAllText(Path.Combine(folder, "tokenizer.json"), JsonSerializer.Serialize(tokenizer));
+
+        bool neox = s.NeoX;
+        var tensors = new List<(string Name, float[] Data, long[] Shape)>
+        {
+            ("model.embed_tokens.weight", Embedding, [s.Vocab, s.Dim]),
+        };
+        for (int l = 0; l < s.Layers; l++)
+        {
+            var L = Layers[l];
+            string p = $"model.layers.{l}.";
+            tensors.Add((p + "input_layernorm.weight", L.AttnNorm, [s.Dim]));
+            tensors.Add((p + "self_attn.q_proj.weight", neox ? L.Wq : ToHfRows(L.Wq, s.Heads, s.HeadDim, s.Dim), [s.QDim, s.Dim]));
+            tensors.Add((p + "self_attn.k_proj.weight", neox ? L.Wk : ToHfRows(L.Wk, s.KvHeads, s.HeadDim, s.Dim), [s.KvDim, s.Dim]));
+            tensors.Add((p + "self_attn.v_proj.weight", L.Wv, [s.KvDim, s.Dim]));
+            if (L.Bq is not null)
+            {
+                tensors.Add((p + "self_attn.q_proj.bias", neox ? L.Bq : ToHfRows(L.Bq, s.Heads, s.HeadDim, 1), [s.QDim]));
+                tensors.Add((p + "self_attn.k_proj.bias", neox ? L.Bk! : ToHfRows(L.Bk!, s.KvHeads, s.HeadDim, 1), [s.KvDim]));
+                tensors.Add((p + "self_attn.v_proj.bias", L.Bv!, [s.KvDim]));
+            }
+            tensors.Add((p + "self_attn.o_proj.weight", L.Wo, [s.Dim, s.QDim]));
+            tensors.Add((p + "post_attention_layernorm.weight", L.FfnNorm, [s.Dim]));
+            tensors.Add((p + "mlp.gate_proj.weight", L.Gate, [s.Ffn, s.Dim]));
+            tensors.Add((p + "mlp.up_proj.weight", L.Up, [s.Ffn, s.Dim]));
+            tensors.Add((p + "mlp.down_proj.weight", L.Down, [s.Dim, s.Ffn]));
+        }
+        tensors.Add(("model.norm.weight", OutputNorm, [s.Dim]));
+        if (Output is not null)
+            tensors.Add(("lm_head.weight", Output, [s.Vocab, s.Dim]));
+
+        if (!shards)
+        {
+            Safetensors.Write(Path.Combine(folder, "model.safetensors"), tensors);
+            return folder;
+        }
+        int half = tensors.Count / 2;
+        var parts = new[] { tensors.Take(half).ToList(), tensors.Skip(half).ToList() };
+        var map = new Dictionary<string, string>();
+        for (int i = 0; i < parts.Length; i++)
+        {
+            string file = $"model-{i + 1:D5}-of-{parts.Length:D5}.safetensors";
+            Safetensors.Write(Path.Combine(folder, file), parts[i]);
+            foreach (var t in parts[i])
+                map[t.Name] = file;
+        }
+        File.WriteAllText(Path.Combine(folder, "model.safetensors.index.json"),
+            JsonSerializer.Serialize(new Dictionary<string, object> { ["metadata"] = new Dictionary<string, object>(), ["weight_map"] = map }));
+        return folder;
+    }
+
+    /// <summary>
+    /// Inverse of llama.cpp's <c>permute</c> (convert_hf_to_gguf.py): within each head, GGUF row 2i+j
+    /// (interleaved pairs) holds HF row j·(hd/2)+i (halves).
+    /// </summary>
+    public static float[] ToHfRows(float[] gguf, int heads, int headDim, int cols)
+    {
+        var hf = new float[gguf.Length];
+        int half = headDim / 2;
+        for (int h = 0; h < heads; h++)
+        {
+            for (int i = 0; i < half; i++)
+            {
+                for (int j = 0; j < 2; j++)
+                {
+                    int ggufRow = h * headDim + 2 * i + j;
+                    int hfRow = h * headDim + j * half + i;
+                    Array.Copy(gguf, ggufRow * cols, hf, hfRow * cols, cols);
+                }
+            }
+        }
+        return hf;
+    }
+
+    // ---- reference forward ----
+
+    /// <summary>
+    /// Logits [T, vocab] for every position of <paramref name="tokens"/>, computed causally, one token
+    /// at a time, in double precision with straightforward loops: the equations and nothing else.
+    /// </summary>
+    public double[][] ReferenceLogits(IReadOnlyList<int> tokens)
+    {
+        var s = Spec;
+        int hd = s.HeadDim, group = s.Heads / s.KvHeads;
+        var keys = new List<double[]>[s.Layers];
+        var values = new List<double[]>[s.Layers];
+        for (int l = 0; l < s.Layers; l++)
+        {
+            keys[l] = [];
+            values[l] = [];
+        }
+        var result = new double[tokens.Count][];
+        for (int t = 0; t < tokens.Count; t++)
+        {
+            var x = new double[s.Dim];
+            for (int i = 0; i < s.Dim; i++)
+                x[i] = Embedding[tokens[t] * s.Dim + i];
+            for (int l = 0; l < s.Layers; l++)
+            {
+                var L = Layers[l];
+                var xn = RmsNorm(x, L.AttnNorm);
+                var q = MatVec(L.Wq, xn, L.Bq);
+                var k = MatVec(L.Wk, xn, L.Bk);
+                var v = MatVec(L.Wv, xn, L.Bv);
+                Rope(q, s.Heads, t);
+                Rope(k, s.KvHeads, t);
+                keys[l].Add(k);
+                values[l].Add(v);
+                var att = new double[s.QDim];
+                for (int h = 0; h < s.Heads; h++)
+                {
+                    int kvh = h / group;
+                    var scores = new double[t + 1];
+                    double max = double.NegativeInfinity;
+                    for (int p = 0; p <= t; p++)
+                    {
+                        double dot = 0;
+                        for (int i = 0; i < hd; i++)
+                            dot += q[h * hd + i] * keys[l][p][kvh * hd + i];
+                        scores[p] = dot / Math.Sqrt(hd);
+                        max = Math.Max(max, scores[p]);
+                    }
+                    double sum = 0;
+                    for (int p = 0; p <= t; p++)
+                    {
+                        scores[p] = Math.Exp(scores[p] - max);
+                        sum += scores[p];
+                    }
+                    for (int p = 0; p <= t; p++)
+                    {
+                        for (int i = 0; i < hd; i++)
+                            att[h * hd + i] += scores[p] / sum * values[l][p][kvh * hd + i];
+                    }
+                }
+                var o = MatVec(L.Wo, att, null);
+                for (int i = 0; i < s.Dim; i++)
+                    x[i] += o[i];
+                var fn = RmsNorm(x, L.FfnNorm);
+                var g = MatVec(L.Gate, fn, null);
+                var u = MatVec(L.Up, fn, null);
+                for (int i = 0; i < g.Length; i++)
+                    g[i] = g[i] / (1 + Math.Exp(-g[i])) * u[i];
+                var d = MatVec(L.Down, g, null);
+                for (int i = 0; i < s.Dim; i++)
+                    x[i] += d[i];
+            }
+            result[t] = MatVec(Output ?? Embedding, RmsNorm(x, OutputNorm), null);
+        }
+        return result;
+    }
+
+    private double[] RmsNorm(double[] x, float[] w)
+    {
+        double ss = x.Sum(v => v * v) / x.Length;
+        double scale = 1 / Math.Sqrt(ss + 1e-5);
+        return x.Select((v, i) => v * scale * w[i]).ToArray();
+    }
+
+    private static double[] MatVec(float[] m, double[] x, float[]? bias)
+    {
+        int rows = m.Length / x.Length;
+        var y = new double[rows];
+        for (int r = 0; r < rows; r++)
+        {
+            double sum = bias?[r] ?? 0;
+            for (int c = 0; c < x.Length; c++)
+                sum += m[r * x.Length + c] * x[c];
+            y[r] = sum;
+        }
+        return y;
+    }
+
+    private void Rope(double[] v, int heads, int pos)
+    {
+        int hd = Spec.HeadDim, half = hd / 2;
+        for (int h = 0; h < heads; h++)
+        {
+            for (int i = 0; i < half; i++)
+            {
+                double angle = pos * Math.Pow(Spec.RopeTheta, -2.0 * i / hd);
+                int a = Spec.NeoX ? h * hd + i : h * hd + 2 * i;
+                int b = Spec.NeoX ? h * hd + i + half : h * hd + 2 * i + 1;
+                double x0 = v[a], x1 = v[b];
+                v[a] = x0 * Math.Cos(angle) - x1 * Math.Sin(angle);
+                v[b] = x0 * Math.Sin(angle) + x1 * Math.Cos(angle);
+            }
+        }
+    }
+}
+
+/// <summary>A minimal safetensors writer for tests (header JSON padded to 8 bytes, F32 data).</summary>
+public static class Safetensors
+{
+    public static void Write(string path, IEnumerable<(string Name, float[] Data, long[] Shape)> tensors)
+    {
+        var header = new Dictionary<string, object>();
+        long offset = 0;
+        var list = tensors.ToList();
+        foreach (var (name, data, shape) in list)
+        {
+            header[name] = new Dictionary<string, object> { ["dtype"] = "F32", ["shape"] = shape, ["data_offsets"] = new[] { offset, offset + data.Length * 4L } };
+            offset += data.Length * 4L;
+        }
+        WriteRaw(path, JsonSerializer.Serialize(header), list.SelectMany(t => MemoryMarshal.AsBytes(t.Data.AsSpan()).ToArray()).ToArray());
+    }
+
+    /// <summary>Writes a file from a header text and data bytes (for crafting bad files too).</summary>
+    public static void WriteRaw(string path, string headerJson, byte[] data, long? declaredHeaderLength = null)
+    {
+        var json = Encoding.UTF8.GetBytes(headerJson);
+        int padded = (json.Length + 7) / 8 * 8;
+        using var f = File.Create(path);
+        f.Write(BitConverter.GetBytes(declaredHeaderLength ?? padded));
+        f.Write(json);
+        for (int i = json.Length; i < padded; i++)
+            f.WriteByte((byte)' ');
+        f.Write(data);
+    }
+}
+
+/// <summary>A temporary folder deleted at dispose.</summary>
+public sealed class TempDir : IDisposable
+{
+    public TempDir() => Directory.CreateDirectory(Path);
+
+    public string Path { get; } = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "engine-tests-" + Guid.NewGuid().ToString("N")[..12]);
+
+    public string File(string name) => System.IO.Path.Combine(Path, name);
+
+    public void Dispose()
+    {
+        try { Directory.Delete(Path, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+    }
+}

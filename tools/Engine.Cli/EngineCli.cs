@@ -1,0 +1,27 @@
+using System.CommandLine;
+using Engine.Cli.Commands;
+
+namespace Engine.Cli;
+
+/// <summary>
+/// The <c>engine</c> command line. Each subcommand lives in Commands/ and writes to the given writers
+/// (so tests run it in-process); errors become one line on stderr and exit code 1, with a stack trace
+/// only under <c>--verbose</c>.
+/// </summary>
+public static class EngineCli
+{
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        var io = new CliOutput(stdout, stderr);
+        var root = new RootCommand("Engine: LLM inference and decoding on the CPU and NVIDIA GPUs.");
+        root.Options.Add(CliErrors.Verbose);
+        root.Subcommands.Add(GenerateCommand.Create(io));
+        root.Subcommands.Add(TokenizeCommand.Create(io));
+        root.Subcommands.Add(InspectCommand.Create(io));
+        var parsed = root.Parse(args);
+        return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false, Output = stdout, Error = stderr });
+    }
+}
+
+/// <summary>Where a command writes.</summary>
+public sealed record CliOutput(TextWriter Out, TextWriter Error);
