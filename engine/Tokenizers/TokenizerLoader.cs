@@ -169,6 +169,12 @@ public static class TokenizerLoader
         int? eos = special.EosId ?? (eosText is not null && vocab.TryGetValue(eosText, out int e) ? e : Added(added, eosText));
         bos = CheckOptional(path, "bos_token_id", bos, n);
         eos = CheckOptional(path, "eos_token_id", eos, n);
+        // BOS/EOS listed only in the vocabulary (not as added tokens) are still control tokens.
+        foreach (int? id in new[] { bos, eos })
+        {
+            if (id is int i && kinds[i] == TokenKind.Normal)
+                kinds[i] = TokenKind.Control;
+        }
 
         if (byteFallback)
         {
