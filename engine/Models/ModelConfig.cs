@@ -43,39 +43,40 @@ public sealed record ModelConfig
 
     public int KvDim => KvHeads * HeadDim;
 
-    /// <summary>Checks the numbers against each other; <paramref name="source"/> names the file for errors.</summary>
-    public void Validate(string source)
+    /// <summary>
+    /// Checks the numbers against each other. <paramref name="source"/> names the file and
+    /// <paramref name="field"/> maps a property name (e.g. "KvHeads") to the file's own key
+    /// (e.g. "num_key_value_heads"), so an error points at what the user can see.
+    /// </summary>
+    public void Validate(string source, Func<string, string> field)
     {
-        void Positive(string name, long value)
+        Formats.ModelFormatException Error(string property, string problem) => new(source, field(property), problem);
+        void Positive(string property, long value, long max = 1 << 22)
         {
             if (value <= 0)
-                throw new Formats.ModelFormatException(source, name, $"{value} must be positive");
+                throw Error(property, $"{value} must be positive");
+            if (value > max)
+                throw Error(property, $"{value} is implausibly large (more than {max})");
         }
-        Positive("vocab size", VocabSize);
-        Positive("embedding length", Dim);
-        Positive("block count", Layers);
-        Positive("head count", Heads);
-        Positive("head count kv", KvHeads);
-        Positive("head dim", HeadDim);
-        Positive("feed forward length", FfnDim);
-        Positive("context length", ContextLength);
-        const int limit = 1 << 20;
-        foreach (var (name, value) in new[] { ("vocab size", VocabSize), ("embedding length", Dim), ("feed forward length", FfnDim), ("head count", Heads), ("block count", Layers) })
-        {
-            if (value > limit * 4)
-                throw new Formats.ModelFormatException(source, name, $"{value} is implausibly large");
-        }
+        Positive(nameof(VocabSize), VocabSize, 1 << 24);
+        Positive(nameof(Dim), Dim);
+        Positive(nameof(Layers), Layers, 1 << 12);
+        Positive(nameof(Heads), Heads, 1 << 12);
+        Positive(nameof(KvHeads), KvHeads, 1 << 12);
+        Positive(nameof(HeadDim), HeadDim, 1 << 14);
+        Positive(nameof(FfnDim), FfnDim);
+        Positive(nameof(ContextLength), ContextLength, int.MaxValue);
         if (Heads % KvHeads != 0)
-            throw new Formats.ModelFormatException(source, "head count kv", $"{Heads} heads are not a multiple of {KvHeads} kv heads");
+            throw Error(nameof(KvHeads), $"{Heads} heads are not a multiple of {KvHeads} kv heads");
         if (RopeDims <= 0 || RopeDims > HeadDim || RopeDims % 2 != 0)
-            throw new Formats.ModelFormatException(source, "rope dimension count", $"{RopeDims} must be even and between 2 and the head dim {HeadDim}");
+            throw Error(nameof(RopeDims), $"{RopeDims} must be even and between 2 and the head dim {HeadDim}");
         if (!(RmsNormEps > 0) || !float.IsFinite(RmsNormEps))
-            throw new Formats.ModelFormatException(source, "rms norm epsilon", $"{RmsNormEps} must be a positive number");
+            throw Error(nameof(RmsNormEps), $"{RmsNormEps} must be a positive number");
         if (!(RopeTheta > 0) || !float.IsFinite(RopeTheta))
-            throw new Formats.ModelFormatException(source, "rope freq base", $"{RopeTheta} must be a positive number");
+            throw Error(nameof(RopeTheta), $"{RopeTheta} must be a positive number");
         if (!(RopeFreqScale > 0) || !float.IsFinite(RopeFreqScale))
-            throw new Formats.ModelFormatException(source, "rope scaling factor", $"1/{RopeFreqScale} must be a positive number");
+            throw Error(nameof(RopeFreqScale), $"a position scale of {RopeFreqScale} must be a positive number");
         if (RopeFreqFactors is { } f && (f.Length != RopeDims / 2 || f.Any(x => !(x > 0) || !float.IsFinite(x))))
-            throw new Formats.ModelFormatException(source, "rope frequency factors", $"need {RopeDims / 2} positive values, got {f.Length}");
+            throw Error(nameof(RopeFreqFactors), $"need {RopeDims / 2} positive values, got {f.Length}");
     }
 }

@@ -72,7 +72,23 @@ public static class ModelConfigReader
             RopeFreqScale = freqScale,
             RopeFreqFactors = ropeFreqFactors,
         };
-        config.Validate(gguf.Path);
+        config.Validate(gguf.Path, property => property switch
+        {
+            nameof(ModelConfig.VocabSize) => "tensor 'token_embd.weight' rows",
+            nameof(ModelConfig.Dim) => k("embedding_length"),
+            nameof(ModelConfig.Layers) => k("block_count"),
+            nameof(ModelConfig.Heads) => k("attention.head_count"),
+            nameof(ModelConfig.KvHeads) => k("attention.head_count_kv"),
+            nameof(ModelConfig.HeadDim) => k("attention.key_length"),
+            nameof(ModelConfig.FfnDim) => k("feed_forward_length"),
+            nameof(ModelConfig.ContextLength) => k("context_length"),
+            nameof(ModelConfig.RmsNormEps) => k("attention.layer_norm_rms_epsilon"),
+            nameof(ModelConfig.RopeTheta) => k("rope.freq_base"),
+            nameof(ModelConfig.RopeDims) => k("rope.dimension_count"),
+            nameof(ModelConfig.RopeFreqScale) => k("rope.scaling.factor"),
+            nameof(ModelConfig.RopeFreqFactors) => "tensor 'rope_freqs.weight'",
+            _ => property,
+        });
         return config;
     }
 
@@ -149,7 +165,21 @@ public static class ModelConfigReader
             RopeFreqScale = freqScale,
             RopeFreqFactors = factors,
         };
-        config.Validate(configPath);
+        config.Validate(configPath, property => property switch
+        {
+            nameof(ModelConfig.VocabSize) => "vocab_size",
+            nameof(ModelConfig.Dim) => "hidden_size",
+            nameof(ModelConfig.Layers) => "num_hidden_layers",
+            nameof(ModelConfig.Heads) => "num_attention_heads",
+            nameof(ModelConfig.KvHeads) => "num_key_value_heads",
+            nameof(ModelConfig.HeadDim) => "head_dim",
+            nameof(ModelConfig.FfnDim) => "intermediate_size",
+            nameof(ModelConfig.ContextLength) => "max_position_embeddings",
+            nameof(ModelConfig.RmsNormEps) => "rms_norm_eps",
+            nameof(ModelConfig.RopeTheta) => "rope_theta",
+            nameof(ModelConfig.RopeFreqScale) or nameof(ModelConfig.RopeFreqFactors) => "rope_scaling",
+            _ => property,
+        });
         return config;
     }
 }
