@@ -55,6 +55,13 @@ public sealed class GpuDevice : IDisposable
     /// <summary>A device array holding a copy of <paramref name="data"/>.</summary>
     public MemoryBuffer1D<float, Stride1D.Dense> Upload(float[] data) => _accelerator.Allocate1D(data);
 
+    /// <summary>Copies a device array back to the host (after the work queued before it).</summary>
+    public float[] Download(MemoryBuffer1D<float, Stride1D.Dense> buffer)
+    {
+        using var _ = Bind();
+        return buffer.GetAsArray1D();
+    }
+
     /// <summary>Waits for all work on the device; launch errors surface here.</summary>
     public void Synchronize()
     {

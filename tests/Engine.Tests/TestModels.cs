@@ -120,7 +120,7 @@ public sealed class TinyModel
     // ---- GGUF ----
 
     /// <summary>Writes the model as GGUF (ggml shapes [in, out]; q/k rows as given, for the arch's RoPE style).</summary>
-    public string WriteGguf(string path)
+    public string WriteGguf(string path, uint eosId = 257)
     {
         var s = Spec;
         var w = new GgufWriter();
@@ -140,7 +140,7 @@ public sealed class TinyModel
         w.Add("tokenizer.ggml.tokens", GgufValue.FromArray(Tokens()));
         w.Add("tokenizer.ggml.merges", GgufValue.FromArray(Array.Empty<string>()));
         w.Add("tokenizer.ggml.bos_token_id", 256u);
-        w.Add("tokenizer.ggml.eos_token_id", 257u);
+        w.Add("tokenizer.ggml.eos_token_id", eosId);
 
         void Matrix(string name, float[] data, int rows, int cols, GgmlType? type = null)
         {

@@ -51,9 +51,11 @@ internal static class GenerateCommand
             if (threadCount < 1)
                 throw new ArgumentException($"--threads {threadCount} must be at least 1");
 
+            List<int>? givenIds = idText is not null ? ParseIds(idText) : null;
+
             using var lm = LanguageModel.Load(parse.GetRequiredValue(model), new ModelOptions { Threads = threadCount, ContextLength = parse.GetValue(context) });
             var tokenizer = lm.Tokenizer;
-            List<int> promptTokens = text is not null ? tokenizer.Encode(text, addSpecial: true, parseSpecial: true) : ParseIds(idText!);
+            List<int> promptTokens = givenIds ?? tokenizer.Encode(text!, addSpecial: true, parseSpecial: true);
             using var session = lm.CreateSession();
             bool onlyIds = parse.GetValue(ids);
             var output = io.Out;

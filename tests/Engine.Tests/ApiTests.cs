@@ -1,0 +1,158 @@
+using Engine.Api;
+using Engine.Sampling;
+
+namespace Engine.Tests;
+
+public class ApiTests
+{
+    [Test]
+    public async Task GenerateAsync_streams_the_reference_continuation()
+    {
+        var expected = SharedData.StoriesExpected();
+        using var lm = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Threads = 2 });
+        using var session = lm.CreateSession();
+        string prompt = "Once upon a time, there was a little dog";
+        var pieces = new List<string>();
+        await foreach (string piece in session.GenerateAsync(prompt, new GenerationOptions { MaxTokens = 48, Sampling = SamplingOptions.Greedy }))
+            pieces.Add(piece);
+        Assert.That(prompt + string.Concat(pieces), Is.EqualTo(expected.TextAfterPrompt));
+        Assert.That(pieces, Has.Count.GreaterThan(10), "text arrives piece by piece");
+        Assert.That(session.LastStats!.GeneratedTokens, Is.EqualTo(48));
+        Assert.That(session.LastStats.StopReason, Is.EqualTo(StopReason.MaxTokens));
+    }
+
+    [Test]
+    public async Task GenerateAsync_stops_when_cancelled()
+    {
+        using var lm = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Threads = 1 });
+        using var session = lm.CreateSession();
+        using var cancel = new CancellationTokenSource();
+        int received = 0;
+        await Assert.CatchAsync<OperationCanceledException>(async () =>
+        {
+            await foreach (string _ in session.GenerateAsync("Once", new GenerationOptions { MaxTokens = 400, Sampling = SamplingOptions.Greedy }, cancel.Token))
+            {
+                if (++received == 3)
+                    await cancel.CancelAsync();
+            }
+        });
+        Assert.That(received, Is.EqualTo(3));
+        Assert.That(session.Tokens.Count, Is.LessThan(10), "generation stopped right after cancellation");
+    }
+
+    [Test]
+    public void A_session_continues_where_it_stopped()
+    {
+        using var lm = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Threads = 1 });
+        var greedy = new GenerationOptions { MaxTokens = 30, Sampling = SamplingOptions.Greedy };
+        using var once = lm.CreateSession();
+        var all = once.Generate([1], greedy with { MaxTokens = 60 }).ToList();
+        using var twice = lm.CreateSession();
+        var first = twice.Generate([1], greedy).ToList();
+        var second = twice.Generate([], greedy).ToList();
+        Assert.That(first.Concat(second), Is.EqualTo(all));
+        Assert.That(twice.Tokens, Has.Count.EqualTo(61));
+        twice.Reset();
+        Assert.That(twice.Tokens, Is.Empty);
+        Assert.That(twice.Generate([1], greedy).ToList(), Is.EqualTo(first));
+    }
+
+    [Test]
+    public void Generation_stops_when_the_context_is_full()
+    {
+        using var lm = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Threads = 1, ContextLength = 20 });
+        using var session = lm.CreateSession();
+        var ids = session.Generate([1], new GenerationOptions { MaxTokens = 100, Sampling = SamplingOptions.Greedy }).ToList();
+        Assert.That(ids, Has.Count.EqualTo(19));
+        Assert.That(session.LastStats!.StopReason, Is.EqualTo(StopReason.ContextFull));
+        Assert.Throws<ArgumentException>(() => session.Generate([5, 6], new GenerationOptions()), "no room for more prompt");
+
+    }
+
+    [Test]
+    public void Generation_stops_at_the_end_of_sequence_token_without_returning_it()
+    {
+        // Find what a tiny model generates greedily, then declare its 6th token to be EOS.
+        var model = TinyModel.Random(new TinySpec("eos", Seed: 31));
+        using var dir = new TempDir();
+        var greedy = new GenerationOptions { MaxTokens = 12, Sampling = SamplingOptions.Greedy };
+        List<int> run;
+        using (var lm = LanguageModel.Load(model.WriteGguf(dir.File("a.gguf")), new ModelOptions { Threads = 1 }))
+        using (var session = lm.CreateSession())
+            run = session.Generate([256], greedy).ToList();
+        int eos = run[5];
+        int firstEos = run.IndexOf(eos);
+        using var withEos = LanguageModel.Load(model.WriteGguf(dir.File("b.gguf"), eosId: (uint)eos), new ModelOptions { Threads = 1 });
+        using var s = withEos.CreateSession();
+        var ids = s.Generate([256], greedy).ToList();
+        Assert.That(ids, Is.EqualTo(run.Take(firstEos)));
+        Assert.That(s.LastStats!.StopReason, Is.EqualTo(StopReason.EndOfGeneration));
+        s.Reset();
+        var all = s.Generate([256], greedy with { StopAtEndOfGeneration = false }).ToList();
+        Assert.That(all, Has.Count.EqualTo(12), "without stopping, EOS is just a token");
+    }
+
+    [Test]
+    public void Readme_shows_the_example_program_verbatim()
+    {
+        string example = File.ReadAllText(Path.Combine(SharedData.RepositoryRoot, "tools", "Engine.Example", "Program.cs")).ReplaceLineEndings("\n").Trim();
+        string readme = File.ReadAllText(Path.Combine(SharedData.RepositoryRoot, "README.md")).ReplaceLineEndings("\n");
+        Assert.That(readme, Does.Contain(example), "README.md must show tools/Engine.Example/Program.cs as it is");
+    }
+}
+
+public class WorkerPoolTests
+{
+    private sealed class Record(int chunks) : Backends.Cpu.IParallelWork
+    {
+        public readonly int[] Hits = new int[chunks];
+        public void Execute(int chunk, int total) => Interlocked.Increment(ref Hits[chunk]);
+    }
+
+    private sealed class Fail : Backends.Cpu.IParallelWork
+    {
+        public void Execute(int chunk, int chunks)
+        {
+            if (chunk == 3)
+                throw new InvalidOperationException("chunk 3 failed");
+        }
+    }
+
+    [TestCase(1)]
+    [TestCase(2)]
+    [TestCase(5)]
+    public void Every_chunk_runs_exactly_once(int threads)
+    {
+        using var pool = new Backends.Cpu.WorkerPool(threads);
+        for (int run = 0; run < 200; run++)
+        {
+            var work = new Record(1 + run % 17);
+            pool.Run(work, work.Hits.Length);
+            Assert.That(work.Hits, Is.All.EqualTo(1), $"run {run}");
+        }
+    }
+
+    [Test]
+    public void A_failing_chunk_surfaces_and_the_pool_keeps_working()
+    {
+        using var pool = new Backends.Cpu.WorkerPool(3);
+        var e = Assert.Throws<AggregateException>(() => pool.Run(new Fail(), 8))!;
+        Assert.That(e.InnerException!.Message, Is.EqualTo("chunk 3 failed"));
+        var work = new Record(8);
+        pool.Run(work, 8);
+        Assert.That(work.Hits, Is.All.EqualTo(1));
+    }
+
+    [Test]
+    public void Ranges_cover_the_total_without_gaps()
+    {
+        int next = 0;
+        for (int c = 0; c < 7; c++)
+        {
+            var (start, end) = Backends.Cpu.WorkerPool.Range(100, c, 7);
+            Assert.That(start, Is.EqualTo(next));
+            next = end;
+        }
+        Assert.That(next, Is.EqualTo(100));
+    }
+}

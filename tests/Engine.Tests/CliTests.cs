@@ -1,0 +1,119 @@
+using Engine.Cli;
+
+namespace Engine.Tests;
+
+/// <summary>The <c>engine</c> command line, run in-process with captured output.</summary>
+public class CliTests
+{
+    private static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = EngineCli.Run(args, stdout, stderr);
+        return (code, stdout.ToString(), stderr.ToString());
+    }
+
+    [Test]
+    public void Generate_ids_from_bos_match_the_reference()
+    {
+        var expected = SharedData.StoriesExpected();
+        var (code, output, err) = Run("generate", "-m", SharedData.StoriesGguf, "--prompt-ids", "1", "-n", "256", "--temp", "0", "--ids");
+        Assert.That(code, Is.Zero, err);
+        Assert.That(output.Trim(), Is.EqualTo(string.Join(' ', expected.FromBos)));
+        Assert.That(err, Does.Match(@"prompt: 1 tokens, [\d.]+ tokens/s \| generation: 256 tokens, [\d.]+ tokens/s"));
+    }
+
+    [TestCase("gguf")]
+    [TestCase("hf")]
+    public void Generate_after_a_prompt_matches_ids_and_text(string source)
+    {
+        var expected = SharedData.StoriesExpected();
+        string model = source == "gguf" ? SharedData.StoriesGguf : SharedData.StoriesHf;
+        string prompt = "Once upon a time, there was a little dog";
+        var ids = Run("generate", "-m", model, "-p", prompt, "-n", "48", "--temp", "0", "--ids");
+        Assert.That(ids.Code, Is.Zero, ids.Err);
+        Assert.That(ids.Out.Trim(), Is.EqualTo(string.Join(' ', expected.AfterPrompt)));
+        var text = Run("generate", "-m", model, "-p", prompt, "-n", "48", "--temp", "0");
+        Assert.That(text.Code, Is.Zero, text.Err);
+        Assert.That(text.Out, Is.EqualTo(expected.TextAfterPrompt + Environment.NewLine));
+    }
+
+    [Test]
+    public void Generate_text_from_bos_matches_the_reference_text()
+    {
+        var expected = SharedData.StoriesExpected();
+        var (code, output, err) = Run("generate", "-m", SharedData.StoriesHf, "--prompt-ids", "1", "-n", "256", "--temp", "0");
+        Assert.That(code, Is.Zero, err);
+        Assert.That(output, Is.EqualTo(expected.TextFromBos + Environment.NewLine));
+    }
+
+    [Test]
+    public void Tokenize_works_on_a_vocabulary_only_file()
+    {
+        string vocab = SharedData.Require("vocab/ggml-vocab-llama-spm.gguf");
+        Assert.That(Run("tokenize", "-m", vocab, "-p", "Hello world").Out.Trim(), Is.EqualTo("15043 3186"));
+        Assert.That(Run("tokenize", "-m", vocab, "-p", "Hello world", "--add-special").Out.Trim(), Is.EqualTo("1 15043 3186"));
+        Assert.That(Run("tokenize", "-m", vocab, "-p", "<s>").Out.Trim(), Is.Not.EqualTo("1"), "special-token text is not parsed by default");
+        using var dir = new TempDir();
+        File.WriteAllText(dir.File("t.txt"), " Hello World!");
+        Assert.That(Run("tokenize", "-m", vocab, "-f", dir.File("t.txt")).Out.Trim(), Is.EqualTo("29871 15043 2787 29991"));
+    }
+
+    [Test]
+    public void Inspect_lists_metadata_and_tensors()
+    {
+        var (code, output, _) = Run("inspect", "-m", SharedData.StoriesGguf);
+        Assert.That(code, Is.Zero);
+        Assert.That(output, Does.Contain("general.architecture = \"llama\"").And.Contain("blk.4.ffn_down.weight").And.Contain("48 tensors"));
+        var hf = Run("inspect", "-m", SharedData.StoriesHf);
+        Assert.That(hf.Code, Is.Zero, hf.Err);
+        Assert.That(hf.Out, Does.Contain("blk.0.attn_q.weight"));
+    }
+
+    [Test]
+    public void Errors_are_one_line_on_stderr_with_a_nonzero_exit_code()
+    {
+        using var dir = new TempDir();
+        File.WriteAllBytes(dir.File("junk.gguf"), [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        var cases = new (string[] Args, string Mention)[]
+        {
+            (["generate", "-m", dir.File("missing.gguf"), "-p", "hi"], "missing.gguf"),
+            (["generate", "-m", dir.File("junk.gguf"), "-p", "hi"], "junk.gguf: magic"),
+            (["generate", "-m", dir.File("junk.gguf"), "-p", "hi", "--top-p", "2"], "top-p 2"),
+            (["generate", "-m", dir.File("junk.gguf"), "-p", "hi", "--temp", "-1"], "temperature -1"),
+            (["generate", "-m", dir.File("junk.gguf"), "-p", "hi", "--prompt-ids", "1"], "exactly one of"),
+            (["generate", "-m", dir.File("junk.gguf"), "--prompt-ids", "1 x"], "'x'"),
+            (["generate", "-m", dir.File("junk.gguf"), "-p", "hi", "--threads", "0"], "--threads 0"),
+            (["tokenize", "-m", dir.File("junk.gguf"), "-p", "hi"], "junk.gguf"),
+        };
+        foreach (var (args, mention) in cases)
+        {
+            var (code, output, err) = Run(args);
+            Assert.That(code, Is.Not.Zero, string.Join(' ', args));
+            Assert.That(err.TrimEnd().Split('\n'), Has.Length.EqualTo(1), $"one line: {err}");
+            Assert.That(err, Does.StartWith("engine: error: ").And.Contain(mention));
+            Assert.That(err, Does.Not.Contain("   at "), "no stack trace without --verbose");
+        }
+        var verbose = Run("generate", "-m", dir.File("junk.gguf"), "-p", "hi", "--verbose");
+        Assert.That(verbose.Err, Does.Contain("   at "), "--verbose shows the stack trace");
+    }
+
+    [Test]
+    public void Out_of_vocabulary_prompt_ids_are_rejected()
+    {
+        var (code, _, err) = Run("generate", "-m", SharedData.StoriesGguf, "--prompt-ids", "1 512", "-n", "4");
+        Assert.That(code, Is.Not.Zero);
+        Assert.That(err, Does.Contain("512").And.Contain("vocabulary"));
+    }
+
+    [Test]
+    public void Sampling_with_a_seed_is_reproducible()
+    {
+        string[] args = ["generate", "-m", SharedData.StoriesGguf, "-p", "Once upon a time", "-n", "40", "--temp", "0.9", "--seed", "5", "--ids"];
+        var a = Run(args);
+        var b = Run(args);
+        Assert.That(a.Code, Is.Zero, a.Err);
+        Assert.That(b.Out, Is.EqualTo(a.Out));
+        Assert.That(a.Err, Does.Contain("seed: 5"));
+    }
+}
