@@ -62,7 +62,14 @@ function Invoke-Build {
 }
 
 function Invoke-Test {
-    Invoke-Build
+    try {
+        Invoke-Build
+    }
+    catch {
+        Write-Host "build failed: $_"
+        Write-Host '0 passed, 1 failed'
+        exit 1
+    }
     $resultsDir = Join-Path $PSScriptRoot $Results
     if (Test-Path $resultsDir) { Remove-Item -Recurse -Force $resultsDir }
     $arguments = @('test', '--solution', 'Engine.sln', '-c', $Configuration, '--no-build', '--report-trx', '--results-directory', $resultsDir)
