@@ -75,6 +75,54 @@ public class ModelParityTests
         AssertLogitsMatch(lm, model.ReferenceLogits(Prompt));
     }
 
+    [Test]
+    public void Llama3_rope_scaling_from_gguf_rope_freqs_and_from_hf_rope_scaling()
+    {
+        // head dim 16 → wavelengths from 6 to 2·10⁴ positions; with an original context of 64 and
+        // factors (1, 4) some pairs are kept, some blended and some divided by the factor.
+        var spec = new TinySpec("llama3-rope", Seed: 14, Llama3: new Llama3Rope(4f, 1f, 4f, 64));
+        var model = TinyModel.Random(spec);
+        int[] prompt = Enumerable.Range(0, 60).Select(i => (i * 37 + 11) % 300).ToArray();
+        var reference = model.Reference(prompt).Logits;
+        var unscaled = TinyModel.Random(spec with { Llama3 = null }).Reference(prompt).Logits;
+        double scale = reference.SelectMany(r => r).Max(Math.Abs);
+        Assert.That(Enumerable.Range(0, reference[^1].Length).Max(i => Math.Abs(reference[^1][i] - unscaled[^1][i])) / scale,
+            Is.GreaterThan(100 * Tolerance), "the scaling must matter at these positions, or this test proves nothing");
+
+        using var dir = new TempDir();
+        using var gguf = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 2 });
+        using var hf = LanguageModel.Load(model.WriteHfFolder(dir.File("hf")), new ModelOptions { Threads = 2 });
+        foreach (var lm in new[] { gguf, hf })
+        {
+            using var cache = lm.Network.CreateKvCache(128);
+            using var seq = cache.CreateSequence();
+            var logits = new float[lm.Config.VocabSize];
+            lm.Network.Forward(seq, prompt, Enumerable.Range(0, prompt.Length).ToArray(), AttentionMask.Causal, [prompt.Length - 1], logits);
+            AssertRow(logits, reference[^1], scale, lm.Path);
+        }
+    }
+
+    [Test]
+    public void Hidden_states_are_the_normed_final_residual_that_the_head_reads()
+    {
+        var model = TinyModel.Random(new TinySpec("hidden", Tied: true, Seed: 15));
+        using var dir = new TempDir();
+        using var lm = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 2 });
+        var (referenceLogits, referenceHidden) = model.Reference(Prompt);
+        int dim = lm.Config.Dim, vocab = lm.Config.VocabSize;
+        int[] rows = [13, 2, 7];
+        var logits = new float[rows.Length * vocab];
+        var hidden = new float[rows.Length * dim];
+        using var cache = lm.Network.CreateKvCache(64);
+        using var seq = cache.CreateSequence();
+        lm.Network.Forward(seq, Prompt, Enumerable.Range(0, Prompt.Length).ToArray(), AttentionMask.Causal, rows, logits, hidden);
+        for (int k = 0; k < rows.Length; k++)
+        {
+            AssertRow(hidden.AsSpan(k * dim, dim), referenceHidden[rows[k]], referenceHidden[rows[k]].Max(Math.Abs), $"hidden of row {rows[k]}");
+            AssertRow(logits.AsSpan(k * vocab, vocab), referenceLogits[rows[k]], referenceLogits.SelectMany(r => r).Max(Math.Abs), $"logits of row {rows[k]} (rows asked out of order)");
+        }
+    }
+
     /// <summary>Runs the prompt as one batch (all rows out) and token by token; both must match the reference.</summary>
     internal static void AssertLogitsMatch(LanguageModel lm, double[][] reference)
     {

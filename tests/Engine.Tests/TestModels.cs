@@ -7,11 +7,14 @@ using Engine.Tensors;
 
 namespace Engine.Tests;
 
+/// <summary>Llama 3.1 RoPE scaling parameters (HF <c>rope_scaling</c> with <c>rope_type: llama3</c>).</summary>
+public sealed record Llama3Rope(float Factor, float LowFreqFactor, float HighFreqFactor, int OriginalContext);
+
 /// <summary>Shape and options of a random-weight Llama-family model that a test builds.</summary>
 public sealed record TinySpec(
     string Name, string Arch = "llama", int Vocab = 320, int Dim = 64, int Layers = 2, int Heads = 4, int KvHeads = 4,
     int Ffn = 96, bool Tied = false, bool QkvBias = false, GgmlType WeightType = GgmlType.F32, int Seed = 1,
-    float RopeTheta = 10000f, int Context = 256)
+    float RopeTheta = 10000f, int Context = 256, Llama3Rope? Llama3 = null)
 {
     public int HeadDim => Dim / Heads;
     public int QDim => Heads * HeadDim;
@@ -174,6 +177,12 @@ public sealed class TinyModel
         Vector("output_norm.weight", OutputNorm);
         if (Output is not null)
             Matrix("output.weight", Output, s.Vocab, s.Dim);
+        if (s.Llama3 is not null)
+        {
+            // llama.cpp stores Llama 3 scaling as per-frequency divisors: base θᵢ / scaled θᵢ.
+            var factors = Enumerable.Range(0, s.HeadDim / 2).Select(i => (float)(BaseInvFreq(i) / InvFreq(i))).ToArray();
+            Vector("rope_freqs.weight", factors);
+        }
         w.Write(path);
         return path;
     }
@@ -207,6 +216,17 @@ public sealed class TinyModel
             ["bos_token_id"] = 256,
             ["eos_token_id"] = 257,
         };
+        if (s.Llama3 is { } r)
+        {
+            config["rope_scaling"] = new Dictionary<string, object>
+            {
+                ["rope_type"] = "llama3",
+                ["factor"] = r.Factor,
+                ["low_freq_factor"] = r.LowFreqFactor,
+                ["high_freq_factor"] = r.HighFreqFactor,
+                ["original_max_position_embeddings"] = r.OriginalContext,
+            };
+        }
         File.WriteAllText(Path.Combine(folder, "config.json"), JsonSerializer.Serialize(config));
         var vocab = Tokens().Select((t, i) => (t, i)).ToDictionary(x => x.t, x => x.i);
         var tokenizer = new Dictionary<string, object?>
@@ -295,7 +315,10 @@ public sealed class TinyModel
     /// Logits [T, vocab] for every position of <paramref name="tokens"/>, computed causally, one token
     /// at a time, in double precision with straightforward loops: the equations and nothing else.
     /// </summary>
-    public double[][] ReferenceLogits(IReadOnlyList<int> tokens)
+    public double[][] ReferenceLogits(IReadOnlyList<int> tokens) => Reference(tokens).Logits;
+
+    /// <summary>Logits and final hidden states (after the output norm) for every position.</summary>
+    public (double[][] Logits, double[][] Hidden) Reference(IReadOnlyList<int> tokens)
     {
         var s = Spec;
         int hd = s.HeadDim, group = s.Heads / s.KvHeads;
@@ -307,6 +330,7 @@ public sealed class TinyModel
             values[l] = [];
         }
         var result = new double[tokens.Count][];
+        var hidden = new double[tokens.Count][];
         for (int t = 0; t < tokens.Count; t++)
         {
             var x = new double[s.Dim];
@@ -361,9 +385,29 @@ public sealed class TinyModel
                 for (int i = 0; i < s.Dim; i++)
                     x[i] += d[i];
             }
-            result[t] = MatVec(Output ?? Embedding, RmsNorm(x, OutputNorm), null);
+            hidden[t] = RmsNorm(x, OutputNorm);
+            result[t] = MatVec(Output ?? Embedding, hidden[t], null);
         }
-        return result;
+        return (result, hidden);
+    }
+
+    private double BaseInvFreq(int i) => Math.Pow(Spec.RopeTheta, -2.0 * i / Spec.HeadDim);
+
+    /// <summary>RoPE frequency of pair i, with Llama 3 scaling written as HF's <c>_compute_llama3_parameters</c> does.</summary>
+    private double InvFreq(int i)
+    {
+        double invFreq = BaseInvFreq(i);
+        if (Spec.Llama3 is not { } r)
+            return invFreq;
+        double lowFreqWavelen = r.OriginalContext / r.LowFreqFactor;
+        double highFreqWavelen = r.OriginalContext / r.HighFreqFactor;
+        double wavelen = 2 * Math.PI / invFreq;
+        double llama = wavelen > lowFreqWavelen ? invFreq / r.Factor : invFreq;
+        bool medium = !(wavelen < highFreqWavelen) && !(wavelen > lowFreqWavelen);
+        if (!medium)
+            return llama;
+        double smooth = (r.OriginalContext / wavelen - r.LowFreqFactor) / (r.HighFreqFactor - r.LowFreqFactor);
+        return (1 - smooth) * llama / r.Factor + smooth * llama;
     }
 
     private double[] RmsNorm(double[] x, float[] w)
@@ -394,7 +438,7 @@ public sealed class TinyModel
         {
             for (int i = 0; i < half; i++)
             {
-                double angle = pos * Math.Pow(Spec.RopeTheta, -2.0 * i / hd);
+                double angle = pos * InvFreq(i);
                 int a = Spec.NeoX ? h * hd + i : h * hd + 2 * i;
                 int b = Spec.NeoX ? h * hd + i + half : h * hd + 2 * i + 1;
                 double x0 = v[a], x1 = v[b];

@@ -1,4 +1,4 @@
-using System.Runtime.InteropServices;
+using CommunityToolkit.HighPerformance;
 using Engine.Backends.Cpu.Kernels;
 using Engine.Quantization;
 using Engine.Tensors;
@@ -53,17 +53,20 @@ public sealed class CpuBackend : Backend
 
     private static Span<float> Data(Activation a) => ((CpuBuffer)a.Buffer).Data.AsSpan(0, checked((int)a.Size));
 
+    /// <summary>The activation as a [rows, cols] matrix view.</summary>
+    private static Span2D<float> Rows(Activation a) => new(((CpuBuffer)a.Buffer).Data, a.Rows, a.Cols);
+
     private static float[] Array(Activation a) => ((CpuBuffer)a.Buffer).Data;
 
     public override void Embed(DeviceMatrix table, ReadOnlySpan<int> tokens, Activation dst)
     {
         var view = ((CpuMatrix)table).View;
-        var y = Data(dst);
+        var y = Rows(dst);
         for (int i = 0; i < tokens.Length; i++)
         {
             if ((uint)tokens[i] >= (uint)table.Rows)
                 throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[i]} is outside the vocabulary (0..{table.Rows - 1})");
-            Dequantize.Row(view.Type, view.Row(tokens[i]), y.Slice(i * table.Cols, table.Cols));
+            Dequantize.Row(view.Type, view.Row(tokens[i]), y.GetRowSpan(i));
         }
     }
 
@@ -80,21 +83,21 @@ public sealed class CpuBackend : Backend
 
     public override void AddBias(Activation x, DeviceVector bias)
     {
-        var data = Data(x);
+        var rows = Rows(x);
         var b = ((CpuVector)bias).Data;
         for (int r = 0; r < x.Rows; r++)
-            Activations.AddF32(data.Slice(r * x.Cols, x.Cols), b);
+            Activations.AddF32(rows.GetRowSpan(r), b);
     }
 
     public override void Rope(Activation x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
     {
         Span<float> cos = stackalloc float[rope.InvFreq.Length];
         Span<float> sin = stackalloc float[rope.InvFreq.Length];
-        var data = Data(x);
+        var rows = Rows(x);
         for (int r = 0; r < x.Rows; r++)
         {
             Kernels.Rope.Angles(positions[r], rope, cos, sin);
-            Kernels.Rope.RopeF32(data.Slice(r * x.Cols, x.Cols), heads, rope.HeadDim, rope.Style == Models.RopeStyle.NeoX, cos, sin);
+            Kernels.Rope.RopeF32(rows.GetRowSpan(r), heads, rope.HeadDim, rope.Style == Models.RopeStyle.NeoX, cos, sin);
         }
     }
 
@@ -103,8 +106,8 @@ public sealed class CpuBackend : Backend
         var layout = store.Layout;
         var blocks = ((CpuKvStore)store).Blocks;
         int hd = layout.HeadDim, bs = layout.BlockSize;
-        var kd = Data(k);
-        var vd = Data(v);
+        var kRows = Rows(k);
+        var vRows = Rows(v);
         for (int r = 0; r < k.Rows; r++)
         {
             int slot = firstSlot + r;
@@ -113,8 +116,8 @@ public sealed class CpuBackend : Backend
             {
                 int kOffset = ((layer * 2 * layout.KvHeads + h) * bs + slot % bs) * hd;
                 int vOffset = kOffset + layout.KvHeads * bs * hd;
-                kd.Slice(r * k.Cols + h * hd, hd).CopyTo(block.AsSpan(kOffset, hd));
-                vd.Slice(r * v.Cols + h * hd, hd).CopyTo(block.AsSpan(vOffset, hd));
+                kRows.GetRowSpan(r).Slice(h * hd, hd).CopyTo(block.AsSpan(kOffset, hd));
+                vRows.GetRowSpan(r).Slice(h * hd, hd).CopyTo(block.AsSpan(vOffset, hd));
             }
         }
     }
@@ -132,10 +135,10 @@ public sealed class CpuBackend : Backend
 
     public override void GatherRows(Activation src, ReadOnlySpan<int> rows, Activation dst)
     {
-        var s = Data(src);
-        var d = Data(dst);
+        var s = Rows(src);
+        var d = Rows(dst);
         for (int k = 0; k < rows.Length; k++)
-            s.Slice(rows[k] * src.Cols, src.Cols).CopyTo(d.Slice(k * dst.Cols, dst.Cols));
+            s.GetRowSpan(rows[k]).CopyTo(d.GetRowSpan(k));
     }
 
     public override void Download(Activation src, Span<float> dst) => Data(src).CopyTo(dst);
