@@ -51,6 +51,21 @@ public sealed unsafe class MappedFile : IDisposable
         }
     }
 
+    /// <summary>Maps <paramref name="path"/> and hands the mapping to <paramref name="parse"/>, which owns it on success; on failure it is released.</summary>
+    public static T OpenAndParse<T>(string path, Func<MappedFile, T> parse)
+    {
+        var file = Open(path);
+        try
+        {
+            return parse(file);
+        }
+        catch
+        {
+            file.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>A span over [offset, offset+length); the caller has already checked the range.</summary>
     public ReadOnlySpan<byte> Span(long offset, int length)
     {

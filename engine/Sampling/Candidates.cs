@@ -63,21 +63,7 @@ public sealed class Candidates
     /// <summary>Softmax over the current candidates (max subtracted first for stability).</summary>
     public void Softmax()
     {
-        var logits = Logits.AsSpan(0, Count);
-        var probs = Probs.AsSpan(0, Count);
-        float max = float.NegativeInfinity;
-        foreach (float l in logits)
-            max = MathF.Max(max, l);
-        double sum = 0;
-        for (int i = 0; i < logits.Length; i++)
-        {
-            float e = MathF.Exp(logits[i] - max);
-            probs[i] = e;
-            sum += e;
-        }
-        float inv = (float)(1.0 / sum);
-        for (int i = 0; i < probs.Length; i++)
-            probs[i] *= inv;
+        Backends.Cpu.Kernels.Activations.SoftmaxF32(Logits.AsSpan(0, Count), Probs.AsSpan(0, Count));
         HasProbs = true;
     }
 }

@@ -58,19 +58,7 @@ public sealed unsafe class GgufFile : IDisposable
     public MappedFile Mapping => _file;
 
     /// <summary>Opens and validates a GGUF file.</summary>
-    public static GgufFile Open(string path)
-    {
-        var file = MappedFile.Open(path);
-        try
-        {
-            return Parse(file);
-        }
-        catch
-        {
-            file.Dispose();
-            throw;
-        }
-    }
+    public static GgufFile Open(string path) => MappedFile.OpenAndParse(path, Parse);
 
     private static GgufFile Parse(MappedFile file)
     {

@@ -43,19 +43,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
 
     public byte* Data(SafetensorsTensor tensor) => _file.Pointer + DataStart + tensor.Offset;
 
-    public static SafetensorsFile Open(string path)
-    {
-        var file = MappedFile.Open(path);
-        try
-        {
-            return Parse(file);
-        }
-        catch
-        {
-            file.Dispose();
-            throw;
-        }
-    }
+    public static SafetensorsFile Open(string path) => MappedFile.OpenAndParse(path, Parse);
 
     private static SafetensorsFile Parse(MappedFile file)
     {

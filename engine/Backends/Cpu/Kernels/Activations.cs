@@ -15,6 +15,25 @@ public static class Activations
         }
     }
 
+    /// <summary>
+    /// y = exp(x - max x) / Σ exp(x - max x). Subtracting the max first keeps exp from overflowing
+    /// (TensorPrimitives.SoftMax does not). y may be x.
+    /// </summary>
+    public static void SoftmaxF32(ReadOnlySpan<float> x, Span<float> y)
+    {
+        float max = float.NegativeInfinity;
+        foreach (float v in x)
+            max = MathF.Max(max, v);
+        float sum = 0;
+        for (int i = 0; i < x.Length; i++)
+        {
+            float e = MathF.Exp(x[i] - max);
+            y[i] = e;
+            sum += e;
+        }
+        TensorPrimitives.Divide(y[..x.Length], sum, y[..x.Length]);
+    }
+
     /// <summary>y += x.</summary>
     public static void AddF32(Span<float> y, ReadOnlySpan<float> x) => TensorPrimitives.Add(y, x, y);
 }

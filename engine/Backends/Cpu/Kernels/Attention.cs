@@ -24,28 +24,20 @@ public static class Attention
         int vBase = kBase + layout.KvHeads * bs * hd;
         var scores = s_scores is { } s && s.Length >= visible.Length ? s : s_scores = new float[Math.Max(visible.Length, 256)];
 
-        float max = float.NegativeInfinity;
+        var weights = scores.AsSpan(0, visible.Length);
         for (int t = 0; t < visible.Length; t++)
         {
             int slot = visible[t];
             var block = blocks[blockTable[slot / bs]];
-            float score = TensorPrimitives.Dot(q, block.AsSpan(kBase + slot % bs * hd, hd)) * scale;
-            scores[t] = score;
-            max = MathF.Max(max, score);
+            weights[t] = TensorPrimitives.Dot(q, block.AsSpan(kBase + slot % bs * hd, hd)) * scale;
         }
-        float sum = 0;
-        for (int t = 0; t < visible.Length; t++)
-        {
-            float e = MathF.Exp(scores[t] - max);
-            scores[t] = e;
-            sum += e;
-        }
+        Activations.SoftmaxF32(weights, weights);
         output.Clear();
         for (int t = 0; t < visible.Length; t++)
         {
             int slot = visible[t];
             var block = blocks[blockTable[slot / bs]];
-            TensorPrimitives.MultiplyAdd(block.AsSpan(vBase + slot % bs * hd, hd), scores[t] / sum, output, output);
+            TensorPrimitives.MultiplyAdd(block.AsSpan(vBase + slot % bs * hd, hd), weights[t], output, output);
         }
     }
 }
