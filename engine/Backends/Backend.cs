@@ -2,6 +2,9 @@ using Engine.Tensors;
 
 namespace Engine.Backends;
 
+/// <summary>One product of a shared-input <see cref="Backend.MatMul(Activation, ReadOnlySpan{MatMulTarget})"/>.</summary>
+public readonly record struct MatMulTarget(DeviceMatrix Weights, Activation Output);
+
 /// <summary>
 /// What a device must do to run a Llama-family forward pass. The model code (<see cref="Models.LlamaModel"/>)
 /// is written once against these operations; the CPU backend implements them in C#, the CUDA backend
@@ -32,7 +35,13 @@ public abstract class Backend : IDisposable
     public abstract void RmsNorm(Activation x, DeviceVector weight, float eps, Activation dst);
 
     /// <summary>dst = x·Wᵀ. x: [n, W.Cols]; dst: [n, W.Rows].</summary>
-    public abstract void MatMul(Activation x, DeviceMatrix w, Activation dst);
+    public void MatMul(Activation x, DeviceMatrix w, Activation dst) => MatMul(x, [new MatMulTarget(w, dst)]);
+
+    /// <summary>
+    /// Several products of the same input (q/k/v, gate/up): each target's Output = x·Weightsᵀ. Sharing
+    /// the input lets a backend prepare it once (quantize, upload) and run all rows in one parallel pass.
+    /// </summary>
+    public abstract void MatMul(Activation x, ReadOnlySpan<MatMulTarget> targets);
 
     /// <summary>x[i, :] += bias. x: [n, bias.Length].</summary>
     public abstract void AddBias(Activation x, DeviceVector bias);

@@ -135,9 +135,7 @@ public sealed class LlamaModel : IDisposable
             // attention: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x))
             b.RmsNorm(x, w.AttnNorm, c.RmsNormEps, h);
             Trace?.Invoke("attn_norm", l, h);
-            b.MatMul(h, w.Wq, q);
-            b.MatMul(h, w.Wk, k);
-            b.MatMul(h, w.Wv, v);
+            b.MatMul(h, [new(w.Wq, q), new(w.Wk, k), new(w.Wv, v)]);
             if (w.Bq is not null) b.AddBias(q, w.Bq);
             if (w.Bk is not null) b.AddBias(k, w.Bk);
             if (w.Bv is not null) b.AddBias(v, w.Bv);
@@ -155,8 +153,7 @@ public sealed class LlamaModel : IDisposable
             // feed-forward: x += W_down · (silu(W_gate·norm(x)) ⊙ W_up·norm(x))
             b.RmsNorm(x, w.FfnNorm, c.RmsNormEps, h);
             Trace?.Invoke("ffn_norm", l, h);
-            b.MatMul(h, w.WGate, gate);
-            b.MatMul(h, w.WUp, up);
+            b.MatMul(h, [new(w.WGate, gate), new(w.WUp, up)]);
             b.SwiGlu(gate, up, gate);
             b.MatMul(gate, w.WDown, proj);
             b.Add(x, proj);

@@ -6,13 +6,14 @@ namespace Engine.Quantization;
 /// <summary>
 /// Reference quantizers (float → block format) that write what ggml's <c>quantize_row_*_ref</c> writes,
 /// so that files we produce load in llama.cpp and round-trip through <see cref="Dequantize"/>.
-/// The k-quant quantizers (with their error-minimizing scale search) come with <c>engine quantize</c>.
+/// The k-quants (with their error-minimizing scale search) are in <see cref="KQuantize"/>.
 /// </summary>
 public static class Quantize
 {
     /// <summary>Types this class can produce.</summary>
     public static bool CanQuantize(GgmlType type) => type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16
-        or GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1;
+        or GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1
+        or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K;
 
     /// <summary>Encodes <paramref name="src"/> (a whole number of blocks) as <paramref name="type"/>.</summary>
     public static byte[] Row(GgmlType type, ReadOnlySpan<float> src)
@@ -43,6 +44,9 @@ public static class Quantize
             case GgmlType.Q4_1: Q4_1(src, dst); break;
             case GgmlType.Q5_0: Q5_0(src, dst); break;
             case GgmlType.Q5_1: Q5_1(src, dst); break;
+            case GgmlType.Q4_K: KQuantize.Q4_K(src, dst); break;
+            case GgmlType.Q5_K: KQuantize.Q5_K(src, dst); break;
+            case GgmlType.Q6_K: KQuantize.Q6_K(src, dst); break;
             default: throw new NotSupportedException($"quantizing to {type} is not implemented yet");
         }
     }

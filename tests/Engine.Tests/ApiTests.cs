@@ -132,6 +132,26 @@ public class WorkerPoolTests
         }
     }
 
+    /// <summary>
+    /// More threads than cores, runs of 1..16 chunks back to back: workers that start late, fall asleep
+    /// between runs or wake up slowly must still take part in every run (a lost wake-up hangs Run).
+    /// </summary>
+    [TestCase(8)]
+    [TestCase(3)]
+    public void No_run_is_lost_when_threads_outnumber_cores(int threads)
+    {
+        using var pool = new Backends.Cpu.WorkerPool(threads);
+        for (int run = 0; run < 300; run++)
+        {
+            var work = new Record(1 + run % 16);
+            var task = Task.Run(() => pool.Run(work, work.Hits.Length));
+            Assert.That(task.Wait(TimeSpan.FromSeconds(20)), Is.True, $"run {run} did not finish");
+            Assert.That(work.Hits, Is.All.EqualTo(1));
+            if (run % 50 == 49)
+                Thread.Sleep(5); // let the workers fall asleep
+        }
+    }
+
     [Test]
     public void A_failing_chunk_surfaces_and_the_pool_keeps_working()
     {

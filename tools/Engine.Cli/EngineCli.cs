@@ -18,6 +18,10 @@ public static class EngineCli
         root.Subcommands.Add(GenerateCommand.Create(io));
         root.Subcommands.Add(TokenizeCommand.Create(io));
         root.Subcommands.Add(InspectCommand.Create(io));
+        root.Subcommands.Add(BenchCommand.Create(io));
+        root.Subcommands.Add(PerplexityCommand.Create(io));
+        root.Subcommands.Add(QuantizeCommand.Create(io));
+        root.Subcommands.Add(SynthCommand.Create(io));
         var parsed = root.Parse(args);
         return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false, Output = stdout, Error = stderr });
     }

@@ -7,22 +7,38 @@ namespace Engine.Backends.Cpu;
 
 /// <summary>
 /// The CPU backend: weights used in place from the mapped model file, activations in managed arrays,
-/// matrix products and attention split across a <see cref="WorkerPool"/> of exactly
-/// <see cref="Threads"/> threads. The kernels it calls are the C# references of the CUDA kernels.
+/// every operation split across a <see cref="WorkerPool"/> of exactly <see cref="Threads"/> threads —
+/// matrix products by weight rows, attention by (row, head), elementwise operations by rows once a
+/// batch is large enough to pay for it. The kernels it calls are the C# references of the CUDA kernels.
 /// </summary>
-public sealed class CpuBackend : Backend
+public sealed unsafe class CpuBackend : Backend
 {
+    /// <summary>Below this many rows an elementwise operation runs on the calling thread.</summary>
+    private const int ParallelRows = 4;
+
     private readonly WorkerPool _pool;
     private readonly MatMulWork _matMul = new();
     private readonly AttentionWork _attention = new();
+    private readonly RowsWork _rows = new();
+    private readonly QuantizedActivations _q80 = new();
+    private readonly QuantizedActivations _q8k = new();
 
-    public CpuBackend(int threads = 0)
+    /// <param name="threads">Threads that compute, the caller's included (0 = one per core).</param>
+    /// <param name="quantizeActivations">
+    /// Quantize activations to int8 for the integer kernels of Q8_0/Q4_0/Q4_K/Q6_K weights (as llama.cpp
+    /// does; default). False dequantizes weights instead and multiplies in float: slower, exact up to
+    /// float rounding — the reference path accuracy tests compare against.
+    /// </param>
+    public CpuBackend(int threads = 0, bool quantizeActivations = true)
     {
         if (threads < 0)
             throw new ArgumentOutOfRangeException(nameof(threads), $"thread count {threads} must be positive (0 = one per core)");
         Threads = threads == 0 ? Environment.ProcessorCount : threads;
+        QuantizeActivations = quantizeActivations;
         _pool = new WorkerPool(Threads);
     }
+
+    public bool QuantizeActivations { get; }
 
     public override string Name => "cpu";
 
@@ -40,10 +56,7 @@ public sealed class CpuBackend : Backend
     public override DeviceVector LoadVector(TensorView tensor)
     {
         var data = new float[checked((int)tensor.ElementCount)];
-        unsafe
-        {
-            Dequantize.Row(tensor.Type, new ReadOnlySpan<byte>(tensor.Data, checked((int)tensor.ByteSize)), data);
-        }
+        Dequantize.Row(tensor.Type, new ReadOnlySpan<byte>(tensor.Data, checked((int)tensor.ByteSize)), data);
         return new CpuVector(tensor.Name, data);
     }
 
@@ -53,10 +66,23 @@ public sealed class CpuBackend : Backend
 
     private static Span<float> Data(Activation a) => ((CpuBuffer)a.Buffer).Data.AsSpan(0, checked((int)a.Size));
 
+    private static float[] Array(Activation a) => ((CpuBuffer)a.Buffer).Data;
+
     /// <summary>The activation as a [rows, cols] matrix view.</summary>
     private static Span2D<float> Rows(Activation a) => new(((CpuBuffer)a.Buffer).Data, a.Rows, a.Cols);
 
-    private static float[] Array(Activation a) => ((CpuBuffer)a.Buffer).Data;
+    /// <summary>Runs a row operation over all rows, in parallel when there are enough of them.</summary>
+    private void ForRows(int rows, RowOp op)
+    {
+        _rows.Op = op;
+        if (rows < ParallelRows || Threads == 1)
+            _rows.Run(0, rows);
+        else
+        {
+            _rows.Rows = rows;
+            _pool.Run(_rows, Math.Min(rows, Threads * 4));
+        }
+    }
 
     public override void Embed(DeviceMatrix table, ReadOnlySpan<int> tokens, Activation dst)
     {
@@ -70,15 +96,46 @@ public sealed class CpuBackend : Backend
         }
     }
 
-    public override void RmsNorm(Activation x, DeviceVector weight, float eps, Activation dst) =>
-        Kernels.RmsNorm.RmsNormF32(Data(x), ((CpuVector)weight).Data, eps, Data(dst), x.Rows);
-
-    public override void MatMul(Activation x, DeviceMatrix w, Activation dst)
+    public override void RmsNorm(Activation x, DeviceVector weight, float eps, Activation dst)
     {
-        if (x.Cols != w.Cols || dst.Cols != w.Rows || dst.Rows != x.Rows)
-            throw new ArgumentException($"matmul {w.Name}: x {x} · W [{w.Rows} x {w.Cols}]ᵀ → dst {dst}");
-        _matMul.Set(Array(x), x.Rows, ((CpuMatrix)w).View, Array(dst));
-        _pool.Run(_matMul, Math.Min(w.Rows, Threads * 4));
+        _rows.X = Array(x);
+        _rows.Y = Array(dst);
+        _rows.W = ((CpuVector)weight).Data;
+        _rows.Cols = x.Cols;
+        _rows.Eps = eps;
+        ForRows(x.Rows, RowOp.RmsNorm);
+    }
+
+    public override void MatMul(Activation x, ReadOnlySpan<MatMulTarget> targets)
+    {
+        int totalRows = 0;
+        foreach (var (w, dst) in targets)
+        {
+            if (x.Cols != w.Cols || dst.Cols != w.Rows || dst.Rows != x.Rows)
+                throw new ArgumentException($"matmul {w.Name}: x {x} · W [{w.Rows} x {w.Cols}]ᵀ → dst {dst}");
+            totalRows += w.Rows;
+        }
+        // Quantize the shared input once for each int8 format the targets' kernels need.
+        var xData = Data(x);
+        bool q80 = false, q8k = false;
+        foreach (var t in QuantizeActivations ? targets : [])
+        {
+            var kind = Kernels.MatMul.ActivationFor(t.Weights.Type);
+            q80 |= kind == ActivationBlock.Q8_0;
+            q8k |= kind == ActivationBlock.Q8_K;
+        }
+        if (q80)
+        {
+            _q80.Quantize(xData, x.Rows, x.Cols, ActivationBlock.Q8_0);
+            _q80.Interleave();
+        }
+        if (q8k)
+        {
+            _q8k.Quantize(xData, x.Rows, x.Cols, ActivationBlock.Q8_K);
+            _q8k.Interleave();
+        }
+        _matMul.Set(Array(x), x.Rows, targets, q80 ? _q80 : null, q8k ? _q8k : null);
+        _pool.Run(_matMul, Math.Min(totalRows, Threads * 8));
     }
 
     public override void AddBias(Activation x, DeviceVector bias)
@@ -91,33 +148,41 @@ public sealed class CpuBackend : Backend
 
     public override void Rope(Activation x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
     {
-        Span<float> cos = stackalloc float[rope.InvFreq.Length];
-        Span<float> sin = stackalloc float[rope.InvFreq.Length];
-        var rows = Rows(x);
-        for (int r = 0; r < x.Rows; r++)
-        {
-            Kernels.Rope.Angles(positions[r], rope, cos, sin);
-            Kernels.Rope.RopeF32(rows.GetRowSpan(r), heads, rope.HeadDim, rope.Style == Models.RopeStyle.NeoX, cos, sin);
-        }
+        int maxPosition = 0;
+        foreach (int p in positions)
+            maxPosition = Math.Max(maxPosition, p);
+        var (cos, sin) = rope.Tables(maxPosition + 1);
+        _rows.X = Array(x);
+        _rows.Cols = x.Cols;
+        _rows.Heads = heads;
+        _rows.HeadDim = rope.HeadDim;
+        _rows.NeoX = rope.Style == Models.RopeStyle.NeoX;
+        _rows.Cos = cos;
+        _rows.Sin = sin;
+        _rows.Pairs = rope.InvFreq.Length;
+        _rows.SetPositions(positions);
+        ForRows(x.Rows, RowOp.Rope);
     }
 
     public override void StoreKv(KvStore store, int layer, ReadOnlySpan<int> blockTable, int firstSlot, Activation k, Activation v)
     {
         var layout = store.Layout;
-        var blocks = ((CpuKvStore)store).Blocks;
+        var blocks = ((CpuKvStore)store).Pointers;
         int hd = layout.HeadDim, bs = layout.BlockSize;
-        var kRows = Rows(k);
-        var vRows = Rows(v);
-        for (int r = 0; r < k.Rows; r++)
+        fixed (float* kd = Array(k))
+        fixed (float* vd = Array(v))
         {
-            int slot = firstSlot + r;
-            var block = blocks[blockTable[slot / bs]];
-            for (int h = 0; h < layout.KvHeads; h++)
+            for (int r = 0; r < k.Rows; r++)
             {
-                int kOffset = ((layer * 2 * layout.KvHeads + h) * bs + slot % bs) * hd;
-                int vOffset = kOffset + layout.KvHeads * bs * hd;
-                kRows.GetRowSpan(r).Slice(h * hd, hd).CopyTo(block.AsSpan(kOffset, hd));
-                vRows.GetRowSpan(r).Slice(h * hd, hd).CopyTo(block.AsSpan(vOffset, hd));
+                int slot = firstSlot + r;
+                float* block = blocks[blockTable[slot / bs]];
+                for (int h = 0; h < layout.KvHeads; h++)
+                {
+                    int kOffset = ((layer * 2 * layout.KvHeads + h) * bs + slot % bs) * hd;
+                    int vOffset = kOffset + layout.KvHeads * bs * hd;
+                    Buffer.MemoryCopy(kd + (long)r * k.Cols + h * hd, block + kOffset, hd * sizeof(float), hd * sizeof(float));
+                    Buffer.MemoryCopy(vd + (long)r * v.Cols + h * hd, block + vOffset, hd * sizeof(float), hd * sizeof(float));
+                }
             }
         }
     }
@@ -129,9 +194,22 @@ public sealed class CpuBackend : Backend
         _pool.Run(_attention, q.Rows * heads);
     }
 
-    public override void SwiGlu(Activation gate, Activation up, Activation dst) => Activations.SwiGluF32(Data(gate), Data(up), Data(dst));
+    public override void SwiGlu(Activation gate, Activation up, Activation dst)
+    {
+        _rows.X = Array(gate);
+        _rows.W = Array(up);
+        _rows.Y = Array(dst);
+        _rows.Cols = gate.Cols;
+        ForRows(gate.Rows, RowOp.SwiGlu);
+    }
 
-    public override void Add(Activation dst, Activation src) => Activations.AddF32(Data(dst), Data(src));
+    public override void Add(Activation dst, Activation src)
+    {
+        _rows.X = Array(src);
+        _rows.Y = Array(dst);
+        _rows.Cols = dst.Cols;
+        ForRows(dst.Rows, RowOp.Add);
+    }
 
     public override void GatherRows(Activation src, ReadOnlySpan<int> rows, Activation dst)
     {
@@ -145,28 +223,117 @@ public sealed class CpuBackend : Backend
 
     public override void Dispose() => _pool.Dispose();
 
-    /// <summary>Splits a matrix product by output rows (weight rows), so each weight row is read by one thread.</summary>
-    private sealed class MatMulWork : IParallelWork
-    {
-        private float[] _x = [];
-        private float[] _y = [];
-        private int _n;
-        private TensorView? _w;
+    private enum RowOp { RmsNorm, Rope, SwiGlu, Add }
 
-        public void Set(float[] x, int n, TensorView w, float[] y) => (_x, _n, _w, _y) = (x, n, w, y);
+    /// <summary>The row-wise operations, with their arguments in fields so a run allocates nothing.</summary>
+    private sealed class RowsWork : IParallelWork
+    {
+        public RowOp Op;
+        public float[] X = [], Y = [], W = [], Cos = [], Sin = [];
+        public int Rows, Cols, Heads, HeadDim, Pairs;
+        public float Eps;
+        public bool NeoX;
+        private int[] _positions = new int[256];
+
+        public void SetPositions(ReadOnlySpan<int> positions)
+        {
+            if (_positions.Length < positions.Length)
+                _positions = new int[Math.Max(positions.Length, _positions.Length * 2)];
+            positions.CopyTo(_positions);
+        }
 
         public void Execute(int chunk, int chunks)
         {
-            var (start, end) = WorkerPool.Range((int)_w!.RowCount, chunk, chunks);
-            Kernels.MatMul.Rows(_x, _n, _w, _y, start, end);
+            var (start, end) = WorkerPool.Range(Rows, chunk, chunks);
+            Run(start, end);
+        }
+
+        public void Run(int start, int end)
+        {
+            for (int r = start; r < end; r++)
+            {
+                var row = X.AsSpan(r * Cols, Cols);
+                switch (Op)
+                {
+                    case RowOp.RmsNorm:
+                        Kernels.RmsNorm.RmsNormF32(row, W, Eps, Y.AsSpan(r * Cols, Cols));
+                        break;
+                    case RowOp.Rope:
+                        int p = _positions[r];
+                        Kernels.Rope.RopeF32(row, Heads, HeadDim, NeoX, Cos.AsSpan(p * Pairs, Pairs), Sin.AsSpan(p * Pairs, Pairs));
+                        break;
+                    case RowOp.SwiGlu:
+                        Activations.SwiGluF32(row, W.AsSpan(r * Cols, Cols), Y.AsSpan(r * Cols, Cols));
+                        break;
+                    case RowOp.Add:
+                        Activations.AddF32(Y.AsSpan(r * Cols, Cols), row);
+                        break;
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// Splits one or more matrix products (sharing their input) by output rows: the rows of all targets
+    /// are numbered one after another and each chunk takes a contiguous range, so each weight row is
+    /// read by exactly one thread.
+    /// </summary>
+    private sealed class MatMulWork : IParallelWork
+    {
+        private float[] _x = [];
+        private int _n, _count, _totalRows;
+        private TensorView[] _weights = new TensorView[4];
+        private float[][] _outputs = new float[4][];
+        private QuantizedActivations?[] _inputs = new QuantizedActivations?[4];
+
+        public void Set(float[] x, int n, ReadOnlySpan<MatMulTarget> targets, QuantizedActivations? q80, QuantizedActivations? q8k)
+        {
+            _x = x;
+            _n = n;
+            _count = targets.Length;
+            if (_weights.Length < _count)
+            {
+                System.Array.Resize(ref _weights, _count);
+                System.Array.Resize(ref _outputs, _count);
+                System.Array.Resize(ref _inputs, _count);
+            }
+            _totalRows = 0;
+            for (int i = 0; i < _count; i++)
+            {
+                var w = ((CpuMatrix)targets[i].Weights).View;
+                _weights[i] = w;
+                _outputs[i] = ((CpuBuffer)targets[i].Output.Buffer).Data;
+                _inputs[i] = Kernels.MatMul.ActivationFor(w.Type) switch
+                {
+                    ActivationBlock.Q8_0 => q80,
+                    ActivationBlock.Q8_K => q8k,
+                    _ => null,
+                };
+                _totalRows += checked((int)w.RowCount);
+            }
+        }
+
+        public void Execute(int chunk, int chunks)
+        {
+            var (start, end) = WorkerPool.Range(_totalRows, chunk, chunks);
+            int first = 0;
+            for (int i = 0; i < _count && start < end; i++)
+            {
+                int rows = (int)_weights[i].RowCount;
+                if (start < first + rows)
+                {
+                    int localEnd = Math.Min(end, first + rows) - first;
+                    Kernels.MatMul.Rows(_weights[i], _x, _inputs[i], _n, _outputs[i], start - first, localEnd);
+                    start = first + localEnd;
+                }
+                first += rows;
+            }
         }
     }
 
     /// <summary>One chunk per (query row, head).</summary>
     private sealed class AttentionWork : IParallelWork
     {
-        [ThreadStatic]
-        private static int[]? s_visible;
         private float[] _q = [];
         private float[] _y = [];
         private CpuKvStore? _store;
@@ -188,20 +355,15 @@ public sealed class CpuBackend : Backend
             int row = chunk / _heads, head = chunk % _heads;
             var layout = _store!.Layout;
             int hd = layout.HeadDim;
-            int total = _prefix + _n;
-            var visible = s_visible is { } v && v.Length >= total ? v : s_visible = new int[Math.Max(total, 256)];
-            int count = 0;
-            for (int s = 0; s < _prefix; s++)
-                visible[count++] = s;
-            for (int j = 0; j < _n; j++)
-            {
-                if (_mask.Allows(row, j))
-                    visible[count++] = _prefix + j;
-            }
             int cols = _heads * hd;
             int kvHead = head / (_heads / layout.KvHeads);
-            Kernels.Attention.Head(_q.AsSpan(row * cols + head * hd, hd), _store.Blocks, _table, layout, _layer, kvHead,
-                visible.AsSpan(0, count), _scale, _y.AsSpan(row * cols + head * hd, hd));
+            fixed (float* q = _q)
+            fixed (float* y = _y)
+            fixed (int* table = _table)
+            {
+                Kernels.Attention.Head(q + row * cols + head * hd, _store.Pointers, table, layout, _layer, kvHead,
+                    _prefix, _n, row, _mask, _scale, y + row * cols + head * hd);
+            }
         }
     }
 }

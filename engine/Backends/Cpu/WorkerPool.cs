@@ -1,3 +1,5 @@
+using System.Runtime.Intrinsics.X86;
+
 namespace Engine.Backends.Cpu;
 
 /// <summary>A unit of parallel work split into chunks; the pool calls <see cref="Execute"/> once per chunk.</summary>
@@ -8,18 +10,25 @@ public interface IParallelWork
 
 /// <summary>
 /// A fixed set of worker threads that run one <see cref="IParallelWork"/> at a time, with the calling
-/// thread taking chunks too, so <c>threads</c> means exactly that many threads compute. Chunks are
-/// handed out with an atomic counter; starting a run allocates nothing (work objects are reused by
-/// their owners), so the pool can sit inside the per-token decode loop.
+/// thread taking chunks too, so <c>threads</c> means exactly that many threads compute. A forward pass
+/// issues dozens of short parallel operations per token, so waking a sleeping thread for each (tens of
+/// microseconds) would cost more than the work on a small model: between operations the workers spin
+/// for a while (as llama.cpp's threads do) and only then block. Chunks are handed out with an atomic
+/// counter; starting a run allocates nothing, so the pool can sit inside the per-token decode loop.
 /// </summary>
 public sealed class WorkerPool : IDisposable
 {
+    /// <summary>How long an idle worker spins before it blocks (a decode step's gaps are shorter).</summary>
+    private static readonly long SpinTicks = System.Diagnostics.Stopwatch.Frequency / 1000; // 1 ms
+
     private readonly Thread[] _workers;
-    private readonly SemaphoreSlim _start = new(0);
+    private readonly object _gate = new();
     private IParallelWork? _work;
     private int _chunks;
     private int _next;
     private int _running;
+    private int _epoch;
+    private int _sleepers;
     private Exception? _error;
     private volatile bool _disposed;
 
@@ -54,20 +63,22 @@ public sealed class WorkerPool : IDisposable
         _error = null;
         Volatile.Write(ref _next, 0);
         Volatile.Write(ref _running, _workers.Length);
-        _start.Release(_workers.Length);
-        Drain();
-        var spin = new SpinWait();
+        Interlocked.Increment(ref _epoch); // publishes the fields above to spinning workers
+        if (Volatile.Read(ref _sleepers) > 0)
+        {
+            lock (_gate)
+                Monitor.PulseAll(_gate);
+        }
+        Drain(work, chunks);
         while (Volatile.Read(ref _running) != 0)
-            spin.SpinOnce(sleep1Threshold: -1);
+            Pause();
         _work = null;
         if (_error is { } e)
             throw new AggregateException("a parallel kernel failed", e);
     }
 
-    private void Drain()
+    private void Drain(IParallelWork work, int chunks)
     {
-        var work = _work!;
-        int chunks = _chunks;
         int c;
         while ((c = Interlocked.Increment(ref _next) - 1) < chunks)
         {
@@ -84,14 +95,56 @@ public sealed class WorkerPool : IDisposable
 
     private void WorkerLoop()
     {
+        // Epoch 0 is the state at construction: a thread that starts late must still take part in the
+        // runs published before it first looked.
+        int seen = 0;
         while (true)
         {
-            _start.Wait();
+            int epoch = WaitForEpoch(seen);
             if (_disposed)
                 return;
-            Drain();
+            seen = epoch;
+            Drain(_work!, _chunks);
             Interlocked.Decrement(ref _running);
         }
+    }
+
+    /// <summary>Spins until the epoch moves past <paramref name="seen"/>; blocks if that takes long.</summary>
+    private int WaitForEpoch(int seen)
+    {
+        while (true)
+        {
+            long deadline = System.Diagnostics.Stopwatch.GetTimestamp() + SpinTicks;
+            do
+            {
+                for (int i = 0; i < 64; i++)
+                {
+                    int epoch = Volatile.Read(ref _epoch);
+                    if (epoch != seen || _disposed)
+                        return epoch;
+                    Pause();
+                }
+            }
+            while (System.Diagnostics.Stopwatch.GetTimestamp() < deadline);
+
+            // Sleep on a condition variable: the epoch is re-checked under the lock, and Run pulses under
+            // the same lock whenever anyone sleeps, so a published run is never missed.
+            lock (_gate)
+            {
+                _sleepers++;
+                while (Volatile.Read(ref _epoch) == seen && !_disposed)
+                    Monitor.Wait(_gate);
+                _sleepers--;
+            }
+        }
+    }
+
+    private static void Pause()
+    {
+        if (X86Base.IsSupported)
+            X86Base.Pause();
+        else
+            Thread.SpinWait(1);
     }
 
     /// <summary>The [start, end) share of <paramref name="total"/> items for chunk <paramref name="chunk"/>.</summary>
@@ -107,10 +160,10 @@ public sealed class WorkerPool : IDisposable
         if (_disposed)
             return;
         _disposed = true;
-        if (_workers.Length > 0)
-            _start.Release(_workers.Length);
+        Interlocked.Increment(ref _epoch);
+        lock (_gate)
+            Monitor.PulseAll(_gate);
         foreach (var t in _workers)
             t.Join();
-        _start.Dispose();
     }
 }

@@ -5,14 +5,20 @@ namespace Engine.Backends.Cpu.Kernels;
 /// <summary>Elementwise pieces of the forward pass.</summary>
 public static class Activations
 {
-    /// <summary>SwiGLU (Shazeer, "GLU Variants Improve Transformer", 2020): y = silu(g) · u, silu(g) = g·σ(g).</summary>
+    [ThreadStatic]
+    private static float[]? s_scratch;
+
+    /// <summary>
+    /// SwiGLU (Shazeer, "GLU Variants Improve Transformer", 2020): y = silu(g) · u with
+    /// silu(g) = g·σ(g), vectorized through TensorPrimitives.Sigmoid. y may be g.
+    /// </summary>
     public static void SwiGluF32(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> y)
     {
-        for (int i = 0; i < y.Length; i++)
-        {
-            float g = gate[i];
-            y[i] = g / (1f + MathF.Exp(-g)) * up[i];
-        }
+        var scratch = s_scratch is { } s && s.Length >= gate.Length ? s : s_scratch = new float[Math.Max(gate.Length, 1024)];
+        var sig = scratch.AsSpan(0, gate.Length);
+        TensorPrimitives.Sigmoid(gate, sig);
+        TensorPrimitives.Multiply(sig, gate, sig);
+        TensorPrimitives.Multiply(sig, up, y);
     }
 
     /// <summary>
@@ -21,17 +27,11 @@ public static class Activations
     /// </summary>
     public static void SoftmaxF32(ReadOnlySpan<float> x, Span<float> y)
     {
-        float max = float.NegativeInfinity;
-        foreach (float v in x)
-            max = MathF.Max(max, v);
-        float sum = 0;
-        for (int i = 0; i < x.Length; i++)
-        {
-            float e = MathF.Exp(x[i] - max);
-            y[i] = e;
-            sum += e;
-        }
-        TensorPrimitives.Divide(y[..x.Length], sum, y[..x.Length]);
+        float max = TensorPrimitives.Max(x);
+        var yx = y[..x.Length];
+        TensorPrimitives.Subtract(x, max, yx);
+        TensorPrimitives.Exp(yx, yx);
+        TensorPrimitives.Divide(yx, TensorPrimitives.Sum(yx), yx);
     }
 
     /// <summary>y += x.</summary>

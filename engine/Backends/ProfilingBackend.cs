@@ -1,0 +1,114 @@
+using System.Diagnostics;
+using Engine.Tensors;
+
+namespace Engine.Backends;
+
+/// <summary>
+/// Wraps a backend and accumulates the wall time of each operation, for <c>engine bench --profile</c>:
+/// where a forward pass spends its time, per operation kind. Backends that run asynchronously must
+/// synchronize in their operations for the numbers to mean anything (the CPU backend does).
+/// </summary>
+public sealed class ProfilingBackend(Backend inner) : Backend
+{
+    private readonly Dictionary<string, (long Ticks, long Calls)> _totals = [];
+
+    public Backend Inner { get; } = inner;
+
+    public override string Name => Inner.Name;
+
+    /// <summary>Accumulated (operation, seconds, calls), most expensive first.</summary>
+    public IReadOnlyList<(string Operation, double Seconds, long Calls)> Totals() =>
+        _totals.Select(kv => (kv.Key, kv.Value.Ticks / (double)Stopwatch.Frequency, kv.Value.Calls)).OrderByDescending(t => t.Item2).ToList();
+
+    public void Reset() => _totals.Clear();
+
+    private void Add(string operation, long start)
+    {
+        long elapsed = Stopwatch.GetTimestamp() - start;
+        _totals[operation] = _totals.TryGetValue(operation, out var t) ? (t.Ticks + elapsed, t.Calls + 1) : (elapsed, 1);
+    }
+
+    public override DeviceMatrix LoadMatrix(TensorView tensor) => Inner.LoadMatrix(tensor);
+    public override DeviceVector LoadVector(TensorView tensor) => Inner.LoadVector(tensor);
+    public override DeviceBuffer Allocate(long floats) => Inner.Allocate(floats);
+    public override KvStore CreateKvStore(KvLayout layout) => Inner.CreateKvStore(layout);
+
+    public override void Embed(DeviceMatrix table, ReadOnlySpan<int> tokens, Activation dst)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.Embed(table, tokens, dst);
+        Add("embed", t);
+    }
+
+    public override void RmsNorm(Activation x, DeviceVector weight, float eps, Activation dst)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.RmsNorm(x, weight, eps, dst);
+        Add("rms_norm", t);
+    }
+
+    public override void MatMul(Activation x, ReadOnlySpan<MatMulTarget> targets)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.MatMul(x, targets);
+        Add($"matmul {targets[0].Weights.Type}{(targets.Length > 1 ? " x" + targets.Length : "")}", t);
+    }
+
+    public override void AddBias(Activation x, DeviceVector bias)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.AddBias(x, bias);
+        Add("add_bias", t);
+    }
+
+    public override void Rope(Activation x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.Rope(x, heads, positions, rope);
+        Add("rope", t);
+    }
+
+    public override void StoreKv(KvStore store, int layer, ReadOnlySpan<int> blockTable, int firstSlot, Activation k, Activation v)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.StoreKv(store, layer, blockTable, firstSlot, k, v);
+        Add("store_kv", t);
+    }
+
+    public override void Attention(Activation q, KvStore store, int layer, ReadOnlySpan<int> blockTable, int prefixLength, AttentionMask mask, int heads, float scale, Activation dst)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.Attention(q, store, layer, blockTable, prefixLength, mask, heads, scale, dst);
+        Add("attention", t);
+    }
+
+    public override void SwiGlu(Activation gate, Activation up, Activation dst)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.SwiGlu(gate, up, dst);
+        Add("swiglu", t);
+    }
+
+    public override void Add(Activation dst, Activation src)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.Add(dst, src);
+        Add("add", t);
+    }
+
+    public override void GatherRows(Activation src, ReadOnlySpan<int> rows, Activation dst)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.GatherRows(src, rows, dst);
+        Add("gather_rows", t);
+    }
+
+    public override void Download(Activation src, Span<float> dst)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.Download(src, dst);
+        Add("download", t);
+    }
+
+    public override void Dispose() => Inner.Dispose();
+}

@@ -1,0 +1,143 @@
+using Engine.Formats.Gguf;
+using Engine.Quantization;
+using Engine.Tensors;
+
+namespace Engine.Conversion;
+
+/// <summary>Shape of a random-weight model (<c>engine synth</c>).</summary>
+public sealed record SynthSpec(
+    string Arch, int Dim, int Layers, int Heads, int KvHeads, int Ffn, LlamaFileType FileType,
+    ulong Seed = 1, int ContextLength = 2048, float RopeTheta = 10000f)
+{
+    public int HeadDim => Dim / Heads;
+
+    public void Validate()
+    {
+        if (Arch is not ("llama" or "qwen2"))
+            throw new ArgumentException($"--arch {Arch} is not supported (llama, qwen2)");
+        if (Dim <= 0 || Layers <= 0 || Heads <= 0 || KvHeads <= 0 || Ffn <= 0 || ContextLength <= 0)
+            throw new ArgumentException("dim, layers, heads, kv-heads, ffn and ctx must all be positive");
+        if (Dim % Heads != 0 || HeadDim % 2 != 0)
+            throw new ArgumentException($"--dim {Dim} must split into {Heads} heads of an even size");
+        if (Heads % KvHeads != 0)
+            throw new ArgumentException($"--heads {Heads} must be a multiple of --kv-heads {KvHeads}");
+    }
+}
+
+/// <summary>
+/// Writes a model of any Llama-family shape with seeded random weights and the tokenizer of an
+/// existing GGUF file, in any file type — for benchmarking shapes we have no trained weights for.
+/// Weights are uniform with the standard deviation of a freshly initialised model (0.02); values do
+/// not change the speed of a forward pass, only the shapes and types do. Every row is generated from
+/// its own seed, so the file does not depend on the thread count.
+/// </summary>
+public static class ModelSynthesizer
+{
+    public static void Write(SynthSpec spec, GgufMetadata vocabulary, string path, int threads = 0)
+    {
+        spec.Validate();
+        if (!vocabulary.Contains("tokenizer.ggml.tokens"))
+            throw new Formats.ModelFormatException(vocabulary.File, "tokenizer.ggml.tokens", "the --like file has no vocabulary");
+        int vocab = vocabulary["tokenizer.ggml.tokens"].ArrayLength;
+        string a = spec.Arch;
+        var w = new GgufWriter();
+        w.Add("general.architecture", a);
+        w.Add("general.name", $"synth-{a}-{spec.Dim}x{spec.Layers}-{spec.FileType}");
+        w.Add("general.file_type", (uint)spec.FileType);
+        w.Add($"{a}.vocab_size", (uint)vocab);
+        w.Add($"{a}.context_length", (uint)spec.ContextLength);
+        w.Add($"{a}.embedding_length", (uint)spec.Dim);
+        w.Add($"{a}.block_count", (uint)spec.Layers);
+        w.Add($"{a}.feed_forward_length", (uint)spec.Ffn);
+        w.Add($"{a}.attention.head_count", (uint)spec.Heads);
+        w.Add($"{a}.attention.head_count_kv", (uint)spec.KvHeads);
+        w.Add($"{a}.rope.dimension_count", (uint)spec.HeadDim);
+        w.Add($"{a}.rope.freq_base", spec.RopeTheta);
+        w.Add($"{a}.attention.layer_norm_rms_epsilon", 1e-5f);
+        foreach (string key in vocabulary.Keys.Where(k => k.StartsWith("tokenizer.", StringComparison.Ordinal)))
+            w.Add(key, vocabulary[key]);
+
+        int tensorIndex = 0;
+        var options = new ParallelOptions { MaxDegreeOfParallelism = threads > 0 ? threads : Environment.ProcessorCount };
+        void Matrix(string name, int rows, int cols, float std = 0.02f)
+        {
+            long[] dims = [cols, rows];
+            var type = QuantizationPlan.TypeFor(name, dims, spec.FileType, spec.Layers, hasOutput: true);
+            AddRandom(w, name, type, dims, Seed(spec.Seed, tensorIndex++), -std * MathF.Sqrt(3), std * MathF.Sqrt(3), options);
+        }
+        void Vector(string name, int length, float center, float spread) =>
+            AddRandom(w, name, GgmlType.F32, [length], Seed(spec.Seed, tensorIndex++), center - spread, center + spread, options);
+
+        int qDim = spec.Heads * spec.HeadDim, kvDim = spec.KvHeads * spec.HeadDim;
+        Matrix("token_embd.weight", vocab, spec.Dim);
+        Vector("output_norm.weight", spec.Dim, 1f, 0.1f);
+        Matrix("output.weight", vocab, spec.Dim);
+        for (int l = 0; l < spec.Layers; l++)
+        {
+            string p = $"blk.{l}.";
+            Vector(p + "attn_norm.weight", spec.Dim, 1f, 0.1f);
+            Matrix(p + "attn_q.weight", qDim, spec.Dim);
+            Matrix(p + "attn_k.weight", kvDim, spec.Dim);
+            Matrix(p + "attn_v.weight", kvDim, spec.Dim);
+            if (a == "qwen2")
+            {
+                Vector(p + "attn_q.bias", qDim, 0f, 0.02f);
+                Vector(p + "attn_k.bias", kvDim, 0f, 0.02f);
+                Vector(p + "attn_v.bias", kvDim, 0f, 0.02f);
+            }
+            Matrix(p + "attn_output.weight", spec.Dim, qDim);
+            Vector(p + "ffn_norm.weight", spec.Dim, 1f, 0.1f);
+            Matrix(p + "ffn_gate.weight", spec.Ffn, spec.Dim);
+            Matrix(p + "ffn_down.weight", spec.Dim, spec.Ffn);
+            Matrix(p + "ffn_up.weight", spec.Ffn, spec.Dim);
+        }
+        w.Write(path);
+    }
+
+    private static ulong Seed(ulong seed, int tensor) => SplitMix(seed ^ (0x9E3779B97F4A7C15UL * (ulong)(tensor + 1)));
+
+    private static ulong SplitMix(ulong x)
+    {
+        x += 0x9E3779B97F4A7C15UL;
+        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9UL;
+        x = (x ^ (x >> 27)) * 0x94D049BB133111EBUL;
+        return x ^ (x >> 31);
+    }
+
+    /// <summary>Adds a tensor whose rows are generated (and quantized) in parallel when the writer reaches it.</summary>
+    private static void AddRandom(GgufWriter w, string name, GgmlType type, long[] dims, ulong seed, float low, float high, ParallelOptions options)
+    {
+        int cols = checked((int)dims[0]);
+        int rows = dims.Length > 1 ? checked((int)dims[1]) : 1;
+        long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
+        long total = rowBytes * rows;
+        w.AddTensor(name, type, dims, total, stream =>
+        {
+            const int rowsPerChunk = 64;
+            int chunks = (rows + rowsPerChunk - 1) / rowsPerChunk;
+            var buffer = new byte[Math.Min(total, rowBytes * rowsPerChunk * Math.Max(1, options.MaxDegreeOfParallelism) * 4)];
+            int chunksPerWrite = (int)(buffer.Length / (rowBytes * rowsPerChunk));
+            for (int first = 0; first < chunks; first += Math.Max(1, chunksPerWrite))
+            {
+                int last = Math.Min(chunks, first + Math.Max(1, chunksPerWrite));
+                Parallel.For(first, last, options, () => new float[cols], (chunk, _, values) =>
+                {
+                    for (int r = chunk * rowsPerChunk; r < Math.Min(rows, (chunk + 1) * rowsPerChunk); r++)
+                    {
+                        ulong state = SplitMix(seed + (ulong)r);
+                        for (int c = 0; c < cols; c++)
+                        {
+                            state = SplitMix(state);
+                            values[c] = low + (high - low) * ((state >> 40) * (1f / (1 << 24)));
+                        }
+                        long offset = (r - (long)first * rowsPerChunk) * rowBytes;
+                        Quantize.Row(type, values, buffer.AsSpan(checked((int)offset), (int)rowBytes));
+                    }
+                    return values;
+                }, _ => { });
+                long written = Math.Min(total - (long)first * rowsPerChunk * rowBytes, (long)(last - first) * rowsPerChunk * rowBytes);
+                stream.Write(buffer, 0, checked((int)written));
+            }
+        });
+    }
+}

@@ -1,0 +1,212 @@
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics.X86;
+using Engine.Backends.Cpu.Kernels;
+using Engine.Quantization;
+using Engine.Tensors;
+
+namespace Engine.Tests;
+
+/// <summary>
+/// The CPU matrix kernels against their scalar references, on random data and awkward sizes.
+/// </summary>
+/// <remarks>
+/// SIMD vs scalar: both compute the same integer dot products per block (exact); only the order in
+/// which the float block results are summed differs. For n terms float32 summation error is at most
+/// about n·2^-24 of Σ|terms|; with at most 128 blocks that is 7.6e-6, so we allow 1e-5 of Σ|wᵢxᵢ|.
+///
+/// Quantized vs exact: int8 activations round each xᵢ to a multiple of its block scale d, an error of at
+/// most d/2, so |quantized dot - float dot| ≤ Σ |wᵢ|·d/2 (plus float rounding) — a bound that holds for
+/// every input, not a statistical one.
+/// </remarks>
+public unsafe class KernelTests
+{
+    public static IEnumerable<TestCaseData> Cases()
+    {
+        foreach (var type in new[] { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K })
+        {
+            int block = GgmlTypeInfo.Layout(type)!.Value.BlockSize;
+            foreach (int blocks in new[] { 1, 2, 3, 7, 2048 / block })
+                yield return new TestCaseData(type, blocks * block).SetName($"{type} × {blocks * block}");
+        }
+    }
+
+    private sealed class Data : IDisposable
+    {
+        public byte* W;
+        public float[] WeightValues = [];
+        public float[] X = [];
+        public QuantizedActivations Q = new();
+        public int Rows, Cols;
+        public long RowBytes;
+
+        public void Dispose() => NativeMemory.Free(W);
+    }
+
+    /// <summary>Random weights (rows × cols, quantized to type) and random activations (n × cols, quantized).</summary>
+    private static Data Make(GgmlType type, int rows, int cols, int n, int seed)
+    {
+        var rng = new Random(seed);
+        var d = new Data { Rows = rows, Cols = cols, RowBytes = GgmlTypeInfo.RowBytes(type, cols) };
+        d.W = (byte*)NativeMemory.Alloc((nuint)(d.RowBytes * rows));
+        d.WeightValues = new float[rows * cols];
+        var row = new float[cols];
+        for (int r = 0; r < rows; r++)
+        {
+            for (int i = 0; i < cols; i++)
+                row[i] = (float)(rng.NextDouble() * 2 - 1) * (i % 37 == 0 ? 4 : 1); // some outliers
+            var bytes = new Span<byte>(d.W + r * d.RowBytes, (int)d.RowBytes);
+            Quantize.Row(type, row, bytes);
+            Dequantize.Row(type, bytes, d.WeightValues.AsSpan(r * cols, cols));
+        }
+        d.X = new float[n * cols];
+        for (int i = 0; i < d.X.Length; i++)
+            d.X[i] = (float)(rng.NextDouble() * 2 - 1) * (i % 53 == 0 ? 8 : 1);
+        if (MatMul.ActivationFor(type) is { } kind)
+        {
+            d.Q.Quantize(d.X, n, cols, kind);
+            d.Q.Interleave();
+        }
+        return d;
+    }
+
+    private static float Kernel<T>(GgmlType type, byte* w, QuantizedActivations q, int row, int cols) where T : IIsa => type switch
+    {
+        GgmlType.Q8_0 => VecDot.Q8_0<T>(w, q.Q(row), q.D(row), cols / 32),
+        GgmlType.Q4_0 => VecDot.Q4_0<T>(w, q.Q(row), q.D(row), q.ScaledSums(row), cols / 32),
+        GgmlType.Q4_K => VecDot.Q4_K<T>(w, q.Q(row), q.D(row), q.Sums16(row), cols / 256),
+        _ => VecDot.Q6_K<T>(w, q.Q(row), q.D(row), q.Sums16(row), cols / 256),
+    };
+
+    private static float Scalar(GgmlType type, byte* w, QuantizedActivations q, int row, int cols) => type switch
+    {
+        GgmlType.Q8_0 => VecDot.Q8_0Scalar(w, q.Q(row), q.D(row), cols / 32),
+        GgmlType.Q4_0 => VecDot.Q4_0Scalar(w, q.Q(row), q.D(row), q.ScaledSums(row), cols / 32),
+        GgmlType.Q4_K => VecDot.Q4_KScalar(w, q.Q(row), q.D(row), q.Sums16(row), cols / 256),
+        _ => VecDot.Q6_KScalar(w, q.Q(row), q.D(row), q.Sums16(row), cols / 256),
+    };
+
+    private static double AbsDot(ReadOnlySpan<float> w, ReadOnlySpan<float> x)
+    {
+        double s = 0;
+        for (int i = 0; i < w.Length; i++)
+            s += Math.Abs((double)w[i] * x[i]);
+        return s;
+    }
+
+    [TestCaseSource(nameof(Cases))]
+    public void Simd_dot_equals_the_scalar_reference(GgmlType type, int cols)
+    {
+        if (!Avx2.IsSupported || !Fma.IsSupported)
+            Assert.Ignore("this CPU has no AVX2+FMA: only the scalar path runs here");
+        using var d = Make(type, rows: 5, cols, n: 2, seed: cols);
+        for (int r = 0; r < d.Rows; r++)
+        {
+            byte* w = d.W + r * d.RowBytes;
+            for (int x = 0; x < 2; x++)
+            {
+                float scalar = Scalar(type, w, d.Q, x, cols);
+                double bound = 1e-5 * AbsDot(d.WeightValues.AsSpan(r * cols, cols), d.X.AsSpan(x * cols, cols)) + 1e-6;
+                Assert.That(Kernel<Avx2Isa>(type, w, d.Q, x, cols), Is.EqualTo(scalar).Within(bound), $"AVX2, row {r}, input {x}");
+                if (AvxVnni.IsSupported)
+                    Assert.That(Kernel<VnniIsa>(type, w, d.Q, x, cols), Is.EqualTo(scalar).Within(bound), $"AVX-VNNI, row {r}, input {x}");
+            }
+        }
+    }
+
+    [TestCaseSource(nameof(Cases))]
+    public void Quantized_dot_is_within_the_activation_rounding_bound_of_the_float_dot(GgmlType type, int cols)
+    {
+        using var d = Make(type, rows: 4, cols, n: 1, seed: cols + 1);
+        int block = (int)MatMul.ActivationFor(type)!.Value;
+        for (int r = 0; r < d.Rows; r++)
+        {
+            var w = d.WeightValues.AsSpan(r * cols, cols);
+            double exact = 0, bound = 0;
+            for (int i = 0; i < cols; i++)
+            {
+                exact += (double)w[i] * d.X[i];
+                bound += Math.Abs(w[i]) * d.Q.D(0)[i / block] / 2;
+            }
+            float quantized = Scalar(type, d.W + r * d.RowBytes, d.Q, 0, cols);
+            Assert.That(quantized, Is.EqualTo(exact).Within(bound * 1.0001 + 1e-5 * AbsDot(w, d.X)), $"row {r}");
+            Assert.That(Math.Abs(quantized - exact), Is.GreaterThan(0), "the int8 path is really in use (it is never exactly the float dot on random data)");
+        }
+    }
+
+    public static IEnumerable<TestCaseData> GemmCases()
+    {
+        foreach (var type in new[] { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K, GgmlType.F16, GgmlType.F32 })
+        {
+            int block = Math.Max(8, GgmlTypeInfo.Layout(type)!.Value.BlockSize);
+            yield return new TestCaseData(type, block * (type is GgmlType.F16 or GgmlType.F32 ? 13 : 3), 19).SetName($"{type} gemm, 19 rows");
+        }
+    }
+
+    /// <summary>The 8-row matrix kernels against the row-by-row dot kernels (2 whole groups and 3 rows left over).</summary>
+    [TestCaseSource(nameof(GemmCases))]
+    public void Matrix_kernels_equal_row_by_row_dots(GgmlType type, int cols, int n)
+    {
+        if (!MatMul.HasGemm(type, cols))
+            Assert.Ignore("no matrix kernel on this CPU");
+        using var d = Make(type, rows: 6, cols, n, seed: 7);
+        var view = new TensorView("w", type, [cols, d.Rows], d.W, d.RowBytes * d.Rows);
+        bool quantized = MatMul.ActivationFor(type) is not null;
+        var y = new float[n * d.Rows];
+        MatMul.Rows(view, d.X, quantized ? d.Q : null, n, y, 0, d.Rows);
+        fixed (float* xp = d.X)
+        {
+            for (int r = 0; r < n; r++)
+            {
+                for (int o = 0; o < d.Rows; o++)
+                {
+                    float expected = MatMul.Dot(type, d.W + o * d.RowBytes, cols, xp + r * cols, quantized ? d.Q : null, r);
+                    double bound = 1e-5 * AbsDot(d.WeightValues.AsSpan(o * cols, cols), d.X.AsSpan(r * cols, cols)) + 1e-6;
+                    Assert.That(y[r * d.Rows + o], Is.EqualTo(expected).Within(bound), $"row {r}, output {o}");
+                }
+            }
+        }
+    }
+
+    [TestCase(1)]
+    [TestCase(15)]
+    [TestCase(16)]
+    [TestCase(37)]
+    [TestCase(4096)]
+    public void Float_weight_dots_equal_their_scalar_reference(int n)
+    {
+        var rng = new Random(n);
+        var x = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        var h = Enumerable.Range(0, n).Select(_ => BitConverter.HalfToUInt16Bits((Half)(rng.NextDouble() * 2 - 1))).ToArray();
+        var b = Enumerable.Range(0, n).Select(_ => Quantize.ToBF16((float)(rng.NextDouble() * 2 - 1))).ToArray();
+        fixed (float* xp = x)
+        fixed (ushort* hp = h)
+        fixed (ushort* bp = b)
+        {
+            double bound = 1e-5 * n;
+            Assert.That(VecDot.F16(hp, xp, n), Is.EqualTo(VecDot.F16Scalar(hp, xp, n)).Within(bound));
+            Assert.That(VecDot.BF16(bp, xp, n), Is.EqualTo(VecDot.BF16Scalar(bp, xp, n)).Within(bound));
+        }
+    }
+
+    [Test]
+    public void Vector_half_conversion_is_exact_for_every_half()
+    {
+        if (!System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated)
+            Assert.Ignore("no 256-bit vectors");
+        var bits = new ushort[8];
+        for (int i = 0; i < 65536; i += 8)
+        {
+            for (int k = 0; k < 8; k++)
+                bits[k] = (ushort)(i + k);
+            var v = HalfTable.Widen(System.Runtime.Intrinsics.Vector128.Create(bits));
+            for (int k = 0; k < 8; k++)
+            {
+                float expected = (float)BitConverter.UInt16BitsToHalf(bits[k]);
+                if (float.IsNaN(expected))
+                    Assert.That(float.IsNaN(v[k]), Is.True, $"0x{bits[k]:X4} is NaN");
+                else
+                    Assert.That(BitConverter.SingleToInt32Bits(v[k]), Is.EqualTo(BitConverter.SingleToInt32Bits(expected)), $"0x{bits[k]:X4}");
+            }
+        }
+    }
+}

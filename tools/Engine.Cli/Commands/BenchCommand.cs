@@ -1,0 +1,128 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using Engine.Api;
+using Engine.Backends;
+
+namespace Engine.Cli.Commands;
+
+/// <summary>
+/// <c>engine bench</c>, with llama-bench's meaning: pp = prompt tokens/s for one batch of p tokens
+/// into an empty context; tg = tokens/s generating n tokens one at a time from an empty context.
+/// Tokens are random (seeded), a warm-up run is not counted, and each test repeats r times
+/// (mean ± standard deviation).
+/// </summary>
+internal static class BenchCommand
+{
+    public static Command Create(CliOutput io)
+    {
+        var model = SharedOptions.Model();
+        var prompt = new Option<int>("--n-prompt", "-p") { Description = "Prompt tokens for pp (0 = skip)", DefaultValueFactory = _ => 128 };
+        var gen = new Option<int>("--n-gen", "-n") { Description = "Generated tokens for tg (0 = skip)", DefaultValueFactory = _ => 64 };
+        var reps = new Option<int>("--repetitions", "-r") { Description = "Repetitions of each test", DefaultValueFactory = _ => 3 };
+        var threads = SharedOptions.Threads();
+        var batch = new Option<int>("--batch", "-b") { Description = "Most tokens per forward pass", DefaultValueFactory = _ => 512 };
+        var json = new Option<bool>("--json") { Description = "One JSON object per line" };
+        var profile = new Option<bool>("--profile") { Description = "Also print the time spent in each backend operation (stderr)" };
+        var command = new Command("bench", "Measure prompt processing (pp) and generation (tg) speed") { model, prompt, gen, reps, threads, batch, json, profile };
+        command.SetAction(parse => CliErrors.Run(io, parse, () =>
+        {
+            int p = parse.GetValue(prompt), n = parse.GetValue(gen), r = parse.GetValue(reps), t = parse.GetValue(threads);
+            if (p < 0 || n < 0 || r < 1 || t < 1 || parse.GetValue(batch) < 1)
+                throw new ArgumentException("-p and -n must not be negative; -r, -t and -b must be at least 1");
+            string path = parse.GetRequiredValue(model);
+            var profiler = parse.GetValue(profile) ? new ProfilingBackend(new Backends.Cpu.CpuBackend(t)) : null;
+            using var lm = LanguageModel.Load(path, new ModelOptions { Threads = t, MaxBatch = parse.GetValue(batch), ContextLength = Math.Max(p, n) + 1, Backend = profiler });
+            var random = new Random(42);
+            int Token() => random.Next(lm.Config.VocabSize);
+
+            double[] Measure(int tokens, bool prompt)
+            {
+                var speeds = new double[r];
+                for (int rep = -1; rep < r; rep++) // rep -1 is the warm-up
+                {
+                    using var cache = lm.Network.CreateKvCache(tokens + 1);
+                    using var seq = cache.CreateSequence();
+                    var logits = new float[lm.Config.VocabSize];
+                    var clock = Stopwatch.StartNew();
+                    if (prompt)
+                    {
+                        var ids = Enumerable.Range(0, tokens).Select(_ => Token()).ToArray();
+                        lm.Network.Forward(seq, ids, Enumerable.Range(0, tokens).ToArray(), AttentionMask.Causal, [tokens - 1], logits);
+                    }
+                    else
+                    {
+                        for (int i = 0; i < tokens; i++)
+                            lm.Network.Forward(seq, [Token()], [i], AttentionMask.Causal, [0], logits);
+                    }
+                    if (rep >= 0)
+                        speeds[rep] = tokens / clock.Elapsed.TotalSeconds;
+                    else
+                        profiler?.Reset(); // the profile covers the measured repetitions only
+                }
+                return speeds;
+            }
+
+            void Report(string test)
+            {
+                if (profiler is null)
+                    return;
+                var totals = profiler.Totals();
+                double all = totals.Sum(x => x.Seconds);
+                io.Error.WriteLine($"{test}: time per backend operation over {r} repetitions");
+                foreach (var (op, seconds, calls) in totals)
+                    io.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {op,-16} {seconds * 1000,9:F1} ms {100 * seconds / all,5:F1}%  {calls,7} calls"));
+                profiler.Reset();
+            }
+            var pp = p > 0 ? Measure(p, prompt: true) : [];
+            Report($"pp{p}");
+            var tg = n > 0 ? Measure(n, prompt: false) : [];
+            Report($"tg{n}");
+            long size = Directory.Exists(path) ? Directory.GetFiles(path, "*.safetensors").Sum(f => new FileInfo(f).Length) : new FileInfo(path).Length;
+            long rss = Process.GetCurrentProcess().PeakWorkingSet64;
+            string name = Path.GetFileName(path.TrimEnd('/'));
+            if (parse.GetValue(json))
+            {
+                var row = new Dictionary<string, object>
+                {
+                    ["model"] = name,
+                    ["model_size"] = size,
+                    ["threads"] = t,
+                    ["n_prompt"] = p,
+                    ["n_gen"] = n,
+                    ["repetitions"] = r,
+                    ["pp_tokens_per_s"] = Mean(pp),
+                    ["pp_stddev"] = Std(pp),
+                    ["tg_tokens_per_s"] = Mean(tg),
+                    ["tg_stddev"] = Std(tg),
+                    ["peak_rss_bytes"] = rss,
+                };
+                io.Out.WriteLine(JsonSerializer.Serialize(row));
+            }
+            else
+            {
+                io.Out.WriteLine($"| model | size | threads | test | t/s |");
+                io.Out.WriteLine($"| --- | ---: | ---: | ---: | ---: |");
+                string sizeText = string.Create(CultureInfo.InvariantCulture, $"{size / 1048576.0:F1} MiB");
+                if (p > 0)
+                    io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {name} | {sizeText} | {t} | pp{p} | {Mean(pp):F2} ± {Std(pp):F2} |"));
+                if (n > 0)
+                    io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {name} | {sizeText} | {t} | tg{n} | {Mean(tg):F2} ± {Std(tg):F2} |"));
+                io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"peak resident memory: {rss / 1048576.0:F0} MiB"));
+            }
+            return 0;
+        }));
+        return command;
+    }
+
+    private static double Mean(double[] x) => x.Length == 0 ? 0 : x.Average();
+
+    private static double Std(double[] x)
+    {
+        if (x.Length < 2)
+            return 0;
+        double mean = x.Average();
+        return Math.Sqrt(x.Sum(v => (v - mean) * (v - mean)) / (x.Length - 1));
+    }
+}

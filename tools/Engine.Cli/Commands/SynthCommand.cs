@@ -1,0 +1,43 @@
+using System.CommandLine;
+using Engine.Conversion;
+using Engine.Formats.Gguf;
+
+namespace Engine.Cli.Commands;
+
+/// <summary><c>engine synth</c>: a random-weight model of any Llama-family shape, with the vocabulary of an existing GGUF.</summary>
+internal static class SynthCommand
+{
+    public static Command Create(CliOutput io)
+    {
+        var like = new Option<string>("--like") { Description = "GGUF file whose tokenizer the model gets (a vocabulary-only file is fine)", Required = true };
+        var arch = new Option<string>("--arch") { Description = "llama or qwen2", DefaultValueFactory = _ => "llama" };
+        var dim = new Option<int>("--dim") { Description = "Model width", Required = true };
+        var layers = new Option<int>("--layers") { Description = "Blocks", Required = true };
+        var heads = new Option<int>("--heads") { Description = "Attention heads", Required = true };
+        var kvHeads = new Option<int?>("--kv-heads") { Description = "Key/value heads (default: --heads)" };
+        var ffn = new Option<int>("--ffn") { Description = "Feed-forward width", Required = true };
+        var type = new Option<string>("--type") { Description = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K", DefaultValueFactory = _ => "F16" };
+        var seed = new Option<ulong>("--seed") { Description = "Seed of the weights", DefaultValueFactory = _ => 1 };
+        var context = new Option<int>("--ctx") { Description = "Context length written to the metadata", DefaultValueFactory = _ => 2048 };
+        var threads = SharedOptions.Threads();
+        var output = new Argument<string>("OUT.gguf") { Description = "File to write" };
+        var command = new Command("synth", "Write a random-weight model of a given shape (for benchmarks)")
+        {
+            like, arch, dim, layers, heads, kvHeads, ffn, type, seed, context, threads, output,
+        };
+        command.SetAction(parse => CliErrors.Run(io, parse, () =>
+        {
+            var spec = new SynthSpec(parse.GetRequiredValue(arch), parse.GetValue(dim), parse.GetValue(layers), parse.GetValue(heads),
+                parse.GetValue(kvHeads) ?? parse.GetValue(heads), parse.GetValue(ffn), QuantizationPlan.Parse(parse.GetRequiredValue(type)),
+                parse.GetValue(seed), parse.GetValue(context));
+            spec.Validate();
+            using var vocab = GgufFile.Open(parse.GetRequiredValue(like));
+            string path = parse.GetRequiredValue(output);
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            ModelSynthesizer.Write(spec, vocab.Metadata, path, parse.GetValue(threads));
+            io.Out.WriteLine($"wrote {path}: {spec.Arch} dim {spec.Dim}, {spec.Layers} layers, {spec.Heads}/{spec.KvHeads} heads, ffn {spec.Ffn}, {spec.FileType}, {new FileInfo(path).Length / (1 << 20)} MiB in {clock.Elapsed.TotalSeconds:F1} s");
+            return 0;
+        }));
+        return command;
+    }
+}
