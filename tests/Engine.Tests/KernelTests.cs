@@ -138,7 +138,9 @@ public unsafe class KernelTests
         foreach (var type in new[] { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K, GgmlType.F16, GgmlType.F32 })
         {
             int block = Math.Max(8, GgmlTypeInfo.Layout(type)!.Value.BlockSize);
-            yield return new TestCaseData(type, block * (type is GgmlType.F16 or GgmlType.F32 ? 13 : 3), 19).SetName($"{type} gemm, 19 rows");
+            // 19 rows: a 16-row panel (float) or 2 groups of 8 (quantized), then rows left over; 27 rows: 16 + 8 + 3.
+            foreach (int n in new[] { 19, 27 })
+                yield return new TestCaseData(type, block * (type is GgmlType.F16 or GgmlType.F32 ? 67 : 3), n).SetName($"{type} gemm, {n} rows");
         }
     }
 
@@ -151,8 +153,10 @@ public unsafe class KernelTests
         using var d = Make(type, rows: 6, cols, n, seed: 7);
         var view = new TensorView("w", type, [cols, d.Rows], d.W, d.RowBytes * d.Rows);
         bool quantized = MatMul.ActivationFor(type) is not null;
+        var panels = new FloatPanels();
+        panels.Pack(d.X, n, cols);
         var y = new float[n * d.Rows];
-        MatMul.Rows(view, d.X, quantized ? d.Q : null, n, y, 0, d.Rows);
+        MatMul.Rows(view, d.X, quantized ? d.Q : null, quantized ? null : panels, n, y, 0, d.Rows);
         fixed (float* xp = d.X)
         {
             for (int r = 0; r < n; r++)

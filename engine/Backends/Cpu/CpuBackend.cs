@@ -22,6 +22,7 @@ public sealed unsafe class CpuBackend : Backend
     private readonly RowsWork _rows = new();
     private readonly QuantizedActivations _q80 = new();
     private readonly QuantizedActivations _q8k = new();
+    private readonly FloatPanels _panels = new();
 
     /// <param name="threads">Threads that compute, the caller's included (0 = one per core).</param>
     /// <param name="quantizeActivations">
@@ -117,13 +118,16 @@ public sealed unsafe class CpuBackend : Backend
         }
         // Quantize the shared input once for each int8 format the targets' kernels need.
         var xData = Data(x);
-        bool q80 = false, q8k = false;
-        foreach (var t in QuantizeActivations ? targets : [])
+        bool q80 = false, q8k = false, panels = false;
+        foreach (var t in targets)
         {
-            var kind = Kernels.MatMul.ActivationFor(t.Weights.Type);
+            var kind = QuantizeActivations ? Kernels.MatMul.ActivationFor(t.Weights.Type) : null;
             q80 |= kind == ActivationBlock.Q8_0;
             q8k |= kind == ActivationBlock.Q8_K;
+            panels |= t.Weights.Type is GgmlType.F16 or GgmlType.F32 && x.Rows >= QuantizedActivations.Group && Kernels.MatMul.HasGemm(t.Weights.Type, x.Cols);
         }
+        if (panels)
+            _panels.Pack(xData, x.Rows, x.Cols);
         if (q80)
         {
             _q80.Quantize(xData, x.Rows, x.Cols, ActivationBlock.Q8_0);
@@ -134,7 +138,7 @@ public sealed unsafe class CpuBackend : Backend
             _q8k.Quantize(xData, x.Rows, x.Cols, ActivationBlock.Q8_K);
             _q8k.Interleave();
         }
-        _matMul.Set(Array(x), x.Rows, targets, q80 ? _q80 : null, q8k ? _q8k : null);
+        _matMul.Set(Array(x), x.Rows, targets, q80 ? _q80 : null, q8k ? _q8k : null, panels ? _panels : null);
         _pool.Run(_matMul, Math.Min(totalRows, Threads * 8));
     }
 
@@ -285,11 +289,13 @@ public sealed unsafe class CpuBackend : Backend
         private TensorView[] _weights = new TensorView[4];
         private float[][] _outputs = new float[4][];
         private QuantizedActivations?[] _inputs = new QuantizedActivations?[4];
+        private FloatPanels? _panels;
 
-        public void Set(float[] x, int n, ReadOnlySpan<MatMulTarget> targets, QuantizedActivations? q80, QuantizedActivations? q8k)
+        public void Set(float[] x, int n, ReadOnlySpan<MatMulTarget> targets, QuantizedActivations? q80, QuantizedActivations? q8k, FloatPanels? panels)
         {
             _x = x;
             _n = n;
+            _panels = panels;
             _count = targets.Length;
             if (_weights.Length < _count)
             {
@@ -323,7 +329,7 @@ public sealed unsafe class CpuBackend : Backend
                 if (start < first + rows)
                 {
                     int localEnd = Math.Min(end, first + rows) - first;
-                    Kernels.MatMul.Rows(_weights[i], _x, _inputs[i], _n, _outputs[i], start - first, localEnd);
+                    Kernels.MatMul.Rows(_weights[i], _x, _inputs[i], _panels, _n, _outputs[i], start - first, localEnd);
                     start = first + localEnd;
                 }
                 first += rows;

@@ -177,49 +177,85 @@ public static unsafe class Gemm
     }
 
     /// <summary>
-    /// Float weights (F16 converted 8 at a time, or F32) against 8 float activation rows: each converted
-    /// weight vector feeds 8 FMAs. Output y[r] for rows r of the group starting at <paramref name="x"/>.
+    /// Float weights (F16 widened 8 at a time, or F32) against 16 float activation rows: each weight
+    /// vector feeds 16 FMAs into 16 accumulators (AVX-512 machines have the 32 registers this needs),
+    /// so the FMA units, not the F16 conversion or the loads, set the pace. Covers <paramref name="count"/>
+    /// columns (a multiple of 8) of a <see cref="FloatPanels"/> panel at <paramref name="x"/>; y[r] for its 16 rows.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void F16(ushort* w, int cols, float* x, int rows, float* y)
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
+    public static void F16x16(ushort* w, int count, float* x, float* y) => Float16Rows<HalfWeights>((byte*)w, count, x, y);
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
+    public static void F32x16(float* w, int count, float* x, float* y) => Float16Rows<FloatWeights>((byte*)w, count, x, y);
+
+    private interface IFloatWeights
     {
-        var a0 = Vector256<float>.Zero; var a1 = Vector256<float>.Zero; var a2 = Vector256<float>.Zero; var a3 = Vector256<float>.Zero;
-        var a4 = Vector256<float>.Zero; var a5 = Vector256<float>.Zero; var a6 = Vector256<float>.Zero; var a7 = Vector256<float>.Zero;
-        long s = cols;
-        for (int i = 0; i < cols; i += 8)
-        {
-            var wv = HalfTable.Widen(Vector128.Load(w + i));
-            float* xi = x + i;
-            a0 = Fma.MultiplyAdd(wv, Vector256.Load(xi), a0);
-            a1 = Fma.MultiplyAdd(wv, Vector256.Load(xi + s), a1);
-            a2 = Fma.MultiplyAdd(wv, Vector256.Load(xi + 2 * s), a2);
-            a3 = Fma.MultiplyAdd(wv, Vector256.Load(xi + 3 * s), a3);
-            a4 = Fma.MultiplyAdd(wv, Vector256.Load(xi + 4 * s), a4);
-            a5 = Fma.MultiplyAdd(wv, Vector256.Load(xi + 5 * s), a5);
-            a6 = Fma.MultiplyAdd(wv, Vector256.Load(xi + 6 * s), a6);
-            a7 = Fma.MultiplyAdd(wv, Vector256.Load(xi + 7 * s), a7);
-        }
-        Transpose8Sums(a0, a1, a2, a3, a4, a5, a6, a7).Store(y);
+        static abstract Vector256<float> Load(byte* w, int i);
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void F32(float* w, int cols, float* x, int rows, float* y)
+    private readonly struct HalfWeights : IFloatWeights
     {
-        var a0 = Vector256<float>.Zero; var a1 = Vector256<float>.Zero; var a2 = Vector256<float>.Zero; var a3 = Vector256<float>.Zero;
-        var a4 = Vector256<float>.Zero; var a5 = Vector256<float>.Zero; var a6 = Vector256<float>.Zero; var a7 = Vector256<float>.Zero;
-        long s = cols;
-        for (int i = 0; i < cols; i += 8)
+        public static Vector256<float> Load(byte* w, int i) => HalfTable.Widen(Vector128.Load((ushort*)w + i));
+    }
+
+    private readonly struct FloatWeights : IFloatWeights
+    {
+        public static Vector256<float> Load(byte* w, int i) => Vector256.Load((float*)w + i);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Float16Rows<TW>(byte* w, int count, float* x, float* y) where TW : IFloatWeights
+    {
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+        Vector256<float> b0 = default, b1 = default, b2 = default, b3 = default, b4 = default, b5 = default, b6 = default, b7 = default;
+        // x is a packed panel: for every 8 columns, 16 rows × 8 floats, one after the other.
+        for (int i = 0; i < count; i += 8, x += 128)
         {
-            var wv = Vector256.Load(w + i);
-            float* xi = x + i;
-            a0 = Fma.MultiplyAdd(wv, Vector256.Load(xi), a0);
-            a1 = Fma.MultiplyAdd(wv, Vector256.Load(xi + s), a1);
-            a2 = Fma.MultiplyAdd(wv, Vector256.Load(xi + 2 * s), a2);
-            a3 = Fma.MultiplyAdd(wv, Vector256.Load(xi + 3 * s), a3);
-            a4 = Fma.MultiplyAdd(wv, Vector256.Load(xi + 4 * s), a4);
-            a5 = Fma.MultiplyAdd(wv, Vector256.Load(xi + 5 * s), a5);
-            a6 = Fma.MultiplyAdd(wv, Vector256.Load(xi + 6 * s), a6);
-            a7 = Fma.MultiplyAdd(wv, Vector256.Load(xi + 7 * s), a7);
+            var wv = TW.Load(w, i);
+            a0 = Fma.MultiplyAdd(wv, Vector256.Load(x), a0);
+            a1 = Fma.MultiplyAdd(wv, Vector256.Load(x + 8), a1);
+            a2 = Fma.MultiplyAdd(wv, Vector256.Load(x + 16), a2);
+            a3 = Fma.MultiplyAdd(wv, Vector256.Load(x + 24), a3);
+            a4 = Fma.MultiplyAdd(wv, Vector256.Load(x + 32), a4);
+            a5 = Fma.MultiplyAdd(wv, Vector256.Load(x + 40), a5);
+            a6 = Fma.MultiplyAdd(wv, Vector256.Load(x + 48), a6);
+            a7 = Fma.MultiplyAdd(wv, Vector256.Load(x + 56), a7);
+            b0 = Fma.MultiplyAdd(wv, Vector256.Load(x + 64), b0);
+            b1 = Fma.MultiplyAdd(wv, Vector256.Load(x + 72), b1);
+            b2 = Fma.MultiplyAdd(wv, Vector256.Load(x + 80), b2);
+            b3 = Fma.MultiplyAdd(wv, Vector256.Load(x + 88), b3);
+            b4 = Fma.MultiplyAdd(wv, Vector256.Load(x + 96), b4);
+            b5 = Fma.MultiplyAdd(wv, Vector256.Load(x + 104), b5);
+            b6 = Fma.MultiplyAdd(wv, Vector256.Load(x + 112), b6);
+            b7 = Fma.MultiplyAdd(wv, Vector256.Load(x + 120), b7);
+        }
+        Transpose8Sums(a0, a1, a2, a3, a4, a5, a6, a7).Store(y);
+        Transpose8Sums(b0, b1, b2, b3, b4, b5, b6, b7).Store(y + 8);
+    }
+
+    /// <summary>Float weights against 8 float activation rows (an odd group left after the 16-row kernels).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
+    public static void F16(ushort* w, int count, float* x, float* y) => Float8Rows<HalfWeights>((byte*)w, count, x, y);
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
+    public static void F32(float* w, int count, float* x, float* y) => Float8Rows<FloatWeights>((byte*)w, count, x, y);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Float8Rows<TW>(byte* w, int count, float* x, float* y) where TW : IFloatWeights
+    {
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+        // x is a packed panel of 8 rows: for every 8 columns, 8 rows × 8 floats.
+        for (int i = 0; i < count; i += 8, x += 64)
+        {
+            var wv = TW.Load(w, i);
+            a0 = Fma.MultiplyAdd(wv, Vector256.Load(x), a0);
+            a1 = Fma.MultiplyAdd(wv, Vector256.Load(x + 8), a1);
+            a2 = Fma.MultiplyAdd(wv, Vector256.Load(x + 16), a2);
+            a3 = Fma.MultiplyAdd(wv, Vector256.Load(x + 24), a3);
+            a4 = Fma.MultiplyAdd(wv, Vector256.Load(x + 32), a4);
+            a5 = Fma.MultiplyAdd(wv, Vector256.Load(x + 40), a5);
+            a6 = Fma.MultiplyAdd(wv, Vector256.Load(x + 48), a6);
+            a7 = Fma.MultiplyAdd(wv, Vector256.Load(x + 56), a7);
         }
         Transpose8Sums(a0, a1, a2, a3, a4, a5, a6, a7).Store(y);
     }

@@ -29,30 +29,100 @@ public static unsafe class MatMul
     /// <param name="x">[n, cols] float activations.</param>
     /// <param name="qx">The same activations quantized to <see cref="ActivationFor"/>(W.Type), or null if it needs none.</param>
     /// <param name="y">[n, rows] output.</param>
-    public static void Rows(TensorView w, ReadOnlySpan<float> x, QuantizedActivations? qx, int n, Span<float> y, int rowStart, int rowEnd)
+    /// <param name="panels">The same activations packed for the float matrix kernels (F16/F32 weights), or null.</param>
+    public static void Rows(TensorView w, ReadOnlySpan<float> x, QuantizedActivations? qx, FloatPanels? panels, int n, Span<float> y, int rowStart, int rowEnd)
     {
         int cols = checked((int)w.RowLength);
         int rows = checked((int)w.RowCount);
         long rowBytes = w.RowBytes;
         // Whole groups of 8 activation rows go through the matrix-matrix kernels; the rest row by row.
-        int groups = HasGemm(w.Type, cols) && (qx is not null || ActivationFor(w.Type) is null) ? n / QuantizedActivations.Group : 0;
-        if (qx is not null)
-            groups = Math.Min(groups, qx.Groups);
-        float* out8 = stackalloc float[QuantizedActivations.Group];
+        bool isFloat = w.Type is GgmlType.F16 or GgmlType.F32;
+        int groups = HasGemm(w.Type, cols) && (isFloat ? panels is not null : qx is not null) ? n / QuantizedActivations.Group : 0;
         fixed (float* xp = x)
         fixed (float* yp = y)
         {
-            for (int o = rowStart; o < rowEnd; o++)
+            // Cache blocking: a block of weight rows (small enough to stay in L2) is run against one
+            // activation group at a time, so the group stays in L1 while the block's rows stream past it.
+            for (int o0 = rowStart; o0 < rowEnd; o0 += RowBlock)
             {
-                byte* wr = w.Data + o * rowBytes;
-                for (int g = 0; g < groups; g++)
+                int o1 = Math.Min(rowEnd, o0 + RowBlock);
+                if (groups > 0)
                 {
-                    Gemm8(w.Type, wr, cols, xp + (long)g * QuantizedActivations.Group * cols, qx, g, out8);
-                    for (int r = 0; r < QuantizedActivations.Group; r++)
-                        yp[(long)(g * QuantizedActivations.Group + r) * rows + o] = out8[r];
+                    if (isFloat)
+                        FloatBlock(w, panels!, groups, yp, rows, o0, o1);
+                    else
+                        QuantizedBlock(w, qx!, groups, yp, rows, o0, o1);
                 }
-                for (int r = groups * QuantizedActivations.Group; r < n; r++)
-                    yp[(long)r * rows + o] = Dot(w.Type, wr, cols, xp + (long)r * cols, qx, r);
+                for (int o = o0; o < o1; o++)
+                {
+                    byte* wr = w.Data + o * rowBytes;
+                    for (int r = groups * QuantizedActivations.Group; r < n; r++)
+                        yp[(long)r * rows + o] = Dot(w.Type, wr, cols, xp + (long)r * cols, qx, r);
+                }
+            }
+        }
+    }
+
+    /// <summary>Weight rows per cache block (the matrix kernels run a whole block against one activation group).</summary>
+    private const int RowBlock = 32;
+
+    /// <summary>Floats of each activation row per pass of the float kernels: 16 rows × 512 floats = 32 KiB, an L1's worth.</summary>
+    private const int FloatColumnBlock = 512;
+
+    private static void QuantizedBlock(TensorView w, QuantizedActivations qx, int groups, float* y, int rows, int o0, int o1)
+    {
+        int cols = checked((int)w.RowLength);
+        long rowBytes = w.RowBytes;
+        float* out8 = stackalloc float[QuantizedActivations.Group];
+        for (int g = 0; g < groups; g++)
+        {
+            for (int o = o0; o < o1; o++)
+            {
+                Gemm8(w.Type, w.Data + o * rowBytes, cols, null, qx, g, out8);
+                for (int r = 0; r < QuantizedActivations.Group; r++)
+                    y[(long)(g * QuantizedActivations.Group + r) * rows + o] = out8[r];
+            }
+        }
+    }
+
+    /// <summary>F16/F32 weights: 16-row panels (and a last 8-row one) through the float kernels, column block by column block.</summary>
+    private static void FloatBlock(TensorView w, FloatPanels panels, int groups, float* y, int rows, int o0, int o1)
+    {
+        int cols = checked((int)w.RowLength);
+        long rowBytes = w.RowBytes;
+        int elementBytes = w.Type == GgmlType.F16 ? 2 : 4;
+        float* partial = stackalloc float[FloatPanels.Rows16];
+        int panelCount = (groups + 1) / 2;
+        for (int p = 0; p < panelCount; p++)
+        {
+            int height = Math.Min(FloatPanels.Rows16, groups * QuantizedActivations.Group - p * FloatPanels.Rows16);
+            float* panel = panels.Panel(p);
+            for (int o = o0; o < o1; o++)
+            {
+                for (int r = 0; r < height; r++)
+                    y[(long)(p * FloatPanels.Rows16 + r) * rows + o] = 0;
+            }
+            for (int c0 = 0; c0 < cols; c0 += FloatColumnBlock)
+            {
+                int count = Math.Min(FloatColumnBlock, cols - c0);
+                float* xp = panel + (long)c0 * height;
+                for (int o = o0; o < o1; o++)
+                {
+                    byte* wr = w.Data + o * rowBytes + (long)c0 * elementBytes;
+                    if (height == FloatPanels.Rows16)
+                    {
+                        if (w.Type == GgmlType.F16)
+                            Gemm.F16x16((ushort*)wr, count, xp, partial);
+                        else
+                            Gemm.F32x16((float*)wr, count, xp, partial);
+                    }
+                    else if (w.Type == GgmlType.F16)
+                        Gemm.F16((ushort*)wr, count, xp, partial);
+                    else
+                        Gemm.F32((float*)wr, count, xp, partial);
+                    for (int r = 0; r < height; r++)
+                        y[(long)(p * FloatPanels.Rows16 + r) * rows + o] += partial[r];
+                }
             }
         }
     }
@@ -70,8 +140,6 @@ public static unsafe class MatMul
         bool vnni = CpuFeatures.Vnni;
         switch (type)
         {
-            case GgmlType.F32: Gemm.F32((float*)w, cols, x, QuantizedActivations.Group, y); break;
-            case GgmlType.F16: Gemm.F16((ushort*)w, cols, x, QuantizedActivations.Group, y); break;
             case GgmlType.Q8_0: if (vnni) Gemm.Q8_0<VnniIsa>(w, cols / 32, qx!, group, y); else Gemm.Q8_0<Avx2Isa>(w, cols / 32, qx!, group, y); break;
             case GgmlType.Q4_0: if (vnni) Gemm.Q4_0<VnniIsa>(w, cols / 32, qx!, group, y); else Gemm.Q4_0<Avx2Isa>(w, cols / 32, qx!, group, y); break;
             case GgmlType.Q4_K: if (vnni) Gemm.Q4_K<VnniIsa>(w, cols / 256, qx!, group, y); else Gemm.Q4_K<Avx2Isa>(w, cols / 256, qx!, group, y); break;

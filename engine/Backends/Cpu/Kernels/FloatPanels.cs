@@ -1,0 +1,50 @@
+using System.Runtime.InteropServices;
+
+namespace Engine.Backends.Cpu.Kernels;
+
+/// <summary>
+/// Float activations re-laid out for the float matrix kernels: rows in panels of 16 (or a last panel of
+/// 8), each panel stored as [column/8][row][8 floats], so the kernel reads one sequential stream instead
+/// of 16 rows whose identical offsets (a power-of-two row stride) collide in the same L1 cache sets.
+/// Packed once per matrix product and reused by every weight row.
+/// </summary>
+public sealed unsafe class FloatPanels
+{
+    public const int Rows16 = 16;
+
+    private float[] _data = [];
+
+    public int Rows { get; private set; }
+    public int Cols { get; private set; }
+
+    /// <summary>Panels of 16 rows; a remaining group of 8 forms one last panel of 8.</summary>
+    public int FullPanels => Rows / Rows16;
+
+    public bool HasHalfPanel => Rows % Rows16 >= 8;
+
+    /// <summary>The panel holding rows 16p.. (16 rows, or 8 for the half panel).</summary>
+    public float* Panel(int p) => (float*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_data)) + (long)p * Rows16 * Cols;
+
+    /// <summary>Packs the whole groups of 8 rows of x (rows × cols, row-major; cols a multiple of 8).</summary>
+    public void Pack(ReadOnlySpan<float> x, int rows, int cols)
+    {
+        Rows = rows;
+        Cols = cols;
+        int packed = rows / 8 * 8;
+        if (_data.Length < packed * cols)
+            _data = GC.AllocateUninitializedArray<float>(Math.Max(packed * cols, _data.Length * 2), pinned: true);
+        fixed (float* src = x)
+        {
+            for (int p = 0; p * Rows16 < packed; p++)
+            {
+                int height = Math.Min(Rows16, packed - p * Rows16);
+                float* dst = Panel(p);
+                for (int c8 = 0; c8 < cols / 8; c8++)
+                {
+                    for (int r = 0; r < height; r++)
+                        Buffer.MemoryCopy(src + (long)(p * Rows16 + r) * cols + c8 * 8, dst + ((long)c8 * height + r) * 8, 32, 32);
+                }
+            }
+        }
+    }
+}
