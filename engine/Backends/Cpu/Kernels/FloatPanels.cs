@@ -8,11 +8,12 @@ namespace Engine.Backends.Cpu.Kernels;
 /// of 16 rows whose identical offsets (a power-of-two row stride) collide in the same L1 cache sets.
 /// Packed once per matrix product and reused by every weight row.
 /// </summary>
-public sealed unsafe class FloatPanels
+public sealed unsafe class FloatPanels : IDisposable
 {
     public const int Rows16 = 16;
 
-    private float[] _data = [];
+    private float* _data;
+    private long _capacity;
 
     public int Rows { get; private set; }
     public int Cols { get; private set; }
@@ -23,7 +24,7 @@ public sealed unsafe class FloatPanels
     public bool HasHalfPanel => Rows % Rows16 >= 8;
 
     /// <summary>The panel holding rows 16p.. (16 rows, or 8 for the half panel).</summary>
-    public float* Panel(int p) => (float*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_data)) + (long)p * Rows16 * Cols;
+    public float* Panel(int p) => _data + (long)p * Rows16 * Cols;
 
     /// <summary>Packs the whole groups of 8 rows of x (rows × cols, row-major; cols a multiple of 8).</summary>
     public void Pack(ReadOnlySpan<float> x, int rows, int cols)
@@ -31,8 +32,13 @@ public sealed unsafe class FloatPanels
         Rows = rows;
         Cols = cols;
         int packed = rows / 8 * 8;
-        if (_data.Length < packed * cols)
-            _data = GC.AllocateUninitializedArray<float>(Math.Max(packed * cols, _data.Length * 2), pinned: true);
+        if (_capacity < (long)packed * cols)
+        {
+            // 64-byte aligned: the kernels read 32-byte vectors, which must not straddle cache lines.
+            NativeMemory.AlignedFree(_data);
+            _capacity = Math.Max((long)packed * cols, _capacity * 2);
+            _data = (float*)NativeMemory.AlignedAlloc((nuint)(_capacity * sizeof(float)), 64);
+        }
         fixed (float* src = x)
         {
             for (int p = 0; p * Rows16 < packed; p++)
@@ -46,5 +52,12 @@ public sealed unsafe class FloatPanels
                 }
             }
         }
+    }
+
+    public void Dispose()
+    {
+        NativeMemory.AlignedFree(_data);
+        _data = null;
+        _capacity = 0;
     }
 }

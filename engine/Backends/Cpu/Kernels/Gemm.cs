@@ -177,25 +177,17 @@ public static unsafe class Gemm
     }
 
     /// <summary>
-    /// Float weights (F16 widened 8 at a time, or F32) against 16 float activation rows: each weight
-    /// vector feeds 16 FMAs into 16 accumulators (AVX-512 machines have the 32 registers this needs),
-    /// so the FMA units, not the F16 conversion or the loads, set the pace. Covers <paramref name="count"/>
+    /// F32 weights (F16 ones are widened to F32 first, once per cache block) against 16 float activation
+    /// rows: each weight vector feeds 16 FMAs into 16 accumulators (AVX-512 machines have the 32
+    /// registers this needs), so the FMA units set the pace. Covers <paramref name="count"/>
     /// columns (a multiple of 8) of a <see cref="FloatPanels"/> panel at <paramref name="x"/>; y[r] for its 16 rows.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
-    public static void F16x16(ushort* w, int count, float* x, float* y) => Float16Rows<HalfWeights>((byte*)w, count, x, y);
-
     [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
     public static void F32x16(float* w, int count, float* x, float* y) => Float16Rows<FloatWeights>((byte*)w, count, x, y);
 
     private interface IFloatWeights
     {
         static abstract Vector256<float> Load(byte* w, int i);
-    }
-
-    private readonly struct HalfWeights : IFloatWeights
-    {
-        public static Vector256<float> Load(byte* w, int i) => HalfTable.Widen(Vector128.Load((ushort*)w + i));
     }
 
     private readonly struct FloatWeights : IFloatWeights
@@ -234,9 +226,6 @@ public static unsafe class Gemm
     }
 
     /// <summary>Float weights against 8 float activation rows (an odd group left after the 16-row kernels).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
-    public static void F16(ushort* w, int count, float* x, float* y) => Float8Rows<HalfWeights>((byte*)w, count, x, y);
-
     [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
     public static void F32(float* w, int count, float* x, float* y) => Float8Rows<FloatWeights>((byte*)w, count, x, y);
 

@@ -349,6 +349,8 @@ public static unsafe class VecDot
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float F16Simd(ushort* w, float* x, int n)
     {
+        if (Vector512.IsHardwareAccelerated)
+            return F16Simd512(w, x, n);
         var acc0 = Vector256<float>.Zero;
         var acc1 = Vector256<float>.Zero;
         int i = 0;
@@ -358,6 +360,36 @@ public static unsafe class VecDot
             acc1 = Fma.MultiplyAdd(HalfTable.Widen(Vector128.Load(w + i + 8)), Vector256.Load(x + i + 8), acc1);
         }
         float sum = Vector256.Sum(acc0 + acc1);
+        for (; i < n; i++)
+            sum += HalfTable.Convert(w[i]) * x[i];
+        return sum;
+    }
+
+    /// <summary>dst[i] = (float)w[i] for n halves.</summary>
+    public static void WidenHalves(ushort* w, float* dst, int n)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i + 8 <= n; i += 8)
+                HalfTable.Widen(Vector128.Load(w + i)).Store(dst + i);
+        }
+        for (; i < n; i++)
+            dst[i] = HalfTable.Convert(w[i]);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float F16Simd512(ushort* w, float* x, int n)
+    {
+        var acc0 = Vector512<float>.Zero;
+        var acc1 = Vector512<float>.Zero;
+        int i = 0;
+        for (; i + 32 <= n; i += 32)
+        {
+            acc0 = Vector512.FusedMultiplyAdd(HalfTable.Widen(Vector256.Load(w + i)), Vector512.Load(x + i), acc0);
+            acc1 = Vector512.FusedMultiplyAdd(HalfTable.Widen(Vector256.Load(w + i + 16)), Vector512.Load(x + i + 16), acc1);
+        }
+        float sum = Vector512.Sum(acc0 + acc1);
         for (; i < n; i++)
             sum += HalfTable.Convert(w[i]) * x[i];
         return sum;
