@@ -62,10 +62,7 @@ public unsafe class KernelTests
         for (int i = 0; i < d.X.Length; i++)
             d.X[i] = (float)(rng.NextDouble() * 2 - 1) * (i % 53 == 0 ? 8 : 1);
         if (MatMul.ActivationFor(type) is { } kind)
-        {
             d.Q.Quantize(d.X, n, cols, kind);
-            d.Q.Interleave();
-        }
         return d;
     }
 
@@ -135,7 +132,7 @@ public unsafe class KernelTests
 
     public static IEnumerable<TestCaseData> GemmCases()
     {
-        foreach (var type in new[] { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K, GgmlType.F16, GgmlType.F32 })
+        foreach (var type in new[] { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.F16, GgmlType.F32 })
         {
             int block = Math.Max(8, GgmlTypeInfo.Layout(type)!.Value.BlockSize);
             // 19 rows: a 16-row panel (float) or 2 groups of 8 (quantized), then rows left over; 27 rows: 16 + 8 + 3.
@@ -144,28 +141,96 @@ public unsafe class KernelTests
         }
     }
 
-    /// <summary>The 8-row matrix kernels against the row-by-row dot kernels (2 whole groups and 3 rows left over).</summary>
+    /// <summary>
+    /// The matrix kernels (whole groups of 8 rows) and the row kernels (the rows left over) against the
+    /// exact float product. Float weights: float32 rounding only. Quantized weights: the int8 activation
+    /// rounding bound (Q8_0 scales in the matrix kernels, the type's own activation format in the rows).
+    /// </summary>
     [TestCaseSource(nameof(GemmCases))]
-    public void Matrix_kernels_equal_row_by_row_dots(GgmlType type, int cols, int n)
+    public void Matrix_kernels_match_the_exact_product(GgmlType type, int cols, int n)
     {
         if (!MatMul.HasGemm(type, cols))
             Assert.Ignore("no matrix kernel on this CPU");
         using var d = Make(type, rows: 6, cols, n, seed: 7);
         var view = new TensorView("w", type, [cols, d.Rows], d.W, d.RowBytes * d.Rows);
-        bool quantized = MatMul.ActivationFor(type) is not null;
+        var kind = MatMul.ActivationFor(type);
+        var groups = new QuantizedActivations();
         var panels = new FloatPanels();
-        panels.Pack(d.X, n, cols);
-        var y = new float[n * d.Rows];
-        MatMul.Rows(view, d.X, quantized ? d.Q : null, quantized ? null : panels, n, y, 0, d.Rows);
-        fixed (float* xp = d.X)
+        bool quantized = type is not (GgmlType.F16 or GgmlType.F32);
+        if (quantized)
         {
-            for (int r = 0; r < n; r++)
+            groups.Quantize(d.X, n, cols, ActivationBlock.Q8_0);
+            groups.Interleave();
+        }
+        else
+            panels.Pack(d.X, n, cols);
+        var y = new float[n * d.Rows];
+        MatMul.Rows(view, d.X, kind is null ? null : d.Q, quantized ? groups : null, quantized ? null : panels, n, y, 0, d.Rows);
+        int grouped = n / 8 * 8;
+        for (int r = 0; r < n; r++)
+        {
+            var xr = d.X.AsSpan(r * cols, cols);
+            for (int o = 0; o < d.Rows; o++)
             {
-                for (int o = 0; o < d.Rows; o++)
+                var w = d.WeightValues.AsSpan(o * cols, cols);
+                double exact = 0, bound = 0;
+                for (int i = 0; i < cols; i++)
                 {
-                    float expected = MatMul.Dot(type, d.W + o * d.RowBytes, cols, xp + r * cols, quantized ? d.Q : null, r);
-                    double bound = 1e-5 * AbsDot(d.WeightValues.AsSpan(o * cols, cols), d.X.AsSpan(r * cols, cols)) + 1e-6;
-                    Assert.That(y[r * d.Rows + o], Is.EqualTo(expected).Within(bound), $"row {r}, output {o}");
+                    exact += (double)w[i] * xr[i];
+                    if (r < grouped && quantized)
+                        bound += Math.Abs(w[i]) * groups.D(r)[i / 32] / 2;
+                    else if (kind is { } k)
+                        bound += Math.Abs(w[i]) * d.Q.D(r)[i / (int)k] / 2;
+                }
+                bound = bound * 1.0001 + 1e-5 * AbsDot(w, xr) + 1e-6;
+                Assert.That(y[r * d.Rows + o], Is.EqualTo(exact).Within(bound), $"row {r} ({(r < grouped ? "matrix" : "row")} kernel), output {o}");
+            }
+        }
+    }
+
+    public static IEnumerable<GgmlType> DecodableTypes() =>
+        [GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K];
+
+    /// <summary>
+    /// Decoded rows reproduce the format's values: scale·code + bias of each weight's sub-block equals
+    /// the dequantized value (up to the rounding of that one multiply-add).
+    /// </summary>
+    [TestCaseSource(nameof(DecodableTypes))]
+    public void Decoded_codes_scales_and_biases_reproduce_the_weights(GgmlType type)
+    {
+        var (blockSize, typeSize) = GgmlTypeInfo.Layout(type)!.Value;
+        int cols = 512, rows = 3;
+        var rng = new Random((int)type + 100);
+        var bytes = new byte[rows * cols / blockSize * typeSize];
+        rng.NextBytes(bytes);
+        // Finite float16 scales wherever the format keeps them.
+        int[] halves = type switch
+        {
+            GgmlType.Q4_0 or GgmlType.Q5_0 or GgmlType.Q8_0 => [0],
+            GgmlType.Q4_1 or GgmlType.Q5_1 or GgmlType.Q4_K or GgmlType.Q5_K => [0, 2],
+            GgmlType.Q2_K => [80, 82],
+            GgmlType.Q3_K => [108],
+            _ => [208],
+        };
+        for (int b = 0; b < bytes.Length / typeSize; b++)
+        {
+            foreach (int h in halves)
+                System.Buffers.Binary.BinaryPrimitives.WriteHalfLittleEndian(bytes.AsSpan(b * typeSize + h), (Half)((rng.NextDouble() * 2 - 1) * 0.1));
+        }
+        fixed (byte* p = bytes)
+        {
+            var view = new TensorView("w", type, [cols, rows], p, bytes.Length);
+            using var decoded = new DecodedRows();
+            decoded.Decode(view, 0, rows);
+            var values = new float[cols];
+            for (int r = 0; r < rows; r++)
+            {
+                Dequantize.Row(type, view.Row(r), values);
+                for (int i = 0; i < cols; i++)
+                {
+                    int sb = i / decoded.SubBlock;
+                    float v = decoded.Scales(r)[sb] * decoded.Codes(r)[i] + decoded.Biases(r)[sb];
+                    Assert.That(v, Is.EqualTo(values[i]).Within(1e-5f * (MathF.Abs(values[i]) + MathF.Abs(decoded.Biases(r)[sb])) + 1e-7f), $"row {r}, value {i}");
                 }
             }
         }

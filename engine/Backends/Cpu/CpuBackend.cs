@@ -118,27 +118,34 @@ public sealed unsafe class CpuBackend : Backend
         }
         // Quantize the shared input once for each int8 format the targets' kernels need.
         var xData = Data(x);
-        bool q80 = false, q8k = false, panels = false;
+        // Batches of 8+ rows use the matrix kernels: Q8_0 activations interleaved for quantized weights,
+        // packed float panels for F16/F32; rows beyond the last whole group (and single-token decoding)
+        // use the row kernels with each type's own activation format.
+        bool batch = x.Rows >= QuantizedActivations.Group;
+        bool q80 = false, q8k = false, groups = false, panels = false;
         foreach (var t in targets)
         {
-            var kind = QuantizeActivations ? Kernels.MatMul.ActivationFor(t.Weights.Type) : null;
-            q80 |= kind == ActivationBlock.Q8_0;
-            q8k |= kind == ActivationBlock.Q8_K;
-            panels |= t.Weights.Type is GgmlType.F16 or GgmlType.F32 && x.Rows >= QuantizedActivations.Group && Kernels.MatMul.HasGemm(t.Weights.Type, x.Cols);
+            var type = t.Weights.Type;
+            var kind = QuantizeActivations ? Kernels.MatMul.ActivationFor(type) : null;
+            bool gemm = batch && Kernels.MatMul.HasGemm(type, x.Cols);
+            bool isFloat = type is GgmlType.F16 or GgmlType.F32;
+            bool remainder = !gemm || x.Rows % QuantizedActivations.Group != 0;
+            q80 |= kind == ActivationBlock.Q8_0 && remainder;
+            q8k |= kind == ActivationBlock.Q8_K && remainder;
+            groups |= gemm && !isFloat && QuantizeActivations;
+            panels |= gemm && isFloat;
         }
         if (panels)
             _panels.Pack(xData, x.Rows, x.Cols);
-        if (q80)
+        if (q80 || groups)
         {
             _q80.Quantize(xData, x.Rows, x.Cols, ActivationBlock.Q8_0);
-            _q80.Interleave();
+            if (groups)
+                _q80.Interleave();
         }
         if (q8k)
-        {
             _q8k.Quantize(xData, x.Rows, x.Cols, ActivationBlock.Q8_K);
-            _q8k.Interleave();
-        }
-        _matMul.Set(Array(x), x.Rows, targets, q80 ? _q80 : null, q8k ? _q8k : null, panels ? _panels : null);
+        _matMul.Set(Array(x), x.Rows, targets, q80 || groups ? _q80 : null, q8k ? _q8k : null, groups ? _q80 : null, panels ? _panels : null);
         _pool.Run(_matMul, Math.Min(totalRows, Threads * 8));
     }
 
@@ -289,12 +296,15 @@ public sealed unsafe class CpuBackend : Backend
         private TensorView[] _weights = new TensorView[4];
         private float[][] _outputs = new float[4][];
         private QuantizedActivations?[] _inputs = new QuantizedActivations?[4];
+        private QuantizedActivations? _groups;
         private FloatPanels? _panels;
 
-        public void Set(float[] x, int n, ReadOnlySpan<MatMulTarget> targets, QuantizedActivations? q80, QuantizedActivations? q8k, FloatPanels? panels)
+        public void Set(float[] x, int n, ReadOnlySpan<MatMulTarget> targets, QuantizedActivations? q80, QuantizedActivations? q8k,
+            QuantizedActivations? groups, FloatPanels? panels)
         {
             _x = x;
             _n = n;
+            _groups = groups;
             _panels = panels;
             _count = targets.Length;
             if (_weights.Length < _count)
@@ -329,7 +339,7 @@ public sealed unsafe class CpuBackend : Backend
                 if (start < first + rows)
                 {
                     int localEnd = Math.Min(end, first + rows) - first;
-                    Kernels.MatMul.Rows(_weights[i], _x, _inputs[i], _panels, _n, _outputs[i], start - first, localEnd);
+                    Kernels.MatMul.Rows(_weights[i], _x, _inputs[i], _groups, _panels, _n, _outputs[i], start - first, localEnd);
                     start = first + localEnd;
                 }
                 first += rows;

@@ -30,14 +30,17 @@ public static unsafe class MatMul
     /// <param name="qx">The same activations quantized to <see cref="ActivationFor"/>(W.Type), or null if it needs none.</param>
     /// <param name="y">[n, rows] output.</param>
     /// <param name="panels">The same activations packed for the float matrix kernels (F16/F32 weights), or null.</param>
-    public static void Rows(TensorView w, ReadOnlySpan<float> x, QuantizedActivations? qx, FloatPanels? panels, int n, Span<float> y, int rowStart, int rowEnd)
+    public static void Rows(TensorView w, ReadOnlySpan<float> x, QuantizedActivations? qx, QuantizedActivations? groups8, FloatPanels? panels,
+        int n, Span<float> y, int rowStart, int rowEnd)
     {
         int cols = checked((int)w.RowLength);
         int rows = checked((int)w.RowCount);
         long rowBytes = w.RowBytes;
         // Whole groups of 8 activation rows go through the matrix-matrix kernels; the rest row by row.
         bool isFloat = w.Type is GgmlType.F16 or GgmlType.F32;
-        int groups = HasGemm(w.Type, cols) && (isFloat ? panels is not null : qx is not null) ? n / QuantizedActivations.Group : 0;
+        int groups = !HasGemm(w.Type, cols) ? 0
+            : isFloat ? (panels is null ? 0 : n / QuantizedActivations.Group)
+            : groups8?.Groups ?? 0;
         fixed (float* xp = x)
         fixed (float* yp = y)
         {
@@ -51,7 +54,7 @@ public static unsafe class MatMul
                     if (isFloat)
                         FloatBlock(w, panels!, groups, yp, rows, o0, o1);
                     else
-                        QuantizedBlock(w, qx!, groups, yp, rows, o0, o1);
+                        QuantizedBlock(w, groups8!, groups, yp, rows, o0, o1);
                 }
                 for (int o = o0; o < o1; o++)
                 {
@@ -73,19 +76,46 @@ public static unsafe class MatMul
     /// </summary>
     private const int FloatColumnBlock = 384;
 
+    [ThreadStatic]
+    private static DecodedRows? s_decoded;
+
+    /// <summary>Quantized weights: the row block decoded once, then run against every activation group.</summary>
     private static void QuantizedBlock(TensorView w, QuantizedActivations qx, int groups, float* y, int rows, int o0, int o1)
     {
-        int cols = checked((int)w.RowLength);
-        long rowBytes = w.RowBytes;
-        float* out8 = stackalloc float[QuantizedActivations.Group];
+        var decoded = s_decoded ??= new DecodedRows();
+        decoded.Decode(w, o0, o1 - o0);
+        int subBlocks = decoded.SubBlocksPerRow;
+        bool sixteen = decoded.SubBlock == 16, vnni = CpuFeatures.Vnni;
+        int blocks = decoded.Cols / 32;
+        const int G = QuantizedActivations.Group;
+        float* out8 = stackalloc float[2 * G];
         for (int g = 0; g < groups; g++)
         {
+            bool pair = !sixteen && g + 1 < groups;
             for (int o = o0; o < o1; o++)
             {
-                Gemm8(w.Type, w.Data + o * rowBytes, cols, null, qx, g, out8);
-                for (int r = 0; r < QuantizedActivations.Group; r++)
-                    y[(long)(g * QuantizedActivations.Group + r) * rows + o] = out8[r];
+                byte* codes = decoded.Codes(o - o0);
+                float* scales = decoded.Scales(o - o0), biases = decoded.Biases(o - o0);
+                if (pair)
+                {
+                    if (vnni) Gemm.Codes32x2<VnniIsa>(codes, scales, biases, blocks, qx, g, out8);
+                    else Gemm.Codes32x2<Avx2Isa>(codes, scales, biases, blocks, qx, g, out8);
+                    for (int r = 0; r < 2 * G; r++)
+                        y[(long)(g * G + r) * rows + o] = out8[r];
+                    continue;
+                }
+                if (sixteen)
+                {
+                    if (vnni) Gemm.Codes16<VnniIsa>(codes, scales, biases, blocks, qx, g, out8);
+                    else Gemm.Codes16<Avx2Isa>(codes, scales, biases, blocks, qx, g, out8);
+                }
+                else if (vnni) Gemm.Codes32<VnniIsa>(codes, scales, biases, blocks, qx, g, out8);
+                else Gemm.Codes32<Avx2Isa>(codes, scales, biases, blocks, qx, g, out8);
+                for (int r = 0; r < G; r++)
+                    y[(long)(g * G + r) * rows + o] = out8[r];
             }
+            if (pair)
+                g++;
         }
     }
 
@@ -161,22 +191,8 @@ public static unsafe class MatMul
     public static bool HasGemm(GgmlType type, int cols) => CpuFeatures.Avx2Fma && type switch
     {
         GgmlType.F32 or GgmlType.F16 => cols % 8 == 0,
-        GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K => true,
-        _ => false,
+        _ => DecodedRows.Supports(type),
     };
-
-    private static void Gemm8(GgmlType type, byte* w, int cols, float* x, QuantizedActivations? qx, int group, float* y)
-    {
-        bool vnni = CpuFeatures.Vnni;
-        switch (type)
-        {
-            case GgmlType.Q8_0: if (vnni) Gemm.Q8_0<VnniIsa>(w, cols / 32, qx!, group, y); else Gemm.Q8_0<Avx2Isa>(w, cols / 32, qx!, group, y); break;
-            case GgmlType.Q4_0: if (vnni) Gemm.Q4_0<VnniIsa>(w, cols / 32, qx!, group, y); else Gemm.Q4_0<Avx2Isa>(w, cols / 32, qx!, group, y); break;
-            case GgmlType.Q4_K: if (vnni) Gemm.Q4_K<VnniIsa>(w, cols / 256, qx!, group, y); else Gemm.Q4_K<Avx2Isa>(w, cols / 256, qx!, group, y); break;
-            case GgmlType.Q6_K: if (vnni) Gemm.Q6_K<VnniIsa>(w, cols / 256, qx!, group, y); else Gemm.Q6_K<Avx2Isa>(w, cols / 256, qx!, group, y); break;
-            default: throw new NotSupportedException(type.ToString());
-        }
-    }
 
     /// <summary>One weight row (at <paramref name="w"/>) with activation row <paramref name="r"/>.</summary>
     public static float Dot(GgmlType type, byte* w, int cols, float* x, QuantizedActivations? qx, int r)

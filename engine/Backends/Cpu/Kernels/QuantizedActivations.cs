@@ -28,7 +28,7 @@ public sealed unsafe class QuantizedActivations
     private sbyte[] _iq = [];
     private float[] _id = [];
     private float[] _iScaledSums = [];
-    private int[] _iSums16 = [];
+    private float[] _iScaledSums16 = [];
 
     /// <summary>Rows are interleaved in groups of this many for the matrix-matrix kernels.</summary>
     public const int Group = 8;
@@ -95,53 +95,52 @@ public sealed unsafe class QuantizedActivations
     /// </summary>
     public sbyte* InterleavedQ(int group) => (sbyte*)Unsafe(_iq) + (long)group * Group * Cols;
 
-    /// <summary>Group g's block scales: for each block, 8 floats (one per row).</summary>
-    public float* InterleavedD(int group) => (float*)Unsafe(_id) + (long)group * Group * (Cols / BlockSize);
+    /// <summary>Group g's block scales: for each block of 32, 8 floats (one per row).</summary>
+    public float* InterleavedD(int group) => (float*)Unsafe(_id) + (long)group * Group * (Cols / 32);
 
-    /// <summary>Q8_0: for each block of 32, the 8 rows' d·Σq.</summary>
-    public float* InterleavedScaledSums(int group) => (float*)Unsafe(_iScaledSums) + (long)group * Group * (Cols / 32);
+    /// <summary>For each block of 32, the 8 rows' d·Σq (the offset and bias terms of the matrix kernels).</summary>
+    public float* InterleavedScaledSums32(int group) => (float*)Unsafe(_iScaledSums) + (long)group * Group * (Cols / 32);
 
-    /// <summary>Q8_K: for each 16 values, the 8 rows' Σq as int32.</summary>
-    public int* InterleavedSums16(int group) => (int*)Unsafe(_iSums16) + (long)group * Group * (Cols / 16);
+    /// <summary>For each 16 values, the 8 rows' d·Σq (for weight types with 16-value sub-blocks).</summary>
+    public float* InterleavedScaledSums16(int group) => (float*)Unsafe(_iScaledSums16) + (long)group * Group * (Cols / 16);
 
-    /// <summary>Builds the interleaved copy of every whole group of 8 rows (the remaining rows use the row-major form).</summary>
+    /// <summary>
+    /// Builds the interleaved copy of every whole group of 8 rows (Q8_0 activations only; the remaining
+    /// rows use the row-major form).
+    /// </summary>
     public void Interleave()
     {
+        if (Kind != ActivationBlock.Q8_0)
+            throw new InvalidOperationException("the matrix kernels take Q8_0 activations");
         Groups = Rows / Group;
         if (Groups == 0)
             return;
-        int blocks = Cols / BlockSize;
+        int blocks = Cols / 32;
         Grow(ref _iq, Groups * Group * Cols);
         Grow(ref _id, Groups * Group * blocks);
-        if (Kind == ActivationBlock.Q8_0)
-            Grow(ref _iScaledSums, Groups * Group * (Cols / 32));
-        else
-            Grow(ref _iSums16, Groups * Group * (Cols / 16));
+        Grow(ref _iScaledSums, Groups * Group * blocks);
+        Grow(ref _iScaledSums16, Groups * Group * (Cols / 16));
         for (int g = 0; g < Groups; g++)
         {
             int* dst = (int*)InterleavedQ(g);
+            float* id = InterleavedD(g);
+            float* s32 = InterleavedScaledSums32(g);
+            float* s16 = InterleavedScaledSums16(g);
             for (int r = 0; r < Group; r++)
             {
-                int* src = (int*)Q(g * Group + r);
+                int row = g * Group + r;
+                int* src = (int*)Q(row);
                 for (int c4 = 0; c4 < Cols / 4; c4++)
                     dst[c4 * Group + r] = src[c4];
-                float* d = D(g * Group + r);
-                float* id = InterleavedD(g);
+                float* d = D(row);
+                float* sums = ScaledSums(row);
+                sbyte* q = Q(row);
                 for (int b = 0; b < blocks; b++)
+                {
                     id[b * Group + r] = d[b];
-                if (Kind == ActivationBlock.Q8_0)
-                {
-                    float* s = ScaledSums(g * Group + r);
-                    float* its = InterleavedScaledSums(g);
-                    for (int b = 0; b < Cols / 32; b++)
-                        its[b * Group + r] = s[b];
-                }
-                else
-                {
-                    short* s = Sums16(g * Group + r);
-                    int* its = InterleavedSums16(g);
-                    for (int k = 0; k < Cols / 16; k++)
-                        its[k * Group + r] = s[k];
+                    s32[b * Group + r] = sums[b];
+                    s16[2 * b * Group + r] = d[b] * Sum(new ReadOnlySpan<sbyte>(q + 32 * b, 16));
+                    s16[(2 * b + 1) * Group + r] = d[b] * Sum(new ReadOnlySpan<sbyte>(q + 32 * b + 16, 16));
                 }
             }
         }
