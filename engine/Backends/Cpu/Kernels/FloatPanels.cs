@@ -14,6 +14,14 @@ public sealed unsafe class FloatPanels : IDisposable
 
     private float* _data;
     private long _capacity;
+    private float* _transposed;
+    private long _transposedCapacity;
+
+    /// <summary>Whether full panels also exist column by column (<see cref="Transposed"/>), for the 512-bit kernels.</summary>
+    public static bool HasTransposed => System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated;
+
+    /// <summary>Full panel p (rows 16p..16p+15) as [column][16 rows]: one 512-bit vector per column.</summary>
+    public float* Transposed(int p) => _transposed + (long)p * Rows16 * Cols;
 
     public int Rows { get; private set; }
     public int Cols { get; private set; }
@@ -39,8 +47,25 @@ public sealed unsafe class FloatPanels : IDisposable
             _capacity = Math.Max((long)packed * cols, _capacity * 2);
             _data = (float*)NativeMemory.AlignedAlloc((nuint)(_capacity * sizeof(float)), 64);
         }
+        int full = rows / Rows16;
+        if (HasTransposed && _transposedCapacity < (long)full * Rows16 * cols)
+        {
+            NativeMemory.AlignedFree(_transposed);
+            _transposedCapacity = Math.Max((long)full * Rows16 * cols, _transposedCapacity * 2);
+            _transposed = (float*)NativeMemory.AlignedAlloc((nuint)(_transposedCapacity * sizeof(float)), 64);
+        }
         fixed (float* src = x)
         {
+            for (int p = 0; HasTransposed && p < full; p++)
+            {
+                float* dst = Transposed(p);
+                for (int r = 0; r < Rows16; r++)
+                {
+                    float* row = src + (long)(p * Rows16 + r) * cols;
+                    for (int c = 0; c < cols; c++)
+                        dst[(long)c * Rows16 + r] = row[c];
+                }
+            }
             for (int p = 0; p * Rows16 < packed; p++)
             {
                 int height = Math.Min(Rows16, packed - p * Rows16);
@@ -57,7 +82,8 @@ public sealed unsafe class FloatPanels : IDisposable
     public void Dispose()
     {
         NativeMemory.AlignedFree(_data);
-        _data = null;
-        _capacity = 0;
+        NativeMemory.AlignedFree(_transposed);
+        _data = _transposed = null;
+        _capacity = _transposedCapacity = 0;
     }
 }

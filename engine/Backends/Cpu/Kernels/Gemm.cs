@@ -65,42 +65,116 @@ public static unsafe class Gemm
     }
 
     /// <summary>
-    /// <see cref="Codes32"/> for two activation groups at once (16 rows): each broadcast of 4 weight codes
-    /// feeds two vpdpbusd, one per group, which saves a quarter of the instructions per multiply-add.
+    /// Four decoded weight rows (codes, scales and biases at a stride of one row) against two activation
+    /// groups: each activation vector feeds four vpdpbusd and each code broadcast two, the fewest
+    /// instructions per multiply-add of these kernels. y: [4 weight rows][16 activation rows].
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Codes32x2<T>(byte* codes, float* scales, float* biases, int blocks, QuantizedActivations x, int group, float* y) where T : IIsa
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
+    public static void Codes32x4x2<T>(byte* codes, long codeStride, float* scales, float* biases, long scaleStride, int blocks,
+        QuantizedActivations x, int group, float* y) where T : IIsa
     {
         sbyte* xq0 = x.InterleavedQ(group), xq1 = x.InterleavedQ(group + 1);
         float* xd0 = x.InterleavedD(group), xd1 = x.InterleavedD(group + 1);
         float* xs0 = x.InterleavedScaledSums32(group), xs1 = x.InterleavedScaledSums32(group + 1);
-        var acc0 = Vector256<float>.Zero;
-        var acc1 = Vector256<float>.Zero;
-        var bias0 = Vector256<float>.Zero;
-        var bias1 = Vector256<float>.Zero;
+        Vector256<float> a00 = default, a01 = default, a10 = default, a11 = default, a20 = default, a21 = default, a30 = default, a31 = default;
+        byte* c0 = codes, c1 = codes + codeStride, c2 = codes + 2 * codeStride, c3 = codes + 3 * codeStride;
         for (int b = 0; b < blocks; b++)
         {
-            byte* c = codes + b * 32;
             sbyte* x0 = xq0 + b * 256, x1 = xq1 + b * 256;
-            Vector256<int> p0 = default, p1 = default, q0 = default, q1 = default;
-            for (int k = 0; k < 8; k += 2)
+            Vector256<int> p00 = default, p01 = default, p10 = default, p11 = default, p20 = default, p21 = default, p30 = default, p31 = default;
+            int cb = b * 32;
+            for (int k = 0; k < 32; k += 4)
             {
-                var ca = Avx2.BroadcastScalarToVector256((uint*)(c + 4 * k)).AsByte();
-                var cb = Avx2.BroadcastScalarToVector256((uint*)(c + 4 * k + 4)).AsByte();
-                p0 = VecDot.DotUnsigned<T>(p0, ca, Vector256.Load(x0 + 32 * k));
-                q0 = VecDot.DotUnsigned<T>(q0, ca, Vector256.Load(x1 + 32 * k));
-                p1 = VecDot.DotUnsigned<T>(p1, cb, Vector256.Load(x0 + 32 * k + 32));
-                q1 = VecDot.DotUnsigned<T>(q1, cb, Vector256.Load(x1 + 32 * k + 32));
+                var v0 = Vector256.Load(x0 + 8 * k);
+                var v1 = Vector256.Load(x1 + 8 * k);
+                var w0 = Avx2.BroadcastScalarToVector256((uint*)(c0 + cb + k)).AsByte();
+                var w1 = Avx2.BroadcastScalarToVector256((uint*)(c1 + cb + k)).AsByte();
+                var w2 = Avx2.BroadcastScalarToVector256((uint*)(c2 + cb + k)).AsByte();
+                var w3 = Avx2.BroadcastScalarToVector256((uint*)(c3 + cb + k)).AsByte();
+                p00 = VecDot.DotUnsigned<T>(p00, w0, v0);
+                p01 = VecDot.DotUnsigned<T>(p01, w0, v1);
+                p10 = VecDot.DotUnsigned<T>(p10, w1, v0);
+                p11 = VecDot.DotUnsigned<T>(p11, w1, v1);
+                p20 = VecDot.DotUnsigned<T>(p20, w2, v0);
+                p21 = VecDot.DotUnsigned<T>(p21, w2, v1);
+                p30 = VecDot.DotUnsigned<T>(p30, w3, v0);
+                p31 = VecDot.DotUnsigned<T>(p31, w3, v1);
             }
-            var scale = Vector256.Create(scales[b]);
-            var bias = Vector256.Create(biases[b]);
-            acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(p0 + p1), scale * Vector256.Load(xd0 + b * G), acc0);
-            acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(q0 + q1), scale * Vector256.Load(xd1 + b * G), acc1);
-            bias0 = Fma.MultiplyAdd(bias, Vector256.Load(xs0 + b * G), bias0);
-            bias1 = Fma.MultiplyAdd(bias, Vector256.Load(xs1 + b * G), bias1);
+            var dx0 = Vector256.Load(xd0 + b * G);
+            var dx1 = Vector256.Load(xd1 + b * G);
+            var s0 = Vector256.Load(xs0 + b * G);
+            var s1 = Vector256.Load(xs1 + b * G);
+            Step(ref a00, ref a01, p00, p01, scales[b], biases[b], dx0, dx1, s0, s1);
+            Step(ref a10, ref a11, p10, p11, scales[scaleStride + b], biases[scaleStride + b], dx0, dx1, s0, s1);
+            Step(ref a20, ref a21, p20, p21, scales[2 * scaleStride + b], biases[2 * scaleStride + b], dx0, dx1, s0, s1);
+            Step(ref a30, ref a31, p30, p31, scales[3 * scaleStride + b], biases[3 * scaleStride + b], dx0, dx1, s0, s1);
         }
-        (acc0 + bias0).Store(y);
-        (acc1 + bias1).Store(y + G);
+        a00.Store(y); a01.Store(y + 8);
+        a10.Store(y + 16); a11.Store(y + 24);
+        a20.Store(y + 32); a21.Store(y + 40);
+        a30.Store(y + 48); a31.Store(y + 56);
+    }
+
+    /// <summary>
+    /// <see cref="Codes32x4x2"/> for sub-blocks of 16 (Q6_K, Q3_K, Q2_K): each block of 32 is taken as its
+    /// two halves, each with its own scale, bias and activation sums.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
+    public static void Codes16x4x2<T>(byte* codes, long codeStride, float* scales, float* biases, long scaleStride, int blocks,
+        QuantizedActivations x, int group, float* y) where T : IIsa
+    {
+        sbyte* xq0 = x.InterleavedQ(group), xq1 = x.InterleavedQ(group + 1);
+        float* xd0 = x.InterleavedD(group), xd1 = x.InterleavedD(group + 1);
+        float* xs0 = x.InterleavedScaledSums16(group), xs1 = x.InterleavedScaledSums16(group + 1);
+        Vector256<float> a00 = default, a01 = default, a10 = default, a11 = default, a20 = default, a21 = default, a30 = default, a31 = default;
+        byte* c0 = codes, c1 = codes + codeStride, c2 = codes + 2 * codeStride, c3 = codes + 3 * codeStride;
+        for (int h = 0; h < 2 * blocks; h++) // halves of blocks: sub-blocks of 16
+        {
+            int b = h / 2;
+            sbyte* x0 = xq0 + h * 128, x1 = xq1 + h * 128;
+            Vector256<int> p00 = default, p01 = default, p10 = default, p11 = default, p20 = default, p21 = default, p30 = default, p31 = default;
+            int ch = h * 16;
+            for (int k = 0; k < 16; k += 4)
+            {
+                var v0 = Vector256.Load(x0 + 8 * k);
+                var v1 = Vector256.Load(x1 + 8 * k);
+                var w0 = Avx2.BroadcastScalarToVector256((uint*)(c0 + ch + k)).AsByte();
+                var w1 = Avx2.BroadcastScalarToVector256((uint*)(c1 + ch + k)).AsByte();
+                var w2 = Avx2.BroadcastScalarToVector256((uint*)(c2 + ch + k)).AsByte();
+                var w3 = Avx2.BroadcastScalarToVector256((uint*)(c3 + ch + k)).AsByte();
+                p00 = VecDot.DotUnsigned<T>(p00, w0, v0);
+                p01 = VecDot.DotUnsigned<T>(p01, w0, v1);
+                p10 = VecDot.DotUnsigned<T>(p10, w1, v0);
+                p11 = VecDot.DotUnsigned<T>(p11, w1, v1);
+                p20 = VecDot.DotUnsigned<T>(p20, w2, v0);
+                p21 = VecDot.DotUnsigned<T>(p21, w2, v1);
+                p30 = VecDot.DotUnsigned<T>(p30, w3, v0);
+                p31 = VecDot.DotUnsigned<T>(p31, w3, v1);
+            }
+            var dx0 = Vector256.Load(xd0 + b * G);
+            var dx1 = Vector256.Load(xd1 + b * G);
+            var s0 = Vector256.Load(xs0 + h * G);
+            var s1 = Vector256.Load(xs1 + h * G);
+            Step(ref a00, ref a01, p00, p01, scales[h], biases[h], dx0, dx1, s0, s1);
+            Step(ref a10, ref a11, p10, p11, scales[scaleStride + h], biases[scaleStride + h], dx0, dx1, s0, s1);
+            Step(ref a20, ref a21, p20, p21, scales[2 * scaleStride + h], biases[2 * scaleStride + h], dx0, dx1, s0, s1);
+            Step(ref a30, ref a31, p30, p31, scales[3 * scaleStride + h], biases[3 * scaleStride + h], dx0, dx1, s0, s1);
+        }
+        a00.Store(y); a01.Store(y + 8);
+        a10.Store(y + 16); a11.Store(y + 24);
+        a20.Store(y + 32); a21.Store(y + 40);
+        a30.Store(y + 48); a31.Store(y + 56);
+    }
+
+    /// <summary>acc += dot·scale·dx + bias·(dx·Σx), for both groups of one weight row.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Step(ref Vector256<float> acc0, ref Vector256<float> acc1, Vector256<int> dot0, Vector256<int> dot1,
+        float scale, float bias, Vector256<float> dx0, Vector256<float> dx1, Vector256<float> sums0, Vector256<float> sums1)
+    {
+        var sv = Vector256.Create(scale);
+        var bv = Vector256.Create(bias);
+        acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(dot0), sv * dx0, Fma.MultiplyAdd(bv, sums0, acc0));
+        acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(dot1), sv * dx1, Fma.MultiplyAdd(bv, sums1, acc1));
     }
 
     /// <summary>As <see cref="Codes32"/> for sub-blocks of 16 (two per activation block of 32).</summary>
@@ -200,6 +274,40 @@ public static unsafe class Gemm
             a7 = Fma.MultiplyAdd(wv, Vector256.Load(x + 56), a7);
         }
         Transpose8Sums(a0, a1, a2, a3, a4, a5, a6, a7).Store(y);
+    }
+
+    /// <summary>
+    /// Eight F32 weight rows (stride <paramref name="stride"/>) against a transposed 16-row panel
+    /// ([column][16 rows], <see cref="FloatPanels.Transposed"/>): an outer product per column — one
+    /// 512-bit activation load and eight FMAs, each with the weight broadcast straight from memory — so
+    /// the lanes are the 16 activation rows and no horizontal sums are needed. y: [8 weight rows][16].
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
+    public static void F32Outer8x16(float* w, long stride, int cols, float* xT, float* y)
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+        float* w0 = w, w1 = w + stride, w2 = w + 2 * stride, w3 = w + 3 * stride;
+        float* w4 = w + 4 * stride, w5 = w + 5 * stride, w6 = w + 6 * stride, w7 = w + 7 * stride;
+        for (int k = 0; k < cols; k++, xT += 16)
+        {
+            var x = Vector512.Load(xT);
+            a0 = Vector512.FusedMultiplyAdd(Vector512.Create(w0[k]), x, a0);
+            a1 = Vector512.FusedMultiplyAdd(Vector512.Create(w1[k]), x, a1);
+            a2 = Vector512.FusedMultiplyAdd(Vector512.Create(w2[k]), x, a2);
+            a3 = Vector512.FusedMultiplyAdd(Vector512.Create(w3[k]), x, a3);
+            a4 = Vector512.FusedMultiplyAdd(Vector512.Create(w4[k]), x, a4);
+            a5 = Vector512.FusedMultiplyAdd(Vector512.Create(w5[k]), x, a5);
+            a6 = Vector512.FusedMultiplyAdd(Vector512.Create(w6[k]), x, a6);
+            a7 = Vector512.FusedMultiplyAdd(Vector512.Create(w7[k]), x, a7);
+        }
+        a0.Store(y);
+        a1.Store(y + 16);
+        a2.Store(y + 32);
+        a3.Store(y + 48);
+        a4.Store(y + 64);
+        a5.Store(y + 80);
+        a6.Store(y + 96);
+        a7.Store(y + 112);
     }
 
     /// <summary>The horizontal sums of eight vectors, as one vector (lane i = Σ of vector i).</summary>

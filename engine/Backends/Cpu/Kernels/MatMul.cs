@@ -79,43 +79,67 @@ public static unsafe class MatMul
     [ThreadStatic]
     private static DecodedRows? s_decoded;
 
-    /// <summary>Quantized weights: the row block decoded once, then run against every activation group.</summary>
+    /// <summary>
+    /// Quantized weights: the row block decoded once, then run against the activation groups two at a
+    /// time, four weight rows at a time (the remaining rows and an odd last group one at a time).
+    /// </summary>
     private static void QuantizedBlock(TensorView w, QuantizedActivations qx, int groups, float* y, int rows, int o0, int o1)
     {
+        const int G = QuantizedActivations.Group;
         var decoded = s_decoded ??= new DecodedRows();
         decoded.Decode(w, o0, o1 - o0);
-        int subBlocks = decoded.SubBlocksPerRow;
         bool sixteen = decoded.SubBlock == 16, vnni = CpuFeatures.Vnni;
         int blocks = decoded.Cols / 32;
-        const int G = QuantizedActivations.Group;
-        float* out8 = stackalloc float[2 * G];
-        for (int g = 0; g < groups; g++)
+        long codeStride = decoded.Cols, scaleStride = decoded.SubBlocksPerRow;
+        float* out8 = stackalloc float[G];
+        float* tile = stackalloc float[4 * 2 * G];
+
+        void Single(int o, int g)
         {
-            bool pair = !sixteen && g + 1 < groups;
-            for (int o = o0; o < o1; o++)
+            byte* codes = decoded.Codes(o - o0);
+            float* scales = decoded.Scales(o - o0), biases = decoded.Biases(o - o0);
+            if (sixteen)
+            {
+                if (vnni) Gemm.Codes16<VnniIsa>(codes, scales, biases, blocks, qx, g, out8);
+                else Gemm.Codes16<Avx2Isa>(codes, scales, biases, blocks, qx, g, out8);
+            }
+            else if (vnni) Gemm.Codes32<VnniIsa>(codes, scales, biases, blocks, qx, g, out8);
+            else Gemm.Codes32<Avx2Isa>(codes, scales, biases, blocks, qx, g, out8);
+            for (int r = 0; r < G; r++)
+                y[(long)(g * G + r) * rows + o] = out8[r];
+        }
+
+        int group = 0;
+        for (; group + 1 < groups; group += 2)
+        {
+            int o = o0;
+            for (; o + 4 <= o1; o += 4)
             {
                 byte* codes = decoded.Codes(o - o0);
                 float* scales = decoded.Scales(o - o0), biases = decoded.Biases(o - o0);
-                if (pair)
-                {
-                    if (vnni) Gemm.Codes32x2<VnniIsa>(codes, scales, biases, blocks, qx, g, out8);
-                    else Gemm.Codes32x2<Avx2Isa>(codes, scales, biases, blocks, qx, g, out8);
-                    for (int r = 0; r < 2 * G; r++)
-                        y[(long)(g * G + r) * rows + o] = out8[r];
-                    continue;
-                }
                 if (sixteen)
                 {
-                    if (vnni) Gemm.Codes16<VnniIsa>(codes, scales, biases, blocks, qx, g, out8);
-                    else Gemm.Codes16<Avx2Isa>(codes, scales, biases, blocks, qx, g, out8);
+                    if (vnni) Gemm.Codes16x4x2<VnniIsa>(codes, codeStride, scales, biases, scaleStride, blocks, qx, group, tile);
+                    else Gemm.Codes16x4x2<Avx2Isa>(codes, codeStride, scales, biases, scaleStride, blocks, qx, group, tile);
                 }
-                else if (vnni) Gemm.Codes32<VnniIsa>(codes, scales, biases, blocks, qx, g, out8);
-                else Gemm.Codes32<Avx2Isa>(codes, scales, biases, blocks, qx, g, out8);
-                for (int r = 0; r < G; r++)
-                    y[(long)(g * G + r) * rows + o] = out8[r];
+                else if (vnni) Gemm.Codes32x4x2<VnniIsa>(codes, codeStride, scales, biases, scaleStride, blocks, qx, group, tile);
+                else Gemm.Codes32x4x2<Avx2Isa>(codes, codeStride, scales, biases, scaleStride, blocks, qx, group, tile);
+                for (int i = 0; i < 4; i++)
+                {
+                    for (int r = 0; r < 2 * G; r++)
+                        y[(long)(group * G + r) * rows + o + i] = tile[i * 2 * G + r];
+                }
             }
-            if (pair)
-                g++;
+            for (; o < o1; o++)
+            {
+                Single(o, group);
+                Single(o, group + 1);
+            }
+        }
+        if (group < groups)
+        {
+            for (int o = o0; o < o1; o++)
+                Single(o, group);
         }
     }
 
@@ -157,12 +181,30 @@ public static unsafe class MatMul
         }
 
         float* partial = stackalloc float[FloatPanels.Rows16];
+        float* tile = stackalloc float[8 * FloatPanels.Rows16];
         int panelCount = (groups + 1) / 2;
         for (int p = 0; p < panelCount; p++)
         {
             int height = Math.Min(FloatPanels.Rows16, groups * QuantizedActivations.Group - p * FloatPanels.Rows16);
+            int first = o0;
+            if (height == FloatPanels.Rows16 && FloatPanels.HasTransposed)
+            {
+                // 512-bit outer products, eight weight rows at a time; the rows left over take the path below.
+                float* xT = panels.Transposed(p);
+                for (; first + 8 <= o1; first += 8)
+                {
+                    Gemm.F32Outer8x16(weights + first * stride, stride, cols, xT, tile);
+                    for (int i = 0; i < 8; i++)
+                    {
+                        for (int r = 0; r < FloatPanels.Rows16; r++)
+                            y[(long)(p * FloatPanels.Rows16 + r) * rows + first + i] = tile[i * FloatPanels.Rows16 + r];
+                    }
+                }
+                if (first == o1)
+                    continue;
+            }
             float* panel = panels.Panel(p);
-            for (int o = o0; o < o1; o++)
+            for (int o = first; o < o1; o++)
             {
                 for (int r = 0; r < height; r++)
                     y[(long)(p * FloatPanels.Rows16 + r) * rows + o] = 0;
@@ -173,7 +215,7 @@ public static unsafe class MatMul
             {
                 int count = Math.Min(block, cols - c0);
                 float* xp = panel + (long)c0 * height;
-                for (int o = o0; o < o1; o++)
+                for (int o = first; o < o1; o++)
                 {
                     float* wr = weights + o * stride + c0;
                     if (height == FloatPanels.Rows16)
