@@ -54,7 +54,7 @@ public sealed class Session : IDisposable
     private readonly LanguageModel _model;
     private readonly KvCache _cache;
     private readonly KvSequence _sequence;
-    private readonly List<int> _tokens = [];
+    private readonly List<int> _tokens;
     private readonly float[] _logits;
     private readonly int[] _position = new int[1];
 
@@ -63,13 +63,26 @@ public sealed class Session : IDisposable
         _model = model;
         _cache = model.Network.CreateKvCache(model.ContextLength);
         _sequence = _cache.CreateSequence();
+        _tokens = new List<int>(model.ContextLength); // the context never outgrows it: no regrowth while decoding
         _logits = new float[model.Config.VocabSize];
     }
 
     /// <summary>Every token in the context so far (prompts and generated tokens).</summary>
     public IReadOnlyList<int> Tokens => _tokens;
 
-    public GenerationStats? LastStats { get; private set; }
+    /// <summary>Counts and timings of the current or last generation (built on request, so that the token loop allocates nothing).</summary>
+    public GenerationStats? LastStats => _statsPromptTokens < 0 ? null
+        : new GenerationStats(_statsPromptTokens, _statsPromptTime, _statsGenerated, _statsGenerationTime, _statsReason);
+
+    private int _statsPromptTokens = -1, _statsGenerated;
+    private TimeSpan _statsPromptTime, _statsGenerationTime;
+    private StopReason _statsReason;
+
+    private void RecordStats(int promptTokens, TimeSpan promptTime, int generated, TimeSpan generationTime, StopReason reason)
+    {
+        (_statsPromptTokens, _statsPromptTime, _statsGenerated, _statsGenerationTime, _statsReason) =
+            (promptTokens, promptTime, generated, generationTime, reason);
+    }
 
     /// <summary>Empties the context.</summary>
     public void Reset()
@@ -120,7 +133,7 @@ public sealed class Session : IDisposable
             }
             generated++;
             _tokens.Add(next);
-            LastStats = new GenerationStats(prompt.Length, promptTime, generated, clock.Elapsed, reason);
+            RecordStats(prompt.Length, promptTime, generated, clock.Elapsed, reason);
             yield return next;
             if (generated == options.MaxTokens)
                 break;
@@ -131,7 +144,7 @@ public sealed class Session : IDisposable
             }
             ProcessPending();
         }
-        LastStats = new GenerationStats(prompt.Length, promptTime, generated, clock.Elapsed, reason);
+        RecordStats(prompt.Length, promptTime, generated, clock.Elapsed, reason);
     }
 
     /// <summary>

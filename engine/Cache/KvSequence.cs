@@ -10,10 +10,14 @@ namespace Engine.Cache;
 public sealed class KvSequence : IDisposable
 {
     private readonly KvCache _cache;
-    private readonly List<int> _blocks = [];
+    private readonly List<int> _blocks;
     private bool _disposed;
 
-    internal KvSequence(KvCache cache) => _cache = cache;
+    internal KvSequence(KvCache cache)
+    {
+        _cache = cache;
+        _blocks = new List<int>(Math.Min(cache.MaxBlocks, 1024)); // no regrowth while decoding (a typical context)
+    }
 
     public KvCache Cache => _cache;
 

@@ -23,48 +23,68 @@ internal sealed class CpuVector(string name, float[] data) : DeviceVector(name, 
 }
 
 /// <summary>
-/// KV blocks as pinned managed arrays, allocated on first use: [layer][K,V][kvHead][slot][headDim].
-/// Pinned so kernels can keep raw pointers to them (<see cref="Pointers"/>) instead of pinning per access.
+/// KV blocks in native memory (64-byte aligned, zeroed), allocated on first use:
+/// [layer][K,V][kvHead][slot][headDim]. Native rather than managed so that the decode loop allocates
+/// nothing on the managed heap when a sequence grows into a new block, and so kernels keep raw
+/// pointers (<see cref="Pointers"/>) without pinning. Freed on <see cref="Dispose"/>.
 /// </summary>
 internal sealed unsafe class CpuKvStore(KvLayout layout) : KvStore(layout)
 {
-    private readonly List<float[]> _blocks = [];
     private float*[] _pointers = new float*[16];
-
-    public IReadOnlyList<float[]> Blocks => _blocks;
+    private int _count;
 
     /// <summary>Start of each block's memory, by block id.</summary>
     public float*[] Pointers => _pointers;
 
     private int BlockFloats => 2 * Layout.Layers * Layout.LayerBlockFloats;
 
+    private nuint BlockBytes => (nuint)BlockFloats * sizeof(float);
+
     public override void EnsureBlock(int block)
     {
-        while (_blocks.Count <= block)
+        ObjectDisposedException.ThrowIf(_pointers.Length == 0, this);
+        while (_count <= block)
         {
-            var array = GC.AllocateArray<float>(BlockFloats, pinned: true);
-            if (_pointers.Length <= _blocks.Count)
+            if (_pointers.Length <= _count)
             {
                 var grown = new float*[_pointers.Length * 2];
                 System.Array.Copy(_pointers, grown, _pointers.Length);
                 _pointers = grown;
             }
-            _pointers[_blocks.Count] = (float*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(array));
-            _blocks.Add(array);
+            var memory = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(BlockBytes, 64);
+            System.Runtime.InteropServices.NativeMemory.Clear(memory, BlockBytes);
+            _pointers[_count++] = memory;
         }
     }
 
-    public override void CopyBlock(int source, int destination) => _blocks[source].AsSpan().CopyTo(_blocks[destination]);
+    private Span<float> Block(int block) => new(_pointers[block], BlockFloats);
+
+    public override void CopyBlock(int source, int destination) => Block(source).CopyTo(Block(destination));
 
     public override void CopySlot(int sourceBlock, int sourceOffset, int destinationBlock, int destinationOffset)
     {
         int hd = Layout.HeadDim, bs = Layout.BlockSize;
-        var src = _blocks[sourceBlock];
-        var dst = _blocks[destinationBlock];
+        var src = Block(sourceBlock);
+        var dst = Block(destinationBlock);
         // Each (layer, K|V, kvHead) run holds BlockSize slots of headDim floats.
         for (int run = 0; run < 2 * Layout.Layers * Layout.KvHeads; run++)
-            System.Array.Copy(src, (run * bs + sourceOffset) * hd, dst, (run * bs + destinationOffset) * hd, hd);
+            src.Slice((run * bs + sourceOffset) * hd, hd).CopyTo(dst.Slice((run * bs + destinationOffset) * hd, hd));
     }
 
-    public override void Dispose() => _blocks.Clear();
+    public override void Dispose()
+    {
+        Free();
+        GC.SuppressFinalize(this);
+    }
+
+    // A session its host forgot to dispose must not leak the native blocks.
+    ~CpuKvStore() => Free();
+
+    private void Free()
+    {
+        for (int i = 0; i < _count; i++)
+            System.Runtime.InteropServices.NativeMemory.AlignedFree(_pointers[i]);
+        _count = 0;
+        _pointers = [];
+    }
 }

@@ -1,0 +1,62 @@
+using Engine.Api;
+using Engine.Sampling;
+using Engine.Tensors;
+
+namespace Engine.Tests;
+
+/// <summary>
+/// The decode loop allocates nothing on the managed heap per token: every buffer (activations, logits,
+/// sampler candidates, KV blocks, worker-pool work items) is made once and reused. Measured with
+/// <see cref="GC.GetTotalAllocatedBytes(bool)"/> (precise), which counts every thread, so the worker
+/// pool is covered too. NUnit runs these tests alone (no parallel fixtures in this assembly).
+/// </summary>
+[NonParallelizable]
+public class AllocationTests
+{
+    // Tokens generated before measuring: the first tokens allocate the lazily made buffers (sampler
+    // candidates, scratch) and KV blocks; the measured stretch then covers many more tokens.
+    private const int Warmup = 24, Measured = 200;
+
+    // A per-token allocation of even one object (24 bytes) over 200 tokens would be ≥ 4800 bytes; the
+    // allowance only absorbs one-off runtime bookkeeping (e.g. a timer or thread-pool object that the
+    // runtime itself creates while the test runs), so it cannot hide a per-token allocation.
+    private const long Allowance = 1024;
+
+    [TestCase(1)]
+    [TestCase(2)]
+    public void Generating_with_the_sampler_chain_allocates_nothing_per_token(int threads)
+    {
+        using var lm = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Threads = threads });
+        AssertNoAllocationPerToken(lm, new SamplingOptions { Temperature = 0.9f, TopK = 40, TopP = 0.95f, Seed = 7 });
+    }
+
+    [TestCase(GgmlType.Q8_0)]
+    [TestCase(GgmlType.Q4_K)]
+    [TestCase(GgmlType.F16)]
+    public void Generating_from_a_quantized_model_allocates_nothing_per_token(GgmlType type)
+    {
+        // A shape wide enough for the blocked matrix kernels (dim and ffn multiples of 256 for Q4_K).
+        var model = TinyModel.Random(new TinySpec($"alloc-{type}", Vocab: 512, Dim: 256, Layers: 2, Heads: 4, KvHeads: 2,
+            Ffn: 512, WeightType: type, Context: 512));
+        using var dir = new TempDir();
+        using var lm = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 2 });
+        AssertNoAllocationPerToken(lm, SamplingOptions.Greedy);
+    }
+
+    private static void AssertNoAllocationPerToken(LanguageModel lm, SamplingOptions sampling)
+    {
+        using var session = lm.CreateSession();
+        var options = new GenerationOptions { MaxTokens = Warmup + Measured, Sampling = sampling, StopAtEndOfGeneration = false };
+        using var tokens = session.Generate([1], options).GetEnumerator();
+        for (int i = 0; i < Warmup; i++)
+            Assert.That(tokens.MoveNext(), Is.True);
+        long before = GC.GetTotalAllocatedBytes(precise: true);
+        int generated = 0;
+        while (tokens.MoveNext())
+            generated++;
+        long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+        Assert.That(generated, Is.EqualTo(Measured), "the whole stretch was generated");
+        Assert.That(allocated, Is.LessThanOrEqualTo(Allowance),
+            $"{allocated} bytes allocated over {Measured} tokens ({allocated / (double)Measured:F1} per token)");
+    }
+}
