@@ -25,7 +25,7 @@ public unsafe class KernelTests
         foreach (var type in new[] { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K })
         {
             int block = GgmlTypeInfo.Layout(type)!.Value.BlockSize;
-            foreach (int blocks in new[] { 1, 2, 3, 7, 2048 / block })
+            foreach (int blocks in new[] { 1, 2, 3, 4, 7, 9, 2048 / block })
                 yield return new TestCaseData(type, blocks * block).SetName($"{type} × {blocks * block}");
         }
     }
@@ -74,6 +74,15 @@ public unsafe class KernelTests
         _ => VecDot.Q6_K<T>(w, q.Q(row), q.D(row), q.Sums16(row), cols / 256),
     };
 
+    /// <summary>The dispatching entry point, which on an AVX-512+GFNI CPU runs the 512-bit kernel (plus the 256-bit one for a Q4_0 tail of 1..3 blocks).</summary>
+    private static float? Kernel512(GgmlType type, byte* w, QuantizedActivations q, int row, int cols) => type switch
+    {
+        GgmlType.Q4_0 => VecDot.Q4_0(w, q.Q(row), q.D(row), q.ScaledSums(row), cols / 32),
+        GgmlType.Q4_K => VecDot.Q4_K(w, q.Q(row), q.D(row), q.Sums16(row), cols / 256),
+        GgmlType.Q6_K => VecDot.Q6_K(w, q.Q(row), q.D(row), q.Sums16(row), cols / 256),
+        _ => null,
+    };
+
     private static float Scalar(GgmlType type, byte* w, QuantizedActivations q, int row, int cols) => type switch
     {
         GgmlType.Q8_0 => VecDot.Q8_0Scalar(w, q.Q(row), q.D(row), cols / 32),
@@ -106,6 +115,8 @@ public unsafe class KernelTests
                 Assert.That(Kernel<Avx2Isa>(type, w, d.Q, x, cols), Is.EqualTo(scalar).Within(bound), $"AVX2, row {r}, input {x}");
                 if (AvxVnni.IsSupported)
                     Assert.That(Kernel<VnniIsa>(type, w, d.Q, x, cols), Is.EqualTo(scalar).Within(bound), $"AVX-VNNI, row {r}, input {x}");
+                if (VecDot.Avx512Gfni && Kernel512(type, w, d.Q, x, cols) is { } wide)
+                    Assert.That(wide, Is.EqualTo(scalar).Within(bound), $"AVX-512, row {r}, input {x}");
             }
         }
     }

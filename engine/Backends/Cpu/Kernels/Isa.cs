@@ -31,6 +31,10 @@ public static class CpuFeatures
     public static readonly bool Avx2Fma = Avx2.IsSupported && Fma.IsSupported;
     public static readonly bool Vnni = Avx2Fma && AvxVnni.IsSupported;
 
+    /// <summary>AVX-512 BW + VBMI + GFNI: the 512-bit 4-bit decode kernels (<see cref="VecDot"/>).</summary>
+    public static readonly bool Avx512Gfni = Avx2Fma && Avx512BW.IsSupported && Avx512Vbmi.IsSupported && Gfni.V512.IsSupported;
+
     public static string Describe() =>
-        Vnni ? "AVX2+FMA+AVX-VNNI" : Avx2Fma ? "AVX2+FMA" : Vector256.IsHardwareAccelerated ? "portable 256-bit (scalar int8)" : "scalar";
+        (Vnni ? "AVX2+FMA+AVX-VNNI" : Avx2Fma ? "AVX2+FMA" : Vector256.IsHardwareAccelerated ? "portable 256-bit (scalar int8)" : "scalar")
+        + (Avx512Gfni ? "+AVX-512(BW,VBMI,GFNI)" : Vector512.IsHardwareAccelerated ? "+AVX-512" : "");
 }

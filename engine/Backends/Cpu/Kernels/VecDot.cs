@@ -19,23 +19,32 @@ namespace Engine.Backends.Cpu.Kernels;
 /// the activation block sums, once per block instead of once per value. Signed Q8_0 weights use the
 /// abs/sign trick (|w| · sign(x, w)).
 /// </remarks>
-public static unsafe class VecDot
+public static unsafe partial class VecDot
 {
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float Q8_0(byte* w, sbyte* xq, float* xd, int blocks) =>
         CpuFeatures.Vnni ? Q8_0<VnniIsa>(w, xq, xd, blocks) : CpuFeatures.Avx2Fma ? Q8_0<Avx2Isa>(w, xq, xd, blocks) : Q8_0Scalar(w, xq, xd, blocks);
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static float Q4_0(byte* w, sbyte* xq, float* xd, float* xsd, int blocks) =>
+    public static float Q4_0(byte* w, sbyte* xq, float* xd, float* xsd, int blocks)
+    {
+        if (!Avx512Gfni)
+            return Q4_0Avx2(w, xq, xd, xsd, blocks);
+        int main = blocks & ~3;
+        float sum = Q4_0Avx512(w, xq, xd, xsd, main);
+        return main == blocks ? sum : sum + Q4_0Avx2(w + main * 18, xq + main * 32, xd + main, xsd + main, blocks - main);
+    }
+
+    private static float Q4_0Avx2(byte* w, sbyte* xq, float* xd, float* xsd, int blocks) =>
         CpuFeatures.Vnni ? Q4_0<VnniIsa>(w, xq, xd, xsd, blocks) : CpuFeatures.Avx2Fma ? Q4_0<Avx2Isa>(w, xq, xd, xsd, blocks) : Q4_0Scalar(w, xq, xd, xsd, blocks);
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float Q4_K(byte* w, sbyte* xq, float* xd, short* bsums, int blocks) =>
-        CpuFeatures.Vnni ? Q4_K<VnniIsa>(w, xq, xd, bsums, blocks) : CpuFeatures.Avx2Fma ? Q4_K<Avx2Isa>(w, xq, xd, bsums, blocks) : Q4_KScalar(w, xq, xd, bsums, blocks);
+        Avx512Gfni ? Q4_KAvx512(w, xq, xd, bsums, blocks) : CpuFeatures.Vnni ? Q4_K<VnniIsa>(w, xq, xd, bsums, blocks) : CpuFeatures.Avx2Fma ? Q4_K<Avx2Isa>(w, xq, xd, bsums, blocks) : Q4_KScalar(w, xq, xd, bsums, blocks);
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float Q6_K(byte* w, sbyte* xq, float* xd, short* bsums, int blocks) =>
-        CpuFeatures.Vnni ? Q6_K<VnniIsa>(w, xq, xd, bsums, blocks) : CpuFeatures.Avx2Fma ? Q6_K<Avx2Isa>(w, xq, xd, bsums, blocks) : Q6_KScalar(w, xq, xd, bsums, blocks);
+        Avx512Gfni ? Q6_KAvx512(w, xq, xd, bsums, blocks) : CpuFeatures.Vnni ? Q6_K<VnniIsa>(w, xq, xd, bsums, blocks) : CpuFeatures.Avx2Fma ? Q6_K<Avx2Isa>(w, xq, xd, bsums, blocks) : Q6_KScalar(w, xq, xd, bsums, blocks);
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float F16(ushort* w, float* x, int n) => CpuFeatures.Avx2Fma ? F16Simd(w, x, n) : F16Scalar(w, x, n);
