@@ -256,7 +256,10 @@ public unsafe class KernelTests
     {
         var rng = new Random(n);
         var x = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
-        var h = Enumerable.Range(0, n).Select(_ => BitConverter.HalfToUInt16Bits((Half)(rng.NextDouble() * 2 - 1))).ToArray();
+        // Mostly normal halves, with zeros and subnormals sprinkled in so that the 512-bit kernel takes
+        // both its fast path (all 32 halves normal) and its exact fallback.
+        var h = Enumerable.Range(0, n).Select(i => i % 89 == 5 ? (ushort)0x8000 : i % 97 == 7 ? (ushort)(0x0001 + i % 0x3FF)
+            : BitConverter.HalfToUInt16Bits((Half)(rng.NextDouble() * 2 - 1))).ToArray();
         var b = Enumerable.Range(0, n).Select(_ => Quantize.ToBF16((float)(rng.NextDouble() * 2 - 1))).ToArray();
         fixed (float* xp = x)
         fixed (ushort* hp = h)
@@ -287,6 +290,49 @@ public unsafe class KernelTests
                 else
                     Assert.That(BitConverter.SingleToInt32Bits(v[k]), Is.EqualTo(BitConverter.SingleToInt32Bits(expected)), $"0x{bits[k]:X4}");
             }
+        }
+    }
+
+    [Test]
+    public void Fast_widening_of_normal_halves_is_exact_and_used_only_when_every_half_is_normal()
+    {
+        if (!System.Runtime.Intrinsics.X86.Avx512F.IsSupported)
+            Assert.Ignore("no AVX-512 here: the fast widening is not used");
+        var all = new ushort[65536];
+        for (int i = 0; i < all.Length; i++)
+            all[i] = (ushort)i;
+        // Every window of 32 consecutive bit patterns, at every alignment of 8, crosses each boundary
+        // between classes (zero, subnormal, normal, infinity, NaN) of both signs.
+        var window = new ushort[32];
+        for (int start = 0; start + 32 <= all.Length; start += 8)
+        {
+            Array.Copy(all, start, window, 0, 32);
+            var v = System.Runtime.Intrinsics.Vector512.Create(window);
+            bool normal = window.All(b => (b & 0x7C00) is not 0 and not 0x7C00);
+            Assert.That(HalfTable.AllNormal(v), Is.EqualTo(normal), $"window at 0x{start:X4}");
+            if (!normal)
+                continue;
+            var lower = HalfTable.WidenNormal(System.Runtime.Intrinsics.Vector512.GetLower(v));
+            var upper = HalfTable.WidenNormal(System.Runtime.Intrinsics.Vector512.GetUpper(v));
+            for (int k = 0; k < 32; k++)
+            {
+                float expected = (float)BitConverter.UInt16BitsToHalf(window[k]);
+                float actual = k < 16 ? lower[k] : upper[k - 16];
+                Assert.That(BitConverter.SingleToInt32Bits(actual), Is.EqualTo(BitConverter.SingleToInt32Bits(expected)), $"0x{window[k]:X4}");
+            }
+        }
+        // WidenHalves over the whole range: fast path where it applies, exact fallback elsewhere.
+        var widened = new float[all.Length];
+        fixed (ushort* src = all)
+        fixed (float* dst = widened)
+            VecDot.WidenHalves(src, dst, all.Length);
+        for (int i = 0; i < all.Length; i++)
+        {
+            float expected = (float)BitConverter.UInt16BitsToHalf(all[i]);
+            if (float.IsNaN(expected))
+                Assert.That(float.IsNaN(widened[i]), Is.True, $"0x{i:X4} is NaN");
+            else
+                Assert.That(BitConverter.SingleToInt32Bits(widened[i]), Is.EqualTo(BitConverter.SingleToInt32Bits(expected)), $"0x{i:X4}");
         }
     }
 }

@@ -358,7 +358,7 @@ public static unsafe partial class VecDot
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float F16Simd(ushort* w, float* x, int n)
     {
-        if (Vector512.IsHardwareAccelerated)
+        if (Vector512.IsHardwareAccelerated && Avx512F.IsSupported)
             return F16Simd512(w, x, n);
         var acc0 = Vector256<float>.Zero;
         var acc1 = Vector256<float>.Zero;
@@ -378,6 +378,23 @@ public static unsafe partial class VecDot
     public static void WidenHalves(ushort* w, float* dst, int n)
     {
         int i = 0;
+        if (Vector512.IsHardwareAccelerated && Avx512F.IsSupported)
+        {
+            for (; i + 32 <= n; i += 32)
+            {
+                var halves = Vector512.Load(w + i);
+                if (HalfTable.AllNormal(halves))
+                {
+                    HalfTable.WidenNormal(halves.GetLower()).Store(dst + i);
+                    HalfTable.WidenNormal(halves.GetUpper()).Store(dst + i + 16);
+                }
+                else
+                {
+                    HalfTable.Widen(halves.GetLower()).Store(dst + i);
+                    HalfTable.Widen(halves.GetUpper()).Store(dst + i + 16);
+                }
+            }
+        }
         if (Vector256.IsHardwareAccelerated)
         {
             for (; i + 8 <= n; i += 8)
@@ -395,8 +412,17 @@ public static unsafe partial class VecDot
         int i = 0;
         for (; i + 32 <= n; i += 32)
         {
-            acc0 = Vector512.FusedMultiplyAdd(HalfTable.Widen(Vector256.Load(w + i)), Vector512.Load(x + i), acc0);
-            acc1 = Vector512.FusedMultiplyAdd(HalfTable.Widen(Vector256.Load(w + i + 16)), Vector512.Load(x + i + 16), acc1);
+            var halves = Vector512.Load(w + i);
+            if (HalfTable.AllNormal(halves))
+            {
+                acc0 = Vector512.FusedMultiplyAdd(HalfTable.WidenNormal(halves.GetLower()), Vector512.Load(x + i), acc0);
+                acc1 = Vector512.FusedMultiplyAdd(HalfTable.WidenNormal(halves.GetUpper()), Vector512.Load(x + i + 16), acc1);
+            }
+            else
+            {
+                acc0 = Vector512.FusedMultiplyAdd(HalfTable.Widen(halves.GetLower()), Vector512.Load(x + i), acc0);
+                acc1 = Vector512.FusedMultiplyAdd(HalfTable.Widen(halves.GetUpper()), Vector512.Load(x + i + 16), acc1);
+            }
         }
         float sum = Vector512.Sum(acc0 + acc1);
         for (; i < n; i++)
