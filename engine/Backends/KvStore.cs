@@ -3,7 +3,7 @@ namespace Engine.Backends;
 /// <summary>Shape of the KV cache: per block, per layer, K and V of <see cref="BlockSize"/> tokens.</summary>
 public sealed record KvLayout(int Layers, int KvHeads, int HeadDim, int BlockSize)
 {
-    /// <summary>Floats of K (or of V) for one layer of one block: [kvHeads][BlockSize][headDim].</summary>
+    /// <summary>Floats of K (or of V) for one layer of one block: kvHeads × BlockSize × headDim, in the order the backend chooses.</summary>
     public int LayerBlockFloats => KvHeads * BlockSize * HeadDim;
 }
 

@@ -165,7 +165,7 @@ public sealed class LlamaModel : IDisposable
             return;
         // final norm and LM head, only for the rows asked for
         var rows = s.Rows.WithRows(localRows.Length);
-        var outLogits = s.Logits.WithRows(localRows.Length);
+        var outLogits = s.Logits(localRows.Length);
         b.GatherRows(x, localRows, rows);
         b.RmsNorm(rows, _w.OutputNorm, c.RmsNormEps, rows);
         Trace?.Invoke("result_norm", -1, rows);
@@ -222,7 +222,7 @@ public sealed class LlamaModel : IDisposable
             Gate = Make(c.FfnDim);
             Up = Make(c.FfnDim);
             Rows = Make(c.Dim);
-            Logits = Make(c.VocabSize);
+            _backend = b;
             VocabSize = c.VocabSize;
             Dim = c.Dim;
         }
@@ -237,7 +237,24 @@ public sealed class LlamaModel : IDisposable
         public Activation Gate { get; }
         public Activation Up { get; }
         public Activation Rows { get; }
-        public Activation Logits { get; }
+
+        /// <summary>
+        /// Logits for <paramref name="rows"/> output rows. Sized by the most rows asked for so far, not by
+        /// the batch: a prompt wants one row, and rows × vocabulary floats for a whole batch would be
+        /// tens of MiB of resident memory that decoding never touches.
+        /// </summary>
+        public Activation Logits(int rows)
+        {
+            if (_logits is null || _logits.Length < (long)rows * VocabSize)
+            {
+                _logits?.Dispose();
+                _logits = _backend.Allocate((long)rows * VocabSize);
+            }
+            return new Activation(_logits, rows, VocabSize);
+        }
+
+        private readonly Backend _backend;
+        private DeviceBuffer? _logits;
         private int VocabSize { get; }
         private int Dim { get; }
 
@@ -256,6 +273,7 @@ public sealed class LlamaModel : IDisposable
         {
             foreach (var buffer in _buffers)
                 buffer.Dispose();
+            _logits?.Dispose();
         }
     }
 }

@@ -146,8 +146,9 @@ public unsafe class KernelTests
         foreach (var type in new[] { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.F16, GgmlType.F32 })
         {
             int block = Math.Max(8, GgmlTypeInfo.Layout(type)!.Value.BlockSize);
-            // 19 rows: a 16-row panel (float) or 2 groups of 8 (quantized), then rows left over; 27 rows: 16 + 8 + 3.
-            foreach (int n in new[] { 19, 27 })
+            // 19 rows: a 16-row panel (float) or 2 groups of 8 (quantized), then rows left over; 27 rows: 16 + 8 + 3;
+            // 53 rows: three panels or six groups, then 5.
+            foreach (int n in new[] { 19, 27, 53 })
                 yield return new TestCaseData(type, block * (type is GgmlType.F16 or GgmlType.F32 ? 67 : 3), n).SetName($"{type} gemm, {n} rows");
         }
     }
@@ -162,7 +163,7 @@ public unsafe class KernelTests
     {
         if (!MatMul.HasGemm(type, cols))
             Assert.Ignore("no matrix kernel on this CPU");
-        using var d = Make(type, rows: 6, cols, n, seed: 7);
+        using var d = Make(type, rows: 13, cols, n, seed: 7);
         var view = new TensorView("w", type, [cols, d.Rows], d.W, d.RowBytes * d.Rows);
         var kind = MatMul.ActivationFor(type);
         var groups = new QuantizedActivations();

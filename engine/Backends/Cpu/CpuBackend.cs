@@ -187,12 +187,16 @@ public sealed unsafe class CpuBackend : Backend
             {
                 int slot = firstSlot + r;
                 float* block = blocks[blockTable[slot / bs]];
+                int offset = slot % bs;
                 for (int h = 0; h < layout.KvHeads; h++)
                 {
-                    int kOffset = ((layer * 2 * layout.KvHeads + h) * bs + slot % bs) * hd;
-                    int vOffset = kOffset + layout.KvHeads * bs * hd;
-                    Buffer.MemoryCopy(kd + (long)r * k.Cols + h * hd, block + kOffset, hd * sizeof(float), hd * sizeof(float));
-                    Buffer.MemoryCopy(vd + (long)r * v.Cols + h * hd, block + vOffset, hd * sizeof(float), hd * sizeof(float));
+                    // K transposed ([hd][bs]: element d of this slot at d·bs), V row-major ([bs][hd])
+                    float* kt = block + Kernels.Attention.KeyOffset(layout, layer, h) + offset;
+                    float* ks = kd + (long)r * k.Cols + h * hd;
+                    for (int d = 0; d < hd; d++)
+                        kt[d * bs] = ks[d];
+                    float* vDst = block + Kernels.Attention.ValueOffset(layout, layer, h) + offset * hd;
+                    Buffer.MemoryCopy(vd + (long)r * v.Cols + h * hd, vDst, hd * sizeof(float), hd * sizeof(float));
                 }
             }
         }
@@ -201,8 +205,11 @@ public sealed unsafe class CpuBackend : Backend
     public override void Attention(Activation q, KvStore store, int layer, ReadOnlySpan<int> blockTable, int prefixLength,
         AttentionMask mask, int heads, float scale, Activation dst)
     {
-        _attention.Set(Array(q), q.Rows, (CpuKvStore)store, layer, blockTable, prefixLength, mask, heads, scale, Array(dst));
-        _pool.Run(_attention, q.Rows * heads);
+        // Chunks are (head, every G-th row): few enough that dispatch costs nothing next to the work,
+        // and striding the rows gives every chunk the same mix of short and long causal windows.
+        int rowGroups = Math.Clamp((Threads * 8 + heads - 1) / heads, 1, q.Rows);
+        _attention.Set(Array(q), q.Rows, (CpuKvStore)store, layer, blockTable, prefixLength, mask, heads, rowGroups, scale, Array(dst));
+        _pool.Run(_attention, heads * rowGroups);
     }
 
     public override void SwiGlu(Activation gate, Activation up, Activation dst)
@@ -347,7 +354,7 @@ public sealed unsafe class CpuBackend : Backend
         }
     }
 
-    /// <summary>One chunk per (query row, head).</summary>
+    /// <summary>One chunk per (head, row group): rows chunk/heads, + rowGroups, ….</summary>
     private sealed class AttentionWork : IParallelWork
     {
         private float[] _q = [];
@@ -355,12 +362,13 @@ public sealed unsafe class CpuBackend : Backend
         private CpuKvStore? _store;
         private int[] _table = [];
         private AttentionMask _mask = AttentionMask.Causal;
-        private int _n, _layer, _prefix, _heads;
+        private int _n, _layer, _prefix, _heads, _rowGroups;
         private float _scale;
 
-        public void Set(float[] q, int n, CpuKvStore store, int layer, ReadOnlySpan<int> table, int prefix, AttentionMask mask, int heads, float scale, float[] y)
+        public void Set(float[] q, int n, CpuKvStore store, int layer, ReadOnlySpan<int> table, int prefix, AttentionMask mask, int heads,
+            int rowGroups, float scale, float[] y)
         {
-            (_q, _n, _store, _layer, _prefix, _mask, _heads, _scale, _y) = (q, n, store, layer, prefix, mask, heads, scale, y);
+            (_q, _n, _store, _layer, _prefix, _mask, _heads, _rowGroups, _scale, _y) = (q, n, store, layer, prefix, mask, heads, rowGroups, scale, y);
             if (_table.Length < table.Length)
                 _table = new int[Math.Max(table.Length, 2 * _table.Length)];
             table.CopyTo(_table);
@@ -368,7 +376,7 @@ public sealed unsafe class CpuBackend : Backend
 
         public void Execute(int chunk, int chunks)
         {
-            int row = chunk / _heads, head = chunk % _heads;
+            int head = chunk % _heads;
             var layout = _store!.Layout;
             int hd = layout.HeadDim;
             int cols = _heads * hd;
@@ -377,8 +385,11 @@ public sealed unsafe class CpuBackend : Backend
             fixed (float* y = _y)
             fixed (int* table = _table)
             {
-                Kernels.Attention.Head(q + row * cols + head * hd, _store.Pointers, table, layout, _layer, kvHead,
-                    _prefix, _n, row, _mask, _scale, y + row * cols + head * hd);
+                for (int row = chunk / _heads; row < _n; row += _rowGroups)
+                {
+                    Kernels.Attention.Head(q + (long)row * cols + head * hd, _store.Pointers, table, layout, _layer, kvHead,
+                        _prefix, _n, row, _mask, _scale, y + (long)row * cols + head * hd);
+                }
             }
         }
     }

@@ -23,8 +23,9 @@ internal sealed class CpuVector(string name, float[] data) : DeviceVector(name, 
 }
 
 /// <summary>
-/// KV blocks in native memory (64-byte aligned, zeroed), allocated on first use:
-/// [layer][K,V][kvHead][slot][headDim]. Native rather than managed so that the decode loop allocates
+/// KV blocks in native memory (64-byte aligned, zeroed), allocated on first use: per layer, K of every
+/// kv head transposed ([kvHead][headDim][slot]), then V ([kvHead][slot][headDim]) — the layout
+/// <see cref="Kernels.Attention"/> reads. Native rather than managed so that the decode loop allocates
 /// nothing on the managed heap when a sequence grows into a new block, and so kernels keep raw
 /// pointers (<see cref="Pointers"/>) without pinning. Freed on <see cref="Dispose"/>.
 /// </summary>
@@ -66,9 +67,17 @@ internal sealed unsafe class CpuKvStore(KvLayout layout) : KvStore(layout)
         int hd = Layout.HeadDim, bs = Layout.BlockSize;
         var src = Block(sourceBlock);
         var dst = Block(destinationBlock);
-        // Each (layer, K|V, kvHead) run holds BlockSize slots of headDim floats.
-        for (int run = 0; run < 2 * Layout.Layers * Layout.KvHeads; run++)
-            src.Slice((run * bs + sourceOffset) * hd, hd).CopyTo(dst.Slice((run * bs + destinationOffset) * hd, hd));
+        for (int layer = 0; layer < Layout.Layers; layer++)
+        {
+            for (int h = 0; h < Layout.KvHeads; h++)
+            {
+                int k = Kernels.Attention.KeyOffset(Layout, layer, h);
+                for (int d = 0; d < hd; d++)
+                    dst[k + d * bs + destinationOffset] = src[k + d * bs + sourceOffset];
+                int v = Kernels.Attention.ValueOffset(Layout, layer, h);
+                src.Slice(v + sourceOffset * hd, hd).CopyTo(dst.Slice(v + destinationOffset * hd, hd));
+            }
+        }
     }
 
     public override void Dispose()

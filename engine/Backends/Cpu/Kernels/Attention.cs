@@ -7,9 +7,15 @@ namespace Engine.Backends.Cpu.Kernels;
 /// <summary>
 /// Scaled dot-product attention (Vaswani et al., "Attention Is All You Need", 2017) for one query row
 /// and one head over a paged KV cache, with grouped-query heads (Ainslie et al., "GQA", 2023): head h
-/// reads kv head h / (heads / kvHeads). Keys and values of one kv head lie contiguously within a block
-/// ([slot][headDim]), so the loops walk the cache block by block.
+/// reads kv head h / (heads / kvHeads).
 /// </summary>
+/// <remarks>
+/// Layout of one (layer, kv head) in a block of BlockSize slots: K transposed, [headDim][slot], then
+/// (after all kv heads' K) V as [slot][headDim]. With K transposed, the scores of 16 consecutive slots
+/// are headDim multiply-adds of a broadcast query element with a vector of 16 keys' elements — no
+/// horizontal sum per score, which is what a dot product per slot costs. V stays row-major, so the
+/// weighted sum of values keeps a head's output in registers while it walks the slots.
+/// </remarks>
 public static unsafe class Attention
 {
     [ThreadStatic]
@@ -18,110 +24,253 @@ public static unsafe class Attention
     [ThreadStatic]
     private static int[]? s_slots;
 
+    /// <summary>Offset of K of (layer, kvHead) within a block: [hd][bs] floats.</summary>
+    public static int KeyOffset(KvLayout layout, int layer, int kvHead) =>
+        (layer * 2 * layout.KvHeads + kvHead) * layout.BlockSize * layout.HeadDim;
+
+    /// <summary>Offset of V of (layer, kvHead) within a block: [bs][hd] floats.</summary>
+    public static int ValueOffset(KvLayout layout, int layer, int kvHead) =>
+        KeyOffset(layout, layer, kvHead) + layout.KvHeads * layout.BlockSize * layout.HeadDim;
+
     /// <summary>
     /// Attention of query row <paramref name="row"/> of a batch of <paramref name="n"/> tokens, stored at
     /// slots prefix.. of a sequence whose blocks are <paramref name="blockTable"/>: the row sees all
     /// <paramref name="prefix"/> committed slots and the batch slots <paramref name="mask"/> allows.
     /// </summary>
-    /// <param name="blocks">Start of each block's memory by block id; a block is [layer][K,V][kvHead][slot][headDim].</param>
+    /// <param name="blocks">Start of each block's memory by block id.</param>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Head(float* q, float*[] blocks, int* blockTable, KvLayout layout,
         int layer, int kvHead, int prefix, int n, int row, AttentionMask mask, float scale, float* output)
     {
         int hd = layout.HeadDim, bs = layout.BlockSize;
-        int kBase = (layer * 2 * layout.KvHeads + kvHead) * bs * hd;
-        int vBase = kBase + layout.KvHeads * bs * hd;
+        int kBase = KeyOffset(layout, layer, kvHead);
+        int vBase = ValueOffset(layout, layer, kvHead);
 
-        // The slots this row sees: a contiguous run for a causal batch, a list for other masks.
-        int count;
+        // A contiguous run of visible slots [0, run): the whole causal window, or the committed prefix
+        // when the mask is a tree; then, for a tree, the batch slots it allows, listed.
+        int run = mask.IsCausal ? prefix + row + 1 : prefix;
+        int capacity = prefix + n + 32; // group kernels may write scores up to 31 slots past the run
+        var scoreArray = s_scores is { } sc && sc.Length >= capacity ? sc : s_scores = new float[Math.Max(capacity, 512)];
+        int count = run;
         int[]? list = null;
-        if (mask.IsCausal)
-            count = prefix + row + 1;
-        else
-        {
-            list = s_slots is { } l && l.Length >= prefix + n ? l : s_slots = new int[Math.Max(prefix + n, 256)];
-            count = 0;
-            for (int s = 0; s < prefix; s++)
-                list[count++] = s;
-            for (int j = 0; j < n; j++)
-            {
-                if (mask.Allows(row, j))
-                    list[count++] = prefix + j;
-            }
-        }
-        var scoreArray = s_scores is { } sc && sc.Length >= count ? sc : s_scores = new float[Math.Max(count, 256)];
-
         fixed (float* scores = scoreArray)
         {
-            if (list is null)
+            Scores(q, blocks, blockTable, kBase, hd, bs, run, scale, scores);
+            if (!mask.IsCausal)
             {
-                for (int start = 0; start < count; start += bs)
+                list = s_slots is { } l && l.Length >= n ? l : s_slots = new int[Math.Max(n, 256)];
+                for (int j = 0; j < n; j++)
                 {
-                    float* k = blocks[blockTable[start / bs]] + kBase;
-                    int end = Math.Min(count, start + bs);
-                    for (int t = start; t < end; t++)
-                        scores[t] = Dot(q, k + (t - start) * hd, hd) * scale;
-                }
-            }
-            else
-            {
-                for (int t = 0; t < count; t++)
-                {
-                    int slot = list[t];
-                    scores[t] = Dot(q, blocks[blockTable[slot / bs]] + kBase + slot % bs * hd, hd) * scale;
+                    if (!mask.Allows(row, j))
+                        continue;
+                    int slot = prefix + j;
+                    list[count - run] = slot;
+                    scores[count++] = StridedDot(q, blocks[blockTable[slot / bs]] + kBase + slot % bs, bs, hd) * scale;
                 }
             }
             Activations.SoftmaxF32(new ReadOnlySpan<float>(scores, count), new Span<float>(scores, count));
-            new Span<float>(output, hd).Clear();
-            if (list is null)
+            WeightedValues(scores, blocks, blockTable, vBase, hd, bs, run, output);
+            for (int i = run; i < count; i++)
             {
-                for (int start = 0; start < count; start += bs)
-                {
-                    float* v = blocks[blockTable[start / bs]] + vBase;
-                    int end = Math.Min(count, start + bs);
-                    for (int t = start; t < end; t++)
-                        Axpy(scores[t], v + (t - start) * hd, output, hd);
-                }
-            }
-            else
-            {
-                for (int t = 0; t < count; t++)
-                {
-                    int slot = list[t];
-                    Axpy(scores[t], blocks[blockTable[slot / bs]] + vBase + slot % bs * hd, output, hd);
-                }
+                int slot = list![i - run];
+                Axpy(scores[i], blocks[blockTable[slot / bs]] + vBase + slot % bs * hd, output, hd);
             }
         }
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float Dot(float* a, float* b, int n)
+    /// <summary>scores[t] = scale · q·k_t for t in [0, run); may also write scores up to the end of the last group of 32.</summary>
+    private static void Scores(float* q, float*[] blocks, int* blockTable, int kBase, int hd, int bs, int run, float scale, float* scores)
     {
-        if (Vector256.IsHardwareAccelerated && n % 16 == 0)
+        for (int start = 0; start < run; start += bs)
         {
-            var acc0 = Vector256<float>.Zero;
-            var acc1 = Vector256<float>.Zero;
-            for (int i = 0; i < n; i += 16)
+            float* kt = blocks[blockTable[start / bs]] + kBase;
+            int end = Math.Min(run, start + bs) - start; // slots of this block that are needed
+            int g = 0;
+            // whole groups of 32 inside the block, even if the run ends inside the group
+            if (Vector512.IsHardwareAccelerated)
             {
-                acc0 = Vector256.FusedMultiplyAdd(Vector256.Load(a + i), Vector256.Load(b + i), acc0);
-                acc1 = Vector256.FusedMultiplyAdd(Vector256.Load(a + i + 8), Vector256.Load(b + i + 8), acc1);
+                for (; g < end && g + 32 <= bs; g += 32)
+                    Scores32(q, kt + g, bs, hd, scale, scores + start + g);
             }
-            return Vector256.Sum(acc0 + acc1);
+            else if (Vector256.IsHardwareAccelerated)
+            {
+                for (; g < end && g + 32 <= bs; g += 32)
+                    Scores32x256(q, kt + g, bs, hd, scale, scores + start + g);
+            }
+            for (; g < end; g++)
+                scores[start + g] = StridedDot(q, kt + g, bs, hd) * scale;
         }
-        return TensorPrimitives.Dot(new ReadOnlySpan<float>(a, n), new ReadOnlySpan<float>(b, n));
+    }
+
+    /// <summary>
+    /// The scores of 32 consecutive slots of a transposed K block (kt[d·bs + j]): for each element d of
+    /// the query, 32 keys' element d times q[d]. Eight accumulators (two halves × four phases of d)
+    /// keep the multiply-adds independent enough to fill the FMA pipes.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Scores32(float* q, float* kt, int bs, int hd, float scale, float* scores)
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+        int d = 0;
+        for (; d + 4 <= hd; d += 4)
+        {
+            float* k = kt + (long)d * bs;
+            var q0 = Vector512.Create(q[d]);
+            var q1 = Vector512.Create(q[d + 1]);
+            var q2 = Vector512.Create(q[d + 2]);
+            var q3 = Vector512.Create(q[d + 3]);
+            a0 = Vector512.FusedMultiplyAdd(q0, Vector512.Load(k), a0);
+            b0 = Vector512.FusedMultiplyAdd(q0, Vector512.Load(k + 16), b0);
+            a1 = Vector512.FusedMultiplyAdd(q1, Vector512.Load(k + bs), a1);
+            b1 = Vector512.FusedMultiplyAdd(q1, Vector512.Load(k + bs + 16), b1);
+            a2 = Vector512.FusedMultiplyAdd(q2, Vector512.Load(k + 2 * bs), a2);
+            b2 = Vector512.FusedMultiplyAdd(q2, Vector512.Load(k + 2 * bs + 16), b2);
+            a3 = Vector512.FusedMultiplyAdd(q3, Vector512.Load(k + 3 * bs), a3);
+            b3 = Vector512.FusedMultiplyAdd(q3, Vector512.Load(k + 3 * bs + 16), b3);
+        }
+        for (; d < hd; d++)
+        {
+            var qd = Vector512.Create(q[d]);
+            a0 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(kt + (long)d * bs), a0);
+            b0 = Vector512.FusedMultiplyAdd(qd, Vector512.Load(kt + (long)d * bs + 16), b0);
+        }
+        var s = Vector512.Create(scale);
+        ((a0 + a1 + (a2 + a3)) * s).Store(scores);
+        ((b0 + b1 + (b2 + b3)) * s).Store(scores + 16);
+    }
+
+    /// <summary><see cref="Scores32"/> with 256-bit vectors: four vectors of 8 slots × two phases of d.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Scores32x256(float* q, float* kt, int bs, int hd, float scale, float* scores)
+    {
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+        int d = 0;
+        for (; d + 2 <= hd; d += 2)
+        {
+            float* k = kt + (long)d * bs;
+            var q0 = Vector256.Create(q[d]);
+            var q1 = Vector256.Create(q[d + 1]);
+            a0 = Vector256.FusedMultiplyAdd(q0, Vector256.Load(k), a0);
+            a1 = Vector256.FusedMultiplyAdd(q0, Vector256.Load(k + 8), a1);
+            a2 = Vector256.FusedMultiplyAdd(q0, Vector256.Load(k + 16), a2);
+            a3 = Vector256.FusedMultiplyAdd(q0, Vector256.Load(k + 24), a3);
+            b0 = Vector256.FusedMultiplyAdd(q1, Vector256.Load(k + bs), b0);
+            b1 = Vector256.FusedMultiplyAdd(q1, Vector256.Load(k + bs + 8), b1);
+            b2 = Vector256.FusedMultiplyAdd(q1, Vector256.Load(k + bs + 16), b2);
+            b3 = Vector256.FusedMultiplyAdd(q1, Vector256.Load(k + bs + 24), b3);
+        }
+        for (; d < hd; d++)
+        {
+            var qd = Vector256.Create(q[d]);
+            float* k = kt + (long)d * bs;
+            a0 = Vector256.FusedMultiplyAdd(qd, Vector256.Load(k), a0);
+            a1 = Vector256.FusedMultiplyAdd(qd, Vector256.Load(k + 8), a1);
+            a2 = Vector256.FusedMultiplyAdd(qd, Vector256.Load(k + 16), a2);
+            a3 = Vector256.FusedMultiplyAdd(qd, Vector256.Load(k + 24), a3);
+        }
+        var s = Vector256.Create(scale);
+        ((a0 + b0) * s).Store(scores);
+        ((a1 + b1) * s).Store(scores + 8);
+        ((a2 + b2) * s).Store(scores + 16);
+        ((a3 + b3) * s).Store(scores + 24);
+    }
+
+    /// <summary>q·k for one slot of a transposed K block (its elements bs apart).</summary>
+    private static float StridedDot(float* q, float* k, int bs, int hd)
+    {
+        float sum = 0;
+        for (int d = 0; d < hd; d++)
+            sum += q[d] * k[(long)d * bs];
+        return sum;
+    }
+
+    /// <summary>output = Σ_{t &lt; run} p[t]·v_t, with the output kept in registers 64 floats at a time.</summary>
+    private static void WeightedValues(float* p, float*[] blocks, int* blockTable, int vBase, int hd, int bs, int run, float* output)
+    {
+        if (!Vector512.IsHardwareAccelerated || hd % 16 != 0)
+        {
+            new Span<float>(output, hd).Clear();
+            for (int start = 0; start < run; start += bs)
+            {
+                float* v = blocks[blockTable[start / bs]] + vBase;
+                int end = Math.Min(run, start + bs);
+                for (int t = start; t < end; t++)
+                    Axpy(p[t], v + (t - start) * hd, output, hd);
+            }
+            return;
+        }
+        for (int c = 0; c < hd; c += 64)
+        {
+            if (hd - c >= 64)
+                Values64(p, blocks, blockTable, vBase + c, hd, bs, run, output + c);
+            else
+            {
+                for (int c16 = c; c16 < hd; c16 += 16)
+                    Values16(p, blocks, blockTable, vBase + c16, hd, bs, run, output + c16);
+            }
+        }
+    }
+
+    /// <summary>64 output floats: two sets of four accumulators (even and odd slots) so the chains overlap.</summary>
+    private static void Values64(float* p, float*[] blocks, int* blockTable, int vBase, int hd, int bs, int run, float* output)
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+        for (int start = 0; start < run; start += bs)
+        {
+            float* v = blocks[blockTable[start / bs]] + vBase;
+            int end = Math.Min(run, start + bs) - start;
+            int t = 0;
+            for (; t + 2 <= end; t += 2)
+            {
+                var pa = Vector512.Create(p[start + t]);
+                var pb = Vector512.Create(p[start + t + 1]);
+                float* va = v + (long)t * hd, vb = va + hd;
+                a0 = Vector512.FusedMultiplyAdd(pa, Vector512.Load(va), a0);
+                a1 = Vector512.FusedMultiplyAdd(pa, Vector512.Load(va + 16), a1);
+                a2 = Vector512.FusedMultiplyAdd(pa, Vector512.Load(va + 32), a2);
+                a3 = Vector512.FusedMultiplyAdd(pa, Vector512.Load(va + 48), a3);
+                b0 = Vector512.FusedMultiplyAdd(pb, Vector512.Load(vb), b0);
+                b1 = Vector512.FusedMultiplyAdd(pb, Vector512.Load(vb + 16), b1);
+                b2 = Vector512.FusedMultiplyAdd(pb, Vector512.Load(vb + 32), b2);
+                b3 = Vector512.FusedMultiplyAdd(pb, Vector512.Load(vb + 48), b3);
+            }
+            if (t < end)
+            {
+                var pa = Vector512.Create(p[start + t]);
+                float* va = v + (long)t * hd;
+                a0 = Vector512.FusedMultiplyAdd(pa, Vector512.Load(va), a0);
+                a1 = Vector512.FusedMultiplyAdd(pa, Vector512.Load(va + 16), a1);
+                a2 = Vector512.FusedMultiplyAdd(pa, Vector512.Load(va + 32), a2);
+                a3 = Vector512.FusedMultiplyAdd(pa, Vector512.Load(va + 48), a3);
+            }
+        }
+        (a0 + b0).Store(output);
+        (a1 + b1).Store(output + 16);
+        (a2 + b2).Store(output + 32);
+        (a3 + b3).Store(output + 48);
+    }
+
+    private static void Values16(float* p, float*[] blocks, int* blockTable, int vBase, int hd, int bs, int run, float* output)
+    {
+        Vector512<float> a = default, b = default;
+        for (int start = 0; start < run; start += bs)
+        {
+            float* v = blocks[blockTable[start / bs]] + vBase;
+            int end = Math.Min(run, start + bs) - start;
+            int t = 0;
+            for (; t + 2 <= end; t += 2)
+            {
+                a = Vector512.FusedMultiplyAdd(Vector512.Create(p[start + t]), Vector512.Load(v + (long)t * hd), a);
+                b = Vector512.FusedMultiplyAdd(Vector512.Create(p[start + t + 1]), Vector512.Load(v + (long)(t + 1) * hd), b);
+            }
+            if (t < end)
+                a = Vector512.FusedMultiplyAdd(Vector512.Create(p[start + t]), Vector512.Load(v + (long)t * hd), a);
+        }
+        (a + b).Store(output);
     }
 
     /// <summary>y += a·x.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Axpy(float a, float* x, float* y, int n)
-    {
-        if (Vector256.IsHardwareAccelerated && n % 8 == 0)
-        {
-            var av = Vector256.Create(a);
-            for (int i = 0; i < n; i += 8)
-                Vector256.FusedMultiplyAdd(av, Vector256.Load(x + i), Vector256.Load(y + i)).Store(y + i);
-            return;
-        }
+    private static void Axpy(float a, float* x, float* y, int n) =>
         TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(x, n), a, new ReadOnlySpan<float>(y, n), new Span<float>(y, n));
-    }
 }
