@@ -120,6 +120,40 @@ public class ModelParityTests
         }
     }
 
+    /// <summary>
+    /// Attention over many KV blocks, for head sizes that take each path of the kernel (16 and 80: the
+    /// 16-wide value sums, 64: the 64-wide ones, 8: the scalar fallback) and block sizes that do (16)
+    /// and do not (48) split into whole groups of 32 slots; batched and one token at a time.
+    /// </summary>
+    [TestCase(16, 16)]
+    [TestCase(64, 32)]
+    [TestCase(64, 16)]
+    [TestCase(80, 48)]
+    [TestCase(8, 32)]
+    public void Attention_over_many_blocks_matches_the_reference(int headDim, int blockSize)
+    {
+        var model = TinyModel.Random(new TinySpec($"attention-{headDim}", Dim: 2 * headDim, Heads: 2, KvHeads: 1, Layers: 1, Ffn: 64, Seed: 21));
+        int[] prompt = Enumerable.Range(0, 75).Select(i => (i * 53 + 7) % 320).ToArray();
+        var reference = model.Reference(prompt).Logits;
+        double scale = reference.SelectMany(r => r).Max(Math.Abs);
+        using var dir = new TempDir();
+        using var lm = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 2 });
+        int n = prompt.Length, vocab = lm.Config.VocabSize;
+        using var cache = lm.Network.CreateKvCache(256, blockSize); // room for both sequences
+        using var batch = cache.CreateSequence();
+        var logits = new float[n * vocab];
+        lm.Network.Forward(batch, prompt, Enumerable.Range(0, n).ToArray(), AttentionMask.Causal, Enumerable.Range(0, n).ToArray(), logits);
+        for (int t = 0; t < n; t++)
+            AssertRow(logits.AsSpan(t * vocab, vocab), reference[t], scale, $"batched row {t}");
+        using var single = cache.CreateSequence();
+        var one = new float[vocab];
+        for (int t = 0; t < n; t++)
+        {
+            lm.Network.Forward(single, [prompt[t]], [t], AttentionMask.Causal, [0], one);
+            AssertRow(one, reference[t], scale, $"step {t}");
+        }
+    }
+
     [Test]
     public void Hidden_states_are_the_normed_final_residual_that_the_head_reads()
     {
