@@ -26,6 +26,9 @@ internal static class PerplexityCommand
             if (ctx < 4)
                 throw new ArgumentException($"--ctx {ctx} must be at least 4");
             string text = File.ReadAllText(parse.GetRequiredValue(file));
+            if (text.EndsWith('\n'))
+                text = text[..^1]; // llama.cpp's -f drops one trailing newline; the same tokens give the same chunks
+
             using var lm = LanguageModel.Load(parse.GetRequiredValue(model), new ModelOptions { Threads = parse.GetValue(threads), ContextLength = ctx, MaxBatch = ctx });
             var result = Perplexity.Compute(lm, text, ctx, parse.GetValue(chunks), progress: (i, ppl) => io.Error.Write(string.Create(CultureInfo.InvariantCulture, $"[{i}]{ppl:F4},")));
             io.Error.WriteLine();

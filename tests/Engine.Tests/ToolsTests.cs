@@ -1,0 +1,215 @@
+using System.Text.Json;
+using Engine.Api;
+using Engine.Backends;
+using Engine.Cli;
+using Engine.Conversion;
+using Engine.Formats.Gguf;
+using Engine.Quantization;
+using Engine.Tensors;
+
+namespace Engine.Tests;
+
+/// <summary>
+/// The benchmark and conversion tools: <c>engine synth</c>, <c>engine quantize</c>,
+/// <c>engine perplexity</c>, <c>engine bench --json</c>, and the k-quant quantizers behind them.
+/// </summary>
+public class ToolsTests
+{
+    private static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = EngineCli.Run(args, stdout, stderr);
+        return (code, stdout.ToString(), stderr.ToString());
+    }
+
+    private static string LlamaSpmVocab => SharedData.Require("vocab/ggml-vocab-llama-spm.gguf");
+
+    [Test]
+    public void Synth_writes_a_seeded_model_of_the_asked_shape_with_the_vocabulary_of_another_file()
+    {
+        using var dir = new TempDir();
+        string a = dir.File("a.gguf"), b = dir.File("b.gguf"), c = dir.File("c.gguf");
+        string[] shape = ["--like", LlamaSpmVocab, "--dim", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--ffn", "96", "--type", "Q8_0"];
+        Assert.That(Run(["synth", .. shape, "--seed", "5", a]).Code, Is.Zero);
+        Assert.That(Run(["synth", .. shape, "--seed", "5", "--threads", "1", b]).Code, Is.Zero);
+        Assert.That(Run(["synth", .. shape, "--seed", "6", c]).Code, Is.Zero);
+        Assert.That(File.ReadAllBytes(b), Is.EqualTo(File.ReadAllBytes(a)), "same seed, same file, whatever the thread count");
+        Assert.That(File.ReadAllBytes(c), Is.Not.EqualTo(File.ReadAllBytes(a)), "the seed matters");
+
+        using var lm = LanguageModel.Load(a, new ModelOptions { Threads = 2 });
+        Assert.That((lm.Config.Dim, lm.Config.Layers, lm.Config.Heads, lm.Config.KvHeads, lm.Config.FfnDim, lm.Config.VocabSize),
+            Is.EqualTo((64, 2, 4, 2, 96, 32000)));
+        using var vocab = GgufFile.Open(LlamaSpmVocab);
+        var reference = Engine.Tokenizers.TokenizerLoader.FromGguf(vocab.Metadata);
+        const string text = "Hello world, this is a test of the synthesized model.";
+        Assert.That(lm.Tokenizer.Encode(text, addSpecial: true), Is.EqualTo(reference.Encode(text, addSpecial: true)));
+        using var session = lm.CreateSession();
+        var ids = session.Generate([1], new GenerationOptions { MaxTokens = 8, Sampling = Sampling.SamplingOptions.Greedy, StopAtEndOfGeneration = false }).ToList();
+        Assert.That(ids, Has.Count.EqualTo(8));
+    }
+
+    [Test]
+    public void Synth_rejects_impossible_shapes_with_the_option_named()
+    {
+        using var dir = new TempDir();
+        var (code, _, err) = Run("synth", "--like", LlamaSpmVocab, "--dim", "60", "--layers", "2", "--heads", "8", "--ffn", "96", dir.File("x.gguf"));
+        Assert.That(code, Is.Not.Zero);
+        Assert.That(err, Does.Contain("--dim 60"));
+        Assert.That(File.Exists(dir.File("x.gguf")), Is.False, "nothing is written for a bad shape");
+    }
+
+    /// <summary>
+    /// Tensor types follow llama.cpp's mixtures, including the fallbacks for rows that do not divide
+    /// into 256-value super-blocks (stories260K is 64 wide): Q4_K → Q5_0, Q6_K → Q8_0. Q4_K_M gives
+    /// attn_v more bits in the last eighth of the layers (here the last of 5), so it is checked there.
+    /// </summary>
+    [TestCase("Q8_0", GgmlType.Q8_0, GgmlType.Q8_0)]
+    [TestCase("Q4_0", GgmlType.Q4_0, GgmlType.Q4_0)]
+    [TestCase("Q4_K_M", GgmlType.Q5_0, GgmlType.Q8_0)]
+    [TestCase("Q6_K", GgmlType.Q8_0, GgmlType.Q8_0)]
+    public void Quantize_writes_the_llama_cpp_mixture_and_the_model_still_generates(string fileType, GgmlType attnQ, GgmlType attnV)
+    {
+        using var dir = new TempDir();
+        string output = dir.File($"stories-{fileType}.gguf");
+        var (code, _, err) = Run("quantize", SharedData.StoriesGguf, output, fileType);
+        Assert.That(code, Is.Zero, err);
+        using (var file = GgufFile.Open(output))
+        {
+            var types = file.Tensors.ToDictionary(t => t.Name, t => t.Type);
+            Assert.That(types["blk.0.attn_q.weight"], Is.EqualTo(attnQ));
+            Assert.That(types["blk.4.attn_v.weight"], Is.EqualTo(attnV));
+            Assert.That(types["blk.0.attn_norm.weight"], Is.EqualTo(GgmlType.F32), "norms stay in float");
+            Assert.That(file.Metadata.GetInt32("general.file_type"), Is.EqualTo((int)QuantizationPlan.Parse(fileType)));
+        }
+        using var lm = LanguageModel.Load(output, new ModelOptions { Threads = 2 });
+        using var session = lm.CreateSession();
+        var ids = session.Generate([1], new GenerationOptions { MaxTokens = 32, Sampling = Sampling.SamplingOptions.Greedy }).ToList();
+        Assert.That(ids, Is.Not.Empty);
+    }
+
+    [Test]
+    public void Quantize_never_overwrites_its_input_and_names_a_bad_type()
+    {
+        using var dir = new TempDir();
+        var (code, _, err) = Run("quantize", SharedData.StoriesGguf, dir.File("x.gguf"), "Q3_XYZ");
+        Assert.That(code, Is.Not.Zero);
+        Assert.That(err, Does.Contain("Q3_XYZ"));
+        string copy = dir.File("in.gguf");
+        File.Copy(SharedData.StoriesGguf, copy);
+        (code, _, err) = Run("quantize", copy, copy, "Q8_0");
+        Assert.That(code, Is.Not.Zero, "writing over the input would destroy it mid-read");
+        Assert.That(File.ReadAllBytes(copy), Is.EqualTo(File.ReadAllBytes(SharedData.StoriesGguf)));
+    }
+
+    /// <summary>
+    /// What quantization costs, measured the way users measure it: perplexity on TinyStories-like text
+    /// rises a little for Q8_0 and more for Q4_0, never falls far below the float model's.
+    /// </summary>
+    [Test]
+    public void Perplexity_orders_the_quantized_models_by_how_much_they_lost()
+    {
+        string text = SharedData.StoriesExpected().TextFromBos;
+        text = string.Concat(Enumerable.Repeat(text + "\n", 4));
+        using var dir = new TempDir();
+        double Ppl(string path)
+        {
+            using var lm = LanguageModel.Load(path, new ModelOptions { Threads = 2 });
+            return Perplexity.Compute(lm, text, ctx: 64).Perplexity;
+        }
+        double f32 = Ppl(SharedData.StoriesGguf);
+        Assert.That(Run("quantize", SharedData.StoriesGguf, dir.File("q8.gguf"), "Q8_0").Code, Is.Zero);
+        Assert.That(Run("quantize", SharedData.StoriesGguf, dir.File("q4.gguf"), "Q4_0").Code, Is.Zero);
+        double q8 = Ppl(dir.File("q8.gguf")), q4 = Ppl(dir.File("q4.gguf"));
+        Assert.That(f32, Is.GreaterThan(1).And.LessThan(20), "the model knows this text (it generated it)");
+        // Q8_0 keeps 8 bits per weight: its perplexity is within 2% of float's; 4 bits cost more.
+        Assert.That(Math.Abs(q8 - f32) / f32, Is.LessThan(0.02), $"Q8_0 {q8} vs F32 {f32}");
+        Assert.That(q4, Is.GreaterThan(q8 * 0.99), $"Q4_0 {q4} vs Q8_0 {q8}");
+    }
+
+    /// <summary>
+    /// llama-perplexity's method, recomputed here from the logits: chunks of ctx tokens (BOS first),
+    /// each scored on its second half, perplexity = exp(mean negative log-likelihood).
+    /// </summary>
+    [Test]
+    public void Perplexity_is_exp_of_the_mean_nll_of_each_chunks_second_half()
+    {
+        using var lm = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Threads = 2 });
+        string text = string.Concat(Enumerable.Repeat(SharedData.StoriesExpected().TextFromBos + "\n", 3));
+        const int ctx = 32;
+        var result = Perplexity.Compute(lm, text, ctx);
+
+        var tokens = lm.Tokenizer.Encode(text, addSpecial: true);
+        Assert.That(lm.Tokenizer.AddBos, Is.True);
+        int chunks = tokens.Count / ctx, vocab = lm.Config.VocabSize;
+        double nll = 0;
+        int scored = 0;
+        for (int c = 0; c < chunks; c++)
+        {
+            var chunk = tokens.Skip(c * ctx).Take(ctx).ToArray();
+            chunk[0] = lm.Tokenizer.BosId!.Value; // every chunk starts with BOS, as in llama-perplexity
+            using var cache = lm.Network.CreateKvCache(ctx);
+            using var seq = cache.CreateSequence();
+            var logits = new float[ctx * vocab];
+            lm.Network.Forward(seq, chunk, Enumerable.Range(0, ctx).ToArray(), AttentionMask.Causal, Enumerable.Range(0, ctx).ToArray(), logits);
+            for (int i = ctx / 2; i < ctx - 1; i++)
+            {
+                var row = logits.AsSpan(i * vocab, vocab);
+                double max = double.NegativeInfinity;
+                foreach (float v in row)
+                    max = Math.Max(max, v);
+                double sum = 0;
+                foreach (float v in row)
+                    sum += Math.Exp(v - max);
+                nll -= row[tokens[c * ctx + i + 1]] - max - Math.Log(sum);
+                scored++;
+            }
+        }
+        Assert.That(result.Chunks, Is.EqualTo(chunks));
+        Assert.That(result.ScoredTokens, Is.EqualTo(scored));
+        Assert.That(result.Perplexity, Is.EqualTo(Math.Exp(nll / scored)).Within(1e-4).Percent);
+    }
+
+    [Test]
+    public void Bench_json_has_llama_bench_fields()
+    {
+        var (code, output, err) = Run("bench", "-m", SharedData.StoriesGguf, "-p", "16", "-n", "8", "-r", "2", "-t", "2", "--json");
+        Assert.That(code, Is.Zero, err);
+        var lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.That(lines, Has.Length.EqualTo(1));
+        using var json = JsonDocument.Parse(lines[0]);
+        var root = json.RootElement;
+        Assert.That(root.GetProperty("model").GetString(), Is.EqualTo("stories260K.gguf"));
+        Assert.That((root.GetProperty("threads").GetInt32(), root.GetProperty("n_prompt").GetInt32(), root.GetProperty("n_gen").GetInt32()),
+            Is.EqualTo((2, 16, 8)));
+        foreach (string key in new[] { "pp_tokens_per_s", "tg_tokens_per_s" })
+            Assert.That(root.GetProperty(key).GetDouble(), Is.GreaterThan(0), key);
+        foreach (string key in new[] { "pp_stddev", "tg_stddev" })
+            Assert.That(root.GetProperty(key).GetDouble(), Is.GreaterThanOrEqualTo(0), key);
+    }
+
+    /// <summary>
+    /// The k-quant quantizers against the error of ideal uniform rounding. With b bits over a block's
+    /// range R the step is R/(2^b−1) and the RMS rounding error step/√12. For N(0,1) values: Q4_K and
+    /// Q5_K (scale and min per 32 values, R ≈ 4.5σ) give 8.7% and 4.2% of σ, Q6_K (signed scale per 16,
+    /// R ≈ 2·2σ) 1.8%. We allow 1.5× that (6-bit sub-block scales and the float16 super-block scale add
+    /// a little); a wrong bit layout or scale errs by 30% or more.
+    /// </summary>
+    [TestCase(GgmlType.Q4_K, 0.13)]
+    [TestCase(GgmlType.Q5_K, 0.065)]
+    [TestCase(GgmlType.Q6_K, 0.03)]
+    public void K_quants_round_trip_within_the_error_of_their_bit_width(GgmlType type, double relativeRms)
+    {
+        var rng = new Random(3);
+        var x = Enumerable.Range(0, 256 * 64).Select(_ => (float)(Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble()))).ToArray();
+        var y = new float[x.Length];
+        Dequantize.Row(type, Quantize.Row(type, x), y);
+        double err = 0, power = 0;
+        for (int i = 0; i < x.Length; i++)
+        {
+            err += (x[i] - y[i]) * (double)(x[i] - y[i]);
+            power += x[i] * (double)x[i];
+        }
+        Assert.That(Math.Sqrt(err / power), Is.LessThan(relativeRms));
+    }
+}
