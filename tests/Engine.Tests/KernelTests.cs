@@ -143,13 +143,13 @@ public unsafe class KernelTests
 
     public static IEnumerable<TestCaseData> GemmCases()
     {
-        foreach (var type in new[] { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.F16, GgmlType.F32 })
+        foreach (var type in new[] { GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.F16, GgmlType.BF16, GgmlType.F32 })
         {
             int block = Math.Max(8, GgmlTypeInfo.Layout(type)!.Value.BlockSize);
             // 19 rows: a 16-row panel (float) or 2 groups of 8 (quantized), then rows left over; 27 rows: 16 + 8 + 3;
             // 53 rows: three panels or six groups, then 5.
             foreach (int n in new[] { 19, 27, 53 })
-                yield return new TestCaseData(type, block * (type is GgmlType.F16 or GgmlType.F32 ? 67 : 3), n).SetName($"{type} gemm, {n} rows");
+                yield return new TestCaseData(type, block * (type is GgmlType.F16 or GgmlType.BF16 or GgmlType.F32 ? 67 : 3), n).SetName($"{type} gemm, {n} rows");
         }
     }
 
@@ -168,7 +168,7 @@ public unsafe class KernelTests
         var kind = MatMul.ActivationFor(type);
         var groups = new QuantizedActivations();
         var panels = new FloatPanels();
-        bool quantized = type is not (GgmlType.F16 or GgmlType.F32);
+        bool quantized = type is not (GgmlType.F16 or GgmlType.BF16 or GgmlType.F32);
         if (quantized)
         {
             groups.Quantize(d.X, n, cols, ActivationBlock.Q8_0);

@@ -128,7 +128,7 @@ public sealed unsafe class CpuBackend : Backend
             var type = t.Weights.Type;
             var kind = QuantizeActivations ? Kernels.MatMul.ActivationFor(type) : null;
             bool gemm = batch && Kernels.MatMul.HasGemm(type, x.Cols);
-            bool isFloat = type is GgmlType.F16 or GgmlType.F32;
+            bool isFloat = type is GgmlType.F16 or GgmlType.BF16 or GgmlType.F32;
             bool remainder = !gemm || x.Rows % QuantizedActivations.Group != 0;
             q80 |= kind == ActivationBlock.Q8_0 && remainder;
             q8k |= kind == ActivationBlock.Q8_K && remainder;

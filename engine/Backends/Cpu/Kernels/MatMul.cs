@@ -37,7 +37,7 @@ public static unsafe class MatMul
         int rows = checked((int)w.RowCount);
         long rowBytes = w.RowBytes;
         // Whole groups of 8 activation rows go through the matrix-matrix kernels; the rest row by row.
-        bool isFloat = w.Type is GgmlType.F16 or GgmlType.F32;
+        bool isFloat = w.Type is GgmlType.F16 or GgmlType.BF16 or GgmlType.F32;
         int groups = !HasGemm(w.Type, cols) ? 0
             : isFloat ? (panels is null ? 0 : n / QuantizedActivations.Group)
             : groups8?.Groups ?? 0;
@@ -160,7 +160,7 @@ public static unsafe class MatMul
         int cols = checked((int)w.RowLength);
         float* weights;
         long stride;
-        if (w.Type == GgmlType.F16)
+        if (w.Type is GgmlType.F16 or GgmlType.BF16)
         {
             long need = (long)(o1 - o0) * cols;
             if (s_widenedCapacity < need)
@@ -170,7 +170,13 @@ public static unsafe class MatMul
                 s_widened = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(s_widenedCapacity * sizeof(float)), 64);
             }
             for (int o = o0; o < o1; o++)
-                VecDot.WidenHalves((ushort*)(w.Data + o * w.RowBytes), s_widened + (long)(o - o0) * cols, cols);
+            {
+                var src = (ushort*)(w.Data + o * w.RowBytes);
+                if (w.Type == GgmlType.F16)
+                    VecDot.WidenHalves(src, s_widened + (long)(o - o0) * cols, cols);
+                else
+                    VecDot.WidenBFloat16(src, s_widened + (long)(o - o0) * cols, cols);
+            }
             weights = s_widened - (long)o0 * cols;
             stride = cols;
         }
@@ -232,7 +238,7 @@ public static unsafe class MatMul
     /// <summary>Whether a type has a matrix-matrix kernel on this CPU.</summary>
     public static bool HasGemm(GgmlType type, int cols) => CpuFeatures.Avx2Fma && type switch
     {
-        GgmlType.F32 or GgmlType.F16 => cols % 8 == 0,
+        GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 => cols % 8 == 0,
         _ => DecodedRows.Supports(type),
     };
 

@@ -374,6 +374,23 @@ public static unsafe partial class VecDot
         return sum;
     }
 
+    /// <summary>dst[i] = (float)w[i] for n bfloat16 values: each is the top half of a float32.</summary>
+    public static void WidenBFloat16(ushort* w, float* dst, int n)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i + 16 <= n; i += 16)
+            {
+                var (lower, upper) = Vector256.Widen(Vector256.Load(w + i));
+                (lower << 16).AsSingle().Store(dst + i);
+                (upper << 16).AsSingle().Store(dst + i + 8);
+            }
+        }
+        for (; i < n; i++)
+            dst[i] = BitConverter.Int32BitsToSingle(w[i] << 16);
+    }
+
     /// <summary>dst[i] = (float)w[i] for n halves.</summary>
     public static void WidenHalves(ushort* w, float* dst, int n)
     {
