@@ -2,7 +2,7 @@ using Engine.Tensors;
 
 namespace Engine.Backends;
 
-/// <summary>One product of a shared-input <see cref="Backend.MatMul(Activation, ReadOnlySpan{MatMulTarget})"/>.</summary>
+/// <summary>One product of a shared-input <see cref="Backend.MatMul(Activation, ReadOnlySpan{MatMulTarget}, bool)"/>.</summary>
 public readonly record struct MatMulTarget(DeviceMatrix Weights, Activation Output);
 
 /// <summary>
@@ -35,13 +35,17 @@ public abstract class Backend : IDisposable
     public abstract void RmsNorm(Activation x, DeviceVector weight, float eps, Activation dst);
 
     /// <summary>dst = x·Wᵀ. x: [n, W.Cols]; dst: [n, W.Rows].</summary>
-    public void MatMul(Activation x, DeviceMatrix w, Activation dst) => MatMul(x, [new MatMulTarget(w, dst)]);
+    public void MatMul(Activation x, DeviceMatrix w, Activation dst, bool batchInvariant = false) =>
+        MatMul(x, [new MatMulTarget(w, dst)], batchInvariant);
 
     /// <summary>
     /// Several products of the same input (q/k/v, gate/up): each target's Output = x·Weightsᵀ. Sharing
     /// the input lets a backend prepare it once (quantize, upload) and run all rows in one parallel pass.
+    /// With <paramref name="batchInvariant"/>, every row is computed exactly as it would be alone (same
+    /// kernel, same rounding), so a row's result does not depend on the rest of the batch — what exact
+    /// speculative verification needs; otherwise a batch may take faster matrix kernels.
     /// </summary>
-    public abstract void MatMul(Activation x, ReadOnlySpan<MatMulTarget> targets);
+    public abstract void MatMul(Activation x, ReadOnlySpan<MatMulTarget> targets, bool batchInvariant = false);
 
     /// <summary>x[i, :] += bias. x: [n, bias.Length].</summary>
     public abstract void AddBias(Activation x, DeviceVector bias);

@@ -47,10 +47,10 @@ public sealed class ProfilingBackend(Backend inner) : Backend
         Add("rms_norm", t);
     }
 
-    public override void MatMul(Activation x, ReadOnlySpan<MatMulTarget> targets)
+    public override void MatMul(Activation x, ReadOnlySpan<MatMulTarget> targets, bool batchInvariant = false)
     {
         long t = Stopwatch.GetTimestamp();
-        Inner.MatMul(x, targets);
+        Inner.MatMul(x, targets, batchInvariant);
         Add($"matmul {targets[0].Weights.Type}{(targets.Length > 1 ? " x" + targets.Length : "")}", t);
     }
 

@@ -43,9 +43,16 @@ public sealed class LlamaModel : IDisposable
     /// </summary>
     public Action<string, int, Activation>? Trace { get; set; }
 
-    /// <summary>A KV cache for this model holding up to <paramref name="maxTokens"/> tokens across its sequences.</summary>
-    public KvCache CreateKvCache(int maxTokens, int blockSize = 32) =>
-        new(Backend, new KvLayout(Config.Layers, Config.KvHeads, Config.HeadDim, blockSize), maxTokens);
+    /// <summary>
+    /// A KV cache for this model holding up to <paramref name="maxTokens"/> tokens across its sequences;
+    /// with <paramref name="layers"/> &gt; 0, only for the first that many layers (a layer-skip draft's cache).
+    /// </summary>
+    public KvCache CreateKvCache(int maxTokens, int blockSize = 32, int layers = 0)
+    {
+        if (layers < 0 || layers > Config.Layers)
+            throw new ArgumentOutOfRangeException(nameof(layers), $"layer count {layers} must be 0 (all) or 1..{Config.Layers}");
+        return new(Backend, new KvLayout(layers > 0 ? layers : Config.Layers, Config.KvHeads, Config.HeadDim, blockSize), maxTokens);
+    }
 
     /// <summary>
     /// Runs a batch of tokens through the model and appends their K/V to <paramref name="sequence"/>.
@@ -56,10 +63,25 @@ public sealed class LlamaModel : IDisposable
     /// </summary>
     /// <param name="logits">outputRows.Length × vocab floats.</param>
     /// <param name="hidden">Empty, or outputRows.Length × dim floats.</param>
+    /// <param name="layers">
+    /// 0 for the whole model; otherwise only the first <paramref name="layers"/> layers run before the
+    /// output norm and head — the early exit of layer-skip self-drafting (the sequence's cache needs
+    /// at least that many layers).
+    /// </param>
+    /// <param name="batchInvariant">
+    /// Compute every row exactly as a one-token pass would (see <see cref="Backend.MatMul(Activation, ReadOnlySpan{MatMulTarget}, bool)"/>;
+    /// attention is batch-invariant always): speculative verification then reproduces plain decoding
+    /// bit for bit, at the price of the matrix kernels' speed.
+    /// </param>
     public void Forward(KvSequence sequence, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, AttentionMask mask,
-        ReadOnlySpan<int> outputRows, Span<float> logits, Span<float> hidden = default)
+        ReadOnlySpan<int> outputRows, Span<float> logits, Span<float> hidden = default, int layers = 0, bool batchInvariant = false)
     {
         int n = tokens.Length;
+        int layerCount = layers == 0 ? Config.Layers : layers;
+        if (layers < 0 || layers > Config.Layers)
+            throw new ArgumentOutOfRangeException(nameof(layers), $"layer count {layers} must be 0 (all) or 1..{Config.Layers}");
+        if (sequence.Cache.Layout.Layers < layerCount)
+            throw new ArgumentException($"the sequence's cache holds {sequence.Cache.Layout.Layers} layers, the pass runs {layerCount}", nameof(sequence));
         if (n == 0)
             throw new ArgumentException("a forward pass needs at least one token", nameof(tokens));
         if (positions.Length != n)
@@ -98,12 +120,12 @@ public sealed class LlamaModel : IDisposable
                     _localRows[outputs++] = r - start;
             }
             Pass(sequence, tokens.Slice(start, count), positions.Slice(start, count), mask,
-                _localRows.AsSpan(0, outputs), logits, hidden, outputRows, start);
+                _localRows.AsSpan(0, outputs), logits, hidden, outputRows, start, layerCount, batchInvariant);
         }
     }
 
     private void Pass(KvSequence sequence, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, AttentionMask mask,
-        ReadOnlySpan<int> localRows, Span<float> logits, Span<float> hidden, ReadOnlySpan<int> outputRows, int start)
+        ReadOnlySpan<int> localRows, Span<float> logits, Span<float> hidden, ReadOnlySpan<int> outputRows, int start, int layerCount, bool exact)
     {
         var c = Config;
         var b = Backend;
@@ -128,14 +150,14 @@ public sealed class LlamaModel : IDisposable
         b.Embed(_w.TokenEmbedding, tokens, x);
         Trace?.Invoke("token_embd", -1, x);
 
-        for (int l = 0; l < c.Layers; l++)
+        for (int l = 0; l < layerCount; l++)
         {
             var w = _w.Layers[l];
 
             // attention: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x))
             b.RmsNorm(x, w.AttnNorm, c.RmsNormEps, h);
             Trace?.Invoke("attn_norm", l, h);
-            b.MatMul(h, [new(w.Wq, q), new(w.Wk, k), new(w.Wv, v)]);
+            b.MatMul(h, [new(w.Wq, q), new(w.Wk, k), new(w.Wv, v)], exact);
             if (w.Bq is not null) b.AddBias(q, w.Bq);
             if (w.Bk is not null) b.AddBias(k, w.Bk);
             if (w.Bv is not null) b.AddBias(v, w.Bv);
@@ -146,16 +168,16 @@ public sealed class LlamaModel : IDisposable
             b.StoreKv(store, l, table, prefix, k, v);
             b.Attention(q, store, l, table, prefix, mask, c.Heads, _attentionScale, att);
             Trace?.Invoke("attn_out", l, att);
-            b.MatMul(att, w.Wo, proj);
+            b.MatMul(att, w.Wo, proj, exact);
             b.Add(x, proj);
             Trace?.Invoke("attn_residual", l, x);
 
             // feed-forward: x += W_down · (silu(W_gate·norm(x)) ⊙ W_up·norm(x))
             b.RmsNorm(x, w.FfnNorm, c.RmsNormEps, h);
             Trace?.Invoke("ffn_norm", l, h);
-            b.MatMul(h, [new(w.WGate, gate), new(w.WUp, up)]);
+            b.MatMul(h, [new(w.WGate, gate), new(w.WUp, up)], exact);
             b.SwiGlu(gate, up, gate);
-            b.MatMul(gate, w.WDown, proj);
+            b.MatMul(gate, w.WDown, proj, exact);
             b.Add(x, proj);
             Trace?.Invoke("l_out", l, x);
         }
@@ -169,7 +191,7 @@ public sealed class LlamaModel : IDisposable
         b.GatherRows(x, localRows, rows);
         b.RmsNorm(rows, _w.OutputNorm, c.RmsNormEps, rows);
         Trace?.Invoke("result_norm", -1, rows);
-        b.MatMul(rows, _w.Output, outLogits);
+        b.MatMul(rows, _w.Output, outLogits, exact);
         Trace?.Invoke("result_output", -1, outLogits);
 
         // Scatter this pass's rows to where the caller listed them.

@@ -65,6 +65,59 @@ public sealed class SamplerChain
         return c.Ids[c.Count - 1]; // rounding left u just above the total
     }
 
+    /// <summary>
+    /// The distribution <see cref="Sample"/> draws from, over the whole vocabulary: the processors'
+    /// probabilities for the tokens they keep and 0 for the rest; for a greedy chain, all mass on the
+    /// argmax. Speculative decoding applies this one function to target and draft logits alike, so p
+    /// and q are shaped by the same temperature, top-k and top-p.
+    /// </summary>
+    public void Distribution(ReadOnlySpan<float> logits, Span<float> probs)
+    {
+        if (probs.Length != logits.Length)
+            throw new ArgumentException($"expected {logits.Length} probabilities, got {probs.Length}", nameof(probs));
+        probs.Clear();
+        if (_random is null)
+        {
+            probs[Argmax(logits)] = 1;
+            return;
+        }
+        var c = _candidates is { } existing && existing.Ids.Length == logits.Length ? existing : _candidates = new Candidates(logits.Length);
+        c.Reset(logits);
+        foreach (var p in _processors)
+            p.Apply(c);
+        if (!c.HasProbs)
+            c.Softmax();
+        for (int i = 0; i < c.Count; i++)
+            probs[c.Ids[i]] = c.Probs[i];
+    }
+
+    /// <summary>A token drawn from <paramref name="probs"/> (which need not sum exactly to 1) with this chain's generator.</summary>
+    public int Draw(ReadOnlySpan<float> probs) => Draw(probs, _random ?? throw new InvalidOperationException("a greedy chain draws nothing"));
+
+    /// <summary>A token drawn from <paramref name="probs"/> (any non-negative weights with a positive sum).</summary>
+    public static int Draw(ReadOnlySpan<float> probs, Random random)
+    {
+        double total = 0;
+        foreach (float p in probs)
+            total += p;
+        double u = random.NextDouble() * total;
+        double cumulative = 0;
+        int last = -1;
+        for (int i = 0; i < probs.Length; i++)
+        {
+            if (probs[i] <= 0)
+                continue;
+            cumulative += probs[i];
+            last = i;
+            if (u < cumulative)
+                return i;
+        }
+        return last >= 0 ? last : throw new ArgumentException("the distribution has no positive weight", nameof(probs));
+    }
+
+    /// <summary>The chain's seeded generator (null for greedy).</summary>
+    public Random? Random => _random;
+
     /// <summary>Index of the largest logit (the first one on ties). NaN logits are never chosen.</summary>
     public static int Argmax(ReadOnlySpan<float> logits)
     {

@@ -107,7 +107,7 @@ public sealed unsafe class CpuBackend : Backend
         ForRows(x.Rows, RowOp.RmsNorm);
     }
 
-    public override void MatMul(Activation x, ReadOnlySpan<MatMulTarget> targets)
+    public override void MatMul(Activation x, ReadOnlySpan<MatMulTarget> targets, bool batchInvariant = false)
     {
         int totalRows = 0;
         foreach (var (w, dst) in targets)
@@ -121,7 +121,7 @@ public sealed unsafe class CpuBackend : Backend
         // Batches of 8+ rows use the matrix kernels: Q8_0 activations interleaved for quantized weights,
         // packed float panels for F16/F32; rows beyond the last whole group (and single-token decoding)
         // use the row kernels with each type's own activation format.
-        bool batch = x.Rows >= QuantizedActivations.Group;
+        bool batch = x.Rows >= QuantizedActivations.Group && !batchInvariant;
         bool q80 = false, q8k = false, groups = false, panels = false;
         foreach (var t in targets)
         {

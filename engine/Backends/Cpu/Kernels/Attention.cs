@@ -1,4 +1,3 @@
-using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
@@ -15,6 +14,13 @@ namespace Engine.Backends.Cpu.Kernels;
 /// are headDim multiply-adds of a broadcast query element with a vector of 16 keys' elements — no
 /// horizontal sum per score, which is what a dot product per slot costs. V stays row-major, so the
 /// weighted sum of values keeps a head's output in registers while it walks the slots.
+///
+/// Batch invariance: a row's result depends only on which slots it sees and in which order, never on
+/// where they lie or what else is in the batch. Every score is computed with one fixed arithmetic
+/// (<see cref="SlotScore"/>, which the vector kernels reproduce lane by lane), and every output
+/// element is one chain of multiply-adds over the visible slots in sequence order. So verifying a draft
+/// tree gives each node bit for bit the attention it gets when decoded alone — what lets greedy
+/// speculative decoding reproduce plain greedy decoding token for token.
 /// </remarks>
 public static unsafe class Attention
 {
@@ -65,17 +71,58 @@ public static unsafe class Attention
                         continue;
                     int slot = prefix + j;
                     list[count - run] = slot;
-                    scores[count++] = StridedDot(q, blocks[blockTable[slot / bs]] + kBase + slot % bs, bs, hd) * scale;
+                    scores[count++] = SlotScore(q, blocks[blockTable[slot / bs]] + kBase + slot % bs, bs, hd, scale);
                 }
             }
             Activations.SoftmaxF32(new ReadOnlySpan<float>(scores, count), new Span<float>(scores, count));
-            WeightedValues(scores, blocks, blockTable, vBase, hd, bs, run, output);
-            for (int i = run; i < count; i++)
-            {
-                int slot = list![i - run];
-                Axpy(scores[i], blocks[blockTable[slot / bs]] + vBase + slot % bs * hd, output, hd);
-            }
+            var extra = list is null ? ReadOnlySpan<int>.Empty : new ReadOnlySpan<int>(list, 0, count - run);
+            WeightedValues(scores, blocks, blockTable, vBase, hd, bs, run, extra, output);
         }
+    }
+
+    /// <summary>How many interleaved accumulators the score kernels of this machine use (4 at 512 bits, 2 at 256, 1 scalar).</summary>
+    private static readonly int ScorePhases = Vector512.IsHardwareAccelerated ? 4 : Vector256.IsHardwareAccelerated ? 2 : 1;
+
+    /// <summary>
+    /// The score of one slot of a transposed K block (elements <paramref name="bs"/> apart), computed
+    /// exactly as one lane of <see cref="Scores32"/> (or <see cref="Scores32x256"/>) computes it: element
+    /// d goes into accumulator d mod P (P = <see cref="ScorePhases"/>) by fused multiply-add, the tail of
+    /// hd mod P elements into the first, and the accumulators are added as the vector code adds them.
+    /// </summary>
+    private static float SlotScore(float* q, float* k, int bs, int hd, float scale)
+    {
+        if (ScorePhases == 4)
+        {
+            float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+            int d = 0;
+            for (; d + 4 <= hd; d += 4)
+            {
+                a0 = MathF.FusedMultiplyAdd(q[d], k[(long)d * bs], a0);
+                a1 = MathF.FusedMultiplyAdd(q[d + 1], k[(long)(d + 1) * bs], a1);
+                a2 = MathF.FusedMultiplyAdd(q[d + 2], k[(long)(d + 2) * bs], a2);
+                a3 = MathF.FusedMultiplyAdd(q[d + 3], k[(long)(d + 3) * bs], a3);
+            }
+            for (; d < hd; d++)
+                a0 = MathF.FusedMultiplyAdd(q[d], k[(long)d * bs], a0);
+            return (a0 + a1 + (a2 + a3)) * scale;
+        }
+        if (ScorePhases == 2)
+        {
+            float a = 0, b = 0;
+            int d = 0;
+            for (; d + 2 <= hd; d += 2)
+            {
+                a = MathF.FusedMultiplyAdd(q[d], k[(long)d * bs], a);
+                b = MathF.FusedMultiplyAdd(q[d + 1], k[(long)(d + 1) * bs], b);
+            }
+            for (; d < hd; d++)
+                a = MathF.FusedMultiplyAdd(q[d], k[(long)d * bs], a);
+            return (a + b) * scale;
+        }
+        float sum = 0;
+        for (int d = 0; d < hd; d++)
+            sum = MathF.FusedMultiplyAdd(q[d], k[(long)d * bs], sum);
+        return sum * scale;
     }
 
     /// <summary>scores[t] = scale · q·k_t for t in [0, run); may also write scores up to the end of the last group of 32.</summary>
@@ -98,7 +145,7 @@ public static unsafe class Attention
                     Scores32x256(q, kt + g, bs, hd, scale, scores + start + g);
             }
             for (; g < end; g++)
-                scores[start + g] = StridedDot(q, kt + g, bs, hd) * scale;
+                scores[start + g] = SlotScore(q, kt + g, bs, hd, scale);
         }
     }
 
@@ -175,102 +222,108 @@ public static unsafe class Attention
         ((a3 + b3) * s).Store(scores + 24);
     }
 
-    /// <summary>q·k for one slot of a transposed K block (its elements bs apart).</summary>
-    private static float StridedDot(float* q, float* k, int bs, int hd)
+    /// <summary>
+    /// output = Σ p[t]·v_t over the run [0, run) and then the listed extra slots (whose weights follow the
+    /// run's in <paramref name="p"/>): each output element is one chain of fused multiply-adds in that
+    /// order, whatever the vector width, so the result is the same as if the extra slots were part of
+    /// the run. Output elements are kept in registers 64 (or 16) at a time.
+    /// </summary>
+    private static void WeightedValues(float* p, float*[] blocks, int* blockTable, int vBase, int hd, int bs, int run,
+        ReadOnlySpan<int> extra, float* output)
     {
-        float sum = 0;
-        for (int d = 0; d < hd; d++)
-            sum += q[d] * k[(long)d * bs];
-        return sum;
+        int c = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            for (; c + 64 <= hd; c += 64)
+                Values64(p, blocks, blockTable, vBase + c, hd, bs, run, extra, output + c);
+            for (; c + 16 <= hd; c += 16)
+                Values16(p, blocks, blockTable, vBase + c, hd, bs, run, extra, output + c);
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            for (; c + 8 <= hd; c += 8)
+                Values8(p, blocks, blockTable, vBase + c, hd, bs, run, extra, output + c);
+        }
+        for (; c < hd; c++)
+        {
+            float acc = 0;
+            for (int t = 0; t < run; t++)
+                acc = MathF.FusedMultiplyAdd(p[t], blocks[blockTable[t / bs]][vBase + t % bs * hd + c], acc);
+            for (int i = 0; i < extra.Length; i++)
+            {
+                int slot = extra[i];
+                acc = MathF.FusedMultiplyAdd(p[run + i], blocks[blockTable[slot / bs]][vBase + slot % bs * hd + c], acc);
+            }
+            output[c] = acc;
+        }
     }
 
-    /// <summary>output = Σ_{t &lt; run} p[t]·v_t, with the output kept in registers 64 floats at a time.</summary>
-    private static void WeightedValues(float* p, float*[] blocks, int* blockTable, int vBase, int hd, int bs, int run, float* output)
+    private static void Values64(float* p, float*[] blocks, int* blockTable, int vBase, int hd, int bs, int run, ReadOnlySpan<int> extra, float* output)
     {
-        if (!Vector512.IsHardwareAccelerated || hd % 16 != 0)
-        {
-            new Span<float>(output, hd).Clear();
-            for (int start = 0; start < run; start += bs)
-            {
-                float* v = blocks[blockTable[start / bs]] + vBase;
-                int end = Math.Min(run, start + bs);
-                for (int t = start; t < end; t++)
-                    Axpy(p[t], v + (t - start) * hd, output, hd);
-            }
-            return;
-        }
-        for (int c = 0; c < hd; c += 64)
-        {
-            if (hd - c >= 64)
-                Values64(p, blocks, blockTable, vBase + c, hd, bs, run, output + c);
-            else
-            {
-                for (int c16 = c; c16 < hd; c16 += 16)
-                    Values16(p, blocks, blockTable, vBase + c16, hd, bs, run, output + c16);
-            }
-        }
-    }
-
-    /// <summary>64 output floats: two sets of four accumulators (even and odd slots) so the chains overlap.</summary>
-    private static void Values64(float* p, float*[] blocks, int* blockTable, int vBase, int hd, int bs, int run, float* output)
-    {
-        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
         for (int start = 0; start < run; start += bs)
         {
             float* v = blocks[blockTable[start / bs]] + vBase;
             int end = Math.Min(run, start + bs) - start;
-            int t = 0;
-            for (; t + 2 <= end; t += 2)
+            for (int t = 0; t < end; t++)
             {
-                var pa = Vector512.Create(p[start + t]);
-                var pb = Vector512.Create(p[start + t + 1]);
-                float* va = v + (long)t * hd, vb = va + hd;
-                a0 = Vector512.FusedMultiplyAdd(pa, Vector512.Load(va), a0);
-                a1 = Vector512.FusedMultiplyAdd(pa, Vector512.Load(va + 16), a1);
-                a2 = Vector512.FusedMultiplyAdd(pa, Vector512.Load(va + 32), a2);
-                a3 = Vector512.FusedMultiplyAdd(pa, Vector512.Load(va + 48), a3);
-                b0 = Vector512.FusedMultiplyAdd(pb, Vector512.Load(vb), b0);
-                b1 = Vector512.FusedMultiplyAdd(pb, Vector512.Load(vb + 16), b1);
-                b2 = Vector512.FusedMultiplyAdd(pb, Vector512.Load(vb + 32), b2);
-                b3 = Vector512.FusedMultiplyAdd(pb, Vector512.Load(vb + 48), b3);
-            }
-            if (t < end)
-            {
-                var pa = Vector512.Create(p[start + t]);
-                float* va = v + (long)t * hd;
-                a0 = Vector512.FusedMultiplyAdd(pa, Vector512.Load(va), a0);
-                a1 = Vector512.FusedMultiplyAdd(pa, Vector512.Load(va + 16), a1);
-                a2 = Vector512.FusedMultiplyAdd(pa, Vector512.Load(va + 32), a2);
-                a3 = Vector512.FusedMultiplyAdd(pa, Vector512.Load(va + 48), a3);
+                var pt = Vector512.Create(p[start + t]);
+                float* vt = v + (long)t * hd;
+                a0 = Vector512.FusedMultiplyAdd(pt, Vector512.Load(vt), a0);
+                a1 = Vector512.FusedMultiplyAdd(pt, Vector512.Load(vt + 16), a1);
+                a2 = Vector512.FusedMultiplyAdd(pt, Vector512.Load(vt + 32), a2);
+                a3 = Vector512.FusedMultiplyAdd(pt, Vector512.Load(vt + 48), a3);
             }
         }
-        (a0 + b0).Store(output);
-        (a1 + b1).Store(output + 16);
-        (a2 + b2).Store(output + 32);
-        (a3 + b3).Store(output + 48);
+        for (int i = 0; i < extra.Length; i++)
+        {
+            int slot = extra[i];
+            var pt = Vector512.Create(p[run + i]);
+            float* vt = blocks[blockTable[slot / bs]] + vBase + (long)(slot % bs) * hd;
+            a0 = Vector512.FusedMultiplyAdd(pt, Vector512.Load(vt), a0);
+            a1 = Vector512.FusedMultiplyAdd(pt, Vector512.Load(vt + 16), a1);
+            a2 = Vector512.FusedMultiplyAdd(pt, Vector512.Load(vt + 32), a2);
+            a3 = Vector512.FusedMultiplyAdd(pt, Vector512.Load(vt + 48), a3);
+        }
+        a0.Store(output);
+        a1.Store(output + 16);
+        a2.Store(output + 32);
+        a3.Store(output + 48);
     }
 
-    private static void Values16(float* p, float*[] blocks, int* blockTable, int vBase, int hd, int bs, int run, float* output)
+    private static void Values16(float* p, float*[] blocks, int* blockTable, int vBase, int hd, int bs, int run, ReadOnlySpan<int> extra, float* output)
     {
-        Vector512<float> a = default, b = default;
+        Vector512<float> a = default;
         for (int start = 0; start < run; start += bs)
         {
             float* v = blocks[blockTable[start / bs]] + vBase;
             int end = Math.Min(run, start + bs) - start;
-            int t = 0;
-            for (; t + 2 <= end; t += 2)
-            {
-                a = Vector512.FusedMultiplyAdd(Vector512.Create(p[start + t]), Vector512.Load(v + (long)t * hd), a);
-                b = Vector512.FusedMultiplyAdd(Vector512.Create(p[start + t + 1]), Vector512.Load(v + (long)(t + 1) * hd), b);
-            }
-            if (t < end)
+            for (int t = 0; t < end; t++)
                 a = Vector512.FusedMultiplyAdd(Vector512.Create(p[start + t]), Vector512.Load(v + (long)t * hd), a);
         }
-        (a + b).Store(output);
+        for (int i = 0; i < extra.Length; i++)
+        {
+            int slot = extra[i];
+            a = Vector512.FusedMultiplyAdd(Vector512.Create(p[run + i]), Vector512.Load(blocks[blockTable[slot / bs]] + vBase + (long)(slot % bs) * hd), a);
+        }
+        a.Store(output);
     }
 
-    /// <summary>y += a·x.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Axpy(float a, float* x, float* y, int n) =>
-        TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(x, n), a, new ReadOnlySpan<float>(y, n), new Span<float>(y, n));
+    private static void Values8(float* p, float*[] blocks, int* blockTable, int vBase, int hd, int bs, int run, ReadOnlySpan<int> extra, float* output)
+    {
+        Vector256<float> a = default;
+        for (int start = 0; start < run; start += bs)
+        {
+            float* v = blocks[blockTable[start / bs]] + vBase;
+            int end = Math.Min(run, start + bs) - start;
+            for (int t = 0; t < end; t++)
+                a = Vector256.FusedMultiplyAdd(Vector256.Create(p[start + t]), Vector256.Load(v + (long)t * hd), a);
+        }
+        for (int i = 0; i < extra.Length; i++)
+        {
+            int slot = extra[i];
+            a = Vector256.FusedMultiplyAdd(Vector256.Create(p[run + i]), Vector256.Load(blocks[blockTable[slot / bs]] + vBase + (long)(slot % bs) * hd), a);
+        }
+        a.Store(output);
+    }
 }
