@@ -1,0 +1,246 @@
+using System.Diagnostics;
+using Engine.Api;
+using Engine.Backends;
+using Engine.Cache;
+using Engine.Sampling;
+
+namespace Engine.Speculative;
+
+/// <summary>Settings of speculative decoding.</summary>
+public sealed record SpeculativeOptions
+{
+    /// <summary>Most draft nodes verified per step.</summary>
+    public int MaxDraft { get; init; } = 8;
+
+    /// <summary>Choose the per-step budget by measured goodput (<see cref="DraftBudget"/>); otherwise always <see cref="MaxDraft"/>.</summary>
+    public bool Adaptive { get; init; } = true;
+
+    /// <summary>
+    /// Verify with every row computed as a one-token pass would compute it, so greedy output is
+    /// identical to plain greedy decoding token for token. Off, verification takes the faster matrix
+    /// kernels: still lossless in distribution, but a near-tie may round the other way.
+    /// </summary>
+    public bool ExactVerification { get; init; } = true;
+
+    /// <summary>Use Medusa's typical acceptance — LOSSY: the output no longer follows the target distribution.</summary>
+    public bool LossyTypicalAcceptance { get; init; }
+
+    public void Validate()
+    {
+        if (MaxDraft < 1 || MaxDraft > 255)
+            throw new ArgumentOutOfRangeException(nameof(MaxDraft), $"draft budget {MaxDraft} must be 1..255");
+    }
+}
+
+/// <summary>Counts of a speculative generation.</summary>
+public sealed record SpeculativeStats(int Steps, int DraftedTokens, int AcceptedTokens, int GeneratedTokens, TimeSpan Elapsed)
+{
+    /// <summary>Mean tokens produced per verification (accepted + the target's own), τ in the literature.</summary>
+    public double Tau => Steps == 0 ? 0 : (double)(AcceptedTokens + Steps) / Steps;
+
+    /// <summary>Accepted share of drafted tokens.</summary>
+    public double AcceptanceRate => DraftedTokens == 0 ? 0 : (double)AcceptedTokens / DraftedTokens;
+
+    public double TokensPerSecond => GeneratedTokens / Math.Max(Elapsed.TotalSeconds, 1e-9);
+}
+
+/// <summary>
+/// Lossless speculative decoding over a target model: each step a <see cref="IDraftSource"/> proposes a
+/// token tree, the target verifies the whole tree in one forward pass (tree tokens at depth-based
+/// positions, each seeing the committed prefix and its own ancestors: <see cref="AttentionMask.FromParents"/>),
+/// an <see cref="IAcceptanceRule"/> keeps a path, the KV cache keeps exactly that path
+/// (<see cref="KvSequence.Compact"/>), and the target's next token is appended. Greedy decoding uses
+/// <see cref="GreedyMatch"/>; sampling uses <see cref="RecursiveRejectionSampling"/>; both reproduce the
+/// target exactly.
+/// </summary>
+public sealed class SpeculativeDecoder : IDisposable
+{
+    private readonly LanguageModel _target;
+    private readonly KvCache _cache;
+    private readonly KvSequence _sequence;
+    private readonly DraftTree _tree = new();
+    private readonly List<int> _path = [];
+    private readonly List<int> _context = [];
+    private float[] _logits = [];
+
+    public SpeculativeDecoder(LanguageModel target, IDraftSource source, SpeculativeOptions? options = null)
+    {
+        options ??= new SpeculativeOptions();
+        options.Validate();
+        _target = target;
+        Source = source;
+        Options = options;
+        _cache = target.Network.CreateKvCache(target.ContextLength);
+        _sequence = _cache.CreateSequence();
+    }
+
+    public IDraftSource Source { get; }
+
+    public SpeculativeOptions Options { get; }
+
+    /// <summary>Counts of the current or last generation.</summary>
+    public SpeculativeStats Stats { get; private set; } = new(0, 0, 0, 0, TimeSpan.Zero);
+
+    /// <summary>
+    /// Generates from <paramref name="prompt"/> (exact ids; add BOS yourself) with a fresh context,
+    /// yielding token ids as they are accepted.
+    /// </summary>
+    public IEnumerable<int> Generate(IReadOnlyList<int> prompt, GenerationOptions options, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(prompt);
+        options.Validate();
+        if (prompt.Count == 0)
+            throw new ArgumentException("the prompt is empty (it needs at least one token, e.g. BOS)", nameof(prompt));
+        int vocab = _target.Config.VocabSize;
+        foreach (int id in prompt)
+        {
+            if ((uint)id >= (uint)vocab)
+                throw new ArgumentOutOfRangeException(nameof(prompt), $"token id {id} is outside the vocabulary (0..{vocab - 1})");
+        }
+        if (prompt.Count >= _target.ContextLength)
+            throw new ArgumentException($"the prompt ({prompt.Count} tokens) does not fit in the context of {_target.ContextLength} tokens", nameof(prompt));
+        return Run(prompt.ToArray(), options, cancellationToken);
+    }
+
+    private IEnumerable<int> Run(int[] prompt, GenerationOptions options, CancellationToken ct)
+    {
+        var clock = Stopwatch.StartNew();
+        var net = _target.Network;
+        int vocab = _target.Config.VocabSize;
+        var sampler = SamplerChain.Create(options.Sampling);
+        IAcceptanceRule rule = Options.LossyTypicalAcceptance ? new TypicalAcceptance()
+            : sampler.IsGreedy ? new GreedyMatch() : new RecursiveRejectionSampling();
+        var budget = new DraftBudget(Math.Min(Options.MaxDraft, net.MaxBatch - 1), Options.Adaptive);
+        var tokenizer = _target.Tokenizer;
+        int steps = 0, drafted = 0, acceptedTotal = 0, generated = 0;
+
+        // Prompt: one causal pass; the first token comes from its last row, as in plain decoding.
+        _sequence.Truncate(0);
+        _context.Clear();
+        _context.AddRange(prompt);
+        EnsureLogits(1, vocab);
+        net.Forward(_sequence, prompt, Positions(0, prompt.Length), AttentionMask.Causal, [prompt.Length - 1], _logits.AsSpan(0, vocab));
+        int next = sampler.Sample(_logits.AsSpan(0, vocab));
+        if (options.MaxTokens == 0 || (options.StopAtEndOfGeneration && tokenizer.IsEndOfGeneration(next)))
+            yield break;
+        _context.Add(next);
+        generated++;
+        Stats = new SpeculativeStats(steps, drafted, acceptedTotal, generated, clock.Elapsed);
+        yield return next;
+        Source.Begin(_context);
+
+        var tokens = new List<int>();
+        var parents = new List<int>();
+        var positions = new List<int>();
+        var keep = new List<int>();
+        while (generated < options.MaxTokens)
+        {
+            ct.ThrowIfCancellationRequested();
+            int committed = _sequence.Length; // everything but the root (the last context token)
+            int room = _target.ContextLength - committed - 1;
+            if (room <= 0)
+                yield break;
+            var stepClock = Stopwatch.StartNew();
+            int n = Math.Min(budget.Next(), Math.Min(room, options.MaxTokens - generated));
+            _tree.Clear();
+            if (n > 0)
+                Source.Draft(new DraftRequest { Context = _context, Budget = n, Sampler = sampler }, _tree);
+            if (_tree.Count > n)
+                throw new InvalidOperationException($"draft source {Source.Name} proposed {_tree.Count} nodes for a budget of {n}");
+            for (int i = 0; i < _tree.Count; i++)
+            {
+                if ((uint)_tree.Token(i) >= (uint)vocab)
+                    throw new InvalidOperationException($"draft source {Source.Name} proposed token {_tree.Token(i)}, outside the vocabulary (0..{vocab - 1})");
+            }
+
+            // Verify root + tree in one pass.
+            int rows = _tree.Count + 1;
+            tokens.Clear();
+            parents.Clear();
+            positions.Clear();
+            tokens.Add(_context[^1]);
+            parents.Add(-1);
+            positions.Add(committed);
+            for (int i = 0; i < _tree.Count; i++)
+            {
+                tokens.Add(_tree.Token(i));
+                parents.Add(_tree.Parent(i) + 1);
+                positions.Add(committed + _tree.Depth(i));
+            }
+            var mask = _tree.IsChain ? AttentionMask.Causal : AttentionMask.FromParents(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(parents));
+            EnsureLogits(rows, vocab);
+            var logits = _logits.AsSpan(0, rows * vocab);
+            net.Forward(_sequence, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(tokens), System.Runtime.InteropServices.CollectionsMarshal.AsSpan(positions),
+                mask, AllRows(rows), logits, batchInvariant: Options.ExactVerification);
+            next = rule.Accept(_tree, logits, vocab, sampler, _path);
+
+            // Keep the root and the accepted path in the cache, in order.
+            keep.Clear();
+            keep.Add(0);
+            foreach (int node in _path)
+                keep.Add(node + 1);
+            _sequence.Compact(committed, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(keep));
+
+            steps++;
+            drafted += _tree.Count;
+            acceptedTotal += _path.Count;
+            budget.Record(n, _tree.MaxDepth, _path.Count, stepClock.Elapsed.TotalSeconds);
+            int before = _context.Count;
+            foreach (int node in _path)
+                _context.Add(_tree.Token(node));
+            _context.Add(next);
+            Source.Observe(_tree, _path, next, logits, vocab, _context);
+
+            for (int i = before; i < _context.Count; i++)
+            {
+                if (i >= _target.ContextLength)
+                    yield break; // the context is full (plain decoding stops at the same token)
+                int token = _context[i];
+                if (options.StopAtEndOfGeneration && tokenizer.IsEndOfGeneration(token))
+                {
+                    Stats = new SpeculativeStats(steps, drafted, acceptedTotal, generated, clock.Elapsed);
+                    yield break;
+                }
+                generated++;
+                Stats = new SpeculativeStats(steps, drafted, acceptedTotal, generated, clock.Elapsed);
+                yield return token;
+                if (generated == options.MaxTokens)
+                    yield break;
+            }
+        }
+    }
+
+    private void EnsureLogits(int rows, int vocab)
+    {
+        if (_logits.Length < rows * vocab)
+            _logits = new float[Math.Max(rows * vocab, 2 * _logits.Length)];
+    }
+
+    private int[] _rows = [];
+
+    private ReadOnlySpan<int> AllRows(int n)
+    {
+        if (_rows.Length < n)
+        {
+            _rows = new int[Math.Max(n, 64)];
+            for (int i = 0; i < _rows.Length; i++)
+                _rows[i] = i;
+        }
+        return _rows.AsSpan(0, n);
+    }
+
+    private static int[] Positions(int start, int count)
+    {
+        var p = new int[count];
+        for (int i = 0; i < count; i++)
+            p[i] = start + i;
+        return p;
+    }
+
+    public void Dispose()
+    {
+        _sequence.Dispose();
+        _cache.Dispose();
+        Source.Dispose();
+    }
+}

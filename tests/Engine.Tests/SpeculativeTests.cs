@@ -1,0 +1,377 @@
+using Engine.Api;
+using Engine.Backends;
+using Engine.Cli;
+using Engine.Sampling;
+using Engine.Speculative;
+using Engine.Tensors;
+
+namespace Engine.Tests;
+
+/// <summary>
+/// Speculative decoding is lossless: greedy output identical to plain greedy decoding for every draft
+/// source, sampled output with the target's distribution, tree verification equal to sequential
+/// evaluation bit for bit.
+/// </summary>
+public class SpeculativeTests
+{
+    private static GenerationOptions Greedy(int n) => new() { MaxTokens = n, Sampling = SamplingOptions.Greedy, StopAtEndOfGeneration = false };
+
+    private static List<int> Plain(LanguageModel lm, int[] prompt, int n)
+    {
+        using var session = lm.CreateSession();
+        return session.Generate(prompt, Greedy(n)).ToList();
+    }
+
+    private static (List<int> Tokens, SpeculativeStats Stats) Speculative(LanguageModel lm, IDraftSource source, int[] prompt, int n, SpeculativeOptions? options = null)
+    {
+        using var decoder = new SpeculativeDecoder(lm, source, options);
+        var tokens = decoder.Generate(prompt, Greedy(n)).ToList();
+        return (tokens, decoder.Stats);
+    }
+
+    private static string QuantizedStories(TempDir dir, string type)
+    {
+        string path = dir.File($"stories-{type}.gguf");
+        var err = new StringWriter();
+        Assert.That(EngineCli.Run(["quantize", SharedData.StoriesGguf, path, type], TextWriter.Null, err), Is.Zero, err.ToString());
+        return path;
+    }
+
+    [TestCase("lookup")]
+    [TestCase("recycle")]
+    [TestCase("online")]
+    [TestCase("layerskip")]
+    [TestCase("draft")]
+    [TestCase("rsd")]
+    public void Greedy_speculative_output_equals_plain_greedy_output_on_stories260K(string method)
+    {
+        using var dir = new TempDir();
+        using var target = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Threads = 2 });
+        using var draft = method is "draft" or "rsd" ? LanguageModel.Load(QuantizedStories(dir, "Q4_0"), new ModelOptions { Threads = 2 }) : null;
+        foreach (int[] prompt in new[] { new[] { 1 }, target.Tokenizer.Encode("Once upon a time, there was a little dog", addSpecial: true).ToArray() })
+        {
+            var plain = Plain(target, prompt, 300);
+            var (spec, stats) = Speculative(target, DraftSources.Create(method, target, draft), prompt, 300);
+            Assert.That(spec, Is.EqualTo(plain), $"{method}, prompt of {prompt.Length}");
+            Assert.That(stats.DraftedTokens, Is.GreaterThan(0), "the source drafted");
+            Assert.That(stats.AcceptedTokens, Is.GreaterThan(0), "some drafts were accepted");
+            Assert.That(stats.AcceptedTokens, Is.LessThan(stats.DraftedTokens), "some were rejected and rolled back");
+        }
+    }
+
+    /// <summary>Random-weight models the tests build: grouped-query attention and a tied head, 250 tokens.</summary>
+    [TestCase("lookup")]
+    [TestCase("recycle")]
+    [TestCase("online")]
+    [TestCase("layerskip")]
+    [TestCase("draft")]
+    [TestCase("rsd")]
+    public void Greedy_speculative_output_equals_plain_greedy_output_on_random_models(string method)
+    {
+        foreach (var spec in new[]
+        {
+            new TinySpec("gqa", Heads: 4, KvHeads: 2, Layers: 3, Seed: 31),
+            new TinySpec("tied", Tied: true, Layers: 3, Seed: 32),
+        })
+        {
+            var model = TinyModel.Random(spec);
+            using var dir = new TempDir();
+            using var target = LanguageModel.Load(model.WriteGguf(dir.File("t.gguf")), new ModelOptions { Threads = 2 });
+            // the draft: the same network rounded to Q8_0 — close to the target, not identical
+            var draftModel = TinyModel.Random(spec with { WeightType = GgmlType.Q8_0 });
+            using var draft = LanguageModel.Load(draftModel.WriteGguf(dir.File("d.gguf")), new ModelOptions { Threads = 2 });
+            int[] prompt = [256, 10, 200, 33, 7, 7, 301, 5, 90, 120];
+            var plain = Plain(target, prompt, 250);
+            var (tokens, stats) = Speculative(target, DraftSources.Create(method, target, draft, layers: 1), prompt, 250,
+                new SpeculativeOptions { MaxDraft = 6 });
+            Assert.That(tokens, Is.EqualTo(plain), $"{method} on {spec.Name}");
+            Assert.That(stats.DraftedTokens, Is.GreaterThan(0), $"{method} on {spec.Name} drafted");
+        }
+    }
+
+    /// <summary>
+    /// A hand-made tree verified in one pass: every node's logits equal, bit for bit, those of decoding its
+    /// path one token at a time (the verification is batch-invariant).
+    /// </summary>
+    [Test]
+    public void Tree_verification_equals_sequential_decoding_bit_for_bit()
+    {
+        var model = TinyModel.Random(new TinySpec("tree", Heads: 4, KvHeads: 2, Dim: 64, Layers: 2, Seed: 33));
+        using var dir = new TempDir();
+        using var lm = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 2 });
+        var net = lm.Network;
+        int vocab = lm.Config.VocabSize;
+        int[] prompt = [256, 10, 200, 33, 7, 7, 301, 5, 90, 120, 64, 3];
+        // root = last prompt token; tree: a(−1) b(−1) c(a) d(a) e(c) f(b)
+        int[] tokens = [prompt[^1], 40, 41, 42, 43, 44, 45];
+        int[] parents = [-1, 0, 0, 1, 1, 3, 2];
+        int[] depths = [0, 1, 1, 2, 2, 3, 2];
+        using var cache = net.CreateKvCache(256);
+        using var seq = cache.CreateSequence();
+        var ignored = new float[vocab];
+        net.Forward(seq, prompt[..^1], Enumerable.Range(0, prompt.Length - 1).ToArray(), AttentionMask.Causal, [0], ignored);
+        int committed = seq.Length;
+        var logits = new float[tokens.Length * vocab];
+        net.Forward(seq, tokens, depths.Select(d => committed + d).ToArray(), AttentionMask.FromParents(parents),
+            Enumerable.Range(0, tokens.Length).ToArray(), logits, batchInvariant: true);
+
+        for (int node = 0; node < tokens.Length; node++)
+        {
+            var path = new List<int>();
+            for (int n = node; n >= 0; n = parents[n])
+                path.Insert(0, tokens[n]);
+            using var alone = cache.CreateSequence();
+            net.Forward(alone, prompt[..^1], Enumerable.Range(0, prompt.Length - 1).ToArray(), AttentionMask.Causal, [0], ignored);
+            var one = new float[vocab];
+            for (int i = 0; i < path.Count; i++)
+                net.Forward(alone, [path[i]], [committed + i], AttentionMask.Causal, [0], one);
+            Assert.That(logits.AsSpan(node * vocab, vocab).ToArray(), Is.EqualTo(one), $"node {node} (depth {depths[node]})");
+        }
+    }
+
+    /// <summary>
+    /// The acceptance rules keep the target distribution. Target p and draft q over 6 tokens; the draft
+    /// proposes a depth-2 tree (each scheme of drawing siblings), the rule keeps a path and the target's
+    /// next token. The first two emitted tokens must follow p(x₁)·p(x₂ | x₁) — checked with a chi-square
+    /// test over 36 cells (35 degrees of freedom): at the 0.1% level the critical value is 66.6, so a
+    /// correct rule fails with probability 0.001 (the seeds are fixed, so the outcome is reproducible);
+    /// a rule that, say, forgets to renormalize after a rejection gives values in the thousands.
+    /// </summary>
+    [TestCase(DraftDraw.Deterministic, 1)]
+    [TestCase(DraftDraw.Deterministic, 3)]
+    [TestCase(DraftDraw.Independent, 1)]
+    [TestCase(DraftDraw.Independent, 3)]
+    [TestCase(DraftDraw.WithoutReplacement, 3)]
+    public void Recursive_rejection_sampling_reproduces_the_target_distribution(DraftDraw scheme, int siblings)
+    {
+        const int V = 6, trials = 40_000;
+        double[] p1 = [0.35, 0.25, 0.15, 0.12, 0.08, 0.05];
+        double[][] p2 = Enumerable.Range(0, V).Select(a => Enumerable.Range(0, V).Select(b => 1.0 + ((a + 2 * b) % V)).Select(v => v).ToArray()).Select(Normalize).ToArray();
+        float[] q1 = [0.10f, 0.30f, 0.30f, 0.05f, 0.05f, 0.20f];
+        float[] q2 = [0.30f, 0.10f, 0.10f, 0.20f, 0.20f, 0.10f];
+        var sampler = SamplerChain.Create(new SamplingOptions { Temperature = 1, TopK = 0, TopP = 1, Seed = 5 });
+        var rule = new RecursiveRejectionSampling();
+        var rng = new Random(11);
+        var counts = new double[V * V];
+        var tree = new DraftTree();
+        var path = new List<int>();
+        var logits = new float[(1 + siblings + siblings * siblings) * V];
+        int rejections = 0;
+        for (int t = 0; t < trials; t++)
+        {
+            tree.Clear();
+            var firstLevel = Draw(tree, -1, q1, scheme, siblings, rng);
+            foreach (int a in firstLevel)
+                Draw(tree, a, q2, scheme, siblings, rng);
+            // logits = ln p for each row: row 0 after the root, row i + 1 after node i
+            Fill(logits.AsSpan(0, V), p1);
+            for (int node = 0; node < tree.Count; node++)
+            {
+                int first = tree.Depth(node) == 1 ? tree.Token(node) : -1;
+                if (first >= 0)
+                    Fill(logits.AsSpan((node + 1) * V, V), p2[first]);
+                else
+                    Fill(logits.AsSpan((node + 1) * V, V), p1); // depth-2 rows: not used for the first two tokens' law
+            }
+            int next = rule.Accept(tree, logits.AsSpan(0, (tree.Count + 1) * V), V, sampler, path);
+            int x1, x2;
+            if (path.Count == 0)
+            {
+                x1 = next;
+                x2 = SamplerChain.Draw(p2[x1].Select(v => (float)v).ToArray(), rng); // the next step would sample it from the target
+                rejections++;
+            }
+            else
+            {
+                x1 = tree.Token(path[0]);
+                x2 = path.Count > 1 ? tree.Token(path[1]) : next;
+            }
+            counts[x1 * V + x2]++;
+        }
+        double chi = 0;
+        for (int a = 0; a < V; a++)
+        {
+            for (int b = 0; b < V; b++)
+            {
+                double expected = trials * p1[a] * p2[a][b];
+                chi += (counts[a * V + b] - expected) * (counts[a * V + b] - expected) / expected;
+            }
+        }
+        Assert.That(chi, Is.LessThan(66.6), $"chi-square {chi:F1} over 35 degrees of freedom");
+        Assert.That(rejections, Is.GreaterThan(trials / 50), "the rejection branch was exercised");
+    }
+
+    private static double[] Normalize(double[] v) => v.Select(x => x / v.Sum()).ToArray();
+
+    private static void Fill(Span<float> row, double[] p)
+    {
+        for (int i = 0; i < row.Length; i++)
+            row[i] = (float)Math.Log(p[i]);
+    }
+
+    /// <summary>Adds children of <paramref name="parent"/> drawn from q by the scheme, returns them.</summary>
+    private static List<int> Draw(DraftTree tree, int parent, float[] q, DraftDraw scheme, int count, Random rng)
+    {
+        var nodes = new List<int>();
+        switch (scheme)
+        {
+            case DraftDraw.Deterministic:
+                // the most likely tokens under q, as a lookup table would propose them
+                foreach (int token in Enumerable.Range(0, q.Length).OrderByDescending(i => q[i]).Take(count))
+                    nodes.Add(tree.Add(parent, token));
+                break;
+            case DraftDraw.Independent:
+                tree.SetDraftDistribution(parent, q, scheme);
+                for (int i = 0; i < count; i++)
+                    nodes.Add(tree.Add(parent, SamplerChain.Draw(q, rng)));
+                break;
+            default:
+                tree.SetDraftDistribution(parent, q, scheme);
+                var left = q.ToArray();
+                for (int i = 0; i < count; i++)
+                {
+                    int token = SamplerChain.Draw(left, rng);
+                    left[token] = 0;
+                    nodes.Add(tree.Add(parent, token));
+                }
+                break;
+        }
+        return nodes;
+    }
+
+    /// <summary>
+    /// The whole decoder at temperature 1, top-k 4, on a model the test builds, with a draft model that
+    /// differs from it: the first three generated tokens (the second and third come from speculative
+    /// steps) follow the target's own chain of distributions, computed here with plain forward passes.
+    /// 64 cells, 63 degrees of freedom: the 0.1% critical value is 103.4.
+    /// </summary>
+    [TestCase("draft")]
+    [TestCase("rsd")]
+    [TestCase("lookup")]
+    public void Sampled_speculative_decoding_follows_the_target_distribution(string method)
+    {
+        var spec = new TinySpec("sampling", Heads: 4, KvHeads: 2, Layers: 2, Seed: 41);
+        using var dir = new TempDir();
+        using var target = LanguageModel.Load(TinyModel.Random(spec).WriteGguf(dir.File("t.gguf")), new ModelOptions { Threads = 1 });
+        // the draft: the target rounded to Q4_0, close enough to be accepted often, different enough to be rejected
+        using var draft = LanguageModel.Load(TinyModel.Random(spec with { WeightType = GgmlType.Q4_0 }).WriteGguf(dir.File("d.gguf")), new ModelOptions { Threads = 1 });
+        int[] prompt = [256, 10, 200, 10, 200, 10];
+        var sampling = new SamplingOptions { Temperature = 1, TopK = 4, TopP = 1 };
+
+        // exact law of (t1, t2, t3) from the target
+        var chain = SamplerChain.Create(sampling);
+        int vocab = target.Config.VocabSize;
+        var expected = new Dictionary<(int, int, int), double>();
+        var p = new float[vocab];
+        float[] Dist(int[] ids)
+        {
+            using var cache = target.Network.CreateKvCache(64);
+            using var seq = cache.CreateSequence();
+            var logits = new float[vocab];
+            target.Network.Forward(seq, ids, Enumerable.Range(0, ids.Length).ToArray(), AttentionMask.Causal, [ids.Length - 1], logits);
+            var d = new float[vocab];
+            chain.Distribution(logits, d);
+            return d;
+        }
+        var d1 = Dist(prompt);
+        foreach (int a in Support(d1))
+        {
+            var d2 = Dist([.. prompt, a]);
+            foreach (int b in Support(d2))
+            {
+                var d3 = Dist([.. prompt, a, b]);
+                foreach (int c in Support(d3))
+                    expected[(a, b, c)] = d1[a] * (double)d2[b] * d3[c];
+            }
+        }
+
+        const int trials = 6000;
+        var counts = new Dictionary<(int, int, int), int>();
+        var source = DraftSources.Create(method, target, draft);
+        using var decoder = new SpeculativeDecoder(target, source, new SpeculativeOptions { MaxDraft = 3, Adaptive = false });
+        int accepted = 0;
+        for (int t = 0; t < trials; t++)
+        {
+            var ids = decoder.Generate(prompt, new GenerationOptions { MaxTokens = 3, Sampling = sampling with { Seed = (ulong)t + 1 }, StopAtEndOfGeneration = false }).ToList();
+            var key = (ids[0], ids[1], ids[2]);
+            counts[key] = counts.GetValueOrDefault(key) + 1;
+            accepted += decoder.Stats.AcceptedTokens;
+        }
+        double chi = 0;
+        foreach (var (key, prob) in expected)
+        {
+            double e = trials * prob;
+            double o = counts.GetValueOrDefault(key);
+            chi += (o - e) * (o - e) / e;
+        }
+        Assert.That(counts.Keys.All(expected.ContainsKey), Is.True, "no token outside the target's top-k support");
+        Assert.That(expected, Has.Count.EqualTo(64));
+        Assert.That(chi, Is.LessThan(103.4), $"chi-square {chi:F1} over 63 degrees of freedom");
+        if (method != "lookup")
+            Assert.That(accepted, Is.GreaterThan(trials / 10), "drafts were accepted, so the speculative path was exercised");
+    }
+
+    private static IEnumerable<int> Support(float[] d) => Enumerable.Range(0, d.Length).Where(i => d[i] > 0);
+
+    [Test]
+    public void Typical_acceptance_is_labelled_lossy_and_only_used_when_asked()
+    {
+        Assert.That(new TypicalAcceptance().IsLossless, Is.False);
+        Assert.That(new RecursiveRejectionSampling().IsLossless, Is.True);
+        Assert.That(new GreedyMatch().IsLossless, Is.True);
+        Assert.That(new SpeculativeOptions().LossyTypicalAcceptance, Is.False);
+    }
+
+    [Test]
+    public void Speculative_sampling_refuses_trees()
+    {
+        var tree = new DraftTree();
+        tree.Add(-1, 1);
+        tree.Add(-1, 2);
+        var sampler = SamplerChain.Create(new SamplingOptions { Temperature = 1, Seed = 1 });
+        Assert.Throws<ArgumentException>(() => new SpeculativeSampling().Accept(tree, new float[3 * 4], 4, sampler, []));
+    }
+
+    [Test]
+    public void The_online_ngram_table_survives_a_save_and_load_and_rejects_a_damaged_file()
+    {
+        using var dir = new TempDir();
+        var a = new OnlineNGramSource();
+        a.Begin([1, 2, 3, 4, 1, 2, 3, 5, 1, 2, 3, 4]);
+        var tree = new DraftTree();
+        var sampler = SamplerChain.Create(SamplingOptions.Greedy);
+        a.Draft(new DraftRequest { Context = [9, 1, 2], Budget = 4, Sampler = sampler }, tree);
+        Assert.That(tree.Count, Is.GreaterThan(0));
+        string path = dir.File("ngrams.bin");
+        a.Save(path);
+        var b = new OnlineNGramSource();
+        b.Load(path);
+        Assert.That(b.Entries, Is.EqualTo(a.Entries));
+        var again = new DraftTree();
+        b.Draft(new DraftRequest { Context = [9, 1, 2], Budget = 4, Sampler = sampler }, again);
+        Assert.That(Enumerable.Range(0, again.Count).Select(again.Token), Is.EqualTo(Enumerable.Range(0, tree.Count).Select(tree.Token)));
+
+        var bytes = File.ReadAllBytes(path);
+        File.WriteAllBytes(dir.File("short.bin"), bytes[..^5]);
+        Assert.That(() => new OnlineNGramSource().Load(dir.File("short.bin")), Throws.InstanceOf<InvalidDataException>().With.Message.Contains("entry count"));
+        bytes[0] ^= 0xFF;
+        File.WriteAllBytes(dir.File("magic.bin"), bytes);
+        Assert.That(() => new OnlineNGramSource().Load(dir.File("magic.bin")), Throws.InstanceOf<InvalidDataException>().With.Message.Contains("magic"));
+    }
+
+    [Test]
+    public void The_goodput_budget_shrinks_when_drafts_are_rejected_and_grows_when_accepted()
+    {
+        var poor = new DraftBudget(32, adaptive: true);
+        var good = new DraftBudget(32, adaptive: true);
+        for (int i = 0; i < 50; i++)
+        {
+            int n = poor.Next();
+            poor.Record(n, n, 0, 0.010 + 0.002 * n); // nothing accepted, each node costs time
+            n = good.Next();
+            good.Record(n, n, n, 0.010 + 0.0002 * n); // everything accepted, nodes nearly free
+        }
+        Assert.That(poor.Next(), Is.LessThanOrEqualTo(2));
+        Assert.That(good.Next(), Is.GreaterThanOrEqualTo(16));
+    }
+}
