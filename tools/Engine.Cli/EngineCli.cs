@@ -22,6 +22,7 @@ public static class EngineCli
         root.Subcommands.Add(PerplexityCommand.Create(io));
         root.Subcommands.Add(QuantizeCommand.Create(io));
         root.Subcommands.Add(SynthCommand.Create(io));
+        root.Subcommands.Add(SpecBenchCommand.Create(io));
         var parsed = root.Parse(args);
         return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false, Output = stdout, Error = stderr });
     }

@@ -24,10 +24,19 @@ internal static class GenerateCommand
         var threads = SharedOptions.Threads();
         var context = new Option<int>("--ctx", "-c") { Description = "Context size in tokens (default: the model's, at most 4096)" };
         var ids = new Option<bool>("--ids") { Description = "Print only the generated token ids, space separated" };
+        var spec = new Option<string?>("--spec") { Description = "Speculative decoding: draft, layerskip, lookup, recycle, rsd or online (lossless)" };
+        var draftModel = SharedOptions.DraftModel();
+        var draftMax = SharedOptions.DraftMax();
+        var tree = SharedOptions.Tree();
+        var layers = SharedOptions.Layers();
+        var fixedBudget = SharedOptions.FixedBudget();
+        var lossy = SharedOptions.LossyTypical();
+        var ngramCache = SharedOptions.NgramCache();
 
         var command = new Command("generate", "Generate text from a prompt")
         {
             model, prompt, promptIds, count, temperature, topK, topP, seed, threads, context, ids,
+            spec, draftModel, draftMax, tree, layers, fixedBudget, lossy, ngramCache,
         };
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
@@ -56,6 +65,10 @@ internal static class GenerateCommand
             using var lm = LanguageModel.Load(parse.GetRequiredValue(model), new ModelOptions { Threads = threadCount, ContextLength = parse.GetValue(context) });
             var tokenizer = lm.Tokenizer;
             List<int> promptTokens = givenIds ?? tokenizer.Encode(text!, addSpecial: true, parseSpecial: true);
+            string? method = parse.GetValue(spec);
+            using var setup = method is null ? null : SpeculativeSetup.Create(method, lm, parse.GetValue(draftModel), parse.GetValue(draftMax),
+                parse.GetValue(tree), parse.GetValue(layers), parse.GetValue(fixedBudget), parse.GetValue(lossy), parse.GetValue(ngramCache), threadCount);
+            using var decoder = setup is null ? null : new Engine.Speculative.SpeculativeDecoder(lm, setup.Source, setup.Options);
             using var session = lm.CreateSession();
             bool onlyIds = parse.GetValue(ids);
             var output = io.Out;
@@ -66,7 +79,9 @@ internal static class GenerateCommand
                     output.Write(detokenizer.Push(t));
             }
             bool first = true;
-            foreach (int token in session.Generate(promptTokens, options))
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            var stream = decoder is null ? session.Generate(promptTokens, options) : decoder.Generate(promptTokens, options);
+            foreach (int token in stream)
             {
                 if (onlyIds)
                 {
@@ -82,6 +97,14 @@ internal static class GenerateCommand
             output.WriteLine();
             output.Flush();
 
+            if (decoder is not null)
+            {
+                setup!.Save();
+                var s = decoder.Stats;
+                io.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"speculative ({setup.Source.Name}{(setup.Options.LossyTypicalAcceptance ? ", LOSSY typical acceptance" : "")}): {s.GeneratedTokens} tokens in {clock.Elapsed.TotalSeconds:F2} s, {s.GeneratedTokens / Math.Max(clock.Elapsed.TotalSeconds, 1e-9):F1} tokens/s | steps: {s.Steps}, tau {s.Tau:F2}, acceptance {s.AcceptanceRate:P0} | seed: {options.Sampling.Seed} | threads: {threadCount}"));
+                return 0;
+            }
             var stats = session.LastStats!;
             io.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"prompt: {stats.PromptTokens} tokens, {stats.PromptTokensPerSecond:F1} tokens/s | generation: {stats.GeneratedTokens} tokens, {stats.GenerationTokensPerSecond:F1} tokens/s | stop: {stats.StopReason} | seed: {options.Sampling.Seed} | threads: {threadCount}"));

@@ -16,4 +16,69 @@ internal static class SharedOptions
         Description = "CPU threads (default: one per core)",
         DefaultValueFactory = _ => Environment.ProcessorCount,
     };
+
+    public static Option<string?> DraftModel() => new("--draft-model") { Description = "Draft model for --spec draft and rsd (same vocabulary as the target)" };
+
+    public static Option<int> DraftMax() => new("--draft-max") { Description = "Most draft tokens verified per step (chains)", DefaultValueFactory = _ => 8 };
+
+    public static Option<int?> Tree() => new("--tree") { Description = "Draft tree budget in nodes (overrides --draft-max)" };
+
+    public static Option<int> Layers() => new("--layers") { Description = "Layers the layer-skip draft runs (default: a third of the model's)" };
+
+    public static Option<bool> FixedBudget() => new("--fixed-budget") { Description = "Always verify the full budget instead of choosing it by measured goodput" };
+
+    public static Option<bool> LossyTypical() => new("--lossy-typical") { Description = "Medusa typical acceptance: faster, LOSSY (output no longer follows the model's distribution)" };
+
+    public static Option<string?> NgramCache() => new("--ngram-cache") { Description = "File the online n-gram cache is loaded from (if it exists) and saved to" };
+}
+
+/// <summary>Builds a speculative decoder from the shared options.</summary>
+internal sealed class SpeculativeSetup : IDisposable
+{
+    public required Engine.Speculative.IDraftSource Source { get; init; }
+    public required Engine.Speculative.SpeculativeOptions Options { get; init; }
+    public Engine.Api.LanguageModel? Draft { get; init; }
+    public string? NgramCache { get; init; }
+
+    public static SpeculativeSetup Create(string method, Engine.Api.LanguageModel target, string? draftPath, int draftMax, int? tree, int layers,
+        bool fixedBudget, bool lossy, string? ngramCache, int threads)
+    {
+        if (!Engine.Speculative.DraftSources.Methods.Contains(method))
+            throw new ArgumentException($"--spec {method}: unknown method (known: {string.Join(", ", Engine.Speculative.DraftSources.Methods)})");
+        if (method is "draft" or "rsd" && draftPath is null)
+            throw new ArgumentException($"--spec {method} needs --draft-model");
+        int budget = tree ?? draftMax;
+        if (budget < 1 || budget > 255)
+            throw new ArgumentException($"draft budget {budget} (--draft-max/--tree) must be 1..255");
+        Engine.Api.LanguageModel? draft = null;
+        try
+        {
+            if (method is "draft" or "rsd")
+                draft = Engine.Api.LanguageModel.Load(draftPath!, new Engine.Api.ModelOptions { Threads = threads, ContextLength = target.ContextLength });
+            var source = Engine.Speculative.DraftSources.Create(method, target, draft, layers);
+            if (source is Engine.Speculative.OnlineNGramSource online && ngramCache is not null && File.Exists(ngramCache))
+                online.Load(ngramCache);
+            return new SpeculativeSetup
+            {
+                Source = source,
+                Draft = draft,
+                NgramCache = ngramCache,
+                Options = new Engine.Speculative.SpeculativeOptions { MaxDraft = budget, Adaptive = !fixedBudget, LossyTypicalAcceptance = lossy },
+            };
+        }
+        catch
+        {
+            draft?.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Saves what the online n-gram cache learned (if asked for).</summary>
+    public void Save()
+    {
+        if (Source is Engine.Speculative.OnlineNGramSource online && NgramCache is not null)
+            online.Save(NgramCache);
+    }
+
+    public void Dispose() => Draft?.Dispose();
 }
