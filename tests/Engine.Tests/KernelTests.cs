@@ -336,4 +336,47 @@ public unsafe class KernelTests
                 Assert.That(BitConverter.SingleToInt32Bits(widened[i]), Is.EqualTo(BitConverter.SingleToInt32Bits(expected)), $"0x{i:X4}");
         }
     }
+
+    /// <summary>
+    /// The 4-row kernels give each row exactly (bit for bit) what the one-row kernel gives it — the
+    /// property exact speculative verification rests on.
+    /// </summary>
+    [TestCase(GgmlType.F16, 64)]
+    [TestCase(GgmlType.F16, 1000)]
+    [TestCase(GgmlType.Q8_0, 32)]
+    [TestCase(GgmlType.Q8_0, 2048 + 32)]
+    public void Four_row_kernels_equal_the_one_row_kernel_bit_for_bit(GgmlType type, int cols)
+    {
+        if (!VecDot.HasRows4(type))
+            Assert.Ignore($"no 4-row {type} kernel on this CPU");
+        using var d = Make(type, rows: 3, cols, n: 4, seed: cols + 5);
+        if (type == GgmlType.F16)
+        {
+            // zeros and subnormals in some vectors, so both widening paths run
+            for (int r = 0; r < d.Rows; r++)
+            {
+                var h = (ushort*)(d.W + r * d.RowBytes);
+                for (int i = 0; i < cols; i += 97)
+                    h[i] = (ushort)(i % 2 == 0 ? 0 : 0x0003);
+            }
+        }
+        var four = new float[4];
+        fixed (float* x = d.X)
+        fixed (float* y = four)
+        {
+            for (int r = 0; r < d.Rows; r++)
+            {
+                byte* w = d.W + r * d.RowBytes;
+                if (type == GgmlType.F16)
+                    VecDot.F16Rows4((ushort*)w, x, x + cols, x + 2 * cols, x + 3 * cols, cols, y);
+                else
+                    VecDot.Q8_0Rows4(w, d.Q.Q(0), d.Q.Q(1), d.Q.Q(2), d.Q.Q(3), d.Q.D(0), d.Q.D(1), d.Q.D(2), d.Q.D(3), cols / 32, y);
+                for (int i = 0; i < 4; i++)
+                {
+                    float one = MatMul.Dot(type, w, cols, x + i * cols, type == GgmlType.F16 ? null : d.Q, i);
+                    Assert.That(BitConverter.SingleToInt32Bits(four[i]), Is.EqualTo(BitConverter.SingleToInt32Bits(one)), $"weight row {r}, activation row {i}");
+                }
+            }
+        }
+    }
 }

@@ -41,6 +41,7 @@ public static unsafe class MatMul
         int groups = !HasGemm(w.Type, cols) ? 0
             : isFloat ? (panels is null ? 0 : n / QuantizedActivations.Group)
             : groups8?.Groups ?? 0;
+        float* four4 = stackalloc float[4];
         fixed (float* xp = x)
         fixed (float* yp = y)
         {
@@ -56,10 +57,21 @@ public static unsafe class MatMul
                     else
                         QuantizedBlock(w, groups8!, groups, yp, rows, o0, o1);
                 }
+                // Rows left to the row kernels: four at a time where a 4-row kernel exists (each row's
+                // result bit for bit the one-row kernel's), then one at a time.
+                int first = groups * QuantizedActivations.Group;
+                bool four = n - first >= 4 && VecDot.HasRows4(w.Type) && (w.Type == GgmlType.F16 || qx is not null);
                 for (int o = o0; o < o1; o++)
                 {
                     byte* wr = w.Data + o * rowBytes;
-                    for (int r = groups * QuantizedActivations.Group; r < n; r++)
+                    int r = first;
+                    for (; four && r + 4 <= n; r += 4)
+                    {
+                        Rows4(w.Type, wr, cols, xp, qx, r, four4);
+                        for (int i = 0; i < 4; i++)
+                            yp[(long)(r + i) * rows + o] = four4[i];
+                    }
+                    for (; r < n; r++)
                         yp[(long)r * rows + o] = Dot(w.Type, wr, cols, xp + (long)r * cols, qx, r);
                 }
             }
@@ -241,6 +253,15 @@ public static unsafe class MatMul
         GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 => cols % 8 == 0,
         _ => DecodedRows.Supports(type),
     };
+
+    /// <summary>One weight row with activation rows r..r+3 (a type <see cref="VecDot.HasRows4"/> allows).</summary>
+    private static void Rows4(GgmlType type, byte* w, int cols, float* x, QuantizedActivations? qx, int r, float* y)
+    {
+        if (type == GgmlType.F16)
+            VecDot.F16Rows4((ushort*)w, x + (long)r * cols, x + (long)(r + 1) * cols, x + (long)(r + 2) * cols, x + (long)(r + 3) * cols, cols, y);
+        else
+            VecDot.Q8_0Rows4(w, qx!.Q(r), qx.Q(r + 1), qx.Q(r + 2), qx.Q(r + 3), qx.D(r), qx.D(r + 1), qx.D(r + 2), qx.D(r + 3), cols / 32, y);
+    }
 
     /// <summary>One weight row (at <paramref name="w"/>) with activation row <paramref name="r"/>.</summary>
     public static float Dot(GgmlType type, byte* w, int cols, float* x, QuantizedActivations? qx, int r)
