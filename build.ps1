@@ -8,15 +8,17 @@
 
 .DESCRIPTION
   Targets:
-    build        compile kernels/*.cu to PTX (when nvcc is found) and build Engine.sln
+    build        compile the kernels (kernels/*.cu to PTX when nvcc is found, kernels/cpu/*.c to the native
+                 CPU library when a C compiler is found) and build Engine.sln
     test         build, run the NUnit tests, and print "N passed, N failed" from the TRX report
-    ptx          compile kernels/*.cu to PTX only (cmake -S . -B build)
+    ptx          compile the kernels only (cmake -S . -B build): PTX and the native CPU library
     pack-device  publish the self-contained test binary for a GPU machine into .device/ (tools/device/pack.sh)
     clean        remove build outputs
 
   nvcc is looked up in $env:CUDACXX, on PATH, in /usr/local/cuda and /opt/nvcc-11.8. Under CI
-  ($env:CI = true) a missing nvcc or a kernel that does not compile is an error; elsewhere the CPU
-  build goes on without PTX.
+  ($env:CI = true) a missing nvcc or C compiler, or a kernel that does not compile, is an error;
+  elsewhere the build goes on without PTX (GPU tests are skipped) or without the native CPU library
+  (the C# kernels run).
 #>
 param(
     [Parameter(Position = 0)]
@@ -45,14 +47,21 @@ function Find-Nvcc {
 }
 
 function Invoke-Ptx {
-    $nvcc = Find-Nvcc
-    if (-not $nvcc) {
-        if ($ci) { throw 'nvcc not found: CI must compile every kernel (install it with ../shared/tools/install-cuda-compiler.sh or set CUDACXX)' }
-        Write-Warning 'nvcc not found: building without PTX (the CPU backend does not need it; GPU tests will be skipped)'
+    if (-not (Get-Command cmake -ErrorAction SilentlyContinue)) {
+        if ($ci) { throw 'cmake not found: CI must compile every kernel' }
+        Write-Warning 'cmake not found: building without PTX and without the native CPU kernels'
         return
     }
-    Write-Host "PTX: compiling kernels/*.cu with $nvcc"
-    cmake -S . -B build "-DENGINE_NVCC=$nvcc" "-DENGINE_REQUIRE_NVCC=ON"
+    $arguments = @('-S', '.', '-B', 'build')
+    $nvcc = Find-Nvcc
+    if ($nvcc) {
+        Write-Host "PTX: compiling kernels/*.cu with $nvcc"
+        $arguments += @("-DENGINE_NVCC=$nvcc", '-DENGINE_REQUIRE_NVCC=ON')
+    }
+    elseif ($ci) { throw 'nvcc not found: CI must compile every kernel (install it with ../shared/tools/install-cuda-compiler.sh or set CUDACXX)' }
+    else { Write-Warning 'nvcc not found: building without PTX (the CPU backend does not need it; GPU tests will be skipped)' }
+    if ($ci) { $arguments += '-DENGINE_REQUIRE_CPU_NATIVE=ON' }
+    cmake @arguments
     cmake --build build
 }
 

@@ -1,0 +1,73 @@
+using System.Runtime.InteropServices;
+
+namespace Engine.Backends.Cpu;
+
+/// <summary>
+/// The native CPU kernels of <c>kernels/cpu</c> (<c>libengine_cpu.so</c>, built by CMakeLists.txt and
+/// copied beside the program), used where the C# kernels cannot reach the speed: .NET 10 exposes no
+/// AVX-512 VNNI. Each native kernel computes exactly what its C# counterpart computes (the same float
+/// operations in the same order), so switching changes speed only. Absent library, a CPU without the
+/// instructions, another ABI version, or <c>ENGINE_NATIVE=0</c> in the environment: the C# kernels run.
+/// </summary>
+internal static unsafe partial class NativeKernels
+{
+    private const string Library = "engine_cpu";
+    private const int Abi = 1;
+
+    /// <summary>Why the native kernels are or are not used (for logs and tests).</summary>
+    public static string Status { get; private set; } = "";
+
+    /// <summary>Whether the native kernels load and run on this CPU (decided once).</summary>
+    public static bool Available { get; } = Probe(out string reason) | Record(reason);
+
+    private static bool Record(string reason)
+    {
+        Status = reason;
+        return false;
+    }
+
+    private static bool Probe(out string reason)
+    {
+        if (Environment.GetEnvironmentVariable("ENGINE_NATIVE") == "0")
+        {
+            reason = "disabled by ENGINE_NATIVE=0";
+            return false;
+        }
+        try
+        {
+            int abi = engine_cpu_abi();
+            if (abi != Abi)
+            {
+                reason = $"{Library} has ABI {abi}, this engine expects {Abi}; rebuild the kernels";
+                return false;
+            }
+            if (engine_cpu_supported() == 0)
+            {
+                reason = "this CPU lacks AVX-512 VNNI";
+                return false;
+            }
+            reason = "AVX-512 VNNI kernels from " + Library;
+            return true;
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException or BadImageFormatException)
+        {
+            reason = $"{Library} not found beside the program (build it with build.ps1 build): {e.Message.Split('\n')[0]}";
+            return false;
+        }
+    }
+
+    [LibraryImport(Library)]
+    private static partial int engine_cpu_abi();
+
+    [LibraryImport(Library)]
+    private static partial int engine_cpu_supported();
+
+    /// <summary>
+    /// <see cref="Kernels.Gemm.Codes32x4x2{T}"/> for 8 weight rows, writing y[r·ldy + i] for the 16
+    /// activation rows r of groups g and g+1 and weight rows i.
+    /// </summary>
+    [LibraryImport(Library)]
+    [UnmanagedCallConv(CallConvs = [typeof(System.Runtime.CompilerServices.CallConvSuppressGCTransition)])]
+    public static partial void engine_codes32_8x16(byte* codes, long codeStride, float* scales, float* biases, long scaleStride, int blocks,
+        sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
+}

@@ -1,0 +1,92 @@
+using System.Runtime.InteropServices;
+using Engine.Backends.Cpu;
+using Engine.Backends.Cpu.Kernels;
+using Engine.Quantization;
+using Engine.Tensors;
+
+namespace Engine.Tests;
+
+/// <summary>
+/// The native CPU kernels (kernels/cpu) against the C# kernels they replace: bit for bit, since they
+/// do the same float operations in the same order. CI builds the library and must use it; elsewhere
+/// the tests are skipped when it is absent or the CPU lacks AVX-512 VNNI.
+/// </summary>
+public unsafe class NativeKernelTests
+{
+    private static void RequireNative()
+    {
+        if (NativeKernels.Available)
+            return;
+        if (SharedData.IsCi && Environment.GetEnvironmentVariable("ENGINE_NATIVE") != "0" && System.Runtime.Intrinsics.X86.Avx512F.IsSupported)
+            Assert.Fail($"CI builds the native CPU kernels and this CPU can run them, but they are not used: {NativeKernels.Status}");
+        Assert.Ignore($"native CPU kernels not in use: {NativeKernels.Status}");
+    }
+
+    [TestCase(GgmlType.Q4_0, 1)]
+    [TestCase(GgmlType.Q4_0, 3)]
+    [TestCase(GgmlType.Q8_0, 24)]
+    [TestCase(GgmlType.Q4_K, 8)]
+    [TestCase(GgmlType.Q5_1, 65)]
+    public void Codes32_8x16_equals_the_CSharp_kernel_bit_for_bit(GgmlType type, int blocks)
+    {
+        RequireNative();
+        int block = GgmlTypeInfo.Layout(type)!.Value.BlockSize;
+        int cols = blocks * 32;
+        if (cols % block != 0)
+            cols = (cols + block - 1) / block * block;
+        blocks = cols / 32;
+        const int rows = 8, n = 16;
+        var rng = new Random(cols);
+        long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
+        var w = (byte*)NativeMemory.Alloc((nuint)(rowBytes * rows));
+        try
+        {
+            var row = new float[cols];
+            for (int r = 0; r < rows; r++)
+            {
+                for (int i = 0; i < cols; i++)
+                    row[i] = (float)(rng.NextDouble() * 2 - 1);
+                Quantize.Row(type, row, new Span<byte>(w + r * rowBytes, (int)rowBytes));
+            }
+            var x = new float[n * cols];
+            for (int i = 0; i < x.Length; i++)
+                x[i] = (float)(rng.NextDouble() * 2 - 1) * (i % 41 == 0 ? 6 : 1);
+            var qx = new QuantizedActivations();
+            qx.Quantize(x, n, cols, ActivationBlock.Q8_0);
+            qx.Interleave();
+            var decoded = new DecodedRows();
+            decoded.Decode(new TensorView("w", type, [cols, rows], w, rowBytes * rows), 0, rows);
+            Assert.That(decoded.SubBlock, Is.EqualTo(32));
+
+            var expected = new float[rows * n]; // [weight row][activation row], from two 4-row C# calls
+            var tile = new float[4 * n];
+            fixed (float* t = tile)
+            {
+                for (int o = 0; o < rows; o += 4)
+                {
+                    Gemm.Codes32x4x2<VnniIsa>(decoded.Codes(o), decoded.Cols, decoded.Scales(o), decoded.Biases(o), decoded.SubBlocksPerRow, blocks, qx, 0, t);
+                    Array.Copy(tile, 0, expected, o * n, 4 * n);
+                }
+            }
+            var y = new float[n * rows]; // [activation row][weight row]
+            fixed (float* yp = y)
+            {
+                NativeKernels.engine_codes32_8x16(decoded.Codes(0), decoded.Cols, decoded.Scales(0), decoded.Biases(0), decoded.SubBlocksPerRow, blocks,
+                    qx.InterleavedQ(0), qx.InterleavedQ(1), qx.InterleavedD(0), qx.InterleavedD(1),
+                    qx.InterleavedScaledSums32(0), qx.InterleavedScaledSums32(1), yp, rows);
+            }
+            for (int o = 0; o < rows; o++)
+            {
+                for (int r = 0; r < n; r++)
+                {
+                    Assert.That(BitConverter.SingleToInt32Bits(y[r * rows + o]), Is.EqualTo(BitConverter.SingleToInt32Bits(expected[o * n + r])),
+                        $"weight row {o}, activation row {r}: native {y[r * rows + o]}, C# {expected[o * n + r]}");
+                }
+            }
+        }
+        finally
+        {
+            NativeMemory.Free(w);
+        }
+    }
+}
