@@ -88,3 +88,52 @@ AVX512_VNNI EXPORT void engine_codes32_8x16(const uint8_t* codes, int64_t codeSt
         _mm256_storeu_ps(y + r * ldy, v);
     }
 }
+
+// codes16_8x16: codes32_8x16 for sub-blocks of 16 values (Q6_K, Q3_K, Q2_K), as Gemm.Codes16x4x2:
+// each block of 32 is taken as two halves, each with its own scale and bias and its own activation
+// sums (xs0/xs1: scale*sum per row and half-block, 8 floats per half), the activation scale shared.
+AVX512_VNNI EXPORT void engine_codes16_8x16(const uint8_t* codes, int64_t codeStride, const float* scales, const float* biases,
+    int64_t scaleStride, int32_t blocks, const int8_t* xq0, const int8_t* xq1, const float* xd0, const float* xd1,
+    const float* xs0, const float* xs1, float* y, int64_t ldy)
+{
+    __m512 acc[8];
+    for (int i = 0; i < 8; i++)
+        acc[i] = _mm512_setzero_ps();
+    for (int h = 0; h < 2 * blocks; h++)
+    {
+        int b = h / 2;
+        __m512i p[8];
+        for (int i = 0; i < 8; i++)
+            p[i] = _mm512_setzero_si512();
+        const int8_t* x0 = xq0 + (int64_t)h * 128;
+        const int8_t* x1 = xq1 + (int64_t)h * 128;
+        const uint8_t* c = codes + (int64_t)h * 16;
+        for (int k = 0; k < 16; k += 4)
+        {
+            __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(x0 + 8 * k))),
+                _mm256_loadu_si256((const __m256i*)(x1 + 8 * k)), 1);
+            for (int i = 0; i < 8; i++)
+            {
+                int32_t w;
+                __builtin_memcpy(&w, c + i * codeStride + k, 4);
+                p[i] = _mm512_dpbusd_epi32(p[i], _mm512_set1_epi32(w), v);
+            }
+        }
+        __m512 dx = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(xd0 + b * 8)), _mm256_loadu_ps(xd1 + b * 8), 1);
+        __m512 xs = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(xs0 + h * 8)), _mm256_loadu_ps(xs1 + h * 8), 1);
+        for (int i = 0; i < 8; i++)
+        {
+            __m512 sv = _mm512_set1_ps(scales[i * scaleStride + h]);
+            __m512 bv = _mm512_set1_ps(biases[i * scaleStride + h]);
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[i]), _mm512_mul_ps(sv, dx), _mm512_fmadd_ps(bv, xs, acc[i]));
+        }
+    }
+    float tile[8][16];
+    for (int i = 0; i < 8; i++)
+        _mm512_storeu_ps(tile[i], acc[i]);
+    for (int r = 0; r < 16; r++)
+    {
+        __m256 v = _mm256_setr_ps(tile[0][r], tile[1][r], tile[2][r], tile[3][r], tile[4][r], tile[5][r], tile[6][r], tile[7][r]);
+        _mm256_storeu_ps(y + r * ldy, v);
+    }
+}

@@ -70,4 +70,10 @@ internal static unsafe partial class NativeKernels
     [UnmanagedCallConv(CallConvs = [typeof(System.Runtime.CompilerServices.CallConvSuppressGCTransition)])]
     public static partial void engine_codes32_8x16(byte* codes, long codeStride, float* scales, float* biases, long scaleStride, int blocks,
         sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
+
+    /// <summary><see cref="Kernels.Gemm.Codes16x4x2{T}"/> for 8 weight rows (sub-blocks of 16), output as <see cref="engine_codes32_8x16"/>.</summary>
+    [LibraryImport(Library)]
+    [UnmanagedCallConv(CallConvs = [typeof(System.Runtime.CompilerServices.CallConvSuppressGCTransition)])]
+    public static partial void engine_codes16_8x16(byte* codes, long codeStride, float* scales, float* biases, long scaleStride, int blocks,
+        sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
 }

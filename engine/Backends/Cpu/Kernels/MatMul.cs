@@ -122,15 +122,24 @@ public static unsafe class MatMul
         }
 
         int group = 0;
-        bool native = !sixteen && NativeKernels.Available;
+        bool native = NativeKernels.Available;
         for (; group + 1 < groups; group += 2)
         {
             int o = o0;
             for (; native && o + 8 <= o1; o += 8)
             {
-                NativeKernels.engine_codes32_8x16(decoded.Codes(o - o0), codeStride, decoded.Scales(o - o0), decoded.Biases(o - o0), scaleStride, blocks,
-                    qx.InterleavedQ(group), qx.InterleavedQ(group + 1), qx.InterleavedD(group), qx.InterleavedD(group + 1),
-                    qx.InterleavedScaledSums32(group), qx.InterleavedScaledSums32(group + 1), y + (long)group * G * rows + o, rows);
+                if (sixteen)
+                {
+                    NativeKernels.engine_codes16_8x16(decoded.Codes(o - o0), codeStride, decoded.Scales(o - o0), decoded.Biases(o - o0), scaleStride, blocks,
+                        qx.InterleavedQ(group), qx.InterleavedQ(group + 1), qx.InterleavedD(group), qx.InterleavedD(group + 1),
+                        qx.InterleavedScaledSums16(group), qx.InterleavedScaledSums16(group + 1), y + (long)group * G * rows + o, rows);
+                }
+                else
+                {
+                    NativeKernels.engine_codes32_8x16(decoded.Codes(o - o0), codeStride, decoded.Scales(o - o0), decoded.Biases(o - o0), scaleStride, blocks,
+                        qx.InterleavedQ(group), qx.InterleavedQ(group + 1), qx.InterleavedD(group), qx.InterleavedD(group + 1),
+                        qx.InterleavedScaledSums32(group), qx.InterleavedScaledSums32(group + 1), y + (long)group * G * rows + o, rows);
+                }
             }
             for (; o + 4 <= o1; o += 4)
             {
