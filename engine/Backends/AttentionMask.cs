@@ -4,14 +4,14 @@ namespace Engine.Backends;
 /// Which tokens of a batch each token of the same batch may attend to. Every token always sees the
 /// whole committed prefix in the KV cache; the mask only rules among the batch. Plain decoding and
 /// prefill use <see cref="Causal"/>; speculative verification passes a tree mask
-/// (<see cref="FromParents"/>: each draft node sees only its ancestors and itself), as in SpecInfer
+/// (<see cref="FromParents(ReadOnlySpan{int})"/>: each draft node sees only its ancestors and itself), as in SpecInfer
 /// (Miao et al., "SpecInfer: Accelerating Generative LLM Serving with Tree-based Speculative Inference
 /// and Verification", 2023).
 /// </summary>
 public sealed class AttentionMask
 {
-    private readonly ulong[]? _bits;
-    private readonly int _words;
+    private ulong[]? _bits;
+    private int _words;
 
     private AttentionMask(int size, ulong[]? bits)
     {
@@ -26,7 +26,7 @@ public sealed class AttentionMask
     public bool IsCausal => _bits is null;
 
     /// <summary>Batch size of an explicit mask (-1 for <see cref="Causal"/>).</summary>
-    public int Size { get; }
+    public int Size { get; private set; }
 
     public bool Allows(int row, int col) =>
         _bits is null ? col <= row : (_bits[row * _words + (col >> 6)] & (1UL << (col & 63))) != 0;
@@ -36,10 +36,26 @@ public sealed class AttentionMask
     /// node that hangs directly off the committed prefix. Parents must come before their children.
     /// Node i sees itself and its ancestors.
     /// </summary>
-    public static AttentionMask FromParents(ReadOnlySpan<int> parents)
+    public static AttentionMask FromParents(ReadOnlySpan<int> parents) => FromParents(parents, null);
+
+    /// <summary>
+    /// <see cref="FromParents(ReadOnlySpan{int})"/> that rebuilds <paramref name="reuse"/> (a mask this
+    /// method made before) in place when it is large enough, so a decoding loop allocates nothing.
+    /// </summary>
+    public static AttentionMask FromParents(ReadOnlySpan<int> parents, AttentionMask? reuse)
     {
         int n = parents.Length;
-        var mask = new AttentionMask(n, new ulong[n * ((n + 63) / 64)]);
+        int words = (n + 63) / 64;
+        AttentionMask mask;
+        if (reuse is { _bits: { } bits } && reuse != Causal && bits.Length >= n * words)
+        {
+            mask = reuse;
+            mask.Size = n;
+            mask._words = words;
+            Array.Clear(bits, 0, n * words);
+        }
+        else
+            mask = new AttentionMask(n, new ulong[n * words]);
         for (int i = 0; i < n; i++)
         {
             int p = parents[i];

@@ -14,7 +14,8 @@ public sealed class DraftBudget
     private const int MaxDepth = 64;
     private readonly double[] _reached = new double[MaxDepth + 2];   // steps whose draft reached depth d
     private readonly double[] _accepted = new double[MaxDepth + 2];  // ... and whose accepted path reached it
-    private readonly Dictionary<int, double> _seconds = [];
+    private readonly double[] _seconds = new double[Candidates.Length + 1]; // by candidate index; 0 = not measured
+    private readonly Dictionary<int, double> _other = [];   // budgets off the candidate list (the cap, a short tail)
     private int _steps;
 
     public DraftBudget(int max, bool adaptive)
@@ -61,7 +62,14 @@ public sealed class DraftBudget
             if (d <= acceptedDepth)
                 _accepted[d]++;
         }
-        _seconds[budget] = _seconds.TryGetValue(budget, out double old) ? 0.8 * old + 0.2 * seconds : seconds;
+        int index = Array.IndexOf(Candidates, budget);
+        if (index < 0)
+        {
+            _other[budget] = _other.TryGetValue(budget, out double o) ? 0.8 * o + 0.2 * seconds : seconds;
+            return;
+        }
+        double old = _seconds[index];
+        _seconds[index] = old > 0 ? 0.8 * old + 0.2 * seconds : seconds;
     }
 
     /// <summary>Σ over depths of the chance the path gets that deep (a chain of n nodes reaches depth n).</summary>
@@ -79,19 +87,36 @@ public sealed class DraftBudget
 
     private double Seconds(int n)
     {
-        if (_seconds.TryGetValue(n, out double t))
+        int index = Array.IndexOf(Candidates, n);
+        if (_seconds[index] > 0)
+            return _seconds[index];
+        // linear between the nearest measured candidates below and above (or the two nearest on one side)
+        int lower = -1, upper = -1;
+        for (int i = index - 1; i >= 0 && lower < 0; i--)
+            lower = _seconds[i] > 0 ? i : -1;
+        for (int i = index + 1; i < Candidates.Length && upper < 0; i++)
+            upper = _seconds[i] > 0 ? i : -1;
+        if (lower < 0 && upper < 0)
+            return Fallback();
+        if (lower < 0 || upper < 0)
+        {
+            int a = lower >= 0 ? lower : upper, b = -1;
+            int step = lower >= 0 ? -1 : 1;
+            for (int i = a + step; i >= 0 && i < Candidates.Length && b < 0; i += step)
+                b = _seconds[i] > 0 ? i : -1;
+            if (b < 0)
+                return _seconds[a];
+            (lower, upper) = a < b ? (a, b) : (b, a);
+        }
+        double slope = (_seconds[upper] - _seconds[lower]) / (Candidates[upper] - Candidates[lower]);
+        return Math.Max(1e-6, _seconds[lower] + slope * (n - Candidates[lower]));
+    }
+
+    /// <summary>Any measured time, for when no candidate budget has been timed yet.</summary>
+    private double Fallback()
+    {
+        foreach (double t in _other.Values)
             return t;
-        // linear between the nearest measured budgets (or extrapolated from the two nearest)
-        var known = _seconds.OrderBy(kv => kv.Key).ToList();
-        if (known.Count == 1)
-            return known[0].Value;
-        var lower = known.LastOrDefault(kv => kv.Key < n);
-        var upper = known.FirstOrDefault(kv => kv.Key > n);
-        if (lower.Key == 0)
-            (lower, upper) = (known[0], known[1]);
-        else if (upper.Key == 0)
-            (lower, upper) = (known[^2], known[^1]);
-        double slope = (upper.Value - lower.Value) / (upper.Key - lower.Key);
-        return Math.Max(1e-6, lower.Value + slope * (n - lower.Key));
+        return 1;
     }
 }

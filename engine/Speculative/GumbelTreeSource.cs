@@ -27,6 +27,7 @@ public sealed class GumbelTreeSource : IDraftSource
     private readonly List<(int Node, double LogP)> _frontier = [], _next = [];
     private readonly List<int> _tokens = [], _parents = [], _positions = [], _rows = [];
     private float[] _logits = [];
+    private AttentionMask? _mask;
 
     public GumbelTreeSource(LlamaModel network, int maxTokens, int layers = 0, int branching = 3, int width = 4, string name = "rsd")
     {
@@ -81,7 +82,7 @@ public sealed class GumbelTreeSource : IDraftSource
                 _rows.Add(node);
             if (_logits.Length < _rows.Count * vocab)
                 _logits = new float[_rows.Count * vocab];
-            var mask = AttentionMask.FromParents(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_parents));
+            var mask = _mask = AttentionMask.FromParents(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_parents), _mask);
             _model.Network.Forward(_model.Sequence, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_tokens),
                 System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_positions), mask,
                 System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_rows), _logits.AsSpan(0, _rows.Count * vocab), layers: _model.Layers);

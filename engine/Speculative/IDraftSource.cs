@@ -3,7 +3,7 @@ using Engine.Sampling;
 namespace Engine.Speculative;
 
 /// <summary>What a draft source is asked for: children (and their descendants) of the root, the last context token.</summary>
-public sealed class DraftRequest
+public readonly struct DraftRequest
 {
     /// <summary>Every token so far; the last one is the root of the draft and not yet in the target's cache.</summary>
     public required IReadOnlyList<int> Context { get; init; }

@@ -112,6 +112,7 @@ internal sealed class DraftModelState : IDisposable
     private readonly KvCache _cache;
     private readonly List<int> _cached = [];
     private readonly float[] _logits;
+    private int[] _tokens = [], _positions = [];
 
     public DraftModelState(LlamaModel network, int maxTokens, int layers)
     {
@@ -147,15 +148,18 @@ internal sealed class DraftModelState : IDisposable
         Sequence.Truncate(common);
         _cached.RemoveRange(common, _cached.Count - common);
         int n = ctx.Count - common;
-        var tokens = new int[n];
-        var positions = new int[n];
+        if (_tokens.Length < n)
+        {
+            _tokens = new int[Math.Max(n, 2 * _tokens.Length)];
+            _positions = new int[_tokens.Length];
+        }
         for (int i = 0; i < n; i++)
         {
-            tokens[i] = ctx[common + i];
-            positions[i] = common + i;
+            _tokens[i] = ctx[common + i];
+            _positions[i] = common + i;
+            _cached.Add(_tokens[i]);
         }
-        _net.Forward(Sequence, tokens, positions, AttentionMask.Causal, [n - 1], _logits, layers: _layers);
-        _cached.AddRange(tokens);
+        _net.Forward(Sequence, _tokens.AsSpan(0, n), _positions.AsSpan(0, n), AttentionMask.Causal, [n - 1], _logits, layers: _layers);
         return _logits;
     }
 

@@ -47,7 +47,7 @@ public sealed record SpeculativeStats(int Steps, int DraftedTokens, int Accepted
 /// <summary>
 /// Lossless speculative decoding over a target model: each step a <see cref="IDraftSource"/> proposes a
 /// token tree, the target verifies the whole tree in one forward pass (tree tokens at depth-based
-/// positions, each seeing the committed prefix and its own ancestors: <see cref="AttentionMask.FromParents"/>),
+/// positions, each seeing the committed prefix and its own ancestors: <see cref="AttentionMask.FromParents(ReadOnlySpan{int})"/>),
 /// an <see cref="IAcceptanceRule"/> keeps a path, the KV cache keeps exactly that path
 /// (<see cref="KvSequence.Compact"/>), and the target's next token is appended. Greedy decoding uses
 /// <see cref="GreedyMatch"/>; sampling uses <see cref="RecursiveRejectionSampling"/>; both reproduce the
@@ -62,6 +62,9 @@ public sealed class SpeculativeDecoder : IDisposable
     private readonly List<int> _path = [];
     private readonly List<int> _context = [];
     private float[] _logits = [];
+    private AttentionMask? _mask;
+    private int _steps, _drafted, _accepted, _generated;
+    private readonly Stopwatch _clock = new();
 
     public SpeculativeDecoder(LanguageModel target, IDraftSource source, SpeculativeOptions? options = null)
     {
@@ -78,8 +81,8 @@ public sealed class SpeculativeDecoder : IDisposable
 
     public SpeculativeOptions Options { get; }
 
-    /// <summary>Counts of the current or last generation.</summary>
-    public SpeculativeStats Stats { get; private set; } = new(0, 0, 0, 0, TimeSpan.Zero);
+    /// <summary>Counts of the current or last generation (built on request, so the loop allocates nothing for it).</summary>
+    public SpeculativeStats Stats => new(_steps, _drafted, _accepted, _generated, _clock.Elapsed);
 
     /// <summary>
     /// Generates from <paramref name="prompt"/> (exact ids; add BOS yourself) with a fresh context,
@@ -104,7 +107,8 @@ public sealed class SpeculativeDecoder : IDisposable
 
     private IEnumerable<int> Run(int[] prompt, GenerationOptions options, CancellationToken ct)
     {
-        var clock = Stopwatch.StartNew();
+        _clock.Restart();
+        _steps = _drafted = _accepted = _generated = 0;
         var net = _target.Network;
         int vocab = _target.Config.VocabSize;
         var sampler = SamplerChain.Create(options.Sampling);
@@ -112,7 +116,6 @@ public sealed class SpeculativeDecoder : IDisposable
             : sampler.IsGreedy ? new GreedyMatch() : new RecursiveRejectionSampling();
         var budget = new DraftBudget(Math.Min(Options.MaxDraft, net.MaxBatch - 1), Options.Adaptive);
         var tokenizer = _target.Tokenizer;
-        int steps = 0, drafted = 0, acceptedTotal = 0, generated = 0;
 
         // Prompt: one causal pass; the first token comes from its last row, as in plain decoding.
         _sequence.Truncate(0);
@@ -122,10 +125,12 @@ public sealed class SpeculativeDecoder : IDisposable
         net.Forward(_sequence, prompt, Positions(0, prompt.Length), AttentionMask.Causal, [prompt.Length - 1], _logits.AsSpan(0, vocab));
         int next = sampler.Sample(_logits.AsSpan(0, vocab));
         if (options.MaxTokens == 0 || (options.StopAtEndOfGeneration && tokenizer.IsEndOfGeneration(next)))
+        {
+            _clock.Stop();
             yield break;
+        }
         _context.Add(next);
-        generated++;
-        Stats = new SpeculativeStats(steps, drafted, acceptedTotal, generated, clock.Elapsed);
+        _generated++;
         yield return next;
         Source.Begin(_context);
 
@@ -133,15 +138,18 @@ public sealed class SpeculativeDecoder : IDisposable
         var parents = new List<int>();
         var positions = new List<int>();
         var keep = new List<int>();
-        while (generated < options.MaxTokens)
+        while (_generated < options.MaxTokens)
         {
             ct.ThrowIfCancellationRequested();
             int committed = _sequence.Length; // everything but the root (the last context token)
             int room = _target.ContextLength - committed - 1;
             if (room <= 0)
+            {
+                _clock.Stop();
                 yield break;
+            }
             var stepClock = Stopwatch.StartNew();
-            int n = Math.Min(budget.Next(), Math.Min(room, options.MaxTokens - generated));
+            int n = Math.Min(budget.Next(), Math.Min(room, options.MaxTokens - _generated));
             _tree.Clear();
             if (n > 0)
                 Source.Draft(new DraftRequest { Context = _context, Budget = n, Sampler = sampler }, _tree);
@@ -167,7 +175,7 @@ public sealed class SpeculativeDecoder : IDisposable
                 parents.Add(_tree.Parent(i) + 1);
                 positions.Add(committed + _tree.Depth(i));
             }
-            var mask = _tree.IsChain ? AttentionMask.Causal : AttentionMask.FromParents(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(parents));
+            var mask = _tree.IsChain ? AttentionMask.Causal : (_mask = AttentionMask.FromParents(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(parents), _mask));
             EnsureLogits(rows, vocab);
             var logits = _logits.AsSpan(0, rows * vocab);
             net.Forward(_sequence, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(tokens), System.Runtime.InteropServices.CollectionsMarshal.AsSpan(positions),
@@ -181,9 +189,9 @@ public sealed class SpeculativeDecoder : IDisposable
                 keep.Add(node + 1);
             _sequence.Compact(committed, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(keep));
 
-            steps++;
-            drafted += _tree.Count;
-            acceptedTotal += _path.Count;
+            _steps++;
+            _drafted += _tree.Count;
+            _accepted += _path.Count;
             budget.Record(n, _tree.MaxDepth, _path.Count, stepClock.Elapsed.TotalSeconds);
             int before = _context.Count;
             foreach (int node in _path)
@@ -194,18 +202,23 @@ public sealed class SpeculativeDecoder : IDisposable
             for (int i = before; i < _context.Count; i++)
             {
                 if (i >= _target.ContextLength)
-                    yield break; // the context is full (plain decoding stops at the same token)
+                {
+                    _clock.Stop(); // the context is full (plain decoding stops at the same token)
+                    yield break;
+                }
                 int token = _context[i];
                 if (options.StopAtEndOfGeneration && tokenizer.IsEndOfGeneration(token))
                 {
-                    Stats = new SpeculativeStats(steps, drafted, acceptedTotal, generated, clock.Elapsed);
+                    _clock.Stop();
                     yield break;
                 }
-                generated++;
-                Stats = new SpeculativeStats(steps, drafted, acceptedTotal, generated, clock.Elapsed);
+                _generated++;
                 yield return token;
-                if (generated == options.MaxTokens)
+                if (_generated == options.MaxTokens)
+                {
+                    _clock.Stop();
                     yield break;
+                }
             }
         }
     }
