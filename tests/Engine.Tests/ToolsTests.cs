@@ -212,4 +212,40 @@ public class ToolsTests
         }
         Assert.That(Math.Sqrt(err / power), Is.LessThan(relativeRms));
     }
+
+    [Test]
+    public void Generate_with_spec_prints_the_plain_greedy_ids()
+    {
+        var (code, plain, err) = Run("generate", "-m", SharedData.StoriesGguf, "--prompt-ids", "1", "-n", "120", "--temp", "0", "--ids");
+        Assert.That(code, Is.Zero, err);
+        foreach (string method in new[] { "recycle", "lookup", "layerskip", "online" })
+        {
+            var (c, spec, e) = Run("generate", "-m", SharedData.StoriesGguf, "--prompt-ids", "1", "-n", "120", "--temp", "0", "--ids", "--spec", method);
+            Assert.That(c, Is.Zero, e);
+            Assert.That(spec, Is.EqualTo(plain), method);
+            Assert.That(e, Does.Match(@"speculative \(" + method + @"\): 120 tokens .* tau [\d.]+"));
+        }
+        var (bad, _, message) = Run("generate", "-m", SharedData.StoriesGguf, "--prompt-ids", "1", "--spec", "draft");
+        Assert.That(bad, Is.Not.Zero);
+        Assert.That(message, Does.Contain("--draft-model"));
+    }
+
+    [Test]
+    public void Spec_bench_json_has_the_keys_the_issue_names_and_greedy_outputs_are_identical()
+    {
+        using var dir = new TempDir();
+        string prompts = dir.File("prompts.txt");
+        File.WriteAllLines(prompts, ["Once upon a time", "The little dog"]);
+        var (code, output, err) = Run("spec-bench", "-m", SharedData.StoriesGguf, "--method", "recycle", "--prompts", prompts, "-n", "48", "-t", "1", "--json");
+        Assert.That(code, Is.Zero, err);
+        var lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.That(lines, Has.Length.EqualTo(1));
+        using var json = JsonDocument.Parse(lines[0]);
+        var root = json.RootElement;
+        Assert.That(root.GetProperty("method").GetString(), Is.EqualTo("recycle"));
+        foreach (string key in new[] { "tau", "acceptance_rate", "plain_tokens_per_s", "spec_tokens_per_s", "speedup" })
+            Assert.That(root.GetProperty(key).GetDouble(), Is.GreaterThan(0).Or.EqualTo(0), key);
+        Assert.That(root.GetProperty("tau").GetDouble(), Is.GreaterThanOrEqualTo(1));
+        Assert.That(root.GetProperty("identical").GetBoolean(), Is.True);
+    }
 }
