@@ -345,6 +345,9 @@ public unsafe class KernelTests
     [TestCase(GgmlType.F16, 1000)]
     [TestCase(GgmlType.Q8_0, 32)]
     [TestCase(GgmlType.Q8_0, 2048 + 32)]
+    [TestCase(GgmlType.Q4_0, 32 * 4)]
+    [TestCase(GgmlType.Q4_0, 32 * 7)]
+    [TestCase(GgmlType.Q4_0, 2048 + 96)]
     public void Four_row_kernels_equal_the_one_row_kernel_bit_for_bit(GgmlType type, int cols)
     {
         if (!VecDot.HasRows4(type))
@@ -361,6 +364,9 @@ public unsafe class KernelTests
             }
         }
         var four = new float[4];
+        sbyte** q = stackalloc sbyte*[4];
+        float** dd = stackalloc float*[4];
+        float** ss = stackalloc float*[4];
         fixed (float* x = d.X)
         fixed (float* y = four)
         {
@@ -369,6 +375,16 @@ public unsafe class KernelTests
                 byte* w = d.W + r * d.RowBytes;
                 if (type == GgmlType.F16)
                     VecDot.F16Rows4((ushort*)w, x, x + cols, x + 2 * cols, x + 3 * cols, cols, y);
+                else if (type == GgmlType.Q4_0)
+                {
+                    for (int i = 0; i < 4; i++)
+                    {
+                        q[i] = d.Q.Q(i);
+                        dd[i] = d.Q.D(i);
+                        ss[i] = d.Q.ScaledSums(i);
+                    }
+                    VecDot.Q4_0Rows4(w, q, dd, ss, cols / 32, y);
+                }
                 else
                     VecDot.Q8_0Rows4(w, d.Q.Q(0), d.Q.Q(1), d.Q.Q(2), d.Q.Q(3), d.Q.D(0), d.Q.D(1), d.Q.D(2), d.Q.D(3), cols / 32, y);
                 for (int i = 0; i < 4; i++)

@@ -275,6 +275,19 @@ public static unsafe class MatMul
     {
         if (type == GgmlType.F16)
             VecDot.F16Rows4((ushort*)w, x + (long)r * cols, x + (long)(r + 1) * cols, x + (long)(r + 2) * cols, x + (long)(r + 3) * cols, cols, y);
+        else if (type == GgmlType.Q4_0)
+        {
+            sbyte** q = stackalloc sbyte*[4];
+            float** d = stackalloc float*[4];
+            float** s = stackalloc float*[4];
+            for (int i = 0; i < 4; i++)
+            {
+                q[i] = qx!.Q(r + i);
+                d[i] = qx.D(r + i);
+                s[i] = qx.ScaledSums(r + i);
+            }
+            VecDot.Q4_0Rows4(w, q, d, s, cols / 32, y);
+        }
         else
             VecDot.Q8_0Rows4(w, qx!.Q(r), qx.Q(r + 1), qx.Q(r + 2), qx.Q(r + 3), qx.D(r), qx.D(r + 1), qx.D(r + 2), qx.D(r + 3), cols / 32, y);
     }
