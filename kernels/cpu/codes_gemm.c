@@ -31,6 +31,53 @@ EXPORT int engine_cpu_supported(void)
         && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma");
 }
 
+// The pieces both matrix kernels share.
+
+// p[i] += the u8 codes of weight row i (values 0..count-1 from c) times the int8 activations of
+// both groups: lanes 0..7 group g's 8 rows, lanes 8..15 group g+1's, 4 values per step.
+AVX512_VNNI static inline void dot_step(__m512i p[8], const uint8_t* c, int64_t codeStride, const int8_t* x0, const int8_t* x1, int count)
+{
+    for (int k = 0; k < count; k += 4)
+    {
+        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(x0 + 8 * k))),
+            _mm256_loadu_si256((const __m256i*)(x1 + 8 * k)), 1);
+        for (int i = 0; i < 8; i++)
+        {
+            int32_t w;
+            __builtin_memcpy(&w, c + i * codeStride + k, 4);
+            p[i] = _mm512_dpbusd_epi32(p[i], _mm512_set1_epi32(w), v);
+        }
+    }
+}
+
+// acc[i] = fma(float(p[i]), scale_i*dx, fma(bias_i, xs, acc[i])) per element — Gemm.Step's order.
+// scales/biases point at the sub-block's entry of weight row 0 (row i at + i*scaleStride).
+AVX512_VNNI static inline void accumulate(__m512 acc[8], const __m512i p[8], const float* scales, const float* biases,
+    int64_t scaleStride, const float* xd0, const float* xd1, const float* xs0, const float* xs1)
+{
+    __m512 dx = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(xd0)), _mm256_loadu_ps(xd1), 1);
+    __m512 xs = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(xs0)), _mm256_loadu_ps(xs1), 1);
+    for (int i = 0; i < 8; i++)
+    {
+        __m512 sv = _mm512_set1_ps(scales[i * scaleStride]);
+        __m512 bv = _mm512_set1_ps(biases[i * scaleStride]);
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[i]), _mm512_mul_ps(sv, dx), _mm512_fmadd_ps(bv, xs, acc[i]));
+    }
+}
+
+// Transposes [8 weight rows][16 activation rows] into y: y[r*ldy + i].
+AVX512_VNNI static inline void store_transposed(const __m512 acc[8], float* y, int64_t ldy)
+{
+    float tile[8][16];
+    for (int i = 0; i < 8; i++)
+        _mm512_storeu_ps(tile[i], acc[i]);
+    for (int r = 0; r < 16; r++)
+    {
+        __m256 v = _mm256_setr_ps(tile[0][r], tile[1][r], tile[2][r], tile[3][r], tile[4][r], tile[5][r], tile[6][r], tile[7][r]);
+        _mm256_storeu_ps(y + r * ldy, v);
+    }
+}
+
 // codes32_8x16: 8 decoded weight rows against 16 activation rows — the same contract as
 // Gemm.Codes32x4x2 with twice the weight rows, and both 8-row activation groups in one zmm.
 //
@@ -40,8 +87,6 @@ EXPORT int engine_cpu_supported(void)
 //           step of 4 values, 8 rows x 4 bytes), xd0/xd1 their scales and xs0/xs1 scale*sum per
 //           row and block (8 floats per block)
 //   y       y[r*ldy + i] = row r of the 16 activation rows times weight row i
-//
-// Per block and element: acc = fma(float(dot), scale*dx, fma(bias, xs, acc)), as in C#.
 AVX512_VNNI EXPORT void engine_codes32_8x16(const uint8_t* codes, int64_t codeStride, const float* scales, const float* biases,
     int64_t scaleStride, int32_t blocks, const int8_t* xq0, const int8_t* xq1, const float* xd0, const float* xd1,
     const float* xs0, const float* xs1, float* y, int64_t ldy)
@@ -54,39 +99,10 @@ AVX512_VNNI EXPORT void engine_codes32_8x16(const uint8_t* codes, int64_t codeSt
         __m512i p[8];
         for (int i = 0; i < 8; i++)
             p[i] = _mm512_setzero_si512();
-        const int8_t* x0 = xq0 + (int64_t)b * 256;
-        const int8_t* x1 = xq1 + (int64_t)b * 256;
-        const uint8_t* c = codes + (int64_t)b * 32;
-        for (int k = 0; k < 32; k += 4)
-        {
-            // lanes 0..7: group g's 8 rows, lanes 8..15: group g+1's, 4 values each
-            __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(x0 + 8 * k))),
-                _mm256_loadu_si256((const __m256i*)(x1 + 8 * k)), 1);
-            for (int i = 0; i < 8; i++)
-            {
-                int32_t w;
-                __builtin_memcpy(&w, c + i * codeStride + k, 4);
-                p[i] = _mm512_dpbusd_epi32(p[i], _mm512_set1_epi32(w), v);
-            }
-        }
-        __m512 dx = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(xd0 + b * 8)), _mm256_loadu_ps(xd1 + b * 8), 1);
-        __m512 xs = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(xs0 + b * 8)), _mm256_loadu_ps(xs1 + b * 8), 1);
-        for (int i = 0; i < 8; i++)
-        {
-            __m512 sv = _mm512_set1_ps(scales[i * scaleStride + b]);
-            __m512 bv = _mm512_set1_ps(biases[i * scaleStride + b]);
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[i]), _mm512_mul_ps(sv, dx), _mm512_fmadd_ps(bv, xs, acc[i]));
-        }
+        dot_step(p, codes + (int64_t)b * 32, codeStride, xq0 + (int64_t)b * 256, xq1 + (int64_t)b * 256, 32);
+        accumulate(acc, p, scales + b, biases + b, scaleStride, xd0 + b * 8, xd1 + b * 8, xs0 + b * 8, xs1 + b * 8);
     }
-    // transpose [8 weight rows][16 activation rows] into y's rows
-    float tile[8][16];
-    for (int i = 0; i < 8; i++)
-        _mm512_storeu_ps(tile[i], acc[i]);
-    for (int r = 0; r < 16; r++)
-    {
-        __m256 v = _mm256_setr_ps(tile[0][r], tile[1][r], tile[2][r], tile[3][r], tile[4][r], tile[5][r], tile[6][r], tile[7][r]);
-        _mm256_storeu_ps(y + r * ldy, v);
-    }
+    store_transposed(acc, y, ldy);
 }
 
 // codes16_8x16: codes32_8x16 for sub-blocks of 16 values (Q6_K, Q3_K, Q2_K), as Gemm.Codes16x4x2:
@@ -105,35 +121,8 @@ AVX512_VNNI EXPORT void engine_codes16_8x16(const uint8_t* codes, int64_t codeSt
         __m512i p[8];
         for (int i = 0; i < 8; i++)
             p[i] = _mm512_setzero_si512();
-        const int8_t* x0 = xq0 + (int64_t)h * 128;
-        const int8_t* x1 = xq1 + (int64_t)h * 128;
-        const uint8_t* c = codes + (int64_t)h * 16;
-        for (int k = 0; k < 16; k += 4)
-        {
-            __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(x0 + 8 * k))),
-                _mm256_loadu_si256((const __m256i*)(x1 + 8 * k)), 1);
-            for (int i = 0; i < 8; i++)
-            {
-                int32_t w;
-                __builtin_memcpy(&w, c + i * codeStride + k, 4);
-                p[i] = _mm512_dpbusd_epi32(p[i], _mm512_set1_epi32(w), v);
-            }
-        }
-        __m512 dx = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(xd0 + b * 8)), _mm256_loadu_ps(xd1 + b * 8), 1);
-        __m512 xs = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(xs0 + h * 8)), _mm256_loadu_ps(xs1 + h * 8), 1);
-        for (int i = 0; i < 8; i++)
-        {
-            __m512 sv = _mm512_set1_ps(scales[i * scaleStride + h]);
-            __m512 bv = _mm512_set1_ps(biases[i * scaleStride + h]);
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[i]), _mm512_mul_ps(sv, dx), _mm512_fmadd_ps(bv, xs, acc[i]));
-        }
+        dot_step(p, codes + (int64_t)h * 16, codeStride, xq0 + (int64_t)h * 128, xq1 + (int64_t)h * 128, 16);
+        accumulate(acc, p, scales + h, biases + h, scaleStride, xd0 + b * 8, xd1 + b * 8, xs0 + h * 8, xs1 + h * 8);
     }
-    float tile[8][16];
-    for (int i = 0; i < 8; i++)
-        _mm512_storeu_ps(tile[i], acc[i]);
-    for (int r = 0; r < 16; r++)
-    {
-        __m256 v = _mm256_setr_ps(tile[0][r], tile[1][r], tile[2][r], tile[3][r], tile[4][r], tile[5][r], tile[6][r], tile[7][r]);
-        _mm256_storeu_ps(y + r * ldy, v);
-    }
+    store_transposed(acc, y, ldy);
 }
