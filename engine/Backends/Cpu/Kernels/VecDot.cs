@@ -399,17 +399,9 @@ public static unsafe partial class VecDot
         {
             for (; i + 32 <= n; i += 32)
             {
-                var halves = Vector512.Load(w + i);
-                if (HalfTable.AllNormal(halves))
-                {
-                    HalfTable.WidenNormal(halves.GetLower()).Store(dst + i);
-                    HalfTable.WidenNormal(halves.GetUpper()).Store(dst + i + 16);
-                }
-                else
-                {
-                    HalfTable.Widen(halves.GetLower()).Store(dst + i);
-                    HalfTable.Widen(halves.GetUpper()).Store(dst + i + 16);
-                }
+                var (lower, upper) = HalfTable.Widen32(Vector512.Load(w + i));
+                lower.Store(dst + i);
+                upper.Store(dst + i + 16);
             }
         }
         if (Vector256.IsHardwareAccelerated)
@@ -429,17 +421,9 @@ public static unsafe partial class VecDot
         int i = 0;
         for (; i + 32 <= n; i += 32)
         {
-            var halves = Vector512.Load(w + i);
-            if (HalfTable.AllNormal(halves))
-            {
-                acc0 = Vector512.FusedMultiplyAdd(HalfTable.WidenNormal(halves.GetLower()), Vector512.Load(x + i), acc0);
-                acc1 = Vector512.FusedMultiplyAdd(HalfTable.WidenNormal(halves.GetUpper()), Vector512.Load(x + i + 16), acc1);
-            }
-            else
-            {
-                acc0 = Vector512.FusedMultiplyAdd(HalfTable.Widen(halves.GetLower()), Vector512.Load(x + i), acc0);
-                acc1 = Vector512.FusedMultiplyAdd(HalfTable.Widen(halves.GetUpper()), Vector512.Load(x + i + 16), acc1);
-            }
+            var (lower, upper) = HalfTable.Widen32(Vector512.Load(w + i));
+            acc0 = Vector512.FusedMultiplyAdd(lower, Vector512.Load(x + i), acc0);
+            acc1 = Vector512.FusedMultiplyAdd(upper, Vector512.Load(x + i + 16), acc1);
         }
         float sum = Vector512.Sum(acc0 + acc1);
         for (; i < n; i++)

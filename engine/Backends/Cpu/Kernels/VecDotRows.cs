@@ -30,18 +30,7 @@ public static unsafe partial class VecDot
         int i = 0;
         for (; i + 32 <= n; i += 32)
         {
-            var halves = Vector512.Load(w + i);
-            Vector512<float> lo, hi;
-            if (HalfTable.AllNormal(halves))
-            {
-                lo = HalfTable.WidenNormal(halves.GetLower());
-                hi = HalfTable.WidenNormal(halves.GetUpper());
-            }
-            else
-            {
-                lo = HalfTable.Widen(halves.GetLower());
-                hi = HalfTable.Widen(halves.GetUpper());
-            }
+            var (lo, hi) = HalfTable.Widen32(Vector512.Load(w + i));
             a0 = Vector512.FusedMultiplyAdd(lo, Vector512.Load(x0 + i), a0);
             b0 = Vector512.FusedMultiplyAdd(hi, Vector512.Load(x0 + i + 16), b0);
             a1 = Vector512.FusedMultiplyAdd(lo, Vector512.Load(x1 + i), a1);
