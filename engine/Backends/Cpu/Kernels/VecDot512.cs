@@ -54,20 +54,39 @@ public static unsafe partial class VecDot
         var offset = Vector128<float>.Zero;
         for (int b = 0; b + 3 < blocks; b += 4)
         {
-            byte* p = w + b * 18;
-            var pair0 = Avx512F.InsertVector256(Vector256.Load(p).ToVector512Unsafe(), Vector256.Load(p + 4), 1);
-            var pair1 = Avx512F.InsertVector256(Vector256.Load(p + 36).ToVector512Unsafe(), Vector256.Load(p + 40), 1);
-            var codes0 = Gfni.V512.GaloisFieldAffineTransform(Avx512Vbmi.PermuteVar64x8(pair0, permutation), nibbles, 0);
-            var codes1 = Gfni.V512.GaloisFieldAffineTransform(Avx512Vbmi.PermuteVar64x8(pair1, permutation), nibbles, 0);
-            var dot0 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(codes0, Vector512.Load(xq + b * 32)), ones);
-            var dot1 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(codes1, Vector512.Load(xq + b * 32 + 64)), ones);
-            var d = Vector128.Create(half[*(ushort*)p], half[*(ushort*)(p + 18)], half[*(ushort*)(p + 36)], half[*(ushort*)(p + 54)]);
-            var scale = (d * Vector128.Load(xd + b)).ToVector256Unsafe().ToVector512Unsafe();
-            offset = Fma.MultiplyAdd(d, Vector128.Load(xsd + b), offset);
-            acc0 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(dot0), Avx512F.PermuteVar16x32(scale, first), acc0);
-            acc1 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(dot1), Avx512F.PermuteVar16x32(scale, second), acc1);
+            var (codes0, codes1, d) = Q4_0Unpack(w + b * 18, half, permutation, nibbles);
+            Q4_0Accumulate(codes0, codes1, d, xq + b * 32, xd + b, xsd + b, ones, first, second, ref acc0, ref acc1, ref offset);
         }
         return Vector512.Sum(acc0 + acc1) - 8 * Vector128.Sum(offset);
+    }
+
+    /// <summary>Four Q4_0 blocks at <paramref name="p"/>: their codes as two pairs (see <see cref="Q4_0PairPermutation"/>) and their four scales.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static (Vector512<byte> Codes0, Vector512<byte> Codes1, Vector128<float> D) Q4_0Unpack(byte* p, float* half,
+        Vector512<byte> permutation, Vector512<byte> nibbles)
+    {
+        var pair0 = Avx512F.InsertVector256(Vector256.Load(p).ToVector512Unsafe(), Vector256.Load(p + 4), 1);
+        var pair1 = Avx512F.InsertVector256(Vector256.Load(p + 36).ToVector512Unsafe(), Vector256.Load(p + 40), 1);
+        var codes0 = Gfni.V512.GaloisFieldAffineTransform(Avx512Vbmi.PermuteVar64x8(pair0, permutation), nibbles, 0);
+        var codes1 = Gfni.V512.GaloisFieldAffineTransform(Avx512Vbmi.PermuteVar64x8(pair1, permutation), nibbles, 0);
+        var d = Vector128.Create(half[*(ushort*)p], half[*(ushort*)(p + 18)], half[*(ushort*)(p + 36)], half[*(ushort*)(p + 54)]);
+        return (codes0, codes1, d);
+    }
+
+    /// <summary>
+    /// One activation row's share of four unpacked Q4_0 blocks — the whole per-row arithmetic of the
+    /// kernel, so the one-row and four-row kernels compute every row identically.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Q4_0Accumulate(Vector512<byte> codes0, Vector512<byte> codes1, Vector128<float> d, sbyte* x, float* xd, float* xsd,
+        Vector512<short> ones, Vector512<int> first, Vector512<int> second, ref Vector512<float> acc0, ref Vector512<float> acc1, ref Vector128<float> offset)
+    {
+        var dot0 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(codes0, Vector512.Load(x)), ones);
+        var dot1 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(codes1, Vector512.Load(x + 64)), ones);
+        var scale = (d * Vector128.Load(xd)).ToVector256Unsafe().ToVector512Unsafe();
+        offset = Fma.MultiplyAdd(d, Vector128.Load(xsd), offset);
+        acc0 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(dot0), Avx512F.PermuteVar16x32(scale, first), acc0);
+        acc1 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(dot1), Avx512F.PermuteVar16x32(scale, second), acc1);
     }
 
     /// <summary>

@@ -126,33 +126,15 @@ public static unsafe partial class VecDot
         Vector128<float> o0 = default, o1 = default, o2 = default, o3 = default;
         for (int b = 0; b + 3 < blocks; b += 4)
         {
-            byte* p = w + b * 18;
-            var pair0 = Avx512F.InsertVector256(Vector256.Load(p).ToVector512Unsafe(), Vector256.Load(p + 4), 1);
-            var pair1 = Avx512F.InsertVector256(Vector256.Load(p + 36).ToVector512Unsafe(), Vector256.Load(p + 40), 1);
-            var codes0 = Gfni.V512.GaloisFieldAffineTransform(Avx512Vbmi.PermuteVar64x8(pair0, permutation), nibbles, 0);
-            var codes1 = Gfni.V512.GaloisFieldAffineTransform(Avx512Vbmi.PermuteVar64x8(pair1, permutation), nibbles, 0);
-            var dw = Vector128.Create(half[*(ushort*)p], half[*(ushort*)(p + 18)], half[*(ushort*)(p + 36)], half[*(ushort*)(p + 54)]);
-            Row(codes0, codes1, dw, q0 + b * 32, d0 + b, s0 + b, ref a0, ref b0, ref o0);
-            Row(codes0, codes1, dw, q1 + b * 32, d1 + b, s1 + b, ref a1, ref b1, ref o1);
-            Row(codes0, codes1, dw, q2 + b * 32, d2 + b, s2 + b, ref a2, ref b2, ref o2);
-            Row(codes0, codes1, dw, q3 + b * 32, d3 + b, s3 + b, ref a3, ref b3, ref o3);
+            var (codes0, codes1, dw) = Q4_0Unpack(w + b * 18, half, permutation, nibbles);
+            Q4_0Accumulate(codes0, codes1, dw, q0 + b * 32, d0 + b, s0 + b, ones, first, second, ref a0, ref b0, ref o0);
+            Q4_0Accumulate(codes0, codes1, dw, q1 + b * 32, d1 + b, s1 + b, ones, first, second, ref a1, ref b1, ref o1);
+            Q4_0Accumulate(codes0, codes1, dw, q2 + b * 32, d2 + b, s2 + b, ones, first, second, ref a2, ref b2, ref o2);
+            Q4_0Accumulate(codes0, codes1, dw, q3 + b * 32, d3 + b, s3 + b, ones, first, second, ref a3, ref b3, ref o3);
         }
         y[0] = Vector512.Sum(a0 + b0) - 8 * Vector128.Sum(o0);
         y[1] = Vector512.Sum(a1 + b1) - 8 * Vector128.Sum(o1);
         y[2] = Vector512.Sum(a2 + b2) - 8 * Vector128.Sum(o2);
         y[3] = Vector512.Sum(a3 + b3) - 8 * Vector128.Sum(o3);
-
-        // one activation row's share: exactly the operations of Q4_0Avx512
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        void Row(Vector512<byte> c0, Vector512<byte> c1, Vector128<float> dw, sbyte* x, float* xd, float* xsd,
-            ref Vector512<float> acc0, ref Vector512<float> acc1, ref Vector128<float> offset)
-        {
-            var dot0 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(c0, Vector512.Load(x)), ones);
-            var dot1 = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(c1, Vector512.Load(x + 64)), ones);
-            var scale = (dw * Vector128.Load(xd)).ToVector256Unsafe().ToVector512Unsafe();
-            offset = Fma.MultiplyAdd(dw, Vector128.Load(xsd), offset);
-            acc0 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(dot0), Avx512F.PermuteVar16x32(scale, first), acc0);
-            acc1 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(dot1), Avx512F.PermuteVar16x32(scale, second), acc1);
-        }
     }
 }
