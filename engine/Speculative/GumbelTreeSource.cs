@@ -27,6 +27,7 @@ public sealed class GumbelTreeSource : IDraftSource
     private readonly List<(int Node, double LogP)> _frontier = [], _next = [];
     private readonly List<int> _tokens = [], _parents = [], _positions = [], _rows = [];
     private float[] _logits = [];
+    private double[] _keys = [];
     private AttentionMask? _mask;
 
     public GumbelTreeSource(LlamaModel network, int maxTokens, int layers = 0, int branching = 3, int width = 4, string name = "rsd")
@@ -114,7 +115,7 @@ public sealed class GumbelTreeSource : IDraftSource
         {
             // the draft's top-k tokens (as probabilities, so cumulative scores mean the same as when sampling)
             Backends.Cpu.Kernels.Activations.SoftmaxF32(logits, q);
-            k = TopK(q, chosen);
+            k = TopK.Largest<float>(q, chosen);
             tree.SetDraftDistribution(node, q, DraftDraw.Deterministic); // kept for the cumulative scores only
             for (int i = 0; i < k; i++)
                 tree.Add(node, chosen[i]);
@@ -134,71 +135,17 @@ public sealed class GumbelTreeSource : IDraftSource
     }
 
     /// <summary>k draws without replacement from q: the k largest log qᵢ + Gᵢ, Gᵢ standard Gumbel.</summary>
-    private static int GumbelTopK(ReadOnlySpan<float> q, Span<int> chosen, Random random)
+    private int GumbelTopK(ReadOnlySpan<float> q, Span<int> chosen, Random random)
     {
-        int k = chosen.Length, found = 0;
-        Span<double> keys = stackalloc double[k];
+        if (_keys.Length != q.Length)
+            _keys = new double[q.Length];
         for (int i = 0; i < q.Length; i++)
         {
-            if (q[i] <= 0)
-                continue;
-            double u = random.NextDouble();
-            double key = Math.Log(q[i]) - Math.Log(-Math.Log(Math.Max(u, double.Epsilon)));
-            if (found < k)
-            {
-                int j = found++;
-                while (j > 0 && keys[j - 1] < key)
-                {
-                    keys[j] = keys[j - 1];
-                    chosen[j] = chosen[j - 1];
-                    j--;
-                }
-                keys[j] = key;
-                chosen[j] = i;
-            }
-            else if (key > keys[k - 1])
-            {
-                int j = k - 1;
-                while (j > 0 && keys[j - 1] < key)
-                {
-                    keys[j] = keys[j - 1];
-                    chosen[j] = chosen[j - 1];
-                    j--;
-                }
-                keys[j] = key;
-                chosen[j] = i;
-            }
+            // a token the draft cannot produce gets −∞ and is never drawn (no random number spent on it)
+            _keys[i] = q[i] <= 0 ? double.NegativeInfinity
+                : Math.Log(q[i]) - Math.Log(-Math.Log(Math.Max(random.NextDouble(), double.Epsilon)));
         }
-        return found;
-    }
-
-    private static int TopK(ReadOnlySpan<float> p, Span<int> chosen)
-    {
-        int k = chosen.Length, found = 0;
-        for (int i = 0; i < p.Length; i++)
-        {
-            if (found < k)
-            {
-                int j = found++;
-                while (j > 0 && p[chosen[j - 1]] < p[i])
-                {
-                    chosen[j] = chosen[j - 1];
-                    j--;
-                }
-                chosen[j] = i;
-            }
-            else if (p[i] > p[chosen[k - 1]])
-            {
-                int j = k - 1;
-                while (j > 0 && p[chosen[j - 1]] < p[i])
-                {
-                    chosen[j] = chosen[j - 1];
-                    j--;
-                }
-                chosen[j] = i;
-            }
-        }
-        return found;
+        return TopK.Largest<double>(_keys, chosen);
     }
 
     private float[] Rent(int i)

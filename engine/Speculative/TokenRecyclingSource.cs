@@ -83,31 +83,7 @@ public sealed class TokenRecyclingSource : IDraftSource
             int input = r == 0 ? context[rootIndex] : tree.Token(r - 1);
             if ((uint)input >= (uint)Vocab)
                 continue;
-            TopK(logits.Slice(r * vocab, Math.Min(vocab, Vocab)), _next.AsSpan(input * K, K));
-        }
-    }
-
-    /// <summary>The indices of the k largest values, largest first.</summary>
-    private static void TopK(ReadOnlySpan<float> values, Span<int> best)
-    {
-        int k = best.Length;
-        Span<float> top = stackalloc float[k];
-        top.Fill(float.NegativeInfinity);
-        best.Fill(-1);
-        for (int i = 0; i < values.Length; i++)
-        {
-            float v = values[i];
-            if (!(v > top[k - 1]))
-                continue;
-            int j = k - 1;
-            while (j > 0 && v > top[j - 1])
-            {
-                top[j] = top[j - 1];
-                best[j] = best[j - 1];
-                j--;
-            }
-            top[j] = v;
-            best[j] = i;
+            TopK.Largest(logits.Slice(r * vocab, Math.Min(vocab, Vocab)), _next.AsSpan(input * K, K));
         }
     }
 
