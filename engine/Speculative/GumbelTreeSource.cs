@@ -23,7 +23,6 @@ public sealed class GumbelTreeSource : IDraftSource
 {
     private readonly DraftModelState _model;
     private readonly int _branching, _width;
-    private readonly List<float[]> _pool = [];
     private readonly List<(int Node, double LogP)> _frontier = [], _next = [];
     private readonly List<int> _tokens = [], _parents = [], _positions = [], _rows = [];
     private float[] _logits = [];
@@ -110,7 +109,7 @@ public sealed class GumbelTreeSource : IDraftSource
         if (k <= 0)
             return;
         Span<int> chosen = stackalloc int[k];
-        var q = Rent(used++);
+        var q = _model.Distribution(used++);
         if (sampler.IsGreedy)
         {
             // the draft's top-k tokens (as probabilities, so cumulative scores mean the same as when sampling)
@@ -146,13 +145,6 @@ public sealed class GumbelTreeSource : IDraftSource
                 : Math.Log(q[i]) - Math.Log(-Math.Log(Math.Max(random.NextDouble(), double.Epsilon)));
         }
         return TopK.Largest<double>(_keys, chosen);
-    }
-
-    private float[] Rent(int i)
-    {
-        while (_pool.Count <= i)
-            _pool.Add(new float[_model.Vocab]);
-        return _pool[i];
     }
 
     public void Observe(DraftTree tree, IReadOnlyList<int> path, int next, ReadOnlySpan<float> logits, int vocab, IReadOnlyList<int> context) { }

@@ -23,7 +23,6 @@ namespace Engine.Speculative;
 public sealed class ModelDraftSource : IDraftSource
 {
     private readonly DraftModelState _model;
-    private readonly List<float[]> _pool = [];
     private readonly float[] _confidence;
 
     /// <param name="network">The draft network (for layer-skip: the target's own).</param>
@@ -64,7 +63,7 @@ public sealed class ModelDraftSource : IDraftSource
             }
             else
             {
-                var q = Rent(depth);
+                var q = _model.Distribution(depth);
                 sampler.Distribution(logits, q);
                 token = SamplerChain.Draw(q, sampler.Random!);
                 tree.SetDraftDistribution(parent, q, DraftDraw.Independent);
@@ -88,13 +87,6 @@ public sealed class ModelDraftSource : IDraftSource
         return top;
     }
 
-    private float[] Rent(int i)
-    {
-        while (_pool.Count <= i)
-            _pool.Add(new float[_confidence.Length]);
-        return _pool[i];
-    }
-
     public void Observe(DraftTree tree, IReadOnlyList<int> path, int next, ReadOnlySpan<float> logits, int vocab, IReadOnlyList<int> context) { }
 
     public void Dispose() => _model.Dispose();
@@ -112,6 +104,7 @@ internal sealed class DraftModelState : IDisposable
     private readonly KvCache _cache;
     private readonly List<int> _cached = [];
     private readonly float[] _logits;
+    private readonly List<float[]> _distributions = [];
     private int[] _tokens = [], _positions = [];
 
     public DraftModelState(LlamaModel network, int maxTokens, int layers)
@@ -169,6 +162,17 @@ internal sealed class DraftModelState : IDisposable
         _net.Forward(Sequence, [token], [position], AttentionMask.Causal, [0], _logits, layers: _layers);
         _cached.Add(token);
         return _logits;
+    }
+
+    /// <summary>
+    /// Vocabulary-sized buffer <paramref name="i"/> for a draft distribution q, kept across steps: a
+    /// draft tree references its q arrays until the verification that follows, and the next draft reuses them.
+    /// </summary>
+    public float[] Distribution(int i)
+    {
+        while (_distributions.Count <= i)
+            _distributions.Add(new float[Vocab]);
+        return _distributions[i];
     }
 
     /// <summary>Tokens in the draft cache, in order (after <see cref="Sync"/>: the whole context).</summary>
