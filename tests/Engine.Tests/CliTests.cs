@@ -5,7 +5,8 @@ namespace Engine.Tests;
 /// <summary>The <c>engine</c> command line, run in-process with captured output.</summary>
 public class CliTests
 {
-    private static (int Code, string Out, string Err) Run(params string[] args)
+    /// <summary>Runs the CLI in-process (used by the tool and speculative tests too).</summary>
+    internal static (int Code, string Out, string Err) Run(params string[] args)
     {
         var stdout = new StringWriter();
         var stderr = new StringWriter();

@@ -134,24 +134,9 @@ public class ModelParityTests
     {
         var model = TinyModel.Random(new TinySpec($"attention-{headDim}", Dim: 2 * headDim, Heads: 2, KvHeads: 1, Layers: 1, Ffn: 64, Seed: 21));
         int[] prompt = Enumerable.Range(0, 75).Select(i => (i * 53 + 7) % 320).ToArray();
-        var reference = model.Reference(prompt).Logits;
-        double scale = reference.SelectMany(r => r).Max(Math.Abs);
         using var dir = new TempDir();
         using var lm = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 2 });
-        int n = prompt.Length, vocab = lm.Config.VocabSize;
-        using var cache = lm.Network.CreateKvCache(256, blockSize); // room for both sequences
-        using var batch = cache.CreateSequence();
-        var logits = new float[n * vocab];
-        lm.Network.Forward(batch, prompt, Enumerable.Range(0, n).ToArray(), AttentionMask.Causal, Enumerable.Range(0, n).ToArray(), logits);
-        for (int t = 0; t < n; t++)
-            AssertRow(logits.AsSpan(t * vocab, vocab), reference[t], scale, $"batched row {t}");
-        using var single = cache.CreateSequence();
-        var one = new float[vocab];
-        for (int t = 0; t < n; t++)
-        {
-            lm.Network.Forward(single, [prompt[t]], [t], AttentionMask.Causal, [0], one);
-            AssertRow(one, reference[t], scale, $"step {t}");
-        }
+        AssertLogitsMatch(lm, model.Reference(prompt).Logits, prompt: prompt, blockSize: blockSize);
     }
 
     [Test]
@@ -176,16 +161,17 @@ public class ModelParityTests
     }
 
     /// <summary>Runs the prompt as one batch (all rows out) and token by token; both must match the reference.</summary>
-    internal static void AssertLogitsMatch(LanguageModel lm, double[][] reference, double tolerance = Tolerance)
+    internal static void AssertLogitsMatch(LanguageModel lm, double[][] reference, double tolerance = Tolerance, int[]? prompt = null, int blockSize = 32)
     {
-        int n = Prompt.Length, vocab = lm.Config.VocabSize;
+        prompt ??= Prompt;
+        int n = prompt.Length, vocab = lm.Config.VocabSize;
         double scale = reference.SelectMany(r => r).Max(Math.Abs);
         Assert.That(scale, Is.GreaterThan(0.1), "reference logits are degenerate; the test would prove nothing");
 
-        using var cache = lm.Network.CreateKvCache(64);
+        using var cache = lm.Network.CreateKvCache(2 * n + 2 * blockSize, blockSize); // room for both sequences
         using var batch = cache.CreateSequence();
         var logits = new float[n * vocab];
-        lm.Network.Forward(batch, Prompt, Enumerable.Range(0, n).ToArray(), AttentionMask.Causal, Enumerable.Range(0, n).ToArray(), logits);
+        lm.Network.Forward(batch, prompt, Enumerable.Range(0, n).ToArray(), AttentionMask.Causal, Enumerable.Range(0, n).ToArray(), logits);
         for (int t = 0; t < n; t++)
             AssertRow(logits.AsSpan(t * vocab, vocab), reference[t], scale, $"batched row {t}", tolerance);
 
@@ -193,7 +179,7 @@ public class ModelParityTests
         var one = new float[vocab];
         for (int t = 0; t < n; t++)
         {
-            lm.Network.Forward(single, [Prompt[t]], [t], AttentionMask.Causal, [0], one);
+            lm.Network.Forward(single, [prompt[t]], [t], AttentionMask.Causal, [0], one);
             AssertRow(one, reference[t], scale, $"step {t}", tolerance);
         }
     }

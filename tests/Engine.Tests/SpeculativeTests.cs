@@ -1,6 +1,5 @@
 using Engine.Api;
 using Engine.Backends;
-using Engine.Cli;
 using Engine.Sampling;
 using Engine.Speculative;
 using Engine.Tensors;
@@ -32,8 +31,8 @@ public class SpeculativeTests
     private static string QuantizedStories(TempDir dir, string type)
     {
         string path = dir.File($"stories-{type}.gguf");
-        var err = new StringWriter();
-        Assert.That(EngineCli.Run(["quantize", SharedData.StoriesGguf, path, type], TextWriter.Null, err), Is.Zero, err.ToString());
+        var (code, _, err) = CliTests.Run("quantize", SharedData.StoriesGguf, path, type);
+        Assert.That(code, Is.Zero, err);
         return path;
     }
 

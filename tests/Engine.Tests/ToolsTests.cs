@@ -1,7 +1,6 @@
 using System.Text.Json;
 using Engine.Api;
 using Engine.Backends;
-using Engine.Cli;
 using Engine.Conversion;
 using Engine.Formats.Gguf;
 using Engine.Quantization;
@@ -15,13 +14,7 @@ namespace Engine.Tests;
 /// </summary>
 public class ToolsTests
 {
-    private static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        int code = EngineCli.Run(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
+    private static (int Code, string Out, string Err) Run(params string[] args) => CliTests.Run(args);
 
     private static string LlamaSpmVocab => SharedData.Require("vocab/ggml-vocab-llama-spm.gguf");
 
