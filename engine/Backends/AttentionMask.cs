@@ -47,7 +47,7 @@ public sealed class AttentionMask
         int n = parents.Length;
         int words = (n + 63) / 64;
         AttentionMask mask;
-        if (reuse is { _bits: { } bits } && reuse != Causal && bits.Length >= n * words)
+        if (reuse is { _bits: { } bits } && bits.Length >= n * words) // never Causal, which has no bits
         {
             mask = reuse;
             mask.Size = n;
