@@ -31,6 +31,8 @@ public static class CudaDriver
         if (Interlocked.Exchange(ref s_resolverInstalled, 1) != 0)
             return;
         AssemblyLoadContext.Default.ResolvingUnmanagedDll += Resolve;
+        NativeLibrary.SetDllImportResolver(typeof(CudaDriver).Assembly,
+            (name, _, _) => name == CuBlas.Lib ? CuBlas.Resolve() : IntPtr.Zero);
     }
 
     private static IntPtr Resolve(Assembly assembly, string name)

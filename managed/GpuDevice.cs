@@ -5,25 +5,46 @@ using ILGPU.Runtime.Cuda;
 namespace Engine.Cuda;
 
 /// <summary>
-/// One CUDA device opened for use: an ILGPU CUDA accelerator (its context), the PTX modules loaded on
-/// it (once each), and device memory. Every raw driver call binds the accelerator's context to the
-/// calling thread first, since test runners and async code move work between threads.
+/// One CUDA device opened for use: an ILGPU CUDA accelerator (its context), one stream all of our work
+/// is queued on, a memory pool, pinned staging memory, and the PTX modules loaded on it (once each).
+/// Every driver call binds the context to the calling thread first (<see cref="Bind"/>), since test
+/// runners and async code move work between threads. Not thread-safe: one thread drives a device at a time.
 /// </summary>
-public sealed class GpuDevice : IDisposable
+public sealed unsafe class GpuDevice : IDisposable
 {
+    private const long StagingBytes = 16L << 20;
     private readonly Context _context;
     private readonly CudaAccelerator _accelerator;
     private readonly Dictionary<string, IntPtr> _modules = [];
     private readonly Dictionary<(string, string), IntPtr> _functions = [];
+    private PinnedBuffer? _staging;
+    private bool _disposed;
 
     private GpuDevice(Context context, CudaAccelerator accelerator, GpuInfo info)
     {
         _context = context;
         _accelerator = accelerator;
         Info = info;
+        Pool = new DeviceMemoryPool(() => Bind());
+        using var _ = Bind();
+        Driver.Check(Driver.StreamCreate(out IntPtr stream, Driver.CU_STREAM_NON_BLOCKING));
+        Stream = stream;
+        Driver.Check(Driver.CtxGetDevice(out int ordinal));
+        Ordinal = ordinal;
     }
 
     public GpuInfo Info { get; }
+
+    /// <summary>The stream every launch and copy of this device is queued on, in order.</summary>
+    public IntPtr Stream { get; }
+
+    /// <summary>Device memory of this device; weights, activations and the KV cache come from here.</summary>
+    public DeviceMemoryPool Pool { get; }
+
+    /// <summary>Kernel launches made so far (a decode step's count is what CUDA-graph capture would save).</summary>
+    public long Launches { get; private set; }
+
+    private int Ordinal { get; }
 
     /// <summary>Opens device <paramref name="index"/>; throws <see cref="CudaException"/> with the reason when there is none.</summary>
     public static GpuDevice Open(int index = 0)
@@ -32,7 +53,7 @@ public sealed class GpuDevice : IDisposable
         if (devices.Count == 0)
             throw new CudaException($"no CUDA device: {reason}");
         if (index < 0 || index >= devices.Count)
-            throw new CudaException($"cuda:{index} does not exist (found {devices.Count} device(s))");
+            throw new CudaException($"cuda:{index} does not exist (found {devices.Count} device(s): {string.Join("; ", devices)})");
         var context = Context.Create(b => b.Cuda());
         try
         {
@@ -47,26 +68,125 @@ public sealed class GpuDevice : IDisposable
     }
 
     /// <summary>Binds this device's context to the current thread until disposed.</summary>
-    public ScopedAcceleratorBinding Bind() => _accelerator.BindScoped();
-
-    /// <summary>A float32 device array of <paramref name="length"/> elements.</summary>
-    public MemoryBuffer1D<float, Stride1D.Dense> Allocate(long length) => _accelerator.Allocate1D<float>(length);
-
-    /// <summary>A device array holding a copy of <paramref name="data"/>.</summary>
-    public MemoryBuffer1D<float, Stride1D.Dense> Upload(float[] data) => _accelerator.Allocate1D(data);
-
-    /// <summary>Copies a device array back to the host (after the work queued before it).</summary>
-    public float[] Download(MemoryBuffer1D<float, Stride1D.Dense> buffer)
+    public ScopedAcceleratorBinding Bind()
     {
-        using var _ = Bind();
-        return buffer.GetAsArray1D();
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return _accelerator.BindScoped();
     }
 
-    /// <summary>Waits for all work on the device; launch errors surface here.</summary>
+    /// <summary>Device memory for <paramref name="length"/> elements from the pool (contents undefined).</summary>
+    public GpuArray<T> Allocate<T>(long length) where T : unmanaged => new(Pool, length);
+
+    /// <summary>A device array holding a copy of <paramref name="data"/>.</summary>
+    public GpuArray<T> Upload<T>(ReadOnlySpan<T> data) where T : unmanaged
+    {
+        var array = Allocate<T>(data.Length);
+        CopyToDevice(data, array.Span);
+        return array;
+    }
+
+    /// <summary>Page-locked host memory of <paramref name="bytes"/> bytes for asynchronous copies.</summary>
+    public PinnedBuffer AllocatePinned(long bytes) => new(() => Bind(), bytes);
+
+    /// <summary>
+    /// Copies host data to the device through pinned staging, in order with the work queued before;
+    /// returns when <paramref name="source"/> may be reused.
+    /// </summary>
+    public void CopyToDevice<T>(ReadOnlySpan<T> source, DeviceSpan<T> destination) where T : unmanaged
+    {
+        if (destination.Length < source.Length)
+            throw new ArgumentException($"copying {source.Length} elements into a device span of {destination.Length}");
+        var bytes = System.Runtime.InteropServices.MemoryMarshal.AsBytes(source);
+        using var _ = Bind();
+        var staging = _staging ??= AllocatePinned(StagingBytes);
+        for (long offset = 0; offset < bytes.Length; offset += StagingBytes)
+        {
+            int count = (int)Math.Min(StagingBytes, bytes.Length - offset);
+            bytes.Slice((int)offset, count).CopyTo(staging.AsSpan<byte>(count));
+            Driver.Check(Driver.MemcpyHtoDAsync(destination.Pointer + (nint)offset, (void*)staging.Pointer, (nuint)count, Stream));
+            Driver.Check(Driver.StreamSynchronize(Stream)); // the staging buffer is reused by the next chunk
+        }
+    }
+
+    /// <summary>Copies device data to the host after the work queued before it.</summary>
+    public void CopyToHost<T>(DeviceSpan<T> source, Span<T> destination) where T : unmanaged
+    {
+        if (destination.Length < source.Length)
+            throw new ArgumentException($"copying {source.Length} device elements into a host span of {destination.Length}");
+        var bytes = System.Runtime.InteropServices.MemoryMarshal.AsBytes(destination[..checked((int)source.Length)]);
+        using var _ = Bind();
+        var staging = _staging ??= AllocatePinned(StagingBytes);
+        for (long offset = 0; offset < bytes.Length; offset += StagingBytes)
+        {
+            int count = (int)Math.Min(StagingBytes, bytes.Length - offset);
+            Driver.Check(Driver.MemcpyDtoHAsync((void*)staging.Pointer, source.Pointer + (nint)offset, (nuint)count, Stream));
+            Driver.Check(Driver.StreamSynchronize(Stream));
+            staging.AsSpan<byte>(count).CopyTo(bytes.Slice((int)offset, count));
+        }
+    }
+
+    /// <summary>The device array's contents as a host array.</summary>
+    public T[] Download<T>(DeviceSpan<T> source) where T : unmanaged
+    {
+        var data = new T[source.Length];
+        CopyToHost(source, data);
+        return data;
+    }
+
+    /// <summary>Queues a device-to-device copy of <paramref name="bytes"/> bytes.</summary>
+    public void CopyDeviceToDevice(IntPtr destination, IntPtr source, long bytes)
+    {
+        using var _ = Bind();
+        Driver.Check(Driver.MemcpyDtoDAsync(destination, source, (nuint)bytes, Stream));
+    }
+
+    /// <summary>Queues setting <paramref name="bytes"/> bytes to zero.</summary>
+    public void Clear(IntPtr destination, long bytes)
+    {
+        using var _ = Bind();
+        Driver.Check(Driver.MemsetD8Async(destination, 0, (nuint)bytes, Stream));
+    }
+
+    /// <summary>Waits for everything queued on the stream; errors of earlier launches surface here.</summary>
     public void Synchronize()
     {
         using var _ = Bind();
-        CudaCheck.ThrowIfFailed(CudaAPI.CurrentAPI.SynchronizeContext());
+        Driver.Check(Driver.StreamSynchronize(Stream));
+    }
+
+    /// <summary>A device attribute (CU_DEVICE_ATTRIBUTE_*).</summary>
+    public int Attribute(int attribute)
+    {
+        using var _ = Bind();
+        Driver.Check(Driver.DeviceGetAttribute(out int value, attribute, Ordinal));
+        return value;
+    }
+
+    /// <summary>
+    /// Theoretical peak memory bandwidth in bytes/s from the device's own attributes: memory clock
+    /// (kHz) × 2 (double data rate) × bus width (bits) / 8.
+    /// </summary>
+    public double PeakBandwidth =>
+        Attribute(Driver.CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE) * 1e3 * 2 * Attribute(Driver.CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH) / 8;
+
+    /// <summary>
+    /// Peak float32 FMA throughput in FLOP/s: SMs × FP32 lanes per SM (by architecture, as CUDA's
+    /// samples tabulate it) × 2 × SM clock.
+    /// </summary>
+    public double PeakFlops
+    {
+        get
+        {
+            int lanes = (Info.Major, Info.Minor) switch
+            {
+                (7, _) => 64,
+                (8, 0) => 64,
+                (8, _) => 128,
+                (9, _) => 128,
+                _ => 128,
+            };
+            return (double)Info.Multiprocessors * lanes * 2 * Attribute(Driver.CU_DEVICE_ATTRIBUTE_CLOCK_RATE) * 1e3;
+        }
     }
 
     /// <summary>The function <paramref name="kernel"/> of kernels/<paramref name="kernelFile"/>.cu, loading its PTX once.</summary>
@@ -83,29 +203,81 @@ public sealed class GpuDevice : IDisposable
                 throw new CudaException($"loading PTX {source} failed: {error}{(string.IsNullOrWhiteSpace(log) ? "" : ": " + log.Trim())}");
             _modules[kernelFile] = module;
         }
-        CudaCheck.ThrowIfFailed(CudaAPI.CurrentAPI.GetModuleFunction(out fn, module, kernel));
+        var found = CudaAPI.CurrentAPI.GetModuleFunction(out fn, module, kernel);
+        if (found != CudaError.CUDA_SUCCESS)
+            throw new CudaException($"kernels/{kernelFile}.cu has no kernel {kernel} ({found})");
         _functions[(kernelFile, kernel)] = fn;
         return fn;
     }
 
-    /// <summary>Launches a kernel on the default stream; <paramref name="args"/> holds one pointer per kernel parameter.</summary>
-    public unsafe void Launch(IntPtr function, (int X, int Y, int Z) grid, (int X, int Y, int Z) block, int sharedBytes, void** args)
+    /// <summary>Queues a kernel on <see cref="Stream"/>; <paramref name="args"/> holds one pointer per kernel parameter.</summary>
+    public void Launch(IntPtr function, (int X, int Y, int Z) grid, (int X, int Y, int Z) block, int sharedBytes, void** args)
     {
+        if (grid.X <= 0 || grid.Y <= 0 || grid.Z <= 0 || block.X <= 0 || block.Y <= 0 || block.Z <= 0)
+            throw new ArgumentOutOfRangeException(nameof(grid), $"launch of grid {grid} and block {block}: every dimension must be positive");
+        if (grid.Y > 65535 || grid.Z > 65535)
+            throw new ArgumentOutOfRangeException(nameof(grid), $"grid {grid}: y and z are limited to 65535");
         using var _ = Bind();
-        CudaCheck.ThrowIfFailed(CudaAPI.CurrentAPI.LaunchKernel(function, grid.X, grid.Y, grid.Z, block.X, block.Y, block.Z,
-            sharedBytes, IntPtr.Zero, (IntPtr)args, IntPtr.Zero));
+        Driver.Check(Driver.LaunchKernel(function, (uint)grid.X, (uint)grid.Y, (uint)grid.Z, (uint)block.X, (uint)block.Y, (uint)block.Z,
+            (uint)sharedBytes, Stream, args, null));
+        Launches++;
     }
 
     public void Dispose()
     {
+        if (_disposed)
+            return;
         using (Bind())
         {
+            Driver.StreamSynchronize(Stream);
             foreach (IntPtr module in _modules.Values)
                 CudaAPI.CurrentAPI.DestroyModule(module);
+            _staging?.Dispose();
+            Pool.Dispose();
+            Driver.StreamDestroy(Stream);
         }
+        _disposed = true;
         _modules.Clear();
         _functions.Clear();
         _accelerator.Dispose();
         _context.Dispose();
+    }
+}
+
+/// <summary>Times work on a device's stream with CUDA events (what kernels-bench reports).</summary>
+public sealed class GpuTimer : IDisposable
+{
+    private readonly GpuDevice _device;
+    private readonly IntPtr _start, _stop;
+
+    public GpuTimer(GpuDevice device)
+    {
+        _device = device;
+        using var _ = device.Bind();
+        Driver.Check(Driver.EventCreate(out _start, Driver.CU_EVENT_DEFAULT));
+        Driver.Check(Driver.EventCreate(out _stop, Driver.CU_EVENT_DEFAULT));
+    }
+
+    public void Start()
+    {
+        using var _ = _device.Bind();
+        Driver.Check(Driver.EventRecord(_start, _device.Stream));
+    }
+
+    /// <summary>Records the end and waits for it; returns the milliseconds between the two events.</summary>
+    public float Stop()
+    {
+        using var _ = _device.Bind();
+        Driver.Check(Driver.EventRecord(_stop, _device.Stream));
+        Driver.Check(Driver.EventSynchronize(_stop));
+        Driver.Check(Driver.EventElapsedTime(out float ms, _start, _stop));
+        return ms;
+    }
+
+    public void Dispose()
+    {
+        using var _ = _device.Bind();
+        Driver.EventDestroy(_start);
+        Driver.EventDestroy(_stop);
     }
 }

@@ -26,7 +26,8 @@ public abstract class Backend : IDisposable
     /// <summary>Scratch memory for activations, reused across steps.</summary>
     public abstract DeviceBuffer Allocate(long floats);
 
-    public abstract KvStore CreateKvStore(KvLayout layout);
+    /// <summary>Storage for up to <paramref name="maxBlocks"/> KV blocks (the CPU allocates them as they are first used; a GPU reserves them at once, so that decoding never allocates device memory).</summary>
+    public abstract KvStore CreateKvStore(KvLayout layout, int maxBlocks);
 
     /// <summary>dst[i, :] = table[tokens[i], :]. table: [vocab, dim]; dst: [n, dim].</summary>
     public abstract void Embed(DeviceMatrix table, ReadOnlySpan<int> tokens, Activation dst);

@@ -31,7 +31,7 @@ public sealed class ProfilingBackend(Backend inner) : Backend
     public override DeviceMatrix LoadMatrix(TensorView tensor) => Inner.LoadMatrix(tensor);
     public override DeviceVector LoadVector(TensorView tensor) => Inner.LoadVector(tensor);
     public override DeviceBuffer Allocate(long floats) => Inner.Allocate(floats);
-    public override KvStore CreateKvStore(KvLayout layout) => Inner.CreateKvStore(layout);
+    public override KvStore CreateKvStore(KvLayout layout, int maxBlocks) => Inner.CreateKvStore(layout, maxBlocks);
 
     public override void Embed(DeviceMatrix table, ReadOnlySpan<int> tokens, Activation dst)
     {

@@ -23,7 +23,7 @@ public sealed class KvCache : IDisposable
         Layout = layout;
         MaxBlocks = (maxTokens + layout.BlockSize - 1) / layout.BlockSize;
         _refs = new int[MaxBlocks];
-        Store = backend.CreateKvStore(layout);
+        Store = backend.CreateKvStore(layout, MaxBlocks);
     }
 
     public KvLayout Layout { get; }

@@ -1,6 +1,3 @@
-using ILGPU;
-using ILGPU.Runtime;
-
 namespace Engine.Cuda.Kernels;
 
 /// <summary>
@@ -14,7 +11,7 @@ public static class RmsNorm
     /// rms_norm_f32: y[r, :] = x[r, :] / sqrt(mean(x[r, :]²) + eps) · w for r &lt; rows.
     /// x, y: [rows, cols] (y may be x); w: [cols]. One block per row.
     /// </summary>
-    public static unsafe void RmsNormF32(GpuDevice device, ArrayView<float> x, ArrayView<float> w, ArrayView<float> y, int rows, int cols, float eps)
+    public static unsafe void RmsNormF32(GpuDevice device, DeviceSpan<float> x, DeviceSpan<float> w, DeviceSpan<float> y, int rows, int cols, float eps)
     {
         if (rows <= 0 || cols <= 0)
             throw new ArgumentOutOfRangeException(nameof(rows), $"rms_norm_f32: shape [{rows}, {cols}] must be positive");
@@ -26,7 +23,7 @@ public static class RmsNorm
         if (!(eps >= 0))
             throw new ArgumentOutOfRangeException(nameof(eps), $"rms_norm_f32: eps {eps} must not be negative");
         var fn = device.Function(File, "rms_norm_f32");
-        IntPtr px = x.LoadEffectiveAddressAsPtr(), pw = w.LoadEffectiveAddressAsPtr(), py = y.LoadEffectiveAddressAsPtr();
+        IntPtr px = x.Pointer, pw = w.Pointer, py = y.Pointer;
         void** args = stackalloc void*[5];
         args[0] = &px;
         args[1] = &pw;

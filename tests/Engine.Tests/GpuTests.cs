@@ -1,17 +1,35 @@
+using System.Runtime.InteropServices;
+using Engine.Api;
+using Engine.Backends;
+using Engine.Backends.Cpu.Kernels;
 using Engine.Cuda;
+using Engine.Sampling;
+using Engine.Tensors;
 using CpuRmsNorm = Engine.Backends.Cpu.Kernels.RmsNorm;
 
 namespace Engine.Tests;
 
 /// <summary>
-/// Kernels from kernels/*.cu against their C# references, on a real GPU. Where no CUDA device exists the
-/// tests are ignored with the reason; with REQUIRE_GPU=1 (the device script sets it) they fail instead,
-/// so a run on a GPU machine cannot pass by skipping.
+/// The GPU parity suite: every kernel of kernels/*.cu against its C# reference on random inputs of
+/// awkward sizes, then the whole forward pass on the CUDA backend against the double-precision reference
+/// and the CPU backend, and greedy decoding of stories260K against expected.md. Where no CUDA device
+/// exists the tests are ignored with the reason; with REQUIRE_GPU=1 (the device script sets it) they
+/// fail instead, so a run on a GPU machine cannot pass by skipping.
 /// </summary>
+/// <remarks>
+/// Tolerances. u = 2^-24 is float32's unit roundoff. A sum of n products computed in two different
+/// orders (the kernels split it across lanes and a tree, the references go left to right) differs by at
+/// most 2·γ_n·Σ|terms| with γ_n ≈ n·u (Higham, "Accuracy and Stability of Numerical Algorithms", §3.1);
+/// the gemv and attention checks use that bound computed from the inputs, so they cannot pass a wrong
+/// kernel (a swapped nibble or scale moves a result by a sizeable part of Σ|terms|) and cannot fail a
+/// right one. Elementwise kernels differ from their references only where the GPU fuses a multiply-add
+/// or its expf rounds differently: a few ulps.
+/// </remarks>
 [Category("Gpu")]
 [NonParallelizable]
 public class GpuTests
 {
+    private const double U = 1.0 / (1 << 24);
     private static GpuDevice? s_device;
 
     [OneTimeSetUp]
@@ -26,18 +44,62 @@ public class GpuTests
             Assert.Ignore(message);
         }
         s_device = GpuDevice.Open(0);
-        TestContext.Progress.WriteLine($"GPU: {s_device.Info}");
+        TestContext.Progress.WriteLine($"GPU: {s_device.Info}; cuBLAS: {(CuBlas.TryCreate(s_device) is { } b ? "yes" : CuBlas.Status)}");
     }
 
     [OneTimeTearDown]
     public void Close() => s_device?.Dispose();
 
+    private static GpuDevice Device => s_device!;
+
+    private static float[] RandomFloats(Random rng, int n, double scale = 2) =>
+        Enumerable.Range(0, n).Select(_ => (float)((rng.NextDouble() * 2 - 1) * scale)).ToArray();
+
     /// <summary>
-    /// rms_norm_f32 vs the C# RmsNormF32 on awkward shapes (one element, below/above a warp, above a block).
-    /// The kernel sums squares as a tree across threads, the reference left to right: for n terms the two
-    /// sums differ by at most about log2(n)+n/32 roundings of 2^-24 relative, so 1e-5 relative to each
-    /// row's largest output is ~10× the worst case for n = 4097.
+    /// Weight rows in <paramref name="type"/>'s format with random bits everywhere except the half-precision
+    /// scales, which get moderate finite values: every quant, scale and min pattern occurs.
     /// </summary>
+    internal static byte[] RandomWeights(GgmlType type, int rows, int cols, Random rng)
+    {
+        long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
+        var data = new byte[rowBytes * rows];
+        void Half(int at, double magnitude) => BitConverter.TryWriteBytes(data.AsSpan(at, 2), (Half)((rng.NextDouble() * 2 - 1) * magnitude));
+        switch (type)
+        {
+            case GgmlType.F32:
+                MemoryMarshal.Cast<byte, float>(data.AsSpan()).Fill(0);
+                RandomFloats(rng, rows * cols).CopyTo(MemoryMarshal.Cast<byte, float>(data.AsSpan()));
+                break;
+            case GgmlType.F16:
+                for (int i = 0; i < rows * cols; i++)
+                    Half(2 * i, 2);
+                break;
+            case GgmlType.BF16:
+                for (int i = 0; i < rows * cols; i++)
+                    BitConverter.TryWriteBytes(data.AsSpan(2 * i, 2), Quantization.Quantize.ToBF16((float)(rng.NextDouble() * 4 - 2)));
+                break;
+            default:
+                rng.NextBytes(data);
+                var (blockValues, blockBytes) = GgmlTypeInfo.Layout(type)!.Value;
+                for (long b = 0; b < data.Length / blockBytes; b++)
+                {
+                    int at = (int)(b * blockBytes);
+                    switch (type)
+                    {
+                        case GgmlType.Q8_0: Half(at, 0.05); break;
+                        case GgmlType.Q4_0: Half(at, 0.3); break;
+                        case GgmlType.Q4_K: Half(at, 0.02); Half(at + 2, 0.02); break;
+                        case GgmlType.Q6_K: Half(at + 208, 0.003); break;
+                        default: throw new NotSupportedException(type.ToString());
+                    }
+                }
+                break;
+        }
+        return data;
+    }
+
+    public static IEnumerable<GgmlType> WeightTypes() => Cuda.Kernels.WeightFormats.Supported;
+
     [TestCase(1, 1)]
     [TestCase(3, 31)]
     [TestCase(2, 33)]
@@ -46,20 +108,21 @@ public class GpuTests
     [TestCase(1, 8192)]
     public void RmsNorm_matches_the_cpu_reference(int rows, int cols)
     {
-        var device = s_device!;
+        // The kernel sums squares as a tree across threads, the reference in vector lanes: for n terms the
+        // two sums differ by about log2(n) + n/32 roundings of 2^-24 relative, so 1e-5 relative to each
+        // row's largest output is ~10× the worst case for n = 8192.
         var rng = new Random(rows * 10_000 + cols);
-        var x = Enumerable.Range(0, rows * cols).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
+        var x = RandomFloats(rng, rows * cols);
         var w = Enumerable.Range(0, cols).Select(_ => (float)(rng.NextDouble() + 0.5)).ToArray();
         const float eps = 1e-5f;
         var expected = new float[x.Length];
         CpuRmsNorm.RmsNormF32(x, w, eps, expected, rows);
 
-        using var dx = device.Upload(x);
-        using var dw = device.Upload(w);
-        using var dy = device.Allocate(x.Length);
-        Cuda.Kernels.RmsNorm.RmsNormF32(device, dx.View, dw.View, dy.View, rows, cols, eps);
-        device.Synchronize();
-        var actual = device.Download(dy);
+        using var dx = Device.Upload<float>(x);
+        using var dw = Device.Upload<float>(w);
+        using var dy = Device.Allocate<float>(x.Length);
+        Cuda.Kernels.RmsNorm.RmsNormF32(Device, dx, dw, dy, rows, cols, eps);
+        var actual = Device.Download<float>(dy);
         for (int r = 0; r < rows; r++)
         {
             float scale = expected.AsSpan(r * cols, cols).ToArray().Max(MathF.Abs);
@@ -68,18 +131,390 @@ public class GpuTests
         }
 
         // In place (y = x), as the forward pass uses it.
-        Cuda.Kernels.RmsNorm.RmsNormF32(device, dx.View, dw.View, dx.View, rows, cols, eps);
-        device.Synchronize();
-        Assert.That(device.Download(dx)[^1], Is.EqualTo(expected[^1]).Within(1e-5f * MathF.Abs(expected[^1]) + 1e-6f));
+        Cuda.Kernels.RmsNorm.RmsNormF32(Device, dx, dw, dx, rows, cols, eps);
+        Assert.That(Device.Download<float>(dx)[^1], Is.EqualTo(expected[^1]).Within(1e-5f * MathF.Abs(expected[^1]) + 1e-6f));
     }
 
     [Test]
-    public void Launcher_checks_shapes_before_launching()
+    public void Launchers_check_shapes_before_launching()
     {
-        var device = s_device!;
-        using var small = device.Allocate(8);
-        Assert.Throws<ArgumentException>(() => Cuda.Kernels.RmsNorm.RmsNormF32(device, small.View, small.View, small.View, 2, 8, 1e-5f));
-        Assert.Throws<ArgumentOutOfRangeException>(() => Cuda.Kernels.RmsNorm.RmsNormF32(device, small.View, small.View, small.View, 0, 8, 1e-5f));
+        using var small = Device.Allocate<float>(8);
+        Assert.Throws<ArgumentException>(() => Cuda.Kernels.RmsNorm.RmsNormF32(Device, small, small, small, 2, 8, 1e-5f));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Cuda.Kernels.RmsNorm.RmsNormF32(Device, small, small, small, 0, 8, 1e-5f));
+        using var bytes = Device.Allocate<byte>(18);
+        Assert.Throws<ArgumentException>(() => Cuda.Kernels.Gemv.Run(Device, GgmlType.Q4_0, bytes, 2, 32, small, 1, small), "two rows need 36 bytes");
+        Assert.Throws<ArgumentException>(() => Cuda.Kernels.Gemv.Run(Device, GgmlType.Q4_0, bytes, 1, 30, small, 1, small), "not whole blocks");
+        Assert.Throws<ArgumentOutOfRangeException>(() => Cuda.Kernels.Gemv.Run(Device, GgmlType.Q4_0, bytes, 1, 32, small, 9, small));
+    }
+
+    [Test]
+    public void Get_rows_matches_the_cpu_reference([ValueSource(nameof(WeightTypes))] GgmlType type)
+    {
+        int qk = GgmlTypeInfo.Layout(type)!.Value.BlockSize;
+        int cols = qk == 1 ? 37 * 2 : qk * 3, tableRows = 11;
+        var rng = new Random(17 + (int)type);
+        var table = RandomWeights(type, tableRows, cols, rng);
+        int[] ids = [3, 0, 10, 3, 7];
+        var expected = new float[ids.Length * cols];
+        GetRows.Rows(type, table, cols, ids, expected);
+
+        using var dt = Device.Upload<byte>(table);
+        using var di = Device.Upload<int>(ids);
+        using var dd = Device.Allocate<float>(expected.Length);
+        Cuda.Kernels.GetRows.Rows(Device, type, dt, tableRows, cols, di, ids.Length, dd);
+        var actual = Device.Download<float>(dd);
+        // Both decode d·q (or d·sc·q − dmin·m) in float32; the GPU may fuse the last multiply-add: 2 ulps.
+        for (int i = 0; i < expected.Length; i++)
+            Assert.That(actual[i], Is.EqualTo(expected[i]).Within(4 * U * Math.Abs(expected[i]) + 1e-30), $"value {i % cols} of row {i / cols}");
+    }
+
+    [Test]
+    public void Gemv_matches_the_cpu_reference([ValueSource(nameof(WeightTypes))] GgmlType type, [Values(1, 3, 8)] int ncols)
+    {
+        int qk = GgmlTypeInfo.Layout(type)!.Value.BlockSize;
+        int cols = qk == 1 ? 4 * 37 : qk * 5, rows = 67; // 67 rows: a partial block of 4 warps
+        var rng = new Random(ncols * 100 + (int)type);
+        var w = RandomWeights(type, rows, cols, rng);
+        var x = RandomFloats(rng, ncols * cols);
+        var expected = new float[ncols * rows];
+        Gemv.Run(type, w, rows, cols, x, ncols, expected);
+
+        using var dw = Device.Upload<byte>(w);
+        using var dx = Device.Upload<float>(x);
+        using var dy = Device.Allocate<float>(expected.Length);
+        Cuda.Kernels.Gemv.Run(Device, type, dw, rows, cols, dx, ncols, dy);
+        var actual = Device.Download<float>(dy);
+
+        var row = new float[cols];
+        long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
+        for (int r = 0; r < rows; r++)
+        {
+            Quantization.Dequantize.Row(type, w.AsSpan((int)(r * rowBytes), (int)rowBytes), row);
+            for (int c = 0; c < ncols; c++)
+            {
+                double magnitude = 0;
+                for (int k = 0; k < cols; k++)
+                    magnitude += Math.Abs((double)row[k] * x[c * cols + k]);
+                double bound = (2.0 * cols + 4) * U * magnitude; // two summation orders, plus a dequantization ulp
+                Assert.That(actual[c * rows + r], Is.EqualTo(expected[c * rows + r]).Within(bound), $"row {r}, activation row {c}");
+            }
+        }
+    }
+
+    [Test]
+    public void Gemv_rows_do_not_depend_on_the_batch([ValueSource(nameof(WeightTypes))] GgmlType type)
+    {
+        // gemv_x8's arithmetic for each activation row is gemv's: verification reproduces decoding bit for bit.
+        int qk = GgmlTypeInfo.Layout(type)!.Value.BlockSize;
+        int cols = qk == 1 ? 96 : qk * 4, rows = 40;
+        var rng = new Random(5 + (int)type);
+        using var dw = Device.Upload<byte>(RandomWeights(type, rows, cols, rng));
+        var x = RandomFloats(rng, 8 * cols);
+        using var dx = Device.Upload<float>(x);
+        using var all = Device.Allocate<float>(8 * rows);
+        Cuda.Kernels.Gemv.Run(Device, type, dw, rows, cols, dx, 8, all);
+        var batched = Device.Download<float>(all);
+        using var one = Device.Allocate<float>(rows);
+        for (int c = 0; c < 8; c++)
+        {
+            Cuda.Kernels.Gemv.Run(Device, type, dw, rows, cols, dx.Span.Slice((long)c * cols, cols), 1, one);
+            Assert.That(Device.Download<float>(one), Is.EqualTo(batched.AsSpan(c * rows, rows).ToArray()), $"activation row {c}");
+        }
+    }
+
+    [Test]
+    public void Dequantize_to_f16_matches_the_cpu_reference([ValueSource(nameof(WeightTypes))] GgmlType type)
+    {
+        int qk = GgmlTypeInfo.Layout(type)!.Value.BlockSize;
+        int cols = qk == 1 ? 50 : qk * 2, rows = 9;
+        var w = RandomWeights(type, rows, cols, new Random(23 + (int)type));
+        var expected = new Half[rows * cols];
+        DequantizeF16.Run(type, w, rows, cols, expected);
+        using var dw = Device.Upload<byte>(w);
+        using var dd = Device.Allocate<Half>(expected.Length);
+        Cuda.Kernels.Dequantize.ToF16(Device, type, dw, rows, cols, dd);
+        var actual = Device.Download<Half>(dd);
+        // The float values agree to 2 ulps (get_rows); rounding to half then agrees to one half-ulp (2^-11).
+        for (int i = 0; i < expected.Length; i++)
+            Assert.That((double)actual[i], Is.EqualTo((double)expected[i]).Within(Math.Abs((double)expected[i]) / 1024 + 1e-7), $"value {i}");
+
+        var x = RandomFloats(new Random(3), 1000);
+        var halves = new Half[x.Length];
+        DequantizeF16.ConvertF32F16(x, halves);
+        using var dx = Device.Upload<float>(x);
+        using var dh = Device.Allocate<Half>(x.Length);
+        Cuda.Kernels.Dequantize.ConvertF32F16(Device, dx, dh, x.Length);
+        Assert.That(Device.Download<Half>(dh), Is.EqualTo(halves), "round to nearest even on both sides");
+    }
+
+    [TestCase(false, 16, 8, 3)]
+    [TestCase(true, 16, 8, 3)]
+    [TestCase(true, 128, 64, 5)]
+    [TestCase(false, 64, 16, 2)] // partial rotation: 16 of 64 dims rotated
+    public void Rope_matches_the_cpu_reference(bool neox, int headDim, int pairs, int heads)
+    {
+        var rng = new Random(headDim + pairs);
+        int n = 7;
+        var x = RandomFloats(rng, n * heads * headDim);
+        int[] positions = [0, 1, 2, 77, 500, 4095, 70000];
+        var invFreq = Enumerable.Range(0, pairs).Select(i => Math.Pow(10000.0, -2.0 * i / (2 * pairs))).ToArray();
+        var expected = (float[])x.Clone();
+        for (int r = 0; r < n; r++)
+        {
+            var cos = invFreq.Select(f => (float)Math.Cos(positions[r] * f)).ToArray();
+            var sin = invFreq.Select(f => (float)Math.Sin(positions[r] * f)).ToArray();
+            Rope.RopeF32(expected.AsSpan(r * heads * headDim, heads * headDim), heads, headDim, neox, cos, sin);
+        }
+        using var dx = Device.Upload<float>(x);
+        using var dp = Device.Upload<int>(positions);
+        using var df = Device.Upload<double>(invFreq);
+        Cuda.Kernels.Rope.RopeF32(Device, dx, n, heads, headDim, dp, df, pairs, neox);
+        var actual = Device.Download<float>(dx);
+        // Same float cos/sin (both round the double angle's cosine once); x0·c − x1·s may be fused on the GPU: 2 ulps of the terms.
+        for (int i = 0; i < x.Length; i++)
+            Assert.That(actual[i], Is.EqualTo(expected[i]).Within(8 * U * 2 * 2 + 4 * U * Math.Abs(expected[i])), $"element {i}");
+    }
+
+    [Test]
+    public void Elementwise_kernels_match_the_cpu_references()
+    {
+        var rng = new Random(9);
+        int count = 1000 * 3 + 17;
+        var gate = RandomFloats(rng, count, 8);
+        var up = RandomFloats(rng, count, 3);
+        var expected = new float[count];
+        Activations.SwiGluF32(gate, up, expected);
+        using var dg = Device.Upload<float>(gate);
+        using var du = Device.Upload<float>(up);
+        Cuda.Kernels.SwiGlu.SwiGluF32(Device, dg, du, dg, count);
+        var actual = Device.Download<float>(dg);
+        // expf and 1/(1+e) against TensorPrimitives.Sigmoid: a few ulps of the result.
+        for (int i = 0; i < count; i++)
+            Assert.That(actual[i], Is.EqualTo(expected[i]).Within(16 * U * Math.Abs(expected[i]) + 1e-30), $"swiglu {i}");
+
+        var a = RandomFloats(rng, count);
+        var b = RandomFloats(rng, count);
+        var sum = (float[])a.Clone();
+        Activations.AddF32(sum, b);
+        using var da = Device.Upload<float>(a);
+        using var db = Device.Upload<float>(b);
+        Cuda.Kernels.Add.AddF32(Device, da, db, count);
+        Assert.That(Device.Download<float>(da), Is.EqualTo(sum), "one rounding each side: identical");
+
+        int cols = 37, rows = 5;
+        var x = RandomFloats(rng, rows * cols);
+        var bias = RandomFloats(rng, cols);
+        var biased = (float[])x.Clone();
+        Activations.AddBiasF32(biased, bias);
+        using var dx = Device.Upload<float>(x);
+        using var dbias = Device.Upload<float>(bias);
+        Cuda.Kernels.Add.AddBiasF32(Device, dx, dbias, rows, cols);
+        Assert.That(Device.Download<float>(dx), Is.EqualTo(biased));
+    }
+
+    [Test]
+    public void ArgMax_picks_the_first_maximum_like_the_cpu()
+    {
+        int cols = 32000 + 13;
+        var rng = new Random(4);
+        var rows = new List<float[]>();
+        var tie = RandomFloats(rng, cols);
+        tie[100] = tie[31000] = 50; // tie: the first wins
+        rows.Add(tie);
+        var nan = RandomFloats(rng, cols);
+        nan[5] = float.NaN;
+        nan[cols - 1] = 9;
+        rows.Add(nan);
+        rows.Add(Enumerable.Repeat(float.NegativeInfinity, cols).ToArray());
+        rows.Add(RandomFloats(rng, cols));
+        var x = rows.SelectMany(r => r).ToArray();
+        using var dx = Device.Upload<float>(x);
+        using var dout = Device.Allocate<int>(rows.Count);
+        Cuda.Kernels.ArgMax.ArgMaxF32(Device, dx, rows.Count, cols, dout);
+        Assert.That(Device.Download<int>(dout), Is.EqualTo(rows.Select(r => Activations.ArgMaxF32(r)).ToArray()));
+    }
+
+    public static IEnumerable<TestCaseData> AttentionCases()
+    {
+        // (heads, kvHeads, headDim, blockSize, prefix, n, tree)
+        yield return new TestCaseData(8, 4, 8, 32, 0, 1, false).SetName("attention: first token, head dim 8");
+        yield return new TestCaseData(8, 2, 64, 16, 37, 1, false).SetName("attention: decode after 37, GQA 4:1");
+        yield return new TestCaseData(32, 8, 128, 32, 3000, 1, false).SetName("attention: decode after 3000 (many splits)");
+        yield return new TestCaseData(4, 4, 96, 32, 0, 45, false).SetName("attention: causal prefill of 45, head dim 96");
+        yield return new TestCaseData(4, 1, 64, 32, 100, 13, true).SetName("attention: tree of 13 after 100, MQA");
+        yield return new TestCaseData(2, 2, 256, 8, 70, 70, true).SetName("attention: tree of 70 (two mask words), head dim 256");
+    }
+
+    [TestCaseSource(nameof(AttentionCases))]
+    public void Store_kv_and_attention_match_the_cpu_references(int heads, int kvHeads, int headDim, int blockSize, int prefix, int n, bool tree)
+    {
+        var layout = new KvLayout(Layers: 2, KvHeads: kvHeads, HeadDim: headDim, BlockSize: blockSize);
+        int layer = 1, tokens = prefix + n;
+        int blocks = (tokens + blockSize - 1) / blockSize + 3;
+        var rng = new Random(heads * 1000 + prefix + n);
+        // Blocks of the sequence in a scrambled order, as a paged cache hands them out.
+        var table = Enumerable.Range(0, blocks).OrderBy(_ => rng.Next()).Take((tokens + blockSize - 1) / blockSize).ToArray();
+        var k = RandomFloats(rng, tokens * kvHeads * headDim);
+        var v = RandomFloats(rng, tokens * kvHeads * headDim);
+        var q = RandomFloats(rng, n * heads * headDim);
+        var mask = tree
+            ? AttentionMask.FromParents(Enumerable.Range(0, n).Select(i => i == 0 ? -1 : rng.Next(-1, i)).ToArray())
+            : AttentionMask.Causal;
+        float scale = 1 / MathF.Sqrt(headDim);
+
+        var cache = new float[blocks * KvCacheKernels.BlockFloats(layout)];
+        KvCacheKernels.StoreKvF32(k, v, tokens, table, 0, cache, layout, layer);
+        var expected = new float[n * heads * headDim];
+        KvCacheKernels.AttentionF32(q, n, heads, cache, layout, layer, table, prefix, mask, scale, expected);
+
+        using var dcache = Device.Allocate<float>(cache.Length);
+        Device.Clear(dcache.Span.Pointer, dcache.Span.Bytes);
+        using var dk = Device.Upload<float>(k);
+        using var dv = Device.Upload<float>(v);
+        using var dt = Device.Upload<int>(table);
+        // The prefix in one store, the batch in a second: as a decode loop fills the cache.
+        if (prefix > 0)
+            Cuda.Kernels.KvCache.StoreKvF32(Device, dk, dv, prefix, dt, table.Length, 0, dcache, blocks, layout, layer);
+        long cols = (long)kvHeads * headDim;
+        Cuda.Kernels.KvCache.StoreKvF32(Device, dk.Span.Slice(prefix * cols, n * cols), dv.Span.Slice(prefix * cols, n * cols), n, dt, table.Length,
+            prefix, dcache, blocks, layout, layer);
+        var deviceCache = Device.Download<float>(dcache);
+        for (int b = 0; b < table.Length; b++)
+        {
+            var expectedBlock = cache.AsSpan((int)(table[b] * KvCacheKernels.BlockFloats(layout)), (int)KvCacheKernels.BlockFloats(layout)).ToArray();
+            var actualBlock = deviceCache.AsSpan((int)(table[b] * KvCacheKernels.BlockFloats(layout)), (int)KvCacheKernels.BlockFloats(layout)).ToArray();
+            Assert.That(actualBlock, Is.EqualTo(expectedBlock), $"KV block {table[b]}");
+        }
+
+        using var dq = Device.Upload<float>(q);
+        using var dmask = tree ? Device.Upload<ulong>(mask.Bits[..(n * mask.WordsPerRow)]) : null;
+        using var scratch = Device.Allocate<float>(KvCacheKernels.ScratchFloats(heads, n, headDim));
+        using var dout = Device.Allocate<float>(expected.Length);
+        Cuda.Kernels.Attention.AttentionF32(Device, dq, n, heads, dcache, blocks, layout, layer, dt, table.Length, prefix,
+            dmask?.Span ?? default, tree ? mask.WordsPerRow : 0, scale, scratch, dout);
+        var actual = Device.Download<float>(dout);
+        // Outputs are convex combinations of values in [-2, 2]: the orders of the score sums (headDim
+        // terms of |q·k| ≤ 4) and of the weighted sums over ≤ 3070 keys differ; expf differs by ulps.
+        // 2·(keys + headDim)·u·4 bounds what reordering can do to an output of magnitude ≤ 2.
+        double bound = 2.0 * (tokens + headDim) * U * 4 + 1e-6;
+        for (int i = 0; i < expected.Length; i++)
+            Assert.That(actual[i], Is.EqualTo(expected[i]).Within(bound), $"row {i / (heads * headDim)}, head {i / headDim % heads}, dim {i % headDim}");
+    }
+
+    [Test]
+    public void Copy_slot_matches_the_cpu_reference()
+    {
+        var layout = new KvLayout(Layers: 3, KvHeads: 2, HeadDim: 40, BlockSize: 16);
+        int blocks = 4;
+        var cache = RandomFloats(new Random(8), (int)(blocks * KvCacheKernels.BlockFloats(layout)));
+        using var dcache = Device.Upload<float>(cache);
+        KvCacheKernels.CopySlotF32(cache, layout, 3, 15, 1, 2);
+        Cuda.Kernels.KvCache.CopySlotF32(Device, dcache, blocks, layout, 3, 15, 1, 2);
+        Assert.That(Device.Download<float>(dcache), Is.EqualTo(cache));
+    }
+
+    private static LanguageModel LoadOnGpu(string path, bool useCuBlas, int maxBatch = 256) =>
+        LanguageModel.Load(path, new ModelOptions { Backend = new CudaBackend(Device, ownsDevice: false, useCuBlas), MaxBatch = maxBatch });
+
+    /// <summary>
+    /// The whole forward pass on the GPU against the double-precision reference, with the CPU test's
+    /// tolerance (float32 throughout: 2e-5 of the logits' scale) when every product runs on the gemv
+    /// kernels; through cuBLAS the prompt's activations and weights are rounded to F16 (2^-11 relative
+    /// per value), which moves these logits by ~1e-3 of their scale: 1e-2 there, and for Q5_1, which
+    /// has no kernel and is converted to F16 when uploaded.
+    /// </summary>
+    [Test]
+    public void Forward_matches_the_reference([ValueSource(typeof(ModelParityTests), nameof(ModelParityTests.Specs))] TinySpec spec,
+        [Values(false, true)] bool cuBlas)
+    {
+        var model = TinyModel.Random(spec);
+        using var dir = new TempDir();
+        string path = model.WriteGguf(dir.File("m.gguf"));
+        using var lm = LoadOnGpu(path, cuBlas);
+        var backend = (CudaBackend)lm.Backend;
+        if (cuBlas && !backend.UsesCuBlas)
+            Assert.Ignore($"cuBLAS is not available here: {CuBlas.Status}");
+        bool half = cuBlas || !Cuda.Kernels.WeightFormats.IsSupported(spec.WeightType);
+        ModelParityTests.AssertLogitsMatch(lm, model.ReferenceLogits(ModelParityTests.Prompt), half ? 1e-2 : 2e-5);
+    }
+
+    [Test]
+    public void Forward_with_a_tree_mask_matches_the_cpu_backend()
+    {
+        var model = TinyModel.Random(new TinySpec("tree", Heads: 8, KvHeads: 2, Layers: 3, WeightType: GgmlType.Q4_0, Seed: 21));
+        using var dir = new TempDir();
+        string path = model.WriteGguf(dir.File("m.gguf"));
+        using var gpu = LoadOnGpu(path, useCuBlas: false);
+        using var cpu = LanguageModel.Load(path, new ModelOptions { Backend = new Backends.Cpu.CpuBackend(2, quantizeActivations: false) });
+        int[] prompt = [5, 9, 33, 200, 7, 64];
+        int[] parents = [-1, 0, 0, 1, 1, 2, 4, -1, 7];
+        int[] draft = [10, 11, 12, 13, 14, 15, 16, 17, 18];
+        int[] positions = parents.Select((_, i) => prompt.Length + Depth(parents, i)).ToArray();
+        var logits = new List<float[]>();
+        foreach (var lm in new[] { gpu, cpu })
+        {
+            using var cache = lm.Network.CreateKvCache(64);
+            using var seq = cache.CreateSequence();
+            var unused = new float[lm.Config.VocabSize];
+            lm.Network.Forward(seq, prompt, Enumerable.Range(0, prompt.Length).ToArray(), AttentionMask.Causal, [prompt.Length - 1], unused);
+            var l = new float[draft.Length * lm.Config.VocabSize];
+            lm.Network.Forward(seq, draft, positions, AttentionMask.FromParents(parents), Enumerable.Range(0, draft.Length).ToArray(), l);
+            logits.Add(l);
+        }
+        // Both in float32 with different summation orders: the CPU parity tolerance of the logits' scale.
+        double scale = logits[1].Max(MathF.Abs);
+        for (int i = 0; i < logits[0].Length; i++)
+            Assert.That(logits[0][i], Is.EqualTo(logits[1][i]).Within(2e-5 * scale), $"node {i / gpu.Config.VocabSize}, logit {i % gpu.Config.VocabSize}");
+    }
+
+    private static int Depth(int[] parents, int i) => parents[i] < 0 ? 0 : 1 + Depth(parents, parents[i]);
+
+    [Test]
+    public void Stories_greedy_decoding_gives_the_reference_ids([Values(false, true)] bool cuBlas)
+    {
+        var expected = SharedData.StoriesExpected();
+        using var lm = LoadOnGpu(SharedData.StoriesGguf, cuBlas);
+        using (var session = lm.CreateSession())
+            Assert.That(session.Generate([1], new GenerationOptions { MaxTokens = 256, Sampling = SamplingOptions.Greedy }).ToList(), Is.EqualTo(expected.FromBos));
+        var prompt = lm.Tokenizer.Encode("Once upon a time, there was a little dog");
+        using (var session = lm.CreateSession())
+            Assert.That(session.Generate(prompt, new GenerationOptions { MaxTokens = 48, Sampling = SamplingOptions.Greedy }).ToList(), Is.EqualTo(expected.AfterPrompt));
+    }
+
+    [Test]
+    public void The_decode_loop_makes_no_driver_allocation()
+    {
+        var model = TinyModel.Random(new TinySpec("alloc", Heads: 4, KvHeads: 2, WeightType: GgmlType.Q8_0, Seed: 31));
+        using var dir = new TempDir();
+        using var lm = LoadOnGpu(model.WriteGguf(dir.File("m.gguf")), useCuBlas: true);
+        using var cache = lm.Network.CreateKvCache(200, blockSize: 16);
+        using var seq = cache.CreateSequence();
+        var logits = new float[lm.Config.VocabSize];
+        int[] prompt = Enumerable.Range(1, 20).ToArray();
+        lm.Network.Forward(seq, prompt, Enumerable.Range(0, 20).ToArray(), AttentionMask.Causal, [19], logits);
+        int token = 5;
+        lm.Network.Forward(seq, [token], [seq.Length], AttentionMask.Causal, [0], logits); // first step: scratch sized
+        long before = Device.Pool.DriverAllocations;
+        for (int step = 0; step < 100; step++) // crosses several 16-token blocks
+        {
+            token = Activations.ArgMaxF32(logits);
+            lm.Network.Forward(seq, [token], [seq.Length], AttentionMask.Causal, [0], logits);
+        }
+        Assert.That(Device.Pool.DriverAllocations - before, Is.Zero, "cuMemAlloc calls during 100 decode steps");
+    }
+
+    [Test]
+    public void Backend_argmax_equals_the_host_argmax_of_the_downloaded_logits()
+    {
+        using var backend = new CudaBackend(Device);
+        using var buffer = backend.Allocate(3 * 1001);
+        var x = new Activation(buffer, 3, 1001);
+        backend.Upload(RandomFloats(new Random(2), 3 * 1001), x);
+        var host = new float[3 * 1001];
+        backend.Download(x, host);
+        var ids = new int[3];
+        backend.ArgMax(x, ids);
+        Assert.That(ids, Is.EqualTo(Enumerable.Range(0, 3).Select(r => Activations.ArgMaxF32(host.AsSpan(r * 1001, 1001))).ToArray()));
     }
 }
 
@@ -103,6 +538,20 @@ public class CudaDiscoveryTests
             Assert.Ignore("this machine has a CUDA device");
         var e = Assert.Throws<CudaException>(() => GpuDevice.Open(0))!;
         Assert.That(e.Message, Does.StartWith("no CUDA device"));
+        var cuda = Assert.Throws<CudaException>(() => BackendFactory.Create("cuda"))!;
+        Assert.That(cuda.Message, Does.StartWith("no CUDA device"));
+        using var auto = BackendFactory.Create("auto", threads: 1);
+        Assert.That(auto.Name, Is.EqualTo("cpu"), "auto falls back to the CPU");
+    }
+
+    [TestCase("gpu")]
+    [TestCase("cuda:x")]
+    [TestCase("cuda:-1")]
+    [TestCase("")]
+    public void A_bad_device_name_is_a_clear_error(string name)
+    {
+        var e = Assert.Throws<ArgumentException>(() => BackendFactory.Create(name))!;
+        Assert.That(e.Message, Does.Contain("expected cpu, cuda, cuda:N or auto"));
     }
 
     [Test]
@@ -110,7 +559,7 @@ public class CudaDiscoveryTests
     {
         string kernels = Path.Combine(SharedData.RepositoryRoot, "kernels");
         var files = Directory.GetFiles(kernels, "*.cu").Select(f => Path.GetFileNameWithoutExtension(f)!).ToList();
-        Assert.That(files, Does.Contain("rmsnorm"));
+        Assert.That(files, Is.SupersetOf(new[] { "rmsnorm", "gemv", "getrows", "dequantize", "rope", "swiglu", "add", "argmax", "kvcache", "attention" }));
         if (PtxModules.Variants("rmsnorm").Count == 0)
         {
             // A build without nvcc has no PTX: fine on a developer machine, an error under CI.
@@ -127,5 +576,43 @@ public class CudaDiscoveryTests
         }
         Assert.That(PtxModules.Select("rmsnorm", 8, 6).Ptx, Does.Contain(".visible .entry rms_norm_f32"));
         Assert.Throws<CudaException>(() => PtxModules.Select("rmsnorm", 7, 5), "no PTX runs on Volta");
+    }
+
+    /// <summary>Every kernel a launcher names exists in its file's PTX, so a renamed kernel fails here and not on a GPU.</summary>
+    [Test]
+    public void Every_launched_kernel_is_in_the_ptx()
+    {
+        if (PtxModules.Variants("gemv").Count == 0)
+        {
+            if (SharedData.IsCi)
+                Assert.Fail("no PTX embedded under CI");
+            Assert.Ignore("no PTX embedded in this build");
+        }
+        var expected = new Dictionary<string, List<string>>
+        {
+            ["rmsnorm"] = ["rms_norm_f32"],
+            ["dequantize"] = ["convert_f32_f16"],
+            ["rope"] = ["rope_f32"],
+            ["swiglu"] = ["swiglu_f32"],
+            ["add"] = ["add_f32", "add_bias_f32"],
+            ["argmax"] = ["argmax_f32"],
+            ["kvcache"] = ["store_kv_f32", "copy_slot_f32"],
+            ["attention"] = ["attention_f32", "attention_combine_f32"],
+            ["gemv"] = [],
+            ["getrows"] = [],
+        };
+        foreach (var type in Cuda.Kernels.WeightFormats.Supported)
+        {
+            string s = Cuda.Kernels.WeightFormats.Suffix(type);
+            expected["gemv"].AddRange(["gemv_" + s, "gemv_" + s + "_x8"]);
+            expected["getrows"].Add("get_rows_" + s);
+            expected["dequantize"].Add("dequantize_" + s + "_f16");
+        }
+        foreach (var (file, kernels) in expected)
+        {
+            string ptx = PtxModules.Select(file, 9, 0).Ptx;
+            foreach (string kernel in kernels)
+                Assert.That(ptx, Does.Contain($".visible .entry {kernel}("), $"kernels/{file}.cu");
+        }
     }
 }

@@ -40,7 +40,7 @@ public class ModelParityTests
         yield return new TinySpec("f16", WeightType: GgmlType.F16, Heads: 2, KvHeads: 1, Seed: 8);
     }
 
-    private static readonly int[] Prompt = [256, 10, 200, 33, 7, 7, 301, 5, 90, 120, 64, 3, 250, 17];
+    internal static readonly int[] Prompt = [256, 10, 200, 33, 7, 7, 301, 5, 90, 120, 64, 3, 250, 17];
 
     [TestCaseSource(nameof(Specs))]
     public void Gguf_model_logits_match_the_reference_forward(TinySpec spec)

@@ -63,7 +63,7 @@ public sealed unsafe class CpuBackend : Backend
 
     public override DeviceBuffer Allocate(long floats) => new CpuBuffer(floats);
 
-    public override KvStore CreateKvStore(KvLayout layout) => new CpuKvStore(layout);
+    public override KvStore CreateKvStore(KvLayout layout, int maxBlocks) => new CpuKvStore(layout);
 
     private static Span<float> Data(Activation a) => ((CpuBuffer)a.Buffer).Data.AsSpan(0, checked((int)a.Size));
 

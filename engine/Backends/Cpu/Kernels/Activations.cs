@@ -34,6 +34,32 @@ public static class Activations
         TensorPrimitives.Divide(yx, TensorPrimitives.Sum(yx), yx);
     }
 
-    /// <summary>y += x.</summary>
+    /// <summary>y += x (add_f32 in kernels/add.cu).</summary>
     public static void AddF32(Span<float> y, ReadOnlySpan<float> x) => TensorPrimitives.Add(y, x, y);
+
+    /// <summary>x[r, :] += bias for every row of x [rows, bias.Length] (add_bias_f32 in kernels/add.cu).</summary>
+    public static void AddBiasF32(Span<float> x, ReadOnlySpan<float> bias)
+    {
+        for (int r = 0; r + bias.Length <= x.Length; r += bias.Length)
+            TensorPrimitives.Add(x.Slice(r, bias.Length), bias, x.Slice(r, bias.Length));
+    }
+
+    /// <summary>
+    /// The first index of the largest value (argmax_f32 in kernels/argmax.cu). NaN never wins; a row of
+    /// only NaN or -∞ gives 0.
+    /// </summary>
+    public static int ArgMaxF32(ReadOnlySpan<float> x)
+    {
+        int best = 0;
+        float max = float.NegativeInfinity;
+        for (int i = 0; i < x.Length; i++)
+        {
+            if (x[i] > max)
+            {
+                max = x[i];
+                best = i;
+            }
+        }
+        return best;
+    }
 }

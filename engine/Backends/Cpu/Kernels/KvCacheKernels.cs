@@ -1,0 +1,147 @@
+namespace Engine.Backends.Cpu.Kernels;
+
+/// <summary>
+/// The device KV-cache layout and the split attention over it, on the host: CPU references of
+/// kernels/kvcache.cu (<c>store_kv_f32</c>, <c>copy_slot_f32</c>) and kernels/attention.cu
+/// (<c>attention_f32</c> + <c>attention_combine_f32</c>). The device keeps all blocks in one array,
+/// <c>cache[block][layer][K|V][kvHead][slot][headDim]</c>, so one key is headDim consecutive floats —
+/// what a warp reads in one coalesced load. Attention splits the keys into chunks as flash-decoding
+/// does (Dao et al., "Flash-Decoding for long-context inference", 2023): each chunk keeps a running
+/// max, sum and weighted value sum (Milakov &amp; Gimelshein, "Online normalizer calculation for
+/// softmax", 2018), and the chunks are merged by rescaling to the common max. <see cref="Plan"/> is the
+/// split the CUDA launcher uses.
+/// </summary>
+public static class KvCacheKernels
+{
+    /// <summary>Keys per split before a decode step spreads over more splits.</summary>
+    public const int KeysPerSplit = 256;
+
+    /// <summary>Enough thread blocks for a GPU: splits are added until heads × rows × splits reaches this.</summary>
+    public const int TargetBlocks = 1024;
+
+    /// <summary>How a pass over <paramref name="keys"/> keys is split: (splits, keys per split).</summary>
+    public static (int Splits, int Chunk) Plan(int keys, int heads, int rows)
+    {
+        int maxSplits = Math.Max(1, TargetBlocks / Math.Max(1, heads * rows));
+        int splits = Math.Clamp((keys + KeysPerSplit - 1) / KeysPerSplit, 1, maxSplits);
+        int chunk = (keys + splits - 1) / splits;
+        return (splits, chunk);
+    }
+
+    /// <summary>Floats of partial results a pass of (heads, rows) needs at most, whatever the key count.</summary>
+    public static long ScratchFloats(int heads, int rows, int headDim) => Math.Max(TargetBlocks, (long)heads * rows) * (headDim + 2);
+
+    /// <summary>Floats of one block: every layer's K and V.</summary>
+    public static long BlockFloats(KvLayout layout) => 2L * layout.Layers * layout.LayerBlockFloats;
+
+    /// <summary>Index of element 0 of (block, layer, K = 0 | V = 1, kvHead, slot).</summary>
+    public static long Index(KvLayout layout, int block, int layer, int kind, int kvHead, int slot) =>
+        ((((long)block * layout.Layers + layer) * 2 + kind) * layout.KvHeads + kvHead) * ((long)layout.BlockSize * layout.HeadDim)
+        + (long)slot * layout.HeadDim;
+
+    /// <summary>store_kv_f32: row r of k and v ([n, kvHeads·headDim]) into slot firstSlot + r of one layer.</summary>
+    public static void StoreKvF32(ReadOnlySpan<float> k, ReadOnlySpan<float> v, int n, ReadOnlySpan<int> table, int firstSlot, Span<float> cache,
+        KvLayout layout, int layer)
+    {
+        int hd = layout.HeadDim, cols = layout.KvHeads * hd;
+        for (int r = 0; r < n; r++)
+        {
+            int slot = firstSlot + r;
+            int block = table[slot / layout.BlockSize], offset = slot % layout.BlockSize;
+            for (int h = 0; h < layout.KvHeads; h++)
+            {
+                k.Slice(r * cols + h * hd, hd).CopyTo(cache.Slice((int)Index(layout, block, layer, 0, h, offset), hd));
+                v.Slice(r * cols + h * hd, hd).CopyTo(cache.Slice((int)Index(layout, block, layer, 1, h, offset), hd));
+            }
+        }
+    }
+
+    /// <summary>copy_slot_f32: one token's K and V in every layer from (srcBlock, srcSlot) to (dstBlock, dstSlot).</summary>
+    public static void CopySlotF32(Span<float> cache, KvLayout layout, int srcBlock, int srcSlot, int dstBlock, int dstSlot)
+    {
+        for (int layer = 0; layer < layout.Layers; layer++)
+        {
+            for (int kind = 0; kind < 2; kind++)
+            {
+                for (int h = 0; h < layout.KvHeads; h++)
+                {
+                    cache.Slice((int)Index(layout, srcBlock, layer, kind, h, srcSlot), layout.HeadDim)
+                        .CopyTo(cache.Slice((int)Index(layout, dstBlock, layer, kind, h, dstSlot), layout.HeadDim));
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// attention_f32 + attention_combine_f32 for every (row, head): row i of q ([n, heads·headDim])
+    /// sees slots 0..prefix-1 and batch slot prefix + j where <paramref name="mask"/> allows (i, j).
+    /// Each split runs the online softmax over its keys in order; the splits are merged as the combine
+    /// kernel does. (The kernel also splits a chunk across 4 warps; that only reorders float sums.)
+    /// </summary>
+    public static void AttentionF32(ReadOnlySpan<float> q, int n, int heads, ReadOnlySpan<float> cache, KvLayout layout, int layer,
+        ReadOnlySpan<int> table, int prefix, AttentionMask mask, float scale, Span<float> dst)
+    {
+        int hd = layout.HeadDim;
+        int group = heads / layout.KvHeads;
+        var (splits, chunk) = Plan(prefix + n, heads, n);
+        var m = new float[splits];
+        var l = new float[splits];
+        var acc = new float[splits * hd];
+        for (int row = 0; row < n; row++)
+        {
+            for (int head = 0; head < heads; head++)
+            {
+                var qh = q.Slice((row * heads + head) * hd, hd);
+                int kvHead = head / group;
+                int end = mask.IsCausal ? prefix + row + 1 : prefix + n;
+                Array.Fill(m, float.NegativeInfinity);
+                Array.Clear(l);
+                Array.Clear(acc);
+                for (int s = 0; s < splits; s++)
+                {
+                    for (int t = s * chunk; t < Math.Min((s + 1) * chunk, end); t++)
+                    {
+                        if (t >= prefix && !mask.IsCausal && !mask.Allows(row, t - prefix))
+                            continue;
+                        int block = table[t / layout.BlockSize], slot = t % layout.BlockSize;
+                        var key = cache.Slice((int)Index(layout, block, layer, 0, kvHead, slot), hd);
+                        var value = cache.Slice((int)Index(layout, block, layer, 1, kvHead, slot), hd);
+                        float dot = 0;
+                        for (int d = 0; d < hd; d++)
+                            dot = MathF.FusedMultiplyAdd(qh[d], key[d], dot);
+                        float score = dot * scale;
+                        float mNew = MathF.Max(m[s], score);
+                        float correction = MathF.Exp(m[s] - mNew);
+                        float p = MathF.Exp(score - mNew);
+                        l[s] = l[s] * correction + p;
+                        for (int d = 0; d < hd; d++)
+                            acc[s * hd + d] = acc[s * hd + d] * correction + p * value[d];
+                        m[s] = mNew;
+                    }
+                }
+                // attention_combine_f32
+                float max = float.NegativeInfinity;
+                for (int s = 0; s < splits; s++)
+                    max = MathF.Max(max, m[s]);
+                float den = 0;
+                for (int s = 0; s < splits; s++)
+                {
+                    if (m[s] != float.NegativeInfinity)
+                        den += MathF.Exp(m[s] - max) * l[s];
+                }
+                float inv = den > 0 ? 1 / den : 0;
+                var output = dst.Slice((row * heads + head) * hd, hd);
+                for (int d = 0; d < hd; d++)
+                {
+                    float num = 0;
+                    for (int s = 0; s < splits; s++)
+                    {
+                        if (m[s] != float.NegativeInfinity)
+                            num += MathF.Exp(m[s] - max) * acc[s * hd + d];
+                    }
+                    output[d] = num * inv;
+                }
+            }
+        }
+    }
+}

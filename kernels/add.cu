@@ -1,0 +1,22 @@
+// Residual add and bias add.
+// CPU reference: engine/Backends/Cpu/Kernels/Activations.cs (Activations.AddF32, Activations.AddBiasF32).
+// Launcher:      managed/Kernels/Add.cs.
+#include "common.cuh"
+
+// add_f32: dst[i] += src[i] for i < count.
+// Launch: grid = (ceil(count / 256), 1, 1); block = (256, 1, 1).
+extern "C" __global__ void add_f32(float * dst, const float * __restrict__ src, long long count) {
+    const long long i = (long long) blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < count) {
+        dst[i] += src[i];
+    }
+}
+
+// add_bias_f32: x[r, c] += bias[c] for x [rows, cols] (count = rows·cols).
+// Launch: grid = (ceil(count / 256), 1, 1); block = (256, 1, 1).
+extern "C" __global__ void add_bias_f32(float * x, const float * __restrict__ bias, int cols, long long count) {
+    const long long i = (long long) blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < count) {
+        x[i] += bias[i % cols];
+    }
+}

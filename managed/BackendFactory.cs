@@ -1,0 +1,31 @@
+using Engine.Backends;
+using Engine.Backends.Cpu;
+
+namespace Engine.Cuda;
+
+/// <summary>
+/// Turns a device name — <c>cpu</c>, <c>cuda</c>, <c>cuda:N</c> or <c>auto</c> — into a backend.
+/// <c>auto</c> takes CUDA device 0 when a device and a usable driver exist, else the CPU.
+/// </summary>
+public static class BackendFactory
+{
+    public const string Help = "cpu, cuda, cuda:N or auto (CUDA when a device is present, else the CPU)";
+
+    /// <summary>The backend for <paramref name="device"/>; <paramref name="threads"/> is for the CPU (0 = one per core).</summary>
+    /// <exception cref="ArgumentException">The name is not one of the forms above.</exception>
+    /// <exception cref="CudaException">CUDA was asked for and is not available, with the reason.</exception>
+    public static Backend Create(string device, int threads = 0)
+    {
+        string d = device.Trim().ToLowerInvariant();
+        if (d == "cpu")
+            return new CpuBackend(threads);
+        if (d == "auto")
+            return CudaDriver.Discover(out _).Count > 0 ? CudaBackend.Open(0) : new CpuBackend(threads);
+        if (d == "cuda")
+            return CudaBackend.Open(0);
+        if (d.StartsWith("cuda:", StringComparison.Ordinal) && int.TryParse(d.AsSpan(5), System.Globalization.NumberStyles.None,
+                System.Globalization.CultureInfo.InvariantCulture, out int index))
+            return CudaBackend.Open(index);
+        throw new ArgumentException($"--device {device}: expected {Help}");
+    }
+}

@@ -1,0 +1,435 @@
+using System.Runtime.InteropServices;
+using Engine.Backends;
+using Engine.Quantization;
+using Engine.Tensors;
+using Engine.Cuda.Kernels;
+
+namespace Engine.Cuda;
+
+/// <summary>
+/// The CUDA backend: the Llama forward pass of <see cref="Models.LlamaModel"/> with every operation a
+/// kernel of kernels/*.cu, queued in order on one stream. Weights are uploaded once, still quantized;
+/// activations, the KV cache and scratch come from the device's <see cref="DeviceMemoryPool"/> and are
+/// reused, so after its first step a decode loop makes no driver allocation. Per-step inputs (tokens,
+/// positions, block table, tree mask) go through pinned buffers and are uploaded only when they
+/// change. Decoding (up to 8 rows) runs the gemv kernels; larger batches dequantize each weight to F16
+/// and multiply with cuBLAS when it is available (<see cref="UsesCuBlas"/>), else loop the gemv kernels.
+/// </summary>
+public sealed unsafe class CudaBackend : Backend
+{
+    private readonly bool _ownsDevice;
+    private readonly HostInput<int> _tokens, _positions, _table, _rows;
+    private readonly HostInput<ulong> _mask;
+    private readonly Dictionary<RopeTable, GpuArray<double>> _ropeFrequencies = [];
+    private readonly List<string> _conversions = [];
+    private CuBlas? _blas;
+    private bool _blasTried;
+    private GpuArray<float>? _attentionScratch;
+    private GpuArray<Half>? _weightsF16, _inputF16;
+    private PinnedBuffer? _download;
+
+    /// <param name="device">The device to run on.</param>
+    /// <param name="ownsDevice">Dispose the device with the backend.</param>
+    /// <param name="useCuBlas">Multiply batches of more than 8 rows with cuBLAS when it loads (default); false keeps every product on the gemv kernels.</param>
+    public CudaBackend(GpuDevice device, bool ownsDevice = false, bool useCuBlas = true)
+    {
+        Device = device;
+        _ownsDevice = ownsDevice;
+        UseCuBlas = useCuBlas;
+        _tokens = new(device);
+        _positions = new(device);
+        _table = new(device);
+        _rows = new(device);
+        _mask = new(device);
+    }
+
+    /// <summary>Opens cuda:<paramref name="index"/> for a backend that owns it.</summary>
+    public static CudaBackend Open(int index = 0, bool useCuBlas = true) => new(GpuDevice.Open(index), ownsDevice: true, useCuBlas);
+
+    public GpuDevice Device { get; }
+
+    public bool UseCuBlas { get; }
+
+    /// <summary>Whether batches are multiplied with cuBLAS (it was asked for and it loaded); see <see cref="CuBlas.Status"/>.</summary>
+    public bool UsesCuBlas => Blas is not null;
+
+    /// <summary>Weights whose type has no kernel and were converted when uploaded ("name: Q5_K → F16").</summary>
+    public IReadOnlyList<string> Conversions => _conversions;
+
+    public override string Name => $"cuda:{Device.Info.Index}";
+
+    private CuBlas? Blas
+    {
+        get
+        {
+            if (!_blasTried && UseCuBlas)
+            {
+                _blasTried = true;
+                _blas = CuBlas.TryCreate(Device);
+            }
+            return _blas;
+        }
+    }
+
+    public override DeviceMatrix LoadMatrix(TensorView tensor)
+    {
+        if (tensor.Dims.Count != 2)
+            throw new ArgumentException($"{tensor.Name}: a weight matrix needs 2 dimensions, has {tensor.ShapeText}");
+        if (!GgmlTypeInfo.IsWeightType(tensor.Type))
+            throw new NotSupportedException($"{tensor.Name}: {tensor.Type} weights are not supported");
+        int rows = checked((int)tensor.RowCount), cols = checked((int)tensor.RowLength);
+        var bytes = new ReadOnlySpan<byte>(tensor.Data, checked((int)tensor.ByteSize));
+        if (WeightFormats.IsSupported(tensor.Type) && cols % WeightFormats.ValuesPerBlock(tensor.Type) == 0)
+        {
+            var data = Device.Upload(bytes);
+            return new CudaMatrix(tensor.Name, tensor.Type, rows, cols, data);
+        }
+        // No kernel reads this type (or an odd-length F16 row): convert once on the host, to F16 where
+        // rows pair up, else to F32 — the same values the CPU dequantizes, in a format the kernels read.
+        var target = cols % 2 == 0 ? GgmlType.F16 : GgmlType.F32;
+        _conversions.Add($"{tensor.Name}: {tensor.Type} → {target}");
+        long rowBytes = GgmlTypeInfo.RowBytes(tensor.Type, cols);
+        var converted = Device.Allocate<byte>(GgmlTypeInfo.RowBytes(target, cols) * rows);
+        var row = new float[cols];
+        var staged = new byte[GgmlTypeInfo.RowBytes(target, cols)];
+        for (int r = 0; r < rows; r++)
+        {
+            Quantization.Dequantize.Row(tensor.Type, bytes.Slice(checked((int)(r * rowBytes)), checked((int)rowBytes)), row);
+            if (target == GgmlType.F16)
+            {
+                var halves = MemoryMarshal.Cast<byte, Half>(staged.AsSpan());
+                for (int i = 0; i < cols; i++)
+                    halves[i] = (Half)row[i];
+            }
+            else
+                MemoryMarshal.AsBytes(row.AsSpan()).CopyTo(staged);
+            Device.CopyToDevice<byte>(staged, converted.Span.Slice(r * staged.LongLength, staged.Length));
+        }
+        return new CudaMatrix(tensor.Name, target, rows, cols, converted);
+    }
+
+    public override DeviceVector LoadVector(TensorView tensor)
+    {
+        var data = new float[checked((int)tensor.ElementCount)];
+        Quantization.Dequantize.Row(tensor.Type, new ReadOnlySpan<byte>(tensor.Data, checked((int)tensor.ByteSize)), data);
+        return new CudaVector(tensor.Name, Device.Upload<float>(data));
+    }
+
+    public override DeviceBuffer Allocate(long floats) => new CudaBuffer(Device.Allocate<float>(floats));
+
+    public override KvStore CreateKvStore(KvLayout layout, int maxBlocks) => new CudaKvStore(Device, layout, maxBlocks);
+
+    private static DeviceSpan<float> Span(Activation a) => ((CudaBuffer)a.Buffer).Data.Span.Slice(0, a.Size);
+
+    private static DeviceSpan<float> Span(DeviceVector v) => ((CudaVector)v).Data.Span;
+
+    public override void Embed(DeviceMatrix table, ReadOnlySpan<int> tokens, Activation dst)
+    {
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            if ((uint)tokens[i] >= (uint)table.Rows)
+                throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[i]} is outside the vocabulary (0..{table.Rows - 1})");
+        }
+        var m = (CudaMatrix)table;
+        GetRows.Rows(Device, m.Type, m.Data, m.Rows, m.Cols, _tokens.Put(tokens), tokens.Length, Span(dst));
+    }
+
+    public override void RmsNorm(Activation x, DeviceVector weight, float eps, Activation dst) =>
+        Kernels.RmsNorm.RmsNormF32(Device, Span(x), Span(weight), Span(dst), x.Rows, x.Cols, eps);
+
+    public override void MatMul(Activation x, ReadOnlySpan<MatMulTarget> targets, bool batchInvariant = false)
+    {
+        foreach (var (w, dst) in targets)
+        {
+            if (x.Cols != w.Cols || dst.Cols != w.Rows || dst.Rows != x.Rows)
+                throw new ArgumentException($"matmul {w.Name}: x {x} · W [{w.Rows} x {w.Cols}]ᵀ → dst {dst}");
+        }
+        int n = x.Rows;
+        var blas = n > Gemv.MaxColumns && !batchInvariant ? Blas : null;
+        if (blas is null)
+        {
+            // Decoding and verification: the gemv kernels, 8 rows per launch; a row's result does not
+            // depend on the rest of the batch.
+            foreach (var (w, dst) in targets)
+            {
+                var m = (CudaMatrix)w;
+                for (int r = 0; r < n; r += Gemv.MaxColumns)
+                {
+                    int count = Math.Min(Gemv.MaxColumns, n - r);
+                    Gemv.Run(Device, m.Type, m.Data, m.Rows, m.Cols, Span(x).Slice((long)r * x.Cols, (long)count * x.Cols), count,
+                        Span(dst).Slice((long)r * dst.Cols, (long)count * dst.Cols));
+                }
+            }
+            return;
+        }
+        // Prefill: the input to F16 once, each weight to F16 in turn, cuBLAS multiplies (float32 accumulation).
+        var input = Grow(ref _inputF16, x.Size);
+        Kernels.Dequantize.ConvertF32F16(Device, Span(x), input, x.Size);
+        foreach (var (w, dst) in targets)
+        {
+            var m = (CudaMatrix)w;
+            var weights = Grow(ref _weightsF16, (long)m.Rows * m.Cols);
+            Kernels.Dequantize.ToF16(Device, m.Type, m.Data, m.Rows, m.Cols, weights);
+            blas.GemmF16(weights, m.Rows, m.Cols, input, n, Span(dst));
+        }
+    }
+
+    private DeviceSpan<T> Grow<T>(ref GpuArray<T>? array, long length) where T : unmanaged
+    {
+        if (array is null || array.Length < length)
+        {
+            array?.Dispose();
+            array = Device.Allocate<T>(length);
+        }
+        return array.Span.Slice(0, length);
+    }
+
+    public override void AddBias(Activation x, DeviceVector bias) => Kernels.Add.AddBiasF32(Device, Span(x), Span(bias), x.Rows, x.Cols);
+
+    public override void Rope(Activation x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
+    {
+        if (!_ropeFrequencies.TryGetValue(rope, out var frequencies))
+            _ropeFrequencies[rope] = frequencies = Device.Upload<double>(rope.InvFreq);
+        Kernels.Rope.RopeF32(Device, Span(x), x.Rows, heads, rope.HeadDim, _positions.Put(positions), frequencies.Span, rope.InvFreq.Length,
+            rope.Style == Models.RopeStyle.NeoX);
+    }
+
+    public override void StoreKv(KvStore store, int layer, ReadOnlySpan<int> blockTable, int firstSlot, Activation k, Activation v)
+    {
+        var s = (CudaKvStore)store;
+        Kernels.KvCache.StoreKvF32(Device, Span(k), Span(v), k.Rows, _table.Put(blockTable), blockTable.Length, firstSlot, s.Data, s.MaxBlocks,
+            s.Layout, layer);
+    }
+
+    public override void Attention(Activation q, KvStore store, int layer, ReadOnlySpan<int> blockTable, int prefixLength,
+        AttentionMask mask, int heads, float scale, Activation dst)
+    {
+        var s = (CudaKvStore)store;
+        int n = q.Rows;
+        var maskSpan = default(DeviceSpan<ulong>);
+        int words = 0;
+        if (!mask.IsCausal)
+        {
+            if (mask.Size != n)
+                throw new ArgumentException($"the attention mask is for {mask.Size} tokens, the batch has {n}", nameof(mask));
+            words = mask.WordsPerRow;
+            maskSpan = _mask.Put(mask.Bits[..(n * words)]);
+        }
+        var scratch = Grow(ref _attentionScratch, Kernels.Attention.ScratchFloats(heads, n, s.Layout.HeadDim));
+        Kernels.Attention.AttentionF32(Device, Span(q), n, heads, s.Data, s.MaxBlocks, s.Layout, layer, _table.Put(blockTable), blockTable.Length,
+            prefixLength, maskSpan, words, scale, scratch, Span(dst));
+    }
+
+    public override void SwiGlu(Activation gate, Activation up, Activation dst) =>
+        Kernels.SwiGlu.SwiGluF32(Device, Span(gate), Span(up), Span(dst), gate.Size);
+
+    public override void Add(Activation dst, Activation src) => Kernels.Add.AddF32(Device, Span(dst), Span(src), dst.Size);
+
+    public override void GatherRows(Activation src, ReadOnlySpan<int> rows, Activation dst)
+    {
+        foreach (int r in rows)
+        {
+            if ((uint)r >= (uint)src.Rows)
+                throw new ArgumentOutOfRangeException(nameof(rows), $"row {r} is outside the activation's {src.Rows} rows");
+        }
+        GetRows.Rows(Device, GgmlType.F32, Span(src).Cast<byte>(), src.Rows, src.Cols, _rows.Put(rows), rows.Length, Span(dst));
+    }
+
+    public override void Download(Activation src, Span<float> dst)
+    {
+        long bytes = src.Size * sizeof(float);
+        if (_download is null || _download.Bytes < bytes)
+        {
+            _download?.Dispose();
+            _download = Device.AllocatePinned(Math.Max(bytes, 1 << 16));
+        }
+        using (Device.Bind())
+        {
+            Driver.Check(Driver.MemcpyDtoHAsync((void*)_download.Pointer, Span(src).Pointer, (nuint)bytes, Device.Stream));
+            Driver.Check(Driver.StreamSynchronize(Device.Stream));
+        }
+        _download.AsSpan<float>(checked((int)src.Size)).CopyTo(dst);
+    }
+
+    /// <summary>Copies host values into an activation (the counterpart of <see cref="Download"/>).</summary>
+    public void Upload(ReadOnlySpan<float> source, Activation dst)
+    {
+        if (source.Length != dst.Size)
+            throw new ArgumentException($"uploading {source.Length} floats into an activation {dst}");
+        Device.CopyToDevice(source, Span(dst));
+    }
+
+    /// <summary>The index of each row's largest value, computed on the device (greedy decoding without downloading logits).</summary>
+    public void ArgMax(Activation x, Span<int> result)
+    {
+        if (result.Length < x.Rows)
+            throw new ArgumentException($"argmax of {x.Rows} rows into {result.Length} ints");
+        var output = ((CudaBuffer)x.Buffer).ArgMaxOutput(Device, x.Rows);
+        Kernels.ArgMax.ArgMaxF32(Device, Span(x), x.Rows, x.Cols, output);
+        Device.CopyToHost(output, result[..x.Rows]);
+    }
+
+    public override void Dispose()
+    {
+        _blas?.Dispose();
+        foreach (var f in _ropeFrequencies.Values)
+            f.Dispose();
+        _attentionScratch?.Dispose();
+        _weightsF16?.Dispose();
+        _inputF16?.Dispose();
+        _tokens.Dispose();
+        _positions.Dispose();
+        _table.Dispose();
+        _rows.Dispose();
+        _mask.Dispose();
+        _download?.Dispose();
+        if (_ownsDevice)
+            Device.Dispose();
+    }
+
+    /// <summary>
+    /// One kind of per-step host input (tokens, positions, ...): a pinned buffer, its device copy, and
+    /// the last contents uploaded — every layer asks for the same positions and block table, and they
+    /// are sent once. Before the pinned buffer is rewritten, the event recorded after its last copy is
+    /// waited on, so a queued copy never reads half-new data.
+    /// </summary>
+    private sealed class HostInput<T>(GpuDevice device) : IDisposable where T : unmanaged, IEquatable<T>
+    {
+        private PinnedBuffer? _pinned;
+        private GpuArray<T>? _device;
+        private T[] _last = [];
+        private int _count = -1;
+        private IntPtr _copied;
+
+        public DeviceSpan<T> Put(ReadOnlySpan<T> data)
+        {
+            if (_count == data.Length && data.SequenceEqual(_last.AsSpan(0, _count)))
+                return _device!.Span.Slice(0, Math.Max(_count, 1));
+            using var _ = device.Bind();
+            if (_device is null || _device.Length < data.Length)
+            {
+                long capacity = Math.Max(64, (long)data.Length * 2);
+                if (_copied != IntPtr.Zero)
+                    Driver.Check(Driver.EventSynchronize(_copied));
+                _pinned?.Dispose();
+                _device?.Dispose();
+                _pinned = device.AllocatePinned(capacity * sizeof(T));
+                _device = device.Allocate<T>(capacity);
+                _last = new T[capacity];
+            }
+            if (_copied == IntPtr.Zero)
+                Driver.Check(Driver.EventCreate(out _copied, Driver.CU_EVENT_DISABLE_TIMING));
+            else
+                Driver.Check(Driver.EventSynchronize(_copied));
+            data.CopyTo(_pinned!.AsSpan<T>(data.Length));
+            if (data.Length > 0)
+            {
+                Driver.Check(Driver.MemcpyHtoDAsync(_device.Span.Pointer, (void*)_pinned.Pointer, (nuint)(data.Length * sizeof(T)), device.Stream));
+                Driver.Check(Driver.EventRecord(_copied, device.Stream));
+            }
+            data.CopyTo(_last);
+            _count = data.Length;
+            return _device.Span.Slice(0, Math.Max(data.Length, 1));
+        }
+
+        public void Dispose()
+        {
+            if (_copied != IntPtr.Zero)
+            {
+                using (device.Bind())
+                    Driver.EventDestroy(_copied);
+                _copied = IntPtr.Zero;
+            }
+            _pinned?.Dispose();
+            _device?.Dispose();
+        }
+    }
+}
+
+internal sealed class CudaBuffer(GpuArray<float> data) : DeviceBuffer
+{
+    private GpuArray<int>? _argMax;
+
+    public GpuArray<float> Data { get; } = data;
+
+    public override long Length => Data.Length;
+
+    public DeviceSpan<int> ArgMaxOutput(GpuDevice device, int rows)
+    {
+        if (_argMax is null || _argMax.Length < rows)
+        {
+            _argMax?.Dispose();
+            _argMax = device.Allocate<int>(Math.Max(rows, 16));
+        }
+        return _argMax.Span.Slice(0, rows);
+    }
+
+    public override void Dispose()
+    {
+        Data.Dispose();
+        _argMax?.Dispose();
+    }
+}
+
+/// <summary>A weight matrix in device memory, in its GGUF block format.</summary>
+internal sealed class CudaMatrix(string name, GgmlType type, int rows, int cols, GpuArray<byte> data) : DeviceMatrix(name, type, rows, cols)
+{
+    public DeviceSpan<byte> Data => data.Span;
+
+    public override void Dispose() => data.Dispose();
+}
+
+internal sealed class CudaVector(string name, GpuArray<float> data) : DeviceVector(name, checked((int)data.Length))
+{
+    public GpuArray<float> Data { get; } = data;
+
+    public override void Dispose() => Data.Dispose();
+}
+
+/// <summary>
+/// Every KV block of a cache in one device allocation, reserved when the cache is created (the layout
+/// of kernels/kvcache.cu), zeroed so that unwritten slots hold no stale values.
+/// </summary>
+internal sealed class CudaKvStore : KvStore
+{
+    private readonly GpuDevice _device;
+    private GpuArray<float>? _data;
+
+    public CudaKvStore(GpuDevice device, KvLayout layout, int maxBlocks) : base(layout)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxBlocks, 1);
+        _device = device;
+        MaxBlocks = maxBlocks;
+        _data = device.Allocate<float>(maxBlocks * Kernels.KvCache.BlockFloats(layout));
+        device.Clear(_data.Span.Pointer, _data.Span.Bytes);
+    }
+
+    public int MaxBlocks { get; }
+
+    public DeviceSpan<float> Data => (_data ?? throw new ObjectDisposedException(nameof(CudaKvStore))).Span;
+
+    private long BlockFloats => Kernels.KvCache.BlockFloats(Layout);
+
+    public override void EnsureBlock(int block)
+    {
+        if ((uint)block >= (uint)MaxBlocks)
+            throw new ArgumentOutOfRangeException(nameof(block), $"KV block {block} is outside the {MaxBlocks} reserved on the device");
+    }
+
+    public override void CopyBlock(int source, int destination)
+    {
+        EnsureBlock(source);
+        EnsureBlock(destination);
+        _device.CopyDeviceToDevice(Data.Slice(destination * BlockFloats, BlockFloats).Pointer, Data.Slice(source * BlockFloats, BlockFloats).Pointer,
+            BlockFloats * sizeof(float));
+    }
+
+    public override void CopySlot(int sourceBlock, int sourceOffset, int destinationBlock, int destinationOffset) =>
+        Kernels.KvCache.CopySlotF32(_device, Data, MaxBlocks, Layout, sourceBlock, sourceOffset, destinationBlock, destinationOffset);
+
+    public override void Dispose()
+    {
+        _data?.Dispose();
+        _data = null;
+    }
+}

@@ -1,0 +1,110 @@
+using System.Runtime.InteropServices;
+
+namespace Engine.Cuda;
+
+/// <summary>
+/// The CUDA driver API calls the runtime makes itself (memory, copies, streams, events, attributes),
+/// bound with <c>LibraryImport</c>. ILGPU's binding opens the device, creates the context and loads
+/// modules; these calls run in that context (bound to the calling thread by <see cref="GpuDevice.Bind"/>).
+/// The library name "cuda" resolves to libcuda.so.1 through <see cref="CudaDriver.RegisterLibcudaFallback"/>.
+/// Every function returns a CUresult; <see cref="Check"/> turns failures into <see cref="CudaException"/>.
+/// </summary>
+internal static unsafe partial class Driver
+{
+    private const string Lib = "cuda";
+
+    public const int CU_DEVICE_ATTRIBUTE_CLOCK_RATE = 13;
+    public const int CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE = 36;
+    public const int CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH = 37;
+    public const int CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE = 38;
+    public const int CU_STREAM_NON_BLOCKING = 1;
+    public const int CU_EVENT_DEFAULT = 0;
+    public const int CU_EVENT_DISABLE_TIMING = 2;
+    public const int CUDA_ERROR_NOT_READY = 600;
+
+    [LibraryImport(Lib, EntryPoint = "cuMemAlloc_v2")]
+    public static partial int MemAlloc(out IntPtr pointer, nuint bytes);
+
+    [LibraryImport(Lib, EntryPoint = "cuMemFree_v2")]
+    public static partial int MemFree(IntPtr pointer);
+
+    [LibraryImport(Lib, EntryPoint = "cuMemAllocHost_v2")]
+    public static partial int MemAllocHost(out IntPtr pointer, nuint bytes);
+
+    [LibraryImport(Lib, EntryPoint = "cuMemFreeHost")]
+    public static partial int MemFreeHost(IntPtr pointer);
+
+    [LibraryImport(Lib, EntryPoint = "cuMemGetInfo_v2")]
+    public static partial int MemGetInfo(out nuint free, out nuint total);
+
+    [LibraryImport(Lib, EntryPoint = "cuMemcpyHtoDAsync_v2")]
+    public static partial int MemcpyHtoDAsync(IntPtr destination, void* source, nuint bytes, IntPtr stream);
+
+    [LibraryImport(Lib, EntryPoint = "cuMemcpyDtoHAsync_v2")]
+    public static partial int MemcpyDtoHAsync(void* destination, IntPtr source, nuint bytes, IntPtr stream);
+
+    [LibraryImport(Lib, EntryPoint = "cuMemcpyDtoDAsync_v2")]
+    public static partial int MemcpyDtoDAsync(IntPtr destination, IntPtr source, nuint bytes, IntPtr stream);
+
+    [LibraryImport(Lib, EntryPoint = "cuMemsetD8Async")]
+    public static partial int MemsetD8Async(IntPtr destination, byte value, nuint count, IntPtr stream);
+
+    [LibraryImport(Lib, EntryPoint = "cuStreamCreate")]
+    public static partial int StreamCreate(out IntPtr stream, uint flags);
+
+    [LibraryImport(Lib, EntryPoint = "cuStreamDestroy_v2")]
+    public static partial int StreamDestroy(IntPtr stream);
+
+    [LibraryImport(Lib, EntryPoint = "cuStreamSynchronize")]
+    public static partial int StreamSynchronize(IntPtr stream);
+
+    [LibraryImport(Lib, EntryPoint = "cuEventCreate")]
+    public static partial int EventCreate(out IntPtr @event, uint flags);
+
+    [LibraryImport(Lib, EntryPoint = "cuEventDestroy_v2")]
+    public static partial int EventDestroy(IntPtr @event);
+
+    [LibraryImport(Lib, EntryPoint = "cuEventRecord")]
+    public static partial int EventRecord(IntPtr @event, IntPtr stream);
+
+    [LibraryImport(Lib, EntryPoint = "cuEventSynchronize")]
+    public static partial int EventSynchronize(IntPtr @event);
+
+    [LibraryImport(Lib, EntryPoint = "cuEventQuery")]
+    public static partial int EventQuery(IntPtr @event);
+
+    [LibraryImport(Lib, EntryPoint = "cuEventElapsedTime")]
+    public static partial int EventElapsedTime(out float milliseconds, IntPtr start, IntPtr end);
+
+    [LibraryImport(Lib, EntryPoint = "cuCtxGetDevice")]
+    public static partial int CtxGetDevice(out int device);
+
+    [LibraryImport(Lib, EntryPoint = "cuDeviceGetAttribute")]
+    public static partial int DeviceGetAttribute(out int value, int attribute, int device);
+
+    [LibraryImport(Lib, EntryPoint = "cuLaunchKernel")]
+    public static partial int LaunchKernel(IntPtr function, uint gridX, uint gridY, uint gridZ, uint blockX, uint blockY, uint blockZ,
+        uint sharedBytes, IntPtr stream, void** arguments, void** extra);
+
+    [LibraryImport(Lib, EntryPoint = "cuGetErrorName")]
+    private static partial int GetErrorName(int error, out IntPtr name);
+
+    /// <summary>Throws if a driver call failed, naming the call and the driver's error.</summary>
+    public static void Check(int result, [System.Runtime.CompilerServices.CallerArgumentExpression(nameof(result))] string call = "")
+    {
+        if (result != 0)
+            throw new CudaException($"{call} failed: {ErrorName(result)} ({result})");
+    }
+
+    public static string ErrorName(int result)
+    {
+        try
+        {
+            return GetErrorName(result, out IntPtr name) == 0 && name != IntPtr.Zero ? Marshal.PtrToStringAnsi(name) ?? "?" : "unknown error";
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        {
+            return "unknown error";
+        }
+    }
+}

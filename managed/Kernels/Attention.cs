@@ -1,0 +1,92 @@
+using Engine.Backends;
+using Engine.Backends.Cpu.Kernels;
+
+namespace Engine.Cuda.Kernels;
+
+/// <summary>
+/// Typed launcher for kernels/attention.cu (flash-decoding split over the keys, then a combine).
+/// CPU reference: <see cref="Backends.Cpu.Kernels.Attention"/> (the CPU backend's attention) and
+/// <see cref="Backends.Cpu.Kernels.KvCacheKernels.AttentionF32"/>, which runs this launcher's
+/// split-and-combine arithmetic on the host.
+/// </summary>
+public static class Attention
+{
+    private const string File = "attention";
+
+    /// <summary>The largest head the kernel holds (ATTN_MAX_HEAD_DIM).</summary>
+    public const int MaxHeadDim = 256;
+
+    /// <summary>How a pass over <paramref name="keys"/> keys is split (the CPU reference's plan).</summary>
+    public static (int Splits, int Chunk) Plan(int keys, int heads, int rows) => KvCacheKernels.Plan(keys, heads, rows);
+
+    /// <summary>Floats of partial results a launch of (heads, rows) needs at most, whatever the key count.</summary>
+    public static long ScratchFloats(int heads, int rows, int headDim) => KvCacheKernels.ScratchFloats(heads, rows, headDim);
+
+    /// <summary>
+    /// attention_f32 + attention_combine_f32: dst[i, h·hd..] = softmax over the keys row i sees of
+    /// (q_i,h · k)·scale, times v. Row i sees slots 0..prefix-1 and batch slot prefix + j where the mask
+    /// allows (causal when <paramref name="mask"/> is empty; else words per row <paramref name="words"/>).
+    /// </summary>
+    public static unsafe void AttentionF32(GpuDevice device, DeviceSpan<float> q, int n, int heads, DeviceSpan<float> cache, int blocks,
+        KvLayout layout, int layer, DeviceSpan<int> table, int tableLength, int prefix, DeviceSpan<ulong> mask, int words, float scale,
+        DeviceSpan<float> scratch, DeviceSpan<float> dst)
+    {
+        int hd = layout.HeadDim;
+        if (n <= 0 || heads <= 0 || heads % layout.KvHeads != 0)
+            throw new ArgumentException($"attention_f32: {n} rows of {heads} heads over {layout.KvHeads} kv heads");
+        if (hd > MaxHeadDim)
+            throw new ArgumentOutOfRangeException(nameof(layout), $"attention_f32: head dimension {hd} exceeds {MaxHeadDim}");
+        long cols = (long)heads * hd;
+        if (q.Length < n * cols || dst.Length < n * cols)
+            throw new ArgumentException($"attention_f32: q {q.Length} and dst {dst.Length} elements for [{n}, {cols}]");
+        if ((uint)layer >= (uint)layout.Layers || prefix < 0)
+            throw new ArgumentOutOfRangeException(nameof(layer), $"attention_f32: layer {layer} of {layout.Layers}, prefix {prefix}");
+        int keys = prefix + n;
+        if ((keys + layout.BlockSize - 1) / layout.BlockSize > tableLength || table.Length < tableLength)
+            throw new ArgumentException($"attention_f32: {keys} keys need more than the {tableLength} blocks of the table");
+        if (cache.Length < blocks * KvCache.BlockFloats(layout))
+            throw new ArgumentException($"attention_f32: the cache holds {cache.Length} floats for {blocks} blocks");
+        if (!mask.IsEmpty && (words != (n + 63) / 64 || mask.Length < (long)n * words))
+            throw new ArgumentException($"attention_f32: a mask of {mask.Length} words ({words} per row) for {n} rows");
+        if (n > 65535)
+            throw new ArgumentOutOfRangeException(nameof(n), $"attention_f32: {n} rows exceed the grid's 65535");
+        var (splits, chunk) = Plan(keys, heads, n);
+        long parts = (long)n * heads * splits;
+        if (scratch.Length < parts * (hd + 2))
+            throw new ArgumentException($"attention_f32: scratch of {scratch.Length} floats, {parts} partials need {parts * (hd + 2)}");
+        var accumulators = scratch.Slice(0, parts * hd);
+        var maxSums = scratch.Slice(parts * hd, parts * 2);
+
+        var fn = device.Function(File, "attention_f32");
+        IntPtr pq = q.Pointer, pc = cache.Pointer, pt = table.Pointer, pm = mask.IsEmpty ? IntPtr.Zero : mask.Pointer;
+        IntPtr pa = accumulators.Pointer, pml = maxSums.Pointer, pd = dst.Pointer;
+        int layers = layout.Layers, kvHeads = layout.KvHeads, blockSize = layout.BlockSize;
+        void** args = stackalloc void*[16];
+        args[0] = &pq;
+        args[1] = &pc;
+        args[2] = &pt;
+        args[3] = &layer;
+        args[4] = &layers;
+        args[5] = &kvHeads;
+        args[6] = &hd;
+        args[7] = &blockSize;
+        args[8] = &prefix;
+        args[9] = &n;
+        args[10] = &pm;
+        args[11] = &words;
+        args[12] = &scale;
+        args[13] = &chunk;
+        args[14] = &pa;
+        args[15] = &pml;
+        device.Launch(fn, (heads, n, splits), (128, 1, 1), 0, args);
+
+        var combine = device.Function(File, "attention_combine_f32");
+        void** cargs = stackalloc void*[5];
+        cargs[0] = &pa;
+        cargs[1] = &pml;
+        cargs[2] = &pd;
+        cargs[3] = &hd;
+        cargs[4] = &splits;
+        device.Launch(combine, (heads, n, 1), (Math.Min(1024, (hd + 31) / 32 * 32), 1, 1), 0, cargs);
+    }
+}
