@@ -20,7 +20,7 @@ public sealed record ModelOptions
     /// <summary>Most tokens one forward pass computes; longer prompts are split.</summary>
     public int MaxBatch { get; init; } = 256;
 
-    /// <summary>The device to run on; null for the CPU backend. The model takes ownership.</summary>
+    /// <summary>The device to run on; null for the CPU backend. The model takes ownership (also when loading fails).</summary>
     public Backend? Backend { get; init; }
 }
 
@@ -106,8 +106,7 @@ public sealed class LanguageModel : IDisposable
         catch
         {
             weights?.Dispose();
-            if (options.Backend is null)
-                backend?.Dispose();
+            backend?.Dispose(); // the model owns a given backend too, even when loading fails
             throw;
         }
     }

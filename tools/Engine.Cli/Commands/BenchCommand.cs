@@ -22,18 +22,22 @@ internal static class BenchCommand
         var gen = new Option<int>("--n-gen", "-n") { Description = "Generated tokens for tg (0 = skip)", DefaultValueFactory = _ => 64 };
         var reps = new Option<int>("--repetitions", "-r") { Description = "Repetitions of each test", DefaultValueFactory = _ => 3 };
         var threads = SharedOptions.Threads();
+        var device = SharedOptions.Device();
         var batch = new Option<int>("--batch", "-b") { Description = "Most tokens per forward pass", DefaultValueFactory = _ => 512 };
         var json = new Option<bool>("--json") { Description = "One JSON object per line" };
         var profile = new Option<bool>("--profile") { Description = "Also print the time spent in each backend operation (stderr)" };
-        var command = new Command("bench", "Measure prompt processing (pp) and generation (tg) speed") { model, prompt, gen, reps, threads, batch, json, profile };
+        var command = new Command("bench", "Measure prompt processing (pp) and generation (tg) speed") { model, prompt, gen, reps, threads, device, batch, json, profile };
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
             int p = parse.GetValue(prompt), n = parse.GetValue(gen), r = parse.GetValue(reps), t = parse.GetValue(threads);
             if (p < 0 || n < 0 || r < 1 || t < 1 || parse.GetValue(batch) < 1)
                 throw new ArgumentException("-p and -n must not be negative; -r, -t and -b must be at least 1");
             string path = parse.GetRequiredValue(model);
-            var profiler = parse.GetValue(profile) ? new ProfilingBackend(new Backends.Cpu.CpuBackend(t)) : null;
-            using var lm = LanguageModel.Load(path, new ModelOptions { Threads = t, MaxBatch = parse.GetValue(batch), ContextLength = Math.Max(p, n) + 1, Backend = profiler });
+            var backend = Cuda.BackendFactory.Create(parse.GetRequiredValue(device), t);
+            // The profile times each backend call; on a GPU, calls are asynchronous, so it shows launch cost there.
+            var profiler = parse.GetValue(profile) ? new ProfilingBackend(backend) : null;
+            using var lm = LanguageModel.Load(path, new ModelOptions { Threads = t, MaxBatch = parse.GetValue(batch), ContextLength = Math.Max(p, n) + 1, Backend = profiler ?? backend });
+            string where = lm.Backend.Name == "cpu" || profiler is not null && backend.Name == "cpu" ? t.ToString(CultureInfo.InvariantCulture) : backend.Name;
             var random = new Random(42);
             int Token() => random.Next(lm.Config.VocabSize);
 
@@ -89,6 +93,7 @@ internal static class BenchCommand
                     ["model"] = name,
                     ["model_size"] = size,
                     ["threads"] = t,
+                    ["device"] = backend.Name,
                     ["n_prompt"] = p,
                     ["n_gen"] = n,
                     ["repetitions"] = r,
@@ -102,13 +107,13 @@ internal static class BenchCommand
             }
             else
             {
-                io.Out.WriteLine($"| model | size | threads | test | t/s |");
+                io.Out.WriteLine($"| model | size | {(backend.Name == "cpu" ? "threads" : "device")} | test | t/s |");
                 io.Out.WriteLine($"| --- | ---: | ---: | ---: | ---: |");
                 string sizeText = string.Create(CultureInfo.InvariantCulture, $"{size / 1048576.0:F1} MiB");
                 if (p > 0)
-                    io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {name} | {sizeText} | {t} | pp{p} | {Mean(pp):F2} ± {Std(pp):F2} |"));
+                    io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {name} | {sizeText} | {where} | pp{p} | {Mean(pp):F2} ± {Std(pp):F2} |"));
                 if (n > 0)
-                    io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {name} | {sizeText} | {t} | tg{n} | {Mean(tg):F2} ± {Std(tg):F2} |"));
+                    io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {name} | {sizeText} | {where} | tg{n} | {Mean(tg):F2} ± {Std(tg):F2} |"));
                 io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"peak resident memory: {rss / 1048576.0:F0} MiB"));
             }
             return 0;

@@ -22,6 +22,7 @@ internal static class GenerateCommand
         var topP = new Option<float>("--top-p") { Description = "Top-p (1 = off)", DefaultValueFactory = _ => 0.95f };
         var seed = new Option<ulong?>("--seed") { Description = "Random seed (default: random)" };
         var threads = SharedOptions.Threads();
+        var device = SharedOptions.Device();
         var context = new Option<int>("--ctx", "-c") { Description = "Context size in tokens (default: the model's, at most 4096)" };
         var ids = new Option<bool>("--ids") { Description = "Print only the generated token ids, space separated" };
         var spec = new Option<string?>("--spec") { Description = "Speculative decoding: draft, layerskip, lookup, recycle, rsd or online (lossless)" };
@@ -35,7 +36,7 @@ internal static class GenerateCommand
 
         var command = new Command("generate", "Generate text from a prompt")
         {
-            model, prompt, promptIds, count, temperature, topK, topP, seed, threads, context, ids,
+            model, prompt, promptIds, count, temperature, topK, topP, seed, threads, device, context, ids,
             spec, draftModel, draftMax, tree, layers, fixedBudget, lossy, ngramCache,
         };
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
@@ -62,12 +63,12 @@ internal static class GenerateCommand
 
             List<int>? givenIds = idText is not null ? ParseIds(idText) : null;
 
-            using var lm = LanguageModel.Load(parse.GetRequiredValue(model), new ModelOptions { Threads = threadCount, ContextLength = parse.GetValue(context) });
+            using var lm = LanguageModel.Load(parse.GetRequiredValue(model), SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount) with { ContextLength = parse.GetValue(context) });
             var tokenizer = lm.Tokenizer;
             List<int> promptTokens = givenIds ?? tokenizer.Encode(text!, addSpecial: true, parseSpecial: true);
             string? method = parse.GetValue(spec);
             using var setup = method is null ? null : SpeculativeSetup.Create(method, lm, parse.GetValue(draftModel), parse.GetValue(draftMax),
-                parse.GetValue(tree), parse.GetValue(layers), parse.GetValue(fixedBudget), parse.GetValue(lossy), parse.GetValue(ngramCache), threadCount);
+                parse.GetValue(tree), parse.GetValue(layers), parse.GetValue(fixedBudget), parse.GetValue(lossy), parse.GetValue(ngramCache), threadCount, parse.GetRequiredValue(device));
             using var decoder = setup is null ? null : new Engine.Speculative.SpeculativeDecoder(lm, setup.Source, setup.Options);
             using var session = lm.CreateSession();
             bool onlyIds = parse.GetValue(ids);
@@ -102,12 +103,12 @@ internal static class GenerateCommand
                 setup!.Save();
                 var s = decoder.Stats;
                 io.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"speculative ({setup.Source.Name}{(setup.Options.LossyTypicalAcceptance ? ", LOSSY typical acceptance" : "")}): {s.GeneratedTokens} tokens in {clock.Elapsed.TotalSeconds:F2} s, {s.GeneratedTokens / Math.Max(clock.Elapsed.TotalSeconds, 1e-9):F1} tokens/s | steps: {s.Steps}, tau {s.Tau:F2}, acceptance {s.AcceptanceRate:P0} | seed: {options.Sampling.Seed} | threads: {threadCount}"));
+                    $"speculative ({setup.Source.Name}{(setup.Options.LossyTypicalAcceptance ? ", LOSSY typical acceptance" : "")}): {s.GeneratedTokens} tokens in {clock.Elapsed.TotalSeconds:F2} s, {s.GeneratedTokens / Math.Max(clock.Elapsed.TotalSeconds, 1e-9):F1} tokens/s | steps: {s.Steps}, tau {s.Tau:F2}, acceptance {s.AcceptanceRate:P0} | seed: {options.Sampling.Seed} | {Where(lm, threadCount)}"));
                 return 0;
             }
             var stats = session.LastStats!;
             io.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"prompt: {stats.PromptTokens} tokens, {stats.PromptTokensPerSecond:F1} tokens/s | generation: {stats.GeneratedTokens} tokens, {stats.GenerationTokensPerSecond:F1} tokens/s | stop: {stats.StopReason} | seed: {options.Sampling.Seed} | threads: {threadCount}"));
+                $"prompt: {stats.PromptTokens} tokens, {stats.PromptTokensPerSecond:F1} tokens/s | generation: {stats.GeneratedTokens} tokens, {stats.GenerationTokensPerSecond:F1} tokens/s | stop: {stats.StopReason} | seed: {options.Sampling.Seed} | {Where(lm, threadCount)}"));
             return 0;
         }));
         return command;
@@ -127,4 +128,7 @@ internal static class GenerateCommand
             throw new ArgumentException("--prompt-ids: no token ids given");
         return result;
     }
+
+    /// <summary>"threads: 2" on the CPU, "device: cuda:0" on a GPU.</summary>
+    internal static string Where(LanguageModel lm, int threads) => lm.Backend.Name == "cpu" ? $"threads: {threads}" : $"device: {lm.Backend.Name}";
 }

@@ -3,7 +3,7 @@ using System.CommandLine;
 namespace Engine.Cli.Commands;
 
 /// <summary>Options shared by several commands.</summary>
-internal static class SharedOptions
+internal static partial class SharedOptions
 {
     public static Option<string> Model() => new("--model", "-m")
     {
@@ -16,6 +16,16 @@ internal static class SharedOptions
         Description = "CPU threads (default: one per core)",
         DefaultValueFactory = _ => Environment.ProcessorCount,
     };
+
+    public static Option<string> Device() => new("--device")
+    {
+        Description = "Where to run: " + Engine.Cuda.BackendFactory.Help,
+        DefaultValueFactory = _ => "auto",
+    };
+
+    /// <summary>Model options for a device name: the CPU with <paramref name="threads"/>, or a CUDA backend.</summary>
+    public static Engine.Api.ModelOptions ModelOptions(string device, int threads) =>
+        new() { Threads = threads, Backend = Engine.Cuda.BackendFactory.Create(device, threads) };
 
     public static Option<string?> DraftModel() => new("--draft-model") { Description = "Draft model for --spec draft and rsd (same vocabulary as the target)" };
 
@@ -41,7 +51,7 @@ internal sealed class SpeculativeSetup : IDisposable
     public string? NgramCache { get; init; }
 
     public static SpeculativeSetup Create(string method, Engine.Api.LanguageModel target, string? draftPath, int draftMax, int? tree, int layers,
-        bool fixedBudget, bool lossy, string? ngramCache, int threads)
+        bool fixedBudget, bool lossy, string? ngramCache, int threads, string device = "cpu")
     {
         if (!Engine.Speculative.DraftSources.Methods.Contains(method))
             throw new ArgumentException($"--spec {method}: unknown method (known: {string.Join(", ", Engine.Speculative.DraftSources.Methods)})");
@@ -54,7 +64,7 @@ internal sealed class SpeculativeSetup : IDisposable
         try
         {
             if (method is "draft" or "rsd")
-                draft = Engine.Api.LanguageModel.Load(draftPath!, new Engine.Api.ModelOptions { Threads = threads, ContextLength = target.ContextLength });
+                draft = Engine.Api.LanguageModel.Load(draftPath!, SharedOptions.ModelOptions(device, threads) with { ContextLength = target.ContextLength });
             var source = Engine.Speculative.DraftSources.Create(method, target, draft, layers);
             if (source is Engine.Speculative.OnlineNGramSource online && ngramCache is not null && File.Exists(ngramCache))
                 online.Load(ngramCache);

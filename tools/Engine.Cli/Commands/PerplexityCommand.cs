@@ -18,8 +18,9 @@ internal static class PerplexityCommand
         var file = new Option<string>("--file", "-f") { Description = "UTF-8 text to score", Required = true };
         var context = new Option<int>("--ctx", "-c") { Description = "Chunk length in tokens", DefaultValueFactory = _ => 128 };
         var threads = SharedOptions.Threads();
+        var device = SharedOptions.Device();
         var chunks = new Option<int>("--chunks") { Description = "Score at most this many chunks (0 = all)" };
-        var command = new Command("perplexity", "Perplexity of a text, as llama-perplexity computes it") { model, file, context, threads, chunks };
+        var command = new Command("perplexity", "Perplexity of a text, as llama-perplexity computes it") { model, file, context, threads, device, chunks };
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
             int ctx = parse.GetValue(context);
@@ -29,7 +30,7 @@ internal static class PerplexityCommand
             if (text.EndsWith('\n'))
                 text = text[..^1]; // llama.cpp's -f drops one trailing newline; the same tokens give the same chunks
 
-            using var lm = LanguageModel.Load(parse.GetRequiredValue(model), new ModelOptions { Threads = parse.GetValue(threads), ContextLength = ctx, MaxBatch = ctx });
+            using var lm = LanguageModel.Load(parse.GetRequiredValue(model), SharedOptions.ModelOptions(parse.GetRequiredValue(device), parse.GetValue(threads)) with { ContextLength = ctx, MaxBatch = ctx });
             var result = Perplexity.Compute(lm, text, ctx, parse.GetValue(chunks), progress: (i, ppl) => io.Error.Write(string.Create(CultureInfo.InvariantCulture, $"[{i}]{ppl:F4},")));
             io.Error.WriteLine();
             io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,

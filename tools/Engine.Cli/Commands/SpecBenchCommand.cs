@@ -26,6 +26,7 @@ internal static class SpecBenchCommand
         var temperature = new Option<float>("--temp") { Description = "Temperature (0 = greedy)", DefaultValueFactory = _ => 0f };
         var seed = new Option<ulong>("--seed") { Description = "Seed for sampling", DefaultValueFactory = _ => 1 };
         var threads = SharedOptions.Threads();
+        var device = SharedOptions.Device();
         var json = new Option<bool>("--json") { Description = "One JSON object per line per method" };
         var draftModel = SharedOptions.DraftModel();
         var draftMax = SharedOptions.DraftMax();
@@ -36,14 +37,14 @@ internal static class SpecBenchCommand
         var repetitions = new Option<int>("--repetitions", "-r") { Description = "Repetitions for --verify-cost", DefaultValueFactory = _ => 5 };
         var command = new Command("spec-bench", "Speculative decoding against plain decoding on the same prompts")
         {
-            model, method, prompts, count, temperature, seed, threads, json, draftModel, draftMax, tree, layers, fixedBudget, verifyCost, repetitions,
+            model, method, prompts, count, temperature, seed, threads, device, json, draftModel, draftMax, tree, layers, fixedBudget, verifyCost, repetitions,
         };
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
             int threadCount = parse.GetValue(threads);
             if (threadCount < 1)
                 throw new ArgumentException($"--threads {threadCount} must be at least 1");
-            using var lm = LanguageModel.Load(parse.GetRequiredValue(model), new ModelOptions { Threads = threadCount });
+            using var lm = LanguageModel.Load(parse.GetRequiredValue(model), SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount));
             if (parse.GetValue(verifyCost) is { } sizes)
                 return VerifyCost(io, lm, sizes, parse.GetValue(repetitions), parse.GetValue(json));
 
@@ -69,7 +70,7 @@ internal static class SpecBenchCommand
             foreach (string name in methods)
             {
                 using var setup = SpeculativeSetup.Create(name, lm, parse.GetValue(draftModel), parse.GetValue(draftMax), parse.GetValue(tree),
-                    parse.GetValue(layers), parse.GetValue(fixedBudget), lossy: false, ngramCache: null, threadCount);
+                    parse.GetValue(layers), parse.GetValue(fixedBudget), lossy: false, ngramCache: null, threadCount, parse.GetRequiredValue(device));
                 using var decoder = new SpeculativeDecoder(lm, setup.Source, setup.Options);
                 double plainSeconds = 0, specSeconds = 0;
                 int plainTokens = 0, specTokens = 0, steps = 0, drafted = 0, accepted = 0;
