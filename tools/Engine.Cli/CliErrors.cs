@@ -34,6 +34,7 @@ internal static class CliErrors
         DirectoryNotFoundException d => d.Message,
         AggregateException { InnerException: { } inner } => Describe(inner),
         UnauthorizedAccessException or IOException => e.Message,
+        Cuda.CudaException c => c.Message,
         ArgumentException a => a.ParamName is null ? a.Message : a.Message.Replace($" (Parameter '{a.ParamName}')", "", StringComparison.Ordinal),
         _ => $"{e.GetType().Name}: {e.Message}",
     };

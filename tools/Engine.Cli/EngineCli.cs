@@ -23,6 +23,7 @@ public static class EngineCli
         root.Subcommands.Add(QuantizeCommand.Create(io));
         root.Subcommands.Add(SynthCommand.Create(io));
         root.Subcommands.Add(SpecBenchCommand.Create(io));
+        root.Subcommands.Add(KernelsBenchCommand.Create(io));
         var parsed = root.Parse(args);
         return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false, Output = stdout, Error = stderr });
     }

@@ -1,0 +1,436 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using Engine.Backends;
+using Engine.Backends.Cpu.Kernels;
+using Engine.Cuda;
+using Engine.Tensors;
+using K = Engine.Cuda.Kernels;
+
+namespace Engine.Cli.Commands;
+
+/// <summary>
+/// <c>engine kernels-bench</c>: each CUDA kernel on the layer shapes of TinyLlama-1.1B and Llama-3-8B —
+/// time per call (CUDA events around a batch of back-to-back launches after a warm-up, median of
+/// several batches) and the bandwidth or FLOP/s achieved against the device's peak, which is queried
+/// (memory clock × bus width; SMs × clock) — and against the copy bandwidth measured in the same run.
+/// Every kernel's result is checked against its CPU reference before it is timed.
+/// </summary>
+internal static class KernelsBenchCommand
+{
+    /// <summary>A model's layer shape.</summary>
+    private sealed record Shape(string Name, int Dim, int Ffn, int Heads, int KvHeads, int Vocab)
+    {
+        public int HeadDim => Dim / Heads;
+    }
+
+    private static readonly Shape[] Shapes =
+    [
+        new("tinyllama-1.1b", 2048, 5632, 32, 4, 32000),
+        new("llama-3-8b", 4096, 14336, 32, 8, 128256),
+    ];
+
+    private sealed record Result(string Kernel, string Shape, double Microseconds, double Bytes, double Flops, bool Valid, string Check);
+
+    public static Command Create(CliOutput io)
+    {
+        var kernel = new Option<string?>("--kernel") { Description = "Only kernels whose name contains this (gemv, gemv_q4_0, attention, ...)" };
+        var json = new Option<bool>("--json") { Description = "One JSON object per line" };
+        var device = new Option<string>("--device") { Description = "cuda or cuda:N", DefaultValueFactory = _ => "cuda" };
+        var batches = new Option<int>("--repetitions", "-r") { Description = "Timed batches per kernel (median reported)", DefaultValueFactory = _ => 9 };
+        var command = new Command("kernels-bench", "Time each CUDA kernel on real layer shapes against the device's peak") { kernel, json, device, batches };
+        command.SetAction(parse => CliErrors.Run(io, parse, () =>
+        {
+            string d = parse.GetRequiredValue(device);
+            int index = d == "cuda" ? 0 : d.StartsWith("cuda:", StringComparison.Ordinal) && int.TryParse(d.AsSpan(5), out int i) ? i
+                : throw new ArgumentException($"--device {d}: kernels-bench runs on cuda or cuda:N");
+            int reps = parse.GetValue(batches);
+            if (reps < 1)
+                throw new ArgumentException($"--repetitions {reps} must be at least 1");
+            using var gpu = GpuDevice.Open(index);
+            var bench = new Bench(gpu, reps, parse.GetValue(kernel));
+            double peakBandwidth = gpu.PeakBandwidth, peakFlops = gpu.PeakFlops;
+            double copyBandwidth = bench.CopyBandwidth();
+            bool asJson = parse.GetValue(json);
+            if (asJson)
+            {
+                io.Out.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
+                {
+                    ["device"] = gpu.Info.ToString(),
+                    ["peak_bandwidth_gbs"] = peakBandwidth / 1e9,
+                    ["copy_bandwidth_gbs"] = copyBandwidth / 1e9,
+                    ["peak_fp32_tflops"] = peakFlops / 1e12,
+                }));
+            }
+            else
+            {
+                io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"{gpu.Info}: peak memory bandwidth {peakBandwidth / 1e9:F0} GB/s (attributes), device-to-device copy {copyBandwidth / 1e9:F0} GB/s (measured), peak FP32 {peakFlops / 1e12:F1} TFLOP/s"));
+                io.Out.WriteLine("| kernel | shape | µs/call | GB/s | % peak BW | % copy BW | GFLOP/s | checked |");
+                io.Out.WriteLine("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |");
+            }
+            int failures = 0;
+            foreach (var shape in Shapes)
+            {
+                foreach (var r in bench.Run(shape))
+                {
+                    double seconds = r.Microseconds * 1e-6;
+                    double gbs = r.Bytes / seconds / 1e9, gflops = r.Flops / seconds / 1e9;
+                    failures += r.Valid ? 0 : 1;
+                    if (asJson)
+                    {
+                        io.Out.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
+                        {
+                            ["kernel"] = r.Kernel,
+                            ["shape"] = r.Shape,
+                            ["us_per_call"] = r.Microseconds,
+                            ["gbs"] = gbs,
+                            ["pct_peak_bandwidth"] = 100 * r.Bytes / seconds / peakBandwidth,
+                            ["pct_copy_bandwidth"] = 100 * r.Bytes / seconds / copyBandwidth,
+                            ["gflops"] = gflops,
+                            ["pct_peak_flops"] = 100 * r.Flops / seconds / peakFlops,
+                            ["valid"] = r.Valid,
+                            ["check"] = r.Check,
+                        }));
+                    }
+                    else
+                    {
+                        io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                            $"| {r.Kernel} | {r.Shape} | {r.Microseconds:F2} | {gbs:F0} | {100 * r.Bytes / seconds / peakBandwidth:F0}% | {100 * r.Bytes / seconds / copyBandwidth:F0}% | {gflops:F0} | {(r.Valid ? "ok" : "FAILED: " + r.Check)} |"));
+                    }
+                }
+            }
+            if (failures > 0)
+                io.Error.WriteLine($"engine: {failures} kernel(s) disagreed with their CPU reference");
+            return failures > 0 ? CliErrors.Failure : 0;
+        }));
+        return command;
+    }
+
+    /// <summary>Runs and times the kernels of one shape.</summary>
+    private sealed class Bench(GpuDevice gpu, int reps, string? filter)
+    {
+        private const int CallsPerBatch = 20;
+        private const double U = 1.0 / (1 << 24);
+
+        private bool Wanted(string kernel) => filter is null || kernel.Contains(filter, StringComparison.OrdinalIgnoreCase);
+
+        /// <summary>Median over <c>reps</c> batches of the time per call of <paramref name="launch"/>, in µs.</summary>
+        private double Time(Action launch)
+        {
+            using var timer = new GpuTimer(gpu);
+            for (int w = 0; w < 3; w++)
+                launch();
+            var times = new double[reps];
+            for (int r = 0; r < reps; r++)
+            {
+                timer.Start();
+                for (int c = 0; c < CallsPerBatch; c++)
+                    launch();
+                times[r] = timer.Stop() * 1000.0 / CallsPerBatch;
+            }
+            Array.Sort(times);
+            return times[reps / 2];
+        }
+
+        /// <summary>Device-to-device copy bandwidth (bytes read + written per second) of a 1 GiB buffer.</summary>
+        public double CopyBandwidth()
+        {
+            long bytes = 1L << 30;
+            using var a = gpu.Allocate<byte>(bytes);
+            using var b = gpu.Allocate<byte>(bytes);
+            double us = Time(() => gpu.CopyDeviceToDevice(b.Span.Pointer, a.Span.Pointer, bytes));
+            return 2.0 * bytes / (us * 1e-6);
+        }
+
+        private static float[] Floats(Random rng, long n, double scale = 1)
+        {
+            var x = new float[n];
+            for (long i = 0; i < n; i++)
+                x[i] = (float)((rng.NextDouble() * 2 - 1) * scale);
+            return x;
+        }
+
+        public IEnumerable<Result> Run(Shape s)
+        {
+            var rng = new Random(1);
+            // decode GEMVs: q/o [dim, dim], k/v [kvDim, dim], gate/up [ffn, dim], down [dim, ffn], LM head [vocab, dim]
+            (string Name, int Rows, int Cols)[] matrices =
+            [
+                ("attn_q", s.Dim, s.Dim), ("attn_kv", s.KvHeads * s.HeadDim, s.Dim), ("ffn_up", s.Ffn, s.Dim), ("ffn_down", s.Dim, s.Ffn),
+                ("output", s.Vocab, s.Dim),
+            ];
+            foreach (var type in K.WeightFormats.Supported)
+            {
+                string name = "gemv_" + K.WeightFormats.Suffix(type);
+                if (!Wanted(name))
+                    continue;
+                foreach (var (matrix, rows, cols) in matrices)
+                {
+                    if (type is GgmlType.F32 or GgmlType.BF16 && matrix != "ffn_up")
+                        continue; // F32 and BF16 on one shape: the quantized and F16 types are the ones that matter
+                    yield return Gemv(s, type, name, matrix, rows, cols, 1, rng);
+                }
+                yield return Gemv(s, type, name + "_x8", "ffn_up×4", s.Ffn, s.Dim, 4, rng);
+            }
+            if (Wanted("rms_norm_f32"))
+                yield return Elementwise(s, "rms_norm_f32", 1, s.Dim, rng);
+            if (Wanted("rope_f32"))
+                yield return Rope(s, rng);
+            if (Wanted("swiglu_f32"))
+                yield return Elementwise(s, "swiglu_f32", 1, s.Ffn, rng);
+            if (Wanted("add_f32"))
+                yield return Elementwise(s, "add_f32", 1, s.Dim, rng);
+            if (Wanted("argmax_f32"))
+                yield return Elementwise(s, "argmax_f32", 1, s.Vocab, rng);
+            if (Wanted("get_rows_q4_0"))
+                yield return GetRowsQ4(s, rng);
+            if (Wanted("dequantize_q4_0_f16"))
+                yield return DequantizeQ4(s, rng);
+            foreach (int context in new[] { 512, 4096 })
+            {
+                if (Wanted("attention_f32"))
+                    yield return Attention(s, context, rng);
+            }
+            if (Wanted("store_kv_f32"))
+                yield return StoreKv(s, rng);
+            if (Wanted("cublas_gemm_f16") && CuBlas.TryCreate(gpu) is { } blas)
+            {
+                using (blas)
+                    yield return Gemm(s, blas, rng);
+            }
+        }
+
+        private Result Gemv(Shape s, GgmlType type, string kernel, string matrix, int rows, int cols, int ncols, Random rng)
+        {
+            long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
+            var wBytes = Weights(type, rows, cols, rng);
+            var x = Floats(rng, (long)ncols * cols);
+            using var w = gpu.Upload<byte>(wBytes);
+            using var dx = gpu.Upload<float>(x);
+            using var y = gpu.Allocate<float>((long)ncols * rows);
+            K.Gemv.Run(gpu, type, w, rows, cols, dx, ncols, y);
+            var actual = gpu.Download<float>(y);
+            // Check the first 64 rows against the reference, with the summation-order bound of the parity tests.
+            int checkedRows = Math.Min(64, rows);
+            var expected = new float[ncols * checkedRows];
+            var row = new float[cols];
+            string problem = "";
+            for (int r = 0; r < checkedRows && problem.Length == 0; r++)
+            {
+                Quantization.Dequantize.Row(type, wBytes.AsSpan((int)(r * rowBytes), (int)rowBytes), row);
+                for (int c = 0; c < ncols; c++)
+                {
+                    double sum = 0, magnitude = 0;
+                    for (int k = 0; k < cols; k++)
+                    {
+                        sum += (double)row[k] * x[c * cols + k];
+                        magnitude += Math.Abs((double)row[k] * x[c * cols + k]);
+                    }
+                    if (Math.Abs(actual[(long)c * rows + r] - sum) > (2.0 * cols + 4) * U * magnitude)
+                        problem = $"row {r}: {actual[(long)c * rows + r]} vs {sum}";
+                }
+            }
+            double us = Time(() => K.Gemv.Run(gpu, type, w, rows, cols, dx, ncols, y));
+            double bytes = rowBytes * rows + 4.0 * ncols * (cols + rows);
+            return new Result(kernel, $"{s.Name} {matrix} [{rows}×{cols}]{(ncols > 1 ? $" ×{ncols}" : "")}", us, bytes, 2.0 * rows * cols * ncols,
+                problem.Length == 0, problem);
+        }
+
+        private static byte[] Weights(GgmlType type, int rows, int cols, Random rng)
+        {
+            // Real quantized values of random floats: scales and mins as a quantizer makes them.
+            long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
+            var data = new byte[rowBytes * rows];
+            var row = new float[cols];
+            var one = new byte[rowBytes];
+            for (int r = 0; r < Math.Min(rows, 256); r++)
+            {
+                for (int k = 0; k < cols; k++)
+                    row[k] = (float)(rng.NextDouble() * 2 - 1);
+                Quantization.Quantize.Row(type, row, one);
+                one.CopyTo(data, r * rowBytes);
+            }
+            for (int r = 256; r < rows; r++) // quantizing every row of an 8B head takes minutes on the host: repeat the first 256
+                Array.Copy(data, (r % 256) * rowBytes, data, r * rowBytes, rowBytes);
+            return data;
+        }
+
+        private Result Elementwise(Shape s, string kernel, int rows, int cols, Random rng)
+        {
+            var x = Floats(rng, (long)rows * cols, 4);
+            var w = Floats(rng, cols, 1);
+            using var dx = gpu.Upload<float>(x);
+            using var dw = gpu.Upload<float>(w);
+            using var dy = gpu.Allocate<float>((long)rows * cols);
+            using var di = gpu.Allocate<int>(rows);
+            var expected = new float[rows * cols];
+            Action launch;
+            double bytes;
+            Func<bool> check;
+            switch (kernel)
+            {
+                case "rms_norm_f32":
+                    launch = () => K.RmsNorm.RmsNormF32(gpu, dx, dw, dy, rows, cols, 1e-5f);
+                    Backends.Cpu.Kernels.RmsNorm.RmsNormF32(x, w, 1e-5f, expected, rows);
+                    bytes = 4.0 * (2 * rows * cols + cols);
+                    check = () => Close(gpu.Download<float>(dy), expected, 1e-5);
+                    break;
+                case "swiglu_f32":
+                    launch = () => K.SwiGlu.SwiGluF32(gpu, dx, dx, dy, (long)rows * cols);
+                    Activations.SwiGluF32(x, x, expected);
+                    bytes = 4.0 * 3 * rows * cols;
+                    check = () => Close(gpu.Download<float>(dy), expected, 1e-5);
+                    break;
+                case "add_f32":
+                    launch = () => K.Add.AddF32(gpu, dy, dx, (long)rows * cols);
+                    bytes = 4.0 * 3 * rows * cols;
+                    check = () =>
+                    {
+                        gpu.Clear(dy.Span.Pointer, dy.Span.Bytes);
+                        K.Add.AddF32(gpu, dy, dx, (long)rows * cols);
+                        return Close(gpu.Download<float>(dy), x, 0);
+                    };
+                    break;
+                default: // argmax_f32
+                    launch = () => K.ArgMax.ArgMaxF32(gpu, dx, rows, cols, di);
+                    bytes = 4.0 * rows * cols;
+                    check = () => gpu.Download<int>(di)[0] == Activations.ArgMaxF32(x);
+                    break;
+            }
+            launch();
+            bool valid = check();
+            double us = Time(launch);
+            return new Result(kernel, $"{s.Name} [{rows}×{cols}]", us, bytes, 0, valid, valid ? "" : "differs from the CPU reference");
+        }
+
+        private static bool Close(float[] actual, float[] expected, double relative)
+        {
+            double scale = expected.Max(MathF.Abs);
+            for (int i = 0; i < expected.Length; i++)
+            {
+                if (Math.Abs(actual[i] - expected[i]) > relative * scale)
+                    return false;
+            }
+            return true;
+        }
+
+        private Result Rope(Shape s, Random rng)
+        {
+            int pairs = s.HeadDim / 2;
+            var x = Floats(rng, (long)s.Heads * s.HeadDim);
+            var invFreq = Enumerable.Range(0, pairs).Select(i => Math.Pow(10000.0, -2.0 * i / s.HeadDim)).ToArray();
+            using var dx = gpu.Upload<float>(x);
+            using var dp = gpu.Upload<int>([1000]);
+            using var df = gpu.Upload<double>(invFreq);
+            K.Rope.RopeF32(gpu, dx, 1, s.Heads, s.HeadDim, dp, df, pairs, neox: false);
+            var expected = (float[])x.Clone();
+            Backends.Cpu.Kernels.Rope.RopeF32(expected, s.Heads, s.HeadDim, false, invFreq.Select(f => (float)Math.Cos(1000 * f)).ToArray(),
+                invFreq.Select(f => (float)Math.Sin(1000 * f)).ToArray());
+            bool valid = Close(gpu.Download<float>(dx), expected, 1e-6);
+            double us = Time(() => K.Rope.RopeF32(gpu, dx, 1, s.Heads, s.HeadDim, dp, df, pairs, neox: false));
+            return new Result("rope_f32", $"{s.Name} q [{s.Heads}×{s.HeadDim}]", us, 8.0 * s.Heads * s.HeadDim, 0, valid, valid ? "" : "differs from the CPU reference");
+        }
+
+        private Result GetRowsQ4(Shape s, Random rng)
+        {
+            var table = Weights(GgmlType.Q4_0, 512, s.Dim, rng);
+            using var dt = gpu.Upload<byte>(table);
+            using var ids = gpu.Upload<int>([7]);
+            using var dy = gpu.Allocate<float>(s.Dim);
+            K.GetRows.Rows(gpu, GgmlType.Q4_0, dt, 512, s.Dim, ids, 1, dy);
+            var expected = new float[s.Dim];
+            GetRows.GetRowsQ4_0(table, s.Dim, [7], expected);
+            bool valid = Close(gpu.Download<float>(dy), expected, 1e-6);
+            double us = Time(() => K.GetRows.Rows(gpu, GgmlType.Q4_0, dt, 512, s.Dim, ids, 1, dy));
+            return new Result("get_rows_q4_0", $"{s.Name} token_embd row [{s.Dim}]", us, GgmlTypeInfo.RowBytes(GgmlType.Q4_0, s.Dim) + 4.0 * s.Dim, 0,
+                valid, valid ? "" : "differs from the CPU reference");
+        }
+
+        private Result DequantizeQ4(Shape s, Random rng)
+        {
+            var w = Weights(GgmlType.Q4_0, s.Ffn, s.Dim, rng);
+            using var dw = gpu.Upload<byte>(w);
+            using var dh = gpu.Allocate<Half>((long)s.Ffn * s.Dim);
+            K.Dequantize.ToF16(gpu, GgmlType.Q4_0, dw, s.Ffn, s.Dim, dh);
+            var expected = new Half[64 * s.Dim];
+            DequantizeF16.DequantizeQ4_0F16(w.AsSpan(0, (int)GgmlTypeInfo.RowBytes(GgmlType.Q4_0, s.Dim) * 64), 64, s.Dim, expected);
+            var actual = gpu.Download<Half>(dh.Span.Slice(0, 64L * s.Dim));
+            bool valid = actual.AsSpan().SequenceEqual(expected);
+            double us = Time(() => K.Dequantize.ToF16(gpu, GgmlType.Q4_0, dw, s.Ffn, s.Dim, dh));
+            return new Result("dequantize_q4_0_f16", $"{s.Name} ffn_up [{s.Ffn}×{s.Dim}]", us, w.Length + 2.0 * s.Ffn * s.Dim, 0, valid,
+                valid ? "" : "differs from the CPU reference");
+        }
+
+        private Result Attention(Shape s, int context, Random rng)
+        {
+            var layout = new KvLayout(Layers: 1, KvHeads: s.KvHeads, HeadDim: s.HeadDim, BlockSize: 32);
+            int blocks = context / 32;
+            var table = Enumerable.Range(0, blocks).ToArray();
+            var cache = Floats(rng, blocks * KvCacheKernels.BlockFloats(layout));
+            var q = Floats(rng, (long)s.Heads * s.HeadDim, 1 / Math.Sqrt(s.HeadDim));
+            using var dc = gpu.Upload<float>(cache);
+            using var dt = gpu.Upload<int>(table);
+            using var dq = gpu.Upload<float>(q);
+            using var scratch = gpu.Allocate<float>(KvCacheKernels.ScratchFloats(s.Heads, 1, s.HeadDim));
+            using var dy = gpu.Allocate<float>((long)s.Heads * s.HeadDim);
+            float scale = 1 / MathF.Sqrt(s.HeadDim);
+            int prefix = context - 1;
+            void Launch() => K.Attention.AttentionF32(gpu, dq, 1, s.Heads, dc, blocks, layout, 0, dt, blocks, prefix, default, 0, scale, scratch, dy);
+            Launch();
+            var expected = new float[s.Heads * s.HeadDim];
+            KvCacheKernels.AttentionF32(q, 1, s.Heads, cache, layout, 0, table, prefix, AttentionMask.Causal, scale, expected);
+            bool valid = Close(gpu.Download<float>(dy), expected, 1e-4);
+            double us = Time(Launch);
+            double bytes = 2.0 * 4 * context * s.KvHeads * s.HeadDim; // K and V of every kv head read once
+            return new Result("attention_f32", $"{s.Name} decode, context {context}", us, bytes, 4.0 * s.Heads * s.HeadDim * context, valid,
+                valid ? "" : "differs from the CPU reference");
+        }
+
+        private Result StoreKv(Shape s, Random rng)
+        {
+            var layout = new KvLayout(Layers: 1, KvHeads: s.KvHeads, HeadDim: s.HeadDim, BlockSize: 32);
+            var k = Floats(rng, (long)s.KvHeads * s.HeadDim);
+            using var dk = gpu.Upload<float>(k);
+            using var dc = gpu.Allocate<float>(4 * KvCacheKernels.BlockFloats(layout));
+            using var dt = gpu.Upload<int>([2, 3]);
+            K.KvCache.StoreKvF32(gpu, dk, dk, 1, dt, 2, 40, dc, 4, layout, 0);
+            var actual = gpu.Download<float>(dc.Span.Slice(KvCacheKernels.Index(layout, 3, 0, 0, 0, 8), s.HeadDim));
+            bool valid = actual.AsSpan().SequenceEqual(k.AsSpan(0, s.HeadDim));
+            double us = Time(() => K.KvCache.StoreKvF32(gpu, dk, dk, 1, dt, 2, 40, dc, 4, layout, 0));
+            return new Result("store_kv_f32", $"{s.Name} one token", us, 16.0 * s.KvHeads * s.HeadDim, 0, valid, valid ? "" : "wrong slot");
+        }
+
+        private Result Gemm(Shape s, CuBlas blas, Random rng)
+        {
+            int n = 512, m = s.Ffn, k = s.Dim;
+            var w = Floats(rng, (long)m * k);
+            var x = Floats(rng, (long)n * k);
+            using var dw = gpu.Upload<float>(w);
+            using var dx = gpu.Upload<float>(x);
+            using var hw = gpu.Allocate<Half>((long)m * k);
+            using var hx = gpu.Allocate<Half>((long)n * k);
+            using var dy = gpu.Allocate<float>((long)n * m);
+            K.Dequantize.ConvertF32F16(gpu, dw, hw, (long)m * k);
+            K.Dequantize.ConvertF32F16(gpu, dx, hx, (long)n * k);
+            blas.GemmF16(hw, m, k, hx, n, dy);
+            var y = gpu.Download<float>(dy.Span.Slice(0, m)); // row 0 of the output
+            string problem = "";
+            for (int j = 0; j < 64 && problem.Length == 0; j++)
+            {
+                double sum = 0, magnitude = 0;
+                for (int i = 0; i < k; i++)
+                {
+                    double a = (double)(Half)w[(long)j * k + i] * (double)(Half)x[i];
+                    sum += a;
+                    magnitude += Math.Abs(a);
+                }
+                if (Math.Abs(y[j] - sum) > (2.0 * k + 4) * U * magnitude)
+                    problem = $"output {j}: {y[j]} vs {sum}";
+            }
+            double us = Time(() => blas.GemmF16(hw, m, k, hx, n, dy));
+            return new Result("cublas_gemm_f16", $"{s.Name} prefill {n} × ffn_up [{m}×{k}]", us, 2.0 * (m + n) * k + 4.0 * n * m, 2.0 * n * m * k,
+                problem.Length == 0, problem);
+        }
+    }
+}
