@@ -25,7 +25,7 @@ out=$(mktemp -d)
 for ((round = 1; round <= rounds; round++)); do
   for model in "$@"; do
     name=$(basename "$model")
-    /usr/bin/time -f "%M" -o "$out/rss" "$engine" bench -m "$model" -p $prompt -n $gen -r $reps -t "$threads" --json \
+    /usr/bin/time -f "%M" -o "$out/rss" "$engine" bench -m "$model" --device cpu -p $prompt -n $gen -r $reps -t "$threads" --json \
       > "$out/engine.json" 2>/dev/null
     echo "{\"who\":\"engine\",\"model\":\"$name\",\"rss_kib\":$(tail -n 1 "$out/rss"),\"result\":$(tail -n 1 "$out/engine.json")}" >> "$out/all.jsonl"
     /usr/bin/time -f "%M" -o "$out/rss" "$LLAMA_BENCH" -m "$model" -p $prompt -n $gen -r $reps -t "$threads" -o jsonl \

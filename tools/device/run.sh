@@ -23,8 +23,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap,clocks.max.s
 cat "$OUT/gpu.txt"
 
 step "PTX with $(command -v nvcc || echo 'no nvcc on PATH')"
-if ! { cmake -S . -B build-device -DENGINE_REQUIRE_NVCC=ON && cmake --build build-device -j; } > build-device.log 2>&1; then
-  echo "run.sh: compiling the kernels failed:"; tail -40 build-device.log; exit 1
+if ! { cmake -S . -B build-device -DENGINE_REQUIRE_NVCC=ON && cmake --build build-device -j; } > "$OUT/ptx.log" 2>&1; then
+  echo "run.sh: compiling the kernels failed:"; tail -40 "$OUT/ptx.log"; exit 1
 fi
 ls build-device/ptx | tr '\n' ' '; echo
 
@@ -56,7 +56,8 @@ python3 tools/device/torch_gemv.py > "$OUT/torch-gemv.jsonl" || { echo "torch_ge
 
 step "engine bench --device cuda on the 1.1B shape"
 models=$(mktemp -d)
-"$bin/engine" synth --like .device/shared/vocab/ggml-vocab-llama-spm.gguf --dim 2048 --layers 22 --heads 32 --kv-heads 4 --ffn 5632 \
+# BENCH_SHAPE overrides the shape (a dry run on a machine without a GPU uses a tiny one).
+"$bin/engine" synth --like .device/shared/vocab/ggml-vocab-llama-spm.gguf ${BENCH_SHAPE:---dim 2048 --layers 22 --heads 32 --kv-heads 4 --ffn 5632} \
   --type F16 "$models/tl1b-f16.gguf" || status=1
 for t in Q8_0 Q4_0; do "$bin/engine" quantize "$models/tl1b-f16.gguf" "$models/tl1b-${t,,}.gguf" "$t" --threads 16 || status=1; done
 : > "$OUT/bench.jsonl"

@@ -81,7 +81,11 @@ internal static class BenchCommand
             }
             var pp = p > 0 ? Measure(p, prompt: true) : [];
             Report($"pp{p}");
+            var gpu = (backend as Cuda.CudaBackend)?.Device;
+            long launchesBefore = gpu?.Launches ?? 0;
             var tg = n > 0 ? Measure(n, prompt: false) : [];
+            // Kernel launches per generated token (warm-up included): what CUDA-graph capture would save.
+            double launchesPerToken = gpu is null || n == 0 ? 0 : (gpu.Launches - launchesBefore) / (double)((r + 1) * n);
             Report($"tg{n}");
             long size = Directory.Exists(path) ? Directory.GetFiles(path, "*.safetensors").Sum(f => new FileInfo(f).Length) : new FileInfo(path).Length;
             long rss = Process.GetCurrentProcess().PeakWorkingSet64;
@@ -103,6 +107,8 @@ internal static class BenchCommand
                     ["tg_stddev"] = Std(tg),
                     ["peak_rss_bytes"] = rss,
                 };
+                if (gpu is not null)
+                    row["launches_per_token"] = launchesPerToken;
                 io.Out.WriteLine(JsonSerializer.Serialize(row));
             }
             else
@@ -115,6 +121,8 @@ internal static class BenchCommand
                 if (n > 0)
                     io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {name} | {sizeText} | {where} | tg{n} | {Mean(tg):F2} ± {Std(tg):F2} |"));
                 io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"peak resident memory: {rss / 1048576.0:F0} MiB"));
+                if (gpu is not null)
+                    io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"kernel launches per generated token: {launchesPerToken:F0}"));
             }
             return 0;
         }));
