@@ -14,18 +14,19 @@ public static class BackendFactory
     /// <summary>The backend for <paramref name="device"/>; <paramref name="threads"/> is for the CPU (0 = one per core).</summary>
     /// <exception cref="ArgumentException">The name is not one of the forms above.</exception>
     /// <exception cref="CudaException">CUDA was asked for and is not available, with the reason.</exception>
-    public static Backend Create(string device, int threads = 0)
+    /// <param name="cudaGraphs">On CUDA, replay one-token passes as CUDA graphs (<see cref="CudaBackend"/>).</param>
+    public static Backend Create(string device, int threads = 0, bool cudaGraphs = false)
     {
         string d = device.Trim().ToLowerInvariant();
         if (d == "cpu")
             return new CpuBackend(threads);
         if (d == "auto")
-            return CudaDriver.Discover(out _).Count > 0 ? CudaBackend.Open(0) : new CpuBackend(threads);
+            return CudaDriver.Discover(out _).Count > 0 ? CudaBackend.Open(0, cudaGraphs: cudaGraphs) : new CpuBackend(threads);
         if (d == "cuda")
-            return CudaBackend.Open(0);
+            return CudaBackend.Open(0, cudaGraphs: cudaGraphs);
         if (d.StartsWith("cuda:", StringComparison.Ordinal) && int.TryParse(d.AsSpan(5), System.Globalization.NumberStyles.None,
                 System.Globalization.CultureInfo.InvariantCulture, out int index))
-            return CudaBackend.Open(index);
+            return CudaBackend.Open(index, cudaGraphs: cudaGraphs);
         throw new ArgumentException($"--device {device}: expected {Help}");
     }
 }

@@ -31,20 +31,33 @@ public sealed unsafe class CudaBackend : Backend
     /// <param name="device">The device to run on.</param>
     /// <param name="ownsDevice">Dispose the device with the backend.</param>
     /// <param name="useCuBlas">Multiply batches of more than 8 rows with cuBLAS when it loads (default); false keeps every product on the gemv kernels.</param>
-    public CudaBackend(GpuDevice device, bool ownsDevice = false, bool useCuBlas = true)
+    /// <param name="cudaGraphs">Record each one-token pass as a CUDA graph and replay it with one launch (<see cref="DecodeGraph"/>).</param>
+    public CudaBackend(GpuDevice device, bool ownsDevice = false, bool useCuBlas = true, bool cudaGraphs = false)
     {
         Device = device;
         _ownsDevice = ownsDevice;
         UseCuBlas = useCuBlas;
-        _tokens = new(device);
-        _positions = new(device);
-        _table = new(device);
-        _rows = new(device);
-        _mask = new(device);
+        _graph = cudaGraphs ? new DecodeGraph(device) : null;
+        Func<bool> capturing = () => _graph?.Capturing == true;
+        _tokens = new(device, capturing);
+        _positions = new(device, capturing);
+        _table = new(device, capturing);
+        _rows = new(device, capturing);
+        _mask = new(device, capturing);
     }
 
     /// <summary>Opens cuda:<paramref name="index"/> for a backend that owns it.</summary>
-    public static CudaBackend Open(int index = 0, bool useCuBlas = true) => new(GpuDevice.Open(index), ownsDevice: true, useCuBlas);
+    public static CudaBackend Open(int index = 0, bool useCuBlas = true, bool cudaGraphs = false) =>
+        new(GpuDevice.Open(index), ownsDevice: true, useCuBlas, cudaGraphs);
+
+    private readonly DecodeGraph? _graph;
+    private bool _warm;
+
+    /// <summary>Whether one-token passes are replayed as CUDA graphs.</summary>
+    public bool UsesCudaGraphs => _graph is not null;
+
+    /// <summary>One-token passes replayed as graphs so far, and how many needed a new instantiation.</summary>
+    public (long Replays, long Instantiations) GraphStats => (_graph?.Replays ?? 0, _graph?.Instantiations ?? 0);
 
     public GpuDevice Device { get; }
 
@@ -129,6 +142,16 @@ public sealed unsafe class CudaBackend : Backend
         {
             if ((uint)tokens[i] >= (uint)table.Rows)
                 throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[i]} is outside the vocabulary (0..{table.Rows - 1})");
+        }
+        // Every pass starts with the embedding and a pass with outputs ends with a download: a one-token
+        // pass between the two is recorded as a graph, once a pass has run directly (so every buffer
+        // and upload it needs exists and no synchronous call falls inside the capture).
+        if (_graph is not null)
+        {
+            if (_graph.Capturing)
+                _graph.EndAndLaunch(); // the previous pass asked for no outputs (so no download ended it): run it now
+            if (tokens.Length == 1 && _warm)
+                _graph.Begin();
         }
         var m = (CudaMatrix)table;
         GetRows.Rows(Device, m.Type, m.Data, m.Rows, m.Cols, _tokens.Put(tokens), tokens.Length, Span(dst));
@@ -237,6 +260,8 @@ public sealed unsafe class CudaBackend : Backend
 
     public override void Download(Activation src, Span<float> dst)
     {
+        if (_graph is { Capturing: true })
+            _graph.EndAndLaunch();
         long bytes = src.Size * sizeof(float);
         if (_download is null || _download.Bytes < bytes)
         {
@@ -249,6 +274,7 @@ public sealed unsafe class CudaBackend : Backend
             Driver.Check(Driver.StreamSynchronize(Device.Stream));
         }
         _download.AsSpan<float>(checked((int)src.Size)).CopyTo(dst);
+        _warm = true;
     }
 
     /// <summary>Copies host values into an activation (the counterpart of <see cref="Download"/>).</summary>
@@ -271,6 +297,7 @@ public sealed unsafe class CudaBackend : Backend
 
     public override void Dispose()
     {
+        _graph?.Dispose();
         _blas?.Dispose();
         foreach (var f in _ropeFrequencies.Values)
             f.Dispose();
@@ -291,9 +318,12 @@ public sealed unsafe class CudaBackend : Backend
     /// One kind of per-step host input (tokens, positions, ...): a pinned buffer, its device copy, and
     /// the last contents uploaded — every layer asks for the same positions and block table, and they
     /// are sent once. Before the pinned buffer is rewritten, the event recorded after its last copy is
-    /// waited on, so a queued copy never reads half-new data.
+    /// waited on, so a queued copy never reads half-new data. While a graph is being captured the copy
+    /// becomes a node of the graph (it reads the pinned buffer when the graph runs, before the pass's
+    /// download returns) and no event is used: a pass writes each input once, and the previous pass
+    /// ended with a synchronizing download.
     /// </summary>
-    private sealed class HostInput<T>(GpuDevice device) : IDisposable where T : unmanaged, IEquatable<T>
+    private sealed class HostInput<T>(GpuDevice device, Func<bool> capturing) : IDisposable where T : unmanaged, IEquatable<T>
     {
         private PinnedBuffer? _pinned;
         private GpuArray<T>? _device;
@@ -306,10 +336,11 @@ public sealed unsafe class CudaBackend : Backend
             if (_count == data.Length && data.SequenceEqual(_last.AsSpan(0, _count)))
                 return _device!.Span.Slice(0, Math.Max(_count, 1));
             using var _ = device.Bind();
+            bool graph = capturing();
             if (_device is null || _device.Length < data.Length)
             {
                 long capacity = Math.Max(64, (long)data.Length * 2);
-                if (_copied != IntPtr.Zero)
+                if (_copied != IntPtr.Zero && !graph)
                     Driver.Check(Driver.EventSynchronize(_copied));
                 _pinned?.Dispose();
                 _device?.Dispose();
@@ -317,15 +348,19 @@ public sealed unsafe class CudaBackend : Backend
                 _device = device.Allocate<T>(capacity);
                 _last = new T[capacity];
             }
-            if (_copied == IntPtr.Zero)
-                Driver.Check(Driver.EventCreate(out _copied, Driver.CU_EVENT_DISABLE_TIMING));
-            else
-                Driver.Check(Driver.EventSynchronize(_copied));
+            if (!graph)
+            {
+                if (_copied == IntPtr.Zero)
+                    Driver.Check(Driver.EventCreate(out _copied, Driver.CU_EVENT_DISABLE_TIMING));
+                else
+                    Driver.Check(Driver.EventSynchronize(_copied));
+            }
             data.CopyTo(_pinned!.AsSpan<T>(data.Length));
             if (data.Length > 0)
             {
                 Driver.Check(Driver.MemcpyHtoDAsync(_device.Span.Pointer, (void*)_pinned.Pointer, (nuint)(data.Length * sizeof(T)), device.Stream));
-                Driver.Check(Driver.EventRecord(_copied, device.Stream));
+                if (!graph)
+                    Driver.Check(Driver.EventRecord(_copied, device.Stream));
             }
             data.CopyTo(_last);
             _count = data.Length;

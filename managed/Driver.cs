@@ -108,3 +108,34 @@ internal static unsafe partial class Driver
         }
     }
 }
+
+/// <summary>CUDA graphs through the driver API (ILGPU has no binding for them): capture, instantiate, update, launch.</summary>
+internal static unsafe partial class GraphDriver
+{
+    private const string Lib = "cuda";
+
+    /// <summary>CU_STREAM_CAPTURE_MODE_RELAXED: other threads' unsafe calls are not policed, allocations are allowed.</summary>
+    public const int CaptureModeRelaxed = 2;
+
+    [LibraryImport(Lib, EntryPoint = "cuStreamBeginCapture_v2")]
+    public static partial int StreamBeginCapture(IntPtr stream, int mode);
+
+    [LibraryImport(Lib, EntryPoint = "cuStreamEndCapture")]
+    public static partial int StreamEndCapture(IntPtr stream, out IntPtr graph);
+
+    [LibraryImport(Lib, EntryPoint = "cuGraphInstantiateWithFlags")]
+    public static partial int GraphInstantiateWithFlags(out IntPtr exec, IntPtr graph, ulong flags);
+
+    /// <summary>CUDA 12's update; <paramref name="resultInfo"/> is a CUgraphExecUpdateResultInfo (24 bytes).</summary>
+    [LibraryImport(Lib, EntryPoint = "cuGraphExecUpdate_v2")]
+    public static partial int GraphExecUpdate(IntPtr exec, IntPtr graph, void* resultInfo);
+
+    [LibraryImport(Lib, EntryPoint = "cuGraphLaunch")]
+    public static partial int GraphLaunch(IntPtr exec, IntPtr stream);
+
+    [LibraryImport(Lib, EntryPoint = "cuGraphDestroy")]
+    public static partial int GraphDestroy(IntPtr graph);
+
+    [LibraryImport(Lib, EntryPoint = "cuGraphExecDestroy")]
+    public static partial int GraphExecDestroy(IntPtr exec);
+}

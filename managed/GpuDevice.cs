@@ -85,8 +85,15 @@ public sealed unsafe class GpuDevice : IDisposable
         return array;
     }
 
-    /// <summary>Page-locked host memory of <paramref name="bytes"/> bytes for asynchronous copies.</summary>
-    public PinnedBuffer AllocatePinned(long bytes) => new(() => Bind(), bytes);
+    /// <summary>Page-locked host memory of <paramref name="bytes"/> bytes for asynchronous copies (a driver allocation, counted).</summary>
+    public PinnedBuffer AllocatePinned(long bytes)
+    {
+        PinnedAllocations++;
+        return new(() => Bind(), bytes);
+    }
+
+    /// <summary>cuMemAllocHost calls made so far (device allocations are counted by <see cref="Pool"/>).</summary>
+    public long PinnedAllocations { get; private set; }
 
     /// <summary>
     /// Copies host data to the device through pinned staging, in order with the work queued before;

@@ -44,7 +44,8 @@ public class GpuTests
             Assert.Ignore(message);
         }
         s_device = GpuDevice.Open(0);
-        TestContext.Progress.WriteLine($"GPU: {s_device.Info}; cuBLAS: {(CuBlas.TryCreate(s_device) is { } b ? "yes" : CuBlas.Status)}");
+        using var blas = CuBlas.TryCreate(s_device);
+        TestContext.Progress.WriteLine($"GPU: {s_device.Info}; cuBLAS: {CuBlas.Status}");
     }
 
     [OneTimeTearDown]
@@ -413,8 +414,8 @@ public class GpuTests
         Assert.That(Device.Download<float>(dcache), Is.EqualTo(cache));
     }
 
-    private static LanguageModel LoadOnGpu(string path, bool useCuBlas, int maxBatch = 256) =>
-        LanguageModel.Load(path, new ModelOptions { Backend = new CudaBackend(Device, ownsDevice: false, useCuBlas), MaxBatch = maxBatch });
+    private static LanguageModel LoadOnGpu(string path, bool useCuBlas, int maxBatch = 256, bool cudaGraphs = false) =>
+        LanguageModel.Load(path, new ModelOptions { Backend = new CudaBackend(Device, ownsDevice: false, useCuBlas, cudaGraphs), MaxBatch = maxBatch });
 
     /// <summary>
     /// The whole forward pass on the GPU against the double-precision reference, with the CPU test's
@@ -470,16 +471,58 @@ public class GpuTests
     private static int Depth(int[] parents, int i) => parents[i] < 0 ? 0 : 1 + Depth(parents, parents[i]);
 
     [Test]
-    public void Stories_greedy_decoding_gives_the_reference_ids([Values(false, true)] bool cuBlas)
+    public void Stories_greedy_decoding_gives_the_reference_ids([Values(false, true)] bool cuBlas, [Values(false, true)] bool cudaGraphs)
     {
         var expected = SharedData.StoriesExpected();
-        using var lm = LoadOnGpu(SharedData.StoriesGguf, cuBlas);
+        using var lm = LoadOnGpu(SharedData.StoriesGguf, cuBlas, cudaGraphs: cudaGraphs);
         using (var session = lm.CreateSession())
             Assert.That(session.Generate([1], new GenerationOptions { MaxTokens = 256, Sampling = SamplingOptions.Greedy }).ToList(), Is.EqualTo(expected.FromBos));
         var prompt = lm.Tokenizer.Encode("Once upon a time, there was a little dog");
         using (var session = lm.CreateSession())
             Assert.That(session.Generate(prompt, new GenerationOptions { MaxTokens = 48, Sampling = SamplingOptions.Greedy }).ToList(), Is.EqualTo(expected.AfterPrompt));
     }
+
+    /// <summary>A graph replays the very kernels a direct pass launches, in the same order: logits equal bit for bit.</summary>
+    [Test]
+    public void Decode_steps_replayed_as_cuda_graphs_equal_direct_launches()
+    {
+        var model = TinyModel.Random(new TinySpec("graphs", Heads: 8, KvHeads: 2, Layers: 3, WeightType: GgmlType.Q4_0, Seed: 41));
+        using var dir = new TempDir();
+        string path = model.WriteGguf(dir.File("m.gguf"));
+        using var direct = LoadOnGpu(path, useCuBlas: false);
+        using var graphs = LoadOnGpu(path, useCuBlas: false, cudaGraphs: true);
+        var tokens = new List<int[]>();
+        foreach (var lm in new[] { direct, graphs })
+        {
+            using var cache = lm.Network.CreateKvCache(128, blockSize: 16);
+            using var seq = cache.CreateSequence();
+            var logits = new float[lm.Config.VocabSize];
+            lm.Network.Forward(seq, [1, 2, 3], [0, 1, 2], AttentionMask.Causal, [2], logits);
+            var ids = new List<int>();
+            var all = new List<float>();
+            for (int step = 0; step < 60; step++) // crosses block boundaries: the block-table upload comes and goes
+            {
+                int token = Activations.ArgMaxF32(logits);
+                ids.Add(token);
+                lm.Network.Forward(seq, [token], [seq.Length], AttentionMask.Causal, [0], logits);
+                all.AddRange(logits);
+            }
+            tokens.Add([.. ids]);
+            if (lm == graphs)
+            {
+                var stats = ((CudaBackend)lm.Backend).GraphStats;
+                Assert.That(stats.Replays, Is.GreaterThanOrEqualTo(59), "every step after the first is replayed");
+                TestContext.Progress.WriteLine($"graph replays {stats.Replays}, instantiations {stats.Instantiations}");
+            }
+            TestContext.Out.WriteLine($"{lm.Backend.Name}: {all.Count} logits");
+            _lastLogits.Add([.. all]);
+        }
+        Assert.That(tokens[1], Is.EqualTo(tokens[0]));
+        Assert.That(_lastLogits[1], Is.EqualTo(_lastLogits[0]), "bit for bit");
+        _lastLogits.Clear();
+    }
+
+    private readonly List<float[]> _lastLogits = [];
 
     [Test]
     public void The_decode_loop_makes_no_driver_allocation()
@@ -494,13 +537,14 @@ public class GpuTests
         lm.Network.Forward(seq, prompt, Enumerable.Range(0, 20).ToArray(), AttentionMask.Causal, [19], logits);
         int token = 5;
         lm.Network.Forward(seq, [token], [seq.Length], AttentionMask.Causal, [0], logits); // first step: scratch sized
-        long before = Device.Pool.DriverAllocations;
+        long before = Device.Pool.DriverAllocations, pinnedBefore = Device.PinnedAllocations;
         for (int step = 0; step < 100; step++) // crosses several 16-token blocks
         {
             token = Activations.ArgMaxF32(logits);
             lm.Network.Forward(seq, [token], [seq.Length], AttentionMask.Causal, [0], logits);
         }
         Assert.That(Device.Pool.DriverAllocations - before, Is.Zero, "cuMemAlloc calls during 100 decode steps");
+        Assert.That(Device.PinnedAllocations - pinnedBefore, Is.Zero, "cuMemAllocHost calls during 100 decode steps");
     }
 
     [Test]

@@ -6,7 +6,8 @@
 # 2. runs the GPU parity suite (`Gpu` test category) with REQUIRE_GPU=1, loading that PTX;
 # 3. engine kernels-bench (every kernel on the TinyLlama-1.1B and Llama-3-8B shapes);
 # 4. PyTorch's matrix-vector products on the same shapes, in the same call (tools/device/torch_gemv.py);
-# 5. engine bench --device cuda on a 1.1B-shape model (synthesized here: F16, then Q8_0 and Q4_0).
+# 5. engine bench --device cuda on a 1.1B-shape model (synthesized here: F16, then Q8_0 and Q4_0), with
+#    and without --cuda-graphs.
 # Each step's failure is recorded and the next still runs. Results in $OUT: gpu.txt, run.log,
 # gpu-tests.log and the TRX report, kernels-bench.jsonl, torch-gemv.jsonl, bench.jsonl.
 set -uo pipefail
@@ -62,7 +63,9 @@ models=$(mktemp -d)
 for t in Q8_0 Q4_0; do "$bin/engine" quantize "$models/tl1b-f16.gguf" "$models/tl1b-${t,,}.gguf" "$t" --threads 16 || status=1; done
 : > "$OUT/bench.jsonl"
 for t in f16 q8_0 q4_0; do
-  "$bin/engine" bench -m "$models/tl1b-$t.gguf" --device cuda -p 512 -n 128 -r 5 --json >> "$OUT/bench.jsonl" || status=1
+  for graphs in "" --cuda-graphs; do # launches one by one, then each decode step as a CUDA graph: same call, same machine
+    "$bin/engine" bench -m "$models/tl1b-$t.gguf" --device cuda $graphs -p 512 -n 128 -r 5 --json >> "$OUT/bench.jsonl" || status=1
+  done
 done
 cat "$OUT/bench.jsonl"
 rm -rf "$models"

@@ -23,17 +23,18 @@ internal static class BenchCommand
         var reps = new Option<int>("--repetitions", "-r") { Description = "Repetitions of each test", DefaultValueFactory = _ => 3 };
         var threads = SharedOptions.Threads();
         var device = SharedOptions.Device();
+        var graphs = SharedOptions.CudaGraphs();
         var batch = new Option<int>("--batch", "-b") { Description = "Most tokens per forward pass", DefaultValueFactory = _ => 512 };
         var json = new Option<bool>("--json") { Description = "One JSON object per line" };
         var profile = new Option<bool>("--profile") { Description = "Also print the time spent in each backend operation (stderr)" };
-        var command = new Command("bench", "Measure prompt processing (pp) and generation (tg) speed") { model, prompt, gen, reps, threads, device, batch, json, profile };
+        var command = new Command("bench", "Measure prompt processing (pp) and generation (tg) speed") { model, prompt, gen, reps, threads, device, graphs, batch, json, profile };
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
             int p = parse.GetValue(prompt), n = parse.GetValue(gen), r = parse.GetValue(reps), t = parse.GetValue(threads);
             if (p < 0 || n < 0 || r < 1 || t < 1 || parse.GetValue(batch) < 1)
                 throw new ArgumentException("-p and -n must not be negative; -r, -t and -b must be at least 1");
             string path = parse.GetRequiredValue(model);
-            var backend = Cuda.BackendFactory.Create(parse.GetRequiredValue(device), t);
+            var backend = Cuda.BackendFactory.Create(parse.GetRequiredValue(device), t, parse.GetValue(graphs));
             // The profile times each backend call; on a GPU, calls are asynchronous, so it shows launch cost there.
             var profiler = parse.GetValue(profile) ? new ProfilingBackend(backend) : null;
             using var lm = LanguageModel.Load(path, new ModelOptions { Threads = t, MaxBatch = parse.GetValue(batch), ContextLength = Math.Max(p, n) + 1, Backend = profiler ?? backend });
@@ -108,7 +109,12 @@ internal static class BenchCommand
                     ["peak_rss_bytes"] = rss,
                 };
                 if (gpu is not null)
+                {
                     row["launches_per_token"] = launchesPerToken;
+                    row["cuda_graphs"] = ((Cuda.CudaBackend)backend).UsesCudaGraphs;
+                    row["graph_replays"] = ((Cuda.CudaBackend)backend).GraphStats.Replays;
+                    row["graph_instantiations"] = ((Cuda.CudaBackend)backend).GraphStats.Instantiations;
+                }
                 io.Out.WriteLine(JsonSerializer.Serialize(row));
             }
             else

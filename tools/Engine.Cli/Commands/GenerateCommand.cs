@@ -23,6 +23,7 @@ internal static class GenerateCommand
         var seed = new Option<ulong?>("--seed") { Description = "Random seed (default: random)" };
         var threads = SharedOptions.Threads();
         var device = SharedOptions.Device();
+        var graphs = SharedOptions.CudaGraphs();
         var context = new Option<int>("--ctx", "-c") { Description = "Context size in tokens (default: the model's, at most 4096)" };
         var ids = new Option<bool>("--ids") { Description = "Print only the generated token ids, space separated" };
         var spec = new Option<string?>("--spec") { Description = "Speculative decoding: draft, layerskip, lookup, recycle, rsd or online (lossless)" };
@@ -36,7 +37,7 @@ internal static class GenerateCommand
 
         var command = new Command("generate", "Generate text from a prompt")
         {
-            model, prompt, promptIds, count, temperature, topK, topP, seed, threads, device, context, ids,
+            model, prompt, promptIds, count, temperature, topK, topP, seed, threads, device, graphs, context, ids,
             spec, draftModel, draftMax, tree, layers, fixedBudget, lossy, ngramCache,
         };
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
@@ -63,7 +64,7 @@ internal static class GenerateCommand
 
             List<int>? givenIds = idText is not null ? ParseIds(idText) : null;
 
-            using var lm = LanguageModel.Load(parse.GetRequiredValue(model), SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount) with { ContextLength = parse.GetValue(context) });
+            using var lm = LanguageModel.Load(parse.GetRequiredValue(model), SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, parse.GetValue(graphs)) with { ContextLength = parse.GetValue(context) });
             var tokenizer = lm.Tokenizer;
             List<int> promptTokens = givenIds ?? tokenizer.Encode(text!, addSpecial: true, parseSpecial: true);
             string? method = parse.GetValue(spec);

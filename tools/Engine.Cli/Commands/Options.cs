@@ -23,9 +23,11 @@ internal static partial class SharedOptions
         DefaultValueFactory = _ => "auto",
     };
 
+    public static Option<bool> CudaGraphs() => new("--cuda-graphs") { Description = "On CUDA, replay each decode step as a CUDA graph (one launch instead of hundreds)" };
+
     /// <summary>Model options for a device name: the CPU with <paramref name="threads"/>, or a CUDA backend.</summary>
-    public static Engine.Api.ModelOptions ModelOptions(string device, int threads) =>
-        new() { Threads = threads, Backend = Engine.Cuda.BackendFactory.Create(device, threads) };
+    public static Engine.Api.ModelOptions ModelOptions(string device, int threads, bool cudaGraphs = false) =>
+        new() { Threads = threads, Backend = Engine.Cuda.BackendFactory.Create(device, threads, cudaGraphs) };
 
     public static Option<string?> DraftModel() => new("--draft-model") { Description = "Draft model for --spec draft and rsd (same vocabulary as the target)" };
 
