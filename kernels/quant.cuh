@@ -110,12 +110,14 @@ struct type_q4_k {
         const float d0 = d * sc0, o0 = dmin * m0, d1 = d * sc1, o1 = dmin * m1;
         const uint32_t * q = (const uint32_t *) (b + 16 + 32 * j + 8 * (p % 4)); // 144-byte blocks: 16-byte aligned
         const uint32_t w0 = q[0], w1 = q[1];
+        // Product and difference rounded separately (no fused multiply-add), as the C# dequantizer
+        // computes them: the decoded weights are then the same floats on both sides.
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            v[i] = d0 * (float) ((w0 >> (8 * i)) & 15) - o0;
-            v[i + 4] = d0 * (float) ((w1 >> (8 * i)) & 15) - o0;
-            v[i + 8] = d1 * (float) ((w0 >> (8 * i + 4)) & 15) - o1;
-            v[i + 12] = d1 * (float) ((w1 >> (8 * i + 4)) & 15) - o1;
+            v[i] = __fsub_rn(__fmul_rn(d0, (float) ((w0 >> (8 * i)) & 15)), o0);
+            v[i + 4] = __fsub_rn(__fmul_rn(d0, (float) ((w1 >> (8 * i)) & 15)), o0);
+            v[i + 8] = __fsub_rn(__fmul_rn(d1, (float) ((w0 >> (8 * i + 4)) & 15)), o1);
+            v[i + 12] = __fsub_rn(__fmul_rn(d1, (float) ((w1 >> (8 * i + 4)) & 15)), o1);
         }
     }
     static __device__ __forceinline__ int pos(int p, int i) {

@@ -36,6 +36,17 @@ static inline float __half2float(__half h) {
     return f;
 }
 
+// Separately rounded float operations (the device's way of saying "do not fuse").
+static inline float __fmul_rn(float a, float b) {
+    volatile float p = a * b;
+    return p;
+}
+
+static inline float __fsub_rn(float a, float b) {
+    volatile float d = a - b;
+    return d;
+}
+
 static inline __half __ushort_as_half(uint16_t bits) { return __half{bits}; }
 
 static inline float2 __half22float2(__half2 h) { return float2{__half2float(h.x), __half2float(h.y)}; }
