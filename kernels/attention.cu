@@ -5,7 +5,12 @@
 // partial (max, sum, weighted values); attention_combine_f32 merges the chunks. One decoding token
 // thus spreads over heads × splits blocks instead of heads. The same kernels serve a batch (prefill,
 // a verified draft): row i sees the committed prefix and the batch tokens its mask allows.
-// CPU reference: engine/Backends/Cpu/Kernels/Attention.cs (Attention.Head).
+// attention_prefill_f32 is the tiled form for batches (prefill, large trees), in the manner of
+// FlashAttention (Dao et al., "FlashAttention: Fast and Memory-Efficient Exact Attention with
+// IO-Awareness", 2022) on CUDA cores: a block takes 16 query rows of one head and walks the keys in
+// tiles of 32 staged in shared memory, so each key and value is read from memory once per 16 rows.
+// CPU references: engine/Backends/Cpu/Kernels/KvCacheKernels.cs (AttentionF32, AttentionPrefillF32);
+// the CPU backend's own attention is engine/Backends/Cpu/Kernels/Attention.cs (Attention.Head).
 // Launcher:      managed/Kernels/Attention.cs.
 #include "common.cuh"
 
@@ -153,5 +158,132 @@ extern "C" __global__ void attention_combine_f32(const float * __restrict__ part
             }
         }
         dst[((long long) row * heads + head) * head_dim + d] = num * inv;
+    }
+}
+
+#define PREFILL_ROWS 16          // query rows per block, 4 per warp
+#define PREFILL_ROWS_PER_WARP 4
+#define PREFILL_KEYS 32          // keys per tile, one per lane when scoring
+#define PREFILL_MAX_HEAD_DIM 128
+#define PREFILL_DIMS_PER_LANE (PREFILL_MAX_HEAD_DIM / ENGINE_WARP_SIZE)
+
+// attention_prefill_f32: arguments as attention_f32 (same cache layout, mask and visibility rules),
+// writing dst [n, heads·head_dim] directly. head_dim <= 128.
+// Per tile, lane j scores key j for each of its warp's rows (q from shared memory, K rows padded by
+// one float so the 32 lanes hit 32 banks); the warp then updates its running max, sum and values as
+// in the online softmax, the tile's probabilities broadcast lane to lane.
+// Launch: grid = (heads, ceil(n / 16), 1); block = (128, 1, 1); 40.5 KiB of static shared memory.
+extern "C" __global__ void __launch_bounds__(128) attention_prefill_f32(
+        const float * __restrict__ q, const float * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
+        int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask, int words,
+        float scale, float * __restrict__ dst) {
+    __shared__ float s_q[PREFILL_ROWS][PREFILL_MAX_HEAD_DIM];
+    __shared__ float s_k[PREFILL_KEYS][PREFILL_MAX_HEAD_DIM + 1];
+    __shared__ float s_v[PREFILL_KEYS][PREFILL_MAX_HEAD_DIM];
+
+    const int head = blockIdx.x, heads = gridDim.x;
+    const int row0 = blockIdx.y * PREFILL_ROWS;
+    const int rows_here = min(PREFILL_ROWS, n - row0);
+    const int kv_head = head / (heads / kv_heads);
+    const int lane = threadIdx.x % ENGINE_WARP_SIZE, warp = threadIdx.x / ENGINE_WARP_SIZE;
+
+    for (int i = threadIdx.x; i < PREFILL_ROWS * head_dim; i += blockDim.x) {
+        const int r = i / head_dim, d = i % head_dim;
+        s_q[r][d] = r < rows_here ? q[((long long) (row0 + r) * heads + head) * head_dim + d] : 0.0f;
+    }
+
+    float m[PREFILL_ROWS_PER_WARP], l[PREFILL_ROWS_PER_WARP], acc[PREFILL_ROWS_PER_WARP][PREFILL_DIMS_PER_LANE];
+#pragma unroll
+    for (int rr = 0; rr < PREFILL_ROWS_PER_WARP; rr++) {
+        m[rr] = -INFINITY;
+        l[rr] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < PREFILL_DIMS_PER_LANE; i++) {
+            acc[rr][i] = 0.0f;
+        }
+    }
+
+    // The block's rows see keys below `end`: the causal window of its last row, or the whole batch.
+    const int end = mask == nullptr ? prefix + row0 + rows_here : prefix + n;
+    const long long layer_stride = (long long) kv_heads * block_size * head_dim;
+    for (int t0 = 0; t0 < end; t0 += PREFILL_KEYS) {
+        __syncthreads(); // the previous tile is used up (and, the first time, q is in place)
+        for (int i = threadIdx.x; i < PREFILL_KEYS * head_dim; i += blockDim.x) {
+            const int j = i / head_dim, d = i % head_dim;
+            const int t = t0 + j;
+            float kv = 0.0f, vv = 0.0f;
+            if (t < end) {
+                const int block = table[t / block_size], slot = t % block_size;
+                const float * kp = cache + ((((long long) block * layers + layer) * 2) * kv_heads + kv_head) * (long long) (block_size * head_dim)
+                                   + (long long) slot * head_dim;
+                kv = kp[d];
+                vv = kp[layer_stride + d];
+            }
+            s_k[j][d] = kv;
+            s_v[j][d] = vv;
+        }
+        __syncthreads();
+
+        const int t = t0 + lane;
+#pragma unroll
+        for (int rr = 0; rr < PREFILL_ROWS_PER_WARP; rr++) {
+            const int r = warp * PREFILL_ROWS_PER_WARP + rr;
+            const int row = row0 + r;
+            if (r >= rows_here) {
+                break; // the same for the whole warp
+            }
+            bool visible = t < end;
+            if (visible && t >= prefix) {
+                const int j = t - prefix;
+                visible = mask == nullptr ? j <= row : ((mask[(long long) row * words + (j >> 6)] >> (j & 63)) & 1ull) != 0;
+            }
+            float s = -INFINITY;
+            if (visible) {
+                float dot = 0.0f;
+                for (int d = 0; d < head_dim; d++) {
+                    dot = fmaf(s_q[r][d], s_k[lane][d], dot);
+                }
+                s = dot * scale;
+            }
+            const float tile_max = warp_reduce_max(s);
+            if (tile_max == -INFINITY) {
+                continue; // nothing visible in this tile for this row (the same for the whole warp)
+            }
+            const float m_new = fmaxf(m[rr], tile_max);
+            const float correction = expf(m[rr] - m_new); // m = -inf before the first visible key: 0
+            const float p = expf(s - m_new);               // an invisible key: exp(-inf) = 0
+            l[rr] = l[rr] * correction + warp_reduce_sum(p);
+#pragma unroll
+            for (int i = 0; i < PREFILL_DIMS_PER_LANE; i++) {
+                acc[rr][i] *= correction;
+            }
+            for (int j = 0; j < PREFILL_KEYS; j++) {
+                const float pj = __shfl_sync(0xffffffffu, p, j);
+#pragma unroll
+                for (int i = 0; i < PREFILL_DIMS_PER_LANE; i++) {
+                    const int d = lane + i * ENGINE_WARP_SIZE;
+                    if (d < head_dim) {
+                        acc[rr][i] = fmaf(pj, s_v[j][d], acc[rr][i]);
+                    }
+                }
+            }
+            m[rr] = m_new;
+        }
+    }
+
+#pragma unroll
+    for (int rr = 0; rr < PREFILL_ROWS_PER_WARP; rr++) {
+        const int r = warp * PREFILL_ROWS_PER_WARP + rr;
+        if (r < rows_here) {
+            const float inv = l[rr] > 0.0f ? 1.0f / l[rr] : 0.0f;
+            float * out = dst + ((long long) (row0 + r) * heads + head) * head_dim;
+#pragma unroll
+            for (int i = 0; i < PREFILL_DIMS_PER_LANE; i++) {
+                const int d = lane + i * ENGINE_WARP_SIZE;
+                if (d < head_dim) {
+                    out[d] = acc[rr][i] * inv;
+                }
+            }
+        }
     }
 }

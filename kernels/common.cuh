@@ -13,6 +13,15 @@ static __device__ __forceinline__ float warp_reduce_sum(float v) {
     return v;
 }
 
+// Maximum of v over the 32 lanes of a warp; every lane gets the result.
+static __device__ __forceinline__ float warp_reduce_max(float v) {
+#pragma unroll
+    for (int offset = ENGINE_WARP_SIZE / 2; offset > 0; offset >>= 1) {
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    }
+    return v;
+}
+
 // Sum of v over the whole thread block (blockDim.x a multiple of 32, at most 1024); every thread
 // gets the result. Uses 32 floats of shared memory; contains __syncthreads(), so every thread of
 // the block must call it.

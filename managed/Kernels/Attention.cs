@@ -23,8 +23,8 @@ public static class Attention
     public static long ScratchFloats(int heads, int rows, int headDim) => KvCacheKernels.ScratchFloats(heads, rows, headDim);
 
     /// <summary>
-    /// attention_f32 + attention_combine_f32: dst[i, h·hd..] = softmax over the keys row i sees of
-    /// (q_i,h · k)·scale, times v. Row i sees slots 0..prefix-1 and batch slot prefix + j where the mask
+    /// attention_f32 + attention_combine_f32 (or, for a batch of more than 8 rows with heads up to 128,
+    /// attention_prefill_f32): dst[i, h·hd..] = softmax over the keys row i sees of (q_i,h · k)·scale, times v. Row i sees slots 0..prefix-1 and batch slot prefix + j where the mask
     /// allows (causal when <paramref name="mask"/> is empty; else words per row <paramref name="words"/>).
     /// </summary>
     public static unsafe void AttentionF32(GpuDevice device, DeviceSpan<float> q, int n, int heads, DeviceSpan<float> cache, int blocks,
@@ -50,6 +50,30 @@ public static class Attention
             throw new ArgumentException($"attention_f32: a mask of {mask.Length} words ({words} per row) for {n} rows");
         if (n > 65535)
             throw new ArgumentOutOfRangeException(nameof(n), $"attention_f32: {n} rows exceed the grid's 65535");
+        IntPtr pq = q.Pointer, pc = cache.Pointer, pt = table.Pointer, pm = mask.IsEmpty ? IntPtr.Zero : mask.Pointer, pd = dst.Pointer;
+        int layers = layout.Layers, kvHeads = layout.KvHeads, blockSize = layout.BlockSize;
+        if (KvCacheKernels.UsesPrefillKernel(n, hd))
+        {
+            // A batch: the tiled kernel, 16 rows per block, each key and value read once per block.
+            var prefill = device.Function(File, "attention_prefill_f32");
+            void** pargs = stackalloc void*[14];
+            pargs[0] = &pq;
+            pargs[1] = &pc;
+            pargs[2] = &pt;
+            pargs[3] = &layer;
+            pargs[4] = &layers;
+            pargs[5] = &kvHeads;
+            pargs[6] = &hd;
+            pargs[7] = &blockSize;
+            pargs[8] = &prefix;
+            pargs[9] = &n;
+            pargs[10] = &pm;
+            pargs[11] = &words;
+            pargs[12] = &scale;
+            pargs[13] = &pd;
+            device.Launch(prefill, (heads, (n + KvCacheKernels.PrefillRows - 1) / KvCacheKernels.PrefillRows, 1), (128, 1, 1), 0, pargs);
+            return;
+        }
         var (splits, chunk) = Plan(keys, heads, n);
         long parts = (long)n * heads * splits;
         if (scratch.Length < parts * (hd + 2))
@@ -58,9 +82,7 @@ public static class Attention
         var maxSums = scratch.Slice(parts * hd, parts * 2);
 
         var fn = device.Function(File, "attention_f32");
-        IntPtr pq = q.Pointer, pc = cache.Pointer, pt = table.Pointer, pm = mask.IsEmpty ? IntPtr.Zero : mask.Pointer;
-        IntPtr pa = accumulators.Pointer, pml = maxSums.Pointer, pd = dst.Pointer;
-        int layers = layout.Layers, kvHeads = layout.KvHeads, blockSize = layout.BlockSize;
+        IntPtr pa = accumulators.Pointer, pml = maxSums.Pointer;
         void** args = stackalloc void*[16];
         args[0] = &pq;
         args[1] = &pc;

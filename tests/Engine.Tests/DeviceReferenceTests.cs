@@ -26,11 +26,13 @@ public class DeviceReferenceTests
         yield return new TestCaseData(4, 4, 24, 32, 0, 45, false).SetName("split attention: causal prefill of 45");
         yield return new TestCaseData(4, 1, 16, 32, 300, 13, true).SetName("split attention: tree of 13 after 300");
         yield return new TestCaseData(2, 2, 8, 8, 70, 70, true).SetName("split attention: tree of 70 (two mask words)");
+        yield return new TestCaseData(8, 4, 8, 32, 5, 37, false).SetName("split attention: causal 37 after 5 (row blocks of 16 end mid-tile)");
     }
 
     /// <summary>
     /// KvCacheKernels.AttentionF32 — the arithmetic of attention_f32 + attention_combine_f32 on the device
-    /// layout — against the CPU backend's attention over its own layout, filled through StoreKv. Same
+    /// layout — and AttentionPrefillF32 (attention_prefill_f32's tiles) against the CPU backend's
+    /// attention over its own layout, filled through StoreKv. Same
     /// float32 inputs; the two differ in summation order (splits, online rescaling), bounded as in the
     /// GPU test: 2·(keys + headDim)·u times the largest |q·k| (4 here, values in [-2, 2]).
     /// </summary>
@@ -51,6 +53,8 @@ public class DeviceReferenceTests
         KvCacheKernels.StoreKvF32(k, v, tokens, table, 0, cache, layout, layer);
         var actual = new float[n * heads * headDim];
         KvCacheKernels.AttentionF32(q, n, heads, cache, layout, layer, table, prefix, mask, scale, actual);
+        var tiled = new float[n * heads * headDim];
+        KvCacheKernels.AttentionPrefillF32(q, n, heads, cache, layout, layer, table, prefix, mask, scale, tiled);
 
         using var cpu = new CpuBackend(1);
         using var store = cpu.CreateKvStore(layout, blocks);
@@ -70,7 +74,10 @@ public class DeviceReferenceTests
 
         double bound = 2.0 * (tokens + headDim) * U * 4 + 1e-6;
         for (int i = 0; i < actual.Length; i++)
-            Assert.That(actual[i], Is.EqualTo(expected[i]).Within(bound), $"row {i / (heads * headDim)}, head {i / headDim % heads}, dim {i % headDim}");
+        {
+            Assert.That(actual[i], Is.EqualTo(expected[i]).Within(bound), $"split: row {i / (heads * headDim)}, head {i / headDim % heads}, dim {i % headDim}");
+            Assert.That(tiled[i], Is.EqualTo(expected[i]).Within(bound), $"tiled: row {i / (heads * headDim)}, head {i / headDim % heads}, dim {i % headDim}");
+        }
         Assert.That(KvCacheKernels.Plan(tokens, heads, n).Splits, Is.GreaterThanOrEqualTo(1));
     }
 

@@ -344,6 +344,9 @@ public class GpuTests
         yield return new TestCaseData(4, 4, 96, 32, 0, 45, false).SetName("attention: causal prefill of 45, head dim 96");
         yield return new TestCaseData(4, 1, 64, 32, 100, 13, true).SetName("attention: tree of 13 after 100, MQA");
         yield return new TestCaseData(2, 2, 256, 8, 70, 70, true).SetName("attention: tree of 70 (two mask words), head dim 256");
+        yield return new TestCaseData(8, 4, 8, 32, 0, 17, false).SetName("attention: tiled prefill of 17 (a partial row block), head dim 8");
+        yield return new TestCaseData(32, 8, 128, 16, 50, 33, false).SetName("attention: tiled prefill of 33 after 50, head dim 128");
+        yield return new TestCaseData(4, 2, 64, 32, 7, 70, true).SetName("attention: tiled tree of 70 after 7");
     }
 
     [TestCaseSource(nameof(AttentionCases))]
@@ -366,7 +369,10 @@ public class GpuTests
         var cache = new float[blocks * KvCacheKernels.BlockFloats(layout)];
         KvCacheKernels.StoreKvF32(k, v, tokens, table, 0, cache, layout, layer);
         var expected = new float[n * heads * headDim];
-        KvCacheKernels.AttentionF32(q, n, heads, cache, layout, layer, table, prefix, mask, scale, expected);
+        if (KvCacheKernels.UsesPrefillKernel(n, headDim))
+            KvCacheKernels.AttentionPrefillF32(q, n, heads, cache, layout, layer, table, prefix, mask, scale, expected);
+        else
+            KvCacheKernels.AttentionF32(q, n, heads, cache, layout, layer, table, prefix, mask, scale, expected);
 
         using var dcache = Device.Allocate<float>(cache.Length);
         Device.Clear(dcache.Span.Pointer, dcache.Span.Bytes);

@@ -192,6 +192,8 @@ internal static class KernelsBenchCommand
                 if (Wanted("attention_f32"))
                     yield return Attention(s, context, rng);
             }
+            if (Wanted("attention_prefill_f32"))
+                yield return PrefillAttention(s, 512, rng);
             if (Wanted("store_kv_f32"))
                 yield return StoreKv(s, rng);
             if (Wanted("cublas_gemm_f16") && CuBlas.TryCreate(gpu) is { } blas)
@@ -384,6 +386,32 @@ internal static class KernelsBenchCommand
             double us = Time(Launch);
             double bytes = 2.0 * 4 * context * s.KvHeads * s.HeadDim; // K and V of every kv head read once
             return new Result("attention_f32", $"{s.Name} decode, context {context}", us, bytes, 4.0 * s.Heads * s.HeadDim * context, valid,
+                valid ? "" : "differs from the CPU reference");
+        }
+
+        private Result PrefillAttention(Shape s, int n, Random rng)
+        {
+            var layout = new KvLayout(Layers: 1, KvHeads: s.KvHeads, HeadDim: s.HeadDim, BlockSize: 32);
+            int blocks = n / 32;
+            var table = Enumerable.Range(0, blocks).ToArray();
+            var cache = Floats(rng, blocks * KvCacheKernels.BlockFloats(layout));
+            var q = Floats(rng, (long)n * s.Heads * s.HeadDim, 1 / Math.Sqrt(s.HeadDim));
+            using var dc = gpu.Upload<float>(cache);
+            using var dt = gpu.Upload<int>(table);
+            using var dq = gpu.Upload<float>(q);
+            using var dy = gpu.Allocate<float>((long)n * s.Heads * s.HeadDim);
+            float scale = 1 / MathF.Sqrt(s.HeadDim);
+            void Launch() => K.Attention.AttentionF32(gpu, dq, n, s.Heads, dc, blocks, layout, 0, dt, blocks, 0, default, 0, scale, default, dy);
+            Launch();
+            var actual = gpu.Download<float>(dy);
+            // Check the first 16 rows (one block of the kernel) against the reference on those rows.
+            int rows = 16;
+            var expected = new float[rows * s.Heads * s.HeadDim];
+            KvCacheKernels.AttentionPrefillF32(q.AsSpan(0, expected.Length), rows, s.Heads, cache, layout, 0, table, 0, AttentionMask.Causal, scale, expected);
+            bool valid = Close(actual.AsSpan(0, expected.Length).ToArray(), expected, 1e-4);
+            double us = Time(Launch);
+            double bytes = 4.0 * n * (2 * s.Heads * s.HeadDim + 2 * s.KvHeads * s.HeadDim);
+            return new Result("attention_prefill_f32", $"{s.Name} causal prefill of {n}", us, bytes, 2.0 * s.Heads * s.HeadDim * (double)n * n, valid,
                 valid ? "" : "differs from the CPU reference");
         }
 

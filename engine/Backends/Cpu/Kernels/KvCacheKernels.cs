@@ -9,7 +9,9 @@ namespace Engine.Backends.Cpu.Kernels;
 /// does (Dao et al., "Flash-Decoding for long-context inference", 2023): each chunk keeps a running
 /// max, sum and weighted value sum (Milakov &amp; Gimelshein, "Online normalizer calculation for
 /// softmax", 2018), and the chunks are merged by rescaling to the common max. <see cref="Plan"/> is the
-/// split the CUDA launcher uses.
+/// split the CUDA launcher uses. Batches of more than <see cref="PrefillMinRows"/> rows take the tiled
+/// kernel <c>attention_prefill_f32</c> instead (FlashAttention's loop on CUDA cores), whose reference
+/// is <see cref="AttentionPrefillF32"/>.
 /// </summary>
 public static class KvCacheKernels
 {
@@ -18,6 +20,18 @@ public static class KvCacheKernels
 
     /// <summary>Enough thread blocks for a GPU: splits are added until heads × rows × splits reaches this.</summary>
     public const int TargetBlocks = 1024;
+
+    /// <summary>Batches of more rows than this use the tiled prefill kernel (when the head fits it).</summary>
+    public const int PrefillMinRows = 8;
+
+    /// <summary>Largest head the tiled prefill kernel holds (PREFILL_MAX_HEAD_DIM).</summary>
+    public const int PrefillMaxHeadDim = 128;
+
+    /// <summary>Query rows per block of the tiled kernel, and keys per tile.</summary>
+    public const int PrefillRows = 16, PrefillKeys = 32;
+
+    /// <summary>Whether the CUDA launcher runs <c>attention_prefill_f32</c> for a batch of <paramref name="rows"/>.</summary>
+    public static bool UsesPrefillKernel(int rows, int headDim) => rows > PrefillMinRows && headDim <= PrefillMaxHeadDim;
 
     /// <summary>How a pass over <paramref name="keys"/> keys is split: (splits, keys per split).</summary>
     public static (int Splits, int Chunk) Plan(int keys, int heads, int rows)
@@ -141,6 +155,78 @@ public static class KvCacheKernels
                     }
                     output[d] = num * inv;
                 }
+            }
+        }
+    }
+
+    /// <summary>
+    /// attention_prefill_f32: the same attention as <see cref="AttentionF32"/>, in the tiled kernel's
+    /// order — rows in blocks of 16, keys in tiles of 32 up to the block's last visible key; per tile
+    /// the running max moves to the tile's visible max, the tile's weights are added to the sum, and
+    /// the values are accumulated key by key.
+    /// </summary>
+    public static void AttentionPrefillF32(ReadOnlySpan<float> q, int n, int heads, ReadOnlySpan<float> cache, KvLayout layout, int layer,
+        ReadOnlySpan<int> table, int prefix, AttentionMask mask, float scale, Span<float> dst)
+    {
+        int hd = layout.HeadDim;
+        int group = heads / layout.KvHeads;
+        var scores = new float[PrefillKeys];
+        var acc = new float[hd];
+        for (int row = 0; row < n; row++)
+        {
+            int blockRows = Math.Min(PrefillRows, n - row / PrefillRows * PrefillRows);
+            int end = mask.IsCausal ? prefix + row / PrefillRows * PrefillRows + blockRows : prefix + n;
+            for (int head = 0; head < heads; head++)
+            {
+                var qh = q.Slice((row * heads + head) * hd, hd);
+                int kvHead = head / group;
+                float m = float.NegativeInfinity, l = 0;
+                Array.Clear(acc);
+                for (int t0 = 0; t0 < end; t0 += PrefillKeys)
+                {
+                    float tileMax = float.NegativeInfinity;
+                    for (int j = 0; j < PrefillKeys; j++)
+                    {
+                        int t = t0 + j;
+                        bool visible = t < end && (t < prefix || (mask.IsCausal ? t - prefix <= row : mask.Allows(row, t - prefix)));
+                        scores[j] = float.NegativeInfinity;
+                        if (!visible)
+                            continue;
+                        var key = cache.Slice((int)Index(layout, table[t / layout.BlockSize], layer, 0, kvHead, t % layout.BlockSize), hd);
+                        float dot = 0;
+                        for (int d = 0; d < hd; d++)
+                            dot = MathF.FusedMultiplyAdd(qh[d], key[d], dot);
+                        scores[j] = dot * scale;
+                        tileMax = MathF.Max(tileMax, scores[j]);
+                    }
+                    if (tileMax == float.NegativeInfinity)
+                        continue;
+                    float mNew = MathF.Max(m, tileMax);
+                    float correction = MathF.Exp(m - mNew);
+                    float sum = 0;
+                    for (int j = 0; j < PrefillKeys; j++)
+                    {
+                        scores[j] = MathF.Exp(scores[j] - mNew);
+                        sum += scores[j];
+                    }
+                    l = l * correction + sum;
+                    for (int d = 0; d < hd; d++)
+                        acc[d] *= correction;
+                    for (int j = 0; j < PrefillKeys; j++)
+                    {
+                        int t = t0 + j;
+                        if (t >= end)
+                            break;
+                        var value = cache.Slice((int)Index(layout, table[t / layout.BlockSize], layer, 1, kvHead, t % layout.BlockSize), hd);
+                        for (int d = 0; d < hd; d++)
+                            acc[d] = MathF.FusedMultiplyAdd(scores[j], value[d], acc[d]);
+                    }
+                    m = mNew;
+                }
+                var output = dst.Slice((row * heads + head) * hd, hd);
+                float inv = l > 0 ? 1 / l : 0;
+                for (int d = 0; d < hd; d++)
+                    output[d] = acc[d] * inv;
             }
         }
     }
