@@ -644,7 +644,7 @@ public class CudaDiscoveryTests
             ["add"] = ["add_f32", "add_bias_f32"],
             ["argmax"] = ["argmax_f32"],
             ["kvcache"] = ["store_kv_f32", "copy_slot_f32"],
-            ["attention"] = ["attention_f32", "attention_combine_f32"],
+            ["attention"] = ["attention_f32", "attention_combine_f32", "attention_prefill_f32"],
             ["gemv"] = [],
             ["getrows"] = [],
         };
