@@ -11,18 +11,8 @@
 template <typename T>
 static __device__ void dequantize_f16(const uint8_t * __restrict__ w, long long row_bytes, __half * __restrict__ dst, int cols) {
     const int r = blockIdx.x;
-    const uint8_t * row = w + (long long) r * row_bytes;
     __half * out = dst + (long long) r * cols;
-    const int chunks = cols / T::QK * T::CHUNKS;
-    for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
-        const int blk = c / T::CHUNKS, part = c % T::CHUNKS;
-        float v[T::VALS];
-        T::load(row + (long long) blk * T::BYTES, part, v);
-#pragma unroll
-        for (int i = 0; i < T::VALS; i++) {
-            out[blk * T::QK + T::pos(part, i)] = __float2half_rn(v[i]);
-        }
-    }
+    for_each_value<T>(w + (long long) r * row_bytes, cols, threadIdx.x, blockDim.x, [=](int i, float v) { out[i] = __float2half_rn(v); });
 }
 
 #define DEQUANTIZE(name, type)                                                                                   \

@@ -14,18 +14,8 @@ template <typename T>
 static __device__ void get_rows(const uint8_t * __restrict__ table, long long row_bytes, const int * __restrict__ ids,
                                 float * __restrict__ dst, int cols) {
     const int r = blockIdx.x;
-    const uint8_t * row = table + (long long) ids[r] * row_bytes;
     float * out = dst + (long long) r * cols;
-    const int chunks = cols / T::QK * T::CHUNKS;
-    for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
-        const int blk = c / T::CHUNKS, part = c % T::CHUNKS;
-        float v[T::VALS];
-        T::load(row + (long long) blk * T::BYTES, part, v);
-#pragma unroll
-        for (int i = 0; i < T::VALS; i++) {
-            out[blk * T::QK + T::pos(part, i)] = v[i];
-        }
-    }
+    for_each_value<T>(table + (long long) ids[r] * row_bytes, cols, threadIdx.x, blockDim.x, [=](int i, float v) { out[i] = v; });
 }
 
 #define GET_ROWS(name, type)                                                                             \

@@ -154,6 +154,23 @@ struct type_q6_k {
     static __device__ __forceinline__ int pos(int p, int i) { return 128 * (p / 8) + 4 * (p % 8) + 32 * (i / 4) + (i % 4); }
 };
 
+// Calls store(index, value) for each value of a row of `cols` values, in chunks first, first + stride,
+// ... — a kernel passes (threadIdx.x, blockDim.x) so that a block's threads split the row; the host
+// build (kernels/host) passes (0, 1).
+template <typename T, typename Store>
+static __device__ __forceinline__ void for_each_value(const uint8_t * row, int cols, int first, int stride, Store store) {
+    const int chunks = cols / T::QK * T::CHUNKS;
+    for (int c = first; c < chunks; c += stride) {
+        const int blk = c / T::CHUNKS, part = c % T::CHUNKS;
+        float v[T::VALS];
+        T::load(row + (long long) blk * T::BYTES, part, v);
+#pragma unroll
+        for (int i = 0; i < T::VALS; i++) {
+            store(blk * T::QK + T::pos(part, i), v[i]);
+        }
+    }
+}
+
 // Instantiates MACRO(name, type) for every weight format, in the order of the C# WeightKernels table.
 #define ENGINE_FOR_EACH_WEIGHT_TYPE(MACRO) \
     MACRO(f32, type_f32)                  \

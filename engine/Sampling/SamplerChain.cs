@@ -118,21 +118,11 @@ public sealed class SamplerChain
     /// <summary>The chain's seeded generator (null for greedy).</summary>
     public Random? Random => _random;
 
-    /// <summary>Index of the largest logit (the first one on ties). NaN logits are never chosen.</summary>
-    public static int Argmax(ReadOnlySpan<float> logits)
-    {
-        int best = 0;
-        float max = float.NegativeInfinity;
-        for (int i = 0; i < logits.Length; i++)
-        {
-            if (logits[i] > max)
-            {
-                max = logits[i];
-                best = i;
-            }
-        }
-        return best;
-    }
+    /// <summary>
+    /// Index of the largest logit (the first one on ties). NaN logits are never chosen. The same pick as
+    /// the device's argmax_f32, whose CPU reference this is.
+    /// </summary>
+    public static int Argmax(ReadOnlySpan<float> logits) => Backends.Cpu.Kernels.Activations.ArgMaxF32(logits);
 }
 
 /// <summary>Sampling settings. Temperature 0 means greedy decoding.</summary>

@@ -13,15 +13,7 @@
 // Decodes one row of `cols` values the way get_rows_<type> does, chunk by chunk.
 template <typename T>
 static void decode(const uint8_t * row, int cols, float * out) {
-    const int chunks = cols / T::QK * T::CHUNKS;
-    for (int c = 0; c < chunks; c++) {
-        const int blk = c / T::CHUNKS, part = c % T::CHUNKS;
-        float v[T::VALS];
-        T::load(row + (long long) blk * T::BYTES, part, v);
-        for (int i = 0; i < T::VALS; i++) {
-            out[blk * T::QK + T::pos(part, i)] = v[i];
-        }
-    }
+    for_each_value<T>(row, cols, 0, 1, [=](int i, float v) { out[i] = v; });
 }
 
 // type: the GGUF type id (GgmlType). Returns 0, or -1 for a type quant.cuh does not read.
