@@ -47,10 +47,16 @@ public static class CudaDriver
         return IntPtr.Zero;
     }
 
-    /// <summary>The CUDA devices of this machine, or an empty list with <paramref name="reason"/> saying why.</summary>
+    /// <summary>
+    /// The CUDA devices of this machine, or an empty list with <paramref name="reason"/> saying why.
+    /// ILGPU lists them; the compute capability comes from the driver's own attributes (ILGPU reports
+    /// none for architectures newer than it knows). Should ILGPU fail on a driver it does not know,
+    /// the driver API lists the devices instead.
+    /// </summary>
     public static IReadOnlyList<GpuInfo> Discover(out string reason)
     {
         RegisterLibcudaFallback();
+        string ilgpuProblem;
         try
         {
             using var context = Context.Create(b => b.Cuda());
@@ -67,14 +73,71 @@ public static class CudaDriver
             for (int i = 0; i < devices.Count; i++)
             {
                 var d = devices[i];
-                infos.Add(new GpuInfo(i, d.Name, d.Architecture?.Major ?? 0, d.Architecture?.Minor ?? 0, d.MemorySize, d.NumMultiprocessors));
+                var (major, minor) = ComputeCapability(i) ?? (d.Architecture?.Major ?? 0, d.Architecture?.Minor ?? 0);
+                infos.Add(new GpuInfo(i, d.Name, major, minor, d.MemorySize, d.NumMultiprocessors));
             }
             return infos;
         }
-        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException or TypeInitializationException or InvalidOperationException or NotSupportedException)
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException or TypeInitializationException or InvalidOperationException
+                                     or NotSupportedException or CudaException)
         {
-            reason = $"the CUDA driver could not be initialized: {e.Message}";
+            ilgpuProblem = e.Message;
+        }
+        try
+        {
+            return DiscoverWithDriver(out reason);
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException or CudaException)
+        {
+            reason = $"the CUDA driver could not be initialized: {ilgpuProblem}; {e.Message}";
             return [];
         }
+    }
+
+    private static (int, int)? ComputeCapability(int ordinal)
+    {
+        try
+        {
+            if (Driver.Init(0) != 0 || Driver.DeviceGet(out int device, ordinal) != 0)
+                return null;
+            if (Driver.DeviceGetAttribute(out int major, Driver.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device) != 0
+                || Driver.DeviceGetAttribute(out int minor, Driver.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device) != 0)
+                return null;
+            return (major, minor);
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        {
+            return null;
+        }
+    }
+
+    private static unsafe IReadOnlyList<GpuInfo> DiscoverWithDriver(out string reason)
+    {
+        int init = Driver.Init(0);
+        if (init != 0)
+        {
+            reason = $"cuInit failed: {Driver.ErrorName(init)}";
+            return [];
+        }
+        Driver.Check(Driver.DeviceGetCount(out int count));
+        if (count == 0)
+        {
+            reason = "the CUDA driver reports no device";
+            return [];
+        }
+        var infos = new List<GpuInfo>(count);
+        byte* name = stackalloc byte[256];
+        for (int i = 0; i < count; i++)
+        {
+            Driver.Check(Driver.DeviceGet(out int device, i));
+            Driver.Check(Driver.DeviceGetName(name, 256, device));
+            Driver.Check(Driver.DeviceTotalMem(out nuint bytes, device));
+            Driver.Check(Driver.DeviceGetAttribute(out int major, Driver.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device));
+            Driver.Check(Driver.DeviceGetAttribute(out int minor, Driver.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device));
+            Driver.Check(Driver.DeviceGetAttribute(out int sms, Driver.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, device));
+            infos.Add(new GpuInfo(i, Marshal.PtrToStringAnsi((IntPtr)name) ?? "?", major, minor, (long)bytes, sms));
+        }
+        reason = "";
+        return infos;
     }
 }

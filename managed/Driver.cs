@@ -3,9 +3,10 @@ using System.Runtime.InteropServices;
 namespace Engine.Cuda;
 
 /// <summary>
-/// The CUDA driver API calls the runtime makes itself (memory, copies, streams, events, attributes),
-/// bound with <c>LibraryImport</c>. ILGPU's binding opens the device, creates the context and loads
-/// modules; these calls run in that context (bound to the calling thread by <see cref="GpuDevice.Bind"/>).
+/// The CUDA driver API as the runtime uses it (contexts, modules, memory, copies, streams, events,
+/// attributes, launches), bound with <c>LibraryImport</c>. ILGPU finds the devices
+/// (<see cref="CudaDriver.Discover"/>); everything after runs through these calls, in the device's
+/// primary context bound to the calling thread by <see cref="GpuDevice.Bind"/>.
 /// The library name "cuda" resolves to libcuda.so.1 through <see cref="CudaDriver.RegisterLibcudaFallback"/>.
 /// Every function returns a CUresult; <see cref="Check"/> turns failures into <see cref="CudaException"/>.
 /// </summary>
@@ -21,6 +22,53 @@ internal static unsafe partial class Driver
     public const int CU_EVENT_DEFAULT = 0;
     public const int CU_EVENT_DISABLE_TIMING = 2;
     public const int CUDA_ERROR_NOT_READY = 600;
+    public const int CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16;
+    public const int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75;
+    public const int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
+    public const int CU_JIT_ERROR_LOG_BUFFER = 5;
+    public const int CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES = 6;
+
+    [LibraryImport(Lib, EntryPoint = "cuInit")]
+    public static partial int Init(uint flags);
+
+    [LibraryImport(Lib, EntryPoint = "cuDriverGetVersion")]
+    public static partial int DriverGetVersion(out int version);
+
+    [LibraryImport(Lib, EntryPoint = "cuDeviceGetCount")]
+    public static partial int DeviceGetCount(out int count);
+
+    [LibraryImport(Lib, EntryPoint = "cuDeviceGet")]
+    public static partial int DeviceGet(out int device, int ordinal);
+
+    [LibraryImport(Lib, EntryPoint = "cuDeviceGetName")]
+    public static partial int DeviceGetName(byte* name, int length, int device);
+
+    [LibraryImport(Lib, EntryPoint = "cuDeviceTotalMem_v2")]
+    public static partial int DeviceTotalMem(out nuint bytes, int device);
+
+    [LibraryImport(Lib, EntryPoint = "cuDevicePrimaryCtxRetain")]
+    public static partial int DevicePrimaryCtxRetain(out IntPtr context, int device);
+
+    [LibraryImport(Lib, EntryPoint = "cuDevicePrimaryCtxRelease_v2")]
+    public static partial int DevicePrimaryCtxRelease(int device);
+
+    [LibraryImport(Lib, EntryPoint = "cuCtxGetCurrent")]
+    public static partial int CtxGetCurrent(out IntPtr context);
+
+    [LibraryImport(Lib, EntryPoint = "cuCtxPushCurrent_v2")]
+    public static partial int CtxPushCurrent(IntPtr context);
+
+    [LibraryImport(Lib, EntryPoint = "cuCtxPopCurrent_v2")]
+    public static partial int CtxPopCurrent(out IntPtr context);
+
+    [LibraryImport(Lib, EntryPoint = "cuModuleLoadDataEx")]
+    public static partial int ModuleLoadDataEx(out IntPtr module, byte* image, uint options, int* optionKeys, void** optionValues);
+
+    [LibraryImport(Lib, EntryPoint = "cuModuleGetFunction")]
+    public static partial int ModuleGetFunction(out IntPtr function, IntPtr module, byte* name);
+
+    [LibraryImport(Lib, EntryPoint = "cuModuleUnload")]
+    public static partial int ModuleUnload(IntPtr module);
 
     [LibraryImport(Lib, EntryPoint = "cuMemAlloc_v2")]
     public static partial int MemAlloc(out IntPtr pointer, nuint bytes);

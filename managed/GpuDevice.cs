@@ -1,36 +1,34 @@
-using ILGPU;
-using ILGPU.Runtime;
-using ILGPU.Runtime.Cuda;
 
 namespace Engine.Cuda;
 
 /// <summary>
-/// One CUDA device opened for use: an ILGPU CUDA accelerator (its context), one stream all of our work
-/// is queued on, a memory pool, pinned staging memory, and the PTX modules loaded on it (once each).
-/// Every driver call binds the context to the calling thread first (<see cref="Bind"/>), since test
-/// runners and async code move work between threads. Not thread-safe: one thread drives a device at a time.
+/// One CUDA device opened for use: its primary context (the one the runtime API and PyTorch share),
+/// one stream all of our work is queued on, a memory pool, pinned staging memory, and the PTX modules
+/// loaded on it (once each). Every driver call binds the context to the calling thread first
+/// (<see cref="Bind"/>), since test runners and async code move work between threads. Devices are found
+/// through ILGPU (<see cref="CudaDriver.Discover"/>); the context and everything after go through the
+/// driver API directly (<see cref="Driver"/>), so nothing depends on ILGPU knowing the driver's version.
+/// Not thread-safe: one thread drives a device at a time.
 /// </summary>
 public sealed unsafe class GpuDevice : IDisposable
 {
     private const long StagingBytes = 16L << 20;
-    private readonly Context _context;
-    private readonly CudaAccelerator _accelerator;
     private readonly Dictionary<string, IntPtr> _modules = [];
     private readonly Dictionary<(string, string), IntPtr> _functions = [];
+    private readonly IntPtr _context;
+    private readonly int _device;
     private PinnedBuffer? _staging;
     private bool _disposed;
 
-    private GpuDevice(Context context, CudaAccelerator accelerator, GpuInfo info)
+    private GpuDevice(int device, IntPtr context, GpuInfo info)
     {
+        _device = device;
         _context = context;
-        _accelerator = accelerator;
         Info = info;
         Pool = new DeviceMemoryPool(() => Bind());
         using var _ = Bind();
         Driver.Check(Driver.StreamCreate(out IntPtr stream, Driver.CU_STREAM_NON_BLOCKING));
         Stream = stream;
-        Driver.Check(Driver.CtxGetDevice(out int ordinal));
-        Ordinal = ordinal;
     }
 
     public GpuInfo Info { get; }
@@ -41,10 +39,8 @@ public sealed unsafe class GpuDevice : IDisposable
     /// <summary>Device memory of this device; weights, activations and the KV cache come from here.</summary>
     public DeviceMemoryPool Pool { get; }
 
-    /// <summary>Kernel launches made so far (a decode step's count is what CUDA-graph capture would save).</summary>
+    /// <summary>Kernel launches made so far (a decode step's count is what CUDA-graph capture saves).</summary>
     public long Launches { get; private set; }
-
-    private int Ordinal { get; }
 
     /// <summary>Opens device <paramref name="index"/>; throws <see cref="CudaException"/> with the reason when there is none.</summary>
     public static GpuDevice Open(int index = 0)
@@ -54,24 +50,44 @@ public sealed unsafe class GpuDevice : IDisposable
             throw new CudaException($"no CUDA device: {reason}");
         if (index < 0 || index >= devices.Count)
             throw new CudaException($"cuda:{index} does not exist (found {devices.Count} device(s): {string.Join("; ", devices)})");
-        var context = Context.Create(b => b.Cuda());
+        Driver.Check(Driver.DeviceGet(out int device, index));
+        Driver.Check(Driver.DevicePrimaryCtxRetain(out IntPtr context, device));
         try
         {
-            var accelerator = context.CreateCudaAccelerator(index);
-            return new GpuDevice(context, accelerator, devices[index]);
+            return new GpuDevice(device, context, devices[index]);
         }
         catch
         {
-            context.Dispose();
+            Driver.DevicePrimaryCtxRelease(device);
             throw;
         }
     }
 
-    /// <summary>Binds this device's context to the current thread until disposed.</summary>
-    public ScopedAcceleratorBinding Bind()
+    /// <summary>Makes this device's context current on the calling thread until disposed (a no-op when it already is).</summary>
+    public ContextScope Bind()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        return _accelerator.BindScoped();
+        return new ContextScope(_context);
+    }
+
+    /// <summary>The binding <see cref="Bind"/> returns: pushes the context if another (or none) is current, pops it on dispose.</summary>
+    public readonly struct ContextScope : IDisposable
+    {
+        private readonly bool _pushed;
+
+        internal ContextScope(IntPtr context)
+        {
+            Driver.Check(Driver.CtxGetCurrent(out IntPtr current));
+            _pushed = current != context;
+            if (_pushed)
+                Driver.Check(Driver.CtxPushCurrent(context));
+        }
+
+        public void Dispose()
+        {
+            if (_pushed)
+                Driver.CtxPopCurrent(out _);
+        }
     }
 
     /// <summary>Device memory for <paramref name="length"/> elements from the pool (contents undefined).</summary>
@@ -164,8 +180,7 @@ public sealed unsafe class GpuDevice : IDisposable
     /// <summary>A device attribute (CU_DEVICE_ATTRIBUTE_*).</summary>
     public int Attribute(int attribute)
     {
-        using var _ = Bind();
-        Driver.Check(Driver.DeviceGetAttribute(out int value, attribute, Ordinal));
+        Driver.Check(Driver.DeviceGetAttribute(out int value, attribute, _device));
         return value;
     }
 
@@ -205,16 +220,42 @@ public sealed unsafe class GpuDevice : IDisposable
         if (!_modules.TryGetValue(kernelFile, out IntPtr module))
         {
             var (source, ptx) = PtxModules.Select(kernelFile, Info.Major, Info.Minor);
-            var error = CudaAPI.CurrentAPI.LoadModule(out module, ptx, out string? log);
-            if (error != CudaError.CUDA_SUCCESS)
-                throw new CudaException($"loading PTX {source} failed: {error}{(string.IsNullOrWhiteSpace(log) ? "" : ": " + log.Trim())}");
-            _modules[kernelFile] = module;
+            _modules[kernelFile] = module = LoadModule(source, ptx);
         }
-        var found = CudaAPI.CurrentAPI.GetModuleFunction(out fn, module, kernel);
-        if (found != CudaError.CUDA_SUCCESS)
-            throw new CudaException($"kernels/{kernelFile}.cu has no kernel {kernel} ({found})");
+        var name = System.Text.Encoding.ASCII.GetBytes(kernel + "\0");
+        fixed (byte* n = name)
+        {
+            int found = Driver.ModuleGetFunction(out fn, module, n);
+            if (found != 0)
+                throw new CudaException($"kernels/{kernelFile}.cu has no kernel {kernel} ({Driver.ErrorName(found)})");
+        }
         _functions[(kernelFile, kernel)] = fn;
         return fn;
+    }
+
+    /// <summary>JIT-compiles PTX text for this device; a failure carries the JIT's error log.</summary>
+    private static IntPtr LoadModule(string source, string ptx)
+    {
+        var image = System.Text.Encoding.ASCII.GetBytes(ptx + "\0");
+        const int logBytes = 8192;
+        byte* log = stackalloc byte[logBytes];
+        int* keys = stackalloc int[2];
+        void** values = stackalloc void*[2];
+        keys[0] = Driver.CU_JIT_ERROR_LOG_BUFFER;
+        values[0] = log;
+        keys[1] = Driver.CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES;
+        values[1] = (void*)(nint)logBytes;
+        log[0] = 0;
+        fixed (byte* p = image)
+        {
+            int result = Driver.ModuleLoadDataEx(out IntPtr module, p, 2, keys, values);
+            if (result != 0)
+            {
+                string text = System.Runtime.InteropServices.Marshal.PtrToStringAnsi((IntPtr)log) ?? "";
+                throw new CudaException($"loading PTX {source} failed: {Driver.ErrorName(result)}{(string.IsNullOrWhiteSpace(text) ? "" : ": " + text.Trim())}");
+            }
+            return module;
+        }
     }
 
     /// <summary>Queues a kernel on <see cref="Stream"/>; <paramref name="args"/> holds one pointer per kernel parameter.</summary>
@@ -238,7 +279,7 @@ public sealed unsafe class GpuDevice : IDisposable
         {
             Driver.StreamSynchronize(Stream);
             foreach (IntPtr module in _modules.Values)
-                CudaAPI.CurrentAPI.DestroyModule(module);
+                Driver.ModuleUnload(module);
             _staging?.Dispose();
             Pool.Dispose();
             Driver.StreamDestroy(Stream);
@@ -246,8 +287,7 @@ public sealed unsafe class GpuDevice : IDisposable
         _disposed = true;
         _modules.Clear();
         _functions.Clear();
-        _accelerator.Dispose();
-        _context.Dispose();
+        Driver.DevicePrimaryCtxRelease(_device);
     }
 }
 
