@@ -550,6 +550,32 @@ public class GpuTests
         Assert.That(Device.PinnedAllocations - pinnedBefore, Is.Zero, "cuMemAllocHost calls during 100 decode steps");
     }
 
+    /// <summary>The CLI on the GPU: generate reproduces the reference ids, bench and kernels-bench run and report.</summary>
+    [Test]
+    public void Cli_generate_bench_and_kernels_bench_run_on_the_gpu()
+    {
+        var expected = SharedData.StoriesExpected();
+        var (code, output, err) = CliTests.Run("generate", "-m", SharedData.StoriesGguf, "--device", "cuda", "--prompt-ids", "1", "-n", "64", "--temp", "0", "--ids");
+        Assert.That(code, Is.Zero, err);
+        Assert.That(output.Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse), Is.EqualTo(expected.FromBos.Take(64)));
+        Assert.That(err, Does.Contain("device: cuda:0"));
+
+        (code, output, err) = CliTests.Run("bench", "-m", SharedData.StoriesGguf, "--device", "cuda", "--cuda-graphs", "-p", "32", "-n", "16", "-r", "1", "--json");
+        Assert.That(code, Is.Zero, err);
+        using (var row = System.Text.Json.JsonDocument.Parse(output))
+        {
+            Assert.That(row.RootElement.GetProperty("device").GetString(), Is.EqualTo("cuda:0"));
+            Assert.That(row.RootElement.GetProperty("tg_tokens_per_s").GetDouble(), Is.GreaterThan(0));
+            Assert.That(row.RootElement.GetProperty("graph_replays").GetInt64(), Is.GreaterThan(0));
+        }
+
+        (code, output, err) = CliTests.Run("kernels-bench", "--kernel", "rms_norm", "--json", "-r", "3");
+        Assert.That(code, Is.Zero, err);
+        var lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.That(lines, Has.Length.EqualTo(3), "the device line and rms_norm_f32 on two shapes");
+        Assert.That(lines.Skip(1).Select(l => System.Text.Json.JsonDocument.Parse(l).RootElement.GetProperty("valid").GetBoolean()), Is.All.True);
+    }
+
     [Test]
     public void Backend_argmax_equals_the_host_argmax_of_the_downloaded_logits()
     {

@@ -38,6 +38,10 @@ public class ModelParityTests
         yield return new TinySpec("q4_0", WeightType: GgmlType.Q4_0, Seed: 6);
         yield return new TinySpec("q5_1-tied", WeightType: GgmlType.Q5_1, Tied: true, Seed: 7);
         yield return new TinySpec("f16", WeightType: GgmlType.F16, Heads: 2, KvHeads: 1, Seed: 8);
+        yield return new TinySpec("bf16", WeightType: GgmlType.BF16, Heads: 4, KvHeads: 2, Seed: 53);
+        // K-quants need rows of 256 values.
+        yield return new TinySpec("q4_k-gqa", WeightType: GgmlType.Q4_K, Dim: 256, Ffn: 512, Heads: 4, KvHeads: 2, Seed: 51);
+        yield return new TinySpec("q6_k-neox", Arch: "qwen2", WeightType: GgmlType.Q6_K, Dim: 256, Ffn: 256, Heads: 8, KvHeads: 2, Seed: 52);
     }
 
     internal static readonly int[] Prompt = [256, 10, 200, 33, 7, 7, 301, 5, 90, 120, 64, 3, 250, 17];

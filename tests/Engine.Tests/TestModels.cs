@@ -96,13 +96,24 @@ public sealed class TinyModel
         if (type == GgmlType.F32)
             return m;
         var result = new float[m.Length];
+        var encoded = new List<byte>();
         for (int r = 0; r < m.Length / cols; r++)
         {
             var bytes = Quantize.Row(type, m.AsSpan(r * cols, cols));
             Dequantize.Row(type, bytes, result.AsSpan(r * cols, cols));
+            encoded.AddRange(bytes);
         }
+        Encoded.Add(result, new EncodedMatrix(type, encoded.ToArray()));
         return result;
     }
+
+    /// <summary>
+    /// The bytes each rounded matrix came from: the GGUF writer stores them as they are, since quantizing
+    /// already-quantized values again need not give the same blocks (Q6_K's scale search does not).
+    /// </summary>
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<float[], EncodedMatrix> Encoded = new();
+
+    private sealed record EncodedMatrix(GgmlType Type, byte[] Bytes);
 
     // ---- vocabulary: 256 byte-level characters plus filler tokens, enough to load a tokenizer ----
 
@@ -148,7 +159,8 @@ public sealed class TinyModel
         void Matrix(string name, float[] data, int rows, int cols, GgmlType? type = null)
         {
             var t = type ?? s.WeightType;
-            byte[] bytes = t == GgmlType.F32 ? MemoryMarshal.AsBytes(data.AsSpan()).ToArray() : Quantize.Row(t, data);
+            byte[] bytes = t == GgmlType.F32 ? MemoryMarshal.AsBytes(data.AsSpan()).ToArray()
+                : Encoded.TryGetValue(data, out var e) && e.Type == t ? e.Bytes : Quantize.Row(t, data);
             w.AddTensor(name, t, [cols, rows], bytes);
         }
         void Vector(string name, float[] data) => w.AddTensor(name, [data.Length], data);

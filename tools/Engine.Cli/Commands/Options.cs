@@ -17,10 +17,13 @@ internal static partial class SharedOptions
         DefaultValueFactory = _ => Environment.ProcessorCount,
     };
 
+    /// <summary>Environment variable that sets --device's default (otherwise auto).</summary>
+    public const string DeviceVariable = "ENGINE_DEVICE";
+
     public static Option<string> Device() => new("--device")
     {
-        Description = "Where to run: " + Engine.Cuda.BackendFactory.Help,
-        DefaultValueFactory = _ => "auto",
+        Description = "Where to run: " + Engine.Cuda.BackendFactory.Help + $" (default: ${DeviceVariable}, else auto)",
+        DefaultValueFactory = _ => Environment.GetEnvironmentVariable(DeviceVariable) is { Length: > 0 } d ? d : "auto",
     };
 
     public static Option<bool> CudaGraphs() => new("--cuda-graphs") { Description = "On CUDA, replay each decode step as a CUDA graph (one launch instead of hundreds)" };
