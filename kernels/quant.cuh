@@ -31,24 +31,37 @@ struct type_f32 {
     static __device__ __forceinline__ int pos(int, int i) { return i; }
 };
 
-// F16: two values (one 4-byte word) per chunk; rows need an even number of values.
+// Two halves packed in a word (the lower one first) as floats.
+static __device__ __forceinline__ void halves_to_float(uint32_t w, float & lo, float & hi) {
+    lo = __half2float(__ushort_as_half((unsigned short) (w & 0xFFFF)));
+    hi = __half2float(__ushort_as_half((unsigned short) (w >> 16)));
+}
+
+// F16: eight values (one 16-byte load) per chunk; rows need a multiple of 8 values, so that every
+// chunk is 16-byte aligned (a row is cols·2 bytes; allocations are 256-byte aligned).
 struct type_f16 {
-    static constexpr int QK = 2, BYTES = 4, CHUNKS = 1, VALS = 2;
+    static constexpr int QK = 8, BYTES = 16, CHUNKS = 1, VALS = 8;
     static __device__ __forceinline__ void load(const uint8_t * b, int, float (&v)[VALS]) {
-        const float2 f = __half22float2(*(const __half2 *) b);
-        v[0] = f.x;
-        v[1] = f.y;
+        const uint4 w = *(const uint4 *) b;
+        halves_to_float(w.x, v[0], v[1]);
+        halves_to_float(w.y, v[2], v[3]);
+        halves_to_float(w.z, v[4], v[5]);
+        halves_to_float(w.w, v[6], v[7]);
     }
     static __device__ __forceinline__ int pos(int, int i) { return i; }
 };
 
-// BF16: the high half of a float32.
+// BF16: the high half of a float32; eight values per chunk, as F16.
 struct type_bf16 {
-    static constexpr int QK = 2, BYTES = 4, CHUNKS = 1, VALS = 2;
+    static constexpr int QK = 8, BYTES = 16, CHUNKS = 1, VALS = 8;
     static __device__ __forceinline__ void load(const uint8_t * b, int, float (&v)[VALS]) {
-        const uint32_t w = *(const uint32_t *) b;
-        v[0] = bf16_to_float((uint16_t) (w & 0xFFFF));
-        v[1] = bf16_to_float((uint16_t) (w >> 16));
+        const uint4 w = *(const uint4 *) b;
+        const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            v[2 * i] = bf16_to_float((uint16_t) (words[i] & 0xFFFF));
+            v[2 * i + 1] = bf16_to_float((uint16_t) (words[i] >> 16));
+        }
     }
     static __device__ __forceinline__ int pos(int, int i) { return i; }
 };

@@ -97,9 +97,11 @@ public sealed unsafe class CudaBackend : Backend
             var data = Device.Upload(bytes);
             return new CudaMatrix(tensor.Name, tensor.Type, rows, cols, data);
         }
-        // No kernel reads this type (or an odd-length F16 row): convert once on the host, to F16 where
-        // rows pair up, else to F32 — the same values the CPU dequantizes, in a format the kernels read.
-        var target = cols % 2 == 0 ? GgmlType.F16 : GgmlType.F32;
+        // No kernel reads this type (or an F16 row not a multiple of 8 values): convert once on the host,
+        // to F16 where rows allow, else to F32 — the same values the CPU dequantizes, in a format the
+        // kernels read. (A conversion to F16 rounds the values of a type finer than F16, e.g. Q8_0 — but
+        // every type with kernels is read as it is.)
+        var target = cols % WeightFormats.ValuesPerBlock(GgmlType.F16) == 0 ? GgmlType.F16 : GgmlType.F32;
         _conversions.Add($"{tensor.Name}: {tensor.Type} → {target}");
         long rowBytes = GgmlTypeInfo.RowBytes(tensor.Type, cols);
         var converted = Device.Allocate<byte>(GgmlTypeInfo.RowBytes(target, cols) * rows);

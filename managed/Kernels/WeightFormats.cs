@@ -27,11 +27,11 @@ public static class WeightFormats
         _ => throw new NotSupportedException($"{type} weights have no CUDA kernels (supported: {string.Join(", ", Supported)})"),
     };
 
-    /// <summary>Values per block as quant.cuh reads the type (F16/BF16 in pairs): a row's length must be a multiple.</summary>
+    /// <summary>Values per block as quant.cuh reads the type (F16/BF16 eight at a time): a row's length must be a multiple.</summary>
     public static int ValuesPerBlock(GgmlType type) => type switch
     {
         GgmlType.F32 => 1,
-        GgmlType.F16 or GgmlType.BF16 => 2,
+        GgmlType.F16 or GgmlType.BF16 => 8,
         GgmlType.Q8_0 or GgmlType.Q4_0 => 32,
         GgmlType.Q4_K or GgmlType.Q6_K => 256,
         _ => throw new NotSupportedException($"{type} weights have no CUDA kernels"),

@@ -151,8 +151,8 @@ public class GpuTests
     [Test]
     public void Get_rows_matches_the_cpu_reference([ValueSource(nameof(WeightTypes))] GgmlType type)
     {
-        int qk = GgmlTypeInfo.Layout(type)!.Value.BlockSize;
-        int cols = qk == 1 ? 37 * 2 : qk * 3, tableRows = 11;
+        int qk = Cuda.Kernels.WeightFormats.ValuesPerBlock(type);
+        int cols = qk * (qk < 32 ? 9 : 3), tableRows = 11;
         var rng = new Random(17 + (int)type);
         var table = RandomWeights(type, tableRows, cols, rng);
         int[] ids = [3, 0, 10, 3, 7];
@@ -172,8 +172,8 @@ public class GpuTests
     [Test]
     public void Gemv_matches_the_cpu_reference([ValueSource(nameof(WeightTypes))] GgmlType type, [Values(1, 3, 8)] int ncols)
     {
-        int qk = GgmlTypeInfo.Layout(type)!.Value.BlockSize;
-        int cols = qk == 1 ? 4 * 37 : qk * 5, rows = 67; // 67 rows: a partial block of 4 warps
+        int qk = Cuda.Kernels.WeightFormats.ValuesPerBlock(type);
+        int cols = qk * (qk < 32 ? 37 : 5), rows = 67; // 67 rows: a partial block of 4 warps
         var rng = new Random(ncols * 100 + (int)type);
         var w = RandomWeights(type, rows, cols, rng);
         var x = RandomFloats(rng, ncols * cols);
@@ -206,8 +206,8 @@ public class GpuTests
     public void Gemv_rows_do_not_depend_on_the_batch([ValueSource(nameof(WeightTypes))] GgmlType type)
     {
         // gemv_x8's arithmetic for each activation row is gemv's: verification reproduces decoding bit for bit.
-        int qk = GgmlTypeInfo.Layout(type)!.Value.BlockSize;
-        int cols = qk == 1 ? 96 : qk * 4, rows = 40;
+        int qk = Cuda.Kernels.WeightFormats.ValuesPerBlock(type);
+        int cols = qk * (qk < 32 ? 12 : 4), rows = 40;
         var rng = new Random(5 + (int)type);
         using var dw = Device.Upload<byte>(RandomWeights(type, rows, cols, rng));
         var x = RandomFloats(rng, 8 * cols);
@@ -226,8 +226,8 @@ public class GpuTests
     [Test]
     public void Dequantize_to_f16_matches_the_cpu_reference([ValueSource(nameof(WeightTypes))] GgmlType type)
     {
-        int qk = GgmlTypeInfo.Layout(type)!.Value.BlockSize;
-        int cols = qk == 1 ? 50 : qk * 2, rows = 9;
+        int qk = Cuda.Kernels.WeightFormats.ValuesPerBlock(type);
+        int cols = qk * (qk < 32 ? 7 : 2), rows = 9;
         var w = RandomWeights(type, rows, cols, new Random(23 + (int)type));
         var expected = new Half[rows * cols];
         DequantizeF16.Run(type, w, rows, cols, expected);

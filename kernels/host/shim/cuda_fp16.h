@@ -11,6 +11,7 @@
 struct __half { uint16_t bits; };
 struct __half2 { __half x, y; };
 struct float2 { float x, y; };
+struct uint4 { uint32_t x, y, z, w; };
 
 static inline float __half2float(__half h) {
     const uint32_t sign = (uint32_t) (h.bits >> 15) << 31;
