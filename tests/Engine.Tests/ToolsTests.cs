@@ -242,3 +242,59 @@ public class ToolsTests
         Assert.That(root.GetProperty("identical").GetBoolean(), Is.True);
     }
 }
+
+/// <summary>
+/// The device scripts run only on a lent GPU machine, where a syntax error would waste the loan: here
+/// bash and Python parse them, and the test binary is checked to carry what run.sh starts.
+/// </summary>
+public class DeviceScriptTests
+{
+    private static (int Code, string Output) Exec(string file, string args)
+    {
+        var start = new System.Diagnostics.ProcessStartInfo(file, args) { RedirectStandardError = true, RedirectStandardOutput = true };
+        try
+        {
+            using var p = System.Diagnostics.Process.Start(start)!;
+            string output = p.StandardOutput.ReadToEnd() + p.StandardError.ReadToEnd();
+            p.WaitForExit();
+            return (p.ExitCode, output);
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            return (-1, $"{file} is not installed");
+        }
+    }
+
+    [TestCase("tools/device/run.sh")]
+    [TestCase("tools/device/pack.sh")]
+    [TestCase("tools/bench/compare-llamacpp.sh")]
+    public void Shell_scripts_parse(string script)
+    {
+        var (code, output) = Exec("bash", $"-n {Path.Combine(SharedData.RepositoryRoot, script)}");
+        if (code == -1)
+            Assert.Ignore(output);
+        Assert.That(code, Is.Zero, output);
+    }
+
+    [Test]
+    public void The_pytorch_reference_parses()
+    {
+        var (code, output) = Exec("python3", $"-c \"import ast,sys; ast.parse(open(sys.argv[1]).read())\" {Path.Combine(SharedData.RepositoryRoot, "tools/device/torch_gemv.py")}");
+        if (code == -1)
+            Assert.Ignore(output);
+        Assert.That(code, Is.Zero, output);
+    }
+
+    [Test]
+    public void Run_sh_uses_commands_the_cli_has()
+    {
+        string script = File.ReadAllText(Path.Combine(SharedData.RepositoryRoot, "tools/device/run.sh"));
+        foreach (string command in new[] { "kernels-bench", "synth", "quantize", "bench" })
+        {
+            Assert.That(script, Does.Contain($"\"$bin/engine\" {command}"));
+            var (code, _, err) = CliTests.Run(command, "--help");
+            Assert.That(code, Is.Zero, $"engine {command} --help: {err}");
+        }
+        Assert.That(CliTests.Run("bench", "--help").Out, Does.Contain("--cuda-graphs"));
+    }
+}
