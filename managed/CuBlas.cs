@@ -31,6 +31,11 @@ public sealed unsafe partial class CuBlas : IDisposable
     /// <summary>A cuBLAS handle bound to the device's stream, or null (with <see cref="Status"/> saying why).</summary>
     public static CuBlas? TryCreate(GpuDevice device)
     {
+        if (device.IsEmulator)
+        {
+            Status = "the kernel emulator has no cuBLAS";
+            return null;
+        }
         CudaDriver.RegisterLibcudaFallback();
         try
         {

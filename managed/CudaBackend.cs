@@ -37,6 +37,8 @@ public sealed unsafe class CudaBackend : Backend
         Device = device;
         _ownsDevice = ownsDevice;
         UseCuBlas = useCuBlas;
+        if (cudaGraphs && device.IsEmulator)
+            throw new NotSupportedException("CUDA graphs need a GPU; the kernel emulator runs launches one by one");
         _graph = cudaGraphs ? new DecodeGraph(device) : null;
         Func<bool> capturing = () => _graph?.Capturing == true;
         _tokens = new(device, capturing);
@@ -272,8 +274,8 @@ public sealed unsafe class CudaBackend : Backend
         }
         using (Device.Bind())
         {
-            Driver.Check(Driver.MemcpyDtoHAsync((void*)_download.Pointer, Span(src).Pointer, (nuint)bytes, Device.Stream));
-            Driver.Check(Driver.StreamSynchronize(Device.Stream));
+            Device.Api.CopyToHost((void*)_download.Pointer, Span(src).Pointer, bytes, Device.Stream);
+            Device.Api.SynchronizeStream(Device.Stream);
         }
         _download.AsSpan<float>(checked((int)src.Size)).CopyTo(dst);
         _warm = true;
@@ -343,7 +345,7 @@ public sealed unsafe class CudaBackend : Backend
             {
                 long capacity = Math.Max(64, (long)data.Length * 2);
                 if (_copied != IntPtr.Zero && !graph)
-                    Driver.Check(Driver.EventSynchronize(_copied));
+                    device.Api.SynchronizeEvent(_copied);
                 _pinned?.Dispose();
                 _device?.Dispose();
                 _pinned = device.AllocatePinned(capacity * sizeof(T));
@@ -353,16 +355,16 @@ public sealed unsafe class CudaBackend : Backend
             if (!graph)
             {
                 if (_copied == IntPtr.Zero)
-                    Driver.Check(Driver.EventCreate(out _copied, Driver.CU_EVENT_DISABLE_TIMING));
+                    _copied = device.Api.CreateEvent(timing: false);
                 else
-                    Driver.Check(Driver.EventSynchronize(_copied));
+                    device.Api.SynchronizeEvent(_copied);
             }
             data.CopyTo(_pinned!.AsSpan<T>(data.Length));
             if (data.Length > 0)
             {
-                Driver.Check(Driver.MemcpyHtoDAsync(_device.Span.Pointer, (void*)_pinned.Pointer, (nuint)(data.Length * sizeof(T)), device.Stream));
+                device.Api.CopyToDevice(_device.Span.Pointer, (void*)_pinned.Pointer, (long)data.Length * sizeof(T), device.Stream);
                 if (!graph)
-                    Driver.Check(Driver.EventRecord(_copied, device.Stream));
+                    device.Api.RecordEvent(_copied, device.Stream);
             }
             data.CopyTo(_last);
             _count = data.Length;
@@ -374,7 +376,7 @@ public sealed unsafe class CudaBackend : Backend
             if (_copied != IntPtr.Zero)
             {
                 using (device.Bind())
-                    Driver.EventDestroy(_copied);
+                    device.Api.DestroyEvent(_copied);
                 _copied = IntPtr.Zero;
             }
             _pinned?.Dispose();

@@ -16,9 +16,14 @@ public sealed class DeviceMemoryPool : IDisposable
     private const long MaxClass = 64L << 20;
     private readonly Dictionary<long, Stack<IntPtr>> _free = [];
     private readonly List<DeviceAllocation> _all = [];
+    private readonly DeviceApi _api;
     private readonly Func<IDisposable> _bind;
 
-    internal DeviceMemoryPool(Func<IDisposable> bind) => _bind = bind;
+    internal DeviceMemoryPool(DeviceApi api, Func<IDisposable> bind)
+    {
+        _api = api;
+        _bind = bind;
+    }
 
     /// <summary>cuMemAlloc calls made so far.</summary>
     public long DriverAllocations { get; private set; }
@@ -45,12 +50,14 @@ public sealed class DeviceMemoryPool : IDisposable
         if (_free.TryGetValue(size, out var stack) && stack.Count > 0)
             return new DeviceAllocation(stack.Pop(), size);
         using var _ = _bind();
-        int result = Driver.MemAlloc(out IntPtr pointer, (nuint)size);
-        if (result != 0)
+        IntPtr pointer;
+        try
         {
-            Driver.MemGetInfo(out nuint free, out nuint total);
-            throw new CudaException($"out of device memory: cuMemAlloc of {size >> 20} MiB failed ({Driver.ErrorName(result)}); " +
-                $"{(long)free >> 20} MiB of {(long)total >> 20} MiB free, {ReservedBytes >> 20} MiB held by this pool");
+            pointer = _api.Alloc(size);
+        }
+        catch (CudaException e)
+        {
+            throw new CudaException($"{e.Message}, {ReservedBytes >> 20} MiB held by this pool");
         }
         DriverAllocations++;
         ReservedBytes += size;
@@ -74,7 +81,7 @@ public sealed class DeviceMemoryPool : IDisposable
         using (_bind())
         {
             foreach (var a in _all)
-                Driver.MemFree(a.Pointer);
+                _api.Free(a.Pointer);
         }
         _all.Clear();
         _free.Clear();
@@ -88,14 +95,15 @@ public sealed class DeviceMemoryPool : IDisposable
 /// </summary>
 public sealed unsafe class PinnedBuffer : IDisposable
 {
+    private readonly DeviceApi _api;
     private readonly Func<IDisposable> _bind;
 
-    internal PinnedBuffer(Func<IDisposable> bind, long bytes)
+    internal PinnedBuffer(DeviceApi api, Func<IDisposable> bind, long bytes)
     {
+        _api = api;
         _bind = bind;
         using var _ = bind();
-        Driver.Check(Driver.MemAllocHost(out IntPtr pointer, (nuint)Math.Max(bytes, 16)));
-        Pointer = pointer;
+        Pointer = api.AllocHost(Math.Max(bytes, 16));
         Bytes = bytes;
     }
 
@@ -115,7 +123,7 @@ public sealed unsafe class PinnedBuffer : IDisposable
         if (Pointer == IntPtr.Zero)
             return;
         using (_bind())
-            Driver.MemFreeHost(Pointer);
+            _api.FreeHost(Pointer);
         Pointer = IntPtr.Zero;
     }
 }

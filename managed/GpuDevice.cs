@@ -15,21 +15,22 @@ public sealed unsafe class GpuDevice : IDisposable
     private const long StagingBytes = 16L << 20;
     private readonly Dictionary<string, IntPtr> _modules = [];
     private readonly Dictionary<(string, string), IntPtr> _functions = [];
-    private readonly IntPtr _context;
-    private readonly int _device;
     private PinnedBuffer? _staging;
     private bool _disposed;
 
-    private GpuDevice(int device, IntPtr context, GpuInfo info)
+    private GpuDevice(DeviceApi api, GpuInfo info)
     {
-        _device = device;
-        _context = context;
+        Api = api;
         Info = info;
-        Pool = new DeviceMemoryPool(() => Bind());
+        Pool = new DeviceMemoryPool(api, () => Bind());
         using var _ = Bind();
-        Driver.Check(Driver.StreamCreate(out IntPtr stream, Driver.CU_STREAM_NON_BLOCKING));
-        Stream = stream;
+        Stream = api.CreateStream();
     }
+
+    internal DeviceApi Api { get; }
+
+    /// <summary>Whether this is the host emulator of the kernels (<see cref="OpenEmulator"/>), not a GPU.</summary>
+    public bool IsEmulator => Api.IsEmulator;
 
     public GpuInfo Info { get; }
 
@@ -45,6 +46,8 @@ public sealed unsafe class GpuDevice : IDisposable
     /// <summary>Opens device <paramref name="index"/>; throws <see cref="CudaException"/> with the reason when there is none.</summary>
     public static GpuDevice Open(int index = 0)
     {
+        if (Environment.GetEnvironmentVariable(EmulatorVariable) == "1")
+            return OpenEmulator();
         var devices = CudaDriver.Discover(out string reason);
         if (devices.Count == 0)
             throw new CudaException($"no CUDA device: {reason}");
@@ -54,7 +57,7 @@ public sealed unsafe class GpuDevice : IDisposable
         Driver.Check(Driver.DevicePrimaryCtxRetain(out IntPtr context, device));
         try
         {
-            return new GpuDevice(device, context, devices[index]);
+            return new GpuDevice(new CudaApi(device, context), devices[index]);
         }
         catch
         {
@@ -63,11 +66,29 @@ public sealed unsafe class GpuDevice : IDisposable
         }
     }
 
+    /// <summary>Set to 1, <see cref="Open"/> gives the kernel emulator instead of a GPU (tests, CI).</summary>
+    public const string EmulatorVariable = "ENGINE_CUDA_EMULATOR";
+
+    /// <summary>
+    /// The kernels of kernels/*.cu compiled for the host and run by a fiber emulator of CUDA blocks,
+    /// warps and barriers (kernels/host/simt.cpp, a test-only library): slow, exact in logic, no GPU
+    /// needed. Everything above the kernels — launchers, pool, backend — runs as on a GPU.
+    /// </summary>
+    public static GpuDevice OpenEmulator()
+    {
+        if (!EmulatorApi.Available(out string reason))
+            throw new CudaException(reason);
+        return new GpuDevice(new EmulatorApi(), new GpuInfo(0, "CUDA kernel emulator (host)", 9, 0, 0, 1));
+    }
+
+    /// <summary>Whether the emulator can be opened here, with the reason when not.</summary>
+    public static bool EmulatorAvailable(out string reason) => EmulatorApi.Available(out reason);
+
     /// <summary>Makes this device's context current on the calling thread until disposed (a no-op when it already is).</summary>
     public ContextScope Bind()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        return new ContextScope(_context);
+        return Api.Bind();
     }
 
     /// <summary>The binding <see cref="Bind"/> returns: pushes the context if another (or none) is current, pops it on dispose.</summary>
@@ -77,6 +98,11 @@ public sealed unsafe class GpuDevice : IDisposable
 
         internal ContextScope(IntPtr context)
         {
+            if (context == IntPtr.Zero)
+            {
+                _pushed = false;
+                return;
+            }
             Driver.Check(Driver.CtxGetCurrent(out IntPtr current));
             _pushed = current != context;
             if (_pushed)
@@ -105,7 +131,7 @@ public sealed unsafe class GpuDevice : IDisposable
     public PinnedBuffer AllocatePinned(long bytes)
     {
         PinnedAllocations++;
-        return new(() => Bind(), bytes);
+        return new(Api, () => Bind(), bytes);
     }
 
     /// <summary>cuMemAllocHost calls made so far (device allocations are counted by <see cref="Pool"/>).</summary>
@@ -126,8 +152,8 @@ public sealed unsafe class GpuDevice : IDisposable
         {
             int count = (int)Math.Min(StagingBytes, bytes.Length - offset);
             bytes.Slice((int)offset, count).CopyTo(staging.AsSpan<byte>(count));
-            Driver.Check(Driver.MemcpyHtoDAsync(destination.Pointer + (nint)offset, (void*)staging.Pointer, (nuint)count, Stream));
-            Driver.Check(Driver.StreamSynchronize(Stream)); // the staging buffer is reused by the next chunk
+            Api.CopyToDevice(destination.Pointer + (nint)offset, (void*)staging.Pointer, count, Stream);
+            Api.SynchronizeStream(Stream); // the staging buffer is reused by the next chunk
         }
     }
 
@@ -142,8 +168,8 @@ public sealed unsafe class GpuDevice : IDisposable
         for (long offset = 0; offset < bytes.Length; offset += StagingBytes)
         {
             int count = (int)Math.Min(StagingBytes, bytes.Length - offset);
-            Driver.Check(Driver.MemcpyDtoHAsync((void*)staging.Pointer, source.Pointer + (nint)offset, (nuint)count, Stream));
-            Driver.Check(Driver.StreamSynchronize(Stream));
+            Api.CopyToHost((void*)staging.Pointer, source.Pointer + (nint)offset, count, Stream);
+            Api.SynchronizeStream(Stream);
             staging.AsSpan<byte>(count).CopyTo(bytes.Slice((int)offset, count));
         }
     }
@@ -160,28 +186,28 @@ public sealed unsafe class GpuDevice : IDisposable
     public void CopyDeviceToDevice(IntPtr destination, IntPtr source, long bytes)
     {
         using var _ = Bind();
-        Driver.Check(Driver.MemcpyDtoDAsync(destination, source, (nuint)bytes, Stream));
+        Api.CopyOnDevice(destination, source, bytes, Stream);
     }
 
     /// <summary>Queues setting <paramref name="bytes"/> bytes to zero.</summary>
     public void Clear(IntPtr destination, long bytes)
     {
         using var _ = Bind();
-        Driver.Check(Driver.MemsetD8Async(destination, 0, (nuint)bytes, Stream));
+        Api.Clear(destination, bytes, Stream);
     }
 
     /// <summary>Waits for everything queued on the stream; errors of earlier launches surface here.</summary>
     public void Synchronize()
     {
         using var _ = Bind();
-        Driver.Check(Driver.StreamSynchronize(Stream));
+        Api.SynchronizeStream(Stream);
     }
 
     /// <summary>A device attribute (CU_DEVICE_ATTRIBUTE_*).</summary>
     public int Attribute(int attribute)
     {
-        Driver.Check(Driver.DeviceGetAttribute(out int value, attribute, _device));
-        return value;
+        using var _ = Bind();
+        return Api.Attribute(attribute);
     }
 
     /// <summary>
@@ -219,43 +245,14 @@ public sealed unsafe class GpuDevice : IDisposable
         using var _ = Bind();
         if (!_modules.TryGetValue(kernelFile, out IntPtr module))
         {
-            var (source, ptx) = PtxModules.Select(kernelFile, Info.Major, Info.Minor);
-            _modules[kernelFile] = module = LoadModule(source, ptx);
+            var (source, ptx) = Api.IsEmulator ? ("the emulator", "") : PtxModules.Select(kernelFile, Info.Major, Info.Minor);
+            _modules[kernelFile] = module = Api.LoadModule(source, ptx);
         }
-        var name = System.Text.Encoding.ASCII.GetBytes(kernel + "\0");
-        fixed (byte* n = name)
-        {
-            int found = Driver.ModuleGetFunction(out fn, module, n);
-            if (found != 0)
-                throw new CudaException($"kernels/{kernelFile}.cu has no kernel {kernel} ({Driver.ErrorName(found)})");
-        }
+        fn = Api.Function(module, kernel);
+        if (fn == IntPtr.Zero)
+            throw new CudaException($"kernels/{kernelFile}.cu has no kernel {kernel}");
         _functions[(kernelFile, kernel)] = fn;
         return fn;
-    }
-
-    /// <summary>JIT-compiles PTX text for this device; a failure carries the JIT's error log.</summary>
-    private static IntPtr LoadModule(string source, string ptx)
-    {
-        var image = System.Text.Encoding.ASCII.GetBytes(ptx + "\0");
-        const int logBytes = 8192;
-        byte* log = stackalloc byte[logBytes];
-        int* keys = stackalloc int[2];
-        void** values = stackalloc void*[2];
-        keys[0] = Driver.CU_JIT_ERROR_LOG_BUFFER;
-        values[0] = log;
-        keys[1] = Driver.CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES;
-        values[1] = (void*)(nint)logBytes;
-        log[0] = 0;
-        fixed (byte* p = image)
-        {
-            int result = Driver.ModuleLoadDataEx(out IntPtr module, p, 2, keys, values);
-            if (result != 0)
-            {
-                string text = System.Runtime.InteropServices.Marshal.PtrToStringAnsi((IntPtr)log) ?? "";
-                throw new CudaException($"loading PTX {source} failed: {Driver.ErrorName(result)}{(string.IsNullOrWhiteSpace(text) ? "" : ": " + text.Trim())}");
-            }
-            return module;
-        }
     }
 
     /// <summary>Queues a kernel on <see cref="Stream"/>; <paramref name="args"/> holds one pointer per kernel parameter.</summary>
@@ -266,8 +263,7 @@ public sealed unsafe class GpuDevice : IDisposable
         if (grid.Y > 65535 || grid.Z > 65535)
             throw new ArgumentOutOfRangeException(nameof(grid), $"grid {grid}: y and z are limited to 65535");
         using var _ = Bind();
-        Driver.Check(Driver.LaunchKernel(function, (uint)grid.X, (uint)grid.Y, (uint)grid.Z, (uint)block.X, (uint)block.Y, (uint)block.Z,
-            (uint)sharedBytes, Stream, args, null));
+        Api.Launch(function, grid, block, sharedBytes, Stream, args);
         Launches++;
     }
 
@@ -277,17 +273,17 @@ public sealed unsafe class GpuDevice : IDisposable
             return;
         using (Bind())
         {
-            Driver.StreamSynchronize(Stream);
+            Api.SynchronizeStream(Stream);
             foreach (IntPtr module in _modules.Values)
-                Driver.ModuleUnload(module);
+                Api.UnloadModule(module);
             _staging?.Dispose();
             Pool.Dispose();
-            Driver.StreamDestroy(Stream);
+            Api.DestroyStream(Stream);
         }
         _disposed = true;
         _modules.Clear();
         _functions.Clear();
-        Driver.DevicePrimaryCtxRelease(_device);
+        Api.Release();
     }
 }
 
@@ -301,30 +297,29 @@ public sealed class GpuTimer : IDisposable
     {
         _device = device;
         using var _ = device.Bind();
-        Driver.Check(Driver.EventCreate(out _start, Driver.CU_EVENT_DEFAULT));
-        Driver.Check(Driver.EventCreate(out _stop, Driver.CU_EVENT_DEFAULT));
+        _start = device.Api.CreateEvent(timing: true);
+        _stop = device.Api.CreateEvent(timing: true);
     }
 
     public void Start()
     {
         using var _ = _device.Bind();
-        Driver.Check(Driver.EventRecord(_start, _device.Stream));
+        _device.Api.RecordEvent(_start, _device.Stream);
     }
 
     /// <summary>Records the end and waits for it; returns the milliseconds between the two events.</summary>
     public float Stop()
     {
         using var _ = _device.Bind();
-        Driver.Check(Driver.EventRecord(_stop, _device.Stream));
-        Driver.Check(Driver.EventSynchronize(_stop));
-        Driver.Check(Driver.EventElapsedTime(out float ms, _start, _stop));
-        return ms;
+        _device.Api.RecordEvent(_stop, _device.Stream);
+        _device.Api.SynchronizeEvent(_stop);
+        return _device.Api.ElapsedMilliseconds(_start, _stop);
     }
 
     public void Dispose()
     {
         using var _ = _device.Bind();
-        Driver.EventDestroy(_start);
-        Driver.EventDestroy(_stop);
+        _device.Api.DestroyEvent(_start);
+        _device.Api.DestroyEvent(_stop);
     }
 }

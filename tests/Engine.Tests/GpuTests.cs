@@ -27,13 +27,9 @@ namespace Engine.Tests;
 /// </remarks>
 [Category("Gpu")]
 [NonParallelizable]
-public class GpuTests
+public class GpuTests : GpuSuite
 {
-    private const double U = 1.0 / (1 << 24);
-    private static GpuDevice? s_device;
-
-    [OneTimeSetUp]
-    public void Open()
+    protected override GpuDevice OpenDevice()
     {
         var devices = CudaDriver.Discover(out string reason);
         if (devices.Count == 0)
@@ -43,15 +39,58 @@ public class GpuTests
                 Assert.Fail(message + " (REQUIRE_GPU=1)");
             Assert.Ignore(message);
         }
-        s_device = GpuDevice.Open(0);
-        using var blas = CuBlas.TryCreate(s_device);
-        TestContext.Progress.WriteLine($"GPU: {s_device.Info}; cuBLAS: {CuBlas.Status}");
+        return GpuDevice.Open(0);
+    }
+}
+
+/// <summary>
+/// The same suite on the kernel emulator (kernels/host/simt.cpp: kernels/*.cu compiled for the host,
+/// blocks run one after another, threads as fibers meeting at barriers and shuffles): the kernels'
+/// logic and everything above them — launchers, memory pool, backend — checked in CI without a GPU.
+/// Timing-dependent parts (CUDA graphs, cuBLAS) need a GPU and are ignored here.
+/// </summary>
+[Category("GpuEmulator")]
+[NonParallelizable]
+public class GpuEmulatorTests : GpuSuite
+{
+    protected override GpuDevice OpenDevice()
+    {
+        if (!GpuDevice.EmulatorAvailable(out string reason))
+        {
+            if (SharedData.IsCi)
+                Assert.Fail(reason + " — required under CI");
+            Assert.Ignore(reason);
+        }
+        return GpuDevice.OpenEmulator();
+    }
+}
+
+public abstract class GpuSuite
+{
+    private const double U = 1.0 / (1 << 24);
+    private GpuDevice? _device;
+
+    protected abstract GpuDevice OpenDevice();
+
+    [OneTimeSetUp]
+    public void Open()
+    {
+        _device = OpenDevice();
+        using var blas = CuBlas.TryCreate(_device);
+        TestContext.Progress.WriteLine($"device: {_device.Info}; cuBLAS: {CuBlas.Status}");
     }
 
     [OneTimeTearDown]
-    public void Close() => s_device?.Dispose();
+    public void Close() => _device?.Dispose();
 
-    private static GpuDevice Device => s_device!;
+    private GpuDevice Device => _device!;
+
+    /// <summary>Ignores a test that needs a real GPU (CUDA graphs, timing) on the emulator.</summary>
+    private void RequireGpu(string what)
+    {
+        if (Device.IsEmulator)
+            Assert.Ignore($"{what} needs a GPU");
+    }
 
     private static float[] RandomFloats(Random rng, int n, double scale = 2) =>
         Enumerable.Range(0, n).Select(_ => (float)((rng.NextDouble() * 2 - 1) * scale)).ToArray();
@@ -420,7 +459,7 @@ public class GpuTests
         Assert.That(Device.Download<float>(dcache), Is.EqualTo(cache));
     }
 
-    private static LanguageModel LoadOnGpu(string path, bool useCuBlas, int maxBatch = 256, bool cudaGraphs = false) =>
+    private LanguageModel LoadOnGpu(string path, bool useCuBlas, int maxBatch = 256, bool cudaGraphs = false) =>
         LanguageModel.Load(path, new ModelOptions { Backend = new CudaBackend(Device, ownsDevice: false, useCuBlas, cudaGraphs), MaxBatch = maxBatch });
 
     /// <summary>
@@ -479,6 +518,10 @@ public class GpuTests
     [Test]
     public void Stories_greedy_decoding_gives_the_reference_ids([Values(false, true)] bool cuBlas, [Values(false, true)] bool cudaGraphs)
     {
+        if (cudaGraphs)
+            RequireGpu("CUDA graph capture");
+        if (cuBlas)
+            RequireGpu("cuBLAS");
         var expected = SharedData.StoriesExpected();
         using var lm = LoadOnGpu(SharedData.StoriesGguf, cuBlas, cudaGraphs: cudaGraphs);
         using (var session = lm.CreateSession())
@@ -492,6 +535,7 @@ public class GpuTests
     [Test]
     public void Decode_steps_replayed_as_cuda_graphs_equal_direct_launches()
     {
+        RequireGpu("CUDA graph capture");
         var model = TinyModel.Random(new TinySpec("graphs", Heads: 8, KvHeads: 2, Layers: 3, WeightType: GgmlType.Q4_0, Seed: 41));
         using var dir = new TempDir();
         string path = model.WriteGguf(dir.File("m.gguf"));
@@ -554,6 +598,7 @@ public class GpuTests
     [Test]
     public void Cli_generate_bench_and_kernels_bench_run_on_the_gpu()
     {
+        RequireGpu("the CLI's --device cuda");
         var expected = SharedData.StoriesExpected();
         var (code, output, err) = CliTests.Run("generate", "-m", SharedData.StoriesGguf, "--device", "cuda", "--prompt-ids", "1", "-n", "64", "--temp", "0", "--ids");
         Assert.That(code, Is.Zero, err);

@@ -38,7 +38,7 @@ public partial class QuantHostTests
         int qk = GgmlTypeInfo.Layout(type)!.Value.BlockSize;
         int cols = qk == 1 ? 48 : qk * 8;
         int rows = 40;
-        var weights = GpuTests.RandomWeights(type, rows, cols, new Random(100 + (int)type));
+        var weights = GpuSuite.RandomWeights(type, rows, cols, new Random(100 + (int)type));
         long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
         var expected = new float[cols];
         var actual = new float[cols];

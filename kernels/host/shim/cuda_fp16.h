@@ -48,6 +48,39 @@ static inline float __fsub_rn(float a, float b) {
     return d;
 }
 
+// float → binary16, round to nearest even (what __float2half_rn does on the device).
+static inline __half __float2half_rn(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint16_t sign = (uint16_t) ((x >> 16) & 0x8000);
+    const uint32_t abs = x & 0x7FFFFFFF;
+    if (abs >= 0x7F800000) { // inf or NaN
+        return __half{(uint16_t) (sign | 0x7C00 | (abs > 0x7F800000 ? 0x200 : 0))};
+    }
+    if (abs >= 0x477FF000) { // rounds to >= 65520: overflow to infinity
+        return __half{(uint16_t) (sign | 0x7C00)};
+    }
+    if (abs < 0x38800000) { // below the smallest normal half (2^-14): a subnormal half m·2^-24, or zero
+        const int s = 126 - (int) (abs >> 23); // value = mant24·2^(e-23), so m = mant24 >> (-e - 1)
+        if (s > 24) {
+            return __half{sign};
+        }
+        const uint32_t mant24 = (abs & 0x7FFFFF) | 0x800000;
+        uint32_t q = mant24 >> s;
+        const uint32_t rest = mant24 & ((1u << s) - 1), half_ulp = 1u << (s - 1);
+        if (rest > half_ulp || (rest == half_ulp && (q & 1))) {
+            q++;
+        }
+        return __half{(uint16_t) (sign | q)};
+    }
+    uint32_t h = ((abs >> 13) - (112u << 10));
+    const uint32_t rest = abs & 0x1FFF;
+    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) {
+        h++;
+    }
+    return __half{(uint16_t) (sign | h)};
+}
+
 static inline __half __ushort_as_half(uint16_t bits) { return __half{bits}; }
 
 static inline float2 __half22float2(__half2 h) { return float2{__half2float(h.x), __half2float(h.y)}; }
