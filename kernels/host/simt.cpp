@@ -5,6 +5,9 @@
 // convention (args[i] points at parameter i), so the engine's own launchers drive it
 // (ENGINE_CUDA_EMULATOR=1, managed/Emulator.cs). Test-only; the engine never ships it.
 #include "shim/cuda_runtime_host.h"
+#if !defined(__x86_64__)
+#error "the kernel emulator's fiber switch is written for x86-64"
+#endif
 #include <string.h>
 #include <stdlib.h>
 #include <utility>
