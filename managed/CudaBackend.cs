@@ -14,6 +14,7 @@ namespace Engine.Cuda;
 /// positions, block table, tree mask) go through pinned buffers and are uploaded only when they
 /// change. Decoding (up to 8 rows) runs the gemv kernels; larger batches dequantize each weight to F16
 /// and multiply with cuBLAS when it is available (<see cref="UsesCuBlas"/>), else loop the gemv kernels.
+/// With CUDA graphs on, each one-token pass is captured and replayed as one graph (<see cref="DecodeGraph"/>).
 /// </summary>
 public sealed unsafe class CudaBackend : Backend
 {
@@ -27,6 +28,8 @@ public sealed unsafe class CudaBackend : Backend
     private GpuArray<float>? _attentionScratch;
     private GpuArray<Half>? _weightsF16, _inputF16;
     private PinnedBuffer? _download;
+    private readonly DecodeGraph? _graph;
+    private bool _warm; // a pass has run with direct launches: everything a graph step needs exists
 
     /// <param name="device">The device to run on.</param>
     /// <param name="ownsDevice">Dispose the device with the backend.</param>
@@ -49,11 +52,19 @@ public sealed unsafe class CudaBackend : Backend
     }
 
     /// <summary>Opens cuda:<paramref name="index"/> for a backend that owns it.</summary>
-    public static CudaBackend Open(int index = 0, bool useCuBlas = true, bool cudaGraphs = false) =>
-        new(GpuDevice.Open(index), ownsDevice: true, useCuBlas, cudaGraphs);
-
-    private readonly DecodeGraph? _graph;
-    private bool _warm;
+    public static CudaBackend Open(int index = 0, bool useCuBlas = true, bool cudaGraphs = false)
+    {
+        var device = GpuDevice.Open(index);
+        try
+        {
+            return new(device, ownsDevice: true, useCuBlas, cudaGraphs);
+        }
+        catch
+        {
+            device.Dispose();
+            throw;
+        }
+    }
 
     /// <summary>Whether one-token passes are replayed as CUDA graphs.</summary>
     public bool UsesCudaGraphs => _graph is not null;
