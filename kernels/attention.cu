@@ -5,6 +5,10 @@
 // partial (max, sum, weighted values); attention_combine_f32 merges the chunks. One decoding token
 // thus spreads over heads × splits blocks instead of heads. The same kernels serve a batch (prefill,
 // a verified draft): row i sees the committed prefix and the batch tokens its mask allows.
+// Batch invariance: a row's keys are numbered by rank among the keys it sees (the prefix, then the
+// batch slots its mask allows, in slot order), and splits, warps and order all follow the rank. A
+// draft token verified in a tree therefore gets the very arithmetic it gets when decoded alone after
+// its accepted ancestors, whatever else is in the batch and wherever its ancestors sit.
 // attention_prefill_f32 is the tiled form for batches (prefill, large trees), in the manner of
 // FlashAttention (Dao et al., "FlashAttention: Fast and Memory-Efficient Exact Attention with
 // IO-Awareness", 2022) on CUDA cores: a block takes 16 query rows of one head and walks the keys in
@@ -15,6 +19,22 @@
 #include "common.cuh"
 
 #define ATTN_WARPS 4
+
+// Slot of the key of rank `rank` among the batch keys a row's mask allows (bit j of the row: slot prefix + j).
+static __device__ __forceinline__ int masked_slot(const unsigned long long * row_mask, int words, int rank) {
+    for (int w = 0; w < words; w++) {
+        unsigned long long bits = row_mask[w];
+        const int count = __popcll(bits);
+        if (rank < count) {
+            for (int i = 0; i < rank; i++) {
+                bits &= bits - 1; // drop the lowest set bit
+            }
+            return w * 64 + __ffsll((long long) bits) - 1;
+        }
+        rank -= count;
+    }
+    return -1; // not reached: rank < the row's count of visible batch keys
+}
 #define ATTN_MAX_HEAD_DIM 256
 #define ATTN_DIMS_PER_LANE (ATTN_MAX_HEAD_DIM / ENGINE_WARP_SIZE)
 
@@ -24,7 +44,8 @@
 //   prefix:   committed tokens (slots 0..prefix-1), all visible; batch token j is slot prefix + j
 //   mask:     null for causal (row i sees batch tokens j <= i), else [n][words] bits: row i sees j
 //             when bit j of mask[i·words + j/64] is set
-//   chunk:    keys per split; split s covers keys [s·chunk, (s+1)·chunk) of [0, prefix + n)
+//   chunk:    keys per split; split s covers the keys of rank s·chunk .. (s+1)·chunk - 1 among those the
+//             row sees (splits past a row's last key find nothing and report an empty partial)
 //   part_acc: [n, heads, splits, head_dim] float32 partial Σ p·v     part_ml: [n, heads, splits, 2] (max, Σ p)
 // head_dim <= 256. Scores are (q·k)·scale in float32 with exp through expf.
 // Launch: grid = (heads, n, splits); block = (128, 1, 1); no dynamic shared memory.
@@ -50,16 +71,20 @@ extern "C" __global__ void __launch_bounds__(128) attention_f32(
     }
     float m = -INFINITY, l = 0.0f;
 
-    const int begin = split * chunk;
-    const int end = min(begin + chunk, mask == nullptr ? prefix + row + 1 : prefix + n);
-    const long long layer_stride = (long long) kv_heads * block_size * head_dim; // K to V of one layer
-    for (int t = begin + warp; t < end; t += ATTN_WARPS) {
-        if (t >= prefix && mask != nullptr) {
-            const int j = t - prefix;
-            if (((mask[(long long) row * words + (j >> 6)] >> (j & 63)) & 1ull) == 0) {
-                continue; // same decision in every lane of the warp
-            }
+    // The keys this row sees, by rank: the prefix (ranks = slots), then its visible batch slots.
+    const unsigned long long * row_mask = mask == nullptr ? nullptr : mask + (long long) row * words;
+    int visible = prefix + row + 1;
+    if (row_mask != nullptr) {
+        visible = prefix;
+        for (int w = 0; w < words; w++) {
+            visible += __popcll(row_mask[w]);
         }
+    }
+    const int begin = split * chunk;
+    const int end = min(begin + chunk, visible);
+    const long long layer_stride = (long long) kv_heads * block_size * head_dim; // K to V of one layer
+    for (int r = begin + warp; r < end; r += ATTN_WARPS) {
+        const int t = r < prefix || row_mask == nullptr ? r : prefix + masked_slot(row_mask, words, r - prefix);
         const int block = table[t / block_size], slot = t % block_size;
         const float * kp = cache + ((((long long) block * layers + layer) * 2) * kv_heads + kv_head) * (long long) (block_size * head_dim)
                            + (long long) slot * head_dim;

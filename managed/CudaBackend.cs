@@ -240,7 +240,7 @@ public sealed unsafe class CudaBackend : Backend
     }
 
     public override void Attention(Activation q, KvStore store, int layer, ReadOnlySpan<int> blockTable, int prefixLength,
-        AttentionMask mask, int heads, float scale, Activation dst)
+        AttentionMask mask, int heads, float scale, Activation dst, bool batchInvariant = false)
     {
         var s = (CudaKvStore)store;
         int n = q.Rows;
@@ -253,9 +253,10 @@ public sealed unsafe class CudaBackend : Backend
             words = mask.WordsPerRow;
             maskSpan = _mask.Put(mask.Bits[..(n * words)]);
         }
-        var scratch = Grow(ref _attentionScratch, Kernels.Attention.ScratchFloats(heads, n, s.Layout.HeadDim));
+        // Sized for the cache's capacity, so a growing context never reallocates it.
+        var scratch = Grow(ref _attentionScratch, Kernels.Attention.ScratchFloats(heads, n, s.Layout.HeadDim, s.MaxBlocks * s.Layout.BlockSize));
         Kernels.Attention.AttentionF32(Device, Span(q), n, heads, s.Data, s.MaxBlocks, s.Layout, layer, _table.Put(blockTable), blockTable.Length,
-            prefixLength, maskSpan, words, scale, scratch, Span(dst));
+            prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant);
     }
 
     public override void SwiGlu(Activation gate, Activation up, Activation dst) =>

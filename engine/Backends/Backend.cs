@@ -64,9 +64,11 @@ public abstract class Backend : IDisposable
     /// Scaled dot-product attention with grouped-query heads. Row i of q ([n, heads·headDim]) attends to
     /// the <paramref name="prefixLength"/> committed slots of the sequence and to batch rows j (stored at
     /// slot prefixLength + j) where <paramref name="mask"/> allows (i, j). dst: [n, heads·headDim].
+    /// With <paramref name="batchInvariant"/>, each row is computed exactly as it would be alone (what
+    /// exact speculative verification needs); the CPU's attention always is.
     /// </summary>
     public abstract void Attention(Activation q, KvStore store, int layer, ReadOnlySpan<int> blockTable, int prefixLength,
-        AttentionMask mask, int heads, float scale, Activation dst);
+        AttentionMask mask, int heads, float scale, Activation dst, bool batchInvariant = false);
 
     /// <summary>dst = silu(gate) ⊙ up (SwiGLU, Shazeer 2020). All [n, ffn]; dst may alias gate.</summary>
     public abstract void SwiGlu(Activation gate, Activation up, Activation dst);

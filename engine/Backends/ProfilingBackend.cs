@@ -75,10 +75,11 @@ public sealed class ProfilingBackend(Backend inner) : Backend
         Add("store_kv", t);
     }
 
-    public override void Attention(Activation q, KvStore store, int layer, ReadOnlySpan<int> blockTable, int prefixLength, AttentionMask mask, int heads, float scale, Activation dst)
+    public override void Attention(Activation q, KvStore store, int layer, ReadOnlySpan<int> blockTable, int prefixLength, AttentionMask mask, int heads, float scale, Activation dst,
+        bool batchInvariant = false)
     {
         long t = Stopwatch.GetTimestamp();
-        Inner.Attention(q, store, layer, blockTable, prefixLength, mask, heads, scale, dst);
+        Inner.Attention(q, store, layer, blockTable, prefixLength, mask, heads, scale, dst, batchInvariant);
         Add("attention", t);
     }
 

@@ -69,8 +69,8 @@ public sealed class LlamaModel : IDisposable
     /// at least that many layers).
     /// </param>
     /// <param name="batchInvariant">
-    /// Compute every row exactly as a one-token pass would (see <see cref="Backend.MatMul(Activation, ReadOnlySpan{MatMulTarget}, bool)"/>;
-    /// attention is batch-invariant always): speculative verification then reproduces plain decoding
+    /// Compute every row exactly as a one-token pass would (see <see cref="Backend.MatMul(Activation, ReadOnlySpan{MatMulTarget}, bool)"/>
+    /// and <see cref="Backend.Attention"/>): speculative verification then reproduces plain decoding
     /// bit for bit, at the price of the matrix kernels' speed.
     /// </param>
     public void Forward(KvSequence sequence, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, AttentionMask mask,
@@ -166,7 +166,7 @@ public sealed class LlamaModel : IDisposable
             Trace?.Invoke("q_rope", l, q);
             Trace?.Invoke("k_rope", l, k);
             b.StoreKv(store, l, table, prefix, k, v);
-            b.Attention(q, store, l, table, prefix, mask, c.Heads, _attentionScale, att);
+            b.Attention(q, store, l, table, prefix, mask, c.Heads, _attentionScale, att, exact);
             Trace?.Invoke("attn_out", l, att);
             b.MatMul(att, w.Wo, proj, exact);
             b.Add(x, proj);

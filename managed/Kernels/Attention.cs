@@ -16,20 +16,20 @@ public static class Attention
     /// <summary>The largest head the kernel holds (ATTN_MAX_HEAD_DIM).</summary>
     public const int MaxHeadDim = 256;
 
-    /// <summary>How a pass over <paramref name="keys"/> keys is split (the CPU reference's plan).</summary>
-    public static (int Splits, int Chunk) Plan(int keys, int heads, int rows) => KvCacheKernels.Plan(keys, heads, rows);
+    /// <summary>How attention over at most <paramref name="keys"/> keys per row is split (the CPU reference's plan).</summary>
+    public static (int Splits, int Chunk) Plan(int keys) => KvCacheKernels.Plan(keys);
 
-    /// <summary>Floats of partial results a launch of (heads, rows) needs at most, whatever the key count.</summary>
-    public static long ScratchFloats(int heads, int rows, int headDim) => KvCacheKernels.ScratchFloats(heads, rows, headDim);
+    /// <summary>Floats of partial results a launch of (heads, rows) needs over at most <paramref name="maxKeys"/> keys.</summary>
+    public static long ScratchFloats(int heads, int rows, int headDim, int maxKeys) => KvCacheKernels.ScratchFloats(heads, rows, headDim, maxKeys);
 
     /// <summary>
-    /// attention_f32 + attention_combine_f32 (or, for a batch of more than 8 rows with heads up to 128,
-    /// attention_prefill_f32): dst[i, h·hd..] = softmax over the keys row i sees of (q_i,h · k)·scale, times v. Row i sees slots 0..prefix-1 and batch slot prefix + j where the mask
+    /// attention_f32 + attention_combine_f32 (or, for a batch of more than 8 rows with heads up to 128 that
+    /// need not be batch-invariant, attention_prefill_f32): dst[i, h·hd..] = softmax over the keys row i sees of (q_i,h · k)·scale, times v. Row i sees slots 0..prefix-1 and batch slot prefix + j where the mask
     /// allows (causal when <paramref name="mask"/> is empty; else words per row <paramref name="words"/>).
     /// </summary>
     public static unsafe void AttentionF32(GpuDevice device, DeviceSpan<float> q, int n, int heads, DeviceSpan<float> cache, int blocks,
         KvLayout layout, int layer, DeviceSpan<int> table, int tableLength, int prefix, DeviceSpan<ulong> mask, int words, float scale,
-        DeviceSpan<float> scratch, DeviceSpan<float> dst)
+        DeviceSpan<float> scratch, DeviceSpan<float> dst, bool batchInvariant = false)
     {
         int hd = layout.HeadDim;
         if (n <= 0 || heads <= 0 || heads % layout.KvHeads != 0)
@@ -52,7 +52,7 @@ public static class Attention
             throw new ArgumentOutOfRangeException(nameof(n), $"attention_f32: {n} rows exceed the grid's 65535");
         IntPtr pq = q.Pointer, pc = cache.Pointer, pt = table.Pointer, pm = mask.IsEmpty ? IntPtr.Zero : mask.Pointer, pd = dst.Pointer;
         int layers = layout.Layers, kvHeads = layout.KvHeads, blockSize = layout.BlockSize;
-        if (KvCacheKernels.UsesPrefillKernel(n, hd))
+        if (KvCacheKernels.UsesPrefillKernel(n, hd, batchInvariant))
         {
             // A batch: the tiled kernel, 16 rows per block, each key and value read once per block.
             var prefill = device.Function(File, "attention_prefill_f32");
@@ -74,7 +74,9 @@ public static class Attention
             device.Launch(prefill, (heads, (n + KvCacheKernels.PrefillRows - 1) / KvCacheKernels.PrefillRows, 1), (128, 1, 1), 0, pargs);
             return;
         }
-        var (splits, chunk) = Plan(keys, heads, n);
+        var (splits, chunk) = Plan(keys);
+        if (splits > 65535)
+            throw new ArgumentOutOfRangeException(nameof(prefix), $"attention_f32: {keys} keys need {splits} splits, more than the grid's 65535");
         long parts = (long)n * heads * splits;
         if (scratch.Length < parts * (hd + 2))
             throw new ArgumentException($"attention_f32: scratch of {scratch.Length} floats, {parts} partials need {parts * (hd + 2)}");

@@ -78,26 +78,60 @@ public class DeviceReferenceTests
             Assert.That(actual[i], Is.EqualTo(expected[i]).Within(bound), $"split: row {i / (heads * headDim)}, head {i / headDim % heads}, dim {i % headDim}");
             Assert.That(tiled[i], Is.EqualTo(expected[i]).Within(bound), $"tiled: row {i / (heads * headDim)}, head {i / headDim % heads}, dim {i % headDim}");
         }
-        Assert.That(KvCacheKernels.Plan(tokens, heads, n).Splits, Is.GreaterThanOrEqualTo(1));
     }
 
     [Test]
     public void The_split_plan_covers_every_key_and_fits_the_scratch()
     {
-        foreach (int heads in new[] { 1, 8, 32, 64 })
-        foreach (int rows in new[] { 1, 2, 8, 64, 512 })
-        foreach (int keys in new[] { rows, rows + 1, 255, 256, 257, 4096, 100_000 })
+        foreach (int keys in new[] { 1, 255, 256, 257, 4096, 100_000 })
         {
-            if (keys < rows)
-                continue;
-            var (splits, chunk) = KvCacheKernels.Plan(keys, heads, rows);
-            Assert.That(splits, Is.GreaterThanOrEqualTo(1));
-            Assert.That((long)splits * chunk, Is.GreaterThanOrEqualTo(keys), $"{keys} keys, {heads} heads, {rows} rows");
-            Assert.That((long)(splits - 1) * chunk, Is.LessThan(keys), "no split is empty of keys");
-            Assert.That((long)rows * heads * splits * (64 + 2), Is.LessThanOrEqualTo(KvCacheKernels.ScratchFloats(heads, rows, 64)));
+            var (splits, chunk) = KvCacheKernels.Plan(keys);
+            Assert.That(chunk, Is.EqualTo(KvCacheKernels.KeysPerSplit), "a fixed split size: a row's splits depend only on its keys");
+            Assert.That((long)splits * chunk, Is.GreaterThanOrEqualTo(keys), $"{keys} keys");
+            Assert.That((long)(splits - 1) * chunk, Is.LessThan(keys), "no split lies wholly past the last key");
+            Assert.That(KvCacheKernels.ScratchFloats(32, 3, 64, keys), Is.EqualTo(3L * 32 * splits * 66));
         }
-        Assert.That(KvCacheKernels.Plan(4096, 32, 1).Splits, Is.EqualTo(16), "a long decode spreads over 16 splits of 256 keys");
-        Assert.That(KvCacheKernels.Plan(4096, 32, 64).Splits, Is.EqualTo(1), "a prefill has blocks enough without splitting");
+        Assert.That(KvCacheKernels.Plan(4096).Splits, Is.EqualTo(16), "a long decode spreads over 16 splits of 256 keys");
+    }
+
+    /// <summary>
+    /// Batch invariance of the split reference (the kernel's arithmetic): a tree node's output equals,
+    /// bit for bit, the output of the same query decoded alone after its ancestors placed as a prefix.
+    /// </summary>
+    [Test]
+    public void Split_attention_of_a_tree_node_equals_decoding_it_after_its_ancestors()
+    {
+        var layout = new KvLayout(Layers: 1, KvHeads: 2, HeadDim: 16, BlockSize: 8);
+        int heads = 4, prefix = 300, hd = 16, cols = 2 * hd;
+        int[] parents = [-1, 0, 0, 1, 2, 3, 3, 6];
+        var rng = new Random(12);
+        var kv = RandomFloats(rng, (prefix + parents.Length) * cols);
+        var vv = RandomFloats(rng, (prefix + parents.Length) * cols);
+        var q = RandomFloats(rng, parents.Length * heads * hd);
+        float scale = 0.25f;
+        var mask = AttentionMask.FromParents(parents);
+        int blocks = 64;
+        var table = Enumerable.Range(0, blocks).ToArray();
+        var cache = new float[blocks * KvCacheKernels.BlockFloats(layout)];
+        KvCacheKernels.StoreKvF32(kv, vv, prefix + parents.Length, table, 0, cache, layout, 0);
+        var tree = new float[q.Length];
+        KvCacheKernels.AttentionF32(q, parents.Length, heads, cache, layout, 0, table, prefix, mask, scale, tree);
+
+        for (int node = 0; node < parents.Length; node++)
+        {
+            var path = new List<int>();
+            for (int a = node; a >= 0; a = parents[a])
+                path.Insert(0, a);
+            // The same keys as a sequence: the prefix, then the path's tokens in order, the node last.
+            var seqK = kv.AsSpan(0, prefix * cols).ToArray().Concat(path.SelectMany(a => kv.AsSpan((prefix + a) * cols, cols).ToArray())).ToArray();
+            var seqV = vv.AsSpan(0, prefix * cols).ToArray().Concat(path.SelectMany(a => vv.AsSpan((prefix + a) * cols, cols).ToArray())).ToArray();
+            var seqCache = new float[cache.Length];
+            KvCacheKernels.StoreKvF32(seqK, seqV, prefix + path.Count, table, 0, seqCache, layout, 0);
+            var alone = new float[heads * hd];
+            KvCacheKernels.AttentionF32(q.AsSpan(node * heads * hd, heads * hd), 1, heads, seqCache, layout, 0, table, prefix + path.Count - 1,
+                AttentionMask.Causal, scale, alone);
+            Assert.That(tree.AsSpan(node * heads * hd, heads * hd).ToArray(), Is.EqualTo(alone), $"node {node}");
+        }
     }
 
     [Test]

@@ -434,7 +434,7 @@ public abstract class GpuSuite
 
         using var dq = Device.Upload<float>(q);
         using var dmask = tree ? Device.Upload<ulong>(mask.Bits[..(n * mask.WordsPerRow)]) : null;
-        using var scratch = Device.Allocate<float>(KvCacheKernels.ScratchFloats(heads, n, headDim));
+        using var scratch = Device.Allocate<float>(KvCacheKernels.ScratchFloats(heads, n, headDim, prefix + n));
         using var dout = Device.Allocate<float>(expected.Length);
         Cuda.Kernels.Attention.AttentionF32(Device, dq, n, heads, dcache, blocks, layout, layer, dt, table.Length, prefix,
             dmask?.Span ?? default, tree ? mask.WordsPerRow : 0, scale, scratch, dout);
@@ -529,6 +529,23 @@ public abstract class GpuSuite
         var prompt = lm.Tokenizer.Encode("Once upon a time, there was a little dog");
         using (var session = lm.CreateSession())
             Assert.That(session.Generate(prompt, new GenerationOptions { MaxTokens = 48, Sampling = SamplingOptions.Greedy }).ToList(), Is.EqualTo(expected.AfterPrompt));
+    }
+
+    /// <summary>
+    /// Speculative decoding on the device is lossless bit for bit: verification runs batch-invariant
+    /// (gemv rows as alone, attention split by each row's own key ranks), so greedy output with Token
+    /// Recycling's trees and with prompt lookup's chains equals plain greedy output on the same device.
+    /// </summary>
+    [TestCase("recycle")]
+    [TestCase("lookup")]
+    public void Greedy_speculative_output_equals_plain_greedy_output_on_the_device(string method)
+    {
+        using var lm = LoadOnGpu(SharedData.StoriesGguf, useCuBlas: true);
+        int[] prompt = [.. lm.Tokenizer.Encode("Once upon a time, there was a little dog", addSpecial: true)];
+        var plain = SpeculativeTests.Plain(lm, prompt, 48);
+        var (spec, stats) = SpeculativeTests.Speculative(lm, Engine.Speculative.DraftSources.Create(method, lm), prompt, 48);
+        Assert.That(spec, Is.EqualTo(plain));
+        Assert.That(stats.AcceptedTokens, Is.GreaterThan(0), "drafts were accepted, so verification ran");
     }
 
     /// <summary>A graph replays the very kernels a direct pass launches, in the same order: logits equal bit for bit.</summary>

@@ -15,13 +15,13 @@ public class SpeculativeTests
 {
     private static GenerationOptions Greedy(int n) => new() { MaxTokens = n, Sampling = SamplingOptions.Greedy, StopAtEndOfGeneration = false };
 
-    private static List<int> Plain(LanguageModel lm, int[] prompt, int n)
+    internal static List<int> Plain(LanguageModel lm, int[] prompt, int n)
     {
         using var session = lm.CreateSession();
         return session.Generate(prompt, Greedy(n)).ToList();
     }
 
-    private static (List<int> Tokens, SpeculativeStats Stats) Speculative(LanguageModel lm, IDraftSource source, int[] prompt, int n, SpeculativeOptions? options = null)
+    internal static (List<int> Tokens, SpeculativeStats Stats) Speculative(LanguageModel lm, IDraftSource source, int[] prompt, int n, SpeculativeOptions? options = null)
     {
         using var decoder = new SpeculativeDecoder(lm, source, options);
         var tokens = decoder.Generate(prompt, Greedy(n)).ToList();

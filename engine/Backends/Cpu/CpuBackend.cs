@@ -209,8 +209,9 @@ public sealed unsafe class CpuBackend : Backend
     }
 
     public override void Attention(Activation q, KvStore store, int layer, ReadOnlySpan<int> blockTable, int prefixLength,
-        AttentionMask mask, int heads, float scale, Activation dst)
+        AttentionMask mask, int heads, float scale, Activation dst, bool batchInvariant = false)
     {
+        // Batch-invariant always (Attention.Head's canonical arithmetic), so the flag changes nothing here.
         // Chunks are (head, every G-th row): few enough that dispatch costs nothing next to the work,
         // and striding the rows gives every chunk the same mix of short and long causal windows.
         int rowGroups = Math.Clamp((Threads * 8 + heads - 1) / heads, 1, q.Rows);

@@ -43,6 +43,8 @@ static inline int __shfl_xor_sync(unsigned, int v, int mask) { return simt::shuf
 static inline float __shfl_sync(unsigned, float v, int lane) { return simt::shuffle(v, lane); }
 
 template <typename T> static inline T __ldg(const T * p) { return *p; }
+static inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+static inline int __ffsll(long long x) { return __builtin_ffsll(x); }
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 using std::min;
 using std::max;

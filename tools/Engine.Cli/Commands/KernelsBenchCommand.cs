@@ -374,7 +374,7 @@ internal static class KernelsBenchCommand
             using var dc = gpu.Upload<float>(cache);
             using var dt = gpu.Upload<int>(table);
             using var dq = gpu.Upload<float>(q);
-            using var scratch = gpu.Allocate<float>(KvCacheKernels.ScratchFloats(s.Heads, 1, s.HeadDim));
+            using var scratch = gpu.Allocate<float>(KvCacheKernels.ScratchFloats(s.Heads, 1, s.HeadDim, context));
             using var dy = gpu.Allocate<float>((long)s.Heads * s.HeadDim);
             float scale = 1 / MathF.Sqrt(s.HeadDim);
             int prefix = context - 1;

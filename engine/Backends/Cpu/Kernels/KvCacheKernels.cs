@@ -9,17 +9,16 @@ namespace Engine.Backends.Cpu.Kernels;
 /// does (Dao et al., "Flash-Decoding for long-context inference", 2023): each chunk keeps a running
 /// max, sum and weighted value sum (Milakov &amp; Gimelshein, "Online normalizer calculation for
 /// softmax", 2018), and the chunks are merged by rescaling to the common max. <see cref="Plan"/> is the
-/// split the CUDA launcher uses. Batches of more than <see cref="PrefillMinRows"/> rows take the tiled
+/// split the CUDA launcher uses. Keys are numbered by rank among those a row sees — the prefix, then
+/// the batch slots its mask allows, in slot order — and split by rank, so a row's arithmetic does not
+/// depend on the rest of the batch. Batches of more than <see cref="PrefillMinRows"/> rows take the tiled
 /// kernel <c>attention_prefill_f32</c> instead (FlashAttention's loop on CUDA cores), whose reference
 /// is <see cref="AttentionPrefillF32"/>.
 /// </summary>
 public static class KvCacheKernels
 {
-    /// <summary>Keys per split before a decode step spreads over more splits.</summary>
+    /// <summary>Keys per split: split s takes the keys of rank 256·s .. 256·s + 255 among those a row sees.</summary>
     public const int KeysPerSplit = 256;
-
-    /// <summary>Enough thread blocks for a GPU: splits are added until heads × rows × splits reaches this.</summary>
-    public const int TargetBlocks = 1024;
 
     /// <summary>Batches of more rows than this use the tiled prefill kernel (when the head fits it).</summary>
     public const int PrefillMinRows = 8;
@@ -30,20 +29,24 @@ public static class KvCacheKernels
     /// <summary>Query rows per block of the tiled kernel, and keys per tile.</summary>
     public const int PrefillRows = 16, PrefillKeys = 32;
 
-    /// <summary>Whether the CUDA launcher runs <c>attention_prefill_f32</c> for a batch of <paramref name="rows"/>.</summary>
-    public static bool UsesPrefillKernel(int rows, int headDim) => rows > PrefillMinRows && headDim <= PrefillMaxHeadDim;
+    /// <summary>
+    /// Whether the CUDA launcher runs <c>attention_prefill_f32</c> for a batch of <paramref name="rows"/>:
+    /// not when the batch must be computed as its rows would be alone (the tiled kernel's order
+    /// depends on the batch).
+    /// </summary>
+    public static bool UsesPrefillKernel(int rows, int headDim, bool batchInvariant = false) =>
+        !batchInvariant && rows > PrefillMinRows && headDim <= PrefillMaxHeadDim;
 
-    /// <summary>How a pass over <paramref name="keys"/> keys is split: (splits, keys per split).</summary>
-    public static (int Splits, int Chunk) Plan(int keys, int heads, int rows)
-    {
-        int maxSplits = Math.Max(1, TargetBlocks / Math.Max(1, heads * rows));
-        int splits = Math.Clamp((keys + KeysPerSplit - 1) / KeysPerSplit, 1, maxSplits);
-        int chunk = (keys + splits - 1) / splits;
-        return (splits, chunk);
-    }
+    /// <summary>
+    /// How attention over at most <paramref name="keys"/> visible keys per row is split: (splits, keys per
+    /// split). The split size is fixed, so a row's splits depend on the keys it sees and nothing else —
+    /// the batch invariance exact verification needs; a long context spreads one decoding token over
+    /// more blocks.
+    /// </summary>
+    public static (int Splits, int Chunk) Plan(int keys) => (Math.Max(1, (keys + KeysPerSplit - 1) / KeysPerSplit), KeysPerSplit);
 
-    /// <summary>Floats of partial results a pass of (heads, rows) needs at most, whatever the key count.</summary>
-    public static long ScratchFloats(int heads, int rows, int headDim) => Math.Max(TargetBlocks, (long)heads * rows) * (headDim + 2);
+    /// <summary>Floats of partial results a pass of <paramref name="rows"/> rows needs over at most <paramref name="maxKeys"/> keys.</summary>
+    public static long ScratchFloats(int heads, int rows, int headDim, int maxKeys) => (long)rows * heads * Plan(maxKeys).Splits * (headDim + 2);
 
     /// <summary>Floats of one block: every layer's K and V.</summary>
     public static long BlockFloats(KvLayout layout) => 2L * layout.Layers * layout.LayerBlockFloats;
@@ -97,26 +100,32 @@ public static class KvCacheKernels
     {
         int hd = layout.HeadDim;
         int group = heads / layout.KvHeads;
-        var (splits, chunk) = Plan(prefix + n, heads, n);
+        var (splits, chunk) = Plan(prefix + n);
         var m = new float[splits];
         var l = new float[splits];
         var acc = new float[splits * hd];
+        var visible = new int[prefix + n];
         for (int row = 0; row < n; row++)
         {
+            // The slots this row sees, by rank.
+            int count = 0;
+            for (int t = 0; t < prefix + n; t++)
+            {
+                if (t < prefix || (mask.IsCausal ? t - prefix <= row : mask.Allows(row, t - prefix)))
+                    visible[count++] = t;
+            }
             for (int head = 0; head < heads; head++)
             {
                 var qh = q.Slice((row * heads + head) * hd, hd);
                 int kvHead = head / group;
-                int end = mask.IsCausal ? prefix + row + 1 : prefix + n;
                 Array.Fill(m, float.NegativeInfinity);
                 Array.Clear(l);
                 Array.Clear(acc);
                 for (int s = 0; s < splits; s++)
                 {
-                    for (int t = s * chunk; t < Math.Min((s + 1) * chunk, end); t++)
+                    for (int r = s * chunk; r < Math.Min((s + 1) * chunk, count); r++)
                     {
-                        if (t >= prefix && !mask.IsCausal && !mask.Allows(row, t - prefix))
-                            continue;
+                        int t = visible[r];
                         int block = table[t / layout.BlockSize], slot = t % layout.BlockSize;
                         var key = cache.Slice((int)Index(layout, block, layer, 0, kvHead, slot), hd);
                         var value = cache.Slice((int)Index(layout, block, layer, 1, kvHead, slot), hd);
