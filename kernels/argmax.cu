@@ -4,6 +4,20 @@
 // Launcher:      managed/Kernels/ArgMax.cs.
 #include "common.cuh"
 
+// (value, index) of the warp's maximum, in every lane: the larger value wins, equal values go to the
+// smaller index.
+static __device__ __forceinline__ void warp_reduce_argmax(float & v, int & idx) {
+#pragma unroll
+    for (int offset = ENGINE_WARP_SIZE / 2; offset > 0; offset >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, v, offset);
+        const int oi = __shfl_xor_sync(0xffffffffu, idx, offset);
+        if (ov > v || (ov == v && oi < idx)) {
+            v = ov;
+            idx = oi;
+        }
+    }
+}
+
 // argmax_f32
 //   x: [rows, cols] float32      out: [rows] int32
 // NaN is never picked unless a row holds only NaN (then index 0).
@@ -21,16 +35,7 @@ extern "C" __global__ void argmax_f32(const float * __restrict__ x, int * __rest
             idx = c;
         }
     }
-    // Reduce (value, index): larger value wins, equal values go to the smaller index.
-#pragma unroll
-    for (int offset = ENGINE_WARP_SIZE / 2; offset > 0; offset >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, v, offset);
-        const int oi = __shfl_xor_sync(0xffffffffu, idx, offset);
-        if (ov > v || (ov == v && oi < idx)) {
-            v = ov;
-            idx = oi;
-        }
-    }
+    warp_reduce_argmax(v, idx);
     const int lane = threadIdx.x % ENGINE_WARP_SIZE, warp = threadIdx.x / ENGINE_WARP_SIZE;
     if (lane == 0) {
         best_v[warp] = v;
@@ -41,15 +46,7 @@ extern "C" __global__ void argmax_f32(const float * __restrict__ x, int * __rest
         const int warps = blockDim.x / ENGINE_WARP_SIZE;
         v = lane < warps ? best_v[lane] : -INFINITY;
         idx = lane < warps ? best_i[lane] : 0x7FFFFFFF;
-#pragma unroll
-        for (int offset = ENGINE_WARP_SIZE / 2; offset > 0; offset >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, v, offset);
-            const int oi = __shfl_xor_sync(0xffffffffu, idx, offset);
-            if (ov > v || (ov == v && oi < idx)) {
-                v = ov;
-                idx = oi;
-            }
-        }
+        warp_reduce_argmax(v, idx);
         if (lane == 0) {
             out[blockIdx.x] = idx == 0x7FFFFFFF ? 0 : idx;
         }

@@ -117,23 +117,19 @@ public sealed unsafe class CudaBackend : Backend
         var target = cols % WeightFormats.ValuesPerBlock(GgmlType.F16) == 0 ? GgmlType.F16 : GgmlType.F32;
         _conversions.Add($"{tensor.Name}: {tensor.Type} → {target}");
         long rowBytes = GgmlTypeInfo.RowBytes(tensor.Type, cols);
-        var converted = Device.Allocate<byte>(GgmlTypeInfo.RowBytes(target, cols) * rows);
+        int targetRowBytes = checked((int)GgmlTypeInfo.RowBytes(target, cols));
+        var staged = new byte[checked((long)targetRowBytes * rows)];
         var row = new float[cols];
-        var staged = new byte[GgmlTypeInfo.RowBytes(target, cols)];
         for (int r = 0; r < rows; r++)
         {
             Quantization.Dequantize.Row(tensor.Type, bytes.Slice(checked((int)(r * rowBytes)), checked((int)rowBytes)), row);
+            var destination = staged.AsSpan(r * targetRowBytes, targetRowBytes);
             if (target == GgmlType.F16)
-            {
-                var halves = MemoryMarshal.Cast<byte, Half>(staged.AsSpan());
-                for (int i = 0; i < cols; i++)
-                    halves[i] = (Half)row[i];
-            }
+                Backends.Cpu.Kernels.DequantizeF16.ConvertF32F16(row, MemoryMarshal.Cast<byte, Half>(destination));
             else
-                MemoryMarshal.AsBytes(row.AsSpan()).CopyTo(staged);
-            Device.CopyToDevice<byte>(staged, converted.Span.Slice(r * staged.LongLength, staged.Length));
+                MemoryMarshal.AsBytes(row.AsSpan()).CopyTo(destination);
         }
-        return new CudaMatrix(tensor.Name, target, rows, cols, converted);
+        return new CudaMatrix(tensor.Name, target, rows, cols, Device.Upload<byte>(staged)); // one upload, not one per row
     }
 
     public override DeviceVector LoadVector(TensorView tensor)

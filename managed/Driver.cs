@@ -17,11 +17,9 @@ internal static unsafe partial class Driver
     public const int CU_DEVICE_ATTRIBUTE_CLOCK_RATE = 13;
     public const int CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE = 36;
     public const int CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH = 37;
-    public const int CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE = 38;
     public const int CU_STREAM_NON_BLOCKING = 1;
     public const int CU_EVENT_DEFAULT = 0;
     public const int CU_EVENT_DISABLE_TIMING = 2;
-    public const int CUDA_ERROR_NOT_READY = 600;
     public const int CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16;
     public const int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75;
     public const int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
@@ -118,14 +116,8 @@ internal static unsafe partial class Driver
     [LibraryImport(Lib, EntryPoint = "cuEventSynchronize")]
     public static partial int EventSynchronize(IntPtr @event);
 
-    [LibraryImport(Lib, EntryPoint = "cuEventQuery")]
-    public static partial int EventQuery(IntPtr @event);
-
     [LibraryImport(Lib, EntryPoint = "cuEventElapsedTime")]
     public static partial int EventElapsedTime(out float milliseconds, IntPtr start, IntPtr end);
-
-    [LibraryImport(Lib, EntryPoint = "cuCtxGetDevice")]
-    public static partial int CtxGetDevice(out int device);
 
     [LibraryImport(Lib, EntryPoint = "cuDeviceGetAttribute")]
     public static partial int DeviceGetAttribute(out int value, int attribute, int device);

@@ -364,19 +364,24 @@ internal static class KernelsBenchCommand
                 valid ? "" : "differs from the CPU reference");
         }
 
-        private Result Attention(Shape s, int context, Random rng)
+        /// <summary>A one-layer cache of <paramref name="keys"/> random keys and values in blocks 0, 1, ... and <paramref name="rows"/> random queries.</summary>
+        private static (KvLayout Layout, int Blocks, int[] Table, float[] Cache, float[] Q, float Scale) AttentionInputs(Shape s, int keys, int rows, Random rng)
         {
             var layout = new KvLayout(Layers: 1, KvHeads: s.KvHeads, HeadDim: s.HeadDim, BlockSize: 32);
-            int blocks = context / 32;
-            var table = Enumerable.Range(0, blocks).ToArray();
+            int blocks = keys / layout.BlockSize;
             var cache = Floats(rng, blocks * KvCacheKernels.BlockFloats(layout));
-            var q = Floats(rng, (long)s.Heads * s.HeadDim, 1 / Math.Sqrt(s.HeadDim));
+            var q = Floats(rng, (long)rows * s.Heads * s.HeadDim, 1 / Math.Sqrt(s.HeadDim));
+            return (layout, blocks, Enumerable.Range(0, blocks).ToArray(), cache, q, 1 / MathF.Sqrt(s.HeadDim));
+        }
+
+        private Result Attention(Shape s, int context, Random rng)
+        {
+            var (layout, blocks, table, cache, q, scale) = AttentionInputs(s, context, 1, rng);
             using var dc = gpu.Upload<float>(cache);
             using var dt = gpu.Upload<int>(table);
             using var dq = gpu.Upload<float>(q);
             using var scratch = gpu.Allocate<float>(KvCacheKernels.ScratchFloats(s.Heads, 1, s.HeadDim, context));
             using var dy = gpu.Allocate<float>((long)s.Heads * s.HeadDim);
-            float scale = 1 / MathF.Sqrt(s.HeadDim);
             int prefix = context - 1;
             void Launch() => K.Attention.AttentionF32(gpu, dq, 1, s.Heads, dc, blocks, layout, 0, dt, blocks, prefix, default, 0, scale, scratch, dy);
             Launch();
@@ -391,16 +396,11 @@ internal static class KernelsBenchCommand
 
         private Result PrefillAttention(Shape s, int n, Random rng)
         {
-            var layout = new KvLayout(Layers: 1, KvHeads: s.KvHeads, HeadDim: s.HeadDim, BlockSize: 32);
-            int blocks = n / 32;
-            var table = Enumerable.Range(0, blocks).ToArray();
-            var cache = Floats(rng, blocks * KvCacheKernels.BlockFloats(layout));
-            var q = Floats(rng, (long)n * s.Heads * s.HeadDim, 1 / Math.Sqrt(s.HeadDim));
+            var (layout, blocks, table, cache, q, scale) = AttentionInputs(s, n, n, rng);
             using var dc = gpu.Upload<float>(cache);
             using var dt = gpu.Upload<int>(table);
             using var dq = gpu.Upload<float>(q);
             using var dy = gpu.Allocate<float>((long)n * s.Heads * s.HeadDim);
-            float scale = 1 / MathF.Sqrt(s.HeadDim);
             void Launch() => K.Attention.AttentionF32(gpu, dq, n, s.Heads, dc, blocks, layout, 0, dt, blocks, 0, default, 0, scale, default, dy);
             Launch();
             var actual = gpu.Download<float>(dy);
