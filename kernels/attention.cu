@@ -20,21 +20,6 @@
 
 #define ATTN_WARPS 4
 
-// Slot of the key of rank `rank` among the batch keys a row's mask allows (bit j of the row: slot prefix + j).
-static __device__ __forceinline__ int masked_slot(const unsigned long long * row_mask, int words, int rank) {
-    for (int w = 0; w < words; w++) {
-        unsigned long long bits = row_mask[w];
-        const int count = __popcll(bits);
-        if (rank < count) {
-            for (int i = 0; i < rank; i++) {
-                bits &= bits - 1; // drop the lowest set bit
-            }
-            return w * 64 + __ffsll((long long) bits) - 1;
-        }
-        rank -= count;
-    }
-    return -1; // not reached: rank < the row's count of visible batch keys
-}
 #define ATTN_MAX_HEAD_DIM 256
 #define ATTN_DIMS_PER_LANE (ATTN_MAX_HEAD_DIM / ENGINE_WARP_SIZE)
 

@@ -40,3 +40,19 @@ static __device__ __forceinline__ float block_reduce_sum(float v) {
     __syncthreads(); // partial[] may be reused by a following call
     return v;
 }
+
+// Slot of the key of rank `rank` among the batch keys a row's mask allows (bit j of the row: slot prefix + j).
+static __device__ __forceinline__ int masked_slot(const unsigned long long * row_mask, int words, int rank) {
+    for (int w = 0; w < words; w++) {
+        unsigned long long bits = row_mask[w];
+        const int count = __popcll(bits);
+        if (rank < count) {
+            for (int i = 0; i < rank; i++) {
+                bits &= bits - 1; // drop the lowest set bit
+            }
+            return w * 64 + __ffsll((long long) bits) - 1;
+        }
+        rank -= count;
+    }
+    return -1; // not reached: rank < the row's count of visible batch keys
+}

@@ -217,6 +217,7 @@ void run(dim3 grid, dim3 block, void (*body)(void *), void * argument) {
 #include "../argmax.cu"
 #include "../kvcache.cu"
 #include "../attention.cu"
+#include "../tree_attention.cu"
 
 namespace {
 // A kernel of any signature called with CUDA's argument array (args[i] points at parameter i).
@@ -256,6 +257,7 @@ const Entry g_entries[] = {
     entry("attention_f32", attention_f32),
     entry("attention_combine_f32", attention_combine_f32),
     entry("attention_prefill_f32", attention_prefill_f32),
+    entry("tree_attention_f32", tree_attention_f32),
 };
 
 struct Launch {

@@ -23,8 +23,9 @@ public static class Attention
     public static long ScratchFloats(int heads, int rows, int headDim, int maxKeys) => KvCacheKernels.ScratchFloats(heads, rows, headDim, maxKeys);
 
     /// <summary>
-    /// attention_f32 + attention_combine_f32 (or, for a batch of more than 8 rows with heads up to 128 that
-    /// need not be batch-invariant, attention_prefill_f32): dst[i, h·hd..] = softmax over the keys row i sees of (q_i,h · k)·scale, times v. Row i sees slots 0..prefix-1 and batch slot prefix + j where the mask
+    /// tree_attention_f32 + attention_combine_f32 for heads up to 128 (attention_f32 + attention_combine_f32
+    /// for larger heads; for a batch of more than 8 rows with heads up to 128 that need not be
+    /// batch-invariant, attention_prefill_f32): dst[i, h·hd..] = softmax over the keys row i sees of (q_i,h · k)·scale, times v. Row i sees slots 0..prefix-1 and batch slot prefix + j where the mask
     /// allows (causal when <paramref name="mask"/> is empty; else words per row <paramref name="words"/>).
     /// </summary>
     public static unsafe void AttentionF32(GpuDevice device, DeviceSpan<float> q, int n, int heads, DeviceSpan<float> cache, int blocks,
@@ -72,6 +73,14 @@ public static class Attention
             pargs[12] = &scale;
             pargs[13] = &pd;
             device.Launch(prefill, (heads, (n + KvCacheKernels.PrefillRows - 1) / KvCacheKernels.PrefillRows, 1), (128, 1, 1), 0, pargs);
+            return;
+        }
+        if (TreeAttention.Supports(hd))
+        {
+            // Decoding and exact verification: the tree kernel (a decoding token is the one-query tree),
+            // so a verified row is computed exactly as the same token decoded alone.
+            TreeAttention.TreeAttentionF32(device, q, n, heads, cache, blocks, layout, layer, table, tableLength, prefix, mask, words, scale,
+                scratch, dst);
             return;
         }
         var (splits, chunk) = Plan(keys);

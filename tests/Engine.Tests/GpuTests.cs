@@ -65,7 +65,7 @@ public class GpuEmulatorTests : GpuSuite
     }
 }
 
-public abstract class GpuSuite
+public abstract partial class GpuSuite
 {
     private const double U = 1.0 / (1 << 24);
     private GpuDevice? _device;

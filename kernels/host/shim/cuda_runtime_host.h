@@ -41,6 +41,7 @@ static inline void __syncthreads() { simt::sync_block(); }
 static inline float __shfl_xor_sync(unsigned, float v, int mask) { return simt::shuffle(v, (int) (simt::thread_idx.x % 32) ^ mask); }
 static inline int __shfl_xor_sync(unsigned, int v, int mask) { return simt::shuffle(v, (int) (simt::thread_idx.x % 32) ^ mask); }
 static inline float __shfl_sync(unsigned, float v, int lane) { return simt::shuffle(v, lane); }
+static inline int __shfl_sync(unsigned, int v, int lane) { return simt::shuffle(v, lane); }
 
 template <typename T> static inline T __ldg(const T * p) { return *p; }
 static inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }

@@ -142,29 +142,37 @@ public static class KvCacheKernels
                         m[s] = mNew;
                     }
                 }
-                // attention_combine_f32
-                float max = float.NegativeInfinity;
-                for (int s = 0; s < splits; s++)
-                    max = MathF.Max(max, m[s]);
-                float den = 0;
-                for (int s = 0; s < splits; s++)
-                {
-                    if (m[s] != float.NegativeInfinity)
-                        den += MathF.Exp(m[s] - max) * l[s];
-                }
-                float inv = den > 0 ? 1 / den : 0;
-                var output = dst.Slice((row * heads + head) * hd, hd);
-                for (int d = 0; d < hd; d++)
-                {
-                    float num = 0;
-                    for (int s = 0; s < splits; s++)
-                    {
-                        if (m[s] != float.NegativeInfinity)
-                            num += MathF.Exp(m[s] - max) * acc[s * hd + d];
-                    }
-                    output[d] = num * inv;
-                }
+                Combine(m, l, acc, splits, hd, dst.Slice((row * heads + head) * hd, hd));
             }
+        }
+    }
+
+    /// <summary>
+    /// attention_combine_f32 for one (row, head): the splits' partials (max <paramref name="m"/>, sum
+    /// <paramref name="l"/>, values <paramref name="acc"/> [splits, headDim]) rescaled to the common max
+    /// and normalized; a split with max −∞ saw no key and is skipped.
+    /// </summary>
+    public static void Combine(ReadOnlySpan<float> m, ReadOnlySpan<float> l, ReadOnlySpan<float> acc, int splits, int hd, Span<float> output)
+    {
+        float max = float.NegativeInfinity;
+        for (int s = 0; s < splits; s++)
+            max = MathF.Max(max, m[s]);
+        float den = 0;
+        for (int s = 0; s < splits; s++)
+        {
+            if (m[s] != float.NegativeInfinity)
+                den += MathF.Exp(m[s] - max) * l[s];
+        }
+        float inv = den > 0 ? 1 / den : 0;
+        for (int d = 0; d < hd; d++)
+        {
+            float num = 0;
+            for (int s = 0; s < splits; s++)
+            {
+                if (m[s] != float.NegativeInfinity)
+                    num += MathF.Exp(m[s] - max) * acc[s * hd + d];
+            }
+            output[d] = num * inv;
         }
     }
 

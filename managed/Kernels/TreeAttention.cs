@@ -1,0 +1,93 @@
+using Engine.Backends;
+using Engine.Backends.Cpu.Kernels;
+
+namespace Engine.Cuda.Kernels;
+
+/// <summary>
+/// Typed launcher for kernels/tree_attention.cu (<c>tree_attention_f32</c>, then attention.cu's
+/// <c>attention_combine_f32</c>). CPU reference: <see cref="Backends.Cpu.Kernels.TreeAttention.TreeAttentionF32"/>.
+/// </summary>
+public static class TreeAttention
+{
+    /// <summary>The largest head the kernel holds (TREE_MAX_HEAD_DIM).</summary>
+    public const int MaxHeadDim = Backends.Cpu.Kernels.TreeAttention.MaxHeadDim;
+
+    /// <summary>Whether heads of <paramref name="headDim"/> dimensions fit the kernel.</summary>
+    public static bool Supports(int headDim) => headDim <= MaxHeadDim;
+
+    /// <summary>(query, head) pairs per warp: fewer for small launches, so that they still spread over many blocks.</summary>
+    public static int ItemsPerWarp(int items) => items >= 256 ? 4 : items >= 64 ? 2 : 1;
+
+    /// <summary>
+    /// dst[i, h·hd..] = softmax over the keys query i sees of (q_i,h · k)·scale, times v: the committed
+    /// <paramref name="prefix"/> slots and batch slot prefix + j where the mask allows (a chain when
+    /// <paramref name="mask"/> is empty). One launch for all queries and heads, then the combine.
+    /// </summary>
+    public static unsafe void TreeAttentionF32(GpuDevice device, DeviceSpan<float> q, int n, int heads, DeviceSpan<float> cache, int blocks,
+        KvLayout layout, int layer, DeviceSpan<int> table, int tableLength, int prefix, DeviceSpan<ulong> mask, int words, float scale,
+        DeviceSpan<float> scratch, DeviceSpan<float> dst)
+    {
+        int hd = layout.HeadDim;
+        if (n <= 0 || heads <= 0 || heads % layout.KvHeads != 0)
+            throw new ArgumentException($"tree_attention_f32: {n} queries of {heads} heads over {layout.KvHeads} kv heads");
+        if (!Supports(hd))
+            throw new ArgumentOutOfRangeException(nameof(layout), $"tree_attention_f32: head dimension {hd} exceeds {MaxHeadDim}");
+        long cols = (long)heads * hd;
+        if (q.Length < n * cols || dst.Length < n * cols)
+            throw new ArgumentException($"tree_attention_f32: q {q.Length} and dst {dst.Length} elements for [{n}, {cols}]");
+        if ((uint)layer >= (uint)layout.Layers || prefix < 0)
+            throw new ArgumentOutOfRangeException(nameof(layer), $"tree_attention_f32: layer {layer} of {layout.Layers}, prefix {prefix}");
+        int keys = prefix + n;
+        if ((keys + layout.BlockSize - 1) / layout.BlockSize > tableLength || table.Length < tableLength)
+            throw new ArgumentException($"tree_attention_f32: {keys} keys need more than the {tableLength} blocks of the table");
+        if (cache.Length < blocks * KvCache.BlockFloats(layout))
+            throw new ArgumentException($"tree_attention_f32: the cache holds {cache.Length} floats for {blocks} blocks");
+        if (!mask.IsEmpty && (words != (n + 63) / 64 || mask.Length < (long)n * words))
+            throw new ArgumentException($"tree_attention_f32: a mask of {mask.Length} words ({words} per row) for {n} rows");
+        var (splits, chunk) = KvCacheKernels.Plan(keys);
+        int items = n * (heads / layout.KvHeads);
+        int itemsPerWarp = ItemsPerWarp(items);
+        long itemBlocks = (items + 4L * itemsPerWarp - 1) / (4L * itemsPerWarp);
+        if (splits > 65535 || itemBlocks > 65535 || n > 65535)
+            throw new ArgumentOutOfRangeException(nameof(n), $"tree_attention_f32: {n} queries over {keys} keys exceed the grid");
+        long parts = (long)n * heads * splits;
+        if (scratch.Length < parts * (hd + 2))
+            throw new ArgumentException($"tree_attention_f32: scratch of {scratch.Length} floats, {parts} partials need {parts * (hd + 2)}");
+        var accumulators = scratch.Slice(0, parts * hd);
+        var maxSums = scratch.Slice(parts * hd, parts * 2);
+
+        IntPtr pq = q.Pointer, pc = cache.Pointer, pt = table.Pointer, pm = mask.IsEmpty ? IntPtr.Zero : mask.Pointer, pd = dst.Pointer;
+        IntPtr pa = accumulators.Pointer, pml = maxSums.Pointer;
+        int layers = layout.Layers, kvHeads = layout.KvHeads, blockSize = layout.BlockSize;
+        var fn = device.Function("tree_attention", "tree_attention_f32");
+        void** args = stackalloc void*[18];
+        args[0] = &pq;
+        args[1] = &pc;
+        args[2] = &pt;
+        args[3] = &layer;
+        args[4] = &layers;
+        args[5] = &heads;
+        args[6] = &kvHeads;
+        args[7] = &hd;
+        args[8] = &blockSize;
+        args[9] = &prefix;
+        args[10] = &n;
+        args[11] = &pm;
+        args[12] = &words;
+        args[13] = &scale;
+        args[14] = &chunk;
+        args[15] = &itemsPerWarp;
+        args[16] = &pa;
+        args[17] = &pml;
+        device.Launch(fn, (kvHeads, splits, (int)itemBlocks), (128, 1, 1), 0, args);
+
+        var combine = device.Function("attention", "attention_combine_f32");
+        void** cargs = stackalloc void*[5];
+        cargs[0] = &pa;
+        cargs[1] = &pml;
+        cargs[2] = &pd;
+        cargs[3] = &hd;
+        cargs[4] = &splits;
+        device.Launch(combine, (heads, n, 1), (Math.Min(1024, (hd + 31) / 32 * 32), 1, 1), 0, cargs);
+    }
+}
