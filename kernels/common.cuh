@@ -56,3 +56,20 @@ static __device__ __forceinline__ int masked_slot(const unsigned long long * row
     }
     return -1; // not reached: rank < the row's count of visible batch keys
 }
+
+// Maximum of v over the whole thread block (as block_reduce_sum: every thread must call it).
+static __device__ __forceinline__ float block_reduce_max(float v) {
+    __shared__ float partial_max[ENGINE_WARP_SIZE];
+    const int lane = threadIdx.x % ENGINE_WARP_SIZE;
+    const int warp = threadIdx.x / ENGINE_WARP_SIZE;
+    v = warp_reduce_max(v);
+    if (lane == 0) {
+        partial_max[warp] = v;
+    }
+    __syncthreads();
+    const int warps = blockDim.x / ENGINE_WARP_SIZE;
+    v = lane < warps ? partial_max[lane] : -INFINITY;
+    v = warp_reduce_max(v);
+    __syncthreads();
+    return v;
+}

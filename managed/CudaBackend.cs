@@ -1,6 +1,7 @@
 using System.Runtime.InteropServices;
 using Engine.Backends;
 using Engine.Quantization;
+using Engine.Sampling;
 using Engine.Tensors;
 using Engine.Cuda.Kernels;
 
@@ -16,11 +17,15 @@ namespace Engine.Cuda;
 /// and multiply with cuBLAS when it is available (<see cref="UsesCuBlas"/>), else loop the gemv kernels.
 /// With CUDA graphs on, each one-token pass is captured and replayed as one graph (<see cref="DecodeGraph"/>).
 /// </summary>
-public sealed unsafe class CudaBackend : Backend
+public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
 {
     private readonly bool _ownsDevice;
     private readonly HostInput<int> _tokens, _positions, _table, _rows;
     private readonly HostInput<ulong> _mask;
+    private readonly HostInput<int> _treeParent, _treeToken, _treeQRow, _treeDraw;
+    private GpuArray<int>? _decodeIds, _sampled, _acceptOutput;
+    private GpuArray<float>? _probs, _prob, _draftQ, _residual;
+    private int[] _acceptHost = [];
     private readonly Dictionary<RopeTable, GpuArray<double>> _ropeFrequencies = [];
     private readonly List<string> _conversions = [];
     private CuBlas? _blas;
@@ -49,6 +54,10 @@ public sealed unsafe class CudaBackend : Backend
         _table = new(device, capturing);
         _rows = new(device, capturing);
         _mask = new(device, capturing);
+        _treeParent = new(device, capturing);
+        _treeToken = new(device, capturing);
+        _treeQRow = new(device, capturing);
+        _treeDraw = new(device, capturing);
     }
 
     /// <summary>Opens cuda:<paramref name="index"/> for a backend that owns it.</summary>
@@ -302,9 +311,110 @@ public sealed unsafe class CudaBackend : Backend
     {
         if (result.Length < x.Rows)
             throw new ArgumentException($"argmax of {x.Rows} rows into {result.Length} ints");
+        EndPendingGraph();
         var output = ((CudaBuffer)x.Buffer).ArgMaxOutput(Device, x.Rows);
         Kernels.ArgMax.ArgMaxF32(Device, Span(x), x.Rows, x.Cols, output);
         Device.CopyToHost(output, result[..x.Rows]);
+    }
+
+    /// <summary>
+    /// A one-token pass being captured as a graph ends where its logits are used: the graph is launched
+    /// before the kernels that read them. A pass that kept its logits on the device counts as run, so the
+    /// next one-token pass may be captured.
+    /// </summary>
+    private void EndPendingGraph()
+    {
+        if (_graph is { Capturing: true })
+            _graph.EndAndLaunch();
+        _warm = true;
+    }
+
+    public void Sample(Activation logits, FusedSamplingParameters parameters, ulong seed, ulong offset, Span<int> tokens)
+    {
+        int rows = logits.Rows;
+        if (tokens.Length < rows)
+            throw new ArgumentException($"sampling {rows} rows into {tokens.Length} ints");
+        EndPendingGraph();
+        var ids = Grow(ref _decodeIds, rows);
+        var prob = Grow(ref _prob, rows);
+        Kernels.Sampling.SampleF32(Device, Span(logits), rows, logits.Cols, parameters, seed, offset, default, ids, prob, default, default);
+        Device.CopyToHost(ids, tokens[..rows]);
+        for (int r = 0; r < rows; r++)
+        {
+            if (tokens[r] < 0)
+                throw new InvalidOperationException($"sampling row {r}: the model produced no finite logit (all NaN or −∞)");
+        }
+    }
+
+    public void TopKIds(Activation logits, int k, Span<int> ids)
+    {
+        int rows = logits.Rows;
+        if (ids.Length < rows * k)
+            throw new ArgumentException($"top-{k} ids of {rows} rows into {ids.Length} ints");
+        EndPendingGraph();
+        var output = Grow(ref _decodeIds, (long)rows * k);
+        Kernels.Sampling.TopKIdsF32(Device, Span(logits), rows, logits.Cols, k, output);
+        Device.CopyToHost(output, ids[..(rows * k)]);
+    }
+
+    public int AcceptGreedy(Activation logits, ReadOnlySpan<int> parent, ReadOnlySpan<int> token, List<int> path)
+    {
+        int n = parent.Length;
+        if (token.Length != n || logits.Rows != n + 1)
+            throw new ArgumentException($"greedy acceptance of {n} nodes ({token.Length} tokens) over {logits.Rows} rows of logits");
+        EndPendingGraph();
+        var argmax = ((CudaBuffer)logits.Buffer).ArgMaxOutput(Device, n + 1);
+        Kernels.ArgMax.ArgMaxF32(Device, Span(logits), n + 1, logits.Cols, argmax);
+        var output = Grow(ref _acceptOutput, Kernels.Acceptance.OutputInts(n));
+        Kernels.Acceptance.AcceptGreedy(Device, _treeParent.Put(parent), _treeToken.Put(token), n, argmax, output);
+        return ReadAccepted(output, n, path);
+    }
+
+    public int AcceptSampled(Activation logits, FusedSamplingParameters parameters, ulong seed, ulong offset, ReadOnlySpan<int> parent,
+        ReadOnlySpan<int> token, ReadOnlySpan<int> qrow, ReadOnlySpan<int> draw, ReadOnlySpan<float> q, List<int> path)
+    {
+        int n = parent.Length, vocab = logits.Cols;
+        if (token.Length != n || logits.Rows != n + 1 || qrow.Length != n + 1 || draw.Length != n + 1 || q.Length % vocab != 0)
+            throw new ArgumentException($"sampled acceptance of {n} nodes over {logits.Rows} rows: {qrow.Length} q rows, {draw.Length} draws, {q.Length} q values");
+        foreach (int r in qrow)
+        {
+            if (r >= q.Length / vocab)
+                throw new ArgumentOutOfRangeException(nameof(qrow), $"q row {r} of {q.Length / vocab}");
+        }
+        EndPendingGraph();
+        var probs = Grow(ref _probs, (long)(n + 1) * vocab);
+        var sampled = Grow(ref _sampled, n + 1);
+        var prob = Grow(ref _prob, n + 1);
+        Kernels.Sampling.SampleF32(Device, Span(logits), n + 1, vocab, parameters, seed, offset, default, sampled, prob, default, probs);
+        var draft = default(DeviceSpan<float>);
+        if (!q.IsEmpty)
+        {
+            draft = Grow(ref _draftQ, q.Length);
+            Device.CopyToDevice(q, draft);
+        }
+        var output = Grow(ref _acceptOutput, Kernels.Acceptance.OutputInts(n));
+        Kernels.Acceptance.AcceptSampled(Device, probs, sampled, draft, _treeQRow.Put(qrow), _treeDraw.Put(draw), _treeParent.Put(parent),
+            _treeToken.Put(token), n, vocab, seed, offset, Grow(ref _residual, vocab), output);
+        int next = ReadAccepted(output, n, path);
+        if (next < 0)
+            throw new InvalidOperationException("sampled acceptance: the model produced no finite logit (all NaN or −∞)");
+        return next;
+    }
+
+    /// <summary>Reads [L, next, path…] back: the only transfer of an acceptance step.</summary>
+    private int ReadAccepted(DeviceSpan<int> output, int n, List<int> path)
+    {
+        if (_acceptHost.Length < n + 2)
+            _acceptHost = new int[Math.Max(64, 2 * (n + 2))];
+        var host = _acceptHost.AsSpan(0, n + 2);
+        Device.CopyToHost(output.Slice(0, n + 2), host);
+        int length = host[0];
+        if (length < 0 || length > n)
+            throw new InvalidOperationException($"acceptance returned a path of {length} nodes for a tree of {n}");
+        path.Clear();
+        for (int i = 0; i < length; i++)
+            path.Add(host[2 + i]);
+        return host[1];
     }
 
     public override void Dispose()
@@ -321,6 +431,17 @@ public sealed unsafe class CudaBackend : Backend
         _table.Dispose();
         _rows.Dispose();
         _mask.Dispose();
+        _treeParent.Dispose();
+        _treeToken.Dispose();
+        _treeQRow.Dispose();
+        _treeDraw.Dispose();
+        _decodeIds?.Dispose();
+        _sampled?.Dispose();
+        _acceptOutput?.Dispose();
+        _probs?.Dispose();
+        _prob?.Dispose();
+        _draftQ?.Dispose();
+        _residual?.Dispose();
         _download?.Dispose();
         if (_ownsDevice)
             Device.Dispose();

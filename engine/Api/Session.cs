@@ -125,7 +125,7 @@ public sealed class Session : IDisposable
         while (generated < options.MaxTokens)
         {
             ct.ThrowIfCancellationRequested();
-            int next = sampler.Sample(_logits);
+            int next = _onDevice.Rows > 0 ? SampleOnDevice(options.Sampling, sampler) : sampler.Sample(_logits);
             if (options.StopAtEndOfGeneration && tokenizer.IsEndOfGeneration(next))
             {
                 reason = StopReason.EndOfGeneration;
@@ -157,14 +157,44 @@ public sealed class Session : IDisposable
         int start = _sequence.Length;
         int count = _tokens.Count - start;
         if (count == 0)
-            return;
+        {
+            if (_model.Network.Backend is not IDeviceDecoding)
+                return; // the last pass's logits are still in _logits
+            // On the device the logits live in the model's scratch, which another session may have used
+            // since: run the last token again.
+            _sequence.Truncate(--start);
+            count = 1;
+        }
         var tokens = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_tokens).Slice(start, count);
         int[] positions = count == 1 ? _position : new int[count];
         for (int i = 0; i < count; i++)
             positions[i] = start + i;
         Span<int> last = [count - 1];
-        _model.Network.Forward(_sequence, tokens, positions, AttentionMask.Causal, last, _logits);
+        if (_model.Network.Backend is IDeviceDecoding)
+            _onDevice = _model.Network.ForwardOnDevice(_sequence, tokens, positions, AttentionMask.Causal, last);
+        else
+            _model.Network.Forward(_sequence, tokens, positions, AttentionMask.Causal, last, _logits);
     }
+
+    /// <summary>
+    /// The next token where the logits are (a GPU): the argmax for greedy decoding, else the fused
+    /// sampling kernel — temperature, top-k, top-p, min-p and the draw in one launch, drawn with Philox
+    /// from (seed, the token's position), so a seed reproduces a generation on any device. Only the
+    /// token id crosses to the host.
+    /// </summary>
+    private int SampleOnDevice(SamplingOptions options, SamplerChain sampler)
+    {
+        var device = (IDeviceDecoding)_model.Network.Backend;
+        Span<int> token = _token;
+        if (sampler.IsGreedy)
+            device.ArgMax(_onDevice, token);
+        else
+            device.Sample(_onDevice, FusedSamplingParameters.From(options), options.Seed, (ulong)_tokens.Count, token);
+        return token[0];
+    }
+
+    private Activation _onDevice;
+    private readonly int[] _token = new int[1];
 
     /// <summary>
     /// Tokenizes <paramref name="prompt"/> (adding BOS as the model says when the session is empty),

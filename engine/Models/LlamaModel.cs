@@ -76,6 +76,38 @@ public sealed class LlamaModel : IDisposable
     public void Forward(KvSequence sequence, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, AttentionMask mask,
         ReadOnlySpan<int> outputRows, Span<float> logits, Span<float> hidden = default, int layers = 0, bool batchInvariant = false)
     {
+        if (logits.Length != outputRows.Length * Config.VocabSize)
+            throw new ArgumentException($"logits need {outputRows.Length} × {Config.VocabSize} floats, got {logits.Length}", nameof(logits));
+        Run(sequence, tokens, positions, mask, outputRows, logits, hidden, layers, batchInvariant, onDevice: false);
+    }
+
+    /// <summary>
+    /// <see cref="Forward"/> that leaves the logits of <paramref name="outputRows"/> on the backend instead
+    /// of downloading them: returns them as an activation [outputRows.Length, vocab], valid until the next
+    /// pass. What decoding on a GPU uses, so that sampling, argmax and acceptance run where the logits are
+    /// and only token ids cross to the host. The output rows must lie in the pass's last
+    /// <see cref="MaxBatch"/> tokens (a decoding step or a verified tree always does).
+    /// </summary>
+    public Activation ForwardOnDevice(KvSequence sequence, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, AttentionMask mask,
+        ReadOnlySpan<int> outputRows, bool batchInvariant = false)
+    {
+        int lastStart = (tokens.Length - 1) / MaxBatch * MaxBatch;
+        foreach (int r in outputRows)
+        {
+            if (r < lastStart && r >= 0)
+                throw new ArgumentOutOfRangeException(nameof(outputRows), $"output row {r} is not in the last pass of {MaxBatch} tokens (rows {lastStart}..)");
+        }
+        if (outputRows.IsEmpty)
+            throw new ArgumentException("a pass that keeps logits on the device needs at least one output row", nameof(outputRows));
+        Run(sequence, tokens, positions, mask, outputRows, default, default, 0, batchInvariant, onDevice: true);
+        return _deviceLogits;
+    }
+
+    private Activation _deviceLogits;
+
+    private void Run(KvSequence sequence, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, AttentionMask mask,
+        ReadOnlySpan<int> outputRows, Span<float> logits, Span<float> hidden, int layers, bool batchInvariant, bool onDevice)
+    {
         int n = tokens.Length;
         int layerCount = layers == 0 ? Config.Layers : layers;
         if (layers < 0 || layers > Config.Layers)
@@ -90,8 +122,6 @@ public sealed class LlamaModel : IDisposable
             throw new ArgumentException($"the attention mask is for {mask.Size} tokens, the batch has {n}", nameof(mask));
         if (!mask.IsCausal && n > MaxBatch)
             throw new ArgumentException($"a batch with a non-causal mask is limited to {MaxBatch} tokens, got {n}", nameof(mask));
-        if (logits.Length != outputRows.Length * Config.VocabSize)
-            throw new ArgumentException($"logits need {outputRows.Length} × {Config.VocabSize} floats, got {logits.Length}", nameof(logits));
         if (!hidden.IsEmpty && hidden.Length != outputRows.Length * Config.Dim)
             throw new ArgumentException($"hidden states need {outputRows.Length} × {Config.Dim} floats, got {hidden.Length}", nameof(hidden));
         for (int i = 0; i < n; i++)
@@ -120,12 +150,13 @@ public sealed class LlamaModel : IDisposable
                     _localRows[outputs++] = r - start;
             }
             Pass(sequence, tokens.Slice(start, count), positions.Slice(start, count), mask,
-                _localRows.AsSpan(0, outputs), logits, hidden, outputRows, start, layerCount, batchInvariant);
+                _localRows.AsSpan(0, outputs), logits, hidden, outputRows, start, layerCount, batchInvariant, onDevice);
         }
     }
 
     private void Pass(KvSequence sequence, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, AttentionMask mask,
-        ReadOnlySpan<int> localRows, Span<float> logits, Span<float> hidden, ReadOnlySpan<int> outputRows, int start, int layerCount, bool exact)
+        ReadOnlySpan<int> localRows, Span<float> logits, Span<float> hidden, ReadOnlySpan<int> outputRows, int start, int layerCount, bool exact,
+        bool onDevice)
     {
         var c = Config;
         var b = Backend;
@@ -194,6 +225,11 @@ public sealed class LlamaModel : IDisposable
         b.MatMul(rows, _w.Output, outLogits, exact);
         Trace?.Invoke("result_output", -1, outLogits);
 
+        if (onDevice)
+        {
+            _deviceLogits = outLogits;
+            return;
+        }
         // Scatter this pass's rows to where the caller listed them.
         var hostLogits = s.HostLogits(localRows.Length);
         b.Download(outLogits, hostLogits);

@@ -104,3 +104,37 @@ public sealed class TopP : ILogitsProcessor
         c.HasProbs = false;
     }
 }
+
+/// <summary>
+/// Min-p sampling (Nguyen et al., "Turning Up the Heat: Min-p Sampling for Creative and Coherent LLM
+/// Outputs", 2024): keeps the tokens whose probability is at least P times the most likely one's.
+/// </summary>
+public sealed class MinP : ILogitsProcessor
+{
+    public MinP(float p)
+    {
+        if (!(p >= 0 && p <= 1))
+            throw new ArgumentOutOfRangeException(nameof(p), $"min-p {p} must be in [0, 1]");
+        P = p;
+    }
+
+    public float P { get; }
+
+    public string Name => $"min-p={P}";
+
+    public bool PreservesArgmax => true;
+
+    public void Apply(Candidates c)
+    {
+        if (P <= 0 || c.Count == 0)
+            return;
+        c.Sort();
+        c.Softmax();
+        float floor = P * c.Probs[0];
+        int keep = 1;
+        while (keep < c.Count && c.Probs[keep] >= floor)
+            keep++;
+        c.Count = keep;
+        c.HasProbs = false;
+    }
+}

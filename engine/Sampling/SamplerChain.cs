@@ -1,8 +1,8 @@
 namespace Engine.Sampling;
 
 /// <summary>
-/// Picks the next token from logits: processors in order (temperature, then top-k, then top-p — the
-/// order of HF transformers and vLLM), then either the argmax (greedy) or a draw from the remaining
+/// Picks the next token from logits: processors in order (temperature, then top-k, then top-p, then
+/// min-p — the order of HF transformers and vLLM), then either the argmax (greedy) or a draw from the remaining
 /// distribution with a seeded random generator, so that a seed reproduces a generation exactly.
 /// </summary>
 public sealed class SamplerChain
@@ -32,6 +32,8 @@ public sealed class SamplerChain
             processors.Add(new TopK(options.TopK));
         if (options.TopP < 1)
             processors.Add(new TopP(options.TopP));
+        if (options.MinP > 0)
+            processors.Add(new MinP(options.MinP));
         return new SamplerChain([.. processors], new Random(unchecked((int)options.Seed)));
     }
 
@@ -133,6 +135,8 @@ public sealed record SamplingOptions
     public int TopK { get; init; } = 40;
     /// <summary>1 disables top-p.</summary>
     public float TopP { get; init; } = 0.95f;
+    /// <summary>0 disables min-p: tokens below MinP times the most likely token's probability are dropped.</summary>
+    public float MinP { get; init; }
     public ulong Seed { get; init; }
 
     public static SamplingOptions Greedy { get; } = new() { Temperature = 0 };
@@ -146,5 +150,7 @@ public sealed record SamplingOptions
             throw new ArgumentOutOfRangeException(nameof(TopK), $"top-k {TopK} must be 0 (off) or positive");
         if (!(TopP > 0 && TopP <= 1))
             throw new ArgumentOutOfRangeException(nameof(TopP), $"top-p {TopP} must be in (0, 1] (1 = off)");
+        if (!(MinP >= 0 && MinP <= 1))
+            throw new ArgumentOutOfRangeException(nameof(MinP), $"min-p {MinP} must be in [0, 1] (0 = off)");
     }
 }

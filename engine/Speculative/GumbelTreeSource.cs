@@ -147,6 +147,9 @@ public sealed class GumbelTreeSource : IDraftSource
         return TopK.Largest<double>(_keys, chosen);
     }
 
+    /// <summary>The verification's logits are not read, so on a GPU they are never downloaded.</summary>
+    public bool ObservesLogits => false;
+
     public void Observe(DraftTree tree, IReadOnlyList<int> path, int next, ReadOnlySpan<float> logits, int vocab, IReadOnlyList<int> context) { }
 
     public void Dispose() => _model.Dispose();

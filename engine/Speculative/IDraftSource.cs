@@ -40,4 +40,23 @@ public interface IDraftSource : IDisposable
     /// already includes the accepted tokens and the next token.
     /// </summary>
     void Observe(DraftTree tree, IReadOnlyList<int> path, int next, ReadOnlySpan<float> logits, int vocab, IReadOnlyList<int> context);
+
+    /// <summary>
+    /// Whether <see cref="Observe"/> reads the logits. On a GPU they stay on the device, and a source that
+    /// does not read them is handed an empty span instead of a download of rows × vocabulary floats.
+    /// </summary>
+    bool ObservesLogits => true;
+}
+
+/// <summary>
+/// A source that learns only each verified row's top-k tokens (Token Recycling): on a GPU the decoder
+/// computes them there (kernels/sampling.cu's <c>top_k_ids_f32</c>) and hands over k ids per row.
+/// </summary>
+public interface ITopKObserver
+{
+    /// <summary>How many of each row's largest logits the source records.</summary>
+    int K { get; }
+
+    /// <summary>As <see cref="IDraftSource.Observe"/>, with each row's top-k ids (largest first, −1 where none) instead of its logits: ids [rows × K].</summary>
+    void ObserveTopK(DraftTree tree, IReadOnlyList<int> path, int next, ReadOnlySpan<int> ids, IReadOnlyList<int> context);
 }

@@ -86,6 +86,9 @@ public sealed class OnlineNGramSource : IDraftSource
         return false;
     }
 
+    /// <summary>The verification's logits are not read, so on a GPU they are never downloaded.</summary>
+    public bool ObservesLogits => false;
+
     public void Observe(DraftTree tree, IReadOnlyList<int> path, int next, ReadOnlySpan<float> logits, int vocab, IReadOnlyList<int> context) =>
         Learn(context);
 

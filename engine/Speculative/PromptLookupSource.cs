@@ -80,6 +80,9 @@ public sealed class PromptLookupSource(int maxNgram = 3, int minNgram = 1, int m
         }
     }
 
+    /// <summary>The verification's logits are not read, so on a GPU they are never downloaded.</summary>
+    public bool ObservesLogits => false;
+
     public void Observe(DraftTree tree, IReadOnlyList<int> path, int next, ReadOnlySpan<float> logits, int vocab, IReadOnlyList<int> context) { }
 
     public void Dispose() { }

@@ -121,9 +121,29 @@ public sealed class SpeculativeDecoder : IDisposable
         _sequence.Truncate(0);
         _context.Clear();
         _context.AddRange(prompt);
-        EnsureLogits(1, vocab);
-        net.Forward(_sequence, prompt, Positions(0, prompt.Length), AttentionMask.Causal, [prompt.Length - 1], _logits.AsSpan(0, vocab));
-        int next = sampler.Sample(_logits.AsSpan(0, vocab));
+        // On a GPU the logits stay there: argmax, sampling and acceptance run as kernels and the host
+        // reads back token ids (the lossy typical rule runs on the host).
+        var device = net.Backend as IDeviceDecoding;
+        if (rule is TypicalAcceptance)
+            device = null;
+        var fused = sampler.IsGreedy ? default : FusedSamplingParameters.From(options.Sampling);
+        int next;
+        if (device is not null)
+        {
+            var promptLogits = net.ForwardOnDevice(_sequence, prompt, Positions(0, prompt.Length), AttentionMask.Causal, [prompt.Length - 1]);
+            Span<int> first = stackalloc int[1];
+            if (sampler.IsGreedy)
+                device.ArgMax(promptLogits, first);
+            else
+                device.Sample(promptLogits, fused, options.Sampling.Seed, (ulong)prompt.Length, first);
+            next = first[0];
+        }
+        else
+        {
+            EnsureLogits(1, vocab);
+            net.Forward(_sequence, prompt, Positions(0, prompt.Length), AttentionMask.Causal, [prompt.Length - 1], _logits.AsSpan(0, vocab));
+            next = sampler.Sample(_logits.AsSpan(0, vocab));
+        }
         if (options.MaxTokens == 0 || (options.StopAtEndOfGeneration && tokenizer.IsEndOfGeneration(next)))
         {
             _clock.Stop();
@@ -176,11 +196,22 @@ public sealed class SpeculativeDecoder : IDisposable
                 positions.Add(committed + _tree.Depth(i));
             }
             var mask = _tree.IsChain ? AttentionMask.Causal : (_mask = AttentionMask.FromParents(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(parents), _mask));
-            EnsureLogits(rows, vocab);
-            var logits = _logits.AsSpan(0, rows * vocab);
-            net.Forward(_sequence, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(tokens), System.Runtime.InteropServices.CollectionsMarshal.AsSpan(positions),
-                mask, AllRows(rows), logits, batchInvariant: Options.ExactVerification);
-            next = rule.Accept(_tree, logits, vocab, sampler, _path);
+            var tokenSpan = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(tokens);
+            var positionSpan = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(positions);
+            ReadOnlySpan<float> logits = default;
+            if (device is not null)
+            {
+                var verified = net.ForwardOnDevice(_sequence, tokenSpan, positionSpan, mask, AllRows(rows), batchInvariant: Options.ExactVerification);
+                next = AcceptOnDevice(device, verified, sampler, fused, options.Sampling.Seed, (ulong)_context.Count);
+                logits = ObservedLogits(device, verified, rows, vocab);
+            }
+            else
+            {
+                EnsureLogits(rows, vocab);
+                net.Forward(_sequence, tokenSpan, positionSpan, mask, AllRows(rows), _logits.AsSpan(0, rows * vocab), batchInvariant: Options.ExactVerification);
+                logits = _logits.AsSpan(0, rows * vocab);
+                next = rule.Accept(_tree, logits, vocab, sampler, _path);
+            }
 
             // Keep the root and the accepted path in the cache, in order.
             keep.Clear();
@@ -197,7 +228,18 @@ public sealed class SpeculativeDecoder : IDisposable
             foreach (int node in _path)
                 _context.Add(_tree.Token(node));
             _context.Add(next);
-            Source.Observe(_tree, _path, next, logits, vocab, _context);
+            if (device is not null && Source is ITopKObserver recycler)
+            {
+                // Token Recycling records each row's top-k: k ids per row come back, not the logits.
+                if (_topIds.Length < rows * recycler.K)
+                    _topIds = new int[rows * recycler.K];
+                device.TopKIds(_verified, recycler.K, _topIds.AsSpan(0, rows * recycler.K));
+                recycler.ObserveTopK(_tree, _path, next, _topIds.AsSpan(0, rows * recycler.K), _context);
+            }
+            else
+            {
+                Source.Observe(_tree, _path, next, logits, vocab, _context);
+            }
 
             for (int i = before; i < _context.Count; i++)
             {
@@ -221,6 +263,63 @@ public sealed class SpeculativeDecoder : IDisposable
                 }
             }
         }
+    }
+
+    private Activation _verified;
+    private int[] _topIds = [];
+    private int[] _treeParent = [], _treeToken = [], _qRow = [], _drawKind = [];
+    private float[] _q = [];
+
+    /// <summary>Acceptance where the verified logits are: greedy match or recursive rejection sampling as kernels.</summary>
+    private int AcceptOnDevice(IDeviceDecoding device, Activation verified, SamplerChain sampler, FusedSamplingParameters fused, ulong seed, ulong offset)
+    {
+        _verified = verified;
+        int n = _tree.Count, vocab = verified.Cols;
+        if (_treeParent.Length < n + 1)
+        {
+            int size = Math.Max(64, 2 * (n + 1));
+            _treeParent = new int[size];
+            _treeToken = new int[size];
+            _qRow = new int[size];
+            _drawKind = new int[size];
+        }
+        for (int i = 0; i < n; i++)
+        {
+            _treeParent[i] = _tree.Parent(i);
+            _treeToken[i] = _tree.Token(i);
+        }
+        if (sampler.IsGreedy)
+            return device.AcceptGreedy(verified, _treeParent.AsSpan(0, n), _treeToken.AsSpan(0, n), _path);
+        // Each expanded node's draft distribution, packed for one upload.
+        int qRows = 0;
+        for (int r = 0; r <= n; r++)
+        {
+            var draw = _tree.Draw(r - 1);
+            var q = _tree.DraftDistribution(r - 1);
+            _drawKind[r] = (int)draw;
+            _qRow[r] = -1;
+            if (draw != DraftDraw.Deterministic && _tree.FirstChild(r - 1) >= 0)
+            {
+                if (q is null || q.Length != vocab)
+                    throw new InvalidOperationException($"draft source {Source.Name} drew node {r - 1}'s children without a draft distribution over the vocabulary");
+                if (_q.Length < (qRows + 1) * vocab)
+                    Array.Resize(ref _q, Math.Max((qRows + 1) * vocab, 2 * _q.Length));
+                q.CopyTo(_q, qRows * vocab);
+                _qRow[r] = qRows++;
+            }
+        }
+        return device.AcceptSampled(verified, fused, seed, offset, _treeParent.AsSpan(0, n), _treeToken.AsSpan(0, n), _qRow.AsSpan(0, n + 1),
+            _drawKind.AsSpan(0, n + 1), _q.AsSpan(0, qRows * vocab), _path);
+    }
+
+    /// <summary>The verification's logits on the host, downloaded only for a source that reads them.</summary>
+    private ReadOnlySpan<float> ObservedLogits(IDeviceDecoding device, Activation verified, int rows, int vocab)
+    {
+        if (!Source.ObservesLogits || Source is ITopKObserver)
+            return default;
+        EnsureLogits(rows, vocab);
+        _target.Network.Backend.Download(verified, _logits.AsSpan(0, rows * vocab));
+        return _logits.AsSpan(0, rows * vocab);
     }
 
     private void EnsureLogits(int rows, int vocab)

@@ -13,7 +13,7 @@ namespace Engine.Speculative;
 /// token is the one it wants (0.55 for its top token, falling to 0.02): the static counterpart of
 /// EAGLE-2's dynamic trees, which rank nodes by cumulative probability in the same way.
 /// </remarks>
-public sealed class TokenRecyclingSource : IDraftSource
+public sealed class TokenRecyclingSource : IDraftSource, ITopKObserver
 {
     private static readonly double[] RankChance = [0.55, 0.15, 0.08, 0.05, 0.04, 0.03, 0.02, 0.02];
     private readonly int[] _next;   // [vocab][K], −1 = unknown
@@ -84,6 +84,23 @@ public sealed class TokenRecyclingSource : IDraftSource
             if ((uint)input >= (uint)Vocab)
                 continue;
             TopK.Largest(logits.Slice(r * vocab, Math.Min(vocab, Vocab)), _next.AsSpan(input * K, K));
+        }
+    }
+
+    /// <summary>The same update from ids the device computed (top_k_ids_f32: largest first, the earlier index on ties, as <see cref="TopK.Largest"/>).</summary>
+    public void ObserveTopK(DraftTree tree, IReadOnlyList<int> path, int next, ReadOnlySpan<int> ids, IReadOnlyList<int> context)
+    {
+        int rows = tree.Count + 1;
+        int rootIndex = context.Count - path.Count - 2;
+        for (int r = 0; r < rows; r++)
+        {
+            int input = r == 0 ? context[rootIndex] : tree.Token(r - 1);
+            if ((uint)input >= (uint)Vocab)
+                continue;
+            var row = ids.Slice(r * K, K);
+            var successors = _next.AsSpan(input * K, K);
+            for (int j = 0; j < K; j++)
+                successors[j] = (uint)row[j] < (uint)Vocab ? row[j] : -1; // ids past this matrix's vocabulary are not recorded
         }
     }
 

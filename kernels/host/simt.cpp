@@ -218,6 +218,8 @@ void run(dim3 grid, dim3 block, void (*body)(void *), void * argument) {
 #include "../kvcache.cu"
 #include "../attention.cu"
 #include "../tree_attention.cu"
+#include "../sampling.cu"
+#include "../acceptance.cu"
 
 namespace {
 // A kernel of any signature called with CUDA's argument array (args[i] points at parameter i).
@@ -258,6 +260,10 @@ const Entry g_entries[] = {
     entry("attention_combine_f32", attention_combine_f32),
     entry("attention_prefill_f32", attention_prefill_f32),
     entry("tree_attention_f32", tree_attention_f32),
+    entry("sample_f32", sample_f32),
+    entry("top_k_ids_f32", top_k_ids_f32),
+    entry("accept_greedy", accept_greedy),
+    entry("accept_sampled", accept_sampled),
 };
 
 struct Launch {

@@ -1,6 +1,7 @@
 using Engine.Backends;
 using Engine.Backends.Cpu.Kernels;
 using Engine.Cuda;
+using Engine.Sampling;
 
 namespace Engine.Tests;
 
@@ -114,5 +115,303 @@ public abstract partial class GpuSuite
                 tokens - 1, AttentionMask.Causal);
             Assert.That(alone, Is.EqualTo(tree.AsSpan(node * heads * hd, heads * hd).ToArray()), $"node {node} (depth {path.Count})");
         }
+    }
+}
+
+public abstract partial class GpuSuite
+{
+    /// <summary>Rows of logits with what sampling must survive: ties at the top-k border, NaN, −∞, a single finite logit.</summary>
+    private static float[] SamplingRows(Random rng, int rows, int vocab)
+    {
+        var x = new float[rows * vocab];
+        for (int r = 0; r < rows; r++)
+        {
+            var row = x.AsSpan(r * vocab, vocab);
+            for (int i = 0; i < vocab; i++)
+                row[i] = (float)(rng.NextDouble() * 12 - 6);
+            switch (r % 5)
+            {
+                case 1: // ties: a run of equal logits at the top
+                    for (int i = 0; i < 6; i++)
+                        row[rng.Next(vocab)] = 7;
+                    break;
+                case 2: // NaN and −∞ scattered
+                    for (int i = 0; i < vocab / 10; i++)
+                        row[rng.Next(vocab)] = i % 2 == 0 ? float.NaN : float.NegativeInfinity;
+                    break;
+                case 3: // one finite logit
+                    row.Fill(float.NegativeInfinity);
+                    row[rng.Next(vocab)] = 0.5f;
+                    break;
+            }
+        }
+        return x;
+    }
+
+    public static IEnumerable<TestCaseData> FusedSamplingCases()
+    {
+        yield return new TestCaseData(37, new FusedSamplingParameters(0.8f, 40, 0.95f, 0)).SetName("sample_f32: vocab 37, top-k 40 (off), top-p 0.95");
+        yield return new TestCaseData(3001, new FusedSamplingParameters(1.0f, 0, 1.0f, 0)).SetName("sample_f32: vocab 3001, plain temperature 1");
+        yield return new TestCaseData(3001, new FusedSamplingParameters(0.7f, 5, 1.0f, 0)).SetName("sample_f32: vocab 3001, top-k 5");
+        yield return new TestCaseData(5000, new FusedSamplingParameters(1.3f, 50, 0.9f, 0.05f)).SetName("sample_f32: vocab 5000, top-k 50, top-p 0.9, min-p 0.05");
+        yield return new TestCaseData(2048, new FusedSamplingParameters(0.5f, 0, 0.5f, 0)).SetName("sample_f32: vocab 2048, top-p 0.5");
+    }
+
+    /// <summary>
+    /// sample_f32 against its CPU reference: the same token, probability, query probability and
+    /// distribution. The reference does the kernel's float operations in its order, so on the emulator
+    /// they are identical; a GPU's expf may round a weight differently by an ulp, which can move a
+    /// threshold or a draw that lands within an ulp of a border — then the test allows a different
+    /// token only if the reference's draw was that close to it.
+    /// </summary>
+    [TestCaseSource(nameof(FusedSamplingCases))]
+    public void Fused_sampling_matches_its_cpu_reference(int vocab, FusedSamplingParameters p)
+    {
+        const int rows = 10;
+        var rng = new Random(vocab + p.TopK);
+        var x = SamplingRows(rng, rows, vocab);
+        var queries = Enumerable.Range(0, rows).Select(r => r == 4 ? -1 : rng.Next(vocab)).ToArray();
+        ulong seed = 0x1234_5678_9ABCUL, offset = 77;
+        using var dx = Device.Upload<float>(x);
+        using var dquery = Device.Upload<int>(queries);
+        using var dtoken = Device.Allocate<int>(rows);
+        using var dprob = Device.Allocate<float>(rows);
+        using var dqprob = Device.Allocate<float>(rows);
+        using var dprobs = Device.Allocate<float>((long)rows * vocab);
+        Cuda.Kernels.Sampling.SampleF32(Device, dx, rows, vocab, p, seed, offset, dquery, dtoken, dprob, dqprob, dprobs);
+        var tokens = Device.Download<int>(dtoken);
+        var probList = Device.Download<float>(dprob);
+        var qprobs = Device.Download<float>(dqprob);
+        var dists = Device.Download<float>(dprobs);
+        var expectedProbs = new float[vocab];
+        for (int r = 0; r < rows; r++)
+        {
+            var row = x.AsSpan(r * vocab, vocab);
+            int expected = FusedSampling.SampleF32(row, p, seed, offset, r, queries[r], out float prob, out float queryProb, expectedProbs);
+            if (Device.IsEmulator)
+            {
+                Assert.That(tokens[r], Is.EqualTo(expected), $"row {r}");
+                Assert.That(probList[r], Is.EqualTo(prob), $"row {r}");
+                Assert.That(qprobs[r], Is.EqualTo(queryProb), $"row {r}");
+                Assert.That(dists.AsSpan(r * vocab, vocab).ToArray(), Is.EqualTo(expectedProbs), $"row {r}");
+            }
+            else
+            {
+                Assert.That(tokens[r] == expected || Math.Abs(expectedProbs[Math.Max(tokens[r], 0)] - expectedProbs[expected]) < 1e-3, $"row {r}");
+                for (int i = 0; i < vocab; i++)
+                    Assert.That(dists[r * vocab + i], Is.EqualTo(expectedProbs[i]).Within(1e-5), $"row {r}, token {i}");
+            }
+            Assert.That(expected, Is.GreaterThanOrEqualTo(0), $"row {r}: a row with a finite logit draws a token");
+            Assert.That(expectedProbs[expected], Is.GreaterThan(0), $"row {r}: the drawn token was kept");
+        }
+    }
+
+    /// <summary>
+    /// The fused kernel's draws follow the chain's distribution: rows of the same logits (each row its
+    /// own Philox counter, so independent draws) against <see cref="SamplerChain.Distribution"/> in a
+    /// chi-square test at the 0.1% level (tokens expecting under 5 draws pooled): 4000 draws on a GPU,
+    /// 500 on the emulator, which runs a row's 1024 threads as fibers (about 0.1 s a row).
+    /// </summary>
+    [TestCase(0.8f, 0, 1.0f, 0.0f)]
+    [TestCase(1.0f, 8, 0.9f, 0.0f)]
+    [TestCase(1.2f, 0, 0.8f, 0.1f)]
+    public void Fused_sampling_draws_follow_the_sampler_chains_distribution(float temperature, int topK, float topP, float minP)
+    {
+        const int vocab = 40;
+        int rows = Device.IsEmulator ? 500 : 4000;
+        var rng = new Random(5);
+        var logits = Enumerable.Range(0, vocab).Select(_ => (float)(rng.NextDouble() * 4)).ToArray();
+        var x = new float[rows * vocab];
+        for (int r = 0; r < rows; r++)
+            logits.CopyTo(x, r * vocab);
+        var options = new SamplingOptions { Temperature = temperature, TopK = topK, TopP = topP, MinP = minP };
+        using var dx = Device.Upload<float>(x);
+        using var dtoken = Device.Allocate<int>(rows);
+        using var dprob = Device.Allocate<float>(rows);
+        Cuda.Kernels.Sampling.SampleF32(Device, dx, rows, vocab, FusedSamplingParameters.From(options), 99, 0, default, dtoken, dprob, default, default);
+        var counts = new int[vocab];
+        foreach (int t in Device.Download<int>(dtoken))
+            counts[t]++;
+        var expected = new float[vocab];
+        SamplerChain.Create(options).Distribution(logits, expected);
+        AssertChiSquare(counts, expected.Select(e => (double)e).ToArray(), rows, $"T {temperature}, top-k {topK}, top-p {topP}, min-p {minP}");
+    }
+
+    /// <summary>
+    /// Pearson's chi-square of counts against probabilities at the 0.1% level: tokens of probability 0
+    /// must never be drawn; tokens expecting fewer than 5 draws are pooled into one cell (the test's
+    /// usual validity condition). The 99.9th percentile is the Wilson–Hilferty approximation
+    /// df·(1 − 2/(9df) + 3.0902·√(2/(9df)))³, within 1% of the exact value for df ≥ 3.
+    /// </summary>
+    internal static void AssertChiSquare(int[] counts, double[] probs, int draws, string what)
+    {
+        double chi2 = 0, pooledExpected = 0;
+        int pooledCount = 0, cells = 0;
+        for (int i = 0; i < probs.Length; i++)
+        {
+            if (probs[i] == 0)
+            {
+                Assert.That(counts[i], Is.Zero, $"{what}: token {i} has probability 0 but was drawn");
+                continue;
+            }
+            double expected = probs[i] * draws;
+            if (expected < 5)
+            {
+                pooledExpected += expected;
+                pooledCount += counts[i];
+                continue;
+            }
+            chi2 += (counts[i] - expected) * (counts[i] - expected) / expected;
+            cells++;
+        }
+        if (pooledExpected > 0)
+        {
+            chi2 += (pooledCount - pooledExpected) * (pooledCount - pooledExpected) / pooledExpected;
+            cells++;
+        }
+        int df = cells - 1;
+        Assert.That(df, Is.GreaterThanOrEqualTo(3), $"{what}: too few cells for the test");
+        double h = 2.0 / (9 * df);
+        double critical = df * Math.Pow(1 - h + 3.0902 * Math.Sqrt(h), 3);
+        Assert.That(chi2, Is.LessThan(critical), $"{what}: chi-square {chi2:F2} with {df} degrees of freedom (critical {critical:F1})");
+    }
+
+    [Test]
+    public void Top_k_ids_match_the_cpu_reference()
+    {
+        const int rows = 6, vocab = 3000, k = 8;
+        var x = SamplingRows(new Random(3), rows, vocab);
+        using var dx = Device.Upload<float>(x);
+        using var dids = Device.Allocate<int>(rows * k);
+        Cuda.Kernels.Sampling.TopKIdsF32(Device, dx, rows, vocab, k, dids);
+        var ids = Device.Download<int>(dids);
+        var expected = new int[k];
+        for (int r = 0; r < rows; r++)
+        {
+            FusedSampling.TopKIdsF32(x.AsSpan(r * vocab, vocab), expected);
+            Assert.That(ids.AsSpan(r * k, k).ToArray(), Is.EqualTo(expected), $"row {r}");
+        }
+    }
+
+    [Test]
+    public void A_row_without_a_finite_logit_draws_minus_one()
+    {
+        var x = new float[64];
+        x.AsSpan().Fill(float.NegativeInfinity);
+        x[3] = float.NaN;
+        using var dx = Device.Upload<float>(x);
+        using var dtoken = Device.Allocate<int>(1);
+        using var dprob = Device.Allocate<float>(1);
+        Cuda.Kernels.Sampling.SampleF32(Device, dx, 1, 64, new FusedSamplingParameters(1, 0, 1, 0), 1, 0, default, dtoken, dprob, default, default);
+        Assert.That(Device.Download<int>(dtoken)[0], Is.EqualTo(-1));
+        Assert.That(FusedSampling.SampleF32(x, new FusedSamplingParameters(1, 0, 1, 0), 1, 0, 0, -1, out _, out _), Is.EqualTo(-1));
+    }
+}
+
+public abstract partial class GpuSuite
+{
+    /// <summary>A random tree of <paramref name="n"/> nodes: parents before children, tokens from a small vocabulary (siblings may repeat).</summary>
+    private static (int[] Parent, int[] Token) RandomTree(Random rng, int n, int vocab)
+    {
+        var parent = Enumerable.Range(0, n).Select(i => i == 0 ? -1 : rng.Next(-1, i)).ToArray();
+        var token = Enumerable.Range(0, n).Select(_ => rng.Next(vocab)).ToArray();
+        return (parent, token);
+    }
+
+    [Test]
+    public void Greedy_acceptance_matches_its_cpu_reference()
+    {
+        var rng = new Random(11);
+        var path = new List<int>();
+        for (int trial = 0; trial < 20; trial++)
+        {
+            int n = rng.Next(0, 40), vocab = 4; // a small vocabulary: argmax matches happen often
+            var (parent, token) = RandomTree(rng, n, vocab);
+            var argmax = Enumerable.Range(0, n + 1).Select(_ => rng.Next(vocab)).ToArray();
+            int expected = Speculative.AcceptanceKernels.AcceptGreedy(parent, token, argmax, path);
+            var expectedPath = path.ToArray();
+            using var dp = Device.Upload<int>(n == 0 ? [0] : parent);
+            using var dt = Device.Upload<int>(n == 0 ? [0] : token);
+            using var da = Device.Upload<int>(argmax);
+            using var dout = Device.Allocate<int>(Cuda.Kernels.Acceptance.OutputInts(n));
+            Cuda.Kernels.Acceptance.AcceptGreedy(Device, dp, dt, n, da, dout);
+            var output = Device.Download<int>(dout);
+            Assert.That(output[1], Is.EqualTo(expected), $"trial {trial}: next token");
+            Assert.That(output.AsSpan(2, output[0]).ToArray(), Is.EqualTo(expectedPath), $"trial {trial}: path");
+        }
+    }
+
+    /// <summary>
+    /// accept_sampled against its CPU reference on random trees with deterministic, independent and
+    /// without-replacement children: the same path and next token (on the emulator the float sums and
+    /// Philox draws are the same; on a GPU the same too, since the inputs are given, not computed).
+    /// </summary>
+    [TestCase(0)]
+    [TestCase(1)]
+    [TestCase(2)]
+    public void Sampled_acceptance_matches_its_cpu_reference(int kind)
+    {
+        const int vocab = 50;
+        var rng = new Random(100 + kind);
+        var path = new List<int>();
+        int rejections = 0;
+        for (int trial = 0; trial < 8; trial++)
+        {
+            int n = rng.Next(1, 12);
+            var (parent, _) = RandomTree(rng, n, vocab);
+            // Rows' target distributions: peaked, so that both acceptance and rejection happen.
+            var probs = new float[(n + 1) * vocab];
+            var sampled = new int[n + 1];
+            for (int r = 0; r <= n; r++)
+            {
+                var row = Enumerable.Range(0, vocab).Select(_ => (float)(rng.NextDouble() * 6)).ToArray();
+                sampled[r] = FusedSampling.SampleF32(row, new FusedSamplingParameters(1, 0, 1, 0), 7, (ulong)trial, r, -1, out _, out _,
+                    probs.AsSpan(r * vocab, vocab));
+            }
+            // Each node's children: tokens drawn as the kind says from its own q.
+            var q = new float[(n + 1) * vocab];
+            var qrow = new int[n + 1];
+            var draw = new int[n + 1];
+            var token = new int[n];
+            for (int r = 0; r <= n; r++)
+            {
+                var qr = Enumerable.Range(0, vocab).Select(_ => (float)Math.Exp(rng.NextDouble() * 6)).ToArray();
+                float sum = qr.Sum();
+                for (int i = 0; i < vocab; i++)
+                    q[r * vocab + i] = qr[i] / sum;
+                qrow[r] = kind == 0 ? -1 : r;
+                draw[r] = kind;
+                var left = q.AsSpan(r * vocab, vocab).ToArray();
+                for (int c = 0; c < n; c++)
+                {
+                    if (parent[c] != r - 1)
+                        continue;
+                    token[c] = SamplerChain.Draw(kind == 1 ? q.AsSpan(r * vocab, vocab) : left, rng);
+                    if (kind != 1)
+                        left[token[c]] = 0; // without replacement (and distinct deterministic children)
+                }
+            }
+            ulong seed = 5, offset = (ulong)(trial * 1000);
+            int expected = Speculative.AcceptanceKernels.AcceptSampled(probs, sampled, q, qrow, draw, parent, token, vocab, seed, offset, path);
+            var expectedPath = path.ToArray();
+            int childrenOfLast = parent.Count(p => p == (expectedPath.Length == 0 ? -1 : expectedPath[^1]));
+            if (childrenOfLast > 0)
+                rejections++;
+
+            using var dprobs = Device.Upload<float>(probs);
+            using var dsampled = Device.Upload<int>(sampled);
+            using var dq = Device.Upload<float>(q);
+            using var dqrow = Device.Upload<int>(qrow);
+            using var ddraw = Device.Upload<int>(draw);
+            using var dparent = Device.Upload<int>(parent);
+            using var dtoken = Device.Upload<int>(token);
+            using var dresidual = Device.Allocate<float>(vocab);
+            using var dout = Device.Allocate<int>(Cuda.Kernels.Acceptance.OutputInts(n));
+            Cuda.Kernels.Acceptance.AcceptSampled(Device, dprobs, dsampled, dq, dqrow, ddraw, dparent, dtoken, n, vocab, seed, offset, dresidual, dout);
+            var output = Device.Download<int>(dout);
+            Assert.That(output[1], Is.EqualTo(expected), $"trial {trial}: next token");
+            Assert.That(output.AsSpan(2, output[0]).ToArray(), Is.EqualTo(expectedPath), $"trial {trial}: path");
+        }
+        Assert.That(rejections, Is.GreaterThan(0), "some trial rejected every child of a node, so a residual was drawn from");
     }
 }

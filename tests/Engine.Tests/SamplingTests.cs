@@ -128,3 +128,25 @@ public class SamplingTests
         Assert.That(c.Ids[..5], Is.EqualTo(new[] { 1, 3, 4, 0, 2 }));
     }
 }
+
+public class PhiloxTests
+{
+    /// <summary>Known answers of Philox4x32-10 from Random123's kat_vectors (first output word).</summary>
+    [TestCase(0u, 0u, 0u, 0u, 0ul, 0x6627e8d5u)]
+    [TestCase(0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffffffffffUL, 0x408f276du)]
+    [TestCase(0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u, 0x299f31d0a4093822UL, 0xd16cfe09u)]
+    public void Philox_gives_the_reference_vectors(uint c0, uint c1, uint c2, uint c3, ulong key, uint expected) =>
+        Assert.That(Philox.U32(key, c0, c1, c2, c3), Is.EqualTo(expected));
+
+    [Test]
+    public void Min_p_keeps_tokens_within_the_ratio_of_the_best()
+    {
+        // softmax of ln(0.5), ln(0.3), ln(0.15), ln(0.05): with min-p 0.2 the floor is 0.1 → 0.05 goes.
+        float[] logits = [MathF.Log(0.5f), MathF.Log(0.3f), MathF.Log(0.15f), MathF.Log(0.05f)];
+        var probs = new float[4];
+        SamplerChain.Create(new SamplingOptions { Temperature = 1, TopK = 0, TopP = 1, MinP = 0.2f }).Distribution(logits, probs);
+        Assert.That(probs[3], Is.Zero);
+        Assert.That(probs[0], Is.EqualTo(0.5 / 0.95).Within(1e-6));
+        Assert.Throws<ArgumentOutOfRangeException>(() => SamplerChain.Create(new SamplingOptions { MinP = 1.5f }));
+    }
+}

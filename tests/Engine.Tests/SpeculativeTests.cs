@@ -374,3 +374,89 @@ public class SpeculativeTests
         Assert.That(good.Next(), Is.GreaterThanOrEqualTo(16));
     }
 }
+
+/// <summary>
+/// The CPU references of the device's acceptance and sampling kernels keep the target distribution:
+/// what the emulator and a GPU are checked against bit for bit must itself be lossless.
+/// </summary>
+public class AcceptanceKernelTests
+{
+    /// <summary>
+    /// Recursive rejection sampling as accept_sampled runs it (Philox draws, the kernel's float sums):
+    /// over 6000 draws of a root with three children, drawn from q by each scheme, the first token
+    /// follows the target p (chi-square at the 0.1% level) — whatever was drafted.
+    /// </summary>
+    [TestCase(0)]
+    [TestCase(1)]
+    [TestCase(2)]
+    public void Sampled_acceptance_reference_keeps_the_target_distribution(int kind)
+    {
+        const int vocab = 12, trials = 6000;
+        var rng = new Random(kind + 1);
+        var logits = Enumerable.Range(0, vocab).Select(_ => (float)(rng.NextDouble() * 3)).ToArray();
+        var qLogits = Enumerable.Range(0, vocab).Select(_ => (float)(rng.NextDouble() * 3)).ToArray();
+        var p = new float[vocab];
+        var q = new float[2 * vocab];
+        var parameters = new FusedSamplingParameters(1, 0, 1, 0);
+        var counts = new int[vocab];
+        var path = new List<int>();
+        var probs = new float[4 * vocab];
+        int[] parent = [-1, -1, -1];
+        var token = new int[3];
+        var sampled = new int[4];
+        int accepted = 0;
+        FusedSampling.SampleF32(qLogits, parameters, 0, 0, 0, -1, out _, out _, q.AsSpan(0, vocab));
+        for (int t = 0; t < trials; t++)
+        {
+            ulong offset = (ulong)t;
+            for (int r = 0; r < 4; r++)
+                sampled[r] = FusedSampling.SampleF32(logits, parameters, 99, offset, r, -1, out _, out _, probs.AsSpan(r * vocab, vocab));
+            var left = q.AsSpan(0, vocab).ToArray();
+            for (int c = 0; c < 3; c++)
+            {
+                token[c] = kind == 0 ? c * 3 : SamplerChain.Draw(kind == 1 ? q.AsSpan(0, vocab) : left, rng);
+                if (kind == 2)
+                    left[token[c]] = 0;
+            }
+            int next = AcceptanceKernels.AcceptSampled(probs, sampled, q, [kind == 0 ? -1 : 0, -1, -1, -1], [kind, 0, 0, 0], parent, token, vocab,
+                99, offset, path);
+            int first = path.Count > 0 ? token[path[0]] : next;
+            accepted += path.Count > 0 ? 1 : 0;
+            counts[first]++;
+        }
+        probs.AsSpan(0, vocab).CopyTo(p);
+        Assert.That(accepted, Is.InRange(1, trials - 1), "both acceptance and rejection happened");
+        GpuSuite.AssertChiSquare(counts, p.Select(v => (double)v).ToArray(), trials, $"draw scheme {kind}");
+    }
+
+    [Test]
+    public void Greedy_acceptance_reference_equals_greedy_match()
+    {
+        var rng = new Random(3);
+        var treePath = new List<int>();
+        var kernelPath = new List<int>();
+        for (int trial = 0; trial < 200; trial++)
+        {
+            const int vocab = 5;
+            var tree = new DraftTree();
+            int n = rng.Next(0, 20);
+            for (int i = 0; i < n; i++)
+            {
+                int parent = rng.Next(-1, tree.Count), token = rng.Next(vocab);
+                bool taken = false;
+                for (int c = tree.FirstChild(parent); c >= 0; c = tree.NextSibling(c))
+                    taken |= tree.Token(c) == token;
+                if (!taken) // deterministic siblings differ
+                    tree.Add(parent, token);
+            }
+            n = tree.Count;
+            var logits = Enumerable.Range(0, (n + 1) * vocab).Select(_ => (float)rng.Next(4)).ToArray(); // ties too
+            int expected = new GreedyMatch().Accept(tree, logits, vocab, SamplerChain.Create(SamplingOptions.Greedy), treePath);
+            var argmax = Enumerable.Range(0, n + 1).Select(r => SamplerChain.Argmax(logits.AsSpan(r * vocab, vocab))).ToArray();
+            int actual = AcceptanceKernels.AcceptGreedy(Enumerable.Range(0, n).Select(tree.Parent).ToArray(),
+                Enumerable.Range(0, n).Select(tree.Token).ToArray(), argmax, kernelPath);
+            Assert.That(actual, Is.EqualTo(expected));
+            Assert.That(kernelPath, Is.EqualTo(treePath));
+        }
+    }
+}

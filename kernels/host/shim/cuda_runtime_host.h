@@ -46,6 +46,7 @@ static inline int __shfl_sync(unsigned, int v, int lane) { return simt::shuffle(
 template <typename T> static inline T __ldg(const T * p) { return *p; }
 static inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
 static inline int __ffsll(long long x) { return __builtin_ffsll(x); }
+static inline unsigned __float_as_uint(float f) { unsigned u; __builtin_memcpy(&u, &f, 4); return u; }
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 using std::min;
 using std::max;

@@ -1,0 +1,260 @@
+namespace Engine.Sampling;
+
+/// <summary>
+/// The fused sampler's settings: temperature, then top-k, top-p and min-p, then the draw (the order of
+/// <see cref="SamplerChain"/>). Temperature must be positive: greedy decoding takes the argmax instead.
+/// </summary>
+public readonly record struct FusedSamplingParameters(float Temperature, int TopK, float TopP, float MinP)
+{
+    public static FusedSamplingParameters From(SamplingOptions options) => new(options.Temperature, options.TopK, options.TopP, options.MinP);
+
+    public void Validate()
+    {
+        if (!(Temperature > 0) || !float.IsFinite(Temperature))
+            throw new ArgumentOutOfRangeException(nameof(Temperature), $"temperature {Temperature} must be a positive number for sampling");
+        if (TopK < 0)
+            throw new ArgumentOutOfRangeException(nameof(TopK), $"top-k {TopK} must be 0 (off) or positive");
+        if (!(TopP > 0 && TopP <= 1))
+            throw new ArgumentOutOfRangeException(nameof(TopP), $"top-p {TopP} must be in (0, 1] (1 = off)");
+        if (!(MinP >= 0 && MinP <= 1))
+            throw new ArgumentOutOfRangeException(nameof(MinP), $"min-p {MinP} must be in [0, 1] (0 = off)");
+    }
+}
+
+/// <summary>
+/// CPU reference of kernels/sampling.cu: <c>sample_f32</c> (temperature, top-k, top-p, min-p and the
+/// draw in one pass per row, no sort) and <c>top_k_ids_f32</c>. It lays a row out over the kernel's
+/// 1024 threads and does the kernel's float operations in the kernel's order — per-thread sums left
+/// to right, a warp's butterfly, the warps in order — so on the emulator it gives the kernel's tokens
+/// and probabilities bit for bit. Each filter keeps the weights at or above a threshold found by a
+/// 16-way search over their float bit patterns (a radix select); the draw inverts the kept weights'
+/// cumulative sum with a Philox number (<see cref="Philox"/>), so a seed reproduces the output on any
+/// device. Top-k: Fan et al., 2018; top-p: Holtzman et al., "The Curious Case of Neural Text
+/// Degeneration", 2020; min-p: Nguyen et al., "Turning Up the Heat: Min-p Sampling for Creative and
+/// Coherent LLM Outputs", 2024.
+/// </summary>
+public static class FusedSampling
+{
+    /// <summary>Threads per row (SAMPLE_THREADS) and the search's ways (SAMPLE_WAYS).</summary>
+    public const int Threads = 1024, Ways = 16;
+
+    private const uint One = 0x3F800000u;
+    private const int Warps = Threads / 32;
+
+    private static float Weight(float x, float mx, float invTemp) => float.IsNaN(x) ? 0 : MathF.Exp((x - mx) * invTemp);
+
+    private static uint Bits(float w) => BitConverter.SingleToUInt32Bits(w);
+
+    /// <summary>
+    /// sample_f32 for one row: the drawn token (−1 when no logit is finite) and its probability; the
+    /// kept probability of <paramref name="query"/> (−1: none) and, when <paramref name="probs"/> is not
+    /// empty, the whole distribution.
+    /// </summary>
+    public static int SampleF32(ReadOnlySpan<float> x, FusedSamplingParameters p, ulong seed, ulong offset, int row, int query,
+        out float prob, out float queryProb, Span<float> probs = default)
+    {
+        int vocab = x.Length;
+        float invTemp = 1 / p.Temperature;
+        int per = (vocab + Threads - 1) / Threads;
+        float mx = float.NegativeInfinity;
+        foreach (float v in x)
+        {
+            if (!float.IsNaN(v))
+                mx = MathF.Max(mx, v);
+        }
+        prob = queryProb = 0;
+        if (!(mx > float.NegativeInfinity) || float.IsPositiveInfinity(mx))
+            return -1;
+
+        uint keep = 0;
+        if (p.TopK > 0 && p.TopK < vocab)
+            keep = Threshold(x, per, mx, invTemp, keep, p.TopK, mass: false);
+        if (p.TopP < 1)
+        {
+            Span<uint> c = stackalloc uint[Ways - 1];
+            c.Fill(uint.MaxValue);
+            c[0] = keep;
+            Span<float> total = stackalloc float[Ways - 1];
+            TailSums(x, per, mx, invTemp, keep, c, mass: true, total);
+            keep = Threshold(x, per, mx, invTemp, keep, p.TopP * total[0], mass: true);
+        }
+        if (p.MinP > 0)
+            keep = Math.Max(keep, Bits(p.MinP));
+
+        // The draw, in the kernel's order.
+        Span<float> local = stackalloc float[Threads];
+        for (int t = 0; t < Threads; t++)
+        {
+            float sum = 0;
+            int lo = Math.Min(vocab, t * per), hi = Math.Min(vocab, lo + per);
+            for (int i = lo; i < hi; i++)
+            {
+                float w = Weight(x[i], mx, invTemp);
+                if (Bits(w) >= keep)
+                    sum += w;
+            }
+            local[t] = sum;
+        }
+        Span<float> warpTotal = stackalloc float[Warps];
+        Span<float> within = stackalloc float[Threads];
+        for (int w = 0; w < Warps; w++)
+        {
+            for (int t = w * 32; t < w * 32 + 32; t++)
+            {
+                float s = 0;
+                for (int u = w * 32; u < t; u++)
+                    s += local[u];
+                within[t] = s;
+            }
+            warpTotal[w] = within[w * 32 + 31] + local[w * 32 + 31];
+        }
+        float z = 0;
+        for (int w = 0; w < Warps; w++)
+            z += warpTotal[w];
+        Span<float> bases = stackalloc float[Threads + 1];
+        for (int t = 0; t < Threads; t++)
+        {
+            float before = 0;
+            for (int w = 0; w < t / 32; w++)
+                before += warpTotal[w];
+            bases[t] = before + within[t];
+        }
+        bases[Threads] = z;
+        float target = Philox.Uniform(seed, offset, (uint)row, 0) * z;
+        int chosen = -1;
+        for (int t = 0; t < Threads; t++)
+        {
+            float b = bases[t], next = bases[t + 1];
+            if (!(b < next && b <= target && (target < next || (next == z && target >= z))))
+                continue;
+            float r = target - b, acc = 0;
+            int lo = Math.Min(vocab, t * per), hi = Math.Min(vocab, lo + per);
+            for (int i = lo; i < hi; i++)
+            {
+                float w = Weight(x[i], mx, invTemp);
+                if (w > 0 && Bits(w) >= keep)
+                {
+                    acc += w;
+                    chosen = i;
+                    if (r < acc)
+                        break;
+                }
+            }
+        }
+        prob = Weight(x[chosen], mx, invTemp) / z;
+        if (query >= 0 && query < vocab)
+        {
+            float w = Weight(x[query], mx, invTemp);
+            queryProb = Bits(w) >= keep ? w / z : 0;
+        }
+        if (!probs.IsEmpty)
+        {
+            for (int i = 0; i < vocab; i++)
+            {
+                float w = Weight(x[i], mx, invTemp);
+                probs[i] = Bits(w) >= keep ? w / z : 0;
+            }
+        }
+        return chosen;
+    }
+
+    /// <summary>sample_tail_sums: per candidate c[j], the count or mass of tokens with bits(w) ≥ max(c[j], base).</summary>
+    private static void TailSums(ReadOnlySpan<float> x, int per, float mx, float invTemp, uint keepBase, ReadOnlySpan<uint> c, bool mass, Span<float> total)
+    {
+        int vocab = x.Length;
+        Span<float> part = stackalloc float[Warps * (Ways - 1)];
+        Span<float> lanes = stackalloc float[32 * (Ways - 1)];
+        Span<float> one = stackalloc float[32];
+        for (int w = 0; w < Warps; w++)
+        {
+            lanes.Clear();
+            for (int lane = 0; lane < 32; lane++)
+            {
+                int t = w * 32 + lane;
+                int lo = Math.Min(vocab, t * per), hi = Math.Min(vocab, lo + per);
+                for (int i = lo; i < hi; i++)
+                {
+                    float wt = Weight(x[i], mx, invTemp);
+                    uint bits = Bits(wt);
+                    if (bits < keepBase)
+                        continue;
+                    float add = mass ? wt : 1;
+                    for (int j = 0; j < Ways - 1; j++)
+                    {
+                        if (bits >= c[j])
+                            lanes[j * 32 + lane] += add;
+                    }
+                }
+            }
+            for (int j = 0; j < Ways - 1; j++)
+            {
+                lanes.Slice(j * 32, 32).CopyTo(one);
+                part[w * (Ways - 1) + j] = Backends.Cpu.Kernels.TreeAttention.WarpSum(one);
+            }
+        }
+        for (int j = 0; j < Ways - 1; j++)
+        {
+            float t = 0;
+            for (int w = 0; w < Warps; w++)
+                t += part[w * (Ways - 1) + j];
+            total[j] = t;
+        }
+    }
+
+    /// <summary>sample_threshold: the largest T ≥ base whose tail reaches <paramref name="target"/>.</summary>
+    private static uint Threshold(ReadOnlySpan<float> x, int per, float mx, float invTemp, uint keepBase, float target, bool mass)
+    {
+        uint low = keepBase, high = One + 1;
+        Span<uint> c = stackalloc uint[Ways - 1];
+        Span<float> total = stackalloc float[Ways - 1];
+        while (high - low > 1)
+        {
+            uint step = (high - low + Ways - 1) / Ways;
+            for (int j = 0; j < Ways - 1; j++)
+            {
+                ulong cj = low + (ulong)(j + 1) * step;
+                c[j] = cj < high ? (uint)cj : uint.MaxValue;
+            }
+            TailSums(x, per, mx, invTemp, keepBase, c, mass, total);
+            uint newHigh = high;
+            for (int j = Ways - 2; j >= 0; j--)
+            {
+                if (c[j] != uint.MaxValue && total[j] >= target)
+                {
+                    low = c[j];
+                    break;
+                }
+                if (c[j] != uint.MaxValue)
+                    newHigh = c[j];
+            }
+            high = newHigh;
+        }
+        return low;
+    }
+
+    /// <summary>top_k_ids_f32 for one row: the indices of the k largest logits, largest first, the earlier index on ties; NaN and −∞ never; −1 past the finite ones.</summary>
+    public static void TopKIdsF32(ReadOnlySpan<float> x, Span<int> ids)
+    {
+        float prevV = float.PositiveInfinity;
+        int prevI = -1;
+        for (int j = 0; j < ids.Length; j++)
+        {
+            float bestV = float.NegativeInfinity;
+            int bestI = -1;
+            for (int i = 0; i < x.Length; i++)
+            {
+                float v = x[i];
+                if (!(v > float.NegativeInfinity))
+                    continue;
+                bool after = v < prevV || (v == prevV && i > prevI);
+                if (after && (bestI < 0 || v > bestV))
+                {
+                    bestV = v;
+                    bestI = i;
+                }
+            }
+            ids[j] = bestI;
+            (prevV, prevI) = bestI < 0 ? (float.NegativeInfinity, -1) : (bestV, bestI);
+        }
+    }
+}

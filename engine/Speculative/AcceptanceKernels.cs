@@ -1,0 +1,202 @@
+using Engine.Sampling;
+
+namespace Engine.Speculative;
+
+/// <summary>
+/// CPU references of kernels/acceptance.cu, which decides on the device what a verified draft tree
+/// keeps: <see cref="AcceptGreedy"/> (<c>accept_greedy</c>, <see cref="GreedyMatch"/>'s walk over argmax
+/// ids) and <see cref="AcceptSampled"/> (<c>accept_sampled</c>, <see cref="RecursiveRejectionSampling"/>
+/// with Philox draws and the kernel's float sums in its order, so the emulator gives the same path
+/// and token). The tree comes as arrays: parent[i] (−1 = the root) and token[i] for node i; rows are
+/// 0 after the root and i + 1 after node i. Both return the next token and fill the accepted path.
+/// </summary>
+public static class AcceptanceKernels
+{
+    /// <summary>Threads of the sampled kernel's block (ACCEPT_THREADS) and the most siblings drawn without replacement it tracks.</summary>
+    public const int Threads = 1024, MaxSiblings = 256;
+
+    /// <summary>accept_greedy: follow the first child whose token is the target's argmax after its parent.</summary>
+    public static int AcceptGreedy(ReadOnlySpan<int> parent, ReadOnlySpan<int> token, ReadOnlySpan<int> argmax, List<int> path)
+    {
+        path.Clear();
+        int node = -1;
+        while (true)
+        {
+            int best = argmax[node + 1], next = -1;
+            for (int c = node + 1; c < parent.Length; c++)
+            {
+                if (parent[c] == node && token[c] == best)
+                {
+                    next = c;
+                    break;
+                }
+            }
+            if (next < 0)
+                return best;
+            path.Add(next);
+            node = next;
+        }
+    }
+
+    /// <summary>
+    /// accept_sampled: recursive rejection sampling. <paramref name="probs"/> [n + 1, vocab] and
+    /// <paramref name="sampled"/> [n + 1] are sample_f32's distributions and draws per row; q rows are
+    /// chosen by <paramref name="qrow"/> (−1: deterministic children) and <paramref name="draw"/> says how
+    /// each node's children were drawn (<see cref="DraftDraw"/> as 0, 1, 2).
+    /// </summary>
+    public static int AcceptSampled(ReadOnlySpan<float> probs, ReadOnlySpan<int> sampled, ReadOnlySpan<float> q, ReadOnlySpan<int> qrow,
+        ReadOnlySpan<int> draw, ReadOnlySpan<int> parent, ReadOnlySpan<int> token, int vocab, ulong seed, ulong offset, List<int> path)
+    {
+        int n = parent.Length;
+        var residual = new float[vocab];
+        var excludedTokens = new List<int>();
+        path.Clear();
+        int node = -1;
+        while (true)
+        {
+            int row = node + 1;
+            var p = probs.Slice(row * vocab, vocab);
+            int kind = draw[row];
+            var qr = qrow[row] >= 0 ? q.Slice(qrow[row] * vocab, vocab) : default;
+            bool modified = false;
+            double removed = 0;
+            excludedTokens.Clear();
+            int accepted = -1;
+            for (int c = node + 1; c < n; c++)
+            {
+                if (parent[c] != node)
+                    continue;
+                int x = token[c];
+                bool isExcluded = excludedTokens.Contains(x);
+                double qx = kind == 0 ? 1.0 : kind == 1 ? qr[x] : isExcluded ? 0.0 : qr[x] / (1.0 - removed);
+                if (qx <= 0)
+                    continue;
+                double px = modified ? residual[x] : p[x];
+                float u = Philox.Uniform(seed, offset, (uint)(c + 1), 1);
+                if (u < Math.Min(1.0, px / qx))
+                {
+                    accepted = c;
+                    break;
+                }
+                if (!modified)
+                {
+                    p.CopyTo(residual);
+                    modified = true;
+                }
+                if (kind == 0)
+                    residual[x] = 0;
+                else if (kind == 1)
+                {
+                    for (int i = 0; i < vocab; i++)
+                        residual[i] = MathF.Max(0, residual[i] - qr[i]);
+                }
+                else
+                {
+                    float inv = (float)(1.0 / (1.0 - removed));
+                    for (int i = 0; i < vocab; i++)
+                    {
+                        if (!excludedTokens.Contains(i))
+                            residual[i] = MathF.Max(0, residual[i] - qr[i] * inv);
+                    }
+                    if (excludedTokens.Count < MaxSiblings)
+                        excludedTokens.Add(x);
+                    removed += qr[x];
+                }
+                float sum = BlockSum(residual);
+                if (!(sum > 1e-12f))
+                    p.CopyTo(residual);
+                else
+                {
+                    float inv = 1.0f / sum;
+                    for (int i = 0; i < vocab; i++)
+                        residual[i] *= inv;
+                }
+            }
+            if (accepted < 0)
+                return modified ? BlockDraw(residual, Philox.Uniform(seed, offset, (uint)row, 2)) : sampled[row];
+            path.Add(accepted);
+            node = accepted;
+        }
+    }
+
+    /// <summary>accept_block_sum: per-thread ranges, a warp's butterfly, the warps in order.</summary>
+    public static float BlockSum(ReadOnlySpan<float> w)
+    {
+        int n = w.Length, per = (n + Threads - 1) / Threads;
+        Span<float> lanes = stackalloc float[32];
+        float total = 0;
+        for (int warp = 0; warp < Threads / 32; warp++)
+        {
+            for (int lane = 0; lane < 32; lane++)
+            {
+                int t = warp * 32 + lane;
+                int lo = Math.Min(n, t * per), hi = Math.Min(n, lo + per);
+                float local = 0;
+                for (int i = lo; i < hi; i++)
+                    local += w[i];
+                lanes[lane] = local;
+            }
+            total += Backends.Cpu.Kernels.TreeAttention.WarpSum(lanes);
+        }
+        return total;
+    }
+
+    /// <summary>accept_block_draw: the first token whose cumulative weight (in the kernel's summation order) passes u·Z.</summary>
+    public static int BlockDraw(ReadOnlySpan<float> w, float u)
+    {
+        int n = w.Length, per = (n + Threads - 1) / Threads;
+        var local = new float[Threads];
+        for (int t = 0; t < Threads; t++)
+        {
+            int lo = Math.Min(n, t * per), hi = Math.Min(n, lo + per);
+            for (int i = lo; i < hi; i++)
+                local[t] += w[i];
+        }
+        var within = new float[Threads];
+        var warpTotal = new float[Threads / 32];
+        for (int warp = 0; warp < Threads / 32; warp++)
+        {
+            for (int t = warp * 32; t < warp * 32 + 32; t++)
+            {
+                float s = 0;
+                for (int v = warp * 32; v < t; v++)
+                    s += local[v];
+                within[t] = s;
+            }
+            warpTotal[warp] = within[warp * 32 + 31] + local[warp * 32 + 31];
+        }
+        float z = 0;
+        foreach (float t in warpTotal)
+            z += t;
+        var bases = new float[Threads + 1];
+        for (int t = 0; t < Threads; t++)
+        {
+            float before = 0;
+            for (int warp = 0; warp < t / 32; warp++)
+                before += warpTotal[warp];
+            bases[t] = before + within[t];
+        }
+        bases[Threads] = z;
+        float target = u * z;
+        int chosen = -1;
+        for (int t = 0; t < Threads; t++)
+        {
+            float b = bases[t], next = bases[t + 1];
+            if (!(b < next && b <= target && (target < next || (next == z && target >= z))))
+                continue;
+            float r = target - b, acc = 0;
+            int lo = Math.Min(n, t * per), hi = Math.Min(n, lo + per);
+            for (int i = lo; i < hi; i++)
+            {
+                if (w[i] > 0)
+                {
+                    acc += w[i];
+                    chosen = i;
+                    if (r < acc)
+                        break;
+                }
+            }
+        }
+        return chosen;
+    }
+}
