@@ -46,6 +46,8 @@ public static class DraftSources
             throw new ArgumentException($"method '{method}' needs a draft model (--draft-model)");
         if (draft.Config.VocabSize != target.Config.VocabSize)
             throw new ArgumentException($"the draft model {draft.Path} has {draft.Config.VocabSize} tokens, the target {target.Config.VocabSize}; they must share a vocabulary");
+        if (draft.Backend.Name != target.Backend.Name)
+            throw new ArgumentException($"the draft model {draft.Path} runs on {draft.Backend.Name}, the target on {target.Backend.Name}; both must be on the same device");
         if (!SameVocabulary(draft, target))
             throw new ArgumentException($"the draft model {draft.Path} has a different vocabulary from the target {target.Path}");
         return draft;

@@ -1,3 +1,4 @@
+using Engine.Api;
 using Engine.Backends;
 using Engine.Backends.Cpu.Kernels;
 using Engine.Cuda;
@@ -413,5 +414,81 @@ public abstract partial class GpuSuite
             Assert.That(output.AsSpan(2, output[0]).ToArray(), Is.EqualTo(expectedPath), $"trial {trial}: path");
         }
         Assert.That(rejections, Is.GreaterThan(0), "some trial rejected every child of a node, so a residual was drawn from");
+    }
+}
+
+public abstract partial class GpuSuite
+{
+    private LanguageModel LoadStoriesOnDevice() =>
+        LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Backend = new CudaBackend(Device, ownsDevice: false, useCuBlas: true) });
+
+    /// <summary>
+    /// Sampling on the device: the fused kernel draws each token where the logits are (Philox from the
+    /// seed and the token's position), so a seed reproduces a generation and another seed changes it.
+    /// </summary>
+    [Test]
+    public void Sampled_generation_on_the_device_is_reproducible_from_its_seed()
+    {
+        using var lm = LoadStoriesOnDevice();
+        List<int> Run(ulong seed)
+        {
+            using var session = lm.CreateSession();
+            var options = new GenerationOptions { MaxTokens = 24, StopAtEndOfGeneration = false, Sampling = new SamplingOptions { Temperature = 1.0f, Seed = seed, MinP = 0.02f } };
+            return session.Generate([1], options).ToList();
+        }
+        var a = Run(7);
+        Assert.That(Run(7), Is.EqualTo(a));
+        Assert.That(Run(8), Is.Not.EqualTo(a));
+        Assert.That(a.Distinct().Count(), Is.GreaterThan(5), "sampled text, not one repeated token");
+    }
+
+    /// <summary>
+    /// Sampled speculative decoding with the whole step on the device (fused sampling of every tree row,
+    /// accept_sampled; the draft model's chains and its Gumbel-top-k trees): it runs, accepts drafts, and a seed reproduces it (with a
+    /// fixed budget: the adaptive one follows measured step times). Its
+    /// losslessness is the acceptance kernel's, checked bit for bit against the CPU reference above,
+    /// whose output distribution AcceptanceKernelTests checks.
+    /// </summary>
+    [TestCase("draft")]
+    [TestCase("rsd")]
+    public void Sampled_speculative_decoding_on_the_device_accepts_drafts_and_is_reproducible(string method)
+    {
+        using var lm = LoadStoriesOnDevice();
+        using var dir = new TempDir();
+        LanguageModel? draft = null;
+        if (method is "draft" or "rsd")
+        {
+            string path = dir.File("draft-q8_0.gguf");
+            Assert.That(CliTests.Run("quantize", SharedData.StoriesGguf, path, "Q8_0").Code, Is.Zero);
+            draft = LanguageModel.Load(path, new ModelOptions { Backend = new CudaBackend(Device, ownsDevice: false) });
+        }
+        try
+        {
+            (List<int>, Speculative.SpeculativeStats) Run()
+            {
+                using var decoder = new Speculative.SpeculativeDecoder(lm, Speculative.DraftSources.Create(method, lm, draft), new() { MaxDraft = 6, Adaptive = false });
+                var options = new GenerationOptions { MaxTokens = 40, StopAtEndOfGeneration = false, Sampling = new SamplingOptions { Temperature = 0.7f, Seed = 3 } };
+                var tokens = decoder.Generate([1], options).ToList();
+                return (tokens, decoder.Stats);
+            }
+            var (first, stats) = Run();
+            var (second, _) = Run();
+            Assert.That(first, Has.Count.EqualTo(40));
+            Assert.That(second, Is.EqualTo(first), "the same seed, the same tokens");
+            Assert.That(stats.AcceptedTokens, Is.GreaterThan(0), "drafts were accepted");
+        }
+        finally
+        {
+            draft?.Dispose();
+        }
+    }
+
+    [Test]
+    public void A_draft_model_on_another_device_is_refused_before_decoding()
+    {
+        using var lm = LoadStoriesOnDevice();
+        using var cpuDraft = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Threads = 1 });
+        var e = Assert.Throws<ArgumentException>(() => Speculative.DraftSources.Create("draft", lm, cpuDraft))!;
+        Assert.That(e.Message, Does.Contain("runs on cpu, the target on cuda:0"));
     }
 }

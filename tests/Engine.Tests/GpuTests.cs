@@ -538,12 +538,26 @@ public abstract partial class GpuSuite
     /// </summary>
     [TestCase("recycle")]
     [TestCase("lookup")]
+    [TestCase("online")]
+    [TestCase("layerskip")]
+    [TestCase("draft")]
+    [TestCase("rsd")]
     public void Greedy_speculative_output_equals_plain_greedy_output_on_the_device(string method)
     {
         using var lm = LoadOnGpu(SharedData.StoriesGguf, useCuBlas: true);
+        // The draft model on the same device: the Q8_0 stories260K (its own weights, the same vocabulary).
+        using var dir = new TempDir();
+        string? draftPath = null;
+        if (method is "draft" or "rsd")
+        {
+            draftPath = dir.File("draft-q8_0.gguf");
+            var (code, _, err) = CliTests.Run("quantize", SharedData.StoriesGguf, draftPath, "Q8_0");
+            Assert.That(code, Is.Zero, err);
+        }
+        using var draft = draftPath is null ? null : LoadOnGpu(draftPath, useCuBlas: true);
         int[] prompt = [.. lm.Tokenizer.Encode("Once upon a time, there was a little dog", addSpecial: true)];
         var plain = SpeculativeTests.Plain(lm, prompt, 48);
-        var (spec, stats) = SpeculativeTests.Speculative(lm, Engine.Speculative.DraftSources.Create(method, lm), prompt, 48);
+        var (spec, stats) = SpeculativeTests.Speculative(lm, Engine.Speculative.DraftSources.Create(method, lm, draft, layers: method == "layerskip" ? 4 : 0), prompt, 48);
         Assert.That(spec, Is.EqualTo(plain));
         Assert.That(stats.AcceptedTokens, Is.GreaterThan(0), "drafts were accepted, so verification ran");
     }
