@@ -79,6 +79,15 @@ public sealed class SpeculativeDecoder : IDisposable
 
     public IDraftSource Source { get; }
 
+    /// <summary>The tokens of the current or last generation: the prompt, then every token yielded.</summary>
+    public IReadOnlyList<int> Context => _context;
+
+    /// <summary>
+    /// The target's cache sequence: after each step (and so after a cancellation, which is checked
+    /// between steps) it holds exactly the context but its last token, the root of the next draft.
+    /// </summary>
+    internal KvSequence Sequence => _sequence;
+
     public SpeculativeOptions Options { get; }
 
     /// <summary>Counts of the current or last generation (built on request, so the loop allocates nothing for it).</summary>

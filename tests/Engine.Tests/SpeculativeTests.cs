@@ -460,3 +460,47 @@ public class AcceptanceKernelTests
         }
     }
 }
+
+public class SpeculativeCancellationTests
+{
+    /// <summary>
+    /// Cancelling a speculative generation mid-way leaves the target's cache at a consistent accepted
+    /// prefix: it holds the context but its last token (no rejected draft left behind), and the logits it
+    /// gives for the next position equal those of a fresh pass over the same context (up to the
+    /// rounding of a batched prefill against token-by-token decoding: 1e-4 of the logits' scale).
+    /// </summary>
+    [TestCase("recycle")]
+    [TestCase("lookup")]
+    public void A_cancelled_speculative_generation_leaves_the_cache_at_the_accepted_prefix(string method)
+    {
+        using var target = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Threads = 2 });
+        using var decoder = new SpeculativeDecoder(target, DraftSources.Create(method, target), new SpeculativeOptions { Adaptive = false });
+        int[] prompt = [.. target.Tokenizer.Encode("Once upon a time, there was a little dog", addSpecial: true)];
+        using var cts = new CancellationTokenSource();
+        var yielded = new List<int>();
+        Assert.Throws<OperationCanceledException>(() =>
+        {
+            foreach (int token in decoder.Generate(prompt, new GenerationOptions { MaxTokens = 200, Sampling = SamplingOptions.Greedy }, cts.Token))
+            {
+                yielded.Add(token);
+                if (yielded.Count == 37)
+                    cts.Cancel();
+            }
+        });
+        Assert.That(decoder.Context, Is.EqualTo(prompt.Concat(yielded).ToList()), "the context is the prompt and every yielded token");
+        Assert.That(decoder.Sequence.Length, Is.EqualTo(decoder.Context.Count - 1), "the cache holds the context but its last token");
+        Assert.That(yielded, Is.EqualTo(SpeculativeTests.Plain(target, prompt, yielded.Count)), "and what was yielded is plain greedy output");
+
+        int vocab = target.Config.VocabSize;
+        var resumed = new float[vocab];
+        var context = decoder.Context.ToArray();
+        target.Network.Forward(decoder.Sequence, [context[^1]], [context.Length - 1], AttentionMask.Causal, [0], resumed);
+        using var cache = target.Network.CreateKvCache(target.ContextLength);
+        using var fresh = cache.CreateSequence();
+        var expected = new float[vocab];
+        target.Network.Forward(fresh, context, Enumerable.Range(0, context.Length).ToArray(), AttentionMask.Causal, [context.Length - 1], expected);
+        float scale = expected.Max(MathF.Abs);
+        for (int i = 0; i < vocab; i++)
+            Assert.That(resumed[i], Is.EqualTo(expected[i]).Within(1e-4 * scale), $"logit {i}");
+    }
+}

@@ -276,10 +276,11 @@ public class DeviceScriptTests
         Assert.That(code, Is.Zero, output);
     }
 
-    [Test]
-    public void The_pytorch_reference_parses()
+    [TestCase("tools/device/torch_gemv.py")]
+    [TestCase("tools/device/torch_spec.py")]
+    public void The_pytorch_references_parse(string file)
     {
-        var (code, output) = Exec("python3", $"-c \"import ast,sys; ast.parse(open(sys.argv[1]).read())\" {Path.Combine(SharedData.RepositoryRoot, "tools/device/torch_gemv.py")}");
+        var (code, output) = Exec("python3", $"-c \"import ast,sys; ast.parse(open(sys.argv[1]).read())\" {Path.Combine(SharedData.RepositoryRoot, file)}");
         if (code == -1)
             Assert.Ignore(output);
         Assert.That(code, Is.Zero, output);
@@ -289,12 +290,14 @@ public class DeviceScriptTests
     public void Run_sh_uses_commands_the_cli_has()
     {
         string script = File.ReadAllText(Path.Combine(SharedData.RepositoryRoot, "tools/device/run.sh"));
-        foreach (string command in new[] { "kernels-bench", "synth", "quantize", "bench" })
+        foreach (string command in new[] { "kernels-bench", "synth", "quantize", "bench", "spec-bench" })
         {
             Assert.That(script, Does.Contain($"\"$bin/engine\" {command}"));
             var (code, _, err) = CliTests.Run(command, "--help");
             Assert.That(code, Is.Zero, $"engine {command} --help: {err}");
         }
         Assert.That(CliTests.Run("bench", "--help").Out, Does.Contain("--cuda-graphs"));
+        Assert.That(CliTests.Run("spec-bench", "--help").Out, Does.Contain("--verify-cost").And.Contain("--device"));
+        Assert.That(script, Does.Contain("tools/device/torch_spec.py"));
     }
 }

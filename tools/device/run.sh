@@ -5,11 +5,17 @@
 # 1. compiles kernels/*.cu to PTX with the machine's own nvcc (matching its driver);
 # 2. runs the GPU parity suite (`Gpu` test category) with REQUIRE_GPU=1, loading that PTX;
 # 3. engine kernels-bench (every kernel on the TinyLlama-1.1B and Llama-3-8B shapes);
-# 4. PyTorch's matrix-vector products on the same shapes, in the same call (tools/device/torch_gemv.py);
+# 4. PyTorch on the same shapes, in the same call: its matrix-vector products (tools/device/torch_gemv.py)
+#    and the jobs of the speculative kernels — sort-based sampling, SDPA with a tree mask, acceptance
+#    in torch ops (tools/device/torch_spec.py);
 # 5. engine bench --device cuda on a 1.1B-shape model (synthesized here: F16, then Q8_0 and Q4_0), with
-#    and without --cuda-graphs.
-# Each step's failure is recorded and the next still runs. Results in $OUT: gpu.txt, run.log,
-# gpu-tests.log and the TRX report, kernels-bench.jsonl, torch-gemv.jsonl, bench.jsonl.
+#    and without --cuda-graphs, and spec-bench --verify-cost on it (a whole device step of N tokens
+#    against one decode step);
+# 6. engine spec-bench --device cuda on stories260K: recycle, lookup and draft (the Q8_0 model as the
+#    draft) against plain decoding on the same device, greedy and at temperature 0.8.
+# Each step's failure is recorded and the next still runs. Results in $OUT (the device tool brings back
+# 8 files): gpu.txt, run.log, gpu-tests.log and the TRX report, kernels-bench.jsonl, torch.jsonl,
+# bench.jsonl, spec-bench.jsonl.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/.device/out}
@@ -24,8 +30,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap,clocks.max.s
 cat "$OUT/gpu.txt"
 
 step "PTX with $(command -v nvcc || echo 'no nvcc on PATH')"
-if ! { cmake -S . -B build-device -DENGINE_REQUIRE_NVCC=ON && cmake --build build-device -j; } > "$OUT/ptx.log" 2>&1; then
-  echo "run.sh: compiling the kernels failed:"; tail -40 "$OUT/ptx.log"; exit 1
+ptxlog=$(mktemp)
+if ! { cmake -S . -B build-device -DENGINE_REQUIRE_NVCC=ON && cmake --build build-device -j; } > "$ptxlog" 2>&1; then
+  echo "run.sh: compiling the kernels failed:"; tail -60 "$ptxlog"; exit 1
 fi
 ls build-device/ptx | tr '\n' ' '; echo
 
@@ -52,8 +59,10 @@ step "kernels-bench"
 "$bin/engine" kernels-bench --json > "$OUT/kernels-bench.jsonl" || status=1
 tail -5 "$OUT/kernels-bench.jsonl"
 
-step "PyTorch matrix-vector products on the same shapes"
-python3 tools/device/torch_gemv.py > "$OUT/torch-gemv.jsonl" || { echo "torch_gemv.py failed"; status=1; }
+step "PyTorch on the same shapes: matrix-vector products, then the speculative kernels' jobs"
+python3 tools/device/torch_gemv.py > "$OUT/torch.jsonl" || { echo "torch_gemv.py failed"; status=1; }
+python3 tools/device/torch_spec.py >> "$OUT/torch.jsonl" || { echo "torch_spec.py failed"; status=1; }
+grep -E "sort_sample|sdpa_tree|accept_" "$OUT/torch.jsonl" | head -30
 
 step "engine bench --device cuda on the 1.1B shape"
 models=$(mktemp -d)
@@ -68,7 +77,24 @@ for t in f16 q8_0 q4_0; do
   done
 done
 cat "$OUT/bench.jsonl"
+
+step "verification cost on the 1.1B shape: a device step of N tokens against one decode step"
+: > "$OUT/spec-bench.jsonl"
+"$bin/engine" spec-bench -m "$models/tl1b-f16.gguf" --device cuda --verify-cost 1,2,4,8,16,32,64 -r 9 --json >> "$OUT/spec-bench.jsonl" || status=1
 rm -rf "$models"
+
+step "spec-bench --device cuda on stories260K"
+stories=.device/shared/models/stories260K/stories260K.gguf
+draft=$(mktemp -d)/stories-q8_0.gguf
+"$bin/engine" quantize "$stories" "$draft" Q8_0 || status=1
+prompts=$(mktemp)
+printf '%s\n' "Once upon a time, there was a little dog" "Lily and Ben went to the park" "The cat sat on the mat and" \
+  "One day, a big bird flew over the house" > "$prompts"
+for temp in 0 0.8; do
+  "$bin/engine" spec-bench -m "$stories" --device cuda --prompts "$prompts" --method all --draft-model "$draft" -n 256 --temp "$temp" --json \
+    >> "$OUT/spec-bench.jsonl" || status=1
+done
+cat "$OUT/spec-bench.jsonl"
 
 echo "run.sh: finished with status $status"
 exit $status

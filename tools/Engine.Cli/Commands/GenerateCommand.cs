@@ -20,6 +20,7 @@ internal static class GenerateCommand
         var temperature = new Option<float>("--temp") { Description = "Temperature (0 = greedy)", DefaultValueFactory = _ => 0.8f };
         var topK = new Option<int>("--top-k") { Description = "Top-k (0 = off)", DefaultValueFactory = _ => 40 };
         var topP = new Option<float>("--top-p") { Description = "Top-p (1 = off)", DefaultValueFactory = _ => 0.95f };
+        var minP = new Option<float>("--min-p") { Description = "Min-p: drop tokens below this share of the most likely one's probability (0 = off)", DefaultValueFactory = _ => 0f };
         var seed = new Option<ulong?>("--seed") { Description = "Random seed (default: random)" };
         var threads = SharedOptions.Threads();
         var device = SharedOptions.Device();
@@ -37,7 +38,7 @@ internal static class GenerateCommand
 
         var command = new Command("generate", "Generate text from a prompt")
         {
-            model, prompt, promptIds, count, temperature, topK, topP, seed, threads, device, graphs, context, ids,
+            model, prompt, promptIds, count, temperature, topK, topP, minP, seed, threads, device, graphs, context, ids,
             spec, draftModel, draftMax, tree, layers, fixedBudget, lossy, ngramCache,
         };
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
@@ -54,6 +55,7 @@ internal static class GenerateCommand
                     Temperature = parse.GetValue(temperature),
                     TopK = parse.GetValue(topK),
                     TopP = parse.GetValue(topP),
+                    MinP = parse.GetValue(minP),
                     Seed = parse.GetValue(seed) ?? (ulong)Random.Shared.NextInt64(),
                 },
             };

@@ -194,6 +194,22 @@ internal static class KernelsBenchCommand
             }
             if (Wanted("attention_prefill_f32"))
                 yield return PrefillAttention(s, 512, rng);
+            foreach (int nodes in new[] { 1, 8, 16, 64 })
+            {
+                if (Wanted("tree_attention_f32"))
+                    yield return TreeAttention(s, 512, nodes, rng);
+            }
+            foreach (int rows in new[] { 1, 8, 64 })
+            {
+                if (Wanted("sample_f32"))
+                    yield return Sample(s, rows, rng);
+            }
+            if (Wanted("top_k_ids_f32"))
+                yield return TopKIds(s, 16, rng);
+            if (Wanted("accept_greedy"))
+                yield return AcceptGreedy(s, 64, rng);
+            if (Wanted("accept_sampled"))
+                yield return AcceptSampled(s, 16, rng);
             if (Wanted("store_kv_f32"))
                 yield return StoreKv(s, rng);
             if (Wanted("cublas_gemm_f16") && CuBlas.TryCreate(gpu) is { } blas)
@@ -413,6 +429,128 @@ internal static class KernelsBenchCommand
             double bytes = 4.0 * n * (2 * s.Heads * s.HeadDim + 2 * s.KvHeads * s.HeadDim);
             return new Result("attention_prefill_f32", $"{s.Name} causal prefill of {n}", us, bytes, 2.0 * s.Heads * s.HeadDim * (double)n * n, valid,
                 valid ? "" : "differs from the CPU reference");
+        }
+
+        /// <summary>A random tree of <paramref name="nodes"/> nodes after a prefix of <paramref name="prefix"/> tokens: one launch for every node and head.</summary>
+        private Result TreeAttention(Shape s, int prefix, int nodes, Random rng)
+        {
+            int keys = (prefix + nodes + 31) / 32 * 32;
+            var (layout, blocks, table, cache, q, scale) = AttentionInputs(s, keys, nodes, rng);
+            var mask = AttentionMask.FromParents(Enumerable.Range(0, nodes).Select(i => i == 0 ? -1 : rng.Next(-1, i)).ToArray());
+            using var dc = gpu.Upload<float>(cache);
+            using var dt = gpu.Upload<int>(table);
+            using var dq = gpu.Upload<float>(q);
+            using var dm = gpu.Upload<ulong>(mask.Bits[..(nodes * mask.WordsPerRow)]);
+            using var scratch = gpu.Allocate<float>(KvCacheKernels.ScratchFloats(s.Heads, nodes, s.HeadDim, prefix + nodes));
+            using var dy = gpu.Allocate<float>((long)nodes * s.Heads * s.HeadDim);
+            void Launch() => K.TreeAttention.TreeAttentionF32(gpu, dq, nodes, s.Heads, dc, blocks, layout, 0, dt, blocks, prefix, dm, mask.WordsPerRow,
+                scale, scratch, dy);
+            Launch();
+            var expected = new float[nodes * s.Heads * s.HeadDim];
+            Backends.Cpu.Kernels.TreeAttention.TreeAttentionF32(q, nodes, s.Heads, cache, layout, 0, table, prefix, mask, scale, expected);
+            bool valid = Close(gpu.Download<float>(dy), expected, 1e-5);
+            double us = Time(Launch);
+            double bytes = 2.0 * 4 * (prefix + nodes) * s.KvHeads * s.HeadDim + 8.0 * nodes * s.Heads * s.HeadDim; // K and V once, q in, out
+            return new Result("tree_attention_f32", $"{s.Name} tree of {nodes} after {prefix}", us, bytes, 4.0 * s.Heads * s.HeadDim * prefix * nodes, valid,
+                valid ? "" : "differs from the CPU reference");
+        }
+
+        private static float[] Logits(Random rng, int rows, int vocab)
+        {
+            var x = new float[(long)rows * vocab];
+            for (long i = 0; i < x.Length; i++)
+                x[i] = (float)(rng.NextDouble() * 20 - 10); // a spread of about e^20 between tokens, as trained models give
+            return x;
+        }
+
+        /// <summary>sample_f32 at T 0.8, top-k 40, top-p 0.95 (the CLI's defaults) over the shape's vocabulary.</summary>
+        private Result Sample(Shape s, int rows, Random rng)
+        {
+            var p = new Sampling.FusedSamplingParameters(0.8f, 40, 0.95f, 0.05f);
+            var x = Logits(rng, rows, s.Vocab);
+            using var dx = gpu.Upload<float>(x);
+            using var dtoken = gpu.Allocate<int>(rows);
+            using var dprob = gpu.Allocate<float>(rows);
+            void Launch() => K.Sampling.SampleF32(gpu, dx, rows, s.Vocab, p, 42, 0, default, dtoken, dprob, default, default);
+            Launch();
+            // Row 0 against the reference: the same token, unless a weight an ulp apart (a GPU's expf) moved a border.
+            var probs = new float[s.Vocab];
+            int expected = Sampling.FusedSampling.SampleF32(x.AsSpan(0, s.Vocab), p, 42, 0, 0, -1, out float prob, out _, probs);
+            int token = gpu.Download<int>(dtoken)[0];
+            bool valid = token == expected || (token >= 0 && Math.Abs(probs[token] - prob) < 1e-3);
+            double us = Time(Launch);
+            return new Result("sample_f32", $"{s.Name} vocab {s.Vocab}, {rows} row{(rows > 1 ? "s" : "")}", us, 4.0 * rows * s.Vocab, 0, valid,
+                valid ? "" : $"token {token}, the reference {expected}");
+        }
+
+        private Result TopKIds(Shape s, int rows, Random rng)
+        {
+            const int k = 8;
+            var x = Logits(rng, rows, s.Vocab);
+            using var dx = gpu.Upload<float>(x);
+            using var ids = gpu.Allocate<int>(rows * k);
+            void Launch() => K.Sampling.TopKIdsF32(gpu, dx, rows, s.Vocab, k, ids);
+            Launch();
+            var expected = new int[k];
+            Sampling.FusedSampling.TopKIdsF32(x.AsSpan(0, s.Vocab), expected);
+            bool valid = gpu.Download<int>(ids.Span.Slice(0, k)).AsSpan().SequenceEqual(expected);
+            double us = Time(Launch);
+            return new Result("top_k_ids_f32", $"{s.Name} top-{k} of {rows} rows", us, 4.0 * rows * s.Vocab, 0, valid, valid ? "" : "differs from the CPU reference");
+        }
+
+        private Result AcceptGreedy(Shape s, int nodes, Random rng)
+        {
+            var parent = Enumerable.Range(0, nodes).Select(i => i == 0 ? -1 : rng.Next(-1, i)).ToArray();
+            var token = Enumerable.Range(0, nodes).Select(_ => rng.Next(4)).ToArray();
+            var argmax = Enumerable.Range(0, nodes + 1).Select(_ => rng.Next(4)).ToArray();
+            using var dp = gpu.Upload<int>(parent);
+            using var dt = gpu.Upload<int>(token);
+            using var da = gpu.Upload<int>(argmax);
+            using var dout = gpu.Allocate<int>(K.Acceptance.OutputInts(nodes));
+            void Launch() => K.Acceptance.AcceptGreedy(gpu, dp, dt, nodes, da, dout);
+            Launch();
+            var path = new List<int>();
+            int next = Speculative.AcceptanceKernels.AcceptGreedy(parent, token, argmax, path);
+            var output = gpu.Download<int>(dout);
+            bool valid = output[1] == next && output.AsSpan(2, output[0]).SequenceEqual(path.ToArray());
+            double us = Time(Launch);
+            return new Result("accept_greedy", $"{s.Name} tree of {nodes}", us, 0, 0, valid, valid ? "" : "differs from the CPU reference");
+        }
+
+        /// <summary>accept_sampled on a chain of independent draws whose target rejects the first: a residual over the vocabulary is formed and drawn from.</summary>
+        private Result AcceptSampled(Shape s, int nodes, Random rng)
+        {
+            int vocab = s.Vocab;
+            var p = new Sampling.FusedSamplingParameters(1, 0, 1, 0);
+            var probs = new float[(long)(nodes + 1) * vocab];
+            var sampled = new int[nodes + 1];
+            var x = Logits(rng, 1, vocab);
+            for (int r = 0; r <= nodes; r++)
+                sampled[r] = Sampling.FusedSampling.SampleF32(x, p, 1, 0, r, -1, out _, out _, probs.AsSpan(r * vocab, vocab));
+            var q = new float[vocab];
+            Sampling.FusedSampling.SampleF32(Logits(rng, 1, vocab), p, 1, 0, 0, -1, out _, out _, q);
+            var parent = Enumerable.Range(-1, nodes).ToArray();
+            var token = Enumerable.Range(0, nodes).Select(_ => rng.Next(vocab)).ToArray();
+            var qrow = new int[nodes + 1];
+            var draw = Enumerable.Repeat(1, nodes + 1).ToArray();
+            using var dprobs = gpu.Upload<float>(probs);
+            using var dsampled = gpu.Upload<int>(sampled);
+            using var dq = gpu.Upload<float>(q);
+            using var dqrow = gpu.Upload<int>(qrow);
+            using var ddraw = gpu.Upload<int>(draw);
+            using var dp = gpu.Upload<int>(parent);
+            using var dt = gpu.Upload<int>(token);
+            using var residual = gpu.Allocate<float>(vocab);
+            using var dout = gpu.Allocate<int>(K.Acceptance.OutputInts(nodes));
+            void Launch() => K.Acceptance.AcceptSampled(gpu, dprobs, dsampled, dq, dqrow, ddraw, dp, dt, nodes, vocab, 5, 0, residual, dout);
+            Launch();
+            var path = new List<int>();
+            int next = Speculative.AcceptanceKernels.AcceptSampled(probs, sampled, q, qrow, draw, parent, token, vocab, 5, 0, path);
+            var output = gpu.Download<int>(dout);
+            bool valid = output[1] == next && output.AsSpan(2, output[0]).SequenceEqual(path.ToArray());
+            double us = Time(Launch);
+            return new Result("accept_sampled", $"{s.Name} chain of {nodes}, vocab {vocab}", us, 4.0 * vocab * (path.Count + 3), 0, valid,
+                valid ? "" : $"next {output[1]} (path {output[0]}), the reference {next} (path {path.Count})");
         }
 
         private Result StoreKv(Shape s, Random rng)

@@ -148,11 +148,28 @@ internal static class SpecBenchCommand
             var parents = Enumerable.Range(-1, n).ToArray(); // a chain; a tree of the same size costs the same
             var mask = n == 1 ? AttentionMask.Causal : AttentionMask.FromParents(parents);
             var rows = Enumerable.Range(0, n).ToArray();
+            var nodeParents = Enumerable.Range(-1, n - 1).ToArray();
+            var nodeTokens = tokens[1..];
+            var path = new List<int>();
+            Span<int> next = stackalloc int[1];
             var times = new List<double>();
             for (int r = 0; r < repetitions + 1; r++)
             {
                 var clock = Stopwatch.StartNew();
-                net.Forward(seq, tokens, positions, mask, rows, logits.AsSpan(0, n * vocab), batchInvariant: exact);
+                if (net.Backend is IDeviceDecoding device)
+                {
+                    // A whole device step: the pass with its logits kept on the device, then the argmax (one
+                    // token) or greedy acceptance of the chain; the host reads back token ids only.
+                    var verified = net.ForwardOnDevice(seq, tokens, positions, mask, rows, batchInvariant: exact);
+                    if (n == 1)
+                        device.ArgMax(verified, next);
+                    else
+                        device.AcceptGreedy(verified, nodeParents, nodeTokens, path);
+                }
+                else
+                {
+                    net.Forward(seq, tokens, positions, mask, rows, logits.AsSpan(0, n * vocab), batchInvariant: exact);
+                }
                 times.Add(clock.Elapsed.TotalSeconds);
                 seq.Truncate(context);
             }
