@@ -18,6 +18,7 @@
 // Launcher:      managed/Kernels/Acceptance.cs.
 #include "common.cuh"
 #include "philox.cuh"
+#include "sampling.cuh"
 
 #define ACCEPT_THREADS 1024
 #define ACCEPT_MAX_SIBLINGS 256
@@ -133,8 +134,10 @@ static __device__ int accept_block_draw(const float * w, int n, float u, float *
 }
 
 // accept_sampled
-//   probs:   [n + 1, vocab] the target's distribution after the root (row 0) and after node i (row i + 1),
-//            as sample_f32 writes it; sampled: [n + 1] sample_f32's draw from each row
+//   logits:  [n + 1, vocab] the target's logits after the root (row 0) and after node i (row i + 1);
+//            stats: [n + 1, 3] what sample_f32 found for each row (max, threshold, Z), so that
+//            p(i) = sample_prob(...) is the chain's distribution without it ever being written out;
+//            inv_temp: 1/T as sample_f32 had it; sampled: [n + 1] sample_f32's draw from each row
 //   q:       [*, vocab] draft distributions; qrow: [n + 1] the row of q its children were drawn from
 //            (−1: deterministic children, q one-hot); draw: [n + 1] 0 deterministic, 1 independent,
 //            2 without replacement
@@ -143,7 +146,8 @@ static __device__ int accept_block_draw(const float * w, int n, float u, float *
 //            after row r's children were all rejected draws philox_uniform(seed, offset, r, 2)
 // Launch: grid = (1, 1, 1); block = (1024, 1, 1).
 extern "C" __global__ void __launch_bounds__(ACCEPT_THREADS) accept_sampled(
-        const float * __restrict__ probs, const int * __restrict__ sampled, const float * __restrict__ q, const int * __restrict__ qrow,
+        const float * __restrict__ logits, const float * __restrict__ stats, float inv_temp, const int * __restrict__ sampled,
+        const float * __restrict__ q, const int * __restrict__ qrow,
         const int * __restrict__ draw, const int * __restrict__ parent, const int * __restrict__ token, int n, int vocab,
         unsigned long long seed, unsigned long long offset, float * __restrict__ residual, int * __restrict__ out) {
     __shared__ float s_part[ACCEPT_THREADS / ENGINE_WARP_SIZE];
@@ -155,7 +159,8 @@ extern "C" __global__ void __launch_bounds__(ACCEPT_THREADS) accept_sampled(
     int node = -1, length = 0;
     while (true) {
         const int row = node + 1;
-        const float * p = probs + (long long) row * vocab;
+        const float * x_row = logits + (long long) row * vocab;
+        const float * st = stats + row * 3;
         const int kind = draw[row];
         const float * qr = qrow[row] >= 0 ? q + (long long) qrow[row] * vocab : nullptr;
         bool modified = false; // the residual replaced p
@@ -176,7 +181,7 @@ extern "C" __global__ void __launch_bounds__(ACCEPT_THREADS) accept_sampled(
             if (qx <= 0.0) {
                 continue; // the draft could not have drawn it: no evidence either way
             }
-            const double px = modified ? residual[x] : p[x];
+            const double px = modified ? residual[x] : sample_prob(x_row[x], st, inv_temp);
             const float u = philox_uniform(seed, offset, (unsigned) (c + 1), 1u);
             if ((double) u < fmin(1.0, px / qx)) {
                 accepted = c;
@@ -185,7 +190,7 @@ extern "C" __global__ void __launch_bounds__(ACCEPT_THREADS) accept_sampled(
             // Rejected: p ← normalize(max(0, p − q)).
             if (!modified) {
                 for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-                    residual[i] = p[i];
+                    residual[i] = sample_prob(x_row[i], st, inv_temp);
                 }
                 modified = true;
                 __syncthreads();
@@ -222,7 +227,7 @@ extern "C" __global__ void __launch_bounds__(ACCEPT_THREADS) accept_sampled(
             if (!(sum > 1e-12f)) {
                 // p was (numerically) q, so rejection had probability 0: keep the target's own distribution
                 for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-                    residual[i] = p[i];
+                    residual[i] = sample_prob(x_row[i], st, inv_temp);
                 }
             } else {
                 const float inv = 1.0f / sum;

@@ -17,15 +17,12 @@
 // Launcher:      managed/Kernels/Sampling.cs.
 #include "common.cuh"
 #include "philox.cuh"
+#include "sampling.cuh"
 
 #define SAMPLE_THREADS 1024
 #define SAMPLE_WAYS 16 // a search pass tests SAMPLE_WAYS - 1 thresholds
 #define SAMPLE_ONE 0x3F800000u // the bits of 1.0f: the largest weight
 
-// w = exp((x − max)·(1/T)); NaN and −∞ weigh 0.
-static __device__ __forceinline__ float sample_weight(float x, float mx, float inv_temp) {
-    return x == x ? expf((x - mx) * inv_temp) : 0.0f;
-}
 
 // For each candidate threshold c[j] (bit patterns): Σ over the row's tokens with bits(w) ≥ max(c[j], base)
 // of 1 (count) or w (mass), left in s_total[j] for every thread. Fixed order: each thread its range
@@ -106,11 +103,16 @@ static __device__ unsigned sample_threshold(const float * x, int lo, int hi, flo
 //   query:      null, or [rows] token ids (−1: none) whose kept probability goes to query_prob[r]
 //   token:      [rows] the drawn token (−1: the row had no finite logit); prob: [rows] its probability
 //   probs:      null, or [rows, vocab]: the chain's normalized distribution (0 where filtered out)
+//   stats:      null, or [rows, 3]: (max logit, the kept threshold on weights, kept mass Z) — all
+//               the row's distribution needs: p(i) = w(i) ≥ threshold ? w(i) / Z : 0 (sample_prob),
+//               which acceptance recomputes for the few tokens it asks about instead of reading a
+//               whole [rows, vocab] distribution
 // Launch: grid = (rows, 1, 1); block = (1024, 1, 1).
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_f32(
         const float * __restrict__ logits, int vocab, float inv_temp, int top_k, float top_p, float min_p,
         unsigned long long seed, unsigned long long offset, const int * __restrict__ query,
-        int * __restrict__ token, float * __restrict__ prob, float * __restrict__ query_prob, float * __restrict__ probs) {
+        int * __restrict__ token, float * __restrict__ prob, float * __restrict__ query_prob, float * __restrict__ probs,
+        float * __restrict__ stats) {
     __shared__ float s_part[SAMPLE_THREADS / ENGINE_WARP_SIZE][SAMPLE_WAYS];
     __shared__ float s_total[SAMPLE_WAYS];
     __shared__ float s_base[SAMPLE_THREADS + 1];
@@ -129,6 +131,11 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_f32(
     const float mx = block_reduce_max(local_max);
     if (!(mx > -INFINITY) || mx == INFINITY) {
         if (threadIdx.x == 0) {
+            if (stats != nullptr) {
+                stats[row * 3] = mx;
+                stats[row * 3 + 1] = INFINITY; // nothing kept
+                stats[row * 3 + 2] = 0.0f;
+            }
             token[row] = -1;
             prob[row] = 0.0f;
             if (query != nullptr) {
@@ -214,6 +221,11 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_f32(
     __syncthreads();
     const int chosen = s_choice;
     if (threadIdx.x == 0) {
+        if (stats != nullptr) {
+            stats[row * 3] = mx;
+            stats[row * 3 + 1] = __uint_as_float(keep);
+            stats[row * 3 + 2] = z;
+        }
         token[row] = chosen;
         prob[row] = sample_weight(x[chosen], mx, inv_temp) / z;
         if (query != nullptr) {

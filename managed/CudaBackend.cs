@@ -24,7 +24,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
     private readonly HostInput<ulong> _mask;
     private readonly HostInput<int> _treeParent, _treeToken, _treeQRow, _treeDraw;
     private GpuArray<int>? _decodeIds, _sampled, _acceptOutput;
-    private GpuArray<float>? _probs, _prob, _draftQ, _residual;
+    private GpuArray<float>? _rowStats, _prob, _draftQ, _residual;
     private int[] _acceptHost = [];
     private readonly Dictionary<RopeTable, GpuArray<double>> _ropeFrequencies = [];
     private readonly List<string> _conversions = [];
@@ -382,10 +382,12 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
                 throw new ArgumentOutOfRangeException(nameof(qrow), $"q row {r} of {q.Length / vocab}");
         }
         EndPendingGraph();
-        var probs = Grow(ref _probs, (long)(n + 1) * vocab);
+        // Each row's draw and stats (max, threshold, mass): acceptance recomputes p where it needs it,
+        // so no [rows, vocab] distribution is written.
+        var stats = Grow(ref _rowStats, 3L * (n + 1));
         var sampled = Grow(ref _sampled, n + 1);
         var prob = Grow(ref _prob, n + 1);
-        Kernels.Sampling.SampleF32(Device, Span(logits), n + 1, vocab, parameters, seed, offset, default, sampled, prob, default, probs);
+        Kernels.Sampling.SampleF32(Device, Span(logits), n + 1, vocab, parameters, seed, offset, default, sampled, prob, default, default, stats);
         var draft = default(DeviceSpan<float>);
         if (!q.IsEmpty)
         {
@@ -393,7 +395,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
             Device.CopyToDevice(q, draft);
         }
         var output = Grow(ref _acceptOutput, Kernels.Acceptance.OutputInts(n));
-        Kernels.Acceptance.AcceptSampled(Device, probs, sampled, draft, _treeQRow.Put(qrow), _treeDraw.Put(draw), _treeParent.Put(parent),
+        Kernels.Acceptance.AcceptSampled(Device, Span(logits), stats, 1 / parameters.Temperature, sampled, draft, _treeQRow.Put(qrow), _treeDraw.Put(draw), _treeParent.Put(parent),
             _treeToken.Put(token), n, vocab, seed, offset, Grow(ref _residual, vocab), output);
         int next = ReadAccepted(output, n, path);
         if (next < 0)
@@ -438,7 +440,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         _decodeIds?.Dispose();
         _sampled?.Dispose();
         _acceptOutput?.Dispose();
-        _probs?.Dispose();
+        _rowStats?.Dispose();
         _prob?.Dispose();
         _draftQ?.Dispose();
         _residual?.Dispose();

@@ -51,7 +51,12 @@ public static class FusedSampling
     /// empty, the whole distribution.
     /// </summary>
     public static int SampleF32(ReadOnlySpan<float> x, FusedSamplingParameters p, ulong seed, ulong offset, int row, int query,
-        out float prob, out float queryProb, Span<float> probs = default)
+        out float prob, out float queryProb, Span<float> probs = default) =>
+        SampleF32(x, p, seed, offset, row, query, out prob, out queryProb, out _, probs);
+
+    /// <summary>sample_f32 with its stats output: what the row's distribution is (<see cref="Probability"/>).</summary>
+    public static int SampleF32(ReadOnlySpan<float> x, FusedSamplingParameters p, ulong seed, ulong offset, int row, int query,
+        out float prob, out float queryProb, out RowStats stats, Span<float> probs = default)
     {
         int vocab = x.Length;
         float invTemp = 1 / p.Temperature;
@@ -63,6 +68,7 @@ public static class FusedSampling
                 mx = MathF.Max(mx, v);
         }
         prob = queryProb = 0;
+        stats = new RowStats(mx, float.PositiveInfinity, 0);
         if (!(mx > float.NegativeInfinity) || float.IsPositiveInfinity(mx))
             return -1;
 
@@ -141,6 +147,7 @@ public static class FusedSampling
                 }
             }
         }
+        stats = new RowStats(mx, BitConverter.UInt32BitsToSingle(keep), z);
         prob = Weight(x[chosen], mx, invTemp) / z;
         if (query >= 0 && query < vocab)
         {
@@ -156,6 +163,20 @@ public static class FusedSampling
             }
         }
         return chosen;
+    }
+
+    /// <summary>
+    /// What sample_f32 found for a row (its stats output): the largest logit, the threshold the kept
+    /// weights reach, and their sum. With them the row's distribution is a function of its logits
+    /// (<see cref="Probability"/>), so acceptance needs no [rows, vocab] copy of it.
+    /// </summary>
+    public readonly record struct RowStats(float Max, float Threshold, float Mass);
+
+    /// <summary>sample_prob: p(token with logit x) under a row's stats — bit for bit the value of sample_f32's distribution output.</summary>
+    public static float Probability(float x, RowStats stats, float invTemp)
+    {
+        float w = Weight(x, stats.Max, invTemp);
+        return w >= stats.Threshold ? w / stats.Mass : 0;
     }
 
     /// <summary>sample_tail_sums: per candidate c[j], the count or mass of tokens with bits(w) ≥ max(c[j], base).</summary>

@@ -39,14 +39,17 @@ public static class AcceptanceKernels
     }
 
     /// <summary>
-    /// accept_sampled: recursive rejection sampling. <paramref name="probs"/> [n + 1, vocab] and
-    /// <paramref name="sampled"/> [n + 1] are sample_f32's distributions and draws per row; q rows are
+    /// accept_sampled: recursive rejection sampling. Row r's target distribution is sample_f32's, recomputed
+    /// from its <paramref name="logits"/> and <paramref name="stats"/> (<see cref="FusedSampling.Probability"/>);
+    /// <paramref name="sampled"/> [n + 1] are sample_f32's draws per row; q rows are
     /// chosen by <paramref name="qrow"/> (−1: deterministic children) and <paramref name="draw"/> says how
     /// each node's children were drawn (<see cref="DraftDraw"/> as 0, 1, 2).
     /// </summary>
-    public static int AcceptSampled(ReadOnlySpan<float> probs, ReadOnlySpan<int> sampled, ReadOnlySpan<float> q, ReadOnlySpan<int> qrow,
-        ReadOnlySpan<int> draw, ReadOnlySpan<int> parent, ReadOnlySpan<int> token, int vocab, ulong seed, ulong offset, List<int> path)
+    public static int AcceptSampled(ReadOnlySpan<float> logits, ReadOnlySpan<FusedSampling.RowStats> stats, float invTemp, ReadOnlySpan<int> sampled,
+        ReadOnlySpan<float> q, ReadOnlySpan<int> qrow, ReadOnlySpan<int> draw, ReadOnlySpan<int> parent, ReadOnlySpan<int> token, int vocab,
+        ulong seed, ulong offset, List<int> path)
     {
+        var p = new float[vocab];
         int n = parent.Length;
         var residual = new float[vocab];
         var excludedTokens = new List<int>();
@@ -55,7 +58,9 @@ public static class AcceptanceKernels
         while (true)
         {
             int row = node + 1;
-            var p = probs.Slice(row * vocab, vocab);
+            var x = logits.Slice(row * vocab, vocab);
+            for (int i = 0; i < vocab; i++)
+                p[i] = FusedSampling.Probability(x[i], stats[row], invTemp);
             int kind = draw[row];
             var qr = qrow[row] >= 0 ? q.Slice(qrow[row] * vocab, vocab) : default;
             bool modified = false;
@@ -66,12 +71,12 @@ public static class AcceptanceKernels
             {
                 if (parent[c] != node)
                     continue;
-                int x = token[c];
-                bool isExcluded = excludedTokens.Contains(x);
-                double qx = kind == 0 ? 1.0 : kind == 1 ? qr[x] : isExcluded ? 0.0 : qr[x] / (1.0 - removed);
+                int t = token[c];
+                bool isExcluded = excludedTokens.Contains(t);
+                double qx = kind == 0 ? 1.0 : kind == 1 ? qr[t] : isExcluded ? 0.0 : qr[t] / (1.0 - removed);
                 if (qx <= 0)
                     continue;
-                double px = modified ? residual[x] : p[x];
+                double px = modified ? residual[t] : p[t];
                 float u = Philox.Uniform(seed, offset, (uint)(c + 1), 1);
                 if (u < Math.Min(1.0, px / qx))
                 {
@@ -84,7 +89,7 @@ public static class AcceptanceKernels
                     modified = true;
                 }
                 if (kind == 0)
-                    residual[x] = 0;
+                    residual[t] = 0;
                 else if (kind == 1)
                 {
                     for (int i = 0; i < vocab; i++)
@@ -99,8 +104,8 @@ public static class AcceptanceKernels
                             residual[i] = MathF.Max(0, residual[i] - qr[i] * inv);
                     }
                     if (excludedTokens.Count < MaxSiblings)
-                        excludedTokens.Add(x);
-                    removed += qr[x];
+                        excludedTokens.Add(t);
+                    removed += qr[t];
                 }
                 float sum = BlockSum(residual);
                 if (!(sum > 1e-12f))

@@ -30,31 +30,35 @@ public static class Acceptance
         device.Launch(fn, (1, 1, 1), (32, 1, 1), 0, args);
     }
 
-    /// <summary>accept_sampled: recursive rejection sampling over a tree of n nodes (arguments as the kernel's).</summary>
-    public static unsafe void AcceptSampled(GpuDevice device, DeviceSpan<float> probs, DeviceSpan<int> sampled, DeviceSpan<float> q, DeviceSpan<int> qrow,
-        DeviceSpan<int> draw, DeviceSpan<int> parent, DeviceSpan<int> token, int n, int vocab, ulong seed, ulong offset, DeviceSpan<float> residual,
-        DeviceSpan<int> output)
+    /// <summary>accept_sampled: recursive rejection sampling over a tree of n nodes (arguments as the kernel's; stats from sample_f32).</summary>
+    public static unsafe void AcceptSampled(GpuDevice device, DeviceSpan<float> logits, DeviceSpan<float> stats, float invTemp, DeviceSpan<int> sampled,
+        DeviceSpan<float> q, DeviceSpan<int> qrow, DeviceSpan<int> draw, DeviceSpan<int> parent, DeviceSpan<int> token, int n, int vocab, ulong seed,
+        ulong offset, DeviceSpan<float> residual, DeviceSpan<int> output)
     {
-        if (n < 0 || vocab <= 0 || probs.Length < (long)(n + 1) * vocab || sampled.Length < n + 1 || qrow.Length < n + 1 || draw.Length < n + 1
-            || parent.Length < n || token.Length < n || residual.Length < vocab || output.Length < OutputInts(n))
-            throw new ArgumentException($"accept_sampled: {n} nodes over a vocabulary of {vocab}: probs {probs.Length}, residual {residual.Length}, out {output.Length}");
+        if (n < 0 || vocab <= 0 || logits.Length < (long)(n + 1) * vocab || stats.Length < 3L * (n + 1) || sampled.Length < n + 1 || qrow.Length < n + 1
+            || draw.Length < n + 1 || parent.Length < n || token.Length < n || residual.Length < vocab || output.Length < OutputInts(n))
+            throw new ArgumentException($"accept_sampled: {n} nodes over a vocabulary of {vocab}: logits {logits.Length}, stats {stats.Length}, residual {residual.Length}, out {output.Length}");
+        if (!(invTemp > 0) || !float.IsFinite(invTemp))
+            throw new ArgumentOutOfRangeException(nameof(invTemp), $"accept_sampled: 1/T = {invTemp} must be a positive number");
         var fn = device.Function(File, "accept_sampled");
-        IntPtr pp = probs.Pointer, ps = sampled.Pointer, pq = q.IsEmpty ? IntPtr.Zero : q.Pointer, pqr = qrow.Pointer, pd = draw.Pointer,
-            ppa = parent.Pointer, pt = token.Pointer, pr = residual.Pointer, po = output.Pointer;
-        void** args = stackalloc void*[13];
-        args[0] = &pp;
-        args[1] = &ps;
-        args[2] = &pq;
-        args[3] = &pqr;
-        args[4] = &pd;
-        args[5] = &ppa;
-        args[6] = &pt;
-        args[7] = &n;
-        args[8] = &vocab;
-        args[9] = &seed;
-        args[10] = &offset;
-        args[11] = &pr;
-        args[12] = &po;
+        IntPtr pl = logits.Pointer, pst = stats.Pointer, ps = sampled.Pointer, pq = q.IsEmpty ? IntPtr.Zero : q.Pointer, pqr = qrow.Pointer,
+            pd = draw.Pointer, ppa = parent.Pointer, pt = token.Pointer, pr = residual.Pointer, po = output.Pointer;
+        void** args = stackalloc void*[15];
+        args[0] = &pl;
+        args[1] = &pst;
+        args[2] = &invTemp;
+        args[3] = &ps;
+        args[4] = &pq;
+        args[5] = &pqr;
+        args[6] = &pd;
+        args[7] = &ppa;
+        args[8] = &pt;
+        args[9] = &n;
+        args[10] = &vocab;
+        args[11] = &seed;
+        args[12] = &offset;
+        args[13] = &pr;
+        args[14] = &po;
         device.Launch(fn, (1, 1, 1), (AcceptanceKernels.Threads, 1, 1), 0, args);
     }
 }

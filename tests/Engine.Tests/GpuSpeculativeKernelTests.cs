@@ -179,7 +179,9 @@ public abstract partial class GpuSuite
         using var dprob = Device.Allocate<float>(rows);
         using var dqprob = Device.Allocate<float>(rows);
         using var dprobs = Device.Allocate<float>((long)rows * vocab);
-        Cuda.Kernels.Sampling.SampleF32(Device, dx, rows, vocab, p, seed, offset, dquery, dtoken, dprob, dqprob, dprobs);
+        using var dstats = Device.Allocate<float>(3 * rows);
+        Cuda.Kernels.Sampling.SampleF32(Device, dx, rows, vocab, p, seed, offset, dquery, dtoken, dprob, dqprob, dprobs, dstats);
+        var stats = Device.Download<float>(dstats);
         var tokens = Device.Download<int>(dtoken);
         var probList = Device.Download<float>(dprob);
         var qprobs = Device.Download<float>(dqprob);
@@ -188,13 +190,17 @@ public abstract partial class GpuSuite
         for (int r = 0; r < rows; r++)
         {
             var row = x.AsSpan(r * vocab, vocab);
-            int expected = FusedSampling.SampleF32(row, p, seed, offset, r, queries[r], out float prob, out float queryProb, expectedProbs);
+            int expected = FusedSampling.SampleF32(row, p, seed, offset, r, queries[r], out float prob, out float queryProb, out var rowStats, expectedProbs);
+            // The stats describe the distribution exactly: what acceptance recomputes p from.
+            for (int i = 0; i < vocab; i++)
+                Assert.That(FusedSampling.Probability(row[i], rowStats, 1 / p.Temperature), Is.EqualTo(expectedProbs[i]), $"row {r}, token {i}");
             if (Device.IsEmulator)
             {
                 Assert.That(tokens[r], Is.EqualTo(expected), $"row {r}");
                 Assert.That(probList[r], Is.EqualTo(prob), $"row {r}");
                 Assert.That(qprobs[r], Is.EqualTo(queryProb), $"row {r}");
                 Assert.That(dists.AsSpan(r * vocab, vocab).ToArray(), Is.EqualTo(expectedProbs), $"row {r}");
+                Assert.That(stats.AsSpan(3 * r, 3).ToArray(), Is.EqualTo(new[] { rowStats.Max, rowStats.Threshold, rowStats.Mass }), $"row {r}: stats");
             }
             else
             {
@@ -344,8 +350,9 @@ public abstract partial class GpuSuite
 
     /// <summary>
     /// accept_sampled against its CPU reference on random trees with deterministic, independent and
-    /// without-replacement children: the same path and next token (on the emulator the float sums and
-    /// Philox draws are the same; on a GPU the same too, since the inputs are given, not computed).
+    /// without-replacement children: the same path and next token. On the emulator every float operation
+    /// is the reference's; on a GPU expf may round a weight an ulp apart, which changes a decision only
+    /// if a uniform draw lands within that ulp of p/q (about 1e-7 a test) — so the test asks for equality.
     /// </summary>
     [TestCase(0)]
     [TestCase(1)]
@@ -360,15 +367,14 @@ public abstract partial class GpuSuite
         {
             int n = rng.Next(1, 12);
             var (parent, _) = RandomTree(rng, n, vocab);
-            // Rows' target distributions: peaked, so that both acceptance and rejection happen.
-            var probs = new float[(n + 1) * vocab];
+            // Rows' target logits: spread, so that both acceptance and rejection happen; sample_f32 (the
+            // reference here, the kernel on the device) gives each row's draw and stats.
+            var parameters = new FusedSamplingParameters(1, 0, 1, 0);
+            var logits = Enumerable.Range(0, (n + 1) * vocab).Select(_ => (float)(rng.NextDouble() * 6)).ToArray();
             var sampled = new int[n + 1];
+            var stats = new FusedSampling.RowStats[n + 1];
             for (int r = 0; r <= n; r++)
-            {
-                var row = Enumerable.Range(0, vocab).Select(_ => (float)(rng.NextDouble() * 6)).ToArray();
-                sampled[r] = FusedSampling.SampleF32(row, new FusedSamplingParameters(1, 0, 1, 0), 7, (ulong)trial, r, -1, out _, out _,
-                    probs.AsSpan(r * vocab, vocab));
-            }
+                sampled[r] = FusedSampling.SampleF32(logits.AsSpan(r * vocab, vocab), parameters, 7, (ulong)trial, r, -1, out _, out _, out stats[r]);
             // Each node's children: tokens drawn as the kind says from its own q.
             var q = new float[(n + 1) * vocab];
             var qrow = new int[n + 1];
@@ -393,14 +399,18 @@ public abstract partial class GpuSuite
                 }
             }
             ulong seed = 5, offset = (ulong)(trial * 1000);
-            int expected = Speculative.AcceptanceKernels.AcceptSampled(probs, sampled, q, qrow, draw, parent, token, vocab, seed, offset, path);
+            int expected = Speculative.AcceptanceKernels.AcceptSampled(logits, stats, 1, sampled, q, qrow, draw, parent, token, vocab, seed, offset, path);
             var expectedPath = path.ToArray();
             int childrenOfLast = parent.Count(p => p == (expectedPath.Length == 0 ? -1 : expectedPath[^1]));
             if (childrenOfLast > 0)
                 rejections++;
 
-            using var dprobs = Device.Upload<float>(probs);
-            using var dsampled = Device.Upload<int>(sampled);
+            using var dlogits = Device.Upload<float>(logits);
+            using var dstats = Device.Allocate<float>(3 * (n + 1));
+            using var dsampled = Device.Allocate<int>(n + 1);
+            using var dprob = Device.Allocate<float>(n + 1);
+            Cuda.Kernels.Sampling.SampleF32(Device, dlogits, n + 1, vocab, parameters, 7, (ulong)trial, default, dsampled, dprob, default, default, dstats);
+            Assert.That(Device.Download<int>(dsampled), Is.EqualTo(sampled), $"trial {trial}: the rows' draws");
             using var dq = Device.Upload<float>(q);
             using var dqrow = Device.Upload<int>(qrow);
             using var ddraw = Device.Upload<int>(draw);
@@ -408,7 +418,7 @@ public abstract partial class GpuSuite
             using var dtoken = Device.Upload<int>(token);
             using var dresidual = Device.Allocate<float>(vocab);
             using var dout = Device.Allocate<int>(Cuda.Kernels.Acceptance.OutputInts(n));
-            Cuda.Kernels.Acceptance.AcceptSampled(Device, dprobs, dsampled, dq, dqrow, ddraw, dparent, dtoken, n, vocab, seed, offset, dresidual, dout);
+            Cuda.Kernels.Acceptance.AcceptSampled(Device, dlogits, dstats, 1, dsampled, dq, dqrow, ddraw, dparent, dtoken, n, vocab, seed, offset, dresidual, dout);
             var output = Device.Download<int>(dout);
             Assert.That(output[1], Is.EqualTo(expected), $"trial {trial}: next token");
             Assert.That(output.AsSpan(2, output[0]).ToArray(), Is.EqualTo(expectedPath), $"trial {trial}: path");

@@ -400,7 +400,10 @@ public class AcceptanceKernelTests
         var parameters = new FusedSamplingParameters(1, 0, 1, 0);
         var counts = new int[vocab];
         var path = new List<int>();
-        var probs = new float[4 * vocab];
+        var rows = new float[4 * vocab];
+        for (int r = 0; r < 4; r++)
+            logits.CopyTo(rows, r * vocab);
+        var stats = new FusedSampling.RowStats[4];
         int[] parent = [-1, -1, -1];
         var token = new int[3];
         var sampled = new int[4];
@@ -410,7 +413,7 @@ public class AcceptanceKernelTests
         {
             ulong offset = (ulong)t;
             for (int r = 0; r < 4; r++)
-                sampled[r] = FusedSampling.SampleF32(logits, parameters, 99, offset, r, -1, out _, out _, probs.AsSpan(r * vocab, vocab));
+                sampled[r] = FusedSampling.SampleF32(logits, parameters, 99, offset, r, -1, out _, out _, out stats[r], r == 0 ? p : default);
             var left = q.AsSpan(0, vocab).ToArray();
             for (int c = 0; c < 3; c++)
             {
@@ -418,13 +421,12 @@ public class AcceptanceKernelTests
                 if (kind == 2)
                     left[token[c]] = 0;
             }
-            int next = AcceptanceKernels.AcceptSampled(probs, sampled, q, [kind == 0 ? -1 : 0, -1, -1, -1], [kind, 0, 0, 0], parent, token, vocab,
-                99, offset, path);
+            int next = AcceptanceKernels.AcceptSampled(rows, stats, 1, sampled, q, [kind == 0 ? -1 : 0, -1, -1, -1], [kind, 0, 0, 0], parent, token,
+                vocab, 99, offset, path);
             int first = path.Count > 0 ? token[path[0]] : next;
             accepted += path.Count > 0 ? 1 : 0;
             counts[first]++;
         }
-        probs.AsSpan(0, vocab).CopyTo(p);
         Assert.That(accepted, Is.InRange(1, trials - 1), "both acceptance and rejection happened");
         GpuSuite.AssertChiSquare(counts, p.Select(v => (double)v).ToArray(), trials, $"draw scheme {kind}");
     }

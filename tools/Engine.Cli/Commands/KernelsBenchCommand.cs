@@ -522,19 +522,26 @@ internal static class KernelsBenchCommand
         {
             int vocab = s.Vocab;
             var p = new Sampling.FusedSamplingParameters(1, 0, 1, 0);
-            var probs = new float[(long)(nodes + 1) * vocab];
+            var logits = new float[(long)(nodes + 1) * vocab];
             var sampled = new int[nodes + 1];
+            var stats = new Sampling.FusedSampling.RowStats[nodes + 1];
             var x = Logits(rng, 1, vocab);
             for (int r = 0; r <= nodes; r++)
-                sampled[r] = Sampling.FusedSampling.SampleF32(x, p, 1, 0, r, -1, out _, out _, probs.AsSpan(r * vocab, vocab));
+            {
+                x.CopyTo(logits, (long)r * vocab);
+                sampled[r] = Sampling.FusedSampling.SampleF32(x, p, 1, 0, r, -1, out _, out _, out stats[r]);
+            }
             var q = new float[vocab];
             Sampling.FusedSampling.SampleF32(Logits(rng, 1, vocab), p, 1, 0, 0, -1, out _, out _, q);
             var parent = Enumerable.Range(-1, nodes).ToArray();
             var token = Enumerable.Range(0, nodes).Select(_ => rng.Next(vocab)).ToArray();
             var qrow = new int[nodes + 1];
             var draw = Enumerable.Repeat(1, nodes + 1).ToArray();
-            using var dprobs = gpu.Upload<float>(probs);
-            using var dsampled = gpu.Upload<int>(sampled);
+            using var dlogits = gpu.Upload<float>(logits);
+            using var dstats = gpu.Allocate<float>(3 * (nodes + 1));
+            using var dsampled = gpu.Allocate<int>(nodes + 1);
+            using var dprob = gpu.Allocate<float>(nodes + 1);
+            K.Sampling.SampleF32(gpu, dlogits, nodes + 1, vocab, p, 1, 0, default, dsampled, dprob, default, default, dstats);
             using var dq = gpu.Upload<float>(q);
             using var dqrow = gpu.Upload<int>(qrow);
             using var ddraw = gpu.Upload<int>(draw);
@@ -542,14 +549,14 @@ internal static class KernelsBenchCommand
             using var dt = gpu.Upload<int>(token);
             using var residual = gpu.Allocate<float>(vocab);
             using var dout = gpu.Allocate<int>(K.Acceptance.OutputInts(nodes));
-            void Launch() => K.Acceptance.AcceptSampled(gpu, dprobs, dsampled, dq, dqrow, ddraw, dp, dt, nodes, vocab, 5, 0, residual, dout);
+            void Launch() => K.Acceptance.AcceptSampled(gpu, dlogits, dstats, 1, dsampled, dq, dqrow, ddraw, dp, dt, nodes, vocab, 5, 0, residual, dout);
             Launch();
             var path = new List<int>();
-            int next = Speculative.AcceptanceKernels.AcceptSampled(probs, sampled, q, qrow, draw, parent, token, vocab, 5, 0, path);
+            int next = Speculative.AcceptanceKernels.AcceptSampled(logits, stats, 1, sampled, q, qrow, draw, parent, token, vocab, 5, 0, path);
             var output = gpu.Download<int>(dout);
             bool valid = output[1] == next && output.AsSpan(2, output[0]).SequenceEqual(path.ToArray());
             double us = Time(Launch);
-            return new Result("accept_sampled", $"{s.Name} chain of {nodes}, vocab {vocab}", us, 4.0 * vocab * (path.Count + 3), 0, valid,
+            return new Result("accept_sampled", $"{s.Name} chain of {nodes}, vocab {vocab}", us, 4.0 * vocab * 5, 0, valid,
                 valid ? "" : $"next {output[1]} (path {output[0]}), the reference {next} (path {path.Count})");
         }
 
