@@ -13,6 +13,7 @@
 // FlashAttention (Dao et al., "FlashAttention: Fast and Memory-Efficient Exact Attention with
 // IO-Awareness", 2022) on CUDA cores: a block takes 16 query rows of one head and walks the keys in
 // tiles of 32 staged in shared memory, so each key and value is read from memory once per 16 rows.
+// Each kernel comes for a float32 cache (…_f32) and a binary16 one (…_f16); scores and sums are float32.
 // CPU references: engine/Backends/Cpu/Kernels/KvCacheKernels.cs (AttentionF32, AttentionPrefillF32);
 // the CPU backend's own attention is engine/Backends/Cpu/Kernels/Attention.cs (Attention.Head).
 // Launcher:      managed/Kernels/Attention.cs.
@@ -34,8 +35,9 @@
 //   part_acc: [n, heads, splits, head_dim] float32 partial Σ p·v     part_ml: [n, heads, splits, 2] (max, Σ p)
 // head_dim <= 256. Scores are (q·k)·scale in float32 with exp through expf.
 // Launch: grid = (heads, n, splits); block = (128, 1, 1); no dynamic shared memory.
-extern "C" __global__ void __launch_bounds__(128) attention_f32(
-        const float * __restrict__ q, const float * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
+template <typename T>
+static __device__ void attention_split(
+        const float * __restrict__ q, const T * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
         int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask, int words,
         float scale, int chunk, float * __restrict__ part_acc, float * __restrict__ part_ml) {
     __shared__ float s_m[ATTN_WARPS], s_l[ATTN_WARPS];
@@ -71,15 +73,15 @@ extern "C" __global__ void __launch_bounds__(128) attention_f32(
     for (int r = begin + warp; r < end; r += ATTN_WARPS) {
         const int t = r < prefix || row_mask == nullptr ? r : prefix + masked_slot(row_mask, words, r - prefix);
         const int block = table[t / block_size], slot = t % block_size;
-        const float * kp = cache + ((((long long) block * layers + layer) * 2) * kv_heads + kv_head) * (long long) (block_size * head_dim)
-                           + (long long) slot * head_dim;
-        const float * vp = kp + layer_stride;
+        const T * kp = cache + ((((long long) block * layers + layer) * 2) * kv_heads + kv_head) * (long long) (block_size * head_dim)
+                       + (long long) slot * head_dim;
+        const T * vp = kp + layer_stride;
         float partial = 0.0f;
 #pragma unroll
         for (int i = 0; i < ATTN_DIMS_PER_LANE; i++) {
             const int d = lane + i * ENGINE_WARP_SIZE;
             if (d < head_dim) {
-                partial = fmaf(qd[i], kp[d], partial);
+                partial = fmaf(qd[i], kv_load(kp + d), partial);
             }
         }
         const float s = warp_reduce_sum(partial) * scale;
@@ -90,7 +92,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_f32(
 #pragma unroll
         for (int i = 0; i < ATTN_DIMS_PER_LANE; i++) {
             const int d = lane + i * ENGINE_WARP_SIZE;
-            acc[i] = acc[i] * correction + (d < head_dim ? p * vp[d] : 0.0f);
+            acc[i] = acc[i] * correction + (d < head_dim ? p * kv_load(vp + d) : 0.0f);
         }
         m = m_new;
     }
@@ -140,6 +142,21 @@ extern "C" __global__ void __launch_bounds__(128) attention_f32(
     }
 }
 
+extern "C" __global__ void __launch_bounds__(128) attention_f32(
+        const float * __restrict__ q, const float * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
+        int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask, int words,
+        float scale, int chunk, float * __restrict__ part_acc, float * __restrict__ part_ml) {
+    attention_split(q, cache, table, layer, layers, kv_heads, head_dim, block_size, prefix, n, mask, words, scale, chunk, part_acc, part_ml);
+}
+
+// attention_f16: attention_f32 over a binary16 cache.
+extern "C" __global__ void __launch_bounds__(128) attention_f16(
+        const float * __restrict__ q, const __half * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
+        int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask, int words,
+        float scale, int chunk, float * __restrict__ part_acc, float * __restrict__ part_ml) {
+    attention_split(q, cache, table, layer, layers, kv_heads, head_dim, block_size, prefix, n, mask, words, scale, chunk, part_acc, part_ml);
+}
+
 // attention_combine_f32: dst[row, head·head_dim + d] = Σ_s e^(m_s - M)·acc_s[d] / Σ_s e^(m_s - M)·l_s
 // over the splits s of (row, head), M = max_s m_s. Every row sees at least itself, so M is finite.
 // Launch: grid = (heads, n, 1); block = (T, 1, 1), T a multiple of 32 (threads loop over head_dim).
@@ -183,8 +200,9 @@ extern "C" __global__ void attention_combine_f32(const float * __restrict__ part
 // one float so the 32 lanes hit 32 banks); the warp then updates its running max, sum and values as
 // in the online softmax, the tile's probabilities broadcast lane to lane.
 // Launch: grid = (heads, ceil(n / 16), 1); block = (128, 1, 1); 40.5 KiB of static shared memory.
-extern "C" __global__ void __launch_bounds__(128) attention_prefill_f32(
-        const float * __restrict__ q, const float * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
+template <typename T>
+static __device__ void attention_prefill(
+        const float * __restrict__ q, const T * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
         int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask, int words,
         float scale, float * __restrict__ dst) {
     __shared__ float s_q[PREFILL_ROWS][PREFILL_MAX_HEAD_DIM];
@@ -224,10 +242,10 @@ extern "C" __global__ void __launch_bounds__(128) attention_prefill_f32(
             float kv = 0.0f, vv = 0.0f;
             if (t < end) {
                 const int block = table[t / block_size], slot = t % block_size;
-                const float * kp = cache + ((((long long) block * layers + layer) * 2) * kv_heads + kv_head) * (long long) (block_size * head_dim)
-                                   + (long long) slot * head_dim;
-                kv = kp[d];
-                vv = kp[layer_stride + d];
+                const T * kp = cache + ((((long long) block * layers + layer) * 2) * kv_heads + kv_head) * (long long) (block_size * head_dim)
+                               + (long long) slot * head_dim;
+                kv = kv_load(kp + d);
+                vv = kv_load(kp + layer_stride + d);
             }
             s_k[j][d] = kv;
             s_v[j][d] = vv;
@@ -296,4 +314,19 @@ extern "C" __global__ void __launch_bounds__(128) attention_prefill_f32(
             }
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(128) attention_prefill_f32(
+        const float * __restrict__ q, const float * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
+        int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask, int words,
+        float scale, float * __restrict__ dst) {
+    attention_prefill(q, cache, table, layer, layers, kv_heads, head_dim, block_size, prefix, n, mask, words, scale, dst);
+}
+
+// attention_prefill_f16: attention_prefill_f32 over a binary16 cache.
+extern "C" __global__ void __launch_bounds__(128) attention_prefill_f16(
+        const float * __restrict__ q, const __half * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
+        int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask, int words,
+        float scale, float * __restrict__ dst) {
+    attention_prefill(q, cache, table, layer, layers, kv_heads, head_dim, block_size, prefix, n, mask, words, scale, dst);
 }

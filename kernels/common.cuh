@@ -73,3 +73,11 @@ static __device__ __forceinline__ float block_reduce_max(float v) {
     __syncthreads();
     return v;
 }
+
+// KV cache elements: float32, or binary16 (half the bytes every attention step reads). Attention
+// computes in float32 either way: a half is widened exactly on load, and rounded once on store.
+#include <cuda_fp16.h>
+static __device__ __forceinline__ float kv_load(const float * p) { return *p; }
+static __device__ __forceinline__ float kv_load(const __half * p) { return __half2float(*p); }
+static __device__ __forceinline__ void kv_store(float * p, float v) { *p = v; }
+static __device__ __forceinline__ void kv_store(__half * p, float v) { *p = __float2half_rn(v); }

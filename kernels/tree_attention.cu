@@ -27,7 +27,7 @@
 #define TREE_MAX_HEAD_DIM 128
 #define TREE_DIMS_PER_LANE (TREE_MAX_HEAD_DIM / ENGINE_WARP_SIZE)
 
-// tree_attention_f32
+// tree_attention_f32 (float32 cache) / tree_attention_f16 (binary16 cache)
 //   q:        [n, heads·head_dim] float32, already rotated; cache, table, layer, layers: as attention_f32
 //   prefix:   committed slots 0..prefix-1, seen by every query; query i's own slot is prefix + i
 //   mask:     null for a chain (query i sees batch slots j <= i), else [n][words] bits: query i sees
@@ -40,8 +40,9 @@
 // head_dim <= 128.
 // Launch: grid = (kv_heads, splits, ceil(n·heads/kv_heads / (4·items_per_warp))); block = (128, 1, 1);
 // 40.5 KiB of static shared memory.
-extern "C" __global__ void __launch_bounds__(128) tree_attention_f32(
-        const float * __restrict__ q, const float * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
+template <typename T>
+static __device__ void tree_attention(
+        const float * __restrict__ q, const T * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
         int heads, int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask,
         int words, float scale, int chunk, int items_per_warp, float * __restrict__ part_acc, float * __restrict__ part_ml) {
     __shared__ float s_q[TREE_WARPS * TREE_MAX_ITEMS_PER_WARP][TREE_MAX_HEAD_DIM];
@@ -106,9 +107,9 @@ extern "C" __global__ void __launch_bounds__(128) tree_attention_f32(
             for (int i = threadIdx.x; i < TREE_KEYS * head_dim; i += blockDim.x) {
                 const int j = i / head_dim, d = i % head_dim;
                 const int t = t0 + j;
-                const float * kp = cache + table[t / block_size] * block_stride + head_base + (long long) (t % block_size) * head_dim;
-                s_k[j][d] = kp[d];
-                s_v[j][d] = kp[layer_stride + d];
+                const T * kp = cache + table[t / block_size] * block_stride + head_base + (long long) (t % block_size) * head_dim;
+                s_k[j][d] = kv_load(kp + d);
+                s_v[j][d] = kv_load(kp + layer_stride + d);
             }
             __syncthreads();
         } else {
@@ -123,19 +124,21 @@ extern "C" __global__ void __launch_bounds__(128) tree_attention_f32(
             const int t = t0 + lane;
             const bool valid = t < limit[rr];
             // Lane j's key: shared memory, or the query's own slot for rank t in global memory.
-            const float * kp = nullptr;
             int slot = 0;
-            if (staged) {
-                kp = s_k[lane];
-            } else if (valid) {
-                slot = t < prefix || mask == nullptr ? t : prefix + masked_slot(mask + (long long) query[rr] * words, words, t - prefix);
-                kp = cache + table[slot / block_size] * block_stride + head_base + (long long) (slot % block_size) * head_dim;
-            }
             float s = -INFINITY;
-            if (valid) {
+            if (staged) {
+                const float * kp = s_k[lane];
                 float dot = 0.0f;
                 for (int d = 0; d < head_dim; d++) {
                     dot = fmaf(qs[d], kp[d], dot);
+                }
+                s = dot * scale;
+            } else if (valid) {
+                slot = t < prefix || mask == nullptr ? t : prefix + masked_slot(mask + (long long) query[rr] * words, words, t - prefix);
+                const T * kp = cache + table[slot / block_size] * block_stride + head_base + (long long) (slot % block_size) * head_dim;
+                float dot = 0.0f;
+                for (int d = 0; d < head_dim; d++) {
+                    dot = fmaf(qs[d], kv_load(kp + d), dot); // the same operations as the staged path, on the same values
                 }
                 s = dot * scale;
             }
@@ -151,18 +154,24 @@ extern "C" __global__ void __launch_bounds__(128) tree_attention_f32(
             const int count = min(TREE_KEYS, limit[rr] - t0);
             for (int j = 0; j < count; j++) {
                 const float pj = __shfl_sync(0xffffffffu, p, j);
-                const float * vp;
                 if (staged) {
-                    vp = s_v[j];
+                    const float * vp = s_v[j];
+#pragma unroll
+                    for (int i = 0; i < TREE_DIMS_PER_LANE; i++) {
+                        const int d = lane + i * ENGINE_WARP_SIZE;
+                        if (d < head_dim) {
+                            acc[rr][i] = fmaf(pj, vp[d], acc[rr][i]);
+                        }
+                    }
                 } else {
                     const int sj = __shfl_sync(0xffffffffu, slot, j);
-                    vp = cache + table[sj / block_size] * block_stride + head_base + layer_stride + (long long) (sj % block_size) * head_dim;
-                }
+                    const T * vp = cache + table[sj / block_size] * block_stride + head_base + layer_stride + (long long) (sj % block_size) * head_dim;
 #pragma unroll
-                for (int i = 0; i < TREE_DIMS_PER_LANE; i++) {
-                    const int d = lane + i * ENGINE_WARP_SIZE;
-                    if (d < head_dim) {
-                        acc[rr][i] = fmaf(pj, vp[d], acc[rr][i]);
+                    for (int i = 0; i < TREE_DIMS_PER_LANE; i++) {
+                        const int d = lane + i * ENGINE_WARP_SIZE;
+                        if (d < head_dim) {
+                            acc[rr][i] = fmaf(pj, kv_load(vp + d), acc[rr][i]);
+                        }
                     }
                 }
             }
@@ -188,4 +197,21 @@ extern "C" __global__ void __launch_bounds__(128) tree_attention_f32(
             part_ml[part * 2 + 1] = l[rr];
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(128) tree_attention_f32(
+        const float * __restrict__ q, const float * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
+        int heads, int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask,
+        int words, float scale, int chunk, int items_per_warp, float * __restrict__ part_acc, float * __restrict__ part_ml) {
+    tree_attention(q, cache, table, layer, layers, heads, kv_heads, head_dim, block_size, prefix, n, mask, words, scale, chunk, items_per_warp,
+                   part_acc, part_ml);
+}
+
+// tree_attention_f16: tree_attention_f32 over a binary16 cache (keys and values widened exactly on load).
+extern "C" __global__ void __launch_bounds__(128) tree_attention_f16(
+        const float * __restrict__ q, const __half * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
+        int heads, int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask,
+        int words, float scale, int chunk, int items_per_warp, float * __restrict__ part_acc, float * __restrict__ part_ml) {
+    tree_attention(q, cache, table, layer, layers, heads, kv_heads, head_dim, block_size, prefix, n, mask, words, scale, chunk, items_per_warp,
+                   part_acc, part_ml);
 }

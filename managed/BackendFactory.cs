@@ -15,18 +15,28 @@ public static class BackendFactory
     /// <exception cref="ArgumentException">The name is not one of the forms above.</exception>
     /// <exception cref="CudaException">CUDA was asked for and is not available, with the reason.</exception>
     /// <param name="cudaGraphs">On CUDA, replay one-token passes as CUDA graphs (<see cref="CudaBackend"/>).</param>
-    public static Backend Create(string device, int threads = 0, bool cudaGraphs = false)
+    /// <param name="kvCacheType">The KV cache's elements: F32, or F16 on CUDA (the CPU's cache is float32).</param>
+    public static Backend Create(string device, int threads = 0, bool cudaGraphs = false, Tensors.GgmlType kvCacheType = Tensors.GgmlType.F32)
     {
         string d = device.Trim().ToLowerInvariant();
-        if (d == "cpu")
+        bool cuda = d switch
+        {
+            "cpu" => false,
+            "auto" => CudaDriver.Discover(out _).Count > 0,
+            "cuda" => true,
+            _ when d.StartsWith("cuda:", StringComparison.Ordinal) => true,
+            _ => throw new ArgumentException($"--device {device}: expected {Help}"),
+        };
+        if (!cuda)
+        {
+            if (kvCacheType != Tensors.GgmlType.F32)
+                throw new ArgumentException($"--cache-type {kvCacheType.ToString().ToLowerInvariant()}: the CPU keeps its KV cache in f32 (f16 is for --device cuda)");
             return new CpuBackend(threads);
-        if (d == "auto")
-            return CudaDriver.Discover(out _).Count > 0 ? CudaBackend.Open(0, cudaGraphs: cudaGraphs) : new CpuBackend(threads);
-        if (d == "cuda")
-            return CudaBackend.Open(0, cudaGraphs: cudaGraphs);
-        if (d.StartsWith("cuda:", StringComparison.Ordinal) && int.TryParse(d.AsSpan(5), System.Globalization.NumberStyles.None,
-                System.Globalization.CultureInfo.InvariantCulture, out int index))
-            return CudaBackend.Open(index, cudaGraphs: cudaGraphs);
-        throw new ArgumentException($"--device {device}: expected {Help}");
+        }
+        int index = 0;
+        if (d.StartsWith("cuda:", StringComparison.Ordinal) && !int.TryParse(d.AsSpan(5), System.Globalization.NumberStyles.None,
+                System.Globalization.CultureInfo.InvariantCulture, out index))
+            throw new ArgumentException($"--device {device}: expected {Help}");
+        return CudaBackend.Open(index, cudaGraphs: cudaGraphs, kvCacheType: kvCacheType);
     }
 }

@@ -40,8 +40,13 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
     /// <param name="ownsDevice">Dispose the device with the backend.</param>
     /// <param name="useCuBlas">Multiply batches of more than 8 rows with cuBLAS when it loads (default); false keeps every product on the gemv kernels.</param>
     /// <param name="cudaGraphs">Record each one-token pass as a CUDA graph and replay it with one launch (<see cref="DecodeGraph"/>).</param>
-    public CudaBackend(GpuDevice device, bool ownsDevice = false, bool useCuBlas = true, bool cudaGraphs = false)
+    /// <param name="kvCacheType">The KV cache's elements: <see cref="GgmlType.F32"/> (default) or <see cref="GgmlType.F16"/>,
+    /// which halves what attention reads per step (values rounded to binary16 once, when stored; attention computes in float32).</param>
+    public CudaBackend(GpuDevice device, bool ownsDevice = false, bool useCuBlas = true, bool cudaGraphs = false, GgmlType kvCacheType = GgmlType.F32)
     {
+        if (kvCacheType is not (GgmlType.F32 or GgmlType.F16))
+            throw new ArgumentException($"KV cache type {kvCacheType}: the CUDA backend keeps its cache in F32 or F16", nameof(kvCacheType));
+        KvCacheType = kvCacheType;
         Device = device;
         _ownsDevice = ownsDevice;
         UseCuBlas = useCuBlas;
@@ -60,13 +65,16 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         _treeDraw = new(device, capturing);
     }
 
+    /// <summary>The KV cache's element type (F32 or F16).</summary>
+    public GgmlType KvCacheType { get; }
+
     /// <summary>Opens cuda:<paramref name="index"/> for a backend that owns it.</summary>
-    public static CudaBackend Open(int index = 0, bool useCuBlas = true, bool cudaGraphs = false)
+    public static CudaBackend Open(int index = 0, bool useCuBlas = true, bool cudaGraphs = false, GgmlType kvCacheType = GgmlType.F32)
     {
         var device = GpuDevice.Open(index);
         try
         {
-            return new(device, ownsDevice: true, useCuBlas, cudaGraphs);
+            return new(device, ownsDevice: true, useCuBlas, cudaGraphs, kvCacheType);
         }
         catch
         {
@@ -150,7 +158,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
 
     public override DeviceBuffer Allocate(long floats) => new CudaBuffer(Device.Allocate<float>(floats));
 
-    public override KvStore CreateKvStore(KvLayout layout, int maxBlocks) => new CudaKvStore(Device, layout, maxBlocks);
+    public override KvStore CreateKvStore(KvLayout layout, int maxBlocks) => new CudaKvStore(Device, layout, maxBlocks, KvCacheType == GgmlType.F16);
 
     private static DeviceSpan<float> Span(Activation a) => ((CudaBuffer)a.Buffer).Data.Span.Slice(0, a.Size);
 
@@ -240,8 +248,11 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
     public override void StoreKv(KvStore store, int layer, ReadOnlySpan<int> blockTable, int firstSlot, Activation k, Activation v)
     {
         var s = (CudaKvStore)store;
-        Kernels.KvCache.StoreKvF32(Device, Span(k), Span(v), k.Rows, _table.Put(blockTable), blockTable.Length, firstSlot, s.Data, s.MaxBlocks,
-            s.Layout, layer);
+        var table = _table.Put(blockTable);
+        if (s.IsF16)
+            Kernels.KvCache.StoreKv(Device, Span(k), Span(v), k.Rows, table, blockTable.Length, firstSlot, s.DataF16, s.MaxBlocks, s.Layout, layer);
+        else
+            Kernels.KvCache.StoreKv(Device, Span(k), Span(v), k.Rows, table, blockTable.Length, firstSlot, s.Data, s.MaxBlocks, s.Layout, layer);
     }
 
     public override void Attention(Activation q, KvStore store, int layer, ReadOnlySpan<int> blockTable, int prefixLength,
@@ -260,8 +271,13 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         }
         // Sized for the cache's capacity, so a growing context never reallocates it.
         var scratch = Grow(ref _attentionScratch, Kernels.Attention.ScratchFloats(heads, n, s.Layout.HeadDim, s.MaxBlocks * s.Layout.BlockSize));
-        Kernels.Attention.AttentionF32(Device, Span(q), n, heads, s.Data, s.MaxBlocks, s.Layout, layer, _table.Put(blockTable), blockTable.Length,
-            prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant);
+        var table = _table.Put(blockTable);
+        if (s.IsF16)
+            Kernels.Attention.AttentionF32(Device, Span(q), n, heads, s.DataF16, s.MaxBlocks, s.Layout, layer, table, blockTable.Length,
+                prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant);
+        else
+            Kernels.Attention.AttentionF32(Device, Span(q), n, heads, s.Data, s.MaxBlocks, s.Layout, layer, table, blockTable.Length,
+                prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant);
     }
 
     public override void SwiGlu(Activation gate, Activation up, Activation dst) =>
@@ -558,27 +574,47 @@ internal sealed class CudaVector(string name, GpuArray<float> data) : DeviceVect
 
 /// <summary>
 /// Every KV block of a cache in one device allocation, reserved when the cache is created (the layout
-/// of kernels/kvcache.cu), zeroed so that unwritten slots hold no stale values.
+/// of kernels/kvcache.cu), zeroed so that unwritten slots hold no stale values; float32 or binary16.
 /// </summary>
 internal sealed class CudaKvStore : KvStore
 {
     private readonly GpuDevice _device;
     private GpuArray<float>? _data;
+    private GpuArray<Half>? _half;
 
-    public CudaKvStore(GpuDevice device, KvLayout layout, int maxBlocks) : base(layout)
+    public CudaKvStore(GpuDevice device, KvLayout layout, int maxBlocks, bool f16 = false) : base(layout)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(maxBlocks, 1);
         _device = device;
         MaxBlocks = maxBlocks;
-        _data = device.Allocate<float>(maxBlocks * Kernels.KvCache.BlockFloats(layout));
-        device.Clear(_data.Span.Pointer, _data.Span.Bytes);
+        IsF16 = f16;
+        long elements = maxBlocks * Kernels.KvCache.BlockFloats(layout);
+        if (f16)
+        {
+            _half = device.Allocate<Half>(elements);
+            device.Clear(_half.Span.Pointer, _half.Span.Bytes);
+        }
+        else
+        {
+            _data = device.Allocate<float>(elements);
+            device.Clear(_data.Span.Pointer, _data.Span.Bytes);
+        }
     }
 
     public int MaxBlocks { get; }
 
-    public DeviceSpan<float> Data => (_data ?? throw new ObjectDisposedException(nameof(CudaKvStore))).Span;
+    /// <summary>Whether the elements are binary16.</summary>
+    public bool IsF16 { get; }
+
+    public DeviceSpan<float> Data => (_data ?? throw new ObjectDisposedException(nameof(CudaKvStore), IsF16 ? "an F16 cache has no float32 data" : null)).Span;
+
+    public DeviceSpan<Half> DataF16 => (_half ?? throw new ObjectDisposedException(nameof(CudaKvStore), IsF16 ? null : "an F32 cache has no binary16 data")).Span;
 
     private long BlockFloats => Kernels.KvCache.BlockFloats(Layout);
+
+    private long ElementBytes => IsF16 ? 2 : 4;
+
+    private IntPtr Base => IsF16 ? DataF16.Pointer : Data.Pointer;
 
     public override void EnsureBlock(int block)
     {
@@ -590,16 +626,23 @@ internal sealed class CudaKvStore : KvStore
     {
         EnsureBlock(source);
         EnsureBlock(destination);
-        _device.CopyDeviceToDevice(Data.Slice(destination * BlockFloats, BlockFloats).Pointer, Data.Slice(source * BlockFloats, BlockFloats).Pointer,
-            BlockFloats * sizeof(float));
+        long bytes = BlockFloats * ElementBytes;
+        _device.CopyDeviceToDevice(Base + (nint)(destination * bytes), Base + (nint)(source * bytes), bytes);
     }
 
-    public override void CopySlot(int sourceBlock, int sourceOffset, int destinationBlock, int destinationOffset) =>
-        Kernels.KvCache.CopySlotF32(_device, Data, MaxBlocks, Layout, sourceBlock, sourceOffset, destinationBlock, destinationOffset);
+    public override void CopySlot(int sourceBlock, int sourceOffset, int destinationBlock, int destinationOffset)
+    {
+        if (IsF16)
+            Kernels.KvCache.CopySlot(_device, DataF16, MaxBlocks, Layout, sourceBlock, sourceOffset, destinationBlock, destinationOffset);
+        else
+            Kernels.KvCache.CopySlot(_device, Data, MaxBlocks, Layout, sourceBlock, sourceOffset, destinationBlock, destinationOffset);
+    }
 
     public override void Dispose()
     {
         _data?.Dispose();
+        _half?.Dispose();
         _data = null;
+        _half = null;
     }
 }

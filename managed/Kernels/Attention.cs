@@ -27,11 +27,13 @@ public static class Attention
     /// for larger heads; for a batch of more than 8 rows with heads up to 128 that need not be
     /// batch-invariant, attention_prefill_f32): dst[i, h·hd..] = softmax over the keys row i sees of (q_i,h · k)·scale, times v. Row i sees slots 0..prefix-1 and batch slot prefix + j where the mask
     /// allows (causal when <paramref name="mask"/> is empty; else words per row <paramref name="words"/>).
+    /// The cache holds float32 (<typeparamref name="T"/> = float) or binary16 (Half) elements.
     /// </summary>
-    public static unsafe void AttentionF32(GpuDevice device, DeviceSpan<float> q, int n, int heads, DeviceSpan<float> cache, int blocks,
+    public static unsafe void AttentionF32<T>(GpuDevice device, DeviceSpan<float> q, int n, int heads, DeviceSpan<T> cache, int blocks,
         KvLayout layout, int layer, DeviceSpan<int> table, int tableLength, int prefix, DeviceSpan<ulong> mask, int words, float scale,
-        DeviceSpan<float> scratch, DeviceSpan<float> dst, bool batchInvariant = false)
+        DeviceSpan<float> scratch, DeviceSpan<float> dst, bool batchInvariant = false) where T : unmanaged
     {
+        string suffix = KvCache.Suffix<T>(); // the cache's elements: attention_f32 or attention_f16, …
         int hd = layout.HeadDim;
         if (n <= 0 || heads <= 0 || heads % layout.KvHeads != 0)
             throw new ArgumentException($"attention_f32: {n} rows of {heads} heads over {layout.KvHeads} kv heads");
@@ -56,7 +58,7 @@ public static class Attention
         if (KvCacheKernels.UsesPrefillKernel(n, hd, batchInvariant))
         {
             // A batch: the tiled kernel, 16 rows per block, each key and value read once per block.
-            var prefill = device.Function(File, "attention_prefill_f32");
+            var prefill = device.Function(File, "attention_prefill_" + suffix);
             void** pargs = stackalloc void*[14];
             pargs[0] = &pq;
             pargs[1] = &pc;
@@ -92,7 +94,7 @@ public static class Attention
         var accumulators = scratch.Slice(0, parts * hd);
         var maxSums = scratch.Slice(parts * hd, parts * 2);
 
-        var fn = device.Function(File, "attention_f32");
+        var fn = device.Function(File, "attention_" + suffix);
         IntPtr pa = accumulators.Pointer, pml = maxSums.Pointer;
         void** args = stackalloc void*[16];
         args[0] = &pq;

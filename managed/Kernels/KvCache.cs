@@ -10,15 +10,25 @@ public static class KvCache
 {
     private const string File = "kvcache";
 
-    /// <summary>Floats of one block: every layer's K and V.</summary>
+    /// <summary>Elements of one block: every layer's K and V.</summary>
     public static long BlockFloats(KvLayout layout) => Backends.Cpu.Kernels.KvCacheKernels.BlockFloats(layout);
+
+    /// <summary>The kernel-name suffix of a cache whose elements are <typeparamref name="T"/>: f32 (float) or f16 (Half).</summary>
+    public static string Suffix<T>() where T : unmanaged =>
+        typeof(T) == typeof(float) ? "f32" : typeof(T) == typeof(Half) ? "f16"
+        : throw new NotSupportedException($"a KV cache of {typeof(T).Name} elements (float32 or binary16 only)");
 
     /// <summary>
     /// store_kv_f32: row r of k and v ([n, kvHeads·headDim]) into slot firstSlot + r of layer
     /// <paramref name="layer"/>; table[s / blockSize] is the block of slot s (tableLength entries).
     /// </summary>
-    public static unsafe void StoreKvF32(GpuDevice device, DeviceSpan<float> k, DeviceSpan<float> v, int n, DeviceSpan<int> table, int tableLength,
-        int firstSlot, DeviceSpan<float> cache, int blocks, KvLayout layout, int layer)
+    public static void StoreKvF32(GpuDevice device, DeviceSpan<float> k, DeviceSpan<float> v, int n, DeviceSpan<int> table, int tableLength,
+        int firstSlot, DeviceSpan<float> cache, int blocks, KvLayout layout, int layer) =>
+        StoreKv(device, k, v, n, table, tableLength, firstSlot, cache, blocks, layout, layer);
+
+    /// <summary>store_kv_f32 or store_kv_f16 by the cache's element type (binary16: each value rounded to nearest even).</summary>
+    public static unsafe void StoreKv<T>(GpuDevice device, DeviceSpan<float> k, DeviceSpan<float> v, int n, DeviceSpan<int> table, int tableLength,
+        int firstSlot, DeviceSpan<T> cache, int blocks, KvLayout layout, int layer) where T : unmanaged
     {
         long cols = (long)layout.KvHeads * layout.HeadDim;
         if (n <= 0 || k.Length < n * cols || v.Length < n * cols)
@@ -31,7 +41,7 @@ public static class KvCache
             throw new ArgumentException($"store_kv_f32: the cache holds {cache.Length} floats, {blocks} blocks need {blocks * BlockFloats(layout)}");
         if (layout.KvHeads > 65535)
             throw new ArgumentOutOfRangeException(nameof(layout), $"store_kv_f32: {layout.KvHeads} kv heads exceed the grid's 65535");
-        var fn = device.Function(File, "store_kv_f32");
+        var fn = device.Function(File, "store_kv_" + Suffix<T>());
         IntPtr pk = k.Pointer, pv = v.Pointer, pt = table.Pointer, pc = cache.Pointer;
         int layers = layout.Layers, kvHeads = layout.KvHeads, headDim = layout.HeadDim, blockSize = layout.BlockSize;
         void** args = stackalloc void*[10];
@@ -49,14 +59,18 @@ public static class KvCache
     }
 
     /// <summary>copy_slot_f32: one token's K and V in every layer from (srcBlock, srcSlot) to (dstBlock, dstSlot).</summary>
-    public static unsafe void CopySlotF32(GpuDevice device, DeviceSpan<float> cache, int blocks, KvLayout layout, int srcBlock, int srcSlot,
-        int dstBlock, int dstSlot)
+    public static void CopySlotF32(GpuDevice device, DeviceSpan<float> cache, int blocks, KvLayout layout, int srcBlock, int srcSlot,
+        int dstBlock, int dstSlot) => CopySlot(device, cache, blocks, layout, srcBlock, srcSlot, dstBlock, dstSlot);
+
+    /// <summary>copy_slot_f32 or copy_slot_f16 by the cache's element type.</summary>
+    public static unsafe void CopySlot<T>(GpuDevice device, DeviceSpan<T> cache, int blocks, KvLayout layout, int srcBlock, int srcSlot,
+        int dstBlock, int dstSlot) where T : unmanaged
     {
         if ((uint)srcBlock >= (uint)blocks || (uint)dstBlock >= (uint)blocks || (uint)srcSlot >= (uint)layout.BlockSize || (uint)dstSlot >= (uint)layout.BlockSize)
             throw new ArgumentOutOfRangeException(nameof(srcBlock), $"copy_slot_f32: ({srcBlock}, {srcSlot}) → ({dstBlock}, {dstSlot}) outside {blocks} blocks of {layout.BlockSize}");
         if (cache.Length < blocks * BlockFloats(layout))
             throw new ArgumentException($"copy_slot_f32: the cache holds {cache.Length} floats, {blocks} blocks need {blocks * BlockFloats(layout)}");
-        var fn = device.Function(File, "copy_slot_f32");
+        var fn = device.Function(File, "copy_slot_" + Suffix<T>());
         IntPtr pc = cache.Pointer;
         int layers = layout.Layers, kvHeads = layout.KvHeads, headDim = layout.HeadDim, blockSize = layout.BlockSize;
         void** args = stackalloc void*[9];

@@ -21,12 +21,14 @@ public static class TreeAttention
     /// <summary>
     /// dst[i, h·hd..] = softmax over the keys query i sees of (q_i,h · k)·scale, times v: the committed
     /// <paramref name="prefix"/> slots and batch slot prefix + j where the mask allows (a chain when
-    /// <paramref name="mask"/> is empty). One launch for all queries and heads, then the combine.
+    /// <paramref name="mask"/> is empty). One launch for all queries and heads, then the combine. The cache
+    /// holds float32 (<typeparamref name="T"/> = float) or binary16 (Half) elements.
     /// </summary>
-    public static unsafe void TreeAttentionF32(GpuDevice device, DeviceSpan<float> q, int n, int heads, DeviceSpan<float> cache, int blocks,
+    public static unsafe void TreeAttentionF32<T>(GpuDevice device, DeviceSpan<float> q, int n, int heads, DeviceSpan<T> cache, int blocks,
         KvLayout layout, int layer, DeviceSpan<int> table, int tableLength, int prefix, DeviceSpan<ulong> mask, int words, float scale,
-        DeviceSpan<float> scratch, DeviceSpan<float> dst)
+        DeviceSpan<float> scratch, DeviceSpan<float> dst) where T : unmanaged
     {
+        string suffix = KvCache.Suffix<T>(); // tree_attention_f32 (float32 cache) or tree_attention_f16 (binary16)
         int hd = layout.HeadDim;
         if (n <= 0 || heads <= 0 || heads % layout.KvHeads != 0)
             throw new ArgumentException($"tree_attention_f32: {n} queries of {heads} heads over {layout.KvHeads} kv heads");
@@ -59,7 +61,7 @@ public static class TreeAttention
         IntPtr pq = q.Pointer, pc = cache.Pointer, pt = table.Pointer, pm = mask.IsEmpty ? IntPtr.Zero : mask.Pointer, pd = dst.Pointer;
         IntPtr pa = accumulators.Pointer, pml = maxSums.Pointer;
         int layers = layout.Layers, kvHeads = layout.KvHeads, blockSize = layout.BlockSize;
-        var fn = device.Function("tree_attention", "tree_attention_f32");
+        var fn = device.Function("tree_attention", "tree_attention_" + suffix);
         void** args = stackalloc void*[18];
         args[0] = &pq;
         args[1] = &pc;

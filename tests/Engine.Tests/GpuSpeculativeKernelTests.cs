@@ -24,10 +24,24 @@ public abstract partial class GpuSuite
         return (cache, table, blocks);
     }
 
+    /// <summary>The cache as a binary16 cache holds it: each value rounded to the nearest half (what store_kv_f16 writes).</summary>
+    private static float[] RoundToHalf(float[] cache) => cache.Select(v => (float)(Half)v).ToArray();
+
     private float[] RunTreeAttention(float[] q, int n, int heads, float[] cache, int blocks, KvLayout layout, int layer, int[] table, int prefix,
-        AttentionMask mask)
+        AttentionMask mask, bool f16 = false)
     {
-        using var dcache = Device.Upload<float>(cache);
+        if (f16)
+        {
+            using var half = Device.Upload<Half>(cache.Select(v => (Half)v).ToArray());
+            return RunTreeAttention(q, n, heads, half.Span, blocks, layout, layer, table, prefix, mask);
+        }
+        using var single = Device.Upload<float>(cache);
+        return RunTreeAttention(q, n, heads, single.Span, blocks, layout, layer, table, prefix, mask);
+    }
+
+    private float[] RunTreeAttention<T>(float[] q, int n, int heads, DeviceSpan<T> dcache, int blocks, KvLayout layout, int layer, int[] table, int prefix,
+        AttentionMask mask) where T : unmanaged
+    {
         using var dt = Device.Upload<int>(table);
         using var dq = Device.Upload<float>(q);
         using var dmask = mask.IsCausal ? null : Device.Upload<ulong>(mask.Bits[..(n * mask.WordsPerRow)]);
@@ -40,11 +54,13 @@ public abstract partial class GpuSuite
 
     public static IEnumerable<TestCaseData> TreeAttentionCases()
     {
-        yield return new TestCaseData(8, 2, 64, 16, 37, 1, false).SetName("tree attention: decode after 37, GQA 4:1");
-        yield return new TestCaseData(32, 4, 64, 32, 300, 16, true).SetName("tree attention: 16 nodes after 300 (staged tiles, two splits), GQA 8:1");
-        yield return new TestCaseData(4, 1, 128, 32, 100, 70, true).SetName("tree attention: 70 nodes (two mask words) after 100, MQA, head dim 128");
-        yield return new TestCaseData(4, 4, 96, 8, 5, 9, false).SetName("tree attention: chain of 9 after 5, head dim 96");
-        yield return new TestCaseData(8, 8, 8, 32, 0, 3, true).SetName("tree attention: tree of 3 with no prefix, head dim 8");
+        yield return new TestCaseData(8, 2, 64, 16, 37, 1, false, false).SetName("tree attention: decode after 37, GQA 4:1");
+        yield return new TestCaseData(32, 4, 64, 32, 300, 16, true, false).SetName("tree attention: 16 nodes after 300 (staged tiles, two splits), GQA 8:1");
+        yield return new TestCaseData(4, 1, 128, 32, 100, 70, true, false).SetName("tree attention: 70 nodes (two mask words) after 100, MQA, head dim 128");
+        yield return new TestCaseData(4, 4, 96, 8, 5, 9, false, false).SetName("tree attention: chain of 9 after 5, head dim 96");
+        yield return new TestCaseData(8, 8, 8, 32, 0, 3, true, false).SetName("tree attention: tree of 3 with no prefix, head dim 8");
+        yield return new TestCaseData(32, 4, 64, 32, 300, 16, true, true).SetName("tree attention: 16 nodes after 300 over an F16 cache");
+        yield return new TestCaseData(8, 2, 64, 16, 37, 1, false, true).SetName("tree attention: decode after 37 over an F16 cache");
     }
 
     /// <summary>
@@ -54,16 +70,18 @@ public abstract partial class GpuSuite
     /// few ulps of the largest value (outputs are convex combinations of values in [-2, 2]).
     /// </summary>
     [TestCaseSource(nameof(TreeAttentionCases))]
-    public void Tree_attention_matches_its_cpu_reference(int heads, int kvHeads, int headDim, int blockSize, int prefix, int n, bool tree)
+    public void Tree_attention_matches_its_cpu_reference(int heads, int kvHeads, int headDim, int blockSize, int prefix, int n, bool tree, bool f16)
     {
         var layout = new KvLayout(Layers: 2, KvHeads: kvHeads, HeadDim: headDim, BlockSize: blockSize);
         var rng = new Random(heads * 7919 + prefix * 31 + n);
         var (cache, table, blocks) = RandomCache(rng, layout, 1, prefix + n, out _, out _);
+        if (f16)
+            cache = RoundToHalf(cache); // the reference reads the values an F16 cache holds; the kernel widens them exactly
         var q = RandomFloats(rng, n * heads * headDim);
         var mask = tree ? AttentionMask.FromParents(Enumerable.Range(0, n).Select(i => i == 0 ? -1 : rng.Next(-1, i)).ToArray()) : AttentionMask.Causal;
         var expected = new float[q.Length];
         Backends.Cpu.Kernels.TreeAttention.TreeAttentionF32(q, n, heads, cache, layout, 1, table, prefix, mask, 1 / MathF.Sqrt(headDim), expected);
-        var actual = RunTreeAttention(q, n, heads, cache, blocks, layout, 1, table, prefix, mask);
+        var actual = RunTreeAttention(q, n, heads, cache, blocks, layout, 1, table, prefix, mask, f16);
         double bound = Device.IsEmulator ? 0 : 8 * 2 * U * 2;
         for (int i = 0; i < expected.Length; i++)
             Assert.That(actual[i], Is.EqualTo(expected[i]).Within(bound), $"row {i / (heads * headDim)}, head {i / headDim % heads}, dim {i % headDim}");
@@ -81,8 +99,9 @@ public abstract partial class GpuSuite
     /// bit for bit, what a one-query launch gives the same token once its ancestors are committed
     /// before it (the accepted path compacted into the cache, as speculative decoding leaves it).
     /// </summary>
-    [Test]
-    public void A_tree_node_gets_the_attention_of_the_same_token_decoded_after_its_ancestors()
+    [TestCase(false)]
+    [TestCase(true)]
+    public void A_tree_node_gets_the_attention_of_the_same_token_decoded_after_its_ancestors(bool f16)
     {
         var layout = new KvLayout(Layers: 1, KvHeads: 2, HeadDim: 64, BlockSize: 16);
         int heads = 8, prefix = 300, n = 40, hd = layout.HeadDim;
@@ -90,7 +109,7 @@ public abstract partial class GpuSuite
         var parents = Enumerable.Range(0, n).Select(i => i == 0 ? -1 : rng.Next(-1, i)).ToArray();
         var (cache, table, blocks) = RandomCache(rng, layout, 0, prefix + n, out var k, out var v);
         var q = RandomFloats(rng, n * heads * hd);
-        var tree = RunTreeAttention(q, n, heads, cache, blocks, layout, 0, table, prefix, AttentionMask.FromParents(parents));
+        var tree = RunTreeAttention(q, n, heads, cache, blocks, layout, 0, table, prefix, AttentionMask.FromParents(parents), f16);
         int kvCols = layout.KvHeads * hd;
         foreach (int node in new[] { 0, 5, 17, 39, n / 2 })
         {
@@ -113,7 +132,7 @@ public abstract partial class GpuSuite
             var seqCache = new float[seqBlocks * KvCacheKernels.BlockFloats(layout)];
             KvCacheKernels.StoreKvF32(pk, pv, tokens, seqTable, 0, seqCache, layout, 0);
             var alone = RunTreeAttention(q.AsSpan(node * heads * hd, heads * hd).ToArray(), 1, heads, seqCache, seqBlocks, layout, 0, seqTable,
-                tokens - 1, AttentionMask.Causal);
+                tokens - 1, AttentionMask.Causal, f16);
             Assert.That(alone, Is.EqualTo(tree.AsSpan(node * heads * hd, heads * hd).ToArray()), $"node {node} (depth {path.Count})");
         }
     }
@@ -500,5 +519,75 @@ public abstract partial class GpuSuite
         using var cpuDraft = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Threads = 1 });
         var e = Assert.Throws<ArgumentException>(() => Speculative.DraftSources.Create("draft", lm, cpuDraft))!;
         Assert.That(e.Message, Does.Contain("runs on cpu, the target on cuda:0"));
+    }
+}
+
+public abstract partial class GpuSuite
+{
+    /// <summary>store_kv_f16 rounds each value to the nearest binary16 (as .NET's conversion does) and copy_slot_f16 moves a token's K and V.</summary>
+    [Test]
+    public void An_f16_cache_stores_rounded_values_and_copies_slots()
+    {
+        var layout = new KvLayout(Layers: 2, KvHeads: 2, HeadDim: 40, BlockSize: 8);
+        int n = 11, blocks = 4;
+        var rng = new Random(9);
+        var k = RandomFloats(rng, n * layout.KvHeads * layout.HeadDim, 3);
+        var v = RandomFloats(rng, n * layout.KvHeads * layout.HeadDim, 3);
+        int[] table = [2, 0];
+        var expected = new float[blocks * KvCacheKernels.BlockFloats(layout)];
+        KvCacheKernels.StoreKvF32(k, v, n, table, 0, expected, layout, 1);
+        using var cache = Device.Allocate<Half>(expected.Length);
+        Device.Clear(cache.Span.Pointer, cache.Span.Bytes);
+        using var dk = Device.Upload<float>(k);
+        using var dv = Device.Upload<float>(v);
+        using var dt = Device.Upload<int>(table);
+        Cuda.Kernels.KvCache.StoreKv(Device, dk.Span, dv.Span, n, dt.Span, table.Length, 0, cache.Span, blocks, layout, 1);
+        Assert.That(Device.Download<Half>(cache.Span).Select(h => (float)h).ToArray(), Is.EqualTo(RoundToHalf(expected)));
+        KvCacheKernels.CopySlotF32(expected, layout, 2, 5, 3, 1);
+        Cuda.Kernels.KvCache.CopySlot(Device, cache.Span, blocks, layout, 2, 5, 3, 1);
+        Assert.That(Device.Download<Half>(cache.Span).Select(h => (float)h).ToArray(), Is.EqualTo(RoundToHalf(expected)));
+    }
+
+    /// <summary>
+    /// A model on an F16 cache: greedy speculative output equals plain greedy output on the same cache
+    /// (verification and decoding read the same rounded keys through the same kernel), and its logits
+    /// stay within 1e-2 of the F32 cache's scale — binary16 rounds each key and value by at most 2^-11
+    /// relative, which moves stories260K's logits by about 1e-3 of their scale over its 5 layers, while a
+    /// wrong element layout or conversion moves them by their whole scale.
+    /// </summary>
+    [TestCase("recycle")]
+    [TestCase("lookup")]
+    public void An_f16_kv_cache_keeps_speculative_decoding_exact_and_logits_close(string method)
+    {
+        using var lm = LanguageModel.Load(SharedData.StoriesGguf,
+            new ModelOptions { Backend = new CudaBackend(Device, ownsDevice: false, kvCacheType: Tensors.GgmlType.F16) });
+        int[] prompt = [.. lm.Tokenizer.Encode("Once upon a time, there was a little dog", addSpecial: true)];
+        var plain = SpeculativeTests.Plain(lm, prompt, 40);
+        var (spec, stats) = SpeculativeTests.Speculative(lm, Speculative.DraftSources.Create(method, lm), prompt, 40);
+        Assert.That(spec, Is.EqualTo(plain));
+        Assert.That(stats.AcceptedTokens, Is.GreaterThan(0));
+
+        using var single = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Backend = new CudaBackend(Device, ownsDevice: false) });
+        float[] Logits(LanguageModel model)
+        {
+            using var cache = model.Network.CreateKvCache(64);
+            using var seq = cache.CreateSequence();
+            var logits = new float[model.Config.VocabSize];
+            model.Network.Forward(seq, prompt, Enumerable.Range(0, prompt.Length).ToArray(), AttentionMask.Causal, [prompt.Length - 1], logits);
+            return logits;
+        }
+        var expected = Logits(single);
+        var actual = Logits(lm);
+        float scale = expected.Max(MathF.Abs);
+        for (int i = 0; i < expected.Length; i++)
+            Assert.That(actual[i], Is.EqualTo(expected[i]).Within(1e-2 * scale), $"logit {i}");
+        Assert.That(actual, Is.Not.EqualTo(expected), "the F16 cache rounds (the test would not see a cache left in F32)");
+    }
+
+    [Test]
+    public void An_f16_cache_on_the_cpu_is_a_clear_error()
+    {
+        var e = Assert.Throws<ArgumentException>(() => BackendFactory.Create("cpu", 1, kvCacheType: Tensors.GgmlType.F16))!;
+        Assert.That(e.Message, Does.Contain("--cache-type f16"));
     }
 }

@@ -436,7 +436,7 @@ public abstract partial class GpuSuite
         using var dmask = tree ? Device.Upload<ulong>(mask.Bits[..(n * mask.WordsPerRow)]) : null;
         using var scratch = Device.Allocate<float>(KvCacheKernels.ScratchFloats(heads, n, headDim, prefix + n));
         using var dout = Device.Allocate<float>(expected.Length);
-        Cuda.Kernels.Attention.AttentionF32(Device, dq, n, heads, dcache, blocks, layout, layer, dt, table.Length, prefix,
+        Cuda.Kernels.Attention.AttentionF32(Device, dq, n, heads, dcache.Span, blocks, layout, layer, dt, table.Length, prefix,
             dmask?.Span ?? default, tree ? mask.WordsPerRow : 0, scale, scratch, dout);
         var actual = Device.Download<float>(dout);
         // Outputs are convex combinations of values in [-2, 2]: the orders of the score sums (headDim
@@ -642,6 +642,10 @@ public abstract partial class GpuSuite
             Assert.That(code, Is.Zero, err);
             Assert.That(output.Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse), Is.EqualTo(expected.FromBos.Take(32)));
             Assert.That(err, Does.Contain("device: cuda:0"));
+            (code, output, err) = CliTests.Run("generate", "-m", SharedData.StoriesGguf, "--device", "cuda", "--cache-type", "f16", "--prompt-ids", "1", "-n", "16",
+                "--temp", "0.8", "--seed", "5", "--ids");
+            Assert.That(code, Is.Zero, err);
+            Assert.That(output.Split(' ', StringSplitOptions.RemoveEmptyEntries), Has.Length.InRange(1, 16), "sampled on the device over an F16 cache");
 
             string[] bench = ["bench", "-m", SharedData.StoriesGguf, "--device", "cuda", "-p", "16", "-n", "8", "-r", "1", "--json"];
             if (!Device.IsEmulator)
@@ -725,7 +729,8 @@ public class CudaDiscoveryTests
     {
         string kernels = Path.Combine(SharedData.RepositoryRoot, "kernels");
         var files = Directory.GetFiles(kernels, "*.cu").Select(f => Path.GetFileNameWithoutExtension(f)!).ToList();
-        Assert.That(files, Is.SupersetOf(new[] { "rmsnorm", "gemv", "getrows", "dequantize", "rope", "swiglu", "add", "argmax", "kvcache", "attention" }));
+        Assert.That(files, Is.SupersetOf(new[] { "rmsnorm", "gemv", "getrows", "dequantize", "rope", "swiglu", "add", "argmax", "kvcache", "attention",
+            "tree_attention", "sampling", "acceptance" }));
         if (PtxModules.Variants("rmsnorm").Count == 0)
         {
             // A build without nvcc has no PTX: fine on a developer machine, an error under CI.
@@ -762,8 +767,11 @@ public class CudaDiscoveryTests
             ["swiglu"] = ["swiglu_f32"],
             ["add"] = ["add_f32", "add_bias_f32"],
             ["argmax"] = ["argmax_f32"],
-            ["kvcache"] = ["store_kv_f32", "copy_slot_f32"],
-            ["attention"] = ["attention_f32", "attention_combine_f32", "attention_prefill_f32"],
+            ["kvcache"] = ["store_kv_f32", "copy_slot_f32", "store_kv_f16", "copy_slot_f16"],
+            ["attention"] = ["attention_f32", "attention_combine_f32", "attention_prefill_f32", "attention_f16", "attention_prefill_f16"],
+            ["tree_attention"] = ["tree_attention_f32", "tree_attention_f16"],
+            ["sampling"] = ["sample_f32", "top_k_ids_f32"],
+            ["acceptance"] = ["accept_greedy", "accept_sampled"],
             ["gemv"] = [],
             ["getrows"] = [],
         };

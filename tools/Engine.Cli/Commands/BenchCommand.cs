@@ -26,15 +26,16 @@ internal static class BenchCommand
         var graphs = SharedOptions.CudaGraphs();
         var batch = new Option<int>("--batch", "-b") { Description = "Most tokens per forward pass", DefaultValueFactory = _ => 512 };
         var json = new Option<bool>("--json") { Description = "One JSON object per line" };
+        var cacheType = SharedOptions.CacheType();
         var profile = new Option<bool>("--profile") { Description = "Also print the time spent in each backend operation (stderr)" };
-        var command = new Command("bench", "Measure prompt processing (pp) and generation (tg) speed") { model, prompt, gen, reps, threads, device, graphs, batch, json, profile };
+        var command = new Command("bench", "Measure prompt processing (pp) and generation (tg) speed") { model, prompt, gen, reps, threads, device, graphs, cacheType, batch, json, profile };
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
             int p = parse.GetValue(prompt), n = parse.GetValue(gen), r = parse.GetValue(reps), t = parse.GetValue(threads);
             if (p < 0 || n < 0 || r < 1 || t < 1 || parse.GetValue(batch) < 1)
                 throw new ArgumentException("-p and -n must not be negative; -r, -t and -b must be at least 1");
             string path = parse.GetRequiredValue(model);
-            var backend = Cuda.BackendFactory.Create(parse.GetRequiredValue(device), t, parse.GetValue(graphs));
+            var backend = Cuda.BackendFactory.Create(parse.GetRequiredValue(device), t, parse.GetValue(graphs), SharedOptions.ParseCacheType(parse.GetRequiredValue(cacheType)));
             // The profile times each backend call; on a GPU, calls are asynchronous, so it shows launch cost there.
             var profiler = parse.GetValue(profile) ? new ProfilingBackend(backend) : null;
             using var lm = LanguageModel.Load(path, new ModelOptions { Threads = t, MaxBatch = parse.GetValue(batch), ContextLength = Math.Max(p, n) + 1, Backend = profiler ?? backend });

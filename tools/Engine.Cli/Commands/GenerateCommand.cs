@@ -26,6 +26,7 @@ internal static class GenerateCommand
         var device = SharedOptions.Device();
         var graphs = SharedOptions.CudaGraphs();
         var context = new Option<int>("--ctx", "-c") { Description = "Context size in tokens (default: the model's, at most 4096)" };
+        var cacheType = SharedOptions.CacheType();
         var ids = new Option<bool>("--ids") { Description = "Print only the generated token ids, space separated" };
         var spec = new Option<string?>("--spec") { Description = "Speculative decoding: draft, layerskip, lookup, recycle, rsd or online (lossless)" };
         var draftModel = SharedOptions.DraftModel();
@@ -38,7 +39,7 @@ internal static class GenerateCommand
 
         var command = new Command("generate", "Generate text from a prompt")
         {
-            model, prompt, promptIds, count, temperature, topK, topP, minP, seed, threads, device, graphs, context, ids,
+            model, prompt, promptIds, count, temperature, topK, topP, minP, seed, threads, device, graphs, cacheType, context, ids,
             spec, draftModel, draftMax, tree, layers, fixedBudget, lossy, ngramCache,
         };
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
@@ -66,7 +67,7 @@ internal static class GenerateCommand
 
             List<int>? givenIds = idText is not null ? ParseIds(idText) : null;
 
-            using var lm = LanguageModel.Load(parse.GetRequiredValue(model), SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, parse.GetValue(graphs)) with { ContextLength = parse.GetValue(context) });
+            using var lm = LanguageModel.Load(parse.GetRequiredValue(model), SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, parse.GetValue(graphs), parse.GetRequiredValue(cacheType)) with { ContextLength = parse.GetValue(context) });
             var tokenizer = lm.Tokenizer;
             List<int> promptTokens = givenIds ?? tokenizer.Encode(text!, addSpecial: true, parseSpecial: true);
             string? method = parse.GetValue(spec);

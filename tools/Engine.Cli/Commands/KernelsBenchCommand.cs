@@ -399,7 +399,7 @@ internal static class KernelsBenchCommand
             using var scratch = gpu.Allocate<float>(KvCacheKernels.ScratchFloats(s.Heads, 1, s.HeadDim, context));
             using var dy = gpu.Allocate<float>((long)s.Heads * s.HeadDim);
             int prefix = context - 1;
-            void Launch() => K.Attention.AttentionF32(gpu, dq, 1, s.Heads, dc, blocks, layout, 0, dt, blocks, prefix, default, 0, scale, scratch, dy);
+            void Launch() => K.Attention.AttentionF32(gpu, dq, 1, s.Heads, dc.Span, blocks, layout, 0, dt, blocks, prefix, default, 0, scale, scratch, dy);
             Launch();
             var expected = new float[s.Heads * s.HeadDim];
             KvCacheKernels.AttentionF32(q, 1, s.Heads, cache, layout, 0, table, prefix, AttentionMask.Causal, scale, expected);
@@ -417,7 +417,7 @@ internal static class KernelsBenchCommand
             using var dt = gpu.Upload<int>(table);
             using var dq = gpu.Upload<float>(q);
             using var dy = gpu.Allocate<float>((long)n * s.Heads * s.HeadDim);
-            void Launch() => K.Attention.AttentionF32(gpu, dq, n, s.Heads, dc, blocks, layout, 0, dt, blocks, 0, default, 0, scale, default, dy);
+            void Launch() => K.Attention.AttentionF32(gpu, dq, n, s.Heads, dc.Span, blocks, layout, 0, dt, blocks, 0, default, 0, scale, default, dy);
             Launch();
             var actual = gpu.Download<float>(dy);
             // Check the first 16 rows (one block of the kernel) against the reference on those rows.
@@ -443,7 +443,7 @@ internal static class KernelsBenchCommand
             using var dm = gpu.Upload<ulong>(mask.Bits[..(nodes * mask.WordsPerRow)]);
             using var scratch = gpu.Allocate<float>(KvCacheKernels.ScratchFloats(s.Heads, nodes, s.HeadDim, prefix + nodes));
             using var dy = gpu.Allocate<float>((long)nodes * s.Heads * s.HeadDim);
-            void Launch() => K.TreeAttention.TreeAttentionF32(gpu, dq, nodes, s.Heads, dc, blocks, layout, 0, dt, blocks, prefix, dm, mask.WordsPerRow,
+            void Launch() => K.TreeAttention.TreeAttentionF32(gpu, dq, nodes, s.Heads, dc.Span, blocks, layout, 0, dt, blocks, prefix, dm, mask.WordsPerRow,
                 scale, scratch, dy);
             Launch();
             var expected = new float[nodes * s.Heads * s.HeadDim];

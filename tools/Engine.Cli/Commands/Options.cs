@@ -28,9 +28,23 @@ internal static partial class SharedOptions
 
     public static Option<bool> CudaGraphs() => new("--cuda-graphs") { Description = "On CUDA, replay each decode step as a CUDA graph (one launch instead of hundreds)" };
 
+    public static Option<string> CacheType() => new("--cache-type")
+    {
+        Description = "KV cache elements: f32, or f16 on CUDA (half the bytes attention reads)",
+        DefaultValueFactory = _ => "f32",
+    };
+
+    /// <summary>The element type of a --cache-type value.</summary>
+    public static Engine.Tensors.GgmlType ParseCacheType(string value) => value.Trim().ToLowerInvariant() switch
+    {
+        "f32" => Engine.Tensors.GgmlType.F32,
+        "f16" => Engine.Tensors.GgmlType.F16,
+        _ => throw new ArgumentException($"--cache-type {value}: expected f32 or f16"),
+    };
+
     /// <summary>Model options for a device name: the CPU with <paramref name="threads"/>, or a CUDA backend.</summary>
-    public static Engine.Api.ModelOptions ModelOptions(string device, int threads, bool cudaGraphs = false) =>
-        new() { Threads = threads, Backend = Engine.Cuda.BackendFactory.Create(device, threads, cudaGraphs) };
+    public static Engine.Api.ModelOptions ModelOptions(string device, int threads, bool cudaGraphs = false, string cacheType = "f32") =>
+        new() { Threads = threads, Backend = Engine.Cuda.BackendFactory.Create(device, threads, cudaGraphs, ParseCacheType(cacheType)) };
 
     public static Option<string?> DraftModel() => new("--draft-model") { Description = "Draft model for --spec draft and rsd (same vocabulary as the target)" };
 

@@ -27,6 +27,7 @@ internal static class SpecBenchCommand
         var seed = new Option<ulong>("--seed") { Description = "Seed for sampling", DefaultValueFactory = _ => 1 };
         var threads = SharedOptions.Threads();
         var device = SharedOptions.Device();
+        var cacheType = SharedOptions.CacheType();
         var json = new Option<bool>("--json") { Description = "One JSON object per line per method" };
         var draftModel = SharedOptions.DraftModel();
         var draftMax = SharedOptions.DraftMax();
@@ -37,14 +38,14 @@ internal static class SpecBenchCommand
         var repetitions = new Option<int>("--repetitions", "-r") { Description = "Repetitions for --verify-cost", DefaultValueFactory = _ => 5 };
         var command = new Command("spec-bench", "Speculative decoding against plain decoding on the same prompts")
         {
-            model, method, prompts, count, temperature, seed, threads, device, json, draftModel, draftMax, tree, layers, fixedBudget, verifyCost, repetitions,
+            model, method, prompts, count, temperature, seed, threads, device, cacheType, json, draftModel, draftMax, tree, layers, fixedBudget, verifyCost, repetitions,
         };
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
             int threadCount = parse.GetValue(threads);
             if (threadCount < 1)
                 throw new ArgumentException($"--threads {threadCount} must be at least 1");
-            using var lm = LanguageModel.Load(parse.GetRequiredValue(model), SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount));
+            using var lm = LanguageModel.Load(parse.GetRequiredValue(model), SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, cacheType: parse.GetRequiredValue(cacheType)));
             if (parse.GetValue(verifyCost) is { } sizes)
                 return VerifyCost(io, lm, sizes, parse.GetValue(repetitions), parse.GetValue(json));
 
