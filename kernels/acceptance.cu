@@ -74,64 +74,11 @@ static __device__ float accept_block_sum(const float * w, int n, float * s_part)
     return total;
 }
 
-// A token drawn from the weights w (non-negative, positive sum) with the uniform u: the first token
-// where the cumulative sum (per-thread ranges, prefixes in a fixed order) passes u·Z.
-static __device__ int accept_block_draw(const float * w, int n, float u, float * s_base, float * s_warp, int * s_choice) {
-    const int per = (n + ACCEPT_THREADS - 1) / ACCEPT_THREADS;
-    const int lo = min(n, (int) threadIdx.x * per), hi = min(n, lo + per);
-    float local = 0.0f;
-    for (int i = lo; i < hi; i++) {
-        local += w[i];
-    }
-    s_base[threadIdx.x] = local;
-    __syncthreads();
-    const int lane = threadIdx.x % ENGINE_WARP_SIZE, warp = threadIdx.x / ENGINE_WARP_SIZE;
-    float within = 0.0f;
-    for (int t = warp * ENGINE_WARP_SIZE; t < (int) threadIdx.x; t++) {
-        within += s_base[t];
-    }
-    if (lane == ENGINE_WARP_SIZE - 1) {
-        s_warp[warp] = within + local;
-    }
-    __syncthreads();
-    float before = 0.0f;
-    for (int w2 = 0; w2 < warp; w2++) {
-        before += s_warp[w2];
-    }
-    float z = 0.0f;
-    for (int w2 = 0; w2 < ACCEPT_THREADS / ENGINE_WARP_SIZE; w2++) {
-        z += s_warp[w2];
-    }
-    const float base = before + within;
-    __syncthreads();
-    s_base[threadIdx.x] = base;
-    if (threadIdx.x == 0) {
-        s_base[ACCEPT_THREADS] = z;
-        *s_choice = -1;
-    }
-    __syncthreads();
-    const float target = u * z;
-    const float next = s_base[threadIdx.x + 1];
-    if (base < next && base <= target && (target < next || (next == z && target >= z))) {
-        const float r = target - base;
-        float acc = 0.0f;
-        int chosen = -1;
-        for (int i = lo; i < hi; i++) {
-            if (w[i] > 0.0f) {
-                acc += w[i];
-                chosen = i;
-                if (r < acc) {
-                    break;
-                }
-            }
-        }
-        *s_choice = chosen;
-    }
-    __syncthreads();
-    const int chosen = *s_choice;
-    __syncthreads();
-    return chosen;
-}
+// The residual's weights, read from memory.
+struct ResidualWeight {
+    const float * w;
+    __device__ float operator()(int i) const { return w[i]; }
+};
 
 // accept_sampled
 //   logits:  [n + 1, vocab] the target's logits after the root (row 0) and after node i (row i + 1);
@@ -240,7 +187,8 @@ extern "C" __global__ void __launch_bounds__(ACCEPT_THREADS) accept_sampled(
         if (accepted < 0) {
             int next = sampled[row]; // p untouched: sample_f32's own draw from it
             if (modified) {
-                next = accept_block_draw(residual, vocab, philox_uniform(seed, offset, (unsigned) row, 2u), s_base, s_warp, &s_choice);
+                float z = 0.0f;
+                next = block_draw(ResidualWeight{residual}, vocab, philox_uniform(seed, offset, (unsigned) row, 2u), s_base, s_warp, &s_choice, &z);
             }
             if (threadIdx.x == 0) {
                 out[0] = length;

@@ -96,6 +96,17 @@ static __device__ unsigned sample_threshold(const float * x, int lo, int hi, flo
     return low;
 }
 
+// A kept token's weight, 0 for one the chain filtered out.
+struct KeptWeight {
+    const float * x;
+    float mx, inv_temp;
+    unsigned keep;
+    __device__ float operator()(int i) const {
+        const float w = sample_weight(x[i], mx, inv_temp);
+        return __float_as_uint(w) >= keep ? w : 0.0f;
+    }
+};
+
 // sample_f32
 //   logits:     [rows, vocab] float32
 //   inv_temp:   1/T (> 0); top_k: 0 = off; top_p: 1 = off; min_p: 0 = off
@@ -164,62 +175,10 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_f32(
         keep = max(keep, __float_as_uint(min_p)); // max w = exp(0) = 1
     }
 
-    // The draw: kept weights summed per thread, prefixes in a fixed order, u·Z located, then walked.
-    float local = 0.0f;
-    for (int i = lo; i < hi; i++) {
-        const float w = sample_weight(x[i], mx, inv_temp);
-        if (__float_as_uint(w) >= keep) {
-            local += w;
-        }
-    }
-    s_base[threadIdx.x] = local;
-    __syncthreads();
-    const int lane = threadIdx.x % ENGINE_WARP_SIZE, warp = threadIdx.x / ENGINE_WARP_SIZE;
-    float within = 0.0f; // the kept mass of the warp's earlier threads, summed left to right
-    for (int t = warp * ENGINE_WARP_SIZE; t < (int) threadIdx.x; t++) {
-        within += s_base[t];
-    }
-    if (lane == ENGINE_WARP_SIZE - 1) {
-        s_warp[warp] = within + local;
-    }
-    __syncthreads();
-    float before = 0.0f;
-    for (int w = 0; w < warp; w++) {
-        before += s_warp[w];
-    }
+    // The draw over the kept weights (block_draw: fixed-order prefix sums, u·Z located, then walked).
+    const KeptWeight kept{x, mx, inv_temp, keep};
     float z = 0.0f;
-    for (int w = 0; w < SAMPLE_THREADS / ENGINE_WARP_SIZE; w++) {
-        z += s_warp[w];
-    }
-    const float base = before + within;
-    __syncthreads(); // every s_base read is done
-    s_base[threadIdx.x] = base;
-    if (threadIdx.x == 0) {
-        s_base[SAMPLE_THREADS] = z;
-        s_choice = -1;
-    }
-    __syncthreads();
-    const float u = philox_uniform(seed, offset, (unsigned) row, 0u);
-    const float target = u * z;
-    const float next = s_base[threadIdx.x + 1];
-    if (base < next && base <= target && (target < next || (next == z && target >= z))) {
-        const float r = target - base;
-        float acc = 0.0f;
-        int chosen = -1;
-        for (int i = lo; i < hi; i++) {
-            const float w = sample_weight(x[i], mx, inv_temp);
-            if (w > 0.0f && __float_as_uint(w) >= keep) {
-                acc += w;
-                chosen = i;
-                if (r < acc) {
-                    break;
-                }
-            }
-        }
-        s_choice = chosen; // one thread's interval holds the target
-    }
-    __syncthreads();
-    const int chosen = s_choice;
+    const int chosen = block_draw(kept, vocab, philox_uniform(seed, offset, (unsigned) row, 0u), s_base, s_warp, &s_choice, &z);
     if (threadIdx.x == 0) {
         if (stats != nullptr) {
             stats[row * 3] = mx;

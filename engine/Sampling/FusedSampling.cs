@@ -12,12 +12,18 @@ public readonly record struct FusedSamplingParameters(float Temperature, int Top
     {
         if (!(Temperature > 0) || !float.IsFinite(Temperature))
             throw new ArgumentOutOfRangeException(nameof(Temperature), $"temperature {Temperature} must be a positive number for sampling");
-        if (TopK < 0)
-            throw new ArgumentOutOfRangeException(nameof(TopK), $"top-k {TopK} must be 0 (off) or positive");
-        if (!(TopP > 0 && TopP <= 1))
-            throw new ArgumentOutOfRangeException(nameof(TopP), $"top-p {TopP} must be in (0, 1] (1 = off)");
-        if (!(MinP >= 0 && MinP <= 1))
-            throw new ArgumentOutOfRangeException(nameof(MinP), $"min-p {MinP} must be in [0, 1] (0 = off)");
+        ValidateFilters(TopK, TopP, MinP);
+    }
+
+    /// <summary>The filters' settings, checked as <see cref="SamplingOptions"/> and the fused sampler both need them.</summary>
+    internal static void ValidateFilters(int topK, float topP, float minP)
+    {
+        if (topK < 0)
+            throw new ArgumentOutOfRangeException("TopK", $"top-k {topK} must be 0 (off) or positive");
+        if (!(topP > 0 && topP <= 1))
+            throw new ArgumentOutOfRangeException("TopP", $"top-p {topP} must be in (0, 1] (1 = off)");
+        if (!(minP >= 0 && minP <= 1))
+            throw new ArgumentOutOfRangeException("MinP", $"min-p {minP} must be in [0, 1] (0 = off)");
     }
 }
 
@@ -87,66 +93,14 @@ public static class FusedSampling
         if (p.MinP > 0)
             keep = Math.Max(keep, Bits(p.MinP));
 
-        // The draw, in the kernel's order.
-        Span<float> local = stackalloc float[Threads];
-        for (int t = 0; t < Threads; t++)
+        // The draw over the kept weights (block_draw), in the kernel's order.
+        var kept = new float[vocab];
+        for (int i = 0; i < vocab; i++)
         {
-            float sum = 0;
-            int lo = Math.Min(vocab, t * per), hi = Math.Min(vocab, lo + per);
-            for (int i = lo; i < hi; i++)
-            {
-                float w = Weight(x[i], mx, invTemp);
-                if (Bits(w) >= keep)
-                    sum += w;
-            }
-            local[t] = sum;
+            float w = Weight(x[i], mx, invTemp);
+            kept[i] = Bits(w) >= keep ? w : 0;
         }
-        Span<float> warpTotal = stackalloc float[Warps];
-        Span<float> within = stackalloc float[Threads];
-        for (int w = 0; w < Warps; w++)
-        {
-            for (int t = w * 32; t < w * 32 + 32; t++)
-            {
-                float s = 0;
-                for (int u = w * 32; u < t; u++)
-                    s += local[u];
-                within[t] = s;
-            }
-            warpTotal[w] = within[w * 32 + 31] + local[w * 32 + 31];
-        }
-        float z = 0;
-        for (int w = 0; w < Warps; w++)
-            z += warpTotal[w];
-        Span<float> bases = stackalloc float[Threads + 1];
-        for (int t = 0; t < Threads; t++)
-        {
-            float before = 0;
-            for (int w = 0; w < t / 32; w++)
-                before += warpTotal[w];
-            bases[t] = before + within[t];
-        }
-        bases[Threads] = z;
-        float target = Philox.Uniform(seed, offset, (uint)row, 0) * z;
-        int chosen = -1;
-        for (int t = 0; t < Threads; t++)
-        {
-            float b = bases[t], next = bases[t + 1];
-            if (!(b < next && b <= target && (target < next || (next == z && target >= z))))
-                continue;
-            float r = target - b, acc = 0;
-            int lo = Math.Min(vocab, t * per), hi = Math.Min(vocab, lo + per);
-            for (int i = lo; i < hi; i++)
-            {
-                float w = Weight(x[i], mx, invTemp);
-                if (w > 0 && Bits(w) >= keep)
-                {
-                    acc += w;
-                    chosen = i;
-                    if (r < acc)
-                        break;
-                }
-            }
-        }
+        int chosen = BlockDraw(kept, Philox.Uniform(seed, offset, (uint)row, 0), out float z);
         stats = new RowStats(mx, BitConverter.UInt32BitsToSingle(keep), z);
         prob = Weight(x[chosen], mx, invTemp) / z;
         if (query >= 0 && query < vocab)
@@ -177,6 +131,72 @@ public static class FusedSampling
     {
         float w = Weight(x, stats.Max, invTemp);
         return w >= stats.Threshold ? w / stats.Mass : 0;
+    }
+
+    /// <summary>
+    /// block_draw (kernels/sampling.cuh): a token drawn with probability weight / Z by inverting the
+    /// cumulative sum at u·Z, every sum in the kernel's order — each of 1024 threads a contiguous range
+    /// left to right, a thread's prefix its warp's earlier threads after the earlier warps. Z goes to
+    /// <paramref name="z"/>; −1 when no weight is positive.
+    /// </summary>
+    public static int BlockDraw(ReadOnlySpan<float> w, float u, out float z)
+    {
+        int n = w.Length, per = (n + Threads - 1) / Threads;
+        Span<float> local = stackalloc float[Threads];
+        for (int t = 0; t < Threads; t++)
+        {
+            int lo = Math.Min(n, t * per), hi = Math.Min(n, lo + per);
+            float sum = 0;
+            for (int i = lo; i < hi; i++)
+                sum += w[i];
+            local[t] = sum;
+        }
+        Span<float> within = stackalloc float[Threads];
+        Span<float> warpTotal = stackalloc float[Warps];
+        for (int warp = 0; warp < Warps; warp++)
+        {
+            for (int t = warp * 32; t < warp * 32 + 32; t++)
+            {
+                float s = 0;
+                for (int v = warp * 32; v < t; v++)
+                    s += local[v];
+                within[t] = s;
+            }
+            warpTotal[warp] = within[warp * 32 + 31] + local[warp * 32 + 31];
+        }
+        z = 0;
+        foreach (float t in warpTotal)
+            z += t;
+        Span<float> bases = stackalloc float[Threads + 1];
+        for (int t = 0; t < Threads; t++)
+        {
+            float before = 0;
+            for (int warp = 0; warp < t / 32; warp++)
+                before += warpTotal[warp];
+            bases[t] = before + within[t];
+        }
+        bases[Threads] = z;
+        float target = u * z;
+        int chosen = -1;
+        for (int t = 0; t < Threads; t++)
+        {
+            float b = bases[t], next = bases[t + 1];
+            if (!(b < next && b <= target && (target < next || (next == z && target >= z))))
+                continue;
+            float r = target - b, acc = 0;
+            int lo = Math.Min(n, t * per), hi = Math.Min(n, lo + per);
+            for (int i = lo; i < hi; i++)
+            {
+                if (w[i] > 0)
+                {
+                    acc += w[i];
+                    chosen = i;
+                    if (r < acc)
+                        break;
+                }
+            }
+        }
+        return chosen;
     }
 
     /// <summary>sample_tail_sums: per candidate c[j], the count or mass of tokens with bits(w) ≥ max(c[j], base).</summary>

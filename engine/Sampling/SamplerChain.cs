@@ -146,11 +146,6 @@ public sealed record SamplingOptions
     {
         if (!(Temperature >= 0) || !float.IsFinite(Temperature))
             throw new ArgumentOutOfRangeException(nameof(Temperature), $"temperature {Temperature} must be 0 (greedy) or a positive number");
-        if (TopK < 0)
-            throw new ArgumentOutOfRangeException(nameof(TopK), $"top-k {TopK} must be 0 (off) or positive");
-        if (!(TopP > 0 && TopP <= 1))
-            throw new ArgumentOutOfRangeException(nameof(TopP), $"top-p {TopP} must be in (0, 1] (1 = off)");
-        if (!(MinP >= 0 && MinP <= 1))
-            throw new ArgumentOutOfRangeException(nameof(MinP), $"min-p {MinP} must be in [0, 1] (0 = off)");
+        FusedSamplingParameters.ValidateFilters(TopK, TopP, MinP);
     }
 }

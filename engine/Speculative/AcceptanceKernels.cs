@@ -118,7 +118,7 @@ public static class AcceptanceKernels
                 }
             }
             if (accepted < 0)
-                return modified ? BlockDraw(residual, Philox.Uniform(seed, offset, (uint)row, 2)) : sampled[row];
+                return modified ? FusedSampling.BlockDraw(residual, Philox.Uniform(seed, offset, (uint)row, 2), out _) : sampled[row];
             path.Add(accepted);
             node = accepted;
         }
@@ -144,64 +144,5 @@ public static class AcceptanceKernels
             total += Backends.Cpu.Kernels.TreeAttention.WarpSum(lanes);
         }
         return total;
-    }
-
-    /// <summary>accept_block_draw: the first token whose cumulative weight (in the kernel's summation order) passes u·Z.</summary>
-    public static int BlockDraw(ReadOnlySpan<float> w, float u)
-    {
-        int n = w.Length, per = (n + Threads - 1) / Threads;
-        var local = new float[Threads];
-        for (int t = 0; t < Threads; t++)
-        {
-            int lo = Math.Min(n, t * per), hi = Math.Min(n, lo + per);
-            for (int i = lo; i < hi; i++)
-                local[t] += w[i];
-        }
-        var within = new float[Threads];
-        var warpTotal = new float[Threads / 32];
-        for (int warp = 0; warp < Threads / 32; warp++)
-        {
-            for (int t = warp * 32; t < warp * 32 + 32; t++)
-            {
-                float s = 0;
-                for (int v = warp * 32; v < t; v++)
-                    s += local[v];
-                within[t] = s;
-            }
-            warpTotal[warp] = within[warp * 32 + 31] + local[warp * 32 + 31];
-        }
-        float z = 0;
-        foreach (float t in warpTotal)
-            z += t;
-        var bases = new float[Threads + 1];
-        for (int t = 0; t < Threads; t++)
-        {
-            float before = 0;
-            for (int warp = 0; warp < t / 32; warp++)
-                before += warpTotal[warp];
-            bases[t] = before + within[t];
-        }
-        bases[Threads] = z;
-        float target = u * z;
-        int chosen = -1;
-        for (int t = 0; t < Threads; t++)
-        {
-            float b = bases[t], next = bases[t + 1];
-            if (!(b < next && b <= target && (target < next || (next == z && target >= z))))
-                continue;
-            float r = target - b, acc = 0;
-            int lo = Math.Min(n, t * per), hi = Math.Min(n, lo + per);
-            for (int i = lo; i < hi; i++)
-            {
-                if (w[i] > 0)
-                {
-                    acc += w[i];
-                    chosen = i;
-                    if (r < acc)
-                        break;
-                }
-            }
-        }
-        return chosen;
     }
 }

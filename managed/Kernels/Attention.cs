@@ -23,6 +23,36 @@ public static class Attention
     public static long ScratchFloats(int heads, int rows, int headDim, int maxKeys) => KvCacheKernels.ScratchFloats(heads, rows, headDim, maxKeys);
 
     /// <summary>
+    /// The checks every attention launcher makes before launching: heads grouped over the KV heads, the
+    /// head within the kernel's <paramref name="maxHeadDim"/>, q and dst large enough, the layer in the
+    /// cache, the table covering prefix + n keys, the cache holding its blocks, the mask's words.
+    /// </summary>
+    internal static void CheckShapes<T>(string kernel, int maxHeadDim, DeviceSpan<float> q, int n, int heads, DeviceSpan<T> cache, int blocks,
+        KvLayout layout, int layer, DeviceSpan<int> table, int tableLength, int prefix, DeviceSpan<ulong> mask, int words, DeviceSpan<float> dst)
+        where T : unmanaged
+    {
+        int hd = layout.HeadDim;
+        if (n <= 0 || heads <= 0 || heads % layout.KvHeads != 0)
+            throw new ArgumentException($"{kernel}: {n} rows of {heads} heads over {layout.KvHeads} kv heads");
+        if (hd > maxHeadDim)
+            throw new ArgumentOutOfRangeException(nameof(layout), $"{kernel}: head dimension {hd} exceeds {maxHeadDim}");
+        long cols = (long)heads * hd;
+        if (q.Length < n * cols || dst.Length < n * cols)
+            throw new ArgumentException($"{kernel}: q {q.Length} and dst {dst.Length} elements for [{n}, {cols}]");
+        if ((uint)layer >= (uint)layout.Layers || prefix < 0)
+            throw new ArgumentOutOfRangeException(nameof(layer), $"{kernel}: layer {layer} of {layout.Layers}, prefix {prefix}");
+        int keys = prefix + n;
+        if ((keys + layout.BlockSize - 1) / layout.BlockSize > tableLength || table.Length < tableLength)
+            throw new ArgumentException($"{kernel}: {keys} keys need more than the {tableLength} blocks of the table");
+        if (cache.Length < blocks * KvCache.BlockFloats(layout))
+            throw new ArgumentException($"{kernel}: the cache holds {cache.Length} elements for {blocks} blocks");
+        if (!mask.IsEmpty && (words != (n + 63) / 64 || mask.Length < (long)n * words))
+            throw new ArgumentException($"{kernel}: a mask of {mask.Length} words ({words} per row) for {n} rows");
+        if (n > 65535)
+            throw new ArgumentOutOfRangeException(nameof(n), $"{kernel}: {n} rows exceed the grid's 65535");
+    }
+
+    /// <summary>
     /// tree_attention_f32 + attention_combine_f32 for heads up to 128 (attention_f32 + attention_combine_f32
     /// for larger heads; for a batch of more than 8 rows with heads up to 128 that need not be
     /// batch-invariant, attention_prefill_f32): dst[i, h·hd..] = softmax over the keys row i sees of (q_i,h · k)·scale, times v. Row i sees slots 0..prefix-1 and batch slot prefix + j where the mask
@@ -35,24 +65,8 @@ public static class Attention
     {
         string suffix = KvCache.Suffix<T>(); // the cache's elements: attention_f32 or attention_f16, …
         int hd = layout.HeadDim;
-        if (n <= 0 || heads <= 0 || heads % layout.KvHeads != 0)
-            throw new ArgumentException($"attention_f32: {n} rows of {heads} heads over {layout.KvHeads} kv heads");
-        if (hd > MaxHeadDim)
-            throw new ArgumentOutOfRangeException(nameof(layout), $"attention_f32: head dimension {hd} exceeds {MaxHeadDim}");
-        long cols = (long)heads * hd;
-        if (q.Length < n * cols || dst.Length < n * cols)
-            throw new ArgumentException($"attention_f32: q {q.Length} and dst {dst.Length} elements for [{n}, {cols}]");
-        if ((uint)layer >= (uint)layout.Layers || prefix < 0)
-            throw new ArgumentOutOfRangeException(nameof(layer), $"attention_f32: layer {layer} of {layout.Layers}, prefix {prefix}");
+        CheckShapes("attention_" + suffix, MaxHeadDim, q, n, heads, cache, blocks, layout, layer, table, tableLength, prefix, mask, words, dst);
         int keys = prefix + n;
-        if ((keys + layout.BlockSize - 1) / layout.BlockSize > tableLength || table.Length < tableLength)
-            throw new ArgumentException($"attention_f32: {keys} keys need more than the {tableLength} blocks of the table");
-        if (cache.Length < blocks * KvCache.BlockFloats(layout))
-            throw new ArgumentException($"attention_f32: the cache holds {cache.Length} floats for {blocks} blocks");
-        if (!mask.IsEmpty && (words != (n + 63) / 64 || mask.Length < (long)n * words))
-            throw new ArgumentException($"attention_f32: a mask of {mask.Length} words ({words} per row) for {n} rows");
-        if (n > 65535)
-            throw new ArgumentOutOfRangeException(nameof(n), $"attention_f32: {n} rows exceed the grid's 65535");
         IntPtr pq = q.Pointer, pc = cache.Pointer, pt = table.Pointer, pm = mask.IsEmpty ? IntPtr.Zero : mask.Pointer, pd = dst.Pointer;
         int layers = layout.Layers, kvHeads = layout.KvHeads, blockSize = layout.BlockSize;
         if (KvCacheKernels.UsesPrefillKernel(n, hd, batchInvariant))

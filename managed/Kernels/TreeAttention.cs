@@ -30,27 +30,13 @@ public static class TreeAttention
     {
         string suffix = KvCache.Suffix<T>(); // tree_attention_f32 (float32 cache) or tree_attention_f16 (binary16)
         int hd = layout.HeadDim;
-        if (n <= 0 || heads <= 0 || heads % layout.KvHeads != 0)
-            throw new ArgumentException($"tree_attention_f32: {n} queries of {heads} heads over {layout.KvHeads} kv heads");
-        if (!Supports(hd))
-            throw new ArgumentOutOfRangeException(nameof(layout), $"tree_attention_f32: head dimension {hd} exceeds {MaxHeadDim}");
-        long cols = (long)heads * hd;
-        if (q.Length < n * cols || dst.Length < n * cols)
-            throw new ArgumentException($"tree_attention_f32: q {q.Length} and dst {dst.Length} elements for [{n}, {cols}]");
-        if ((uint)layer >= (uint)layout.Layers || prefix < 0)
-            throw new ArgumentOutOfRangeException(nameof(layer), $"tree_attention_f32: layer {layer} of {layout.Layers}, prefix {prefix}");
+        Attention.CheckShapes("tree_attention_" + suffix, MaxHeadDim, q, n, heads, cache, blocks, layout, layer, table, tableLength, prefix, mask, words, dst);
         int keys = prefix + n;
-        if ((keys + layout.BlockSize - 1) / layout.BlockSize > tableLength || table.Length < tableLength)
-            throw new ArgumentException($"tree_attention_f32: {keys} keys need more than the {tableLength} blocks of the table");
-        if (cache.Length < blocks * KvCache.BlockFloats(layout))
-            throw new ArgumentException($"tree_attention_f32: the cache holds {cache.Length} floats for {blocks} blocks");
-        if (!mask.IsEmpty && (words != (n + 63) / 64 || mask.Length < (long)n * words))
-            throw new ArgumentException($"tree_attention_f32: a mask of {mask.Length} words ({words} per row) for {n} rows");
         var (splits, chunk) = KvCacheKernels.Plan(keys);
         int items = n * (heads / layout.KvHeads);
         int itemsPerWarp = ItemsPerWarp(items);
         long itemBlocks = (items + 4L * itemsPerWarp - 1) / (4L * itemsPerWarp);
-        if (splits > 65535 || itemBlocks > 65535 || n > 65535)
+        if (splits > 65535 || itemBlocks > 65535)
             throw new ArgumentOutOfRangeException(nameof(n), $"tree_attention_f32: {n} queries over {keys} keys exceed the grid");
         long parts = (long)n * heads * splits;
         if (scratch.Length < parts * (hd + 2))

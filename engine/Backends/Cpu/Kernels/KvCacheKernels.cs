@@ -107,13 +107,7 @@ public static class KvCacheKernels
         var visible = new int[prefix + n];
         for (int row = 0; row < n; row++)
         {
-            // The slots this row sees, by rank.
-            int count = 0;
-            for (int t = 0; t < prefix + n; t++)
-            {
-                if (t < prefix || (mask.IsCausal ? t - prefix <= row : mask.Allows(row, t - prefix)))
-                    visible[count++] = t;
-            }
+            int count = VisibleSlots(row, prefix, n, mask, visible);
             for (int head = 0; head < heads; head++)
             {
                 var qh = q.Slice((row * heads + head) * hd, hd);
@@ -145,6 +139,21 @@ public static class KvCacheKernels
                 Combine(m, l, acc, splits, hd, dst.Slice((row * heads + head) * hd, hd));
             }
         }
+    }
+
+    /// <summary>
+    /// The slots batch row <paramref name="row"/> sees, by rank — the prefix, then the batch slots its mask
+    /// allows, in slot order — into <paramref name="visible"/>; returns how many.
+    /// </summary>
+    public static int VisibleSlots(int row, int prefix, int n, AttentionMask mask, Span<int> visible)
+    {
+        int count = 0;
+        for (int t = 0; t < prefix + n; t++)
+        {
+            if (t < prefix || (mask.IsCausal ? t - prefix <= row : mask.Allows(row, t - prefix)))
+                visible[count++] = t;
+        }
+        return count;
     }
 
     /// <summary>

@@ -32,12 +32,7 @@ public static class TreeAttention
         var lanes = new float[Keys];
         for (int row = 0; row < n; row++)
         {
-            int count = 0;
-            for (int t = 0; t < prefix + n; t++)
-            {
-                if (t < prefix || (mask.IsCausal ? t - prefix <= row : mask.Allows(row, t - prefix)))
-                    visible[count++] = t;
-            }
+            int count = KvCacheKernels.VisibleSlots(row, prefix, n, mask, visible);
             for (int head = 0; head < heads; head++)
             {
                 var qh = q.Slice((row * heads + head) * hd, hd);
