@@ -128,7 +128,12 @@ public static class Attention
         args[14] = &pa;
         args[15] = &pml;
         device.Launch(fn, (heads, n, splits), (128, 1, 1), 0, args);
+        Combine(device, pa, pml, pd, n, heads, hd, splits);
+    }
 
+    /// <summary>attention_combine_f32: merges the splits' partials (pa: values, pml: max and sum) of every (row, head) into dst.</summary>
+    internal static unsafe void Combine(GpuDevice device, IntPtr pa, IntPtr pml, IntPtr pd, int n, int heads, int hd, int splits)
+    {
         var combine = device.Function(File, "attention_combine_f32");
         void** cargs = stackalloc void*[5];
         cargs[0] = &pa;

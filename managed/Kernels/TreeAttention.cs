@@ -68,14 +68,6 @@ public static class TreeAttention
         args[16] = &pa;
         args[17] = &pml;
         device.Launch(fn, (kvHeads, splits, (int)itemBlocks), (128, 1, 1), 0, args);
-
-        var combine = device.Function("attention", "attention_combine_f32");
-        void** cargs = stackalloc void*[5];
-        cargs[0] = &pa;
-        cargs[1] = &pml;
-        cargs[2] = &pd;
-        cargs[3] = &hd;
-        cargs[4] = &splits;
-        device.Launch(combine, (heads, n, 1), (Math.Min(1024, (hd + 31) / 32 * 32), 1, 1), 0, cargs);
+        Attention.Combine(device, pa, pml, pd, n, heads, hd, splits);
     }
 }

@@ -76,6 +76,10 @@ for t in f16 q8_0 q4_0; do
     "$bin/engine" bench -m "$models/tl1b-$t.gguf" --device cuda $graphs -p 512 -n 128 -r 5 --json >> "$OUT/bench.jsonl" || status=1
   done
 done
+# The F16 KV cache (half the bytes attention reads), at a long context where attention matters.
+for cache in f32 f16; do
+  "$bin/engine" bench -m "$models/tl1b-q4_0.gguf" --device cuda --cache-type $cache -p 4096 -n 128 -r 3 --json >> "$OUT/bench.jsonl" || status=1
+done
 cat "$OUT/bench.jsonl"
 
 step "verification cost on the 1.1B shape: a device step of N tokens against one decode step"

@@ -100,6 +100,7 @@ internal static class BenchCommand
                     ["model_size"] = size,
                     ["threads"] = t,
                     ["device"] = backend.Name,
+                    ["cache_type"] = parse.GetRequiredValue(cacheType),
                     ["n_prompt"] = p,
                     ["n_gen"] = n,
                     ["repetitions"] = r,

@@ -197,7 +197,12 @@ internal static class KernelsBenchCommand
             foreach (int nodes in new[] { 1, 8, 16, 64 })
             {
                 if (Wanted("tree_attention_f32"))
-                    yield return TreeAttention(s, 512, nodes, rng);
+                    yield return TreeAttention(s, 512, nodes, f16: false, rng);
+            }
+            foreach (int nodes in new[] { 1, 64 })
+            {
+                if (Wanted("tree_attention_f16"))
+                    yield return TreeAttention(s, 512, nodes, f16: true, rng);
             }
             foreach (int rows in new[] { 1, 8, 64 })
             {
@@ -432,26 +437,34 @@ internal static class KernelsBenchCommand
         }
 
         /// <summary>A random tree of <paramref name="nodes"/> nodes after a prefix of <paramref name="prefix"/> tokens: one launch for every node and head.</summary>
-        private Result TreeAttention(Shape s, int prefix, int nodes, Random rng)
+        private Result TreeAttention(Shape s, int prefix, int nodes, bool f16, Random rng)
         {
             int keys = (prefix + nodes + 31) / 32 * 32;
             var (layout, blocks, table, cache, q, scale) = AttentionInputs(s, keys, nodes, rng);
+            if (f16)
+                cache = cache.Select(v => (float)(Half)v).ToArray(); // the values an F16 cache holds
             var mask = AttentionMask.FromParents(Enumerable.Range(0, nodes).Select(i => i == 0 ? -1 : rng.Next(-1, i)).ToArray());
-            using var dc = gpu.Upload<float>(cache);
+            using var dc = gpu.Upload<float>(f16 ? [0f] : cache);
+            using var dh = gpu.Upload<Half>(f16 ? cache.Select(v => (Half)v).ToArray() : [(Half)0]);
             using var dt = gpu.Upload<int>(table);
             using var dq = gpu.Upload<float>(q);
             using var dm = gpu.Upload<ulong>(mask.Bits[..(nodes * mask.WordsPerRow)]);
             using var scratch = gpu.Allocate<float>(KvCacheKernels.ScratchFloats(s.Heads, nodes, s.HeadDim, prefix + nodes));
             using var dy = gpu.Allocate<float>((long)nodes * s.Heads * s.HeadDim);
-            void Launch() => K.TreeAttention.TreeAttentionF32(gpu, dq, nodes, s.Heads, dc.Span, blocks, layout, 0, dt, blocks, prefix, dm, mask.WordsPerRow,
-                scale, scratch, dy);
+            void Launch()
+            {
+                if (f16)
+                    K.TreeAttention.TreeAttentionF32(gpu, dq, nodes, s.Heads, dh.Span, blocks, layout, 0, dt, blocks, prefix, dm, mask.WordsPerRow, scale, scratch, dy);
+                else
+                    K.TreeAttention.TreeAttentionF32(gpu, dq, nodes, s.Heads, dc.Span, blocks, layout, 0, dt, blocks, prefix, dm, mask.WordsPerRow, scale, scratch, dy);
+            }
             Launch();
             var expected = new float[nodes * s.Heads * s.HeadDim];
             Backends.Cpu.Kernels.TreeAttention.TreeAttentionF32(q, nodes, s.Heads, cache, layout, 0, table, prefix, mask, scale, expected);
             bool valid = Close(gpu.Download<float>(dy), expected, 1e-5);
             double us = Time(Launch);
-            double bytes = 2.0 * 4 * (prefix + nodes) * s.KvHeads * s.HeadDim + 8.0 * nodes * s.Heads * s.HeadDim; // K and V once, q in, out
-            return new Result("tree_attention_f32", $"{s.Name} tree of {nodes} after {prefix}", us, bytes, 4.0 * s.Heads * s.HeadDim * prefix * nodes, valid,
+            double bytes = 2.0 * (f16 ? 2 : 4) * (prefix + nodes) * s.KvHeads * s.HeadDim + 8.0 * nodes * s.Heads * s.HeadDim; // K and V once, q in, out
+            return new Result(f16 ? "tree_attention_f16" : "tree_attention_f32", $"{s.Name} tree of {nodes} after {prefix}", us, bytes, 4.0 * s.Heads * s.HeadDim * prefix * nodes, valid,
                 valid ? "" : "differs from the CPU reference");
         }
 
