@@ -200,6 +200,87 @@ public class SpeculativeTests
         Assert.That(rejections, Is.GreaterThan(trials / 50), "the rejection branch was exercised");
     }
 
+    /// <summary>
+    /// The device's acceptance (accept_sampled, through its CPU reference, which the emulator matches bit
+    /// for bit) keeps the target distribution over two levels of a tree, exactly as the host rule above
+    /// is checked: rows' distributions and draws from the fused sampler (Philox), the tree's q packed as
+    /// the decoder uploads it, and the first two emitted tokens against p(x₁)·p(x₂ | x₁) (chi-square over
+    /// 36 cells at the 0.1% level, critical value 66.6).
+    /// </summary>
+    [TestCase(DraftDraw.Deterministic, 3)]
+    [TestCase(DraftDraw.Independent, 3)]
+    [TestCase(DraftDraw.WithoutReplacement, 3)]
+    public void Device_acceptance_reproduces_the_target_distribution_over_two_levels(DraftDraw scheme, int siblings)
+    {
+        const int V = 6, trials = 20_000;
+        double[] p1 = [0.35, 0.25, 0.15, 0.12, 0.08, 0.05];
+        double[][] p2 = Enumerable.Range(0, V).Select(a => Enumerable.Range(0, V).Select(b => 1.0 + ((a + 2 * b) % V)).ToArray()).Select(Normalize).ToArray();
+        float[] q1 = [0.10f, 0.30f, 0.30f, 0.05f, 0.05f, 0.20f];
+        float[] q2 = [0.30f, 0.10f, 0.10f, 0.20f, 0.20f, 0.10f];
+        var parameters = new FusedSamplingParameters(1, 0, 1, 0);
+        var rng = new Random(12);
+        var counts = new double[V * V];
+        var tree = new DraftTree();
+        var path = new List<int>();
+        int rows = 1 + siblings + siblings * siblings, rejections = 0;
+        var logits = new float[rows * V];
+        var stats = new FusedSampling.RowStats[rows];
+        var sampled = new int[rows];
+        for (int t = 0; t < trials; t++)
+        {
+            tree.Clear();
+            foreach (int a in Draw(tree, -1, q1, scheme, siblings, rng))
+                Draw(tree, a, q2, scheme, siblings, rng);
+            int n = tree.Count;
+            Fill(logits.AsSpan(0, V), p1);
+            for (int node = 0; node < n; node++)
+                Fill(logits.AsSpan((node + 1) * V, V), tree.Depth(node) == 1 ? p2[tree.Token(node)] : p1);
+            for (int r = 0; r <= n; r++)
+                sampled[r] = FusedSampling.SampleF32(logits.AsSpan(r * V, V), parameters, 21, (ulong)t, r, -1, out _, out _, out stats[r]);
+            var parent = Enumerable.Range(0, n).Select(tree.Parent).ToArray();
+            var token = Enumerable.Range(0, n).Select(tree.Token).ToArray();
+            var qrow = new int[n + 1];
+            var draw = new int[n + 1];
+            var q = new List<float>();
+            for (int r = 0; r <= n; r++)
+            {
+                draw[r] = (int)tree.Draw(r - 1);
+                qrow[r] = -1;
+                if (tree.Draw(r - 1) != DraftDraw.Deterministic && tree.FirstChild(r - 1) >= 0)
+                {
+                    qrow[r] = q.Count / V;
+                    q.AddRange(tree.DraftDistribution(r - 1)!);
+                }
+            }
+            int next = AcceptanceKernels.AcceptSampled(logits.AsSpan(0, (n + 1) * V), stats.AsSpan(0, n + 1), 1, sampled.AsSpan(0, n + 1), q.ToArray(),
+                qrow, draw, parent, token, V, 21, (ulong)t, path);
+            int x1, x2;
+            if (path.Count == 0)
+            {
+                x1 = next;
+                x2 = SamplerChain.Draw(p2[x1].Select(v => (float)v).ToArray(), rng);
+                rejections++;
+            }
+            else
+            {
+                x1 = tree.Token(path[0]);
+                x2 = path.Count > 1 ? tree.Token(path[1]) : next;
+            }
+            counts[x1 * V + x2]++;
+        }
+        double chi = 0;
+        for (int a = 0; a < V; a++)
+        {
+            for (int b = 0; b < V; b++)
+            {
+                double expected = trials * p1[a] * p2[a][b];
+                chi += (counts[a * V + b] - expected) * (counts[a * V + b] - expected) / expected;
+            }
+        }
+        Assert.That(chi, Is.LessThan(66.6), $"chi-square {chi:F1} over 35 degrees of freedom");
+        Assert.That(rejections, Is.GreaterThan(trials / 50), "the rejection branch was exercised");
+    }
+
     private static double[] Normalize(double[] v) => v.Select(x => x / v.Sum()).ToArray();
 
     private static void Fill(Span<float> row, double[] p)
