@@ -472,6 +472,26 @@ public abstract partial class GpuSuite
     }
 
     /// <summary>
+    /// A session continued with no new prompt on the device: the last token's logits live in the
+    /// model's shared scratch (another session may have used it since), so the session runs that
+    /// token again — the continuation equals one uninterrupted generation.
+    /// </summary>
+    [Test]
+    public void A_session_continued_without_a_prompt_on_the_device_resumes_exactly()
+    {
+        using var lm = LoadStoriesOnDevice();
+        int[] prompt = [.. lm.Tokenizer.Encode("Once upon a time", addSpecial: true)];
+        var greedy = new GenerationOptions { MaxTokens = 12, Sampling = SamplingOptions.Greedy, StopAtEndOfGeneration = false };
+        using var whole = lm.CreateSession();
+        var expected = whole.Generate(prompt, greedy).ToList();
+        using var resumed = lm.CreateSession();
+        Assert.That(resumed.Generate(prompt, greedy with { MaxTokens = 0 }).ToList(), Is.Empty);
+        using (var other = lm.CreateSession())
+            other.Generate([1, 2, 3], greedy with { MaxTokens = 2 }).ToList(); // another session's pass in between
+        Assert.That(resumed.Generate([], greedy).ToList(), Is.EqualTo(expected));
+    }
+
+    /// <summary>
     /// Sampled speculative decoding with the whole step on the device (fused sampling of every tree row,
     /// accept_sampled; the draft model's chains and its Gumbel-top-k trees): it runs, accepts drafts, and a seed reproduces it (with a
     /// fixed budget: the adaptive one follows measured step times). Its
