@@ -53,6 +53,7 @@ struct Fiber {
     char * stack = nullptr;
     dim3 idx;
     bool done = false;
+    unsigned shuffles = 0; // shuffles made so far: their parity picks the exchange buffer
 };
 
 struct Barrier {
@@ -136,14 +137,18 @@ void sync_warp() {
     arrive(g_block->warp_barriers[warp], g_block->warp_live[warp]);
 }
 
+// A shuffle meets the warp once: lanes write their value, wait for the whole warp, and read. Two
+// buffers alternate, so a lane already writing the next shuffle's value cannot overwrite one a slower
+// lane has yet to read: to write shuffle k + 2's buffer (k's), a lane must have passed shuffle k + 1's
+// barrier, which every lane reaches only after reading shuffle k.
 template <typename T>
 static T exchange(std::vector<T> & slots, T v, int source) {
     const int warp = (int) (thread_idx.x / 32);
-    slots[thread_idx.x] = v;
+    Fiber & f = g_block->fibers[g_block->current];
+    const size_t buffer = (f.shuffles++ & 1u) * (slots.size() / 2);
+    slots[buffer + thread_idx.x] = v;
     sync_warp();
-    const T r = slots[warp * 32 + (source & 31)];
-    sync_warp();
-    return r;
+    return slots[buffer + warp * 32 + (source & 31)];
 }
 
 float shuffle(float v, int source) { return exchange(g_block->exchange_f, v, source); }
@@ -157,8 +162,8 @@ void run(dim3 grid, dim3 block, void (*body)(void *), void * argument) {
     b.fibers.resize(threads);
     b.warp_barriers.resize(warps);
     b.warp_live.resize(warps);
-    b.exchange_f.resize(warps * 32);
-    b.exchange_i.resize(warps * 32);
+    b.exchange_f.resize(2 * warps * 32);
+    b.exchange_i.resize(2 * warps * 32);
     b.body = body;
     b.argument = argument;
     for (auto & f : b.fibers) {
@@ -180,6 +185,7 @@ void run(dim3 grid, dim3 block, void (*body)(void *), void * argument) {
         for (int t = 0; t < threads; t++) {
             Fiber & f = b.fibers[t];
             f.done = false;
+            f.shuffles = 0;
             f.idx = dim3{(unsigned) t % block.x, (unsigned) (t / block.x) % block.y, (unsigned) (t / (block.x * block.y))};
             f.sp = prepare(f.stack);
         }
