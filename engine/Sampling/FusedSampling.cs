@@ -44,6 +44,9 @@ public static class FusedSampling
     /// <summary>Threads per row (SAMPLE_THREADS) and the search's ways (SAMPLE_WAYS).</summary>
     public const int Threads = 1024, Ways = 16;
 
+    /// <summary>The most tokens top-k may keep for the rest of the chain to run over them alone (SAMPLE_MAX_CANDIDATES).</summary>
+    public const int MaxCandidates = 1024;
+
     private const uint One = 0x3F800000u;
     private const int Warps = Threads / 32;
 
@@ -66,7 +69,6 @@ public static class FusedSampling
     {
         int vocab = x.Length;
         float invTemp = 1 / p.Temperature;
-        int per = (vocab + Threads - 1) / Threads;
         float mx = float.NegativeInfinity;
         foreach (float v in x)
         {
@@ -78,29 +80,43 @@ public static class FusedSampling
         if (!(mx > float.NegativeInfinity) || float.IsPositiveInfinity(mx))
             return -1;
 
+        var all = new float[vocab];
+        for (int i = 0; i < vocab; i++)
+            all[i] = Weight(x[i], mx, invTemp);
         uint keep = 0;
+        float[]? candidates = null; // top-k's kept weights in vocabulary order, when they fit the kernel's shared memory
+        int[]? candidateIds = null;
         if (p.TopK > 0 && p.TopK < vocab)
-            keep = Threshold(x, per, mx, invTemp, keep, p.TopK, mass: false);
-        if (p.TopP < 1)
         {
-            Span<uint> c = stackalloc uint[Ways - 1];
-            c.Fill(uint.MaxValue);
-            c[0] = keep;
-            Span<float> total = stackalloc float[Ways - 1];
-            TailSums(x, per, mx, invTemp, keep, c, mass: true, total);
-            keep = Threshold(x, per, mx, invTemp, keep, p.TopP * total[0], mass: true);
+            keep = Threshold(all, keep, p.TopK, mass: false);
+            int count = all.Count(w => Bits(w) >= keep);
+            if (count <= MaxCandidates)
+            {
+                candidates = new float[count];
+                candidateIds = new int[count];
+                for (int i = 0, at = 0; i < vocab; i++)
+                {
+                    if (Bits(all[i]) >= keep)
+                    {
+                        candidates[at] = all[i];
+                        candidateIds[at++] = i;
+                    }
+                }
+            }
         }
+        var weights = candidates ?? all;
+        if (p.TopP < 1)
+            keep = Threshold(weights, keep, p.TopP * Mass(weights, keep), mass: true);
         if (p.MinP > 0)
             keep = Math.Max(keep, Bits(p.MinP));
 
         // The draw over the kept weights (block_draw), in the kernel's order.
-        var kept = new float[vocab];
-        for (int i = 0; i < vocab; i++)
-        {
-            float w = Weight(x[i], mx, invTemp);
-            kept[i] = Bits(w) >= keep ? w : 0;
-        }
+        var kept = new float[weights.Length];
+        for (int i = 0; i < weights.Length; i++)
+            kept[i] = Bits(weights[i]) >= keep ? weights[i] : 0;
         int chosen = BlockDraw(kept, Philox.Uniform(seed, offset, (uint)row, 0), out float z);
+        if (candidateIds is not null)
+            chosen = chosen >= 0 ? candidateIds[chosen] : -1;
         stats = new RowStats(mx, BitConverter.UInt32BitsToSingle(keep), z);
         prob = Weight(x[chosen], mx, invTemp) / z;
         if (query >= 0 && query < vocab)
@@ -199,27 +215,26 @@ public static class FusedSampling
         return chosen;
     }
 
-    /// <summary>sample_tail_sums: per candidate c[j], the count or mass of tokens with bits(w) ≥ max(c[j], base).</summary>
-    private static void TailSums(ReadOnlySpan<float> x, int per, float mx, float invTemp, uint keepBase, ReadOnlySpan<uint> c, bool mass, Span<float> total)
+    /// <summary>sample_tail_sums: per candidate c[j], the count or mass of weights with bits ≥ max(c[j], base).</summary>
+    private static void TailSums(ReadOnlySpan<float> w, uint keepBase, ReadOnlySpan<uint> c, bool mass, Span<float> total)
     {
-        int vocab = x.Length;
+        int n = w.Length, per = (n + Threads - 1) / Threads;
         Span<float> part = stackalloc float[Warps * (Ways - 1)];
         Span<float> lanes = stackalloc float[32 * (Ways - 1)];
         Span<float> one = stackalloc float[32];
-        for (int w = 0; w < Warps; w++)
+        for (int warp = 0; warp < Warps; warp++)
         {
             lanes.Clear();
             for (int lane = 0; lane < 32; lane++)
             {
-                int t = w * 32 + lane;
-                int lo = Math.Min(vocab, t * per), hi = Math.Min(vocab, lo + per);
+                int t = warp * 32 + lane;
+                int lo = Math.Min(n, t * per), hi = Math.Min(n, lo + per);
                 for (int i = lo; i < hi; i++)
                 {
-                    float wt = Weight(x[i], mx, invTemp);
-                    uint bits = Bits(wt);
+                    uint bits = Bits(w[i]);
                     if (bits < keepBase)
                         continue;
-                    float add = mass ? wt : 1;
+                    float add = mass ? w[i] : 1;
                     for (int j = 0; j < Ways - 1; j++)
                     {
                         if (bits >= c[j])
@@ -230,20 +245,20 @@ public static class FusedSampling
             for (int j = 0; j < Ways - 1; j++)
             {
                 lanes.Slice(j * 32, 32).CopyTo(one);
-                part[w * (Ways - 1) + j] = Backends.Cpu.Kernels.TreeAttention.WarpSum(one);
+                part[warp * (Ways - 1) + j] = Backends.Cpu.Kernels.TreeAttention.WarpSum(one);
             }
         }
         for (int j = 0; j < Ways - 1; j++)
         {
             float t = 0;
-            for (int w = 0; w < Warps; w++)
-                t += part[w * (Ways - 1) + j];
+            for (int warp = 0; warp < Warps; warp++)
+                t += part[warp * (Ways - 1) + j];
             total[j] = t;
         }
     }
 
     /// <summary>sample_threshold: the largest T ≥ base whose tail reaches <paramref name="target"/>.</summary>
-    private static uint Threshold(ReadOnlySpan<float> x, int per, float mx, float invTemp, uint keepBase, float target, bool mass)
+    private static uint Threshold(ReadOnlySpan<float> w, uint keepBase, float target, bool mass)
     {
         uint low = keepBase, high = One + 1;
         Span<uint> c = stackalloc uint[Ways - 1];
@@ -256,7 +271,7 @@ public static class FusedSampling
                 ulong cj = low + (ulong)(j + 1) * step;
                 c[j] = cj < high ? (uint)cj : uint.MaxValue;
             }
-            TailSums(x, per, mx, invTemp, keepBase, c, mass, total);
+            TailSums(w, keepBase, c, mass, total);
             uint newHigh = high;
             for (int j = Ways - 2; j >= 0; j--)
             {
@@ -271,6 +286,17 @@ public static class FusedSampling
             high = newHigh;
         }
         return low;
+    }
+
+    /// <summary>sample_mass: the mass of the weights at or above the threshold, in the kernel's order.</summary>
+    private static float Mass(ReadOnlySpan<float> w, uint keep)
+    {
+        Span<uint> c = stackalloc uint[Ways - 1];
+        c.Fill(uint.MaxValue);
+        c[0] = keep;
+        Span<float> total = stackalloc float[Ways - 1];
+        TailSums(w, keep, c, mass: true, total);
+        return total[0];
     }
 
     /// <summary>top_k_ids_f32 for one row: the indices of the k largest logits, largest first, the earlier index on ties; NaN and −∞ never; −1 past the finite ones.</summary>

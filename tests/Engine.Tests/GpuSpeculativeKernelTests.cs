@@ -175,6 +175,7 @@ public abstract partial class GpuSuite
         yield return new TestCaseData(3001, new FusedSamplingParameters(0.7f, 5, 1.0f, 0)).SetName("sample_f32: vocab 3001, top-k 5");
         yield return new TestCaseData(5000, new FusedSamplingParameters(1.3f, 50, 0.9f, 0.05f)).SetName("sample_f32: vocab 5000, top-k 50, top-p 0.9, min-p 0.05");
         yield return new TestCaseData(2048, new FusedSamplingParameters(0.5f, 0, 0.5f, 0)).SetName("sample_f32: vocab 2048, top-p 0.5");
+        yield return new TestCaseData(3001, new FusedSamplingParameters(0.9f, 2000, 0.7f, 0)).SetName("sample_f32: vocab 3001, top-k 2000 (too many to gather), top-p 0.7");
     }
 
     /// <summary>
