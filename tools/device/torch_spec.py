@@ -17,8 +17,9 @@ from torch_gemv import SHAPES, time_us
 
 def sort_sample(logits, temperature=0.8, top_k=40, top_p=0.95):
     x = logits / temperature
-    kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
-    x = x.masked_fill(x < kth, float("-inf"))
+    if top_k:
+        kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
     sorted_x, index = torch.sort(x, descending=False, dim=-1)
     cumulative = sorted_x.softmax(dim=-1).cumsum(dim=-1)
     remove = cumulative <= (1 - top_p)
@@ -47,7 +48,10 @@ def main():
         for rows in (1, 8, 64):
             logits = (torch.rand(rows, vocab, generator=g) * 20 - 10).cuda()
             us = time_us(lambda: sort_sample(logits))
-            print(json.dumps(dict(job="sort_sample_torch", shape=name, vocab=vocab, rows=rows, us_per_call=us)))
+            print(json.dumps(dict(job="sort_sample_torch", shape=name, vocab=vocab, rows=rows, chain="top-k 40, top-p 0.95", us_per_call=us)))
+            if rows in (1, 64):
+                us = time_us(lambda: sort_sample(logits, top_k=0))
+                print(json.dumps(dict(job="sort_sample_torch", shape=name, vocab=vocab, rows=rows, chain="top-p 0.95", us_per_call=us)))
 
         heads, kv, hd = s["heads"], s["kv_heads"], s["dim"] // s["heads"]
         prefix = 512

@@ -207,7 +207,12 @@ internal static class KernelsBenchCommand
             foreach (int rows in new[] { 1, 8, 64 })
             {
                 if (Wanted("sample_f32"))
-                    yield return Sample(s, rows, rng);
+                    yield return Sample(s, rows, new Sampling.FusedSamplingParameters(0.8f, 40, 0.95f, 0.05f), rng);
+            }
+            foreach (int rows in new[] { 1, 64 })
+            {
+                if (Wanted("sample_f32"))
+                    yield return Sample(s, rows, new Sampling.FusedSamplingParameters(0.8f, 0, 0.95f, 0), rng); // top-p alone: the whole row searched
             }
             if (Wanted("top_k_ids_f32"))
                 yield return TopKIds(s, 16, rng);
@@ -476,10 +481,9 @@ internal static class KernelsBenchCommand
             return x;
         }
 
-        /// <summary>sample_f32 at T 0.8, top-k 40, top-p 0.95 (the CLI's defaults) over the shape's vocabulary.</summary>
-        private Result Sample(Shape s, int rows, Random rng)
+        /// <summary>sample_f32 over the shape's vocabulary: the CLI's chain (T 0.8, top-k 40, top-p 0.95) with min-p 0.05, or top-p alone.</summary>
+        private Result Sample(Shape s, int rows, Sampling.FusedSamplingParameters p, Random rng)
         {
-            var p = new Sampling.FusedSamplingParameters(0.8f, 40, 0.95f, 0.05f);
             var x = Logits(rng, rows, s.Vocab);
             using var dx = gpu.Upload<float>(x);
             using var dtoken = gpu.Allocate<int>(rows);
@@ -492,7 +496,8 @@ internal static class KernelsBenchCommand
             int token = gpu.Download<int>(dtoken)[0];
             bool valid = token == expected || (token >= 0 && Math.Abs(probs[token] - prob) < 1e-3);
             double us = Time(Launch);
-            return new Result("sample_f32", $"{s.Name} vocab {s.Vocab}, {rows} row{(rows > 1 ? "s" : "")}", us, 4.0 * rows * s.Vocab, 0, valid,
+            string chain = p.TopK > 0 ? "top-k 40, top-p 0.95, min-p 0.05" : "top-p 0.95";
+            return new Result("sample_f32", $"{s.Name} vocab {s.Vocab}, {rows} row{(rows > 1 ? "s" : "")}, {chain}", us, 4.0 * rows * s.Vocab, 0, valid,
                 valid ? "" : $"token {token}, the reference {expected}");
         }
 
