@@ -20,7 +20,6 @@
 #include "philox.cuh"
 #include "sampling.cuh"
 
-#define ACCEPT_THREADS 1024
 #define ACCEPT_MAX_SIBLINGS 256
 
 // accept_greedy
@@ -55,7 +54,7 @@ extern "C" __global__ void accept_greedy(const int * __restrict__ parent, const 
 // Σ w over [0, n) in a fixed order (each thread a contiguous range, then the warp's butterfly, then the
 // warps in order); every thread gets it. s_part: one float per warp.
 static __device__ float accept_block_sum(const float * w, int n, float * s_part) {
-    const int per = (n + ACCEPT_THREADS - 1) / ACCEPT_THREADS;
+    const int per = (n + SAMPLE_THREADS - 1) / SAMPLE_THREADS;
     const int lo = min(n, (int) threadIdx.x * per), hi = min(n, lo + per);
     float local = 0.0f;
     for (int i = lo; i < hi; i++) {
@@ -67,7 +66,7 @@ static __device__ float accept_block_sum(const float * w, int n, float * s_part)
     }
     __syncthreads();
     float total = 0.0f;
-    for (int w2 = 0; w2 < ACCEPT_THREADS / ENGINE_WARP_SIZE; w2++) {
+    for (int w2 = 0; w2 < SAMPLE_THREADS / ENGINE_WARP_SIZE; w2++) {
         total += s_part[w2];
     }
     __syncthreads();
@@ -92,14 +91,14 @@ struct ResidualWeight {
 //   seed, offset: child c's test draws philox_uniform(seed, offset, c + 1, 1); a draw from a residual
 //            after row r's children were all rejected draws philox_uniform(seed, offset, r, 2)
 // Launch: grid = (1, 1, 1); block = (1024, 1, 1).
-extern "C" __global__ void __launch_bounds__(ACCEPT_THREADS) accept_sampled(
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) accept_sampled(
         const float * __restrict__ logits, const float * __restrict__ stats, float inv_temp, const int * __restrict__ sampled,
         const float * __restrict__ q, const int * __restrict__ qrow,
         const int * __restrict__ draw, const int * __restrict__ parent, const int * __restrict__ token, int n, int vocab,
         unsigned long long seed, unsigned long long offset, float * __restrict__ residual, int * __restrict__ out) {
-    __shared__ float s_part[ACCEPT_THREADS / ENGINE_WARP_SIZE];
-    __shared__ float s_base[ACCEPT_THREADS + 1];
-    __shared__ float s_warp[ACCEPT_THREADS / ENGINE_WARP_SIZE];
+    __shared__ float s_part[SAMPLE_THREADS / ENGINE_WARP_SIZE];
+    __shared__ float s_base[SAMPLE_THREADS + 1];
+    __shared__ float s_warp[SAMPLE_THREADS / ENGINE_WARP_SIZE];
     __shared__ int s_choice;
     __shared__ int s_excluded[ACCEPT_MAX_SIBLINGS];
 

@@ -21,7 +21,6 @@
 #include "philox.cuh"
 #include "sampling.cuh"
 
-#define SAMPLE_THREADS 1024
 #define SAMPLE_WAYS 16 // a search pass tests SAMPLE_WAYS - 1 thresholds
 #define SAMPLE_ONE 0x3F800000u // the bits of 1.0f: the largest weight
 

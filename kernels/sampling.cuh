@@ -3,7 +3,9 @@
 #pragma once
 #include "common.cuh"
 
-#define DRAW_THREADS 1024 // the block both kernels draw with: the order of every sum depends on it
+// The block sample_f32 and accept_sampled run per row: every sum's order depends on it, so it is fixed
+// (FusedSampling.Threads in the C# references).
+#define SAMPLE_THREADS 1024
 
 // w = exp((x − max)·(1/T)); NaN and −∞ weigh 0.
 static __device__ __forceinline__ float sample_weight(float x, float mx, float inv_temp) {
@@ -21,10 +23,10 @@ static __device__ __forceinline__ float sample_prob(float x, const float * stats
 // [0, n) left to right; a thread's prefix is its warp's earlier threads (left to right) after the
 // earlier warps (in order); the thread whose interval holds u·Z walks its range. Every sum runs in
 // that fixed order, so the draw is a function of the weights and u alone. Z (the total) goes to *z.
-// Every thread must call it; s_base holds DRAW_THREADS + 1 floats, s_warp one per warp.
+// Every thread must call it; s_base holds SAMPLE_THREADS + 1 floats, s_warp one per warp.
 template <typename Weight>
 static __device__ int block_draw(const Weight & weight, int n, float u, float * s_base, float * s_warp, int * s_choice, float * z_out) {
-    const int per = (n + DRAW_THREADS - 1) / DRAW_THREADS;
+    const int per = (n + SAMPLE_THREADS - 1) / SAMPLE_THREADS;
     const int lo = min(n, (int) threadIdx.x * per), hi = min(n, lo + per);
     float local = 0.0f;
     for (int i = lo; i < hi; i++) {
@@ -46,14 +48,14 @@ static __device__ int block_draw(const Weight & weight, int n, float u, float * 
         before += s_warp[w];
     }
     float z = 0.0f;
-    for (int w = 0; w < DRAW_THREADS / ENGINE_WARP_SIZE; w++) {
+    for (int w = 0; w < SAMPLE_THREADS / ENGINE_WARP_SIZE; w++) {
         z += s_warp[w];
     }
     const float base = before + within;
     __syncthreads(); // every s_base read is done
     s_base[threadIdx.x] = base;
     if (threadIdx.x == 0) {
-        s_base[DRAW_THREADS] = z;
+        s_base[SAMPLE_THREADS] = z;
         *s_choice = -1;
     }
     __syncthreads();

@@ -12,8 +12,11 @@ namespace Engine.Speculative;
 /// </summary>
 public static class AcceptanceKernels
 {
-    /// <summary>Threads of the sampled kernel's block (ACCEPT_THREADS) and the most siblings drawn without replacement it tracks.</summary>
-    public const int Threads = 1024, MaxSiblings = 256;
+    /// <summary>Threads of the sampled kernel's block (SAMPLE_THREADS, as the sampler's).</summary>
+    public const int Threads = FusedSampling.Threads;
+
+    /// <summary>The most siblings drawn without replacement the sampled kernel tracks (ACCEPT_MAX_SIBLINGS).</summary>
+    public const int MaxSiblings = 256;
 
     /// <summary>accept_greedy: follow the first child whose token is the target's argmax after its parent.</summary>
     public static int AcceptGreedy(ReadOnlySpan<int> parent, ReadOnlySpan<int> token, ReadOnlySpan<int> argmax, List<int> path)
