@@ -81,3 +81,37 @@ static __device__ __forceinline__ float kv_load(const float * p) { return *p; }
 static __device__ __forceinline__ float kv_load(const __half * p) { return __half2float(*p); }
 static __device__ __forceinline__ void kv_store(float * p, float v) { *p = v; }
 static __device__ __forceinline__ void kv_store(__half * p, float v) { *p = __float2half_rn(v); }
+
+// SwiGLU's product silu(g)·u, silu(g) = g·σ(g) — one expression for swiglu_f32 and the gate/up GEMV's
+// epilogue, so that the fused and the separate step round alike.
+static __device__ __forceinline__ float silu_mul(float g, float u) {
+    const float sigmoid = 1.0f / (1.0f + expf(-g));
+    return sigmoid * g * u;
+}
+
+// RoPE's rotation of one pair by (cos, sin) — shared by rope_f32 and rope_store_kv (rope_kv.cu).
+static __device__ __forceinline__ void rope_pair(float x0, float x1, float cf, float sf, float & y0, float & y1) {
+    y0 = x0 * cf - x1 * sf;
+    y1 = x0 * sf + x1 * cf;
+}
+
+// Threads that normalize one row in rms_norm_row: rms_norm_f32 runs with this many, and so does every
+// kernel that folds an RMSNorm into its epilogue, so that the sum of squares adds in one order.
+#define RMS_NORM_THREADS 128
+
+// y = x / sqrt(mean(x²) + eps) · w for one row of `cols`, by a whole block of RMS_NORM_THREADS threads
+// (each thread strides by the block). `load` reads x (L1-cached or not, as the caller needs); y may
+// alias x: each element is read, then written by the same thread, after the reduction.
+template <typename Load>
+static __device__ __forceinline__ void rms_norm_row(const float * x, const float * __restrict__ w, float * y, int cols, float eps, Load load) {
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < cols; i += RMS_NORM_THREADS) {
+        const float v = load(x + i);
+        sum += v * v;
+    }
+    sum = block_reduce_sum(sum);
+    const float scale = rsqrtf(sum / cols + eps);
+    for (int i = threadIdx.x; i < cols; i += RMS_NORM_THREADS) {
+        y[i] = load(x + i) * scale * w[i];
+    }
+}

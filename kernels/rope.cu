@@ -23,7 +23,5 @@ extern "C" __global__ void rope_f32(float * x, const int * __restrict__ position
     const float cf = (float) c, sf = (float) s;
     const int a = neox ? i : 2 * i;
     const int b = neox ? i + pairs : 2 * i + 1;
-    const float x0 = head[a], x1 = head[b];
-    head[a] = x0 * cf - x1 * sf;
-    head[b] = x0 * sf + x1 * cf;
+    rope_pair(head[a], head[b], cf, sf, head[a], head[b]);
 }

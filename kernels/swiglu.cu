@@ -9,8 +9,6 @@
 extern "C" __global__ void swiglu_f32(const float * gate, const float * up, float * dst, long long count) {
     const long long i = (long long) blockIdx.x * blockDim.x + threadIdx.x;
     if (i < count) {
-        const float g = gate[i];
-        const float sigmoid = 1.0f / (1.0f + expf(-g));
-        dst[i] = sigmoid * g * up[i];
+        dst[i] = silu_mul(gate[i], up[i]);
     }
 }

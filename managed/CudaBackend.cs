@@ -35,6 +35,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
     private PinnedBuffer? _download;
     private readonly DecodeGraph? _graph;
     private bool _warm; // a pass has run with direct launches: everything a graph step needs exists
+    private GpuArray<uint>? _normCounter; // the folded RMSNorm's block count (gemv.cu), zero between launches
 
     /// <param name="device">The device to run on.</param>
     /// <param name="ownsDevice">Dispose the device with the backend.</param>
@@ -67,6 +68,14 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
 
     /// <summary>The KV cache's element type (F32 or F16).</summary>
     public GgmlType KvCacheType { get; }
+
+    /// <summary>
+    /// Run decoding batches (the GEMV path) with the fused kernels: q, k and v in one launch, RoPE with the
+    /// cache write, gate/up with SwiGLU, the residual add and the next RMSNorm in the projection's
+    /// epilogue — 8 launches per layer instead of 16, the same bits. False runs every step on its own
+    /// kernel (what the fused kernels are tested against).
+    /// </summary>
+    public bool FuseSteps { get; init; } = true;
 
     /// <summary>Opens cuda:<paramref name="index"/> for a backend that owns it.</summary>
     public static CudaBackend Open(int index = 0, bool useCuBlas = true, bool cudaGraphs = false, GgmlType kvCacheType = GgmlType.F32)
@@ -195,20 +204,43 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
             if (x.Cols != w.Cols || dst.Cols != w.Rows || dst.Rows != x.Rows)
                 throw new ArgumentException($"matmul {w.Name}: x {x} · W [{w.Rows} x {w.Cols}]ᵀ → dst {dst}");
         }
+        foreach (var t in targets)
+        {
+            if (t.Bias is not null && t.Bias.Length != t.Weights.Rows)
+                throw new ArgumentException($"matmul {t.Weights.Name}: a bias of {t.Bias.Length} values for {t.Weights.Rows} rows");
+        }
         int n = x.Rows;
         var blas = n > Gemv.MaxColumns && !batchInvariant ? Blas : null;
         if (blas is null)
         {
             // Decoding and verification: the gemv kernels, 8 rows per launch; a row's result does not
-            // depend on the rest of the batch.
-            foreach (var (w, dst) in targets)
+            // depend on the rest of the batch. Consecutive targets of one type share a launch (q, k, v).
+            Span<GemvTarget> group = stackalloc GemvTarget[Gemv.MaxTargets];
+            for (int r = 0; r < n; r += Gemv.MaxColumns)
             {
-                var m = (CudaMatrix)w;
-                for (int r = 0; r < n; r += Gemv.MaxColumns)
+                int count = Math.Min(Gemv.MaxColumns, n - r);
+                var xs = Span(x).Slice((long)r * x.Cols, (long)count * x.Cols);
+                for (int first = 0; first < targets.Length;)
                 {
-                    int count = Math.Min(Gemv.MaxColumns, n - r);
-                    Gemv.Run(Device, m.Type, m.Data, m.Rows, m.Cols, Span(x).Slice((long)r * x.Cols, (long)count * x.Cols), count,
-                        Span(dst).Slice((long)r * dst.Cols, (long)count * dst.Cols));
+                    var type = targets[first].Weights.Type;
+                    int size = 0;
+                    while (first + size < targets.Length && size < (FuseSteps ? Gemv.MaxTargets : 1) && ((CudaMatrix)targets[first + size].Weights).Type == type)
+                    {
+                        var (w, dst) = targets[first + size];
+                        var bias = targets[first + size].Bias;
+                        group[size++] = new GemvTarget(((CudaMatrix)w).Data, w.Rows, Span(dst).Slice((long)r * dst.Cols, (long)count * dst.Cols),
+                            bias is null || !FuseSteps ? default : Span(bias));
+                    }
+                    Gemv.Run(Device, type, x.Cols, group[..size], xs, count);
+                    first += size;
+                }
+            }
+            if (!FuseSteps)
+            {
+                foreach (var t in targets)
+                {
+                    if (t.Bias is not null)
+                        AddBias(t.Output, t.Bias);
                 }
             }
             return;
@@ -223,6 +255,11 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
             Kernels.Dequantize.ToF16(Device, m.Type, m.Data, m.Rows, m.Cols, weights);
             blas.GemmF16(weights, m.Rows, m.Cols, input, n, Span(dst));
         }
+        foreach (var t in targets)
+        {
+            if (t.Bias is not null)
+                AddBias(t.Output, t.Bias);
+        }
     }
 
     private DeviceSpan<T> Grow<T>(ref GpuArray<T>? array, long length) where T : unmanaged
@@ -233,6 +270,85 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
             array = Device.Allocate<T>(length);
         }
         return array.Span.Slice(0, length);
+    }
+
+    /// <summary>Whether a product of <paramref name="rows"/> activation rows runs on the gemv kernels (decoding, verification), where the fused kernels apply.</summary>
+    private bool OnGemv(int rows, bool batchInvariant) => FuseSteps && (rows <= Gemv.MaxColumns || batchInvariant || Blas is null);
+
+    public override void RopeStoreKv(Activation q, Activation k, Activation v, int heads, int kvHeads, ReadOnlySpan<int> positions, RopeTable rope,
+        KvStore store, int layer, ReadOnlySpan<int> blockTable, int firstSlot)
+    {
+        if (!FuseSteps)
+        {
+            base.RopeStoreKv(q, k, v, heads, kvHeads, positions, rope, store, layer, blockTable, firstSlot);
+            return;
+        }
+        var s = (CudaKvStore)store;
+        if (kvHeads != s.Layout.KvHeads || rope.HeadDim != s.Layout.HeadDim)
+            throw new ArgumentException($"rope_store_kv: {kvHeads} kv heads of {rope.HeadDim} for a cache of {s.Layout.KvHeads} of {s.Layout.HeadDim}");
+        if (positions.Length != q.Rows || k.Rows != q.Rows || v.Rows != q.Rows)
+            throw new ArgumentException($"rope_store_kv: {positions.Length} positions for q {q}, k {k}, v {v}");
+        if (!_ropeFrequencies.TryGetValue(rope, out var frequencies))
+            _ropeFrequencies[rope] = frequencies = Device.Upload<double>(rope.InvFreq);
+        var pos = _positions.Put(positions);
+        var table = _table.Put(blockTable);
+        bool neox = rope.Style == Models.RopeStyle.NeoX;
+        if (s.IsF16)
+            RopeKv.RopeStoreKv(Device, Span(q), Span(k), Span(v), q.Rows, heads, pos, frequencies.Span, rope.InvFreq.Length, neox, table,
+                blockTable.Length, firstSlot, s.DataF16, s.MaxBlocks, s.Layout, layer);
+        else
+            RopeKv.RopeStoreKv(Device, Span(q), Span(k), Span(v), q.Rows, heads, pos, frequencies.Span, rope.InvFreq.Length, neox, table,
+                blockTable.Length, firstSlot, s.Data, s.MaxBlocks, s.Layout, layer);
+    }
+
+    public override void MatMulAddNorm(Activation x, DeviceMatrix w, Activation residual, Activation scratch, DeviceVector normWeight, float eps,
+        Activation normOut, bool batchInvariant = false)
+    {
+        int n = x.Rows;
+        if (!OnGemv(n, batchInvariant))
+        {
+            base.MatMulAddNorm(x, w, residual, scratch, normWeight, eps, normOut, batchInvariant);
+            return;
+        }
+        if (x.Cols != w.Cols || residual.Cols != w.Rows || residual.Rows != n || normOut.Rows != n || normOut.Cols != w.Rows || normWeight.Length != w.Rows)
+            throw new ArgumentException($"matmul_add_norm {w.Name}: x {x} · W [{w.Rows} x {w.Cols}]ᵀ into {residual}, norm of {normWeight.Length} into {normOut}");
+        var m = (CudaMatrix)w;
+        var counter = _normCounter ??= ZeroedCounter();
+        for (int r = 0; r < n; r += Gemv.MaxColumns)
+        {
+            int count = Math.Min(Gemv.MaxColumns, n - r);
+            long dim = w.Rows;
+            var target = new GemvTarget(m.Data, w.Rows, Span(residual).Slice(r * dim, count * dim));
+            Gemv.Run(Device, m.Type, w.Cols, [target], Span(x).Slice((long)r * x.Cols, (long)count * x.Cols), count, accumulate: true,
+                norm: new GemvNorm(Span(normWeight), eps, Span(normOut).Slice(r * dim, count * dim), counter.Span));
+        }
+    }
+
+    private GpuArray<uint> ZeroedCounter()
+    {
+        var counter = Device.Allocate<uint>(1);
+        Device.Clear(counter.Span.Pointer, counter.Span.Bytes);
+        return counter;
+    }
+
+    public override void GatedFfn(Activation h, DeviceMatrix wGate, DeviceMatrix wUp, Activation gate, Activation up, bool batchInvariant = false)
+    {
+        int n = h.Rows;
+        if (!OnGemv(n, batchInvariant) || wGate.Type != wUp.Type || wGate.Rows != wUp.Rows || wGate.Cols != wUp.Cols)
+        {
+            base.GatedFfn(h, wGate, wUp, gate, up, batchInvariant);
+            return;
+        }
+        if (h.Cols != wGate.Cols || gate.Cols != wGate.Rows || gate.Rows != n)
+            throw new ArgumentException($"gated_ffn {wGate.Name}: h {h} · W [{wGate.Rows} x {wGate.Cols}]ᵀ → gate {gate}");
+        var g = (CudaMatrix)wGate;
+        var u = (CudaMatrix)wUp;
+        for (int r = 0; r < n; r += Gemv.MaxColumns)
+        {
+            int count = Math.Min(Gemv.MaxColumns, n - r);
+            Gemv.Glu(Device, g.Type, g.Data, u.Data, g.Rows, g.Cols, Span(h).Slice((long)r * h.Cols, (long)count * h.Cols), count,
+                Span(gate).Slice((long)r * gate.Cols, (long)count * gate.Cols));
+        }
     }
 
     public override void AddBias(Activation x, DeviceVector bias) => Kernels.Add.AddBiasF32(Device, Span(x), Span(bias), x.Rows, x.Cols);
@@ -460,6 +576,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         _prob?.Dispose();
         _draftQ?.Dispose();
         _residual?.Dispose();
+        _normCounter?.Dispose();
         _download?.Dispose();
         if (_ownsDevice)
             Device.Dispose();

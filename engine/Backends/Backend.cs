@@ -2,8 +2,12 @@ using Engine.Tensors;
 
 namespace Engine.Backends;
 
-/// <summary>One product of a shared-input <see cref="Backend.MatMul(Activation, ReadOnlySpan{MatMulTarget}, bool)"/>.</summary>
-public readonly record struct MatMulTarget(DeviceMatrix Weights, Activation Output);
+/// <summary>One product of a shared-input <see cref="Backend.MatMul(Activation, ReadOnlySpan{MatMulTarget}, bool)"/>: Output = x·Weightsᵀ (+ Bias).</summary>
+public readonly record struct MatMulTarget(DeviceMatrix Weights, Activation Output)
+{
+    /// <summary>Added to every row of the product (Qwen2's q/k/v biases), or null; a backend may add it as the product leaves.</summary>
+    public DeviceVector? Bias { get; init; }
+}
 
 /// <summary>
 /// What a device must do to run a Llama-family forward pass. The model code (<see cref="Models.LlamaModel"/>)
@@ -40,7 +44,7 @@ public abstract class Backend : IDisposable
         MatMul(x, [new MatMulTarget(w, dst)], batchInvariant);
 
     /// <summary>
-    /// Several products of the same input (q/k/v, gate/up): each target's Output = x·Weightsᵀ. Sharing
+    /// Several products of the same input (q/k/v, gate/up): each target's Output = x·Weightsᵀ (+ its Bias). Sharing
     /// the input lets a backend prepare it once (quantize, upload) and run all rows in one parallel pass.
     /// With <paramref name="batchInvariant"/>, every row is computed exactly as it would be alone (same
     /// kernel, same rounding), so a row's result does not depend on the rest of the batch — what exact
@@ -75,6 +79,45 @@ public abstract class Backend : IDisposable
 
     /// <summary>dst += src, elementwise. Both [n, dim].</summary>
     public abstract void Add(Activation dst, Activation src);
+
+    /// <summary>
+    /// The attention block's RoPE and cache write in one step: rotates q ([n, heads·headDim]) and k
+    /// ([n, kvHeads·headDim]) in place by <paramref name="positions"/>, then writes k and v into the cache
+    /// (<see cref="StoreKv"/>). A backend may fuse the three (the CUDA backend's rope_store_kv does, with
+    /// the same arithmetic).
+    /// </summary>
+    public virtual void RopeStoreKv(Activation q, Activation k, Activation v, int heads, int kvHeads, ReadOnlySpan<int> positions, RopeTable rope,
+        KvStore store, int layer, ReadOnlySpan<int> blockTable, int firstSlot)
+    {
+        Rope(q, heads, positions, rope);
+        Rope(k, kvHeads, positions, rope);
+        StoreKv(store, layer, blockTable, firstSlot, k, v);
+    }
+
+    /// <summary>
+    /// A block's way out: residual += x·Wᵀ, then normOut = RMSNorm(residual)·normWeight — the projection,
+    /// the residual add and the next block's norm. <paramref name="scratch"/> ([n, W.Rows]) may receive the
+    /// product. A backend may fold the add and the norm into the product's epilogue (the CUDA GEMV does
+    /// for decoding batches, with the same arithmetic as the separate kernels).
+    /// </summary>
+    public virtual void MatMulAddNorm(Activation x, DeviceMatrix w, Activation residual, Activation scratch, DeviceVector normWeight, float eps,
+        Activation normOut, bool batchInvariant = false)
+    {
+        MatMul(x, w, scratch, batchInvariant);
+        Add(residual, scratch);
+        RmsNorm(residual, normWeight, eps, normOut);
+    }
+
+    /// <summary>
+    /// The gated feed-forward's first half: gate = silu(h·W_gateᵀ) ⊙ h·W_upᵀ (SwiGLU). <paramref name="up"/>
+    /// ([n, ffn]) may receive the up projection. A backend may compute both products and the gating in
+    /// one pass (the CUDA GEMV does for decoding batches).
+    /// </summary>
+    public virtual void GatedFfn(Activation h, DeviceMatrix wGate, DeviceMatrix wUp, Activation gate, Activation up, bool batchInvariant = false)
+    {
+        MatMul(h, [new MatMulTarget(wGate, gate), new MatMulTarget(wUp, up)], batchInvariant);
+        SwiGlu(gate, up, gate);
+    }
 
     /// <summary>dst[k, :] = src[rows[k], :].</summary>
     public abstract void GatherRows(Activation src, ReadOnlySpan<int> rows, Activation dst);

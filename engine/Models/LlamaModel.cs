@@ -177,50 +177,42 @@ public sealed class LlamaModel : IDisposable
         var table = sequence.BlockTable;
         var store = sequence.Cache.Store;
 
-        // token embedding
+        // token embedding, and the first layer's attention norm (each later norm ends the block before it)
         b.Embed(_w.TokenEmbedding, tokens, x);
         Trace?.Invoke("token_embd", -1, x);
+        b.RmsNorm(x, layerCount > 0 ? _w.Layers[0].AttnNorm : _w.OutputNorm, c.RmsNormEps, h);
 
         for (int l = 0; l < layerCount; l++)
         {
             var w = _w.Layers[l];
+            Trace?.Invoke("attn_norm", l, h);
 
             // attention: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x))
-            b.RmsNorm(x, w.AttnNorm, c.RmsNormEps, h);
-            Trace?.Invoke("attn_norm", l, h);
-            b.MatMul(h, [new(w.Wq, q), new(w.Wk, k), new(w.Wv, v)], exact);
-            if (w.Bq is not null) b.AddBias(q, w.Bq);
-            if (w.Bk is not null) b.AddBias(k, w.Bk);
-            if (w.Bv is not null) b.AddBias(v, w.Bv);
-            b.Rope(q, c.Heads, positions, _rope);
-            b.Rope(k, c.KvHeads, positions, _rope);
+            b.MatMul(h, [new(w.Wq, q) { Bias = w.Bq }, new(w.Wk, k) { Bias = w.Bk }, new(w.Wv, v) { Bias = w.Bv }], exact);
+            b.RopeStoreKv(q, k, v, c.Heads, c.KvHeads, positions, _rope, store, l, table, prefix);
             Trace?.Invoke("q_rope", l, q);
             Trace?.Invoke("k_rope", l, k);
-            b.StoreKv(store, l, table, prefix, k, v);
             b.Attention(q, store, l, table, prefix, mask, c.Heads, _attentionScale, att, exact);
             Trace?.Invoke("attn_out", l, att);
-            b.MatMul(att, w.Wo, proj, exact);
-            b.Add(x, proj);
+            b.MatMulAddNorm(att, w.Wo, x, proj, w.FfnNorm, c.RmsNormEps, h, exact); // and the FFN's norm
             Trace?.Invoke("attn_residual", l, x);
-
-            // feed-forward: x += W_down · (silu(W_gate·norm(x)) ⊙ W_up·norm(x))
-            b.RmsNorm(x, w.FfnNorm, c.RmsNormEps, h);
             Trace?.Invoke("ffn_norm", l, h);
-            b.MatMul(h, [new(w.WGate, gate), new(w.WUp, up)], exact);
-            b.SwiGlu(gate, up, gate);
-            b.MatMul(gate, w.WDown, proj, exact);
-            b.Add(x, proj);
+
+            // feed-forward: x += W_down · (silu(W_gate·norm(x)) ⊙ W_up·norm(x)), then the next norm:
+            // the next layer's attention norm, or after the last layer the output norm
+            b.GatedFfn(h, w.WGate, w.WUp, gate, up, exact);
+            var nextNorm = l + 1 < layerCount ? _w.Layers[l + 1].AttnNorm : _w.OutputNorm;
+            b.MatMulAddNorm(gate, w.WDown, x, proj, nextNorm, c.RmsNormEps, h, exact);
             Trace?.Invoke("l_out", l, x);
         }
         sequence.Commit(n);
 
         if (localRows.IsEmpty)
             return;
-        // final norm and LM head, only for the rows asked for
+        // LM head, only for the rows asked for (h holds every row after the output norm)
         var rows = s.Rows.WithRows(localRows.Length);
         var outLogits = s.Logits(localRows.Length);
-        b.GatherRows(x, localRows, rows);
-        b.RmsNorm(rows, _w.OutputNorm, c.RmsNormEps, rows);
+        b.GatherRows(h, localRows, rows);
         Trace?.Invoke("result_norm", -1, rows);
         b.MatMul(rows, _w.Output, outLogits, exact);
         Trace?.Invoke("result_output", -1, outLogits);

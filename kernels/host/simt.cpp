@@ -218,6 +218,7 @@ void run(dim3 grid, dim3 block, void (*body)(void *), void * argument) {
 #include "../dequantize.cu"
 #include "../rmsnorm.cu"
 #include "../rope.cu"
+#include "../rope_kv.cu"
 #include "../swiglu.cu"
 #include "../add.cu"
 #include "../argmax.cu"
@@ -249,13 +250,16 @@ Entry entry(const char * name, void (*f)(A...)) {
 }
 
 #define WEIGHT_ENTRIES(name, type) entry("get_rows_" #name, get_rows_##name), entry("gemv_" #name, gemv_##name), \
-    entry("gemv_" #name "_x8", gemv_##name##_x8), entry("dequantize_" #name "_f16", dequantize_##name##_f16),
+    entry("gemv_" #name "_x8", gemv_##name##_x8), entry("gemv_" #name "_glu", gemv_##name##_glu), \
+    entry("gemv_" #name "_glu_x8", gemv_##name##_glu_x8), entry("dequantize_" #name "_f16", dequantize_##name##_f16),
 
 const Entry g_entries[] = {
     ENGINE_FOR_EACH_WEIGHT_TYPE(WEIGHT_ENTRIES)
     entry("convert_f32_f16", convert_f32_f16),
     entry("rms_norm_f32", rms_norm_f32),
     entry("rope_f32", rope_f32),
+    entry("rope_store_kv_f32", rope_store_kv_f32),
+    entry("rope_store_kv_f16", rope_store_kv_f16),
     entry("swiglu_f32", swiglu_f32),
     entry("add_f32", add_f32),
     entry("add_bias_f32", add_bias_f32),

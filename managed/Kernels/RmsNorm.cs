@@ -7,6 +7,9 @@ public static class RmsNorm
 {
     private const string File = "rmsnorm";
 
+    /// <summary>Threads per row (RMS_NORM_THREADS): the order of the sum of squares, which gemv's folded norm repeats.</summary>
+    public const int Threads = 128;
+
     /// <summary>
     /// rms_norm_f32: y[r, :] = x[r, :] / sqrt(mean(x[r, :]²) + eps) · w for r &lt; rows.
     /// x, y: [rows, cols] (y may be x); w: [cols]. One block per row.
@@ -30,7 +33,6 @@ public static class RmsNorm
         args[2] = &py;
         args[3] = &cols;
         args[4] = &eps;
-        int threads = Math.Min(1024, (cols + 31) / 32 * 32);
-        device.Launch(fn, (rows, 1, 1), (threads, 1, 1), 0, args);
+        device.Launch(fn, (rows, 1, 1), (Threads, 1, 1), 0, args);
     }
 }

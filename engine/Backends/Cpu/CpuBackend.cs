@@ -153,6 +153,11 @@ public sealed unsafe class CpuBackend : Backend
             _q8k.Quantize(xData, x.Rows, x.Cols, ActivationBlock.Q8_K);
         _matMul.Set(Array(x), x.Rows, targets, q80 || groups ? _q80 : null, q8k ? _q8k : null, groups ? _q80 : null, panels ? _panels : null);
         _pool.Run(_matMul, Math.Min(totalRows, Threads * 8));
+        foreach (var t in targets)
+        {
+            if (t.Bias is not null)
+                AddBias(t.Output, t.Bias);
+        }
     }
 
     public override void AddBias(Activation x, DeviceVector bias)

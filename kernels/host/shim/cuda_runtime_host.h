@@ -44,6 +44,11 @@ static inline float __shfl_sync(unsigned, float v, int lane) { return simt::shuf
 static inline int __shfl_sync(unsigned, int v, int lane) { return simt::shuffle(v, lane); }
 
 template <typename T> static inline T __ldg(const T * p) { return *p; }
+template <typename T> static inline T __ldcg(const T * p) { return *p; }
+// Blocks run one after another and a block's fibers switch only at barriers and shuffles: an atomic
+// is a plain read-modify-write, and every write is already visible to the blocks that follow.
+static inline unsigned atomicAdd(unsigned * p, unsigned v) { const unsigned old = *p; *p = old + v; return old; }
+static inline void __threadfence() {}
 static inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
 static inline int __ffsll(long long x) { return __builtin_ffsll(x); }
 static inline unsigned __float_as_uint(float f) { unsigned u; __builtin_memcpy(&u, &f, 4); return u; }
