@@ -54,7 +54,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         if (cudaGraphs && device.IsEmulator)
             throw new NotSupportedException("CUDA graphs need a GPU; the kernel emulator runs launches one by one");
         _graph = cudaGraphs ? new DecodeGraph(device) : null;
-        Func<bool> capturing = () => _graph?.Capturing == true;
+        Func<long> capturing = () => _graph is { Capturing: true } g ? g.Capture : 0;
         _tokens = new(device, capturing);
         _positions = new(device, capturing);
         _table = new(device, capturing);
@@ -589,22 +589,27 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
     /// waited on, so a queued copy never reads half-new data. While a graph is being captured the copy
     /// becomes a node of the graph (it reads the pinned buffer when the graph runs, before the pass's
     /// download returns) and no event is used: a pass writes each input once, and the previous pass
-    /// ended with a synchronizing download.
+    /// ended with a synchronizing download. A capture copies each input once even when it did not
+    /// change, so that every step's graph has the same nodes and updates in place (DecodeGraph).
     /// </summary>
-    private sealed class HostInput<T>(GpuDevice device, Func<bool> capturing) : IDisposable where T : unmanaged, IEquatable<T>
+    /// <param name="capture">The capture under way (DecodeGraph.Capture), or 0 when launches run directly.</param>
+    private sealed class HostInput<T>(GpuDevice device, Func<long> capture) : IDisposable where T : unmanaged, IEquatable<T>
     {
         private PinnedBuffer? _pinned;
         private GpuArray<T>? _device;
         private T[] _last = [];
         private int _count = -1;
         private IntPtr _copied;
+        private long _copiedInCapture;
 
         public DeviceSpan<T> Put(ReadOnlySpan<T> data)
         {
-            if (_count == data.Length && data.SequenceEqual(_last.AsSpan(0, _count)))
+            long current = capture();
+            bool graph = current != 0;
+            bool same = _count == data.Length && data.SequenceEqual(_last.AsSpan(0, _count));
+            if (same && (!graph || _copiedInCapture == current))
                 return _device!.Span.Slice(0, Math.Max(_count, 1));
             using var _ = device.Bind();
-            bool graph = capturing();
             if (_device is null || _device.Length < data.Length)
             {
                 long capacity = Math.Max(64, (long)data.Length * 2);
@@ -632,6 +637,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
             }
             data.CopyTo(_last);
             _count = data.Length;
+            _copiedInCapture = current;
             return _device.Span.Slice(0, Math.Max(data.Length, 1));
         }
 

@@ -5,8 +5,11 @@ namespace Engine.Cuda;
 /// hundreds of small kernels, and launching each from the host costs more than the GPU's work. Each
 /// step is captured again (capture only records, it launches nothing) and applied to the executable
 /// graph with cuGraphExecUpdate, which keeps the instantiated graph when only kernel arguments and
-/// grid sizes changed; when the step's shape changed (a block-table upload appears, say), the graph is
-/// instantiated anew. llama.cpp's CUDA backend does the same.
+/// grid sizes changed; when the step's shape changed, the graph is instantiated anew. llama.cpp's CUDA
+/// backend does the same. For the update to succeed every step, a step must record the same nodes: each
+/// host input (tokens, positions, block table) is copied once in every capture, even when its contents
+/// did not change — skipping an unchanged block table was what made every 16th step re-instantiate
+/// (48 instantiations for 768 replays, graphs slower than direct launches).
 /// </summary>
 internal sealed unsafe class DecodeGraph(GpuDevice device) : IDisposable
 {
@@ -14,6 +17,9 @@ internal sealed unsafe class DecodeGraph(GpuDevice device) : IDisposable
     private bool _updateMissing;
 
     public bool Capturing { get; private set; }
+
+    /// <summary>Counts captures begun: host inputs copy once per capture (see CudaBackend.HostInput).</summary>
+    public long Capture { get; private set; }
 
     /// <summary>Steps replayed, and how many of them needed a new instantiation.</summary>
     public long Replays { get; private set; }
@@ -25,6 +31,7 @@ internal sealed unsafe class DecodeGraph(GpuDevice device) : IDisposable
         using var _ = device.Bind();
         Driver.Check(GraphDriver.StreamBeginCapture(device.Stream, GraphDriver.CaptureModeRelaxed));
         Capturing = true;
+        Capture++;
     }
 
     /// <summary>Ends the capture and launches the step's graph on the stream.</summary>
