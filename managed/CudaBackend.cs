@@ -158,6 +158,35 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         return new CudaMatrix(tensor.Name, target, rows, cols, Device.Upload<byte>(staged)); // one upload, not one per row
     }
 
+    public override long UploadBytes(TensorView tensor)
+    {
+        if (tensor.Dims.Count != 2)
+            return tensor.ElementCount * sizeof(float); // vectors become float32
+        if (WeightFormats.IsSupported(tensor.Type) && tensor.RowLength % WeightFormats.ValuesPerBlock(tensor.Type) == 0)
+            return tensor.ByteSize;
+        // converted when uploaded (LoadMatrix): to F16 where rows allow, else to F32
+        return tensor.ElementCount * (tensor.RowLength % WeightFormats.ValuesPerBlock(GgmlType.F16) == 0 ? 2 : 4);
+    }
+
+    public override int KvElementBytes => KvCacheType == GgmlType.F16 ? 2 : 4;
+
+    /// <summary>
+    /// Refuses a model whose plan exceeds the device's free memory (with 64 MiB kept for the driver's
+    /// and cuBLAS's workspaces on a GPU); devices that cannot tell their free memory are not checked.
+    /// </summary>
+    public override void Reserve(MemoryPlan plan)
+    {
+        var (free, total) = Device.MemoryInfo();
+        if (total <= 0)
+            return;
+        long headroom = Device.IsEmulator ? 0 : 64L << 20;
+        long needed = plan.Total + headroom;
+        if (needed > free)
+            throw new DeviceMemoryException(
+                $"{plan.Model} needs {MemoryPlan.Size(needed)} on {Name} ({plan.Describe()}{(headroom > 0 ? $" + workspaces {MemoryPlan.Size(headroom)}" : "")}), " +
+                $"{MemoryPlan.Size(free)} of {MemoryPlan.Size(total)} free — a smaller context (-c), an F16 cache (--cache-type f16) or a smaller quantization would fit");
+    }
+
     public override DeviceVector LoadVector(TensorView tensor)
     {
         var data = new float[checked((int)tensor.ElementCount)];
@@ -580,6 +609,8 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         _download?.Dispose();
         if (_ownsDevice)
             Device.Dispose();
+        else
+            Device.Pool.Trim(); // what this backend held goes back to the driver, not only to the pool
     }
 
     /// <summary>

@@ -210,17 +210,46 @@ internal sealed unsafe partial class EmulatorApi : DeviceApi
         }
     }
 
+    private readonly Dictionary<IntPtr, long> _sizes = [];
+
+    /// <param name="memoryLimit">Bytes of "device memory" (0: unlimited, and MemoryInfo reports nothing):
+    /// how tests run out of device memory on purpose.</param>
+    public EmulatorApi(long memoryLimit = 0) => MemoryLimit = memoryLimit;
+
+    public long MemoryLimit { get; }
+
+    /// <summary>Bytes allocated and not yet freed.</summary>
+    public long Used { get; private set; }
+
     public override bool IsEmulator => true;
 
-    public override IntPtr Alloc(long bytes) => (IntPtr)NativeMemory.AlignedAlloc((nuint)Math.Max(bytes, 1), 256);
+    public override IntPtr Alloc(long bytes)
+    {
+        long size = Math.Max(bytes, 1);
+        if (MemoryLimit > 0 && Used + size > MemoryLimit)
+            throw new CudaException($"out of device memory: an allocation of {bytes >> 20} MiB failed; {(MemoryLimit - Used) >> 20} MiB of {MemoryLimit >> 20} MiB free (emulator limit)");
+        var pointer = (IntPtr)NativeMemory.AlignedAlloc((nuint)size, 256);
+        lock (_sizes)
+            _sizes[pointer] = size;
+        Used += size;
+        return pointer;
+    }
 
-    public override void Free(IntPtr pointer) => NativeMemory.AlignedFree((void*)pointer);
+    public override void Free(IntPtr pointer)
+    {
+        lock (_sizes)
+        {
+            if (_sizes.Remove(pointer, out long size))
+                Used -= size;
+        }
+        NativeMemory.AlignedFree((void*)pointer);
+    }
 
-    public override (long Free, long Total) MemoryInfo() => (0, 0);
+    public override (long Free, long Total) MemoryInfo() => MemoryLimit > 0 ? (MemoryLimit - Used, MemoryLimit) : (0, 0);
 
-    public override IntPtr AllocHost(long bytes) => Alloc(bytes);
+    public override IntPtr AllocHost(long bytes) => (IntPtr)NativeMemory.AlignedAlloc((nuint)Math.Max(bytes, 1), 256); // host memory: not counted
 
-    public override void FreeHost(IntPtr pointer) => Free(pointer);
+    public override void FreeHost(IntPtr pointer) => NativeMemory.AlignedFree((void*)pointer);
 
     public override void CopyToDevice(IntPtr destination, void* source, long bytes, IntPtr stream) =>
         Buffer.MemoryCopy(source, (void*)destination, bytes, bytes);

@@ -55,6 +55,18 @@ public sealed class DeviceMemoryPool : IDisposable
         {
             pointer = _api.Alloc(size);
         }
+        catch (CudaException) when (Trim() > 0)
+        {
+            // Blocks of other sizes sat idle in the pool: given back, the driver may now have room.
+            try
+            {
+                pointer = _api.Alloc(size);
+            }
+            catch (CudaException e)
+            {
+                throw new CudaException($"{e.Message}, {ReservedBytes >> 20} MiB held by this pool");
+            }
+        }
         catch (CudaException e)
         {
             throw new CudaException($"{e.Message}, {ReservedBytes >> 20} MiB held by this pool");
@@ -73,6 +85,36 @@ public sealed class DeviceMemoryPool : IDisposable
         if (!_free.TryGetValue(allocation.Bytes, out var stack))
             _free[allocation.Bytes] = stack = new Stack<IntPtr>();
         stack.Push(allocation.Pointer);
+    }
+
+    /// <summary>
+    /// Frees the allocations waiting for reuse, returning their memory to the driver; returns the bytes
+    /// freed. Called when an allocation fails, and when a backend is disposed (a model unloaded, or a
+    /// load that failed halfway), so that memory a model no longer uses is free for anyone.
+    /// </summary>
+    public long Trim()
+    {
+        long freed = 0;
+        var idle = new HashSet<IntPtr>();
+        foreach (var stack in _free.Values)
+            idle.UnionWith(stack);
+        if (idle.Count == 0)
+            return 0;
+        using (_bind())
+        {
+            foreach (var a in _all)
+            {
+                if (idle.Contains(a.Pointer))
+                {
+                    _api.Free(a.Pointer);
+                    freed += a.Bytes;
+                }
+            }
+        }
+        _all.RemoveAll(a => idle.Contains(a.Pointer));
+        _free.Clear();
+        ReservedBytes -= freed;
+        return freed;
     }
 
     /// <summary>Frees every allocation the pool ever made (the device must be idle).</summary>

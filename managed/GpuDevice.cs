@@ -74,11 +74,20 @@ public sealed unsafe class GpuDevice : IDisposable
     /// warps and barriers (kernels/host/simt.cpp, a test-only library): slow, exact in logic, no GPU
     /// needed. Everything above the kernels — launchers, pool, backend — runs as on a GPU.
     /// </summary>
-    public static GpuDevice OpenEmulator()
+    /// <param name="memoryLimit">Bytes of device memory the emulator pretends to have (0: unlimited).</param>
+    public static GpuDevice OpenEmulator(long memoryLimit = 0)
     {
         if (!EmulatorApi.Available(out string reason))
             throw new CudaException(reason);
-        return new GpuDevice(new EmulatorApi(), new GpuInfo(0, "CUDA kernel emulator (host)", 9, 0, 0, 1));
+        ArgumentOutOfRangeException.ThrowIfNegative(memoryLimit);
+        return new GpuDevice(new EmulatorApi(memoryLimit), new GpuInfo(0, "CUDA kernel emulator (host)", 9, 0, memoryLimit, 1));
+    }
+
+    /// <summary>(free, total) bytes of device memory now; (0, 0) where the device cannot tell (the emulator without a limit).</summary>
+    public (long Free, long Total) MemoryInfo()
+    {
+        using var _ = Bind();
+        return Api.MemoryInfo();
     }
 
     /// <summary>Whether the emulator can be opened here, with the reason when not.</summary>

@@ -99,8 +99,9 @@ public sealed class LanguageModel : IDisposable
             if (tokenizer.VocabSize > config.VocabSize)
                 throw new ModelFormatException(path, "vocabulary", $"the tokenizer has {tokenizer.VocabSize} tokens but the embedding only {config.VocabSize} rows");
             backend ??= new CpuBackend(options.Threads);
-            var network = new LlamaModel(config, LlamaWeights.Load(weights, config, backend), backend, options.MaxBatch);
             int context = options.ContextLength > 0 ? options.ContextLength : Math.Min(config.ContextLength, 4096);
+            backend.Reserve(MemoryPlan.For(path, config, weights, backend, context, options.MaxBatch)); // before anything is allocated
+            var network = new LlamaModel(config, LlamaWeights.Load(weights, config, backend), backend, options.MaxBatch);
             return new LanguageModel(path, weights, tokenizer, network, context);
         }
         catch

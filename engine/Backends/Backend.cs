@@ -27,6 +27,19 @@ public abstract class Backend : IDisposable
     /// <summary>Makes a 1-D weight usable as float32 (converted from F16/BF16 if needed).</summary>
     public abstract DeviceVector LoadVector(TensorView tensor);
 
+    /// <summary>Bytes <see cref="LoadMatrix"/> or <see cref="LoadVector"/> will hold for this tensor (0 where it stays in the mapped file).</summary>
+    public virtual long UploadBytes(TensorView tensor) => 0;
+
+    /// <summary>Bytes of one KV cache element (4: float32).</summary>
+    public virtual int KvElementBytes => 4;
+
+    /// <summary>
+    /// Checks, before a model loads, that what it will hold fits; throws <see cref="DeviceMemoryException"/>
+    /// naming what was needed and what was free. The CPU backend maps weights and grows its cache as it
+    /// goes: nothing to check.
+    /// </summary>
+    public virtual void Reserve(MemoryPlan plan) { }
+
     /// <summary>Scratch memory for activations, reused across steps.</summary>
     public abstract DeviceBuffer Allocate(long floats);
 

@@ -532,6 +532,57 @@ public abstract partial class GpuSuite
     }
 
     /// <summary>
+    /// A model whose weights, KV cache and activations exceed the device's free memory is refused before
+    /// anything is allocated, with one line naming what it needed and what was free; a load that fails
+    /// midway (an upload refused) frees what it had uploaded. On the emulator the device is given a
+    /// memory limit; on a GPU the check is asked about a plan twice the device's size.
+    /// </summary>
+    [Test]
+    public void A_model_that_does_not_fit_fails_at_load_and_leaves_nothing_allocated()
+    {
+        if (!Device.IsEmulator)
+        {
+            using var gpu = new CudaBackend(Device, ownsDevice: false);
+            long total = Device.MemoryInfo().Total;
+            var e = Assert.Throws<DeviceMemoryException>(() => gpu.Reserve(new MemoryPlan("huge.gguf", [("weights", 2 * total)])))!;
+            Assert.That(e.Message, Does.Contain("huge.gguf needs").And.Contain("free"));
+            return;
+        }
+        using var probe = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Backend = new CudaBackend(Device, ownsDevice: false), ContextLength = 512 });
+        var plan = MemoryPlan.For(SharedData.StoriesGguf, probe.Config, WeightsOf(SharedData.StoriesGguf), probe.Backend, 512, 256);
+        long weights = plan.Parts[0].Bytes;
+        Assert.That(weights, Is.GreaterThan(500_000), "stories260K's float32 weights");
+
+        // Room for the weights but not for a 512-token cache and the activations: refused up front.
+        using (var small = GpuDevice.OpenEmulator(memoryLimit: weights + 1024))
+        {
+            var e = Assert.Throws<DeviceMemoryException>(() => LanguageModel.Load(SharedData.StoriesGguf,
+                new ModelOptions { Backend = new CudaBackend(small), ContextLength = 512 }))!;
+            Assert.That(e.Message, Does.Contain("needs").And.Contain("weights").And.Contain("KV cache (512 tokens)").And.Contain("free"));
+            Assert.That(e.Message.Split('\n'), Has.Length.EqualTo(1), "one line");
+            Assert.That(small.MemoryInfo().Free, Is.EqualTo(weights + 1024), "nothing was allocated");
+        }
+        // An upload refused halfway through the weights: what was uploaded is freed.
+        using (var tiny = GpuDevice.OpenEmulator(memoryLimit: weights / 2))
+        {
+            using var source = WeightsOf(SharedData.StoriesGguf);
+            using (var backend = new CudaBackend(tiny))
+                Assert.Throws<CudaException>(() => Engine.Models.LlamaWeights.Load(source, probe.Config, backend));
+            Assert.That(tiny.MemoryInfo().Free, Is.EqualTo(weights / 2), "the weights uploaded before the failure were freed");
+        }
+        // Enough for the plan: loads and decodes.
+        using (var enough = GpuDevice.OpenEmulator(memoryLimit: plan.Total + (1 << 20)))
+        {
+            using var lm = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Backend = new CudaBackend(enough), ContextLength = 512 });
+            using var session = lm.CreateSession();
+            Assert.That(session.Generate([1], new GenerationOptions { MaxTokens = 8, Sampling = SamplingOptions.Greedy }).ToList(),
+                Is.EqualTo(SharedData.StoriesExpected().FromBos.Take(8)));
+        }
+    }
+
+    private static Engine.Models.WeightSource WeightsOf(string gguf) => new Engine.Models.GgufWeightSource(Engine.Formats.Gguf.GgufFile.Open(gguf));
+
+    /// <summary>
     /// The fused decoding kernels (q/k/v in one launch, RoPE with the cache write, gate/up with SwiGLU,
     /// the residual add and the next RMSNorm in the projection's epilogue) run the very arithmetic of the
     /// separate kernels, so the logits are equal bit for bit — for a batch on the gemv path (a verified

@@ -1,0 +1,45 @@
+using Engine.Models;
+using Engine.Tensors;
+
+namespace Engine.Backends;
+
+/// <summary>
+/// What a model will hold in a backend's memory once loaded and decoding, part by part, computed before
+/// anything is allocated: a device backend compares it with its free memory (<see cref="Backend.Reserve"/>)
+/// so that a model that cannot fit fails at once, with one line, and leaves nothing behind — instead of
+/// failing on the hundredth upload or, worse, at the first long prompt.
+/// </summary>
+public sealed record MemoryPlan(string Model, IReadOnlyList<(string Part, long Bytes)> Parts)
+{
+    public long Total => Parts.Sum(p => p.Bytes);
+
+    /// <summary>
+    /// The weights as the backend stores them, the KV cache of one session of <paramref name="context"/>
+    /// tokens, and the activations of a pass of <paramref name="maxBatch"/> tokens (with the prefill
+    /// product's F16 staging of the largest matrix).
+    /// </summary>
+    public static MemoryPlan For(string model, ModelConfig c, WeightSource weights, Backend backend, int context, int maxBatch)
+    {
+        long weightBytes = 0, largest = 0;
+        foreach (var t in weights.Tensors)
+        {
+            weightBytes += backend.UploadBytes(t);
+            if (t.Dims.Count == 2)
+                largest = Math.Max(largest, t.ElementCount);
+        }
+        const int block = 32; // LlamaModel.CreateKvCache's default block size
+        long slots = ((long)context + block - 1) / block * block;
+        long cache = slots * c.Layers * 2L * c.KvDim * backend.KvElementBytes;
+        long perRow = 3L * c.Dim + 2L * c.QDim + 2L * c.KvDim + 2L * c.FfnDim;
+        long activations = 4L * maxBatch * perRow + 4L * c.VocabSize + 2L * (largest + (long)maxBatch * Math.Max(c.FfnDim, c.Dim));
+        return new(model, [("weights", weightBytes), ($"KV cache ({context} tokens)", cache), ("activations", activations)]);
+    }
+
+    /// <summary>"weights 2.1 GiB + KV cache (4096 tokens) 88 MiB + activations 40 MiB".</summary>
+    public string Describe() => string.Join(" + ", Parts.Select(p => $"{p.Part} {Size(p.Bytes)}"));
+
+    public static string Size(long bytes) => bytes >= 1L << 30 ? $"{bytes / (double)(1L << 30):0.##} GiB" : $"{(bytes + (1 << 20) - 1) >> 20} MiB";
+}
+
+/// <summary>A model does not fit in a device's memory; the message names what was needed and what was free.</summary>
+public sealed class DeviceMemoryException(string message) : Exception(message);
