@@ -15,8 +15,9 @@ public static class BackendFactory
     /// <exception cref="ArgumentException">The name is not one of the forms above.</exception>
     /// <exception cref="CudaException">CUDA was asked for and is not available, with the reason.</exception>
     /// <param name="cudaGraphs">On CUDA, replay one-token passes as CUDA graphs (<see cref="CudaBackend"/>).</param>
-    /// <param name="kvCacheType">The KV cache's elements: F32, or F16 on CUDA (the CPU's cache is float32).</param>
-    public static Backend Create(string device, int threads = 0, bool cudaGraphs = false, Tensors.GgmlType kvCacheType = Tensors.GgmlType.F32)
+    /// <param name="kvCacheType">The KV cache's elements: F32, or F16 on CUDA (the CPU's cache is float32); null for the device's
+    /// default — F16 on CUDA (half the bytes attention reads each step), F32 on the CPU.</param>
+    public static Backend Create(string device, int threads = 0, bool cudaGraphs = false, Tensors.GgmlType? kvCacheType = null)
     {
         string d = device.Trim().ToLowerInvariant();
         bool cuda = d switch
@@ -29,14 +30,14 @@ public static class BackendFactory
         };
         if (!cuda)
         {
-            if (kvCacheType != Tensors.GgmlType.F32)
-                throw new ArgumentException($"--cache-type {kvCacheType.ToString().ToLowerInvariant()}: the CPU keeps its KV cache in f32 (f16 is for --device cuda)");
+            if (kvCacheType is { } t && t != Tensors.GgmlType.F32)
+                throw new ArgumentException($"--cache-type {t.ToString().ToLowerInvariant()}: the CPU keeps its KV cache in f32 (f16 is for --device cuda)");
             return new CpuBackend(threads);
         }
         int index = 0;
         if (d.StartsWith("cuda:", StringComparison.Ordinal) && !int.TryParse(d.AsSpan(5), System.Globalization.NumberStyles.None,
                 System.Globalization.CultureInfo.InvariantCulture, out index))
             throw new ArgumentException($"--device {device}: expected {Help}");
-        return CudaBackend.Open(index, cudaGraphs: cudaGraphs, kvCacheType: kvCacheType);
+        return CudaBackend.Open(index, cudaGraphs: cudaGraphs, kvCacheType: kvCacheType ?? Tensors.GgmlType.F16);
     }
 }

@@ -745,11 +745,13 @@ public abstract partial class GpuSuite
         try
         {
             var expected = SharedData.StoriesExpected();
-            var (code, output, err) = CliTests.Run("generate", "-m", SharedData.StoriesGguf, "--device", "cuda", "--prompt-ids", "1", "-n", "32", "--temp", "0", "--ids");
+            // An F32 cache for the exact reference ids; the device's default cache is F16.
+            var (code, output, err) = CliTests.Run("generate", "-m", SharedData.StoriesGguf, "--device", "cuda", "--cache-type", "f32", "--prompt-ids", "1", "-n", "32",
+                "--temp", "0", "--ids");
             Assert.That(code, Is.Zero, err);
             Assert.That(output.Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse), Is.EqualTo(expected.FromBos.Take(32)));
             Assert.That(err, Does.Contain("device: cuda:0"));
-            (code, output, err) = CliTests.Run("generate", "-m", SharedData.StoriesGguf, "--device", "cuda", "--cache-type", "f16", "--prompt-ids", "1", "-n", "16",
+            (code, output, err) = CliTests.Run("generate", "-m", SharedData.StoriesGguf, "--device", "cuda", "--prompt-ids", "1", "-n", "16",
                 "--temp", "0.8", "--seed", "5", "--ids");
             Assert.That(code, Is.Zero, err);
             Assert.That(output.Split(' ', StringSplitOptions.RemoveEmptyEntries), Has.Length.InRange(1, 16), "sampled on the device over an F16 cache");
@@ -763,6 +765,7 @@ public abstract partial class GpuSuite
             {
                 Assert.That(row.RootElement.GetProperty("device").GetString(), Is.EqualTo("cuda:0"));
                 Assert.That(row.RootElement.GetProperty("tg_tokens_per_s").GetDouble(), Is.GreaterThan(0));
+                Assert.That(row.RootElement.GetProperty("cache_type").GetString(), Is.EqualTo("f16"), "the device's default cache");
                 Assert.That(row.RootElement.GetProperty("launches_per_token").GetDouble(), Is.InRange(5 * 6, 5 * 8 + 6),
                     "stories260K: 5 layers of 7 launches (q/k/v, RoPE + cache write, attention, combine, Wo + add + norm, gate/up + SwiGLU, down + add + norm), the embedding, the first norm and the head");
                 if (!Device.IsEmulator)

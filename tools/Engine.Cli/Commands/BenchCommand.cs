@@ -100,7 +100,7 @@ internal static class BenchCommand
                     ["model_size"] = size,
                     ["threads"] = t,
                     ["device"] = backend.Name,
-                    ["cache_type"] = parse.GetRequiredValue(cacheType),
+                    ["cache_type"] = backend is Cuda.CudaBackend cb ? cb.KvCacheType.ToString().ToLowerInvariant() : "f32",
                     ["n_prompt"] = p,
                     ["n_gen"] = n,
                     ["repetitions"] = r,

@@ -30,20 +30,21 @@ internal static partial class SharedOptions
 
     public static Option<string> CacheType() => new("--cache-type")
     {
-        Description = "KV cache elements: f32, or f16 on CUDA (half the bytes attention reads)",
-        DefaultValueFactory = _ => "f32",
+        Description = "KV cache elements: f32, f16 (CUDA only: half the bytes attention reads), or auto (f16 on CUDA, f32 on the CPU)",
+        DefaultValueFactory = _ => "auto",
     };
 
     /// <summary>The element type of a --cache-type value.</summary>
-    public static Engine.Tensors.GgmlType ParseCacheType(string value) => value.Trim().ToLowerInvariant() switch
+    public static Engine.Tensors.GgmlType? ParseCacheType(string value) => value.Trim().ToLowerInvariant() switch
     {
         "f32" => Engine.Tensors.GgmlType.F32,
         "f16" => Engine.Tensors.GgmlType.F16,
-        _ => throw new ArgumentException($"--cache-type {value}: expected f32 or f16"),
+        "auto" => null,
+        _ => throw new ArgumentException($"--cache-type {value}: expected f32, f16 or auto"),
     };
 
     /// <summary>Model options for a device name: the CPU with <paramref name="threads"/>, or a CUDA backend.</summary>
-    public static Engine.Api.ModelOptions ModelOptions(string device, int threads, bool cudaGraphs = false, string cacheType = "f32") =>
+    public static Engine.Api.ModelOptions ModelOptions(string device, int threads, bool cudaGraphs = false, string cacheType = "auto") =>
         new() { Threads = threads, Backend = Engine.Cuda.BackendFactory.Create(device, threads, cudaGraphs, ParseCacheType(cacheType)) };
 
     public static Option<string?> DraftModel() => new("--draft-model") { Description = "Draft model for --spec draft and rsd (same vocabulary as the target)" };
