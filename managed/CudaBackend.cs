@@ -414,8 +414,11 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
             words = mask.WordsPerRow;
             maskSpan = _mask.Put(mask.Bits[..(n * words)]);
         }
-        // Sized for the cache's capacity, so a growing context never reallocates it.
-        var scratch = Grow(ref _attentionScratch, Kernels.Attention.ScratchFloats(heads, n, s.Layout.HeadDim, s.MaxBlocks * s.Layout.BlockSize));
+        // Sized for the cache's capacity, so a growing context never reallocates it; the tiled prefill
+        // kernel writes no partial results.
+        var scratch = Backends.Cpu.Kernels.KvCacheKernels.UsesPrefillKernel(n, s.Layout.HeadDim, batchInvariant)
+            ? default
+            : Grow(ref _attentionScratch, Kernels.Attention.ScratchFloats(heads, n, s.Layout.HeadDim, s.MaxBlocks * s.Layout.BlockSize));
         var table = _table.Put(blockTable);
         if (s.IsF16)
             Kernels.Attention.AttentionF32(Device, Span(q), n, heads, s.DataF16, s.MaxBlocks, s.Layout, layer, table, blockTable.Length,

@@ -16,7 +16,8 @@ public sealed record MemoryPlan(string Model, IReadOnlyList<(string Part, long B
     /// <summary>
     /// The weights as the backend stores them, the KV cache of one session of <paramref name="context"/>
     /// tokens, and the activations of a pass of <paramref name="maxBatch"/> tokens (with the prefill
-    /// product's F16 staging of the largest matrix).
+    /// product's F16 staging of the largest matrix and the split attention's partials for a batch of 8 —
+    /// larger verified trees grow them as they come).
     /// </summary>
     public static MemoryPlan For(string model, ModelConfig c, WeightSource weights, Backend backend, int context, int maxBatch)
     {
@@ -31,7 +32,8 @@ public sealed record MemoryPlan(string Model, IReadOnlyList<(string Part, long B
         long slots = ((long)context + block - 1) / block * block;
         long cache = slots * c.Layers * 2L * c.KvDim * backend.KvElementBytes;
         long perRow = 3L * c.Dim + 2L * c.QDim + 2L * c.KvDim + 2L * c.FfnDim;
-        long activations = 4L * maxBatch * perRow + 4L * c.VocabSize + 2L * (largest + (long)maxBatch * Math.Max(c.FfnDim, c.Dim));
+        long activations = 4L * maxBatch * perRow + 4L * c.VocabSize + 2L * (largest + (long)maxBatch * Math.Max(c.FfnDim, c.Dim))
+            + 4L * Cpu.Kernels.KvCacheKernels.ScratchFloats(c.Heads, Cpu.Kernels.KvCacheKernels.PrefillMinRows, c.HeadDim, (int)slots); // split attention's partials
         return new(model, [("weights", weightBytes), ($"KV cache ({context} tokens)", cache), ("activations", activations)]);
     }
 

@@ -32,9 +32,10 @@ public static class TreeAttention
         int hd = layout.HeadDim;
         Attention.CheckShapes("tree_attention_" + suffix, MaxHeadDim, q, n, heads, cache, blocks, layout, layer, table, tableLength, prefix, mask, words, dst);
         int keys = prefix + n;
-        var (splits, chunk) = KvCacheKernels.Plan(keys);
+        var (splits, chunk) = Backends.Cpu.Kernels.TreeAttention.Plan(keys);
         int items = n * (heads / layout.KvHeads);
-        int itemsPerWarp = ItemsPerWarp(items);
+        // At least the whole GQA group in one block, so that each key tile is staged once per KV head.
+        int itemsPerWarp = Math.Max(ItemsPerWarp(items), Math.Min(4, (heads / layout.KvHeads + 3) / 4));
         long itemBlocks = (items + 4L * itemsPerWarp - 1) / (4L * itemsPerWarp);
         if (splits > 65535 || itemBlocks > 65535)
             throw new ArgumentOutOfRangeException(nameof(n), $"tree_attention_f32: {n} queries over {keys} keys exceed the grid");

@@ -83,15 +83,20 @@ public class DeviceReferenceTests
     [Test]
     public void The_split_plan_covers_every_key_and_fits_the_scratch()
     {
-        foreach (int keys in new[] { 1, 255, 256, 257, 4096, 100_000 })
+        foreach (int keys in new[] { 1, 63, 64, 65, 255, 256, 257, 4096, 100_000 })
         {
-            var (splits, chunk) = KvCacheKernels.Plan(keys);
-            Assert.That(chunk, Is.EqualTo(KvCacheKernels.KeysPerSplit), "a fixed split size: a row's splits depend only on its keys");
-            Assert.That((long)splits * chunk, Is.GreaterThanOrEqualTo(keys), $"{keys} keys");
-            Assert.That((long)(splits - 1) * chunk, Is.LessThan(keys), "no split lies wholly past the last key");
-            Assert.That(KvCacheKernels.ScratchFloats(32, 3, 64, keys), Is.EqualTo(3L * 32 * splits * 66));
+            foreach (var (plan, fixedChunk) in new[] { (KvCacheKernels.Plan(keys), KvCacheKernels.KeysPerSplit), (TreeAttention.Plan(keys), TreeAttention.KeysPerSplit) })
+            {
+                var (splits, chunk) = plan;
+                Assert.That(chunk, Is.EqualTo(fixedChunk), "a fixed split size: a row's splits depend only on its keys");
+                Assert.That((long)splits * chunk, Is.GreaterThanOrEqualTo(keys), $"{keys} keys");
+                Assert.That((long)(splits - 1) * chunk, Is.LessThan(keys), "no split lies wholly past the last key");
+            }
+            // The scratch holds the partials of whichever kernel splits more (the tree kernel's 64-rank splits).
+            Assert.That(KvCacheKernels.ScratchFloats(32, 3, 64, keys), Is.EqualTo(3L * 32 * TreeAttention.Plan(keys).Splits * 66));
         }
-        Assert.That(KvCacheKernels.Plan(4096).Splits, Is.EqualTo(16), "a long decode spreads over 16 splits of 256 keys");
+        Assert.That(KvCacheKernels.Plan(4096).Splits, Is.EqualTo(16), "attention_f32: a long decode spreads over 16 splits of 256 keys");
+        Assert.That(TreeAttention.Plan(1024).Splits, Is.EqualTo(16), "tree attention (decoding): 16 splits of 64 keys at context 1024");
     }
 
     /// <summary>

@@ -45,8 +45,10 @@ public static class KvCacheKernels
     /// </summary>
     public static (int Splits, int Chunk) Plan(int keys) => (Math.Max(1, (keys + KeysPerSplit - 1) / KeysPerSplit), KeysPerSplit);
 
-    /// <summary>Floats of partial results a pass of <paramref name="rows"/> rows needs over at most <paramref name="maxKeys"/> keys.</summary>
-    public static long ScratchFloats(int heads, int rows, int headDim, int maxKeys) => (long)rows * heads * Plan(maxKeys).Splits * (headDim + 2);
+    /// <summary>Floats of partial results a pass of <paramref name="rows"/> rows needs over at most <paramref name="maxKeys"/> keys
+    /// (the tree kernel's smaller splits when they are more).</summary>
+    public static long ScratchFloats(int heads, int rows, int headDim, int maxKeys) =>
+        (long)rows * heads * Math.Max(Plan(maxKeys).Splits, TreeAttention.Plan(maxKeys).Splits) * (headDim + 2);
 
     /// <summary>Floats of one block: every layer's K and V.</summary>
     public static long BlockFloats(KvLayout layout) => 2L * layout.Layers * layout.LayerBlockFloats;

@@ -3,7 +3,7 @@ namespace Engine.Backends.Cpu.Kernels;
 /// <summary>
 /// CPU reference of kernels/tree_attention.cu (<c>tree_attention_f32</c>, merged by
 /// <c>attention_combine_f32</c>): each (query, head) walks the keys it sees by rank — the prefix, then
-/// its visible batch slots in slot order — in splits of <see cref="KvCacheKernels.KeysPerSplit"/> ranks,
+/// its visible batch slots in slot order — in splits of <see cref="KeysPerSplit"/> ranks,
 /// each split in tiles of <see cref="Keys"/> ranks from its start. Per tile the operations are the
 /// kernel's, in its order: a sequential fused multiply-add for each score, the tile's max, the sum of
 /// the tile's weights in a warp's butterfly order, then the running sum and the values updated with
@@ -15,6 +15,17 @@ public static class TreeAttention
     /// <summary>Keys per tile (TREE_KEYS) and the largest head the kernel holds (TREE_MAX_HEAD_DIM).</summary>
     public const int Keys = 32, MaxHeadDim = 128;
 
+    /// <summary>
+    /// Ranks per split: split s takes ranks 64·s .. 64·s + 63 of the keys a query sees. Fixed, so a query's
+    /// splits depend on its own keys alone (the batch invariance); small, so that one decoding token
+    /// spreads over many blocks — flash-decoding's point (16 splits per KV head at context 1024, where
+    /// 256-rank splits gave 4 and left most of a large GPU idle).
+    /// </summary>
+    public const int KeysPerSplit = 64;
+
+    /// <summary>How a query over at most <paramref name="keys"/> keys is split: (splits, ranks per split).</summary>
+    public static (int Splits, int Chunk) Plan(int keys) => (Math.Max(1, (keys + KeysPerSplit - 1) / KeysPerSplit), KeysPerSplit);
+
     /// <summary>tree_attention_f32 + attention_combine_f32 over every (row, head); arguments as <see cref="KvCacheKernels.AttentionF32"/>.</summary>
     public static void TreeAttentionF32(ReadOnlySpan<float> q, int n, int heads, ReadOnlySpan<float> cache, KvLayout layout, int layer,
         ReadOnlySpan<int> table, int prefix, AttentionMask mask, float scale, Span<float> dst)
@@ -23,7 +34,7 @@ public static class TreeAttention
         if (hd > MaxHeadDim)
             throw new ArgumentOutOfRangeException(nameof(layout), $"tree attention holds heads of up to {MaxHeadDim} dimensions, not {hd}");
         int group = heads / layout.KvHeads;
-        var (splits, chunk) = KvCacheKernels.Plan(prefix + n);
+        var (splits, chunk) = Plan(prefix + n);
         var m = new float[splits];
         var l = new float[splits];
         var acc = new float[splits * hd];
