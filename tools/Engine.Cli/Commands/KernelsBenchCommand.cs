@@ -96,7 +96,7 @@ internal static class KernelsBenchCommand
                     else
                     {
                         io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                            $"| {r.Kernel} | {r.Shape} | {r.Microseconds:F2} | {gbs:F0} | {100 * r.Bytes / seconds / peakBandwidth:F0}% | {100 * r.Bytes / seconds / copyBandwidth:F0}% | {gflops:F0} | {(r.Valid ? "ok" : "FAILED: " + r.Check)} |"));
+                            $"| {r.Kernel} | {r.Shape} | {r.Microseconds:F2} | {gbs:F0} | {100 * r.Bytes / seconds / peakBandwidth:F0}% | {100 * r.Bytes / seconds / copyBandwidth:F0}% | {gflops:F0} | {(r.Valid ? (r.Check.Length > 0 ? "ok " + r.Check : "ok") : "FAILED: " + r.Check)} |"));
                     }
                 }
             }
@@ -172,6 +172,11 @@ internal static class KernelsBenchCommand
                     yield return Gemv(s, type, name, matrix, rows, cols, 1, rng);
                 }
                 yield return Gemv(s, type, name + "_x8", "ffn_up×4", s.Ffn, s.Dim, 4, rng);
+                if (type is not (GgmlType.F32 or GgmlType.BF16))
+                {
+                    foreach (var fused in FusedGemv(s, type, rng))
+                        yield return fused;
+                }
             }
             if (Wanted("rms_norm_f32"))
                 yield return Elementwise(s, "rms_norm_f32", 1, s.Dim, rng);
@@ -222,6 +227,8 @@ internal static class KernelsBenchCommand
                 yield return AcceptSampled(s, 16, rng);
             if (Wanted("store_kv_f32"))
                 yield return StoreKv(s, rng);
+            if (Wanted("rope_store_kv_f16"))
+                yield return RopeStoreKv(s, rng);
             if (Wanted("cublas_gemm_f16") && CuBlas.TryCreate(gpu) is { } blas)
             {
                 using (blas)
@@ -263,6 +270,84 @@ internal static class KernelsBenchCommand
             double bytes = rowBytes * rows + 4.0 * ncols * (cols + rows);
             return new Result(kernel, $"{s.Name} {matrix} [{rows}×{cols}]{(ncols > 1 ? $" ×{ncols}" : "")}", us, bytes, 2.0 * rows * cols * ncols,
                 problem.Length == 0, problem);
+        }
+
+        /// <summary>
+        /// The fused decode kernels of a layer against the separate launches they replace, on the same
+        /// data: q/k/v in one launch, gate/up with SwiGLU, and the down projection with the residual add
+        /// and the next RMSNorm. Each row checks the fused result equals the separate one bit for bit, and
+        /// its time is the fused launch's (the separate launches' time is in the check column).
+        /// </summary>
+        private IEnumerable<Result> FusedGemv(Shape s, GgmlType type, Random rng)
+        {
+            int kv = s.KvHeads * s.HeadDim;
+            string t = K.WeightFormats.Suffix(type);
+            using var wq = gpu.Upload<byte>(Weights(type, s.Dim, s.Dim, rng));
+            using var wk = gpu.Upload<byte>(Weights(type, kv, s.Dim, rng));
+            using var wv = gpu.Upload<byte>(Weights(type, kv, s.Dim, rng));
+            using var x = gpu.Upload<float>(Floats(rng, s.Ffn));
+            using var a = gpu.Allocate<float>(s.Dim + 2 * kv);
+            using var b = gpu.Allocate<float>(s.Dim + 2 * kv);
+            DeviceSpan<float> A(long at, long n) => a.Span.Slice(at, n);
+            DeviceSpan<float> B(long at, long n) => b.Span.Slice(at, n);
+            void Qkv() => K.Gemv.Run(gpu, type, s.Dim, [new(wq, s.Dim, A(0, s.Dim)), new(wk, kv, A(s.Dim, kv)), new(wv, kv, A(s.Dim + kv, kv))], x.Span.Slice(0, s.Dim), 1);
+            void Separate()
+            {
+                K.Gemv.Run(gpu, type, wq, s.Dim, s.Dim, x.Span.Slice(0, s.Dim), 1, B(0, s.Dim));
+                K.Gemv.Run(gpu, type, wk, kv, s.Dim, x.Span.Slice(0, s.Dim), 1, B(s.Dim, kv));
+                K.Gemv.Run(gpu, type, wv, kv, s.Dim, x.Span.Slice(0, s.Dim), 1, B(s.Dim + kv, kv));
+            }
+            yield return Compare($"gemv_{t}", $"{s.Name} attn_qkv one launch [{s.Dim}+2×{kv}×{s.Dim}]", Qkv, Separate, a, b,
+                (long)GgmlTypeInfo.RowBytes(type, s.Dim) * (s.Dim + 2 * kv), 2.0 * (s.Dim + 2 * kv) * s.Dim);
+
+            using var wg = gpu.Upload<byte>(Weights(type, s.Ffn, s.Dim, rng));
+            using var wu = gpu.Upload<byte>(Weights(type, s.Ffn, s.Dim, rng));
+            using var g = gpu.Allocate<float>(s.Ffn);
+            using var g2 = gpu.Allocate<float>(s.Ffn);
+            using var u2 = gpu.Allocate<float>(s.Ffn);
+            yield return Compare($"gemv_{t}_glu", $"{s.Name} ffn_gate+up+SwiGLU [2×{s.Ffn}×{s.Dim}]",
+                () => K.Gemv.Glu(gpu, type, wg, wu, s.Ffn, s.Dim, x.Span.Slice(0, s.Dim), 1, g),
+                () =>
+                {
+                    K.Gemv.Run(gpu, type, wg, s.Ffn, s.Dim, x.Span.Slice(0, s.Dim), 1, g2);
+                    K.Gemv.Run(gpu, type, wu, s.Ffn, s.Dim, x.Span.Slice(0, s.Dim), 1, u2);
+                    K.SwiGlu.SwiGluF32(gpu, g2, u2, g2, s.Ffn);
+                }, g, g2, 2L * GgmlTypeInfo.RowBytes(type, s.Dim) * s.Ffn, 4.0 * s.Ffn * s.Dim);
+
+            using var wd = gpu.Upload<byte>(Weights(type, s.Dim, s.Ffn, rng));
+            var residual = Floats(rng, s.Dim, 4);
+            using var normW = gpu.Upload<float>(Floats(rng, s.Dim, 1));
+            using var r1 = gpu.Upload<float>(residual);
+            using var r2 = gpu.Upload<float>(residual);
+            using var h1 = gpu.Allocate<float>(s.Dim);
+            using var h2 = gpu.Allocate<float>(s.Dim);
+            using var proj = gpu.Allocate<float>(s.Dim);
+            using var counter = gpu.Allocate<uint>(1);
+            gpu.Clear(counter.Span.Pointer, counter.Span.Bytes);
+            // Repeated launches keep adding into the residual; both sides add alike, so they stay equal.
+            yield return Compare($"gemv_{t}", $"{s.Name} ffn_down+add+rms_norm [{s.Dim}×{s.Ffn}]",
+                () => K.Gemv.Run(gpu, type, s.Ffn, [new(wd, s.Dim, r1)], x, 1, accumulate: true, norm: new K.GemvNorm(normW, 1e-5f, h1, counter)),
+                () =>
+                {
+                    K.Gemv.Run(gpu, type, wd, s.Dim, s.Ffn, x, 1, proj);
+                    K.Add.AddF32(gpu, r2, proj, s.Dim);
+                    K.RmsNorm.RmsNormF32(gpu, r2, normW, h2, 1, s.Dim, 1e-5f);
+                }, h1, h2, (long)GgmlTypeInfo.RowBytes(type, s.Ffn) * s.Dim, 2.0 * s.Dim * s.Ffn);
+        }
+
+        /// <summary>Times a fused launch and the separate launches it replaces; valid when their outputs are equal bit for bit.</summary>
+        private Result Compare(string kernel, string shape, Action fused, Action separate, GpuArray<float> fusedOut, GpuArray<float> separateOut,
+            double bytes, double flops)
+        {
+            fused();
+            separate();
+            var f = gpu.Download<float>(fusedOut);
+            var p = gpu.Download<float>(separateOut);
+            int bad = Enumerable.Range(0, f.Length).FirstOrDefault(i => BitConverter.SingleToInt32Bits(f[i]) != BitConverter.SingleToInt32Bits(p[i]), -1);
+            double us = Time(fused);
+            double separateUs = Time(separate);
+            string check = bad < 0 ? $"= separate launches ({separateUs:0.0} µs)" : $"element {bad}: fused {f[bad]:R}, separate {p[bad]:R}";
+            return new Result(kernel, shape, us, bytes, flops, bad < 0, check);
         }
 
         private static byte[] Weights(GgmlType type, int rows, int cols, Random rng)
@@ -358,6 +443,43 @@ internal static class KernelsBenchCommand
             bool valid = Close(gpu.Download<float>(dx), expected, 1e-6);
             double us = Time(() => K.Rope.RopeF32(gpu, dx, 1, s.Heads, s.HeadDim, dp, df, pairs, neox: false));
             return new Result("rope_f32", $"{s.Name} q [{s.Heads}×{s.HeadDim}]", us, 8.0 * s.Heads * s.HeadDim, 0, valid, valid ? "" : "differs from the CPU reference");
+        }
+
+        /// <summary>rope_store_kv_f16 (one decoding token: RoPE on q and k, k and v into an F16 cache) against rope_f32 twice and store_kv_f16.</summary>
+        private Result RopeStoreKv(Shape s, Random rng)
+        {
+            int pairs = s.HeadDim / 2, kv = s.KvHeads * s.HeadDim;
+            var layout = new KvLayout(Layers: 1, KvHeads: s.KvHeads, HeadDim: s.HeadDim, BlockSize: 32);
+            var invFreq = Enumerable.Range(0, pairs).Select(i => Math.Pow(10000.0, -2.0 * i / s.HeadDim)).ToArray();
+            var q = Floats(rng, (long)s.Heads * s.HeadDim);
+            var k = Floats(rng, kv);
+            var v = Floats(rng, kv);
+            using var dp = gpu.Upload<int>([40]);
+            using var df = gpu.Upload<double>(invFreq);
+            using var dt = gpu.Upload<int>([2, 3]);
+            using var q1 = gpu.Upload<float>(q);
+            using var k1 = gpu.Upload<float>(k);
+            using var q2 = gpu.Upload<float>(q);
+            using var k2 = gpu.Upload<float>(k);
+            using var dv = gpu.Upload<float>(v);
+            using var c1 = gpu.Allocate<Half>(4 * KvCacheKernels.BlockFloats(layout));
+            using var c2 = gpu.Allocate<Half>(4 * KvCacheKernels.BlockFloats(layout));
+            gpu.Clear(c1.Span.Pointer, c1.Span.Bytes);
+            gpu.Clear(c2.Span.Pointer, c2.Span.Bytes);
+            void Fused() => K.RopeKv.RopeStoreKv(gpu, q1, k1, dv, 1, s.Heads, dp, df, pairs, false, dt, 2, 40, c1.Span, 4, layout, 0);
+            void Separate()
+            {
+                K.Rope.RopeF32(gpu, q2, 1, s.Heads, s.HeadDim, dp, df, pairs, neox: false);
+                K.Rope.RopeF32(gpu, k2, 1, s.KvHeads, s.HeadDim, dp, df, pairs, neox: false);
+                K.KvCache.StoreKv(gpu, k2, dv, 1, dt, 2, 40, c2.Span, 4, layout, 0);
+            }
+            Fused();
+            Separate();
+            bool valid = gpu.Download<Half>(c1).AsSpan().SequenceEqual(gpu.Download<Half>(c2)) && gpu.Download<float>(q1).AsSpan().SequenceEqual(gpu.Download<float>(q2));
+            double us = Time(Fused);
+            double separateUs = Time(Separate);
+            return new Result("rope_store_kv_f16", $"{s.Name} one token", us, 4.0 * (2 * s.Heads * s.HeadDim + 3 * kv) + 4.0 * kv, 0, valid,
+                valid ? $"= separate launches ({separateUs:0.0} µs)" : "differs from rope_f32 + store_kv_f16");
         }
 
         private Result GetRowsQ4(Shape s, Random rng)
