@@ -75,7 +75,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
     /// epilogue — 8 launches per layer instead of 16, the same bits. False runs every step on its own
     /// kernel (what the fused kernels are tested against).
     /// </summary>
-    public bool FuseSteps { get; init; } = true;
+    public bool FuseSteps { get; set; } = true;
 
     /// <summary>Opens cuda:<paramref name="index"/> for a backend that owns it.</summary>
     public static CudaBackend Open(int index = 0, bool useCuBlas = true, bool cudaGraphs = false, GgmlType kvCacheType = GgmlType.F32)

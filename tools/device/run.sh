@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
 # Runs on a lent GPU machine (nvcc, CMake, PyTorch, no dotnet), from the repository root of the copied
 # tree, after tools/device/pack.sh ran here and .device/ was carried over:
-#   bash tools/device/run.sh            (writes to $OUT, or .device/out)
-# 1. compiles kernels/*.cu to PTX with the machine's own nvcc (matching its driver);
-# 2. runs the GPU parity suite (`Gpu` test category) with REQUIRE_GPU=1, loading that PTX;
-# 3. engine kernels-bench (every kernel on the TinyLlama-1.1B and Llama-3-8B shapes);
-# 4. PyTorch on the same shapes, in the same call: its matrix-vector products (tools/device/torch_gemv.py)
-#    and the jobs of the speculative kernels — sort-based sampling, SDPA with a tree mask, acceptance
-#    in torch ops (tools/device/torch_spec.py);
-# 5. engine bench --device cuda on a 1.1B-shape model (synthesized here: F16, then Q8_0 and Q4_0), with
-#    and without --cuda-graphs, and spec-bench --verify-cost on it (a whole device step of N tokens
-#    against one decode step);
-# 6. engine spec-bench --device cuda on stories260K: recycle, lookup and draft (the Q8_0 model as the
-#    draft) against plain decoding on the same device, greedy and at temperature 0.8.
+#   bash tools/device/run.sh                     (writes to $OUT, or .device/out)
+#   STAGES="bench8b" bash tools/device/run.sh    (a second call: one call must fit the tool's 10 minutes)
+# Stages (STAGES, default "tests kernels torch bench verify spec"):
+#   tests    the GPU parity suite (`Gpu` test category) with REQUIRE_GPU=1, on PTX compiled here with the
+#            machine's own nvcc (matching its driver) — the PTX is compiled whatever the stages;
+#   kernels  engine kernels-bench: every kernel on the TinyLlama-1.1B and Llama-3-8B shapes, the fused
+#            decode kernels beside the separate launches they replace;
+#   torch    PyTorch on the same shapes, in the same call: its matrix-vector products (torch_gemv.py) and
+#            the jobs of the speculative kernels — sort-based sampling, SDPA with a tree mask, acceptance
+#            in torch ops (torch_spec.py);
+#   bench    engine bench --device cuda on a 1.1B-shape model synthesized here (F16, Q8_0, Q4_0, Q4_K_M):
+#            fused (the default), with --cuda-graphs, and --unfused (F16, Q4_0) for the fusion's A/B;
+#            a 4096-token prompt over F32 and F16 caches;
+#   verify   spec-bench --verify-cost on the 1.1B shape (a device step of N tokens against one decode step);
+#   spec     spec-bench on stories260K: recycle, lookup and draft (the Q8_0 model as the draft) against
+#            plain decoding on the same device, greedy and at temperature 0.8;
+#   bench8b  engine bench on the Llama-3-8B shape in Q8_0 and Q4_K_M (synthesized here), prompt 512 and 4096.
+# A peer in the same call: with LLAMA_BENCH set to a llama-bench binary (llama.cpp's CUDA build, built in
+# the device call from a carried source tree — nothing of it lives in this repository), the bench stages
+# run it on the very files they bench, with and without flash attention, into bench.jsonl.
 # Each step's failure is recorded and the next still runs. Results in $OUT (the device tool brings back
 # 8 files): gpu.txt, run.log, gpu-tests.log and the TRX report, kernels-bench.jsonl, torch.jsonl,
 # bench.jsonl, spec-bench.jsonl.
@@ -24,6 +32,13 @@ log="$OUT/run.log"
 exec > >(tee -a "$log") 2>&1
 status=0
 step() { echo "== $* ($(date +%T))"; }
+STAGES=" ${STAGES:-tests kernels torch bench verify spec} "
+want() { [[ $STAGES == *" $1 "* ]]; }
+# llama.cpp's llama-bench on a file, as JSON lines into bench.jsonl (default and flash attention).
+peer() {
+  [[ -n ${LLAMA_BENCH:-} && -x ${LLAMA_BENCH:-} ]] || return 0
+  for fa in 0 1; do "$LLAMA_BENCH" -m "$1" -p "$2" -n "$3" -r "$4" -ngl 99 -fa $fa -o jsonl >> "$OUT/bench.jsonl" || status=1; done
+}
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap,clocks.max.sm,clocks.max.mem --format=csv > "$OUT/gpu.txt" 2>&1 \
   || echo "nvidia-smi failed" >> "$OUT/gpu.txt"
@@ -49,56 +64,90 @@ for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
 done
 echo "cuBLAS: ${ENGINE_CUBLAS:-not found (batches run on the gemv kernels)}"
 
-step "GPU parity suite (REQUIRE_GPU=1)"
-REQUIRE_GPU=1 "$bin/Engine.Tests" --filter "TestCategory=Gpu" --report-trx --results-directory "$OUT" \
-  > "$OUT/gpu-tests.log" 2>&1
-code=$?; echo "Gpu tests exited with $code"; grep -E "failed|total:|succeeded:|skipped:" "$OUT/gpu-tests.log" | tail -40
-(( code == 0 )) || status=1
+if want tests; then
+  step "GPU parity suite (REQUIRE_GPU=1)"
+  REQUIRE_GPU=1 "$bin/Engine.Tests" --filter "TestCategory=Gpu" --report-trx --results-directory "$OUT" \
+    > "$OUT/gpu-tests.log" 2>&1
+  code=$?; echo "Gpu tests exited with $code"; grep -E "failed|total:|succeeded:|skipped:" "$OUT/gpu-tests.log" | tail -40
+  (( code == 0 )) || status=1
+fi
 
-step "kernels-bench"
-"$bin/engine" kernels-bench --json > "$OUT/kernels-bench.jsonl" || status=1
-tail -5 "$OUT/kernels-bench.jsonl"
+if want kernels; then
+  step "kernels-bench"
+  "$bin/engine" kernels-bench --json > "$OUT/kernels-bench.jsonl" || status=1
+  tail -5 "$OUT/kernels-bench.jsonl"
+fi
 
-step "PyTorch on the same shapes: matrix-vector products, then the speculative kernels' jobs"
-python3 tools/device/torch_gemv.py > "$OUT/torch.jsonl" || { echo "torch_gemv.py failed"; status=1; }
-python3 tools/device/torch_spec.py >> "$OUT/torch.jsonl" || { echo "torch_spec.py failed"; status=1; }
-grep -E "sort_sample|sdpa_tree|accept_" "$OUT/torch.jsonl" | head -30
+if want torch; then
+  step "PyTorch on the same shapes: matrix-vector products, then the speculative kernels' jobs"
+  python3 tools/device/torch_gemv.py > "$OUT/torch.jsonl" || { echo "torch_gemv.py failed"; status=1; }
+  python3 tools/device/torch_spec.py >> "$OUT/torch.jsonl" || { echo "torch_spec.py failed"; status=1; }
+  grep -E "sort_sample|sdpa_tree|accept_" "$OUT/torch.jsonl" | head -30
+fi
 
-step "engine bench --device cuda on the 1.1B shape"
 models=$(mktemp -d)
-# BENCH_SHAPE overrides the shape (a dry run on a machine without a GPU uses a tiny one).
-"$bin/engine" synth --like .device/shared/vocab/ggml-vocab-llama-spm.gguf ${BENCH_SHAPE:---dim 2048 --layers 22 --heads 32 --kv-heads 4 --ffn 5632} \
-  --type F16 "$models/tl1b-f16.gguf" || status=1
-for t in Q8_0 Q4_0; do "$bin/engine" quantize "$models/tl1b-f16.gguf" "$models/tl1b-${t,,}.gguf" "$t" --threads 16 || status=1; done
-: > "$OUT/bench.jsonl"
-for t in f16 q8_0 q4_0; do
-  for graphs in "" --cuda-graphs; do # launches one by one, then each decode step as a CUDA graph: same call, same machine
-    "$bin/engine" bench -m "$models/tl1b-$t.gguf" --device cuda $graphs -p 512 -n 128 -r 5 --json >> "$OUT/bench.jsonl" || status=1
+touch "$OUT/bench.jsonl" "$OUT/spec-bench.jsonl"
+if want bench || want verify; then
+  step "the 1.1B shape"
+  # BENCH_SHAPE overrides the shape (a dry run on a machine without a GPU uses a tiny one).
+  "$bin/engine" synth --like .device/shared/vocab/ggml-vocab-llama-spm.gguf ${BENCH_SHAPE:---dim 2048 --layers 22 --heads 32 --kv-heads 4 --ffn 5632} \
+    --type F16 "$models/tl1b-f16.gguf" || status=1
+fi
+if want bench; then
+  for t in Q8_0 Q4_0 Q4_K_M; do "$bin/engine" quantize "$models/tl1b-f16.gguf" "$models/tl1b-${t,,}.gguf" "$t" --threads 16 || status=1; done
+  step "engine bench --device cuda on the 1.1B shape"
+  for t in f16 q8_0 q4_0 q4_k_m; do
+    variants=("" --cuda-graphs) # the fused kernels launched one by one, then each decode step as a CUDA graph
+    [[ $t == f16 || $t == q4_0 ]] && variants+=(--unfused)
+    for v in "${variants[@]}"; do
+      "$bin/engine" bench -m "$models/tl1b-$t.gguf" --device cuda $v -p 512 -n 128 -r 3 --json >> "$OUT/bench.jsonl" || status=1
+    done
+    peer "$models/tl1b-$t.gguf" 512 128 3
   done
-done
-# The F16 KV cache (half the bytes attention reads), at a long context where attention matters.
-for cache in f32 f16; do
-  "$bin/engine" bench -m "$models/tl1b-q4_0.gguf" --device cuda --cache-type $cache -p 4096 -n 128 -r 3 --json >> "$OUT/bench.jsonl" || status=1
-done
-cat "$OUT/bench.jsonl"
+  # A 4096-token prompt, over the F32 and the (default) F16 cache.
+  for cache in f32 f16; do
+    "$bin/engine" bench -m "$models/tl1b-q4_0.gguf" --device cuda --cache-type $cache -p 4096 -n 128 -r 3 --json >> "$OUT/bench.jsonl" || status=1
+  done
+  peer "$models/tl1b-q4_0.gguf" 4096 128 3
+  cat "$OUT/bench.jsonl"
+fi
 
-step "verification cost on the 1.1B shape: a device step of N tokens against one decode step"
-: > "$OUT/spec-bench.jsonl"
-"$bin/engine" spec-bench -m "$models/tl1b-f16.gguf" --device cuda --verify-cost 1,2,4,8,16,32,64 -r 9 --json >> "$OUT/spec-bench.jsonl" || status=1
+if want verify; then
+  step "verification cost on the 1.1B shape: a device step of N tokens against one decode step"
+  "$bin/engine" spec-bench -m "$models/tl1b-f16.gguf" --device cuda --verify-cost 1,2,4,8,16,32,64 -r 9 --json >> "$OUT/spec-bench.jsonl" || status=1
+fi
+rm -f "$models"/tl1b-*.gguf
+
+if want spec; then
+  step "spec-bench --device cuda on stories260K"
+  stories=.device/shared/models/stories260K/stories260K.gguf
+  draft=$(mktemp -d)/stories-q8_0.gguf
+  "$bin/engine" quantize "$stories" "$draft" Q8_0 || status=1
+  prompts=$(mktemp)
+  printf '%s\n' "Once upon a time, there was a little dog" "Lily and Ben went to the park" "The cat sat on the mat and" \
+    "One day, a big bird flew over the house" > "$prompts"
+  for temp in 0 0.8; do
+    "$bin/engine" spec-bench -m "$stories" --device cuda --prompts "$prompts" --method all --draft-model "$draft" -n 256 --temp "$temp" --json \
+      >> "$OUT/spec-bench.jsonl" || status=1
+  done
+  cat "$OUT/spec-bench.jsonl"
+fi
+
+if want bench8b; then
+  step "engine bench --device cuda on the Llama-3-8B shape"
+  for t in Q8_0 Q4_K_M; do
+    "$bin/engine" synth --like .device/shared/vocab/ggml-vocab-llama-spm.gguf ${BENCH8B_SHAPE:---dim 4096 --layers 32 --heads 32 --kv-heads 8 --ffn 14336} \
+      --type $t "$models/l8b-${t,,}.gguf" || status=1
+    "$bin/engine" bench -m "$models/l8b-${t,,}.gguf" --device cuda -p 512 -n 128 -r 3 --json >> "$OUT/bench.jsonl" || status=1
+    "$bin/engine" bench -m "$models/l8b-${t,,}.gguf" --device cuda --cuda-graphs -p 512 -n 128 -r 3 --json >> "$OUT/bench.jsonl" || status=1
+    peer "$models/l8b-${t,,}.gguf" 512 128 3
+  done
+  "$bin/engine" bench -m "$models/l8b-q4_k_m.gguf" --device cuda -p 4096 -n 128 -r 2 --json >> "$OUT/bench.jsonl" || status=1
+  peer "$models/l8b-q4_k_m.gguf" 4096 128 2
+  rm -f "$models"/l8b-*.gguf
+  cat "$OUT/bench.jsonl"
+fi
 rm -rf "$models"
-
-step "spec-bench --device cuda on stories260K"
-stories=.device/shared/models/stories260K/stories260K.gguf
-draft=$(mktemp -d)/stories-q8_0.gguf
-"$bin/engine" quantize "$stories" "$draft" Q8_0 || status=1
-prompts=$(mktemp)
-printf '%s\n' "Once upon a time, there was a little dog" "Lily and Ben went to the park" "The cat sat on the mat and" \
-  "One day, a big bird flew over the house" > "$prompts"
-for temp in 0 0.8; do
-  "$bin/engine" spec-bench -m "$stories" --device cuda --prompts "$prompts" --method all --draft-model "$draft" -n 256 --temp "$temp" --json \
-    >> "$OUT/spec-bench.jsonl" || status=1
-done
-cat "$OUT/spec-bench.jsonl"
 
 echo "run.sh: finished with status $status"
 exit $status

@@ -28,7 +28,8 @@ internal static class BenchCommand
         var json = new Option<bool>("--json") { Description = "One JSON object per line" };
         var cacheType = SharedOptions.CacheType();
         var profile = new Option<bool>("--profile") { Description = "Also print the time spent in each backend operation (stderr)" };
-        var command = new Command("bench", "Measure prompt processing (pp) and generation (tg) speed") { model, prompt, gen, reps, threads, device, graphs, cacheType, batch, json, profile };
+        var unfused = new Option<bool>("--unfused") { Description = "On CUDA, launch every step of a layer on its own kernel (the fused kernels' baseline)" };
+        var command = new Command("bench", "Measure prompt processing (pp) and generation (tg) speed") { model, prompt, gen, reps, threads, device, graphs, cacheType, batch, json, profile, unfused };
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
             int p = parse.GetValue(prompt), n = parse.GetValue(gen), r = parse.GetValue(reps), t = parse.GetValue(threads);
@@ -36,6 +37,12 @@ internal static class BenchCommand
                 throw new ArgumentException("-p and -n must not be negative; -r, -t and -b must be at least 1");
             string path = parse.GetRequiredValue(model);
             var backend = Cuda.BackendFactory.Create(parse.GetRequiredValue(device), t, parse.GetValue(graphs), SharedOptions.ParseCacheType(parse.GetRequiredValue(cacheType)));
+            if (parse.GetValue(unfused))
+            {
+                if (backend is not Cuda.CudaBackend cuda)
+                    throw new ArgumentException("--unfused is for --device cuda (the CPU runs each step on its own)");
+                cuda.FuseSteps = false;
+            }
             // The profile times each backend call; on a GPU, calls are asynchronous, so it shows launch cost there.
             var profiler = parse.GetValue(profile) ? new ProfilingBackend(backend) : null;
             using var lm = LanguageModel.Load(path, new ModelOptions { Threads = t, MaxBatch = parse.GetValue(batch), ContextLength = Math.Max(p, n) + 1, Backend = profiler ?? backend });
@@ -114,6 +121,7 @@ internal static class BenchCommand
                 {
                     row["launches_per_token"] = launchesPerToken;
                     row["cuda_graphs"] = ((Cuda.CudaBackend)backend).UsesCudaGraphs;
+                    row["fused_steps"] = ((Cuda.CudaBackend)backend).FuseSteps;
                     row["graph_replays"] = ((Cuda.CudaBackend)backend).GraphStats.Replays;
                     row["graph_instantiations"] = ((Cuda.CudaBackend)backend).GraphStats.Instantiations;
                 }
