@@ -62,9 +62,11 @@ static __device__ __forceinline__ void dot_row(const uint8_t * __restrict__ wr, 
 #pragma unroll
         for (int c = 0; c < MAXC; c++) {
             if (c < ncols) {
+                float xv[T::VALS];
+                T::load_x(xb + (long long) c * cols, part, xv); // vector loads: xv[i] = x[c, pos(part, i)]
 #pragma unroll
                 for (int i = 0; i < T::VALS; i++) {
-                    sum[c] = fmaf(v[i], __ldg(xb + (long long) c * cols + T::pos(part, i)), sum[c]);
+                    sum[c] = fmaf(v[i], xv[i], sum[c]);
                 }
             }
         }
@@ -77,7 +79,7 @@ static __device__ __forceinline__ void dot_row(const uint8_t * __restrict__ wr, 
 
 // gemv_<type> (MAXC = 1) and gemv_<type>_x8 (MAXC = 8)
 //   t: the targets (w [rows_i, cols] in <type>'s block format, cols a multiple of the type's QK)
-//   x: [ncols, cols] float32      1 <= ncols <= MAXC      e: the epilogue
+//   x: [ncols, cols] float32, 16-byte aligned rows (read as float4)      1 <= ncols <= MAXC      e: the epilogue
 // Launch: grid = (ceil(Σ rows_i / 4), 1, 1); block = (128, 1, 1): warp k of block b computes row 4b + k
 //         of the concatenated targets for every activation row; no dynamic shared memory.
 template <typename T, int MAXC>

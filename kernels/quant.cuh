@@ -24,11 +24,23 @@ static __device__ __forceinline__ uint32_t load_u32_a2(const uint8_t * p) {
     return (uint32_t) h[0] | ((uint32_t) h[1] << 16);
 }
 
+// Four activations from a 16-byte aligned address, with one vector load (float4): a GEMV lane reads its
+// chunk's activations as whole vectors, not value by value.
+static __device__ __forceinline__ void load_x4(const float * __restrict__ p, float * v) {
+    const float4 f = __ldg((const float4 *) p);
+    v[0] = f.x;
+    v[1] = f.y;
+    v[2] = f.z;
+    v[3] = f.w;
+}
+
 // F32: one value per chunk; consecutive threads read consecutive floats.
 struct type_f32 {
     static constexpr int QK = 1, BYTES = 4, CHUNKS = 1, VALS = 1;
     static __device__ __forceinline__ void load(const uint8_t * b, int, float (&v)[VALS]) { v[0] = *(const float *) b; }
     static __device__ __forceinline__ int pos(int, int i) { return i; }
+    // The chunk's activations: xv[i] = xb[pos(chunk, i)] (xb: the block's first activation).
+    static __device__ __forceinline__ void load_x(const float * __restrict__ xb, int, float (&xv)[VALS]) { xv[0] = __ldg(xb); }
 };
 
 // Two halves packed in a word (the lower one first) as floats.
@@ -49,6 +61,10 @@ struct type_f16 {
         halves_to_float(w.w, v[6], v[7]);
     }
     static __device__ __forceinline__ int pos(int, int i) { return i; }
+    static __device__ __forceinline__ void load_x(const float * __restrict__ xb, int, float (&xv)[VALS]) {
+        load_x4(xb, xv);
+        load_x4(xb + 4, xv + 4);
+    }
 };
 
 // BF16: the high half of a float32; eight values per chunk, as F16.
@@ -64,6 +80,10 @@ struct type_bf16 {
         }
     }
     static __device__ __forceinline__ int pos(int, int i) { return i; }
+    static __device__ __forceinline__ void load_x(const float * __restrict__ xb, int, float (&xv)[VALS]) {
+        load_x4(xb, xv);
+        load_x4(xb + 4, xv + 4);
+    }
 };
 
 // Q8_0: { half d; int8 qs[32]; } — value i = d · qs[i]. Chunk p: qs[8p .. 8p+7].
@@ -79,6 +99,10 @@ struct type_q8_0 {
         }
     }
     static __device__ __forceinline__ int pos(int p, int i) { return 8 * p + i; }
+    static __device__ __forceinline__ void load_x(const float * __restrict__ xb, int p, float (&xv)[VALS]) {
+        load_x4(xb + 8 * p, xv);
+        load_x4(xb + 8 * p + 4, xv + 4);
+    }
 };
 
 // Q4_0: { half d; uint8 qs[16]; } — value j = d · ((qs[j] & 15) - 8), value j+16 = d · ((qs[j] >> 4) - 8).
@@ -95,6 +119,10 @@ struct type_q4_0 {
         }
     }
     static __device__ __forceinline__ int pos(int p, int i) { return i < 4 ? 4 * p + i : 16 + 4 * p + (i - 4); }
+    static __device__ __forceinline__ void load_x(const float * __restrict__ xb, int p, float (&xv)[VALS]) {
+        load_x4(xb + 4 * p, xv);
+        load_x4(xb + 16 + 4 * p, xv + 4);
+    }
 };
 
 // 6-bit scale and min j (0..7) of a Q4_K super-block (ggml's get_scale_min_k4).
@@ -137,6 +165,13 @@ struct type_q4_k {
         const int base = 64 * (p / 4) + 8 * (p % 4);
         return i < 8 ? base + i : base + 32 + (i - 8);
     }
+    static __device__ __forceinline__ void load_x(const float * __restrict__ xb, int p, float (&xv)[VALS]) {
+        const float * x0 = xb + 64 * (p / 4) + 8 * (p % 4);
+        load_x4(x0, xv);
+        load_x4(x0 + 4, xv + 4);
+        load_x4(x0 + 32, xv + 8);
+        load_x4(x0 + 36, xv + 12);
+    }
 };
 
 // Q6_K: { uint8 ql[128]; uint8 qh[64]; int8 scales[16]; half d; } over 256 values in two halves of 128.
@@ -165,6 +200,13 @@ struct type_q6_k {
         }
     }
     static __device__ __forceinline__ int pos(int p, int i) { return 128 * (p / 8) + 4 * (p % 8) + 32 * (i / 4) + (i % 4); }
+    static __device__ __forceinline__ void load_x(const float * __restrict__ xb, int p, float (&xv)[VALS]) {
+        const float * x0 = xb + 128 * (p / 8) + 4 * (p % 8);
+        load_x4(x0, xv);
+        load_x4(x0 + 32, xv + 4);
+        load_x4(x0 + 64, xv + 8);
+        load_x4(x0 + 96, xv + 12);
+    }
 };
 
 // Calls store(index, value) for each value of a row of `cols` values, in chunks first, first + stride,

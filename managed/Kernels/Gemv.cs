@@ -49,6 +49,7 @@ public static class Gemv
             throw new ArgumentOutOfRangeException(nameof(ncols), $"gemv: {ncols} activation rows; one launch takes 1..{MaxColumns}");
         if (x.Length < (long)ncols * cols)
             throw new ArgumentException($"gemv: x has {x.Length} elements, [{ncols}, {cols}] needs {(long)ncols * cols}");
+        CheckAligned("gemv", type, x);
         var t = new Targets { Count = targets.Length };
         long totalRows = 0;
         for (int i = 0; i < targets.Length; i++)
@@ -106,6 +107,7 @@ public static class Gemv
             throw new ArgumentOutOfRangeException(nameof(ncols), $"gemv_glu: {ncols} activation rows; one launch takes 1..{MaxColumns}");
         if (x.Length < (long)ncols * cols || y.Length < (long)ncols * rows)
             throw new ArgumentException($"gemv_glu: x has {x.Length} and y {y.Length} elements, [{ncols}, {cols}] → [{ncols}, {rows}]");
+        CheckAligned("gemv_glu", type, x);
         var fn = device.Function(File, "gemv_" + WeightFormats.Suffix(type) + (ncols == 1 ? "_glu" : "_glu_x8"));
         IntPtr pg = gate.Pointer, pu = up.Pointer, px = x.Pointer, py = y.Pointer;
         void** args = stackalloc void*[8];
@@ -118,6 +120,13 @@ public static class Gemv
         args[6] = &cols;
         args[7] = &ncols;
         device.Launch(fn, ((rows + 3) / 4, 1, 1), (128, 1, 1), 0, args);
+    }
+
+    /// <summary>The kernels read a chunk's activations as float4 (quant.cuh's load_x): rows must start 16-byte aligned.</summary>
+    private static void CheckAligned(string kernel, GgmlType type, DeviceSpan<float> x)
+    {
+        if (type != GgmlType.F32 && (x.Pointer & 15) != 0)
+            throw new ArgumentException($"{kernel}: the activations at 0x{x.Pointer:x} are not 16-byte aligned ({type} rows are read as float4)");
     }
 
     /// <summary>gemv_targets of gemv.cu, field for field.</summary>

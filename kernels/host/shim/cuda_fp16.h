@@ -12,6 +12,10 @@ struct __half { uint16_t bits; };
 struct __half2 { __half x, y; };
 struct float2 { float x, y; };
 struct uint4 { uint32_t x, y, z, w; };
+struct float4 { float x, y, z, w; };
+
+// A read-only-cache load is a plain load on the host.
+template <typename T> static inline T __ldg(const T * p) { return *p; }
 
 static inline float __half2float(__half h) {
     const uint32_t sign = (uint32_t) (h.bits >> 15) << 31;

@@ -43,7 +43,6 @@ static inline int __shfl_xor_sync(unsigned, int v, int mask) { return simt::shuf
 static inline float __shfl_sync(unsigned, float v, int lane) { return simt::shuffle(v, lane); }
 static inline int __shfl_sync(unsigned, int v, int lane) { return simt::shuffle(v, lane); }
 
-template <typename T> static inline T __ldg(const T * p) { return *p; }
 template <typename T> static inline T __ldcg(const T * p) { return *p; }
 // Blocks run one after another and a block's fibers switch only at barriers and shuffles: an atomic
 // is a plain read-modify-write, and every write is already visible to the blocks that follow.
