@@ -54,6 +54,35 @@ public sealed class ProfilingBackend(Backend inner) : Backend
         Add($"matmul {targets[0].Weights.Type}{(targets.Length > 1 ? " x" + targets.Length : "")}", t);
     }
 
+    public override void RopeStoreKv(Activation q, Activation k, Activation v, int heads, int kvHeads, ReadOnlySpan<int> positions, RopeTable rope,
+        KvStore store, int layer, ReadOnlySpan<int> blockTable, int firstSlot)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.RopeStoreKv(q, k, v, heads, kvHeads, positions, rope, store, layer, blockTable, firstSlot);
+        Add("rope_store_kv", t);
+    }
+
+    public override void MatMulAddNorm(Activation x, DeviceMatrix w, Activation residual, Activation scratch, DeviceVector normWeight, float eps,
+        Activation normOut, bool batchInvariant = false)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.MatMulAddNorm(x, w, residual, scratch, normWeight, eps, normOut, batchInvariant);
+        Add($"matmul_add_norm {w.Type}", t);
+    }
+
+    public override void GatedFfn(Activation h, DeviceMatrix wGate, DeviceMatrix wUp, Activation gate, Activation up, bool batchInvariant = false)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.GatedFfn(h, wGate, wUp, gate, up, batchInvariant);
+        Add($"gated_ffn {wGate.Type}", t);
+    }
+
+    public override long UploadBytes(TensorView tensor) => Inner.UploadBytes(tensor);
+
+    public override int KvElementBytes => Inner.KvElementBytes;
+
+    public override void Reserve(MemoryPlan plan) => Inner.Reserve(plan);
+
     public override void AddBias(Activation x, DeviceVector bias)
     {
         long t = Stopwatch.GetTimestamp();
