@@ -77,6 +77,13 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
     /// </summary>
     public bool FuseSteps { get; set; } = true;
 
+    /// <summary>
+    /// Batches over an F16 cache (prefill) take the tensor-core attention kernel (attention_tc.cu), which
+    /// rounds queries and probabilities to binary16 for its products; false keeps them on the float32
+    /// tiled kernel.
+    /// </summary>
+    public bool TensorCorePrefill { get; set; } = true;
+
     /// <summary>Opens cuda:<paramref name="index"/> for a backend that owns it.</summary>
     public static CudaBackend Open(int index = 0, bool useCuBlas = true, bool cudaGraphs = false, GgmlType kvCacheType = GgmlType.F32)
     {
@@ -422,7 +429,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         var table = _table.Put(blockTable);
         if (s.IsF16)
             Kernels.Attention.AttentionF32(Device, Span(q), n, heads, s.DataF16, s.MaxBlocks, s.Layout, layer, table, blockTable.Length,
-                prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant);
+                prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant, TensorCorePrefill);
         else
             Kernels.Attention.AttentionF32(Device, Span(q), n, heads, s.Data, s.MaxBlocks, s.Layout, layer, table, blockTable.Length,
                 prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant);

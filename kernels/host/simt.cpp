@@ -224,6 +224,7 @@ void run(dim3 grid, dim3 block, void (*body)(void *), void * argument) {
 #include "../argmax.cu"
 #include "../kvcache.cu"
 #include "../attention.cu"
+#include "../attention_tc.cu"
 #include "../tree_attention.cu"
 #include "../sampling.cu"
 #include "../acceptance.cu"
@@ -273,6 +274,7 @@ const Entry g_entries[] = {
     entry("attention_combine_f32", attention_combine_f32),
     entry("attention_prefill_f32", attention_prefill_f32),
     entry("attention_prefill_f16", attention_prefill_f16),
+    entry("attention_prefill_tc_f16", attention_prefill_tc_f16),
     entry("tree_attention_f32", tree_attention_f32),
     entry("tree_attention_f16", tree_attention_f16),
     entry("sample_f32", sample_f32),

@@ -22,6 +22,17 @@ public static class Attention
     /// <summary>Floats of partial results a launch of (heads, rows) needs over at most <paramref name="maxKeys"/> keys.</summary>
     public static long ScratchFloats(int heads, int rows, int headDim, int maxKeys) => KvCacheKernels.ScratchFloats(heads, rows, headDim, maxKeys);
 
+    /// <summary>Query rows per block of attention_prefill_tc_f16.</summary>
+    public const int TensorCoreRows = 64;
+
+    /// <summary>
+    /// Whether a batch takes the tensor-core prefill kernel: a batch that need not be batch-invariant (as
+    /// for the tiled kernel), an F16 cache, heads a multiple of 16 up to 128, and a GPU with tensor cores
+    /// (sm_70 and later). It rounds the queries and probabilities to binary16 for its products.
+    /// </summary>
+    public static bool UsesTensorCores(GpuDevice device, bool f16Cache, int rows, int headDim, bool batchInvariant) =>
+        f16Cache && KvCacheKernels.UsesPrefillKernel(rows, headDim, batchInvariant) && headDim % 16 == 0 && headDim <= 128 && device.Info.Major >= 7;
+
     /// <summary>
     /// The checks every attention launcher makes before launching: heads grouped over the KV heads, the
     /// head within the kernel's <paramref name="maxHeadDim"/>, q and dst large enough, the layer in the
@@ -61,7 +72,7 @@ public static class Attention
     /// </summary>
     public static unsafe void AttentionF32<T>(GpuDevice device, DeviceSpan<float> q, int n, int heads, DeviceSpan<T> cache, int blocks,
         KvLayout layout, int layer, DeviceSpan<int> table, int tableLength, int prefix, DeviceSpan<ulong> mask, int words, float scale,
-        DeviceSpan<float> scratch, DeviceSpan<float> dst, bool batchInvariant = false) where T : unmanaged
+        DeviceSpan<float> scratch, DeviceSpan<float> dst, bool batchInvariant = false, bool tensorCores = false) where T : unmanaged
     {
         string suffix = KvCache.Suffix<T>(); // the cache's elements: attention_f32 or attention_f16, …
         int hd = layout.HeadDim;
@@ -69,6 +80,28 @@ public static class Attention
         int keys = prefix + n;
         IntPtr pq = q.Pointer, pc = cache.Pointer, pt = table.Pointer, pm = mask.IsEmpty ? IntPtr.Zero : mask.Pointer, pd = dst.Pointer;
         int layers = layout.Layers, kvHeads = layout.KvHeads, blockSize = layout.BlockSize;
+        if (tensorCores && UsesTensorCores(device, typeof(T) == typeof(Half), n, hd, batchInvariant))
+        {
+            // A batch over an F16 cache: the tensor-core kernel, 64 rows per block (attention_tc.cu).
+            var tc = device.Function("attention_tc", "attention_prefill_tc_f16");
+            void** targs = stackalloc void*[14];
+            targs[0] = &pq;
+            targs[1] = &pc;
+            targs[2] = &pt;
+            targs[3] = &layer;
+            targs[4] = &layers;
+            targs[5] = &kvHeads;
+            targs[6] = &hd;
+            targs[7] = &blockSize;
+            targs[8] = &prefix;
+            targs[9] = &n;
+            targs[10] = &pm;
+            targs[11] = &words;
+            targs[12] = &scale;
+            targs[13] = &pd;
+            device.Launch(tc, (heads, (n + TensorCoreRows - 1) / TensorCoreRows, 1), (128, 1, 1), 0, targs);
+            return;
+        }
         if (KvCacheKernels.UsesPrefillKernel(n, hd, batchInvariant))
         {
             // A batch: the tiled kernel, 16 rows per block, each key and value read once per block.

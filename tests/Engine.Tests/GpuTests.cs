@@ -388,6 +388,70 @@ public abstract partial class GpuSuite
         yield return new TestCaseData(4, 2, 64, 32, 7, 70, true).SetName("attention: tiled tree of 70 after 7");
     }
 
+    /// <summary>
+    /// The tensor-core prefill kernel (attention_tc.cu) against a double-precision reference that rounds
+    /// as the kernel does: q·scale to binary16, the keys and values binary16 (the cache). What is left is
+    /// the kernel's rounding of each probability to binary16 (relative 2^-11: with Σp = 1 the output
+    /// moves by at most 2^-11·max|v|) and float32 sums of binary16 products (relative ~1e-5 here), so
+    /// 2^-10·max|v| bounds the difference. Rows past a 64-row block, a prefix that ends mid-tile,
+    /// GQA, scrambled blocks and a tree mask over two mask words are all in the cases.
+    /// </summary>
+    [TestCase(4, 2, 64, 16, 45, 70, false)]
+    [TestCase(4, 1, 128, 32, 0, 17, false)]
+    [TestCase(2, 2, 32, 8, 7, 70, true)]
+    public void Tensor_core_prefill_attention_matches_the_reference(int heads, int kvHeads, int headDim, int blockSize, int prefix, int n, bool tree)
+    {
+        var layout = new KvLayout(Layers: 2, KvHeads: kvHeads, HeadDim: headDim, BlockSize: blockSize);
+        int layer = 1, tokens = prefix + n;
+        int blocks = (tokens + blockSize - 1) / blockSize + 2;
+        var rng = new Random(7 * heads + prefix + n);
+        var table = Enumerable.Range(0, blocks).OrderBy(_ => rng.Next()).Take((tokens + blockSize - 1) / blockSize).ToArray();
+        var k = RandomFloats(rng, tokens * kvHeads * headDim).Select(f => (float)(Half)f).ToArray();
+        var v = RandomFloats(rng, tokens * kvHeads * headDim).Select(f => (float)(Half)f).ToArray();
+        var q = RandomFloats(rng, n * heads * headDim).Select(f => 3 * f).ToArray(); // peaked softmaxes as well as flat ones
+        var mask = tree
+            ? AttentionMask.FromParents(Enumerable.Range(0, n).Select(i => i == 0 ? -1 : rng.Next(-1, i)).ToArray())
+            : AttentionMask.Causal;
+        float scale = 1 / MathF.Sqrt(headDim);
+        Assert.That(Cuda.Kernels.Attention.UsesTensorCores(Device, true, n, headDim, batchInvariant: false), "the case takes the tensor-core kernel");
+
+        using var dcache = Device.Allocate<Half>(blocks * KvCacheKernels.BlockFloats(layout));
+        Device.Clear(dcache.Span.Pointer, dcache.Span.Bytes);
+        using var dk = Device.Upload<float>(k);
+        using var dv = Device.Upload<float>(v);
+        using var dt = Device.Upload<int>(table);
+        Cuda.Kernels.KvCache.StoreKv(Device, dk, dv, tokens, dt, table.Length, 0, dcache.Span, blocks, layout, layer);
+        using var dq = Device.Upload<float>(q);
+        using var dmask = tree ? Device.Upload<ulong>(mask.Bits[..(n * mask.WordsPerRow)]) : null;
+        using var dout = Device.Allocate<float>((long)n * heads * headDim);
+        Cuda.Kernels.Attention.AttentionF32(Device, dq, n, heads, dcache.Span, blocks, layout, layer, dt, table.Length, prefix,
+            dmask?.Span ?? default, tree ? mask.WordsPerRow : 0, scale, default, dout, batchInvariant: false, tensorCores: true);
+        var actual = Device.Download<float>(dout);
+
+        double maxV = v.Max(x => Math.Abs((double)x));
+        int group = heads / kvHeads;
+        for (int i = 0; i < n; i++)
+        {
+            for (int h = 0; h < heads; h++)
+            {
+                int kvh = h / group;
+                var qh = Enumerable.Range(0, headDim).Select(d => (double)(float)(Half)(q[(i * heads + h) * headDim + d] * scale)).ToArray();
+                var seen = Enumerable.Range(0, tokens).Where(t => t < prefix || (tree ? mask.Allows(i, t - prefix) : t - prefix <= i)).ToArray();
+                var s = seen.Select(t => Enumerable.Range(0, headDim).Sum(d => qh[d] * k[(t * kvHeads + kvh) * headDim + d])).ToArray();
+                double mx = s.Max(), sum = s.Sum(x => Math.Exp(x - mx));
+                for (int d = 0; d < headDim; d++)
+                {
+                    double expected = 0;
+                    for (int j = 0; j < seen.Length; j++)
+                        expected += Math.Exp(s[j] - mx) / sum * v[(seen[j] * kvHeads + kvh) * headDim + d];
+                    double got = actual[(i * heads + h) * headDim + d];
+                    if (Math.Abs(got - expected) > Math.Pow(2, -10) * maxV)
+                        Assert.Fail($"row {i}, head {h}, dim {d}: {got} vs {expected} (bound {Math.Pow(2, -10) * maxV:g3})");
+                }
+            }
+        }
+    }
+
     [TestCaseSource(nameof(AttentionCases))]
     public void Store_kv_and_attention_match_the_cpu_references(int heads, int kvHeads, int headDim, int blockSize, int prefix, int n, bool tree)
     {
@@ -881,6 +945,8 @@ public class CudaDiscoveryTests
             ["kvcache"] = ["store_kv_f32", "copy_slot_f32", "store_kv_f16", "copy_slot_f16"],
             ["attention"] = ["attention_f32", "attention_combine_f32", "attention_prefill_f32", "attention_f16", "attention_prefill_f16"],
             ["tree_attention"] = ["tree_attention_f32", "tree_attention_f16"],
+            ["attention_tc"] = ["attention_prefill_tc_f16"],
+            ["rope_kv"] = ["rope_store_kv_f32", "rope_store_kv_f16"],
             ["sampling"] = ["sample_f32", "top_k_ids_f32"],
             ["acceptance"] = ["accept_greedy", "accept_sampled"],
             ["gemv"] = [],
@@ -889,7 +955,7 @@ public class CudaDiscoveryTests
         foreach (var type in Cuda.Kernels.WeightFormats.Supported)
         {
             string s = Cuda.Kernels.WeightFormats.Suffix(type);
-            expected["gemv"].AddRange(["gemv_" + s, "gemv_" + s + "_x8"]);
+            expected["gemv"].AddRange(["gemv_" + s, "gemv_" + s + "_x8", "gemv_" + s + "_glu", "gemv_" + s + "_glu_x8"]);
             expected["getrows"].Add("get_rows_" + s);
             expected["dequantize"].Add("dequantize_" + s + "_f16");
         }

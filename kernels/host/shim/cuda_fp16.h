@@ -13,6 +13,7 @@ struct __half2 { __half x, y; };
 struct float2 { float x, y; };
 struct uint4 { uint32_t x, y, z, w; };
 struct float4 { float x, y, z, w; };
+static inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return uint4{x, y, z, w}; }
 
 // A read-only-cache load is a plain load on the host.
 template <typename T> static inline T __ldg(const T * p) { return *p; }

@@ -37,6 +37,8 @@ int shuffle(int v, int source);
 #define __restrict__ __restrict
 
 static inline void __syncthreads() { simt::sync_block(); }
+static inline void __syncwarp(unsigned = 0xffffffffu) { simt::sync_warp(); }
+#define __align__(n) __attribute__((aligned(n)))
 
 static inline float __shfl_xor_sync(unsigned, float v, int mask) { return simt::shuffle(v, (int) (simt::thread_idx.x % 32) ^ mask); }
 static inline int __shfl_xor_sync(unsigned, int v, int mask) { return simt::shuffle(v, (int) (simt::thread_idx.x % 32) ^ mask); }
