@@ -199,6 +199,13 @@ internal static class KernelsBenchCommand
             }
             if (Wanted("attention_prefill_f32"))
                 yield return PrefillAttention(s, 512, rng);
+            foreach (int n in new[] { 512, 4096 })
+            {
+                // Not on the emulator: its tensor-core stand-in multiplies whole tiles in every thread (hours at
+                // these sizes); the GPU suite checks the kernel there on small cases.
+                if (Wanted("attention_prefill_tc_f16") && !gpu.IsEmulator && K.Attention.UsesTensorCores(gpu, true, n, s.HeadDim, batchInvariant: false))
+                    yield return TensorCorePrefill(s, n, rng);
+            }
             foreach (int nodes in new[] { 1, 8, 16, 64 })
             {
                 if (Wanted("tree_attention_f32"))
@@ -561,6 +568,37 @@ internal static class KernelsBenchCommand
             double bytes = 4.0 * n * (2 * s.Heads * s.HeadDim + 2 * s.KvHeads * s.HeadDim);
             return new Result("attention_prefill_f32", $"{s.Name} causal prefill of {n}", us, bytes, 2.0 * s.Heads * s.HeadDim * (double)n * n, valid,
                 valid ? "" : "differs from the CPU reference");
+        }
+
+        /// <summary>
+        /// attention_prefill_tc_f16: a causal prompt of <paramref name="n"/> tokens over an F16 cache on
+        /// tensor cores, checked on its first 16 rows against the float32 reference on the same binary16
+        /// cache, within the bound the GPU suite derives (2^-10 of the largest value).
+        /// </summary>
+        private Result TensorCorePrefill(Shape s, int n, Random rng)
+        {
+            var (layout, blocks, table, cache, q, scale) = AttentionInputs(s, n, n, rng);
+            cache = cache.Select(v => (float)(Half)v).ToArray(); // the values an F16 cache holds
+            using var dh = gpu.Upload<Half>(cache.Select(v => (Half)v).ToArray());
+            using var dt = gpu.Upload<int>(table);
+            using var dq = gpu.Upload<float>(q);
+            using var dy = gpu.Allocate<float>((long)n * s.Heads * s.HeadDim);
+            void Launch() => K.Attention.AttentionF32(gpu, dq, n, s.Heads, dh.Span, blocks, layout, 0, dt, blocks, 0, default, 0, scale, default, dy,
+                batchInvariant: false, tensorCores: true);
+            Launch();
+            var actual = gpu.Download<float>(dy);
+            int rows = 16;
+            var expected = new float[rows * s.Heads * s.HeadDim];
+            // The reference on the queries the kernel multiplies (q·scale rounded to binary16); what remains is
+            // the probabilities' rounding: at most 2^-11 of the largest value, 2^-10 with float32 sums.
+            var rounded = q.Take(expected.Length).Select(x => (float)(Half)(x * scale) / scale).ToArray();
+            KvCacheKernels.AttentionPrefillF32(rounded, rows, s.Heads, cache, layout, 0, table, 0, AttentionMask.Causal, scale, expected);
+            double bound = Math.Pow(2, -10) * cache.Max(Math.Abs);
+            int bad = Enumerable.Range(0, expected.Length).FirstOrDefault(i => Math.Abs(actual[i] - expected[i]) > bound, -1);
+            double us = Time(Launch);
+            double bytes = 4.0 * n * 2 * s.Heads * s.HeadDim + 2.0 * n * 2 * s.KvHeads * s.HeadDim;
+            return new Result("attention_prefill_tc_f16", $"{s.Name} causal prefill of {n}", us, bytes, 2.0 * s.Heads * s.HeadDim * (double)n * n, bad < 0,
+                bad < 0 ? "" : $"element {bad}: {actual[bad]} vs {expected[bad]}");
         }
 
         /// <summary>A random tree of <paramref name="nodes"/> nodes after a prefix of <paramref name="prefix"/> tokens: one launch for every node and head.</summary>
