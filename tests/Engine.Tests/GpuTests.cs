@@ -596,6 +596,38 @@ public abstract partial class GpuSuite
     }
 
     /// <summary>
+    /// A prompt over the F16 cache takes the tensor-core attention (binary16 queries and probabilities)
+    /// through the whole backend; the logits stay within 1e-2 of their scale of the double reference —
+    /// the tolerance of the cuBLAS path, whose products round to F16 the same way — and the next decode
+    /// steps, on the float32 kernels over that cache, too. With the kernel switched off the batch runs
+    /// on the float32 tiled kernel over the same cache.
+    /// </summary>
+    [Test]
+    public void Prefill_over_the_f16_cache_matches_the_reference()
+    {
+        var spec = new TinySpec("tc", Heads: 4, KvHeads: 2, Dim: 128, Seed: 21); // head_dim 32: a multiple of 16
+        var model = TinyModel.Random(spec);
+        using var dir = new TempDir();
+        string path = model.WriteGguf(dir.File("m.gguf"));
+        var reference = model.ReferenceLogits(ModelParityTests.Prompt);
+        int n = ModelParityTests.Prompt.Length;
+        Assert.That(Cuda.Kernels.Attention.UsesTensorCores(Device, true, n, spec.HeadDim, false), "the prompt is a tensor-core batch");
+        var prompts = new List<float[]>();
+        foreach (bool tensorCores in new[] { true, false })
+        {
+            var backend = new CudaBackend(Device, ownsDevice: false, useCuBlas: false, kvCacheType: GgmlType.F16) { TensorCorePrefill = tensorCores };
+            using var lm = LanguageModel.Load(path, new ModelOptions { Backend = backend });
+            ModelParityTests.AssertLogitsMatch(lm, reference, 1e-2);
+            using var cache = lm.Network.CreateKvCache(n + 32);
+            using var seq = cache.CreateSequence();
+            var logits = new float[n * lm.Config.VocabSize];
+            lm.Network.Forward(seq, ModelParityTests.Prompt, Enumerable.Range(0, n).ToArray(), AttentionMask.Causal, Enumerable.Range(0, n).ToArray(), logits);
+            prompts.Add(logits);
+        }
+        Assert.That(prompts[0], Is.Not.EqualTo(prompts[1]), "the tensor-core kernel ran (its binary16 products round differently from the float32 kernel)");
+    }
+
+    /// <summary>
     /// A model whose weights, KV cache and activations exceed the device's free memory is refused before
     /// anything is allocated, with one line naming what it needed and what was free; a load that fails
     /// midway (an upload refused) frees what it had uploaded. On the emulator the device is given a
