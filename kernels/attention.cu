@@ -164,28 +164,8 @@ extern "C" __global__ void attention_combine_f32(const float * __restrict__ part
                                                  float * __restrict__ dst, int head_dim, int splits) {
     const int head = blockIdx.x, row = blockIdx.y, heads = gridDim.x;
     const long long first = ((long long) row * heads + head) * splits;
-    float mx = -INFINITY;
-    for (int s = 0; s < splits; s++) {
-        mx = fmaxf(mx, part_ml[(first + s) * 2]);
-    }
-    float den = 0.0f;
-    for (int s = 0; s < splits; s++) {
-        const float ms = part_ml[(first + s) * 2];
-        if (ms != -INFINITY) {
-            den += expf(ms - mx) * part_ml[(first + s) * 2 + 1];
-        }
-    }
-    const float inv = den > 0.0f ? 1.0f / den : 0.0f;
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float num = 0.0f;
-        for (int s = 0; s < splits; s++) {
-            const float ms = part_ml[(first + s) * 2];
-            if (ms != -INFINITY) {
-                num += expf(ms - mx) * part_acc[(first + s) * head_dim + d];
-            }
-        }
-        dst[((long long) row * heads + head) * head_dim + d] = num * inv;
-    }
+    combine_head(part_acc, part_ml, dst + ((long long) row * heads + head) * head_dim, first, head_dim, splits, threadIdx.x, blockDim.x,
+                 [](const float * p) { return *p; });
 }
 
 #define PREFILL_ROWS 16          // query rows per block, 4 per warp

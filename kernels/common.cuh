@@ -115,3 +115,35 @@ static __device__ __forceinline__ void rms_norm_row(const float * x, const float
         y[i] = load(x + i) * scale * w[i];
     }
 }
+
+// Flash-decoding's merge for one (row, head): dst[d] = Σ_s e^(m_s - M)·acc_s[d] / Σ_s e^(m_s - M)·l_s over
+// the splits s, M = max_s m_s, for d = d0, d0 + stride, ... Every thread computes M and the denominator
+// itself, in split order. part_acc + first·head_dim and part_ml + first·2 are the (row, head)'s splits.
+// Shared by attention_combine_f32 and tree_attention's folded merge, so both round alike; `load` reads
+// the partials (past L1 where other blocks wrote them).
+template <typename Load>
+static __device__ __forceinline__ void combine_head(const float * part_acc, const float * part_ml, float * __restrict__ dst, long long first,
+                                                    int head_dim, int splits, int d0, int stride, Load load) {
+    float mx = -INFINITY;
+    for (int s = 0; s < splits; s++) {
+        mx = fmaxf(mx, load(part_ml + (first + s) * 2));
+    }
+    float den = 0.0f;
+    for (int s = 0; s < splits; s++) {
+        const float ms = load(part_ml + (first + s) * 2);
+        if (ms != -INFINITY) {
+            den += expf(ms - mx) * load(part_ml + (first + s) * 2 + 1);
+        }
+    }
+    const float inv = den > 0.0f ? 1.0f / den : 0.0f;
+    for (int d = d0; d < head_dim; d += stride) {
+        float num = 0.0f;
+        for (int s = 0; s < splits; s++) {
+            const float ms = load(part_ml + (first + s) * 2);
+            if (ms != -INFINITY) {
+                num += expf(ms - mx) * load(part_acc + (first + s) * head_dim + d);
+            }
+        }
+        dst[d] = num * inv;
+    }
+}

@@ -16,7 +16,8 @@
 // every query of the block (all heads of a KV group, several nodes); tiles that reach into the tree read
 // each query's own keys from global memory — the operations are the same, only the source differs.
 // The decode step runs this same kernel with one query, so a node on the accepted path gets bit for
-// bit what plain decoding gives that token. attention_combine_f32 (attention.cu) merges the chunks.
+// bit what plain decoding gives that token. attention_combine_f32 (attention.cu) merges the chunks, or
+// the launch's last block per KV head does (the same arithmetic, combine_head in common.cuh).
 // CPU reference: engine/Backends/Cpu/Kernels/TreeAttention.cs (TreeAttention.TreeAttentionF32).
 // Launcher:      managed/Kernels/TreeAttention.cs.
 #include "common.cuh"
@@ -37,6 +38,10 @@
 //             items are all heads of one KV group for consecutive queries
 //   part_acc: [n, heads, splits, head_dim] unnormalized Σ p·v per split; part_ml: [n, heads, splits, 2]
 //             (max, Σ p); a split past a query's last key reports (-inf, 0) and zeros
+//   dst:      null (attention_combine_f32 merges the splits after the launch), or [n, heads·head_dim]:
+//             then the last split to finish for a (kv head, z) block merges that block's items into dst
+//             (combine_head, the combine kernel's arithmetic) — one launch fewer per layer
+//   counters: with dst, [kv_heads · gridDim.z] zeros: splits finished per (kv head, z); left zero
 // head_dim <= 128.
 // Launch: grid = (kv_heads, splits, ceil(n·heads/kv_heads / (4·items_per_warp))); block = (128, 1, 1);
 // 40.5 KiB of static shared memory.
@@ -44,7 +49,8 @@ template <typename T>
 static __device__ void tree_attention(
         const float * __restrict__ q, const T * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
         int heads, int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask,
-        int words, float scale, int chunk, int items_per_warp, float * __restrict__ part_acc, float * __restrict__ part_ml) {
+        int words, float scale, int chunk, int items_per_warp, float * __restrict__ part_acc, float * __restrict__ part_ml,
+        float * __restrict__ dst, unsigned * __restrict__ counters) {
     __shared__ float s_q[TREE_WARPS * TREE_MAX_ITEMS_PER_WARP][TREE_MAX_HEAD_DIM];
     __shared__ float s_k[TREE_KEYS][TREE_MAX_HEAD_DIM + 1]; // padded: lane j reads row j, 32 banks
     __shared__ float s_v[TREE_KEYS][TREE_MAX_HEAD_DIM];
@@ -197,21 +203,52 @@ static __device__ void tree_attention(
             part_ml[part * 2 + 1] = l[rr];
         }
     }
+    if (dst == nullptr) {
+        return;
+    }
+    // The folded merge: the split that finishes last for this (kv head, z) merges the block's items.
+    // Each writer's fence makes its partials visible device-wide before the block takes its ticket.
+    __shared__ int s_last;
+    __threadfence();
+    __syncthreads();
+    unsigned * counter = counters + (long long) kv_head * gridDim.z + blockIdx.z;
+    if (threadIdx.x == 0) {
+        s_last = atomicAdd(counter, 1u) == gridDim.y - 1;
+    }
+    __syncthreads();
+    if (!s_last) {
+        return;
+    }
+    for (int slot = 0; slot < TREE_WARPS * items_per_warp; slot++) {
+        const int item = block_first + slot;
+        if (item >= items) {
+            break;
+        }
+        const int query = item / group, head = kv_head * group + item % group;
+        const long long row_head = (long long) query * heads + head;
+        combine_head(part_acc, part_ml, dst + row_head * head_dim, row_head * splits, head_dim, splits, threadIdx.x, blockDim.x,
+                     [](const float * p) { return __ldcg(p); });
+    }
+    if (threadIdx.x == 0) {
+        *counter = 0; // ready for the next launch
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(128) tree_attention_f32(
         const float * __restrict__ q, const float * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
         int heads, int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask,
-        int words, float scale, int chunk, int items_per_warp, float * __restrict__ part_acc, float * __restrict__ part_ml) {
+        int words, float scale, int chunk, int items_per_warp, float * __restrict__ part_acc, float * __restrict__ part_ml,
+        float * __restrict__ dst, unsigned * __restrict__ counters) {
     tree_attention(q, cache, table, layer, layers, heads, kv_heads, head_dim, block_size, prefix, n, mask, words, scale, chunk, items_per_warp,
-                   part_acc, part_ml);
+                   part_acc, part_ml, dst, counters);
 }
 
 // tree_attention_f16: tree_attention_f32 over a binary16 cache (keys and values widened exactly on load).
 extern "C" __global__ void __launch_bounds__(128) tree_attention_f16(
         const float * __restrict__ q, const __half * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
         int heads, int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask,
-        int words, float scale, int chunk, int items_per_warp, float * __restrict__ part_acc, float * __restrict__ part_ml) {
+        int words, float scale, int chunk, int items_per_warp, float * __restrict__ part_acc, float * __restrict__ part_ml,
+        float * __restrict__ dst, unsigned * __restrict__ counters) {
     tree_attention(q, cache, table, layer, layers, heads, kv_heads, head_dim, block_size, prefix, n, mask, words, scale, chunk, items_per_warp,
-                   part_acc, part_ml);
+                   part_acc, part_ml, dst, counters);
 }

@@ -36,6 +36,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
     private readonly DecodeGraph? _graph;
     private bool _warm; // a pass has run with direct launches: everything a graph step needs exists
     private GpuArray<uint>? _normCounter; // the folded RMSNorm's block count (gemv.cu), zero between launches
+    private GpuArray<uint>? _mergeCounters; // tree attention's folded merge: splits done per (kv head, item block)
 
     /// <param name="device">The device to run on.</param>
     /// <param name="ownsDevice">Dispose the device with the backend.</param>
@@ -72,7 +73,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
     /// <summary>
     /// Run decoding batches (the GEMV path) with the fused kernels: q, k and v in one launch, RoPE with the
     /// cache write, gate/up with SwiGLU, the residual add and the next RMSNorm in the projection's
-    /// epilogue — 8 launches per layer instead of 16, the same bits. False runs every step on its own
+    /// epilogue, tree attention merging its own splits — 6 launches per layer instead of 17, the same bits. False runs every step on its own
     /// kernel (what the fused kernels are tested against).
     /// </summary>
     public bool FuseSteps { get; set; } = true;
@@ -360,6 +361,17 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         }
     }
 
+    private DeviceSpan<uint> MergeCounters(long count)
+    {
+        if (_mergeCounters is null || _mergeCounters.Length < count)
+        {
+            _mergeCounters?.Dispose();
+            _mergeCounters = Device.Allocate<uint>(Math.Max(count, 64));
+            Device.Clear(_mergeCounters.Span.Pointer, _mergeCounters.Span.Bytes);
+        }
+        return _mergeCounters.Span.Slice(0, count);
+    }
+
     private GpuArray<uint> ZeroedCounter()
     {
         var counter = Device.Allocate<uint>(1);
@@ -427,12 +439,14 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
             ? default
             : Grow(ref _attentionScratch, Kernels.Attention.ScratchFloats(heads, n, s.Layout.HeadDim, s.MaxBlocks * s.Layout.BlockSize));
         var table = _table.Put(blockTable);
+        // With fused steps the tree kernel merges its own splits (counters zeroed once, left zero by each launch).
+        var counters = FuseSteps ? MergeCounters(Kernels.TreeAttention.Counters(n, heads, s.Layout.KvHeads)) : default;
         if (s.IsF16)
             Kernels.Attention.AttentionF32(Device, Span(q), n, heads, s.DataF16, s.MaxBlocks, s.Layout, layer, table, blockTable.Length,
-                prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant, TensorCorePrefill);
+                prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant, TensorCorePrefill, counters);
         else
             Kernels.Attention.AttentionF32(Device, Span(q), n, heads, s.Data, s.MaxBlocks, s.Layout, layer, table, blockTable.Length,
-                prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant);
+                prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant, mergeCounters: counters);
     }
 
     public override void SwiGlu(Activation gate, Activation up, Activation dst) =>
@@ -616,6 +630,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         _draftQ?.Dispose();
         _residual?.Dispose();
         _normCounter?.Dispose();
+        _mergeCounters?.Dispose();
         _download?.Dispose();
         if (_ownsDevice)
             Device.Dispose();

@@ -72,7 +72,8 @@ public static class Attention
     /// </summary>
     public static unsafe void AttentionF32<T>(GpuDevice device, DeviceSpan<float> q, int n, int heads, DeviceSpan<T> cache, int blocks,
         KvLayout layout, int layer, DeviceSpan<int> table, int tableLength, int prefix, DeviceSpan<ulong> mask, int words, float scale,
-        DeviceSpan<float> scratch, DeviceSpan<float> dst, bool batchInvariant = false, bool tensorCores = false) where T : unmanaged
+        DeviceSpan<float> scratch, DeviceSpan<float> dst, bool batchInvariant = false, bool tensorCores = false, DeviceSpan<uint> mergeCounters = default)
+        where T : unmanaged
     {
         string suffix = KvCache.Suffix<T>(); // the cache's elements: attention_f32 or attention_f16, …
         int hd = layout.HeadDim;
@@ -129,7 +130,7 @@ public static class Attention
             // Decoding and exact verification: the tree kernel (a decoding token is the one-query tree),
             // so a verified row is computed exactly as the same token decoded alone.
             TreeAttention.TreeAttentionF32(device, q, n, heads, cache, blocks, layout, layer, table, tableLength, prefix, mask, words, scale,
-                scratch, dst);
+                scratch, dst, mergeCounters);
             return;
         }
         var (splits, chunk) = Plan(keys);

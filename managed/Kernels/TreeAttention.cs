@@ -15,18 +15,28 @@ public static class TreeAttention
     /// <summary>Whether heads of <paramref name="headDim"/> dimensions fit the kernel.</summary>
     public static bool Supports(int headDim) => headDim <= MaxHeadDim;
 
+    /// <summary>The merge counters a launch of <paramref name="n"/> queries needs (one per KV head and item block).</summary>
+    public static long Counters(int n, int heads, int kvHeads)
+    {
+        int group = heads / kvHeads, items = n * group;
+        int itemsPerWarp = Math.Max(ItemsPerWarp(items), Math.Min(4, (group + 3) / 4));
+        return (long)kvHeads * ((items + 4L * itemsPerWarp - 1) / (4L * itemsPerWarp));
+    }
+
     /// <summary>(query, head) pairs per warp: fewer for small launches, so that they still spread over many blocks.</summary>
     public static int ItemsPerWarp(int items) => items >= 256 ? 4 : items >= 64 ? 2 : 1;
 
     /// <summary>
     /// dst[i, h·hd..] = softmax over the keys query i sees of (q_i,h · k)·scale, times v: the committed
     /// <paramref name="prefix"/> slots and batch slot prefix + j where the mask allows (a chain when
-    /// <paramref name="mask"/> is empty). One launch for all queries and heads, then the combine. The cache
-    /// holds float32 (<typeparamref name="T"/> = float) or binary16 (Half) elements.
+    /// <paramref name="mask"/> is empty). One launch for all queries and heads, then the combine — or, with
+    /// <paramref name="counters"/> (at least <see cref="Counters"/> zeroed uints, left zero), the launch's last
+    /// block per KV head merges the splits itself: one launch, the same bits. The cache holds float32
+    /// (<typeparamref name="T"/> = float) or binary16 (Half) elements.
     /// </summary>
     public static unsafe void TreeAttentionF32<T>(GpuDevice device, DeviceSpan<float> q, int n, int heads, DeviceSpan<T> cache, int blocks,
         KvLayout layout, int layer, DeviceSpan<int> table, int tableLength, int prefix, DeviceSpan<ulong> mask, int words, float scale,
-        DeviceSpan<float> scratch, DeviceSpan<float> dst) where T : unmanaged
+        DeviceSpan<float> scratch, DeviceSpan<float> dst, DeviceSpan<uint> counters = default) where T : unmanaged
     {
         string suffix = KvCache.Suffix<T>(); // tree_attention_f32 (float32 cache) or tree_attention_f16 (binary16)
         int hd = layout.HeadDim;
@@ -42,14 +52,18 @@ public static class TreeAttention
         long parts = (long)n * heads * splits;
         if (scratch.Length < parts * (hd + 2))
             throw new ArgumentException($"tree_attention_f32: scratch of {scratch.Length} floats, {parts} partials need {parts * (hd + 2)}");
+        bool fold = !counters.IsEmpty;
+        if (fold && counters.Length < (long)layout.KvHeads * itemBlocks)
+            throw new ArgumentException($"tree_attention_f32: {counters.Length} counters, {layout.KvHeads} kv heads × {itemBlocks} item blocks need {(long)layout.KvHeads * itemBlocks}");
         var accumulators = scratch.Slice(0, parts * hd);
         var maxSums = scratch.Slice(parts * hd, parts * 2);
 
         IntPtr pq = q.Pointer, pc = cache.Pointer, pt = table.Pointer, pm = mask.IsEmpty ? IntPtr.Zero : mask.Pointer, pd = dst.Pointer;
         IntPtr pa = accumulators.Pointer, pml = maxSums.Pointer;
+        IntPtr pout = fold ? pd : IntPtr.Zero, pcount = fold ? counters.Pointer : IntPtr.Zero;
         int layers = layout.Layers, kvHeads = layout.KvHeads, blockSize = layout.BlockSize;
         var fn = device.Function("tree_attention", "tree_attention_" + suffix);
-        void** args = stackalloc void*[18];
+        void** args = stackalloc void*[20];
         args[0] = &pq;
         args[1] = &pc;
         args[2] = &pt;
@@ -68,7 +82,10 @@ public static class TreeAttention
         args[15] = &itemsPerWarp;
         args[16] = &pa;
         args[17] = &pml;
+        args[18] = &pout;
+        args[19] = &pcount;
         device.Launch(fn, (kvHeads, splits, (int)itemBlocks), (128, 1, 1), 0, args);
-        Attention.Combine(device, pa, pml, pd, n, heads, hd, splits);
+        if (!fold)
+            Attention.Combine(device, pa, pml, pd, n, heads, hd, splits);
     }
 }
