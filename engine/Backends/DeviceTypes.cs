@@ -22,6 +22,11 @@ public readonly record struct Activation(DeviceBuffer Buffer, int Rows, int Cols
     /// <summary>The same buffer seen as the first <paramref name="rows"/> rows.</summary>
     public Activation WithRows(int rows) => this with { Rows = rows };
 
+    /// <summary>The same values seen as one row per head: [Rows·(Cols / headDim), headDim] (per-head norms).</summary>
+    public Activation AsHeads(int headDim) =>
+        Cols % headDim == 0 ? new Activation(Buffer, Rows * (Cols / headDim), headDim)
+        : throw new ArgumentException($"an activation of {Cols} columns is not whole heads of {headDim}");
+
     public override string ToString() => $"[{Rows}, {Cols}]";
 }
 

@@ -7,18 +7,19 @@ namespace Engine.Conversion;
 /// <summary>Shape of a random-weight model (<c>engine synth</c>).</summary>
 public sealed record SynthSpec(
     string Arch, int Dim, int Layers, int Heads, int KvHeads, int Ffn, LlamaFileType FileType,
-    ulong Seed = 1, int ContextLength = 2048, float RopeTheta = 10000f)
+    ulong Seed = 1, int ContextLength = 2048, float RopeTheta = 10000f, int HeadDimOverride = 0)
 {
-    public int HeadDim => Dim / Heads;
+    /// <summary>Dim / Heads, or the spec's own (Qwen3's heads are wider than dim / heads).</summary>
+    public int HeadDim => HeadDimOverride > 0 ? HeadDimOverride : Dim / Heads;
 
     public void Validate()
     {
-        if (Arch is not ("llama" or "qwen2"))
-            throw new ArgumentException($"--arch {Arch} is not supported (llama, qwen2)");
+        if (Arch is not ("llama" or "qwen2" or "qwen3"))
+            throw new ArgumentException($"--arch {Arch} is not supported (llama, qwen2, qwen3)");
         if (Dim <= 0 || Layers <= 0 || Heads <= 0 || KvHeads <= 0 || Ffn <= 0 || ContextLength <= 0)
             throw new ArgumentException("dim, layers, heads, kv-heads, ffn and ctx must all be positive");
-        if (Dim % Heads != 0 || HeadDim % 2 != 0)
-            throw new ArgumentException($"--dim {Dim} must split into {Heads} heads of an even size");
+        if (HeadDimOverride < 0 || (HeadDimOverride == 0 && Dim % Heads != 0) || HeadDim % 2 != 0)
+            throw new ArgumentException($"--dim {Dim} must split into {Heads} heads of an even size (or give --head-dim, even)");
         if (Heads % KvHeads != 0)
             throw new ArgumentException($"--heads {Heads} must be a multiple of --kv-heads {KvHeads}");
     }
@@ -52,6 +53,11 @@ public static class ModelSynthesizer
         w.Add($"{a}.attention.head_count", (uint)spec.Heads);
         w.Add($"{a}.attention.head_count_kv", (uint)spec.KvHeads);
         w.Add($"{a}.rope.dimension_count", (uint)spec.HeadDim);
+        if (spec.HeadDimOverride > 0)
+        {
+            w.Add($"{a}.attention.key_length", (uint)spec.HeadDim);
+            w.Add($"{a}.attention.value_length", (uint)spec.HeadDim);
+        }
         w.Add($"{a}.rope.freq_base", spec.RopeTheta);
         w.Add($"{a}.attention.layer_norm_rms_epsilon", 1e-5f);
         foreach (string key in vocabulary.Keys.Where(k => k.StartsWith("tokenizer.", StringComparison.Ordinal)))
@@ -84,6 +90,11 @@ public static class ModelSynthesizer
                 Vector(p + "attn_q.bias", qDim, 0f, 0.02f);
                 Vector(p + "attn_k.bias", kvDim, 0f, 0.02f);
                 Vector(p + "attn_v.bias", kvDim, 0f, 0.02f);
+            }
+            if (a == "qwen3")
+            {
+                Vector(p + "attn_q_norm.weight", spec.HeadDim, 1f, 0.1f);
+                Vector(p + "attn_k_norm.weight", spec.HeadDim, 1f, 0.1f);
             }
             Matrix(p + "attn_output.weight", spec.Dim, qDim);
             Vector(p + "ffn_norm.weight", spec.Dim, 1f, 0.1f);

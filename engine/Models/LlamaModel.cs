@@ -6,7 +6,8 @@ namespace Engine.Models;
 /// <summary>
 /// The Llama-family decoder (Touvron et al., "LLaMA: Open and Efficient Foundation Language Models",
 /// 2023; "Llama 2", 2023) — also Mistral and Qwen2, which differ only in hyper-parameters, RoPE
-/// ordering and q/k/v biases. <see cref="Forward"/> reads top to bottom in the order of the equations;
+/// ordering and q/k/v biases, and Qwen3 (Qwen Team, "Qwen3 Technical Report", 2025), which adds an
+/// RMSNorm over each head of q and k before RoPE. <see cref="Forward"/> reads top to bottom in the order of the equations;
 /// each step is one <see cref="Backend"/> operation, so the same code runs on the CPU and on CUDA.
 /// </summary>
 public sealed class LlamaModel : IDisposable
@@ -189,6 +190,13 @@ public sealed class LlamaModel : IDisposable
 
             // attention: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x))
             b.MatMul(h, [new(w.Wq, q) { Bias = w.Bq }, new(w.Wk, k) { Bias = w.Bk }, new(w.Wv, v) { Bias = w.Bv }], exact);
+            if (w.QNorm is not null) // Qwen3: each head of q and k RMS-normalized before RoPE
+            {
+                b.RmsNorm(q.AsHeads(c.HeadDim), w.QNorm, c.RmsNormEps, q.AsHeads(c.HeadDim));
+                b.RmsNorm(k.AsHeads(c.HeadDim), w.KNorm!, c.RmsNormEps, k.AsHeads(c.HeadDim));
+                Trace?.Invoke("q_norm", l, q);
+                Trace?.Invoke("k_norm", l, k);
+            }
             b.RopeStoreKv(q, k, v, c.Heads, c.KvHeads, positions, _rope, store, l, table, prefix);
             Trace?.Invoke("q_rope", l, q);
             Trace?.Invoke("k_rope", l, k);

@@ -4,13 +4,20 @@ using Engine.Tensors;
 
 namespace Engine.Models;
 
-/// <summary>The backend-resident weights of one Llama block (optional biases are null when absent, as in Llama; present in Qwen2).</summary>
+/// <summary>
+/// The backend-resident weights of one Llama block. Optional parts are null when the family has none:
+/// q/k/v biases (Qwen2), and the per-head RMSNorm weights of q and k (Qwen3, [headDim] each).
+/// </summary>
 public sealed record LlamaLayer(
     DeviceVector AttnNorm,
     DeviceMatrix Wq, DeviceMatrix Wk, DeviceMatrix Wv, DeviceMatrix Wo,
     DeviceVector? Bq, DeviceVector? Bk, DeviceVector? Bv,
     DeviceVector FfnNorm,
-    DeviceMatrix WGate, DeviceMatrix WUp, DeviceMatrix WDown);
+    DeviceMatrix WGate, DeviceMatrix WUp, DeviceMatrix WDown)
+{
+    public DeviceVector? QNorm { get; init; }
+    public DeviceVector? KNorm { get; init; }
+}
 
 /// <summary>
 /// Finds every tensor a Llama-family decoder needs by its GGUF name, checks its shape against the
@@ -70,7 +77,12 @@ public sealed class LlamaWeights : IDisposable
                     Vector(p + "ffn_norm.weight", c.Dim),
                     Matrix(p + "ffn_gate.weight", c.FfnDim, c.Dim),
                     Matrix(p + "ffn_up.weight", c.FfnDim, c.Dim),
-                    Matrix(p + "ffn_down.weight", c.Dim, c.FfnDim));
+                    Matrix(p + "ffn_down.weight", c.Dim, c.FfnDim))
+                {
+                    // Qwen3 normalizes each head of q and k before RoPE (required there, absent elsewhere)
+                    QNorm = c.Architecture == "qwen3" ? Vector(p + "attn_q_norm.weight", c.HeadDim) : null,
+                    KNorm = c.Architecture == "qwen3" ? Vector(p + "attn_k_norm.weight", c.HeadDim) : null,
+                };
             }
             var weights = new LlamaWeights
             {

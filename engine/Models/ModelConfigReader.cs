@@ -8,7 +8,7 @@ namespace Engine.Models;
 public static class ModelConfigReader
 {
     /// <summary>GGUF architectures this engine runs.</summary>
-    public static readonly IReadOnlyList<string> GgufArchitectures = ["llama", "qwen2"];
+    public static readonly IReadOnlyList<string> GgufArchitectures = ["llama", "qwen2", "qwen3"];
 
     /// <summary>HF <c>architectures</c> entries this engine runs, with the GGUF name each maps to.</summary>
     public static readonly IReadOnlyDictionary<string, string> HfArchitectures = new Dictionary<string, string>
@@ -16,6 +16,7 @@ public static class ModelConfigReader
         ["LlamaForCausalLM"] = "llama",
         ["MistralForCausalLM"] = "llama",
         ["Qwen2ForCausalLM"] = "qwen2",
+        ["Qwen3ForCausalLM"] = "qwen3",
     };
 
     public static ModelConfig FromGguf(GgufFile gguf, int vocabSize, float[]? ropeFreqFactors)
@@ -67,7 +68,7 @@ public static class ModelConfigReader
             ContextLength = m.GetInt32(k("context_length"), 2048),
             RmsNormEps = m.GetSingle(k("attention.layer_norm_rms_epsilon"), 1e-5f),
             RopeTheta = m.GetSingle(k("rope.freq_base"), 10000f),
-            RopeStyle = arch == "qwen2" ? RopeStyle.NeoX : RopeStyle.Normal,
+            RopeStyle = arch is "qwen2" or "qwen3" ? RopeStyle.NeoX : RopeStyle.Normal,
             RopeDims = m.GetInt32(k("rope.dimension_count"), headDim),
             RopeFreqScale = freqScale,
             RopeFreqFactors = ropeFreqFactors,

@@ -115,7 +115,7 @@ public sealed unsafe partial class SafetensorsWeightSource : WeightSource
         _byName[name] = view;
     }
 
-    /// <summary>HF Llama/Mistral/Qwen2 parameter names → GGUF names (as llama.cpp's convert_hf_to_gguf maps them).</summary>
+    /// <summary>HF Llama/Mistral/Qwen2/Qwen3 parameter names → GGUF names (as llama.cpp's convert_hf_to_gguf maps them).</summary>
     public static string? GgufName(string hf)
     {
         switch (hf)
@@ -134,6 +134,8 @@ public sealed unsafe partial class SafetensorsWeightSource : WeightSource
             "self_attn.k_proj" => "attn_k",
             "self_attn.v_proj" => "attn_v",
             "self_attn.o_proj" => "attn_output",
+            "self_attn.q_norm" => "attn_q_norm",
+            "self_attn.k_norm" => "attn_k_norm",
             "post_attention_layernorm" => "ffn_norm",
             "mlp.gate_proj" => "ffn_gate",
             "mlp.up_proj" => "ffn_up",

@@ -39,6 +39,8 @@ public class ModelParityTests
         yield return new TinySpec("q5_1-tied", WeightType: GgmlType.Q5_1, Tied: true, Seed: 7);
         yield return new TinySpec("f16", WeightType: GgmlType.F16, Heads: 2, KvHeads: 1, Seed: 8);
         yield return new TinySpec("bf16", WeightType: GgmlType.BF16, Heads: 4, KvHeads: 2, Seed: 53);
+        // Qwen3: per-head q/k RMSNorm before RoPE, heads wider than dim / heads (4 × 32 over dim 64)
+        yield return new TinySpec("qwen3-qknorm-wide-heads", Arch: "qwen3", Heads: 4, KvHeads: 2, HeadDimOverride: 32, Seed: 31);
         // K-quants need rows of 256 values.
         yield return new TinySpec("q4_k-gqa", WeightType: GgmlType.Q4_K, Dim: 256, Ffn: 512, Heads: 4, KvHeads: 2, Seed: 51);
         yield return new TinySpec("q6_k-neox", Arch: "qwen2", WeightType: GgmlType.Q6_K, Dim: 256, Ffn: 256, Heads: 8, KvHeads: 2, Seed: 52);
@@ -76,6 +78,35 @@ public class ModelParityTests
         var reference = model.ReferenceLogits(Prompt);
         // HF rows are stored for rotate-half RoPE; reading them as NeoX must give the GGUF network's logits.
         AssertLogitsMatch(hf, reference);
+    }
+
+    /// <summary>Qwen3's HF folder (q_norm/k_norm, explicit head_dim) and its GGUF: the same network, the reference's logits.</summary>
+    [Test]
+    public void Qwen3_hf_folder_matches_the_reference_and_the_gguf()
+    {
+        var model = TinyModel.Random(new TinySpec("hf-qwen3", Arch: "qwen3", Heads: 4, KvHeads: 2, HeadDimOverride: 32, Tied: true, Seed: 32));
+        using var dir = new TempDir();
+        var reference = model.ReferenceLogits(Prompt);
+        using (var hf = LanguageModel.Load(model.WriteHfFolder(dir.File("hf")), new ModelOptions { Threads = 1 }))
+        {
+            Assert.That((hf.Config.Architecture, hf.Config.HeadDim, hf.Config.QDim), Is.EqualTo(("qwen3", 32, 128)));
+            AssertLogitsMatch(hf, reference);
+        }
+        using var gguf = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 1 });
+        AssertLogitsMatch(gguf, reference);
+    }
+
+    /// <summary>A Qwen3 file without its q/k norm weights is refused, naming the missing tensor.</summary>
+    [Test]
+    public void Qwen3_without_its_head_norms_names_the_missing_tensor()
+    {
+        var model = TinyModel.Random(new TinySpec("qwen3-no-norms", Arch: "qwen3", Seed: 33));
+        foreach (var layer in model.Layers)
+            layer.QNorm = layer.KNorm = null;
+        using var dir = new TempDir();
+        string path = model.WriteGguf(dir.File("m.gguf"));
+        var e = Assert.Throws<Engine.Formats.ModelFormatException>(() => LanguageModel.Load(path, new ModelOptions { Threads = 1 }))!;
+        Assert.That(e.Message, Does.Contain("blk.0.attn_q_norm.weight").And.Contain("missing"));
     }
 
     [Test]

@@ -14,12 +14,16 @@ public sealed record Llama3Rope(float Factor, float LowFreqFactor, float HighFre
 public sealed record TinySpec(
     string Name, string Arch = "llama", int Vocab = 320, int Dim = 64, int Layers = 2, int Heads = 4, int KvHeads = 4,
     int Ffn = 96, bool Tied = false, bool QkvBias = false, GgmlType WeightType = GgmlType.F32, int Seed = 1,
-    float RopeTheta = 10000f, int Context = 256, Llama3Rope? Llama3 = null)
+    float RopeTheta = 10000f, int Context = 256, Llama3Rope? Llama3 = null, int HeadDimOverride = 0)
 {
-    public int HeadDim => Dim / Heads;
+    /// <summary>Dim / Heads, unless the spec sets its own (Qwen3's heads are wider than dim / heads).</summary>
+    public int HeadDim => HeadDimOverride > 0 ? HeadDimOverride : Dim / Heads;
     public int QDim => Heads * HeadDim;
     public int KvDim => KvHeads * HeadDim;
-    public bool NeoX => Arch == "qwen2";
+    public bool NeoX => Arch is "qwen2" or "qwen3";
+
+    /// <summary>Qwen3: an RMSNorm over each head of q and k before RoPE.</summary>
+    public bool QkNorm => Arch == "qwen3";
     public override string ToString() => Name;
 }
 
@@ -40,6 +44,7 @@ public sealed class TinyModel
     {
         public required float[] AttnNorm, Wq, Wk, Wv, Wo, FfnNorm, Gate, Up, Down;
         public float[]? Bq, Bk, Bv;
+        public float[]? QNorm, KNorm; // [headDim], Qwen3
     }
 
     /// <summary>Seeded random weights, already rounded through the spec's weight type (so the reference sees what the engine sees).</summary>
@@ -79,6 +84,8 @@ public sealed class TinyModel
                 Bq = s.QkvBias ? Bias(s.QDim) : null,
                 Bk = s.QkvBias ? Bias(s.KvDim) : null,
                 Bv = s.QkvBias ? Bias(s.KvDim) : null,
+                QNorm = s.QkNorm ? Norm(s.HeadDim) : null,
+                KNorm = s.QkNorm ? Norm(s.HeadDim) : null,
             };
         }
         return new TinyModel
@@ -147,6 +154,11 @@ public sealed class TinyModel
         w.Add($"{a}.feed_forward_length", (uint)s.Ffn);
         w.Add($"{a}.attention.head_count", (uint)s.Heads);
         w.Add($"{a}.attention.head_count_kv", (uint)s.KvHeads);
+        if (s.HeadDimOverride > 0)
+        {
+            w.Add($"{a}.attention.key_length", (uint)s.HeadDim);
+            w.Add($"{a}.attention.value_length", (uint)s.HeadDim);
+        }
         w.Add($"{a}.attention.layer_norm_rms_epsilon", 1e-5f);
         w.Add($"{a}.rope.freq_base", s.RopeTheta);
         w.Add("tokenizer.ggml.model", "gpt2");
@@ -179,6 +191,11 @@ public sealed class TinyModel
                 Vector(p + "attn_q.bias", L.Bq);
                 Vector(p + "attn_k.bias", L.Bk!);
                 Vector(p + "attn_v.bias", L.Bv!);
+            }
+            if (L.QNorm is not null)
+            {
+                Vector(p + "attn_q_norm.weight", L.QNorm);
+                Vector(p + "attn_k_norm.weight", L.KNorm!);
             }
             Matrix(p + "attn_output.weight", L.Wo, s.Dim, s.QDim);
             Vector(p + "ffn_norm.weight", L.FfnNorm);
@@ -214,7 +231,8 @@ public sealed class TinyModel
         Directory.CreateDirectory(folder);
         var config = new Dictionary<string, object?>
         {
-            ["architectures"] = new[] { s.Arch == "qwen2" ? "Qwen2ForCausalLM" : "LlamaForCausalLM" },
+            ["architectures"] = new[] { s.Arch switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", _ => "LlamaForCausalLM" } },
+            ["head_dim"] = s.HeadDim,
             ["hidden_size"] = s.Dim,
             ["intermediate_size"] = s.Ffn,
             ["num_hidden_layers"] = s.Layers,
@@ -267,6 +285,11 @@ public sealed class TinyModel
                 tensors.Add((p + "self_attn.q_proj.bias", neox ? L.Bq : ToHfRows(L.Bq, s.Heads, s.HeadDim, 1), [s.QDim]));
                 tensors.Add((p + "self_attn.k_proj.bias", neox ? L.Bk! : ToHfRows(L.Bk!, s.KvHeads, s.HeadDim, 1), [s.KvDim]));
                 tensors.Add((p + "self_attn.v_proj.bias", L.Bv!, [s.KvDim]));
+            }
+            if (L.QNorm is not null)
+            {
+                tensors.Add((p + "self_attn.q_norm.weight", L.QNorm, [s.HeadDim]));
+                tensors.Add((p + "self_attn.k_norm.weight", L.KNorm!, [s.HeadDim]));
             }
             tensors.Add((p + "self_attn.o_proj.weight", L.Wo, [s.Dim, s.QDim]));
             tensors.Add((p + "post_attention_layernorm.weight", L.FfnNorm, [s.Dim]));
@@ -355,6 +378,11 @@ public sealed class TinyModel
                 var q = MatVec(L.Wq, xn, L.Bq);
                 var k = MatVec(L.Wk, xn, L.Bk);
                 var v = MatVec(L.Wv, xn, L.Bv);
+                if (L.QNorm is not null)
+                {
+                    HeadNorm(q, s.Heads, L.QNorm);
+                    HeadNorm(k, s.KvHeads, L.KNorm!);
+                }
                 Rope(q, s.Heads, t);
                 Rope(k, s.KvHeads, t);
                 keys[l].Add(k);
@@ -420,6 +448,14 @@ public sealed class TinyModel
             return llama;
         double smooth = (r.OriginalContext / wavelen - r.LowFreqFactor) / (r.HighFreqFactor - r.LowFreqFactor);
         return (1 - smooth) * llama / r.Factor + smooth * llama;
+    }
+
+    /// <summary>Qwen3's q/k norm: RMSNorm over each head's slice, in place.</summary>
+    private void HeadNorm(double[] x, int heads, float[] w)
+    {
+        int hd = Spec.HeadDim;
+        for (int h = 0; h < heads; h++)
+            RmsNorm(x[(h * hd)..((h + 1) * hd)], w).CopyTo(x, h * hd);
     }
 
     private double[] RmsNorm(double[] x, float[] w)

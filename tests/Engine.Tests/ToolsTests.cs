@@ -42,6 +42,27 @@ public class ToolsTests
         Assert.That(ids, Has.Count.EqualTo(8));
     }
 
+    /// <summary>Qwen3 shapes: q/k norm tensors, heads wider than dim / heads (0.6B's are 16 × 128 over 1024).</summary>
+    [Test]
+    public void Synth_writes_qwen3_with_head_norms_and_wide_heads()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("q3.gguf");
+        var (code, _, err) = Run("synth", "--like", LlamaSpmVocab, "--arch", "qwen3", "--dim", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2",
+            "--head-dim", "32", "--ffn", "96", "--type", "Q8_0", path);
+        Assert.That(code, Is.Zero, err);
+        using (var gguf = GgufFile.Open(path))
+        {
+            Assert.That(gguf.Tensors.Select(t => t.Name), Does.Contain("blk.1.attn_q_norm.weight").And.Contain("blk.1.attn_k_norm.weight"));
+            Assert.That(gguf.Tensors.Single(t => t.Name == "blk.0.attn_q.weight").Dims, Is.EqualTo(new long[] { 64, 128 }));
+        }
+        using var lm = LanguageModel.Load(path, new ModelOptions { Threads = 2 });
+        Assert.That((lm.Config.Architecture, lm.Config.HeadDim, lm.Config.RopeStyle), Is.EqualTo(("qwen3", 32, Engine.Models.RopeStyle.NeoX)));
+        using var session = lm.CreateSession();
+        Assert.That(session.Generate([1], new GenerationOptions { MaxTokens = 4, Sampling = Sampling.SamplingOptions.Greedy, StopAtEndOfGeneration = false }).ToList(),
+            Has.Count.EqualTo(4));
+    }
+
     [Test]
     public void Synth_rejects_impossible_shapes_with_the_option_named()
     {

@@ -10,7 +10,8 @@ internal static class SynthCommand
     public static Command Create(CliOutput io)
     {
         var like = new Option<string>("--like") { Description = "GGUF file whose tokenizer the model gets (a vocabulary-only file is fine)", Required = true };
-        var arch = new Option<string>("--arch") { Description = "llama or qwen2", DefaultValueFactory = _ => "llama" };
+        var arch = new Option<string>("--arch") { Description = "llama, qwen2 (q/k/v biases) or qwen3 (q/k norms)", DefaultValueFactory = _ => "llama" };
+        var headDim = new Option<int>("--head-dim") { Description = "Head width (default: dim / heads; Qwen3's are wider)" };
         var dim = new Option<int>("--dim") { Description = "Model width", Required = true };
         var layers = new Option<int>("--layers") { Description = "Blocks", Required = true };
         var heads = new Option<int>("--heads") { Description = "Attention heads", Required = true };
@@ -23,13 +24,13 @@ internal static class SynthCommand
         var output = new Argument<string>("OUT.gguf") { Description = "File to write" };
         var command = new Command("synth", "Write a random-weight model of a given shape (for benchmarks)")
         {
-            like, arch, dim, layers, heads, kvHeads, ffn, type, seed, context, threads, output,
+            like, arch, dim, layers, heads, kvHeads, headDim, ffn, type, seed, context, threads, output,
         };
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
             var spec = new SynthSpec(parse.GetRequiredValue(arch), parse.GetValue(dim), parse.GetValue(layers), parse.GetValue(heads),
                 parse.GetValue(kvHeads) ?? parse.GetValue(heads), parse.GetValue(ffn), QuantizationPlan.Parse(parse.GetRequiredValue(type)),
-                parse.GetValue(seed), parse.GetValue(context));
+                parse.GetValue(seed), parse.GetValue(context), HeadDimOverride: parse.GetValue(headDim));
             spec.Validate();
             using var vocab = GgufFile.Open(parse.GetRequiredValue(like));
             string path = parse.GetRequiredValue(output);
