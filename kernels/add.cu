@@ -1,5 +1,5 @@
-// Residual add and bias add.
-// CPU reference: engine/Backends/Cpu/Kernels/Activations.cs (Activations.AddF32, Activations.AddBiasF32).
+// Residual add, bias add and scaling.
+// CPU reference: engine/Backends/Cpu/Kernels/Activations.cs (Activations.AddF32, Activations.AddBiasF32, Activations.ScaleF32).
 // Launcher:      managed/Kernels/Add.cs.
 #include "common.cuh"
 
@@ -9,6 +9,16 @@ extern "C" __global__ void add_f32(float * dst, const float * __restrict__ src, 
     const long long i = (long long) blockIdx.x * blockDim.x + threadIdx.x;
     if (i < count) {
         dst[i] += src[i];
+    }
+}
+
+// scale_f32: x[i] = x[i]·s for i < count (rounded once: the same product the GEMV's scaled residual
+// add forms before it adds).
+// Launch: grid = (ceil(count / 256), 1, 1); block = (256, 1, 1).
+extern "C" __global__ void scale_f32(float * x, float s, long long count) {
+    const long long i = (long long) blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < count) {
+        x[i] = __fmul_rn(x[i], s);
     }
 }
 

@@ -36,7 +36,8 @@ struct gemv_targets {
 
 // What happens as the products leave.
 struct gemv_epilogue {
-    int accumulate;       // 1: y += x·Wᵀ (a residual add) instead of y = x·Wᵀ
+    int accumulate;       // 1: y += scale·(x·Wᵀ) (a residual add) instead of y = x·Wᵀ
+    float scale;          // the residual's multiplier (Granite's; 1 elsewhere, which changes no bit)
     const float * norm_w; // non-null (one target): then norm_out = rmsnorm(y)·norm_w, row by row, once all of y is written
     float * norm_out;     // [ncols, rows]
     float eps;
@@ -106,7 +107,7 @@ static __device__ void gemv(const gemv_targets & t, const float * __restrict__ x
                 if (t.bias[target] != nullptr) {
                     s += bias;
                 }
-                *out = e.accumulate ? *out + s : s;
+                *out = e.accumulate ? *out + __fmul_rn(e.scale, s) : s; // scale_f32's product, then add_f32's sum
             }
         }
     }

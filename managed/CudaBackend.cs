@@ -339,12 +339,12 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
     }
 
     public override void MatMulAddNorm(Activation x, DeviceMatrix w, Activation residual, Activation scratch, DeviceVector normWeight, float eps,
-        Activation normOut, bool batchInvariant = false)
+        Activation normOut, bool batchInvariant = false, float residualScale = 1f)
     {
         int n = x.Rows;
         if (!OnGemv(n, batchInvariant))
         {
-            base.MatMulAddNorm(x, w, residual, scratch, normWeight, eps, normOut, batchInvariant);
+            base.MatMulAddNorm(x, w, residual, scratch, normWeight, eps, normOut, batchInvariant, residualScale);
             return;
         }
         if (x.Cols != w.Cols || residual.Cols != w.Rows || residual.Rows != n || normOut.Rows != n || normOut.Cols != w.Rows || normWeight.Length != w.Rows)
@@ -357,7 +357,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
             long dim = w.Rows;
             var target = new GemvTarget(m.Data, w.Rows, Span(residual).Slice(r * dim, count * dim));
             Gemv.Run(Device, m.Type, w.Cols, [target], Span(x).Slice((long)r * x.Cols, (long)count * x.Cols), count, accumulate: true,
-                norm: new GemvNorm(Span(normWeight), eps, Span(normOut).Slice(r * dim, count * dim), counter.Span));
+                norm: new GemvNorm(Span(normWeight), eps, Span(normOut).Slice(r * dim, count * dim), counter.Span), accumulateScale: residualScale);
         }
     }
 
@@ -453,6 +453,8 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         Kernels.SwiGlu.SwiGluF32(Device, Span(gate), Span(up), Span(dst), gate.Size);
 
     public override void Add(Activation dst, Activation src) => Kernels.Add.AddF32(Device, Span(dst), Span(src), dst.Size);
+
+    public override void Scale(Activation x, float s) => Kernels.Add.ScaleF32(Device, Span(x), s, x.Size);
 
     public override void GatherRows(Activation src, ReadOnlySpan<int> rows, Activation dst)
     {

@@ -90,6 +90,9 @@ public abstract class Backend : IDisposable
     /// <summary>dst = silu(gate) ⊙ up (SwiGLU, Shazeer 2020). All [n, ffn]; dst may alias gate.</summary>
     public abstract void SwiGlu(Activation gate, Activation up, Activation dst);
 
+    /// <summary>x *= s, elementwise (Granite's embedding, residual and logit multipliers).</summary>
+    public abstract void Scale(Activation x, float s);
+
     /// <summary>dst += src, elementwise. Both [n, dim].</summary>
     public abstract void Add(Activation dst, Activation src);
 
@@ -108,15 +111,17 @@ public abstract class Backend : IDisposable
     }
 
     /// <summary>
-    /// A block's way out: residual += x·Wᵀ, then normOut = RMSNorm(residual)·normWeight — the projection,
-    /// the residual add and the next block's norm. <paramref name="scratch"/> ([n, W.Rows]) may receive the
+    /// A block's way out: residual += x·Wᵀ (times <paramref name="residualScale"/>, Granite's multiplier),
+    /// then normOut = RMSNorm(residual)·normWeight — the projection, the residual add and the next block's norm. <paramref name="scratch"/> ([n, W.Rows]) may receive the
     /// product. A backend may fold the add and the norm into the product's epilogue (the CUDA GEMV does
     /// for decoding batches, with the same arithmetic as the separate kernels).
     /// </summary>
     public virtual void MatMulAddNorm(Activation x, DeviceMatrix w, Activation residual, Activation scratch, DeviceVector normWeight, float eps,
-        Activation normOut, bool batchInvariant = false)
+        Activation normOut, bool batchInvariant = false, float residualScale = 1f)
     {
         MatMul(x, w, scratch, batchInvariant);
+        if (residualScale != 1f)
+            Scale(scratch, residualScale);
         Add(residual, scratch);
         RmsNorm(residual, normWeight, eps, normOut);
     }

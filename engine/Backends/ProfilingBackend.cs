@@ -63,10 +63,10 @@ public sealed class ProfilingBackend(Backend inner) : Backend
     }
 
     public override void MatMulAddNorm(Activation x, DeviceMatrix w, Activation residual, Activation scratch, DeviceVector normWeight, float eps,
-        Activation normOut, bool batchInvariant = false)
+        Activation normOut, bool batchInvariant = false, float residualScale = 1f)
     {
         long t = Stopwatch.GetTimestamp();
-        Inner.MatMulAddNorm(x, w, residual, scratch, normWeight, eps, normOut, batchInvariant);
+        Inner.MatMulAddNorm(x, w, residual, scratch, normWeight, eps, normOut, batchInvariant, residualScale);
         Add($"matmul_add_norm {w.Type}", t);
     }
 
@@ -117,6 +117,13 @@ public sealed class ProfilingBackend(Backend inner) : Backend
         long t = Stopwatch.GetTimestamp();
         Inner.SwiGlu(gate, up, dst);
         Add("swiglu", t);
+    }
+
+    public override void Scale(Activation x, float s)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.Scale(x, s);
+        Add("scale", t);
     }
 
     public override void Add(Activation dst, Activation src)

@@ -14,8 +14,8 @@ public sealed record SynthSpec(
 
     public void Validate()
     {
-        if (Arch is not ("llama" or "qwen2" or "qwen3"))
-            throw new ArgumentException($"--arch {Arch} is not supported (llama, qwen2, qwen3)");
+        if (Arch is not ("llama" or "qwen2" or "qwen3" or "granite"))
+            throw new ArgumentException($"--arch {Arch} is not supported (llama, qwen2, qwen3, granite)");
         if (Dim <= 0 || Layers <= 0 || Heads <= 0 || KvHeads <= 0 || Ffn <= 0 || ContextLength <= 0)
             throw new ArgumentException("dim, layers, heads, kv-heads, ffn and ctx must all be positive");
         if (HeadDimOverride < 0 || (HeadDimOverride == 0 && Dim % Heads != 0) || HeadDim % 2 != 0)
@@ -60,6 +60,14 @@ public static class ModelSynthesizer
         }
         w.Add($"{a}.rope.freq_base", spec.RopeTheta);
         w.Add($"{a}.attention.layer_norm_rms_epsilon", 1e-5f);
+        if (a == "granite")
+        {
+            // Granite 3.x 2B's multipliers: every one of them switched on
+            w.Add($"{a}.embedding_scale", 12f);
+            w.Add($"{a}.residual_scale", 0.22f);
+            w.Add($"{a}.attention.scale", 0.015625f);
+            w.Add($"{a}.logit_scale", 8f);
+        }
         foreach (string key in vocabulary.Keys.Where(k => k.StartsWith("tokenizer.", StringComparison.Ordinal)))
             w.Add(key, vocabulary[key]);
 

@@ -26,7 +26,7 @@ public sealed class LlamaModel : IDisposable
         MaxBatch = maxBatch;
         _w = weights;
         _rope = new RopeTable(config);
-        _attentionScale = 1f / MathF.Sqrt(config.HeadDim);
+        _attentionScale = config.AttentionScale > 0 ? config.AttentionScale : 1f / MathF.Sqrt(config.HeadDim);
     }
 
     public ModelConfig Config { get; }
@@ -180,6 +180,8 @@ public sealed class LlamaModel : IDisposable
 
         // token embedding, and the first layer's attention norm (each later norm ends the block before it)
         b.Embed(_w.TokenEmbedding, tokens, x);
+        if (c.EmbeddingScale != 1f)
+            b.Scale(x, c.EmbeddingScale);
         Trace?.Invoke("token_embd", -1, x);
         b.RmsNorm(x, layerCount > 0 ? _w.Layers[0].AttnNorm : _w.OutputNorm, c.RmsNormEps, h);
 
@@ -202,7 +204,7 @@ public sealed class LlamaModel : IDisposable
             Trace?.Invoke("k_rope", l, k);
             b.Attention(q, store, l, table, prefix, mask, c.Heads, _attentionScale, att, exact);
             Trace?.Invoke("attn_out", l, att);
-            b.MatMulAddNorm(att, w.Wo, x, proj, w.FfnNorm, c.RmsNormEps, h, exact); // and the FFN's norm
+            b.MatMulAddNorm(att, w.Wo, x, proj, w.FfnNorm, c.RmsNormEps, h, exact, c.ResidualScale); // and the FFN's norm
             Trace?.Invoke("attn_residual", l, x);
             Trace?.Invoke("ffn_norm", l, h);
 
@@ -210,7 +212,7 @@ public sealed class LlamaModel : IDisposable
             // the next layer's attention norm, or after the last layer the output norm
             b.GatedFfn(h, w.WGate, w.WUp, gate, up, exact);
             var nextNorm = l + 1 < layerCount ? _w.Layers[l + 1].AttnNorm : _w.OutputNorm;
-            b.MatMulAddNorm(gate, w.WDown, x, proj, nextNorm, c.RmsNormEps, h, exact);
+            b.MatMulAddNorm(gate, w.WDown, x, proj, nextNorm, c.RmsNormEps, h, exact, c.ResidualScale);
             Trace?.Invoke("l_out", l, x);
         }
         sequence.Commit(n);
@@ -223,6 +225,8 @@ public sealed class LlamaModel : IDisposable
         b.GatherRows(h, localRows, rows);
         Trace?.Invoke("result_norm", -1, rows);
         b.MatMul(rows, _w.Output, outLogits, exact);
+        if (c.LogitScale != 1f)
+            b.Scale(outLogits, 1f / c.LogitScale);
         Trace?.Invoke("result_output", -1, outLogits);
 
         if (onDevice)

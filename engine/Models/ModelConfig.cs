@@ -39,6 +39,21 @@ public sealed record ModelConfig
     /// <summary>Per-frequency divisors (Llama 3 RoPE scaling), <see cref="RopeDims"/>/2 of them, or null.</summary>
     public float[]? RopeFreqFactors { get; init; }
 
+    // Granite 3's multipliers (IBM, "Granite 3.0 Language Models", 2024); 1 (and the usual attention
+    // scale) for every other family.
+
+    /// <summary>The token embedding is multiplied by this (Granite: <c>embedding_multiplier</c>).</summary>
+    public float EmbeddingScale { get; init; } = 1f;
+
+    /// <summary>Each block's output is multiplied by this before the residual add (<c>residual_multiplier</c>).</summary>
+    public float ResidualScale { get; init; } = 1f;
+
+    /// <summary>Scores are q·k times this; 0 means 1/√headDim (Granite: <c>attention_multiplier</c>).</summary>
+    public float AttentionScale { get; init; }
+
+    /// <summary>Logits are divided by this (Granite: <c>logits_scaling</c>).</summary>
+    public float LogitScale { get; init; } = 1f;
+
     public int QDim => Heads * HeadDim;
 
     public int KvDim => KvHeads * HeadDim;
@@ -76,6 +91,13 @@ public sealed record ModelConfig
             throw Error(nameof(RopeTheta), $"{RopeTheta} must be a positive number");
         if (!(RopeFreqScale > 0) || !float.IsFinite(RopeFreqScale))
             throw Error(nameof(RopeFreqScale), $"a position scale of {RopeFreqScale} must be a positive number");
+        foreach (var (name, value) in new[] { (nameof(EmbeddingScale), EmbeddingScale), (nameof(ResidualScale), ResidualScale), (nameof(LogitScale), LogitScale) })
+        {
+            if (!(value > 0) || !float.IsFinite(value))
+                throw Error(name, $"{value} must be a positive number");
+        }
+        if (!(AttentionScale >= 0) || !float.IsFinite(AttentionScale))
+            throw Error(nameof(AttentionScale), $"{AttentionScale} must be a positive number (or absent)");
         if (RopeFreqFactors is { } f && (f.Length != RopeDims / 2 || f.Any(x => !(x > 0) || !float.IsFinite(x))))
             throw Error(nameof(RopeFreqFactors), $"need {RopeDims / 2} positive values, got {f.Length}");
     }

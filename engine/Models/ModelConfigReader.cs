@@ -8,7 +8,7 @@ namespace Engine.Models;
 public static class ModelConfigReader
 {
     /// <summary>GGUF architectures this engine runs.</summary>
-    public static readonly IReadOnlyList<string> GgufArchitectures = ["llama", "qwen2", "qwen3"];
+    public static readonly IReadOnlyList<string> GgufArchitectures = ["llama", "qwen2", "qwen3", "granite"];
 
     /// <summary>HF <c>architectures</c> entries this engine runs, with the GGUF name each maps to.</summary>
     public static readonly IReadOnlyDictionary<string, string> HfArchitectures = new Dictionary<string, string>
@@ -17,6 +17,7 @@ public static class ModelConfigReader
         ["MistralForCausalLM"] = "llama",
         ["Qwen2ForCausalLM"] = "qwen2",
         ["Qwen3ForCausalLM"] = "qwen3",
+        ["GraniteForCausalLM"] = "granite",
     };
 
     public static ModelConfig FromGguf(GgufFile gguf, int vocabSize, float[]? ropeFreqFactors)
@@ -72,9 +73,17 @@ public static class ModelConfigReader
             RopeDims = m.GetInt32(k("rope.dimension_count"), headDim),
             RopeFreqScale = freqScale,
             RopeFreqFactors = ropeFreqFactors,
+            EmbeddingScale = m.GetSingle(k("embedding_scale"), 1f),
+            ResidualScale = m.GetSingle(k("residual_scale"), 1f),
+            AttentionScale = m.GetSingle(k("attention.scale"), 0f),
+            LogitScale = m.GetSingle(k("logit_scale"), 1f),
         };
         config.Validate(gguf.Path, property => property switch
         {
+            nameof(ModelConfig.EmbeddingScale) => k("embedding_scale"),
+            nameof(ModelConfig.ResidualScale) => k("residual_scale"),
+            nameof(ModelConfig.AttentionScale) => k("attention.scale"),
+            nameof(ModelConfig.LogitScale) => k("logit_scale"),
             nameof(ModelConfig.VocabSize) => "tensor 'token_embd.weight' rows",
             nameof(ModelConfig.Dim) => k("embedding_length"),
             nameof(ModelConfig.Layers) => k("block_count"),
@@ -165,9 +174,17 @@ public static class ModelConfigReader
             RopeDims = headDim,
             RopeFreqScale = freqScale,
             RopeFreqFactors = factors,
+            EmbeddingScale = Float("embedding_multiplier", 1f),
+            ResidualScale = Float("residual_multiplier", 1f),
+            AttentionScale = Float("attention_multiplier", 0f),
+            LogitScale = Float("logits_scaling", 1f),
         };
         config.Validate(configPath, property => property switch
         {
+            nameof(ModelConfig.EmbeddingScale) => "embedding_multiplier",
+            nameof(ModelConfig.ResidualScale) => "residual_multiplier",
+            nameof(ModelConfig.AttentionScale) => "attention_multiplier",
+            nameof(ModelConfig.LogitScale) => "logits_scaling",
             nameof(ModelConfig.VocabSize) => "vocab_size",
             nameof(ModelConfig.Dim) => "hidden_size",
             nameof(ModelConfig.Layers) => "num_hidden_layers",

@@ -264,6 +264,7 @@ const Entry g_entries[] = {
     entry("swiglu_f32", swiglu_f32),
     entry("add_f32", add_f32),
     entry("add_bias_f32", add_bias_f32),
+    entry("scale_f32", scale_f32),
     entry("argmax_f32", argmax_f32),
     entry("store_kv_f32", store_kv_f32),
     entry("store_kv_f16", store_kv_f16),

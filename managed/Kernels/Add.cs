@@ -22,6 +22,20 @@ public static class Add
         device.Launch(fn, (checked((int)((count + 255) / 256)), 1, 1), (256, 1, 1), 0, args);
     }
 
+    /// <summary>scale_f32: x *= s over <paramref name="count"/> elements.</summary>
+    public static unsafe void ScaleF32(GpuDevice device, DeviceSpan<float> x, float s, long count)
+    {
+        if (count <= 0 || x.Length < count)
+            throw new ArgumentException($"scale_f32: {count} elements; x {x.Length}");
+        var fn = device.Function(File, "scale_f32");
+        IntPtr px = x.Pointer;
+        void** args = stackalloc void*[3];
+        args[0] = &px;
+        args[1] = &s;
+        args[2] = &count;
+        device.Launch(fn, (checked((int)((count + 255) / 256)), 1, 1), (256, 1, 1), 0, args);
+    }
+
     /// <summary>add_bias_f32: x[r, :] += bias for x [rows, cols].</summary>
     public static unsafe void AddBiasF32(GpuDevice device, DeviceSpan<float> x, DeviceSpan<float> bias, int rows, int cols)
     {

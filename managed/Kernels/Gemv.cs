@@ -37,11 +37,11 @@ public static class Gemv
 
     /// <summary>
     /// The products of up to three matrices of one type and width with the same input in one launch (q, k
-    /// and v), each plus its bias; with <paramref name="accumulate"/>, y += x·Wᵀ (a residual add); with
+    /// and v), each plus its bias; with <paramref name="accumulate"/>, y += <paramref name="accumulateScale"/>·x·Wᵀ (a residual add); with
     /// <paramref name="norm"/> (one target, accumulating), the RMSNorm of the finished y as well.
     /// </summary>
     public static unsafe void Run(GpuDevice device, GgmlType type, int cols, ReadOnlySpan<GemvTarget> targets, DeviceSpan<float> x, int ncols,
-        bool accumulate = false, GemvNorm? norm = null)
+        bool accumulate = false, GemvNorm? norm = null, float accumulateScale = 1f)
     {
         if (targets.Length < 1 || targets.Length > MaxTargets)
             throw new ArgumentOutOfRangeException(nameof(targets), $"gemv: {targets.Length} matrices; one launch takes 1..{MaxTargets}");
@@ -64,7 +64,7 @@ public static class Gemv
             t.Set(i, g.W.Pointer, g.Bias.IsEmpty ? IntPtr.Zero : g.Bias.Pointer, g.Y.Pointer, g.Rows);
             totalRows += g.Rows;
         }
-        var e = new Epilogue { Accumulate = accumulate ? 1 : 0 };
+        var e = new Epilogue { Accumulate = accumulate ? 1 : 0, Scale = accumulateScale };
         if (norm is { } nm)
         {
             if (targets.Length != 1 || !accumulate)
@@ -153,6 +153,7 @@ public static class Gemv
     private struct Epilogue
     {
         public int Accumulate;
+        public float Scale;
         public IntPtr NormW, NormOut;
         public float Eps;
         public IntPtr Counter;

@@ -41,6 +41,9 @@ public class ModelParityTests
         yield return new TinySpec("bf16", WeightType: GgmlType.BF16, Heads: 4, KvHeads: 2, Seed: 53);
         // Qwen3: per-head q/k RMSNorm before RoPE, heads wider than dim / heads (4 × 32 over dim 64)
         yield return new TinySpec("qwen3-qknorm-wide-heads", Arch: "qwen3", Heads: 4, KvHeads: 2, HeadDimOverride: 32, Seed: 31);
+        // Granite 3: embedding, residual, attention and logit multipliers (values of granite-3.x's size)
+        yield return new TinySpec("granite-multipliers", Arch: "granite", Heads: 4, KvHeads: 2, Seed: 34, EmbeddingScale: 12f, ResidualScale: 0.22f,
+            AttentionScale: 0.0625f, LogitScale: 8f);
         // K-quants need rows of 256 values.
         yield return new TinySpec("q4_k-gqa", WeightType: GgmlType.Q4_K, Dim: 256, Ffn: 512, Heads: 4, KvHeads: 2, Seed: 51);
         yield return new TinySpec("q6_k-neox", Arch: "qwen2", WeightType: GgmlType.Q6_K, Dim: 256, Ffn: 256, Heads: 8, KvHeads: 2, Seed: 52);
@@ -90,6 +93,23 @@ public class ModelParityTests
         using (var hf = LanguageModel.Load(model.WriteHfFolder(dir.File("hf")), new ModelOptions { Threads = 1 }))
         {
             Assert.That((hf.Config.Architecture, hf.Config.HeadDim, hf.Config.QDim), Is.EqualTo(("qwen3", 32, 128)));
+            AssertLogitsMatch(hf, reference);
+        }
+        using var gguf = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 1 });
+        AssertLogitsMatch(gguf, reference);
+    }
+
+    /// <summary>Granite's HF folder (the four multipliers in config.json) and its GGUF (granite.* keys): the reference's logits.</summary>
+    [Test]
+    public void Granite_hf_folder_matches_the_reference_and_the_gguf()
+    {
+        var model = TinyModel.Random(new TinySpec("hf-granite", Arch: "granite", Heads: 4, KvHeads: 2, Tied: true, Seed: 35, EmbeddingScale: 12f,
+            ResidualScale: 0.22f, AttentionScale: 0.0625f, LogitScale: 8f));
+        using var dir = new TempDir();
+        var reference = model.ReferenceLogits(Prompt);
+        using (var hf = LanguageModel.Load(model.WriteHfFolder(dir.File("hf")), new ModelOptions { Threads = 1 }))
+        {
+            Assert.That((hf.Config.EmbeddingScale, hf.Config.ResidualScale, hf.Config.AttentionScale, hf.Config.LogitScale), Is.EqualTo((12f, 0.22f, 0.0625f, 8f)));
             AssertLogitsMatch(hf, reference);
         }
         using var gguf = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 1 });

@@ -14,7 +14,8 @@ public sealed record Llama3Rope(float Factor, float LowFreqFactor, float HighFre
 public sealed record TinySpec(
     string Name, string Arch = "llama", int Vocab = 320, int Dim = 64, int Layers = 2, int Heads = 4, int KvHeads = 4,
     int Ffn = 96, bool Tied = false, bool QkvBias = false, GgmlType WeightType = GgmlType.F32, int Seed = 1,
-    float RopeTheta = 10000f, int Context = 256, Llama3Rope? Llama3 = null, int HeadDimOverride = 0)
+    float RopeTheta = 10000f, int Context = 256, Llama3Rope? Llama3 = null, int HeadDimOverride = 0,
+    float EmbeddingScale = 1f, float ResidualScale = 1f, float AttentionScale = 0f, float LogitScale = 1f)
 {
     /// <summary>Dim / Heads, unless the spec sets its own (Qwen3's heads are wider than dim / heads).</summary>
     public int HeadDim => HeadDimOverride > 0 ? HeadDimOverride : Dim / Heads;
@@ -161,6 +162,13 @@ public sealed class TinyModel
         }
         w.Add($"{a}.attention.layer_norm_rms_epsilon", 1e-5f);
         w.Add($"{a}.rope.freq_base", s.RopeTheta);
+        if (a == "granite")
+        {
+            w.Add($"{a}.embedding_scale", s.EmbeddingScale);
+            w.Add($"{a}.residual_scale", s.ResidualScale);
+            w.Add($"{a}.attention.scale", s.AttentionScale);
+            w.Add($"{a}.logit_scale", s.LogitScale);
+        }
         w.Add("tokenizer.ggml.model", "gpt2");
         w.Add("tokenizer.ggml.pre", "default");
         w.Add("tokenizer.ggml.tokens", GgufValue.FromArray(Tokens()));
@@ -231,7 +239,7 @@ public sealed class TinyModel
         Directory.CreateDirectory(folder);
         var config = new Dictionary<string, object?>
         {
-            ["architectures"] = new[] { s.Arch switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", _ => "LlamaForCausalLM" } },
+            ["architectures"] = new[] { s.Arch switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "granite" => "GraniteForCausalLM", _ => "LlamaForCausalLM" } },
             ["head_dim"] = s.HeadDim,
             ["hidden_size"] = s.Dim,
             ["intermediate_size"] = s.Ffn,
@@ -246,6 +254,13 @@ public sealed class TinyModel
             ["bos_token_id"] = 256,
             ["eos_token_id"] = 257,
         };
+        if (s.Arch == "granite")
+        {
+            config["embedding_multiplier"] = s.EmbeddingScale;
+            config["residual_multiplier"] = s.ResidualScale;
+            config["attention_multiplier"] = s.AttentionScale;
+            config["logits_scaling"] = s.LogitScale;
+        }
         if (s.Llama3 is { } r)
         {
             config["rope_scaling"] = new Dictionary<string, object>
@@ -370,7 +385,8 @@ public sealed class TinyModel
         {
             var x = new double[s.Dim];
             for (int i = 0; i < s.Dim; i++)
-                x[i] = Embedding[tokens[t] * s.Dim + i];
+                x[i] = Embedding[tokens[t] * s.Dim + i] * (double)s.EmbeddingScale;
+            double attentionScale = s.AttentionScale > 0 ? s.AttentionScale : 1 / Math.Sqrt(hd);
             for (int l = 0; l < s.Layers; l++)
             {
                 var L = Layers[l];
@@ -398,7 +414,7 @@ public sealed class TinyModel
                         double dot = 0;
                         for (int i = 0; i < hd; i++)
                             dot += q[h * hd + i] * keys[l][p][kvh * hd + i];
-                        scores[p] = dot / Math.Sqrt(hd);
+                        scores[p] = dot * attentionScale;
                         max = Math.Max(max, scores[p]);
                     }
                     double sum = 0;
@@ -415,7 +431,7 @@ public sealed class TinyModel
                 }
                 var o = MatVec(L.Wo, att, null);
                 for (int i = 0; i < s.Dim; i++)
-                    x[i] += o[i];
+                    x[i] += o[i] * s.ResidualScale;
                 var fn = RmsNorm(x, L.FfnNorm);
                 var g = MatVec(L.Gate, fn, null);
                 var u = MatVec(L.Up, fn, null);
@@ -423,10 +439,10 @@ public sealed class TinyModel
                     g[i] = g[i] / (1 + Math.Exp(-g[i])) * u[i];
                 var d = MatVec(L.Down, g, null);
                 for (int i = 0; i < s.Dim; i++)
-                    x[i] += d[i];
+                    x[i] += d[i] * s.ResidualScale;
             }
             hidden[t] = RmsNorm(x, OutputNorm);
-            result[t] = MatVec(Output ?? Embedding, hidden[t], null);
+            result[t] = MatVec(Output ?? Embedding, hidden[t], null).Select(v => v / s.LogitScale).ToArray();
         }
         return (result, hidden);
     }

@@ -64,6 +64,18 @@ public class ToolsTests
     }
 
     [Test]
+    public void Synth_writes_granite_with_its_multipliers()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("granite.gguf");
+        var (code, _, err) = Run("synth", "--like", LlamaSpmVocab, "--arch", "granite", "--dim", "64", "--layers", "2", "--heads", "4", "--ffn", "96", path);
+        Assert.That(code, Is.Zero, err);
+        using var lm = LanguageModel.Load(path, new ModelOptions { Threads = 2 });
+        Assert.That((lm.Config.Architecture, lm.Config.EmbeddingScale, lm.Config.ResidualScale, lm.Config.AttentionScale, lm.Config.LogitScale),
+            Is.EqualTo(("granite", 12f, 0.22f, 0.015625f, 8f)));
+    }
+
+    [Test]
     public void Synth_rejects_impossible_shapes_with_the_option_named()
     {
         using var dir = new TempDir();

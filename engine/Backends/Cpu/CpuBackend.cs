@@ -233,6 +233,8 @@ public sealed unsafe class CpuBackend : Backend
         ForRows(gate.Rows, RowOp.SwiGlu);
     }
 
+    public override void Scale(Activation x, float s) => Activations.ScaleF32(Array(x).AsSpan(0, checked((int)x.Size)), s);
+
     public override void Add(Activation dst, Activation src)
     {
         _rows.X = Array(src);

@@ -37,6 +37,9 @@ public static class Activations
     /// <summary>y += x (add_f32 in kernels/add.cu).</summary>
     public static void AddF32(Span<float> y, ReadOnlySpan<float> x) => TensorPrimitives.Add(y, x, y);
 
+    /// <summary>x *= s (scale_f32).</summary>
+    public static void ScaleF32(Span<float> x, float s) => TensorPrimitives.Multiply(x, s, x);
+
     /// <summary>x[r, :] += bias for every row of x [rows, bias.Length] (add_bias_f32 in kernels/add.cu).</summary>
     public static void AddBiasF32(Span<float> x, ReadOnlySpan<float> bias)
     {
