@@ -14,8 +14,8 @@ public sealed record SynthSpec(
 
     public void Validate()
     {
-        if (Arch is not ("llama" or "qwen2" or "qwen3" or "granite"))
-            throw new ArgumentException($"--arch {Arch} is not supported (llama, qwen2, qwen3, granite)");
+        if (Arch is not ("llama" or "qwen2" or "qwen3" or "granite" or "smollm3"))
+            throw new ArgumentException($"--arch {Arch} is not supported (llama, qwen2, qwen3, granite, smollm3)");
         if (Dim <= 0 || Layers <= 0 || Heads <= 0 || KvHeads <= 0 || Ffn <= 0 || ContextLength <= 0)
             throw new ArgumentException("dim, layers, heads, kv-heads, ffn and ctx must all be positive");
         if (HeadDimOverride < 0 || (HeadDimOverride == 0 && Dim % Heads != 0) || HeadDim % 2 != 0)

@@ -7,7 +7,8 @@ namespace Engine.Models;
 /// The Llama-family decoder (Touvron et al., "LLaMA: Open and Efficient Foundation Language Models",
 /// 2023; "Llama 2", 2023) — also Mistral and Qwen2, which differ only in hyper-parameters, RoPE
 /// ordering and q/k/v biases, and Qwen3 (Qwen Team, "Qwen3 Technical Report", 2025), which adds an
-/// RMSNorm over each head of q and k before RoPE. <see cref="Forward"/> reads top to bottom in the order of the equations;
+/// RMSNorm over each head of q and k before RoPE, Granite 3, which scales four places, and SmolLM3
+/// (Hugging Face, 2025), whose every fourth layer applies no RoPE. <see cref="Forward"/> reads top to bottom in the order of the equations;
 /// each step is one <see cref="Backend"/> operation, so the same code runs on the CPU and on CUDA.
 /// </summary>
 public sealed class LlamaModel : IDisposable
@@ -199,7 +200,10 @@ public sealed class LlamaModel : IDisposable
                 Trace?.Invoke("q_norm", l, q);
                 Trace?.Invoke("k_norm", l, k);
             }
-            b.RopeStoreKv(q, k, v, c.Heads, c.KvHeads, positions, _rope, store, l, table, prefix);
+            if (c.UsesRope(l))
+                b.RopeStoreKv(q, k, v, c.Heads, c.KvHeads, positions, _rope, store, l, table, prefix);
+            else // a NoPE layer (SmolLM3): positions reach it only through the causal mask
+                b.StoreKv(store, l, table, prefix, k, v);
             Trace?.Invoke("q_rope", l, q);
             Trace?.Invoke("k_rope", l, k);
             b.Attention(q, store, l, table, prefix, mask, c.Heads, _attentionScale, att, exact);

@@ -54,6 +54,15 @@ public sealed record ModelConfig
     /// <summary>Logits are divided by this (Granite: <c>logits_scaling</c>).</summary>
     public float LogitScale { get; init; } = 1f;
 
+    /// <summary>
+    /// Layers that apply no RoPE (SmolLM3's NoPE layers: every fourth), true at their index; null when
+    /// every layer rotates.
+    /// </summary>
+    public bool[]? NoRopeLayers { get; init; }
+
+    /// <summary>Whether layer <paramref name="layer"/> rotates its queries and keys.</summary>
+    public bool UsesRope(int layer) => NoRopeLayers is not { } skip || !skip[layer];
+
     public int QDim => Heads * HeadDim;
 
     public int KvDim => KvHeads * HeadDim;
@@ -98,6 +107,8 @@ public sealed record ModelConfig
         }
         if (!(AttentionScale >= 0) || !float.IsFinite(AttentionScale))
             throw Error(nameof(AttentionScale), $"{AttentionScale} must be a positive number (or absent)");
+        if (NoRopeLayers is { } nope && nope.Length != Layers)
+            throw Error(nameof(NoRopeLayers), $"{nope.Length} entries for {Layers} layers");
         if (RopeFreqFactors is { } f && (f.Length != RopeDims / 2 || f.Any(x => !(x > 0) || !float.IsFinite(x))))
             throw Error(nameof(RopeFreqFactors), $"need {RopeDims / 2} positive values, got {f.Length}");
     }

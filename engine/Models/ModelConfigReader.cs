@@ -8,7 +8,16 @@ namespace Engine.Models;
 public static class ModelConfigReader
 {
     /// <summary>GGUF architectures this engine runs.</summary>
-    public static readonly IReadOnlyList<string> GgufArchitectures = ["llama", "qwen2", "qwen3", "granite"];
+    public static readonly IReadOnlyList<string> GgufArchitectures = ["llama", "qwen2", "qwen3", "granite", "smollm3"];
+
+    /// <summary>
+    /// SmolLM3's NoPE period: layer l applies no RoPE when (l + 1) is a multiple of it. GGUF has no key
+    /// for it (llama.cpp fixes it at 4 for smollm3); HF configs list the layers (<c>no_rope_layers</c>)
+    /// or give the period (<c>no_rope_layer_interval</c>).
+    /// </summary>
+    public const int SmolLm3NoRopeInterval = 4;
+
+    private static bool[] NoRopeEvery(int layers, int interval) => Enumerable.Range(0, layers).Select(l => (l + 1) % interval == 0).ToArray();
 
     /// <summary>HF <c>architectures</c> entries this engine runs, with the GGUF name each maps to.</summary>
     public static readonly IReadOnlyDictionary<string, string> HfArchitectures = new Dictionary<string, string>
@@ -18,6 +27,7 @@ public static class ModelConfigReader
         ["Qwen2ForCausalLM"] = "qwen2",
         ["Qwen3ForCausalLM"] = "qwen3",
         ["GraniteForCausalLM"] = "granite",
+        ["SmolLM3ForCausalLM"] = "smollm3",
     };
 
     public static ModelConfig FromGguf(GgufFile gguf, int vocabSize, float[]? ropeFreqFactors)
@@ -77,6 +87,7 @@ public static class ModelConfigReader
             ResidualScale = m.GetSingle(k("residual_scale"), 1f),
             AttentionScale = m.GetSingle(k("attention.scale"), 0f),
             LogitScale = m.GetSingle(k("logit_scale"), 1f),
+            NoRopeLayers = arch == "smollm3" ? NoRopeEvery(m.GetInt32(k("block_count")), SmolLm3NoRopeInterval) : null,
         };
         config.Validate(gguf.Path, property => property switch
         {
@@ -100,6 +111,21 @@ public static class ModelConfigReader
             _ => property,
         });
         return config;
+    }
+
+    /// <summary>HF SmolLM3's <c>no_rope_layers</c>: one 0/1 per layer, 1 = the layer uses RoPE (the period when absent).</summary>
+    private static bool[] HfNoRopeLayers(JsonElement root, string configPath, int layers, int interval)
+    {
+        if (!root.TryGetProperty("no_rope_layers", out var list) || list.ValueKind == JsonValueKind.Null)
+        {
+            if (interval <= 0)
+                throw new ModelFormatException(configPath, "no_rope_layer_interval", $"{interval} must be positive");
+            return NoRopeEvery(layers, interval);
+        }
+        if (list.ValueKind != JsonValueKind.Array || list.GetArrayLength() != layers)
+            throw new ModelFormatException(configPath, "no_rope_layers", $"must be a list of {layers} 0/1 values, one per layer");
+        return list.EnumerateArray().Select((v, i) => v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int b) && b is 0 or 1 ? b == 0
+            : throw new ModelFormatException(configPath, $"no_rope_layers[{i}]", $"{v.GetRawText()} is not 0 or 1")).ToArray();
     }
 
     /// <summary>Reads <c>config.json</c> of an HF folder. HF checkpoints store q/k rows for rotate-half RoPE, hence NeoX.</summary>
@@ -178,6 +204,7 @@ public static class ModelConfigReader
             ResidualScale = Float("residual_multiplier", 1f),
             AttentionScale = Float("attention_multiplier", 0f),
             LogitScale = Float("logits_scaling", 1f),
+            NoRopeLayers = arch == "smollm3" ? HfNoRopeLayers(root, configPath, Int("num_hidden_layers"), Int("no_rope_layer_interval", SmolLm3NoRopeInterval)) : null,
         };
         config.Validate(configPath, property => property switch
         {
@@ -185,6 +212,7 @@ public static class ModelConfigReader
             nameof(ModelConfig.ResidualScale) => "residual_multiplier",
             nameof(ModelConfig.AttentionScale) => "attention_multiplier",
             nameof(ModelConfig.LogitScale) => "logits_scaling",
+            nameof(ModelConfig.NoRopeLayers) => "no_rope_layers",
             nameof(ModelConfig.VocabSize) => "vocab_size",
             nameof(ModelConfig.Dim) => "hidden_size",
             nameof(ModelConfig.Layers) => "num_hidden_layers",

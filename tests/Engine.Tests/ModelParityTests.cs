@@ -41,6 +41,8 @@ public class ModelParityTests
         yield return new TinySpec("bf16", WeightType: GgmlType.BF16, Heads: 4, KvHeads: 2, Seed: 53);
         // Qwen3: per-head q/k RMSNorm before RoPE, heads wider than dim / heads (4 × 32 over dim 64)
         yield return new TinySpec("qwen3-qknorm-wide-heads", Arch: "qwen3", Heads: 4, KvHeads: 2, HeadDimOverride: 32, Seed: 31);
+        // SmolLM3: the fourth of its four layers applies no RoPE
+        yield return new TinySpec("smollm3-nope", Arch: "smollm3", Layers: 4, Heads: 4, KvHeads: 2, Seed: 36);
         // Granite 3: embedding, residual, attention and logit multipliers (values of granite-3.x's size)
         yield return new TinySpec("granite-multipliers", Arch: "granite", Heads: 4, KvHeads: 2, Seed: 34, EmbeddingScale: 12f, ResidualScale: 0.22f,
             AttentionScale: 0.0625f, LogitScale: 8f);
@@ -114,6 +116,25 @@ public class ModelParityTests
         }
         using var gguf = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 1 });
         AssertLogitsMatch(gguf, reference);
+    }
+
+    /// <summary>SmolLM3's HF folder (its no_rope_layers list) and its GGUF (the fixed period of 4): the same network.</summary>
+    [Test]
+    public void Smollm3_hf_folder_matches_the_reference_and_the_gguf()
+    {
+        var model = TinyModel.Random(new TinySpec("hf-smollm3", Arch: "smollm3", Layers: 4, Heads: 4, KvHeads: 2, Seed: 37));
+        using var dir = new TempDir();
+        var reference = model.ReferenceLogits(Prompt);
+        using (var hf = LanguageModel.Load(model.WriteHfFolder(dir.File("hf")), new ModelOptions { Threads = 1 }))
+        {
+            Assert.That(Enumerable.Range(0, 4).Select(hf.Config.UsesRope), Is.EqualTo(new[] { true, true, true, false }));
+            AssertLogitsMatch(hf, reference);
+        }
+        using var gguf = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 1 });
+        AssertLogitsMatch(gguf, reference);
+        // Rotating every layer would be a different network: the NoPE layer matters to the logits.
+        var roped = TinyModel.Random(new TinySpec("hf-smollm3", Layers: 4, Heads: 4, KvHeads: 2, Seed: 37)).ReferenceLogits(Prompt);
+        Assert.That(roped.Zip(reference).Max(p => p.First.Zip(p.Second).Max(x => Math.Abs(x.First - x.Second))), Is.GreaterThan(1e-3));
     }
 
     /// <summary>A Qwen3 file without its q/k norm weights is refused, naming the missing tensor.</summary>

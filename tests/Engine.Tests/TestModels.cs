@@ -23,6 +23,9 @@ public sealed record TinySpec(
     public int KvDim => KvHeads * HeadDim;
     public bool NeoX => Arch is "qwen2" or "qwen3";
 
+    /// <summary>SmolLM3: layer l applies no RoPE when (l + 1) % 4 == 0.</summary>
+    public bool UsesRope(int layer) => Arch != "smollm3" || (layer + 1) % 4 != 0;
+
     /// <summary>Qwen3: an RMSNorm over each head of q and k before RoPE.</summary>
     public bool QkNorm => Arch == "qwen3";
     public override string ToString() => Name;
@@ -239,7 +242,7 @@ public sealed class TinyModel
         Directory.CreateDirectory(folder);
         var config = new Dictionary<string, object?>
         {
-            ["architectures"] = new[] { s.Arch switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "granite" => "GraniteForCausalLM", _ => "LlamaForCausalLM" } },
+            ["architectures"] = new[] { s.Arch switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "granite" => "GraniteForCausalLM", "smollm3" => "SmolLM3ForCausalLM", _ => "LlamaForCausalLM" } },
             ["head_dim"] = s.HeadDim,
             ["hidden_size"] = s.Dim,
             ["intermediate_size"] = s.Ffn,
@@ -254,6 +257,8 @@ public sealed class TinyModel
             ["bos_token_id"] = 256,
             ["eos_token_id"] = 257,
         };
+        if (s.Arch == "smollm3")
+            config["no_rope_layers"] = Enumerable.Range(0, s.Layers).Select(l => s.UsesRope(l) ? 1 : 0).ToArray();
         if (s.Arch == "granite")
         {
             config["embedding_multiplier"] = s.EmbeddingScale;
@@ -399,8 +404,11 @@ public sealed class TinyModel
                     HeadNorm(q, s.Heads, L.QNorm);
                     HeadNorm(k, s.KvHeads, L.KNorm!);
                 }
-                Rope(q, s.Heads, t);
-                Rope(k, s.KvHeads, t);
+                if (s.UsesRope(l))
+                {
+                    Rope(q, s.Heads, t);
+                    Rope(k, s.KvHeads, t);
+                }
                 keys[l].Add(k);
                 values[l].Add(v);
                 var att = new double[s.QDim];
