@@ -80,7 +80,7 @@ public sealed class LanguageModel : IDisposable
                     throw new ModelFormatException(path, "config.json", "the model folder has no config.json");
                 config = ModelConfigReader.FromHf(configPath);
                 tokenizer = TokenizerLoader.FromHfFolder(path);
-                weights = new SafetensorsWeightSource(path);
+                weights = new SafetensorsWeightSource(path, config.Architecture);
             }
             else if (File.Exists(path))
             {

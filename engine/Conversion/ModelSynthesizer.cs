@@ -14,8 +14,8 @@ public sealed record SynthSpec(
 
     public void Validate()
     {
-        if (Arch is not ("llama" or "qwen2" or "qwen3" or "granite" or "smollm3"))
-            throw new ArgumentException($"--arch {Arch} is not supported (llama, qwen2, qwen3, granite, smollm3)");
+        if (Arch is not ("llama" or "qwen2" or "qwen3" or "granite" or "smollm3" or "olmo2"))
+            throw new ArgumentException($"--arch {Arch} is not supported (llama, qwen2, qwen3, granite, smollm3, olmo2)");
         if (Dim <= 0 || Layers <= 0 || Heads <= 0 || KvHeads <= 0 || Ffn <= 0 || ContextLength <= 0)
             throw new ArgumentException("dim, layers, heads, kv-heads, ffn and ctx must all be positive");
         if (HeadDimOverride < 0 || (HeadDimOverride == 0 && Dim % Heads != 0) || HeadDim % 2 != 0)
@@ -89,7 +89,9 @@ public static class ModelSynthesizer
         for (int l = 0; l < spec.Layers; l++)
         {
             string p = $"blk.{l}.";
-            Vector(p + "attn_norm.weight", spec.Dim, 1f, 0.1f);
+            bool post = a == "olmo2"; // OLMo 2: norms on the block outputs, q and k normalized whole
+            if (!post)
+                Vector(p + "attn_norm.weight", spec.Dim, 1f, 0.1f);
             Matrix(p + "attn_q.weight", qDim, spec.Dim);
             Matrix(p + "attn_k.weight", kvDim, spec.Dim);
             Matrix(p + "attn_v.weight", kvDim, spec.Dim);
@@ -99,13 +101,21 @@ public static class ModelSynthesizer
                 Vector(p + "attn_k.bias", kvDim, 0f, 0.02f);
                 Vector(p + "attn_v.bias", kvDim, 0f, 0.02f);
             }
+            if (post)
+            {
+                Vector(p + "attn_q_norm.weight", qDim, 1f, 0.1f);
+                Vector(p + "attn_k_norm.weight", kvDim, 1f, 0.1f);
+                Vector(p + "attn_post_norm.weight", spec.Dim, 1f, 0.1f);
+                Vector(p + "ffn_post_norm.weight", spec.Dim, 1f, 0.1f);
+            }
             if (a == "qwen3")
             {
                 Vector(p + "attn_q_norm.weight", spec.HeadDim, 1f, 0.1f);
                 Vector(p + "attn_k_norm.weight", spec.HeadDim, 1f, 0.1f);
             }
             Matrix(p + "attn_output.weight", spec.Dim, qDim);
-            Vector(p + "ffn_norm.weight", spec.Dim, 1f, 0.1f);
+            if (!post)
+                Vector(p + "ffn_norm.weight", spec.Dim, 1f, 0.1f);
             Matrix(p + "ffn_gate.weight", spec.Ffn, spec.Dim);
             Matrix(p + "ffn_down.weight", spec.Dim, spec.Ffn);
             Matrix(p + "ffn_up.weight", spec.Ffn, spec.Dim);

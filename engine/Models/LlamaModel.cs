@@ -8,7 +8,8 @@ namespace Engine.Models;
 /// 2023; "Llama 2", 2023) — also Mistral and Qwen2, which differ only in hyper-parameters, RoPE
 /// ordering and q/k/v biases, and Qwen3 (Qwen Team, "Qwen3 Technical Report", 2025), which adds an
 /// RMSNorm over each head of q and k before RoPE, Granite 3, which scales four places, and SmolLM3
-/// (Hugging Face, 2025), whose every fourth layer applies no RoPE. <see cref="Forward"/> reads top to bottom in the order of the equations;
+/// (Hugging Face, 2025), whose every fourth layer applies no RoPE. OLMo 2 (OLMo Team, "2 OLMo 2
+/// Furious", 2024) moves the norms to the block outputs (<see cref="ModelConfig.PostNorm"/>). <see cref="Forward"/> reads top to bottom in the order of the equations;
 /// each step is one <see cref="Backend"/> operation, so the same code runs on the CPU and on CUDA.
 /// </summary>
 public sealed class LlamaModel : IDisposable
@@ -184,19 +185,22 @@ public sealed class LlamaModel : IDisposable
         if (c.EmbeddingScale != 1f)
             b.Scale(x, c.EmbeddingScale);
         Trace?.Invoke("token_embd", -1, x);
-        b.RmsNorm(x, layerCount > 0 ? _w.Layers[0].AttnNorm : _w.OutputNorm, c.RmsNormEps, h);
+        if (!c.PostNorm)
+            b.RmsNorm(x, layerCount > 0 ? _w.Layers[0].AttnNorm! : _w.OutputNorm, c.RmsNormEps, h);
 
         for (int l = 0; l < layerCount; l++)
         {
             var w = _w.Layers[l];
-            Trace?.Invoke("attn_norm", l, h);
+            var input = c.PostNorm ? x : h; // OLMo 2 attends to the residual stream itself
+            if (!c.PostNorm)
+                Trace?.Invoke("attn_norm", l, h);
 
             // attention: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x))
-            b.MatMul(h, [new(w.Wq, q) { Bias = w.Bq }, new(w.Wk, k) { Bias = w.Bk }, new(w.Wv, v) { Bias = w.Bv }], exact);
-            if (w.QNorm is not null) // Qwen3: each head of q and k RMS-normalized before RoPE
+            b.MatMul(input, [new(w.Wq, q) { Bias = w.Bq }, new(w.Wk, k) { Bias = w.Bk }, new(w.Wv, v) { Bias = w.Bv }], exact);
+            if (w.QNorm is not null) // q and k RMS-normalized before RoPE: each head (Qwen3) or whole (OLMo 2)
             {
-                b.RmsNorm(q.AsHeads(c.HeadDim), w.QNorm, c.RmsNormEps, q.AsHeads(c.HeadDim));
-                b.RmsNorm(k.AsHeads(c.HeadDim), w.KNorm!, c.RmsNormEps, k.AsHeads(c.HeadDim));
+                b.RmsNorm(q.AsHeads(w.QNorm.Length), w.QNorm, c.RmsNormEps, q.AsHeads(w.QNorm.Length));
+                b.RmsNorm(k.AsHeads(w.KNorm!.Length), w.KNorm, c.RmsNormEps, k.AsHeads(w.KNorm.Length));
                 Trace?.Invoke("q_norm", l, q);
                 Trace?.Invoke("k_norm", l, k);
             }
@@ -208,17 +212,34 @@ public sealed class LlamaModel : IDisposable
             Trace?.Invoke("k_rope", l, k);
             b.Attention(q, store, l, table, prefix, mask, c.Heads, _attentionScale, att, exact);
             Trace?.Invoke("attn_out", l, att);
-            b.MatMulAddNorm(att, w.Wo, x, proj, w.FfnNorm, c.RmsNormEps, h, exact, c.ResidualScale); // and the FFN's norm
+
+            if (c.PostNorm)
+            {
+                // OLMo 2: x += norm(Wo · attention), then x += norm(W_down · (silu(W_gate·x) ⊙ W_up·x))
+                b.MatMul(att, w.Wo, proj, exact);
+                b.RmsNorm(proj, w.AttnPostNorm!, c.RmsNormEps, proj);
+                b.Add(x, proj);
+                Trace?.Invoke("attn_residual", l, x);
+                b.GatedFfn(x, w.WGate, w.WUp, gate, up, exact);
+                b.MatMul(gate, w.WDown, proj, exact);
+                b.RmsNorm(proj, w.FfnPostNorm!, c.RmsNormEps, proj);
+                b.Add(x, proj);
+                Trace?.Invoke("l_out", l, x);
+                continue;
+            }
+            b.MatMulAddNorm(att, w.Wo, x, proj, w.FfnNorm!, c.RmsNormEps, h, exact, c.ResidualScale); // and the FFN's norm
             Trace?.Invoke("attn_residual", l, x);
             Trace?.Invoke("ffn_norm", l, h);
 
             // feed-forward: x += W_down · (silu(W_gate·norm(x)) ⊙ W_up·norm(x)), then the next norm:
             // the next layer's attention norm, or after the last layer the output norm
             b.GatedFfn(h, w.WGate, w.WUp, gate, up, exact);
-            var nextNorm = l + 1 < layerCount ? _w.Layers[l + 1].AttnNorm : _w.OutputNorm;
+            var nextNorm = l + 1 < layerCount ? _w.Layers[l + 1].AttnNorm! : _w.OutputNorm;
             b.MatMulAddNorm(gate, w.WDown, x, proj, nextNorm, c.RmsNormEps, h, exact, c.ResidualScale);
             Trace?.Invoke("l_out", l, x);
         }
+        if (c.PostNorm)
+            b.RmsNorm(x, _w.OutputNorm, c.RmsNormEps, h); // the output norm (pre-norm layers end with it fused)
         sequence.Commit(n);
 
         if (localRows.IsEmpty)

@@ -6,17 +6,21 @@ namespace Engine.Models;
 
 /// <summary>
 /// The backend-resident weights of one Llama block. Optional parts are null when the family has none:
-/// q/k/v biases (Qwen2), and the per-head RMSNorm weights of q and k (Qwen3, [headDim] each).
+/// the pre-norms (absent in OLMo 2's post-norm layout, which has <see cref="AttnPostNorm"/> and
+/// <see cref="FfnPostNorm"/> instead), q/k/v biases (Qwen2), and the RMSNorm weights of q and k —
+/// per head in Qwen3 ([headDim]), whole in OLMo 2 ([qDim], [kvDim]).
 /// </summary>
 public sealed record LlamaLayer(
-    DeviceVector AttnNorm,
+    DeviceVector? AttnNorm,
     DeviceMatrix Wq, DeviceMatrix Wk, DeviceMatrix Wv, DeviceMatrix Wo,
     DeviceVector? Bq, DeviceVector? Bk, DeviceVector? Bv,
-    DeviceVector FfnNorm,
+    DeviceVector? FfnNorm,
     DeviceMatrix WGate, DeviceMatrix WUp, DeviceMatrix WDown)
 {
     public DeviceVector? QNorm { get; init; }
     public DeviceVector? KNorm { get; init; }
+    public DeviceVector? AttnPostNorm { get; init; }
+    public DeviceVector? FfnPostNorm { get; init; }
 }
 
 /// <summary>
@@ -65,8 +69,9 @@ public sealed class LlamaWeights : IDisposable
             for (int i = 0; i < c.Layers; i++)
             {
                 string p = $"blk.{i}.";
+                bool post = c.PostNorm;
                 layers[i] = new LlamaLayer(
-                    Vector(p + "attn_norm.weight", c.Dim),
+                    post ? null : Vector(p + "attn_norm.weight", c.Dim),
                     Matrix(p + "attn_q.weight", c.QDim, c.Dim),
                     Matrix(p + "attn_k.weight", c.KvDim, c.Dim),
                     Matrix(p + "attn_v.weight", c.KvDim, c.Dim),
@@ -74,14 +79,17 @@ public sealed class LlamaWeights : IDisposable
                     OptionalVector(p + "attn_q.bias", c.QDim),
                     OptionalVector(p + "attn_k.bias", c.KvDim),
                     OptionalVector(p + "attn_v.bias", c.KvDim),
-                    Vector(p + "ffn_norm.weight", c.Dim),
+                    post ? null : Vector(p + "ffn_norm.weight", c.Dim),
                     Matrix(p + "ffn_gate.weight", c.FfnDim, c.Dim),
                     Matrix(p + "ffn_up.weight", c.FfnDim, c.Dim),
                     Matrix(p + "ffn_down.weight", c.Dim, c.FfnDim))
                 {
-                    // Qwen3 normalizes each head of q and k before RoPE (required there, absent elsewhere)
-                    QNorm = c.Architecture == "qwen3" ? Vector(p + "attn_q_norm.weight", c.HeadDim) : null,
-                    KNorm = c.Architecture == "qwen3" ? Vector(p + "attn_k_norm.weight", c.HeadDim) : null,
+                    // Qwen3 normalizes each head of q and k before RoPE, OLMo 2 the whole of q and k
+                    // (required there, absent elsewhere)
+                    QNorm = c.Architecture == "qwen3" ? Vector(p + "attn_q_norm.weight", c.HeadDim) : post ? Vector(p + "attn_q_norm.weight", c.QDim) : null,
+                    KNorm = c.Architecture == "qwen3" ? Vector(p + "attn_k_norm.weight", c.HeadDim) : post ? Vector(p + "attn_k_norm.weight", c.KvDim) : null,
+                    AttnPostNorm = post ? Vector(p + "attn_post_norm.weight", c.Dim) : null,
+                    FfnPostNorm = post ? Vector(p + "ffn_post_norm.weight", c.Dim) : null,
                 };
             }
             var weights = new LlamaWeights

@@ -60,6 +60,12 @@ public sealed record ModelConfig
     /// </summary>
     public bool[]? NoRopeLayers { get; init; }
 
+    /// <summary>
+    /// OLMo 2's block layout (OLMo Team, "2 OLMo 2 Furious", 2024): no norm before attention or the FFN;
+    /// each block's output is RMS-normalized before the residual add, and q and k are normalized whole.
+    /// </summary>
+    public bool PostNorm => Architecture == "olmo2";
+
     /// <summary>Whether layer <paramref name="layer"/> rotates its queries and keys.</summary>
     public bool UsesRope(int layer) => NoRopeLayers is not { } skip || !skip[layer];
 

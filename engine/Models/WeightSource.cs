@@ -61,10 +61,13 @@ public sealed unsafe partial class SafetensorsWeightSource : WeightSource
     private readonly List<TensorView> _tensors = [];
     private readonly Dictionary<string, TensorView> _byName = new(StringComparer.Ordinal);
     private readonly Dictionary<string, (string Hf, string DType)> _unsupported = new(StringComparer.Ordinal);
+    private readonly string _architecture;
 
-    public SafetensorsWeightSource(string folder)
+    /// <param name="architecture">The config's architecture (GGUF name): a few HF names mean different tensors by family.</param>
+    public SafetensorsWeightSource(string folder, string architecture = "llama")
     {
         Path = folder;
+        _architecture = architecture;
         try
         {
             foreach (string shard in ShardPaths(folder))
@@ -97,7 +100,7 @@ public sealed unsafe partial class SafetensorsWeightSource : WeightSource
 
     private void AddTensor(SafetensorsFile file, SafetensorsTensor t)
     {
-        string? name = GgufName(t.Name);
+        string? name = GgufName(t.Name, _architecture);
         if (name is null)
             return; // not part of the decoder (e.g. rotary_emb.inv_freq buffers)
         if (_byName.ContainsKey(name) || _unsupported.ContainsKey(name))
@@ -116,7 +119,9 @@ public sealed unsafe partial class SafetensorsWeightSource : WeightSource
     }
 
     /// <summary>HF Llama/Mistral/Qwen2/Qwen3 parameter names → GGUF names (as llama.cpp's convert_hf_to_gguf maps them).</summary>
-    public static string? GgufName(string hf)
+    /// <remarks>OLMo 2 normalizes block outputs: its <c>post_attention_layernorm</c> follows attention (GGUF
+    /// <c>attn_post_norm</c>), where Llama's precedes the FFN (<c>ffn_norm</c>).</remarks>
+    public static string? GgufName(string hf, string architecture = "llama")
     {
         switch (hf)
         {
@@ -136,7 +141,8 @@ public sealed unsafe partial class SafetensorsWeightSource : WeightSource
             "self_attn.o_proj" => "attn_output",
             "self_attn.q_norm" => "attn_q_norm",
             "self_attn.k_norm" => "attn_k_norm",
-            "post_attention_layernorm" => "ffn_norm",
+            "post_attention_layernorm" => architecture == "olmo2" ? "attn_post_norm" : "ffn_norm",
+            "post_feedforward_layernorm" => "ffn_post_norm",
             "mlp.gate_proj" => "ffn_gate",
             "mlp.up_proj" => "ffn_up",
             "mlp.down_proj" => "ffn_down",

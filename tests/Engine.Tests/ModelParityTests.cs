@@ -41,6 +41,8 @@ public class ModelParityTests
         yield return new TinySpec("bf16", WeightType: GgmlType.BF16, Heads: 4, KvHeads: 2, Seed: 53);
         // Qwen3: per-head q/k RMSNorm before RoPE, heads wider than dim / heads (4 × 32 over dim 64)
         yield return new TinySpec("qwen3-qknorm-wide-heads", Arch: "qwen3", Heads: 4, KvHeads: 2, HeadDimOverride: 32, Seed: 31);
+        // OLMo 2: norms on the block outputs, no pre-norms, q and k normalized whole
+        yield return new TinySpec("olmo2-post-norm", Arch: "olmo2", Heads: 4, KvHeads: 2, Seed: 38);
         // SmolLM3: the fourth of its four layers applies no RoPE
         yield return new TinySpec("smollm3-nope", Arch: "smollm3", Layers: 4, Heads: 4, KvHeads: 2, Seed: 36);
         // Granite 3: embedding, residual, attention and logit multipliers (values of granite-3.x's size)
@@ -135,6 +137,22 @@ public class ModelParityTests
         // Rotating every layer would be a different network: the NoPE layer matters to the logits.
         var roped = TinyModel.Random(new TinySpec("hf-smollm3", Layers: 4, Heads: 4, KvHeads: 2, Seed: 37)).ReferenceLogits(Prompt);
         Assert.That(roped.Zip(reference).Max(p => p.First.Zip(p.Second).Max(x => Math.Abs(x.First - x.Second))), Is.GreaterThan(1e-3));
+    }
+
+    /// <summary>
+    /// OLMo 2's HF folder — where <c>post_attention_layernorm</c> follows attention instead of preceding the
+    /// FFN — and its GGUF (attn_post_norm, ffn_post_norm): the same network, the reference's logits.
+    /// </summary>
+    [Test]
+    public void Olmo2_hf_folder_matches_the_reference_and_the_gguf()
+    {
+        var model = TinyModel.Random(new TinySpec("hf-olmo2", Arch: "olmo2", Heads: 4, KvHeads: 2, Seed: 39));
+        using var dir = new TempDir();
+        var reference = model.ReferenceLogits(Prompt);
+        using (var hf = LanguageModel.Load(model.WriteHfFolder(dir.File("hf")), new ModelOptions { Threads = 1 }))
+            AssertLogitsMatch(hf, reference);
+        using var gguf = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 1 });
+        AssertLogitsMatch(gguf, reference);
     }
 
     /// <summary>A Qwen3 file without its q/k norm weights is refused, naming the missing tensor.</summary>

@@ -21,13 +21,19 @@ public sealed record TinySpec(
     public int HeadDim => HeadDimOverride > 0 ? HeadDimOverride : Dim / Heads;
     public int QDim => Heads * HeadDim;
     public int KvDim => KvHeads * HeadDim;
-    public bool NeoX => Arch is "qwen2" or "qwen3";
+    public bool NeoX => Arch is "qwen2" or "qwen3" or "olmo2";
+
+    /// <summary>OLMo 2: no pre-norms; block outputs normalized before the residual add; q and k normalized whole.</summary>
+    public bool PostNorm => Arch == "olmo2";
+
+    /// <summary>Length of the q and k norm weights: a head (Qwen3) or all of q / k (OLMo 2); 0 when none.</summary>
+    public (int Q, int K) QkNormLength => Arch == "qwen3" ? (HeadDim, HeadDim) : PostNorm ? (QDim, KvDim) : (0, 0);
 
     /// <summary>SmolLM3: layer l applies no RoPE when (l + 1) % 4 == 0.</summary>
     public bool UsesRope(int layer) => Arch != "smollm3" || (layer + 1) % 4 != 0;
 
     /// <summary>Qwen3: an RMSNorm over each head of q and k before RoPE.</summary>
-    public bool QkNorm => Arch == "qwen3";
+    public bool QkNorm => Arch is "qwen3" or "olmo2";
     public override string ToString() => Name;
 }
 
@@ -48,7 +54,8 @@ public sealed class TinyModel
     {
         public required float[] AttnNorm, Wq, Wk, Wv, Wo, FfnNorm, Gate, Up, Down;
         public float[]? Bq, Bk, Bv;
-        public float[]? QNorm, KNorm; // [headDim], Qwen3
+        public float[]? QNorm, KNorm; // [headDim] (Qwen3) or [qDim], [kvDim] (OLMo 2)
+        public float[]? AttnPostNorm, FfnPostNorm; // OLMo 2
     }
 
     /// <summary>Seeded random weights, already rounded through the spec's weight type (so the reference sees what the engine sees).</summary>
@@ -88,8 +95,10 @@ public sealed class TinyModel
                 Bq = s.QkvBias ? Bias(s.QDim) : null,
                 Bk = s.QkvBias ? Bias(s.KvDim) : null,
                 Bv = s.QkvBias ? Bias(s.KvDim) : null,
-                QNorm = s.QkNorm ? Norm(s.HeadDim) : null,
-                KNorm = s.QkNorm ? Norm(s.HeadDim) : null,
+                QNorm = s.QkNorm ? Norm(s.QkNormLength.Q) : null,
+                KNorm = s.QkNorm ? Norm(s.QkNormLength.K) : null,
+                AttnPostNorm = s.PostNorm ? Norm(s.Dim) : null,
+                FfnPostNorm = s.PostNorm ? Norm(s.Dim) : null,
             };
         }
         return new TinyModel
@@ -193,7 +202,8 @@ public sealed class TinyModel
         {
             var L = Layers[l];
             string p = $"blk.{l}.";
-            Vector(p + "attn_norm.weight", L.AttnNorm);
+            if (!s.PostNorm)
+                Vector(p + "attn_norm.weight", L.AttnNorm);
             Matrix(p + "attn_q.weight", L.Wq, s.QDim, s.Dim);
             Matrix(p + "attn_k.weight", L.Wk, s.KvDim, s.Dim);
             Matrix(p + "attn_v.weight", L.Wv, s.KvDim, s.Dim);
@@ -209,7 +219,13 @@ public sealed class TinyModel
                 Vector(p + "attn_k_norm.weight", L.KNorm!);
             }
             Matrix(p + "attn_output.weight", L.Wo, s.Dim, s.QDim);
-            Vector(p + "ffn_norm.weight", L.FfnNorm);
+            if (s.PostNorm)
+            {
+                Vector(p + "attn_post_norm.weight", L.AttnPostNorm!);
+                Vector(p + "ffn_post_norm.weight", L.FfnPostNorm!);
+            }
+            else
+                Vector(p + "ffn_norm.weight", L.FfnNorm);
             Matrix(p + "ffn_gate.weight", L.Gate, s.Ffn, s.Dim);
             Matrix(p + "ffn_up.weight", L.Up, s.Ffn, s.Dim);
             Matrix(p + "ffn_down.weight", L.Down, s.Dim, s.Ffn);
@@ -242,7 +258,7 @@ public sealed class TinyModel
         Directory.CreateDirectory(folder);
         var config = new Dictionary<string, object?>
         {
-            ["architectures"] = new[] { s.Arch switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "granite" => "GraniteForCausalLM", "smollm3" => "SmolLM3ForCausalLM", _ => "LlamaForCausalLM" } },
+            ["architectures"] = new[] { s.Arch switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "granite" => "GraniteForCausalLM", "smollm3" => "SmolLM3ForCausalLM", "olmo2" => "Olmo2ForCausalLM", _ => "LlamaForCausalLM" } },
             ["head_dim"] = s.HeadDim,
             ["hidden_size"] = s.Dim,
             ["intermediate_size"] = s.Ffn,
@@ -296,7 +312,8 @@ public sealed class TinyModel
         {
             var L = Layers[l];
             string p = $"model.layers.{l}.";
-            tensors.Add((p + "input_layernorm.weight", L.AttnNorm, [s.Dim]));
+            if (!s.PostNorm)
+                tensors.Add((p + "input_layernorm.weight", L.AttnNorm, [s.Dim]));
             tensors.Add((p + "self_attn.q_proj.weight", neox ? L.Wq : ToHfRows(L.Wq, s.Heads, s.HeadDim, s.Dim), [s.QDim, s.Dim]));
             tensors.Add((p + "self_attn.k_proj.weight", neox ? L.Wk : ToHfRows(L.Wk, s.KvHeads, s.HeadDim, s.Dim), [s.KvDim, s.Dim]));
             tensors.Add((p + "self_attn.v_proj.weight", L.Wv, [s.KvDim, s.Dim]));
@@ -308,11 +325,17 @@ public sealed class TinyModel
             }
             if (L.QNorm is not null)
             {
-                tensors.Add((p + "self_attn.q_norm.weight", L.QNorm, [s.HeadDim]));
-                tensors.Add((p + "self_attn.k_norm.weight", L.KNorm!, [s.HeadDim]));
+                tensors.Add((p + "self_attn.q_norm.weight", L.QNorm, [L.QNorm.Length]));
+                tensors.Add((p + "self_attn.k_norm.weight", L.KNorm!, [L.KNorm!.Length]));
             }
             tensors.Add((p + "self_attn.o_proj.weight", L.Wo, [s.Dim, s.QDim]));
-            tensors.Add((p + "post_attention_layernorm.weight", L.FfnNorm, [s.Dim]));
+            if (s.PostNorm)
+            {
+                tensors.Add((p + "post_attention_layernorm.weight", L.AttnPostNorm!, [s.Dim]));
+                tensors.Add((p + "post_feedforward_layernorm.weight", L.FfnPostNorm!, [s.Dim]));
+            }
+            else
+                tensors.Add((p + "post_attention_layernorm.weight", L.FfnNorm, [s.Dim]));
             tensors.Add((p + "mlp.gate_proj.weight", L.Gate, [s.Ffn, s.Dim]));
             tensors.Add((p + "mlp.up_proj.weight", L.Up, [s.Ffn, s.Dim]));
             tensors.Add((p + "mlp.down_proj.weight", L.Down, [s.Dim, s.Ffn]));
@@ -395,11 +418,16 @@ public sealed class TinyModel
             for (int l = 0; l < s.Layers; l++)
             {
                 var L = Layers[l];
-                var xn = RmsNorm(x, L.AttnNorm);
+                var xn = s.PostNorm ? x : RmsNorm(x, L.AttnNorm);
                 var q = MatVec(L.Wq, xn, L.Bq);
                 var k = MatVec(L.Wk, xn, L.Bk);
                 var v = MatVec(L.Wv, xn, L.Bv);
-                if (L.QNorm is not null)
+                if (L.QNorm is not null && s.PostNorm)
+                {
+                    q = RmsNorm(q, L.QNorm);
+                    k = RmsNorm(k, L.KNorm!);
+                }
+                else if (L.QNorm is not null)
                 {
                     HeadNorm(q, s.Heads, L.QNorm);
                     HeadNorm(k, s.KvHeads, L.KNorm!);
@@ -438,14 +466,18 @@ public sealed class TinyModel
                     }
                 }
                 var o = MatVec(L.Wo, att, null);
+                if (s.PostNorm)
+                    o = RmsNorm(o, L.AttnPostNorm!);
                 for (int i = 0; i < s.Dim; i++)
                     x[i] += o[i] * s.ResidualScale;
-                var fn = RmsNorm(x, L.FfnNorm);
+                var fn = s.PostNorm ? x : RmsNorm(x, L.FfnNorm);
                 var g = MatVec(L.Gate, fn, null);
                 var u = MatVec(L.Up, fn, null);
                 for (int i = 0; i < g.Length; i++)
                     g[i] = g[i] / (1 + Math.Exp(-g[i])) * u[i];
                 var d = MatVec(L.Down, g, null);
+                if (s.PostNorm)
+                    d = RmsNorm(d, L.FfnPostNorm!);
                 for (int i = 0; i < s.Dim; i++)
                     x[i] += d[i] * s.ResidualScale;
             }

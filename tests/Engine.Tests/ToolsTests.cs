@@ -64,6 +64,26 @@ public class ToolsTests
     }
 
     [Test]
+    public void Synth_writes_olmo2_with_post_norms()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("olmo2.gguf");
+        var (code, _, err) = Run("synth", "--like", LlamaSpmVocab, "--arch", "olmo2", "--dim", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2",
+            "--ffn", "96", path);
+        Assert.That(code, Is.Zero, err);
+        using (var gguf = GgufFile.Open(path))
+        {
+            var names = gguf.Tensors.Select(t => t.Name).ToList();
+            Assert.That(names, Does.Contain("blk.1.attn_post_norm.weight").And.Contain("blk.1.ffn_post_norm.weight").And.Not.Contain("blk.1.attn_norm.weight"));
+            Assert.That(gguf.Tensors.Single(t => t.Name == "blk.0.attn_k_norm.weight").Dims, Is.EqualTo(new long[] { 32 }), "k normalized whole: kv dim");
+        }
+        using var lm = LanguageModel.Load(path, new ModelOptions { Threads = 2 });
+        using var session = lm.CreateSession();
+        Assert.That(session.Generate([1], new GenerationOptions { MaxTokens = 4, Sampling = Sampling.SamplingOptions.Greedy, StopAtEndOfGeneration = false }).ToList(),
+            Has.Count.EqualTo(4));
+    }
+
+    [Test]
     public void Synth_writes_granite_with_its_multipliers()
     {
         using var dir = new TempDir();
