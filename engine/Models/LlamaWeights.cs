@@ -60,6 +60,19 @@ public sealed class LlamaWeights : IDisposable
                 return t;
             }
             DeviceMatrix Matrix(string name, int rows, int cols) => Track(backend.LoadMatrix(Find(name, [cols, rows])!));
+            // A fused tensor (Phi-3's attn_qkv, ffn_up holding gate then up) split into its parts' rows, in place.
+            DeviceMatrix[] Parts(string name, int cols, params (string Name, int Rows)[] parts)
+            {
+                var fused = Find(name, [cols, parts.Sum(p => (long)p.Rows)])!;
+                var result = new DeviceMatrix[parts.Length];
+                long start = 0;
+                for (int i = 0; i < parts.Length; i++)
+                {
+                    result[i] = Track(backend.LoadMatrix(fused.RowSlice(parts[i].Name, start, parts[i].Rows)));
+                    start += parts[i].Rows;
+                }
+                return result;
+            }
             DeviceVector Vector(string name, int length) => Track(backend.LoadVector(Find(name, [length])!));
             DeviceVector? OptionalVector(string name, int length) => Find(name, [length], optional: true) is { } t ? Track(backend.LoadVector(t)) : null;
 
@@ -70,18 +83,22 @@ public sealed class LlamaWeights : IDisposable
             {
                 string p = $"blk.{i}.";
                 bool post = c.PostNorm;
+                // Phi-3 stores q, k and v as one tensor, and gate and up as one (gate first)
+                var qkv = source.Find(p + "attn_qkv.weight") is null
+                    ? [Matrix(p + "attn_q.weight", c.QDim, c.Dim), Matrix(p + "attn_k.weight", c.KvDim, c.Dim), Matrix(p + "attn_v.weight", c.KvDim, c.Dim)]
+                    : Parts(p + "attn_qkv.weight", c.Dim, (p + "attn_q.weight", c.QDim), (p + "attn_k.weight", c.KvDim), (p + "attn_v.weight", c.KvDim));
+                var gateUp = c.Architecture == "phi3" && source.Find(p + "ffn_gate.weight") is null
+                    ? Parts(p + "ffn_up.weight", c.Dim, (p + "ffn_gate.weight", c.FfnDim), (p + "ffn_up.weight", c.FfnDim))
+                    : [Matrix(p + "ffn_gate.weight", c.FfnDim, c.Dim), Matrix(p + "ffn_up.weight", c.FfnDim, c.Dim)];
                 layers[i] = new LlamaLayer(
                     post ? null : Vector(p + "attn_norm.weight", c.Dim),
-                    Matrix(p + "attn_q.weight", c.QDim, c.Dim),
-                    Matrix(p + "attn_k.weight", c.KvDim, c.Dim),
-                    Matrix(p + "attn_v.weight", c.KvDim, c.Dim),
+                    qkv[0], qkv[1], qkv[2],
                     Matrix(p + "attn_output.weight", c.Dim, c.QDim),
                     OptionalVector(p + "attn_q.bias", c.QDim),
                     OptionalVector(p + "attn_k.bias", c.KvDim),
                     OptionalVector(p + "attn_v.bias", c.KvDim),
                     post ? null : Vector(p + "ffn_norm.weight", c.Dim),
-                    Matrix(p + "ffn_gate.weight", c.FfnDim, c.Dim),
-                    Matrix(p + "ffn_up.weight", c.FfnDim, c.Dim),
+                    gateUp[0], gateUp[1],
                     Matrix(p + "ffn_down.weight", c.Dim, c.FfnDim))
                 {
                     // Qwen3 normalizes each head of q and k before RoPE, OLMo 2 the whole of q and k

@@ -66,6 +66,13 @@ public sealed record ModelConfig
     /// </summary>
     public bool PostNorm => Architecture == "olmo2";
 
+    /// <summary>
+    /// The attention window the model was trained with (Phi-3: 2047), 0 for none. The engine has no
+    /// windowed attention yet, so a model with one runs contexts up to the window only — within it,
+    /// windowed and full attention are the same.
+    /// </summary>
+    public int SlidingWindow { get; init; }
+
     /// <summary>Whether layer <paramref name="layer"/> rotates its queries and keys.</summary>
     public bool UsesRope(int layer) => NoRopeLayers is not { } skip || !skip[layer];
 
@@ -113,6 +120,8 @@ public sealed record ModelConfig
         }
         if (!(AttentionScale >= 0) || !float.IsFinite(AttentionScale))
             throw Error(nameof(AttentionScale), $"{AttentionScale} must be a positive number (or absent)");
+        if (SlidingWindow < 0)
+            throw Error(nameof(SlidingWindow), $"{SlidingWindow} must not be negative");
         if (NoRopeLayers is { } nope && nope.Length != Layers)
             throw Error(nameof(NoRopeLayers), $"{nope.Length} entries for {Layers} layers");
         if (RopeFreqFactors is { } f && (f.Length != RopeDims / 2 || f.Any(x => !(x > 0) || !float.IsFinite(x))))

@@ -8,7 +8,7 @@ namespace Engine.Models;
 public static class ModelConfigReader
 {
     /// <summary>GGUF architectures this engine runs.</summary>
-    public static readonly IReadOnlyList<string> GgufArchitectures = ["llama", "qwen2", "qwen3", "granite", "smollm3", "olmo2"];
+    public static readonly IReadOnlyList<string> GgufArchitectures = ["llama", "qwen2", "qwen3", "granite", "smollm3", "olmo2", "phi3"];
 
     /// <summary>
     /// SmolLM3's NoPE period: layer l applies no RoPE when (l + 1) is a multiple of it. GGUF has no key
@@ -29,6 +29,7 @@ public static class ModelConfigReader
         ["GraniteForCausalLM"] = "granite",
         ["SmolLM3ForCausalLM"] = "smollm3",
         ["Olmo2ForCausalLM"] = "olmo2",
+        ["Phi3ForCausalLM"] = "phi3",
     };
 
     public static ModelConfig FromGguf(GgufFile gguf, int vocabSize, float[]? ropeFreqFactors)
@@ -80,7 +81,7 @@ public static class ModelConfigReader
             ContextLength = m.GetInt32(k("context_length"), 2048),
             RmsNormEps = m.GetSingle(k("attention.layer_norm_rms_epsilon"), 1e-5f),
             RopeTheta = m.GetSingle(k("rope.freq_base"), 10000f),
-            RopeStyle = arch is "qwen2" or "qwen3" or "olmo2" ? RopeStyle.NeoX : RopeStyle.Normal,
+            RopeStyle = arch is "qwen2" or "qwen3" or "olmo2" or "phi3" ? RopeStyle.NeoX : RopeStyle.Normal,
             RopeDims = m.GetInt32(k("rope.dimension_count"), headDim),
             RopeFreqScale = freqScale,
             RopeFreqFactors = ropeFreqFactors,
@@ -89,9 +90,11 @@ public static class ModelConfigReader
             AttentionScale = m.GetSingle(k("attention.scale"), 0f),
             LogitScale = m.GetSingle(k("logit_scale"), 1f),
             NoRopeLayers = arch == "smollm3" ? NoRopeEvery(m.GetInt32(k("block_count")), SmolLm3NoRopeInterval) : null,
+            SlidingWindow = m.GetInt32(k("attention.sliding_window"), 0),
         };
         config.Validate(gguf.Path, property => property switch
         {
+            nameof(ModelConfig.SlidingWindow) => k("attention.sliding_window"),
             nameof(ModelConfig.EmbeddingScale) => k("embedding_scale"),
             nameof(ModelConfig.ResidualScale) => k("residual_scale"),
             nameof(ModelConfig.AttentionScale) => k("attention.scale"),
@@ -198,7 +201,7 @@ public static class ModelConfigReader
             RmsNormEps = Float("rms_norm_eps", 1e-6f),
             RopeTheta = theta,
             RopeStyle = RopeStyle.NeoX,
-            RopeDims = headDim,
+            RopeDims = (int)Math.Round(headDim * Float("partial_rotary_factor", 1f)), // Phi-4-mini rotates 3/4 of each head
             RopeFreqScale = freqScale,
             RopeFreqFactors = factors,
             EmbeddingScale = Float("embedding_multiplier", 1f),
@@ -206,9 +209,13 @@ public static class ModelConfigReader
             AttentionScale = Float("attention_multiplier", 0f),
             LogitScale = Float("logits_scaling", 1f),
             NoRopeLayers = arch == "smollm3" ? HfNoRopeLayers(root, configPath, Int("num_hidden_layers"), Int("no_rope_layer_interval", SmolLm3NoRopeInterval)) : null,
+            // Qwen2's configs name a window they do not use (use_sliding_window: false)
+            SlidingWindow = root.TryGetProperty("use_sliding_window", out var useWindow) && useWindow.ValueKind == JsonValueKind.False ? 0 : Int("sliding_window", 0),
         };
         config.Validate(configPath, property => property switch
         {
+            nameof(ModelConfig.SlidingWindow) => "sliding_window",
+            nameof(ModelConfig.RopeDims) => "partial_rotary_factor",
             nameof(ModelConfig.EmbeddingScale) => "embedding_multiplier",
             nameof(ModelConfig.ResidualScale) => "residual_multiplier",
             nameof(ModelConfig.AttentionScale) => "attention_multiplier",

@@ -139,12 +139,14 @@ public sealed unsafe partial class SafetensorsWeightSource : WeightSource
             "self_attn.k_proj" => "attn_k",
             "self_attn.v_proj" => "attn_v",
             "self_attn.o_proj" => "attn_output",
+            "self_attn.qkv_proj" => "attn_qkv",
             "self_attn.q_norm" => "attn_q_norm",
             "self_attn.k_norm" => "attn_k_norm",
             "post_attention_layernorm" => architecture == "olmo2" ? "attn_post_norm" : "ffn_norm",
             "post_feedforward_layernorm" => "ffn_post_norm",
             "mlp.gate_proj" => "ffn_gate",
             "mlp.up_proj" => "ffn_up",
+            "mlp.gate_up_proj" => "ffn_up", // Phi-3: gate then up, in one tensor (as llama.cpp names it)
             "mlp.down_proj" => "ffn_down",
             _ => "",
         };

@@ -45,6 +45,17 @@ public sealed unsafe class TensorView
         return new ReadOnlySpan<byte>(Data + row * bytes, checked((int)bytes));
     }
 
+    /// <summary>
+    /// Rows <paramref name="start"/>.. of a matrix as a tensor of their own, in place (no copy): a fused
+    /// tensor's parts (Phi-3's q/k/v and gate/up) are consecutive rows.
+    /// </summary>
+    public TensorView RowSlice(string name, long start, long count)
+    {
+        if (Dims.Count != 2 || start < 0 || count <= 0 || start + count > RowCount)
+            throw new ArgumentOutOfRangeException(nameof(start), $"{Name}: rows {start}..{start + count - 1} of a {ShapeText} tensor");
+        return new TensorView(name, Type, [RowLength, count], Data + start * RowBytes, count * RowBytes);
+    }
+
     public string ShapeText => "[" + string.Join(", ", Dims) + "]";
 
     public override string ToString() => $"{Name} {Type} {ShapeText}";

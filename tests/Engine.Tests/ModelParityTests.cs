@@ -41,6 +41,9 @@ public class ModelParityTests
         yield return new TinySpec("bf16", WeightType: GgmlType.BF16, Heads: 4, KvHeads: 2, Seed: 53);
         // Qwen3: per-head q/k RMSNorm before RoPE, heads wider than dim / heads (4 × 32 over dim 64)
         yield return new TinySpec("qwen3-qknorm-wide-heads", Arch: "qwen3", Heads: 4, KvHeads: 2, HeadDimOverride: 32, Seed: 31);
+        // Phi-3: fused q/k/v and gate/up tensors, split in place when loaded (F32 and quantized rows)
+        yield return new TinySpec("phi3-fused", Arch: "phi3", Heads: 4, KvHeads: 2, Seed: 40);
+        yield return new TinySpec("phi3-fused-q8_0", Arch: "phi3", WeightType: GgmlType.Q8_0, Heads: 4, KvHeads: 4, Seed: 41);
         // OLMo 2: norms on the block outputs, no pre-norms, q and k normalized whole
         yield return new TinySpec("olmo2-post-norm", Arch: "olmo2", Heads: 4, KvHeads: 2, Seed: 38);
         // SmolLM3: the fourth of its four layers applies no RoPE
@@ -153,6 +156,32 @@ public class ModelParityTests
             AssertLogitsMatch(hf, reference);
         using var gguf = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 1 });
         AssertLogitsMatch(gguf, reference);
+    }
+
+    /// <summary>
+    /// Phi-3's HF folder (qkv_proj, gate_up_proj) and its GGUF (attn_qkv, a double-width ffn_up): the
+    /// reference's logits. Its sliding window caps the context the engine offers (no windowed attention
+    /// yet: within the window it is full attention), and a longer context asked for is refused.
+    /// </summary>
+    [Test]
+    public void Phi3_fused_tensors_and_its_window()
+    {
+        var model = TinyModel.Random(new TinySpec("hf-phi3", Arch: "phi3", Heads: 4, KvHeads: 2, Seed: 42, SlidingWindow: 64));
+        using var dir = new TempDir();
+        var reference = model.ReferenceLogits(Prompt);
+        using (var hf = LanguageModel.Load(model.WriteHfFolder(dir.File("hf")), new ModelOptions { Threads = 1 }))
+        {
+            Assert.That((hf.Config.SlidingWindow, hf.ContextLength), Is.EqualTo((64, 64)));
+            AssertLogitsMatch(hf, reference);
+        }
+        string gguf = model.WriteGguf(dir.File("m.gguf"));
+        using (var lm = LanguageModel.Load(gguf, new ModelOptions { Threads = 1 }))
+        {
+            Assert.That(lm.ContextLength, Is.EqualTo(64));
+            AssertLogitsMatch(lm, reference);
+        }
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => LanguageModel.Load(gguf, new ModelOptions { Threads = 1, ContextLength = 200 }))!;
+        Assert.That(e.Message, Does.Contain("sliding window of 64"));
     }
 
     /// <summary>A Qwen3 file without its q/k norm weights is refused, naming the missing tensor.</summary>

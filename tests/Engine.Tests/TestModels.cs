@@ -15,13 +15,16 @@ public sealed record TinySpec(
     string Name, string Arch = "llama", int Vocab = 320, int Dim = 64, int Layers = 2, int Heads = 4, int KvHeads = 4,
     int Ffn = 96, bool Tied = false, bool QkvBias = false, GgmlType WeightType = GgmlType.F32, int Seed = 1,
     float RopeTheta = 10000f, int Context = 256, Llama3Rope? Llama3 = null, int HeadDimOverride = 0,
-    float EmbeddingScale = 1f, float ResidualScale = 1f, float AttentionScale = 0f, float LogitScale = 1f)
+    float EmbeddingScale = 1f, float ResidualScale = 1f, float AttentionScale = 0f, float LogitScale = 1f, int SlidingWindow = 0)
 {
+    /// <summary>Phi-3: q/k/v in one tensor, gate and up in one (gate first).</summary>
+    public bool Fused => Arch == "phi3";
+
     /// <summary>Dim / Heads, unless the spec sets its own (Qwen3's heads are wider than dim / heads).</summary>
     public int HeadDim => HeadDimOverride > 0 ? HeadDimOverride : Dim / Heads;
     public int QDim => Heads * HeadDim;
     public int KvDim => KvHeads * HeadDim;
-    public bool NeoX => Arch is "qwen2" or "qwen3" or "olmo2";
+    public bool NeoX => Arch is "qwen2" or "qwen3" or "olmo2" or "phi3";
 
     /// <summary>OLMo 2: no pre-norms; block outputs normalized before the residual add; q and k normalized whole.</summary>
     public bool PostNorm => Arch == "olmo2";
@@ -174,6 +177,8 @@ public sealed class TinyModel
         }
         w.Add($"{a}.attention.layer_norm_rms_epsilon", 1e-5f);
         w.Add($"{a}.rope.freq_base", s.RopeTheta);
+        if (s.SlidingWindow > 0)
+            w.Add($"{a}.attention.sliding_window", (uint)s.SlidingWindow);
         if (a == "granite")
         {
             w.Add($"{a}.embedding_scale", s.EmbeddingScale);
@@ -204,9 +209,14 @@ public sealed class TinyModel
             string p = $"blk.{l}.";
             if (!s.PostNorm)
                 Vector(p + "attn_norm.weight", L.AttnNorm);
-            Matrix(p + "attn_q.weight", L.Wq, s.QDim, s.Dim);
-            Matrix(p + "attn_k.weight", L.Wk, s.KvDim, s.Dim);
-            Matrix(p + "attn_v.weight", L.Wv, s.KvDim, s.Dim);
+            if (s.Fused)
+                Matrix(p + "attn_qkv.weight", [.. L.Wq, .. L.Wk, .. L.Wv], s.QDim + 2 * s.KvDim, s.Dim);
+            else
+            {
+                Matrix(p + "attn_q.weight", L.Wq, s.QDim, s.Dim);
+                Matrix(p + "attn_k.weight", L.Wk, s.KvDim, s.Dim);
+                Matrix(p + "attn_v.weight", L.Wv, s.KvDim, s.Dim);
+            }
             if (L.Bq is not null)
             {
                 Vector(p + "attn_q.bias", L.Bq);
@@ -226,8 +236,13 @@ public sealed class TinyModel
             }
             else
                 Vector(p + "ffn_norm.weight", L.FfnNorm);
-            Matrix(p + "ffn_gate.weight", L.Gate, s.Ffn, s.Dim);
-            Matrix(p + "ffn_up.weight", L.Up, s.Ffn, s.Dim);
+            if (s.Fused)
+                Matrix(p + "ffn_up.weight", [.. L.Gate, .. L.Up], 2 * s.Ffn, s.Dim);
+            else
+            {
+                Matrix(p + "ffn_gate.weight", L.Gate, s.Ffn, s.Dim);
+                Matrix(p + "ffn_up.weight", L.Up, s.Ffn, s.Dim);
+            }
             Matrix(p + "ffn_down.weight", L.Down, s.Dim, s.Ffn);
         }
         Vector("output_norm.weight", OutputNorm);
@@ -258,7 +273,7 @@ public sealed class TinyModel
         Directory.CreateDirectory(folder);
         var config = new Dictionary<string, object?>
         {
-            ["architectures"] = new[] { s.Arch switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "granite" => "GraniteForCausalLM", "smollm3" => "SmolLM3ForCausalLM", "olmo2" => "Olmo2ForCausalLM", _ => "LlamaForCausalLM" } },
+            ["architectures"] = new[] { s.Arch switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "granite" => "GraniteForCausalLM", "smollm3" => "SmolLM3ForCausalLM", "olmo2" => "Olmo2ForCausalLM", "phi3" => "Phi3ForCausalLM", _ => "LlamaForCausalLM" } },
             ["head_dim"] = s.HeadDim,
             ["hidden_size"] = s.Dim,
             ["intermediate_size"] = s.Ffn,
@@ -273,6 +288,8 @@ public sealed class TinyModel
             ["bos_token_id"] = 256,
             ["eos_token_id"] = 257,
         };
+        if (s.SlidingWindow > 0)
+            config["sliding_window"] = s.SlidingWindow;
         if (s.Arch == "smollm3")
             config["no_rope_layers"] = Enumerable.Range(0, s.Layers).Select(l => s.UsesRope(l) ? 1 : 0).ToArray();
         if (s.Arch == "granite")
@@ -314,9 +331,14 @@ public sealed class TinyModel
             string p = $"model.layers.{l}.";
             if (!s.PostNorm)
                 tensors.Add((p + "input_layernorm.weight", L.AttnNorm, [s.Dim]));
-            tensors.Add((p + "self_attn.q_proj.weight", neox ? L.Wq : ToHfRows(L.Wq, s.Heads, s.HeadDim, s.Dim), [s.QDim, s.Dim]));
-            tensors.Add((p + "self_attn.k_proj.weight", neox ? L.Wk : ToHfRows(L.Wk, s.KvHeads, s.HeadDim, s.Dim), [s.KvDim, s.Dim]));
-            tensors.Add((p + "self_attn.v_proj.weight", L.Wv, [s.KvDim, s.Dim]));
+            if (s.Fused)
+                tensors.Add((p + "self_attn.qkv_proj.weight", [.. L.Wq, .. L.Wk, .. L.Wv], [s.QDim + 2 * s.KvDim, s.Dim]));
+            else
+            {
+                tensors.Add((p + "self_attn.q_proj.weight", neox ? L.Wq : ToHfRows(L.Wq, s.Heads, s.HeadDim, s.Dim), [s.QDim, s.Dim]));
+                tensors.Add((p + "self_attn.k_proj.weight", neox ? L.Wk : ToHfRows(L.Wk, s.KvHeads, s.HeadDim, s.Dim), [s.KvDim, s.Dim]));
+                tensors.Add((p + "self_attn.v_proj.weight", L.Wv, [s.KvDim, s.Dim]));
+            }
             if (L.Bq is not null)
             {
                 tensors.Add((p + "self_attn.q_proj.bias", neox ? L.Bq : ToHfRows(L.Bq, s.Heads, s.HeadDim, 1), [s.QDim]));
@@ -336,8 +358,13 @@ public sealed class TinyModel
             }
             else
                 tensors.Add((p + "post_attention_layernorm.weight", L.FfnNorm, [s.Dim]));
-            tensors.Add((p + "mlp.gate_proj.weight", L.Gate, [s.Ffn, s.Dim]));
-            tensors.Add((p + "mlp.up_proj.weight", L.Up, [s.Ffn, s.Dim]));
+            if (s.Fused)
+                tensors.Add((p + "mlp.gate_up_proj.weight", [.. L.Gate, .. L.Up], [2 * s.Ffn, s.Dim]));
+            else
+            {
+                tensors.Add((p + "mlp.gate_proj.weight", L.Gate, [s.Ffn, s.Dim]));
+                tensors.Add((p + "mlp.up_proj.weight", L.Up, [s.Ffn, s.Dim]));
+            }
             tensors.Add((p + "mlp.down_proj.weight", L.Down, [s.Dim, s.Ffn]));
         }
         tensors.Add(("model.norm.weight", OutputNorm, [s.Dim]));
