@@ -83,6 +83,7 @@ public sealed class LlamaWeights : IDisposable
             {
                 string p = $"blk.{i}.";
                 bool post = c.PostNorm;
+                var attnNorm = post ? null : Vector(p + "attn_norm.weight", c.Dim); // looked up first: a file that lacks a layer names its first tensor
                 // Phi-3 stores q, k and v as one tensor, and gate and up as one (gate first)
                 var qkv = source.Find(p + "attn_qkv.weight") is null
                     ? [Matrix(p + "attn_q.weight", c.QDim, c.Dim), Matrix(p + "attn_k.weight", c.KvDim, c.Dim), Matrix(p + "attn_v.weight", c.KvDim, c.Dim)]
@@ -91,7 +92,7 @@ public sealed class LlamaWeights : IDisposable
                     ? Parts(p + "ffn_up.weight", c.Dim, (p + "ffn_gate.weight", c.FfnDim), (p + "ffn_up.weight", c.FfnDim))
                     : [Matrix(p + "ffn_gate.weight", c.FfnDim, c.Dim), Matrix(p + "ffn_up.weight", c.FfnDim, c.Dim)];
                 layers[i] = new LlamaLayer(
-                    post ? null : Vector(p + "attn_norm.weight", c.Dim),
+                    attnNorm,
                     qkv[0], qkv[1], qkv[2],
                     Matrix(p + "attn_output.weight", c.Dim, c.QDim),
                     OptionalVector(p + "attn_q.bias", c.QDim),
