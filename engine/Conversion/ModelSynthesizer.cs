@@ -14,8 +14,8 @@ public sealed record SynthSpec(
 
     public void Validate()
     {
-        if (Arch is not ("llama" or "qwen2" or "qwen3" or "granite" or "smollm3" or "olmo2"))
-            throw new ArgumentException($"--arch {Arch} is not supported (llama, qwen2, qwen3, granite, smollm3, olmo2)");
+        if (Arch is not ("llama" or "qwen2" or "qwen3" or "granite" or "smollm3" or "olmo2" or "phi3"))
+            throw new ArgumentException($"--arch {Arch} is not supported (llama, qwen2, qwen3, granite, smollm3, olmo2, phi3)");
         if (Dim <= 0 || Layers <= 0 || Heads <= 0 || KvHeads <= 0 || Ffn <= 0 || ContextLength <= 0)
             throw new ArgumentException("dim, layers, heads, kv-heads, ffn and ctx must all be positive");
         if (HeadDimOverride < 0 || (HeadDimOverride == 0 && Dim % Heads != 0) || HeadDim % 2 != 0)
@@ -92,9 +92,15 @@ public static class ModelSynthesizer
             bool post = a == "olmo2"; // OLMo 2: norms on the block outputs, q and k normalized whole
             if (!post)
                 Vector(p + "attn_norm.weight", spec.Dim, 1f, 0.1f);
-            Matrix(p + "attn_q.weight", qDim, spec.Dim);
-            Matrix(p + "attn_k.weight", kvDim, spec.Dim);
-            Matrix(p + "attn_v.weight", kvDim, spec.Dim);
+            bool fused = a == "phi3"; // Phi-3: q/k/v in one tensor, gate and up in one (gate first)
+            if (fused)
+                Matrix(p + "attn_qkv.weight", qDim + 2 * kvDim, spec.Dim);
+            else
+            {
+                Matrix(p + "attn_q.weight", qDim, spec.Dim);
+                Matrix(p + "attn_k.weight", kvDim, spec.Dim);
+                Matrix(p + "attn_v.weight", kvDim, spec.Dim);
+            }
             if (a == "qwen2")
             {
                 Vector(p + "attn_q.bias", qDim, 0f, 0.02f);
@@ -116,9 +122,10 @@ public static class ModelSynthesizer
             Matrix(p + "attn_output.weight", spec.Dim, qDim);
             if (!post)
                 Vector(p + "ffn_norm.weight", spec.Dim, 1f, 0.1f);
-            Matrix(p + "ffn_gate.weight", spec.Ffn, spec.Dim);
+            if (!fused)
+                Matrix(p + "ffn_gate.weight", spec.Ffn, spec.Dim);
             Matrix(p + "ffn_down.weight", spec.Dim, spec.Ffn);
-            Matrix(p + "ffn_up.weight", spec.Ffn, spec.Dim);
+            Matrix(p + "ffn_up.weight", fused ? 2 * spec.Ffn : spec.Ffn, spec.Dim);
         }
         w.Write(path);
     }

@@ -83,6 +83,27 @@ public class ToolsTests
             Has.Count.EqualTo(4));
     }
 
+    [TestCase("Q8_0")]
+    [TestCase("Q4_K_M")]
+    public void Synth_writes_phi3_with_fused_tensors(string type)
+    {
+        using var dir = new TempDir();
+        string path = dir.File("phi3.gguf");
+        var (code, _, err) = Run("synth", "--like", LlamaSpmVocab, "--arch", "phi3", "--dim", "256", "--layers", "2", "--heads", "4", "--kv-heads", "2",
+            "--ffn", "512", "--type", type, path);
+        Assert.That(code, Is.Zero, err);
+        using (var gguf = GgufFile.Open(path))
+        {
+            Assert.That(gguf.Tensors.Single(t => t.Name == "blk.0.attn_qkv.weight").Dims, Is.EqualTo(new long[] { 256, 256 + 2 * 128 }));
+            Assert.That(gguf.Tensors.Single(t => t.Name == "blk.0.ffn_up.weight").Dims, Is.EqualTo(new long[] { 256, 1024 }));
+            Assert.That(gguf.Tensors.Select(t => t.Name), Does.Not.Contain("blk.0.ffn_gate.weight"));
+        }
+        using var lm = LanguageModel.Load(path, new ModelOptions { Threads = 2 });
+        using var session = lm.CreateSession();
+        Assert.That(session.Generate([1], new GenerationOptions { MaxTokens = 4, Sampling = Sampling.SamplingOptions.Greedy, StopAtEndOfGeneration = false }).ToList(),
+            Has.Count.EqualTo(4));
+    }
+
     [Test]
     public void Synth_writes_granite_with_its_multipliers()
     {
