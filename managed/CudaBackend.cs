@@ -236,18 +236,17 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
 
     public override void MatMul(Activation x, ReadOnlySpan<MatMulTarget> targets, bool batchInvariant = false)
     {
-        foreach (var (w, dst) in targets)
-        {
-            if (x.Cols != w.Cols || dst.Cols != w.Rows || dst.Rows != x.Rows)
-                throw new ArgumentException($"matmul {w.Name}: x {x} · W [{w.Rows} x {w.Cols}]ᵀ → dst {dst}");
-        }
         foreach (var t in targets)
         {
-            if (t.Bias is not null && t.Bias.Length != t.Weights.Rows)
-                throw new ArgumentException($"matmul {t.Weights.Name}: a bias of {t.Bias.Length} values for {t.Weights.Rows} rows");
+            var (w, dst) = t;
+            if (x.Cols != w.Cols || dst.Cols != w.Rows || dst.Rows != x.Rows)
+                throw new ArgumentException($"matmul {w.Name}: x {x} · W [{w.Rows} x {w.Cols}]ᵀ → dst {dst}");
+            if (t.Bias is not null && t.Bias.Length != w.Rows)
+                throw new ArgumentException($"matmul {w.Name}: a bias of {t.Bias.Length} values for {w.Rows} rows");
         }
         int n = x.Rows;
-        var blas = n > Gemv.MaxColumns && !batchInvariant ? Blas : null;
+        var blas = BlasFor(n, batchInvariant);
+        bool biasInKernel = blas is null && FuseSteps; // the gemv kernels add the bias as the product leaves
         if (blas is null)
         {
             // Decoding and verification: the gemv kernels, 8 rows per launch; a row's result does not
@@ -261,41 +260,38 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
                 {
                     var type = targets[first].Weights.Type;
                     int size = 0;
-                    while (first + size < targets.Length && size < (FuseSteps ? Gemv.MaxTargets : 1) && ((CudaMatrix)targets[first + size].Weights).Type == type)
+                    while (first + size < targets.Length && size < (FuseSteps ? Gemv.MaxTargets : 1) && targets[first + size].Weights.Type == type)
                     {
-                        var (w, dst) = targets[first + size];
-                        var bias = targets[first + size].Bias;
-                        group[size++] = new GemvTarget(((CudaMatrix)w).Data, w.Rows, Span(dst).Slice((long)r * dst.Cols, (long)count * dst.Cols),
-                            bias is null || !FuseSteps ? default : Span(bias));
+                        var t = targets[first + size];
+                        group[size++] = new GemvTarget(((CudaMatrix)t.Weights).Data, t.Weights.Rows,
+                            Span(t.Output).Slice((long)r * t.Output.Cols, (long)count * t.Output.Cols),
+                            biasInKernel && t.Bias is not null ? Span(t.Bias) : default);
                     }
                     Gemv.Run(Device, type, x.Cols, group[..size], xs, count);
                     first += size;
                 }
             }
-            if (!FuseSteps)
+        }
+        else
+        {
+            // Prefill: the input to F16 once, each weight to F16 in turn, cuBLAS multiplies (float32 accumulation).
+            var input = Grow(ref _inputF16, x.Size);
+            Kernels.Dequantize.ConvertF32F16(Device, Span(x), input, x.Size);
+            foreach (var (w, dst) in targets)
             {
-                foreach (var t in targets)
-                {
-                    if (t.Bias is not null)
-                        AddBias(t.Output, t.Bias);
-                }
+                var m = (CudaMatrix)w;
+                var weights = Grow(ref _weightsF16, (long)m.Rows * m.Cols);
+                Kernels.Dequantize.ToF16(Device, m.Type, m.Data, m.Rows, m.Cols, weights);
+                blas.GemmF16(weights, m.Rows, m.Cols, input, n, Span(dst));
             }
-            return;
         }
-        // Prefill: the input to F16 once, each weight to F16 in turn, cuBLAS multiplies (float32 accumulation).
-        var input = Grow(ref _inputF16, x.Size);
-        Kernels.Dequantize.ConvertF32F16(Device, Span(x), input, x.Size);
-        foreach (var (w, dst) in targets)
+        if (!biasInKernel)
         {
-            var m = (CudaMatrix)w;
-            var weights = Grow(ref _weightsF16, (long)m.Rows * m.Cols);
-            Kernels.Dequantize.ToF16(Device, m.Type, m.Data, m.Rows, m.Cols, weights);
-            blas.GemmF16(weights, m.Rows, m.Cols, input, n, Span(dst));
-        }
-        foreach (var t in targets)
-        {
-            if (t.Bias is not null)
-                AddBias(t.Output, t.Bias);
+            foreach (var t in targets)
+            {
+                if (t.Bias is not null)
+                    AddBias(t.Output, t.Bias);
+            }
         }
     }
 
@@ -309,8 +305,19 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         return array.Span.Slice(0, length);
     }
 
-    /// <summary>Whether a product of <paramref name="rows"/> activation rows runs on the gemv kernels (decoding, verification), where the fused kernels apply.</summary>
-    private bool OnGemv(int rows, bool batchInvariant) => FuseSteps && (rows <= Gemv.MaxColumns || batchInvariant || Blas is null);
+    /// <summary>cuBLAS for a product of <paramref name="rows"/> activation rows (a batch that need not be batch-invariant), or null: the gemv kernels.</summary>
+    private CuBlas? BlasFor(int rows, bool batchInvariant) => rows > Gemv.MaxColumns && !batchInvariant ? Blas : null;
+
+    /// <summary>Whether a product of <paramref name="rows"/> activation rows runs on the gemv kernels (decoding, verification) with the fused kernels.</summary>
+    private bool OnGemv(int rows, bool batchInvariant) => FuseSteps && BlasFor(rows, batchInvariant) is null;
+
+    /// <summary>RoPE's θᵢ on the device, uploaded once per table.</summary>
+    private DeviceSpan<double> Frequencies(RopeTable rope)
+    {
+        if (!_ropeFrequencies.TryGetValue(rope, out var frequencies))
+            _ropeFrequencies[rope] = frequencies = Device.Upload<double>(rope.InvFreq);
+        return frequencies.Span;
+    }
 
     public override void RopeStoreKv(Activation q, Activation k, Activation v, int heads, int kvHeads, ReadOnlySpan<int> positions, RopeTable rope,
         KvStore store, int layer, ReadOnlySpan<int> blockTable, int firstSlot)
@@ -325,16 +332,15 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
             throw new ArgumentException($"rope_store_kv: {kvHeads} kv heads of {rope.HeadDim} for a cache of {s.Layout.KvHeads} of {s.Layout.HeadDim}");
         if (positions.Length != q.Rows || k.Rows != q.Rows || v.Rows != q.Rows)
             throw new ArgumentException($"rope_store_kv: {positions.Length} positions for q {q}, k {k}, v {v}");
-        if (!_ropeFrequencies.TryGetValue(rope, out var frequencies))
-            _ropeFrequencies[rope] = frequencies = Device.Upload<double>(rope.InvFreq);
+        var frequencies = Frequencies(rope);
         var pos = _positions.Put(positions);
         var table = _table.Put(blockTable);
         bool neox = rope.Style == Models.RopeStyle.NeoX;
         if (s.IsF16)
-            RopeKv.RopeStoreKv(Device, Span(q), Span(k), Span(v), q.Rows, heads, pos, frequencies.Span, rope.InvFreq.Length, neox, table,
+            RopeKv.RopeStoreKv(Device, Span(q), Span(k), Span(v), q.Rows, heads, pos, frequencies, rope.InvFreq.Length, neox, table,
                 blockTable.Length, firstSlot, s.DataF16, s.MaxBlocks, s.Layout, layer);
         else
-            RopeKv.RopeStoreKv(Device, Span(q), Span(k), Span(v), q.Rows, heads, pos, frequencies.Span, rope.InvFreq.Length, neox, table,
+            RopeKv.RopeStoreKv(Device, Span(q), Span(k), Span(v), q.Rows, heads, pos, frequencies, rope.InvFreq.Length, neox, table,
                 blockTable.Length, firstSlot, s.Data, s.MaxBlocks, s.Layout, layer);
     }
 
@@ -350,33 +356,30 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         if (x.Cols != w.Cols || residual.Cols != w.Rows || residual.Rows != n || normOut.Rows != n || normOut.Cols != w.Rows || normWeight.Length != w.Rows)
             throw new ArgumentException($"matmul_add_norm {w.Name}: x {x} · W [{w.Rows} x {w.Cols}]ᵀ into {residual}, norm of {normWeight.Length} into {normOut}");
         var m = (CudaMatrix)w;
-        var counter = _normCounter ??= ZeroedCounter();
+        var counter = Counters(ref _normCounter, 1);
         for (int r = 0; r < n; r += Gemv.MaxColumns)
         {
             int count = Math.Min(Gemv.MaxColumns, n - r);
             long dim = w.Rows;
             var target = new GemvTarget(m.Data, w.Rows, Span(residual).Slice(r * dim, count * dim));
             Gemv.Run(Device, m.Type, w.Cols, [target], Span(x).Slice((long)r * x.Cols, (long)count * x.Cols), count, accumulate: true,
-                norm: new GemvNorm(Span(normWeight), eps, Span(normOut).Slice(r * dim, count * dim), counter.Span), accumulateScale: residualScale);
+                norm: new GemvNorm(Span(normWeight), eps, Span(normOut).Slice(r * dim, count * dim), counter), accumulateScale: residualScale);
         }
     }
 
-    private DeviceSpan<uint> MergeCounters(long count)
+    /// <summary>
+    /// <paramref name="count"/> block counters for a kernel's last-block epilogue (the folded norm, the
+    /// folded attention merge): zeroed when allocated, and every launch leaves them zero.
+    /// </summary>
+    private DeviceSpan<uint> Counters(ref GpuArray<uint>? array, long count)
     {
-        if (_mergeCounters is null || _mergeCounters.Length < count)
+        if (array is null || array.Length < count)
         {
-            _mergeCounters?.Dispose();
-            _mergeCounters = Device.Allocate<uint>(Math.Max(count, 64));
-            Device.Clear(_mergeCounters.Span.Pointer, _mergeCounters.Span.Bytes);
+            array?.Dispose();
+            array = Device.Allocate<uint>(Math.Max(count, 64));
+            Device.Clear(array.Span.Pointer, array.Span.Bytes);
         }
-        return _mergeCounters.Span.Slice(0, count);
-    }
-
-    private GpuArray<uint> ZeroedCounter()
-    {
-        var counter = Device.Allocate<uint>(1);
-        Device.Clear(counter.Span.Pointer, counter.Span.Bytes);
-        return counter;
+        return array.Span.Slice(0, count);
     }
 
     public override void GatedFfn(Activation h, DeviceMatrix wGate, DeviceMatrix wUp, Activation gate, Activation up, bool batchInvariant = false)
@@ -403,9 +406,8 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
 
     public override void Rope(Activation x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
     {
-        if (!_ropeFrequencies.TryGetValue(rope, out var frequencies))
-            _ropeFrequencies[rope] = frequencies = Device.Upload<double>(rope.InvFreq);
-        Kernels.Rope.RopeF32(Device, Span(x), x.Rows, heads, rope.HeadDim, _positions.Put(positions), frequencies.Span, rope.InvFreq.Length,
+        var frequencies = Frequencies(rope);
+        Kernels.Rope.RopeF32(Device, Span(x), x.Rows, heads, rope.HeadDim, _positions.Put(positions), frequencies, rope.InvFreq.Length,
             rope.Style == Models.RopeStyle.NeoX);
     }
 
@@ -440,7 +442,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
             : Grow(ref _attentionScratch, Kernels.Attention.ScratchFloats(heads, n, s.Layout.HeadDim, s.MaxBlocks * s.Layout.BlockSize));
         var table = _table.Put(blockTable);
         // With fused steps the tree kernel merges its own splits (counters zeroed once, left zero by each launch).
-        var counters = FuseSteps ? MergeCounters(Kernels.TreeAttention.Counters(n, heads, s.Layout.KvHeads)) : default;
+        var counters = FuseSteps ? Counters(ref _mergeCounters, Kernels.TreeAttention.Counters(n, heads, s.Layout.KvHeads)) : default;
         if (s.IsF16)
             Kernels.Attention.AttentionF32(Device, Span(q), n, heads, s.DataF16, s.MaxBlocks, s.Layout, layer, table, blockTable.Length,
                 prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant, TensorCorePrefill, counters);

@@ -102,10 +102,9 @@ public sealed class LlamaWeights : IDisposable
                     gateUp[0], gateUp[1],
                     Matrix(p + "ffn_down.weight", c.Dim, c.FfnDim))
                 {
-                    // Qwen3 normalizes each head of q and k before RoPE, OLMo 2 the whole of q and k
-                    // (required there, absent elsewhere)
-                    QNorm = c.Architecture == "qwen3" ? Vector(p + "attn_q_norm.weight", c.HeadDim) : post ? Vector(p + "attn_q_norm.weight", c.QDim) : null,
-                    KNorm = c.Architecture == "qwen3" ? Vector(p + "attn_k_norm.weight", c.HeadDim) : post ? Vector(p + "attn_k_norm.weight", c.KvDim) : null,
+                    // required where the family normalizes q and k (ModelConfig.QkNorm), absent elsewhere
+                    QNorm = c.QkNorm is { } qk ? Vector(p + "attn_q_norm.weight", qk.Q) : null,
+                    KNorm = c.QkNorm is { } kk ? Vector(p + "attn_k_norm.weight", kk.K) : null,
                     AttnPostNorm = post ? Vector(p + "attn_post_norm.weight", c.Dim) : null,
                     FfnPostNorm = post ? Vector(p + "ffn_post_norm.weight", c.Dim) : null,
                 };

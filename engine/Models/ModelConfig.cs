@@ -73,6 +73,17 @@ public sealed record ModelConfig
     /// </summary>
     public int SlidingWindow { get; init; }
 
+    /// <summary>
+    /// Lengths of the RMSNorm weights applied to q and k before RoPE, or null when the family has none:
+    /// a head (Qwen3 normalizes each head) or all of q and k (OLMo 2 normalizes them whole).
+    /// </summary>
+    public (int Q, int K)? QkNorm => Architecture switch
+    {
+        "qwen3" => (HeadDim, HeadDim),
+        "olmo2" => (QDim, KvDim),
+        _ => null,
+    };
+
     /// <summary>Whether layer <paramref name="layer"/> rotates its queries and keys.</summary>
     public bool UsesRope(int layer) => NoRopeLayers is not { } skip || !skip[layer];
 

@@ -81,32 +81,13 @@ public static class Attention
         int keys = prefix + n;
         IntPtr pq = q.Pointer, pc = cache.Pointer, pt = table.Pointer, pm = mask.IsEmpty ? IntPtr.Zero : mask.Pointer, pd = dst.Pointer;
         int layers = layout.Layers, kvHeads = layout.KvHeads, blockSize = layout.BlockSize;
-        if (tensorCores && UsesTensorCores(device, typeof(T) == typeof(Half), n, hd, batchInvariant))
+        bool tc = tensorCores && UsesTensorCores(device, typeof(T) == typeof(Half), n, hd, batchInvariant);
+        if (tc || KvCacheKernels.UsesPrefillKernel(n, hd, batchInvariant))
         {
-            // A batch over an F16 cache: the tensor-core kernel, 64 rows per block (attention_tc.cu).
-            var tc = device.Function("attention_tc", "attention_prefill_tc_f16");
-            void** targs = stackalloc void*[14];
-            targs[0] = &pq;
-            targs[1] = &pc;
-            targs[2] = &pt;
-            targs[3] = &layer;
-            targs[4] = &layers;
-            targs[5] = &kvHeads;
-            targs[6] = &hd;
-            targs[7] = &blockSize;
-            targs[8] = &prefix;
-            targs[9] = &n;
-            targs[10] = &pm;
-            targs[11] = &words;
-            targs[12] = &scale;
-            targs[13] = &pd;
-            device.Launch(tc, (heads, (n + TensorCoreRows - 1) / TensorCoreRows, 1), (128, 1, 1), 0, targs);
-            return;
-        }
-        if (KvCacheKernels.UsesPrefillKernel(n, hd, batchInvariant))
-        {
-            // A batch: the tiled kernel, 16 rows per block, each key and value read once per block.
-            var prefill = device.Function(File, "attention_prefill_" + suffix);
+            // A batch: the tensor-core kernel over an F16 cache, 64 rows per block (attention_tc.cu), or the
+            // tiled kernel, 16 rows per block; each key and value is read once per block. Same arguments.
+            var prefill = tc ? device.Function("attention_tc", "attention_prefill_tc_f16") : device.Function(File, "attention_prefill_" + suffix);
+            int rowsPerBlock = tc ? TensorCoreRows : KvCacheKernels.PrefillRows;
             void** pargs = stackalloc void*[14];
             pargs[0] = &pq;
             pargs[1] = &pc;
@@ -122,7 +103,7 @@ public static class Attention
             pargs[11] = &words;
             pargs[12] = &scale;
             pargs[13] = &pd;
-            device.Launch(prefill, (heads, (n + KvCacheKernels.PrefillRows - 1) / KvCacheKernels.PrefillRows, 1), (128, 1, 1), 0, pargs);
+            device.Launch(prefill, (heads, (n + rowsPerBlock - 1) / rowsPerBlock, 1), (128, 1, 1), 0, pargs);
             return;
         }
         if (TreeAttention.Supports(hd))

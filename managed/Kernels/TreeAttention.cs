@@ -16,11 +16,17 @@ public static class TreeAttention
     public static bool Supports(int headDim) => headDim <= MaxHeadDim;
 
     /// <summary>The merge counters a launch of <paramref name="n"/> queries needs (one per KV head and item block).</summary>
-    public static long Counters(int n, int heads, int kvHeads)
+    public static long Counters(int n, int heads, int kvHeads) => kvHeads * Blocking(n, heads, kvHeads).ItemBlocks;
+
+    /// <summary>
+    /// How a launch's (query, head) items are spread: pairs per warp, and item blocks (grid z). At least the
+    /// whole GQA group goes in one block, so that each key tile is staged once per KV head.
+    /// </summary>
+    private static (int ItemsPerWarp, long ItemBlocks) Blocking(int n, int heads, int kvHeads)
     {
         int group = heads / kvHeads, items = n * group;
         int itemsPerWarp = Math.Max(ItemsPerWarp(items), Math.Min(4, (group + 3) / 4));
-        return (long)kvHeads * ((items + 4L * itemsPerWarp - 1) / (4L * itemsPerWarp));
+        return (itemsPerWarp, (items + 4L * itemsPerWarp - 1) / (4L * itemsPerWarp));
     }
 
     /// <summary>(query, head) pairs per warp: fewer for small launches, so that they still spread over many blocks.</summary>
@@ -43,10 +49,7 @@ public static class TreeAttention
         Attention.CheckShapes("tree_attention_" + suffix, MaxHeadDim, q, n, heads, cache, blocks, layout, layer, table, tableLength, prefix, mask, words, dst);
         int keys = prefix + n;
         var (splits, chunk) = Backends.Cpu.Kernels.TreeAttention.Plan(keys);
-        int items = n * (heads / layout.KvHeads);
-        // At least the whole GQA group in one block, so that each key tile is staged once per KV head.
-        int itemsPerWarp = Math.Max(ItemsPerWarp(items), Math.Min(4, (heads / layout.KvHeads + 3) / 4));
-        long itemBlocks = (items + 4L * itemsPerWarp - 1) / (4L * itemsPerWarp);
+        var (itemsPerWarp, itemBlocks) = Blocking(n, heads, layout.KvHeads);
         if (splits > 65535 || itemBlocks > 65535)
             throw new ArgumentOutOfRangeException(nameof(n), $"tree_attention_f32: {n} queries over {keys} keys exceed the grid");
         long parts = (long)n * heads * splits;

@@ -90,37 +90,40 @@ public class ModelParityTests
         AssertLogitsMatch(hf, reference);
     }
 
+    /// <summary>
+    /// Writes <paramref name="model"/> as an HF folder and as GGUF; each loads, passes <paramref name="check"/>
+    /// and gives the reference's logits — the two layouts are one network. Returns the GGUF's path.
+    /// </summary>
+    private static string AssertHfAndGgufMatchTheReference(TinyModel model, TempDir dir, Action<LanguageModel>? check = null)
+    {
+        var reference = model.ReferenceLogits(Prompt);
+        string gguf = model.WriteGguf(dir.File("m.gguf"));
+        foreach (string path in new[] { model.WriteHfFolder(dir.File("hf")), gguf })
+        {
+            using var lm = LanguageModel.Load(path, new ModelOptions { Threads = 1 });
+            check?.Invoke(lm);
+            AssertLogitsMatch(lm, reference);
+        }
+        return gguf;
+    }
+
     /// <summary>Qwen3's HF folder (q_norm/k_norm, explicit head_dim) and its GGUF: the same network, the reference's logits.</summary>
     [Test]
     public void Qwen3_hf_folder_matches_the_reference_and_the_gguf()
     {
-        var model = TinyModel.Random(new TinySpec("hf-qwen3", Arch: "qwen3", Heads: 4, KvHeads: 2, HeadDimOverride: 32, Tied: true, Seed: 32));
         using var dir = new TempDir();
-        var reference = model.ReferenceLogits(Prompt);
-        using (var hf = LanguageModel.Load(model.WriteHfFolder(dir.File("hf")), new ModelOptions { Threads = 1 }))
-        {
-            Assert.That((hf.Config.Architecture, hf.Config.HeadDim, hf.Config.QDim), Is.EqualTo(("qwen3", 32, 128)));
-            AssertLogitsMatch(hf, reference);
-        }
-        using var gguf = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 1 });
-        AssertLogitsMatch(gguf, reference);
+        AssertHfAndGgufMatchTheReference(TinyModel.Random(new TinySpec("hf-qwen3", Arch: "qwen3", Heads: 4, KvHeads: 2, HeadDimOverride: 32, Tied: true, Seed: 32)),
+            dir, lm => Assert.That((lm.Config.Architecture, lm.Config.HeadDim, lm.Config.QDim), Is.EqualTo(("qwen3", 32, 128))));
     }
 
     /// <summary>Granite's HF folder (the four multipliers in config.json) and its GGUF (granite.* keys): the reference's logits.</summary>
     [Test]
     public void Granite_hf_folder_matches_the_reference_and_the_gguf()
     {
-        var model = TinyModel.Random(new TinySpec("hf-granite", Arch: "granite", Heads: 4, KvHeads: 2, Tied: true, Seed: 35, EmbeddingScale: 12f,
-            ResidualScale: 0.22f, AttentionScale: 0.0625f, LogitScale: 8f));
         using var dir = new TempDir();
-        var reference = model.ReferenceLogits(Prompt);
-        using (var hf = LanguageModel.Load(model.WriteHfFolder(dir.File("hf")), new ModelOptions { Threads = 1 }))
-        {
-            Assert.That((hf.Config.EmbeddingScale, hf.Config.ResidualScale, hf.Config.AttentionScale, hf.Config.LogitScale), Is.EqualTo((12f, 0.22f, 0.0625f, 8f)));
-            AssertLogitsMatch(hf, reference);
-        }
-        using var gguf = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 1 });
-        AssertLogitsMatch(gguf, reference);
+        AssertHfAndGgufMatchTheReference(TinyModel.Random(new TinySpec("hf-granite", Arch: "granite", Heads: 4, KvHeads: 2, Tied: true, Seed: 35,
+            EmbeddingScale: 12f, ResidualScale: 0.22f, AttentionScale: 0.0625f, LogitScale: 8f)), dir,
+            lm => Assert.That((lm.Config.EmbeddingScale, lm.Config.ResidualScale, lm.Config.AttentionScale, lm.Config.LogitScale), Is.EqualTo((12f, 0.22f, 0.0625f, 8f))));
     }
 
     /// <summary>SmolLM3's HF folder (its no_rope_layers list) and its GGUF (the fixed period of 4): the same network.</summary>
@@ -129,17 +132,10 @@ public class ModelParityTests
     {
         var model = TinyModel.Random(new TinySpec("hf-smollm3", Arch: "smollm3", Layers: 4, Heads: 4, KvHeads: 2, Seed: 37));
         using var dir = new TempDir();
-        var reference = model.ReferenceLogits(Prompt);
-        using (var hf = LanguageModel.Load(model.WriteHfFolder(dir.File("hf")), new ModelOptions { Threads = 1 }))
-        {
-            Assert.That(Enumerable.Range(0, 4).Select(hf.Config.UsesRope), Is.EqualTo(new[] { true, true, true, false }));
-            AssertLogitsMatch(hf, reference);
-        }
-        using var gguf = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 1 });
-        AssertLogitsMatch(gguf, reference);
+        AssertHfAndGgufMatchTheReference(model, dir, lm => Assert.That(Enumerable.Range(0, 4).Select(lm.Config.UsesRope), Is.EqualTo(new[] { true, true, true, false })));
         // Rotating every layer would be a different network: the NoPE layer matters to the logits.
         var roped = TinyModel.Random(new TinySpec("hf-smollm3", Layers: 4, Heads: 4, KvHeads: 2, Seed: 37)).ReferenceLogits(Prompt);
-        Assert.That(roped.Zip(reference).Max(p => p.First.Zip(p.Second).Max(x => Math.Abs(x.First - x.Second))), Is.GreaterThan(1e-3));
+        Assert.That(roped.Zip(model.ReferenceLogits(Prompt)).Max(p => p.First.Zip(p.Second).Max(x => Math.Abs(x.First - x.Second))), Is.GreaterThan(1e-3));
     }
 
     /// <summary>
@@ -149,13 +145,8 @@ public class ModelParityTests
     [Test]
     public void Olmo2_hf_folder_matches_the_reference_and_the_gguf()
     {
-        var model = TinyModel.Random(new TinySpec("hf-olmo2", Arch: "olmo2", Heads: 4, KvHeads: 2, Seed: 39));
         using var dir = new TempDir();
-        var reference = model.ReferenceLogits(Prompt);
-        using (var hf = LanguageModel.Load(model.WriteHfFolder(dir.File("hf")), new ModelOptions { Threads = 1 }))
-            AssertLogitsMatch(hf, reference);
-        using var gguf = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 1 });
-        AssertLogitsMatch(gguf, reference);
+        AssertHfAndGgufMatchTheReference(TinyModel.Random(new TinySpec("hf-olmo2", Arch: "olmo2", Heads: 4, KvHeads: 2, Seed: 39)), dir);
     }
 
     /// <summary>
@@ -166,20 +157,9 @@ public class ModelParityTests
     [Test]
     public void Phi3_fused_tensors_and_its_window()
     {
-        var model = TinyModel.Random(new TinySpec("hf-phi3", Arch: "phi3", Heads: 4, KvHeads: 2, Seed: 42, SlidingWindow: 64));
         using var dir = new TempDir();
-        var reference = model.ReferenceLogits(Prompt);
-        using (var hf = LanguageModel.Load(model.WriteHfFolder(dir.File("hf")), new ModelOptions { Threads = 1 }))
-        {
-            Assert.That((hf.Config.SlidingWindow, hf.ContextLength), Is.EqualTo((64, 64)));
-            AssertLogitsMatch(hf, reference);
-        }
-        string gguf = model.WriteGguf(dir.File("m.gguf"));
-        using (var lm = LanguageModel.Load(gguf, new ModelOptions { Threads = 1 }))
-        {
-            Assert.That(lm.ContextLength, Is.EqualTo(64));
-            AssertLogitsMatch(lm, reference);
-        }
+        string gguf = AssertHfAndGgufMatchTheReference(TinyModel.Random(new TinySpec("hf-phi3", Arch: "phi3", Heads: 4, KvHeads: 2, Seed: 42, SlidingWindow: 64)),
+            dir, lm => Assert.That((lm.Config.SlidingWindow, lm.ContextLength), Is.EqualTo((64, 64))));
         var e = Assert.Throws<ArgumentOutOfRangeException>(() => LanguageModel.Load(gguf, new ModelOptions { Threads = 1, ContextLength = 200 }))!;
         Assert.That(e.Message, Does.Contain("sliding window of 64"));
     }

@@ -18,6 +18,21 @@ public class ToolsTests
 
     private static string LlamaSpmVocab => SharedData.Require("vocab/ggml-vocab-llama-spm.gguf");
 
+    /// <summary><c>engine synth</c> of <paramref name="shape"/> with the llama-spm vocabulary into <paramref name="path"/>; synth's stderr when it fails.</summary>
+    private static void Synth(string path, params string[] shape)
+    {
+        var (code, _, err) = Run(["synth", "--like", LlamaSpmVocab, .. shape, path]);
+        Assert.That(code, Is.Zero, err);
+    }
+
+    /// <summary>A synthesized model decodes: four greedy tokens, end-of-generation ignored.</summary>
+    private static void AssertDecodes(LanguageModel lm)
+    {
+        using var session = lm.CreateSession();
+        Assert.That(session.Generate([1], new GenerationOptions { MaxTokens = 4, Sampling = Sampling.SamplingOptions.Greedy, StopAtEndOfGeneration = false }).ToList(),
+            Has.Count.EqualTo(4));
+    }
+
     [Test]
     public void Synth_writes_a_seeded_model_of_the_asked_shape_with_the_vocabulary_of_another_file()
     {
@@ -48,9 +63,7 @@ public class ToolsTests
     {
         using var dir = new TempDir();
         string path = dir.File("q3.gguf");
-        var (code, _, err) = Run("synth", "--like", LlamaSpmVocab, "--arch", "qwen3", "--dim", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2",
-            "--head-dim", "32", "--ffn", "96", "--type", "Q8_0", path);
-        Assert.That(code, Is.Zero, err);
+        Synth(path, "--arch", "qwen3", "--dim", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--ffn", "96", "--type", "Q8_0");
         using (var gguf = GgufFile.Open(path))
         {
             Assert.That(gguf.Tensors.Select(t => t.Name), Does.Contain("blk.1.attn_q_norm.weight").And.Contain("blk.1.attn_k_norm.weight"));
@@ -58,9 +71,7 @@ public class ToolsTests
         }
         using var lm = LanguageModel.Load(path, new ModelOptions { Threads = 2 });
         Assert.That((lm.Config.Architecture, lm.Config.HeadDim, lm.Config.RopeStyle), Is.EqualTo(("qwen3", 32, Engine.Models.RopeStyle.NeoX)));
-        using var session = lm.CreateSession();
-        Assert.That(session.Generate([1], new GenerationOptions { MaxTokens = 4, Sampling = Sampling.SamplingOptions.Greedy, StopAtEndOfGeneration = false }).ToList(),
-            Has.Count.EqualTo(4));
+        AssertDecodes(lm);
     }
 
     [Test]
@@ -68,9 +79,7 @@ public class ToolsTests
     {
         using var dir = new TempDir();
         string path = dir.File("olmo2.gguf");
-        var (code, _, err) = Run("synth", "--like", LlamaSpmVocab, "--arch", "olmo2", "--dim", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2",
-            "--ffn", "96", path);
-        Assert.That(code, Is.Zero, err);
+        Synth(path, "--arch", "olmo2", "--dim", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--ffn", "96");
         using (var gguf = GgufFile.Open(path))
         {
             var names = gguf.Tensors.Select(t => t.Name).ToList();
@@ -78,9 +87,7 @@ public class ToolsTests
             Assert.That(gguf.Tensors.Single(t => t.Name == "blk.0.attn_k_norm.weight").Dims, Is.EqualTo(new long[] { 32 }), "k normalized whole: kv dim");
         }
         using var lm = LanguageModel.Load(path, new ModelOptions { Threads = 2 });
-        using var session = lm.CreateSession();
-        Assert.That(session.Generate([1], new GenerationOptions { MaxTokens = 4, Sampling = Sampling.SamplingOptions.Greedy, StopAtEndOfGeneration = false }).ToList(),
-            Has.Count.EqualTo(4));
+        AssertDecodes(lm);
     }
 
     [TestCase("Q8_0")]
@@ -89,9 +96,7 @@ public class ToolsTests
     {
         using var dir = new TempDir();
         string path = dir.File("phi3.gguf");
-        var (code, _, err) = Run("synth", "--like", LlamaSpmVocab, "--arch", "phi3", "--dim", "256", "--layers", "2", "--heads", "4", "--kv-heads", "2",
-            "--ffn", "512", "--type", type, path);
-        Assert.That(code, Is.Zero, err);
+        Synth(path, "--arch", "phi3", "--dim", "256", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--ffn", "512", "--type", type);
         using (var gguf = GgufFile.Open(path))
         {
             Assert.That(gguf.Tensors.Single(t => t.Name == "blk.0.attn_qkv.weight").Dims, Is.EqualTo(new long[] { 256, 256 + 2 * 128 }));
@@ -99,9 +104,7 @@ public class ToolsTests
             Assert.That(gguf.Tensors.Select(t => t.Name), Does.Not.Contain("blk.0.ffn_gate.weight"));
         }
         using var lm = LanguageModel.Load(path, new ModelOptions { Threads = 2 });
-        using var session = lm.CreateSession();
-        Assert.That(session.Generate([1], new GenerationOptions { MaxTokens = 4, Sampling = Sampling.SamplingOptions.Greedy, StopAtEndOfGeneration = false }).ToList(),
-            Has.Count.EqualTo(4));
+        AssertDecodes(lm);
     }
 
     [Test]
@@ -109,8 +112,7 @@ public class ToolsTests
     {
         using var dir = new TempDir();
         string path = dir.File("granite.gguf");
-        var (code, _, err) = Run("synth", "--like", LlamaSpmVocab, "--arch", "granite", "--dim", "64", "--layers", "2", "--heads", "4", "--ffn", "96", path);
-        Assert.That(code, Is.Zero, err);
+        Synth(path, "--arch", "granite", "--dim", "64", "--layers", "2", "--heads", "4", "--ffn", "96");
         using var lm = LanguageModel.Load(path, new ModelOptions { Threads = 2 });
         Assert.That((lm.Config.Architecture, lm.Config.EmbeddingScale, lm.Config.ResidualScale, lm.Config.AttentionScale, lm.Config.LogitScale),
             Is.EqualTo(("granite", 12f, 0.22f, 0.015625f, 8f)));
