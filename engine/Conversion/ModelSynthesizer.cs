@@ -18,7 +18,9 @@ public sealed record SynthSpec(
             throw new ArgumentException($"--arch {Arch} is not supported (llama, qwen2, qwen3, granite, smollm3, olmo2, phi3)");
         if (Dim <= 0 || Layers <= 0 || Heads <= 0 || KvHeads <= 0 || Ffn <= 0 || ContextLength <= 0)
             throw new ArgumentException("dim, layers, heads, kv-heads, ffn and ctx must all be positive");
-        if (HeadDimOverride < 0 || (HeadDimOverride == 0 && Dim % Heads != 0) || HeadDim % 2 != 0)
+        if (HeadDimOverride != 0 && (HeadDimOverride < 0 || HeadDimOverride % 2 != 0))
+            throw new ArgumentException($"--head-dim {HeadDimOverride} must be positive and even");
+        if (HeadDimOverride == 0 && (Dim % Heads != 0 || HeadDim % 2 != 0))
             throw new ArgumentException($"--dim {Dim} must split into {Heads} heads of an even size (or give --head-dim, even)");
         if (Heads % KvHeads != 0)
             throw new ArgumentException($"--heads {Heads} must be a multiple of --kv-heads {KvHeads}");
