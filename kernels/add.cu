@@ -1,5 +1,6 @@
-// Residual add, bias add and scaling.
-// CPU reference: engine/Backends/Cpu/Kernels/Activations.cs (Activations.AddF32, Activations.AddBiasF32, Activations.ScaleF32).
+// Residual add, bias add, scaling and soft-capping.
+// CPU reference: engine/Backends/Cpu/Kernels/Activations.cs (Activations.AddF32, Activations.AddBiasF32, Activations.ScaleF32,
+// Activations.SoftCapF32).
 // Launcher:      managed/Kernels/Add.cs.
 #include "common.cuh"
 
@@ -28,5 +29,14 @@ extern "C" __global__ void add_bias_f32(float * x, const float * __restrict__ bi
     const long long i = (long long) blockIdx.x * blockDim.x + threadIdx.x;
     if (i < count) {
         x[i] += bias[i % cols];
+    }
+}
+
+// soft_cap_f32: x[i] = cap · tanh(x[i] / cap) for i < count (Gemma 2's final logits).
+// Launch: grid = (ceil(count / 256), 1, 1); block = (256, 1, 1).
+extern "C" __global__ void soft_cap_f32(float * x, float cap, long long count) {
+    const long long i = (long long) blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < count) {
+        x[i] = cap * tanhf(x[i] / cap);
     }
 }

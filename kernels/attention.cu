@@ -30,6 +30,9 @@
 //   prefix:   committed tokens (slots 0..prefix-1), all visible; batch token j is slot prefix + j
 //   mask:     null for causal (row i sees batch tokens j <= i), else [n][words] bits: row i sees j
 //             when bit j of mask[i·words + j/64] is set
+//   softcap:  0, or Gemma 2's soft-capping: scores become softcap · tanh(score / softcap)
+//   window_starts: null, or [n] ints: row i sees no slot below window_starts[i] (sliding-window
+//             attention; a mask must already exclude the batch slots outside the window)
 //   chunk:    keys per split; split s covers the keys of rank s·chunk .. (s+1)·chunk - 1 among those the
 //             row sees (splits past a row's last key find nothing and report an empty partial)
 //   part_acc: [n, heads, splits, head_dim] float32 partial Σ p·v     part_ml: [n, heads, splits, 2] (max, Σ p)
@@ -39,7 +42,7 @@ template <typename T>
 static __device__ void attention_split(
         const float * __restrict__ q, const T * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
         int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask, int words,
-        float scale, int chunk, float * __restrict__ part_acc, float * __restrict__ part_ml) {
+        float scale, float softcap, const int * __restrict__ window_starts, int chunk, float * __restrict__ part_acc, float * __restrict__ part_ml) {
     __shared__ float s_m[ATTN_WARPS], s_l[ATTN_WARPS];
     __shared__ float s_acc[ATTN_WARPS][ATTN_MAX_HEAD_DIM];
 
@@ -58,20 +61,15 @@ static __device__ void attention_split(
     }
     float m = -INFINITY, l = 0.0f;
 
-    // The keys this row sees, by rank: the prefix (ranks = slots), then its visible batch slots.
+    // The keys this row sees, by rank: the prefix from its window's start, then its visible batch slots.
     const unsigned long long * row_mask = mask == nullptr ? nullptr : mask + (long long) row * words;
-    int visible = prefix + row + 1;
-    if (row_mask != nullptr) {
-        visible = prefix;
-        for (int w = 0; w < words; w++) {
-            visible += __popcll(row_mask[w]);
-        }
-    }
+    const int lo = window_start(window_starts, row);
+    const int visible = visible_keys(prefix, row, lo, row_mask, words);
     const int begin = split * chunk;
     const int end = min(begin + chunk, visible);
     const long long layer_stride = (long long) kv_heads * block_size * head_dim; // K to V of one layer
     for (int r = begin + warp; r < end; r += ATTN_WARPS) {
-        const int t = r < prefix || row_mask == nullptr ? r : prefix + masked_slot(row_mask, words, r - prefix);
+        const int t = rank_slot(r, prefix, lo, row_mask, words);
         const int block = table[t / block_size], slot = t % block_size;
         const T * kp = cache + ((((long long) block * layers + layer) * 2) * kv_heads + kv_head) * (long long) (block_size * head_dim)
                        + (long long) slot * head_dim;
@@ -84,7 +82,7 @@ static __device__ void attention_split(
                 partial = fmaf(qd[i], kv_load(kp + d), partial);
             }
         }
-        const float s = warp_reduce_sum(partial) * scale;
+        const float s = soft_cap(warp_reduce_sum(partial) * scale, softcap);
         const float m_new = fmaxf(m, s);
         const float correction = expf(m - m_new); // m = -inf the first time: exp(-inf) = 0
         const float p = expf(s - m_new);
@@ -145,16 +143,16 @@ static __device__ void attention_split(
 extern "C" __global__ void __launch_bounds__(128) attention_f32(
         const float * __restrict__ q, const float * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
         int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask, int words,
-        float scale, int chunk, float * __restrict__ part_acc, float * __restrict__ part_ml) {
-    attention_split(q, cache, table, layer, layers, kv_heads, head_dim, block_size, prefix, n, mask, words, scale, chunk, part_acc, part_ml);
+        float scale, float softcap, const int * __restrict__ window_starts, int chunk, float * __restrict__ part_acc, float * __restrict__ part_ml) {
+    attention_split(q, cache, table, layer, layers, kv_heads, head_dim, block_size, prefix, n, mask, words, scale, softcap, window_starts, chunk, part_acc, part_ml);
 }
 
 // attention_f16: attention_f32 over a binary16 cache.
 extern "C" __global__ void __launch_bounds__(128) attention_f16(
         const float * __restrict__ q, const __half * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
         int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask, int words,
-        float scale, int chunk, float * __restrict__ part_acc, float * __restrict__ part_ml) {
-    attention_split(q, cache, table, layer, layers, kv_heads, head_dim, block_size, prefix, n, mask, words, scale, chunk, part_acc, part_ml);
+        float scale, float softcap, const int * __restrict__ window_starts, int chunk, float * __restrict__ part_acc, float * __restrict__ part_ml) {
+    attention_split(q, cache, table, layer, layers, kv_heads, head_dim, block_size, prefix, n, mask, words, scale, softcap, window_starts, chunk, part_acc, part_ml);
 }
 
 // attention_combine_f32: dst[row, head·head_dim + d] = Σ_s e^(m_s - M)·acc_s[d] / Σ_s e^(m_s - M)·l_s
@@ -184,7 +182,7 @@ template <typename T>
 static __device__ void attention_prefill(
         const float * __restrict__ q, const T * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
         int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask, int words,
-        float scale, float * __restrict__ dst) {
+        float scale, float softcap, const int * __restrict__ window_starts, float * __restrict__ dst) {
     __shared__ float s_q[PREFILL_ROWS][PREFILL_MAX_HEAD_DIM];
     __shared__ float s_k[PREFILL_KEYS][PREFILL_MAX_HEAD_DIM + 1];
     __shared__ float s_v[PREFILL_KEYS][PREFILL_MAX_HEAD_DIM];
@@ -211,10 +209,18 @@ static __device__ void attention_prefill(
         }
     }
 
-    // The block's rows see keys below `end`: the causal window of its last row, or the whole batch.
+    // The block's rows see keys below `end` (the causal window of its last row, or the whole batch) and
+    // none below its first row's window start (starts never decrease along a causal batch; under a mask
+    // the smallest start of the block's rows).
     const int end = mask == nullptr ? prefix + row0 + rows_here : prefix + n;
+    int start = window_start(window_starts, row0);
+    if (mask != nullptr) {
+        for (int r = 1; r < rows_here; r++) {
+            start = min(start, window_start(window_starts, row0 + r));
+        }
+    }
     const long long layer_stride = (long long) kv_heads * block_size * head_dim;
-    for (int t0 = 0; t0 < end; t0 += PREFILL_KEYS) {
+    for (int t0 = start; t0 < end; t0 += PREFILL_KEYS) {
         __syncthreads(); // the previous tile is used up (and, the first time, q is in place)
         for (int i = threadIdx.x; i < PREFILL_KEYS * head_dim; i += blockDim.x) {
             const int j = i / head_dim, d = i % head_dim;
@@ -240,7 +246,7 @@ static __device__ void attention_prefill(
             if (r >= rows_here) {
                 break; // the same for the whole warp
             }
-            bool visible = t < end;
+            bool visible = t < end && t >= window_start(window_starts, row);
             if (visible && t >= prefix) {
                 const int j = t - prefix;
                 visible = mask == nullptr ? j <= row : ((mask[(long long) row * words + (j >> 6)] >> (j & 63)) & 1ull) != 0;
@@ -251,7 +257,7 @@ static __device__ void attention_prefill(
                 for (int d = 0; d < head_dim; d++) {
                     dot = fmaf(s_q[r][d], s_k[lane][d], dot);
                 }
-                s = dot * scale;
+                s = soft_cap(dot * scale, softcap);
             }
             const float tile_max = warp_reduce_max(s);
             if (tile_max == -INFINITY) {
@@ -299,14 +305,14 @@ static __device__ void attention_prefill(
 extern "C" __global__ void __launch_bounds__(128) attention_prefill_f32(
         const float * __restrict__ q, const float * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
         int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask, int words,
-        float scale, float * __restrict__ dst) {
-    attention_prefill(q, cache, table, layer, layers, kv_heads, head_dim, block_size, prefix, n, mask, words, scale, dst);
+        float scale, float softcap, const int * __restrict__ window_starts, float * __restrict__ dst) {
+    attention_prefill(q, cache, table, layer, layers, kv_heads, head_dim, block_size, prefix, n, mask, words, scale, softcap, window_starts, dst);
 }
 
 // attention_prefill_f16: attention_prefill_f32 over a binary16 cache.
 extern "C" __global__ void __launch_bounds__(128) attention_prefill_f16(
         const float * __restrict__ q, const __half * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
         int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask, int words,
-        float scale, float * __restrict__ dst) {
-    attention_prefill(q, cache, table, layer, layers, kv_heads, head_dim, block_size, prefix, n, mask, words, scale, dst);
+        float scale, float softcap, const int * __restrict__ window_starts, float * __restrict__ dst) {
+    attention_prefill(q, cache, table, layer, layers, kv_heads, head_dim, block_size, prefix, n, mask, words, scale, softcap, window_starts, dst);
 }

@@ -27,9 +27,10 @@
 using namespace nvcuda;
 
 // Whether query row `row` (of n) sees key slot t: the prefix always; batch slot j = t - prefix when
-// causal (j <= row) or the mask allows. Padding rows past n see nothing.
-static __device__ __forceinline__ bool tc_visible(int row, int t, int n, int prefix, const unsigned long long * __restrict__ mask, int words) {
-    if (row >= n) {
+// causal (j <= row) or the mask allows, none below the row's window start. Padding rows past n see nothing.
+static __device__ __forceinline__ bool tc_visible(int row, int t, int n, int prefix, const unsigned long long * __restrict__ mask, int words,
+                                                  const int * __restrict__ window_starts) {
+    if (row >= n || t < window_start(window_starts, row)) {
         return false;
     }
     if (t < prefix) {
@@ -48,7 +49,7 @@ static __device__ __forceinline__ bool tc_visible(int row, int t, int n, int pre
 extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_prefill_tc_f16(
         const float * __restrict__ q, const __half * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
         int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask, int words,
-        float scale, float * __restrict__ dst) {
+        float scale, float softcap, const int * __restrict__ window_starts, float * __restrict__ dst) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 700
     __shared__ __align__(32) __half s_k[TC_KEYS][TC_LD];
     __shared__ __align__(32) __half s_v[TC_KEYS][TC_LD];
@@ -85,6 +86,10 @@ extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_prefill_tc
     const int warp_end = mask != nullptr ? prefix + n : prefix + min(n, wrow0 + TC_ROWS);
     const long long layer_stride = (long long) kv_heads * block_size * head_dim; // K to V of one layer
     const int chunks = head_dim / 8;                                           // 16-byte pieces of a key row
+    int start = prefix + n; // the smallest window start of the block's rows (0 without a window)
+    for (int rr = row0; rr < min(n, row0 + TC_WARPS * TC_ROWS); rr++) {
+        start = min(start, window_start(window_starts, rr));
+    }
 
     // Lane pair (2r, 2r + 1) owns row r of the warp's tile: columns 16·(lane % 2) .. + 15.
     const int r = lane / 2, c0 = 16 * (lane % 2);
@@ -98,7 +103,7 @@ extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_prefill_tc
 
     for (int pass = 0; pass < 2; pass++) {
         const float inv_l = l > 0.0f ? 1.0f / l : 0.0f;
-        for (int t0 = 0; t0 < end; t0 += TC_KEYS) {
+        for (int t0 = start; t0 < end; t0 += TC_KEYS) {
             __syncthreads(); // the previous tile is used up
             for (int i = threadIdx.x; i < TC_KEYS * chunks; i += blockDim.x) {
                 const int j = i / chunks, d = 8 * (i % chunks);
@@ -139,7 +144,7 @@ extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_prefill_tc
             float tile_max = -INFINITY;
 #pragma unroll
             for (int c = 0; c < 16; c++) {
-                s[c] = tc_visible(row, t0 + c0 + c, n, prefix, mask, words) ? scores[r * TC_SLD + c0 + c] : -INFINITY;
+                s[c] = tc_visible(row, t0 + c0 + c, n, prefix, mask, words, window_starts) ? soft_cap(scores[r * TC_SLD + c0 + c], softcap) : -INFINITY;
                 tile_max = fmaxf(tile_max, s[c]);
             }
             if (pass == 0) {

@@ -57,6 +57,43 @@ static __device__ __forceinline__ int masked_slot(const unsigned long long * row
     return -1; // not reached: rank < the row's count of visible batch keys
 }
 
+// Sliding-window attention (Beltagy et al., "Longformer", 2020; Mistral 7B, Gemma 2/3): a row sees no
+// slot below its window start `lo` (window_start[row], or 0 without a window). Its keys, by rank, are
+// slots lo.. up to the prefix's end — for a causal batch up to the row's own slot — then, under a mask,
+// its visible batch slots in order (the host has already cleared the bits the window excludes).
+static __device__ __forceinline__ int window_start(const int * __restrict__ starts, int row) {
+    return starts == nullptr ? 0 : starts[row];
+}
+
+// How many keys a row sees (as above).
+static __device__ __forceinline__ int visible_keys(int prefix, int row, int lo, const unsigned long long * row_mask, int words) {
+    if (row_mask == nullptr) {
+        return prefix + row + 1 - lo;
+    }
+    int visible = max(0, prefix - lo);
+    for (int w = 0; w < words; w++) {
+        visible += __popcll(row_mask[w]);
+    }
+    return visible;
+}
+
+// The slot of a row's key of rank `rank` (as above).
+static __device__ __forceinline__ int rank_slot(int rank, int prefix, int lo, const unsigned long long * row_mask, int words) {
+    const int committed = max(0, prefix - lo);
+    return row_mask == nullptr || rank < committed ? lo + rank : prefix + masked_slot(row_mask, words, rank - committed);
+}
+
+// GELU with the tanh approximation, ½x(1 + tanh(√(2/π)(x + 0.044715x³))), as Activations.GeluTanh.
+static __device__ __forceinline__ float gelu_tanh(float x) {
+    const float inner = 0.7978845608028654f * fmaf(0.044715f * x, x * x, x);
+    return 0.5f * x * (1.0f + tanhf(inner));
+}
+
+// Gemma 2's attention soft-capping: cap · tanh(s / cap), the identity for cap = 0.
+static __device__ __forceinline__ float soft_cap(float s, float cap) {
+    return cap > 0.0f ? cap * tanhf(s / cap) : s;
+}
+
 // Maximum of v over the whole thread block (as block_reduce_sum: every thread must call it).
 static __device__ __forceinline__ float block_reduce_max(float v) {
     __shared__ float partial_max[ENGINE_WARP_SIZE];

@@ -33,6 +33,7 @@
 //   prefix:   committed slots 0..prefix-1, seen by every query; query i's own slot is prefix + i
 //   mask:     null for a chain (query i sees batch slots j <= i), else [n][words] bits: query i sees
 //             batch slot j when bit j of mask[i·words + j/64] is set (AttentionMask.FromParents)
+//   softcap, window_starts: as attention_f32 (soft-capped scores; each query's keys start at its window)
 //   chunk:    ranks per split (a multiple of 32; KvCacheKernels.KeysPerSplit)
 //   items_per_warp: 1..4 (query, head) pairs per warp; items are enumerated query-major, so a block's
 //             items are all heads of one KV group for consecutive queries
@@ -49,7 +50,7 @@ template <typename T>
 static __device__ void tree_attention(
         const float * __restrict__ q, const T * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
         int heads, int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask,
-        int words, float scale, int chunk, int items_per_warp, float * __restrict__ part_acc, float * __restrict__ part_ml,
+        int words, float scale, float softcap, const int * __restrict__ window_starts, int chunk, int items_per_warp, float * __restrict__ part_acc, float * __restrict__ part_ml,
         float * __restrict__ dst, unsigned * __restrict__ counters) {
     __shared__ float s_q[TREE_WARPS * TREE_MAX_ITEMS_PER_WARP][TREE_MAX_HEAD_DIM];
     __shared__ float s_k[TREE_KEYS][TREE_MAX_HEAD_DIM + 1]; // padded: lane j reads row j, 32 banks
@@ -77,7 +78,7 @@ static __device__ void tree_attention(
     }
 
     // Each item: its query, head, the end of its ranks in this split, running (max, sum) and values.
-    int query[TREE_MAX_ITEMS_PER_WARP], head[TREE_MAX_ITEMS_PER_WARP], limit[TREE_MAX_ITEMS_PER_WARP];
+    int query[TREE_MAX_ITEMS_PER_WARP], head[TREE_MAX_ITEMS_PER_WARP], limit[TREE_MAX_ITEMS_PER_WARP], lo[TREE_MAX_ITEMS_PER_WARP];
     float m[TREE_MAX_ITEMS_PER_WARP], l[TREE_MAX_ITEMS_PER_WARP], acc[TREE_MAX_ITEMS_PER_WARP][TREE_DIMS_PER_LANE];
     const int begin = split * chunk;
 #pragma unroll
@@ -86,16 +87,8 @@ static __device__ void tree_attention(
         const bool live = rr < items_per_warp && item < items;
         query[rr] = live ? item / group : -1;
         head[rr] = live ? kv_head * group + item % group : 0;
-        int visible = 0;
-        if (live) {
-            visible = prefix + query[rr] + 1;
-            if (mask != nullptr) {
-                visible = prefix;
-                for (int w = 0; w < words; w++) {
-                    visible += __popcll(mask[(long long) query[rr] * words + w]);
-                }
-            }
-        }
+        lo[rr] = live ? window_start(window_starts, query[rr]) : 0;
+        const int visible = live ? visible_keys(prefix, query[rr], lo[rr], mask == nullptr ? nullptr : mask + (long long) query[rr] * words, words) : 0;
         limit[rr] = live ? min(begin + chunk, visible) : begin;
         m[rr] = -INFINITY;
         l[rr] = 0.0f;
@@ -105,14 +98,23 @@ static __device__ void tree_attention(
         }
     }
 
+    // Prefix tiles are staged for the whole block when its queries share one window start (always without
+    // a window, and for a decoding token): rank t is then slot lo0 + t for every query.
+    const int first_query = min(block_first / group, n - 1);
+    const int last_query = (min(items, block_first + TREE_WARPS * items_per_warp) - 1) / group;
+    const int lo0 = window_start(window_starts, first_query);
+    bool shared_start = true;
+    for (int qi = first_query + 1; qi <= last_query; qi++) {
+        shared_start = shared_start && window_start(window_starts, qi) == lo0;
+    }
     const int end = min(begin + chunk, prefix + n); // no query of the launch sees a rank past this
     for (int t0 = begin; t0 < end; t0 += TREE_KEYS) {
-        const bool staged = t0 + TREE_KEYS <= prefix; // the whole tile is prefix: the same keys for every query
+        const bool staged = shared_start && lo0 + t0 + TREE_KEYS <= prefix; // the whole tile is prefix: the same keys for every query
         if (staged) {
             __syncthreads(); // the previous staged tile is used up (and, the first time, s_q is written)
             for (int i = threadIdx.x; i < TREE_KEYS * head_dim; i += blockDim.x) {
                 const int j = i / head_dim, d = i % head_dim;
-                const int t = t0 + j;
+                const int t = lo0 + t0 + j;
                 const T * kp = cache + table[t / block_size] * block_stride + head_base + (long long) (t % block_size) * head_dim;
                 s_k[j][d] = kv_load(kp + d);
                 s_v[j][d] = kv_load(kp + layer_stride + d);
@@ -138,15 +140,15 @@ static __device__ void tree_attention(
                 for (int d = 0; d < head_dim; d++) {
                     dot = fmaf(qs[d], kp[d], dot);
                 }
-                s = dot * scale;
+                s = soft_cap(dot * scale, softcap);
             } else if (valid) {
-                slot = t < prefix || mask == nullptr ? t : prefix + masked_slot(mask + (long long) query[rr] * words, words, t - prefix);
+                slot = rank_slot(t, prefix, lo[rr], mask == nullptr ? nullptr : mask + (long long) query[rr] * words, words);
                 const T * kp = cache + table[slot / block_size] * block_stride + head_base + (long long) (slot % block_size) * head_dim;
                 float dot = 0.0f;
                 for (int d = 0; d < head_dim; d++) {
                     dot = fmaf(qs[d], kv_load(kp + d), dot); // the same operations as the staged path, on the same values
                 }
-                s = dot * scale;
+                s = soft_cap(dot * scale, softcap);
             }
             const float tile_max = warp_reduce_max(s);
             const float m_new = fmaxf(m[rr], tile_max); // finite: lane 0's rank t0 < limit is valid
@@ -237,9 +239,9 @@ static __device__ void tree_attention(
 extern "C" __global__ void __launch_bounds__(128) tree_attention_f32(
         const float * __restrict__ q, const float * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
         int heads, int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask,
-        int words, float scale, int chunk, int items_per_warp, float * __restrict__ part_acc, float * __restrict__ part_ml,
+        int words, float scale, float softcap, const int * __restrict__ window_starts, int chunk, int items_per_warp, float * __restrict__ part_acc, float * __restrict__ part_ml,
         float * __restrict__ dst, unsigned * __restrict__ counters) {
-    tree_attention(q, cache, table, layer, layers, heads, kv_heads, head_dim, block_size, prefix, n, mask, words, scale, chunk, items_per_warp,
+    tree_attention(q, cache, table, layer, layers, heads, kv_heads, head_dim, block_size, prefix, n, mask, words, scale, softcap, window_starts, chunk, items_per_warp,
                    part_acc, part_ml, dst, counters);
 }
 
@@ -247,8 +249,8 @@ extern "C" __global__ void __launch_bounds__(128) tree_attention_f32(
 extern "C" __global__ void __launch_bounds__(128) tree_attention_f16(
         const float * __restrict__ q, const __half * __restrict__ cache, const int * __restrict__ table, int layer, int layers,
         int heads, int kv_heads, int head_dim, int block_size, int prefix, int n, const unsigned long long * __restrict__ mask,
-        int words, float scale, int chunk, int items_per_warp, float * __restrict__ part_acc, float * __restrict__ part_ml,
+        int words, float scale, float softcap, const int * __restrict__ window_starts, int chunk, int items_per_warp, float * __restrict__ part_acc, float * __restrict__ part_ml,
         float * __restrict__ dst, unsigned * __restrict__ counters) {
-    tree_attention(q, cache, table, layer, layers, heads, kv_heads, head_dim, block_size, prefix, n, mask, words, scale, chunk, items_per_warp,
+    tree_attention(q, cache, table, layer, layers, heads, kv_heads, head_dim, block_size, prefix, n, mask, words, scale, softcap, window_starts, chunk, items_per_warp,
                    part_acc, part_ml, dst, counters);
 }

@@ -20,7 +20,7 @@ namespace Engine.Cuda;
 public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
 {
     private readonly bool _ownsDevice;
-    private readonly HostInput<int> _tokens, _positions, _table, _rows;
+    private readonly HostInput<int> _tokens, _positions, _table, _rows, _windowStarts;
     private readonly HostInput<ulong> _mask;
     private readonly HostInput<int> _treeParent, _treeToken, _treeQRow, _treeDraw;
     private GpuArray<int>? _decodeIds, _sampled, _acceptOutput;
@@ -59,6 +59,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         _tokens = new(device, capturing);
         _positions = new(device, capturing);
         _table = new(device, capturing);
+        _windowStarts = new(device, capturing);
         _rows = new(device, capturing);
         _mask = new(device, capturing);
         _treeParent = new(device, capturing);
@@ -382,12 +383,13 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         return array.Span.Slice(0, count);
     }
 
-    public override void GatedFfn(Activation h, DeviceMatrix wGate, DeviceMatrix wUp, Activation gate, Activation up, bool batchInvariant = false)
+    public override void GatedFfn(Activation h, DeviceMatrix wGate, DeviceMatrix wUp, Activation gate, Activation up, bool batchInvariant = false,
+        bool gelu = false)
     {
         int n = h.Rows;
-        if (!OnGemv(n, batchInvariant) || wGate.Type != wUp.Type || wGate.Rows != wUp.Rows || wGate.Cols != wUp.Cols)
+        if (gelu || !OnGemv(n, batchInvariant) || wGate.Type != wUp.Type || wGate.Rows != wUp.Rows || wGate.Cols != wUp.Cols)
         {
-            base.GatedFfn(h, wGate, wUp, gate, up, batchInvariant);
+            base.GatedFfn(h, wGate, wUp, gate, up, batchInvariant, gelu);
             return;
         }
         if (h.Cols != wGate.Cols || gate.Cols != wGate.Rows || gate.Rows != n)
@@ -422,8 +424,10 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
     }
 
     public override void Attention(Activation q, KvStore store, int layer, ReadOnlySpan<int> blockTable, int prefixLength,
-        AttentionMask mask, int heads, float scale, Activation dst, bool batchInvariant = false)
+        AttentionMask mask, int heads, float scale, Activation dst, bool batchInvariant = false, float softCap = 0,
+        ReadOnlySpan<int> windowStarts = default)
     {
+        CheckAttentionOptions(q.Rows, softCap, windowStarts);
         var s = (CudaKvStore)store;
         int n = q.Rows;
         var maskSpan = default(DeviceSpan<ulong>);
@@ -441,18 +445,24 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
             ? default
             : Grow(ref _attentionScratch, Kernels.Attention.ScratchFloats(heads, n, s.Layout.HeadDim, s.MaxBlocks * s.Layout.BlockSize));
         var table = _table.Put(blockTable);
+        var starts = windowStarts.IsEmpty ? default : _windowStarts.Put(windowStarts);
         // With fused steps the tree kernel merges its own splits (counters zeroed once, left zero by each launch).
         var counters = FuseSteps ? Counters(ref _mergeCounters, Kernels.TreeAttention.Counters(n, heads, s.Layout.KvHeads)) : default;
         if (s.IsF16)
             Kernels.Attention.AttentionF32(Device, Span(q), n, heads, s.DataF16, s.MaxBlocks, s.Layout, layer, table, blockTable.Length,
-                prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant, TensorCorePrefill, counters);
+                prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant, TensorCorePrefill, counters, softCap, starts);
         else
             Kernels.Attention.AttentionF32(Device, Span(q), n, heads, s.Data, s.MaxBlocks, s.Layout, layer, table, blockTable.Length,
-                prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant, mergeCounters: counters);
+                prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant, mergeCounters: counters, softCap: softCap, windowStarts: starts);
     }
 
     public override void SwiGlu(Activation gate, Activation up, Activation dst) =>
         Kernels.SwiGlu.SwiGluF32(Device, Span(gate), Span(up), Span(dst), gate.Size);
+
+    public override void GeGlu(Activation gate, Activation up, Activation dst) =>
+        Kernels.SwiGlu.GeGluF32(Device, Span(gate), Span(up), Span(dst), gate.Size);
+
+    public override void SoftCap(Activation x, float cap) => Kernels.Add.SoftCapF32(Device, Span(x), cap, x.Size);
 
     public override void Add(Activation dst, Activation src) => Kernels.Add.AddF32(Device, Span(dst), Span(src), dst.Size);
 
@@ -619,6 +629,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         _inputF16?.Dispose();
         _tokens.Dispose();
         _positions.Dispose();
+        _windowStarts.Dispose();
         _table.Dispose();
         _rows.Dispose();
         _mask.Dispose();

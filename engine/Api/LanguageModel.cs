@@ -102,14 +102,6 @@ public sealed class LanguageModel : IDisposable
                 throw new ModelFormatException(path, "tensor 'rope_factors_long.weight'", "LongRoPE (Phi-3 128k, Phi-3.5, Phi-4-mini) is not supported yet");
             backend ??= new CpuBackend(options.Threads);
             int context = options.ContextLength > 0 ? options.ContextLength : Math.Min(config.ContextLength, 4096);
-            if (config.SlidingWindow > 0)
-            {
-                // No windowed attention yet: within the window it equals full attention, beyond it it does not.
-                if (options.ContextLength > config.SlidingWindow)
-                    throw new ArgumentOutOfRangeException(nameof(options), $"{path}: the model attends through a sliding window of {config.SlidingWindow} tokens, "
-                        + $"which this engine does not implement yet: a context of {options.ContextLength} would compute a different model (use at most {config.SlidingWindow})");
-                context = Math.Min(context, config.SlidingWindow);
-            }
             backend.Reserve(MemoryPlan.For(path, config, weights, backend, context, options.MaxBatch)); // before anything is allocated
             var network = new LlamaModel(config, LlamaWeights.Load(weights, config, backend), backend, options.MaxBatch);
             return new LanguageModel(path, weights, tokenizer, network, context);

@@ -86,6 +86,34 @@ public sealed class AttentionMask
         return mask;
     }
 
+    /// <summary>
+    /// This mask with the pairs whose positions lie <paramref name="window"/> or more apart removed
+    /// (row i keeps batch token j only if positions[i] − positions[j] &lt; window): what a sliding-window
+    /// layer applies to a tree. Rebuilds <paramref name="reuse"/> in place when it is large enough.
+    /// </summary>
+    public AttentionMask Windowed(ReadOnlySpan<int> positions, int window, AttentionMask? reuse)
+    {
+        if (_bits is null)
+            throw new InvalidOperationException("the causal mask has no bits to window; the window start of each row covers it");
+        if (positions.Length != Size)
+            throw new ArgumentException($"{positions.Length} positions for a mask of {Size} tokens", nameof(positions));
+        ArgumentOutOfRangeException.ThrowIfLessThan(window, 1);
+        int n = Size;
+        var mask = reuse is { _bits: { } bits } && bits.Length >= n * _words ? reuse : new AttentionMask(n, new ulong[n * _words]);
+        mask.Size = n;
+        mask._words = _words;
+        Array.Copy(_bits, mask._bits!, n * _words);
+        for (int i = 0; i < n; i++)
+        {
+            for (int j = 0; j < n; j++)
+            {
+                if (positions[i] - positions[j] >= window)
+                    mask._bits![i * _words + (j >> 6)] &= ~(1UL << (j & 63));
+            }
+        }
+        return mask;
+    }
+
     /// <summary>The packed rows (64 columns per word) for backends that upload the mask.</summary>
     public ReadOnlySpan<ulong> Bits => _bits;
 

@@ -82,13 +82,37 @@ public abstract class Backend : IDisposable
     /// the <paramref name="prefixLength"/> committed slots of the sequence and to batch rows j (stored at
     /// slot prefixLength + j) where <paramref name="mask"/> allows (i, j). dst: [n, heads·headDim].
     /// With <paramref name="batchInvariant"/>, each row is computed exactly as it would be alone (what
-    /// exact speculative verification needs); the CPU's attention always is.
+    /// exact speculative verification needs); the CPU's attention always is. Two options a layer may add:
+    /// <paramref name="softCap"/> &gt; 0 soft-caps the scores (Gemma 2: s → cap·tanh(s / cap)), and
+    /// <paramref name="windowStarts"/>, one per row, is the first slot the row sees — sliding-window
+    /// attention (<see cref="SlidingWindow"/>; the mask must already exclude the batch slots outside it).
     /// </summary>
     public abstract void Attention(Activation q, KvStore store, int layer, ReadOnlySpan<int> blockTable, int prefixLength,
-        AttentionMask mask, int heads, float scale, Activation dst, bool batchInvariant = false);
+        AttentionMask mask, int heads, float scale, Activation dst, bool batchInvariant = false, float softCap = 0,
+        ReadOnlySpan<int> windowStarts = default);
+
+    /// <summary>The checks of <see cref="Attention"/>'s two options every backend makes: a finite cap ≥ 0, one window start per row.</summary>
+    protected static void CheckAttentionOptions(int rows, float softCap, ReadOnlySpan<int> windowStarts)
+    {
+        if (!(softCap >= 0) || !float.IsFinite(softCap))
+            throw new ArgumentOutOfRangeException(nameof(softCap), $"an attention soft cap of {softCap} must be 0 (none) or a positive number");
+        if (!windowStarts.IsEmpty && windowStarts.Length != rows)
+            throw new ArgumentException($"{windowStarts.Length} window starts for {rows} rows", nameof(windowStarts));
+        foreach (int start in windowStarts)
+        {
+            if (start < 0)
+                throw new ArgumentOutOfRangeException(nameof(windowStarts), $"window start {start} is negative");
+        }
+    }
 
     /// <summary>dst = silu(gate) ⊙ up (SwiGLU, Shazeer 2020). All [n, ffn]; dst may alias gate.</summary>
     public abstract void SwiGlu(Activation gate, Activation up, Activation dst);
+
+    /// <summary>dst = gelu_tanh(gate) ⊙ up (GeGLU, Gemma's feed-forward). All [n, ffn]; dst may alias gate.</summary>
+    public abstract void GeGlu(Activation gate, Activation up, Activation dst);
+
+    /// <summary>x = cap · tanh(x / cap), elementwise (Gemma 2's final-logit soft-capping); cap &gt; 0.</summary>
+    public abstract void SoftCap(Activation x, float cap);
 
     /// <summary>x *= s, elementwise (Granite's embedding, residual and logit multipliers).</summary>
     public abstract void Scale(Activation x, float s);
@@ -127,14 +151,19 @@ public abstract class Backend : IDisposable
     }
 
     /// <summary>
-    /// The gated feed-forward's first half: gate = silu(h·W_gateᵀ) ⊙ h·W_upᵀ (SwiGLU). <paramref name="up"/>
-    /// ([n, ffn]) may receive the up projection. A backend may compute both products and the gating in
-    /// one pass (the CUDA GEMV does for decoding batches).
+    /// The gated feed-forward's first half: gate = act(h·W_gateᵀ) ⊙ h·W_upᵀ, act = silu (SwiGLU) or the
+    /// tanh GELU (GeGLU, <paramref name="gelu"/>). <paramref name="up"/> ([n, ffn]) may receive the up
+    /// projection. A backend may compute both products and the gating in one pass (the CUDA GEMV does
+    /// for SwiGLU decoding batches).
     /// </summary>
-    public virtual void GatedFfn(Activation h, DeviceMatrix wGate, DeviceMatrix wUp, Activation gate, Activation up, bool batchInvariant = false)
+    public virtual void GatedFfn(Activation h, DeviceMatrix wGate, DeviceMatrix wUp, Activation gate, Activation up, bool batchInvariant = false,
+        bool gelu = false)
     {
         MatMul(h, [new MatMulTarget(wGate, gate), new MatMulTarget(wUp, up)], batchInvariant);
-        SwiGlu(gate, up, gate);
+        if (gelu)
+            GeGlu(gate, up, gate);
+        else
+            SwiGlu(gate, up, gate);
     }
 
     /// <summary>dst[k, :] = src[rows[k], :].</summary>

@@ -70,10 +70,11 @@ public sealed class ProfilingBackend(Backend inner) : Backend
         Add($"matmul_add_norm {w.Type}", t);
     }
 
-    public override void GatedFfn(Activation h, DeviceMatrix wGate, DeviceMatrix wUp, Activation gate, Activation up, bool batchInvariant = false)
+    public override void GatedFfn(Activation h, DeviceMatrix wGate, DeviceMatrix wUp, Activation gate, Activation up, bool batchInvariant = false,
+        bool gelu = false)
     {
         long t = Stopwatch.GetTimestamp();
-        Inner.GatedFfn(h, wGate, wUp, gate, up, batchInvariant);
+        Inner.GatedFfn(h, wGate, wUp, gate, up, batchInvariant, gelu);
         Add($"gated_ffn {wGate.Type}", t);
     }
 
@@ -105,10 +106,10 @@ public sealed class ProfilingBackend(Backend inner) : Backend
     }
 
     public override void Attention(Activation q, KvStore store, int layer, ReadOnlySpan<int> blockTable, int prefixLength, AttentionMask mask, int heads, float scale, Activation dst,
-        bool batchInvariant = false)
+        bool batchInvariant = false, float softCap = 0, ReadOnlySpan<int> windowStarts = default)
     {
         long t = Stopwatch.GetTimestamp();
-        Inner.Attention(q, store, layer, blockTable, prefixLength, mask, heads, scale, dst, batchInvariant);
+        Inner.Attention(q, store, layer, blockTable, prefixLength, mask, heads, scale, dst, batchInvariant, softCap, windowStarts);
         Add("attention", t);
     }
 
@@ -117,6 +118,20 @@ public sealed class ProfilingBackend(Backend inner) : Backend
         long t = Stopwatch.GetTimestamp();
         Inner.SwiGlu(gate, up, dst);
         Add("swiglu", t);
+    }
+
+    public override void GeGlu(Activation gate, Activation up, Activation dst)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.GeGlu(gate, up, dst);
+        Add("geglu", t);
+    }
+
+    public override void SoftCap(Activation x, float cap)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.SoftCap(x, cap);
+        Add("soft_cap", t);
     }
 
     public override void Scale(Activation x, float s)

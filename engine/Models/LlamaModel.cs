@@ -4,18 +4,24 @@ using Engine.Cache;
 namespace Engine.Models;
 
 /// <summary>
-/// The Llama-family decoder (Touvron et al., "LLaMA: Open and Efficient Foundation Language Models",
-/// 2023; "Llama 2", 2023) — also Mistral and Qwen2, which differ only in hyper-parameters, RoPE
-/// ordering and q/k/v biases, and Qwen3 (Qwen Team, "Qwen3 Technical Report", 2025), which adds an
-/// RMSNorm over each head of q and k before RoPE, Granite 3, which scales four places, and SmolLM3
-/// (Hugging Face, 2025), whose every fourth layer applies no RoPE. OLMo 2 (OLMo Team, "2 OLMo 2
-/// Furious", 2024) moves the norms to the block outputs (<see cref="ModelConfig.PostNorm"/>). <see cref="Forward"/> reads top to bottom in the order of the equations;
-/// each step is one <see cref="Backend"/> operation, so the same code runs on the CPU and on CUDA.
+/// The decoder-only transformer of the Llama family and its relatives. <see cref="Forward"/> reads top to
+/// bottom in the order of the equations; each step is one <see cref="Backend"/> operation, so the same
+/// code runs on the CPU and on CUDA. This file holds the pass itself (embedding, layers, LM head); the
+/// layers are built from shared blocks, one file per layout:
+/// <list type="bullet">
+/// <item><c>LlamaModel.Attention.cs</c> — self-attention, shared by every family.</item>
+/// <item><c>LlamaModel.PreNorm.cs</c> — x += f(norm(x)): Llama (Touvron et al., 2023), Mistral, Qwen2/Qwen3,
+/// Granite 3, SmolLM3, Phi-3.</item>
+/// <item><c>LlamaModel.NormedOutput.cs</c> — x += norm(f(·)): OLMo 2 (post-norm) and Gemma 2/3 (norms on
+/// both sides).</item>
+/// </list>
 /// </summary>
-public sealed class LlamaModel : IDisposable
+public sealed partial class LlamaModel : IDisposable
 {
     private readonly LlamaWeights _w;
     private readonly RopeTable _rope;
+    private readonly RopeTable? _localRope;
+    private readonly SlidingWindow _window = new();
     private readonly float _attentionScale;
     private Scratch? _scratch;
     private int[] _localRows = [];
@@ -28,6 +34,9 @@ public sealed class LlamaModel : IDisposable
         MaxBatch = maxBatch;
         _w = weights;
         _rope = new RopeTable(config);
+        // Gemma 3's windowed layers rotate with their own base and without the global layers' scaling
+        if (config.LocalRopeTheta > 0)
+            _localRope = new RopeTable(config with { RopeTheta = config.LocalRopeTheta, RopeFreqScale = 1f, RopeFreqFactors = null });
         _attentionScale = config.AttentionScale > 0 ? config.AttentionScale : 1f / MathF.Sqrt(config.HeadDim);
     }
 
@@ -165,80 +174,36 @@ public sealed class LlamaModel : IDisposable
         var b = Backend;
         int n = tokens.Length;
         var s = _scratch ??= new Scratch(b, c, MaxBatch);
-        var x = s.X.WithRows(n);       // residual stream  [n, dim]
-        var h = s.H.WithRows(n);       // normed input      [n, dim]
-        var q = s.Q.WithRows(n);       // queries          [n, heads·hd]
-        var k = s.K.WithRows(n);       // keys             [n, kvHeads·hd]
-        var v = s.V.WithRows(n);       // values           [n, kvHeads·hd]
-        var att = s.Att.WithRows(n);   // attention output [n, heads·hd]
-        var proj = s.Proj.WithRows(n); // projection back  [n, dim]
-        var gate = s.Gate.WithRows(n); // ffn gate         [n, ffn]
-        var up = s.Up.WithRows(n);     // ffn up           [n, ffn]
-
         int prefix = sequence.Length;
         sequence.Reserve(n);
-        var table = sequence.BlockTable;
-        var store = sequence.Cache.Store;
+        if (c.SlidingWindow > 0)
+            _window.Set(c.SlidingWindow, positions, mask);
+        var step = new Step
+        {
+            X = s.X.WithRows(n), H = s.H.WithRows(n), Q = s.Q.WithRows(n), K = s.K.WithRows(n), V = s.V.WithRows(n),
+            Att = s.Att.WithRows(n), Proj = s.Proj.WithRows(n), Gate = s.Gate.WithRows(n), Up = s.Up.WithRows(n),
+            Positions = positions, Table = sequence.BlockTable, Store = sequence.Cache.Store, Prefix = prefix, Mask = mask, Exact = exact,
+        };
+        var x = step.X;
+        var h = step.H;
 
-        // token embedding, and the first layer's attention norm (each later norm ends the block before it)
+        // token embedding (times Granite's multiplier, or Gemma's √dim), and for pre-norm layers the first
+        // layer's attention norm (each later norm ends the block before it)
         b.Embed(_w.TokenEmbedding, tokens, x);
         if (c.EmbeddingScale != 1f)
             b.Scale(x, c.EmbeddingScale);
         Trace?.Invoke("token_embd", -1, x);
-        if (!c.PostNorm)
+        if (c.Layout == BlockLayout.PreNorm)
             b.RmsNorm(x, layerCount > 0 ? _w.Layers[0].AttnNorm! : _w.OutputNorm, c.RmsNormEps, h);
 
         for (int l = 0; l < layerCount; l++)
         {
-            var w = _w.Layers[l];
-            var input = c.PostNorm ? x : h; // OLMo 2 attends to the residual stream itself
-            if (!c.PostNorm)
-                Trace?.Invoke("attn_norm", l, h);
-
-            // attention: x += Wo · attention(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x))
-            b.MatMul(input, [new(w.Wq, q) { Bias = w.Bq }, new(w.Wk, k) { Bias = w.Bk }, new(w.Wv, v) { Bias = w.Bv }], exact);
-            if (w.QNorm is not null) // q and k RMS-normalized before RoPE: each head (Qwen3) or whole (OLMo 2)
-            {
-                b.RmsNorm(q.AsHeads(w.QNorm.Length), w.QNorm, c.RmsNormEps, q.AsHeads(w.QNorm.Length));
-                b.RmsNorm(k.AsHeads(w.KNorm!.Length), w.KNorm, c.RmsNormEps, k.AsHeads(w.KNorm.Length));
-                Trace?.Invoke("q_norm", l, q);
-                Trace?.Invoke("k_norm", l, k);
-            }
-            if (c.UsesRope(l))
-                b.RopeStoreKv(q, k, v, c.Heads, c.KvHeads, positions, _rope, store, l, table, prefix);
-            else // a NoPE layer (SmolLM3): positions reach it only through the causal mask
-                b.StoreKv(store, l, table, prefix, k, v);
-            Trace?.Invoke("q_rope", l, q);
-            Trace?.Invoke("k_rope", l, k);
-            b.Attention(q, store, l, table, prefix, mask, c.Heads, _attentionScale, att, exact);
-            Trace?.Invoke("attn_out", l, att);
-
-            if (c.PostNorm)
-            {
-                // OLMo 2: x += norm(Wo · attention), then x += norm(W_down · (silu(W_gate·x) ⊙ W_up·x))
-                b.MatMul(att, w.Wo, proj, exact);
-                b.RmsNorm(proj, w.AttnPostNorm!, c.RmsNormEps, proj);
-                b.Add(x, proj);
-                Trace?.Invoke("attn_residual", l, x);
-                b.GatedFfn(x, w.WGate, w.WUp, gate, up, exact);
-                b.MatMul(gate, w.WDown, proj, exact);
-                b.RmsNorm(proj, w.FfnPostNorm!, c.RmsNormEps, proj);
-                b.Add(x, proj);
-                Trace?.Invoke("l_out", l, x);
-                continue;
-            }
-            b.MatMulAddNorm(att, w.Wo, x, proj, w.FfnNorm!, c.RmsNormEps, h, exact, c.ResidualScale); // and the FFN's norm
-            Trace?.Invoke("attn_residual", l, x);
-            Trace?.Invoke("ffn_norm", l, h);
-
-            // feed-forward: x += W_down · (silu(W_gate·norm(x)) ⊙ W_up·norm(x)), then the next norm:
-            // the next layer's attention norm, or after the last layer the output norm
-            b.GatedFfn(h, w.WGate, w.WUp, gate, up, exact);
-            var nextNorm = l + 1 < layerCount ? _w.Layers[l + 1].AttnNorm! : _w.OutputNorm;
-            b.MatMulAddNorm(gate, w.WDown, x, proj, nextNorm, c.RmsNormEps, h, exact, c.ResidualScale);
-            Trace?.Invoke("l_out", l, x);
+            if (c.Layout == BlockLayout.PreNorm)
+                PreNormLayer(step, l, l + 1 < layerCount ? _w.Layers[l + 1].AttnNorm! : _w.OutputNorm);
+            else
+                NormedOutputLayer(step, l);
         }
-        if (c.PostNorm)
+        if (c.Layout != BlockLayout.PreNorm)
             b.RmsNorm(x, _w.OutputNorm, c.RmsNormEps, h); // the output norm (pre-norm layers end with it fused)
         sequence.Commit(n);
 
@@ -252,6 +217,8 @@ public sealed class LlamaModel : IDisposable
         b.MatMul(rows, _w.Output, outLogits, exact);
         if (c.LogitScale != 1f)
             b.Scale(outLogits, 1f / c.LogitScale);
+        if (c.FinalLogitSoftCap > 0)
+            b.SoftCap(outLogits, c.FinalLogitSoftCap);
         Trace?.Invoke("result_output", -1, outLogits);
 
         if (onDevice)

@@ -7,7 +7,7 @@ namespace Engine.Models;
 /// <summary>
 /// The backend-resident weights of one Llama block. Optional parts are null when the family has none:
 /// the pre-norms (absent in OLMo 2's post-norm layout, which has <see cref="AttnPostNorm"/> and
-/// <see cref="FfnPostNorm"/> instead), q/k/v biases (Qwen2), and the RMSNorm weights of q and k —
+/// <see cref="FfnPostNorm"/> instead; Gemma has both), q/k/v biases (Qwen2), and the RMSNorm weights of q and k —
 /// per head in Qwen3 ([headDim]), whole in OLMo 2 ([qDim], [kvDim]).
 /// </summary>
 public sealed record LlamaLayer(
@@ -82,8 +82,8 @@ public sealed class LlamaWeights : IDisposable
             for (int i = 0; i < c.Layers; i++)
             {
                 string p = $"blk.{i}.";
-                bool post = c.PostNorm;
-                var attnNorm = post ? null : Vector(p + "attn_norm.weight", c.Dim); // looked up first: a file that lacks a layer names its first tensor
+                bool pre = c.Layout != BlockLayout.PostNorm, post = c.Layout != BlockLayout.PreNorm;
+                var attnNorm = pre ? Vector(p + "attn_norm.weight", c.Dim) : null; // looked up first: a file that lacks a layer names its first tensor
                 // Phi-3 stores q, k and v as one tensor, and gate and up as one (gate first)
                 var qkv = source.Find(p + "attn_qkv.weight") is null
                     ? [Matrix(p + "attn_q.weight", c.QDim, c.Dim), Matrix(p + "attn_k.weight", c.KvDim, c.Dim), Matrix(p + "attn_v.weight", c.KvDim, c.Dim)]
@@ -98,7 +98,7 @@ public sealed class LlamaWeights : IDisposable
                     OptionalVector(p + "attn_q.bias", c.QDim),
                     OptionalVector(p + "attn_k.bias", c.KvDim),
                     OptionalVector(p + "attn_v.bias", c.KvDim),
-                    post ? null : Vector(p + "ffn_norm.weight", c.Dim),
+                    pre ? Vector(p + "ffn_norm.weight", c.Dim) : null,
                     gateUp[0], gateUp[1],
                     Matrix(p + "ffn_down.weight", c.Dim, c.FfnDim))
                 {

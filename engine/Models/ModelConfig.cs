@@ -9,6 +9,17 @@ public enum RopeStyle
     NeoX,
 }
 
+/// <summary>Where a layer's RMSNorms sit around its attention and feed-forward blocks.</summary>
+public enum BlockLayout
+{
+    /// <summary>x += f(norm(x)) (Llama and most families).</summary>
+    PreNorm,
+    /// <summary>x += norm(f(x)) (OLMo 2).</summary>
+    PostNorm,
+    /// <summary>x += norm(f(norm(x))) (Gemma 2 and 3).</summary>
+    Sandwich,
+}
+
 /// <summary>
 /// Hyper-parameters of a Llama-family decoder (Llama 2/3, Mistral, Qwen2): what the forward pass needs
 /// to know about shapes and positional encoding. Read from GGUF metadata or an HF <c>config.json</c>
@@ -67,11 +78,45 @@ public sealed record ModelConfig
     public bool PostNorm => Architecture == "olmo2";
 
     /// <summary>
-    /// The attention window the model was trained with (Phi-3: 2047), 0 for none. The engine has no
-    /// windowed attention yet, so a model with one runs contexts up to the window only — within it,
-    /// windowed and full attention are the same.
+    /// Gemma 2 and 3 (Gemma Team, "Gemma 2: Improving Open Language Models at a Practical Size", 2024;
+    /// "Gemma 3 Technical Report", 2025): RMSNorm before and after attention and the FFN, GeGLU, and
+    /// their norm weights stored as 1 + w (llama.cpp's converter adds the one; the HF loader does too).
+    /// </summary>
+    public bool Gemma => Architecture is "gemma2" or "gemma3";
+
+    /// <summary>How a layer is laid out around its attention and feed-forward blocks.</summary>
+    public BlockLayout Layout => PostNorm ? BlockLayout.PostNorm : Gemma ? BlockLayout.Sandwich : BlockLayout.PreNorm;
+
+    /// <summary>
+    /// Keys per sliding attention window (Mistral 7B v0.1: 4096, Phi-3: 2047, Gemma 2: 4096, Gemma 3:
+    /// 512–1024), 0 for none: a token at position p sees positions p − window + 1 .. p in the layers
+    /// <see cref="IsSliding"/> names.
     /// </summary>
     public int SlidingWindow { get; init; }
+
+    /// <summary>
+    /// Which layers attend through the window (true at their index): Gemma 2 alternates starting with a
+    /// windowed layer, Gemma 3 has five windowed to one global. Null: every layer, when there is a window.
+    /// </summary>
+    public bool[]? SlidingLayers { get; init; }
+
+    /// <summary>
+    /// RoPE base of the windowed layers (Gemma 3's local layers: 10 000, without the global layers'
+    /// position scaling); 0: they rotate as every other layer.
+    /// </summary>
+    public float LocalRopeTheta { get; init; }
+
+    /// <summary>Gemma 2's attention soft-capping: scores become cap·tanh(score / cap); 0 for none.</summary>
+    public float AttentionSoftCap { get; init; }
+
+    /// <summary>Gemma 2's final-logit soft-capping: logits become cap·tanh(logit / cap); 0 for none.</summary>
+    public float FinalLogitSoftCap { get; init; }
+
+    /// <summary>Whether layer <paramref name="layer"/> attends through the sliding window.</summary>
+    public bool IsSliding(int layer) => SlidingWindow > 0 && (SlidingLayers is not { } s || s[layer]);
+
+    /// <summary>The sliding-window pattern of Gemma 2 (period 2) and Gemma 3 (period 6): layer l is windowed unless (l + 1) % period == 0.</summary>
+    public static bool[] SlidingEvery(int layers, int period) => Enumerable.Range(0, layers).Select(l => (l + 1) % period != 0).ToArray();
 
     /// <summary>
     /// Lengths of the RMSNorm weights applied to q and k before RoPE, or null when the family has none:
@@ -79,7 +124,7 @@ public sealed record ModelConfig
     /// </summary>
     public (int Q, int K)? QkNorm => Architecture switch
     {
-        "qwen3" => (HeadDim, HeadDim),
+        "qwen3" or "gemma3" => (HeadDim, HeadDim),
         "olmo2" => (QDim, KvDim),
         _ => null,
     };
@@ -133,6 +178,13 @@ public sealed record ModelConfig
             throw Error(nameof(AttentionScale), $"{AttentionScale} must be a positive number (or absent)");
         if (SlidingWindow < 0)
             throw Error(nameof(SlidingWindow), $"{SlidingWindow} must not be negative");
+        if (SlidingLayers is { } sliding && sliding.Length != Layers)
+            throw Error(nameof(SlidingLayers), $"{sliding.Length} entries for {Layers} layers");
+        foreach (var (name, value) in new[] { (nameof(LocalRopeTheta), LocalRopeTheta), (nameof(AttentionSoftCap), AttentionSoftCap), (nameof(FinalLogitSoftCap), FinalLogitSoftCap) })
+        {
+            if (!(value >= 0) || !float.IsFinite(value))
+                throw Error(name, $"{value} must be a positive number (or absent)");
+        }
         if (NoRopeLayers is { } nope && nope.Length != Layers)
             throw Error(nameof(NoRopeLayers), $"{nope.Length} entries for {Layers} layers");
         if (RopeFreqFactors is { } f && (f.Length != RopeDims / 2 || f.Any(x => !(x > 0) || !float.IsFinite(x))))

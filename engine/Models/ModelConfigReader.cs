@@ -8,7 +8,7 @@ namespace Engine.Models;
 public static class ModelConfigReader
 {
     /// <summary>GGUF architectures this engine runs.</summary>
-    public static readonly IReadOnlyList<string> GgufArchitectures = ["llama", "qwen2", "qwen3", "granite", "smollm3", "olmo2", "phi3"];
+    public static readonly IReadOnlyList<string> GgufArchitectures = ["llama", "qwen2", "qwen3", "granite", "smollm3", "olmo2", "phi3", "gemma2", "gemma3"];
 
     /// <summary>
     /// SmolLM3's NoPE period: layer l applies no RoPE when (l + 1) is a multiple of it. GGUF has no key
@@ -30,7 +30,16 @@ public static class ModelConfigReader
         ["SmolLM3ForCausalLM"] = "smollm3",
         ["Olmo2ForCausalLM"] = "olmo2",
         ["Phi3ForCausalLM"] = "phi3",
+        ["Gemma2ForCausalLM"] = "gemma2",
+        ["Gemma3ForCausalLM"] = "gemma3",
     };
+
+    /// <summary>
+    /// Gemma's query scale 1/√query_pre_attn_scalar. GGUF has no key for it: llama.cpp takes the head
+    /// width, except for the 27B models (46 layers in Gemma 2, 62 in Gemma 3), whose scalar is dim / heads.
+    /// </summary>
+    private static float GemmaGgufAttentionScale(string arch, int layers, int dim, int heads, int headDim) =>
+        (arch, layers) is ("gemma2", 46) or ("gemma3", 62) ? 1f / MathF.Sqrt(dim / heads) : 1f / MathF.Sqrt(headDim);
 
     public static ModelConfig FromGguf(GgufFile gguf, int vocabSize, float[]? ropeFreqFactors)
     {
@@ -52,6 +61,8 @@ public static class ModelConfigReader
         if (m.Contains(k("attention.value_length")) && m.GetInt32(k("attention.value_length")) != headDim)
             throw new ModelFormatException(gguf.Path, k("attention.value_length"), "a value length different from the key length is not supported");
 
+        bool gemma = arch is "gemma2" or "gemma3";
+        int layers = m.GetInt32(k("block_count"));
         float freqScale = 1f;
         string? scaling = m.GetStringOrNull(k("rope.scaling.type"));
         switch (scaling)
@@ -73,7 +84,7 @@ public static class ModelConfigReader
             Architecture = arch,
             VocabSize = vocabSize,
             Dim = dim,
-            Layers = m.GetInt32(k("block_count")),
+            Layers = layers,
             Heads = heads,
             KvHeads = m.GetInt32(k("attention.head_count_kv"), heads),
             HeadDim = headDim,
@@ -81,20 +92,33 @@ public static class ModelConfigReader
             ContextLength = m.GetInt32(k("context_length"), 2048),
             RmsNormEps = m.GetSingle(k("attention.layer_norm_rms_epsilon"), 1e-5f),
             RopeTheta = m.GetSingle(k("rope.freq_base"), 10000f),
-            RopeStyle = arch is "qwen2" or "qwen3" or "olmo2" or "phi3" ? RopeStyle.NeoX : RopeStyle.Normal,
+            RopeStyle = arch is "qwen2" or "qwen3" or "olmo2" or "phi3" or "gemma2" or "gemma3" ? RopeStyle.NeoX : RopeStyle.Normal,
             RopeDims = m.GetInt32(k("rope.dimension_count"), headDim),
             RopeFreqScale = freqScale,
             RopeFreqFactors = ropeFreqFactors,
-            EmbeddingScale = m.GetSingle(k("embedding_scale"), 1f),
+            EmbeddingScale = gemma ? MathF.Sqrt(dim) : m.GetSingle(k("embedding_scale"), 1f), // Gemma scales by √dim
             ResidualScale = m.GetSingle(k("residual_scale"), 1f),
-            AttentionScale = m.GetSingle(k("attention.scale"), 0f),
+            AttentionScale = gemma ? GemmaGgufAttentionScale(arch, layers, dim, heads, headDim) : m.GetSingle(k("attention.scale"), 0f),
             LogitScale = m.GetSingle(k("logit_scale"), 1f),
-            NoRopeLayers = arch == "smollm3" ? NoRopeEvery(m.GetInt32(k("block_count")), SmolLm3NoRopeInterval) : null,
-            SlidingWindow = m.GetInt32(k("attention.sliding_window"), 0),
+            NoRopeLayers = arch == "smollm3" ? NoRopeEvery(layers, SmolLm3NoRopeInterval) : null,
+            // as llama.cpp: Gemma 2's window defaults to 4096 and its soft caps to 50 and 30; Gemma 3's
+            // local layers rotate with base 10 000
+            SlidingWindow = arch switch
+            {
+                "gemma2" => m.GetInt32(k("attention.sliding_window"), 4096),
+                "gemma3" => m.GetInt32(k("attention.sliding_window")),
+                _ => m.GetInt32(k("attention.sliding_window"), 0),
+            },
+            SlidingLayers = arch switch { "gemma2" => ModelConfig.SlidingEvery(layers, 2), "gemma3" => ModelConfig.SlidingEvery(layers, 6), _ => null },
+            LocalRopeTheta = arch == "gemma3" ? 10000f : 0f,
+            AttentionSoftCap = arch == "gemma2" ? m.GetSingle(k("attn_logit_softcapping"), 50f) : 0f,
+            FinalLogitSoftCap = arch == "gemma2" ? m.GetSingle(k("final_logit_softcapping"), 30f) : 0f,
         };
         config.Validate(gguf.Path, property => property switch
         {
             nameof(ModelConfig.SlidingWindow) => k("attention.sliding_window"),
+            nameof(ModelConfig.AttentionSoftCap) => k("attn_logit_softcapping"),
+            nameof(ModelConfig.FinalLogitSoftCap) => k("final_logit_softcapping"),
             nameof(ModelConfig.EmbeddingScale) => k("embedding_scale"),
             nameof(ModelConfig.ResidualScale) => k("residual_scale"),
             nameof(ModelConfig.AttentionScale) => k("attention.scale"),
@@ -130,6 +154,36 @@ public static class ModelConfigReader
             throw new ModelFormatException(configPath, "no_rope_layers", $"must be a list of {layers} 0/1 values, one per layer");
         return list.EnumerateArray().Select((v, i) => v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int b) && b is 0 or 1 ? b == 0
             : throw new ModelFormatException(configPath, $"no_rope_layers[{i}]", $"{v.GetRawText()} is not 0 or 1")).ToArray();
+    }
+
+    /// <summary>
+    /// Gemma's windowed layers: HF <c>layer_types</c> ("sliding_attention" / "full_attention" per layer)
+    /// where the config lists them, else the family's pattern (Gemma 2: every other layer; Gemma 3:
+    /// <c>sliding_window_pattern</c>, 6 by default, so five windowed to one global).
+    /// </summary>
+    private static bool[] HfSlidingLayers(JsonElement root, string configPath, string arch, int layers)
+    {
+        if (root.TryGetProperty("layer_types", out var list) && list.ValueKind != JsonValueKind.Null)
+        {
+            if (list.ValueKind != JsonValueKind.Array || list.GetArrayLength() != layers)
+                throw new ModelFormatException(configPath, "layer_types", $"must be a list of {layers} layer types, one per layer");
+            return list.EnumerateArray().Select((v, i) => v.ValueKind == JsonValueKind.String ? v.GetString() switch
+            {
+                "sliding_attention" => true,
+                "full_attention" => false,
+                var other => throw new ModelFormatException(configPath, $"layer_types[{i}]", $"'{other}' is not sliding_attention or full_attention"),
+            } : throw new ModelFormatException(configPath, $"layer_types[{i}]", $"{v.GetRawText()} is not a string")).ToArray();
+        }
+        int period = 2;
+        if (arch == "gemma3")
+        {
+            period = root.TryGetProperty("sliding_window_pattern", out var p) && p.ValueKind == JsonValueKind.Number && p.TryGetInt32(out int v) ? v
+                : root.TryGetProperty("sliding_window_pattern", out p) && p.ValueKind != JsonValueKind.Null
+                    ? throw new ModelFormatException(configPath, "sliding_window_pattern", $"{p.GetRawText()} is not an integer") : 6;
+            if (period < 1)
+                throw new ModelFormatException(configPath, "sliding_window_pattern", $"{period} must be positive");
+        }
+        return ModelConfig.SlidingEvery(layers, period);
     }
 
     /// <summary>Reads <c>config.json</c> of an HF folder. HF checkpoints store q/k rows for rotate-half RoPE, hence NeoX.</summary>
@@ -187,12 +241,14 @@ public static class ModelConfigReader
             }
         }
 
+        bool gemma = arch is "gemma2" or "gemma3";
+        int layerCount = Int("num_hidden_layers");
         var config = new ModelConfig
         {
             Architecture = arch,
             VocabSize = Int("vocab_size"),
             Dim = dim,
-            Layers = Int("num_hidden_layers"),
+            Layers = layerCount,
             Heads = heads,
             KvHeads = Int("num_key_value_heads", heads),
             HeadDim = headDim,
@@ -204,17 +260,26 @@ public static class ModelConfigReader
             RopeDims = (int)Math.Round(headDim * Float("partial_rotary_factor", 1f)), // Phi-4-mini rotates 3/4 of each head
             RopeFreqScale = freqScale,
             RopeFreqFactors = factors,
-            EmbeddingScale = Float("embedding_multiplier", 1f),
+            EmbeddingScale = gemma ? MathF.Sqrt(dim) : Float("embedding_multiplier", 1f), // Gemma scales by √hidden_size
             ResidualScale = Float("residual_multiplier", 1f),
-            AttentionScale = Float("attention_multiplier", 0f),
+            AttentionScale = gemma ? 1f / MathF.Sqrt(Float("query_pre_attn_scalar", headDim)) : Float("attention_multiplier", 0f),
             LogitScale = Float("logits_scaling", 1f),
-            NoRopeLayers = arch == "smollm3" ? HfNoRopeLayers(root, configPath, Int("num_hidden_layers"), Int("no_rope_layer_interval", SmolLm3NoRopeInterval)) : null,
+            NoRopeLayers = arch == "smollm3" ? HfNoRopeLayers(root, configPath, layerCount, Int("no_rope_layer_interval", SmolLm3NoRopeInterval)) : null,
             // Qwen2's configs name a window they do not use (use_sliding_window: false)
             SlidingWindow = root.TryGetProperty("use_sliding_window", out var useWindow) && useWindow.ValueKind == JsonValueKind.False ? 0 : Int("sliding_window", 0),
+            SlidingLayers = gemma ? HfSlidingLayers(root, configPath, arch, layerCount) : null,
+            LocalRopeTheta = arch == "gemma3" ? Float("rope_local_base_freq", 10000f) : 0f,
+            AttentionSoftCap = Float("attn_logit_softcapping", 0f),
+            FinalLogitSoftCap = Float("final_logit_softcapping", 0f),
         };
         config.Validate(configPath, property => property switch
         {
             nameof(ModelConfig.SlidingWindow) => "sliding_window",
+            nameof(ModelConfig.SlidingLayers) => "layer_types",
+            nameof(ModelConfig.LocalRopeTheta) => "rope_local_base_freq",
+            nameof(ModelConfig.AttentionSoftCap) => "attn_logit_softcapping",
+            nameof(ModelConfig.FinalLogitSoftCap) => "final_logit_softcapping",
+            nameof(ModelConfig.AttentionScale) when gemma => "query_pre_attn_scalar",
             nameof(ModelConfig.RopeDims) => "partial_rotary_factor",
             nameof(ModelConfig.EmbeddingScale) => "embedding_multiplier",
             nameof(ModelConfig.ResidualScale) => "residual_multiplier",

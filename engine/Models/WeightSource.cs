@@ -114,12 +114,35 @@ public sealed unsafe partial class SafetensorsWeightSource : WeightSource
             throw new ModelFormatException(file.Path, $"tensor '{t.Name}'", $"{t.Shape.Length} dimensions are not supported for a weight");
         long[] dims = [.. t.Shape.Reverse()];
         var view = new TensorView(name, type, dims, file.Data(t), t.ByteSize);
+        if (_architecture is "gemma2" or "gemma3" && name.EndsWith("norm.weight", StringComparison.Ordinal))
+            view = PlusOne(view);
         _tensors.Add(view);
         _byName[name] = view;
     }
 
+    /// <summary>
+    /// Gemma's RMSNorm multiplies by 1 + w, and HF files store w: the GGUF convention (and this engine's)
+    /// is the weight the norm multiplies by, so the loader adds the one in float32 — what llama.cpp's
+    /// converter writes. The vectors are small; they live in native memory freed with the source.
+    /// </summary>
+    private TensorView PlusOne(TensorView norm)
+    {
+        if (norm.Dims.Count != 1 || norm.ElementCount > 1 << 24)
+            throw new ModelFormatException(Path, $"tensor '{norm.Name}'", $"shape {norm.ShapeText} is not a norm weight vector");
+        int n = (int)norm.ElementCount;
+        var values = new float[n];
+        Quantization.Dequantize.Row(norm.Type, new ReadOnlySpan<byte>(norm.Data, checked((int)norm.ByteSize)), values);
+        var memory = (float*)System.Runtime.InteropServices.NativeMemory.Alloc((nuint)n, sizeof(float));
+        _native.Add((IntPtr)memory);
+        for (int i = 0; i < n; i++)
+            memory[i] = values[i] + 1f;
+        return new TensorView(norm.Name, GgmlType.F32, [n], (byte*)memory, n * sizeof(float));
+    }
+
+    private readonly List<IntPtr> _native = [];
+
     /// <summary>HF Llama/Mistral/Qwen2/Qwen3 parameter names → GGUF names (as llama.cpp's convert_hf_to_gguf maps them).</summary>
-    /// <remarks>OLMo 2 normalizes block outputs: its <c>post_attention_layernorm</c> follows attention (GGUF
+    /// <remarks>OLMo 2 and Gemma normalize block outputs: their <c>post_attention_layernorm</c> follows attention (GGUF
     /// <c>attn_post_norm</c>), where Llama's precedes the FFN (<c>ffn_norm</c>).</remarks>
     public static string? GgufName(string hf, string architecture = "llama")
     {
@@ -142,7 +165,9 @@ public sealed unsafe partial class SafetensorsWeightSource : WeightSource
             "self_attn.qkv_proj" => "attn_qkv",
             "self_attn.q_norm" => "attn_q_norm",
             "self_attn.k_norm" => "attn_k_norm",
-            "post_attention_layernorm" => architecture == "olmo2" ? "attn_post_norm" : "ffn_norm",
+            // after attention in OLMo 2 and Gemma (whose FFN has its own pre_feedforward_layernorm), before the FFN elsewhere
+            "post_attention_layernorm" => architecture is "olmo2" or "gemma2" or "gemma3" ? "attn_post_norm" : "ffn_norm",
+            "pre_feedforward_layernorm" => "ffn_norm",
             "post_feedforward_layernorm" => "ffn_post_norm",
             "mlp.gate_proj" => "ffn_gate",
             "mlp.up_proj" => "ffn_up",
@@ -192,5 +217,8 @@ public sealed unsafe partial class SafetensorsWeightSource : WeightSource
         foreach (var f in _files)
             f.Dispose();
         _files.Clear();
+        foreach (var p in _native)
+            System.Runtime.InteropServices.NativeMemory.Free((void*)p);
+        _native.Clear();
     }
 }

@@ -1,8 +1,9 @@
 namespace Engine.Cuda.Kernels;
 
 /// <summary>
-/// Typed launchers for kernels/add.cu. CPU references: <see cref="Backends.Cpu.Kernels.Activations.AddF32"/>
-/// and <see cref="Backends.Cpu.Kernels.Activations.AddBiasF32"/>.
+/// Typed launchers for kernels/add.cu. CPU references: <see cref="Backends.Cpu.Kernels.Activations.AddF32"/>,
+/// <see cref="Backends.Cpu.Kernels.Activations.AddBiasF32"/>, <see cref="Backends.Cpu.Kernels.Activations.ScaleF32"/>
+/// and <see cref="Backends.Cpu.Kernels.Activations.SoftCapF32"/>.
 /// </summary>
 public static class Add
 {
@@ -32,6 +33,22 @@ public static class Add
         void** args = stackalloc void*[3];
         args[0] = &px;
         args[1] = &s;
+        args[2] = &count;
+        device.Launch(fn, (checked((int)((count + 255) / 256)), 1, 1), (256, 1, 1), 0, args);
+    }
+
+    /// <summary>soft_cap_f32: x = cap · tanh(x / cap) over <paramref name="count"/> elements.</summary>
+    public static unsafe void SoftCapF32(GpuDevice device, DeviceSpan<float> x, float cap, long count)
+    {
+        if (count <= 0 || x.Length < count)
+            throw new ArgumentException($"soft_cap_f32: {count} elements; x {x.Length}");
+        if (!(cap > 0) || !float.IsFinite(cap))
+            throw new ArgumentOutOfRangeException(nameof(cap), $"soft_cap_f32: a cap of {cap} must be a positive number");
+        var fn = device.Function(File, "soft_cap_f32");
+        IntPtr px = x.Pointer;
+        void** args = stackalloc void*[3];
+        args[0] = &px;
+        args[1] = &cap;
         args[2] = &count;
         device.Launch(fn, (checked((int)((count + 255) / 256)), 1, 1), (256, 1, 1), 0, args);
     }

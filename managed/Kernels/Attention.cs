@@ -67,19 +67,24 @@ public static class Attention
     /// tree_attention_f32 + attention_combine_f32 for heads up to 128 (attention_f32 + attention_combine_f32
     /// for larger heads; for a batch of more than 8 rows with heads up to 128 that need not be
     /// batch-invariant, attention_prefill_f32): dst[i, h·hd..] = softmax over the keys row i sees of (q_i,h · k)·scale, times v. Row i sees slots 0..prefix-1 and batch slot prefix + j where the mask
-    /// allows (causal when <paramref name="mask"/> is empty; else words per row <paramref name="words"/>).
-    /// The cache holds float32 (<typeparamref name="T"/> = float) or binary16 (Half) elements.
+    /// allows (causal when <paramref name="mask"/> is empty; else words per row <paramref name="words"/>),
+    /// none below its <paramref name="windowStarts"/> entry (sliding-window attention; empty: no window;
+    /// a mask must already exclude what the window does). Scores are soft-capped when
+    /// <paramref name="softCap"/> &gt; 0 (Gemma 2). The cache holds float32 (<typeparamref name="T"/> = float) or binary16 (Half) elements.
     /// </summary>
     public static unsafe void AttentionF32<T>(GpuDevice device, DeviceSpan<float> q, int n, int heads, DeviceSpan<T> cache, int blocks,
         KvLayout layout, int layer, DeviceSpan<int> table, int tableLength, int prefix, DeviceSpan<ulong> mask, int words, float scale,
-        DeviceSpan<float> scratch, DeviceSpan<float> dst, bool batchInvariant = false, bool tensorCores = false, DeviceSpan<uint> mergeCounters = default)
+        DeviceSpan<float> scratch, DeviceSpan<float> dst, bool batchInvariant = false, bool tensorCores = false, DeviceSpan<uint> mergeCounters = default,
+        float softCap = 0, DeviceSpan<int> windowStarts = default)
         where T : unmanaged
     {
         string suffix = KvCache.Suffix<T>(); // the cache's elements: attention_f32 or attention_f16, …
         int hd = layout.HeadDim;
         CheckShapes("attention_" + suffix, MaxHeadDim, q, n, heads, cache, blocks, layout, layer, table, tableLength, prefix, mask, words, dst);
         int keys = prefix + n;
+        CheckLimits("attention_" + suffix, n, softCap, windowStarts);
         IntPtr pq = q.Pointer, pc = cache.Pointer, pt = table.Pointer, pm = mask.IsEmpty ? IntPtr.Zero : mask.Pointer, pd = dst.Pointer;
+        IntPtr pw = windowStarts.IsEmpty ? IntPtr.Zero : windowStarts.Pointer;
         int layers = layout.Layers, kvHeads = layout.KvHeads, blockSize = layout.BlockSize;
         bool tc = tensorCores && UsesTensorCores(device, typeof(T) == typeof(Half), n, hd, batchInvariant);
         if (tc || KvCacheKernels.UsesPrefillKernel(n, hd, batchInvariant))
@@ -88,7 +93,7 @@ public static class Attention
             // tiled kernel, 16 rows per block; each key and value is read once per block. Same arguments.
             var prefill = tc ? device.Function("attention_tc", "attention_prefill_tc_f16") : device.Function(File, "attention_prefill_" + suffix);
             int rowsPerBlock = tc ? TensorCoreRows : KvCacheKernels.PrefillRows;
-            void** pargs = stackalloc void*[14];
+            void** pargs = stackalloc void*[16];
             pargs[0] = &pq;
             pargs[1] = &pc;
             pargs[2] = &pt;
@@ -102,7 +107,9 @@ public static class Attention
             pargs[10] = &pm;
             pargs[11] = &words;
             pargs[12] = &scale;
-            pargs[13] = &pd;
+            pargs[13] = &softCap;
+            pargs[14] = &pw;
+            pargs[15] = &pd;
             device.Launch(prefill, (heads, (n + rowsPerBlock - 1) / rowsPerBlock, 1), (128, 1, 1), 0, pargs);
             return;
         }
@@ -111,7 +118,7 @@ public static class Attention
             // Decoding and exact verification: the tree kernel (a decoding token is the one-query tree),
             // so a verified row is computed exactly as the same token decoded alone.
             TreeAttention.TreeAttentionF32(device, q, n, heads, cache, blocks, layout, layer, table, tableLength, prefix, mask, words, scale,
-                scratch, dst, mergeCounters);
+                scratch, dst, mergeCounters, softCap, windowStarts);
             return;
         }
         var (splits, chunk) = Plan(keys);
@@ -125,7 +132,7 @@ public static class Attention
 
         var fn = device.Function(File, "attention_" + suffix);
         IntPtr pa = accumulators.Pointer, pml = maxSums.Pointer;
-        void** args = stackalloc void*[16];
+        void** args = stackalloc void*[18];
         args[0] = &pq;
         args[1] = &pc;
         args[2] = &pt;
@@ -139,11 +146,25 @@ public static class Attention
         args[10] = &pm;
         args[11] = &words;
         args[12] = &scale;
-        args[13] = &chunk;
-        args[14] = &pa;
-        args[15] = &pml;
+        args[13] = &softCap;
+        args[14] = &pw;
+        args[15] = &chunk;
+        args[16] = &pa;
+        args[17] = &pml;
         device.Launch(fn, (heads, n, splits), (128, 1, 1), 0, args);
         Combine(device, pa, pml, pd, n, heads, hd, splits);
+    }
+
+    /// <summary>
+    /// The checks of the two options beyond the scale: a soft cap that is 0 or a positive number, and
+    /// window starts (one per row) or none.
+    /// </summary>
+    internal static void CheckLimits(string kernel, int n, float softCap, DeviceSpan<int> windowStarts)
+    {
+        if (!(softCap >= 0) || !float.IsFinite(softCap))
+            throw new ArgumentOutOfRangeException(nameof(softCap), $"{kernel}: a soft cap of {softCap} must be 0 (none) or a positive number");
+        if (!windowStarts.IsEmpty && windowStarts.Length < n)
+            throw new ArgumentException($"{kernel}: {windowStarts.Length} window starts for {n} rows");
     }
 
     /// <summary>attention_combine_f32: merges the splits' partials (pa: values, pml: max and sum) of every (row, head) into dst.</summary>

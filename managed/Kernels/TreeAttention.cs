@@ -33,8 +33,9 @@ public static class TreeAttention
     public static int ItemsPerWarp(int items) => items >= 256 ? 4 : items >= 64 ? 2 : 1;
 
     /// <summary>
-    /// dst[i, h·hd..] = softmax over the keys query i sees of (q_i,h · k)·scale, times v: the committed
-    /// <paramref name="prefix"/> slots and batch slot prefix + j where the mask allows (a chain when
+    /// dst[i, h·hd..] = softmax over the keys query i sees of (q_i,h · k)·scale (soft-capped with
+    /// <paramref name="softCap"/> &gt; 0), times v: the committed <paramref name="prefix"/> slots from the
+    /// query's <paramref name="windowStarts"/> entry (all without) and batch slot prefix + j where the mask allows (a chain when
     /// <paramref name="mask"/> is empty). One launch for all queries and heads, then the combine — or, with
     /// <paramref name="counters"/> (at least <see cref="Counters"/> zeroed uints, left zero), the launch's last
     /// block per KV head merges the splits itself: one launch, the same bits. The cache holds float32
@@ -42,11 +43,13 @@ public static class TreeAttention
     /// </summary>
     public static unsafe void TreeAttentionF32<T>(GpuDevice device, DeviceSpan<float> q, int n, int heads, DeviceSpan<T> cache, int blocks,
         KvLayout layout, int layer, DeviceSpan<int> table, int tableLength, int prefix, DeviceSpan<ulong> mask, int words, float scale,
-        DeviceSpan<float> scratch, DeviceSpan<float> dst, DeviceSpan<uint> counters = default) where T : unmanaged
+        DeviceSpan<float> scratch, DeviceSpan<float> dst, DeviceSpan<uint> counters = default, float softCap = 0,
+        DeviceSpan<int> windowStarts = default) where T : unmanaged
     {
         string suffix = KvCache.Suffix<T>(); // tree_attention_f32 (float32 cache) or tree_attention_f16 (binary16)
         int hd = layout.HeadDim;
         Attention.CheckShapes("tree_attention_" + suffix, MaxHeadDim, q, n, heads, cache, blocks, layout, layer, table, tableLength, prefix, mask, words, dst);
+        Attention.CheckLimits("tree_attention_" + suffix, n, softCap, windowStarts);
         int keys = prefix + n;
         var (splits, chunk) = Backends.Cpu.Kernels.TreeAttention.Plan(keys);
         var (itemsPerWarp, itemBlocks) = Blocking(n, heads, layout.KvHeads);
@@ -64,9 +67,10 @@ public static class TreeAttention
         IntPtr pq = q.Pointer, pc = cache.Pointer, pt = table.Pointer, pm = mask.IsEmpty ? IntPtr.Zero : mask.Pointer, pd = dst.Pointer;
         IntPtr pa = accumulators.Pointer, pml = maxSums.Pointer;
         IntPtr pout = fold ? pd : IntPtr.Zero, pcount = fold ? counters.Pointer : IntPtr.Zero;
+        IntPtr pw = windowStarts.IsEmpty ? IntPtr.Zero : windowStarts.Pointer;
         int layers = layout.Layers, kvHeads = layout.KvHeads, blockSize = layout.BlockSize;
         var fn = device.Function("tree_attention", "tree_attention_" + suffix);
-        void** args = stackalloc void*[20];
+        void** args = stackalloc void*[22];
         args[0] = &pq;
         args[1] = &pc;
         args[2] = &pt;
@@ -81,12 +85,14 @@ public static class TreeAttention
         args[11] = &pm;
         args[12] = &words;
         args[13] = &scale;
-        args[14] = &chunk;
-        args[15] = &itemsPerWarp;
-        args[16] = &pa;
-        args[17] = &pml;
-        args[18] = &pout;
-        args[19] = &pcount;
+        args[14] = &softCap;
+        args[15] = &pw;
+        args[16] = &chunk;
+        args[17] = &itemsPerWarp;
+        args[18] = &pa;
+        args[19] = &pml;
+        args[20] = &pout;
+        args[21] = &pcount;
         device.Launch(fn, (kvHeads, splits, (int)itemBlocks), (128, 1, 1), 0, args);
         if (!fold)
             Attention.Combine(device, pa, pml, pd, n, heads, hd, splits);

@@ -452,6 +452,81 @@ public abstract partial class GpuSuite
         }
     }
 
+    /// <summary>
+    /// Sliding windows and soft-capped scores in every attention kernel — the tree kernel (decoding and
+    /// exact verification), the tiled prefill, the split kernel for heads over 128, the tensor-core
+    /// prefill — against the definition in double precision (<see cref="SlidingWindowTests.Reference"/>):
+    /// windows inside the batch, trees deeper than the window. Float32 kernels: the CPU test's bound
+    /// (float32 rounding of scores and sums); the tensor-core kernel rounds q·scale and the
+    /// probabilities to binary16: 2^-10·max|v| as in its own test.
+    /// </summary>
+    [TestCase(4, 2, 16, 8, 40, 1, false, 7, 1.5f, "tree")]
+    [TestCase(8, 2, 64, 16, 300, 1, false, 100, 0f, "tree")] // the window's prefix tiles staged for the whole GQA group
+    [TestCase(4, 4, 24, 32, 100, 12, true, 4, 2f, "tree")]
+    [TestCase(4, 4, 24, 32, 100, 12, true, 4, 2f, "prefill")]
+    [TestCase(2, 1, 32, 16, 3, 40, false, 5, 0f, "prefill")]
+    [TestCase(2, 1, 256, 16, 60, 3, false, 9, 1f, "split")]
+    [TestCase(4, 2, 64, 16, 30, 70, false, 20, 2f, "tensor cores")]
+    [TestCase(2, 2, 32, 8, 7, 40, true, 6, 0f, "tensor cores")]
+    public void Every_attention_kernel_applies_the_window_and_the_soft_cap(int heads, int kvHeads, int headDim, int blockSize, int prefix, int n,
+        bool tree, int window, float softCap, string kernel)
+    {
+        var layout = new KvLayout(Layers: 2, KvHeads: kvHeads, HeadDim: headDim, BlockSize: blockSize);
+        int layer = 1, tokens = prefix + n, blocks = (tokens + blockSize - 1) / blockSize + 2;
+        var rng = new Random(heads * 1000 + prefix + n + window);
+        var table = Enumerable.Range(0, blocks).OrderBy(_ => rng.Next()).Take((tokens + blockSize - 1) / blockSize).ToArray();
+        bool f16 = kernel == "tensor cores";
+        var k = RandomFloats(rng, tokens * kvHeads * headDim).Select(x => f16 ? (float)(Half)x : x).ToArray();
+        var v = RandomFloats(rng, tokens * kvHeads * headDim).Select(x => f16 ? (float)(Half)x : x).ToArray();
+        var q = RandomFloats(rng, n * heads * headDim);
+        var parents = tree ? Enumerable.Range(0, n).Select(i => i == 0 ? -1 : rng.Next(Math.Max(-1, i - 4), i)).ToArray() : null;
+        var mask = parents is null ? AttentionMask.Causal : AttentionMask.FromParents(parents);
+        var positions = SlidingWindowTests.Positions(prefix, n, parents);
+        float scale = 1 / MathF.Sqrt(headDim);
+        var sliding = new SlidingWindow();
+        sliding.Set(window, positions, mask);
+        var expected = SlidingWindowTests.Reference(q, k, v, n, heads, kvHeads, headDim, prefix, mask, positions, window, softCap, scale);
+
+        bool batchInvariant = kernel == "tree";
+        if (kernel == "tensor cores")
+            Assert.That(Cuda.Kernels.Attention.UsesTensorCores(Device, true, n, headDim, batchInvariant), "the case takes the tensor-core kernel");
+        if (kernel == "prefill")
+            Assert.That(KvCacheKernels.UsesPrefillKernel(n, headDim, batchInvariant), "the case takes the tiled prefill kernel");
+        using var dk = Device.Upload<float>(k);
+        using var dv = Device.Upload<float>(v);
+        using var dt = Device.Upload<int>(table);
+        using var dq = Device.Upload<float>(q);
+        var windowMask = sliding.Mask;
+        using var dmask = tree ? Device.Upload<ulong>(windowMask.Bits[..(n * windowMask.WordsPerRow)]) : null;
+        using var dstarts = Device.Upload<int>(sliding.Starts.ToArray());
+        using var scratch = Device.Allocate<float>(KvCacheKernels.ScratchFloats(heads, n, headDim, prefix + n));
+        using var dout = Device.Allocate<float>((long)n * heads * headDim);
+        float[] actual;
+        if (f16)
+        {
+            using var dcache = Device.Allocate<Half>(blocks * KvCacheKernels.BlockFloats(layout));
+            Device.Clear(dcache.Span.Pointer, dcache.Span.Bytes);
+            Cuda.Kernels.KvCache.StoreKv(Device, dk, dv, tokens, dt, table.Length, 0, dcache.Span, blocks, layout, layer);
+            Cuda.Kernels.Attention.AttentionF32(Device, dq, n, heads, dcache.Span, blocks, layout, layer, dt, table.Length, prefix,
+                dmask?.Span ?? default, tree ? windowMask.WordsPerRow : 0, scale, scratch, dout, batchInvariant, tensorCores: true,
+                softCap: softCap, windowStarts: dstarts.Span);
+            actual = Device.Download<float>(dout);
+        }
+        else
+        {
+            using var dcache = Device.Allocate<float>(blocks * KvCacheKernels.BlockFloats(layout));
+            Device.Clear(dcache.Span.Pointer, dcache.Span.Bytes);
+            Cuda.Kernels.KvCache.StoreKvF32(Device, dk, dv, tokens, dt, table.Length, 0, dcache, blocks, layout, layer);
+            Cuda.Kernels.Attention.AttentionF32(Device, dq, n, heads, dcache.Span, blocks, layout, layer, dt, table.Length, prefix,
+                dmask?.Span ?? default, tree ? windowMask.WordsPerRow : 0, scale, scratch, dout, batchInvariant,
+                softCap: softCap, windowStarts: dstarts.Span);
+            actual = Device.Download<float>(dout);
+        }
+        double bound = f16 ? Math.Pow(2, -10) * v.Max(x => Math.Abs((double)x)) : 2.0 * (tokens + headDim) * U * 4 * Math.Sqrt(headDim) + 1e-6;
+        for (int i = 0; i < expected.Length; i++)
+            Assert.That(actual[i], Is.EqualTo(expected[i]).Within(bound), $"{kernel}: row {i / (heads * headDim)}, head {i / headDim % heads}, dim {i % headDim}");
+    }
+
     [TestCaseSource(nameof(AttentionCases))]
     public void Store_kv_and_attention_match_the_cpu_references(int heads, int kvHeads, int headDim, int blockSize, int prefix, int n, bool tree)
     {

@@ -46,6 +46,13 @@ public class ModelParityTests
         yield return new TinySpec("phi3-fused-q8_0", Arch: "phi3", WeightType: GgmlType.Q8_0, Heads: 4, KvHeads: 4, Seed: 41);
         // OLMo 2: norms on the block outputs, no pre-norms, q and k normalized whole
         yield return new TinySpec("olmo2-post-norm", Arch: "olmo2", Heads: 4, KvHeads: 2, Seed: 38);
+        // Gemma 2: a windowed layer then a global one, soft caps small enough to bend these scores and logits
+        yield return new TinySpec("gemma2-window-softcaps", Arch: "gemma2", Heads: 4, KvHeads: 2, Tied: true, Seed: 60, SlidingWindow: 5,
+            AttnSoftCap: 1.5f, FinalSoftCap: 3f);
+        // Gemma 3: five windowed layers (their own RoPE base) and a global one, per-head q/k norms, wide heads
+        yield return new TinySpec("gemma3-local-global", Arch: "gemma3", Layers: 6, Heads: 4, KvHeads: 2, HeadDimOverride: 32, Tied: true, Seed: 61,
+            SlidingWindow: 4, RopeTheta: 1e6f);
+        yield return new TinySpec("phi3-window", Arch: "phi3", Heads: 4, KvHeads: 2, Seed: 43, SlidingWindow: 6);
         // SmolLM3: the fourth of its four layers applies no RoPE
         yield return new TinySpec("smollm3-nope", Arch: "smollm3", Layers: 4, Heads: 4, KvHeads: 2, Seed: 36);
         // Granite 3: embedding, residual, attention and logit multipliers (values of granite-3.x's size)
@@ -151,17 +158,55 @@ public class ModelParityTests
 
     /// <summary>
     /// Phi-3's HF folder (qkv_proj, gate_up_proj) and its GGUF (attn_qkv, a double-width ffn_up): the
-    /// reference's logits. Its sliding window caps the context the engine offers (no windowed attention
-    /// yet: within the window it is full attention), and a longer context asked for is refused.
+    /// reference's logits, with a sliding window of 7 over the 14-token prompt — and the context is not
+    /// capped by the window (the window is attention's, not the cache's).
     /// </summary>
     [Test]
     public void Phi3_fused_tensors_and_its_window()
     {
         using var dir = new TempDir();
-        string gguf = AssertHfAndGgufMatchTheReference(TinyModel.Random(new TinySpec("hf-phi3", Arch: "phi3", Heads: 4, KvHeads: 2, Seed: 42, SlidingWindow: 64)),
-            dir, lm => Assert.That((lm.Config.SlidingWindow, lm.ContextLength), Is.EqualTo((64, 64))));
-        var e = Assert.Throws<ArgumentOutOfRangeException>(() => LanguageModel.Load(gguf, new ModelOptions { Threads = 1, ContextLength = 200 }))!;
-        Assert.That(e.Message, Does.Contain("sliding window of 64"));
+        AssertHfAndGgufMatchTheReference(TinyModel.Random(new TinySpec("hf-phi3", Arch: "phi3", Heads: 4, KvHeads: 2, Seed: 42, SlidingWindow: 7)),
+            dir, lm => Assert.That((lm.Config.SlidingWindow, lm.ContextLength), Is.EqualTo((7, 256))));
+    }
+
+    /// <summary>
+    /// Gemma 2 and 3 HF folders — norm weights stored as w where the norm multiplies by 1 + w, a
+    /// pre_feedforward_layernorm, query_pre_attn_scalar, soft caps, Gemma 3's layer_types and
+    /// rope_local_base_freq — and their GGUF files (1 + w stored, the family's defaults): one network,
+    /// the reference's logits.
+    /// </summary>
+    [TestCase("gemma2")]
+    [TestCase("gemma3")]
+    public void Gemma_hf_folder_matches_the_reference_and_the_gguf(string arch)
+    {
+        using var dir = new TempDir();
+        var spec = arch == "gemma2"
+            ? new TinySpec("hf-gemma2", Arch: "gemma2", Heads: 4, KvHeads: 2, Tied: true, Seed: 62, SlidingWindow: 5, AttnSoftCap: 1.5f, FinalSoftCap: 3f)
+            : new TinySpec("hf-gemma3", Arch: "gemma3", Layers: 6, Heads: 4, KvHeads: 1, HeadDimOverride: 32, Tied: true, Seed: 63, SlidingWindow: 4, RopeTheta: 1e6f);
+        AssertHfAndGgufMatchTheReference(TinyModel.Random(spec), dir, lm =>
+        {
+            Assert.That(lm.Config.Layout, Is.EqualTo(Models.BlockLayout.Sandwich));
+            Assert.That(Enumerable.Range(0, spec.Layers).Select(lm.Config.IsSliding), Is.EqualTo(Enumerable.Range(0, spec.Layers).Select(spec.IsSliding)));
+            Assert.That((lm.Config.AttentionSoftCap, lm.Config.FinalLogitSoftCap), Is.EqualTo((spec.AttnSoftCap, spec.FinalSoftCap)));
+        });
+    }
+
+    /// <summary>
+    /// What each Gemma feature does to the logits, so that the parity tests above could not pass with it
+    /// missing: without the window, the soft caps, the (1 + w) norms or GeGLU (SwiGLU in its place) the
+    /// reference itself moves by far more than the tolerance.
+    /// </summary>
+    [Test]
+    public void Each_gemma_feature_changes_the_reference_logits()
+    {
+        var spec = new TinySpec("gemma2-features", Arch: "gemma2", Heads: 4, KvHeads: 2, Tied: true, Seed: 60, SlidingWindow: 5, AttnSoftCap: 1.5f, FinalSoftCap: 3f);
+        var full = TinyModel.Random(spec).ReferenceLogits(Prompt);
+        double Distance(TinySpec other) => TinyModel.Random(other).ReferenceLogits(Prompt).Zip(full).Max(p => p.First.Zip(p.Second).Max(x => Math.Abs(x.First - x.Second)));
+        double scale = full.SelectMany(r => r).Max(Math.Abs);
+        Assert.That(Distance(spec with { SlidingWindow = 0 }) / scale, Is.GreaterThan(1e-3), "window");
+        Assert.That(Distance(spec with { AttnSoftCap = 0 }) / scale, Is.GreaterThan(1e-3), "attention soft cap");
+        Assert.That(Distance(spec with { FinalSoftCap = 0 }) / scale, Is.GreaterThan(1e-3), "final soft cap");
+        Assert.That(Distance(spec with { Arch = "olmo2" }) / scale, Is.GreaterThan(1e-3), "sandwich norms and GeGLU");
     }
 
     /// <summary>A Qwen3 file without its q/k norm weights is refused, naming the missing tensor.</summary>

@@ -71,6 +71,7 @@ public class SpeculativeTests
         {
             new TinySpec("gqa", Heads: 4, KvHeads: 2, Layers: 3, Seed: 31),
             new TinySpec("tied", Tied: true, Layers: 3, Seed: 32),
+            new TinySpec("gemma2-window", Arch: "gemma2", Heads: 4, KvHeads: 2, Layers: 2, Tied: true, Seed: 34, SlidingWindow: 5, AttnSoftCap: 2f, FinalSoftCap: 5f),
         })
         {
             var model = TinyModel.Random(spec);
@@ -90,12 +91,16 @@ public class SpeculativeTests
 
     /// <summary>
     /// A hand-made tree verified in one pass: every node's logits equal, bit for bit, those of decoding its
-    /// path one token at a time (the verification is batch-invariant).
+    /// path one token at a time (the verification is batch-invariant). Also under Gemma 2's sliding
+    /// window of 3 (its windowed layer drops the prompt's older tokens and, for the deepest node, the
+    /// root: the mask applies the window by position, not by slot) with soft-capped scores.
     /// </summary>
-    [Test]
-    public void Tree_verification_equals_sequential_decoding_bit_for_bit()
+    [TestCase("llama")]
+    [TestCase("gemma2")]
+    public void Tree_verification_equals_sequential_decoding_bit_for_bit(string arch)
     {
-        var model = TinyModel.Random(new TinySpec("tree", Heads: 4, KvHeads: 2, Dim: 64, Layers: 2, Seed: 33));
+        var model = TinyModel.Random(arch == "llama" ? new TinySpec("tree", Heads: 4, KvHeads: 2, Dim: 64, Layers: 2, Seed: 33)
+            : new TinySpec("tree-gemma2", Arch: "gemma2", Heads: 4, KvHeads: 2, Dim: 64, Layers: 2, Tied: true, Seed: 33, SlidingWindow: 3, AttnSoftCap: 2f, FinalSoftCap: 5f));
         using var dir = new TempDir();
         using var lm = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 2 });
         var net = lm.Network;

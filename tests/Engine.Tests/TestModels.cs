@@ -15,8 +15,27 @@ public sealed record TinySpec(
     string Name, string Arch = "llama", int Vocab = 320, int Dim = 64, int Layers = 2, int Heads = 4, int KvHeads = 4,
     int Ffn = 96, bool Tied = false, bool QkvBias = false, GgmlType WeightType = GgmlType.F32, int Seed = 1,
     float RopeTheta = 10000f, int Context = 256, Llama3Rope? Llama3 = null, int HeadDimOverride = 0,
-    float EmbeddingScale = 1f, float ResidualScale = 1f, float AttentionScale = 0f, float LogitScale = 1f, int SlidingWindow = 0)
+    float EmbeddingScale = 1f, float ResidualScale = 1f, float AttentionScale = 0f, float LogitScale = 1f, int SlidingWindow = 0,
+    float AttnSoftCap = 0f, float FinalSoftCap = 0f, float LocalRopeTheta = 10000f)
 {
+    /// <summary>Gemma 2/3: pre- and post-norms, GeGLU, embeddings times √dim, norm weights stored as 1 + w in HF files.</summary>
+    public bool Gemma => Arch is "gemma2" or "gemma3";
+
+    /// <summary>Whether the layers have norms before attention and the FFN (all but OLMo 2).</summary>
+    public bool PreNorms => Arch != "olmo2";
+
+    /// <summary>Whether block outputs are normalized before the residual add (OLMo 2, Gemma).</summary>
+    public bool PostNorms => Arch is "olmo2" || Gemma;
+
+    /// <summary>The embedding multiplier the model applies: Gemma's √dim (in float32, as HF and llama.cpp form it), else the spec's.</summary>
+    public float EmbeddingMultiplier => Gemma ? MathF.Sqrt(Dim) : EmbeddingScale;
+
+    /// <summary>
+    /// Whether layer l attends through the sliding window: Gemma 2 every even layer, Gemma 3 all but every
+    /// sixth, every layer for the others (when the spec has a window).
+    /// </summary>
+    public bool IsSliding(int layer) => SlidingWindow > 0 && Arch switch { "gemma2" => layer % 2 == 0, "gemma3" => (layer + 1) % 6 != 0, _ => true };
+
     /// <summary>Phi-3: q/k/v in one tensor, gate and up in one (gate first).</summary>
     public bool Fused => Arch == "phi3";
 
@@ -24,19 +43,19 @@ public sealed record TinySpec(
     public int HeadDim => HeadDimOverride > 0 ? HeadDimOverride : Dim / Heads;
     public int QDim => Heads * HeadDim;
     public int KvDim => KvHeads * HeadDim;
-    public bool NeoX => Arch is "qwen2" or "qwen3" or "olmo2" or "phi3";
+    public bool NeoX => Arch is "qwen2" or "qwen3" or "olmo2" or "phi3" or "gemma2" or "gemma3";
 
     /// <summary>OLMo 2: no pre-norms; block outputs normalized before the residual add; q and k normalized whole.</summary>
     public bool PostNorm => Arch == "olmo2";
 
     /// <summary>Length of the q and k norm weights: a head (Qwen3) or all of q / k (OLMo 2); 0 when none.</summary>
-    public (int Q, int K) QkNormLength => Arch == "qwen3" ? (HeadDim, HeadDim) : PostNorm ? (QDim, KvDim) : (0, 0);
+    public (int Q, int K) QkNormLength => Arch is "qwen3" or "gemma3" ? (HeadDim, HeadDim) : PostNorm ? (QDim, KvDim) : (0, 0);
 
     /// <summary>SmolLM3: layer l applies no RoPE when (l + 1) % 4 == 0.</summary>
     public bool UsesRope(int layer) => Arch != "smollm3" || (layer + 1) % 4 != 0;
 
     /// <summary>Qwen3: an RMSNorm over each head of q and k before RoPE.</summary>
-    public bool QkNorm => Arch is "qwen3" or "olmo2";
+    public bool QkNorm => Arch is "qwen3" or "olmo2" or "gemma3";
     public override string ToString() => Name;
 }
 
@@ -58,7 +77,7 @@ public sealed class TinyModel
         public required float[] AttnNorm, Wq, Wk, Wv, Wo, FfnNorm, Gate, Up, Down;
         public float[]? Bq, Bk, Bv;
         public float[]? QNorm, KNorm; // [headDim] (Qwen3) or [qDim], [kvDim] (OLMo 2)
-        public float[]? AttnPostNorm, FfnPostNorm; // OLMo 2
+        public float[]? AttnPostNorm, FfnPostNorm; // OLMo 2, Gemma
     }
 
     /// <summary>Seeded random weights, already rounded through the spec's weight type (so the reference sees what the engine sees).</summary>
@@ -100,8 +119,8 @@ public sealed class TinyModel
                 Bv = s.QkvBias ? Bias(s.KvDim) : null,
                 QNorm = s.QkNorm ? Norm(s.QkNormLength.Q) : null,
                 KNorm = s.QkNorm ? Norm(s.QkNormLength.K) : null,
-                AttnPostNorm = s.PostNorm ? Norm(s.Dim) : null,
-                FfnPostNorm = s.PostNorm ? Norm(s.Dim) : null,
+                AttnPostNorm = s.PostNorms ? Norm(s.Dim) : null,
+                FfnPostNorm = s.PostNorms ? Norm(s.Dim) : null,
             };
         }
         return new TinyModel
@@ -179,6 +198,11 @@ public sealed class TinyModel
         w.Add($"{a}.rope.freq_base", s.RopeTheta);
         if (s.SlidingWindow > 0)
             w.Add($"{a}.attention.sliding_window", (uint)s.SlidingWindow);
+        if (a == "gemma2")
+        {
+            w.Add($"{a}.attn_logit_softcapping", s.AttnSoftCap);
+            w.Add($"{a}.final_logit_softcapping", s.FinalSoftCap);
+        }
         if (a == "granite")
         {
             w.Add($"{a}.embedding_scale", s.EmbeddingScale);
@@ -207,7 +231,7 @@ public sealed class TinyModel
         {
             var L = Layers[l];
             string p = $"blk.{l}.";
-            if (!s.PostNorm)
+            if (s.PreNorms)
                 Vector(p + "attn_norm.weight", L.AttnNorm);
             if (s.Fused)
                 Matrix(p + "attn_qkv.weight", [.. L.Wq, .. L.Wk, .. L.Wv], s.QDim + 2 * s.KvDim, s.Dim);
@@ -229,12 +253,12 @@ public sealed class TinyModel
                 Vector(p + "attn_k_norm.weight", L.KNorm!);
             }
             Matrix(p + "attn_output.weight", L.Wo, s.Dim, s.QDim);
-            if (s.PostNorm)
+            if (s.PostNorms)
             {
                 Vector(p + "attn_post_norm.weight", L.AttnPostNorm!);
                 Vector(p + "ffn_post_norm.weight", L.FfnPostNorm!);
             }
-            else
+            if (s.PreNorms)
                 Vector(p + "ffn_norm.weight", L.FfnNorm);
             if (s.Fused)
                 Matrix(p + "ffn_up.weight", [.. L.Gate, .. L.Up], 2 * s.Ffn, s.Dim);
@@ -273,7 +297,7 @@ public sealed class TinyModel
         Directory.CreateDirectory(folder);
         var config = new Dictionary<string, object?>
         {
-            ["architectures"] = new[] { s.Arch switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "granite" => "GraniteForCausalLM", "smollm3" => "SmolLM3ForCausalLM", "olmo2" => "Olmo2ForCausalLM", "phi3" => "Phi3ForCausalLM", _ => "LlamaForCausalLM" } },
+            ["architectures"] = new[] { s.Arch switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "granite" => "GraniteForCausalLM", "smollm3" => "SmolLM3ForCausalLM", "olmo2" => "Olmo2ForCausalLM", "phi3" => "Phi3ForCausalLM", "gemma2" => "Gemma2ForCausalLM", "gemma3" => "Gemma3ForCausalLM", _ => "LlamaForCausalLM" } },
             ["head_dim"] = s.HeadDim,
             ["hidden_size"] = s.Dim,
             ["intermediate_size"] = s.Ffn,
@@ -290,6 +314,18 @@ public sealed class TinyModel
         };
         if (s.SlidingWindow > 0)
             config["sliding_window"] = s.SlidingWindow;
+        if (s.Gemma)
+        {
+            config["query_pre_attn_scalar"] = s.HeadDim;
+            config["hidden_activation"] = "gelu_pytorch_tanh";
+            config["attn_logit_softcapping"] = s.AttnSoftCap > 0 ? s.AttnSoftCap : null;
+            config["final_logit_softcapping"] = s.FinalSoftCap > 0 ? s.FinalSoftCap : null;
+        }
+        if (s.Arch == "gemma3")
+        {
+            config["rope_local_base_freq"] = s.LocalRopeTheta;
+            config["layer_types"] = Enumerable.Range(0, s.Layers).Select(l => s.IsSliding(l) ? "sliding_attention" : "full_attention").ToArray();
+        }
         if (s.Arch == "smollm3")
             config["no_rope_layers"] = Enumerable.Range(0, s.Layers).Select(l => s.UsesRope(l) ? 1 : 0).ToArray();
         if (s.Arch == "granite")
@@ -329,8 +365,10 @@ public sealed class TinyModel
         {
             var L = Layers[l];
             string p = $"model.layers.{l}.";
-            if (!s.PostNorm)
-                tensors.Add((p + "input_layernorm.weight", L.AttnNorm, [s.Dim]));
+            // Gemma's HF files store w where the norm multiplies by 1 + w (exact: the norms lie in [0.8, 1.2])
+            float[] HfNorm(float[] w) => s.Gemma ? w.Select(x => x - 1f).ToArray() : w;
+            if (s.PreNorms)
+                tensors.Add((p + "input_layernorm.weight", HfNorm(L.AttnNorm), [s.Dim]));
             if (s.Fused)
                 tensors.Add((p + "self_attn.qkv_proj.weight", [.. L.Wq, .. L.Wk, .. L.Wv], [s.QDim + 2 * s.KvDim, s.Dim]));
             else
@@ -347,14 +385,16 @@ public sealed class TinyModel
             }
             if (L.QNorm is not null)
             {
-                tensors.Add((p + "self_attn.q_norm.weight", L.QNorm, [L.QNorm.Length]));
-                tensors.Add((p + "self_attn.k_norm.weight", L.KNorm!, [L.KNorm!.Length]));
+                tensors.Add((p + "self_attn.q_norm.weight", HfNorm(L.QNorm), [L.QNorm.Length]));
+                tensors.Add((p + "self_attn.k_norm.weight", HfNorm(L.KNorm!), [L.KNorm!.Length]));
             }
             tensors.Add((p + "self_attn.o_proj.weight", L.Wo, [s.Dim, s.QDim]));
-            if (s.PostNorm)
+            if (s.PostNorms)
             {
-                tensors.Add((p + "post_attention_layernorm.weight", L.AttnPostNorm!, [s.Dim]));
-                tensors.Add((p + "post_feedforward_layernorm.weight", L.FfnPostNorm!, [s.Dim]));
+                tensors.Add((p + "post_attention_layernorm.weight", HfNorm(L.AttnPostNorm!), [s.Dim]));
+                tensors.Add((p + "post_feedforward_layernorm.weight", HfNorm(L.FfnPostNorm!), [s.Dim]));
+                if (s.Gemma)
+                    tensors.Add((p + "pre_feedforward_layernorm.weight", HfNorm(L.FfnNorm), [s.Dim]));
             }
             else
                 tensors.Add((p + "post_attention_layernorm.weight", L.FfnNorm, [s.Dim]));
@@ -367,7 +407,7 @@ public sealed class TinyModel
             }
             tensors.Add((p + "mlp.down_proj.weight", L.Down, [s.Dim, s.Ffn]));
         }
-        tensors.Add(("model.norm.weight", OutputNorm, [s.Dim]));
+        tensors.Add(("model.norm.weight", s.Gemma ? OutputNorm.Select(x => x - 1f).ToArray() : OutputNorm, [s.Dim]));
         if (Output is not null)
             tensors.Add(("lm_head.weight", Output, [s.Vocab, s.Dim]));
 
@@ -440,12 +480,12 @@ public sealed class TinyModel
         {
             var x = new double[s.Dim];
             for (int i = 0; i < s.Dim; i++)
-                x[i] = Embedding[tokens[t] * s.Dim + i] * (double)s.EmbeddingScale;
-            double attentionScale = s.AttentionScale > 0 ? s.AttentionScale : 1 / Math.Sqrt(hd);
+                x[i] = Embedding[tokens[t] * s.Dim + i] * (double)s.EmbeddingMultiplier;
+            double attentionScale = s.AttentionScale > 0 ? s.AttentionScale : 1 / Math.Sqrt(hd); // Gemma: query_pre_attn_scalar = hd
             for (int l = 0; l < s.Layers; l++)
             {
                 var L = Layers[l];
-                var xn = s.PostNorm ? x : RmsNorm(x, L.AttnNorm);
+                var xn = s.PreNorms ? RmsNorm(x, L.AttnNorm) : x;
                 var q = MatVec(L.Wq, xn, L.Bq);
                 var k = MatVec(L.Wk, xn, L.Bk);
                 var v = MatVec(L.Wv, xn, L.Bv);
@@ -461,9 +501,13 @@ public sealed class TinyModel
                 }
                 if (s.UsesRope(l))
                 {
-                    Rope(q, s.Heads, t);
-                    Rope(k, s.KvHeads, t);
+                    // Gemma 3's windowed layers rotate with their own base
+                    double theta = s.Arch == "gemma3" && s.IsSliding(l) ? s.LocalRopeTheta : s.RopeTheta;
+                    Rope(q, s.Heads, t, theta);
+                    Rope(k, s.KvHeads, t, theta);
                 }
+                // sliding-window attention: position t sees positions t - window + 1 .. t
+                int first = s.IsSliding(l) ? Math.Max(0, t - s.SlidingWindow + 1) : 0;
                 keys[l].Add(k);
                 values[l].Add(v);
                 var att = new double[s.QDim];
@@ -472,54 +516,61 @@ public sealed class TinyModel
                     int kvh = h / group;
                     var scores = new double[t + 1];
                     double max = double.NegativeInfinity;
-                    for (int p = 0; p <= t; p++)
+                    for (int p = first; p <= t; p++)
                     {
                         double dot = 0;
                         for (int i = 0; i < hd; i++)
                             dot += q[h * hd + i] * keys[l][p][kvh * hd + i];
                         scores[p] = dot * attentionScale;
+                        if (s.AttnSoftCap > 0) // Gemma 2
+                            scores[p] = s.AttnSoftCap * Math.Tanh(scores[p] / s.AttnSoftCap);
                         max = Math.Max(max, scores[p]);
                     }
                     double sum = 0;
-                    for (int p = 0; p <= t; p++)
+                    for (int p = first; p <= t; p++)
                     {
                         scores[p] = Math.Exp(scores[p] - max);
                         sum += scores[p];
                     }
-                    for (int p = 0; p <= t; p++)
+                    for (int p = first; p <= t; p++)
                     {
                         for (int i = 0; i < hd; i++)
                             att[h * hd + i] += scores[p] / sum * values[l][p][kvh * hd + i];
                     }
                 }
                 var o = MatVec(L.Wo, att, null);
-                if (s.PostNorm)
+                if (s.PostNorms)
                     o = RmsNorm(o, L.AttnPostNorm!);
                 for (int i = 0; i < s.Dim; i++)
                     x[i] += o[i] * s.ResidualScale;
-                var fn = s.PostNorm ? x : RmsNorm(x, L.FfnNorm);
+                var fn = s.PreNorms ? RmsNorm(x, L.FfnNorm) : x;
                 var g = MatVec(L.Gate, fn, null);
                 var u = MatVec(L.Up, fn, null);
                 for (int i = 0; i < g.Length; i++)
-                    g[i] = g[i] / (1 + Math.Exp(-g[i])) * u[i];
+                {
+                    g[i] = s.Gemma
+                        ? 0.5 * g[i] * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (g[i] + 0.044715 * g[i] * g[i] * g[i]))) * u[i] // GeGLU (tanh GELU)
+                        : g[i] / (1 + Math.Exp(-g[i])) * u[i];                                                                 // SwiGLU
+                }
                 var d = MatVec(L.Down, g, null);
-                if (s.PostNorm)
+                if (s.PostNorms)
                     d = RmsNorm(d, L.FfnPostNorm!);
                 for (int i = 0; i < s.Dim; i++)
                     x[i] += d[i] * s.ResidualScale;
             }
             hidden[t] = RmsNorm(x, OutputNorm);
-            result[t] = MatVec(Output ?? Embedding, hidden[t], null).Select(v => v / s.LogitScale).ToArray();
+            result[t] = MatVec(Output ?? Embedding, hidden[t], null).Select(v => v / s.LogitScale)
+                .Select(v => s.FinalSoftCap > 0 ? s.FinalSoftCap * Math.Tanh(v / s.FinalSoftCap) : v).ToArray();
         }
         return (result, hidden);
     }
 
-    private double BaseInvFreq(int i) => Math.Pow(Spec.RopeTheta, -2.0 * i / Spec.HeadDim);
+    private double BaseInvFreq(int i, double? theta = null) => Math.Pow(theta ?? Spec.RopeTheta, -2.0 * i / Spec.HeadDim);
 
     /// <summary>RoPE frequency of pair i, with Llama 3 scaling written as HF's <c>_compute_llama3_parameters</c> does.</summary>
-    private double InvFreq(int i)
+    private double InvFreq(int i, double? theta = null)
     {
-        double invFreq = BaseInvFreq(i);
+        double invFreq = BaseInvFreq(i, theta);
         if (Spec.Llama3 is not { } r)
             return invFreq;
         double lowFreqWavelen = r.OriginalContext / r.LowFreqFactor;
@@ -562,14 +613,14 @@ public sealed class TinyModel
         return y;
     }
 
-    private void Rope(double[] v, int heads, int pos)
+    private void Rope(double[] v, int heads, int pos, double theta)
     {
         int hd = Spec.HeadDim, half = hd / 2;
         for (int h = 0; h < heads; h++)
         {
             for (int i = 0; i < half; i++)
             {
-                double angle = pos * InvFreq(i);
+                double angle = pos * InvFreq(i, theta);
                 int a = Spec.NeoX ? h * hd + i : h * hd + 2 * i;
                 int b = Spec.NeoX ? h * hd + i + half : h * hd + 2 * i + 1;
                 double x0 = v[a], x1 = v[b];

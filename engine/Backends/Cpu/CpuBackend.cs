@@ -214,13 +214,15 @@ public sealed unsafe class CpuBackend : Backend
     }
 
     public override void Attention(Activation q, KvStore store, int layer, ReadOnlySpan<int> blockTable, int prefixLength,
-        AttentionMask mask, int heads, float scale, Activation dst, bool batchInvariant = false)
+        AttentionMask mask, int heads, float scale, Activation dst, bool batchInvariant = false, float softCap = 0,
+        ReadOnlySpan<int> windowStarts = default)
     {
+        CheckAttentionOptions(q.Rows, softCap, windowStarts);
         // Batch-invariant always (Attention.Head's canonical arithmetic), so the flag changes nothing here.
         // Chunks are (head, every G-th row): few enough that dispatch costs nothing next to the work,
         // and striding the rows gives every chunk the same mix of short and long causal windows.
         int rowGroups = Math.Clamp((Threads * 8 + heads - 1) / heads, 1, q.Rows);
-        _attention.Set(Array(q), q.Rows, (CpuKvStore)store, layer, blockTable, prefixLength, mask, heads, rowGroups, scale, Array(dst));
+        _attention.Set(Array(q), q.Rows, (CpuKvStore)store, layer, blockTable, prefixLength, mask, heads, rowGroups, scale, Array(dst), softCap, windowStarts);
         _pool.Run(_attention, heads * rowGroups);
     }
 
@@ -231,6 +233,22 @@ public sealed unsafe class CpuBackend : Backend
         _rows.Y = Array(dst);
         _rows.Cols = gate.Cols;
         ForRows(gate.Rows, RowOp.SwiGlu);
+    }
+
+    public override void GeGlu(Activation gate, Activation up, Activation dst)
+    {
+        _rows.X = Array(gate);
+        _rows.W = Array(up);
+        _rows.Y = Array(dst);
+        _rows.Cols = gate.Cols;
+        ForRows(gate.Rows, RowOp.GeGlu);
+    }
+
+    public override void SoftCap(Activation x, float cap)
+    {
+        if (!(cap > 0) || !float.IsFinite(cap))
+            throw new ArgumentOutOfRangeException(nameof(cap), $"a soft cap of {cap} must be a positive number");
+        Activations.SoftCapF32(Array(x).AsSpan(0, checked((int)x.Size)), cap);
     }
 
     public override void Scale(Activation x, float s) => Activations.ScaleF32(Array(x).AsSpan(0, checked((int)x.Size)), s);
@@ -255,7 +273,7 @@ public sealed unsafe class CpuBackend : Backend
 
     public override void Dispose() => _pool.Dispose();
 
-    private enum RowOp { RmsNorm, Rope, SwiGlu, Add }
+    private enum RowOp { RmsNorm, Rope, SwiGlu, GeGlu, Add }
 
     /// <summary>The row-wise operations, with their arguments in fields so a run allocates nothing.</summary>
     private sealed class RowsWork : IParallelWork
@@ -296,6 +314,9 @@ public sealed unsafe class CpuBackend : Backend
                         break;
                     case RowOp.SwiGlu:
                         Activations.SwiGluF32(row, W.AsSpan(r * Cols, Cols), Y.AsSpan(r * Cols, Cols));
+                        break;
+                    case RowOp.GeGlu:
+                        Activations.GeGluF32(row, W.AsSpan(r * Cols, Cols), Y.AsSpan(r * Cols, Cols));
                         break;
                     case RowOp.Add:
                         Activations.AddF32(Y.AsSpan(r * Cols, Cols), row);
@@ -376,16 +397,26 @@ public sealed unsafe class CpuBackend : Backend
         private CpuKvStore? _store;
         private int[] _table = [];
         private AttentionMask _mask = AttentionMask.Causal;
+        private int[] _windowStarts = [];
+        private bool _windowed;
         private int _n, _layer, _prefix, _heads, _rowGroups;
-        private float _scale;
+        private float _scale, _softCap;
 
         public void Set(float[] q, int n, CpuKvStore store, int layer, ReadOnlySpan<int> table, int prefix, AttentionMask mask, int heads,
-            int rowGroups, float scale, float[] y)
+            int rowGroups, float scale, float[] y, float softCap, ReadOnlySpan<int> windowStarts)
         {
             (_q, _n, _store, _layer, _prefix, _mask, _heads, _rowGroups, _scale, _y) = (q, n, store, layer, prefix, mask, heads, rowGroups, scale, y);
             if (_table.Length < table.Length)
                 _table = new int[Math.Max(table.Length, 2 * _table.Length)];
             table.CopyTo(_table);
+            _softCap = softCap;
+            _windowed = !windowStarts.IsEmpty;
+            if (_windowed)
+            {
+                if (_windowStarts.Length < n)
+                    _windowStarts = new int[Math.Max(n, 2 * _windowStarts.Length)];
+                windowStarts[..n].CopyTo(_windowStarts);
+            }
         }
 
         public void Execute(int chunk, int chunks)
@@ -402,7 +433,7 @@ public sealed unsafe class CpuBackend : Backend
                 for (int row = chunk / _heads; row < _n; row += _rowGroups)
                 {
                     Kernels.Attention.Head(q + (long)row * cols + head * hd, _store.Pointers, table, layout, _layer, kvHead,
-                        _prefix, _n, row, _mask, _scale, y + (long)row * cols + head * hd);
+                        _prefix, _n, row, _mask, _scale, y + (long)row * cols + head * hd, _windowed ? _windowStarts[row] : 0, _softCap);
                 }
             }
         }

@@ -22,6 +22,35 @@ public static class Activations
     }
 
     /// <summary>
+    /// GeGLU (Shazeer 2020) as Gemma uses it: y = gelu(g) · u with the tanh approximation
+    /// gelu(g) = ½g(1 + tanh(√(2/π)(g + 0.044715g³))) (PyTorch's <c>gelu(approximate="tanh")</c>), in
+    /// float32 exactly as geglu_f32 (kernels/swiglu.cu) computes it. y may be g.
+    /// </summary>
+    public static void GeGluF32(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> y)
+    {
+        for (int i = 0; i < gate.Length; i++)
+            y[i] = GeluTanh(gate[i]) * up[i];
+    }
+
+    /// <summary>The tanh-approximated GELU of one value (gelu_tanh in kernels/common.cuh).</summary>
+    public static float GeluTanh(float x)
+    {
+        const float SqrtTwoOverPi = 0.7978845608028654f;
+        float inner = SqrtTwoOverPi * MathF.FusedMultiplyAdd(0.044715f * x, x * x, x);
+        return 0.5f * x * (1f + MathF.Tanh(inner));
+    }
+
+    /// <summary>
+    /// Soft-capping (Gemma 2's final logits): x = cap · tanh(x / cap), elementwise (soft_cap_f32 in
+    /// kernels/add.cu). Keeps the order of the logits and bounds them to (−cap, cap).
+    /// </summary>
+    public static void SoftCapF32(Span<float> x, float cap)
+    {
+        for (int i = 0; i < x.Length; i++)
+            x[i] = cap * MathF.Tanh(x[i] / cap);
+    }
+
+    /// <summary>
     /// y = exp(x - max x) / Σ exp(x - max x). Subtracting the max first keeps exp from overflowing
     /// (TensorPrimitives.SoftMax does not). y may be x.
     /// </summary>

@@ -44,24 +44,30 @@ public static unsafe class Attention
     /// <paramref name="prefix"/> committed slots and the batch slots <paramref name="mask"/> allows.
     /// </summary>
     /// <param name="blocks">Start of each block's memory by block id.</param>
+    /// <param name="windowStart">
+    /// The first slot the row sees (sliding-window attention; 0 without a window). A tree mask must
+    /// already exclude the batch slots outside the window.
+    /// </param>
+    /// <param name="softCap">0, or Gemma 2's soft-capping: each score s becomes cap·tanh(s / cap).</param>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Head(float* q, float*[] blocks, int* blockTable, KvLayout layout,
-        int layer, int kvHead, int prefix, int n, int row, AttentionMask mask, float scale, float* output)
+        int layer, int kvHead, int prefix, int n, int row, AttentionMask mask, float scale, float* output, int windowStart = 0, float softCap = 0)
     {
         int hd = layout.HeadDim, bs = layout.BlockSize;
         int kBase = KeyOffset(layout, layer, kvHead);
         int vBase = ValueOffset(layout, layer, kvHead);
 
-        // A contiguous run of visible slots [0, run): the whole causal window, or the committed prefix
+        // A contiguous run of visible slots [from, run): the whole causal window, or the committed prefix
         // when the mask is a tree; then, for a tree, the batch slots it allows, listed.
         int run = mask.IsCausal ? prefix + row + 1 : prefix;
+        int from = Math.Min(windowStart, run);
         int capacity = prefix + n + 32; // group kernels may write scores up to 31 slots past the run
         var scoreArray = s_scores is { } sc && sc.Length >= capacity ? sc : s_scores = new float[Math.Max(capacity, 512)];
-        int count = run;
+        int count = run - from;
         int[]? list = null;
         fixed (float* scores = scoreArray)
         {
-            Scores(q, blocks, blockTable, kBase, hd, bs, run, scale, scores);
+            Scores(q, blocks, blockTable, kBase, hd, bs, from, run, scale, scores);
             if (!mask.IsCausal)
             {
                 list = s_slots is { } l && l.Length >= n ? l : s_slots = new int[Math.Max(n, 256)];
@@ -70,13 +76,18 @@ public static unsafe class Attention
                     if (!mask.Allows(row, j))
                         continue;
                     int slot = prefix + j;
-                    list[count - run] = slot;
+                    list[count - (run - from)] = slot;
                     scores[count++] = SlotScore(q, blocks[blockTable[slot / bs]] + kBase + slot % bs, bs, hd, scale);
                 }
             }
+            if (softCap > 0)
+            {
+                for (int i = 0; i < count; i++)
+                    scores[i] = softCap * MathF.Tanh(scores[i] / softCap);
+            }
             Activations.SoftmaxF32(new ReadOnlySpan<float>(scores, count), new Span<float>(scores, count));
-            var extra = list is null ? ReadOnlySpan<int>.Empty : new ReadOnlySpan<int>(list, 0, count - run);
-            WeightedValues(scores, blocks, blockTable, vBase, hd, bs, run, extra, output);
+            var extra = list is null ? ReadOnlySpan<int>.Empty : new ReadOnlySpan<int>(list, 0, count - (run - from));
+            WeightedValues(scores, blocks, blockTable, vBase, hd, bs, from, run, extra, output);
         }
     }
 
@@ -125,14 +136,15 @@ public static unsafe class Attention
         return sum * scale;
     }
 
-    /// <summary>scores[t] = scale · q·k_t for t in [0, run); may also write scores up to the end of the last group of 32.</summary>
-    private static void Scores(float* q, float*[] blocks, int* blockTable, int kBase, int hd, int bs, int run, float scale, float* scores)
+    /// <summary>scores[t - from] = scale · q·k_t for t in [from, run); may also write scores up to the end of the last group of 32.</summary>
+    private static void Scores(float* q, float*[] blocks, int* blockTable, int kBase, int hd, int bs, int from, int run, float scale, float* scores)
     {
-        for (int start = 0; start < run; start += bs)
+        scores -= from;
+        for (int start = from / bs * bs; start < run; start += bs)
         {
             float* kt = blocks[blockTable[start / bs]] + kBase;
             int end = Math.Min(run, start + bs) - start; // slots of this block that are needed
-            int g = 0;
+            int g = Math.Max(0, from - start);
             // whole groups of 32 inside the block, even if the run ends inside the group
             if (Vector512.IsHardwareAccelerated)
             {
@@ -228,46 +240,46 @@ public static unsafe class Attention
     /// order, whatever the vector width, so the result is the same as if the extra slots were part of
     /// the run. Output elements are kept in registers 64 (or 16) at a time.
     /// </summary>
-    private static void WeightedValues(float* p, float*[] blocks, int* blockTable, int vBase, int hd, int bs, int run,
+    private static void WeightedValues(float* p, float*[] blocks, int* blockTable, int vBase, int hd, int bs, int from, int run,
         ReadOnlySpan<int> extra, float* output)
     {
         int c = 0;
         if (Vector512.IsHardwareAccelerated)
         {
             for (; c + 64 <= hd; c += 64)
-                Values64(p, blocks, blockTable, vBase + c, hd, bs, run, extra, output + c);
+                Values64(p, blocks, blockTable, vBase + c, hd, bs, from, run, extra, output + c);
             for (; c + 16 <= hd; c += 16)
-                Values16(p, blocks, blockTable, vBase + c, hd, bs, run, extra, output + c);
+                Values16(p, blocks, blockTable, vBase + c, hd, bs, from, run, extra, output + c);
         }
         else if (Vector256.IsHardwareAccelerated)
         {
             for (; c + 8 <= hd; c += 8)
-                Values8(p, blocks, blockTable, vBase + c, hd, bs, run, extra, output + c);
+                Values8(p, blocks, blockTable, vBase + c, hd, bs, from, run, extra, output + c);
         }
         for (; c < hd; c++)
         {
             float acc = 0;
-            for (int t = 0; t < run; t++)
-                acc = MathF.FusedMultiplyAdd(p[t], blocks[blockTable[t / bs]][vBase + t % bs * hd + c], acc);
+            for (int t = from; t < run; t++)
+                acc = MathF.FusedMultiplyAdd(p[t - from], blocks[blockTable[t / bs]][vBase + t % bs * hd + c], acc);
             for (int i = 0; i < extra.Length; i++)
             {
                 int slot = extra[i];
-                acc = MathF.FusedMultiplyAdd(p[run + i], blocks[blockTable[slot / bs]][vBase + slot % bs * hd + c], acc);
+                acc = MathF.FusedMultiplyAdd(p[run - from + i], blocks[blockTable[slot / bs]][vBase + slot % bs * hd + c], acc);
             }
             output[c] = acc;
         }
     }
 
-    private static void Values64(float* p, float*[] blocks, int* blockTable, int vBase, int hd, int bs, int run, ReadOnlySpan<int> extra, float* output)
+    private static void Values64(float* p, float*[] blocks, int* blockTable, int vBase, int hd, int bs, int from, int run, ReadOnlySpan<int> extra, float* output)
     {
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        for (int start = 0; start < run; start += bs)
+        for (int start = from / bs * bs; start < run; start += bs)
         {
             float* v = blocks[blockTable[start / bs]] + vBase;
             int end = Math.Min(run, start + bs) - start;
-            for (int t = 0; t < end; t++)
+            for (int t = Math.Max(0, from - start); t < end; t++)
             {
-                var pt = Vector512.Create(p[start + t]);
+                var pt = Vector512.Create(p[start + t - from]);
                 float* vt = v + (long)t * hd;
                 a0 = Vector512.FusedMultiplyAdd(pt, Vector512.Load(vt), a0);
                 a1 = Vector512.FusedMultiplyAdd(pt, Vector512.Load(vt + 16), a1);
@@ -278,7 +290,7 @@ public static unsafe class Attention
         for (int i = 0; i < extra.Length; i++)
         {
             int slot = extra[i];
-            var pt = Vector512.Create(p[run + i]);
+            var pt = Vector512.Create(p[run - from + i]);
             float* vt = blocks[blockTable[slot / bs]] + vBase + (long)(slot % bs) * hd;
             a0 = Vector512.FusedMultiplyAdd(pt, Vector512.Load(vt), a0);
             a1 = Vector512.FusedMultiplyAdd(pt, Vector512.Load(vt + 16), a1);
@@ -291,38 +303,38 @@ public static unsafe class Attention
         a3.Store(output + 48);
     }
 
-    private static void Values16(float* p, float*[] blocks, int* blockTable, int vBase, int hd, int bs, int run, ReadOnlySpan<int> extra, float* output)
+    private static void Values16(float* p, float*[] blocks, int* blockTable, int vBase, int hd, int bs, int from, int run, ReadOnlySpan<int> extra, float* output)
     {
         Vector512<float> a = default;
-        for (int start = 0; start < run; start += bs)
+        for (int start = from / bs * bs; start < run; start += bs)
         {
             float* v = blocks[blockTable[start / bs]] + vBase;
             int end = Math.Min(run, start + bs) - start;
-            for (int t = 0; t < end; t++)
-                a = Vector512.FusedMultiplyAdd(Vector512.Create(p[start + t]), Vector512.Load(v + (long)t * hd), a);
+            for (int t = Math.Max(0, from - start); t < end; t++)
+                a = Vector512.FusedMultiplyAdd(Vector512.Create(p[start + t - from]), Vector512.Load(v + (long)t * hd), a);
         }
         for (int i = 0; i < extra.Length; i++)
         {
             int slot = extra[i];
-            a = Vector512.FusedMultiplyAdd(Vector512.Create(p[run + i]), Vector512.Load(blocks[blockTable[slot / bs]] + vBase + (long)(slot % bs) * hd), a);
+            a = Vector512.FusedMultiplyAdd(Vector512.Create(p[run - from + i]), Vector512.Load(blocks[blockTable[slot / bs]] + vBase + (long)(slot % bs) * hd), a);
         }
         a.Store(output);
     }
 
-    private static void Values8(float* p, float*[] blocks, int* blockTable, int vBase, int hd, int bs, int run, ReadOnlySpan<int> extra, float* output)
+    private static void Values8(float* p, float*[] blocks, int* blockTable, int vBase, int hd, int bs, int from, int run, ReadOnlySpan<int> extra, float* output)
     {
         Vector256<float> a = default;
-        for (int start = 0; start < run; start += bs)
+        for (int start = from / bs * bs; start < run; start += bs)
         {
             float* v = blocks[blockTable[start / bs]] + vBase;
             int end = Math.Min(run, start + bs) - start;
-            for (int t = 0; t < end; t++)
-                a = Vector256.FusedMultiplyAdd(Vector256.Create(p[start + t]), Vector256.Load(v + (long)t * hd), a);
+            for (int t = Math.Max(0, from - start); t < end; t++)
+                a = Vector256.FusedMultiplyAdd(Vector256.Create(p[start + t - from]), Vector256.Load(v + (long)t * hd), a);
         }
         for (int i = 0; i < extra.Length; i++)
         {
             int slot = extra[i];
-            a = Vector256.FusedMultiplyAdd(Vector256.Create(p[run + i]), Vector256.Load(blocks[blockTable[slot / bs]] + vBase + (long)(slot % bs) * hd), a);
+            a = Vector256.FusedMultiplyAdd(Vector256.Create(p[run - from + i]), Vector256.Load(blocks[blockTable[slot / bs]] + vBase + (long)(slot % bs) * hd), a);
         }
         a.Store(output);
     }

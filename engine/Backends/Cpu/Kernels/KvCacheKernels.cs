@@ -98,7 +98,7 @@ public static class KvCacheKernels
     /// kernel does. (The kernel also splits a chunk across 4 warps; that only reorders float sums.)
     /// </summary>
     public static void AttentionF32(ReadOnlySpan<float> q, int n, int heads, ReadOnlySpan<float> cache, KvLayout layout, int layer,
-        ReadOnlySpan<int> table, int prefix, AttentionMask mask, float scale, Span<float> dst)
+        ReadOnlySpan<int> table, int prefix, AttentionMask mask, float scale, Span<float> dst, float softCap = 0, ReadOnlySpan<int> windowStarts = default)
     {
         int hd = layout.HeadDim;
         int group = heads / layout.KvHeads;
@@ -109,7 +109,7 @@ public static class KvCacheKernels
         var visible = new int[prefix + n];
         for (int row = 0; row < n; row++)
         {
-            int count = VisibleSlots(row, prefix, n, mask, visible);
+            int count = VisibleSlots(row, prefix, n, mask, visible, WindowStart(windowStarts, row));
             for (int head = 0; head < heads; head++)
             {
                 var qh = q.Slice((row * heads + head) * hd, hd);
@@ -128,7 +128,7 @@ public static class KvCacheKernels
                         float dot = 0;
                         for (int d = 0; d < hd; d++)
                             dot = MathF.FusedMultiplyAdd(qh[d], key[d], dot);
-                        float score = dot * scale;
+                        float score = SoftCap(dot * scale, softCap);
                         float mNew = MathF.Max(m[s], score);
                         float correction = MathF.Exp(m[s] - mNew);
                         float p = MathF.Exp(score - mNew);
@@ -144,19 +144,26 @@ public static class KvCacheKernels
     }
 
     /// <summary>
-    /// The slots batch row <paramref name="row"/> sees, by rank — the prefix, then the batch slots its mask
-    /// allows, in slot order — into <paramref name="visible"/>; returns how many.
+    /// The slots batch row <paramref name="row"/> sees, by rank — the prefix from <paramref name="windowStart"/>
+    /// on, then the batch slots its mask allows, in slot order — into <paramref name="visible"/>; returns how
+    /// many. (The kernels' common.cuh: visible_keys and rank_slot.)
     /// </summary>
-    public static int VisibleSlots(int row, int prefix, int n, AttentionMask mask, Span<int> visible)
+    public static int VisibleSlots(int row, int prefix, int n, AttentionMask mask, Span<int> visible, int windowStart = 0)
     {
         int count = 0;
-        for (int t = 0; t < prefix + n; t++)
+        for (int t = windowStart; t < prefix + n; t++)
         {
             if (t < prefix || (mask.IsCausal ? t - prefix <= row : mask.Allows(row, t - prefix)))
                 visible[count++] = t;
         }
         return count;
     }
+
+    /// <summary>The first slot row <paramref name="row"/> sees: its window start, or 0 without a window (common.cuh: window_start).</summary>
+    public static int WindowStart(ReadOnlySpan<int> windowStarts, int row) => windowStarts.IsEmpty ? 0 : windowStarts[row];
+
+    /// <summary>Gemma 2's soft-capping, cap·tanh(s / cap), or s for cap = 0 (common.cuh: soft_cap).</summary>
+    public static float SoftCap(float s, float cap) => cap > 0 ? cap * MathF.Tanh(s / cap) : s;
 
     /// <summary>
     /// attention_combine_f32 for one (row, head): the splits' partials (max <paramref name="m"/>, sum
@@ -194,7 +201,7 @@ public static class KvCacheKernels
     /// the values are accumulated key by key.
     /// </summary>
     public static void AttentionPrefillF32(ReadOnlySpan<float> q, int n, int heads, ReadOnlySpan<float> cache, KvLayout layout, int layer,
-        ReadOnlySpan<int> table, int prefix, AttentionMask mask, float scale, Span<float> dst)
+        ReadOnlySpan<int> table, int prefix, AttentionMask mask, float scale, Span<float> dst, float softCap = 0, ReadOnlySpan<int> windowStarts = default)
     {
         int hd = layout.HeadDim;
         int group = heads / layout.KvHeads;
@@ -203,20 +210,26 @@ public static class KvCacheKernels
         for (int row = 0; row < n; row++)
         {
             int blockRows = Math.Min(PrefillRows, n - row / PrefillRows * PrefillRows);
-            int end = mask.IsCausal ? prefix + row / PrefillRows * PrefillRows + blockRows : prefix + n;
+            int first = row / PrefillRows * PrefillRows;
+            int end = mask.IsCausal ? prefix + first + blockRows : prefix + n;
+            // the kernel's first tile: the smallest window start of the block's rows
+            int start = WindowStart(windowStarts, first);
+            for (int r = first + 1; r < first + blockRows && !mask.IsCausal; r++)
+                start = Math.Min(start, WindowStart(windowStarts, r));
+            int lo = WindowStart(windowStarts, row);
             for (int head = 0; head < heads; head++)
             {
                 var qh = q.Slice((row * heads + head) * hd, hd);
                 int kvHead = head / group;
                 float m = float.NegativeInfinity, l = 0;
                 Array.Clear(acc);
-                for (int t0 = 0; t0 < end; t0 += PrefillKeys)
+                for (int t0 = start; t0 < end; t0 += PrefillKeys)
                 {
                     float tileMax = float.NegativeInfinity;
                     for (int j = 0; j < PrefillKeys; j++)
                     {
                         int t = t0 + j;
-                        bool visible = t < end && (t < prefix || (mask.IsCausal ? t - prefix <= row : mask.Allows(row, t - prefix)));
+                        bool visible = t < end && t >= lo && (t < prefix || (mask.IsCausal ? t - prefix <= row : mask.Allows(row, t - prefix)));
                         scores[j] = float.NegativeInfinity;
                         if (!visible)
                             continue;
@@ -224,7 +237,7 @@ public static class KvCacheKernels
                         float dot = 0;
                         for (int d = 0; d < hd; d++)
                             dot = MathF.FusedMultiplyAdd(qh[d], key[d], dot);
-                        scores[j] = dot * scale;
+                        scores[j] = SoftCap(dot * scale, softCap);
                         tileMax = MathF.Max(tileMax, scores[j]);
                     }
                     if (tileMax == float.NegativeInfinity)

@@ -28,7 +28,7 @@ public static class TreeAttention
 
     /// <summary>tree_attention_f32 + attention_combine_f32 over every (row, head); arguments as <see cref="KvCacheKernels.AttentionF32"/>.</summary>
     public static void TreeAttentionF32(ReadOnlySpan<float> q, int n, int heads, ReadOnlySpan<float> cache, KvLayout layout, int layer,
-        ReadOnlySpan<int> table, int prefix, AttentionMask mask, float scale, Span<float> dst)
+        ReadOnlySpan<int> table, int prefix, AttentionMask mask, float scale, Span<float> dst, float softCap = 0, ReadOnlySpan<int> windowStarts = default)
     {
         int hd = layout.HeadDim;
         if (hd > MaxHeadDim)
@@ -43,7 +43,7 @@ public static class TreeAttention
         var lanes = new float[Keys];
         for (int row = 0; row < n; row++)
         {
-            int count = KvCacheKernels.VisibleSlots(row, prefix, n, mask, visible);
+            int count = KvCacheKernels.VisibleSlots(row, prefix, n, mask, visible, KvCacheKernels.WindowStart(windowStarts, row));
             for (int head = 0; head < heads; head++)
             {
                 var qh = q.Slice((row * heads + head) * hd, hd);
@@ -68,7 +68,7 @@ public static class TreeAttention
                             float dot = 0;
                             for (int d = 0; d < hd; d++)
                                 dot = MathF.FusedMultiplyAdd(qh[d], key[d], dot);
-                            scores[j] = dot * scale;
+                            scores[j] = KvCacheKernels.SoftCap(dot * scale, softCap);
                             tileMax = MathF.Max(tileMax, scores[j]);
                         }
                         float mNew = MathF.Max(ms, tileMax);

@@ -1,0 +1,178 @@
+using Engine.Backends;
+using Engine.Backends.Cpu;
+using Engine.Backends.Cpu.Kernels;
+
+namespace Engine.Tests;
+
+/// <summary>
+/// Sliding-window attention and soft-capped scores (Gemma 2/3, Mistral, Phi-3) in every attention the
+/// engine has: the CPU backend's, and the CPU references of the CUDA kernels (split, tiled prefill,
+/// tree), each against a direct double-precision computation of the definition — a row at position p
+/// sees the keys at positions p − window + 1 .. p that it would see without a window, and its scores
+/// s become cap·tanh(s / cap).
+/// </summary>
+public class SlidingWindowTests
+{
+    private const double U = 1.0 / (1 << 24);
+
+    private static float[] RandomFloats(Random rng, int n) => Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
+
+    /// <summary>
+    /// (heads, kvHeads, headDim, blockSize, prefix, n, tree, window, softCap): windows that end mid-block,
+    /// that cut into the batch itself (a causal prefill longer than the window), trees deeper than the
+    /// window (an ancestor falls out), windows wider than the whole context.
+    /// </summary>
+    public static IEnumerable<TestCaseData> Cases()
+    {
+        yield return new TestCaseData(4, 2, 16, 8, 40, 1, false, 7, 0f).SetName("window: decode after 40, window 7");
+        yield return new TestCaseData(4, 2, 16, 8, 40, 1, false, 7, 1.5f).SetName("window: decode after 40, window 7, soft cap 1.5");
+        yield return new TestCaseData(2, 1, 32, 16, 3, 30, false, 5, 0f).SetName("window: causal 30 after 3, window 5 (inside the batch)");
+        yield return new TestCaseData(4, 4, 24, 32, 100, 12, true, 4, 2f).SetName("window: tree of 12 after 100, window 4 (ancestors fall out)");
+        yield return new TestCaseData(2, 2, 8, 8, 200, 70, true, 9, 0f).SetName("window: tree of 70 (two mask words) after 200, window 9");
+        yield return new TestCaseData(4, 2, 16, 8, 10, 5, false, 500, 3f).SetName("window: wider than the context, soft cap 3");
+    }
+
+    /// <summary>Positions of a pass: prefix + i for a causal batch, prefix + depth for a tree.</summary>
+    internal static int[] Positions(int prefix, int n, int[]? parents)
+    {
+        var positions = new int[n];
+        for (int i = 0; i < n; i++)
+            positions[i] = parents is null ? prefix + i : parents[i] < 0 ? prefix : positions[parents[i]] + 1;
+        return positions;
+    }
+
+    /// <summary>
+    /// The definition in double precision: row i (position pos[i]) sees committed slot t (position t) and
+    /// batch token j (position pos[j], when the mask allows) whose position lies in the window.
+    /// k, v: [tokens, kvHeads·hd] with the batch at rows prefix.. .
+    /// </summary>
+    internal static double[] Reference(float[] q, float[] k, float[] v, int n, int heads, int kvHeads, int hd, int prefix, AttentionMask mask,
+        int[] positions, int window, float softCap, float scale)
+    {
+        var result = new double[n * heads * hd];
+        int group = heads / kvHeads;
+        for (int i = 0; i < n; i++)
+        {
+            var seen = new List<int>();
+            for (int t = 0; t < prefix + n; t++)
+            {
+                int position = t < prefix ? t : positions[t - prefix];
+                bool visible = t < prefix || (mask.IsCausal ? t - prefix <= i : mask.Allows(i, t - prefix));
+                if (visible && positions[i] - position < window)
+                    seen.Add(t);
+            }
+            for (int h = 0; h < heads; h++)
+            {
+                int kvh = h / group;
+                var scores = seen.Select(t =>
+                {
+                    double dot = 0;
+                    for (int d = 0; d < hd; d++)
+                        dot += (double)q[(i * heads + h) * hd + d] * k[(t * kvHeads + kvh) * hd + d];
+                    double s = dot * scale;
+                    return softCap > 0 ? softCap * Math.Tanh(s / softCap) : s;
+                }).ToArray();
+                double max = scores.Max(), sum = scores.Sum(s => Math.Exp(s - max));
+                for (int j = 0; j < seen.Count; j++)
+                {
+                    double p = Math.Exp(scores[j] - max) / sum;
+                    for (int d = 0; d < hd; d++)
+                        result[(i * heads + h) * hd + d] += p * v[(seen[j] * kvHeads + kvh) * hd + d];
+                }
+            }
+        }
+        return result;
+    }
+
+    [TestCaseSource(nameof(Cases))]
+    public void Every_attention_applies_the_window_and_the_soft_cap(int heads, int kvHeads, int headDim, int blockSize, int prefix, int n, bool tree,
+        int window, float softCap)
+    {
+        var layout = new KvLayout(Layers: 2, KvHeads: kvHeads, HeadDim: headDim, BlockSize: blockSize);
+        int layer = 1, tokens = prefix + n, blocks = (tokens + blockSize - 1) / blockSize + 2;
+        var rng = new Random(heads * 1000 + prefix + n + window);
+        var table = Enumerable.Range(0, blocks).OrderBy(_ => rng.Next()).Take((tokens + blockSize - 1) / blockSize).ToArray();
+        var k = RandomFloats(rng, tokens * kvHeads * headDim);
+        var v = RandomFloats(rng, tokens * kvHeads * headDim);
+        var q = RandomFloats(rng, n * heads * headDim);
+        var parents = tree ? Enumerable.Range(0, n).Select(i => i == 0 ? -1 : rng.Next(Math.Max(-1, i - 4), i)).ToArray() : null; // deep trees
+        var mask = parents is null ? AttentionMask.Causal : AttentionMask.FromParents(parents);
+        var positions = Positions(prefix, n, parents);
+        float scale = 1 / MathF.Sqrt(headDim);
+        var expected = Reference(q, k, v, n, heads, kvHeads, headDim, prefix, mask, positions, window, softCap, scale);
+
+        var sliding = new SlidingWindow();
+        sliding.Set(window, positions, mask);
+        Assert.That(sliding.Starts.ToArray(), Is.EqualTo(positions.Select(p => Math.Max(0, p - window + 1)).ToArray()));
+
+        // The CPU references of the CUDA kernels, on the device layout.
+        var cache = new float[blocks * KvCacheKernels.BlockFloats(layout)];
+        KvCacheKernels.StoreKvF32(k, v, tokens, table, 0, cache, layout, layer);
+        var split = new float[q.Length];
+        KvCacheKernels.AttentionF32(q, n, heads, cache, layout, layer, table, prefix, sliding.Mask, scale, split, softCap, sliding.Starts);
+        var tiled = new float[q.Length];
+        KvCacheKernels.AttentionPrefillF32(q, n, heads, cache, layout, layer, table, prefix, sliding.Mask, scale, tiled, softCap, sliding.Starts);
+        var treeKernel = new float[q.Length];
+        Backends.Cpu.Kernels.TreeAttention.TreeAttentionF32(q, n, heads, cache, layout, layer, table, prefix, sliding.Mask, scale, treeKernel, softCap, sliding.Starts);
+
+        // The CPU backend's own attention, on its layout.
+        using var cpu = new CpuBackend(1);
+        using var store = cpu.CreateKvStore(layout, blocks);
+        for (int b = 0; b < blocks; b++)
+            store.EnsureBlock(b);
+        int cols = kvHeads * headDim;
+        using var kb = cpu.Allocate(tokens * cols);
+        using var vb = cpu.Allocate(tokens * cols);
+        k.CopyTo(((CpuBuffer)kb).Data, 0);
+        v.CopyTo(((CpuBuffer)vb).Data, 0);
+        cpu.StoreKv(store, layer, table, 0, new Activation(kb, tokens, cols), new Activation(vb, tokens, cols));
+        using var qb = cpu.Allocate(q.Length);
+        q.CopyTo(((CpuBuffer)qb).Data, 0);
+        using var ob = cpu.Allocate(q.Length);
+        cpu.Attention(new Activation(qb, n, heads * headDim), store, layer, table, prefix, sliding.Mask, heads, scale, new Activation(ob, n, heads * headDim),
+            softCap: softCap, windowStarts: sliding.Starts);
+        var backend = ((CpuBuffer)ob).Data;
+
+        // Float32 against double: scores of headDim products of values in [-2, 2] (|q·k·scale| ≤ 4·√hd),
+        // tanh and exp within a few ulps, weighted sums over ≤ 270 keys of values in [-2, 2]:
+        // 2·(keys + headDim)·u·4·√hd bounds what float32 rounding can do to an output of magnitude ≤ 2.
+        double bound = 2.0 * (tokens + headDim) * U * 4 * Math.Sqrt(headDim) + 1e-6;
+        foreach (var (name, actual) in new[] { ("cpu backend", backend), ("split", split), ("tiled", tiled), ("tree", treeKernel) })
+        {
+            for (int i = 0; i < expected.Length; i++)
+                Assert.That(actual[i], Is.EqualTo(expected[i]).Within(bound), $"{name}: row {i / (heads * headDim)}, head {i / headDim % heads}, dim {i % headDim}");
+        }
+    }
+
+    /// <summary>A tree's windowed mask drops exactly the ancestors whose depth lies a window or more above the node's.</summary>
+    [Test]
+    public void A_windowed_tree_mask_drops_the_ancestors_outside_the_window()
+    {
+        int[] parents = [-1, 0, 1, 2, 3, 0];
+        var mask = AttentionMask.FromParents(parents);
+        var positions = Positions(10, parents.Length, parents); // depths 0 1 2 3 4 1
+        var windowed = mask.Windowed(positions, 3, null);
+        Assert.That(Enumerable.Range(0, 6).Where(j => windowed.Allows(4, j)), Is.EqualTo(new[] { 2, 3, 4 }));
+        Assert.That(Enumerable.Range(0, 6).Where(j => windowed.Allows(5, j)), Is.EqualTo(new[] { 0, 5 }));
+        Assert.That(Enumerable.Range(0, 6).Where(j => mask.Allows(4, j)), Is.EqualTo(new[] { 0, 1, 2, 3, 4 }), "the original is untouched");
+        Assert.Throws<InvalidOperationException>(() => AttentionMask.Causal.Windowed(positions, 3, null));
+    }
+
+    [Test]
+    public void Impossible_attention_options_are_refused_by_name()
+    {
+        using var cpu = new CpuBackend(1);
+        var layout = new KvLayout(Layers: 1, KvHeads: 1, HeadDim: 8, BlockSize: 8);
+        using var store = cpu.CreateKvStore(layout, 1);
+        store.EnsureBlock(0);
+        using var qb = cpu.Allocate(16);
+        using var ob = cpu.Allocate(16);
+        var q = new Activation(qb, 2, 8);
+        var o = new Activation(ob, 2, 8);
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => cpu.Attention(q, store, 0, [0], 0, AttentionMask.Causal, 1, 1f, o, softCap: -1f))!;
+        Assert.That(e.Message, Does.Contain("soft cap of -1"));
+        Assert.Throws<ArgumentOutOfRangeException>(() => cpu.Attention(q, store, 0, [0], 0, AttentionMask.Causal, 1, 1f, o, softCap: float.NaN));
+        var w = Assert.Throws<ArgumentException>(() => cpu.Attention(q, store, 0, [0], 0, AttentionMask.Causal, 1, 1f, o, windowStarts: [0]))!;
+        Assert.That(w.Message, Does.Contain("1 window starts for 2 rows"));
+    }
+}
