@@ -439,21 +439,27 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
             words = mask.WordsPerRow;
             maskSpan = _mask.Put(mask.Bits[..(n * words)]);
         }
+        // Under a window no row sees more than prefix + n − its start: the splits (and their scratch,
+        // sized for the cache's blocks) follow the window, not the sequence.
+        int firstStart = windowStarts.IsEmpty ? 0 : int.MaxValue;
+        foreach (int start in windowStarts)
+            firstStart = Math.Min(firstStart, start);
+        int maxRanks = prefixLength + n - Math.Min(firstStart, prefixLength);
         // Sized for the cache's capacity, so a growing context never reallocates it; the tiled prefill
         // kernel writes no partial results.
         var scratch = Backends.Cpu.Kernels.KvCacheKernels.UsesPrefillKernel(n, s.Layout.HeadDim, batchInvariant)
             ? default
-            : Grow(ref _attentionScratch, Kernels.Attention.ScratchFloats(heads, n, s.Layout.HeadDim, s.MaxBlocks * s.Layout.BlockSize));
+            : Grow(ref _attentionScratch, Kernels.Attention.ScratchFloats(heads, n, s.Layout.HeadDim, Math.Max(maxRanks, s.MaxBlocks * s.Layout.BlockSize)));
         var table = _table.Put(blockTable);
         var starts = windowStarts.IsEmpty ? default : _windowStarts.Put(windowStarts);
         // With fused steps the tree kernel merges its own splits (counters zeroed once, left zero by each launch).
         var counters = FuseSteps ? Counters(ref _mergeCounters, Kernels.TreeAttention.Counters(n, heads, s.Layout.KvHeads)) : default;
         if (s.IsF16)
             Kernels.Attention.AttentionF32(Device, Span(q), n, heads, s.DataF16, s.MaxBlocks, s.Layout, layer, table, blockTable.Length,
-                prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant, TensorCorePrefill, counters, softCap, starts);
+                prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant, TensorCorePrefill, counters, softCap, starts, maxRanks);
         else
             Kernels.Attention.AttentionF32(Device, Span(q), n, heads, s.Data, s.MaxBlocks, s.Layout, layer, table, blockTable.Length,
-                prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant, mergeCounters: counters, softCap: softCap, windowStarts: starts);
+                prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant, mergeCounters: counters, softCap: softCap, windowStarts: starts, maxRanks: maxRanks);
     }
 
     public override void SwiGlu(Activation gate, Activation up, Activation dst) =>

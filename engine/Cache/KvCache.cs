@@ -17,11 +17,18 @@ public sealed class KvCache : IDisposable
     private readonly Stack<int> _free = new();
     private int _created;
 
-    public KvCache(Backend backend, KvLayout layout, int maxTokens)
+    /// <param name="maxTokens">The longest a sequence of this cache may grow.</param>
+    /// <param name="poolTokens">
+    /// Tokens the pool holds at once, across sequences (0: <paramref name="maxTokens"/>). Smaller only
+    /// for a sliding-window model, whose sequences drop the blocks the window no longer sees.
+    /// </param>
+    public KvCache(Backend backend, KvLayout layout, int maxTokens, int poolTokens = 0)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(maxTokens, 1);
+        ArgumentOutOfRangeException.ThrowIfNegative(poolTokens);
         Layout = layout;
-        MaxBlocks = (maxTokens + layout.BlockSize - 1) / layout.BlockSize;
+        MaxSequenceBlocks = (maxTokens + layout.BlockSize - 1) / layout.BlockSize;
+        MaxBlocks = poolTokens > 0 ? Math.Min(MaxSequenceBlocks, (poolTokens + layout.BlockSize - 1) / layout.BlockSize) : MaxSequenceBlocks;
         _refs = new int[MaxBlocks];
         Store = backend.CreateKvStore(layout, MaxBlocks);
     }
@@ -30,13 +37,37 @@ public sealed class KvCache : IDisposable
 
     public int BlockSize => Layout.BlockSize;
 
-    /// <summary>Most blocks this cache will hand out.</summary>
+    /// <summary>Most blocks this cache will hand out (the pool).</summary>
     public int MaxBlocks { get; }
+
+    /// <summary>Most blocks one sequence's table spans (its longest length in blocks).</summary>
+    public int MaxSequenceBlocks { get; }
 
     /// <summary>Blocks held by at least one sequence.</summary>
     public int UsedBlocks => _created - _free.Count;
 
     public KvStore Store { get; }
+
+    /// <summary>
+    /// The sliding window every layer of the model attends through, or 0: then a sequence keeps only the
+    /// blocks that a later pass can still see — those holding its last <see cref="Window"/> +
+    /// <see cref="WindowSlack"/> tokens — and memory follows the window, not the context.
+    /// </summary>
+    public int Window { get; private set; }
+
+    /// <summary>
+    /// Tokens kept beyond the window (the model's largest pass): what a rollback may undo — a rejected
+    /// draft tree, a token decoded again — without needing a dropped block back.
+    /// </summary>
+    public int WindowSlack { get; private set; }
+
+    /// <summary>Makes the sequences of this cache drop the blocks a sliding window of <paramref name="window"/> no longer sees (see <see cref="Window"/>).</summary>
+    public void KeepOnlyWindow(int window, int slack)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(window, 1);
+        ArgumentOutOfRangeException.ThrowIfNegative(slack);
+        (Window, WindowSlack) = (window, slack);
+    }
 
     /// <summary>A new, empty sequence.</summary>
     public KvSequence CreateSequence() => new(this);

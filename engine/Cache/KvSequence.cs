@@ -5,18 +5,23 @@ namespace Engine.Cache;
 /// index s) lives in block <c>Blocks[s / BlockSize]</c> at offset <c>s % BlockSize</c>.
 /// Supports what decoding needs: append (via the model's forward), <see cref="Truncate"/> to roll back
 /// rejected tokens, <see cref="Fork"/> to share a prefix, and <see cref="Compact"/> to keep an accepted
-/// path of a verified draft tree in place.
+/// path of a verified draft tree in place. Under a sliding window (<see cref="KvCache.Window"/>) the
+/// leading blocks no pass can see any more are released as the sequence grows.
 /// </summary>
 public sealed class KvSequence : IDisposable
 {
     private readonly KvCache _cache;
     private readonly List<int> _blocks;
+    private int _dropped; // leading blocks released under the cache's sliding window (their table entries are -1)
     private bool _disposed;
+
+    /// <summary>A dropped block's entry in the block table: no pass reads it (every row's window starts later).</summary>
+    public const int DroppedBlock = -1;
 
     internal KvSequence(KvCache cache)
     {
         _cache = cache;
-        _blocks = new List<int>(Math.Min(cache.MaxBlocks, 1024)); // no regrowth while decoding (a typical context)
+        _blocks = new List<int>(Math.Min(cache.MaxSequenceBlocks, 1024)); // no regrowth while decoding (a typical context)
     }
 
     public KvCache Cache => _cache;
@@ -43,8 +48,8 @@ public sealed class KvSequence : IDisposable
             return;
         int bs = _cache.BlockSize;
         int lastBlock = (Length + count - 1) / bs;
-        if (lastBlock >= _cache.MaxBlocks)
-            throw new KvCacheFullException($"{Length + count} tokens exceed the KV cache capacity ({_cache.MaxBlocks * bs} tokens)");
+        if (lastBlock >= _cache.MaxSequenceBlocks)
+            throw new KvCacheFullException($"{Length + count} tokens exceed the KV cache capacity ({_cache.MaxSequenceBlocks * bs} tokens)");
         int added = 0;
         try
         {
@@ -66,37 +71,63 @@ public sealed class KvSequence : IDisposable
         MakeExclusive(Length / bs, lastBlock);
     }
 
-    /// <summary>Marks <paramref name="count"/> reserved slots as holding valid entries.</summary>
+    /// <summary>
+    /// Marks <paramref name="count"/> reserved slots as holding valid entries. Under a sliding window
+    /// (<see cref="KvCache.Window"/>), then releases the leading blocks no later pass can see.
+    /// </summary>
     public void Commit(int count)
     {
         if (count < 0 || Length + count > _blocks.Count * _cache.BlockSize)
             throw new InvalidOperationException($"cannot commit {count} tokens: only {_blocks.Count * _cache.BlockSize - Length} are reserved");
         Length += count;
+        if (_cache.Window > 0)
+        {
+            // a later row sits at position ≥ Length − slack and sees slots from its position − window + 1
+            int firstSeen = Length - _cache.WindowSlack - _cache.Window + 1;
+            for (int drop = Math.Max(0, firstSeen) / _cache.BlockSize; _dropped < drop; _dropped++)
+            {
+                _cache.Release(_blocks[_dropped]);
+                _blocks[_dropped] = DroppedBlock;
+            }
+        }
     }
 
-    /// <summary>Rolls the sequence back to its first <paramref name="length"/> tokens, freeing blocks no longer needed.</summary>
+    /// <summary>The first slot this sequence still holds (0 unless a sliding window let it drop older blocks).</summary>
+    public int FirstHeldSlot => _dropped * _cache.BlockSize;
+
+    /// <summary>
+    /// Rolls the sequence back to its first <paramref name="length"/> tokens, freeing blocks no longer needed.
+    /// Under a sliding window a rollback is refused when the token after it would see a dropped block
+    /// (rolling back to 0, starting over, always works).
+    /// </summary>
     public void Truncate(int length)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (length < 0 || length > Length)
             throw new ArgumentOutOfRangeException(nameof(length), $"cannot truncate a sequence of {Length} tokens to {length}");
+        if (length > 0 && _dropped > 0 && length - _cache.Window + 1 < FirstHeldSlot)
+            throw new InvalidOperationException($"cannot roll back to {length} tokens: under the sliding window of {_cache.Window} the sequence "
+                + $"keeps only the slots from {FirstHeldSlot} on, and token {length} would see from {length - _cache.Window + 1}");
         Length = length;
         int keep = (length + _cache.BlockSize - 1) / _cache.BlockSize;
         while (_blocks.Count > keep)
         {
-            _cache.Release(_blocks[^1]);
+            if (_blocks[^1] != DroppedBlock)
+                _cache.Release(_blocks[^1]);
             _blocks.RemoveAt(_blocks.Count - 1);
         }
+        _dropped = Math.Min(_dropped, _blocks.Count);
     }
 
     /// <summary>A new sequence with the same tokens, sharing this one's blocks until either writes.</summary>
     public KvSequence Fork()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var child = new KvSequence(_cache) { Length = Length };
+        var child = new KvSequence(_cache) { Length = Length, _dropped = _dropped };
         foreach (int b in _blocks)
         {
-            _cache.Retain(b);
+            if (b != DroppedBlock)
+                _cache.Retain(b);
             child._blocks.Add(b);
         }
         return child;

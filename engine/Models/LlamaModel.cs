@@ -63,8 +63,24 @@ public sealed partial class LlamaModel : IDisposable
     {
         if (layers < 0 || layers > Config.Layers)
             throw new ArgumentOutOfRangeException(nameof(layers), $"layer count {layers} must be 0 (all) or 1..{Config.Layers}");
-        return new(Backend, new KvLayout(layers > 0 ? layers : Config.Layers, Config.KvHeads, Config.HeadDim, blockSize), maxTokens);
+        var layout = new KvLayout(layers > 0 ? layers : Config.Layers, Config.KvHeads, Config.HeadDim, blockSize);
+        // When every layer attends through the window (Mistral 7B v0.1, Phi-3), a sequence keeps only the
+        // blocks the window still sees, plus a pass's worth for rollbacks, and the pool is sized for that:
+        // memory follows the window, not the context. (Gemma's global layers see everything.)
+        if (Config.SlidingWindow > 0 && Enumerable.Range(0, layout.Layers).All(Config.IsSliding))
+        {
+            var windowed = new KvCache(Backend, layout, maxTokens, WindowPoolTokens(Config.SlidingWindow, MaxBatch, blockSize));
+            windowed.KeepOnlyWindow(Config.SlidingWindow, MaxBatch);
+            return windowed;
+        }
+        return new KvCache(Backend, layout, maxTokens);
     }
+
+    /// <summary>
+    /// The pool a sliding-window sequence needs: after a commit it holds the blocks of its last
+    /// window + slack − 1 tokens (two partial blocks at the ends), and a pass reserves up to slack more.
+    /// </summary>
+    public static int WindowPoolTokens(int window, int slack, int blockSize) => window + 2 * slack + 3 * blockSize;
 
     /// <summary>
     /// Runs a batch of tokens through the model and appends their K/V to <paramref name="sequence"/>.

@@ -127,7 +127,7 @@ internal sealed class DraftModelState : IDisposable
 
     public int Vocab => _logits.Length;
 
-    public bool HasRoom(int tokens) => tokens < _cache.MaxBlocks * _cache.BlockSize;
+    public bool HasRoom(int tokens) => tokens < _cache.MaxSequenceBlocks * _cache.BlockSize;
 
     public void Reset()
     {

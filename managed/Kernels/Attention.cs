@@ -70,18 +70,20 @@ public static class Attention
     /// allows (causal when <paramref name="mask"/> is empty; else words per row <paramref name="words"/>),
     /// none below its <paramref name="windowStarts"/> entry (sliding-window attention; empty: no window;
     /// a mask must already exclude what the window does). Scores are soft-capped when
-    /// <paramref name="softCap"/> &gt; 0 (Gemma 2). The cache holds float32 (<typeparamref name="T"/> = float) or binary16 (Half) elements.
+    /// <paramref name="softCap"/> &gt; 0 (Gemma 2). <paramref name="maxRanks"/>, when positive, bounds the
+    /// keys any row sees (under a window: prefix + n − the smallest start), so that the splits and their
+    /// scratch follow the window, not the sequence. The cache holds float32 (<typeparamref name="T"/> = float) or binary16 (Half) elements.
     /// </summary>
     public static unsafe void AttentionF32<T>(GpuDevice device, DeviceSpan<float> q, int n, int heads, DeviceSpan<T> cache, int blocks,
         KvLayout layout, int layer, DeviceSpan<int> table, int tableLength, int prefix, DeviceSpan<ulong> mask, int words, float scale,
         DeviceSpan<float> scratch, DeviceSpan<float> dst, bool batchInvariant = false, bool tensorCores = false, DeviceSpan<uint> mergeCounters = default,
-        float softCap = 0, DeviceSpan<int> windowStarts = default)
+        float softCap = 0, DeviceSpan<int> windowStarts = default, int maxRanks = 0)
         where T : unmanaged
     {
         string suffix = KvCache.Suffix<T>(); // the cache's elements: attention_f32 or attention_f16, …
         int hd = layout.HeadDim;
         CheckShapes("attention_" + suffix, MaxHeadDim, q, n, heads, cache, blocks, layout, layer, table, tableLength, prefix, mask, words, dst);
-        int keys = prefix + n;
+        int keys = maxRanks > 0 ? Math.Min(maxRanks, prefix + n) : prefix + n; // splits cover the most keys a row sees
         CheckLimits("attention_" + suffix, n, softCap, windowStarts);
         IntPtr pq = q.Pointer, pc = cache.Pointer, pt = table.Pointer, pm = mask.IsEmpty ? IntPtr.Zero : mask.Pointer, pd = dst.Pointer;
         IntPtr pw = windowStarts.IsEmpty ? IntPtr.Zero : windowStarts.Pointer;
@@ -118,7 +120,7 @@ public static class Attention
             // Decoding and exact verification: the tree kernel (a decoding token is the one-query tree),
             // so a verified row is computed exactly as the same token decoded alone.
             TreeAttention.TreeAttentionF32(device, q, n, heads, cache, blocks, layout, layer, table, tableLength, prefix, mask, words, scale,
-                scratch, dst, mergeCounters, softCap, windowStarts);
+                scratch, dst, mergeCounters, softCap, windowStarts, maxRanks);
             return;
         }
         var (splits, chunk) = Plan(keys);

@@ -44,13 +44,13 @@ public static class TreeAttention
     public static unsafe void TreeAttentionF32<T>(GpuDevice device, DeviceSpan<float> q, int n, int heads, DeviceSpan<T> cache, int blocks,
         KvLayout layout, int layer, DeviceSpan<int> table, int tableLength, int prefix, DeviceSpan<ulong> mask, int words, float scale,
         DeviceSpan<float> scratch, DeviceSpan<float> dst, DeviceSpan<uint> counters = default, float softCap = 0,
-        DeviceSpan<int> windowStarts = default) where T : unmanaged
+        DeviceSpan<int> windowStarts = default, int maxRanks = 0) where T : unmanaged
     {
         string suffix = KvCache.Suffix<T>(); // tree_attention_f32 (float32 cache) or tree_attention_f16 (binary16)
         int hd = layout.HeadDim;
         Attention.CheckShapes("tree_attention_" + suffix, MaxHeadDim, q, n, heads, cache, blocks, layout, layer, table, tableLength, prefix, mask, words, dst);
         Attention.CheckLimits("tree_attention_" + suffix, n, softCap, windowStarts);
-        int keys = prefix + n;
+        int keys = maxRanks > 0 ? Math.Min(maxRanks, prefix + n) : prefix + n; // splits cover the most keys a query sees
         var (splits, chunk) = Backends.Cpu.Kernels.TreeAttention.Plan(keys);
         var (itemsPerWarp, itemBlocks) = Blocking(n, heads, layout.KvHeads);
         if (splits > 65535 || itemBlocks > 65535)

@@ -527,6 +527,26 @@ public abstract partial class GpuSuite
             Assert.That(actual[i], Is.EqualTo(expected[i]).Within(bound), $"{kernel}: row {i / (heads * headDim)}, head {i / headDim % heads}, dim {i % headDim}");
     }
 
+    /// <summary>
+    /// A model whose every layer is windowed decodes far past its KV pool on the device: the block table's
+    /// released entries are never read, the splits follow the window — over an F32 cache with the CPU
+    /// test's tolerance, over an F16 cache (keys and values rounded to binary16, 2^-11 relative) with the
+    /// 1e-2 of the other F16-cache tests.
+    /// </summary>
+    [TestCase(GgmlType.F32)]
+    [TestCase(GgmlType.F16)]
+    public void Windowed_model_decodes_past_its_kv_pool(GgmlType cacheType)
+    {
+        var model = TinyModel.Random(WindowedCacheTests.Spec);
+        using var dir = new TempDir();
+        using var lm = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions
+        {
+            Backend = new CudaBackend(Device, ownsDevice: false, useCuBlas: false, kvCacheType: cacheType),
+            MaxBatch = 4,
+        });
+        WindowedCacheTests.DecodeFarPastThePool(lm, model, 90, cacheType == GgmlType.F16 ? 1e-2 : 2e-5);
+    }
+
     [TestCaseSource(nameof(AttentionCases))]
     public void Store_kv_and_attention_match_the_cpu_references(int heads, int kvHeads, int headDim, int blockSize, int prefix, int n, bool tree)
     {

@@ -1,3 +1,4 @@
+using Engine.Api;
 using Engine.Backends;
 using Engine.Backends.Cpu;
 using Engine.Backends.Cpu.Kernels;
@@ -174,5 +175,76 @@ public class SlidingWindowTests
         Assert.Throws<ArgumentOutOfRangeException>(() => cpu.Attention(q, store, 0, [0], 0, AttentionMask.Causal, 1, 1f, o, softCap: float.NaN));
         var w = Assert.Throws<ArgumentException>(() => cpu.Attention(q, store, 0, [0], 0, AttentionMask.Causal, 1, 1f, o, windowStarts: [0]))!;
         Assert.That(w.Message, Does.Contain("1 window starts for 2 rows"));
+    }
+}
+
+/// <summary>
+/// A model whose every layer attends through the window keeps only the KV blocks the window still sees:
+/// its cache's pool is sized by the window, not the context, and decoding far past the pool's size
+/// still gives the reference's logits.
+/// </summary>
+public class WindowedCacheTests
+{
+    internal static readonly TinySpec Spec = new("phi3-window-cache", Arch: "phi3", Heads: 4, KvHeads: 2, Seed: 44, SlidingWindow: 6, Context: 512);
+
+    /// <summary>Random tokens of the spec's vocabulary, the same every run.</summary>
+    internal static int[] Tokens(int count) => Enumerable.Range(0, count).Select(i => (i * 37 + 11) % 300).ToArray();
+
+    /// <summary>
+    /// Decodes <paramref name="tokens"/> after a prompt of 22 (passes of 4) with a cache of 4-token blocks,
+    /// checking every step's logits against the reference (within <paramref name="tolerance"/> of their
+    /// scale) and the pool against its bound.
+    /// </summary>
+    internal static void DecodeFarPastThePool(LanguageModel lm, TinyModel model, int tokens, double tolerance = 2e-5)
+    {
+        var all = Tokens(tokens);
+        var reference = model.ReferenceLogits(all);
+        double scale = reference.SelectMany(r => r).Max(Math.Abs);
+        using var cache = lm.Network.CreateKvCache(tokens, blockSize: 4);
+        Assert.That((cache.Window, cache.WindowSlack), Is.EqualTo((6, lm.Network.MaxBatch)));
+        Assert.That(cache.MaxBlocks * cache.BlockSize, Is.LessThan(tokens / 2), "the pool is sized by the window");
+        using var seq = cache.CreateSequence();
+        int vocab = lm.Config.VocabSize, prompt = 22;
+        var logits = new float[prompt * vocab];
+        lm.Network.Forward(seq, all.AsSpan(0, prompt), Enumerable.Range(0, prompt).ToArray(), AttentionMask.Causal, Enumerable.Range(0, prompt).ToArray(), logits);
+        for (int t = 0; t < prompt; t++)
+            ModelParityTests.AssertRow(logits.AsSpan(t * vocab, vocab), reference[t], scale, $"prompt row {t}", tolerance);
+        var one = new float[vocab];
+        for (int t = prompt; t < tokens; t++)
+        {
+            lm.Network.Forward(seq, [all[t]], [t], AttentionMask.Causal, [0], one);
+            ModelParityTests.AssertRow(one, reference[t], scale, $"step {t}", tolerance);
+            Assert.That(cache.UsedBlocks, Is.LessThanOrEqualTo(cache.MaxBlocks));
+        }
+        Assert.That(seq.FirstHeldSlot, Is.GreaterThan(tokens / 2), "the early blocks were released");
+
+        // Rolling back a pass's worth works (a rejected draft, a token run again); further does not, by name.
+        seq.Truncate(tokens - 2);
+        lm.Network.Forward(seq, [all[tokens - 2]], [tokens - 2], AttentionMask.Causal, [0], one);
+        ModelParityTests.AssertRow(one, reference[tokens - 2], scale, "after a rollback", tolerance);
+        var e = Assert.Throws<InvalidOperationException>(() => seq.Truncate(10))!;
+        Assert.That(e.Message, Does.Contain("sliding window of 6"));
+        seq.Truncate(0);
+        Assert.That(cache.UsedBlocks, Is.EqualTo(0), "starting over frees everything");
+    }
+
+    [Test]
+    public void Decoding_past_the_pool_gives_the_reference_logits_on_the_cpu()
+    {
+        var model = TinyModel.Random(Spec);
+        using var dir = new TempDir();
+        using var lm = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 1, MaxBatch = 4 });
+        DecodeFarPastThePool(lm, model, 120);
+    }
+
+    /// <summary>Gemma's global layers see the whole context: its cache keeps everything.</summary>
+    [Test]
+    public void A_model_with_global_layers_keeps_every_block()
+    {
+        var model = TinyModel.Random(new TinySpec("gemma2-cache", Arch: "gemma2", Heads: 4, KvHeads: 2, Tied: true, Seed: 45, SlidingWindow: 4));
+        using var dir = new TempDir();
+        using var lm = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 1 });
+        using var cache = lm.Network.CreateKvCache(100);
+        Assert.That((cache.Window, cache.MaxBlocks), Is.EqualTo((0, 4)));
     }
 }
