@@ -14,8 +14,8 @@ public sealed record SynthSpec(
 
     public void Validate()
     {
-        if (Arch is not ("llama" or "qwen2" or "qwen3" or "granite" or "smollm3" or "olmo2" or "phi3"))
-            throw new ArgumentException($"--arch {Arch} is not supported (llama, qwen2, qwen3, granite, smollm3, olmo2, phi3)");
+        if (Arch is not ("llama" or "qwen2" or "qwen3" or "granite" or "smollm3" or "olmo2" or "phi3" or "gemma2" or "gemma3"))
+            throw new ArgumentException($"--arch {Arch} is not supported (llama, qwen2, qwen3, granite, smollm3, olmo2, phi3, gemma2, gemma3)");
         if (Dim <= 0 || Layers <= 0 || Heads <= 0 || KvHeads <= 0 || Ffn <= 0 || ContextLength <= 0)
             throw new ArgumentException("dim, layers, heads, kv-heads, ffn and ctx must all be positive");
         if (HeadDimOverride != 0 && (HeadDimOverride < 0 || HeadDimOverride % 2 != 0))
@@ -70,6 +70,16 @@ public static class ModelSynthesizer
             w.Add($"{a}.attention.scale", 0.015625f);
             w.Add($"{a}.logit_scale", 8f);
         }
+        bool gemma = a is "gemma2" or "gemma3";
+        if (a == "gemma2")
+        {
+            // Gemma 2's own values: a window of 4096 on every other layer, scores capped at 50, logits at 30
+            w.Add($"{a}.attention.sliding_window", 4096u);
+            w.Add($"{a}.attn_logit_softcapping", 50f);
+            w.Add($"{a}.final_logit_softcapping", 30f);
+        }
+        if (a == "gemma3")
+            w.Add($"{a}.attention.sliding_window", 512u); // Gemma 3 1B's window on five layers of six
         foreach (string key in vocabulary.Keys.Where(k => k.StartsWith("tokenizer.", StringComparison.Ordinal)))
             w.Add(key, vocabulary[key]);
 
@@ -78,7 +88,7 @@ public static class ModelSynthesizer
         void Matrix(string name, int rows, int cols, float std = 0.02f)
         {
             long[] dims = [cols, rows];
-            var type = QuantizationPlan.TypeFor(name, dims, spec.FileType, spec.Layers, hasOutput: true);
+            var type = QuantizationPlan.TypeFor(name, dims, spec.FileType, spec.Layers, hasOutput: !gemma);
             AddRandom(w, name, type, dims, Seed(spec.Seed, tensorIndex++), -std * MathF.Sqrt(3), std * MathF.Sqrt(3), options);
         }
         void Vector(string name, int length, float center, float spread) =>
@@ -87,12 +97,14 @@ public static class ModelSynthesizer
         int qDim = spec.Heads * spec.HeadDim, kvDim = spec.KvHeads * spec.HeadDim;
         Matrix("token_embd.weight", vocab, spec.Dim);
         Vector("output_norm.weight", spec.Dim, 1f, 0.1f);
-        Matrix("output.weight", vocab, spec.Dim);
+        if (!gemma) // Gemma's head is its embedding
+            Matrix("output.weight", vocab, spec.Dim);
         for (int l = 0; l < spec.Layers; l++)
         {
             string p = $"blk.{l}.";
-            bool post = a == "olmo2"; // OLMo 2: norms on the block outputs, q and k normalized whole
-            if (!post)
+            // OLMo 2: norms on the block outputs only, q and k normalized whole; Gemma: norms before and after
+            bool pre = a != "olmo2", post = a == "olmo2" || gemma;
+            if (pre)
                 Vector(p + "attn_norm.weight", spec.Dim, 1f, 0.1f);
             bool fused = a == "phi3"; // Phi-3: q/k/v in one tensor, gate and up in one (gate first)
             if (fused)
@@ -109,20 +121,23 @@ public static class ModelSynthesizer
                 Vector(p + "attn_k.bias", kvDim, 0f, 0.02f);
                 Vector(p + "attn_v.bias", kvDim, 0f, 0.02f);
             }
-            if (post)
+            if (a == "olmo2")
             {
                 Vector(p + "attn_q_norm.weight", qDim, 1f, 0.1f);
                 Vector(p + "attn_k_norm.weight", kvDim, 1f, 0.1f);
+            }
+            if (post)
+            {
                 Vector(p + "attn_post_norm.weight", spec.Dim, 1f, 0.1f);
                 Vector(p + "ffn_post_norm.weight", spec.Dim, 1f, 0.1f);
             }
-            if (a == "qwen3")
+            if (a is "qwen3" or "gemma3")
             {
                 Vector(p + "attn_q_norm.weight", spec.HeadDim, 1f, 0.1f);
                 Vector(p + "attn_k_norm.weight", spec.HeadDim, 1f, 0.1f);
             }
             Matrix(p + "attn_output.weight", spec.Dim, qDim);
-            if (!post)
+            if (pre)
                 Vector(p + "ffn_norm.weight", spec.Dim, 1f, 0.1f);
             if (!fused)
                 Matrix(p + "ffn_gate.weight", spec.Ffn, spec.Dim);

@@ -90,6 +90,30 @@ public class ToolsTests
         AssertDecodes(lm);
     }
 
+    /// <summary>Gemma 2 and 3: norms on both sides of each block, a tied head, the family's windows and caps (Gemma 3: q/k norms, 5 windowed layers of 6).</summary>
+    [TestCase("gemma2")]
+    [TestCase("gemma3")]
+    public void Synth_writes_gemma_with_its_norms_and_windows(string arch)
+    {
+        using var dir = new TempDir();
+        string path = dir.File(arch + ".gguf");
+        Synth(path, "--arch", arch, "--dim", "64", "--layers", "6", "--heads", "4", "--kv-heads", "2", "--ffn", "96", "--type", "Q8_0");
+        using (var gguf = GgufFile.Open(path))
+        {
+            var names = gguf.Tensors.Select(t => t.Name).ToList();
+            Assert.That(names, Does.Contain("blk.5.attn_norm.weight").And.Contain("blk.5.attn_post_norm.weight").And.Contain("blk.5.ffn_norm.weight")
+                .And.Contain("blk.5.ffn_post_norm.weight").And.Not.Contain("output.weight"));
+            Assert.That(names.Contains("blk.0.attn_q_norm.weight"), Is.EqualTo(arch == "gemma3"));
+        }
+        using var lm = LanguageModel.Load(path, new ModelOptions { Threads = 2 });
+        var c = lm.Config;
+        Assert.That(c.Layout, Is.EqualTo(Engine.Models.BlockLayout.Sandwich));
+        Assert.That(Enumerable.Range(0, 6).Count(c.IsSliding), Is.EqualTo(arch == "gemma2" ? 3 : 5));
+        Assert.That((c.SlidingWindow, c.AttentionSoftCap, c.FinalLogitSoftCap, lm.Network.TiedOutput),
+            Is.EqualTo(arch == "gemma2" ? (4096, 50f, 30f, true) : (512, 0f, 0f, true)));
+        AssertDecodes(lm);
+    }
+
     [TestCase("Q8_0")]
     [TestCase("Q4_K_M")]
     public void Synth_writes_phi3_with_fused_tensors(string type)

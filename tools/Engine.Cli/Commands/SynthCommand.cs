@@ -10,7 +10,7 @@ internal static class SynthCommand
     public static Command Create(CliOutput io)
     {
         var like = new Option<string>("--like") { Description = "GGUF file whose tokenizer the model gets (a vocabulary-only file is fine)", Required = true };
-        var arch = new Option<string>("--arch") { Description = "llama, qwen2 (q/k/v biases), qwen3 (q/k norms), granite (embedding, residual, attention and logit multipliers) smollm3 (every fourth layer without RoPE), olmo2 (post-norm blocks, q/k norms) or phi3 (fused qkv and gate/up tensors)", DefaultValueFactory = _ => "llama" };
+        var arch = new Option<string>("--arch") { Description = "llama, qwen2 (q/k/v biases), qwen3 (q/k norms), granite (embedding, residual, attention and logit multipliers) smollm3 (every fourth layer without RoPE), olmo2 (post-norm blocks, q/k norms), phi3 (fused qkv and gate/up tensors), gemma2 (norms before and after each block, GeGLU, a 4096 window on every other layer, soft caps) or gemma3 (as gemma2 with q/k norms, a 512 window on five layers of six, no caps)", DefaultValueFactory = _ => "llama" };
         var headDim = new Option<int>("--head-dim") { Description = "Head width (default: dim / heads; Qwen3's are wider)" };
         var dim = new Option<int>("--dim") { Description = "Model width", Required = true };
         var layers = new Option<int>("--layers") { Description = "Blocks", Required = true };
