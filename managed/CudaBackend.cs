@@ -339,10 +339,10 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         bool neox = rope.Style == Models.RopeStyle.NeoX;
         if (s.IsF16)
             RopeKv.RopeStoreKv(Device, Span(q), Span(k), Span(v), q.Rows, heads, pos, frequencies, rope.InvFreq.Length, neox, table,
-                blockTable.Length, firstSlot, s.DataF16, s.MaxBlocks, s.Layout, layer);
+                blockTable.Length, firstSlot, s.DataF16, s.MaxBlocks, s.Layout, layer, rope.AttentionFactor);
         else
             RopeKv.RopeStoreKv(Device, Span(q), Span(k), Span(v), q.Rows, heads, pos, frequencies, rope.InvFreq.Length, neox, table,
-                blockTable.Length, firstSlot, s.Data, s.MaxBlocks, s.Layout, layer);
+                blockTable.Length, firstSlot, s.Data, s.MaxBlocks, s.Layout, layer, rope.AttentionFactor);
     }
 
     public override void MatMulAddNorm(Activation x, DeviceMatrix w, Activation residual, Activation scratch, DeviceVector normWeight, float eps,
@@ -410,7 +410,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
     {
         var frequencies = Frequencies(rope);
         Kernels.Rope.RopeF32(Device, Span(x), x.Rows, heads, rope.HeadDim, _positions.Put(positions), frequencies, rope.InvFreq.Length,
-            rope.Style == Models.RopeStyle.NeoX);
+            rope.Style == Models.RopeStyle.NeoX, rope.AttentionFactor);
     }
 
     public override void StoreKv(KvStore store, int layer, ReadOnlySpan<int> blockTable, int firstSlot, Activation k, Activation v)

@@ -91,17 +91,16 @@ public sealed class LanguageModel : IDisposable
                     ?? throw new ModelFormatException(path, "tensor 'token_embd.weight'", "required tensor is missing (is this a vocabulary-only file?)");
                 if (embedding.Dims.Count != 2)
                     throw new ModelFormatException(path, "tensor 'token_embd.weight'", $"shape {embedding.ShapeText} is not a matrix");
-                config = ModelConfigReader.FromGguf(gguf, checked((int)embedding.Dims[1]), RopeFreqs(weights));
+                config = ModelConfigReader.FromGguf(gguf, checked((int)embedding.Dims[1]), RopeFreqs(weights), ModelConfigReader.GgufLongRope(gguf, weights));
             }
             else
                 throw new FileNotFoundException($"{path}: no such file or folder", path);
 
             if (tokenizer.VocabSize > config.VocabSize)
                 throw new ModelFormatException(path, "vocabulary", $"the tokenizer has {tokenizer.VocabSize} tokens but the embedding only {config.VocabSize} rows");
-            if (weights.Find("rope_factors_long.weight") is not null)
-                throw new ModelFormatException(path, "tensor 'rope_factors_long.weight'", "LongRoPE (Phi-3 128k, Phi-3.5, Phi-4-mini) is not supported yet");
             backend ??= new CpuBackend(options.Threads);
             int context = options.ContextLength > 0 ? options.ContextLength : Math.Min(config.ContextLength, 4096);
+            config = config.ForContext(context); // LongRoPE: the short or the long factors
             backend.Reserve(MemoryPlan.For(path, config, weights, backend, context, options.MaxBatch)); // before anything is allocated
             var network = new LlamaModel(config, LlamaWeights.Load(weights, config, backend), backend, options.MaxBatch);
             return new LanguageModel(path, weights, tokenizer, network, context);

@@ -5,7 +5,8 @@ namespace Engine.Backends;
 /// <summary>
 /// Rotary position embedding (Su et al., "RoFormer: Enhanced Transformer with Rotary Position
 /// Embedding", 2021): pair i of a head is rotated by angle pos·θᵢ with θᵢ = base^(-2i/d), optionally
-/// scaled (linear position scaling, Llama 3 per-frequency divisors). This holds θᵢ for one model.
+/// scaled (linear position scaling, Llama 3 or LongRoPE per-frequency divisors, LongRoPE's attention
+/// factor on cos and sin). This holds θᵢ for one model.
 /// </summary>
 public sealed class RopeTable
 {
@@ -14,6 +15,7 @@ public sealed class RopeTable
         Style = config.RopeStyle;
         Dims = config.RopeDims;
         HeadDim = config.HeadDim;
+        AttentionFactor = config.RopeAttentionFactor;
         InvFreq = new double[Dims / 2];
         for (int i = 0; i < InvFreq.Length; i++)
         {
@@ -23,6 +25,12 @@ public sealed class RopeTable
     }
 
     public RopeStyle Style { get; }
+
+    /// <summary>
+    /// cos and sin are multiplied by this (LongRoPE's attention factor, √(1 + ln s / ln L₀) for a context
+    /// stretched s times beyond the trained L₀; 1 elsewhere): it scales the rotated dimensions of q and k.
+    /// </summary>
+    public double AttentionFactor { get; }
 
     /// <summary>Rotated dimensions per head (the rest pass through).</summary>
     public int Dims { get; }
@@ -73,8 +81,8 @@ public sealed class RopeTable
                 for (int i = 0; i < pairs; i++)
                 {
                     double angle = p * InvFreq[i];
-                    cos[p * pairs + i] = (float)Math.Cos(angle);
-                    sin[p * pairs + i] = (float)Math.Sin(angle);
+                    cos[p * pairs + i] = (float)(Math.Cos(angle) * AttentionFactor);
+                    sin[p * pairs + i] = (float)(Math.Sin(angle) * AttentionFactor);
                 }
             }
             (_cos, _sin) = (cos, sin);

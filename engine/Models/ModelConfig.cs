@@ -47,8 +47,25 @@ public sealed record ModelConfig
     public required int RopeDims { get; init; }
     /// <summary>Positions are multiplied by this before rotation (linear RoPE scaling: 1/factor).</summary>
     public float RopeFreqScale { get; init; } = 1f;
-    /// <summary>Per-frequency divisors (Llama 3 RoPE scaling), <see cref="RopeDims"/>/2 of them, or null.</summary>
+    /// <summary>Per-frequency divisors (Llama 3 RoPE scaling, LongRoPE's short or long factors), <see cref="RopeDims"/>/2 of them, or null.</summary>
     public float[]? RopeFreqFactors { get; init; }
+
+    /// <summary>
+    /// LongRoPE's attention factor (Ding et al., "LongRoPE: Extending LLM Context Window Beyond 2 Million
+    /// Tokens", 2024; Phi-3 128k, Phi-3.5, Phi-4-mini): cos and sin are multiplied by it. 1 elsewhere.
+    /// </summary>
+    public float RopeAttentionFactor { get; init; } = 1f;
+
+    /// <summary>LongRoPE's two factor tables and attention factor, or null; <see cref="ForContext"/> applies them.</summary>
+    public LongRope? LongRope { get; init; }
+
+    /// <summary>
+    /// The config a model loaded for a context of <paramref name="context"/> tokens runs: with LongRoPE, its
+    /// short factors up to the trained context and its long ones beyond, and its attention factor.
+    /// </summary>
+    public ModelConfig ForContext(int context) => LongRope is { } r
+        ? this with { RopeFreqFactors = context > r.OriginalContext ? r.LongFactors : r.ShortFactors, RopeAttentionFactor = r.AttentionFactor }
+        : this;
 
     // Granite 3's multipliers (IBM, "Granite 3.0 Language Models", 2024); 1 (and the usual attention
     // scale) for every other family.
@@ -167,6 +184,8 @@ public sealed record ModelConfig
             throw Error(nameof(RmsNormEps), $"{RmsNormEps} must be a positive number");
         if (!(RopeTheta > 0) || !float.IsFinite(RopeTheta))
             throw Error(nameof(RopeTheta), $"{RopeTheta} must be a positive number");
+        if (!(RopeAttentionFactor > 0) || !float.IsFinite(RopeAttentionFactor))
+            throw Error(nameof(RopeAttentionFactor), $"{RopeAttentionFactor} must be a positive number");
         if (!(RopeFreqScale > 0) || !float.IsFinite(RopeFreqScale))
             throw Error(nameof(RopeFreqScale), $"a position scale of {RopeFreqScale} must be a positive number");
         foreach (var (name, value) in new[] { (nameof(EmbeddingScale), EmbeddingScale), (nameof(ResidualScale), ResidualScale), (nameof(LogitScale), LogitScale) })
@@ -189,5 +208,17 @@ public sealed record ModelConfig
             throw Error(nameof(NoRopeLayers), $"{nope.Length} entries for {Layers} layers");
         if (RopeFreqFactors is { } f && (f.Length != RopeDims / 2 || f.Any(x => !(x > 0) || !float.IsFinite(x))))
             throw Error(nameof(RopeFreqFactors), $"need {RopeDims / 2} positive values, got {f.Length}");
+        if (LongRope is { } r)
+        {
+            foreach (var (table, which) in new[] { (r.ShortFactors, "short"), (r.LongFactors, "long") })
+            {
+                if (table.Length != RopeDims / 2 || table.Any(x => !(x > 0) || !float.IsFinite(x)))
+                    throw Error(nameof(LongRope), $"the {which} factors need {RopeDims / 2} positive values (one per rotated pair), got {table.Length}");
+            }
+            if (r.OriginalContext <= 0)
+                throw Error(nameof(LongRope), $"an original context of {r.OriginalContext} must be positive");
+            if (!(r.AttentionFactor > 0) || !float.IsFinite(r.AttentionFactor))
+                throw Error(nameof(LongRope), $"an attention factor of {r.AttentionFactor} must be a positive number");
+        }
     }
 }

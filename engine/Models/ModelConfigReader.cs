@@ -41,7 +41,8 @@ public static class ModelConfigReader
     private static float GemmaGgufAttentionScale(string arch, int layers, int dim, int heads, int headDim) =>
         (arch, layers) is ("gemma2", 46) or ("gemma3", 62) ? 1f / MathF.Sqrt(dim / heads) : 1f / MathF.Sqrt(headDim);
 
-    public static ModelConfig FromGguf(GgufFile gguf, int vocabSize, float[]? ropeFreqFactors)
+    /// <param name="longRope">LongRoPE's tables (<see cref="GgufLongRope"/>), or null.</param>
+    public static ModelConfig FromGguf(GgufFile gguf, int vocabSize, float[]? ropeFreqFactors, LongRope? longRope = null)
     {
         var m = gguf.Metadata;
         string arch = m.GetString("general.architecture");
@@ -96,6 +97,7 @@ public static class ModelConfigReader
             RopeDims = m.GetInt32(k("rope.dimension_count"), headDim),
             RopeFreqScale = freqScale,
             RopeFreqFactors = ropeFreqFactors,
+            LongRope = longRope,
             EmbeddingScale = gemma ? MathF.Sqrt(dim) : m.GetSingle(k("embedding_scale"), 1f), // Gemma scales by √dim
             ResidualScale = m.GetSingle(k("residual_scale"), 1f),
             AttentionScale = gemma ? GemmaGgufAttentionScale(arch, layers, dim, heads, headDim) : m.GetSingle(k("attention.scale"), 0f),
@@ -136,9 +138,39 @@ public static class ModelConfigReader
             nameof(ModelConfig.RopeDims) => k("rope.dimension_count"),
             nameof(ModelConfig.RopeFreqScale) => k("rope.scaling.factor"),
             nameof(ModelConfig.RopeFreqFactors) => "tensor 'rope_freqs.weight'",
+            nameof(ModelConfig.LongRope) => "tensors 'rope_factors_short.weight', 'rope_factors_long.weight'",
             _ => property,
         });
         return config;
+    }
+
+    /// <summary>
+    /// LongRoPE as llama.cpp's converter stores it: the tensors <c>rope_factors_short.weight</c> and
+    /// <c>rope_factors_long.weight</c>, <c>{arch}.rope.scaling.original_context_length</c> and (optional)
+    /// <c>{arch}.rope.scaling.attn_factor</c>. Null when the file has no such tensors.
+    /// </summary>
+    public static unsafe LongRope? GgufLongRope(GgufFile gguf, WeightSource weights)
+    {
+        var shortFactors = weights.Find("rope_factors_short.weight");
+        var longFactors = weights.Find("rope_factors_long.weight");
+        if (shortFactors is null && longFactors is null)
+            return null;
+        float[] Table(Tensors.TensorView? t, string name)
+        {
+            if (t is null)
+                throw new ModelFormatException(gguf.Path, $"tensor '{name}'", "LongRoPE needs both the short and the long factors");
+            if (t.Type != Tensors.GgmlType.F32 || t.Dims.Count != 1 || t.ElementCount > 1 << 16)
+                throw new ModelFormatException(gguf.Path, $"tensor '{name}'", $"expected a 1-D F32 tensor, found {t.Type} {t.ShapeText}");
+            return new ReadOnlySpan<float>(t.Data, (int)t.ElementCount).ToArray();
+        }
+        var m = gguf.Metadata;
+        string arch = m.GetString("general.architecture");
+        string originalKey = $"{arch}.rope.scaling.original_context_length";
+        int original = m.GetInt32(originalKey);
+        if (original <= 0)
+            throw new ModelFormatException(gguf.Path, originalKey, $"{original} must be positive");
+        float attention = m.GetSingle($"{arch}.rope.scaling.attn_factor", LongRope.DefaultAttentionFactor(m.GetInt32($"{arch}.context_length", original), original));
+        return new LongRope(Table(shortFactors, "rope_factors_short.weight"), Table(longFactors, "rope_factors_long.weight"), original, attention);
     }
 
     /// <summary>HF SmolLM3's <c>no_rope_layers</c>: one 0/1 per layer, 1 = the layer uses RoPE (the period when absent).</summary>
@@ -154,6 +186,36 @@ public static class ModelConfigReader
             throw new ModelFormatException(configPath, "no_rope_layers", $"must be a list of {layers} 0/1 values, one per layer");
         return list.EnumerateArray().Select((v, i) => v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int b) && b is 0 or 1 ? b == 0
             : throw new ModelFormatException(configPath, $"no_rope_layers[{i}]", $"{v.GetRawText()} is not 0 or 1")).ToArray();
+    }
+
+    /// <summary>
+    /// HF's LongRoPE (<c>rope_scaling.type</c> "longrope", or "su" in the first Phi-3 128k configs): the
+    /// <c>short_factor</c> and <c>long_factor</c> lists, <c>original_max_position_embeddings</c> (in
+    /// rope_scaling or at the top level) and <c>attention_factor</c> when given, else HF's default.
+    /// </summary>
+    private static LongRope HfLongRope(JsonElement root, JsonElement rs, string configPath)
+    {
+        float[] Table(string key)
+        {
+            if (!rs.TryGetProperty(key, out var list) || list.ValueKind != JsonValueKind.Array)
+                throw new ModelFormatException(configPath, $"rope_scaling.{key}", "LongRoPE needs a list of factors");
+            return list.EnumerateArray().Select((v, i) => v.ValueKind == JsonValueKind.Number ? v.GetSingle()
+                : throw new ModelFormatException(configPath, $"rope_scaling.{key}[{i}]", $"{v.GetRawText()} is not a number")).ToArray();
+        }
+        int Original()
+        {
+            foreach (var where in new[] { rs, root })
+            {
+                if (where.TryGetProperty("original_max_position_embeddings", out var v) && v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int o))
+                    return o > 0 ? o : throw new ModelFormatException(configPath, "original_max_position_embeddings", $"{o} must be positive");
+            }
+            throw new ModelFormatException(configPath, "original_max_position_embeddings", "LongRoPE needs the trained context length");
+        }
+        int original = Original();
+        int maxPositions = root.TryGetProperty("max_position_embeddings", out var mp) && mp.ValueKind == JsonValueKind.Number && mp.TryGetInt32(out int m) ? m : original;
+        float attention = rs.TryGetProperty("attention_factor", out var af) && af.ValueKind == JsonValueKind.Number ? af.GetSingle()
+            : LongRope.DefaultAttentionFactor(maxPositions, original);
+        return new LongRope(Table("short_factor"), Table("long_factor"), original, attention);
     }
 
     /// <summary>
@@ -220,6 +282,7 @@ public static class ModelConfigReader
         float theta = Float("rope_theta", 10000f);
         float freqScale = 1f;
         float[]? factors = null;
+        LongRope? longRope = null;
         if (root.TryGetProperty("rope_scaling", out var rs) && rs.ValueKind == JsonValueKind.Object)
         {
             string type = rs.TryGetProperty("rope_type", out var t) || rs.TryGetProperty("type", out t) ? t.GetString() ?? "" : "";
@@ -236,8 +299,11 @@ public static class ModelConfigReader
                     factors = RopeScaling.Llama3Factors(headDim, theta, Scaling("factor"), Scaling("low_freq_factor"),
                         Scaling("high_freq_factor"), Scaling("original_max_position_embeddings"));
                     break;
+                case "longrope" or "su":
+                    longRope = HfLongRope(root, rs, configPath);
+                    break;
                 default:
-                    throw new ModelFormatException(configPath, "rope_scaling", $"RoPE scaling '{type}' is not supported (default, linear, llama3 are)");
+                    throw new ModelFormatException(configPath, "rope_scaling", $"RoPE scaling '{type}' is not supported (default, linear, llama3, longrope are)");
             }
         }
 
@@ -260,6 +326,7 @@ public static class ModelConfigReader
             RopeDims = (int)Math.Round(headDim * Float("partial_rotary_factor", 1f)), // Phi-4-mini rotates 3/4 of each head
             RopeFreqScale = freqScale,
             RopeFreqFactors = factors,
+            LongRope = longRope,
             EmbeddingScale = gemma ? MathF.Sqrt(dim) : Float("embedding_multiplier", 1f), // Gemma scales by √hidden_size
             ResidualScale = Float("residual_multiplier", 1f),
             AttentionScale = gemma ? 1f / MathF.Sqrt(Float("query_pre_attn_scalar", headDim)) : Float("attention_multiplier", 0f),
@@ -296,7 +363,7 @@ public static class ModelConfigReader
             nameof(ModelConfig.ContextLength) => "max_position_embeddings",
             nameof(ModelConfig.RmsNormEps) => "rms_norm_eps",
             nameof(ModelConfig.RopeTheta) => "rope_theta",
-            nameof(ModelConfig.RopeFreqScale) or nameof(ModelConfig.RopeFreqFactors) => "rope_scaling",
+            nameof(ModelConfig.RopeFreqScale) or nameof(ModelConfig.RopeFreqFactors) or nameof(ModelConfig.LongRope) => "rope_scaling",
             _ => property,
         });
         return config;

@@ -1,5 +1,25 @@
 namespace Engine.Models;
 
+/// <summary>
+/// LongRoPE (Ding et al., "LongRoPE: Extending LLM Context Window Beyond 2 Million Tokens", 2024), as
+/// Phi-3 128k, Phi-3.5 and Phi-4-mini use it: two tables of per-frequency divisors, the short one for
+/// contexts up to the trained <see cref="OriginalContext"/> and the long one beyond, and an attention
+/// factor on cos and sin. The table is chosen once, by the context the model is loaded with (as
+/// llama.cpp does), so that a sequence's keys are all rotated alike.
+/// </summary>
+public sealed record LongRope(float[] ShortFactors, float[] LongFactors, int OriginalContext, float AttentionFactor)
+{
+    /// <summary>
+    /// The attention factor HF and llama.cpp's converter derive when a file gives none:
+    /// √(1 + ln s / ln L₀) for a context stretched s = maxPositions / L₀ times, 1 when not stretched.
+    /// </summary>
+    public static float DefaultAttentionFactor(int maxPositions, int originalContext)
+    {
+        double scale = maxPositions / (double)originalContext;
+        return scale <= 1 ? 1f : (float)Math.Sqrt(1 + Math.Log(scale) / Math.Log(originalContext));
+    }
+}
+
 /// <summary>RoPE frequency adjustments for long-context variants.</summary>
 public static class RopeScaling
 {

@@ -10,10 +10,11 @@ public static class Rope
 
     /// <summary>
     /// rope_f32: rotates every head of x ([n, heads·headDim]) in place by its row's position; invFreq
-    /// holds θᵢ for the rotated pairs (at most headDim/2).
+    /// holds θᵢ for the rotated pairs (at most headDim/2); cos and sin are multiplied by <paramref name="mscale"/>
+    /// (LongRoPE's attention factor).
     /// </summary>
     public static unsafe void RopeF32(GpuDevice device, DeviceSpan<float> x, int n, int heads, int headDim, DeviceSpan<int> positions,
-        DeviceSpan<double> invFreq, int pairs, bool neox)
+        DeviceSpan<double> invFreq, int pairs, bool neox, double mscale = 1)
     {
         if (n <= 0 || heads <= 0 || headDim <= 0)
             throw new ArgumentOutOfRangeException(nameof(n), $"rope_f32: shape [{n}, {heads}·{headDim}] must be positive");
@@ -28,7 +29,7 @@ public static class Rope
         var fn = device.Function(File, "rope_f32");
         IntPtr px = x.Pointer, pp = positions.Pointer, pf = invFreq.Pointer;
         int neoxFlag = neox ? 1 : 0;
-        void** args = stackalloc void*[7];
+        void** args = stackalloc void*[8];
         args[0] = &px;
         args[1] = &pp;
         args[2] = &pf;
@@ -36,6 +37,7 @@ public static class Rope
         args[4] = &headDim;
         args[5] = &pairs;
         args[6] = &neoxFlag;
+        args[7] = &mscale;
         device.Launch(fn, (n, heads, 1), ((pairs + 31) / 32 * 32, 1, 1), 0, args);
     }
 }

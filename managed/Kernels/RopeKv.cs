@@ -14,11 +14,12 @@ public static class RopeKv
 
     /// <summary>
     /// rope_store_kv_f32 / _f16: rotates q ([n, heads·headDim]) and k ([n, kvHeads·headDim]) in place by
-    /// each row's position, and writes k and v into slots firstSlot.. of layer <paramref name="layer"/>.
+    /// each row's position (cos and sin times <paramref name="mscale"/>), and writes k and v into slots
+    /// firstSlot.. of layer <paramref name="layer"/>.
     /// </summary>
     public static unsafe void RopeStoreKv<T>(GpuDevice device, DeviceSpan<float> q, DeviceSpan<float> k, DeviceSpan<float> v, int n, int heads,
         DeviceSpan<int> positions, DeviceSpan<double> invFreq, int pairs, bool neox, DeviceSpan<int> table, int tableLength, int firstSlot,
-        DeviceSpan<T> cache, int blocks, KvLayout layout, int layer) where T : unmanaged
+        DeviceSpan<T> cache, int blocks, KvLayout layout, int layer, double mscale = 1) where T : unmanaged
     {
         string name = "rope_store_kv_" + KvCache.Suffix<T>();
         int hd = layout.HeadDim, kvHeads = layout.KvHeads;
@@ -42,7 +43,7 @@ public static class RopeKv
         var fn = device.Function(File, name);
         IntPtr pq = q.Pointer, pk = k.Pointer, pv = v.Pointer, pp = positions.Pointer, pf = invFreq.Pointer, pt = table.Pointer, pc = cache.Pointer;
         int neoxFlag = neox ? 1 : 0, layers = layout.Layers, blockSize = layout.BlockSize;
-        void** args = stackalloc void*[16];
+        void** args = stackalloc void*[17];
         args[0] = &pq;
         args[1] = &pk;
         args[2] = &pv;
@@ -59,6 +60,7 @@ public static class RopeKv
         args[13] = &layer;
         args[14] = &layers;
         args[15] = &blockSize;
+        args[16] = &mscale;
         device.Launch(fn, (n, heads + kvHeads, 1), ((pairs + 31) / 32 * 32, 1, 1), 0, args);
     }
 }

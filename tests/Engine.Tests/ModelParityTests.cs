@@ -53,6 +53,8 @@ public class ModelParityTests
         yield return new TinySpec("gemma3-local-global", Arch: "gemma3", Layers: 6, Heads: 4, KvHeads: 2, HeadDimOverride: 32, Tied: true, Seed: 61,
             SlidingWindow: 4, RopeTheta: 1e6f);
         yield return new TinySpec("phi3-window", Arch: "phi3", Heads: 4, KvHeads: 2, Seed: 43, SlidingWindow: 6);
+        // LongRoPE: the long factors (the default context of 256 exceeds the trained 64) and the attention factor
+        yield return new TinySpec("phi3-longrope", Arch: "phi3", Heads: 4, KvHeads: 2, Seed: 47, LongRopeOriginal: 64);
         // SmolLM3: the fourth of its four layers applies no RoPE
         yield return new TinySpec("smollm3-nope", Arch: "smollm3", Layers: 4, Heads: 4, KvHeads: 2, Seed: 36);
         // Granite 3: embedding, residual, attention and logit multipliers (values of granite-3.x's size)
@@ -107,7 +109,7 @@ public class ModelParityTests
         string gguf = model.WriteGguf(dir.File("m.gguf"));
         foreach (string path in new[] { model.WriteHfFolder(dir.File("hf")), gguf })
         {
-            using var lm = LanguageModel.Load(path, new ModelOptions { Threads = 1 });
+            using var lm = LanguageModel.Load(path, new ModelOptions { Threads = 1, ContextLength = model.Spec.LoadContext });
             check?.Invoke(lm);
             AssertLogitsMatch(lm, reference);
         }
@@ -167,6 +169,28 @@ public class ModelParityTests
         using var dir = new TempDir();
         AssertHfAndGgufMatchTheReference(TinyModel.Random(new TinySpec("hf-phi3", Arch: "phi3", Heads: 4, KvHeads: 2, Seed: 42, SlidingWindow: 7)),
             dir, lm => Assert.That((lm.Config.SlidingWindow, lm.ContextLength), Is.EqualTo((7, 256))));
+    }
+
+    /// <summary>
+    /// LongRoPE (Phi-3 128k, Phi-3.5): GGUF (rope_factors_short/long tensors, original context and
+    /// attention factor keys) and HF (rope_scaling longrope, original_max_position_embeddings, the
+    /// attention factor derived) give the reference's logits — with the short factors for a context
+    /// within the trained 64 tokens, the long ones beyond; the two tables give different logits.
+    /// </summary>
+    [TestCase(48)]
+    [TestCase(200)]
+    public void LongRope_picks_its_factors_by_context(int context)
+    {
+        using var dir = new TempDir();
+        var spec = new TinySpec("hf-phi3-longrope", Arch: "phi3", Heads: 4, KvHeads: 2, Seed: 46, LongRopeOriginal: 64, LoadContext: context);
+        AssertHfAndGgufMatchTheReference(TinyModel.Random(spec), dir, lm =>
+        {
+            Assert.That(lm.Config.RopeFreqFactors, Is.EqualTo(context > 64 ? spec.LongFactors : spec.ShortFactors));
+            Assert.That(lm.Config.RopeAttentionFactor, Is.EqualTo(spec.LongRopeAttentionFactor).Within(1e-6f));
+        });
+        var other = TinyModel.Random(spec with { LoadContext = context > 64 ? 48 : 200 }).ReferenceLogits(Prompt);
+        var these = TinyModel.Random(spec).ReferenceLogits(Prompt);
+        Assert.That(other.Zip(these).Max(p => p.First.Zip(p.Second).Max(x => Math.Abs(x.First - x.Second))), Is.GreaterThan(1e-3), "the table matters");
     }
 
     /// <summary>

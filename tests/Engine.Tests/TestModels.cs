@@ -16,8 +16,19 @@ public sealed record TinySpec(
     int Ffn = 96, bool Tied = false, bool QkvBias = false, GgmlType WeightType = GgmlType.F32, int Seed = 1,
     float RopeTheta = 10000f, int Context = 256, Llama3Rope? Llama3 = null, int HeadDimOverride = 0,
     float EmbeddingScale = 1f, float ResidualScale = 1f, float AttentionScale = 0f, float LogitScale = 1f, int SlidingWindow = 0,
-    float AttnSoftCap = 0f, float FinalSoftCap = 0f, float LocalRopeTheta = 10000f)
+    float AttnSoftCap = 0f, float FinalSoftCap = 0f, float LocalRopeTheta = 10000f, int LongRopeOriginal = 0, int LoadContext = 0)
 {
+    /// <summary>
+    /// LongRoPE (Phi-3 128k): when <see cref="LongRopeOriginal"/> &gt; 0, short factors up to that context and
+    /// long ones beyond; the model is loaded with <see cref="LoadContext"/> tokens (0: the engine's default),
+    /// which picks the table.
+    /// </summary>
+    public bool LongRope => LongRopeOriginal > 0;
+    public float[] ShortFactors => Enumerable.Range(0, HeadDim / 2).Select(i => 1f + 0.05f * i).ToArray();
+    public float[] LongFactors => Enumerable.Range(0, HeadDim / 2).Select(i => 1f + 0.5f * i).ToArray();
+    public float LongRopeAttentionFactor => (float)Math.Sqrt(1 + Math.Log(Context / (double)LongRopeOriginal) / Math.Log(LongRopeOriginal));
+    public bool UsesLongFactors => LongRope && (LoadContext > 0 ? LoadContext : Math.Min(Context, 4096)) > LongRopeOriginal;
+
     /// <summary>Gemma 2/3: pre- and post-norms, GeGLU, embeddings times √dim, norm weights stored as 1 + w in HF files.</summary>
     public bool Gemma => Arch is "gemma2" or "gemma3";
 
@@ -198,6 +209,11 @@ public sealed class TinyModel
         w.Add($"{a}.rope.freq_base", s.RopeTheta);
         if (s.SlidingWindow > 0)
             w.Add($"{a}.attention.sliding_window", (uint)s.SlidingWindow);
+        if (s.LongRope)
+        {
+            w.Add($"{a}.rope.scaling.original_context_length", (uint)s.LongRopeOriginal);
+            w.Add($"{a}.rope.scaling.attn_factor", s.LongRopeAttentionFactor);
+        }
         if (a == "gemma2")
         {
             w.Add($"{a}.attn_logit_softcapping", s.AttnSoftCap);
@@ -272,6 +288,11 @@ public sealed class TinyModel
         Vector("output_norm.weight", OutputNorm);
         if (Output is not null)
             Matrix("output.weight", Output, s.Vocab, s.Dim);
+        if (s.LongRope)
+        {
+            Vector("rope_factors_short.weight", s.ShortFactors);
+            Vector("rope_factors_long.weight", s.LongFactors);
+        }
         if (s.Llama3 is not null)
         {
             // llama.cpp stores Llama 3 scaling as per-frequency divisors: base θᵢ / scaled θᵢ.
@@ -334,6 +355,11 @@ public sealed class TinyModel
             config["residual_multiplier"] = s.ResidualScale;
             config["attention_multiplier"] = s.AttentionScale;
             config["logits_scaling"] = s.LogitScale;
+        }
+        if (s.LongRope) // HF derives the attention factor from the two context lengths
+        {
+            config["original_max_position_embeddings"] = s.LongRopeOriginal;
+            config["rope_scaling"] = new Dictionary<string, object> { ["type"] = "longrope", ["short_factor"] = s.ShortFactors, ["long_factor"] = s.LongFactors };
         }
         if (s.Llama3 is { } r)
         {
@@ -571,6 +597,8 @@ public sealed class TinyModel
     private double InvFreq(int i, double? theta = null)
     {
         double invFreq = BaseInvFreq(i, theta);
+        if (Spec.LongRope) // divided by the short or the long factor
+            return invFreq / (Spec.UsesLongFactors ? Spec.LongFactors : Spec.ShortFactors)[i];
         if (Spec.Llama3 is not { } r)
             return invFreq;
         double lowFreqWavelen = r.OriginalContext / r.LowFreqFactor;
@@ -624,8 +652,9 @@ public sealed class TinyModel
                 int a = Spec.NeoX ? h * hd + i : h * hd + 2 * i;
                 int b = Spec.NeoX ? h * hd + i + half : h * hd + 2 * i + 1;
                 double x0 = v[a], x1 = v[b];
-                v[a] = x0 * Math.Cos(angle) - x1 * Math.Sin(angle);
-                v[b] = x0 * Math.Sin(angle) + x1 * Math.Cos(angle);
+                double mscale = Spec.LongRope ? Spec.LongRopeAttentionFactor : 1; // LongRoPE scales cos and sin
+                v[a] = mscale * (x0 * Math.Cos(angle) - x1 * Math.Sin(angle));
+                v[b] = mscale * (x0 * Math.Sin(angle) + x1 * Math.Cos(angle));
             }
         }
     }
