@@ -24,6 +24,15 @@ internal static class ByteLevel
         return map;
     }
 
+    /// <summary>The vocabulary string of some bytes (each byte as its character).</summary>
+    public static string Encode(ReadOnlySpan<byte> bytes)
+    {
+        var chars = new char[bytes.Length];
+        for (int i = 0; i < bytes.Length; i++)
+            chars[i] = ByteToChar[bytes[i]];
+        return new string(chars);
+    }
+
     /// <summary>The bytes a vocabulary string stands for, or null if it has a character outside the map.</summary>
     public static byte[]? Decode(string token)
     {

@@ -55,8 +55,15 @@ internal sealed class ByteLevelEncoder : IFragmentEncoder
 {
     private readonly BpeTokenizer _bpe;
 
-    public ByteLevelEncoder(string[] tokens, IEnumerable<string> merges, string pattern)
+    /// <param name="regexes">
+    /// The pre-tokenizer's regexes (<see cref="PreTokenizerRule"/>). One of the patterns that match all text
+    /// (GPT-2, Llama 3, Qwen2) goes to Microsoft.ML.Tokenizers' own regex pre-tokenizer; anything else to
+    /// <see cref="RegexSplitter"/>, which keeps the gaps between matches as words, as llama.cpp does.
+    /// </param>
+    /// <param name="normalizer">What the text goes through first (an HF normalizer), or null.</param>
+    public ByteLevelEncoder(string[] tokens, IEnumerable<string> merges, IReadOnlyList<string> regexes, Func<string, string>? normalizer = null)
     {
+        _normalizer = normalizer;
         var seen = new HashSet<string>(StringComparer.Ordinal);
         var vocab = new List<KeyValuePair<string, int>>(tokens.Length);
         for (int i = 0; i < tokens.Length; i++)
@@ -64,15 +71,19 @@ internal sealed class ByteLevelEncoder : IFragmentEncoder
             if (seen.Add(tokens[i]))
                 vocab.Add(new(tokens[i], i));
         }
-        var regex = new Regex(pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant);
+        Microsoft.ML.Tokenizers.PreTokenizer pre = regexes is [var single] && single is PreTokenizerPatterns.Gpt2 or PreTokenizerPatterns.Llama3 or PreTokenizerPatterns.Qwen2
+            ? new RegexPreTokenizer(new Regex(single, RegexOptions.Compiled | RegexOptions.CultureInvariant), specialTokens: null)
+            : new RegexSplitter(regexes);
         _bpe = BpeTokenizer.Create(new BpeOptions(vocab)
         {
             Merges = merges,
             ByteLevel = true,
-            PreTokenizer = new RegexPreTokenizer(regex, specialTokens: null),
+            PreTokenizer = pre,
         });
     }
 
+    private readonly Func<string, string>? _normalizer;
+
     public void Encode(string fragment, bool afterSpecial, List<int> output) =>
-        output.AddRange(_bpe.EncodeToIds(fragment, considerPreTokenization: true, considerNormalization: true));
+        output.AddRange(_bpe.EncodeToIds(_normalizer is null ? fragment : _normalizer(fragment), considerPreTokenization: true, considerNormalization: true));
 }

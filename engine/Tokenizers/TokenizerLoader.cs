@@ -54,11 +54,14 @@ public static class TokenizerLoader
             {
                 string[] merges = m.GetStringArray("tokenizer.ggml.merges");
                 string? pre = m.GetStringOrNull("tokenizer.ggml.pre");
-                string pattern = PreTokenizerPatterns.ForGgufPre(pre) ?? throw new ModelFormatException(file, "tokenizer.ggml.pre",
+                var preTokenizer = PreTokenizerPatterns.ForGgufPre(pre) ?? throw new ModelFormatException(file, "tokenizer.ggml.pre",
                     $"pre-tokenizer '{pre}' is not supported (known: {string.Join(", ", PreTokenizerPatterns.KnownGgufPre)})");
-                var encoder = CreateByteLevel(file, "tokenizer.ggml.merges", tokens, merges, pattern);
+                var encoder = CreateByteLevel(file, "tokenizer.ggml.merges", tokens, merges, preTokenizer.Regexes);
+                // as llama.cpp: the family's default for adding BOS (Llama 3, Tekken, Chameleon: yes), the file's key over it;
+                // ChatGLM's vocabularies have no BOS
                 return new TextTokenizer(TokenizerModel.ByteLevelBpe, tokens, kinds, ByteLevelBytes(tokens, kinds), encoder,
-                    bos, eos, m.GetBool("tokenizer.ggml.add_bos_token", false), m.GetBool("tokenizer.ggml.add_eos_token", false), ends);
+                    preTokenizer.HasBos ? bos : null, eos, m.GetBool("tokenizer.ggml.add_bos_token", preTokenizer.AddBos) && preTokenizer.HasBos,
+                    m.GetBool("tokenizer.ggml.add_eos_token", false), ends);
             }
             default:
                 throw new ModelFormatException(file, "tokenizer.ggml.model", $"tokenizer type '{model}' is not supported (supported: llama, gpt2)");
@@ -194,8 +197,9 @@ public static class TokenizerLoader
                 bos, eos, special.AddBos ?? true, special.AddEos ?? false, special.ExtraEos);
         }
 
-        string pattern = FindSplitPattern(root) ?? PreTokenizerPatterns.Gpt2;
-        var byteLevel = CreateByteLevel(path, "model.merges", pieces, merges.Select(m => m.Left + " " + m.Right), pattern);
+        // the file's own normalizer and pre-tokenizer (Qwen2: NFC, then its Split regex; GPT-2: ByteLevel's regex)
+        var byteLevel = CreateByteLevel(path, "model.merges", pieces, merges.Select(m => m.Left + " " + m.Right),
+            HfPipeline.PreTokenizerRegexes(path, root), HfPipeline.Normalizer(path, root));
         return new TextTokenizer(TokenizerModel.ByteLevelBpe, pieces, kinds, ByteLevelBytes(pieces, kinds), byteLevel,
             bos, eos, special.AddBos ?? HasBosInPostProcessor(root, bosText), special.AddEos ?? false, special.ExtraEos);
     }
@@ -230,23 +234,6 @@ public static class TokenizerLoader
         return merges;
     }
 
-    /// <summary>The regex of a <c>Split</c> pre-tokenizer (possibly inside a <c>Sequence</c>), if any.</summary>
-    private static string? FindSplitPattern(JsonElement root)
-    {
-        if (!root.TryGetProperty("pre_tokenizer", out var pre) || pre.ValueKind != JsonValueKind.Object)
-            return null;
-        IEnumerable<JsonElement> all = pre.TryGetProperty("pretokenizers", out var list) && list.ValueKind == JsonValueKind.Array
-            ? list.EnumerateArray()
-            : [pre];
-        foreach (var p in all)
-        {
-            if (p.TryGetProperty("type", out var type) && type.GetString() == "Split"
-                && p.TryGetProperty("pattern", out var pattern) && pattern.TryGetProperty("Regex", out var regex) && regex.ValueKind == JsonValueKind.String)
-                return regex.GetString();
-        }
-        return null;
-    }
-
     private static bool HasPrependNormalizer(JsonElement root) =>
         root.TryGetProperty("normalizer", out var n) && n.ValueKind == JsonValueKind.Object && n.GetRawText().Contains("\"Prepend\"", StringComparison.Ordinal);
 
@@ -254,11 +241,12 @@ public static class TokenizerLoader
         bosText is not null && root.TryGetProperty("post_processor", out var p) && p.ValueKind == JsonValueKind.Object
         && p.GetRawText().Contains(JsonSerializer.Serialize(bosText), StringComparison.Ordinal);
 
-    private static ByteLevelEncoder CreateByteLevel(string file, string field, string[] tokens, IEnumerable<string> merges, string pattern)
+    private static ByteLevelEncoder CreateByteLevel(string file, string field, string[] tokens, IEnumerable<string> merges, IReadOnlyList<string> regexes,
+        Func<string, string>? normalizer = null)
     {
         try
         {
-            return new ByteLevelEncoder(tokens, merges, pattern);
+            return new ByteLevelEncoder(tokens, merges, regexes, normalizer);
         }
         catch (Exception e) when (e is ArgumentException or InvalidOperationException or FormatException)
         {
