@@ -145,4 +145,8 @@ public enum TokenizerModel
     SentencePiece,
     /// <summary>Byte-level BPE with ranked merges (GGUF "gpt2"; GPT-2, Llama 3, Qwen2).</summary>
     ByteLevelBpe,
+    /// <summary>WordPiece (GGUF "bert"; BERT and its embedding models).</summary>
+    WordPiece,
+    /// <summary>SentencePiece Unigram (GGUF "t5"; T5 and its relatives).</summary>
+    Unigram,
 }

@@ -63,8 +63,29 @@ public static class TokenizerLoader
                     preTokenizer.HasBos ? bos : null, eos, m.GetBool("tokenizer.ggml.add_bos_token", preTokenizer.AddBos) && preTokenizer.HasBos,
                     m.GetBool("tokenizer.ggml.add_eos_token", false), ends);
             }
+            case "bert":
+            {
+                // llama.cpp's WPM: [CLS] in front and [SEP] at the end by default; an unknown token is required
+                int unknown = unk ?? throw new ModelFormatException(file, "tokenizer.ggml.unknown_token_id", "a WordPiece vocabulary needs its unknown token");
+                int? sep = Id("tokenizer.ggml.seperator_token_id") ?? eos; // (sic: the GGUF key is spelled so)
+                var encoder = new WordPieceEncoder(tokens, unknown);
+                return new TextTokenizer(TokenizerModel.WordPiece, tokens, kinds, SentencePieceBytes(tokens, kinds), encoder,
+                    bos, sep, m.GetBool("tokenizer.ggml.add_bos_token", true), m.GetBool("tokenizer.ggml.add_sep_token", true), ends);
+            }
+            case "t5":
+            {
+                float[] scores = m.Contains("tokenizer.ggml.scores") ? m.GetSingleArray("tokenizer.ggml.scores") : new float[tokens.Length];
+                CheckLength(file, "tokenizer.ggml.scores", scores.Length, tokens.Length);
+                int unknown = unk ?? throw new ModelFormatException(file, "tokenizer.ggml.unknown_token_id", "a Unigram vocabulary needs its unknown token");
+                const string charsMapKey = "tokenizer.ggml.precompiled_charsmap";
+                var charsMap = m.Contains(charsMapKey) ? new PrecompiledCharsMap(m.GetByteArray(charsMapKey), file, charsMapKey) : null;
+                var encoder = new UnigramEncoder(tokens, scores, kinds, unknown, charsMap, m.GetBool("tokenizer.ggml.add_space_prefix", true),
+                    m.GetBool("tokenizer.ggml.remove_extra_whitespaces", false));
+                return new TextTokenizer(TokenizerModel.Unigram, tokens, kinds, SentencePieceBytes(tokens, kinds), encoder,
+                    bos, eos, m.GetBool("tokenizer.ggml.add_bos_token", false), m.GetBool("tokenizer.ggml.add_eos_token", true), ends);
+            }
             default:
-                throw new ModelFormatException(file, "tokenizer.ggml.model", $"tokenizer type '{model}' is not supported (supported: llama, gpt2)");
+                throw new ModelFormatException(file, "tokenizer.ggml.model", $"tokenizer type '{model}' is not supported (supported: llama, gpt2, bert, t5)");
         }
     }
 

@@ -140,7 +140,8 @@ public class TokenizerTests
         {
             Assert.That(Error(w => w.Add("tokenizer.ggml.bos_token_id", 99u)), Does.Contain("tokenizer.ggml.bos_token_id").And.Contain("99"));
             Assert.That(Error(w => w.Add("tokenizer.ggml.scores", GgufValue.FromArray(new float[] { 0 }))), Does.Contain("tokenizer.ggml.scores").And.Contain("1 entries"));
-            Assert.That(Error(w => w.Add("tokenizer.ggml.model", "t5")), Does.Contain("'t5' is not supported"));
+            Assert.That(Error(w => w.Add("tokenizer.ggml.model", "rwkv")), Does.Contain("'rwkv' is not supported").And.Contain("bert, t5"));
+            Assert.That(Error(w => w.Add("tokenizer.ggml.model", "t5")), Does.Contain("tokenizer.ggml.unknown_token_id"), "a Unigram vocabulary without its unknown token");
             Assert.That(Error(w => w.Add("tokenizer.ggml.token_type", GgufValue.FromArray(new[] { 2, 3, 3, 9 }))), Does.Contain("type 9"));
             Assert.That(Error(w => w.Add("tokenizer.ggml.tokens", GgufValue.From("x"))), Does.Contain("tokenizer.ggml.tokens").And.Contain("expected an array of strings"));
             Assert.That(Error(w => { w.Add("tokenizer.ggml.model", "gpt2"); w.Add("tokenizer.ggml.merges", GgufValue.FromArray(Array.Empty<string>())); w.Add("tokenizer.ggml.pre", "klingon"); }),

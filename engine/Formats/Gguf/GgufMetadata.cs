@@ -50,6 +50,8 @@ public sealed class GgufMetadata
 
     public int[] GetInt32Array(string key) => Convert(key, v => v.AsInt32Array());
 
+    public byte[] GetByteArray(string key) => Convert(key, v => v.AsByteArray());
+
     private T Convert<T>(string key, Func<GgufValue, T> convert)
     {
         var value = this[key];

@@ -133,6 +133,14 @@ public sealed class GgufValue
         _ => throw Mismatch("an array of integers"),
     };
 
+    /// <summary>An array of bytes (uint8 or int8 elements, as a precompiled charsmap is stored).</summary>
+    public byte[] AsByteArray() => _value switch
+    {
+        byte[] b => b,
+        sbyte[] sb => (byte[])(Array)sb,
+        _ => throw Mismatch("an array of bytes"),
+    };
+
     /// <summary>A short human-readable rendering (long arrays are summarized).</summary>
     public override string ToString()
     {
