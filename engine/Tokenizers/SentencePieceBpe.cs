@@ -35,11 +35,29 @@ internal sealed class SentencePieceBpe
         _ids = new Dictionary<string, int>(pieces.Length, StringComparer.Ordinal);
         for (int i = 0; i < pieces.Length; i++)
             _ids.TryAdd(pieces[i], i); // first id wins for duplicate texts, as in llama.cpp
+        _idLookup = _ids.GetAlternateLookup<ReadOnlySpan<char>>();
+        // no piece continues a word across a space: "x▁y" nowhere (runs of ▁ alone are fine)
+        WordsAreIndependent = !pieces.Any(HasSpaceAfterText);
         _byteTokens = new int[256];
         for (int b = 0; b < 256; b++)
         {
             _byteTokens[b] = _ids.TryGetValue($"<0x{b:X2}>", out int id) && kinds[id] == TokenKind.Byte ? id : -1;
         }
+    }
+
+    private readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> _idLookup;
+
+    /// <summary>Whether no piece has a U+2581 after another character, so words can be merged one by one.</summary>
+    public bool WordsAreIndependent { get; }
+
+    private static bool HasSpaceAfterText(string piece)
+    {
+        for (int i = 1; i < piece.Length; i++)
+        {
+            if (piece[i] == SentencePieceEncoder.Space && piece[i - 1] != SentencePieceEncoder.Space)
+                return true;
+        }
+        return false;
     }
 
     private struct Symbol
@@ -73,8 +91,8 @@ internal sealed class SentencePieceBpe
                 return;
             var l = symbols[left];
             var r = symbols[right];
-            string merged = text.Substring(l.Start, l.Length + r.Length);
-            if (!_ids.TryGetValue(merged, out int id))
+            var merged = text.AsSpan(l.Start, l.Length + r.Length);
+            if (!_idLookup.TryGetValue(merged, out int id))
                 return;
             float priority;
             if (_mergeRanks is null)
@@ -115,11 +133,11 @@ internal sealed class SentencePieceBpe
         // left unknown is a single character outside the vocabulary: spell it in byte tokens.
         for (int i = 0; i != -1; i = symbols[i].Next)
         {
-            string piece = text.Substring(symbols[i].Start, symbols[i].Length);
-            if (_ids.TryGetValue(piece, out int id))
+            var piece = text.AsSpan(symbols[i].Start, symbols[i].Length);
+            if (_idLookup.TryGetValue(piece, out int id))
                 output.Add(id);
             else
-                foreach (byte b in Encoding.UTF8.GetBytes(piece))
+                foreach (byte b in Encoding.UTF8.GetBytes(piece.ToString()))
                     output.Add(_byteTokens[b] >= 0 ? _byteTokens[b] : _unk);
         }
     }

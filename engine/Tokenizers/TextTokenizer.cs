@@ -18,6 +18,7 @@ public sealed class TextTokenizer
     private readonly IFragmentEncoder _encoder;
     private readonly (string Text, int Id, TokenKind Kind)[] _specials;
     private readonly HashSet<int> _endOfGeneration;
+    private readonly HashSet<char> _specialStarts, _userDefinedStarts; // first characters: most text positions start no special token
 
     internal TextTokenizer(TokenizerModel model, string[] pieces, TokenKind[] kinds, byte[][] bytes, IFragmentEncoder encoder,
         int? bos, int? eos, bool addBos, bool addEos, IEnumerable<int> extraEndTokens)
@@ -36,6 +37,8 @@ public sealed class TextTokenizer
             .Select(i => (pieces[i], i, kinds[i]))
             .OrderByDescending(s => s.Item1.Length)
             .ToArray();
+        _specialStarts = [.. _specials.Select(s => s.Text[0])];
+        _userDefinedStarts = [.. _specials.Where(s => s.Kind == TokenKind.UserDefined).Select(s => s.Text[0])];
         _endOfGeneration = [.. extraEndTokens.Where(IsValid)];
         if (eos is int e)
             _endOfGeneration.Add(e);
@@ -107,6 +110,8 @@ public sealed class TextTokenizer
     /// <summary>The longest special token that starts at <paramref name="at"/>, or -1.</summary>
     private int MatchSpecial(string text, int at, bool parseSpecial)
     {
+        if (!(parseSpecial ? _specialStarts : _userDefinedStarts).Contains(text[at]))
+            return -1;
         for (int s = 0; s < _specials.Length; s++)
         {
             var (piece, _, kind) = _specials[s];
