@@ -8,7 +8,8 @@ namespace Engine.Tokenizers;
 internal interface IFragmentEncoder
 {
     /// <param name="afterSpecial">True for the first fragment and for a fragment right after a special token.</param>
-    void Encode(string fragment, bool afterSpecial, List<int> output);
+    /// <param name="atStart">True for the fragment that starts the text.</param>
+    void Encode(string fragment, bool afterSpecial, bool atStart, List<int> output);
 }
 
 /// <summary>
@@ -23,7 +24,12 @@ internal interface IFragmentEncoder
 /// through a <see cref="WordCache"/>, which is what makes running text fast. Other vocabularies merge
 /// the whole fragment, as llama.cpp does.
 /// </remarks>
-internal sealed class SentencePieceEncoder(SentencePieceBpe bpe, bool addSpacePrefix, bool removeExtraWhitespaces) : IFragmentEncoder
+/// <param name="prefixOnlyAtStart">
+/// HF's Metaspace <c>prepend_scheme: "first"</c>: the space goes in front of the text's first fragment
+/// only, not after each special token (llama.cpp and SentencePiece prepend it to both).
+/// </param>
+internal sealed class SentencePieceEncoder(SentencePieceBpe bpe, bool addSpacePrefix, bool removeExtraWhitespaces, bool prefixOnlyAtStart = false)
+    : IFragmentEncoder
 {
     public const char Space = '\u2581';
 
@@ -31,12 +37,12 @@ internal sealed class SentencePieceEncoder(SentencePieceBpe bpe, bool addSpacePr
 
     public bool AddSpacePrefix => addSpacePrefix;
 
-    public void Encode(string fragment, bool afterSpecial, List<int> output)
+    public void Encode(string fragment, bool afterSpecial, bool atStart, List<int> output)
     {
         if (removeExtraWhitespaces)
             fragment = CollapseSpaces(fragment);
         var sb = new StringBuilder(fragment.Length + 1);
-        if (addSpacePrefix && afterSpecial)
+        if (addSpacePrefix && afterSpecial && (atStart || !prefixOnlyAtStart))
             sb.Append(Space);
         foreach (char c in fragment)
             sb.Append(c == ' ' ? Space : c);
@@ -112,7 +118,7 @@ internal sealed class ByteLevelEncoder : IFragmentEncoder
     private readonly RegexSplitter? _splitter;
     private readonly WordCache _cache = new();
 
-    public void Encode(string fragment, bool afterSpecial, List<int> output)
+    public void Encode(string fragment, bool afterSpecial, bool atStart, List<int> output)
     {
         string text = _normalizer is null ? fragment : _normalizer(fragment);
         if (_words is not null)

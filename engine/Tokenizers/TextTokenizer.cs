@@ -93,7 +93,7 @@ public sealed class TextTokenizer
                 continue;
             }
             if (i > start)
-                _encoder.Encode(text[start..i], afterSpecial, output);
+                _encoder.Encode(text[start..i], afterSpecial, start == 0, output);
             output.Add(_specials[special].Id);
             afterSpecial = true;
             i += _specials[special].Text.Length;
@@ -101,7 +101,7 @@ public sealed class TextTokenizer
             continue;
         }
         if (text.Length > start)
-            _encoder.Encode(text[start..], afterSpecial, output);
+            _encoder.Encode(text[start..], afterSpecial, start == 0, output);
         if (addSpecial && AddEos)
             output.Add(EosId!.Value);
         return output;

@@ -212,8 +212,8 @@ public static class TokenizerLoader
             for (int r = 0; r < merges.Count; r++)
                 ranks.TryAdd(merges[r], r);
             int unk = model.TryGetProperty("unk_token", out var u) && u.ValueKind == JsonValueKind.String && vocab.TryGetValue(u.GetString()!, out int uid) ? uid : 0;
-            bool prefix = HasPrependNormalizer(root);
-            var encoder = new SentencePieceEncoder(new SentencePieceBpe(pieces, new float[n], kinds, unk, ranks), prefix, removeExtraWhitespaces: false);
+            var (prefix, onlyAtStart) = SpacePrefix(root);
+            var encoder = new SentencePieceEncoder(new SentencePieceBpe(pieces, new float[n], kinds, unk, ranks), prefix, removeExtraWhitespaces: false, onlyAtStart);
             return new TextTokenizer(TokenizerModel.SentencePiece, pieces, kinds, SentencePieceBytes(pieces, kinds), encoder,
                 bos, eos, special.AddBos ?? true, special.AddEos ?? false, special.ExtraEos);
         }
@@ -255,8 +255,30 @@ public static class TokenizerLoader
         return merges;
     }
 
-    private static bool HasPrependNormalizer(JsonElement root) =>
-        root.TryGetProperty("normalizer", out var n) && n.ValueKind == JsonValueKind.Object && n.GetRawText().Contains("\"Prepend\"", StringComparison.Ordinal);
+    /// <summary>
+    /// Whether a SentencePiece-style tokenizer.json puts a space in front of the text: a Prepend normalizer
+    /// (older Llama 2 files: every fragment) or a Metaspace pre-tokenizer (newer ones: its
+    /// <c>prepend_scheme</c>, "always" or "first" — the text's first fragment only — or the legacy
+    /// <c>add_prefix_space</c>).
+    /// </summary>
+    private static (bool Prefix, bool OnlyAtStart) SpacePrefix(JsonElement root)
+    {
+        if (root.TryGetProperty("normalizer", out var n) && n.ValueKind == JsonValueKind.Object && n.GetRawText().Contains("\"Prepend\"", StringComparison.Ordinal))
+            return (true, false);
+        if (root.TryGetProperty("pre_tokenizer", out var p) && p.ValueKind == JsonValueKind.Object)
+        {
+            IEnumerable<JsonElement> all = p.TryGetProperty("pretokenizers", out var list) && list.ValueKind == JsonValueKind.Array ? list.EnumerateArray() : [p];
+            foreach (var e in all)
+            {
+                if (e.ValueKind != JsonValueKind.Object || !e.TryGetProperty("type", out var t) || t.GetString() != "Metaspace")
+                    continue;
+                if (e.TryGetProperty("prepend_scheme", out var scheme) && scheme.ValueKind == JsonValueKind.String)
+                    return scheme.GetString() switch { "always" => (true, false), "first" => (true, true), _ => (false, false) };
+                return (e.TryGetProperty("add_prefix_space", out var add) && add.ValueKind == JsonValueKind.True, false);
+            }
+        }
+        return (false, false);
+    }
 
     private static bool HasBosInPostProcessor(JsonElement root, string? bosText) =>
         bosText is not null && root.TryGetProperty("post_processor", out var p) && p.ValueKind == JsonValueKind.Object

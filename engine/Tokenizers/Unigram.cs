@@ -45,7 +45,7 @@ internal sealed class UnigramEncoder : IFragmentEncoder
         _unknownScore = (min == float.MaxValue ? 0 : min) - UnknownPenalty;
     }
 
-    public void Encode(string fragment, bool afterSpecial, List<int> output)
+    public void Encode(string fragment, bool afterSpecial, bool atStart, List<int> output)
     {
         byte[] text = Normalize(Encoding.UTF8.GetBytes(fragment));
         int n = text.Length;

@@ -28,7 +28,7 @@ internal sealed class WordPieceEncoder : IFragmentEncoder
         _unknown = unknown;
     }
 
-    public void Encode(string fragment, bool afterSpecial, List<int> output)
+    public void Encode(string fragment, bool afterSpecial, bool atStart, List<int> output)
     {
         foreach (string word in Words(fragment))
         {

@@ -268,3 +268,62 @@ public class UnicodeNormalizationTests
         }
     }
 }
+
+/// <summary>SentencePiece-style tokenizer.json files (byte fallback): where the space prefix comes from.</summary>
+public class HfSentencePieceJsonTests
+{
+    private static TextTokenizer Load(TempDir dir, object? normalizer, object? preTokenizer)
+    {
+        var pieces = new List<string> { "<unk>", "<s>", "</s>" };
+        pieces.AddRange(Enumerable.Range(0, 256).Select(b => $"<0x{b:X2}>"));
+        pieces.AddRange(["▁", "a", "b", "▁a", "▁b"]);
+        var json = new Dictionary<string, object?>
+        {
+            ["model"] = new Dictionary<string, object?>
+            {
+                ["type"] = "BPE", ["byte_fallback"] = true, ["unk_token"] = "<unk>",
+                ["vocab"] = pieces.Select((p, i) => (p, i)).ToDictionary(x => x.p, x => x.i),
+                ["merges"] = new[] { "▁ a", "▁ b" },
+            },
+            ["normalizer"] = normalizer,
+            ["pre_tokenizer"] = preTokenizer,
+            ["added_tokens"] = new object[]
+            {
+                new Dictionary<string, object> { ["id"] = 1, ["content"] = "<s>", ["special"] = true },
+                new Dictionary<string, object> { ["id"] = 2, ["content"] = "</s>", ["special"] = true },
+            },
+        };
+        string folder = dir.File("hf");
+        Directory.CreateDirectory(folder);
+        File.WriteAllText(Path.Combine(folder, "tokenizer.json"), System.Text.Json.JsonSerializer.Serialize(json));
+        return TokenizerLoader.FromHfFolder(folder);
+    }
+
+    private static Dictionary<string, object?> Metaspace(string scheme) =>
+        new() { ["type"] = "Metaspace", ["replacement"] = "▁", ["prepend_scheme"] = scheme, ["split"] = false };
+
+    /// <summary>A Prepend normalizer or Metaspace "always" prefix every fragment; "first" only the text's first; "never" none.</summary>
+    [Test]
+    public void Metaspace_prepend_scheme_decides_where_the_space_goes()
+    {
+        const int a = 259 + 1, b = 259 + 2, spaceA = 259 + 3, spaceB = 259 + 4;
+        int[] Encode(object? normalizer, object? pre)
+        {
+            using var dir = new TempDir();
+            return [.. Load(dir, normalizer, pre).Encode("a</s>b", addSpecial: false, parseSpecial: true)];
+        }
+        var prepend = new Dictionary<string, object?>
+        {
+            ["type"] = "Sequence",
+            ["normalizers"] = new object[]
+            {
+                new Dictionary<string, object?> { ["type"] = "Prepend", ["prepend"] = "▁" },
+                new Dictionary<string, object?> { ["type"] = "Replace", ["pattern"] = new Dictionary<string, string> { ["String"] = " " }, ["content"] = "▁" },
+            },
+        };
+        Assert.That(Encode(prepend, null), Is.EqualTo(new[] { spaceA, 2, spaceB }), "Prepend normalizer");
+        Assert.That(Encode(null, Metaspace("always")), Is.EqualTo(new[] { spaceA, 2, spaceB }), "always");
+        Assert.That(Encode(null, Metaspace("first")), Is.EqualTo(new[] { spaceA, 2, b }), "first");
+        Assert.That(Encode(null, Metaspace("never")), Is.EqualTo(new[] { a, 2, b }), "never");
+    }
+}
