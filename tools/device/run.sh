@@ -2,7 +2,7 @@
 # Runs on a lent GPU machine (nvcc, CMake, PyTorch, no dotnet), from the repository root of the copied
 # tree, after tools/device/pack.sh ran here and .device/ was carried over:
 #   bash tools/device/run.sh                     (writes to $OUT, or .device/out)
-#   STAGES="bench8b" bash tools/device/run.sh    (a second call: one call must fit the tool's 10 minutes)
+#   STAGES="bench8b families" bash tools/device/run.sh    (a second call: one call must fit the tool's 10 minutes)
 # Stages (STAGES, default "tests kernels torch bench verify spec"):
 #   tests    the GPU parity suite (`Gpu` test category) with REQUIRE_GPU=1, on PTX compiled here with the
 #            machine's own nvcc (matching its driver) — the PTX is compiled whatever the stages;
@@ -18,6 +18,8 @@
 #   spec     spec-bench on stories260K: recycle, lookup and draft (the Q8_0 model as the draft) against
 #            plain decoding on the same device, greedy and at temperature 0.8;
 #   bench8b  engine bench on the Llama-3-8B shape in Q8_0 and Q4_K_M (synthesized here), prompt 512 and 4096.
+#   families engine bench (Q4_K_M, prompt 512 and 4096) on the Gemma 2 2B, Gemma 3 1B and Qwen3 0.6B shapes:
+#            sliding-window layers, soft caps, GeGLU, 256-wide heads, per-head q/k norms on the device.
 # A peer in the same call: with LLAMA_BENCH set to a llama-bench binary (llama.cpp's CUDA build, built in
 # the device call from a carried source tree — nothing of it lives in this repository), the bench stages
 # run it on the very files they bench, with and without flash attention, into bench.jsonl.
@@ -145,6 +147,24 @@ if want bench8b; then
   "$bin/engine" bench -m "$models/l8b-q4_k_m.gguf" --device cuda -p 4096 -n 128 -r 2 --json >> "$OUT/bench.jsonl" || status=1
   peer "$models/l8b-q4_k_m.gguf" 4096 128 2
   rm -f "$models"/l8b-*.gguf
+  cat "$OUT/bench.jsonl"
+fi
+if want families; then
+  step "engine bench --device cuda on the Gemma 2 2B, Gemma 3 1B and Qwen3 0.6B shapes"
+  # FAMILY_SHAPES overrides the shapes (a dry run without a GPU uses tiny ones): name|synth arguments
+  shapes=${FAMILY_SHAPES:-"gemma2-2b|--arch gemma2 --dim 2304 --layers 26 --heads 8 --kv-heads 4 --head-dim 256 --ffn 9216
+gemma3-1b|--arch gemma3 --dim 1152 --layers 26 --heads 4 --kv-heads 1 --head-dim 256 --ffn 6912
+qwen3-0.6b|--arch qwen3 --dim 1024 --layers 28 --heads 16 --kv-heads 8 --head-dim 128 --ffn 3072"}
+  while IFS='|' read -r name shape; do
+    [[ -z $name ]] && continue
+    # shellcheck disable=SC2086
+    "$bin/engine" synth --like .device/shared/vocab/ggml-vocab-llama-spm.gguf $shape --type Q4_K_M "$models/$name.gguf" || status=1
+    for p in 512 4096; do
+      "$bin/engine" bench -m "$models/$name.gguf" --device cuda -p $p -n 128 -r 3 --json >> "$OUT/bench.jsonl" || status=1
+      peer "$models/$name.gguf" $p 128 3
+    done
+    rm -f "$models/$name.gguf"
+  done <<< "$shapes"
   cat "$OUT/bench.jsonl"
 fi
 rm -rf "$models"
