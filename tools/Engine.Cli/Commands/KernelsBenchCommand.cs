@@ -196,6 +196,8 @@ internal static class KernelsBenchCommand
             {
                 if (Wanted("attention_f32"))
                     yield return Attention(s, context, rng);
+                    if (context >= 4096)
+                        yield return Attention(s, context, rng, window: 512); // a sliding-window layer: the splits follow the window
             }
             if (Wanted("attention_prefill_f32"))
                 yield return PrefillAttention(s, 512, rng);
@@ -529,7 +531,8 @@ internal static class KernelsBenchCommand
             return (layout, blocks, Enumerable.Range(0, blocks).ToArray(), cache, q, 1 / MathF.Sqrt(s.HeadDim));
         }
 
-        private Result Attention(Shape s, int context, Random rng)
+        /// <param name="window">0, or a sliding window of that many keys (the row sees the last ones only).</param>
+        private Result Attention(Shape s, int context, Random rng, int window = 0)
         {
             var (layout, blocks, table, cache, q, scale) = AttentionInputs(s, context, 1, rng);
             using var dc = gpu.Upload<float>(cache);
@@ -538,15 +541,20 @@ internal static class KernelsBenchCommand
             using var scratch = gpu.Allocate<float>(KvCacheKernels.ScratchFloats(s.Heads, 1, s.HeadDim, context));
             using var dy = gpu.Allocate<float>((long)s.Heads * s.HeadDim);
             int prefix = context - 1;
-            void Launch() => K.Attention.AttentionF32(gpu, dq, 1, s.Heads, dc.Span, blocks, layout, 0, dt, blocks, prefix, default, 0, scale, scratch, dy);
+            int[] starts = window > 0 ? [context - window] : [];
+            using var ds = gpu.Upload<int>(window > 0 ? starts : [0]);
+            var windowStarts = window > 0 ? ds.Span : default;
+            int keys = window > 0 ? window : context;
+            void Launch() => K.Attention.AttentionF32(gpu, dq, 1, s.Heads, dc.Span, blocks, layout, 0, dt, blocks, prefix, default, 0, scale, scratch, dy,
+                windowStarts: windowStarts, maxRanks: keys);
             Launch();
             var expected = new float[s.Heads * s.HeadDim];
-            KvCacheKernels.AttentionF32(q, 1, s.Heads, cache, layout, 0, table, prefix, AttentionMask.Causal, scale, expected);
+            KvCacheKernels.AttentionF32(q, 1, s.Heads, cache, layout, 0, table, prefix, AttentionMask.Causal, scale, expected, windowStarts: starts);
             bool valid = Close(gpu.Download<float>(dy), expected, 1e-4);
             double us = Time(Launch);
-            double bytes = 2.0 * 4 * context * s.KvHeads * s.HeadDim; // K and V of every kv head read once
-            return new Result("attention_f32", $"{s.Name} decode, context {context}", us, bytes, 4.0 * s.Heads * s.HeadDim * context, valid,
-                valid ? "" : "differs from the CPU reference");
+            double bytes = 2.0 * 4 * keys * s.KvHeads * s.HeadDim; // K and V of every kv head read once
+            return new Result("attention_f32", $"{s.Name} decode, context {context}{(window > 0 ? $", window {window}" : "")}", us, bytes,
+                4.0 * s.Heads * s.HeadDim * keys, valid, valid ? "" : "differs from the CPU reference");
         }
 
         private Result PrefillAttention(Shape s, int n, Random rng)
