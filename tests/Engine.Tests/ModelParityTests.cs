@@ -246,6 +246,55 @@ public class ModelParityTests
         Assert.That(e.Message, Does.Contain("blk.0.attn_q_norm.weight").And.Contain("missing"));
     }
 
+    /// <summary>
+    /// Gemma files that lack what the family needs are refused by name: a GGUF without a layer's
+    /// post-FFN norm, an HF config whose layer_types has a value that is no layer type, a Gemma 3 GGUF
+    /// without its window, a LongRoPE file with only one of its two tables.
+    /// </summary>
+    [Test]
+    public void Gemma_and_longrope_files_missing_a_part_name_it()
+    {
+        using var dir = new TempDir();
+        var model = TinyModel.Random(new TinySpec("gemma2-no-post-norm", Arch: "gemma2", Tied: true, Seed: 64, SlidingWindow: 4));
+        string path = WithoutTensor(model.WriteGguf(dir.File("good.gguf")), "blk.1.ffn_post_norm.weight", dir.File("g.gguf"));
+        var e = Assert.Throws<Engine.Formats.ModelFormatException>(() => LanguageModel.Load(path, new ModelOptions { Threads = 1 }))!;
+        Assert.That(e.Message, Does.Contain("blk.1.ffn_post_norm.weight").And.Contain("missing"));
+
+        var gemma3 = TinyModel.Random(new TinySpec("gemma3-bad", Arch: "gemma3", Tied: true, Seed: 65, SlidingWindow: 4, Layers: 2, HeadDimOverride: 16));
+        string hf = gemma3.WriteHfFolder(dir.File("hf3"));
+        string config = File.ReadAllText(Path.Combine(hf, "config.json")).Replace("\"sliding_attention\"", "\"chunked_attention\"");
+        File.WriteAllText(Path.Combine(hf, "config.json"), config);
+        e = Assert.Throws<Engine.Formats.ModelFormatException>(() => LanguageModel.Load(hf, new ModelOptions { Threads = 1 }))!;
+        Assert.That(e.Message, Does.Contain("layer_types[").And.Contain("chunked_attention"));
+
+        string noWindow = WithoutKey(gemma3.WriteGguf(dir.File("g3.gguf")), "gemma3.attention.sliding_window", dir.File("g3-no-window.gguf"));
+        e = Assert.Throws<Engine.Formats.ModelFormatException>(() => LanguageModel.Load(noWindow, new ModelOptions { Threads = 1 }))!;
+        Assert.That(e.Message, Does.Contain("gemma3.attention.sliding_window"));
+
+        var longRope = TinyModel.Random(new TinySpec("phi3-half-longrope", Arch: "phi3", Seed: 66, LongRopeOriginal: 64));
+        string half = WithoutTensor(longRope.WriteGguf(dir.File("lr.gguf")), "rope_factors_long.weight", dir.File("lr-half.gguf"));
+        e = Assert.Throws<Engine.Formats.ModelFormatException>(() => LanguageModel.Load(half, new ModelOptions { Threads = 1 }))!;
+        Assert.That(e.Message, Does.Contain("rope_factors_long.weight").And.Contain("both"));
+    }
+
+    /// <summary>A copy of a GGUF file without one tensor (metadata and the other tensors as they were).</summary>
+    private static string WithoutTensor(string path, string tensor, string output) => Rewrite(path, output, dropTensor: tensor);
+
+    /// <summary>A copy of a GGUF file without one metadata key.</summary>
+    private static string WithoutKey(string path, string key, string output) => Rewrite(path, output, dropKey: key);
+
+    private static unsafe string Rewrite(string path, string output, string? dropTensor = null, string? dropKey = null)
+    {
+        using var file = Engine.Formats.Gguf.GgufFile.Open(path);
+        var w = new Engine.Formats.Gguf.GgufWriter();
+        foreach (string key in file.Metadata.Keys.Where(k => k != dropKey))
+            w.Add(key, file.Metadata[key]);
+        foreach (var t in file.Tensors.Where(t => t.Name != dropTensor))
+            w.AddTensor(t.Name, t.Type, [.. t.Dims], new ReadOnlySpan<byte>(file.TensorData(t), checked((int)t.ByteSize)).ToArray());
+        w.Write(output);
+        return output;
+    }
+
     [Test]
     public void Qwen2_hf_folder_with_biases_matches_the_reference()
     {
