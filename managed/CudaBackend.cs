@@ -20,7 +20,7 @@ namespace Engine.Cuda;
 public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
 {
     private readonly bool _ownsDevice;
-    private readonly HostInput<int> _tokens, _positions, _table, _rows, _windowStarts;
+    private readonly HostInput<int> _tokens, _positions, _table, _table2, _rows, _windowStarts;
     private readonly HostInput<ulong> _mask;
     private readonly HostInput<int> _treeParent, _treeToken, _treeQRow, _treeDraw;
     private GpuArray<int>? _decodeIds, _sampled, _acceptOutput;
@@ -59,6 +59,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         _tokens = new(device, capturing);
         _positions = new(device, capturing);
         _table = new(device, capturing);
+        _table2 = new(device, capturing);
         _windowStarts = new(device, capturing);
         _rows = new(device, capturing);
         _mask = new(device, capturing);
@@ -313,6 +314,31 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
     private bool OnGemv(int rows, bool batchInvariant) => FuseSteps && BlasFor(rows, batchInvariant) is null;
 
     /// <summary>RoPE's θᵢ on the device, uploaded once per table.</summary>
+    /// <summary>
+    /// The device copy of a store's block table: two inputs, each kept for one store, so that a hybrid
+    /// cache's two tables (global and windowed layers, used layer after layer) do not overwrite each other
+    /// within a captured graph. A third store takes the input used least recently.
+    /// </summary>
+    private HostInput<int> TableFor(KvStore store)
+    {
+        for (int i = 0; i < 2; i++)
+        {
+            if (ReferenceEquals(_tableStores[i], store))
+            {
+                _tableUsed[i] = ++_tableClock;
+                return i == 0 ? _table : _table2;
+            }
+        }
+        int slot = _tableUsed[0] <= _tableUsed[1] ? 0 : 1;
+        _tableStores[slot] = store;
+        _tableUsed[slot] = ++_tableClock;
+        return slot == 0 ? _table : _table2;
+    }
+
+    private readonly KvStore?[] _tableStores = new KvStore?[2];
+    private readonly long[] _tableUsed = new long[2];
+    private long _tableClock;
+
     private DeviceSpan<double> Frequencies(RopeTable rope)
     {
         if (!_ropeFrequencies.TryGetValue(rope, out var frequencies))
@@ -335,7 +361,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
             throw new ArgumentException($"rope_store_kv: {positions.Length} positions for q {q}, k {k}, v {v}");
         var frequencies = Frequencies(rope);
         var pos = _positions.Put(positions);
-        var table = _table.Put(blockTable);
+        var table = TableFor(store).Put(blockTable);
         bool neox = rope.Style == Models.RopeStyle.NeoX;
         if (s.IsF16)
             RopeKv.RopeStoreKv(Device, Span(q), Span(k), Span(v), q.Rows, heads, pos, frequencies, rope.InvFreq.Length, neox, table,
@@ -416,7 +442,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
     public override void StoreKv(KvStore store, int layer, ReadOnlySpan<int> blockTable, int firstSlot, Activation k, Activation v)
     {
         var s = (CudaKvStore)store;
-        var table = _table.Put(blockTable);
+        var table = TableFor(store).Put(blockTable);
         if (s.IsF16)
             Kernels.KvCache.StoreKv(Device, Span(k), Span(v), k.Rows, table, blockTable.Length, firstSlot, s.DataF16, s.MaxBlocks, s.Layout, layer);
         else
@@ -450,7 +476,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         var scratch = Backends.Cpu.Kernels.KvCacheKernels.UsesPrefillKernel(n, s.Layout.HeadDim, batchInvariant)
             ? default
             : Grow(ref _attentionScratch, Kernels.Attention.ScratchFloats(heads, n, s.Layout.HeadDim, Math.Max(maxRanks, s.MaxBlocks * s.Layout.BlockSize)));
-        var table = _table.Put(blockTable);
+        var table = TableFor(store).Put(blockTable);
         var starts = windowStarts.IsEmpty ? default : _windowStarts.Put(windowStarts);
         // With fused steps the tree kernel merges its own splits (counters zeroed once, left zero by each launch).
         var counters = FuseSteps ? Counters(ref _mergeCounters, Kernels.TreeAttention.Counters(n, heads, s.Layout.KvHeads)) : default;
@@ -637,6 +663,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         _positions.Dispose();
         _windowStarts.Dispose();
         _table.Dispose();
+        _table2.Dispose();
         _rows.Dispose();
         _mask.Dispose();
         _treeParent.Dispose();

@@ -30,9 +30,10 @@ public sealed record MemoryPlan(string Model, IReadOnlyList<(string Part, long B
         }
         const int block = 32; // LlamaModel.CreateKvCache's default block size
         long slots = ((long)context + block - 1) / block * block;
-        if (c.SlidingWindow > 0 && Enumerable.Range(0, c.Layers).All(c.IsSliding)) // a windowed model's pool (LlamaModel.CreateKvCache)
-            slots = Math.Min(slots, ((long)Models.LlamaModel.WindowPoolTokens(c.SlidingWindow, maxBatch, block) + block - 1) / block * block);
-        long cache = slots * c.Layers * 2L * c.KvDim * backend.KvElementBytes;
+        // windowed layers keep a pool sized by the window (LlamaModel.CreateKvCache), global ones the context
+        int windowedLayers = c.SlidingWindow > 0 ? Enumerable.Range(0, c.Layers).Count(c.IsSliding) : 0;
+        long windowSlots = Math.Min(slots, ((long)Models.LlamaModel.WindowPoolTokens(Math.Max(c.SlidingWindow, 1), maxBatch, block) + block - 1) / block * block);
+        long cache = (slots * (c.Layers - windowedLayers) + windowSlots * windowedLayers) * 2L * c.KvDim * backend.KvElementBytes;
         long perRow = 3L * c.Dim + 2L * c.QDim + 2L * c.KvDim + 2L * c.FfnDim;
         long activations = 4L * maxBatch * perRow + 4L * c.VocabSize + 2L * (largest + (long)maxBatch * Math.Max(c.FfnDim, c.Dim))
             + 4L * Cpu.Kernels.KvCacheKernels.ScratchFloats(c.Heads, Cpu.Kernels.KvCacheKernels.PrefillMinRows, c.HeadDim, (int)slots); // split attention's partials

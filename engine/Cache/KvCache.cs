@@ -69,6 +69,53 @@ public sealed class KvCache : IDisposable
         (Window, WindowSlack) = (window, slack);
     }
 
+    /// <summary>
+    /// For a model whose windowed layers sit between global ones (Gemma 2 and 3): the cache of the windowed
+    /// layers, which keeps only what their window sees (<see cref="KeepOnlyWindow"/>), while this cache keeps
+    /// the global layers' whole context. Null when every layer lives here. Each sequence of this cache has a
+    /// sequence in the local one, kept at the same length (<see cref="KvSequence.Local"/>).
+    /// </summary>
+    public KvCache? Local { get; private set; }
+
+    /// <summary>Where the K/V of model layer <paramref name="layer"/> live: this cache's store or the local one's, and its index there.</summary>
+    public (bool Local, int Layer) Place(int layer) =>
+        _places is null ? (false, layer) : (uint)layer < (uint)_places.Length ? _places[layer]
+            : throw new ArgumentOutOfRangeException(nameof(layer), $"layer {layer} of a cache for {_places.Length} layers");
+
+    private (bool Local, int Layer)[]? _places;
+
+    /// <summary>
+    /// A cache whose windowed layers (<paramref name="windowed"/>[l]) live in a <see cref="Local"/> cache
+    /// that follows the window: this cache holds the other layers, for the whole context.
+    /// </summary>
+    public static KvCache Hybrid(Backend backend, int layers, int kvHeads, int headDim, int blockSize, int maxTokens, bool[] windowed,
+        int window, int slack, int localPoolTokens)
+    {
+        ArgumentOutOfRangeException.ThrowIfNotEqual(windowed.Length, layers);
+        int local = windowed.Count(w => w), global = layers - local;
+        if (local == 0 || global == 0)
+            throw new ArgumentException("a hybrid cache needs windowed and global layers; use one cache otherwise", nameof(windowed));
+        var places = new (bool, int)[layers];
+        int nextLocal = 0, nextGlobal = 0;
+        for (int l = 0; l < layers; l++)
+            places[l] = windowed[l] ? (true, nextLocal++) : (false, nextGlobal++);
+        var cache = new KvCache(backend, new KvLayout(global, kvHeads, headDim, blockSize), maxTokens) { _places = places };
+        try
+        {
+            cache.Local = new KvCache(backend, new KvLayout(local, kvHeads, headDim, blockSize), maxTokens, localPoolTokens);
+            cache.Local.KeepOnlyWindow(window, slack);
+        }
+        catch
+        {
+            cache.Dispose();
+            throw;
+        }
+        return cache;
+    }
+
+    /// <summary>The number of model layers this cache serves (with its local part).</summary>
+    public int ModelLayers => _places?.Length ?? Layout.Layers;
+
     /// <summary>A new, empty sequence.</summary>
     public KvSequence CreateSequence() => new(this);
 
@@ -100,5 +147,9 @@ public sealed class KvCache : IDisposable
 
     internal int RefCount(int block) => _refs[block];
 
-    public void Dispose() => Store.Dispose();
+    public void Dispose()
+    {
+        Store.Dispose();
+        Local?.Dispose();
+    }
 }

@@ -18,11 +18,19 @@ public sealed class KvSequence : IDisposable
     /// <summary>A dropped block's entry in the block table: no pass reads it (every row's window starts later).</summary>
     public const int DroppedBlock = -1;
 
-    internal KvSequence(KvCache cache)
+    internal KvSequence(KvCache cache, bool withLocal = true)
     {
         _cache = cache;
         _blocks = new List<int>(Math.Min(cache.MaxSequenceBlocks, 1024)); // no regrowth while decoding (a typical context)
+        if (withLocal && cache.Local is { } local)
+            Local = new KvSequence(local);
     }
+
+    /// <summary>
+    /// The same tokens in the cache's <see cref="KvCache.Local"/> part (the windowed layers), or null. Every
+    /// operation on this sequence is applied to it too, so the two always have the same length.
+    /// </summary>
+    public KvSequence? Local { get; private set; }
 
     public KvCache Cache => _cache;
 
@@ -69,6 +77,7 @@ public sealed class KvSequence : IDisposable
             throw;
         }
         MakeExclusive(Length / bs, lastBlock);
+        Local?.Reserve(count);
     }
 
     /// <summary>
@@ -79,6 +88,7 @@ public sealed class KvSequence : IDisposable
     {
         if (count < 0 || Length + count > _blocks.Count * _cache.BlockSize)
             throw new InvalidOperationException($"cannot commit {count} tokens: only {_blocks.Count * _cache.BlockSize - Length} are reserved");
+        Local?.Commit(count);
         Length += count;
         if (_cache.Window > 0)
         {
@@ -108,6 +118,7 @@ public sealed class KvSequence : IDisposable
         if (length > 0 && _dropped > 0 && length - _cache.Window + 1 < FirstHeldSlot)
             throw new InvalidOperationException($"cannot roll back to {length} tokens: under the sliding window of {_cache.Window} the sequence "
                 + $"keeps only the slots from {FirstHeldSlot} on, and token {length} would see from {length - _cache.Window + 1}");
+        Local?.Truncate(length); // first: it refuses a rollback past its window before anything changes
         Length = length;
         int keep = (length + _cache.BlockSize - 1) / _cache.BlockSize;
         while (_blocks.Count > keep)
@@ -123,7 +134,7 @@ public sealed class KvSequence : IDisposable
     public KvSequence Fork()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var child = new KvSequence(_cache) { Length = Length, _dropped = _dropped };
+        var child = new KvSequence(_cache, withLocal: false) { Length = Length, _dropped = _dropped, Local = Local?.Fork() };
         foreach (int b in _blocks)
         {
             if (b != DroppedBlock)
@@ -143,7 +154,6 @@ public sealed class KvSequence : IDisposable
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (start < 0 || start > Length)
             throw new ArgumentOutOfRangeException(nameof(start), $"start {start} is outside the sequence (length {Length})");
-        int bs = _cache.BlockSize;
         int previous = -1;
         foreach (int k in keep)
         {
@@ -151,6 +161,15 @@ public sealed class KvSequence : IDisposable
                 throw new ArgumentException($"offsets to keep must be ascending and inside the sequence; got {k} after {previous} (length {Length - start} from {start})");
             previous = k;
         }
+        Local?.CompactSlots(start, keep);
+        CompactSlots(start, keep);
+        Truncate(start + keep.Length);
+    }
+
+    /// <summary>The slot moves of <see cref="Compact"/> without its truncation (which the owning sequence does for both).</summary>
+    private void CompactSlots(int start, ReadOnlySpan<int> keep)
+    {
+        int bs = _cache.BlockSize;
         if (keep.Length > 0)
             MakeExclusive(start / bs, (start + keep.Length - 1) / bs);
         for (int i = 0; i < keep.Length; i++)
@@ -159,7 +178,6 @@ public sealed class KvSequence : IDisposable
             if (from != to)
                 _cache.Store.CopySlot(_blocks[from / bs], from % bs, _blocks[to / bs], to % bs);
         }
-        Truncate(start + keep.Length);
     }
 
     private void MakeExclusive(int firstBlock, int lastBlock)
@@ -181,6 +199,7 @@ public sealed class KvSequence : IDisposable
         if (_disposed)
             return;
         Truncate(0);
+        Local?.Dispose();
         _disposed = true;
     }
 }

@@ -1,4 +1,5 @@
 using Engine.Backends;
+using Engine.Cache;
 
 namespace Engine.Models;
 
@@ -23,6 +24,11 @@ public sealed partial class LlamaModel
         public required ReadOnlySpan<int> Positions { get; init; }
         public required ReadOnlySpan<int> Table { get; init; }
         public required KvStore Store { get; init; }
+        /// <summary>The cache, which says where each layer's K/V live (<see cref="KvCache.Place"/>).</summary>
+        public required KvCache Cache { get; init; }
+        /// <summary>The windowed layers' block table and store when the cache keeps them apart (<see cref="KvCache.Local"/>).</summary>
+        public ReadOnlySpan<int> LocalTable { get; init; }
+        public KvStore? LocalStore { get; init; }
         public required int Prefix { get; init; }
         public required AttentionMask Mask { get; init; }
         /// <summary>Batch-invariant arithmetic (exact speculative verification).</summary>
@@ -50,16 +56,20 @@ public sealed partial class LlamaModel
             Trace?.Invoke("k_norm", l, s.K);
         }
         bool sliding = c.IsSliding(l);
+        // this layer's K/V: in the cache's store, or (a windowed layer of a hybrid cache) in its local part
+        var (local, at) = s.Cache.Place(l);
+        var store = local ? s.LocalStore! : s.Store;
+        var table = local ? s.LocalTable : s.Table;
         if (c.UsesRope(l))
-            b.RopeStoreKv(s.Q, s.K, s.V, c.Heads, c.KvHeads, s.Positions, sliding ? _localRope ?? _rope : _rope, s.Store, l, s.Table, s.Prefix);
+            b.RopeStoreKv(s.Q, s.K, s.V, c.Heads, c.KvHeads, s.Positions, sliding ? _localRope ?? _rope : _rope, store, at, table, s.Prefix);
         else // a NoPE layer (SmolLM3): positions reach it only through the causal mask
-            b.StoreKv(s.Store, l, s.Table, s.Prefix, s.K, s.V);
+            b.StoreKv(store, at, table, s.Prefix, s.K, s.V);
         Trace?.Invoke("q_rope", l, s.Q);
         Trace?.Invoke("k_rope", l, s.K);
         if (sliding)
-            b.Attention(s.Q, s.Store, l, s.Table, s.Prefix, _window.Mask, c.Heads, _attentionScale, s.Att, s.Exact, c.AttentionSoftCap, _window.Starts);
+            b.Attention(s.Q, store, at, table, s.Prefix, _window.Mask, c.Heads, _attentionScale, s.Att, s.Exact, c.AttentionSoftCap, _window.Starts);
         else
-            b.Attention(s.Q, s.Store, l, s.Table, s.Prefix, s.Mask, c.Heads, _attentionScale, s.Att, s.Exact, c.AttentionSoftCap);
+            b.Attention(s.Q, store, at, table, s.Prefix, s.Mask, c.Heads, _attentionScale, s.Att, s.Exact, c.AttentionSoftCap);
         Trace?.Invoke("attn_out", l, s.Att);
     }
 }

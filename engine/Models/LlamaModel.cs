@@ -67,11 +67,19 @@ public sealed partial class LlamaModel : IDisposable
         // When every layer attends through the window (Mistral 7B v0.1, Phi-3), a sequence keeps only the
         // blocks the window still sees, plus a pass's worth for rollbacks, and the pool is sized for that:
         // memory follows the window, not the context. (Gemma's global layers see everything.)
-        if (Config.SlidingWindow > 0 && Enumerable.Range(0, layout.Layers).All(Config.IsSliding))
+        var sliding = Enumerable.Range(0, layout.Layers).Select(Config.IsSliding).ToArray();
+        if (Config.SlidingWindow > 0 && sliding.All(w => w))
         {
             var windowed = new KvCache(Backend, layout, maxTokens, WindowPoolTokens(Config.SlidingWindow, MaxBatch, blockSize));
             windowed.KeepOnlyWindow(Config.SlidingWindow, MaxBatch);
             return windowed;
+        }
+        // Windowed layers between global ones (Gemma 2: half, Gemma 3: five of six): the windowed layers
+        // in a cache of their own that follows the window, the global ones over the whole context.
+        if (Config.SlidingWindow > 0 && sliding.Any(w => w))
+        {
+            return KvCache.Hybrid(Backend, layout.Layers, Config.KvHeads, Config.HeadDim, blockSize, maxTokens, sliding,
+                Config.SlidingWindow, MaxBatch, WindowPoolTokens(Config.SlidingWindow, MaxBatch, blockSize));
         }
         return new KvCache(Backend, layout, maxTokens);
     }
@@ -140,8 +148,8 @@ public sealed partial class LlamaModel : IDisposable
         int layerCount = layers == 0 ? Config.Layers : layers;
         if (layers < 0 || layers > Config.Layers)
             throw new ArgumentOutOfRangeException(nameof(layers), $"layer count {layers} must be 0 (all) or 1..{Config.Layers}");
-        if (sequence.Cache.Layout.Layers < layerCount)
-            throw new ArgumentException($"the sequence's cache holds {sequence.Cache.Layout.Layers} layers, the pass runs {layerCount}", nameof(sequence));
+        if (sequence.Cache.ModelLayers < layerCount)
+            throw new ArgumentException($"the sequence's cache holds {sequence.Cache.ModelLayers} layers, the pass runs {layerCount}", nameof(sequence));
         if (n == 0)
             throw new ArgumentException("a forward pass needs at least one token", nameof(tokens));
         if (positions.Length != n)
@@ -199,6 +207,7 @@ public sealed partial class LlamaModel : IDisposable
             X = s.X.WithRows(n), H = s.H.WithRows(n), Q = s.Q.WithRows(n), K = s.K.WithRows(n), V = s.V.WithRows(n),
             Att = s.Att.WithRows(n), Proj = s.Proj.WithRows(n), Gate = s.Gate.WithRows(n), Up = s.Up.WithRows(n),
             Positions = positions, Table = sequence.BlockTable, Store = sequence.Cache.Store, Prefix = prefix, Mask = mask, Exact = exact,
+            Cache = sequence.Cache, LocalTable = sequence.Local is { } local ? local.BlockTable : default, LocalStore = sequence.Cache.Local?.Store,
         };
         var x = step.X;
         var h = step.H;

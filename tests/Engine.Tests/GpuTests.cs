@@ -528,16 +528,18 @@ public abstract partial class GpuSuite
     }
 
     /// <summary>
-    /// A model whose every layer is windowed decodes far past its KV pool on the device: the block table's
+    /// A model whose every layer is windowed (or, hybrid, Gemma 2's windowed layer beside a global one)
+    /// decodes far past its KV pool on the device: the block table's
     /// released entries are never read, the splits follow the window — over an F32 cache with the CPU
     /// test's tolerance, over an F16 cache (keys and values rounded to binary16, 2^-11 relative) with the
     /// 1e-2 of the other F16-cache tests.
     /// </summary>
-    [TestCase(GgmlType.F32)]
-    [TestCase(GgmlType.F16)]
-    public void Windowed_model_decodes_past_its_kv_pool(GgmlType cacheType)
+    [TestCase(GgmlType.F32, false)]
+    [TestCase(GgmlType.F16, false)]
+    [TestCase(GgmlType.F32, true)]
+    public void Windowed_model_decodes_past_its_kv_pool(GgmlType cacheType, bool hybrid)
     {
-        var model = TinyModel.Random(WindowedCacheTests.Spec);
+        var model = TinyModel.Random(hybrid ? WindowedCacheTests.HybridSpec : WindowedCacheTests.Spec);
         using var dir = new TempDir();
         using var lm = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions
         {

@@ -201,9 +201,12 @@ public class WindowedCacheTests
         var reference = model.ReferenceLogits(all);
         double scale = reference.SelectMany(r => r).Max(Math.Abs);
         using var cache = lm.Network.CreateKvCache(tokens, blockSize: 4);
-        Assert.That((cache.Window, cache.WindowSlack), Is.EqualTo((6, lm.Network.MaxBatch)));
-        Assert.That(cache.MaxBlocks * cache.BlockSize, Is.LessThan(tokens / 2), "the pool is sized by the window");
+        // every layer windowed: the cache itself follows the window; windowed and global layers: its local part does
+        var windowed = cache.Local ?? cache;
+        Assert.That((windowed.Window, windowed.WindowSlack), Is.EqualTo((model.Spec.SlidingWindow, lm.Network.MaxBatch)));
+        Assert.That(windowed.MaxBlocks * windowed.BlockSize, Is.LessThan(tokens / 2), "the pool is sized by the window");
         using var seq = cache.CreateSequence();
+        var windowedSeq = seq.Local ?? seq;
         int vocab = lm.Config.VocabSize, prompt = 22;
         var logits = new float[prompt * vocab];
         lm.Network.Forward(seq, all.AsSpan(0, prompt), Enumerable.Range(0, prompt).ToArray(), AttentionMask.Causal, Enumerable.Range(0, prompt).ToArray(), logits);
@@ -214,18 +217,21 @@ public class WindowedCacheTests
         {
             lm.Network.Forward(seq, [all[t]], [t], AttentionMask.Causal, [0], one);
             ModelParityTests.AssertRow(one, reference[t], scale, $"step {t}", tolerance);
-            Assert.That(cache.UsedBlocks, Is.LessThanOrEqualTo(cache.MaxBlocks));
+            Assert.That(windowed.UsedBlocks, Is.LessThanOrEqualTo(windowed.MaxBlocks));
         }
-        Assert.That(seq.FirstHeldSlot, Is.GreaterThan(tokens / 2), "the early blocks were released");
+        Assert.That(windowedSeq.FirstHeldSlot, Is.GreaterThan(tokens / 2), "the early blocks were released");
+        if (cache.Local is not null)
+            Assert.That((seq.FirstHeldSlot, cache.UsedBlocks), Is.EqualTo((0, (tokens + 3) / 4)), "the global layers keep the whole context");
 
         // Rolling back a pass's worth works (a rejected draft, a token run again); further does not, by name.
         seq.Truncate(tokens - 2);
         lm.Network.Forward(seq, [all[tokens - 2]], [tokens - 2], AttentionMask.Causal, [0], one);
         ModelParityTests.AssertRow(one, reference[tokens - 2], scale, "after a rollback", tolerance);
         var e = Assert.Throws<InvalidOperationException>(() => seq.Truncate(10))!;
-        Assert.That(e.Message, Does.Contain("sliding window of 6"));
+        Assert.That(e.Message, Does.Contain($"sliding window of {model.Spec.SlidingWindow}"));
+        Assert.That(seq.Length, Is.EqualTo(tokens - 1), "a refused rollback changes nothing");
         seq.Truncate(0);
-        Assert.That(cache.UsedBlocks, Is.EqualTo(0), "starting over frees everything");
+        Assert.That((cache.UsedBlocks, windowed.UsedBlocks), Is.EqualTo((0, 0)), "starting over frees everything");
     }
 
     [Test]
@@ -237,14 +243,40 @@ public class WindowedCacheTests
         DecodeFarPastThePool(lm, model, 120);
     }
 
-    /// <summary>Gemma's global layers see the whole context: its cache keeps everything.</summary>
+    /// <summary>The memory plan counts the windowed layers' pool, not the context, for them (4096 tokens, 32-token blocks, passes of 4).</summary>
     [Test]
-    public void A_model_with_global_layers_keeps_every_block()
+    public void The_memory_plan_counts_windowed_layers_by_their_pool()
     {
-        var model = TinyModel.Random(new TinySpec("gemma2-cache", Arch: "gemma2", Heads: 4, KvHeads: 2, Tied: true, Seed: 45, SlidingWindow: 4));
         using var dir = new TempDir();
-        using var lm = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 1 });
-        using var cache = lm.Network.CreateKvCache(100);
-        Assert.That((cache.Window, cache.MaxBlocks), Is.EqualTo((0, 4)));
+        foreach (var (spec, windowedLayers) in new[] { (Spec, 2), (HybridSpec, 1), (Spec with { SlidingWindow = 0 }, 0) })
+        {
+            string path = TinyModel.Random(spec).WriteGguf(dir.File(spec.Name + spec.SlidingWindow + ".gguf"));
+            using var lm = LanguageModel.Load(path, new ModelOptions { Threads = 1 });
+            using var weights = new Models.GgufWeightSource(Formats.Gguf.GgufFile.Open(path));
+            var plan = Backends.MemoryPlan.For(path, lm.Config, weights, lm.Backend, 4096, 4);
+            long pool = (LlamaModelWindowPool(spec.SlidingWindow) + 31) / 32 * 32;
+            long expected = (4096L * (2 - windowedLayers) + pool * windowedLayers) * 2 * lm.Config.KvDim * 4;
+            Assert.That(plan.Parts.Single(p => p.Part.StartsWith("KV cache", StringComparison.Ordinal)).Bytes, Is.EqualTo(expected), spec.Name);
+        }
+        static long LlamaModelWindowPool(int window) => Models.LlamaModel.WindowPoolTokens(Math.Max(window, 1), 4, 32);
+    }
+
+    internal static readonly TinySpec HybridSpec = new("gemma2-hybrid-cache", Arch: "gemma2", Heads: 4, KvHeads: 2, Tied: true, Seed: 45, SlidingWindow: 6,
+        Context: 512, AttnSoftCap: 2f);
+
+    /// <summary>
+    /// Gemma 2: its windowed layer (layer 0) lives in the cache's local part, which follows the window; its
+    /// global layer keeps the whole context — both stay at the sequence's length through decoding,
+    /// rollback and release.
+    /// </summary>
+    [Test]
+    public void Windowed_and_global_layers_decode_past_the_local_pool_on_the_cpu()
+    {
+        var model = TinyModel.Random(HybridSpec);
+        using var dir = new TempDir();
+        using var lm = LanguageModel.Load(model.WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 1, MaxBatch = 4 });
+        using (var cache = lm.Network.CreateKvCache(120, blockSize: 4))
+            Assert.That((cache.Place(0), cache.Place(1), cache.Layout.Layers, cache.Local!.Layout.Layers), Is.EqualTo(((true, 0), (false, 0), 1, 1)));
+        DecodeFarPastThePool(lm, model, 120);
     }
 }
