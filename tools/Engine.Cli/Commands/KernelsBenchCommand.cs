@@ -195,9 +195,11 @@ internal static class KernelsBenchCommand
             foreach (int context in new[] { 512, 4096 })
             {
                 if (Wanted("attention_f32"))
+                {
                     yield return Attention(s, context, rng);
                     if (context >= 4096)
                         yield return Attention(s, context, rng, window: 512); // a sliding-window layer: the splits follow the window
+                }
             }
             if (Wanted("attention_prefill_f32"))
                 yield return PrefillAttention(s, 512, rng);
