@@ -87,6 +87,8 @@ public static class PreTokenizerPatterns
         "gpt-4o" or "llama4" or "minimax-m2" => new([$@"{UpperThenLower}{Contraction}?|{UpperRun}{Contraction}?|\p{{N}}{{1,3}}| ?[^\s\p{{L}}\p{{N}}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"]),
         "superbpe" => new([@"\p{N}+", "(?=([0-9]{3})+(?![0-9]))"]),
         "bailingmoe" or "bailingmoe2" or "llada-moe" => new([@"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"]),
+        // Qwen3.5: Qwen2's pattern with combining marks kept in letter runs
+        "qwen35" => new([$@"{Contraction}|[^\r\n\p{{L}}\p{{N}}]?[\p{{L}}\p{{M}}]+|\p{{N}}| ?[^\s\p{{L}}\p{{M}}\p{{N}}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"]),
         "seed-coder" => new([$@"{Contraction}|[^\r\n\p{{L}}\p{{N}}]?\p{{L}}+|\p{{N}}{{1}}| ?[^\s\p{{L}}\p{{N}}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+"]),
         _ => null,
     };
@@ -99,6 +101,6 @@ public static class PreTokenizerPatterns
         "qwen2", "deepseek-r1-qwen", "kormo", "megrez", "stablelm2", "hunyuan", "hunyuan-dense", "grok-2",
         "deepseek-llm", "deepseek-coder", "deepseek-v3", "falcon", "starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b",
         "poro-chat", "bloom", "gpt3-finnish", "viking", "tekken", "chameleon", "gpt-4o", "llama4", "minimax-m2", "superbpe",
-        "bailingmoe", "bailingmoe2", "llada-moe", "seed-coder",
+        "bailingmoe", "bailingmoe2", "llada-moe", "seed-coder", "qwen35",
     ];
 }

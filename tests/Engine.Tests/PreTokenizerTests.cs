@@ -39,6 +39,9 @@ public class PreTokenizerTests
         // the later regexes split the sentinel again (llama.cpp: special tokens are cut out before the regexes run)
         yield return Case("chameleon", "<sentinel:12>ab  7", "<", "sentinel", ":", "1", "2", ">", "ab", "  ", "7");
         yield return Case("seed-coder", "it's 42", "it", "'s", " ", "4", "2");
+        // a combining mark stays in its letter run (Qwen2's pattern would cut it off)
+        yield return Case("qwen35", "cafe\u0301 1", "cafe\u0301", " ", "1");
+        yield return Case("qwen2", "cafe\u0301 1", "cafe", "\u0301", " ", "1");
     }
 
     [TestCaseSource(nameof(Splits))]
