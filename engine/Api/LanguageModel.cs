@@ -133,6 +133,19 @@ public sealed class LanguageModel : IDisposable
         return new ReadOnlySpan<float>(t.Data, (int)t.ElementCount).ToArray();
     }
 
+    /// <summary>
+    /// The model's chat template (<paramref name="name"/>: a named alternate such as "tool_use"), from the GGUF
+    /// metadata or the HF folder, with the tokenizer's BOS and EOS text; null when the model has none.
+    /// </summary>
+    /// <exception cref="ModelFormatException">The named template is missing, or the template does not parse.</exception>
+    public Chat.ChatTemplate? GetChatTemplate(string? name = null)
+    {
+        string? bos = Tokenizer.BosId is int b ? Tokenizer.Piece(b) : null;
+        string? eos = Tokenizer.EosId is int e ? Tokenizer.Piece(e) : null;
+        return _weights is GgufWeightSource gguf ? Chat.ChatTemplate.FromGguf(gguf.File.Metadata, bos, eos, name)
+            : Chat.ChatTemplate.FromHfFolder(Path, bos, eos, name);
+    }
+
     /// <summary>A new conversation with its own KV cache.</summary>
     public Session CreateSession() => new(this);
 

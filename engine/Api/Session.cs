@@ -84,6 +84,20 @@ public sealed class Session : IDisposable
             (promptTokens, promptTime, generated, generationTime, reason);
     }
 
+    /// <summary>
+    /// Keeps only the first <paramref name="length"/> tokens of the context — a conversation whose newly
+    /// rendered prompt shares that prefix with what is cached prefills only the rest. The last kept token
+    /// is run again by the next generation, so its logits are fresh.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">A sliding-window cache no longer holds what that rollback needs.</exception>
+    public void Rewind(int length)
+    {
+        if (length < 0 || length > _tokens.Count)
+            throw new ArgumentOutOfRangeException(nameof(length), $"cannot rewind a context of {_tokens.Count} tokens to {length}");
+        _sequence.Truncate(Math.Min(_sequence.Length, Math.Max(0, length - 1)));
+        _tokens.RemoveRange(length, _tokens.Count - length);
+    }
+
     /// <summary>Empties the context.</summary>
     public void Reset()
     {

@@ -283,12 +283,20 @@ public class ModelParityTests
     /// <summary>A copy of a GGUF file without one metadata key.</summary>
     private static string WithoutKey(string path, string key, string output) => Rewrite(path, output, dropKey: key);
 
-    private static unsafe string Rewrite(string path, string output, string? dropTensor = null, string? dropKey = null)
+    /// <summary>A copy of a GGUF file with metadata keys added (or replaced).</summary>
+    internal static string WithKeys(string path, string output, params (string Key, Engine.Formats.Gguf.GgufValue Value)[] keys) =>
+        Rewrite(path, output, addKeys: keys);
+
+    private static unsafe string Rewrite(string path, string output, string? dropTensor = null, string? dropKey = null,
+        (string Key, Engine.Formats.Gguf.GgufValue Value)[]? addKeys = null)
     {
         using var file = Engine.Formats.Gguf.GgufFile.Open(path);
         var w = new Engine.Formats.Gguf.GgufWriter();
-        foreach (string key in file.Metadata.Keys.Where(k => k != dropKey))
+        var added = addKeys ?? [];
+        foreach (string key in file.Metadata.Keys.Where(k => k != dropKey && !added.Any(a => a.Key == k)))
             w.Add(key, file.Metadata[key]);
+        foreach (var (key, value) in added)
+            w.Add(key, value);
         foreach (var t in file.Tensors.Where(t => t.Name != dropTensor))
             w.AddTensor(t.Name, t.Type, [.. t.Dims], new ReadOnlySpan<byte>(file.TensorData(t), checked((int)t.ByteSize)).ToArray());
         w.Write(output);

@@ -10,12 +10,14 @@ namespace Engine.Cli;
 /// </summary>
 public static class EngineCli
 {
-    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    /// <param name="stdin">Where interactive commands (<c>chat</c>) read lines; the console when null.</param>
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr, TextReader? stdin = null)
     {
-        var io = new CliOutput(stdout, stderr);
+        var io = new CliOutput(stdout, stderr) { In = stdin ?? Console.In };
         var root = new RootCommand("Engine: LLM inference and decoding on the CPU and NVIDIA GPUs.");
         root.Options.Add(CliErrors.Verbose);
         root.Subcommands.Add(GenerateCommand.Create(io));
+        root.Subcommands.Add(ChatCommand.Create(io));
         root.Subcommands.Add(TokenizeCommand.Create(io));
         root.Subcommands.Add(InspectCommand.Create(io));
         root.Subcommands.Add(BenchCommand.Create(io));
@@ -29,5 +31,8 @@ public static class EngineCli
     }
 }
 
-/// <summary>Where a command writes.</summary>
-public sealed record CliOutput(TextWriter Out, TextWriter Error);
+/// <summary>Where a command writes (and an interactive one reads).</summary>
+public sealed record CliOutput(TextWriter Out, TextWriter Error)
+{
+    public TextReader In { get; init; } = Console.In;
+}

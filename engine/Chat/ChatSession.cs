@@ -1,0 +1,97 @@
+using Engine.Api;
+
+namespace Engine.Chat;
+
+/// <summary>
+/// A conversation with an instruction-tuned model: the messages so far, rendered through the model's
+/// chat template each turn, over one <see cref="Session"/> whose KV cache keeps the history — each turn
+/// prefills only what the new rendering adds after the longest prefix the cache already holds (a
+/// template that re-renders history differently, as Qwen3 drops old reasoning, costs only from the
+/// first difference).
+/// </summary>
+public sealed class ChatSession : IDisposable
+{
+    private readonly LanguageModel _model;
+    private readonly ChatTemplate _template;
+    private readonly Session _session;
+    private readonly List<object?> _messages = [];
+
+    public ChatSession(LanguageModel model, ChatTemplate template, string? systemPrompt = null)
+    {
+        _model = model;
+        _template = template;
+        _session = model.CreateSession();
+        SystemPrompt = systemPrompt;
+        Reset();
+    }
+
+    public string? SystemPrompt { get; }
+
+    /// <summary>The conversation (role and content of each message) so far.</summary>
+    public IReadOnlyList<object?> Messages => _messages;
+
+    /// <summary>Tokens the last turn prefilled (what the cache did not already hold).</summary>
+    public int LastPrefill { get; private set; }
+
+    /// <summary>Starts over: only the system prompt, an empty cache.</summary>
+    public void Reset()
+    {
+        _messages.Clear();
+        _session.Reset();
+        if (SystemPrompt is not null)
+            _messages.Add(ChatTemplate.Message("system", SystemPrompt));
+    }
+
+    /// <summary>
+    /// Adds the user's message and streams the assistant's answer as text pieces (never half a UTF-8
+    /// character); the answer joins the conversation when the stream ends, also when it is cancelled.
+    /// </summary>
+    public IEnumerable<string> Ask(string user, GenerationOptions options, CancellationToken cancellationToken = default)
+    {
+        _messages.Add(ChatTemplate.Message("user", user));
+        string prompt = _template.Render(_messages, addGenerationPrompt: true);
+        var ids = _model.Tokenizer.Encode(prompt, addSpecial: false, parseSpecial: true);
+        // keep the longest prefix the cache already holds
+        var cached = _session.Tokens;
+        int common = 0;
+        while (common < cached.Count && common < ids.Count - 1 && cached[common] == ids[common])
+            common++;
+        try
+        {
+            _session.Rewind(common);
+        }
+        catch (InvalidOperationException)
+        {
+            _session.Reset(); // a sliding window dropped what the rewind needs: prefill it all
+            common = 0;
+        }
+        LastPrefill = ids.Count - common;
+        return Stream(ids.GetRange(common, ids.Count - common), options, cancellationToken);
+    }
+
+    private IEnumerable<string> Stream(List<int> prompt, GenerationOptions options, CancellationToken cancellationToken)
+    {
+        var detokenizer = _model.Tokenizer.CreateStreamingDetokenizer();
+        var answer = new System.Text.StringBuilder();
+        try
+        {
+            foreach (int id in _session.Generate(prompt, options, cancellationToken))
+            {
+                string piece = detokenizer.Push(id);
+                answer.Append(piece);
+                if (piece.Length > 0)
+                    yield return piece;
+            }
+            string rest = detokenizer.Flush();
+            answer.Append(rest);
+            if (rest.Length > 0)
+                yield return rest;
+        }
+        finally
+        {
+            _messages.Add(ChatTemplate.Message("assistant", answer.ToString()));
+        }
+    }
+
+    public void Dispose() => _session.Dispose();
+}
