@@ -152,6 +152,35 @@ public class WorkerPoolTests
         }
     }
 
+    /// <summary>
+    /// One pool for the process: every CPU backend (a target and its draft, any number of models) runs on
+    /// <see cref="Backends.Cpu.WorkerPool.Shared"/>, asks for no more threads than there are cores, and
+    /// runs from several callers at once take turns — each with only the participants it asked for.
+    /// </summary>
+    [Test]
+    public void Every_backend_shares_one_pool_of_at_most_one_thread_per_core()
+    {
+        using var a = new Backends.Cpu.CpuBackend(2);
+        using var b = new Backends.Cpu.CpuBackend(64);
+        Assert.That(b.Threads, Is.EqualTo(Environment.ProcessorCount), "never more computing threads than cores");
+        Assert.That(Backends.Cpu.WorkerPool.Shared.Threads, Is.EqualTo(Environment.ProcessorCount));
+
+        using var pool = new Backends.Cpu.WorkerPool(5);
+        var tasks = Enumerable.Range(0, 4).Select(caller => Task.Run(() =>
+        {
+            for (int run = 0; run < 100; run++)
+            {
+                var work = new Record(1 + (run + caller) % 13);
+                pool.Run(work, work.Hits.Length, threads: 1 + caller);
+                if (!work.Hits.All(h => h == 1))
+                    return false;
+            }
+            return true;
+        })).ToArray();
+        Assert.That(Task.WaitAll(tasks, TimeSpan.FromSeconds(60)), Is.True, "concurrent runs finished");
+        Assert.That(tasks.Select(t => t.Result), Is.All.True, "every chunk of every run exactly once");
+    }
+
     [Test]
     public void A_failing_chunk_surfaces_and_the_pool_keeps_working()
     {

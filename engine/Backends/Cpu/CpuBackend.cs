@@ -34,9 +34,10 @@ public sealed unsafe class CpuBackend : Backend
     {
         if (threads < 0)
             throw new ArgumentOutOfRangeException(nameof(threads), $"thread count {threads} must be positive (0 = one per core)");
-        Threads = threads == 0 ? Environment.ProcessorCount : threads;
+        // never more computing threads than cores: the process-wide pool has one per core
+        Threads = threads == 0 ? Environment.ProcessorCount : Math.Min(threads, Environment.ProcessorCount);
         QuantizeActivations = quantizeActivations;
-        _pool = new WorkerPool(Threads);
+        _pool = WorkerPool.Shared;
     }
 
     public bool QuantizeActivations { get; }
@@ -81,7 +82,7 @@ public sealed unsafe class CpuBackend : Backend
         else
         {
             _rows.Rows = rows;
-            _pool.Run(_rows, Math.Min(rows, Threads * 4));
+            _pool.Run(_rows, Math.Min(rows, Threads * 4), Threads);
         }
     }
 
@@ -152,7 +153,7 @@ public sealed unsafe class CpuBackend : Backend
         if (q8k)
             _q8k.Quantize(xData, x.Rows, x.Cols, ActivationBlock.Q8_K);
         _matMul.Set(Array(x), x.Rows, targets, q80 || groups ? _q80 : null, q8k ? _q8k : null, groups ? _q80 : null, panels ? _panels : null);
-        _pool.Run(_matMul, Math.Min(totalRows, Threads * 8));
+        _pool.Run(_matMul, Math.Min(totalRows, Threads * 8), Threads);
         foreach (var t in targets)
         {
             if (t.Bias is not null)
@@ -223,7 +224,7 @@ public sealed unsafe class CpuBackend : Backend
         // and striding the rows gives every chunk the same mix of short and long causal windows.
         int rowGroups = Math.Clamp((Threads * 8 + heads - 1) / heads, 1, q.Rows);
         _attention.Set(Array(q), q.Rows, (CpuKvStore)store, layer, blockTable, prefixLength, mask, heads, rowGroups, scale, Array(dst), softCap, windowStarts);
-        _pool.Run(_attention, heads * rowGroups);
+        _pool.Run(_attention, heads * rowGroups, Threads);
     }
 
     public override void SwiGlu(Activation gate, Activation up, Activation dst)
@@ -271,7 +272,10 @@ public sealed unsafe class CpuBackend : Backend
 
     public override void Download(Activation src, Span<float> dst) => Data(src).CopyTo(dst);
 
-    public override void Dispose() => _pool.Dispose();
+    public override void Dispose()
+    {
+        // the pool is the process's (WorkerPool.Shared): it outlives every backend
+    }
 
     private enum RowOp { RmsNorm, Rope, SwiGlu, GeGlu, Add }
 
