@@ -27,6 +27,12 @@ public sealed class ChatSession : IDisposable
 
     public string? SystemPrompt { get; }
 
+    /// <summary>How this model writes tool calls (from its template's markers).</summary>
+    public ToolCallFormat ToolCallFormat => ToolCallParser.Detect(_template.Source);
+
+    /// <summary>The last answer split into its text, reasoning and tool calls (null before the first).</summary>
+    public AssistantReply? LastReply { get; private set; }
+
     /// <summary>The conversation (role and content of each message) so far.</summary>
     public IReadOnlyList<object?> Messages => _messages;
 
@@ -89,7 +95,25 @@ public sealed class ChatSession : IDisposable
         }
         finally
         {
-            _messages.Add(ChatTemplate.Message("assistant", answer.ToString()));
+            // the history keeps the answer as the templates expect it: text, reasoning apart, tool calls structured
+            var reply = LastReply = ToolCallParser.Parse(answer.ToString(), ToolCallFormat);
+            var message = ChatTemplate.Message("assistant", reply.Content);
+            if (reply.Reasoning is not null)
+                message["reasoning_content"] = reply.Reasoning;
+            if (reply.ToolCalls.Count > 0)
+            {
+                message["tool_calls"] = reply.ToolCalls.Select((c, i) => (object?)new OrderedDictionary<string, object?>(StringComparer.Ordinal)
+                {
+                    ["id"] = c.Id ?? $"call_{_messages.Count}_{i}",
+                    ["type"] = "function",
+                    ["function"] = new OrderedDictionary<string, object?>(StringComparer.Ordinal)
+                    {
+                        ["name"] = c.Name,
+                        ["arguments"] = Jinja.PyValue.FromJson(System.Text.Json.JsonDocument.Parse(c.Arguments).RootElement),
+                    },
+                }).ToList();
+            }
+            _messages.Add(message);
         }
     }
 

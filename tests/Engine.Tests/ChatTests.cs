@@ -84,7 +84,8 @@ public class ChatTests
         string second = string.Concat(chat.Ask("And then?", options));
         string full = lm.GetChatTemplate()!.Render(chat.Messages.Take(4).ToList());
         Assert.That(chat.Messages.Select(m => ((OrderedDictionary<string, object?>)m!)["role"]), Is.EqualTo(new[] { "system", "user", "assistant", "user", "assistant" }));
-        Assert.That(((OrderedDictionary<string, object?>)chat.Messages[2]!)["content"], Is.EqualTo(first));
+        Assert.That(((OrderedDictionary<string, object?>)chat.Messages[2]!)["content"], Is.EqualTo(first.Trim()));
+        Assert.That((chat.ToolCallFormat, chat.LastReply!.ToolCalls.Count), Is.EqualTo((ToolCallFormat.None, 0)));
         int fullTokens = lm.Tokenizer.Encode(full, addSpecial: false, parseSpecial: true).Count;
         // at least the first prompt came from the cache (this random model's answer need not re-tokenize to the ids it was generated as)
         Assert.That(firstPrefill, Is.EqualTo(lm.Tokenizer.Encode(lm.GetChatTemplate()!.Render(chat.Messages.Take(2).ToList()), addSpecial: false, parseSpecial: true).Count));
