@@ -510,6 +510,16 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         GetRows.Rows(Device, GgmlType.F32, Span(src).Cast<byte>(), src.Rows, src.Cols, _rows.Put(rows), rows.Length, Span(dst));
     }
 
+    public override void CopyRows(Activation src, int srcRow, Activation dst, int dstRow, int count)
+    {
+        CheckCopyRows(src, srcRow, dst, dstRow, count);
+        if (count == 0)
+            return;
+        var from = Span(src).Slice((long)srcRow * src.Cols, (long)count * src.Cols);
+        var to = Span(dst).Slice((long)dstRow * dst.Cols, (long)count * dst.Cols);
+        Device.CopyDeviceToDevice(to.Pointer, from.Pointer, from.Bytes);
+    }
+
     public override void Download(Activation src, Span<float> dst)
     {
         if (_graph is { Capturing: true })

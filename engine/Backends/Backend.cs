@@ -169,6 +169,21 @@ public abstract class Backend : IDisposable
     /// <summary>dst[k, :] = src[rows[k], :].</summary>
     public abstract void GatherRows(Activation src, ReadOnlySpan<int> rows, Activation dst);
 
+    /// <summary>
+    /// dst[dstRow + k, :] = src[srcRow + k, :] for k &lt; count (both of the same width): how a pass over
+    /// several sequences hands each sequence's rows to attention and takes the result back.
+    /// </summary>
+    public abstract void CopyRows(Activation src, int srcRow, Activation dst, int dstRow, int count);
+
+    /// <summary>Checks a <see cref="CopyRows"/> request against both activations.</summary>
+    protected static void CheckCopyRows(Activation src, int srcRow, Activation dst, int dstRow, int count)
+    {
+        if (src.Cols != dst.Cols)
+            throw new ArgumentException($"cannot copy rows of {src.Cols} columns into rows of {dst.Cols}");
+        if (count < 0 || srcRow < 0 || dstRow < 0 || srcRow + count > src.Rows || dstRow + count > dst.Rows)
+            throw new ArgumentOutOfRangeException(nameof(count), $"rows {srcRow}..{srcRow + count} of {src} into rows {dstRow}..{dstRow + count} of {dst}");
+    }
+
     /// <summary>Copies an activation to host memory, waiting for pending work. dst: Rows·Cols floats.</summary>
     public abstract void Download(Activation src, Span<float> dst);
 

@@ -155,6 +155,13 @@ public sealed class ProfilingBackend(Backend inner) : Backend
         Add("gather_rows", t);
     }
 
+    public override void CopyRows(Activation src, int srcRow, Activation dst, int dstRow, int count)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.CopyRows(src, srcRow, dst, dstRow, count);
+        Add("copy_rows", t);
+    }
+
     public override void Download(Activation src, Span<float> dst)
     {
         long t = Stopwatch.GetTimestamp();

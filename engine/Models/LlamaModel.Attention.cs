@@ -22,17 +22,14 @@ public sealed partial class LlamaModel
         public required Activation Gate { get; init; }
         public required Activation Up { get; init; }
         public required ReadOnlySpan<int> Positions { get; init; }
-        public required ReadOnlySpan<int> Table { get; init; }
-        public required KvStore Store { get; init; }
-        /// <summary>The cache, which says where each layer's K/V live (<see cref="KvCache.Place"/>).</summary>
-        public required KvCache Cache { get; init; }
-        /// <summary>The windowed layers' block table and store when the cache keeps them apart (<see cref="KvCache.Local"/>).</summary>
-        public ReadOnlySpan<int> LocalTable { get; init; }
-        public KvStore? LocalStore { get; init; }
-        public required int Prefix { get; init; }
         public required AttentionMask Mask { get; init; }
         /// <summary>Batch-invariant arithmetic (exact speculative verification).</summary>
         public required bool Exact { get; init; }
+        /// <summary>
+        /// The sequences whose rows the pass holds (one, unless it is a continuous batch): everything but
+        /// attention runs over all rows at once; attention runs per sequence.
+        /// </summary>
+        public required ReadOnlySpan<Segment> Segments { get; init; }
     }
 
     /// <summary>
@@ -55,21 +52,55 @@ public sealed partial class LlamaModel
             Trace?.Invoke("q_norm", l, s.Q);
             Trace?.Invoke("k_norm", l, s.K);
         }
+        if (s.Segments.Length == 1)
+        {
+            AttendCache(s, l, s.Segments[0], s.Q, s.K, s.V, s.Att, s.Positions, s.Mask, _window.Starts);
+        }
+        else
+        {
+            // A continuous batch: each sequence's rows go through RoPE, the cache and attention on their
+            // own (its block table, its prefix), in scratch rows of their own, and come back.
+            var scratch = _scratch!;
+            foreach (var g in s.Segments)
+            {
+                var q = scratch.SegQ.WithRows(g.Count);
+                var k = scratch.SegK.WithRows(g.Count);
+                var v = scratch.SegV.WithRows(g.Count);
+                var att = scratch.SegAtt.WithRows(g.Count);
+                b.CopyRows(s.Q, g.Row, q, 0, g.Count);
+                b.CopyRows(s.K, g.Row, k, 0, g.Count);
+                b.CopyRows(s.V, g.Row, v, 0, g.Count);
+                var starts = c.SlidingWindow > 0 ? _window.Starts.Slice(g.Row, g.Count) : default;
+                AttendCache(s, l, g, q, k, v, att, s.Positions.Slice(g.Row, g.Count), AttentionMask.Causal, starts);
+                b.CopyRows(att, 0, s.Att, g.Row, g.Count);
+            }
+        }
+        Trace?.Invoke("attn_out", l, s.Att);
+    }
+
+    /// <summary>
+    /// RoPE, the cache write and attention for one sequence's rows: q/k/v → <paramref name="att"/>, with
+    /// <paramref name="windowStarts"/> the rows' first visible slots in a windowed layer.
+    /// </summary>
+    private void AttendCache(in Step s, int l, Segment g, Activation q, Activation k, Activation v, Activation att,
+        ReadOnlySpan<int> positions, AttentionMask mask, ReadOnlySpan<int> windowStarts)
+    {
+        var c = Config;
+        var b = Backend;
         bool sliding = c.IsSliding(l);
         // this layer's K/V: in the cache's store, or (a windowed layer of a hybrid cache) in its local part
-        var (local, at) = s.Cache.Place(l);
-        var store = local ? s.LocalStore! : s.Store;
-        var table = local ? s.LocalTable : s.Table;
+        var (local, at) = g.Sequence.Cache.Place(l);
+        var store = local ? g.Sequence.Cache.Local!.Store : g.Sequence.Cache.Store;
+        var table = local ? g.Sequence.Local!.BlockTable : g.Sequence.BlockTable;
         if (c.UsesRope(l))
-            b.RopeStoreKv(s.Q, s.K, s.V, c.Heads, c.KvHeads, s.Positions, sliding ? _localRope ?? _rope : _rope, store, at, table, s.Prefix);
+            b.RopeStoreKv(q, k, v, c.Heads, c.KvHeads, positions, sliding ? _localRope ?? _rope : _rope, store, at, table, g.Prefix);
         else // a NoPE layer (SmolLM3): positions reach it only through the causal mask
-            b.StoreKv(store, at, table, s.Prefix, s.K, s.V);
-        Trace?.Invoke("q_rope", l, s.Q);
-        Trace?.Invoke("k_rope", l, s.K);
+            b.StoreKv(store, at, table, g.Prefix, k, v);
+        Trace?.Invoke("q_rope", l, q);
+        Trace?.Invoke("k_rope", l, k);
         if (sliding)
-            b.Attention(s.Q, store, at, table, s.Prefix, _window.Mask, c.Heads, _attentionScale, s.Att, s.Exact, c.AttentionSoftCap, _window.Starts);
+            b.Attention(q, store, at, table, g.Prefix, _window.Mask, c.Heads, _attentionScale, att, s.Exact, c.AttentionSoftCap, windowStarts);
         else
-            b.Attention(s.Q, store, at, table, s.Prefix, s.Mask, c.Heads, _attentionScale, s.Att, s.Exact, c.AttentionSoftCap);
-        Trace?.Invoke("attn_out", l, s.Att);
+            b.Attention(q, store, at, table, g.Prefix, mask, c.Heads, _attentionScale, att, s.Exact, c.AttentionSoftCap);
     }
 }

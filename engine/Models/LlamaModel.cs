@@ -3,6 +3,9 @@ using Engine.Cache;
 
 namespace Engine.Models;
 
+/// <summary>One sequence's share of a <see cref="LlamaModel.ForwardBatch"/>: its next <paramref name="Count"/> tokens, and whether its last row's logits are wanted.</summary>
+public readonly record struct BatchSegment(KvSequence Sequence, int Count, bool Logits);
+
 /// <summary>
 /// The decoder-only transformer of the Llama family and its relatives. <see cref="Forward"/> reads top to
 /// bottom in the order of the equations; each step is one <see cref="Backend"/> operation, so the same
@@ -198,39 +201,11 @@ public sealed partial class LlamaModel : IDisposable
         var b = Backend;
         int n = tokens.Length;
         var s = _scratch ??= new Scratch(b, c, MaxBatch);
-        int prefix = sequence.Length;
         sequence.Reserve(n);
-        if (c.SlidingWindow > 0)
-            _window.Set(c.SlidingWindow, positions, mask);
-        var step = new Step
-        {
-            X = s.X.WithRows(n), H = s.H.WithRows(n), Q = s.Q.WithRows(n), K = s.K.WithRows(n), V = s.V.WithRows(n),
-            Att = s.Att.WithRows(n), Proj = s.Proj.WithRows(n), Gate = s.Gate.WithRows(n), Up = s.Up.WithRows(n),
-            Positions = positions, Table = sequence.BlockTable, Store = sequence.Cache.Store, Prefix = prefix, Mask = mask, Exact = exact,
-            Cache = sequence.Cache, LocalTable = sequence.Local is { } local ? local.BlockTable : default, LocalStore = sequence.Cache.Local?.Store,
-        };
-        var x = step.X;
-        var h = step.H;
-
-        // token embedding (times Granite's multiplier, or Gemma's √dim), and for pre-norm layers the first
-        // layer's attention norm (each later norm ends the block before it)
-        b.Embed(_w.TokenEmbedding, tokens, x);
-        if (c.EmbeddingScale != 1f)
-            b.Scale(x, c.EmbeddingScale);
-        Trace?.Invoke("token_embd", -1, x);
-        if (c.Layout == BlockLayout.PreNorm)
-            b.RmsNorm(x, layerCount > 0 ? _w.Layers[0].AttnNorm! : _w.OutputNorm, c.RmsNormEps, h);
-
-        for (int l = 0; l < layerCount; l++)
-        {
-            if (c.Layout == BlockLayout.PreNorm)
-                PreNormLayer(step, l, l + 1 < layerCount ? _w.Layers[l + 1].AttnNorm! : _w.OutputNorm);
-            else
-                NormedOutputLayer(step, l);
-        }
-        if (c.Layout != BlockLayout.PreNorm)
-            b.RmsNorm(x, _w.OutputNorm, c.RmsNormEps, h); // the output norm (pre-norm layers end with it fused)
+        Span<Segment> one = [new Segment(sequence, 0, n, sequence.Length)];
+        Layers(one, tokens, positions, mask, layerCount, exact);
         sequence.Commit(n);
+        var h = s.H.WithRows(n);
 
         if (localRows.IsEmpty)
             return;
@@ -270,6 +245,141 @@ public sealed partial class LlamaModel : IDisposable
         }
     }
 
+    /// <summary>
+    /// The layers of one pass (embedding to output norm, leaving the normed rows in the scratch's H) over
+    /// <paramref name="segments"/>: consecutive runs of rows, each a sequence whose slots are reserved.
+    /// </summary>
+    private void Layers(ReadOnlySpan<Segment> segments, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, AttentionMask mask,
+        int layerCount, bool exact)
+    {
+        var c = Config;
+        var b = Backend;
+        int n = tokens.Length;
+        var s = _scratch!;
+        if (c.SlidingWindow > 0)
+            _window.Set(c.SlidingWindow, positions, mask);
+        var step = new Step
+        {
+            X = s.X.WithRows(n), H = s.H.WithRows(n), Q = s.Q.WithRows(n), K = s.K.WithRows(n), V = s.V.WithRows(n),
+            Att = s.Att.WithRows(n), Proj = s.Proj.WithRows(n), Gate = s.Gate.WithRows(n), Up = s.Up.WithRows(n),
+            Positions = positions, Mask = mask, Exact = exact, Segments = segments,
+        };
+        var x = step.X;
+        var h = step.H;
+
+        // token embedding (times Granite's multiplier, or Gemma's √dim), and for pre-norm layers the first
+        // layer's attention norm (each later norm ends the block before it)
+        b.Embed(_w.TokenEmbedding, tokens, x);
+        if (c.EmbeddingScale != 1f)
+            b.Scale(x, c.EmbeddingScale);
+        Trace?.Invoke("token_embd", -1, x);
+        if (c.Layout == BlockLayout.PreNorm)
+            b.RmsNorm(x, layerCount > 0 ? _w.Layers[0].AttnNorm! : _w.OutputNorm, c.RmsNormEps, h);
+
+        for (int l = 0; l < layerCount; l++)
+        {
+            if (c.Layout == BlockLayout.PreNorm)
+                PreNormLayer(step, l, l + 1 < layerCount ? _w.Layers[l + 1].AttnNorm! : _w.OutputNorm);
+            else
+                NormedOutputLayer(step, l);
+        }
+        if (c.Layout != BlockLayout.PreNorm)
+            b.RmsNorm(x, _w.OutputNorm, c.RmsNormEps, h); // the output norm (pre-norm layers end with it fused)
+    }
+
+    /// <summary>
+    /// Continuous batching (Yu et al., "Orca: A Distributed Serving System for Transformer-Based Generative
+    /// Models", OSDI 2022): one pass over several sequences at once — decoders' next tokens and chunks of
+    /// prompts side by side — so the weights stream once for all of them. Every matrix product, norm and
+    /// FFN runs over all rows together; only attention runs per sequence, over its own cache. Segment j
+    /// takes the next <see cref="BatchSegment.Count"/> tokens of <paramref name="tokens"/>, appended to its
+    /// sequence at the positions that follow it (causal). <paramref name="logits"/> receives, in order,
+    /// the last row's logits of each segment that asks for them.
+    /// </summary>
+    /// <param name="batchInvariant">As in <see cref="Forward"/>: each row computed exactly as alone.</param>
+    public void ForwardBatch(ReadOnlySpan<BatchSegment> segments, ReadOnlySpan<int> tokens, Span<float> logits, bool batchInvariant = false)
+    {
+        int n = tokens.Length, outputs = 0, total = 0;
+        if (segments.IsEmpty)
+            throw new ArgumentException("a batch needs at least one sequence", nameof(segments));
+        if (n > MaxBatch)
+            throw new ArgumentException($"a batch of {n} tokens exceeds the model's {MaxBatch} per pass", nameof(tokens));
+        for (int j = 0; j < segments.Length; j++)
+        {
+            var g = segments[j];
+            if (g.Count < 1)
+                throw new ArgumentException($"segment {j} has {g.Count} tokens; each needs at least one", nameof(segments));
+            if (g.Sequence.Cache.ModelLayers != Config.Layers)
+                throw new ArgumentException($"segment {j}'s cache holds {g.Sequence.Cache.ModelLayers} layers, the model has {Config.Layers}", nameof(segments));
+            for (int k = 0; k < j; k++)
+            {
+                if (ReferenceEquals(segments[k].Sequence, g.Sequence))
+                    throw new ArgumentException($"segments {k} and {j} are the same sequence", nameof(segments));
+            }
+            total += g.Count;
+            if (g.Logits)
+                outputs++;
+        }
+        if (total != n)
+            throw new ArgumentException($"the segments hold {total} tokens, the batch has {n}", nameof(tokens));
+        if (logits.Length != outputs * Config.VocabSize)
+            throw new ArgumentException($"logits need {outputs} × {Config.VocabSize} floats, got {logits.Length}", nameof(logits));
+        foreach (int t in tokens)
+        {
+            if ((uint)t >= (uint)Config.VocabSize)
+                throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {t} is outside the vocabulary (0..{Config.VocabSize - 1})");
+        }
+
+        var s = _scratch ??= new Scratch(Backend, Config, MaxBatch);
+        var list = _segments.Length >= segments.Length ? _segments : _segments = new Segment[Math.Max(segments.Length, 2 * _segments.Length)];
+        if (_positions.Length < MaxBatch)
+            _positions = new int[MaxBatch];
+        if (_localRows.Length < segments.Length)
+            _localRows = new int[Math.Max(segments.Length, 2 * _localRows.Length)];
+        int row = 0, reserved = 0;
+        outputs = 0;
+        try
+        {
+            for (; reserved < segments.Length; reserved++)
+            {
+                var g = segments[reserved];
+                g.Sequence.Reserve(g.Count);
+                list[reserved] = new Segment(g.Sequence, row, g.Count, g.Sequence.Length);
+                for (int i = 0; i < g.Count; i++)
+                    _positions[row + i] = g.Sequence.Length + i;
+                row += g.Count;
+                if (g.Logits)
+                    _localRows[outputs++] = row - 1;
+            }
+        }
+        catch
+        {
+            for (int j = 0; j < reserved; j++)
+                segments[j].Sequence.Truncate(segments[j].Sequence.Length); // give back what was reserved
+            throw;
+        }
+        Layers(list.AsSpan(0, segments.Length), tokens, _positions.AsSpan(0, n), AttentionMask.Causal, Config.Layers, batchInvariant);
+        foreach (var g in segments)
+            g.Sequence.Commit(g.Count);
+        if (outputs == 0)
+            return;
+        var rows = s.Rows.WithRows(outputs);
+        var outLogits = s.Logits(outputs);
+        Backend.GatherRows(s.H.WithRows(n), _localRows.AsSpan(0, outputs), rows);
+        Backend.MatMul(rows, _w.Output, outLogits, batchInvariant);
+        if (Config.LogitScale != 1f)
+            Backend.Scale(outLogits, 1f / Config.LogitScale);
+        if (Config.FinalLogitSoftCap > 0)
+            Backend.SoftCap(outLogits, Config.FinalLogitSoftCap);
+        Backend.Download(outLogits, logits);
+    }
+
+    private Segment[] _segments = [];
+    private int[] _positions = [];
+
+    /// <summary>Rows [Row, Row + Count) of a pass belong to Sequence, whose cached prefix was Prefix tokens long.</summary>
+    private readonly record struct Segment(KvSequence Sequence, int Row, int Count, int Prefix);
+
     public void Dispose()
     {
         _scratch?.Dispose();
@@ -301,6 +411,7 @@ public sealed partial class LlamaModel : IDisposable
             Gate = Make(c.FfnDim);
             Up = Make(c.FfnDim);
             Rows = Make(c.Dim);
+            _make = Make;
             _backend = b;
             VocabSize = c.VocabSize;
             Dim = c.Dim;
@@ -316,6 +427,15 @@ public sealed partial class LlamaModel : IDisposable
         public Activation Gate { get; }
         public Activation Up { get; }
         public Activation Rows { get; }
+
+        // A continuous batch's per-sequence attention rows, made on first use (a single sequence never needs them).
+        public Activation SegQ => _segQ ??= _make(Q.Cols);
+        public Activation SegK => _segK ??= _make(K.Cols);
+        public Activation SegV => _segV ??= _make(V.Cols);
+        public Activation SegAtt => _segAtt ??= _make(Att.Cols);
+
+        private readonly Func<int, Activation> _make;
+        private Activation? _segQ, _segK, _segV, _segAtt;
 
         /// <summary>
         /// Logits for <paramref name="rows"/> output rows. Sized by the most rows asked for so far, not by

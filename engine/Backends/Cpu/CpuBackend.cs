@@ -270,6 +270,12 @@ public sealed unsafe class CpuBackend : Backend
             s.GetRowSpan(rows[k]).CopyTo(d.GetRowSpan(k));
     }
 
+    public override void CopyRows(Activation src, int srcRow, Activation dst, int dstRow, int count)
+    {
+        CheckCopyRows(src, srcRow, dst, dstRow, count);
+        System.Array.Copy(Array(src), (long)srcRow * src.Cols, Array(dst), (long)dstRow * dst.Cols, (long)count * src.Cols);
+    }
+
     public override void Download(Activation src, Span<float> dst) => Data(src).CopyTo(dst);
 
     public override void Dispose()
