@@ -19,8 +19,9 @@ public sealed class KvCache : IDisposable
 
     /// <param name="maxTokens">The longest a sequence of this cache may grow.</param>
     /// <param name="poolTokens">
-    /// Tokens the pool holds at once, across sequences (0: <paramref name="maxTokens"/>). Smaller only
-    /// for a sliding-window model, whose sequences drop the blocks the window no longer sees.
+    /// Tokens the pool holds at once, across sequences (0: <paramref name="maxTokens"/>, one sequence's
+    /// worth). Larger for several sequences at once (a server); smaller for a sliding-window model, whose
+    /// sequences drop the blocks the window no longer sees.
     /// </param>
     public KvCache(Backend backend, KvLayout layout, int maxTokens, int poolTokens = 0)
     {
@@ -28,7 +29,7 @@ public sealed class KvCache : IDisposable
         ArgumentOutOfRangeException.ThrowIfNegative(poolTokens);
         Layout = layout;
         MaxSequenceBlocks = (maxTokens + layout.BlockSize - 1) / layout.BlockSize;
-        MaxBlocks = poolTokens > 0 ? Math.Min(MaxSequenceBlocks, (poolTokens + layout.BlockSize - 1) / layout.BlockSize) : MaxSequenceBlocks;
+        MaxBlocks = poolTokens > 0 ? (poolTokens + layout.BlockSize - 1) / layout.BlockSize : MaxSequenceBlocks;
         _refs = new int[MaxBlocks];
         Store = backend.CreateKvStore(layout, MaxBlocks);
     }
@@ -45,6 +46,9 @@ public sealed class KvCache : IDisposable
 
     /// <summary>Blocks held by at least one sequence.</summary>
     public int UsedBlocks => _created - _free.Count;
+
+    /// <summary>Blocks the pool can still hand out.</summary>
+    public int FreeBlocks => MaxBlocks - UsedBlocks;
 
     public KvStore Store { get; }
 
@@ -89,7 +93,7 @@ public sealed class KvCache : IDisposable
     /// that follows the window: this cache holds the other layers, for the whole context.
     /// </summary>
     public static KvCache Hybrid(Backend backend, int layers, int kvHeads, int headDim, int blockSize, int maxTokens, bool[] windowed,
-        int window, int slack, int localPoolTokens)
+        int window, int slack, int localPoolTokens, int poolTokens = 0)
     {
         ArgumentOutOfRangeException.ThrowIfNotEqual(windowed.Length, layers);
         int local = windowed.Count(w => w), global = layers - local;
@@ -99,7 +103,7 @@ public sealed class KvCache : IDisposable
         int nextLocal = 0, nextGlobal = 0;
         for (int l = 0; l < layers; l++)
             places[l] = windowed[l] ? (true, nextLocal++) : (false, nextGlobal++);
-        var cache = new KvCache(backend, new KvLayout(global, kvHeads, headDim, blockSize), maxTokens) { _places = places };
+        var cache = new KvCache(backend, new KvLayout(global, kvHeads, headDim, blockSize), maxTokens, poolTokens) { _places = places };
         try
         {
             cache.Local = new KvCache(backend, new KvLayout(local, kvHeads, headDim, blockSize), maxTokens, localPoolTokens);
@@ -118,6 +122,25 @@ public sealed class KvCache : IDisposable
 
     /// <summary>A new, empty sequence.</summary>
     public KvSequence CreateSequence() => new(this);
+
+    /// <summary>
+    /// A sequence whose first <paramref name="length"/> tokens are already in <paramref name="blocks"/> —
+    /// blocks another holder keeps (a prefix cache): the sequence shares them, and copies one only when it
+    /// writes into it. Not for sliding-window caches, whose sequences drop blocks.
+    /// </summary>
+    public KvSequence CreateSequence(ReadOnlySpan<int> blocks, int length)
+    {
+        if (Window > 0 || Local is not null)
+            throw new InvalidOperationException("a sliding-window cache cannot start a sequence from shared blocks");
+        if (length < 0 || length > blocks.Length * BlockSize || blocks.Length > MaxSequenceBlocks)
+            throw new ArgumentOutOfRangeException(nameof(length), $"{length} tokens in {blocks.Length} blocks of {BlockSize} (at most {MaxSequenceBlocks} blocks)");
+        foreach (int b in blocks)
+        {
+            if ((uint)b >= (uint)_created || _refs[b] == 0)
+                throw new ArgumentException($"block {b} is not held by anyone", nameof(blocks));
+        }
+        return new KvSequence(this, blocks, length);
+    }
 
     internal int Allocate()
     {

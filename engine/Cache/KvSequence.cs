@@ -26,6 +26,18 @@ public sealed class KvSequence : IDisposable
             Local = new KvSequence(local);
     }
 
+    internal KvSequence(KvCache cache, ReadOnlySpan<int> blocks, int length)
+        : this(cache, withLocal: false)
+    {
+        foreach (int b in blocks)
+        {
+            cache.Retain(b);
+            _blocks.Add(b);
+        }
+        Length = length;
+        Truncate(length); // drops whole blocks past the length
+    }
+
     /// <summary>
     /// The same tokens in the cache's <see cref="KvCache.Local"/> part (the windowed layers), or null. Every
     /// operation on this sequence is applied to it too, so the two always have the same length.

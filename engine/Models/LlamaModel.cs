@@ -59,21 +59,26 @@ public sealed partial class LlamaModel : IDisposable
     public Action<string, int, Activation>? Trace { get; set; }
 
     /// <summary>
-    /// A KV cache for this model holding up to <paramref name="maxTokens"/> tokens across its sequences;
-    /// with <paramref name="layers"/> &gt; 0, only for the first that many layers (a layer-skip draft's cache).
+    /// A KV cache for this model whose sequences hold up to <paramref name="maxTokens"/> tokens each, with a
+    /// pool for <paramref name="sequences"/> such sequences at once; with <paramref name="layers"/> &gt; 0,
+    /// only for the first that many layers (a layer-skip draft's cache).
     /// </summary>
-    public KvCache CreateKvCache(int maxTokens, int blockSize = 32, int layers = 0)
+    public KvCache CreateKvCache(int maxTokens, int blockSize = 32, int layers = 0, int sequences = 1)
     {
         if (layers < 0 || layers > Config.Layers)
             throw new ArgumentOutOfRangeException(nameof(layers), $"layer count {layers} must be 0 (all) or 1..{Config.Layers}");
+        ArgumentOutOfRangeException.ThrowIfLessThan(sequences, 1);
         var layout = new KvLayout(layers > 0 ? layers : Config.Layers, Config.KvHeads, Config.HeadDim, blockSize);
+        int pool = checked(((maxTokens + blockSize - 1) / blockSize) * blockSize * sequences);
         // When every layer attends through the window (Mistral 7B v0.1, Phi-3), a sequence keeps only the
         // blocks the window still sees, plus a pass's worth for rollbacks, and the pool is sized for that:
         // memory follows the window, not the context. (Gemma's global layers see everything.)
         var sliding = Enumerable.Range(0, layout.Layers).Select(Config.IsSliding).ToArray();
+        int windowPool = Config.SlidingWindow > 0
+            ? checked(Math.Min(WindowPoolTokens(Config.SlidingWindow, MaxBatch, blockSize), pool / sequences) * sequences) : 0;
         if (Config.SlidingWindow > 0 && sliding.All(w => w))
         {
-            var windowed = new KvCache(Backend, layout, maxTokens, WindowPoolTokens(Config.SlidingWindow, MaxBatch, blockSize));
+            var windowed = new KvCache(Backend, layout, maxTokens, windowPool);
             windowed.KeepOnlyWindow(Config.SlidingWindow, MaxBatch);
             return windowed;
         }
@@ -82,9 +87,9 @@ public sealed partial class LlamaModel : IDisposable
         if (Config.SlidingWindow > 0 && sliding.Any(w => w))
         {
             return KvCache.Hybrid(Backend, layout.Layers, Config.KvHeads, Config.HeadDim, blockSize, maxTokens, sliding,
-                Config.SlidingWindow, MaxBatch, WindowPoolTokens(Config.SlidingWindow, MaxBatch, blockSize));
+                Config.SlidingWindow, MaxBatch, windowPool, pool);
         }
-        return new KvCache(Backend, layout, maxTokens);
+        return new KvCache(Backend, layout, maxTokens, pool);
     }
 
     /// <summary>

@@ -9,15 +9,15 @@ namespace Engine.Tests;
 /// <summary>Chat templates from model files, conversations over the KV cache, and <c>engine chat</c>.</summary>
 public class ChatTests
 {
-    private const string ChatMl = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+    internal const string ChatMl = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
         + "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
     private static string Folder => Path.Combine(AppContext.BaseDirectory, "ChatTemplates");
 
-    private static string TemplateFile(string name) => File.ReadAllText(Path.Combine(Folder, name));
+    internal static string TemplateFile(string name) => File.ReadAllText(Path.Combine(Folder, name));
 
     /// <summary>A tiny random model as GGUF with the given chat templates in its metadata.</summary>
-    private static string ModelWithTemplates(TempDir dir, params (string Key, string Template)[] templates)
+    internal static string ModelWithTemplates(TempDir dir, params (string Key, string Template)[] templates)
     {
         string plain = TinyModel.Random(new TinySpec("chat", Heads: 4, KvHeads: 2, Seed: 70)).WriteGguf(dir.File("plain.gguf"));
         return ModelParityTests.WithKeys(plain, dir.File("chat.gguf"), [.. templates.Select(t => (t.Key, GgufValue.From(t.Template)))]);

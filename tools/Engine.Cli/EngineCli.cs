@@ -18,6 +18,7 @@ public static class EngineCli
         root.Options.Add(CliErrors.Verbose);
         root.Subcommands.Add(GenerateCommand.Create(io));
         root.Subcommands.Add(ChatCommand.Create(io));
+        root.Subcommands.Add(ServeCommand.Create(io));
         root.Subcommands.Add(TokenizeCommand.Create(io));
         root.Subcommands.Add(InspectCommand.Create(io));
         root.Subcommands.Add(BenchCommand.Create(io));

@@ -1,0 +1,474 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Threading.Channels;
+using Engine.Api;
+using Engine.Cache;
+using Engine.Models;
+using Engine.Sampling;
+using Engine.Tokenizers;
+
+namespace Engine.Serving;
+
+/// <summary>One completion to compute: a prompt of token ids and how to continue it.</summary>
+public sealed record CompletionRequest
+{
+    /// <summary>The prompt, exactly these ids (BOS and the chat template's tokens included).</summary>
+    public required IReadOnlyList<int> Prompt { get; init; }
+
+    /// <summary>Most tokens to generate (0: as many as the context leaves).</summary>
+    public int MaxTokens { get; init; }
+
+    public SamplingOptions Sampling { get; init; } = SamplingOptions.Greedy;
+
+    /// <summary>Strings that end the generation where they appear (not included in the text).</summary>
+    public IReadOnlyList<string> Stop { get; init; } = [];
+
+    /// <summary>-1: no log probabilities; otherwise each token's, with the <c>TopLogprobs</c> likeliest alternatives (0..20).</summary>
+    public int TopLogprobs { get; init; } = -1;
+
+    /// <summary>Keep generating past end-of-generation tokens.</summary>
+    public bool IgnoreEos { get; init; }
+}
+
+/// <summary>Why a completion ended, as OpenAI names it.</summary>
+public enum FinishReason
+{
+    /// <summary>An end-of-generation token or a stop string.</summary>
+    Stop,
+    /// <summary>max_tokens, or the context is full.</summary>
+    Length,
+    /// <summary>The caller went away.</summary>
+    Cancelled,
+}
+
+/// <summary>A token's log probability (natural log, of the model's distribution before sampling processors).</summary>
+public readonly record struct TokenLogprob(int Token, float Logprob);
+
+/// <summary>What a running completion reports: one <see cref="TokenEvent"/> per generated token, then one <see cref="EndEvent"/>.</summary>
+public abstract record CompletionEvent;
+
+/// <summary>A generated token and the text it releases (empty while a character or a possible stop string is incomplete).</summary>
+public sealed record TokenEvent(int Token, string Text, float Logprob, TokenLogprob[]? Top) : CompletionEvent;
+
+/// <summary>The end: why, and the counts (<paramref name="CachedTokens"/> of the prompt came from the prefix cache).</summary>
+public sealed record EndEvent(FinishReason Reason, int PromptTokens, int CachedTokens, int CompletionTokens, string Text) : CompletionEvent;
+
+/// <summary>The request queue is full (HTTP 429).</summary>
+public sealed class SchedulerBusyException(string message) : InvalidOperationException(message);
+
+/// <summary>A snapshot of what the scheduler is doing (Prometheus <c>/metrics</c>).</summary>
+public sealed record SchedulerMetrics(int Active, int Queued, long Requests, long PromptTokens, long CachedPromptTokens, long GeneratedTokens,
+    long Steps, int KvUsedBlocks, int KvTotalBlocks, int PrefixCachedBlocks, double GeneratedTokensPerSecond);
+
+/// <summary>How the scheduler runs.</summary>
+public sealed record SchedulerOptions
+{
+    /// <summary>Sequences decoded together at most; more requests wait in the queue.</summary>
+    public int Parallel { get; init; } = 4;
+
+    /// <summary>Requests that may wait; beyond that <see cref="BatchScheduler.Submit"/> refuses (429).</summary>
+    public int MaxQueue { get; init; } = 64;
+
+    /// <summary>Most prompt tokens one sequence prefills per step, so that decoding sequences are not stalled behind a long prompt.</summary>
+    public int PrefillChunk { get; init; } = 128;
+
+    /// <summary>Keep computed prompt blocks for later requests (off for sliding-window models, whose caches drop blocks).</summary>
+    public bool PrefixCaching { get; init; } = true;
+
+    public void Validate()
+    {
+        if (Parallel < 1 || Parallel > 1024)
+            throw new ArgumentOutOfRangeException(nameof(Parallel), $"parallel sequences {Parallel} must be 1..1024");
+        if (MaxQueue < 0)
+            throw new ArgumentOutOfRangeException(nameof(MaxQueue), $"queue length {MaxQueue} must not be negative");
+        if (PrefillChunk < 1)
+            throw new ArgumentOutOfRangeException(nameof(PrefillChunk), $"prefill chunk {PrefillChunk} must be positive");
+    }
+}
+
+/// <summary>
+/// Serves many completions on one model at once by continuous batching (Yu et al., "Orca", OSDI 2022):
+/// one thread runs steps; each step puts every active sequence's pending tokens — one for a decoding
+/// sequence, a chunk of prompt for a prefilling one (Agrawal et al., "Sarathi-Serve", OSDI 2024: chunked
+/// prefill so decoders are not stalled) — through one <see cref="LlamaModel.ForwardBatch"/>, then samples
+/// each sequence's next token with its own sampler chain. A request joins at the next step and leaves the
+/// moment it finishes or its caller cancels, freeing its KV blocks; prompt blocks stay in the
+/// <see cref="PrefixCache"/> for the requests that share them.
+/// </summary>
+public sealed class BatchScheduler : IDisposable
+{
+    private readonly LanguageModel _model;
+    private readonly SchedulerOptions _options;
+    private readonly KvCache _cache;
+    private readonly PrefixCache? _prefix;
+    private readonly ConcurrentQueue<Slot> _queue = new();
+    private readonly List<Slot> _active = [];
+    private readonly Thread _thread;
+    private readonly ManualResetEventSlim _wake = new(false);
+    private readonly CancellationTokenSource _stop = new();
+    private readonly float[] _logits;
+    private readonly List<BatchSegment> _segments = [];
+    private readonly List<Slot> _batch = [];
+    private readonly List<int> _tokens = [];
+    private readonly List<int> _matched = [];
+    private int _queued;
+    private long _requests, _promptTokens, _cachedTokens, _generated, _steps;
+    private long _rateStart = Stopwatch.GetTimestamp(), _rateTokens;
+    private double _rate;
+
+    public BatchScheduler(LanguageModel model, SchedulerOptions? options = null)
+    {
+        _model = model;
+        _options = options ?? new SchedulerOptions();
+        _options.Validate();
+        var net = model.Network;
+        _cache = net.CreateKvCache(model.ContextLength, sequences: _options.Parallel);
+        if (_options.PrefixCaching && _cache.Window == 0 && _cache.Local is null)
+            _prefix = new PrefixCache(_cache);
+        _logits = new float[Math.Min(_options.Parallel, net.MaxBatch) * model.Config.VocabSize];
+        _thread = new Thread(Loop) { IsBackground = true, Name = "engine-scheduler" };
+        _thread.Start();
+    }
+
+    public LanguageModel Model => _model;
+
+    public SchedulerOptions Options => _options;
+
+    /// <summary>Whether prompt blocks are cached across requests.</summary>
+    public bool PrefixCaching => _prefix is not null;
+
+    /// <summary>
+    /// Queues a completion and returns its events: tokens as they are generated, then the end. Cancelling
+    /// <paramref name="cancellationToken"/> ends it (with <see cref="FinishReason.Cancelled"/>) at the next
+    /// step and frees its sequence.
+    /// </summary>
+    /// <exception cref="ArgumentException">The prompt is empty, holds an id outside the vocabulary, or leaves no room in the context.</exception>
+    /// <exception cref="SchedulerBusyException">The queue is full.</exception>
+    public ChannelReader<CompletionEvent> Submit(CompletionRequest request, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ObjectDisposedException.ThrowIf(_stop.IsCancellationRequested, this);
+        int context = _model.ContextLength;
+        if (request.Prompt.Count == 0)
+            throw new ArgumentException("the prompt is empty (it needs at least one token)", nameof(request));
+        foreach (int id in request.Prompt)
+        {
+            if ((uint)id >= (uint)_model.Config.VocabSize)
+                throw new ArgumentException($"token id {id} is outside the vocabulary (0..{_model.Config.VocabSize - 1})", nameof(request));
+        }
+        if (request.Prompt.Count >= context)
+            throw new ArgumentException($"the prompt has {request.Prompt.Count} tokens; the context holds {context}, and at least one must be left to generate", nameof(request));
+        if (request.MaxTokens < 0 || request.Prompt.Count + request.MaxTokens > context)
+            throw new ArgumentException($"max_tokens {request.MaxTokens} with a prompt of {request.Prompt.Count} tokens exceeds the context of {context} tokens", nameof(request));
+        if (request.TopLogprobs < -1 || request.TopLogprobs > 20)
+            throw new ArgumentException($"top_logprobs {request.TopLogprobs} must be 0..20", nameof(request));
+        request.Sampling.Validate();
+        var stops = new StopSequences(request.Stop);
+        if (Interlocked.Increment(ref _queued) > _options.MaxQueue + Math.Max(0, _options.Parallel - _activeCount))
+        {
+            Interlocked.Decrement(ref _queued);
+            throw new SchedulerBusyException($"the server is busy: {_options.Parallel} requests running and {_options.MaxQueue} waiting");
+        }
+        var channel = Channel.CreateUnbounded<CompletionEvent>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        var slot = new Slot(request, channel.Writer, cancellationToken, stops, _model.Tokenizer);
+        slot.Registration = cancellationToken.Register(() => _wake.Set());
+        _queue.Enqueue(slot);
+        _wake.Set();
+        return channel.Reader;
+    }
+
+    private volatile int _activeCount;
+
+    public SchedulerMetrics Metrics()
+    {
+        double seconds = Stopwatch.GetElapsedTime(Interlocked.Read(ref _rateStart)).TotalSeconds;
+        double rate = seconds > 2 ? 0 : _rate; // nothing generated lately
+        return new SchedulerMetrics(_activeCount, Volatile.Read(ref _queued), Interlocked.Read(ref _requests), Interlocked.Read(ref _promptTokens),
+            Interlocked.Read(ref _cachedTokens), Interlocked.Read(ref _generated), Interlocked.Read(ref _steps), _cache.UsedBlocks, _cache.MaxBlocks,
+            _prefix?.Blocks ?? 0, rate);
+    }
+
+    private void Loop()
+    {
+        while (!_stop.IsCancellationRequested)
+        {
+            _wake.Reset();
+            Admit();
+            if (_active.Count == 0)
+            {
+                _wake.Wait(TimeSpan.FromSeconds(1));
+                continue;
+            }
+            try
+            {
+                Step();
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                // Something no request caused alone (a backend failure): every active request learns of it.
+                foreach (var slot in _active)
+                    Fail(slot, e);
+                _active.Clear();
+                _activeCount = 0;
+            }
+        }
+        foreach (var slot in _active)
+            Finish(slot, FinishReason.Cancelled);
+        _active.Clear();
+        while (_queue.TryDequeue(out var waiting))
+            Finish(waiting, FinishReason.Cancelled);
+    }
+
+    /// <summary>Moves queued requests into free places, each starting from the longest cached prefix of its prompt.</summary>
+    private void Admit()
+    {
+        while (_active.Count < _options.Parallel && _queue.TryDequeue(out var slot))
+        {
+            Interlocked.Decrement(ref _queued);
+            Interlocked.Increment(ref _requests);
+            if (slot.Cancellation.IsCancellationRequested)
+            {
+                Finish(slot, FinishReason.Cancelled);
+                continue;
+            }
+            int cached = 0;
+            if (_prefix is not null)
+            {
+                _matched.Clear();
+                // at least the prompt's last token is computed: its logits give the first generated token
+                cached = _prefix.Match(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(slot.Tokens)[..(slot.PromptLength - 1)], _matched);
+                slot.Sequence = _cache.CreateSequence(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_matched), cached);
+            }
+            else
+                slot.Sequence = _cache.CreateSequence();
+            slot.Cached = cached;
+            Interlocked.Add(ref _promptTokens, slot.PromptLength);
+            Interlocked.Add(ref _cachedTokens, cached);
+            _active.Add(slot);
+        }
+        _activeCount = _active.Count;
+    }
+
+    private void Step()
+    {
+        // Leaving first: a cancelled request frees its blocks before this step needs them.
+        for (int i = _active.Count - 1; i >= 0; i--)
+        {
+            if (_active[i].Cancellation.IsCancellationRequested)
+            {
+                Finish(_active[i], FinishReason.Cancelled);
+                _active.RemoveAt(i);
+            }
+        }
+        _activeCount = _active.Count;
+        if (_active.Count == 0)
+            return;
+
+        // The batch: every decoding sequence's next token, then prompt chunks in arrival order.
+        var net = _model.Network;
+        int budget = net.MaxBatch, bs = _cache.BlockSize, blocksNeeded = 0;
+        _segments.Clear();
+        _batch.Clear();
+        _tokens.Clear();
+        foreach (bool decoders in new[] { true, false })
+        {
+            foreach (var slot in _active)
+            {
+                int pending = slot.Tokens.Count - slot.Sequence!.Length;
+                if ((pending == 1) != decoders || budget == 0)
+                    continue;
+                int count = Math.Min(Math.Min(pending, budget), decoders ? 1 : _options.PrefillChunk);
+                _segments.Add(new BatchSegment(slot.Sequence, count, Logits: count == pending));
+                _batch.Add(slot);
+                _tokens.AddRange(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(slot.Tokens).Slice(slot.Sequence.Length, count));
+                budget -= count;
+                blocksNeeded += (count + bs - 1) / bs + 1;
+            }
+        }
+        // Room for the step: cached prefixes nobody uses give way, least recently used first.
+        while (_cache.FreeBlocks < blocksNeeded && _prefix is not null && _prefix.EvictOne())
+        {
+        }
+
+        int outputs = _segments.Count(s => s.Logits);
+        var logits = _logits.AsSpan(0, outputs * _model.Config.VocabSize);
+        try
+        {
+            net.ForwardBatch(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_segments), System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_tokens), logits);
+        }
+        catch (KvCacheFullException)
+        {
+            // Only the prefix cache can overfill a pool sized for every sequence's whole context, and it
+            // was emptied above as far as it could be: end the newest request, the others go on.
+            var newest = _active[^1];
+            Finish(newest, FinishReason.Length);
+            _active.RemoveAt(_active.Count - 1);
+            _activeCount = _active.Count;
+            return;
+        }
+        Interlocked.Increment(ref _steps);
+
+        int o = 0;
+        for (int j = 0; j < _batch.Count; j++)
+        {
+            var slot = _batch[j];
+            if (!_segments[j].Logits)
+                continue;
+            var row = logits.Slice(o++ * _model.Config.VocabSize, _model.Config.VocabSize);
+            if (!slot.PromptCached && _prefix is not null)
+            {
+                _prefix.Insert(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(slot.Tokens)[..slot.PromptLength], slot.Sequence!);
+                slot.PromptCached = true;
+            }
+            var reason = Advance(slot, row);
+            if (reason is { } r)
+            {
+                Finish(slot, r);
+                _active.Remove(slot);
+            }
+        }
+        _activeCount = _active.Count;
+        long now = Stopwatch.GetTimestamp();
+        double seconds = Stopwatch.GetElapsedTime(_rateStart, now).TotalSeconds;
+        if (seconds >= 1)
+        {
+            long total = Interlocked.Read(ref _generated);
+            _rate = (total - _rateTokens) / seconds;
+            _rateTokens = total;
+            Interlocked.Exchange(ref _rateStart, now);
+        }
+    }
+
+    /// <summary>Samples the slot's next token from its logits and reports it; returns why it ends, if it does.</summary>
+    private FinishReason? Advance(Slot slot, ReadOnlySpan<float> logits)
+    {
+        var request = slot.Request;
+        int next = slot.Sampler.Sample(logits);
+        if (!request.IgnoreEos && _model.Tokenizer.IsEndOfGeneration(next))
+            return FinishReason.Stop;
+        float logprob = 0;
+        TokenLogprob[]? top = null;
+        if (request.TopLogprobs >= 0)
+            (logprob, top) = Logprobs(logits, next, request.TopLogprobs);
+        slot.Tokens.Add(next);
+        slot.Generated++;
+        Interlocked.Increment(ref _generated);
+        string text = slot.Stops.Push(slot.Detokenizer.Push(next));
+        slot.Text.Append(text);
+        slot.Writer.TryWrite(new TokenEvent(next, text, logprob, top));
+        if (slot.Stops.Stopped)
+            return FinishReason.Stop;
+        int max = request.MaxTokens > 0 ? request.MaxTokens : _model.ContextLength - slot.PromptLength;
+        if (slot.Generated >= max || slot.Tokens.Count >= _model.ContextLength)
+            return FinishReason.Length;
+        return null;
+    }
+
+    /// <summary>log softmax(logits) at <paramref name="token"/>, and the <paramref name="k"/> likeliest tokens'.</summary>
+    internal static (float Logprob, TokenLogprob[] Top) Logprobs(ReadOnlySpan<float> logits, int token, int k)
+    {
+        float max = float.NegativeInfinity;
+        foreach (float l in logits)
+            max = Math.Max(max, l);
+        double sum = 0;
+        foreach (float l in logits)
+            sum += Math.Exp(l - max);
+        float logZ = max + (float)Math.Log(sum);
+        var top = new TokenLogprob[k];
+        int filled = 0;
+        for (int i = 0; i < logits.Length && k > 0; i++)
+        {
+            if (filled == k && logits[i] <= top[k - 1].Logprob)
+                continue;
+            int at = Math.Min(filled, k - 1);
+            while (at > 0 && top[at - 1].Logprob < logits[i])
+            {
+                top[at] = top[at - 1];
+                at--;
+            }
+            top[at] = new TokenLogprob(i, logits[i]);
+            filled = Math.Min(filled + 1, k);
+        }
+        for (int i = 0; i < filled; i++)
+            top[i] = top[i] with { Logprob = top[i].Logprob - logZ };
+        return (logits[token] - logZ, top[..filled]);
+    }
+
+    private void Finish(Slot slot, FinishReason reason)
+    {
+        slot.Registration.Dispose();
+        if (reason != FinishReason.Cancelled)
+        {
+            string rest = slot.Stops.Push(slot.Detokenizer.Flush()) + slot.Stops.Flush();
+            if (rest.Length > 0)
+            {
+                slot.Text.Append(rest);
+                slot.Writer.TryWrite(new TokenEvent(-1, rest, 0, null));
+            }
+        }
+        if (slot.Sequence is { } seq)
+        {
+            // the whole exchange stays cached: the next turn of the conversation starts with it
+            if (_prefix is not null && reason != FinishReason.Cancelled)
+                _prefix.Insert(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(slot.Tokens)[..seq.Length], seq);
+            seq.Dispose();
+            slot.Sequence = null;
+        }
+        slot.Writer.TryWrite(new EndEvent(reason, slot.PromptLength, slot.Cached, slot.Generated, slot.Text.ToString()));
+        slot.Writer.TryComplete();
+    }
+
+    private static void Fail(Slot slot, Exception e)
+    {
+        slot.Registration.Dispose();
+        slot.Sequence?.Dispose();
+        slot.Sequence = null;
+        slot.Writer.TryComplete(e);
+    }
+
+    public void Dispose()
+    {
+        if (_stop.IsCancellationRequested)
+            return;
+        _stop.Cancel();
+        _wake.Set();
+        _thread.Join();
+        _cache.Dispose();
+        _wake.Dispose();
+        _stop.Dispose();
+    }
+
+    /// <summary>A request and its sequence while it is queued or running.</summary>
+    private sealed class Slot
+    {
+        public Slot(CompletionRequest request, ChannelWriter<CompletionEvent> writer, CancellationToken cancellation, StopSequences stops, TextTokenizer tokenizer)
+        {
+            Request = request;
+            Writer = writer;
+            Cancellation = cancellation;
+            Stops = stops;
+            Tokens = new List<int>(request.Prompt.Count + Math.Max(16, request.MaxTokens));
+            Tokens.AddRange(request.Prompt);
+            PromptLength = request.Prompt.Count;
+            Sampler = SamplerChain.Create(request.Sampling);
+            Detokenizer = tokenizer.CreateStreamingDetokenizer();
+            if (tokenizer.BosId is int bos && request.Prompt[^1] == bos)
+                Detokenizer.Push(bos); // a first word right after BOS loses its SentencePiece space
+        }
+
+        public CompletionRequest Request { get; }
+        public ChannelWriter<CompletionEvent> Writer { get; }
+        public CancellationToken Cancellation { get; }
+        public CancellationTokenRegistration Registration { get; set; }
+        public StopSequences Stops { get; }
+        public List<int> Tokens { get; }
+        public int PromptLength { get; }
+        public SamplerChain Sampler { get; }
+        public StreamingDetokenizer Detokenizer { get; }
+        public KvSequence? Sequence { get; set; }
+        public int Cached { get; set; }
+        public int Generated { get; set; }
+        public bool PromptCached { get; set; }
+        public System.Text.StringBuilder Text { get; } = new();
+    }
+}

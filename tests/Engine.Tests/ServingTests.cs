@@ -1,0 +1,189 @@
+using System.Threading.Channels;
+using Engine.Api;
+using Engine.Sampling;
+using Engine.Serving;
+
+namespace Engine.Tests;
+
+/// <summary>
+/// The <see cref="BatchScheduler"/>: concurrent completions decoded in shared steps give each request
+/// what it gets alone; prompts that share a prefix reuse its KV blocks; stop strings, cancellation and
+/// a full queue behave as a client expects, and nothing leaks from the KV pool.
+/// </summary>
+public class ServingTests
+{
+    private static LanguageModel Load(TempDir dir, int seed = 95) =>
+        LanguageModel.Load(TinyModel.Random(new TinySpec("serve", Heads: 4, KvHeads: 2, Seed: seed, Context: 512)).WriteGguf(dir.File("m.gguf")),
+            new ModelOptions { Threads = 1, ContextLength = 512 });
+
+    internal static async Task<(List<int> Tokens, EndEvent End)> Drain(ChannelReader<CompletionEvent> reader)
+    {
+        var tokens = new List<int>();
+        EndEvent? end = null;
+        await foreach (var e in reader.ReadAllAsync())
+        {
+            if (e is TokenEvent t && t.Token >= 0)
+                tokens.Add(t.Token);
+            else if (e is EndEvent ee)
+                end = ee;
+        }
+        return (tokens, end ?? throw new InvalidOperationException("no end event"));
+    }
+
+    [Test]
+    public async Task Concurrent_requests_get_what_each_gets_alone()
+    {
+        using var dir = new TempDir();
+        using var lm = Load(dir);
+        var rng = new Random(5);
+        var prompts = Enumerable.Range(0, 6).Select(i => Enumerable.Range(0, 5 + 17 * i).Select(_ => rng.Next(lm.Config.VocabSize)).ToArray()).ToArray();
+        var alone = new List<int>[prompts.Length];
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            using var session = lm.CreateSession();
+            alone[i] = session.Generate(prompts[i], new GenerationOptions { MaxTokens = 12 + i, Sampling = SamplingOptions.Greedy, StopAtEndOfGeneration = false }).ToList();
+        }
+        // four run at once, two wait; prompts are prefilled in chunks of 16 beside the decoders
+        using var scheduler = new BatchScheduler(lm, new SchedulerOptions { Parallel = 4, PrefillChunk = 16, PrefixCaching = false });
+        var readers = prompts.Select((p, i) => scheduler.Submit(new CompletionRequest { Prompt = p, MaxTokens = 12 + i, IgnoreEos = true })).ToArray();
+        var results = await Task.WhenAll(readers.Select(Drain));
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            Assert.That(results[i].Tokens, Is.EqualTo(alone[i]), $"request {i}");
+            Assert.That(results[i].End, Is.EqualTo(new EndEvent(FinishReason.Length, prompts[i].Length, 0, 12 + i, results[i].End.Text)));
+        }
+        var m = scheduler.Metrics();
+        Assert.That((m.Requests, m.GeneratedTokens, m.Active, m.Queued), Is.EqualTo((6L, (long)Enumerable.Range(12, 6).Sum(), 0, 0)));
+        Assert.That(m.Steps, Is.LessThan(m.GeneratedTokens), "steps are shared: fewer passes than tokens");
+        Assert.That(m.KvUsedBlocks, Is.Zero, "every sequence gave its blocks back");
+    }
+
+    [Test]
+    public async Task A_shared_prompt_prefix_is_computed_once()
+    {
+        using var dir = new TempDir();
+        using var lm = Load(dir);
+        var rng = new Random(6);
+        int[] system = Enumerable.Range(0, 200).Select(_ => rng.Next(lm.Config.VocabSize)).ToArray();
+        int[] Ask(int n) => [.. system, .. Enumerable.Range(0, n).Select(_ => rng.Next(lm.Config.VocabSize))];
+        int[] a = Ask(7), b = Ask(9);
+        using var scheduler = new BatchScheduler(lm, new SchedulerOptions { Parallel = 2 });
+        Assert.That(scheduler.PrefixCaching);
+        var first = await Drain(scheduler.Submit(new CompletionRequest { Prompt = a, MaxTokens = 10, IgnoreEos = true }));
+        var second = await Drain(scheduler.Submit(new CompletionRequest { Prompt = b, MaxTokens = 10, IgnoreEos = true }));
+        var again = await Drain(scheduler.Submit(new CompletionRequest { Prompt = a, MaxTokens = 10, IgnoreEos = true }));
+        Assert.That(first.End.CachedTokens, Is.Zero);
+        Assert.That(second.End.CachedTokens, Is.EqualTo(192), "the system prompt's six full blocks of 32");
+        Assert.That(again.End.CachedTokens, Is.EqualTo(192), "the whole prompt but its last partial block");
+        Assert.That(again.Tokens, Is.EqualTo(first.Tokens), "reused blocks give the same answer");
+        using var session = lm.CreateSession();
+        Assert.That(second.Tokens, Is.EqualTo(session.Generate(b, new GenerationOptions { MaxTokens = 10, Sampling = SamplingOptions.Greedy, StopAtEndOfGeneration = false })),
+            "a sequence started from cached blocks continues as one computed whole");
+
+        // a conversation's next turn starts with the whole previous exchange cached
+        int[] turn = [.. a, .. first.Tokens, .. Enumerable.Range(0, 5).Select(_ => rng.Next(lm.Config.VocabSize))];
+        var next = await Drain(scheduler.Submit(new CompletionRequest { Prompt = turn, MaxTokens = 4, IgnoreEos = true }));
+        Assert.That(next.End.CachedTokens, Is.EqualTo((a.Length + first.Tokens.Count - 1) / 32 * 32));
+    }
+
+    [Test]
+    public async Task The_prefix_cache_gives_way_when_the_pool_runs_short()
+    {
+        using var dir = new TempDir();
+        using var lm = Load(dir);
+        var rng = new Random(7);
+        // one sequence's pool (512 tokens = 16 blocks): every finished prompt stays cached until a new one needs the room
+        using var scheduler = new BatchScheduler(lm, new SchedulerOptions { Parallel = 1 });
+        for (int i = 0; i < 8; i++)
+        {
+            int[] prompt = Enumerable.Range(0, 150).Select(_ => rng.Next(lm.Config.VocabSize)).ToArray();
+            var r = await Drain(scheduler.Submit(new CompletionRequest { Prompt = prompt, MaxTokens = 20, IgnoreEos = true }));
+            Assert.That(r.Tokens, Has.Count.EqualTo(20), $"request {i} finished whole");
+        }
+        var m = scheduler.Metrics();
+        Assert.That(m.KvUsedBlocks, Is.EqualTo(m.PrefixCachedBlocks), "only the prefix cache holds blocks between requests");
+        Assert.That(m.KvUsedBlocks, Is.LessThanOrEqualTo(m.KvTotalBlocks));
+    }
+
+    [Test]
+    public async Task Stop_strings_end_the_text_before_them()
+    {
+        using var dir = new TempDir();
+        using var lm = Load(dir);
+        using var scheduler = new BatchScheduler(lm, new SchedulerOptions { Parallel = 1, PrefixCaching = false });
+        int[] prompt = [1, 5, 9, 13];
+        var free = await Drain(scheduler.Submit(new CompletionRequest { Prompt = prompt, MaxTokens = 40, IgnoreEos = true }));
+        string text = free.End.Text;
+        Assume.That(text.Length, Is.GreaterThan(6), "the random model writes some text");
+        string stop = text.Substring(text.Length / 2, 3);
+        var stopped = await Drain(scheduler.Submit(new CompletionRequest { Prompt = prompt, MaxTokens = 40, IgnoreEos = true, Stop = [stop, "\u0001never"] }));
+        Assert.That(stopped.End.Reason, Is.EqualTo(FinishReason.Stop));
+        Assert.That(stopped.End.Text, Is.EqualTo(text[..text.IndexOf(stop, StringComparison.Ordinal)]));
+    }
+
+    [Test]
+    public void Stop_sequences_hold_back_only_what_could_still_become_a_stop_string()
+    {
+        var s = new StopSequences(["END", "xy"]);
+        Assert.That(s.Push("abcE"), Is.EqualTo("abc"));
+        Assert.That(s.Push("N"), Is.EqualTo(""));
+        Assert.That(s.Push("x"), Is.EqualTo("ENx"[..2]), "'EN' cannot become END once x follows; x may start xy");
+        Assert.That(s.Push("z"), Is.EqualTo("xz"));
+        Assert.That(s.Push("..EN"), Is.EqualTo(".."));
+        Assert.That(s.Push("D and more"), Is.EqualTo(""));
+        Assert.That(s.Stopped);
+        Assert.That(s.Flush(), Is.EqualTo(""));
+        var t = new StopSequences(["END"]);
+        Assert.That(t.Push("tail E"), Is.EqualTo("tail "));
+        Assert.That(t.Flush(), Is.EqualTo("E"), "held text comes out at the end");
+        Assert.Throws<ArgumentException>(() => _ = new StopSequences([""]));
+    }
+
+    [Test]
+    public async Task A_cancelled_request_frees_its_sequence_and_a_full_queue_refuses()
+    {
+        using var dir = new TempDir();
+        using var lm = Load(dir);
+        using var scheduler = new BatchScheduler(lm, new SchedulerOptions { Parallel = 1, MaxQueue = 1, PrefixCaching = false });
+        using var cts = new CancellationTokenSource();
+        var running = scheduler.Submit(new CompletionRequest { Prompt = [1, 2, 3], MaxTokens = 400, IgnoreEos = true }, cts.Token);
+        var waiting = scheduler.Submit(new CompletionRequest { Prompt = [4, 5], MaxTokens = 3, IgnoreEos = true });
+        var ex = Assert.Throws<SchedulerBusyException>(() => scheduler.Submit(new CompletionRequest { Prompt = [6], MaxTokens = 3 }));
+        Assert.That(ex!.Message, Does.Contain("busy"));
+        // the first has started: cancel it mid-generation
+        Assert.That(await running.WaitToReadAsync(), Is.True);
+        cts.Cancel();
+        var cancelled = await Drain(running);
+        Assert.That(cancelled.End.Reason, Is.EqualTo(FinishReason.Cancelled));
+        Assert.That(cancelled.Tokens.Count, Is.LessThan(400));
+        var next = await Drain(waiting);
+        Assert.That(next.End.Reason, Is.EqualTo(FinishReason.Length));
+        Assert.That(scheduler.Metrics().KvUsedBlocks, Is.Zero);
+    }
+
+    [Test]
+    public void Impossible_requests_are_refused_with_the_reason()
+    {
+        using var dir = new TempDir();
+        using var lm = Load(dir);
+        using var scheduler = new BatchScheduler(lm, new SchedulerOptions { Parallel = 1 });
+        Assert.That(Assert.Throws<ArgumentException>(() => scheduler.Submit(new CompletionRequest { Prompt = [] }))!.Message, Does.Contain("empty"));
+        Assert.That(Assert.Throws<ArgumentException>(() => scheduler.Submit(new CompletionRequest { Prompt = [lm.Config.VocabSize] }))!.Message, Does.Contain("vocabulary"));
+        Assert.That(Assert.Throws<ArgumentException>(() => scheduler.Submit(new CompletionRequest { Prompt = new int[512] }))!.Message, Does.Contain("context"));
+        Assert.That(Assert.Throws<ArgumentException>(() => scheduler.Submit(new CompletionRequest { Prompt = [1], MaxTokens = 512 }))!.Message, Does.Contain("max_tokens"));
+        Assert.Throws<ArgumentOutOfRangeException>(() => scheduler.Submit(new CompletionRequest { Prompt = [1], Sampling = new SamplingOptions { Temperature = -1 } }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => _ = new BatchScheduler(lm, new SchedulerOptions { Parallel = 0 }));
+    }
+
+    [Test]
+    public void Logprobs_are_the_log_softmax_and_its_largest_entries()
+    {
+        float[] logits = [1f, 3f, 2f, 3f, -1f];
+        double z = Math.Log(logits.Sum(l => Math.Exp(l)));
+        var (lp, top) = BatchScheduler.Logprobs(logits, 2, 3);
+        Assert.That(lp, Is.EqualTo(2 - z).Within(1e-6), "float32 logits, double sum: well inside 1e-6");
+        Assert.That(top.Select(t => t.Token), Is.EqualTo(new[] { 1, 3, 2 }), "ties keep the lower id first");
+        Assert.That(top[0].Logprob, Is.EqualTo(3 - z).Within(1e-6));
+        Assert.That(BatchScheduler.Logprobs(logits, 0, 0).Top, Is.Empty);
+    }
+}
