@@ -132,7 +132,8 @@ public sealed class OpenAiServer : IAsyncDisposable
             }
             catch (Exception e) when (!context.Response.HasStarted)
             {
-                // never a stack trace to the client
+                // never a stack trace to the client; the operator's console gets it
+                Console.Error.WriteLine($"engine serve: {context.Request.Method} {context.Request.Path} failed: {e}");
                 await WriteError(context, new ApiError(500, $"internal error: {e.GetType().Name}", "server_error")).ConfigureAwait(false);
             }
         });
@@ -435,7 +436,14 @@ public sealed class OpenAiServer : IAsyncDisposable
         {
             ["tokens"] = e.Select(x => x["token"]).ToArray(),
             ["token_logprobs"] = e.Select(x => x["logprob"]).ToArray(),
-            ["top_logprobs"] = e.Select(x => ((Dictionary<string, object?>[])x["top_logprobs"]!).ToDictionary(t => (string)t["token"]!, t => t["logprob"], StringComparer.Ordinal)).ToArray(),
+            // keyed by text: two tokens may read alike (pieces of one character), the likelier is kept
+            ["top_logprobs"] = e.Select(x =>
+            {
+                var top = new Dictionary<string, object?>(StringComparer.Ordinal);
+                foreach (var t in (Dictionary<string, object?>[])x["top_logprobs"]!)
+                    top.TryAdd((string)t["token"]!, t["logprob"]);
+                return top;
+            }).ToArray(),
         };
     }
 

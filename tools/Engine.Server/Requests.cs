@@ -41,10 +41,11 @@ public static class RequestReader
         try
         {
             var doc = JsonDocument.Parse(body, new JsonDocumentOptions { MaxDepth = 64 });
-            if (doc.RootElement.ValueKind != JsonValueKind.Object)
+            var kind = doc.RootElement.ValueKind;
+            if (kind != JsonValueKind.Object)
             {
                 doc.Dispose();
-                throw ApiError.BadRequest($"the request body must be a JSON object, not {Kind(doc.RootElement.ValueKind)}");
+                throw ApiError.BadRequest($"the request body must be a JSON object, not {Kind(kind)}");
             }
             return doc;
         }
@@ -54,7 +55,24 @@ public static class RequestReader
         }
     }
 
-    public static RequestParameters Chat(JsonElement root)
+    public static RequestParameters Chat(JsonElement root) => Checked(() => ReadChat(root));
+
+    public static RequestParameters Completion(JsonElement root) => Checked(() => ReadCompletion(root));
+
+    /// <summary>A string that is not valid UTF-16 (a lone surrogate escape) is the client's error too.</summary>
+    private static T Checked<T>(Func<T> read)
+    {
+        try
+        {
+            return read();
+        }
+        catch (InvalidOperationException e)
+        {
+            throw ApiError.BadRequest($"a value of the request cannot be read: {e.Message}");
+        }
+    }
+
+    private static RequestParameters ReadChat(JsonElement root)
     {
         var p = Common(root, chat: true);
         if (!root.TryGetProperty("messages", out var messages))
@@ -103,7 +121,7 @@ public static class RequestReader
         return p with { Messages = list, Tools = tools };
     }
 
-    public static RequestParameters Completion(JsonElement root)
+    private static RequestParameters ReadCompletion(JsonElement root)
     {
         var p = Common(root, chat: false);
         if (!root.TryGetProperty("prompt", out var prompt))
@@ -203,7 +221,7 @@ public static class RequestReader
                 JsonValueKind.String => content.GetString(),
                 JsonValueKind.Null => r == "assistant" ? "" : throw ApiError.BadRequest($"{where}.content must not be null", $"{where}.content"),
                 JsonValueKind.Array => string.Concat(content.EnumerateArray().Select((part, k) =>
-                    part.ValueKind == JsonValueKind.Object && part.TryGetProperty("type", out var type) && type.GetString() == "text"
+                    part.ValueKind == JsonValueKind.Object && part.TryGetProperty("type", out var type) && type.ValueKind == JsonValueKind.String && type.GetString() == "text"
                         && part.TryGetProperty("text", out var text) && text.ValueKind == JsonValueKind.String
                         ? text.GetString()
                         : throw ApiError.BadRequest($"{where}.content[{k}] must be a text part (images and audio are not supported)", $"{where}.content[{k}]"))),

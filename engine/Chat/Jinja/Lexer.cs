@@ -71,7 +71,7 @@ internal static class Lexer
                 int close = source.IndexOf("#}", start, StringComparison.Ordinal);
                 if (close < 0)
                     throw new JinjaException("a comment is not closed with #}", line);
-                bool minusRight = source[close - 1] == '-';
+                bool minusRight = close > start && source[close - 1] == '-';
                 line += Count(source.AsSpan(open, close + 2 - open), '\n');
                 i = close + 2;
                 stripNextText = minusRight;
@@ -80,7 +80,8 @@ internal static class Lexer
             }
             string closer = kind == '{' ? "}}" : "%}";
             int end = FindClose(source, start, closer, line);
-            bool minusRightTag = source[end - 1] == '-', plusRight = source[end - 1] == '+';
+            // a '-' or '+' just inside the closer trims (not the opener's own: "{{-}}" has none)
+            bool minusRightTag = end > start && source[end - 1] == '-', plusRight = end > start && source[end - 1] == '+';
             string inside = source[start..(minusRightTag || plusRight ? end - 1 : end)];
             tokens.Add(new Token(kind == '{' ? TokenType.ExpressionStart : TokenType.StatementStart, "", line));
             if (kind == '%' && inside.Trim() == "raw")
