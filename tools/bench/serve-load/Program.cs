@@ -1,0 +1,145 @@
+using System.Diagnostics;
+using System.Net.Http.Headers;
+using System.Text;
+using System.Text.Json;
+using Engine.Api;
+using Engine.Server;
+using Engine.Serving;
+
+// serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--soak-clients 64] [--soak-seconds 60] [--threads N]
+//
+// Starts engine serve's OpenAiServer in-process on 127.0.0.1 (a free port) and measures, each against a
+// baseline from the same run:
+//   1. aggregate decode throughput of N concurrent streaming clients vs one client (continuous batching);
+//   2. time to first token of a request whose ~1,000-token system prompt is cached vs the first one (prefix caching);
+//   3. a soak: M concurrent clients for S seconds — requests lost, malformed streams, memory before and after.
+if (args.Length == 0 || args[0].StartsWith('-'))
+{
+    Console.Error.WriteLine("usage: serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--soak-clients 64] [--soak-seconds 60] [--threads N] [--parallel N]");
+    return 2;
+}
+string path = args[0];
+int Arg(string name, int fallback)
+{
+    int i = Array.IndexOf(args, name);
+    return i >= 0 && i + 1 < args.Length ? int.Parse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture) : fallback;
+}
+int clients = Arg("--clients", 16), tokens = Arg("--tokens", 64), requests = Arg("--requests", 2);
+int soakClients = Arg("--soak-clients", 64), soakSeconds = Arg("--soak-seconds", 60), threads = Arg("--threads", 0);
+int parallel = Arg("--parallel", Math.Max(clients, 16));
+
+using var lm = LanguageModel.Load(path, new ModelOptions { Threads = threads, ContextLength = 2048 });
+await using var server = await OpenAiServer.StartAsync(lm, null, new ServerOptions
+{
+    Port = 0, Scheduler = new SchedulerOptions { Parallel = parallel, MaxQueue = 256 },
+});
+using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromMinutes(5) };
+Console.WriteLine($"serve-load: {Path.GetFileName(path)} at {server.Address}, parallel {parallel}, context {lm.ContextLength}, {Environment.ProcessorCount} cores");
+
+// One streamed completion: (generated tokens, seconds to the first token, seconds in all, well-formed).
+async Task<(int Tokens, double FirstToken, double Seconds, bool WellFormed)> Stream(string prompt, int maxTokens)
+{
+    var clock = Stopwatch.StartNew();
+    string body = JsonSerializer.Serialize(new Dictionary<string, object>
+    {
+        ["prompt"] = prompt, ["max_tokens"] = maxTokens, ["ignore_eos"] = true, ["temperature"] = 0, ["stream"] = true,
+        ["stream_options"] = new Dictionary<string, object> { ["include_usage"] = true },
+    });
+    using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = new StringContent(body, Encoding.UTF8, "application/json") };
+    using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+    if (!response.IsSuccessStatusCode)
+        return (0, 0, clock.Elapsed.TotalSeconds, false);
+    using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+    double first = 0;
+    int usageTokens = -1;
+    bool done = false, ok = response.Content.Headers.ContentType?.MediaType == "text/event-stream";
+    while (await reader.ReadLineAsync() is { } line)
+    {
+        if (line.Length == 0)
+            continue;
+        if (!line.StartsWith("data: ", StringComparison.Ordinal) || done)
+        {
+            ok = false;
+            continue;
+        }
+        string data = line[6..];
+        if (data == "[DONE]")
+        {
+            done = true;
+            continue;
+        }
+        using var chunk = JsonDocument.Parse(data);
+        if (first == 0)
+            first = clock.Elapsed.TotalSeconds;
+        if (chunk.RootElement.TryGetProperty("usage", out var usage) && usage.ValueKind == JsonValueKind.Object)
+            usageTokens = usage.GetProperty("completion_tokens").GetInt32();
+    }
+    return (usageTokens, first, clock.Elapsed.TotalSeconds, ok && done && usageTokens == maxTokens);
+}
+
+string Prompt(int i) => $"Once upon a time, in a town numbered {i}, there lived";
+
+// 1. one client, then N at once
+await Stream(Prompt(0), 8); // warm-up
+double Throughput(IEnumerable<(int Tokens, double FirstToken, double Seconds, bool WellFormed)> results, double seconds) => results.Sum(r => r.Tokens) / seconds;
+var clock = Stopwatch.StartNew();
+var single = new List<(int, double, double, bool)>();
+for (int r = 0; r < requests; r++)
+    single.Add(await Stream(Prompt(r), tokens));
+double one = Throughput(single, clock.Elapsed.TotalSeconds);
+clock.Restart();
+var many = await Task.WhenAll(Enumerable.Range(0, clients).Select(async c =>
+{
+    var list = new List<(int, double, double, bool)>();
+    for (int r = 0; r < requests; r++)
+        list.Add(await Stream(Prompt(100 + c * requests + r), tokens));
+    return list;
+}));
+double all = Throughput(many.SelectMany(l => l), clock.Elapsed.TotalSeconds);
+Console.WriteLine($"throughput: 1 client {one:F1} tok/s, {clients} clients {all:F1} tok/s aggregate = {all / one:F2}x");
+
+// 2. a ~1,000-token system prompt, first and then cached
+var system = new StringBuilder();
+while (lm.Tokenizer.Encode(system.ToString()).Count < 1000)
+    system.Append("The assistant answers every question about the little town, its river, its baker and its cat, kindly and briefly. ");
+var cold = await Stream(system + "Question 0: who lives by the river?", 1);
+var warm = new List<double>();
+for (int q = 1; q <= 5; q++)
+    warm.Add((await Stream(system + $"Question {q}: what does the baker sell?", 1)).FirstToken);
+warm.Sort();
+double warmMedian = warm[warm.Count / 2];
+Console.WriteLine($"prefix cache: {lm.Tokenizer.Encode(system.ToString()).Count}-token system prompt, first token after {cold.FirstToken * 1000:F0} ms cold, "
+    + $"{warmMedian * 1000:F0} ms cached (median of 5) = {warmMedian / cold.FirstToken:P1}");
+
+// 3. soak
+GC.Collect();
+long before = Process.GetCurrentProcess().WorkingSet64;
+using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(soakSeconds));
+int sent = 0, wellFormed = 0, lost = 0;
+var soak = await Task.WhenAll(Enumerable.Range(0, soakClients).Select(async c =>
+{
+    var rng = new Random(c);
+    while (!stop.IsCancellationRequested)
+    {
+        Interlocked.Increment(ref sent);
+        try
+        {
+            var r = await Stream(Prompt(rng.Next(1000)), 8 + rng.Next(24));
+            if (r.WellFormed)
+                Interlocked.Increment(ref wellFormed);
+            else
+                Interlocked.Increment(ref lost);
+        }
+        catch (Exception)
+        {
+            Interlocked.Increment(ref lost);
+        }
+    }
+    return 0;
+}));
+GC.Collect();
+long after = Process.GetCurrentProcess().WorkingSet64;
+var m = server.Scheduler.Metrics();
+Console.WriteLine($"soak: {soakClients} clients for {soakSeconds} s: {sent} requests, {wellFormed} complete and well-formed, {lost} lost or malformed; "
+    + $"working set {before >> 20} MiB before, {after >> 20} MiB after; KV blocks in use {m.KvUsedBlocks}/{m.KvTotalBlocks} (prefix cache {m.PrefixCachedBlocks})");
+return lost == 0 ? 0 : 1;
