@@ -676,6 +676,54 @@ public abstract partial class GpuSuite
 
     private static int Depth(int[] parents, int i) => parents[i] < 0 ? 0 : 1 + Depth(parents, parents[i]);
 
+    /// <summary>
+    /// A continuous batch on the device (<see cref="Models.LlamaModel.ForwardBatch"/>: rows copied per
+    /// sequence with <c>CopyRows</c>, attention over each sequence's own block table) gives each sequence
+    /// what the CPU gives it alone.
+    /// </summary>
+    [Test]
+    public void A_continuous_batch_matches_the_cpu_per_sequence()
+    {
+        var model = TinyModel.Random(new TinySpec("batch-gpu", Heads: 8, KvHeads: 2, Layers: 2, WeightType: GgmlType.Q8_0, Seed: 23));
+        using var dir = new TempDir();
+        string path = model.WriteGguf(dir.File("m.gguf"));
+        using var gpu = LoadOnGpu(path, useCuBlas: false);
+        using var cpu = LanguageModel.Load(path, new ModelOptions { Backend = new Backends.Cpu.CpuBackend(2, quantizeActivations: false) });
+        int[][] prompts = [[5, 9, 33, 200, 7], [1, 2], [40, 41, 42, 43, 44, 45, 46, 47, 48]];
+        int vocab = gpu.Config.VocabSize;
+        var expected = new List<float[]>();
+        foreach (var p in prompts)
+        {
+            using var cache = cpu.Network.CreateKvCache(64);
+            using var seq = cache.CreateSequence();
+            var l = new float[vocab];
+            cpu.Network.Forward(seq, p, Enumerable.Range(0, p.Length).ToArray(), AttentionMask.Causal, [p.Length - 1], l);
+            cpu.Network.Forward(seq, [3], [p.Length], AttentionMask.Causal, [0], l);
+            expected.Add(l);
+        }
+        using var shared = gpu.Network.CreateKvCache(64, sequences: 3);
+        var seqs = prompts.Select(_ => shared.CreateSequence()).ToArray();
+        try
+        {
+            var first = new float[3 * vocab];
+            gpu.Network.ForwardBatch(seqs.Select((s, j) => new Models.BatchSegment(s, prompts[j].Length, true)).ToArray(), prompts.SelectMany(p => p).ToArray(), first);
+            var got = new float[3 * vocab];
+            gpu.Network.ForwardBatch(seqs.Select(s => new Models.BatchSegment(s, 1, true)).ToArray(), [3, 3, 3], got);
+            // float32 on both sides, different summation orders: the CPU parity tolerance of the logits' scale
+            for (int j = 0; j < 3; j++)
+            {
+                double scale = expected[j].Max(MathF.Abs);
+                for (int i = 0; i < vocab; i++)
+                    Assert.That(got[j * vocab + i], Is.EqualTo(expected[j][i]).Within(2e-5 * scale), $"sequence {j}, logit {i}");
+            }
+        }
+        finally
+        {
+            foreach (var s in seqs)
+                s.Dispose();
+        }
+    }
+
     [Test]
     public void Stories_greedy_decoding_gives_the_reference_ids([Values(false, true)] bool cuBlas, [Values(false, true)] bool cudaGraphs)
     {
