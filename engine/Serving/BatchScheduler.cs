@@ -58,7 +58,7 @@ public sealed class SchedulerBusyException(string message) : InvalidOperationExc
 
 /// <summary>A snapshot of what the scheduler is doing (Prometheus <c>/metrics</c>).</summary>
 public sealed record SchedulerMetrics(int Active, int Queued, long Requests, long PromptTokens, long CachedPromptTokens, long GeneratedTokens,
-    long Steps, int KvUsedBlocks, int KvTotalBlocks, int PrefixCachedBlocks, double GeneratedTokensPerSecond);
+    long Steps, int KvUsedBlocks, int KvTotalBlocks, int PrefixCachedBlocks, double GeneratedTokensPerSecond, long Cancelled);
 
 /// <summary>How the scheduler runs.</summary>
 public sealed record SchedulerOptions
@@ -112,7 +112,7 @@ public sealed class BatchScheduler : IDisposable
     private readonly List<int> _tokens = [];
     private readonly List<int> _matched = [];
     private int _queued;
-    private long _requests, _promptTokens, _cachedTokens, _generated, _steps;
+    private long _requests, _promptTokens, _cachedTokens, _generated, _steps, _cancelled;
     private long _rateStart = Stopwatch.GetTimestamp(), _rateTokens;
     private double _rate;
 
@@ -185,7 +185,7 @@ public sealed class BatchScheduler : IDisposable
         double rate = seconds > 2 ? 0 : _rate; // nothing generated lately
         return new SchedulerMetrics(_activeCount, Volatile.Read(ref _queued), Interlocked.Read(ref _requests), Interlocked.Read(ref _promptTokens),
             Interlocked.Read(ref _cachedTokens), Interlocked.Read(ref _generated), Interlocked.Read(ref _steps), _cache.UsedBlocks, _cache.MaxBlocks,
-            _prefix?.Blocks ?? 0, rate);
+            _prefix?.Blocks ?? 0, rate, Interlocked.Read(ref _cancelled));
     }
 
     private void Loop()
@@ -397,6 +397,8 @@ public sealed class BatchScheduler : IDisposable
     private void Finish(Slot slot, FinishReason reason)
     {
         slot.Registration.Dispose();
+        if (reason == FinishReason.Cancelled)
+            Interlocked.Increment(ref _cancelled);
         if (reason != FinishReason.Cancelled)
         {
             string rest = slot.Stops.Push(slot.Detokenizer.Flush()) + slot.Stops.Flush();

@@ -19,9 +19,12 @@ public class ChatTests
     /// <summary>A tiny random model as GGUF with the given chat templates in its metadata.</summary>
     internal static string ModelWithTemplates(TempDir dir, params (string Key, string Template)[] templates) => ModelWithTemplates(dir, 256, templates);
 
-    internal static string ModelWithTemplates(TempDir dir, int context, params (string Key, string Template)[] templates)
+    internal static string ModelWithTemplates(TempDir dir, int context, params (string Key, string Template)[] templates) =>
+        ModelWithTemplates(dir, new TinySpec("chat", Heads: 4, KvHeads: 2, Seed: 70, Context: context), templates);
+
+    internal static string ModelWithTemplates(TempDir dir, TinySpec spec, params (string Key, string Template)[] templates)
     {
-        string plain = TinyModel.Random(new TinySpec("chat", Heads: 4, KvHeads: 2, Seed: 70, Context: context)).WriteGguf(dir.File("plain.gguf"));
+        string plain = TinyModel.Random(spec).WriteGguf(dir.File("plain.gguf"));
         return ModelParityTests.WithKeys(plain, dir.File("chat.gguf"), [.. templates.Select(t => (t.Key, GgufValue.From(t.Template)))]);
     }
 

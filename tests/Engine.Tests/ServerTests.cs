@@ -22,10 +22,12 @@ public class ServerTests
 {
     private const string Key = "test-key";
 
-    private static async Task<(OpenAiServer Server, LanguageModel Model, TempDir Dir)> Start(string template, SchedulerOptions? scheduler = null, int context = 256)
+    private static async Task<(OpenAiServer Server, LanguageModel Model, TempDir Dir)> Start(string template, SchedulerOptions? scheduler = null, int context = 256,
+        int dim = 64)
     {
         var dir = new TempDir();
-        var lm = LanguageModel.Load(ChatTests.ModelWithTemplates(dir, context, ("tokenizer.chat_template", template)), new ModelOptions { Threads = 1, ContextLength = context });
+        var spec = new TinySpec("chat", Heads: 4, KvHeads: 2, Seed: 70, Context: context, Dim: dim, Ffn: dim * 3 / 2, Layers: dim > 64 ? 4 : 2);
+        var lm = LanguageModel.Load(ChatTests.ModelWithTemplates(dir, spec, ("tokenizer.chat_template", template)), new ModelOptions { Threads = 1, ContextLength = context });
         var server = await OpenAiServer.StartAsync(lm, lm.GetChatTemplate(), new ServerOptions
         {
             Port = 0, ApiKey = Key, ModelName = "tiny", Scheduler = scheduler ?? new SchedulerOptions { Parallel = 4 },
@@ -178,7 +180,8 @@ public class ServerTests
     [Test]
     public async Task Streams_are_well_formed_a_full_server_refuses_and_a_disconnect_frees_the_sequence()
     {
-        var (server, lm, dir) = await Start(ChatTests.ChatMl, new SchedulerOptions { Parallel = 1, MaxQueue = 0, PrefixCaching = false }, context: 4096);
+        var (server, lm, dir) = await Start(ChatTests.ChatMl, new SchedulerOptions { Parallel = 1, MaxQueue = 0, PrefixCaching = false }, context: 4096,
+            dim: 384); // wide enough that 4,000 tokens take seconds: the disconnect comes long before the end
         await using var _ = server;
         using var __ = lm;
         using var ___ = dir;
@@ -206,6 +209,7 @@ public class ServerTests
         while (server.Scheduler.Metrics().Active > 0 && DateTime.UtcNow < deadline)
             await Task.Delay(20);
         Assert.That(server.Scheduler.Metrics().Active, Is.Zero, "the disconnected request left");
+        Assert.That(server.Scheduler.Metrics().Cancelled, Is.EqualTo(1), "it was cancelled, not finished");
         Assert.That(server.Scheduler.Metrics().GeneratedTokens, Is.LessThan(4000), "it stopped when the client left");
 
         // a whole stream: every event is a JSON chunk, the last says why it ended, then usage and [DONE]

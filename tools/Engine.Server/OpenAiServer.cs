@@ -464,6 +464,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         Metric("prompt_tokens_cached_total", "counter", "Prompt tokens served from the prefix cache.", m.CachedPromptTokens);
         Metric("generation_tokens_total", "counter", "Tokens generated.", m.GeneratedTokens);
         Metric("steps_total", "counter", "Batched forward passes.", m.Steps);
+        Metric("requests_cancelled_total", "counter", "Completions whose client went away or cancelled.", m.Cancelled);
         Metric("generation_tokens_per_second", "gauge", "Tokens generated per second, last second.", m.GeneratedTokensPerSecond);
         Metric("kv_cache_usage_ratio", "gauge", "Share of KV-cache blocks in use.", m.KvTotalBlocks == 0 ? 0 : (double)m.KvUsedBlocks / m.KvTotalBlocks);
         Metric("kv_cache_blocks_used", "gauge", "KV-cache blocks in use (sequences and prefix cache).", m.KvUsedBlocks);
