@@ -662,6 +662,7 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
 
     public override void Dispose()
     {
+        DisposeBatchScratch();
         _graph?.Dispose();
         _blas?.Dispose();
         foreach (var f in _ropeFrequencies.Values)

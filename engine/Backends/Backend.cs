@@ -135,6 +135,70 @@ public abstract class Backend : IDisposable
     }
 
     /// <summary>
+    /// <see cref="StoreKv"/> for a continuous batch: each sequence's rows of k and v into its own slots
+    /// (after its prefix, through its block table). The default copies each sequence's rows out and
+    /// stores them with <see cref="StoreKv"/>; a backend may index the rows in place (the CPU does).
+    /// </summary>
+    public virtual void StoreKvBatch(KvStore store, int layer, SequenceBatch batch, Activation k, Activation v)
+    {
+        for (int j = 0; j < batch.Count; j++)
+        {
+            int n = batch.RowCount(j);
+            var kj = BatchScratch(0, n, k.Cols);
+            var vj = BatchScratch(1, n, v.Cols);
+            CopyRows(k, batch.RowStart(j), kj, 0, n);
+            CopyRows(v, batch.RowStart(j), vj, 0, n);
+            StoreKv(store, layer, batch.Table(j), batch.Prefix(j), kj, vj);
+        }
+    }
+
+    /// <summary>
+    /// <see cref="Attention"/> for a continuous batch: each sequence's rows of q attend, causally, to that
+    /// sequence's cached prefix and its own rows (their K/V already stored), and nothing else;
+    /// <paramref name="windowStarts"/> (empty, or one per row of the pass) as in <see cref="Attention"/>.
+    /// The default runs <see cref="Attention"/> per sequence on copied rows; a backend may run every
+    /// sequence in one call (the CPU does, spread over its threads).
+    /// </summary>
+    public virtual void AttentionBatch(Activation q, KvStore store, int layer, SequenceBatch batch, int heads, float scale, Activation dst,
+        bool batchInvariant = false, float softCap = 0, ReadOnlySpan<int> windowStarts = default)
+    {
+        for (int j = 0; j < batch.Count; j++)
+        {
+            int n = batch.RowCount(j), row = batch.RowStart(j);
+            var qj = BatchScratch(0, n, q.Cols);
+            var yj = BatchScratch(1, n, dst.Cols);
+            CopyRows(q, row, qj, 0, n);
+            Attention(qj, store, layer, batch.Table(j), batch.Prefix(j), AttentionMask.Causal, heads, scale, yj, batchInvariant, softCap,
+                windowStarts.IsEmpty ? default : windowStarts.Slice(row, n));
+            CopyRows(yj, 0, dst, row, n);
+        }
+    }
+
+    private readonly DeviceBuffer?[] _batchScratch = new DeviceBuffer?[2];
+
+    /// <summary>Scratch rows for the default batched operations (grown as needed, freed with the backend by <see cref="DisposeBatchScratch"/>).</summary>
+    private Activation BatchScratch(int which, int rows, int cols)
+    {
+        long size = (long)rows * cols;
+        if (_batchScratch[which] is not { } buffer || buffer.Length < size)
+        {
+            _batchScratch[which]?.Dispose();
+            _batchScratch[which] = buffer = Allocate(Math.Max(size, 2 * (_batchScratch[which]?.Length ?? 0)));
+        }
+        return new Activation(buffer, rows, cols);
+    }
+
+    /// <summary>Frees the default batched operations' scratch; a backend's Dispose calls it.</summary>
+    protected void DisposeBatchScratch()
+    {
+        for (int i = 0; i < _batchScratch.Length; i++)
+        {
+            _batchScratch[i]?.Dispose();
+            _batchScratch[i] = null;
+        }
+    }
+
+    /// <summary>
     /// A block's way out: residual += x·Wᵀ (times <paramref name="residualScale"/>, Granite's multiplier),
     /// then normOut = RMSNorm(residual)·normWeight — the projection, the residual add and the next block's norm. <paramref name="scratch"/> ([n, W.Rows]) may receive the
     /// product. A backend may fold the add and the norm into the product's epilogue (the CUDA GEMV does

@@ -155,6 +155,21 @@ public sealed class ProfilingBackend(Backend inner) : Backend
         Add("gather_rows", t);
     }
 
+    public override void StoreKvBatch(KvStore store, int layer, SequenceBatch batch, Activation k, Activation v)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.StoreKvBatch(store, layer, batch, k, v);
+        Add("store_kv_batch", t);
+    }
+
+    public override void AttentionBatch(Activation q, KvStore store, int layer, SequenceBatch batch, int heads, float scale, Activation dst,
+        bool batchInvariant = false, float softCap = 0, ReadOnlySpan<int> windowStarts = default)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.AttentionBatch(q, store, layer, batch, heads, scale, dst, batchInvariant, softCap, windowStarts);
+        Add("attention_batch", t);
+    }
+
     public override void CopyRows(Activation src, int srcRow, Activation dst, int dstRow, int count)
     {
         long t = Stopwatch.GetTimestamp();

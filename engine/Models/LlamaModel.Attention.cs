@@ -58,22 +58,23 @@ public sealed partial class LlamaModel
         }
         else
         {
-            // A continuous batch: each sequence's rows go through RoPE, the cache and attention on their
-            // own (its block table, its prefix), in scratch rows of their own, and come back.
-            var scratch = _scratch!;
-            foreach (var g in s.Segments)
+            // A continuous batch: RoPE over every row at its own position, then each sequence's K/V into
+            // its own slots and its rows' attention over its own cache — one backend call each.
+            bool sliding = c.IsSliding(l);
+            var first = s.Segments[0].Sequence.Cache;
+            var (local, at) = first.Place(l);
+            var store = local ? first.Local!.Store : first.Store;
+            var batch = local ? _localBatch : _batch;
+            if (c.UsesRope(l))
             {
-                var q = scratch.SegQ.WithRows(g.Count);
-                var k = scratch.SegK.WithRows(g.Count);
-                var v = scratch.SegV.WithRows(g.Count);
-                var att = scratch.SegAtt.WithRows(g.Count);
-                b.CopyRows(s.Q, g.Row, q, 0, g.Count);
-                b.CopyRows(s.K, g.Row, k, 0, g.Count);
-                b.CopyRows(s.V, g.Row, v, 0, g.Count);
-                var starts = c.SlidingWindow > 0 ? _window.Starts.Slice(g.Row, g.Count) : default;
-                AttendCache(s, l, g, q, k, v, att, s.Positions.Slice(g.Row, g.Count), AttentionMask.Causal, starts);
-                b.CopyRows(att, 0, s.Att, g.Row, g.Count);
+                var rope = sliding ? _localRope ?? _rope : _rope;
+                b.Rope(s.Q, c.Heads, s.Positions, rope);
+                b.Rope(s.K, c.KvHeads, s.Positions, rope);
             }
+            b.StoreKvBatch(store, at, batch, s.K, s.V);
+            Trace?.Invoke("q_rope", l, s.Q);
+            Trace?.Invoke("k_rope", l, s.K);
+            b.AttentionBatch(s.Q, store, at, batch, c.Heads, _attentionScale, s.Att, s.Exact, c.AttentionSoftCap, sliding ? _window.Starts : default);
         }
         Trace?.Invoke("attn_out", l, s.Att);
     }

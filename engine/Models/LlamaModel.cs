@@ -363,6 +363,18 @@ public sealed partial class LlamaModel : IDisposable
                 segments[j].Sequence.Truncate(segments[j].Sequence.Length); // give back what was reserved
             throw;
         }
+        _batch.Clear();
+        _localBatch.Clear();
+        var cache = segments[0].Sequence.Cache;
+        for (int j = 0; j < segments.Length; j++)
+        {
+            var g = list[j];
+            if (g.Sequence.Cache != cache)
+                throw new ArgumentException($"segment {j}'s sequence belongs to another KV cache than segment 0's", nameof(segments));
+            _batch.Add(g.Count, g.Prefix, g.Sequence.BlockTable);
+            if (g.Sequence.Local is { } local)
+                _localBatch.Add(g.Count, g.Prefix, local.BlockTable);
+        }
         Layers(list.AsSpan(0, segments.Length), tokens, _positions.AsSpan(0, n), AttentionMask.Causal, Config.Layers, batchInvariant);
         foreach (var g in segments)
             g.Sequence.Commit(g.Count);
@@ -380,6 +392,7 @@ public sealed partial class LlamaModel : IDisposable
     }
 
     private Segment[] _segments = [];
+    private readonly SequenceBatch _batch = new(), _localBatch = new();
     private int[] _positions = [];
 
     /// <summary>Rows [Row, Row + Count) of a pass belong to Sequence, whose cached prefix was Prefix tokens long.</summary>

@@ -19,6 +19,7 @@ public sealed unsafe class CpuBackend : Backend
     private readonly WorkerPool _pool;
     private readonly MatMulWork _matMul = new();
     private readonly AttentionWork _attention = new();
+    private readonly BatchAttentionWork _batchAttention = new();
     private readonly RowsWork _rows = new();
     private readonly QuantizedActivations _q80 = new();
     private readonly QuantizedActivations _q8k = new();
@@ -187,7 +188,17 @@ public sealed unsafe class CpuBackend : Backend
         ForRows(x.Rows, RowOp.Rope);
     }
 
-    public override void StoreKv(KvStore store, int layer, ReadOnlySpan<int> blockTable, int firstSlot, Activation k, Activation v)
+    public override void StoreKv(KvStore store, int layer, ReadOnlySpan<int> blockTable, int firstSlot, Activation k, Activation v) =>
+        StoreRows(store, layer, blockTable, firstSlot, k, v, 0, k.Rows);
+
+    public override void StoreKvBatch(KvStore store, int layer, SequenceBatch batch, Activation k, Activation v)
+    {
+        for (int j = 0; j < batch.Count; j++)
+            StoreRows(store, layer, batch.Table(j), batch.Prefix(j), k, v, batch.RowStart(j), batch.RowCount(j));
+    }
+
+    /// <summary>Rows [row, row + count) of k and v into slots firstSlot.. of the table.</summary>
+    private static void StoreRows(KvStore store, int layer, ReadOnlySpan<int> blockTable, int firstSlot, Activation k, Activation v, int row, int count)
     {
         var layout = store.Layout;
         var blocks = ((CpuKvStore)store).Pointers;
@@ -195,7 +206,7 @@ public sealed unsafe class CpuBackend : Backend
         fixed (float* kd = Array(k))
         fixed (float* vd = Array(v))
         {
-            for (int r = 0; r < k.Rows; r++)
+            for (int r = 0; r < count; r++)
             {
                 int slot = firstSlot + r;
                 float* block = blocks[blockTable[slot / bs]];
@@ -204,11 +215,11 @@ public sealed unsafe class CpuBackend : Backend
                 {
                     // K transposed ([hd][bs]: element d of this slot at d·bs), V row-major ([bs][hd])
                     float* kt = block + Kernels.Attention.KeyOffset(layout, layer, h) + offset;
-                    float* ks = kd + (long)r * k.Cols + h * hd;
+                    float* ks = kd + (long)(row + r) * k.Cols + h * hd;
                     for (int d = 0; d < hd; d++)
                         kt[d * bs] = ks[d];
                     float* vDst = block + Kernels.Attention.ValueOffset(layout, layer, h) + offset * hd;
-                    Buffer.MemoryCopy(vd + (long)r * v.Cols + h * hd, vDst, hd * sizeof(float), hd * sizeof(float));
+                    Buffer.MemoryCopy(vd + (long)(row + r) * v.Cols + h * hd, vDst, hd * sizeof(float), hd * sizeof(float));
                 }
             }
         }
@@ -225,6 +236,18 @@ public sealed unsafe class CpuBackend : Backend
         int rowGroups = Math.Clamp((Threads * 8 + heads - 1) / heads, 1, q.Rows);
         _attention.Set(Array(q), q.Rows, (CpuKvStore)store, layer, blockTable, prefixLength, mask, heads, rowGroups, scale, Array(dst), softCap, windowStarts);
         _pool.Run(_attention, heads * rowGroups, Threads);
+    }
+
+    public override void AttentionBatch(Activation q, KvStore store, int layer, SequenceBatch batch, int heads, float scale, Activation dst,
+        bool batchInvariant = false, float softCap = 0, ReadOnlySpan<int> windowStarts = default)
+    {
+        CheckAttentionOptions(q.Rows, softCap, windowStarts);
+        if (batch.Rows != q.Rows)
+            throw new ArgumentException($"the batch's sequences hold {batch.Rows} rows, q has {q.Rows}", nameof(batch));
+        // Every sequence of the step in one dispatch: chunks are (sequence, head, row group), so sixteen
+        // one-row decoders spread over the threads instead of running one after another.
+        int chunks = _batchAttention.Set(Array(q), (CpuKvStore)store, layer, batch, heads, Threads, scale, Array(dst), softCap, windowStarts);
+        _pool.Run(_batchAttention, chunks, Threads);
     }
 
     public override void SwiGlu(Activation gate, Activation up, Activation dst)
@@ -395,6 +418,100 @@ public sealed unsafe class CpuBackend : Backend
                     start = first + localEnd;
                 }
                 first += rows;
+            }
+        }
+    }
+
+    /// <summary>
+    /// A continuous batch's attention: chunks (sequence j, head, row group) numbered sequence by sequence;
+    /// a chunk runs rows group, group + groups_j, … of sequence j, each over j's own table and prefix.
+    /// </summary>
+    private sealed class BatchAttentionWork : IParallelWork
+    {
+        private float[] _q = [];
+        private float[] _y = [];
+        private CpuKvStore? _store;
+        private int[] _tables = [];
+        private int[] _firstChunk = [];
+        private int[] _groups = [];
+        private int[] _rowStart = [];
+        private int[] _rows = [];
+        private int[] _prefix = [];
+        private int[] _tableStart = [];
+        private int[] _windowStarts = [];
+        private bool _windowed;
+        private int _sequences, _layer, _heads;
+        private float _scale, _softCap;
+
+        /// <summary>Takes the pass's arguments; returns the chunk count.</summary>
+        public int Set(float[] q, CpuKvStore store, int layer, SequenceBatch batch, int heads, int threads, float scale, float[] y, float softCap,
+            ReadOnlySpan<int> windowStarts)
+        {
+            (_q, _store, _layer, _heads, _scale, _y, _softCap, _sequences) = (q, store, layer, heads, scale, y, softCap, batch.Count);
+            int m = batch.Count;
+            Grow(ref _firstChunk, m + 1);
+            Grow(ref _groups, m);
+            Grow(ref _rowStart, m);
+            Grow(ref _rows, m);
+            Grow(ref _prefix, m);
+            Grow(ref _tableStart, m);
+            Grow(ref _tables, batch.Tables.Length);
+            batch.Tables.CopyTo(_tables);
+            int chunks = 0;
+            for (int j = 0; j < m; j++)
+            {
+                _rowStart[j] = batch.RowStart(j);
+                _rows[j] = batch.RowCount(j);
+                _prefix[j] = batch.Prefix(j);
+                _tableStart[j] = batch.TableStart(j);
+                _groups[j] = Math.Clamp((threads * 8 + heads - 1) / heads, 1, _rows[j]);
+                _firstChunk[j] = chunks;
+                chunks += _groups[j] * heads;
+            }
+            _firstChunk[m] = chunks;
+            _windowed = !windowStarts.IsEmpty;
+            if (_windowed)
+            {
+                Grow(ref _windowStarts, windowStarts.Length);
+                windowStarts.CopyTo(_windowStarts);
+            }
+            return chunks;
+        }
+
+        private static void Grow(ref int[] array, int length)
+        {
+            if (array.Length < length)
+                array = new int[Math.Max(length, 2 * array.Length)];
+        }
+
+        public void Execute(int chunk, int chunks)
+        {
+            // the sequence whose chunks hold this one (binary search over the first chunk of each)
+            int lo = 0, hi = _sequences - 1;
+            while (lo < hi)
+            {
+                int mid = (lo + hi + 1) / 2;
+                if (_firstChunk[mid] <= chunk)
+                    lo = mid;
+                else
+                    hi = mid - 1;
+            }
+            int j = lo, local = chunk - _firstChunk[j];
+            int head = local % _heads, group = local / _heads;
+            var layout = _store!.Layout;
+            int hd = layout.HeadDim;
+            int cols = _heads * hd;
+            int kvHead = head / (_heads / layout.KvHeads);
+            fixed (float* q = _q)
+            fixed (float* y = _y)
+            fixed (int* tables = _tables)
+            {
+                for (int r = group; r < _rows[j]; r += _groups[j])
+                {
+                    int row = _rowStart[j] + r;
+                    Kernels.Attention.Head(q + (long)row * cols + head * hd, _store.Pointers, tables + _tableStart[j], layout, _layer, kvHead,
+                        _prefix[j], _rows[j], r, AttentionMask.Causal, _scale, y + (long)row * cols + head * hd, _windowed ? _windowStarts[row] : 0, _softCap);
+                }
             }
         }
     }
