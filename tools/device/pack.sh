@@ -12,6 +12,7 @@ mkdir -p "$out"
 common=(-c Release -r linux-x64 --self-contained -p:InvariantGlobalization=true -p:SatelliteResourceLanguages=en -o "$out/gputests")
 dotnet publish tests/Engine.Tests "${common[@]}" >&2
 dotnet publish tools/Engine.Cli "${common[@]}" >&2
+dotnet publish tools/bench/serve-load "${common[@]}" >&2
 for f in build/native/libengine_cpu.so build/native/libengine_quant_host.so; do [[ -f $f ]] && cp "$f" "$out/gputests/"; done
 tar -C "$out" -cf - gputests | xz -6 -T2 > "$out/gputests.tar.xz"
 rm -rf "$out/gputests"

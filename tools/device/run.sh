@@ -20,6 +20,10 @@
 #   bench8b  engine bench on the Llama-3-8B shape in Q8_0 and Q4_K_M (synthesized here), prompt 512 and 4096.
 #   families engine bench (Q4_K_M, prompt 512 and 4096) on the Gemma 2 2B, Gemma 3 1B and Qwen3 0.6B shapes:
 #            sliding-window layers, soft caps, GeGLU, 256-wide heads, per-head q/k norms on the device.
+#   serve    tools/bench/serve-load --device cuda on a 110M-shape Q4_0 model (synthesized here): 16
+#            streaming clients against one (continuous batching on the device), a cached ~1,000-token
+#            system prompt against the first, a 64-client soak of 30 s; output into serve-load.txt
+#            (appended to run.log, which comes back).
 # A peer in the same call: with LLAMA_BENCH set to a llama-bench binary (llama.cpp's CUDA build, built in
 # the device call from a carried source tree — nothing of it lives in this repository), the bench stages
 # run it on the very files they bench, with and without flash attention, into bench.jsonl.
@@ -166,6 +170,16 @@ qwen3-0.6b|--arch qwen3 --dim 1024 --layers 28 --heads 16 --kv-heads 8 --head-di
     rm -f "$models/$name.gguf"
   done <<< "$shapes"
   cat "$OUT/bench.jsonl"
+fi
+if want serve; then
+  step "serve-load --device cuda on the 110M shape"
+  # SERVE_SHAPE overrides the shape (a dry run without a GPU uses a tiny one)
+  # shellcheck disable=SC2086
+  "$bin/engine" synth --like .device/shared/vocab/ggml-vocab-llama-spm.gguf ${SERVE_SHAPE:---dim 768 --layers 12 --heads 12 --ffn 2048} \
+    --type Q4_0 "$models/m110.gguf" || status=1
+  "$bin/serve-load" "$models/m110.gguf" --device "${SERVE_DEVICE:-cuda}" --clients 16 --tokens 64 --requests 2 --soak-clients 64 \
+    --soak-seconds "${SERVE_SOAK:-30}" > "$OUT/serve-load.txt" 2>&1 || status=1
+  cat "$OUT/serve-load.txt"
 fi
 rm -rf "$models"
 

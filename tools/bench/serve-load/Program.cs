@@ -7,15 +7,17 @@ using Engine.Server;
 using Engine.Serving;
 
 // serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--soak-clients 64] [--soak-seconds 60] [--threads N]
+//            [--parallel N] [--device cpu|cuda[:N]] [--url http://127.0.0.1:PORT]
 //
-// Starts engine serve's OpenAiServer in-process on 127.0.0.1 (a free port) and measures, each against a
-// baseline from the same run:
+// Starts engine serve's OpenAiServer in-process on 127.0.0.1 (a free port) — or, with --url, loads the
+// model only for its tokenizer and drives another OpenAI-compatible server on loopback (llama-server on
+// the same file, for a peer's numbers) — and measures, each against a baseline from the same run:
 //   1. aggregate decode throughput of N concurrent streaming clients vs one client (continuous batching);
 //   2. time to first token of a request whose ~1,000-token system prompt is cached vs the first one (prefix caching);
 //   3. a soak: M concurrent clients for S seconds — requests lost, malformed streams, memory before and after.
 if (args.Length == 0 || args[0].StartsWith('-'))
 {
-    Console.Error.WriteLine("usage: serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--soak-clients 64] [--soak-seconds 60] [--threads N] [--parallel N]");
+    Console.Error.WriteLine("usage: serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--soak-clients 64] [--soak-seconds 60] [--threads N] [--parallel N] [--device cpu|cuda] [--url URL]");
     return 2;
 }
 string path = args[0];
@@ -27,14 +29,26 @@ int Arg(string name, int fallback)
 int clients = Arg("--clients", 16), tokens = Arg("--tokens", 64), requests = Arg("--requests", 2);
 int soakClients = Arg("--soak-clients", 64), soakSeconds = Arg("--soak-seconds", 60), threads = Arg("--threads", 0);
 int parallel = Arg("--parallel", Math.Max(clients, 16));
+string? StringArg(string name)
+{
+    int i = Array.IndexOf(args, name);
+    return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
+}
+string device = StringArg("--device") ?? "cpu";
+var url = StringArg("--url") is { } u ? new Uri(u) : null;
+if (url is not null && !System.Net.IPAddress.IsLoopback(System.Net.IPAddress.Parse(url.Host)))
+    throw new ArgumentException($"--url {url} is not on loopback: the load test only drives local servers");
 
-using var lm = LanguageModel.Load(path, new ModelOptions { Threads = threads, ContextLength = 2048 });
-await using var server = await OpenAiServer.StartAsync(lm, null, new ServerOptions
+using var lm = url is not null
+    ? LanguageModel.Load(path, new ModelOptions { Threads = 1, ContextLength = 2048 }) // for the tokenizer only
+    : LanguageModel.Load(path, new ModelOptions { Threads = threads, ContextLength = 2048, Backend = Engine.Cuda.BackendFactory.Create(device, threads, false, null) });
+await using var server = url is not null ? null : await OpenAiServer.StartAsync(lm, null, new ServerOptions
 {
     Port = 0, Scheduler = new SchedulerOptions { Parallel = parallel, MaxQueue = 256 },
 });
-using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromMinutes(5) };
-Console.WriteLine($"serve-load: {Path.GetFileName(path)} at {server.Address}, parallel {parallel}, context {lm.ContextLength}, {Environment.ProcessorCount} cores");
+using var http = new HttpClient { BaseAddress = url ?? server!.Address, Timeout = TimeSpan.FromMinutes(5) };
+Console.WriteLine($"serve-load: {Path.GetFileName(path)} at {http.BaseAddress} ({(url is null ? $"engine on {lm.Backend.Name}, parallel {parallel}" : "external server")}), "
+    + $"{Environment.ProcessorCount} cores");
 
 // One streamed completion: (generated tokens, seconds to the first token, seconds in all, well-formed).
 async Task<(int Tokens, double FirstToken, double Seconds, bool WellFormed)> Stream(string prompt, int maxTokens)
@@ -46,12 +60,24 @@ async Task<(int Tokens, double FirstToken, double Seconds, bool WellFormed)> Str
         ["stream_options"] = new Dictionary<string, object> { ["include_usage"] = true },
     });
     using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = new StringContent(body, Encoding.UTF8, "application/json") };
-    using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+    // a connection per request, for every server alike: llama-server closes kept-alive connections after a
+    // few requests, and a request racing that close would count as lost
+    request.Headers.ConnectionClose = true;
+    HttpResponseMessage response;
+    try
+    {
+        response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+    }
+    catch (HttpRequestException)
+    {
+        return (0, 0, clock.Elapsed.TotalSeconds, false);
+    }
+    using var _ = response;
     if (!response.IsSuccessStatusCode)
         return (0, 0, clock.Elapsed.TotalSeconds, false);
     using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
     double first = 0;
-    int usageTokens = -1;
+    int usageTokens = -1, chunks = 0;
     bool done = false, ok = response.Content.Headers.ContentType?.MediaType == "text/event-stream";
     while (await reader.ReadLineAsync() is { } line)
     {
@@ -73,8 +99,12 @@ async Task<(int Tokens, double FirstToken, double Seconds, bool WellFormed)> Str
             first = clock.Elapsed.TotalSeconds;
         if (chunk.RootElement.TryGetProperty("usage", out var usage) && usage.ValueKind == JsonValueKind.Object)
             usageTokens = usage.GetProperty("completion_tokens").GetInt32();
+        else if (chunk.RootElement.TryGetProperty("choices", out var choices) && choices.GetArrayLength() > 0
+            && choices[0].TryGetProperty("text", out var text) && text.GetString() is { Length: > 0 })
+            chunks++;
     }
-    return (usageTokens, first, clock.Elapsed.TotalSeconds, ok && done && usageTokens == maxTokens);
+    int generated = usageTokens >= 0 ? usageTokens : chunks; // a server without stream usage: one token per chunk
+    return (generated, first, clock.Elapsed.TotalSeconds, ok && done && generated == maxTokens);
 }
 
 string Prompt(int i) => $"Once upon a time, in a town numbered {i}, there lived";
@@ -139,7 +169,8 @@ var soak = await Task.WhenAll(Enumerable.Range(0, soakClients).Select(async c =>
 }));
 GC.Collect();
 long after = Process.GetCurrentProcess().WorkingSet64;
-var m = server.Scheduler.Metrics();
+string kv = server is null ? "" : $"; KV blocks in use {server.Scheduler.Metrics().KvUsedBlocks}/{server.Scheduler.Metrics().KvTotalBlocks} "
+    + $"(prefix cache {server.Scheduler.Metrics().PrefixCachedBlocks})";
 Console.WriteLine($"soak: {soakClients} clients for {soakSeconds} s: {sent} requests, {wellFormed} complete and well-formed, {lost} lost or malformed; "
-    + $"working set {before >> 20} MiB before, {after >> 20} MiB after; KV blocks in use {m.KvUsedBlocks}/{m.KvTotalBlocks} (prefix cache {m.PrefixCachedBlocks})");
+    + $"this process's working set {before >> 20} MiB before, {after >> 20} MiB after{kv}");
 return lost == 0 ? 0 : 1;
