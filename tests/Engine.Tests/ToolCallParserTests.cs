@@ -65,4 +65,51 @@ public class ToolCallParserTests
         Assert.That(reply.ToolCalls.Select(c => (c.Name + " " + System.Text.Json.JsonSerializer.Serialize(System.Text.Json.JsonDocument.Parse(c.Arguments).RootElement)
             .Replace(":", ": ").Replace(",", ", ") + (c.Id is null ? "" : " " + c.Id)).Trim()), Is.EqualTo(calls));
     }
+
+    /// <summary>
+    /// The same outputs streamed in pieces (one character at a time, and seeded random cuts): the
+    /// released deltas join to exactly what the whole-answer parse gives, no delta ever shows part of a
+    /// tool call, and the calls come out at the end.
+    /// </summary>
+    [TestCaseSource(nameof(Outputs))]
+    public void Streamed_in_pieces_the_deltas_join_to_the_parsed_reply(ToolCallFormat format, string output, string content, string? reasoning, string[] calls)
+    {
+        bool opened = !output.Contains("<think>", StringComparison.Ordinal) && output.Contains("</think>", StringComparison.Ordinal);
+        var rng = new Random(output.Length);
+        foreach (int cut in new[] { 1, 0, 0, 0 })
+        {
+            var parser = new ChatStreamParser(format, startsInReasoning: opened);
+            var shown = new System.Text.StringBuilder();
+            var thought = new System.Text.StringBuilder();
+            for (int at = 0; at < output.Length;)
+            {
+                int n = Math.Min(output.Length - at, cut > 0 ? cut : rng.Next(1, 9));
+                var (c, r) = parser.Push(output.Substring(at, n));
+                shown.Append(c);
+                thought.Append(r);
+                at += n;
+            }
+            foreach (var marker in new[] { "<tool_call>", "[TOOL_CALLS]", "<|tool_call|>", "<|python_tag|>", "tool\u2581call", "</think>", "<think>" })
+                Assert.That(shown.ToString(), Does.Not.Contain(marker), "no tag or call is shown as text");
+            var (reply, restContent, restReasoning) = parser.Finish();
+            Assert.That(shown + restContent, Is.EqualTo(content));
+            Assert.That(thought + restReasoning, Is.EqualTo(reasoning ?? ""));
+            Assert.That(reply.ToolCalls.Count, Is.EqualTo(calls.Length));
+            Assert.That(reply.Content, Is.EqualTo(content));
+        }
+    }
+
+    [Test]
+    public void Streamed_text_is_released_as_soon_as_it_cannot_be_a_call()
+    {
+        var parser = new ChatStreamParser(ToolCallFormat.Hermes);
+        Assert.That(parser.Push("Paris is"), Is.EqualTo(("Paris is", "")));
+        Assert.That(parser.Push(" sunny <tool"), Is.EqualTo((" sunny", "")), "the space waits for what follows; '<tool' may start a call");
+        Assert.That(parser.Push("s> today."), Is.EqualTo((" <tools> today.", "")));
+        var thinking = new ChatStreamParser(ToolCallFormat.None);
+        Assert.That(thinking.Push("<thi"), Is.EqualTo(("", "")));
+        Assert.That(thinking.Push("nk>Let me see</th"), Is.EqualTo(("", "Let me see")));
+        Assert.That(thinking.Push("ink>\n\nYes."), Is.EqualTo(("Yes.", "")));
+        Assert.That(thinking.Finish().Reply.Reasoning, Is.EqualTo("Let me see"));
+    }
 }

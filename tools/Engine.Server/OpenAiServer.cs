@@ -168,6 +168,7 @@ public sealed class OpenAiServer : IAsyncDisposable
             throw new ApiError(404, $"the model '{p.Model}' does not exist (this server has '{_name}')", param: "model", code: "model_not_found");
 
         List<int> prompt;
+        bool thinkingOpened = false;
         if (chat)
         {
             if (_template is null)
@@ -182,6 +183,7 @@ public sealed class OpenAiServer : IAsyncDisposable
                 throw ApiError.BadRequest($"the chat template refused the conversation: {e.Message}", "messages");
             }
             prompt = _model.Tokenizer.Encode(text, addSpecial: false, parseSpecial: true);
+            thinkingOpened = text.TrimEnd().EndsWith("<think>", StringComparison.Ordinal);
         }
         else
             prompt = _model.Tokenizer.Encode(p.Prompt!, addSpecial: true, parseSpecial: false);
@@ -226,9 +228,9 @@ public sealed class OpenAiServer : IAsyncDisposable
         try
         {
             if (p.Stream)
-                await Stream(context, readers, p, chat, id, abort).ConfigureAwait(false);
+                await Stream(context, readers, p, chat, id, thinkingOpened, abort).ConfigureAwait(false);
             else
-                await Whole(context, readers, p, chat, id, abort).ConfigureAwait(false);
+                await Whole(context, readers, p, chat, id, thinkingOpened, abort).ConfigureAwait(false);
         }
         finally
         {
@@ -246,7 +248,8 @@ public sealed class OpenAiServer : IAsyncDisposable
     }
 
     /// <summary>The non-streamed answer: every choice whole, tool calls and reasoning parsed out of the text.</summary>
-    private async Task Whole(HttpContext context, ChannelReader<CompletionEvent>[] readers, RequestParameters p, bool chat, string id, CancellationToken abort)
+    private async Task Whole(HttpContext context, ChannelReader<CompletionEvent>[] readers, RequestParameters p, bool chat, string id, bool thinkingOpened,
+        CancellationToken abort)
     {
         var choices = new List<object>();
         int promptTokens = 0, cached = 0, completion = 0;
@@ -270,7 +273,9 @@ public sealed class OpenAiServer : IAsyncDisposable
             if (chat)
             {
                 var message = new Dictionary<string, object?> { ["role"] = "assistant" };
-                var reply = ToolCallParser.Parse(end.Text, p.Tools is null ? ToolCallFormat.None : _toolFormat);
+                var parser = new ChatStreamParser(p.Tools is null ? ToolCallFormat.None : _toolFormat, thinkingOpened);
+                parser.Push(end.Text);
+                var reply = parser.Finish().Reply;
                 message["content"] = reply.ToolCalls.Count > 0 && reply.Content.Length == 0 ? null : reply.Content;
                 if (reply.Reasoning is not null)
                     message["reasoning_content"] = reply.Reasoning;
@@ -302,11 +307,14 @@ public sealed class OpenAiServer : IAsyncDisposable
     }
 
     /// <summary>
-    /// Server-sent events: a first chunk with the role, then content deltas as tokens arrive (with tools
-    /// offered, the text is held until it can be told apart from a tool call), a last chunk per choice
-    /// with its finish reason, the usage when asked for, and <c>[DONE]</c>.
+    /// Server-sent events: a first chunk with the role, then deltas as tokens arrive — answer text as
+    /// <c>content</c>, thinking as <c>reasoning_content</c>, each released once it cannot turn into
+    /// something else (<see cref="ChatStreamParser"/>: a tool call is held and sent whole as
+    /// <c>tool_calls</c> at the end) — a last chunk per choice with its finish reason, the usage when
+    /// asked for, and <c>[DONE]</c>.
     /// </summary>
-    private async Task Stream(HttpContext context, ChannelReader<CompletionEvent>[] readers, RequestParameters p, bool chat, string id, CancellationToken abort)
+    private async Task Stream(HttpContext context, ChannelReader<CompletionEvent>[] readers, RequestParameters p, bool chat, string id, bool thinkingOpened,
+        CancellationToken abort)
     {
         var response = context.Response;
         response.ContentType = "text/event-stream";
@@ -334,42 +342,54 @@ public sealed class OpenAiServer : IAsyncDisposable
                 ["choices"] = new[] { new Dictionary<string, object?> { ["index"] = index, ["delta"] = delta, ["logprobs"] = logprobs, ["finish_reason"] = finish } } }
             : new() { ["id"] = id, ["object"] = "text_completion", ["created"] = created, ["model"] = _name,
                 ["choices"] = new[] { new Dictionary<string, object?> { ["index"] = index, ["text"] = delta, ["logprobs"] = logprobs, ["finish_reason"] = finish } } };
+        static Dictionary<string, object?> Delta(string content, string reasoning)
+        {
+            var delta = new Dictionary<string, object?>();
+            if (reasoning.Length > 0)
+                delta["reasoning_content"] = reasoning;
+            if (content.Length > 0 || reasoning.Length == 0)
+                delta["content"] = content;
+            return delta;
+        }
 
-        bool holdForTools = chat && p.Tools is not null && _toolFormat != ToolCallFormat.None;
         var ends = new EndEvent?[readers.Length];
         async Task Run(int i)
         {
+            var parser = chat ? new ChatStreamParser(p.Tools is null ? ToolCallFormat.None : _toolFormat, thinkingOpened) : null;
             if (chat)
                 await Send(Chunk(i, new Dictionary<string, object?> { ["role"] = "assistant", ["content"] = "" }, null, null)).ConfigureAwait(false);
             await foreach (var e in readers[i].ReadAllAsync(abort).ConfigureAwait(false))
             {
                 if (e is TokenEvent t)
                 {
-                    if (holdForTools || (t.Text.Length == 0 && (t.Token < 0 || p.TopLogprobs < 0)))
-                        continue;
                     object? logprobs = p.TopLogprobs >= 0 && t.Token >= 0
                         ? chat ? new { content = new[] { LogprobEntry(t) } } : CompletionLogprobs([LogprobEntry(t)])
                         : null;
-                    await Send(Chunk(i, chat ? new Dictionary<string, object?> { ["content"] = t.Text } : t.Text, null, logprobs)).ConfigureAwait(false);
+                    if (parser is null)
+                    {
+                        if (t.Text.Length > 0 || logprobs is not null)
+                            await Send(Chunk(i, t.Text, null, logprobs)).ConfigureAwait(false);
+                        continue;
+                    }
+                    var (content, reasoning) = parser.Push(t.Text);
+                    if (content.Length > 0 || reasoning.Length > 0 || logprobs is not null)
+                        await Send(Chunk(i, Delta(content, reasoning), null, logprobs)).ConfigureAwait(false);
                 }
                 else if (e is EndEvent end)
                 {
                     ends[i] = end;
                     string finish = Finish(end.Reason);
-                    if (holdForTools)
+                    if (parser is not null)
                     {
-                        var reply = ToolCallParser.Parse(end.Text, _toolFormat);
-                        var delta = new Dictionary<string, object?>();
-                        if (reply.Content.Length > 0 || reply.ToolCalls.Count == 0)
-                            delta["content"] = reply.Content;
-                        if (reply.Reasoning is not null)
-                            delta["reasoning_content"] = reply.Reasoning;
+                        var (reply, content, reasoning) = parser.Finish();
+                        var delta = content.Length > 0 || reasoning.Length > 0 ? Delta(content, reasoning) : null;
                         if (reply.ToolCalls.Count > 0)
                         {
-                            delta["tool_calls"] = ToolCalls(reply.ToolCalls, id, i, withIndex: true);
+                            (delta ??= [])["tool_calls"] = ToolCalls(reply.ToolCalls, id, i, withIndex: true);
                             finish = "tool_calls";
                         }
-                        await Send(Chunk(i, delta, null, null)).ConfigureAwait(false);
+                        if (delta is not null)
+                            await Send(Chunk(i, delta, null, null)).ConfigureAwait(false);
                     }
                     await Send(Chunk(i, chat ? new Dictionary<string, object?>() : "", finish, null)).ConfigureAwait(false);
                 }
