@@ -105,4 +105,18 @@ public class JinjaTemplateTests
         var e = Assert.Throws<JinjaException>(() => Render(template))!;
         Assert.That(e.Message, Does.Contain(line).And.Contain(problem));
     }
+
+    /// <summary>Hostile templates fail with a JinjaException instead of overflowing the stack (which would end the process).</summary>
+    [Test]
+    public void Endless_recursion_and_deep_nesting_are_refused()
+    {
+        var recursive = JinjaTemplate.Parse("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}");
+        Assert.That(Assert.Throws<JinjaException>(() => recursive.Render(new Dictionary<string, object?>()))!.Message, Does.Contain("nest deeper"));
+        var fine = JinjaTemplate.Parse("{% macro f(n) %}{% if n > 0 %}{{ n }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(20) }}");
+        Assert.That(fine.Render(new Dictionary<string, object?>()), Is.EqualTo(string.Concat(Enumerable.Range(1, 20).Reverse())), "real recursion within the bound works");
+        foreach (string deep in new[] { "{{ " + new string('(', 20000) + "1" + new string(')', 20000) + " }}",
+                     "{{ " + string.Concat(Enumerable.Repeat("not ", 20000)) + "x }}", "{{ " + new string('-', 20000) + "1 }}",
+                     string.Concat(Enumerable.Repeat("{% if x %}", 20000)) })
+            Assert.That(Assert.Throws<JinjaException>(() => JinjaTemplate.Parse(deep))!.Message, Does.Contain("nests deeper"));
+    }
 }

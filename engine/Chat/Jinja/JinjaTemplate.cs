@@ -246,9 +246,30 @@ internal sealed partial class Interpreter
         }
     }
 
+    /// <summary>Macro calls in progress: a macro that calls itself without end must fail, not overflow the stack.</summary>
+    private int _macroDepth;
+
+    /// <summary>Deepest macro recursion allowed (templates that recurse, e.g. over nested JSON schemas, stay within a few levels).</summary>
+    public const int MaxMacroDepth = 50;
+
     private JinjaFunction MakeMacro(MacroNode m, Scope definedIn) => (args, kwargs) =>
     {
         Step();
+        if (_macroDepth >= MaxMacroDepth)
+            throw new InvalidOperationException($"macro '{m.Name}' calls nest deeper than {MaxMacroDepth} (endless recursion?)");
+        _macroDepth++;
+        try
+        {
+            return CallMacro(m, definedIn, args, kwargs);
+        }
+        finally
+        {
+            _macroDepth--;
+        }
+    };
+
+    private string CallMacro(MacroNode m, Scope definedIn, List<object?> args, Dictionary<string, object?> kwargs)
+    {
         var scope = new Scope(definedIn);
         for (int i = 0; i < m.Parameters.Count; i++)
         {
@@ -263,7 +284,7 @@ internal sealed partial class Interpreter
         var sb = new StringBuilder();
         Run(m.Body, scope, sb);
         return sb.ToString();
-    };
+    }
 
     private void ExecuteFor(ForNode f, Scope scope, StringBuilder output)
     {

@@ -8,7 +8,26 @@ namespace Engine.Chat.Jinja;
 /// </summary>
 internal sealed class Parser(List<Token> tokens)
 {
+    /// <summary>Deepest nesting of expressions or blocks a template may have: real templates stay far below, and a hostile one must not overflow the stack.</summary>
+    public const int MaxNesting = 100;
+
     private int _at;
+    private int _depth;
+
+    /// <summary>Runs one level of recursive descent, refusing nesting beyond <see cref="MaxNesting"/>.</summary>
+    private T Nested<T>(Func<T> parse)
+    {
+        if (++_depth > MaxNesting)
+            throw new JinjaException($"the template nests deeper than {MaxNesting} levels", Peek().Line);
+        try
+        {
+            return parse();
+        }
+        finally
+        {
+            _depth--;
+        }
+    }
 
     private Token Peek(int ahead = 0) => tokens[Math.Min(_at + ahead, tokens.Count - 1)];
 
@@ -44,6 +63,21 @@ internal sealed class Parser(List<Token> tokens)
 
     /// <summary>Nodes up to a statement whose keyword the caller handles (endif, else, …), returned in <paramref name="end"/>.</summary>
     private List<Node> ParseBody(out string? end, params string[] stops)
+    {
+        if (_depth + 1 > MaxNesting)
+            throw new JinjaException($"the template nests deeper than {MaxNesting} levels", Peek().Line);
+        _depth++;
+        try
+        {
+            return ParseBodyNested(out end, stops);
+        }
+        finally
+        {
+            _depth--;
+        }
+    }
+
+    private List<Node> ParseBodyNested(out string? end, params string[] stops)
     {
         var nodes = new List<Node>();
         while (true)
@@ -252,7 +286,7 @@ internal sealed class Parser(List<Token> tokens)
         return new ListExpr(first.Line, items, Tuple: true);
     }
 
-    public Expr ParseExpression() => ParseConditional(allowIf: true);
+    public Expr ParseExpression() => Nested(() => ParseConditional(allowIf: true));
 
     private Expr ParseConditional(bool allowIf)
     {
@@ -299,7 +333,7 @@ internal sealed class Parser(List<Token> tokens)
         if (IsName("not"))
         {
             int line = Next().Line;
-            return new UnaryExpr(line, "not", ParseNot());
+            return new UnaryExpr(line, "not", Nested(ParseNot));
         }
         return ParseCompare();
     }
@@ -382,7 +416,7 @@ internal sealed class Parser(List<Token> tokens)
         if (IsOp("-") || IsOp("+"))
         {
             var t = Next();
-            return ParseFilters(new UnaryExpr(t.Line, t.Text, ParseUnary()));
+            return ParseFilters(new UnaryExpr(t.Line, t.Text, Nested(ParseUnary)));
         }
         return ParseFilters(ParsePrimaryWithPostfix());
     }
