@@ -4,7 +4,14 @@ using Engine.Cache;
 namespace Engine.Models;
 
 /// <summary>One sequence's share of a <see cref="LlamaModel.ForwardBatch"/>: its next <paramref name="Count"/> tokens, and whether its last row's logits are wanted.</summary>
-public readonly record struct BatchSegment(KvSequence Sequence, int Count, bool Logits);
+public readonly record struct BatchSegment(KvSequence Sequence, int Count, bool Logits)
+{
+    /// <summary>
+    /// With <see cref="Logits"/>: how many of the last rows give logits (1: the next token's; more when
+    /// the rows after the first are draft tokens under verification).
+    /// </summary>
+    public int LogitRows { get; init; } = 1;
+}
 
 /// <summary>
 /// The decoder-only transformer of the Llama family and its relatives. <see cref="Forward"/> reads top to
@@ -299,7 +306,7 @@ public sealed partial class LlamaModel : IDisposable
     /// FFN runs over all rows together; only attention runs per sequence, over its own cache. Segment j
     /// takes the next <see cref="BatchSegment.Count"/> tokens of <paramref name="tokens"/>, appended to its
     /// sequence at the positions that follow it (causal). <paramref name="logits"/> receives, in order,
-    /// the last row's logits of each segment that asks for them.
+    /// the logits of the last <see cref="BatchSegment.LogitRows"/> rows of each segment that asks for them.
     /// </summary>
     /// <param name="batchInvariant">As in <see cref="Forward"/>: each row computed exactly as alone.</param>
     public void ForwardBatch(ReadOnlySpan<BatchSegment> segments, ReadOnlySpan<int> tokens, Span<float> logits, bool batchInvariant = false)
@@ -323,7 +330,11 @@ public sealed partial class LlamaModel : IDisposable
             }
             total += g.Count;
             if (g.Logits)
-                outputs++;
+            {
+                if (g.LogitRows < 1 || g.LogitRows > g.Count)
+                    throw new ArgumentException($"segment {j} asks for logits of {g.LogitRows} rows of its {g.Count}", nameof(segments));
+                outputs += g.LogitRows;
+            }
         }
         if (total != n)
             throw new ArgumentException($"the segments hold {total} tokens, the batch has {n}", nameof(tokens));
@@ -339,8 +350,8 @@ public sealed partial class LlamaModel : IDisposable
         var list = _segments.Length >= segments.Length ? _segments : _segments = new Segment[Math.Max(segments.Length, 2 * _segments.Length)];
         if (_positions.Length < MaxBatch)
             _positions = new int[MaxBatch];
-        if (_localRows.Length < segments.Length)
-            _localRows = new int[Math.Max(segments.Length, 2 * _localRows.Length)];
+        if (_localRows.Length < outputs)
+            _localRows = new int[Math.Max(outputs, 2 * _localRows.Length)];
         int row = 0, reserved = 0;
         outputs = 0;
         try
@@ -354,7 +365,10 @@ public sealed partial class LlamaModel : IDisposable
                     _positions[row + i] = g.Sequence.Length + i;
                 row += g.Count;
                 if (g.Logits)
-                    _localRows[outputs++] = row - 1;
+                {
+                    for (int r = row - g.LogitRows; r < row; r++)
+                        _localRows[outputs++] = r;
+                }
             }
         }
         catch

@@ -5,6 +5,7 @@ using Engine.Api;
 using Engine.Cache;
 using Engine.Models;
 using Engine.Sampling;
+using Engine.Speculative;
 using Engine.Tokenizers;
 
 namespace Engine.Serving;
@@ -58,7 +59,8 @@ public sealed class SchedulerBusyException(string message) : InvalidOperationExc
 
 /// <summary>A snapshot of what the scheduler is doing (Prometheus <c>/metrics</c>).</summary>
 public sealed record SchedulerMetrics(int Active, int Queued, long Requests, long PromptTokens, long CachedPromptTokens, long GeneratedTokens,
-    long Steps, int KvUsedBlocks, int KvTotalBlocks, int PrefixCachedBlocks, double GeneratedTokensPerSecond, long Cancelled);
+    long Steps, int KvUsedBlocks, int KvTotalBlocks, int PrefixCachedBlocks, double GeneratedTokensPerSecond, long Cancelled,
+    long DraftedTokens = 0, long AcceptedTokens = 0);
 
 /// <summary>How the scheduler runs.</summary>
 public sealed record SchedulerOptions
@@ -75,6 +77,14 @@ public sealed record SchedulerOptions
     /// <summary>Keep computed prompt blocks for later requests (off for sliding-window models, whose caches drop blocks).</summary>
     public bool PrefixCaching { get; init; } = true;
 
+    /// <summary>
+    /// Draft tokens a greedy request may have verified per step (0: off): prompt lookup
+    /// (<see cref="PromptLookupSource"/>) proposes what followed the context's last n-gram earlier, and
+    /// the draft rides in the request's rows of the batched step. Pays where a step's cost does not grow
+    /// with its rows (a GPU); on a small CPU verifying costs about what decoding does.
+    /// </summary>
+    public int SpeculativeDraft { get; init; }
+
     public void Validate()
     {
         if (Parallel < 1 || Parallel > 1024)
@@ -83,6 +93,8 @@ public sealed record SchedulerOptions
             throw new ArgumentOutOfRangeException(nameof(MaxQueue), $"queue length {MaxQueue} must not be negative");
         if (PrefillChunk < 1)
             throw new ArgumentOutOfRangeException(nameof(PrefillChunk), $"prefill chunk {PrefillChunk} must be positive");
+        if (SpeculativeDraft < 0 || SpeculativeDraft > 32)
+            throw new ArgumentOutOfRangeException(nameof(SpeculativeDraft), $"draft tokens {SpeculativeDraft} must be 0..32");
     }
 }
 
@@ -112,7 +124,9 @@ public sealed class BatchScheduler : IDisposable
     private readonly List<int> _tokens = [];
     private readonly List<int> _matched = [];
     private int _queued;
-    private long _requests, _promptTokens, _cachedTokens, _generated, _steps, _cancelled;
+    private long _requests, _promptTokens, _cachedTokens, _generated, _steps, _cancelled, _drafted, _accepted;
+    private readonly PromptLookupSource _lookup = new(maxNgram: 3, minNgram: 1, maxBranches: 1);
+    private readonly DraftTree _tree = new();
     private long _rateStart = Stopwatch.GetTimestamp(), _rateTokens;
     private double _rate;
 
@@ -125,7 +139,7 @@ public sealed class BatchScheduler : IDisposable
         _cache = net.CreateKvCache(model.ContextLength, sequences: _options.Parallel);
         if (_options.PrefixCaching && _cache.Window == 0 && _cache.Local is null)
             _prefix = new PrefixCache(_cache);
-        _logits = new float[Math.Min(_options.Parallel, net.MaxBatch) * model.Config.VocabSize];
+        _logits = new float[(long)Math.Min(_options.Parallel * (1 + _options.SpeculativeDraft), net.MaxBatch) * model.Config.VocabSize];
         _thread = new Thread(Loop) { IsBackground = true, Name = "engine-scheduler" };
         _thread.Start();
     }
@@ -185,7 +199,7 @@ public sealed class BatchScheduler : IDisposable
         double rate = seconds > 2 ? 0 : _rate; // nothing generated lately
         return new SchedulerMetrics(_activeCount, Volatile.Read(ref _queued), Interlocked.Read(ref _requests), Interlocked.Read(ref _promptTokens),
             Interlocked.Read(ref _cachedTokens), Interlocked.Read(ref _generated), Interlocked.Read(ref _steps), _cache.UsedBlocks, _cache.MaxBlocks,
-            _prefix?.Blocks ?? 0, rate, Interlocked.Read(ref _cancelled));
+            _prefix?.Blocks ?? 0, rate, Interlocked.Read(ref _cancelled), Interlocked.Read(ref _drafted), Interlocked.Read(ref _accepted));
     }
 
     private void Loop()
@@ -278,9 +292,14 @@ public sealed class BatchScheduler : IDisposable
                 if ((pending == 1) != decoders || budget == 0)
                     continue;
                 int count = Math.Min(Math.Min(pending, budget), decoders ? 1 : _options.PrefillChunk);
-                _segments.Add(new BatchSegment(slot.Sequence, count, Logits: count == pending));
                 _batch.Add(slot);
                 _tokens.AddRange(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(slot.Tokens).Slice(slot.Sequence.Length, count));
+                slot.Draft.Clear();
+                if (decoders)
+                    DraftFor(slot, budget - 1);
+                _tokens.AddRange(slot.Draft);
+                count += slot.Draft.Count;
+                _segments.Add(new BatchSegment(slot.Sequence, count, Logits: count == pending + slot.Draft.Count) { LogitRows = 1 + slot.Draft.Count });
                 budget -= count;
                 blocksNeeded += (count + bs - 1) / bs + 1;
             }
@@ -290,7 +309,7 @@ public sealed class BatchScheduler : IDisposable
         {
         }
 
-        int outputs = _segments.Count(s => s.Logits);
+        int outputs = _segments.Sum(s => s.Logits ? s.LogitRows : 0);
         var logits = _logits.AsSpan(0, outputs * _model.Config.VocabSize);
         try
         {
@@ -308,19 +327,40 @@ public sealed class BatchScheduler : IDisposable
         }
         Interlocked.Increment(ref _steps);
 
-        int o = 0;
+        int o = 0, vocab = _model.Config.VocabSize;
         for (int j = 0; j < _batch.Count; j++)
         {
             var slot = _batch[j];
             if (!_segments[j].Logits)
                 continue;
-            var row = logits.Slice(o++ * _model.Config.VocabSize, _model.Config.VocabSize);
             if (!slot.PromptCached && _prefix is not null)
             {
                 _prefix.Insert(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(slot.Tokens)[..slot.PromptLength], slot.Sequence!);
                 slot.PromptCached = true;
             }
-            var reason = Advance(slot, row);
+            // Row i follows the pending token and the first i draft tokens: accept drafts while the model's
+            // own choice agrees (greedy verification: the output is what plain decoding gives), then keep in
+            // the cache only the entries of accepted tokens.
+            int rows = _segments[j].LogitRows, cached = slot.Sequence!.Length - _segments[j].Count + 1;
+            FinishReason? reason = null;
+            int accepted = 0;
+            for (int i = 0; i < rows && reason is null; i++)
+            {
+                int before = slot.Tokens.Count;
+                reason = Advance(slot, logits.Slice((o + i) * vocab, vocab));
+                bool agrees = i < slot.Draft.Count && slot.Tokens.Count > before && slot.Tokens[^1] == slot.Draft[i];
+                if (!agrees)
+                    break; // the model chose otherwise, stopped, or this was the row after the whole draft
+                accepted++;
+            }
+            o += rows;
+            if (slot.Draft.Count > 0)
+            {
+                // the cache keeps the pending token and the accepted drafts; the rejected drafts' entries go
+                Interlocked.Add(ref _drafted, slot.Draft.Count);
+                Interlocked.Add(ref _accepted, accepted);
+                slot.Sequence.Truncate(cached + accepted);
+            }
             if (reason is { } r)
             {
                 Finish(slot, r);
@@ -337,6 +377,26 @@ public sealed class BatchScheduler : IDisposable
             _rateTokens = total;
             Interlocked.Exchange(ref _rateStart, now);
         }
+    }
+
+    /// <summary>
+    /// Proposes draft tokens for a decoding slot (prompt lookup over its context) when speculation is on
+    /// and the request decodes greedily without log probabilities; never more than the room left in the
+    /// step, the context, or the request's token budget.
+    /// </summary>
+    private void DraftFor(Slot slot, int room)
+    {
+        var request = slot.Request;
+        if (_options.SpeculativeDraft == 0 || !slot.Sampler.IsGreedy || request.TopLogprobs >= 0)
+            return;
+        int max = request.MaxTokens > 0 ? request.MaxTokens : _model.ContextLength - slot.PromptLength;
+        int limit = Math.Min(Math.Min(_options.SpeculativeDraft, room), Math.Min(max - slot.Generated - 1, _model.ContextLength - slot.Tokens.Count - 1));
+        if (limit <= 0)
+            return;
+        _tree.Clear();
+        _lookup.Draft(new DraftRequest { Context = slot.Tokens, Budget = limit, Sampler = slot.Sampler }, _tree);
+        for (int node = _tree.FirstChild(-1); node >= 0 && slot.Draft.Count < limit; node = _tree.FirstChild(node))
+            slot.Draft.Add(_tree.Token(node));
     }
 
     /// <summary>Samples the slot's next token from its logits and reports it; returns why it ends, if it does.</summary>
@@ -471,6 +531,8 @@ public sealed class BatchScheduler : IDisposable
         public int Cached { get; set; }
         public int Generated { get; set; }
         public bool PromptCached { get; set; }
+        /// <summary>This step's draft tokens (speculative decoding), after the pending token.</summary>
+        public List<int> Draft { get; } = [];
         public System.Text.StringBuilder Text { get; } = new();
     }
 }

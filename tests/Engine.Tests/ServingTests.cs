@@ -186,4 +186,40 @@ public class ServingTests
         Assert.That(top[0].Logprob, Is.EqualTo(3 - z).Within(1e-6));
         Assert.That(BatchScheduler.Logprobs(logits, 0, 0).Top, Is.Empty);
     }
+
+    /// <summary>
+    /// Speculative decoding inside the batch (prompt-lookup drafts verified in the request's own rows):
+    /// greedy output stays what plain decoding gives, drafts are proposed and some accepted, and the
+    /// cache keeps only accepted entries (a later request reusing the cached blocks gets the same answer).
+    /// </summary>
+    [Test]
+    public async Task Speculative_drafts_in_the_batch_leave_greedy_output_unchanged()
+    {
+        using var dir = new TempDir();
+        using var lm = Load(dir);
+        // repetitive prompts: lookup finds earlier continuations to propose
+        int[][] prompts = [[.. Enumerable.Repeat(new[] { 5, 6, 7, 8, 9 }, 6).SelectMany(x => x)], [.. Enumerable.Range(0, 40).Select(i => 10 + i % 7)], [1, 2, 3]];
+        async Task<List<(List<int> Tokens, EndEvent End)>> Run(int draft)
+        {
+            using var scheduler = new BatchScheduler(lm, new SchedulerOptions { Parallel = 3, SpeculativeDraft = draft });
+            var results = await Task.WhenAll(prompts.Select(p => Drain(scheduler.Submit(new CompletionRequest { Prompt = p, MaxTokens = 40, IgnoreEos = true }))));
+            // the cached blocks a draft passed through hold the accepted tokens only: the same prompt again, from the cache
+            results = [.. results, await Drain(scheduler.Submit(new CompletionRequest { Prompt = [.. prompts[0], .. results[0].Tokens.Take(30)], MaxTokens = 8, IgnoreEos = true }))];
+            var m = scheduler.Metrics();
+            if (draft > 0)
+            {
+                Assert.That(m.DraftedTokens, Is.GreaterThan(0), "lookup proposed drafts");
+                Assert.That(m.AcceptedTokens, Is.GreaterThan(0), "and the model agreed with some");
+                Assert.That(m.Steps, Is.LessThan(m.GeneratedTokens - m.AcceptedTokens + prompts.Length + 4), "accepted drafts save steps");
+                TestContext.Out.WriteLine($"drafted {m.DraftedTokens}, accepted {m.AcceptedTokens}, steps {m.Steps} for {m.GeneratedTokens} tokens");
+            }
+            Assert.That(m.KvUsedBlocks, Is.EqualTo(m.PrefixCachedBlocks));
+            return [.. results];
+        }
+        var plain = await Run(0);
+        var speculative = await Run(6);
+        for (int i = 0; i < plain.Count; i++)
+            Assert.That(speculative[i].Tokens, Is.EqualTo(plain[i].Tokens), $"request {i}");
+        Assert.That(speculative[^1].End.CachedTokens, Is.GreaterThan(0));
+    }
 }

@@ -485,6 +485,8 @@ public sealed class OpenAiServer : IAsyncDisposable
         Metric("generation_tokens_total", "counter", "Tokens generated.", m.GeneratedTokens);
         Metric("steps_total", "counter", "Batched forward passes.", m.Steps);
         Metric("requests_cancelled_total", "counter", "Completions whose client went away or cancelled.", m.Cancelled);
+        Metric("spec_draft_tokens_total", "counter", "Draft tokens proposed for verification (--spec).", m.DraftedTokens);
+        Metric("spec_accepted_tokens_total", "counter", "Draft tokens the model accepted (--spec).", m.AcceptedTokens);
         Metric("generation_tokens_per_second", "gauge", "Tokens generated per second, last second.", m.GeneratedTokensPerSecond);
         Metric("kv_cache_usage_ratio", "gauge", "Share of KV-cache blocks in use.", m.KvTotalBlocks == 0 ? 0 : (double)m.KvUsedBlocks / m.KvTotalBlocks);
         Metric("kv_cache_blocks_used", "gauge", "KV-cache blocks in use (sequences and prefix cache).", m.KvUsedBlocks);

@@ -26,6 +26,8 @@ internal static class ServeCommand
         var templateFile = new Option<string?>("--template-file") { Description = "A Jinja chat template file to use instead of the model's" };
         var noPrefix = new Option<bool>("--no-prefix-cache") { Description = "Do not keep prompt KV blocks for later requests" };
         var chunk = new Option<int>("--prefill-chunk") { Description = "Most prompt tokens a request prefills per step", DefaultValueFactory = _ => 128 };
+        var spec = new Option<string?>("--spec") { Description = "Speculative decoding for greedy requests: lookup (prompt-lookup drafts verified in the batch)" };
+        var draftMax = SharedOptions.DraftMax();
         var threads = SharedOptions.Threads();
         var device = SharedOptions.Device();
         var cacheType = SharedOptions.CacheType();
@@ -33,7 +35,7 @@ internal static class ServeCommand
 
         var command = new Command("serve", "An OpenAI-compatible HTTP server (chat, completions, streaming, tools) with continuous batching")
         {
-            model, host, port, parallel, queue, apiKey, alias, template, templateFile, noPrefix, chunk, threads, device, cacheType, context,
+            model, host, port, parallel, queue, apiKey, alias, template, templateFile, noPrefix, chunk, spec, draftMax, threads, device, cacheType, context,
         };
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
@@ -41,10 +43,13 @@ internal static class ServeCommand
             if (threadCount < 1)
                 throw new ArgumentException($"--threads {threadCount} must be at least 1");
             string path = parse.GetRequiredValue(model);
+            string? method = parse.GetValue(spec);
+            if (method is not null && method != "lookup")
+                throw new ArgumentException($"--spec {method}: the server drafts with lookup only (draft models, trees and the rest are for engine generate)");
             var scheduler = new SchedulerOptions
             {
                 Parallel = parse.GetValue(parallel), MaxQueue = parse.GetValue(queue), PrefillChunk = parse.GetValue(chunk),
-                PrefixCaching = !parse.GetValue(noPrefix),
+                PrefixCaching = !parse.GetValue(noPrefix), SpeculativeDraft = method is null ? 0 : parse.GetValue(draftMax),
             };
             scheduler.Validate();
             using var lm = LanguageModel.Load(path, SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, false,
