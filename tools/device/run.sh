@@ -22,7 +22,7 @@
 #            sliding-window layers, soft caps, GeGLU, 256-wide heads, per-head q/k norms on the device.
 #   serve    tools/bench/serve-load --device cuda on a 110M-shape Q4_0 model (synthesized here): 16
 #            streaming clients against one (continuous batching on the device), a cached ~1,000-token
-#            system prompt against the first, a 64-client soak of 30 s; output into serve-load.txt
+#            system prompt against the first, a 64-client soak of 30 s, then again with --spec 8; output into serve-load.txt
 #            (appended to run.log, which comes back).
 # A peer in the same call: with LLAMA_BENCH set to a llama-bench binary (llama.cpp's CUDA build, built in
 # the device call from a carried source tree — nothing of it lives in this repository), the bench stages
@@ -179,6 +179,9 @@ if want serve; then
     --type Q4_0 "$models/m110.gguf" || status=1
   "$bin/serve-load" "$models/m110.gguf" --device "${SERVE_DEVICE:-cuda}" --clients 16 --tokens 64 --requests 2 --soak-clients 64 \
     --soak-seconds "${SERVE_SOAK:-30}" > "$OUT/serve-load.txt" 2>&1 || status=1
+  echo "-- with --spec 8 (prompt-lookup drafts verified in the batch)" >> "$OUT/serve-load.txt"
+  "$bin/serve-load" "$models/m110.gguf" --device "${SERVE_DEVICE:-cuda}" --clients 16 --tokens 64 --requests 2 --soak-clients 16 \
+    --soak-seconds 10 --spec 8 >> "$OUT/serve-load.txt" 2>&1 || status=1
   cat "$OUT/serve-load.txt"
 fi
 rm -rf "$models"

@@ -7,7 +7,7 @@ using Engine.Server;
 using Engine.Serving;
 
 // serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--soak-clients 64] [--soak-seconds 60] [--threads N]
-//            [--parallel N] [--device cpu|cuda[:N]] [--url http://127.0.0.1:PORT]
+//            [--parallel N] [--device cpu|cuda[:N]] [--spec DRAFT] [--url http://127.0.0.1:PORT]
 //
 // Starts engine serve's OpenAiServer in-process on 127.0.0.1 (a free port) — or, with --url, loads the
 // model only for its tokenizer and drives another OpenAI-compatible server on loopback (llama-server on
@@ -17,7 +17,7 @@ using Engine.Serving;
 //   3. a soak: M concurrent clients for S seconds — requests lost, malformed streams, memory before and after.
 if (args.Length == 0 || args[0].StartsWith('-'))
 {
-    Console.Error.WriteLine("usage: serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--soak-clients 64] [--soak-seconds 60] [--threads N] [--parallel N] [--device cpu|cuda] [--url URL]");
+    Console.Error.WriteLine("usage: serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--soak-clients 64] [--soak-seconds 60] [--threads N] [--parallel N] [--device cpu|cuda] [--spec DRAFT] [--url URL]");
     return 2;
 }
 string path = args[0];
@@ -44,7 +44,7 @@ using var lm = url is not null
     : LanguageModel.Load(path, new ModelOptions { Threads = threads, ContextLength = 2048, Backend = Engine.Cuda.BackendFactory.Create(device, threads, false, null) });
 await using var server = url is not null ? null : await OpenAiServer.StartAsync(lm, null, new ServerOptions
 {
-    Port = 0, Scheduler = new SchedulerOptions { Parallel = parallel, MaxQueue = 256 },
+    Port = 0, Scheduler = new SchedulerOptions { Parallel = parallel, MaxQueue = 256, SpeculativeDraft = Arg("--spec", 0) },
 });
 using var http = new HttpClient { BaseAddress = url ?? server!.Address, Timeout = TimeSpan.FromMinutes(5) };
 Console.WriteLine($"serve-load: {Path.GetFileName(path)} at {http.BaseAddress} ({(url is null ? $"engine on {lm.Backend.Name}, parallel {parallel}" : "external server")}), "
@@ -169,7 +169,9 @@ var soak = await Task.WhenAll(Enumerable.Range(0, soakClients).Select(async c =>
 }));
 GC.Collect();
 long after = Process.GetCurrentProcess().WorkingSet64;
-string kv = server is null ? "" : $"; KV blocks in use {server.Scheduler.Metrics().KvUsedBlocks}/{server.Scheduler.Metrics().KvTotalBlocks} "
+string spec = server is null || server.Scheduler.Options.SpeculativeDraft == 0 ? ""
+    : $"; speculative: {server.Scheduler.Metrics().AcceptedTokens} of {server.Scheduler.Metrics().DraftedTokens} draft tokens accepted";
+string kv = server is null ? "" : spec + $"; KV blocks in use {server.Scheduler.Metrics().KvUsedBlocks}/{server.Scheduler.Metrics().KvTotalBlocks} "
     + $"(prefix cache {server.Scheduler.Metrics().PrefixCachedBlocks})";
 Console.WriteLine($"soak: {soakClients} clients for {soakSeconds} s: {sent} requests, {wellFormed} complete and well-formed, {lost} lost or malformed; "
     + $"this process's working set {before >> 20} MiB before, {after >> 20} MiB after{kv}");
