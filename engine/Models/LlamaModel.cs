@@ -70,13 +70,18 @@ public sealed partial class LlamaModel : IDisposable
     /// pool for <paramref name="sequences"/> such sequences at once; with <paramref name="layers"/> &gt; 0,
     /// only for the first that many layers (a layer-skip draft's cache).
     /// </summary>
-    public KvCache CreateKvCache(int maxTokens, int blockSize = 32, int layers = 0, int sequences = 1)
+    /// <param name="poolTokens">The pool's size in tokens when smaller than <paramref name="sequences"/> whole contexts (0: that much); at least one context.</param>
+    public KvCache CreateKvCache(int maxTokens, int blockSize = 32, int layers = 0, int sequences = 1, int poolTokens = 0)
     {
         if (layers < 0 || layers > Config.Layers)
             throw new ArgumentOutOfRangeException(nameof(layers), $"layer count {layers} must be 0 (all) or 1..{Config.Layers}");
         ArgumentOutOfRangeException.ThrowIfLessThan(sequences, 1);
         var layout = new KvLayout(layers > 0 ? layers : Config.Layers, Config.KvHeads, Config.HeadDim, blockSize);
-        int pool = checked(((maxTokens + blockSize - 1) / blockSize) * blockSize * sequences);
+        ArgumentOutOfRangeException.ThrowIfNegative(poolTokens);
+        int context = (maxTokens + blockSize - 1) / blockSize * blockSize;
+        int pool = checked(context * sequences);
+        if (poolTokens > 0)
+            pool = Math.Clamp((poolTokens + blockSize - 1) / blockSize * blockSize, context, pool);
         // When every layer attends through the window (Mistral 7B v0.1, Phi-3), a sequence keeps only the
         // blocks the window still sees, plus a pass's worth for rollbacks, and the pool is sized for that:
         // memory follows the window, not the context. (Gemma's global layers see everything.)

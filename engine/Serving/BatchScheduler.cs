@@ -60,7 +60,7 @@ public sealed class SchedulerBusyException(string message) : InvalidOperationExc
 /// <summary>A snapshot of what the scheduler is doing (Prometheus <c>/metrics</c>).</summary>
 public sealed record SchedulerMetrics(int Active, int Queued, long Requests, long PromptTokens, long CachedPromptTokens, long GeneratedTokens,
     long Steps, int KvUsedBlocks, int KvTotalBlocks, int PrefixCachedBlocks, double GeneratedTokensPerSecond, long Cancelled,
-    long DraftedTokens = 0, long AcceptedTokens = 0);
+    long DraftedTokens = 0, long AcceptedTokens = 0, long Preemptions = 0);
 
 /// <summary>How the scheduler runs.</summary>
 public sealed record SchedulerOptions
@@ -78,6 +78,13 @@ public sealed record SchedulerOptions
     public bool PrefixCaching { get; init; } = true;
 
     /// <summary>
+    /// Tokens the shared KV pool holds across all requests and the prefix cache (0: <see cref="Parallel"/>
+    /// whole contexts, on the CPU capped at half the memory the process may use). Never less than one
+    /// context; with less than <see cref="Parallel"/> contexts, requests wait for room instead of failing.
+    /// </summary>
+    public int KvPoolTokens { get; init; }
+
+    /// <summary>
     /// Draft tokens a greedy request may have verified per step (0: off): prompt lookup
     /// (<see cref="PromptLookupSource"/>) proposes what followed the context's last n-gram earlier, and
     /// the draft rides in the request's rows of the batched step. Pays where a step's cost does not grow
@@ -93,6 +100,8 @@ public sealed record SchedulerOptions
             throw new ArgumentOutOfRangeException(nameof(MaxQueue), $"queue length {MaxQueue} must not be negative");
         if (PrefillChunk < 1)
             throw new ArgumentOutOfRangeException(nameof(PrefillChunk), $"prefill chunk {PrefillChunk} must be positive");
+        if (KvPoolTokens < 0)
+            throw new ArgumentOutOfRangeException(nameof(KvPoolTokens), $"KV pool of {KvPoolTokens} tokens must not be negative (0: automatic)");
         if (SpeculativeDraft < 0 || SpeculativeDraft > 32)
             throw new ArgumentOutOfRangeException(nameof(SpeculativeDraft), $"draft tokens {SpeculativeDraft} must be 0..32");
     }
@@ -115,6 +124,7 @@ public sealed class BatchScheduler : IDisposable
     private readonly PrefixCache? _prefix;
     private readonly ConcurrentQueue<Slot> _queue = new();
     private readonly List<Slot> _active = [];
+    private readonly List<Slot> _preempted = [];
     private readonly Thread _thread;
     private readonly ManualResetEventSlim _wake = new(false);
     private readonly CancellationTokenSource _stop = new();
@@ -124,7 +134,7 @@ public sealed class BatchScheduler : IDisposable
     private readonly List<int> _tokens = [];
     private readonly List<int> _matched = [];
     private int _queued;
-    private long _requests, _promptTokens, _cachedTokens, _generated, _steps, _cancelled, _drafted, _accepted;
+    private long _requests, _promptTokens, _cachedTokens, _generated, _steps, _cancelled, _drafted, _accepted, _preemptions;
     private readonly PromptLookupSource _lookup = new(maxNgram: 3, minNgram: 1, maxBranches: 1);
     private readonly DraftTree _tree = new();
     private long _rateStart = Stopwatch.GetTimestamp(), _rateTokens;
@@ -136,7 +146,7 @@ public sealed class BatchScheduler : IDisposable
         _options = options ?? new SchedulerOptions();
         _options.Validate();
         var net = model.Network;
-        _cache = net.CreateKvCache(model.ContextLength, sequences: _options.Parallel);
+        _cache = net.CreateKvCache(model.ContextLength, sequences: _options.Parallel, poolTokens: PoolTokens(model, _options));
         if (_options.PrefixCaching && _cache.Window == 0 && _cache.Local is null)
             _prefix = new PrefixCache(_cache);
         _logits = new float[(long)Math.Min(_options.Parallel * (1 + _options.SpeculativeDraft), net.MaxBatch) * model.Config.VocabSize];
@@ -145,6 +155,25 @@ public sealed class BatchScheduler : IDisposable
     }
 
     public LanguageModel Model => _model;
+
+    /// <summary>Tokens the KV pool holds (all requests and the prefix cache together).</summary>
+    public int KvPoolTokens => _cache.MaxBlocks * _cache.BlockSize;
+
+    /// <summary>
+    /// The pool's size: as asked, else <see cref="SchedulerOptions.Parallel"/> whole contexts — on the CPU
+    /// no more than half the memory the process may use, so that sixteen requests on a 7B model (1 MiB of
+    /// KV per token) do not ask for 64 GiB that the prefix cache would fill over time.
+    /// </summary>
+    private static int PoolTokens(LanguageModel model, SchedulerOptions options)
+    {
+        if (options.KvPoolTokens > 0)
+            return options.KvPoolTokens;
+        if (model.Backend is not Backends.Cpu.CpuBackend)
+            return 0;
+        long perToken = (long)model.Config.Layers * 2 * model.Config.KvDim * model.Backend.KvElementBytes;
+        long budget = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / 2;
+        return (int)Math.Clamp(budget / Math.Max(1, perToken), model.ContextLength, (long)model.ContextLength * options.Parallel);
+    }
 
     public SchedulerOptions Options => _options;
 
@@ -197,9 +226,10 @@ public sealed class BatchScheduler : IDisposable
     {
         double seconds = Stopwatch.GetElapsedTime(Interlocked.Read(ref _rateStart)).TotalSeconds;
         double rate = seconds > 2 ? 0 : _rate; // nothing generated lately
-        return new SchedulerMetrics(_activeCount, Volatile.Read(ref _queued), Interlocked.Read(ref _requests), Interlocked.Read(ref _promptTokens),
+        return new SchedulerMetrics(_activeCount, Volatile.Read(ref _queued) + _preempted.Count, Interlocked.Read(ref _requests), Interlocked.Read(ref _promptTokens),
             Interlocked.Read(ref _cachedTokens), Interlocked.Read(ref _generated), Interlocked.Read(ref _steps), _cache.UsedBlocks, _cache.MaxBlocks,
-            _prefix?.Blocks ?? 0, rate, Interlocked.Read(ref _cancelled), Interlocked.Read(ref _drafted), Interlocked.Read(ref _accepted));
+            _prefix?.Blocks ?? 0, rate, Interlocked.Read(ref _cancelled), Interlocked.Read(ref _drafted), Interlocked.Read(ref _accepted),
+            Interlocked.Read(ref _preemptions));
     }
 
     private void Loop()
@@ -229,17 +259,47 @@ public sealed class BatchScheduler : IDisposable
         foreach (var slot in _active)
             Finish(slot, FinishReason.Cancelled);
         _active.Clear();
+        foreach (var slot in _preempted)
+            Finish(slot, FinishReason.Cancelled);
+        _preempted.Clear();
         while (_queue.TryDequeue(out var waiting))
             Finish(waiting, FinishReason.Cancelled);
     }
 
-    /// <summary>Moves queued requests into free places, each starting from the longest cached prefix of its prompt.</summary>
+    /// <summary>
+    /// Moves waiting requests into free places — first those preempted for room, then the queue in order —
+    /// each starting from the longest cached prefix of what it has to compute.
+    /// </summary>
     private void Admit()
     {
-        while (_active.Count < _options.Parallel && _queue.TryDequeue(out var slot))
+        while (_active.Count < _options.Parallel)
         {
-            Interlocked.Decrement(ref _queued);
-            Interlocked.Increment(ref _requests);
+            bool preempted = _preempted.Count > 0;
+            Slot? next = preempted ? _preempted[0] : _queue.TryPeek(out var queued) ? queued : null;
+            if (next is null)
+                break;
+            // Room for what it must compute (plus a block to grow into), cached prefixes giving way; when
+            // the pool is smaller than every request's whole context, a request waits for others to finish.
+            int needed = (next.Tokens.Count + _cache.BlockSize - 1) / _cache.BlockSize + 1;
+            while (_cache.FreeBlocks < needed && _prefix is not null && _prefix.EvictOne())
+            {
+            }
+            if (_cache.FreeBlocks < needed && _active.Count > 0 && !next.Cancellation.IsCancellationRequested)
+                break;
+            Slot slot;
+            if (preempted)
+            {
+                slot = next;
+                _preempted.RemoveAt(0);
+            }
+            else
+            {
+                if (!_queue.TryDequeue(out slot!))
+                    break;
+                Interlocked.Decrement(ref _queued);
+                Interlocked.Increment(ref _requests);
+                Interlocked.Add(ref _promptTokens, slot.PromptLength);
+            }
             if (slot.Cancellation.IsCancellationRequested)
             {
                 Finish(slot, FinishReason.Cancelled);
@@ -249,18 +309,37 @@ public sealed class BatchScheduler : IDisposable
             if (_prefix is not null)
             {
                 _matched.Clear();
-                // at least the prompt's last token is computed: its logits give the first generated token
-                cached = _prefix.Match(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(slot.Tokens)[..(slot.PromptLength - 1)], _matched);
+                // at least the last token is computed: its logits give the next generated token
+                cached = _prefix.Match(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(slot.Tokens)[..(slot.Tokens.Count - 1)], _matched);
                 slot.Sequence = _cache.CreateSequence(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_matched), cached);
             }
             else
                 slot.Sequence = _cache.CreateSequence();
-            slot.Cached = cached;
-            Interlocked.Add(ref _promptTokens, slot.PromptLength);
-            Interlocked.Add(ref _cachedTokens, cached);
+            if (!preempted)
+            {
+                slot.Cached = Math.Min(cached, slot.PromptLength);
+                Interlocked.Add(ref _cachedTokens, slot.Cached);
+            }
             _active.Add(slot);
         }
         _activeCount = _active.Count;
+    }
+
+    /// <summary>
+    /// Frees the newest request's KV blocks so that the others can go on (preemption by recomputation, as
+    /// vLLM does): it waits at the head of the line and, readmitted, computes its context again — from
+    /// the prefix cache where its blocks are still there. Its sampler, text and stop state carry on.
+    /// </summary>
+    private void Preempt(Slot slot)
+    {
+        _active.Remove(slot);
+        if (_prefix is not null && slot.Sequence is { } seq)
+            _prefix.Insert(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(slot.Tokens)[..Math.Min(seq.Length, slot.Tokens.Count)], seq);
+        slot.Sequence?.Dispose();
+        slot.Sequence = null;
+        slot.Draft.Clear();
+        _preempted.Add(slot);
+        Interlocked.Increment(ref _preemptions);
     }
 
     private void Step()
@@ -317,11 +396,17 @@ public sealed class BatchScheduler : IDisposable
         }
         catch (KvCacheFullException)
         {
-            // Only the prefix cache can overfill a pool sized for every sequence's whole context, and it
-            // was emptied above as far as it could be: end the newest request, the others go on.
+            // The pool is full even with the prefix cache emptied as far as it could be (a pool smaller than
+            // every request's whole context): the newest request steps back for the others. Alone, a
+            // request that cannot fit ends.
             var newest = _active[^1];
-            Finish(newest, FinishReason.Length);
-            _active.RemoveAt(_active.Count - 1);
+            if (_active.Count > 1)
+                Preempt(newest);
+            else
+            {
+                Finish(newest, FinishReason.Length);
+                _active.RemoveAt(_active.Count - 1);
+            }
             _activeCount = _active.Count;
             return;
         }

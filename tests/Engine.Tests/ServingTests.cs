@@ -222,4 +222,37 @@ public class ServingTests
             Assert.That(speculative[i].Tokens, Is.EqualTo(plain[i].Tokens), $"request {i}");
         Assert.That(speculative[^1].End.CachedTokens, Is.GreaterThan(0));
     }
+
+    /// <summary>
+    /// A KV pool smaller than every request's whole context: requests wait for room, and when the
+    /// running ones outgrow the pool the newest is preempted (its blocks freed, recomputed later) —
+    /// every request still gets exactly what it gets alone, and nothing is cut short.
+    /// </summary>
+    [Test]
+    public async Task A_small_pool_preempts_and_recomputes_without_changing_any_answer()
+    {
+        using var dir = new TempDir();
+        using var lm = Load(dir);
+        var rng = new Random(8);
+        var prompts = Enumerable.Range(0, 4).Select(_ => Enumerable.Range(0, 40).Select(_ => rng.Next(lm.Config.VocabSize)).ToArray()).ToArray();
+        var alone = new List<List<int>>();
+        foreach (var p in prompts)
+        {
+            using var session = lm.CreateSession();
+            alone.Add(session.Generate(p, new GenerationOptions { MaxTokens = 200, Sampling = SamplingOptions.Greedy, StopAtEndOfGeneration = false }).ToList());
+        }
+        // one context's worth (512 tokens) for four requests of 240 tokens each
+        using var scheduler = new BatchScheduler(lm, new SchedulerOptions { Parallel = 3, KvPoolTokens = 512 });
+        Assert.That(scheduler.KvPoolTokens, Is.EqualTo(512));
+        var results = await Task.WhenAll(prompts.Select(p => Drain(scheduler.Submit(new CompletionRequest { Prompt = p, MaxTokens = 200, IgnoreEos = true }))));
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            Assert.That(results[i].End.Reason, Is.EqualTo(FinishReason.Length));
+            Assert.That(results[i].Tokens, Is.EqualTo(alone[i]), $"request {i}");
+        }
+        var m = scheduler.Metrics();
+        Assert.That(m.Preemptions, Is.GreaterThan(0), "the pool could not hold three requests' contexts");
+        Assert.That(m.KvUsedBlocks, Is.EqualTo(m.PrefixCachedBlocks));
+        TestContext.Out.WriteLine($"{m.Preemptions} preemptions, {m.Steps} steps");
+    }
 }

@@ -485,6 +485,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         Metric("generation_tokens_total", "counter", "Tokens generated.", m.GeneratedTokens);
         Metric("steps_total", "counter", "Batched forward passes.", m.Steps);
         Metric("requests_cancelled_total", "counter", "Completions whose client went away or cancelled.", m.Cancelled);
+        Metric("preemptions_total", "counter", "Requests that stepped back for room in the KV pool (recomputed later).", m.Preemptions);
         Metric("spec_draft_tokens_total", "counter", "Draft tokens proposed for verification (--spec).", m.DraftedTokens);
         Metric("spec_accepted_tokens_total", "counter", "Draft tokens the model accepted (--spec).", m.AcceptedTokens);
         Metric("generation_tokens_per_second", "gauge", "Tokens generated per second, last second.", m.GeneratedTokensPerSecond);

@@ -28,6 +28,7 @@ internal static class ServeCommand
         var chunk = new Option<int>("--prefill-chunk") { Description = "Most prompt tokens a request prefills per step", DefaultValueFactory = _ => 128 };
         var spec = new Option<string?>("--spec") { Description = "Speculative decoding for greedy requests: lookup (prompt-lookup drafts verified in the batch)" };
         var draftMax = SharedOptions.DraftMax();
+        var kvTokens = new Option<int>("--kv-tokens") { Description = "Tokens the shared KV pool holds for all requests (default: --parallel contexts, on the CPU at most half the memory)" };
         var threads = SharedOptions.Threads();
         var device = SharedOptions.Device();
         var cacheType = SharedOptions.CacheType();
@@ -35,7 +36,7 @@ internal static class ServeCommand
 
         var command = new Command("serve", "An OpenAI-compatible HTTP server (chat, completions, streaming, tools) with continuous batching")
         {
-            model, host, port, parallel, queue, apiKey, alias, template, templateFile, noPrefix, chunk, spec, draftMax, threads, device, cacheType, context,
+            model, host, port, parallel, queue, apiKey, alias, template, templateFile, noPrefix, chunk, spec, draftMax, kvTokens, threads, device, cacheType, context,
         };
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
@@ -50,6 +51,7 @@ internal static class ServeCommand
             {
                 Parallel = parse.GetValue(parallel), MaxQueue = parse.GetValue(queue), PrefillChunk = parse.GetValue(chunk),
                 PrefixCaching = !parse.GetValue(noPrefix), SpeculativeDraft = method is null ? 0 : parse.GetValue(draftMax),
+                KvPoolTokens = parse.GetValue(kvTokens),
             };
             scheduler.Validate();
             using var lm = LanguageModel.Load(path, SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, false,
@@ -73,6 +75,7 @@ internal static class ServeCommand
                     Scheduler = scheduler,
                 }).GetAwaiter().GetResult();
                 io.Error.WriteLine($"serving {Path.GetFileName(path)} at {server.Address} ({scheduler.Parallel} parallel, context {lm.ContextLength}, "
+                    + $"KV pool {server.Scheduler.KvPoolTokens} tokens, "
                     + $"{(chatTemplate is null ? "no chat template: /v1/completions only" : chatTemplate.Name + " chat template")}, "
                     + $"prefix cache {(server.Scheduler.PrefixCaching ? "on" : "off")}); Ctrl+C stops");
                 try
