@@ -286,6 +286,10 @@ public sealed class BatchScheduler : IDisposable
             }
             if (_cache.FreeBlocks < needed && _active.Count > 0 && !next.Cancellation.IsCancellationRequested)
                 break;
+            // The same prompt being prefilled right now (n completions of one request, a retried request):
+            // wait a few steps and start from its cached blocks instead of computing it again beside it.
+            if (!preempted && _prefix is not null && next.PromptLength > _cache.BlockSize && SamePromptPrefilling(next))
+                break;
             Slot slot;
             if (preempted)
             {
@@ -323,6 +327,18 @@ public sealed class BatchScheduler : IDisposable
             _active.Add(slot);
         }
         _activeCount = _active.Count;
+    }
+
+    private bool SamePromptPrefilling(Slot next)
+    {
+        foreach (var slot in _active)
+        {
+            if (!slot.PromptCached && slot.PromptLength == next.PromptLength
+                && System.Runtime.InteropServices.CollectionsMarshal.AsSpan(slot.Tokens)[..slot.PromptLength]
+                    .SequenceEqual(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(next.Tokens)[..next.PromptLength]))
+                return true;
+        }
+        return false;
     }
 
     /// <summary>

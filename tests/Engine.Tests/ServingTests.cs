@@ -255,4 +255,22 @@ public class ServingTests
         Assert.That(m.KvUsedBlocks, Is.EqualTo(m.PrefixCachedBlocks));
         TestContext.Out.WriteLine($"{m.Preemptions} preemptions, {m.Steps} steps");
     }
+
+    [Test]
+    public async Task Identical_prompts_submitted_together_are_prefilled_once()
+    {
+        using var dir = new TempDir();
+        using var lm = Load(dir);
+        var rng = new Random(9);
+        int[] prompt = Enumerable.Range(0, 300).Select(_ => rng.Next(lm.Config.VocabSize)).ToArray();
+        using var scheduler = new BatchScheduler(lm, new SchedulerOptions { Parallel = 4, PrefillChunk = 64 });
+        // n = 4 of one request, sampled with different seeds
+        var results = await Task.WhenAll(Enumerable.Range(0, 4).Select(i => Drain(scheduler.Submit(new CompletionRequest
+        {
+            Prompt = prompt, MaxTokens = 6, IgnoreEos = true, Sampling = new SamplingOptions { Temperature = 1, Seed = (ulong)i },
+        }))));
+        Assert.That(results[0].End.CachedTokens, Is.Zero);
+        Assert.That(results.Skip(1).Select(r => r.End.CachedTokens), Is.All.EqualTo(288), "the others start from its nine whole blocks");
+        Assert.That(scheduler.Metrics().PromptTokens - scheduler.Metrics().CachedPromptTokens, Is.EqualTo(300 + 3 * 12));
+    }
 }
