@@ -439,14 +439,30 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
             rope.Style == Models.RopeStyle.NeoX, rope.AttentionFactor);
     }
 
-    public override void StoreKv(KvStore store, int layer, ReadOnlySpan<int> blockTable, int firstSlot, Activation k, Activation v)
+    public override void StoreKv(KvStore store, int layer, ReadOnlySpan<int> blockTable, int firstSlot, Activation k, Activation v) =>
+        StoreRows((CudaKvStore)store, layer, TableFor(store).Put(blockTable), blockTable.Length, firstSlot, Span(k), Span(v), k.Rows);
+
+    /// <summary>
+    /// Every sequence's rows into its own slots: the step's block tables go up once (one upload, the same
+    /// for every layer of the step), and each sequence's launch reads its slice of them and of k and v.
+    /// </summary>
+    public override void StoreKvBatch(KvStore store, int layer, SequenceBatch batch, Activation k, Activation v)
     {
-        var s = (CudaKvStore)store;
-        var table = TableFor(store).Put(blockTable);
+        var tables = TableFor(store).Put(batch.Tables);
+        for (int j = 0; j < batch.Count; j++)
+        {
+            int row = batch.RowStart(j), n = batch.RowCount(j), length = batch.Table(j).Length;
+            StoreRows((CudaKvStore)store, layer, tables.Slice(batch.TableStart(j), Math.Max(length, 1)), length, batch.Prefix(j),
+                Span(k).Slice((long)row * k.Cols, (long)n * k.Cols), Span(v).Slice((long)row * v.Cols, (long)n * v.Cols), n);
+        }
+    }
+
+    private void StoreRows(CudaKvStore s, int layer, DeviceSpan<int> table, int tableLength, int firstSlot, DeviceSpan<float> k, DeviceSpan<float> v, int rows)
+    {
         if (s.IsF16)
-            Kernels.KvCache.StoreKv(Device, Span(k), Span(v), k.Rows, table, blockTable.Length, firstSlot, s.DataF16, s.MaxBlocks, s.Layout, layer);
+            Kernels.KvCache.StoreKv(Device, k, v, rows, table, tableLength, firstSlot, s.DataF16, s.MaxBlocks, s.Layout, layer);
         else
-            Kernels.KvCache.StoreKv(Device, Span(k), Span(v), k.Rows, table, blockTable.Length, firstSlot, s.Data, s.MaxBlocks, s.Layout, layer);
+            Kernels.KvCache.StoreKv(Device, k, v, rows, table, tableLength, firstSlot, s.Data, s.MaxBlocks, s.Layout, layer);
     }
 
     public override void Attention(Activation q, KvStore store, int layer, ReadOnlySpan<int> blockTable, int prefixLength,
@@ -454,7 +470,6 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         ReadOnlySpan<int> windowStarts = default)
     {
         CheckAttentionOptions(q.Rows, softCap, windowStarts);
-        var s = (CudaKvStore)store;
         int n = q.Rows;
         var maskSpan = default(DeviceSpan<ulong>);
         int words = 0;
@@ -470,22 +485,57 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         int firstStart = windowStarts.IsEmpty ? 0 : int.MaxValue;
         foreach (int start in windowStarts)
             firstStart = Math.Min(firstStart, start);
+        AttendRows((CudaKvStore)store, layer, Span(q), n, heads, TableFor(store).Put(blockTable), blockTable.Length, prefixLength, maskSpan, words,
+            scale, Span(dst), batchInvariant, softCap, windowStarts.IsEmpty ? default : _windowStarts.Put(windowStarts), firstStart);
+    }
+
+    /// <summary>
+    /// Every sequence's attention over its own cache, one launch each, without copying rows: the step's
+    /// block tables and window starts go up once (the same for every layer of the step) and each launch
+    /// reads its sequence's slices of them and of q and the output.
+    /// </summary>
+    public override void AttentionBatch(Activation q, KvStore store, int layer, SequenceBatch batch, int heads, float scale, Activation dst,
+        bool batchInvariant = false, float softCap = 0, ReadOnlySpan<int> windowStarts = default)
+    {
+        CheckAttentionOptions(q.Rows, softCap, windowStarts);
+        if (batch.Rows != q.Rows)
+            throw new ArgumentException($"the batch's sequences hold {batch.Rows} rows, q has {q.Rows}", nameof(batch));
+        var tables = TableFor(store).Put(batch.Tables);
+        var starts = windowStarts.IsEmpty ? default : _windowStarts.Put(windowStarts);
+        for (int j = 0; j < batch.Count; j++)
+        {
+            int row = batch.RowStart(j), n = batch.RowCount(j), length = batch.Table(j).Length;
+            int firstStart = 0;
+            if (!windowStarts.IsEmpty)
+            {
+                firstStart = int.MaxValue;
+                foreach (int start in windowStarts.Slice(row, n))
+                    firstStart = Math.Min(firstStart, start);
+            }
+            AttendRows((CudaKvStore)store, layer, Span(q).Slice((long)row * q.Cols, (long)n * q.Cols), n, heads,
+                tables.Slice(batch.TableStart(j), Math.Max(length, 1)), length, batch.Prefix(j), default, 0, scale,
+                Span(dst).Slice((long)row * dst.Cols, (long)n * dst.Cols), batchInvariant, softCap,
+                windowStarts.IsEmpty ? default : starts.Slice(row, n), firstStart);
+        }
+    }
+
+    private void AttendRows(CudaKvStore s, int layer, DeviceSpan<float> q, int n, int heads, DeviceSpan<int> table, int tableLength, int prefixLength,
+        DeviceSpan<ulong> maskSpan, int words, float scale, DeviceSpan<float> dst, bool batchInvariant, float softCap, DeviceSpan<int> starts, int firstStart)
+    {
         int maxRanks = prefixLength + n - Math.Min(firstStart, prefixLength);
         // Sized for the cache's capacity, so a growing context never reallocates it; the tiled prefill
         // kernel writes no partial results.
         var scratch = Backends.Cpu.Kernels.KvCacheKernels.UsesPrefillKernel(n, s.Layout.HeadDim, batchInvariant)
             ? default
             : Grow(ref _attentionScratch, Kernels.Attention.ScratchFloats(heads, n, s.Layout.HeadDim, Math.Max(maxRanks, s.MaxBlocks * s.Layout.BlockSize)));
-        var table = TableFor(store).Put(blockTable);
-        var starts = windowStarts.IsEmpty ? default : _windowStarts.Put(windowStarts);
         // With fused steps the tree kernel merges its own splits (counters zeroed once, left zero by each launch).
         var counters = FuseSteps ? Counters(ref _mergeCounters, Kernels.TreeAttention.Counters(n, heads, s.Layout.KvHeads)) : default;
         if (s.IsF16)
-            Kernels.Attention.AttentionF32(Device, Span(q), n, heads, s.DataF16, s.MaxBlocks, s.Layout, layer, table, blockTable.Length,
-                prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant, TensorCorePrefill, counters, softCap, starts, maxRanks);
+            Kernels.Attention.AttentionF32(Device, q, n, heads, s.DataF16, s.MaxBlocks, s.Layout, layer, table, tableLength,
+                prefixLength, maskSpan, words, scale, scratch, dst, batchInvariant, TensorCorePrefill, counters, softCap, starts, maxRanks);
         else
-            Kernels.Attention.AttentionF32(Device, Span(q), n, heads, s.Data, s.MaxBlocks, s.Layout, layer, table, blockTable.Length,
-                prefixLength, maskSpan, words, scale, scratch, Span(dst), batchInvariant, mergeCounters: counters, softCap: softCap, windowStarts: starts, maxRanks: maxRanks);
+            Kernels.Attention.AttentionF32(Device, q, n, heads, s.Data, s.MaxBlocks, s.Layout, layer, table, tableLength,
+                prefixLength, maskSpan, words, scale, scratch, dst, batchInvariant, mergeCounters: counters, softCap: softCap, windowStarts: starts, maxRanks: maxRanks);
     }
 
     public override void SwiGlu(Activation gate, Activation up, Activation dst) =>
