@@ -23,14 +23,14 @@ public class ServerTests
     private const string Key = "test-key";
 
     private static async Task<(OpenAiServer Server, LanguageModel Model, TempDir Dir)> Start(string template, SchedulerOptions? scheduler = null, int context = 256,
-        int dim = 64)
+        int dim = 64, TextWriter? log = null)
     {
         var dir = new TempDir();
         var spec = new TinySpec("chat", Heads: 4, KvHeads: 2, Seed: 70, Context: context, Dim: dim, Ffn: dim * 3 / 2, Layers: dim > 64 ? 4 : 2);
         var lm = LanguageModel.Load(ChatTests.ModelWithTemplates(dir, spec, ("tokenizer.chat_template", template)), new ModelOptions { Threads = 1, ContextLength = context });
         var server = await OpenAiServer.StartAsync(lm, lm.GetChatTemplate(), new ServerOptions
         {
-            Port = 0, ApiKey = Key, ModelName = "tiny", Scheduler = scheduler ?? new SchedulerOptions { Parallel = 4 },
+            Port = 0, ApiKey = Key, ModelName = "tiny", Scheduler = scheduler ?? new SchedulerOptions { Parallel = 4 }, AccessLog = log,
         });
         Assert.That(server.Address.Host, Is.EqualTo("127.0.0.1"));
         return (server, lm, dir);
@@ -153,7 +153,8 @@ public class ServerTests
     [Test]
     public async Task Keys_routes_models_health_and_metrics()
     {
-        var (server, lm, dir) = await Start(ChatTests.ChatMl);
+        var log = new StringWriter();
+        var (server, lm, dir) = await Start(ChatTests.ChatMl, log: log);
         await using var _ = server;
         using var __ = lm;
         using var ___ = dir;
@@ -175,6 +176,9 @@ public class ServerTests
         Assert.That(await http.GetStringAsync(new Uri(server.Address, "/health")), Does.Contain("ok"));
         string metrics = await http.GetStringAsync(new Uri(server.Address, "/metrics"));
         Assert.That(metrics, Does.Contain("engine_generation_tokens_total").And.Contain("engine_requests_waiting 0").And.Contain("engine_kv_cache_usage_ratio"));
+        string access = log.ToString();
+        Assert.That(access, Does.Contain("POST /v1/chat/completions 401"));
+        Assert.That(access, Does.Contain("POST /v1/completions 200").And.Contain("completion=3"), "one line per request, with its tokens");
     }
 
     [Test]

@@ -29,6 +29,9 @@ public sealed record ServerOptions
     /// <summary>When set, every /v1 request must carry <c>Authorization: Bearer KEY</c>.</summary>
     public string? ApiKey { get; init; }
 
+    /// <summary>Where one line per request goes (method, path, status, time, tokens), or null for none.</summary>
+    public TextWriter? AccessLog { get; init; }
+
     /// <summary>The model's name in /v1/models and responses (default: the file name).</summary>
     public string? ModelName { get; init; }
 
@@ -111,6 +114,27 @@ public sealed class OpenAiServer : IAsyncDisposable
     {
         _app.Use(async (context, next) =>
         {
+            long started = System.Diagnostics.Stopwatch.GetTimestamp();
+            try
+            {
+                await next(context).ConfigureAwait(false);
+            }
+            finally
+            {
+                if (_options.AccessLog is { } log)
+                {
+                    string tokens = context.Items.TryGetValue(UsageKey, out var u) && u is (int prompt, int cached, int completion)
+                        ? $" prompt={prompt} cached={cached} completion={completion}" : "";
+                    string line = $"{DateTime.UtcNow:HH:mm:ss} {context.Request.Method} {context.Request.Path} {context.Response.StatusCode} "
+                        + $"{System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalMilliseconds:F0} ms{tokens}"
+                        + (context.RequestAborted.IsCancellationRequested ? " (client left)" : "");
+                    lock (log)
+                        log.WriteLine(line);
+                }
+            }
+        });
+        _app.Use(async (context, next) =>
+        {
             try
             {
                 if (_options.ApiKey is { } key && context.Request.Path.StartsWithSegments("/v1")
@@ -151,6 +175,8 @@ public sealed class OpenAiServer : IAsyncDisposable
         _app.MapPost("/v1/completions", context => Complete(context, chat: false));
         _app.MapFallback(context => throw new ApiError(404, $"no route {context.Request.Method} {context.Request.Path}", code: "not_found"));
     }
+
+    private const string UsageKey = "engine.usage";
 
     private static Task WriteError(HttpContext context, ApiError e)
     {
@@ -298,6 +324,7 @@ public sealed class OpenAiServer : IAsyncDisposable
                 });
             }
         }
+        context.Items[UsageKey] = (promptTokens, cached, completion);
         context.Response.ContentType = "application/json";
         await context.Response.Body.WriteAsync(JsonSerializer.SerializeToUtf8Bytes(new Dictionary<string, object?>
         {
@@ -398,6 +425,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         await Task.WhenAll(Enumerable.Range(0, readers.Length).Select(Run)).ConfigureAwait(false);
         if (ends.Any(e => e is null))
             throw new OperationCanceledException();
+        context.Items[UsageKey] = (ends[0]!.PromptTokens, ends[0]!.CachedTokens, ends.Sum(e => e!.CompletionTokens));
         if (p.IncludeUsage)
         {
             await Send(new Dictionary<string, object?>

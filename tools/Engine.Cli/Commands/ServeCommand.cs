@@ -28,6 +28,7 @@ internal static class ServeCommand
         var chunk = new Option<int>("--prefill-chunk") { Description = "Most prompt tokens a request prefills per step", DefaultValueFactory = _ => 128 };
         var spec = new Option<string?>("--spec") { Description = "Speculative decoding for greedy requests: lookup (prompt-lookup drafts verified in the batch)" };
         var draftMax = SharedOptions.DraftMax();
+        var quiet = new Option<bool>("--quiet") { Description = "No line per request on stderr" };
         var kvTokens = new Option<int>("--kv-tokens") { Description = "Tokens the shared KV pool holds for all requests (default: --parallel contexts, on the CPU at most half the memory)" };
         var threads = SharedOptions.Threads();
         var device = SharedOptions.Device();
@@ -36,7 +37,7 @@ internal static class ServeCommand
 
         var command = new Command("serve", "An OpenAI-compatible HTTP server (chat, completions, streaming, tools) with continuous batching")
         {
-            model, host, port, parallel, queue, apiKey, alias, template, templateFile, noPrefix, chunk, spec, draftMax, kvTokens, threads, device, cacheType, context,
+            model, host, port, parallel, queue, apiKey, alias, template, templateFile, noPrefix, chunk, spec, draftMax, kvTokens, quiet, threads, device, cacheType, context,
         };
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
@@ -72,6 +73,7 @@ internal static class ServeCommand
                 var server = OpenAiServer.StartAsync(lm, chatTemplate, new ServerOptions
                 {
                     Host = parse.GetRequiredValue(host), Port = parse.GetValue(port), ApiKey = parse.GetValue(apiKey), ModelName = parse.GetValue(alias),
+                    AccessLog = parse.GetValue(quiet) ? null : io.Error,
                     Scheduler = scheduler,
                 }).GetAwaiter().GetResult();
                 io.Error.WriteLine($"serving {Path.GetFileName(path)} at {server.Address} ({scheduler.Parallel} parallel, context {lm.ContextLength}, "
