@@ -168,6 +168,15 @@ public class ServerTests
         var choice = completion.GetProperty("choices")[0];
         Assert.That(choice.GetProperty("logprobs").GetProperty("token_logprobs").GetArrayLength(), Is.EqualTo(3));
         Assert.That(completion.GetProperty("usage").GetProperty("completion_tokens").GetInt32(), Is.EqualTo(3));
+        // the same prompt as token ids gives the same greedy text
+        var ids = lm.Tokenizer.Encode("Once upon", addSpecial: true);
+        var (idsStatus, byIds) = await Post(server, "/v1/completions", $$"""{"prompt":[{{string.Join(",", ids)}}],"max_tokens":3,"ignore_eos":true,"temperature":0}""");
+        var (_, byText) = await Post(server, "/v1/completions", """{"prompt":"Once upon","max_tokens":3,"ignore_eos":true,"temperature":0}""");
+        Assert.That(idsStatus, Is.EqualTo(HttpStatusCode.OK));
+        Assert.That(byIds.GetProperty("choices")[0].GetProperty("text").GetString(), Is.EqualTo(byText.GetProperty("choices")[0].GetProperty("text").GetString()));
+        Assert.That(byIds.GetProperty("usage").GetProperty("prompt_tokens").GetInt32(), Is.EqualTo(ids.Count));
+        var (badId, badIdBody) = await Post(server, "/v1/completions", $$"""{"prompt":[1,{{lm.Config.VocabSize}}],"max_tokens":1}""");
+        Assert.That((badId, badIdBody.GetProperty("error").GetProperty("param").GetString()), Is.EqualTo((HttpStatusCode.BadRequest, "prompt")));
 
         using var http = new HttpClient();
         http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", Key);

@@ -211,6 +211,15 @@ public sealed class OpenAiServer : IAsyncDisposable
             prompt = _model.Tokenizer.Encode(text, addSpecial: false, parseSpecial: true);
             thinkingOpened = text.TrimEnd().EndsWith("<think>", StringComparison.Ordinal);
         }
+        else if (p.PromptTokens is { } ids)
+        {
+            foreach (int token in ids)
+            {
+                if (token >= _model.Config.VocabSize)
+                    throw ApiError.BadRequest($"token id {token} is outside the vocabulary (0..{_model.Config.VocabSize - 1})", "prompt");
+            }
+            prompt = [.. ids];
+        }
         else
             prompt = _model.Tokenizer.Encode(p.Prompt!, addSpecial: true, parseSpecial: false);
         if (prompt.Count == 0)

@@ -23,6 +23,8 @@ public sealed record RequestParameters
 
     // completions only
     public string? Prompt { get; init; }
+    /// <summary>A prompt given as token ids (OpenAI's list-of-integers form), used exactly as given.</summary>
+    public IReadOnlyList<int>? PromptTokens { get; init; }
     public bool Echo { get; init; }
 }
 
@@ -126,14 +128,23 @@ public static class RequestReader
         var p = Common(root, chat: false);
         if (!root.TryGetProperty("prompt", out var prompt))
             throw ApiError.BadRequest("'prompt' is required", "prompt");
-        string text = prompt.ValueKind switch
+        IReadOnlyList<int>? ids = null;
+        if (prompt.ValueKind == JsonValueKind.Array && prompt.GetArrayLength() > 0 && prompt[0].ValueKind == JsonValueKind.Number)
+        {
+            ids = [.. prompt.EnumerateArray().Select((t, i) => t.ValueKind == JsonValueKind.Number && t.TryGetInt32(out int id) && id >= 0
+                ? id : throw ApiError.BadRequest($"prompt[{i}] must be a token id (a non-negative integer)", "prompt"))];
+        }
+        string? text = ids is not null ? null : prompt.ValueKind switch
         {
             JsonValueKind.String => prompt.GetString()!,
             JsonValueKind.Array when prompt.GetArrayLength() == 1 && prompt[0].ValueKind == JsonValueKind.String => prompt[0].GetString()!,
-            _ => throw ApiError.BadRequest("'prompt' must be a string (or a list of one string)", "prompt"),
+            _ => throw ApiError.BadRequest("'prompt' must be a string, a list of one string, or a list of token ids", "prompt"),
         };
         int? logprobs = Int(root, "logprobs", 0, 20);
-        return p with { Prompt = text, TopLogprobs = logprobs ?? -1, Echo = Get(root, "echo") is { } e && Bool(e, "echo") };
+        bool echo = Get(root, "echo") is { } e && Bool(e, "echo");
+        if (echo && ids is not null)
+            throw ApiError.BadRequest("'echo' needs a text prompt", "echo");
+        return p with { Prompt = text, PromptTokens = ids, TopLogprobs = logprobs ?? -1, Echo = echo };
     }
 
     private static RequestParameters Common(JsonElement root, bool chat)
