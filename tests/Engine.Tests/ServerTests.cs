@@ -151,6 +151,20 @@ public class ServerTests
     }
 
     [Test]
+    public async Task A_conversation_the_template_refuses_is_a_400_naming_the_template_line()
+    {
+        var (server, lm, dir) = await Start(ChatTests.TemplateFile("meta-llama-Llama-2-7b-chat-hf.jinja"));
+        await using var _ = server;
+        using var __ = lm;
+        using var ___ = dir;
+        var (status, body) = await Post(server, "/v1/chat/completions",
+            """{"messages":[{"role":"user","content":"a"},{"role":"user","content":"b"}],"max_tokens":2}""");
+        Assert.That(status, Is.EqualTo(HttpStatusCode.BadRequest));
+        Assert.That(body.GetProperty("error").GetProperty("message").GetString(),
+            Does.Contain("line 1").And.Contain("Conversation roles must alternate"));
+    }
+
+    [Test]
     public async Task Keys_routes_models_health_and_metrics()
     {
         var log = new StringWriter();
