@@ -20,7 +20,8 @@ namespace Engine.Cuda;
 public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
 {
     private readonly bool _ownsDevice;
-    private readonly HostInput<int> _tokens, _positions, _table, _table2, _rows, _windowStarts;
+    private readonly HostInput<int> _tokens, _positions, _table, _table2, _rows, _windowStarts, _moeSlots;
+    private readonly HostInput<float> _moeWeights;
     private readonly HostInput<ulong> _mask;
     private readonly HostInput<int> _treeParent, _treeToken, _treeQRow, _treeDraw;
     private GpuArray<int>? _decodeIds, _sampled, _acceptOutput;
@@ -62,6 +63,8 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         _table2 = new(device, capturing);
         _windowStarts = new(device, capturing);
         _rows = new(device, capturing);
+        _moeSlots = new(device, capturing);
+        _moeWeights = new(device, capturing);
         _mask = new(device, capturing);
         _treeParent = new(device, capturing);
         _treeToken = new(device, capturing);
@@ -550,6 +553,12 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
 
     public override void Scale(Activation x, float s) => Kernels.Add.ScaleF32(Device, Span(x), s, x.Size);
 
+    public override void MoeCombine(Activation src, ReadOnlySpan<int> slots, ReadOnlySpan<float> weights, int k, Activation dst)
+    {
+        CheckMoeCombine(src, slots, weights, k, dst);
+        Kernels.Moe.CombineF32(Device, Span(dst), Span(src), _moeSlots.Put(slots), _moeWeights.Put(weights), k, dst.Rows, dst.Cols);
+    }
+
     public override void GatherRows(Activation src, ReadOnlySpan<int> rows, Activation dst)
     {
         foreach (int r in rows)
@@ -726,6 +735,8 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         _table.Dispose();
         _table2.Dispose();
         _rows.Dispose();
+        _moeSlots.Dispose();
+        _moeWeights.Dispose();
         _mask.Dispose();
         _treeParent.Dispose();
         _treeToken.Dispose();

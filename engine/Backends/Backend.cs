@@ -230,6 +230,28 @@ public abstract class Backend : IDisposable
             SwiGlu(gate, up, gate);
     }
 
+    /// <summary>
+    /// The weighted sum of a mixture of experts: dst[t, :] = Σ_{j &lt; k} weights[t·k + j] · src[slots[t·k + j], :]
+    /// for every row t of <paramref name="dst"/>, with src holding each expert's output rows. Summed in j
+    /// order from zero, in float32 with separately rounded products (no fused multiply-add), so that every
+    /// backend gives the same bits and a token's sum does not depend on the batch around it.
+    /// </summary>
+    public abstract void MoeCombine(Activation src, ReadOnlySpan<int> slots, ReadOnlySpan<float> weights, int k, Activation dst);
+
+    /// <summary>Checks a <see cref="MoeCombine"/> request.</summary>
+    protected static void CheckMoeCombine(Activation src, ReadOnlySpan<int> slots, ReadOnlySpan<float> weights, int k, Activation dst)
+    {
+        if (src.Cols != dst.Cols)
+            throw new ArgumentException($"moe_combine: source rows of {src.Cols} columns, destination rows of {dst.Cols}");
+        if (k < 1 || slots.Length != (long)dst.Rows * k || weights.Length != slots.Length)
+            throw new ArgumentException($"moe_combine: {dst.Rows} rows × {k} experts need {(long)dst.Rows * k} slots and weights, got {slots.Length} and {weights.Length}");
+        foreach (int slot in slots)
+        {
+            if ((uint)slot >= (uint)src.Rows)
+                throw new ArgumentOutOfRangeException(nameof(slots), $"moe_combine: slot {slot} is outside the {src.Rows} expert output rows");
+        }
+    }
+
     /// <summary>dst[k, :] = src[rows[k], :].</summary>
     public abstract void GatherRows(Activation src, ReadOnlySpan<int> rows, Activation dst);
 

@@ -148,6 +148,13 @@ public sealed class ProfilingBackend(Backend inner) : Backend
         Add("add", t);
     }
 
+    public override void MoeCombine(Activation src, ReadOnlySpan<int> slots, ReadOnlySpan<float> weights, int k, Activation dst)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.MoeCombine(src, slots, weights, k, dst);
+        Add("moe_combine", t);
+    }
+
     public override void GatherRows(Activation src, ReadOnlySpan<int> rows, Activation dst)
     {
         long t = Stopwatch.GetTimestamp();

@@ -39,8 +39,8 @@ public sealed partial class LlamaModel
             input = s.H;
             Trace?.Invoke("ffn_norm", l, s.H);
         }
-        b.GatedFfn(input, w.WGate, w.WUp, s.Gate, s.Up, s.Exact, gelu: c.Gemma);
-        b.MatMul(s.Gate, w.WDown, s.Proj, s.Exact);
+        b.GatedFfn(input, w.WGate!, w.WUp!, s.Gate, s.Up, s.Exact, gelu: c.Gemma);
+        b.MatMul(s.Gate, w.WDown!, s.Proj, s.Exact);
         b.RmsNorm(s.Proj, w.FfnPostNorm!, c.RmsNormEps, s.Proj);
         b.Add(s.X, s.Proj);
         Trace?.Invoke("l_out", l, s.X);

@@ -9,7 +9,7 @@ public sealed partial class LlamaModel
     /// its attention norm of the residual stream:
     /// <code>
     /// x += Wo · attention(norm(x))                                  (times Granite's residual multiplier)
-    /// x += W_down · (silu(W_gate · norm(x)) ⊙ W_up · norm(x))
+    /// x += W_down · (silu(W_gate · norm(x)) ⊙ W_up · norm(x))        (or a mixture of experts: LlamaModel.Moe.cs)
     /// </code>
     /// Each block ends with the next norm (the FFN's, then the next layer's attention norm or the output
     /// norm, <paramref name="nextNorm"/>) so that a backend may fuse projection, residual add and norm.
@@ -25,8 +25,19 @@ public sealed partial class LlamaModel
         Trace?.Invoke("attn_residual", l, s.X);
         Trace?.Invoke("ffn_norm", l, s.H);
 
-        b.GatedFfn(s.H, w.WGate, w.WUp, s.Gate, s.Up, s.Exact);
-        b.MatMulAddNorm(s.Gate, w.WDown, s.X, s.Proj, nextNorm, c.RmsNormEps, s.H, s.Exact, c.ResidualScale);
+        if (w.Moe is not null)
+        {
+            MoeFfn(s, l, s.H, s.Proj);
+            if (c.ResidualScale != 1f)
+                b.Scale(s.Proj, c.ResidualScale);
+            b.Add(s.X, s.Proj);
+            b.RmsNorm(s.X, nextNorm, c.RmsNormEps, s.H);
+        }
+        else
+        {
+            b.GatedFfn(s.H, w.WGate!, w.WUp!, s.Gate, s.Up, s.Exact);
+            b.MatMulAddNorm(s.Gate, w.WDown!, s.X, s.Proj, nextNorm, c.RmsNormEps, s.H, s.Exact, c.ResidualScale);
+        }
         Trace?.Invoke("l_out", l, s.X);
     }
 }

@@ -22,6 +22,7 @@ public readonly record struct BatchSegment(KvSequence Sequence, int Count, bool 
 /// <item><c>LlamaModel.Attention.cs</c> — self-attention, shared by every family.</item>
 /// <item><c>LlamaModel.PreNorm.cs</c> — x += f(norm(x)): Llama (Touvron et al., 2023), Mistral, Qwen2/Qwen3,
 /// Granite 3, SmolLM3, Phi-3.</item>
+/// <item><c>LlamaModel.Moe.cs</c> — the mixture-of-experts FFN of Mixtral and Qwen-MoE.</item>
 /// <item><c>LlamaModel.NormedOutput.cs</c> — x += norm(f(·)): OLMo 2 (post-norm) and Gemma 2/3 (norms on
 /// both sides).</item>
 /// </list>
@@ -420,6 +421,7 @@ public sealed partial class LlamaModel : IDisposable
     public void Dispose()
     {
         _scratch?.Dispose();
+        _moe?.Dispose();
         _w.Dispose();
     }
 
@@ -445,8 +447,8 @@ public sealed partial class LlamaModel : IDisposable
             V = Make(c.KvDim);
             Att = Make(c.QDim);
             Proj = Make(c.Dim);
-            Gate = Make(c.FfnDim);
-            Up = Make(c.FfnDim);
+            Gate = Make(c.MaxFfnDim);
+            Up = Make(c.MaxFfnDim);
             Rows = Make(c.Dim);
             _make = Make;
             _backend = b;

@@ -15,12 +15,28 @@ public sealed record LlamaLayer(
     DeviceMatrix Wq, DeviceMatrix Wk, DeviceMatrix Wv, DeviceMatrix Wo,
     DeviceVector? Bq, DeviceVector? Bk, DeviceVector? Bv,
     DeviceVector? FfnNorm,
-    DeviceMatrix WGate, DeviceMatrix WUp, DeviceMatrix WDown)
+    DeviceMatrix? WGate, DeviceMatrix? WUp, DeviceMatrix? WDown)
 {
+    /// <summary>The mixture of experts in place of the dense FFN (whose matrices are then null), or null.</summary>
+    public MoeWeights? Moe { get; init; }
+
     public DeviceVector? QNorm { get; init; }
     public DeviceVector? KNorm { get; init; }
     public DeviceVector? AttnPostNorm { get; init; }
     public DeviceVector? FfnPostNorm { get; init; }
+}
+
+/// <summary>
+/// A layer's mixture of experts (<see cref="MoeConfig"/>): the router [experts, dim] and each expert's
+/// SwiGLU matrices — views into the file's stacked 3-D tensors, never copies on the CPU — plus Qwen2-MoE's
+/// shared expert and its gate [1, dim].
+/// </summary>
+public sealed record MoeWeights(DeviceMatrix Router, DeviceMatrix[] Gate, DeviceMatrix[] Up, DeviceMatrix[] Down)
+{
+    public DeviceMatrix? SharedGate { get; init; }
+    public DeviceMatrix? SharedUp { get; init; }
+    public DeviceMatrix? SharedDown { get; init; }
+    public DeviceMatrix? SharedRouter { get; init; }
 }
 
 /// <summary>
@@ -74,6 +90,38 @@ public sealed class LlamaWeights : IDisposable
                 return result;
             }
             DeviceVector Vector(string name, int length) => Track(backend.LoadVector(Find(name, [length])!));
+            // An expert's matrices: matrix e of the stacked tensor blk.N.ffn_gate_exps (llama.cpp's layout
+            // since 2024), or blk.N.ffn_gate.E.weight one per expert (the first Mixtral GGUFs, and HF's names).
+            DeviceMatrix[] Experts(string prefix, string kind, int experts, int rows, int cols)
+            {
+                string stackedName = $"{prefix}{kind}_exps.weight";
+                if (source.Find(stackedName) is null && source.Find($"{prefix}{kind}.0.weight") is not null)
+                    return Enumerable.Range(0, experts).Select(e => Matrix($"{prefix}{kind}.{e}.weight", rows, cols)).ToArray();
+                var stacked = Find(stackedName, [cols, rows, experts])!;
+                return Enumerable.Range(0, experts).Select(e => Track(backend.LoadMatrix(stacked.Matrix($"{prefix}{kind}.{e}.weight", e)))).ToArray();
+            }
+            MoeWeights Moe(string prefix, MoeConfig moe)
+            {
+                var router = Matrix(prefix + "ffn_gate_inp.weight", moe.Experts, c.Dim);
+                var weights = new MoeWeights(router,
+                    Experts(prefix, "ffn_gate", moe.Experts, moe.ExpertFfn, c.Dim),
+                    Experts(prefix, "ffn_up", moe.Experts, moe.ExpertFfn, c.Dim),
+                    Experts(prefix, "ffn_down", moe.Experts, c.Dim, moe.ExpertFfn));
+                if (moe.SharedFfn == 0)
+                    return weights;
+                // the shared expert's gate is a vector [dim] in GGUF, a [1, dim] matrix in HF files
+                string gateName = prefix + "ffn_gate_inp_shexp.weight";
+                var gate = source.Find(gateName) is { Dims.Count: 1 }
+                    ? Find(gateName, [c.Dim])!.Reshape([c.Dim, 1])
+                    : Find(gateName, [c.Dim, 1])!;
+                return weights with
+                {
+                    SharedGate = Matrix(prefix + "ffn_gate_shexp.weight", moe.SharedFfn, c.Dim),
+                    SharedUp = Matrix(prefix + "ffn_up_shexp.weight", moe.SharedFfn, c.Dim),
+                    SharedDown = Matrix(prefix + "ffn_down_shexp.weight", c.Dim, moe.SharedFfn),
+                    SharedRouter = Track(backend.LoadMatrix(gate)),
+                };
+            }
             DeviceVector? OptionalVector(string name, int length) => Find(name, [length], optional: true) is { } t ? Track(backend.LoadVector(t)) : null;
 
             var embedding = Matrix("token_embd.weight", c.VocabSize, c.Dim);
@@ -88,7 +136,8 @@ public sealed class LlamaWeights : IDisposable
                 var qkv = source.Find(p + "attn_qkv.weight") is null
                     ? [Matrix(p + "attn_q.weight", c.QDim, c.Dim), Matrix(p + "attn_k.weight", c.KvDim, c.Dim), Matrix(p + "attn_v.weight", c.KvDim, c.Dim)]
                     : Parts(p + "attn_qkv.weight", c.Dim, (p + "attn_q.weight", c.QDim), (p + "attn_k.weight", c.KvDim), (p + "attn_v.weight", c.KvDim));
-                var gateUp = c.Architecture == "phi3" && source.Find(p + "ffn_gate.weight") is null
+                DeviceMatrix?[] gateUp = c.Moe is not null ? new DeviceMatrix?[2]
+                    : c.Architecture == "phi3" && source.Find(p + "ffn_gate.weight") is null
                     ? Parts(p + "ffn_up.weight", c.Dim, (p + "ffn_gate.weight", c.FfnDim), (p + "ffn_up.weight", c.FfnDim))
                     : [Matrix(p + "ffn_gate.weight", c.FfnDim, c.Dim), Matrix(p + "ffn_up.weight", c.FfnDim, c.Dim)];
                 layers[i] = new LlamaLayer(
@@ -100,8 +149,9 @@ public sealed class LlamaWeights : IDisposable
                     OptionalVector(p + "attn_v.bias", c.KvDim),
                     pre ? Vector(p + "ffn_norm.weight", c.Dim) : null,
                     gateUp[0], gateUp[1],
-                    Matrix(p + "ffn_down.weight", c.Dim, c.FfnDim))
+                    c.Moe is null ? Matrix(p + "ffn_down.weight", c.Dim, c.FfnDim) : null)
                 {
+                    Moe = c.Moe is { } moe ? Moe(p, moe) : null,
                     // required where the family normalizes q and k (ModelConfig.QkNorm), absent elsewhere
                     QNorm = c.QkNorm is { } qk ? Vector(p + "attn_q_norm.weight", qk.Q) : null,
                     KNorm = c.QkNorm is { } kk ? Vector(p + "attn_k_norm.weight", kk.K) : null,

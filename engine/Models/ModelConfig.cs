@@ -21,6 +21,22 @@ public enum BlockLayout
 }
 
 /// <summary>
+/// A sparse mixture-of-experts feed-forward layer (Shazeer et al., "Outrageously Large Neural Networks: The
+/// Sparsely-Gated Mixture-of-Experts Layer", 2017; as Mixtral runs it: Jiang et al., "Mixtral of Experts",
+/// 2024): a router scores <see cref="Experts"/> SwiGLU experts per token, the <see cref="Used"/> best run,
+/// and their outputs are summed, weighted by the router's softmax — renormalized over the chosen ones when
+/// <see cref="NormalizeWeights"/> (Mixtral, Qwen3-MoE), as they are otherwise (Qwen1.5/Qwen2-MoE). Qwen2-MoE
+/// adds a shared expert that every token runs, gated by sigmoid(w·x) (<see cref="SharedFfn"/> &gt; 0).
+/// </summary>
+/// <param name="ExpertFfn">Hidden width of each routed expert.</param>
+/// <param name="SharedFfn">Hidden width of the shared expert; 0 when there is none.</param>
+public sealed record MoeConfig(int Experts, int Used, int ExpertFfn, int SharedFfn, bool NormalizeWeights)
+{
+    /// <summary>Expert outputs summed per token: the routed ones and the shared one.</summary>
+    public int Slots => Used + (SharedFfn > 0 ? 1 : 0);
+}
+
+/// <summary>
 /// Hyper-parameters of a Llama-family decoder (Llama 2/3, Mistral, Qwen2): what the forward pass needs
 /// to know about shapes and positional encoding. Read from GGUF metadata or an HF <c>config.json</c>
 /// by <see cref="ModelConfigReader"/>; biases and tied heads are decided from the tensors present.
@@ -39,6 +55,12 @@ public sealed record ModelConfig
     public required int HeadDim { get; init; }
     /// <summary>Hidden width of the SwiGLU feed-forward network.</summary>
     public required int FfnDim { get; init; }
+
+    /// <summary>The mixture of experts that replaces every layer's FFN (Mixtral, Qwen-MoE), or null for a dense model.</summary>
+    public MoeConfig? Moe { get; init; }
+
+    /// <summary>The widest FFN hidden layer a pass computes: the dense FFN's, or an expert's.</summary>
+    public int MaxFfnDim => Moe is { } m ? Math.Max(m.ExpertFfn, m.SharedFfn) : FfnDim;
     public required int ContextLength { get; init; }
     public required float RmsNormEps { get; init; }
     public required float RopeTheta { get; init; }
@@ -141,7 +163,7 @@ public sealed record ModelConfig
     /// </summary>
     public (int Q, int K)? QkNorm => Architecture switch
     {
-        "qwen3" or "gemma3" => (HeadDim, HeadDim),
+        "qwen3" or "qwen3moe" or "gemma3" => (HeadDim, HeadDim),
         "olmo2" => (QDim, KvDim),
         _ => null,
     };
@@ -176,6 +198,16 @@ public sealed record ModelConfig
         Positive(nameof(HeadDim), HeadDim, 1 << 14);
         Positive(nameof(FfnDim), FfnDim);
         Positive(nameof(ContextLength), ContextLength, int.MaxValue);
+        if (Moe is { } moe)
+        {
+            Positive(nameof(MoeConfig.Experts), moe.Experts, 1 << 12);
+            Positive(nameof(MoeConfig.Used), moe.Used, 1 << 12);
+            Positive(nameof(MoeConfig.ExpertFfn), moe.ExpertFfn);
+            if (moe.Used > moe.Experts)
+                throw Error(nameof(MoeConfig.Used), $"{moe.Used} experts per token is more than the {moe.Experts} experts there are");
+            if (moe.SharedFfn < 0 || moe.SharedFfn > 1 << 22)
+                throw Error(nameof(MoeConfig.SharedFfn), $"{moe.SharedFfn} must be 0 (no shared expert) or a plausible width");
+        }
         if (Heads % KvHeads != 0)
             throw Error(nameof(KvHeads), $"{Heads} heads are not a multiple of {KvHeads} kv heads");
         if (RopeDims <= 0 || RopeDims > HeadDim || RopeDims % 2 != 0)

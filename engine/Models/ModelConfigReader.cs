@@ -8,7 +8,7 @@ namespace Engine.Models;
 public static class ModelConfigReader
 {
     /// <summary>GGUF architectures this engine runs.</summary>
-    public static readonly IReadOnlyList<string> GgufArchitectures = ["llama", "qwen2", "qwen3", "granite", "smollm3", "olmo2", "phi3", "gemma2", "gemma3"];
+    public static readonly IReadOnlyList<string> GgufArchitectures = ["llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "granite", "smollm3", "olmo2", "phi3", "gemma2", "gemma3"];
 
     /// <summary>
     /// SmolLM3's NoPE period: layer l applies no RoPE when (l + 1) is a multiple of it. GGUF has no key
@@ -26,6 +26,9 @@ public static class ModelConfigReader
         ["MistralForCausalLM"] = "llama",
         ["Qwen2ForCausalLM"] = "qwen2",
         ["Qwen3ForCausalLM"] = "qwen3",
+        ["MixtralForCausalLM"] = "llama",
+        ["Qwen2MoeForCausalLM"] = "qwen2moe",
+        ["Qwen3MoeForCausalLM"] = "qwen3moe",
         ["GraniteForCausalLM"] = "granite",
         ["SmolLM3ForCausalLM"] = "smollm3",
         ["Olmo2ForCausalLM"] = "olmo2",
@@ -90,10 +93,11 @@ public static class ModelConfigReader
             KvHeads = m.GetInt32(k("attention.head_count_kv"), heads),
             HeadDim = headDim,
             FfnDim = m.GetInt32(k("feed_forward_length")),
+            Moe = GgufMoe(gguf, arch),
             ContextLength = m.GetInt32(k("context_length"), 2048),
             RmsNormEps = m.GetSingle(k("attention.layer_norm_rms_epsilon"), 1e-5f),
             RopeTheta = m.GetSingle(k("rope.freq_base"), 10000f),
-            RopeStyle = arch is "qwen2" or "qwen3" or "olmo2" or "phi3" or "gemma2" or "gemma3" ? RopeStyle.NeoX : RopeStyle.Normal,
+            RopeStyle = arch is "qwen2" or "qwen3" or "qwen2moe" or "qwen3moe" or "olmo2" or "phi3" or "gemma2" or "gemma3" ? RopeStyle.NeoX : RopeStyle.Normal,
             RopeDims = m.GetInt32(k("rope.dimension_count"), headDim),
             RopeFreqScale = freqScale,
             RopeFreqFactors = ropeFreqFactors,
@@ -132,6 +136,10 @@ public static class ModelConfigReader
             nameof(ModelConfig.KvHeads) => k("attention.head_count_kv"),
             nameof(ModelConfig.HeadDim) => k("attention.key_length"),
             nameof(ModelConfig.FfnDim) => k("feed_forward_length"),
+            nameof(MoeConfig.Experts) => k("expert_count"),
+            nameof(MoeConfig.Used) => k("expert_used_count"),
+            nameof(MoeConfig.ExpertFfn) => arch == "llama" ? k("feed_forward_length") : k("expert_feed_forward_length"),
+            nameof(MoeConfig.SharedFfn) => k("expert_shared_feed_forward_length"),
             nameof(ModelConfig.ContextLength) => k("context_length"),
             nameof(ModelConfig.RmsNormEps) => k("attention.layer_norm_rms_epsilon"),
             nameof(ModelConfig.RopeTheta) => k("rope.freq_base"),
@@ -142,6 +150,65 @@ public static class ModelConfigReader
             _ => property,
         });
         return config;
+    }
+
+    /// <summary>
+    /// The experts of a GGUF MoE model as llama.cpp reads them: <c>{arch}.expert_count</c> and
+    /// <c>expert_used_count</c>; Mixtral's experts (arch llama) are <c>feed_forward_length</c> wide, Qwen's
+    /// <c>expert_feed_forward_length</c> (else feed_forward_length / experts used), Qwen2-MoE's shared
+    /// expert <c>expert_shared_feed_forward_length</c> (else feed_forward_length). Top-k weights are
+    /// renormalized as llama.cpp's graphs do (llama, qwen3moe: yes; qwen2moe: no) unless
+    /// <c>expert_weights_norm</c> says otherwise. Null for a dense model.
+    /// </summary>
+    private static MoeConfig? GgufMoe(GgufFile gguf, string arch)
+    {
+        var m = gguf.Metadata;
+        string k(string suffix) => $"{arch}.{suffix}";
+        int experts = m.GetInt32(k("expert_count"), 0);
+        bool moeArch = arch is "qwen2moe" or "qwen3moe";
+        if (experts == 0 && !moeArch)
+            return null;
+        if (!moeArch && arch != "llama")
+            throw new ModelFormatException(gguf.Path, k("expert_count"), $"{experts} experts: mixtures of experts are supported for llama (Mixtral), qwen2moe and qwen3moe, not {arch}");
+        if (experts <= 0)
+            throw new ModelFormatException(gguf.Path, k("expert_count"), $"{(m.Contains(k("expert_count")) ? experts.ToString() : "a missing count")}: a {arch} model needs a positive number of experts");
+        if (!m.Contains(k("expert_used_count")))
+            throw new ModelFormatException(gguf.Path, k("expert_used_count"), "required for a mixture-of-experts model (experts per token)");
+        int used = m.GetInt32(k("expert_used_count"));
+        int ffn = m.GetInt32(k("feed_forward_length"));
+        int expertFfn = arch == "llama" ? ffn : m.GetInt32(k("expert_feed_forward_length"), used > 0 ? ffn / used : 0);
+        int shared = arch == "qwen2moe" ? m.GetInt32(k("expert_shared_feed_forward_length"), ffn) : 0;
+        bool normalize = m.GetBool(k("expert_weights_norm"), arch != "qwen2moe");
+        return new MoeConfig(experts, used, expertFfn, shared, normalize);
+    }
+
+    /// <summary>
+    /// HF's MoE fields: Mixtral's <c>num_local_experts</c>, <c>num_experts_per_tok</c> and
+    /// <c>intermediate_size</c> (its experts' width; always renormalized); Qwen-MoE's <c>num_experts</c>,
+    /// <c>moe_intermediate_size</c>, <c>shared_expert_intermediate_size</c> (Qwen2-MoE) and
+    /// <c>norm_topk_prob</c>. Dense layers between sparse ones (<c>decoder_sparse_step</c> &gt; 1,
+    /// <c>mlp_only_layers</c>) are refused by name.
+    /// </summary>
+    private static MoeConfig? HfMoe(JsonElement root, string configPath, string archName, Func<string, int?, int> integer)
+    {
+        bool Flag(string key, bool fallback) => !root.TryGetProperty(key, out var v) || v.ValueKind == JsonValueKind.Null ? fallback
+            : v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean()
+            : throw new ModelFormatException(configPath, key, $"{v.GetRawText()} is not true or false");
+        switch (archName)
+        {
+            case "MixtralForCausalLM":
+                return new MoeConfig(integer("num_local_experts", null), integer("num_experts_per_tok", null), integer("intermediate_size", null), 0, true);
+            case "Qwen2MoeForCausalLM" or "Qwen3MoeForCausalLM":
+                if (integer("decoder_sparse_step", 1) != 1)
+                    throw new ModelFormatException(configPath, "decoder_sparse_step", $"{integer("decoder_sparse_step", 1)}: dense layers between the sparse ones are not supported");
+                if (root.TryGetProperty("mlp_only_layers", out var dense) && dense.ValueKind == JsonValueKind.Array && dense.GetArrayLength() > 0)
+                    throw new ModelFormatException(configPath, "mlp_only_layers", "dense layers between the sparse ones are not supported");
+                bool qwen2 = archName == "Qwen2MoeForCausalLM";
+                return new MoeConfig(integer("num_experts", null), integer("num_experts_per_tok", null), integer("moe_intermediate_size", null),
+                    qwen2 ? integer("shared_expert_intermediate_size", 0) : 0, Flag("norm_topk_prob", false));
+            default:
+                return null;
+        }
     }
 
     /// <summary>
@@ -319,6 +386,7 @@ public static class ModelConfigReader
             KvHeads = Int("num_key_value_heads", heads),
             HeadDim = headDim,
             FfnDim = Int("intermediate_size"),
+            Moe = HfMoe(root, configPath, archName, Int),
             ContextLength = Int("max_position_embeddings", 2048),
             RmsNormEps = Float("rms_norm_eps", 1e-6f),
             RopeTheta = theta,
@@ -360,6 +428,10 @@ public static class ModelConfigReader
             nameof(ModelConfig.KvHeads) => "num_key_value_heads",
             nameof(ModelConfig.HeadDim) => "head_dim",
             nameof(ModelConfig.FfnDim) => "intermediate_size",
+            nameof(MoeConfig.Experts) => archName == "MixtralForCausalLM" ? "num_local_experts" : "num_experts",
+            nameof(MoeConfig.Used) => "num_experts_per_tok",
+            nameof(MoeConfig.ExpertFfn) => archName == "MixtralForCausalLM" ? "intermediate_size" : "moe_intermediate_size",
+            nameof(MoeConfig.SharedFfn) => "shared_expert_intermediate_size",
             nameof(ModelConfig.ContextLength) => "max_position_embeddings",
             nameof(ModelConfig.RmsNormEps) => "rms_norm_eps",
             nameof(ModelConfig.RopeTheta) => "rope_theta",

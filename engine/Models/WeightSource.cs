@@ -155,6 +155,21 @@ public sealed unsafe partial class SafetensorsWeightSource : WeightSource
         var m = LayerName().Match(hf);
         if (!m.Success)
             return null;
+        // Experts: Mixtral's block_sparse_moe.experts.E.w1/w3/w2 (gate/up/down), Qwen-MoE's
+        // mlp.experts.E.gate_proj/up_proj/down_proj — as blk.N.ffn_gate.E.weight, the names of GGUF's
+        // first Mixtral files, one matrix per expert (LlamaWeights reads them or the 3-D ffn_*_exps).
+        var expert = ExpertName().Match(m.Groups[2].Value);
+        if (expert.Success)
+        {
+            string kind = expert.Groups[2].Value switch
+            {
+                "w1" or "gate_proj" => "ffn_gate",
+                "w3" or "up_proj" => "ffn_up",
+                "w2" or "down_proj" => "ffn_down",
+                _ => "",
+            };
+            return kind.Length == 0 ? null : $"blk.{m.Groups[1].Value}.{kind}.{expert.Groups[1].Value}.{m.Groups[3].Value}";
+        }
         string part = m.Groups[2].Value switch
         {
             "input_layernorm" => "attn_norm",
@@ -173,6 +188,12 @@ public sealed unsafe partial class SafetensorsWeightSource : WeightSource
             "mlp.up_proj" => "ffn_up",
             "mlp.gate_up_proj" => "ffn_up", // Phi-3: gate then up, in one tensor (as llama.cpp names it)
             "mlp.down_proj" => "ffn_down",
+            // the router, and Qwen2-MoE's shared expert with its sigmoid gate
+            "block_sparse_moe.gate" or "mlp.gate" => "ffn_gate_inp",
+            "mlp.shared_expert.gate_proj" => "ffn_gate_shexp",
+            "mlp.shared_expert.up_proj" => "ffn_up_shexp",
+            "mlp.shared_expert.down_proj" => "ffn_down_shexp",
+            "mlp.shared_expert_gate" => "ffn_gate_inp_shexp",
             _ => "",
         };
         return part.Length == 0 ? null : $"blk.{m.Groups[1].Value}.{part}.{m.Groups[3].Value}";
@@ -180,6 +201,9 @@ public sealed unsafe partial class SafetensorsWeightSource : WeightSource
 
     [GeneratedRegex(@"^model\.layers\.(\d{1,6})\.(.+)\.(weight|bias)$")]
     private static partial Regex LayerName();
+
+    [GeneratedRegex(@"^(?:block_sparse_moe|mlp)\.experts\.(\d{1,5})\.(\w+)$")]
+    private static partial Regex ExpertName();
 
     /// <summary>The shard files of a folder, validated: names from the index must be plain file names inside it.</summary>
     private static List<string> ShardPaths(string folder)

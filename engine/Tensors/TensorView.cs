@@ -56,6 +56,26 @@ public sealed unsafe class TensorView
         return new TensorView(name, Type, [RowLength, count], Data + start * RowBytes, count * RowBytes);
     }
 
+    /// <summary>
+    /// Matrix <paramref name="index"/> of a stack of matrices ([cols, rows, count] — GGUF's 3-D expert
+    /// tensors, <c>ffn_gate_exps</c> and kin) as a tensor of its own, in place (no copy).
+    /// </summary>
+    public TensorView Matrix(string name, long index)
+    {
+        if (Dims.Count != 3 || index < 0 || index >= Dims[2])
+            throw new ArgumentOutOfRangeException(nameof(index), $"{Name}: matrix {index} of a {ShapeText} tensor");
+        long bytes = Dims[1] * RowBytes;
+        return new TensorView(name, Type, [Dims[0], Dims[1]], Data + index * bytes, bytes);
+    }
+
+    /// <summary>The same elements seen with other dimensions of the same element count (a vector as a one-row matrix).</summary>
+    public TensorView Reshape(long[] dims)
+    {
+        if (dims.Aggregate(1L, (a, b) => a * b) != ElementCount || dims[0] != Dims[0])
+            throw new ArgumentException($"{Name}: cannot view a {ShapeText} tensor as [{string.Join(", ", dims)}]");
+        return new TensorView(Name, Type, dims, Data, ByteSize);
+    }
+
     public string ShapeText => "[" + string.Join(", ", Dims) + "]";
 
     public override string ToString() => $"{Name} {Type} {ShapeText}";

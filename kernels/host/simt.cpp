@@ -228,6 +228,7 @@ void run(dim3 grid, dim3 block, void (*body)(void *), void * argument) {
 #include "../tree_attention.cu"
 #include "../sampling.cu"
 #include "../acceptance.cu"
+#include "../moe.cu"
 
 namespace {
 // A kernel of any signature called with CUDA's argument array (args[i] points at parameter i).
@@ -284,6 +285,7 @@ const Entry g_entries[] = {
     entry("top_k_ids_f32", top_k_ids_f32),
     entry("accept_greedy", accept_greedy),
     entry("accept_sampled", accept_sampled),
+    entry("moe_combine_f32", moe_combine_f32),
 };
 
 struct Launch {

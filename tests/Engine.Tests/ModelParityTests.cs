@@ -63,6 +63,15 @@ public class ModelParityTests
         // K-quants need rows of 256 values.
         yield return new TinySpec("q4_k-gqa", WeightType: GgmlType.Q4_K, Dim: 256, Ffn: 512, Heads: 4, KvHeads: 2, Seed: 51);
         yield return new TinySpec("q6_k-neox", Arch: "qwen2", WeightType: GgmlType.Q6_K, Dim: 256, Ffn: 256, Heads: 8, KvHeads: 2, Seed: 52);
+        // Mixtures of experts: Mixtral (llama with experts, stacked or one tensor per expert), Qwen2-MoE
+        // (shared expert with its sigmoid gate, q/k/v biases, weights not renormalized), Qwen3-MoE (q/k norms)
+        yield return new TinySpec("mixtral-4x2", Heads: 4, KvHeads: 2, Experts: 4, ExpertsUsed: 2, Seed: 70);
+        yield return new TinySpec("mixtral-separate-q8_0", WeightType: GgmlType.Q8_0, Heads: 4, KvHeads: 2, Experts: 4, ExpertsUsed: 2,
+            SeparateExperts: true, Seed: 71);
+        yield return new TinySpec("qwen2moe-shared", Arch: "qwen2moe", Heads: 4, KvHeads: 2, QkvBias: true, Experts: 6, ExpertsUsed: 2,
+            SharedFfn: 128, Seed: 72);
+        yield return new TinySpec("qwen3moe-q4_0", Arch: "qwen3moe", WeightType: GgmlType.Q4_0, Heads: 4, KvHeads: 2, HeadDimOverride: 32,
+            Experts: 8, ExpertsUsed: 3, Seed: 73);
     }
 
     internal static readonly int[] Prompt = [256, 10, 200, 33, 7, 7, 301, 5, 90, 120, 64, 3, 250, 17];
@@ -103,7 +112,7 @@ public class ModelParityTests
     /// Writes <paramref name="model"/> as an HF folder and as GGUF; each loads, passes <paramref name="check"/>
     /// and gives the reference's logits — the two layouts are one network. Returns the GGUF's path.
     /// </summary>
-    private static string AssertHfAndGgufMatchTheReference(TinyModel model, TempDir dir, Action<LanguageModel>? check = null)
+    internal static string AssertHfAndGgufMatchTheReference(TinyModel model, TempDir dir, Action<LanguageModel>? check = null)
     {
         var reference = model.ReferenceLogits(Prompt);
         string gguf = model.WriteGguf(dir.File("m.gguf"));
@@ -278,10 +287,10 @@ public class ModelParityTests
     }
 
     /// <summary>A copy of a GGUF file without one tensor (metadata and the other tensors as they were).</summary>
-    private static string WithoutTensor(string path, string tensor, string output) => Rewrite(path, output, dropTensor: tensor);
+    internal static string WithoutTensor(string path, string tensor, string output) => Rewrite(path, output, dropTensor: tensor);
 
     /// <summary>A copy of a GGUF file without one metadata key.</summary>
-    private static string WithoutKey(string path, string key, string output) => Rewrite(path, output, dropKey: key);
+    internal static string WithoutKey(string path, string key, string output) => Rewrite(path, output, dropKey: key);
 
     /// <summary>A copy of a GGUF file with metadata keys added (or replaced).</summary>
     internal static string WithKeys(string path, string output, params (string Key, Engine.Formats.Gguf.GgufValue Value)[] keys) =>

@@ -16,8 +16,20 @@ public sealed record TinySpec(
     int Ffn = 96, bool Tied = false, bool QkvBias = false, GgmlType WeightType = GgmlType.F32, int Seed = 1,
     float RopeTheta = 10000f, int Context = 256, Llama3Rope? Llama3 = null, int HeadDimOverride = 0,
     float EmbeddingScale = 1f, float ResidualScale = 1f, float AttentionScale = 0f, float LogitScale = 1f, int SlidingWindow = 0,
-    float AttnSoftCap = 0f, float FinalSoftCap = 0f, float LocalRopeTheta = 10000f, int LongRopeOriginal = 0, int LoadContext = 0)
+    float AttnSoftCap = 0f, float FinalSoftCap = 0f, float LocalRopeTheta = 10000f, int LongRopeOriginal = 0, int LoadContext = 0,
+    int Experts = 0, int ExpertsUsed = 0, int SharedFfn = 0, bool SeparateExperts = false)
 {
+    /// <summary>
+    /// A mixture of experts in place of each FFN: <see cref="Experts"/> experts of width <see cref="Ffn"/>,
+    /// <see cref="ExpertsUsed"/> per token; Mixtral when the arch is llama, else qwen2moe (a shared expert
+    /// of width <see cref="SharedFfn"/>, weights not renormalized) or qwen3moe. <see cref="SeparateExperts"/>:
+    /// GGUF as one tensor per expert (blk.N.ffn_gate.E.weight) instead of the stacked ffn_gate_exps.
+    /// </summary>
+    public bool Moe => Experts > 0;
+
+    /// <summary>Whether the chosen experts' weights are renormalized to sum to 1 (Mixtral, Qwen3-MoE).</summary>
+    public bool NormalizeExperts => Arch != "qwen2moe";
+
     /// <summary>
     /// LongRoPE (Phi-3 128k): when <see cref="LongRopeOriginal"/> &gt; 0, short factors up to that context and
     /// long ones beyond; the model is loaded with <see cref="LoadContext"/> tokens (0: the engine's default),
@@ -54,19 +66,19 @@ public sealed record TinySpec(
     public int HeadDim => HeadDimOverride > 0 ? HeadDimOverride : Dim / Heads;
     public int QDim => Heads * HeadDim;
     public int KvDim => KvHeads * HeadDim;
-    public bool NeoX => Arch is "qwen2" or "qwen3" or "olmo2" or "phi3" or "gemma2" or "gemma3";
+    public bool NeoX => Arch is "qwen2" or "qwen3" or "qwen2moe" or "qwen3moe" or "olmo2" or "phi3" or "gemma2" or "gemma3";
 
     /// <summary>OLMo 2: no pre-norms; block outputs normalized before the residual add; q and k normalized whole.</summary>
     public bool PostNorm => Arch == "olmo2";
 
     /// <summary>Length of the q and k norm weights: a head (Qwen3) or all of q / k (OLMo 2); 0 when none.</summary>
-    public (int Q, int K) QkNormLength => Arch is "qwen3" or "gemma3" ? (HeadDim, HeadDim) : PostNorm ? (QDim, KvDim) : (0, 0);
+    public (int Q, int K) QkNormLength => Arch is "qwen3" or "qwen3moe" or "gemma3" ? (HeadDim, HeadDim) : PostNorm ? (QDim, KvDim) : (0, 0);
 
     /// <summary>SmolLM3: layer l applies no RoPE when (l + 1) % 4 == 0.</summary>
     public bool UsesRope(int layer) => Arch != "smollm3" || (layer + 1) % 4 != 0;
 
     /// <summary>Qwen3: an RMSNorm over each head of q and k before RoPE.</summary>
-    public bool QkNorm => Arch is "qwen3" or "olmo2" or "gemma3";
+    public bool QkNorm => Arch is "qwen3" or "qwen3moe" or "olmo2" or "gemma3";
     public override string ToString() => Name;
 }
 
@@ -89,6 +101,10 @@ public sealed class TinyModel
         public float[]? Bq, Bk, Bv;
         public float[]? QNorm, KNorm; // [headDim] (Qwen3) or [qDim], [kvDim] (OLMo 2)
         public float[]? AttnPostNorm, FfnPostNorm; // OLMo 2, Gemma
+        public float[]? Router;                           // [experts, dim]
+        public float[][]? ExpGate, ExpUp, ExpDown;        // per expert: [ffn, dim], [ffn, dim], [dim, ffn]
+        public float[]? SharedGate, SharedUp, SharedDown; // Qwen2-MoE's shared expert
+        public float[]? SharedRouter;                     // [dim]: its sigmoid gate
     }
 
     /// <summary>Seeded random weights, already rounded through the spec's weight type (so the reference sees what the engine sees).</summary>
@@ -133,6 +149,22 @@ public sealed class TinyModel
                 AttnPostNorm = s.PostNorms ? Norm(s.Dim) : null,
                 FfnPostNorm = s.PostNorms ? Norm(s.Dim) : null,
             };
+            if (s.Moe)
+            {
+                var L = layers[l];
+                // a router wide enough apart that the top-k choice is clear of float32 rounding; kept in F32, as llama.cpp keeps it
+                L.Router = Enumerable.Range(0, s.Experts * s.Dim).Select(_ => (float)((rng.NextDouble() * 2 - 1) * 4 * w)).ToArray();
+                L.ExpGate = Enumerable.Range(0, s.Experts).Select(_ => Matrix(s.Ffn, s.Dim, w)).ToArray();
+                L.ExpUp = Enumerable.Range(0, s.Experts).Select(_ => Matrix(s.Ffn, s.Dim, w)).ToArray();
+                L.ExpDown = Enumerable.Range(0, s.Experts).Select(_ => Matrix(s.Dim, s.Ffn, 2f / MathF.Sqrt(s.Ffn))).ToArray();
+                if (s.SharedFfn > 0)
+                {
+                    L.SharedGate = Matrix(s.SharedFfn, s.Dim, w);
+                    L.SharedUp = Matrix(s.SharedFfn, s.Dim, w);
+                    L.SharedDown = Matrix(s.Dim, s.SharedFfn, 1f / MathF.Sqrt(s.SharedFfn));
+                    L.SharedRouter = Enumerable.Range(0, s.Dim).Select(_ => (float)((rng.NextDouble() * 2 - 1) * 4 * w)).ToArray();
+                }
+            }
         }
         return new TinyModel
         {
@@ -219,6 +251,15 @@ public sealed class TinyModel
             w.Add($"{a}.attn_logit_softcapping", s.AttnSoftCap);
             w.Add($"{a}.final_logit_softcapping", s.FinalSoftCap);
         }
+        if (s.Moe)
+        {
+            w.Add($"{a}.expert_count", (uint)s.Experts);
+            w.Add($"{a}.expert_used_count", (uint)s.ExpertsUsed);
+            if (a != "llama")
+                w.Add($"{a}.expert_feed_forward_length", (uint)s.Ffn);
+            if (s.SharedFfn > 0)
+                w.Add($"{a}.expert_shared_feed_forward_length", (uint)s.SharedFfn);
+        }
         if (a == "granite")
         {
             w.Add($"{a}.embedding_scale", s.EmbeddingScale);
@@ -241,6 +282,18 @@ public sealed class TinyModel
             w.AddTensor(name, t, [cols, rows], bytes);
         }
         void Vector(string name, float[] data) => w.AddTensor(name, [data.Length], data);
+        byte[] Bytes(float[] data, GgmlType t) => t == GgmlType.F32 ? MemoryMarshal.AsBytes(data.AsSpan()).ToArray()
+            : Encoded.TryGetValue(data, out var e) && e.Type == t ? e.Bytes : Quantize.Row(t, data);
+        void Experts(string prefix, string kind, float[][] data, int rows, int cols)
+        {
+            if (s.SeparateExperts)
+            {
+                for (int e = 0; e < data.Length; e++)
+                    Matrix($"{prefix}{kind}.{e}.weight", data[e], rows, cols);
+            }
+            else
+                w.AddTensor($"{prefix}{kind}_exps.weight", s.WeightType, [cols, rows, data.Length], data.SelectMany(d => Bytes(d, s.WeightType)).ToArray());
+        }
 
         Matrix("token_embd.weight", Embedding, s.Vocab, s.Dim);
         for (int l = 0; l < s.Layers; l++)
@@ -276,14 +329,29 @@ public sealed class TinyModel
             }
             if (s.PreNorms)
                 Vector(p + "ffn_norm.weight", L.FfnNorm);
-            if (s.Fused)
+            if (s.Moe)
+            {
+                Matrix(p + "ffn_gate_inp.weight", L.Router!, s.Experts, s.Dim, GgmlType.F32);
+                Experts(p, "ffn_gate", L.ExpGate!, s.Ffn, s.Dim);
+                Experts(p, "ffn_up", L.ExpUp!, s.Ffn, s.Dim);
+                Experts(p, "ffn_down", L.ExpDown!, s.Dim, s.Ffn);
+                if (L.SharedGate is not null)
+                {
+                    Vector(p + "ffn_gate_inp_shexp.weight", L.SharedRouter!);
+                    Matrix(p + "ffn_gate_shexp.weight", L.SharedGate, s.SharedFfn, s.Dim);
+                    Matrix(p + "ffn_up_shexp.weight", L.SharedUp!, s.SharedFfn, s.Dim);
+                    Matrix(p + "ffn_down_shexp.weight", L.SharedDown!, s.Dim, s.SharedFfn);
+                }
+            }
+            else if (s.Fused)
                 Matrix(p + "ffn_up.weight", [.. L.Gate, .. L.Up], 2 * s.Ffn, s.Dim);
             else
             {
                 Matrix(p + "ffn_gate.weight", L.Gate, s.Ffn, s.Dim);
                 Matrix(p + "ffn_up.weight", L.Up, s.Ffn, s.Dim);
             }
-            Matrix(p + "ffn_down.weight", L.Down, s.Dim, s.Ffn);
+            if (!s.Moe)
+                Matrix(p + "ffn_down.weight", L.Down, s.Dim, s.Ffn);
         }
         Vector("output_norm.weight", OutputNorm);
         if (Output is not null)
@@ -318,7 +386,7 @@ public sealed class TinyModel
         Directory.CreateDirectory(folder);
         var config = new Dictionary<string, object?>
         {
-            ["architectures"] = new[] { s.Arch switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "granite" => "GraniteForCausalLM", "smollm3" => "SmolLM3ForCausalLM", "olmo2" => "Olmo2ForCausalLM", "phi3" => "Phi3ForCausalLM", "gemma2" => "Gemma2ForCausalLM", "gemma3" => "Gemma3ForCausalLM", _ => "LlamaForCausalLM" } },
+            ["architectures"] = new[] { s.Arch switch { "llama" when s.Moe => "MixtralForCausalLM", "qwen2moe" => "Qwen2MoeForCausalLM", "qwen3moe" => "Qwen3MoeForCausalLM", "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "granite" => "GraniteForCausalLM", "smollm3" => "SmolLM3ForCausalLM", "olmo2" => "Olmo2ForCausalLM", "phi3" => "Phi3ForCausalLM", "gemma2" => "Gemma2ForCausalLM", "gemma3" => "Gemma3ForCausalLM", _ => "LlamaForCausalLM" } },
             ["head_dim"] = s.HeadDim,
             ["hidden_size"] = s.Dim,
             ["intermediate_size"] = s.Ffn,
@@ -335,6 +403,23 @@ public sealed class TinyModel
         };
         if (s.SlidingWindow > 0)
             config["sliding_window"] = s.SlidingWindow;
+        if (s.Moe && s.Arch == "llama")
+        {
+            config["num_local_experts"] = s.Experts;
+            config["num_experts_per_tok"] = s.ExpertsUsed;
+        }
+        else if (s.Moe)
+        {
+            config["num_experts"] = s.Experts;
+            config["num_experts_per_tok"] = s.ExpertsUsed;
+            config["moe_intermediate_size"] = s.Ffn;
+            config["intermediate_size"] = 4 * s.Ffn; // the dense width the MoE layers do not use
+            config["norm_topk_prob"] = s.NormalizeExperts;
+            config["decoder_sparse_step"] = 1;
+            config["mlp_only_layers"] = Array.Empty<int>();
+            if (s.SharedFfn > 0)
+                config["shared_expert_intermediate_size"] = s.SharedFfn;
+        }
         if (s.Gemma)
         {
             config["query_pre_attn_scalar"] = s.HeadDim;
@@ -424,14 +509,35 @@ public sealed class TinyModel
             }
             else
                 tensors.Add((p + "post_attention_layernorm.weight", L.FfnNorm, [s.Dim]));
-            if (s.Fused)
+            if (s.Moe)
+            {
+                bool mixtral = s.Arch == "llama";
+                string moe = mixtral ? "block_sparse_moe." : "mlp.";
+                tensors.Add((p + moe + "gate.weight", L.Router!, [s.Experts, s.Dim]));
+                for (int e = 0; e < s.Experts; e++)
+                {
+                    string x = $"{p}{moe}experts.{e}.";
+                    tensors.Add((x + (mixtral ? "w1" : "gate_proj") + ".weight", L.ExpGate![e], [s.Ffn, s.Dim]));
+                    tensors.Add((x + (mixtral ? "w3" : "up_proj") + ".weight", L.ExpUp![e], [s.Ffn, s.Dim]));
+                    tensors.Add((x + (mixtral ? "w2" : "down_proj") + ".weight", L.ExpDown![e], [s.Dim, s.Ffn]));
+                }
+                if (L.SharedGate is not null)
+                {
+                    tensors.Add((p + "mlp.shared_expert.gate_proj.weight", L.SharedGate, [s.SharedFfn, s.Dim]));
+                    tensors.Add((p + "mlp.shared_expert.up_proj.weight", L.SharedUp!, [s.SharedFfn, s.Dim]));
+                    tensors.Add((p + "mlp.shared_expert.down_proj.weight", L.SharedDown!, [s.Dim, s.SharedFfn]));
+                    tensors.Add((p + "mlp.shared_expert_gate.weight", L.SharedRouter!, [1, s.Dim]));
+                }
+            }
+            else if (s.Fused)
                 tensors.Add((p + "mlp.gate_up_proj.weight", [.. L.Gate, .. L.Up], [2 * s.Ffn, s.Dim]));
             else
             {
                 tensors.Add((p + "mlp.gate_proj.weight", L.Gate, [s.Ffn, s.Dim]));
                 tensors.Add((p + "mlp.up_proj.weight", L.Up, [s.Ffn, s.Dim]));
             }
-            tensors.Add((p + "mlp.down_proj.weight", L.Down, [s.Dim, s.Ffn]));
+            if (!s.Moe)
+                tensors.Add((p + "mlp.down_proj.weight", L.Down, [s.Dim, s.Ffn]));
         }
         tensors.Add(("model.norm.weight", s.Gemma ? OutputNorm.Select(x => x - 1f).ToArray() : OutputNorm, [s.Dim]));
         if (Output is not null)
@@ -570,6 +676,13 @@ public sealed class TinyModel
                 for (int i = 0; i < s.Dim; i++)
                     x[i] += o[i] * s.ResidualScale;
                 var fn = s.PreNorms ? RmsNorm(x, L.FfnNorm) : x;
+                if (s.Moe)
+                {
+                    var moe = MixtureOfExperts(L, fn);
+                    for (int i = 0; i < s.Dim; i++)
+                        x[i] += moe[i] * s.ResidualScale;
+                    continue;
+                }
                 var g = MatVec(L.Gate, fn, null);
                 var u = MatVec(L.Up, fn, null);
                 for (int i = 0; i < g.Length; i++)
@@ -589,6 +702,45 @@ public sealed class TinyModel
                 .Select(v => s.FinalSoftCap > 0 ? s.FinalSoftCap * Math.Tanh(v / s.FinalSoftCap) : v).ToArray();
         }
         return (result, hidden);
+    }
+
+    /// <summary>
+    /// The MoE FFN as the papers write it: softmax over the router's logits, the top-k experts (ties: the
+    /// lower index), their SwiGLU outputs weighted by p (renormalized over the chosen for Mixtral and
+    /// Qwen3-MoE), plus Qwen2-MoE's shared expert times sigmoid of its gate.
+    /// </summary>
+    private double[] MixtureOfExperts(Layer L, double[] x)
+    {
+        var s = Spec;
+        double[] Ffn(float[] gate, float[] up, float[] down)
+        {
+            var g = MatVec(gate, x, null);
+            var u = MatVec(up, x, null);
+            for (int i = 0; i < g.Length; i++)
+                g[i] = g[i] / (1 + Math.Exp(-g[i])) * u[i];
+            return MatVec(down, g, null);
+        }
+        var logits = MatVec(L.Router!, x, null);
+        double max = logits.Max();
+        var p = logits.Select(v => Math.Exp(v - max)).ToArray();
+        double total = p.Sum();
+        var chosen = Enumerable.Range(0, s.Experts).OrderByDescending(e => logits[e]).ThenBy(e => e).Take(s.ExpertsUsed).ToArray();
+        double norm = s.NormalizeExperts ? chosen.Sum(e => p[e]) : total;
+        var y = new double[s.Dim];
+        foreach (int e in chosen)
+        {
+            var d = Ffn(L.ExpGate![e], L.ExpUp![e], L.ExpDown![e]);
+            for (int i = 0; i < s.Dim; i++)
+                y[i] += p[e] / norm * d[i];
+        }
+        if (L.SharedGate is not null)
+        {
+            double gate = 1 / (1 + Math.Exp(-MatVec(L.SharedRouter!, x, null)[0]));
+            var d = Ffn(L.SharedGate, L.SharedUp!, L.SharedDown!);
+            for (int i = 0; i < s.Dim; i++)
+                y[i] += gate * d[i];
+        }
+        return y;
     }
 
     private double BaseInvFreq(int i, double? theta = null) => Math.Pow(theta ?? Spec.RopeTheta, -2.0 * i / Spec.HeadDim);

@@ -285,6 +285,12 @@ public sealed unsafe class CpuBackend : Backend
         ForRows(dst.Rows, RowOp.Add);
     }
 
+    public override void MoeCombine(Activation src, ReadOnlySpan<int> slots, ReadOnlySpan<float> weights, int k, Activation dst)
+    {
+        CheckMoeCombine(src, slots, weights, k, dst);
+        Kernels.Activations.MoeCombineF32(Array(src), slots, weights, k, Array(dst), dst.Rows, dst.Cols);
+    }
+
     public override void GatherRows(Activation src, ReadOnlySpan<int> rows, Activation dst)
     {
         var s = Rows(src);

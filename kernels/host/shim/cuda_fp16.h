@@ -53,6 +53,11 @@ static inline float __fsub_rn(float a, float b) {
     return d;
 }
 
+static inline float __fadd_rn(float a, float b) {
+    volatile float s = a + b;
+    return s;
+}
+
 // float → binary16, round to nearest even (what __float2half_rn does on the device).
 static inline __half __float2half_rn(float f) {
     uint32_t x;

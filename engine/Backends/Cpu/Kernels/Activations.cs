@@ -22,6 +22,37 @@ public static class Activations
     }
 
     /// <summary>
+    /// A mixture of experts' weighted sum (moe_combine_f32 in kernels/moe.cu): row t of y [rows, cols] =
+    /// Σ_j weights[t·k + j] · src row slots[t·k + j], accumulated in j order from zero with each product
+    /// rounded before it is added — the kernel does the same, so the two agree bit for bit.
+    /// </summary>
+    public static void MoeCombineF32(float[] src, ReadOnlySpan<int> slots, ReadOnlySpan<float> weights, int k, float[] y, int rows, int cols)
+    {
+        for (int t = 0; t < rows; t++)
+        {
+            var row = y.AsSpan(t * cols, cols);
+            row.Clear();
+            for (int j = 0; j < k; j++)
+            {
+                float w = weights[t * k + j];
+                var x = src.AsSpan(slots[t * k + j] * cols, cols);
+                int c = 0;
+                if (System.Numerics.Vector.IsHardwareAccelerated)
+                {
+                    var vw = new System.Numerics.Vector<float>(w);
+                    var vr = System.Runtime.InteropServices.MemoryMarshal.Cast<float, System.Numerics.Vector<float>>(row);
+                    var vx = System.Runtime.InteropServices.MemoryMarshal.Cast<float, System.Numerics.Vector<float>>(x);
+                    for (int v = 0; v < vr.Length; v++)
+                        vr[v] += vw * vx[v]; // a multiply, then an add: two roundings, as the kernel's __fmul_rn / __fadd_rn
+                    c = vr.Length * System.Numerics.Vector<float>.Count;
+                }
+                for (; c < cols; c++)
+                    row[c] += w * x[c];
+            }
+        }
+    }
+
+    /// <summary>
     /// GeGLU (Shazeer 2020) as Gemma uses it: y = gelu(g) · u with the tanh approximation
     /// gelu(g) = ½g(1 + tanh(√(2/π)(g + 0.044715g³))) (PyTorch's <c>gelu(approximate="tanh")</c>), in
     /// float32 exactly as geglu_f32 (kernels/swiglu.cu) computes it. y may be g.
