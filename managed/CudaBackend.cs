@@ -173,8 +173,9 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
 
     public override long UploadBytes(TensorView tensor)
     {
-        if (tensor.Dims.Count != 2)
+        if (tensor.Dims.Count == 1)
             return tensor.ElementCount * sizeof(float); // vectors become float32
+        // matrices and stacks of them (a MoE layer's experts, each uploaded as a matrix)
         if (WeightFormats.IsSupported(tensor.Type) && tensor.RowLength % WeightFormats.ValuesPerBlock(tensor.Type) == 0)
             return tensor.ByteSize;
         // converted when uploaded (LoadMatrix): to F16 where rows allow, else to F32

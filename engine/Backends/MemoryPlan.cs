@@ -27,6 +27,8 @@ public sealed record MemoryPlan(string Model, IReadOnlyList<(string Part, long B
             weightBytes += backend.UploadBytes(t);
             if (t.Dims.Count == 2)
                 largest = Math.Max(largest, t.ElementCount);
+            else if (t.Dims.Count == 3) // a stack of experts: each is multiplied on its own
+                largest = Math.Max(largest, t.Dims[0] * t.Dims[1]);
         }
         const int block = 32; // LlamaModel.CreateKvCache's default block size
         long slots = ((long)context + block - 1) / block * block;
@@ -34,8 +36,9 @@ public sealed record MemoryPlan(string Model, IReadOnlyList<(string Part, long B
         int windowedLayers = c.SlidingWindow > 0 ? Enumerable.Range(0, c.Layers).Count(c.IsSliding) : 0;
         long windowSlots = Math.Min(slots, ((long)Models.LlamaModel.WindowPoolTokens(Math.Max(c.SlidingWindow, 1), maxBatch, block) + block - 1) / block * block);
         long cache = (slots * (c.Layers - windowedLayers) + windowSlots * windowedLayers) * 2L * c.KvDim * backend.KvElementBytes;
-        long perRow = 3L * c.Dim + 2L * c.QDim + 2L * c.KvDim + 2L * c.FfnDim;
-        long activations = 4L * maxBatch * perRow + 4L * c.VocabSize + 2L * (largest + (long)maxBatch * Math.Max(c.FfnDim, c.Dim))
+        long perRow = 3L * c.Dim + 2L * c.QDim + 2L * c.KvDim + 2L * c.MaxFfnDim
+            + (c.Moe is { } moe ? moe.Experts + 1 + (2L + moe.Slots) * c.Dim : 0); // the router's logits, an expert's rows, every expert output
+        long activations = 4L * maxBatch * perRow + 4L * c.VocabSize + 2L * (largest + (long)maxBatch * Math.Max(c.MaxFfnDim, c.Dim))
             + 4L * Cpu.Kernels.KvCacheKernels.ScratchFloats(c.Heads, Cpu.Kernels.KvCacheKernels.PrefillMinRows, c.HeadDim, (int)slots); // split attention's partials
         return new(model, [("weights", weightBytes), ($"KV cache ({context} tokens)", cache), ("activations", activations)]);
     }

@@ -7,15 +7,28 @@ namespace Engine.Conversion;
 /// <summary>Shape of a random-weight model (<c>engine synth</c>).</summary>
 public sealed record SynthSpec(
     string Arch, int Dim, int Layers, int Heads, int KvHeads, int Ffn, LlamaFileType FileType,
-    ulong Seed = 1, int ContextLength = 2048, float RopeTheta = 10000f, int HeadDimOverride = 0)
+    ulong Seed = 1, int ContextLength = 2048, float RopeTheta = 10000f, int HeadDimOverride = 0,
+    int Experts = 0, int ExpertsUsed = 0, int SharedFfn = 0)
 {
+    /// <summary>The GGUF architecture written: Mixtral is llama with experts.</summary>
+    public string GgufArch => Arch == "mixtral" ? "llama" : Arch;
+
+    /// <summary>Whether each FFN is a mixture of <see cref="Experts"/> experts of width <see cref="Ffn"/>.</summary>
+    public bool Moe => Arch is "mixtral" or "qwen2moe" or "qwen3moe";
+
     /// <summary>Dim / Heads, or the spec's own (Qwen3's heads are wider than dim / heads).</summary>
     public int HeadDim => HeadDimOverride > 0 ? HeadDimOverride : Dim / Heads;
 
     public void Validate()
     {
-        if (Arch is not ("llama" or "qwen2" or "qwen3" or "granite" or "smollm3" or "olmo2" or "phi3" or "gemma2" or "gemma3"))
-            throw new ArgumentException($"--arch {Arch} is not supported (llama, qwen2, qwen3, granite, smollm3, olmo2, phi3, gemma2, gemma3)");
+        if (Arch is not ("llama" or "qwen2" or "qwen3" or "granite" or "smollm3" or "olmo2" or "phi3" or "gemma2" or "gemma3" or "mixtral" or "qwen2moe" or "qwen3moe"))
+            throw new ArgumentException($"--arch {Arch} is not supported (llama, qwen2, qwen3, granite, smollm3, olmo2, phi3, gemma2, gemma3, mixtral, qwen2moe, qwen3moe)");
+        if (Moe && (Experts < 1 || ExpertsUsed < 1 || ExpertsUsed > Experts || Experts > 1024))
+            throw new ArgumentException($"--arch {Arch} needs --experts (1..1024) and --experts-used between 1 and the experts; got {Experts} and {ExpertsUsed}");
+        if (!Moe && (Experts != 0 || ExpertsUsed != 0))
+            throw new ArgumentException($"--experts is for mixtral, qwen2moe and qwen3moe, not {Arch}");
+        if (SharedFfn < 0 || (SharedFfn > 0 && Arch != "qwen2moe"))
+            throw new ArgumentException($"--shared-ffn {SharedFfn}: a shared expert is Qwen2-MoE's (--arch qwen2moe)");
         if (Dim <= 0 || Layers <= 0 || Heads <= 0 || KvHeads <= 0 || Ffn <= 0 || ContextLength <= 0)
             throw new ArgumentException("dim, layers, heads, kv-heads, ffn and ctx must all be positive");
         if (HeadDimOverride != 0 && (HeadDimOverride < 0 || HeadDimOverride % 2 != 0))
@@ -42,10 +55,10 @@ public static class ModelSynthesizer
         if (!vocabulary.Contains("tokenizer.ggml.tokens"))
             throw new Formats.ModelFormatException(vocabulary.File, "tokenizer.ggml.tokens", "the --like file has no vocabulary");
         int vocab = vocabulary["tokenizer.ggml.tokens"].ArrayLength;
-        string a = spec.Arch;
+        string a = spec.GgufArch;
         var w = new GgufWriter();
         w.Add("general.architecture", a);
-        w.Add("general.name", $"synth-{a}-{spec.Dim}x{spec.Layers}-{spec.FileType}");
+        w.Add("general.name", $"synth-{spec.Arch}-{spec.Dim}x{spec.Layers}{(spec.Moe ? $"-{spec.Experts}x{spec.ExpertsUsed}" : "")}-{spec.FileType}");
         w.Add("general.file_type", (uint)spec.FileType);
         w.Add($"{a}.vocab_size", (uint)vocab);
         w.Add($"{a}.context_length", (uint)spec.ContextLength);
@@ -62,6 +75,17 @@ public static class ModelSynthesizer
         }
         w.Add($"{a}.rope.freq_base", spec.RopeTheta);
         w.Add($"{a}.attention.layer_norm_rms_epsilon", 1e-5f);
+        // Qwen2-MoE's shared expert: four experts wide unless told (Qwen1.5-MoE-A2.7B: 5632 = 4 × 1408)
+        int shared = spec.Arch == "qwen2moe" ? (spec.SharedFfn > 0 ? spec.SharedFfn : 4 * spec.Ffn) : 0;
+        if (spec.Moe)
+        {
+            w.Add($"{a}.expert_count", (uint)spec.Experts);
+            w.Add($"{a}.expert_used_count", (uint)spec.ExpertsUsed);
+            if (a != "llama")
+                w.Add($"{a}.expert_feed_forward_length", (uint)spec.Ffn);
+            if (shared > 0)
+                w.Add($"{a}.expert_shared_feed_forward_length", (uint)shared);
+        }
         if (a == "granite")
         {
             // Granite 3.x 2B's multipliers: every one of them switched on
@@ -85,9 +109,9 @@ public static class ModelSynthesizer
 
         int tensorIndex = 0;
         var options = new ParallelOptions { MaxDegreeOfParallelism = threads > 0 ? threads : Environment.ProcessorCount };
-        void Matrix(string name, int rows, int cols, float std = 0.02f)
+        void Matrix(string name, int rows, int cols, float std = 0.02f, int stack = 0)
         {
-            long[] dims = [cols, rows];
+            long[] dims = stack > 0 ? [cols, rows, stack] : [cols, rows];
             var type = QuantizationPlan.TypeFor(name, dims, spec.FileType, spec.Layers, hasOutput: !gemma);
             AddRandom(w, name, type, dims, Seed(spec.Seed, tensorIndex++), -std * MathF.Sqrt(3), std * MathF.Sqrt(3), options);
         }
@@ -115,7 +139,7 @@ public static class ModelSynthesizer
                 Matrix(p + "attn_k.weight", kvDim, spec.Dim);
                 Matrix(p + "attn_v.weight", kvDim, spec.Dim);
             }
-            if (a == "qwen2")
+            if (a is "qwen2" or "qwen2moe")
             {
                 Vector(p + "attn_q.bias", qDim, 0f, 0.02f);
                 Vector(p + "attn_k.bias", kvDim, 0f, 0.02f);
@@ -131,7 +155,7 @@ public static class ModelSynthesizer
                 Vector(p + "attn_post_norm.weight", spec.Dim, 1f, 0.1f);
                 Vector(p + "ffn_post_norm.weight", spec.Dim, 1f, 0.1f);
             }
-            if (a is "qwen3" or "gemma3")
+            if (a is "qwen3" or "qwen3moe" or "gemma3")
             {
                 Vector(p + "attn_q_norm.weight", spec.HeadDim, 1f, 0.1f);
                 Vector(p + "attn_k_norm.weight", spec.HeadDim, 1f, 0.1f);
@@ -139,6 +163,22 @@ public static class ModelSynthesizer
             Matrix(p + "attn_output.weight", spec.Dim, qDim);
             if (pre)
                 Vector(p + "ffn_norm.weight", spec.Dim, 1f, 0.1f);
+            if (spec.Moe)
+            {
+                // the router (F32, as llama.cpp keeps it), then every expert's matrices stacked in 3-D tensors
+                Matrix(p + "ffn_gate_inp.weight", spec.Experts, spec.Dim);
+                Matrix(p + "ffn_gate_exps.weight", spec.Ffn, spec.Dim, stack: spec.Experts);
+                Matrix(p + "ffn_down_exps.weight", spec.Dim, spec.Ffn, stack: spec.Experts);
+                Matrix(p + "ffn_up_exps.weight", spec.Ffn, spec.Dim, stack: spec.Experts);
+                if (shared > 0)
+                {
+                    Vector(p + "ffn_gate_inp_shexp.weight", spec.Dim, 0f, 0.02f * MathF.Sqrt(3));
+                    Matrix(p + "ffn_gate_shexp.weight", shared, spec.Dim);
+                    Matrix(p + "ffn_down_shexp.weight", spec.Dim, shared);
+                    Matrix(p + "ffn_up_shexp.weight", shared, spec.Dim);
+                }
+                continue;
+            }
             if (!fused)
                 Matrix(p + "ffn_gate.weight", spec.Ffn, spec.Dim);
             Matrix(p + "ffn_down.weight", spec.Dim, spec.Ffn);
@@ -161,7 +201,7 @@ public static class ModelSynthesizer
     private static void AddRandom(GgufWriter w, string name, GgmlType type, long[] dims, ulong seed, float low, float high, ParallelOptions options)
     {
         int cols = checked((int)dims[0]);
-        int rows = dims.Length > 1 ? checked((int)dims[1]) : 1;
+        int rows = checked((int)dims.Skip(1).Aggregate(1L, (a, b) => a * b)); // a stack of matrices is one run of rows
         long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
         long total = rowBytes * rows;
         w.AddTensor(name, type, dims, total, stream =>

@@ -55,7 +55,14 @@ public static class QuantizationPlan
 
     /// <summary>Whether a tensor is a weight matrix to quantize (1-D tensors — norms, biases — stay as they are).</summary>
     public static bool IsQuantizable(string name, IReadOnlyList<long> dims) =>
-        name.EndsWith("weight", StringComparison.Ordinal) && dims.Count >= 2;
+        name.EndsWith("weight", StringComparison.Ordinal) && dims.Count >= 2 && !IsRouter(name);
+
+    /// <summary>
+    /// A MoE router (<c>ffn_gate_inp</c>, and Qwen2-MoE's shared-expert gate <c>ffn_gate_inp_shexp</c>): kept in
+    /// F32 in every file type, as llama.cpp's converter and quantizer keep it — a few KiB, and its logits
+    /// pick the experts.
+    /// </summary>
+    public static bool IsRouter(string name) => name.Contains(".ffn_gate_inp", StringComparison.Ordinal);
 
     /// <summary>
     /// The type of tensor <paramref name="name"/> (ggml dims, innermost first) in a model of
@@ -64,6 +71,8 @@ public static class QuantizationPlan
     public static GgmlType TypeFor(string name, IReadOnlyList<long> dims, LlamaFileType fileType, int layers, bool hasOutput)
     {
         var type = DefaultType(fileType);
+        if (IsRouter(name))
+            return GgmlType.F32;
         if (type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16)
             return type;
         int layer = LayerOf(name);

@@ -142,6 +142,65 @@ public class ToolsTests
             Is.EqualTo(("granite", 12f, 0.22f, 0.015625f, 8f)));
     }
 
+    /// <summary>
+    /// Mixtures of experts: Mixtral (llama with experts), Qwen2-MoE (a shared expert, four experts wide by
+    /// default) and Qwen3-MoE, experts stacked in 3-D tensors, the router kept in F32 whatever the type;
+    /// the file loads as the asked MoE, decodes, quantizes (experts and all), and `inspect` describes the
+    /// expert layout.
+    /// </summary>
+    [TestCase("mixtral", "llama")]
+    [TestCase("qwen2moe", "qwen2moe")]
+    [TestCase("qwen3moe", "qwen3moe")]
+    public void Synth_writes_mixtures_of_experts(string arch, string ggufArch)
+    {
+        using var dir = new TempDir();
+        string path = dir.File(arch + ".gguf");
+        Synth(path, "--arch", arch, "--dim", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--ffn", "96", "--experts", "4",
+            "--experts-used", "2", "--type", "Q8_0");
+        using (var gguf = GgufFile.Open(path))
+        {
+            Assert.That(gguf.Metadata.GetString("general.architecture"), Is.EqualTo(ggufArch));
+            var gate = gguf.Tensors.Single(t => t.Name == "blk.1.ffn_gate_exps.weight");
+            Assert.That((gate.Dims, gate.Type), Is.EqualTo((new long[] { 64, 96, 4 }, GgmlType.Q8_0)));
+            Assert.That(gguf.Tensors.Single(t => t.Name == "blk.1.ffn_down_exps.weight").Dims, Is.EqualTo(new long[] { 96, 64, 4 }));
+            Assert.That(gguf.Tensors.Single(t => t.Name == "blk.1.ffn_gate_inp.weight").Type, Is.EqualTo(GgmlType.F32), "the router stays F32");
+            Assert.That(gguf.Tensors.Any(t => t.Name == "blk.0.ffn_gate_shexp.weight"), Is.EqualTo(arch == "qwen2moe"));
+        }
+        using (var lm = LanguageModel.Load(path, new ModelOptions { Threads = 2 }))
+        {
+            Assert.That(lm.Config.Moe, Is.EqualTo(new Engine.Models.MoeConfig(4, 2, 96, arch == "qwen2moe" ? 384 : 0, arch != "qwen2moe")));
+            AssertDecodes(lm);
+        }
+        var (code, output, err) = Run("inspect", "-m", path);
+        Assert.That(code, Is.Zero, err);
+        Assert.That(output, Does.Contain("mixture of experts: 4 experts per layer, 2 per token, stacked in ffn_{gate,up,down}_exps (Q8_0)"));
+        Assert.That(output.Contains("plus a shared expert"), Is.EqualTo(arch == "qwen2moe"));
+
+        string q4 = dir.File(arch + "-q4_0.gguf");
+        Assert.That(Run("quantize", path, q4, "Q4_0").Code, Is.Zero);
+        using (var gguf = GgufFile.Open(q4))
+        {
+            Assert.That(gguf.Tensors.Single(t => t.Name == "blk.0.ffn_up_exps.weight").Type, Is.EqualTo(GgmlType.Q4_0));
+            Assert.That(gguf.Tensors.Single(t => t.Name == "blk.0.ffn_gate_inp.weight").Type, Is.EqualTo(GgmlType.F32));
+        }
+        using (var lm = LanguageModel.Load(q4, new ModelOptions { Threads = 2 }))
+            AssertDecodes(lm);
+    }
+
+    [Test]
+    public void Synth_refuses_experts_that_do_not_add_up()
+    {
+        using var dir = new TempDir();
+        var (code, _, err) = Run("synth", "--like", LlamaSpmVocab, "--arch", "mixtral", "--dim", "64", "--layers", "2", "--heads", "4", "--ffn", "96",
+            "--experts", "4", "--experts-used", "5", dir.File("x.gguf"));
+        Assert.That((code, err), Is.Not.EqualTo((0, "")));
+        Assert.That(err, Does.Contain("--experts-used"));
+        (code, _, err) = Run("synth", "--like", LlamaSpmVocab, "--arch", "llama", "--dim", "64", "--layers", "2", "--heads", "4", "--ffn", "96",
+            "--experts", "4", dir.File("y.gguf"));
+        Assert.That(err, Does.Contain("--experts is for mixtral"));
+        Assert.That(File.Exists(dir.File("x.gguf")) || File.Exists(dir.File("y.gguf")), Is.False);
+    }
+
     [Test]
     public void Synth_rejects_impossible_shapes_with_the_option_named()
     {
