@@ -155,6 +155,14 @@ public sealed class ProfilingBackend(Backend inner) : Backend
         Add("moe_combine", t);
     }
 
+    public override void ChunkSparseFfn(Activation x, ReadOnlySpan<DeviceMatrix> up, ReadOnlySpan<DeviceMatrix> down, ReadOnlySpan<int> active,
+        ReadOnlySpan<float> scores, Activation dst, bool batchInvariant = false)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.ChunkSparseFfn(x, up, down, active, scores, dst, batchInvariant);
+        Add("chunk_sparse_ffn", t);
+    }
+
     public override void GatherRows(Activation src, ReadOnlySpan<int> rows, Activation dst)
     {
         long t = Stopwatch.GetTimestamp();

@@ -25,9 +25,12 @@ public sealed partial class LlamaModel
         Trace?.Invoke("attn_residual", l, s.X);
         Trace?.Invoke("ffn_norm", l, s.H);
 
-        if (w.Moe is not null)
+        if (w.Moe is not null || w.BlockFfn is not null)
         {
-            MoeFfn(s, l, s.H, s.Proj);
+            if (w.Moe is not null)
+                MoeFfn(s, l, s.H, s.Proj);
+            else
+                BlockFfnLayer(s, l, s.H, s.Proj);
             if (c.ResidualScale != 1f)
                 b.Scale(s.Proj, c.ResidualScale);
             b.Add(s.X, s.Proj);

@@ -23,6 +23,7 @@ public readonly record struct BatchSegment(KvSequence Sequence, int Count, bool 
 /// <item><c>LlamaModel.PreNorm.cs</c> — x += f(norm(x)): Llama (Touvron et al., 2023), Mistral, Qwen2/Qwen3,
 /// Granite 3, SmolLM3, Phi-3.</item>
 /// <item><c>LlamaModel.Moe.cs</c> — the mixture-of-experts FFN of Mixtral and Qwen-MoE.</item>
+/// <item><c>LlamaModel.BlockFfn.cs</c> — BlockFFN's router and chunk-sparse FFN.</item>
 /// <item><c>LlamaModel.NormedOutput.cs</c> — x += norm(f(·)): OLMo 2 (post-norm) and Gemma 2/3 (norms on
 /// both sides).</item>
 /// </list>
@@ -49,6 +50,8 @@ public sealed partial class LlamaModel : IDisposable
         if (config.LocalRopeTheta > 0)
             _localRope = new RopeTable(config with { RopeTheta = config.LocalRopeTheta, RopeFreqScale = 1f, RopeFreqFactors = null });
         _attentionScale = config.AttentionScale > 0 ? config.AttentionScale : 1f / MathF.Sqrt(config.HeadDim);
+        if (config.BlockFfn is { } blocks)
+            BlockSparsity = new BlockSparsity(config.Layers, blocks.Blocks);
     }
 
     public ModelConfig Config { get; }
@@ -422,6 +425,7 @@ public sealed partial class LlamaModel : IDisposable
     {
         _scratch?.Dispose();
         _moe?.Dispose();
+        _blocks?.Dispose();
         _w.Dispose();
     }
 

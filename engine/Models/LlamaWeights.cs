@@ -20,6 +20,9 @@ public sealed record LlamaLayer(
     /// <summary>The mixture of experts in place of the dense FFN (whose matrices are then null), or null.</summary>
     public MoeWeights? Moe { get; init; }
 
+    /// <summary>BlockFFN's router and blocks in place of the dense FFN, or null.</summary>
+    public BlockFfnWeights? BlockFfn { get; init; }
+
     public DeviceVector? QNorm { get; init; }
     public DeviceVector? KNorm { get; init; }
     public DeviceVector? AttnPostNorm { get; init; }
@@ -40,6 +43,14 @@ public sealed record MoeWeights(DeviceMatrix Router, DeviceMatrix[] Gate, Device
 }
 
 /// <summary>
+/// A BlockFFN layer (<see cref="BlockFfnConfig"/>): the router [blocks, dim] with its optional bias and the
+/// RMSNorm weight over its scores [blocks], and per block its up [blockSize, dim] and down [dim, blockSize]
+/// matrices — views into the stacked <c>ffn_up_exps</c> / <c>ffn_down_exps</c>, each block contiguous.
+/// </summary>
+/// <remarks>The router norm's weight stays on the host, where the scores are formed.</remarks>
+public sealed record BlockFfnWeights(DeviceMatrix Router, DeviceVector? RouterBias, float[] RouterNorm, DeviceMatrix[] Up, DeviceMatrix[] Down);
+
+/// <summary>
 /// Finds every tensor a Llama-family decoder needs by its GGUF name, checks its shape against the
 /// config (an error names the tensor, the expected and the actual shape), and loads it on the backend.
 /// </summary>
@@ -54,7 +65,7 @@ public sealed class LlamaWeights : IDisposable
     public required bool TiedOutput { get; init; }
     public required LlamaLayer[] Layers { get; init; }
 
-    public static LlamaWeights Load(WeightSource source, ModelConfig c, Backend backend)
+    public static unsafe LlamaWeights Load(WeightSource source, ModelConfig c, Backend backend)
     {
         var owned = new List<IDisposable>();
         try
@@ -122,6 +133,13 @@ public sealed class LlamaWeights : IDisposable
                     SharedRouter = Track(backend.LoadMatrix(gate)),
                 };
             }
+            float[] HostVector(string name, int length)
+            {
+                var t = Find(name, [length])!;
+                var values = new float[length];
+                Quantization.Dequantize.Row(t.Type, new ReadOnlySpan<byte>(t.Data, checked((int)t.ByteSize)), values);
+                return values;
+            }
             DeviceVector? OptionalVector(string name, int length) => Find(name, [length], optional: true) is { } t ? Track(backend.LoadVector(t)) : null;
 
             var embedding = Matrix("token_embd.weight", c.VocabSize, c.Dim);
@@ -136,7 +154,8 @@ public sealed class LlamaWeights : IDisposable
                 var qkv = source.Find(p + "attn_qkv.weight") is null
                     ? [Matrix(p + "attn_q.weight", c.QDim, c.Dim), Matrix(p + "attn_k.weight", c.KvDim, c.Dim), Matrix(p + "attn_v.weight", c.KvDim, c.Dim)]
                     : Parts(p + "attn_qkv.weight", c.Dim, (p + "attn_q.weight", c.QDim), (p + "attn_k.weight", c.KvDim), (p + "attn_v.weight", c.KvDim));
-                DeviceMatrix?[] gateUp = c.Moe is not null ? new DeviceMatrix?[2]
+                bool sparseFfn = c.Moe is not null || c.BlockFfn is not null;
+                DeviceMatrix?[] gateUp = sparseFfn ? new DeviceMatrix?[2]
                     : c.Architecture == "phi3" && source.Find(p + "ffn_gate.weight") is null
                     ? Parts(p + "ffn_up.weight", c.Dim, (p + "ffn_gate.weight", c.FfnDim), (p + "ffn_up.weight", c.FfnDim))
                     : [Matrix(p + "ffn_gate.weight", c.FfnDim, c.Dim), Matrix(p + "ffn_up.weight", c.FfnDim, c.Dim)];
@@ -149,9 +168,15 @@ public sealed class LlamaWeights : IDisposable
                     OptionalVector(p + "attn_v.bias", c.KvDim),
                     pre ? Vector(p + "ffn_norm.weight", c.Dim) : null,
                     gateUp[0], gateUp[1],
-                    c.Moe is null ? Matrix(p + "ffn_down.weight", c.Dim, c.FfnDim) : null)
+                    sparseFfn ? null : Matrix(p + "ffn_down.weight", c.Dim, c.FfnDim))
                 {
                     Moe = c.Moe is { } moe ? Moe(p, moe) : null,
+                    BlockFfn = c.BlockFfn is { } blocks ? new BlockFfnWeights(
+                        Matrix(p + "ffn_gate_inp.weight", blocks.Blocks, c.Dim),
+                        OptionalVector(p + "ffn_gate_inp.bias", blocks.Blocks),
+                        HostVector(p + "ffn_router_norm.weight", blocks.Blocks),
+                        Experts(p, "ffn_up", blocks.Blocks, blocks.BlockSize, c.Dim),
+                        Experts(p, "ffn_down", blocks.Blocks, c.Dim, blocks.BlockSize)) : null,
                     // required where the family normalizes q and k (ModelConfig.QkNorm), absent elsewhere
                     QNorm = c.QkNorm is { } qk ? Vector(p + "attn_q_norm.weight", qk.Q) : null,
                     KNorm = c.QkNorm is { } kk ? Vector(p + "attn_k_norm.weight", kk.K) : null,

@@ -37,6 +37,19 @@ public sealed record MoeConfig(int Experts, int Used, int ExpertFfn, int SharedF
 }
 
 /// <summary>
+/// BlockFFN's feed-forward layer (Song et al., "BlockFFN: Towards End-Side Acceleration-Friendly
+/// Mixture-of-Experts with Chunk-Level Activation Sparsity", 2025, arXiv 2507.08771): <see cref="Blocks"/>
+/// blocks of <see cref="BlockSize"/> hidden units, a ReLU router normalized by RMSNorm instead of top-k:
+/// <code>
+/// s = RMSNorm(ReLU(W_r · x + b_r))                 one score per block, most of them exactly 0
+/// y = W_down · (silu(W_up · x) ⊙ s expanded to each block's units)
+/// </code>
+/// No gate projection. A block whose score is 0 contributes nothing, so a chunk of tokens needs only the
+/// blocks some token of it activates (<see cref="Backends.Backend.ChunkSparseFfn"/>).
+/// </summary>
+public sealed record BlockFfnConfig(int Blocks, int BlockSize);
+
+/// <summary>
 /// Hyper-parameters of a Llama-family decoder (Llama 2/3, Mistral, Qwen2): what the forward pass needs
 /// to know about shapes and positional encoding. Read from GGUF metadata or an HF <c>config.json</c>
 /// by <see cref="ModelConfigReader"/>; biases and tied heads are decided from the tensors present.
@@ -58,6 +71,9 @@ public sealed record ModelConfig
 
     /// <summary>The mixture of experts that replaces every layer's FFN (Mixtral, Qwen-MoE), or null for a dense model.</summary>
     public MoeConfig? Moe { get; init; }
+
+    /// <summary>BlockFFN's block-sparse FFN in every layer, or null.</summary>
+    public BlockFfnConfig? BlockFfn { get; init; }
 
     /// <summary>The widest FFN hidden layer a pass computes: the dense FFN's, or an expert's.</summary>
     public int MaxFfnDim => Moe is { } m ? Math.Max(m.ExpertFfn, m.SharedFfn) : FfnDim;
@@ -198,6 +214,14 @@ public sealed record ModelConfig
         Positive(nameof(HeadDim), HeadDim, 1 << 14);
         Positive(nameof(FfnDim), FfnDim);
         Positive(nameof(ContextLength), ContextLength, int.MaxValue);
+        if (BlockFfn is { } blocks)
+        {
+            Positive(nameof(BlockFfnConfig.BlockSize), blocks.BlockSize);
+            if (FfnDim % blocks.BlockSize != 0)
+                throw Error(nameof(BlockFfnConfig.BlockSize), $"a block size of {blocks.BlockSize} does not divide the intermediate size {FfnDim}");
+            if (blocks.Blocks != FfnDim / blocks.BlockSize)
+                throw Error(nameof(BlockFfnConfig.Blocks), $"{blocks.Blocks} blocks of {blocks.BlockSize} do not make the intermediate size {FfnDim}");
+        }
         if (Moe is { } moe)
         {
             Positive(nameof(MoeConfig.Experts), moe.Experts, 1 << 12);

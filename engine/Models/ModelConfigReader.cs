@@ -8,7 +8,7 @@ namespace Engine.Models;
 public static class ModelConfigReader
 {
     /// <summary>GGUF architectures this engine runs.</summary>
-    public static readonly IReadOnlyList<string> GgufArchitectures = ["llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "granite", "smollm3", "olmo2", "phi3", "gemma2", "gemma3"];
+    public static readonly IReadOnlyList<string> GgufArchitectures = ["llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "blockffn", "granite", "smollm3", "olmo2", "phi3", "gemma2", "gemma3"];
 
     /// <summary>
     /// SmolLM3's NoPE period: layer l applies no RoPE when (l + 1) is a multiple of it. GGUF has no key
@@ -94,10 +94,11 @@ public static class ModelConfigReader
             HeadDim = headDim,
             FfnDim = m.GetInt32(k("feed_forward_length")),
             Moe = GgufMoe(gguf, arch),
+            BlockFfn = arch == "blockffn" ? GgufBlockFfn(gguf) : null,
             ContextLength = m.GetInt32(k("context_length"), 2048),
             RmsNormEps = m.GetSingle(k("attention.layer_norm_rms_epsilon"), 1e-5f),
             RopeTheta = m.GetSingle(k("rope.freq_base"), 10000f),
-            RopeStyle = arch is "qwen2" or "qwen3" or "qwen2moe" or "qwen3moe" or "olmo2" or "phi3" or "gemma2" or "gemma3" ? RopeStyle.NeoX : RopeStyle.Normal,
+            RopeStyle = arch is "qwen2" or "qwen3" or "qwen2moe" or "qwen3moe" or "blockffn" or "olmo2" or "phi3" or "gemma2" or "gemma3" ? RopeStyle.NeoX : RopeStyle.Normal,
             RopeDims = m.GetInt32(k("rope.dimension_count"), headDim),
             RopeFreqScale = freqScale,
             RopeFreqFactors = ropeFreqFactors,
@@ -140,6 +141,8 @@ public static class ModelConfigReader
             nameof(MoeConfig.Used) => k("expert_used_count"),
             nameof(MoeConfig.ExpertFfn) => arch == "llama" ? k("feed_forward_length") : k("expert_feed_forward_length"),
             nameof(MoeConfig.SharedFfn) => k("expert_shared_feed_forward_length"),
+            nameof(BlockFfnConfig.BlockSize) => k("expert_feed_forward_length"),
+            nameof(BlockFfnConfig.Blocks) => k("expert_count"),
             nameof(ModelConfig.ContextLength) => k("context_length"),
             nameof(ModelConfig.RmsNormEps) => k("attention.layer_norm_rms_epsilon"),
             nameof(ModelConfig.RopeTheta) => k("rope.freq_base"),
@@ -164,6 +167,8 @@ public static class ModelConfigReader
     {
         var m = gguf.Metadata;
         string k(string suffix) => $"{arch}.{suffix}";
+        if (arch == "blockffn")
+            return null; // its expert_count counts blocks (GgufBlockFfn)
         int experts = m.GetInt32(k("expert_count"), 0);
         bool moeArch = arch is "qwen2moe" or "qwen3moe";
         if (experts == 0 && !moeArch)
@@ -180,6 +185,21 @@ public static class ModelConfigReader
         int shared = arch == "qwen2moe" ? m.GetInt32(k("expert_shared_feed_forward_length"), ffn) : 0;
         bool normalize = m.GetBool(k("expert_weights_norm"), arch != "qwen2moe");
         return new MoeConfig(experts, used, expertFfn, shared, normalize);
+    }
+
+    /// <summary>
+    /// BlockFFN in our GGUF layout (arch <c>blockffn</c>): <c>blockffn.feed_forward_length</c> is all the
+    /// blocks' units, <c>expert_feed_forward_length</c> one block's, <c>expert_count</c> (optional) the
+    /// blocks — checked against each other by <see cref="ModelConfig.Validate"/>.
+    /// </summary>
+    private static BlockFfnConfig GgufBlockFfn(GgufFile gguf)
+    {
+        var m = gguf.Metadata;
+        if (!m.Contains("blockffn.expert_feed_forward_length"))
+            throw new ModelFormatException(gguf.Path, "blockffn.expert_feed_forward_length", "required: the units of one block");
+        int size = m.GetInt32("blockffn.expert_feed_forward_length");
+        int ffn = m.GetInt32("blockffn.feed_forward_length");
+        return new BlockFfnConfig(m.GetInt32("blockffn.expert_count", size > 0 ? ffn / size : 0), size);
     }
 
     /// <summary>

@@ -25,7 +25,13 @@ public sealed record TinySpec(
     /// of width <see cref="SharedFfn"/>, weights not renormalized) or qwen3moe. <see cref="SeparateExperts"/>:
     /// GGUF as one tensor per expert (blk.N.ffn_gate.E.weight) instead of the stacked ffn_gate_exps.
     /// </summary>
-    public bool Moe => Experts > 0;
+    public bool Moe => Experts > 0 && !BlockFfn;
+
+    /// <summary>
+    /// BlockFFN (arch blockffn): <see cref="Experts"/> blocks of <see cref="Ffn"/> units, a ReLU router with a
+    /// bias (negative for most blocks, so that most scores are 0) and an RMSNorm over its scores.
+    /// </summary>
+    public bool BlockFfn => Arch == "blockffn";
 
     /// <summary>Whether the chosen experts' weights are renormalized to sum to 1 (Mixtral, Qwen3-MoE).</summary>
     public bool NormalizeExperts => Arch != "qwen2moe";
@@ -66,7 +72,7 @@ public sealed record TinySpec(
     public int HeadDim => HeadDimOverride > 0 ? HeadDimOverride : Dim / Heads;
     public int QDim => Heads * HeadDim;
     public int KvDim => KvHeads * HeadDim;
-    public bool NeoX => Arch is "qwen2" or "qwen3" or "qwen2moe" or "qwen3moe" or "olmo2" or "phi3" or "gemma2" or "gemma3";
+    public bool NeoX => Arch is "qwen2" or "qwen3" or "qwen2moe" or "qwen3moe" or "blockffn" or "olmo2" or "phi3" or "gemma2" or "gemma3";
 
     /// <summary>OLMo 2: no pre-norms; block outputs normalized before the residual add; q and k normalized whole.</summary>
     public bool PostNorm => Arch == "olmo2";
@@ -105,6 +111,7 @@ public sealed class TinyModel
         public float[][]? ExpGate, ExpUp, ExpDown;        // per expert: [ffn, dim], [ffn, dim], [dim, ffn]
         public float[]? SharedGate, SharedUp, SharedDown; // Qwen2-MoE's shared expert
         public float[]? SharedRouter;                     // [dim]: its sigmoid gate
+        public float[]? RouterBias, RouterNorm;           // BlockFFN: [blocks] each
     }
 
     /// <summary>Seeded random weights, already rounded through the spec's weight type (so the reference sees what the engine sees).</summary>
@@ -149,6 +156,16 @@ public sealed class TinyModel
                 AttnPostNorm = s.PostNorms ? Norm(s.Dim) : null,
                 FfnPostNorm = s.PostNorms ? Norm(s.Dim) : null,
             };
+            if (s.BlockFfn)
+            {
+                var L = layers[l];
+                L.Router = Enumerable.Range(0, s.Experts * s.Dim).Select(_ => (float)((rng.NextDouble() * 2 - 1) * 4 * w)).ToArray();
+                // biases that switch most blocks off for most tokens: the router's logits are about ±1 here
+                L.RouterBias = Enumerable.Range(0, s.Experts).Select(e => (float)(e % 3 == 0 ? -0.2 - 0.3 * rng.NextDouble() : -1.5 - rng.NextDouble())).ToArray();
+                L.RouterNorm = Norm(s.Experts);
+                L.ExpUp = Enumerable.Range(0, s.Experts).Select(_ => Matrix(s.Ffn, s.Dim, 2 * w)).ToArray();
+                L.ExpDown = Enumerable.Range(0, s.Experts).Select(_ => Matrix(s.Dim, s.Ffn, 2f / MathF.Sqrt(s.Ffn))).ToArray();
+            }
             if (s.Moe)
             {
                 var L = layers[l];
@@ -229,7 +246,12 @@ public sealed class TinyModel
         w.Add($"{a}.context_length", (uint)s.Context);
         w.Add($"{a}.embedding_length", (uint)s.Dim);
         w.Add($"{a}.block_count", (uint)s.Layers);
-        w.Add($"{a}.feed_forward_length", (uint)s.Ffn);
+        w.Add($"{a}.feed_forward_length", (uint)(s.BlockFfn ? s.Experts * s.Ffn : s.Ffn));
+        if (s.BlockFfn)
+        {
+            w.Add($"{a}.expert_count", (uint)s.Experts);
+            w.Add($"{a}.expert_feed_forward_length", (uint)s.Ffn);
+        }
         w.Add($"{a}.attention.head_count", (uint)s.Heads);
         w.Add($"{a}.attention.head_count_kv", (uint)s.KvHeads);
         if (s.HeadDimOverride > 0)
@@ -260,7 +282,7 @@ public sealed class TinyModel
             if (s.SharedFfn > 0)
                 w.Add($"{a}.expert_shared_feed_forward_length", (uint)s.SharedFfn);
         }
-        if (a == "granite")
+        if (a is "granite" or "blockffn")
         {
             w.Add($"{a}.embedding_scale", s.EmbeddingScale);
             w.Add($"{a}.residual_scale", s.ResidualScale);
@@ -329,7 +351,15 @@ public sealed class TinyModel
             }
             if (s.PreNorms)
                 Vector(p + "ffn_norm.weight", L.FfnNorm);
-            if (s.Moe)
+            if (s.BlockFfn)
+            {
+                Matrix(p + "ffn_gate_inp.weight", L.Router!, s.Experts, s.Dim, GgmlType.F32);
+                Vector(p + "ffn_gate_inp.bias", L.RouterBias!);
+                Vector(p + "ffn_router_norm.weight", L.RouterNorm!);
+                Experts(p, "ffn_up", L.ExpUp!, s.Ffn, s.Dim);
+                Experts(p, "ffn_down", L.ExpDown!, s.Dim, s.Ffn);
+            }
+            else if (s.Moe)
             {
                 Matrix(p + "ffn_gate_inp.weight", L.Router!, s.Experts, s.Dim, GgmlType.F32);
                 Experts(p, "ffn_gate", L.ExpGate!, s.Ffn, s.Dim);
@@ -350,7 +380,7 @@ public sealed class TinyModel
                 Matrix(p + "ffn_gate.weight", L.Gate, s.Ffn, s.Dim);
                 Matrix(p + "ffn_up.weight", L.Up, s.Ffn, s.Dim);
             }
-            if (!s.Moe)
+            if (!s.Moe && !s.BlockFfn)
                 Matrix(p + "ffn_down.weight", L.Down, s.Dim, s.Ffn);
         }
         Vector("output_norm.weight", OutputNorm);
@@ -676,9 +706,9 @@ public sealed class TinyModel
                 for (int i = 0; i < s.Dim; i++)
                     x[i] += o[i] * s.ResidualScale;
                 var fn = s.PreNorms ? RmsNorm(x, L.FfnNorm) : x;
-                if (s.Moe)
+                if (s.Moe || s.BlockFfn)
                 {
-                    var moe = MixtureOfExperts(L, fn);
+                    var moe = s.BlockFfn ? BlockFeedForward(L, fn) : MixtureOfExperts(L, fn);
                     for (int i = 0; i < s.Dim; i++)
                         x[i] += moe[i] * s.ResidualScale;
                     continue;
@@ -702,6 +732,27 @@ public sealed class TinyModel
                 .Select(v => s.FinalSoftCap > 0 ? s.FinalSoftCap * Math.Tanh(v / s.FinalSoftCap) : v).ToArray();
         }
         return (result, hidden);
+    }
+
+    /// <summary>
+    /// BlockFFN as the paper writes it: s = RMSNorm(ReLU(W_r·x + b))·w over the blocks, then
+    /// Σ_e Down_e · (silu(Up_e · x) · s_e) — every block computed, the off ones multiplied by 0.
+    /// </summary>
+    private double[] BlockFeedForward(Layer L, double[] x)
+    {
+        var s = Spec;
+        var r = MatVec(L.Router!, x, L.RouterBias).Select(v => Math.Max(v, 0)).ToArray();
+        double rms = Math.Sqrt(r.Sum(v => v * v) / r.Length + 1e-5);
+        var y = new double[s.Dim];
+        for (int e = 0; e < s.Experts; e++)
+        {
+            double score = r[e] / rms * L.RouterNorm![e];
+            var u = MatVec(L.ExpUp![e], x, null).Select(v => v / (1 + Math.Exp(-v)) * score).ToArray();
+            var d = MatVec(L.ExpDown![e], u, null);
+            for (int i = 0; i < s.Dim; i++)
+                y[i] += d[i];
+        }
+        return y;
     }
 
     /// <summary>

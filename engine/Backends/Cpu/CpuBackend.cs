@@ -285,6 +285,73 @@ public sealed unsafe class CpuBackend : Backend
         ForRows(dst.Rows, RowOp.Add);
     }
 
+    public override void ChunkSparseFfn(Activation x, ReadOnlySpan<DeviceMatrix> up, ReadOnlySpan<DeviceMatrix> down, ReadOnlySpan<int> active,
+        ReadOnlySpan<float> scores, Activation dst, bool batchInvariant = false)
+    {
+        CheckChunkSparseFfn(x, up, down, active, scores, dst);
+        int blocks = up.Length, n = x.Rows, size = up[0].Rows, dim = dst.Cols;
+        var y = Data(dst);
+        if (active.IsEmpty)
+        {
+            y.Clear(); // no block is on anywhere in the chunk
+            return;
+        }
+        var s = _sparse ??= new SparseFfnScratch(blocks);
+        if (s.Hidden.Length != blocks)
+            s = _sparse = new SparseFfnScratch(blocks);
+        // the active blocks' up rows: one product over one target per block, the input quantized once
+        var targets = s.Targets(active.Length);
+        for (int i = 0; i < active.Length; i++)
+        {
+            int e = active[i];
+            var buffer = s.Buffer(e, (long)n * size);
+            targets[i] = new MatMulTarget(up[e], new Activation(buffer, n, size));
+        }
+        MatMul(x, targets.AsSpan(0, active.Length), batchInvariant);
+        for (int i = 0; i < active.Length; i++)
+        {
+            int e = active[i];
+            var hidden = s.Hidden[e]!.Data;
+            Kernels.ChunkSparseFfn.Activate(hidden.AsSpan(0, n * size), n, size, scores, blocks, e, s.Sigmoid(size));
+            s.DownViews[e] = ((CpuMatrix)down[e]).View;
+            s.HiddenArrays[e] = hidden;
+            var kind = QuantizeActivations ? Kernels.MatMul.ActivationFor(down[e].Type) : null;
+            if (kind is { } k)
+            {
+                var q = s.Quantized[e] ??= new QuantizedActivations();
+                q.Quantize(hidden.AsSpan(0, n * size), n, size, k);
+                s.QuantizedRefs[e] = q;
+            }
+            else
+                s.QuantizedRefs[e] = null;
+        }
+        s.Down.Set(s.DownViews, s.HiddenArrays, s.QuantizedRefs, active, n, dim, ((CpuBuffer)dst.Buffer).Data, s.Part((long)n * dim));
+        _pool.Run(s.Down, Math.Min(dim / 8, Threads * 4), Threads);
+    }
+
+    private SparseFfnScratch? _sparse;
+
+    /// <summary>Per block: its hidden values [rows, blockSize] and their int8 form; reused from pass to pass.</summary>
+    private sealed class SparseFfnScratch(int blocks)
+    {
+        public readonly CpuBuffer?[] Hidden = new CpuBuffer?[blocks];
+        public readonly float[][] HiddenArrays = new float[blocks][];
+        public readonly QuantizedActivations?[] Quantized = new QuantizedActivations?[blocks];
+        public readonly QuantizedActivations?[] QuantizedRefs = new QuantizedActivations?[blocks];
+        public readonly TensorView[] DownViews = new TensorView[blocks];
+        public readonly Kernels.ChunkSparseFfn.DownWork Down = new();
+        private MatMulTarget[] _targets = [];
+        private float[] _part = [], _sigmoid = [];
+
+        public CpuBuffer Buffer(int block, long floats) => Hidden[block] is { } b && b.Length >= floats ? b : Hidden[block] = new CpuBuffer(Math.Max(floats, 2 * (Hidden[block]?.Length ?? 0)));
+
+        public MatMulTarget[] Targets(int count) => _targets.Length >= count ? _targets : _targets = new MatMulTarget[count];
+
+        public float[] Part(long floats) => _part.Length >= floats ? _part : _part = new float[floats];
+
+        public Span<float> Sigmoid(int size) => (_sigmoid.Length >= size ? _sigmoid : _sigmoid = new float[size]).AsSpan(0, size);
+    }
+
     public override void MoeCombine(Activation src, ReadOnlySpan<int> slots, ReadOnlySpan<float> weights, int k, Activation dst)
     {
         CheckMoeCombine(src, slots, weights, k, dst);

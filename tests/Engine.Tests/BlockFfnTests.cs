@@ -1,0 +1,162 @@
+using Engine.Api;
+using Engine.Backends;
+using Engine.Formats;
+using Engine.Formats.Gguf;
+using Engine.Models;
+using Engine.Sampling;
+using Engine.Speculative;
+using Engine.Tensors;
+
+namespace Engine.Tests;
+
+/// <summary>
+/// BlockFFN (Song et al., 2025): the model gives the double-precision reference's logits; the chunk-sparse
+/// FFN equals the dense computation of the same layer bit for bit (and a row's result does not depend on
+/// its chunk, so speculative greedy equals plain greedy); the sparsity counters count what the paper
+/// defines; files whose blocks do not add up are refused by name.
+/// </summary>
+public class BlockFfnTests
+{
+    // 12 blocks of 32 units (quantized rows need whole 32-value blocks), MiniCPM's multipliers switched on
+    private static readonly TinySpec Spec = new("blockffn", Arch: "blockffn", Heads: 4, KvHeads: 2, Experts: 12, Ffn: 32, Seed: 85,
+        EmbeddingScale: 12f, ResidualScale: 0.22f, LogitScale: 4f);
+
+    public static IEnumerable<TinySpec> Specs() => [Spec, Spec with { Name = "blockffn-q8_0", WeightType = GgmlType.Q8_0, Seed = 86 }];
+
+    /// <remarks>Tolerances as <see cref="ModelParityTests"/>: float32 against double, and int8 activations for quantized weights.</remarks>
+    [TestCaseSource(nameof(Specs))]
+    public void Logits_match_the_reference_forward(TinySpec spec)
+    {
+        var model = TinyModel.Random(spec);
+        using var dir = new TempDir();
+        string path = model.WriteGguf(dir.File("m.gguf"));
+        var reference = model.ReferenceLogits(ModelParityTests.Prompt);
+        using (var exact = LanguageModel.Load(path, new ModelOptions { Backend = new Backends.Cpu.CpuBackend(2, quantizeActivations: false) }))
+        {
+            Assert.That(exact.Config.BlockFfn, Is.EqualTo(new BlockFfnConfig(12, 32)));
+            ModelParityTests.AssertLogitsMatch(exact, reference);
+        }
+        using var fast = LanguageModel.Load(path, new ModelOptions { Threads = 2 });
+        ModelParityTests.AssertLogitsMatch(fast, reference, spec.WeightType == GgmlType.F32 ? 2e-5 : 3e-2);
+    }
+
+    /// <summary>
+    /// The test model is sparse the way BlockFFN is: most (token, block) scores are 0, yet every token has
+    /// blocks on and a chunk of the prompt leaves some blocks off for all its tokens — so the checks above
+    /// and below run the sparse path, not a degenerate one.
+    /// </summary>
+    [Test]
+    public void The_test_model_is_token_and_chunk_sparse()
+    {
+        using var dir = new TempDir();
+        using var lm = LanguageModel.Load(TinyModel.Random(Spec).WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 1 });
+        Run(lm, ModelParityTests.Prompt, batchInvariant: false);
+        var sparsity = lm.Network.BlockSparsity!;
+        for (int l = 0; l < sparsity.Layers; l++)
+        {
+            Assert.That(sparsity.TokenLevel(l), Is.InRange(0.3, 0.95), $"layer {l}: {sparsity.Describe()}");
+            Assert.That(sparsity.ChunkLevel(l), Is.InRange(0.05, 0.95), $"layer {l}: {sparsity.Describe()}");
+        }
+    }
+
+    /// <summary>
+    /// The chunk-sparse FFN against the dense computation of the same layer (every block computed, the off
+    /// ones weighted by 0): the same logits, bit for bit, for a whole prompt in one pass and token by token,
+    /// with the int8 activations of quantized weights too.
+    /// </summary>
+    [TestCaseSource(nameof(Specs))]
+    public void Sparse_equals_dense_bit_for_bit(TinySpec spec)
+    {
+        using var dir = new TempDir();
+        using var lm = LanguageModel.Load(TinyModel.Random(spec).WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 2 });
+        foreach (bool invariant in new[] { true, false })
+        {
+            lm.Network.DenseBlockFfn = false;
+            var sparse = Run(lm, ModelParityTests.Prompt, invariant);
+            lm.Network.DenseBlockFfn = true;
+            var dense = Run(lm, ModelParityTests.Prompt, invariant);
+            Assert.That(sparse, Is.EqualTo(dense), $"batch-invariant: {invariant}");
+        }
+        lm.Network.DenseBlockFfn = false;
+    }
+
+    /// <summary>A prompt in one pass (chunks of 14 rows) equals its tokens decoded one at a time, bit for bit, under batch-invariant arithmetic.</summary>
+    [Test]
+    public void A_chunk_gives_each_row_what_it_gets_alone()
+    {
+        using var dir = new TempDir();
+        using var lm = LanguageModel.Load(TinyModel.Random(Spec).WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 2 });
+        int[] prompt = ModelParityTests.Prompt;
+        int n = prompt.Length, vocab = lm.Config.VocabSize;
+        var batched = Run(lm, prompt, batchInvariant: true);
+        using var cache = lm.Network.CreateKvCache(64);
+        using var single = cache.CreateSequence();
+        var one = new float[vocab];
+        for (int t = 0; t < n; t++)
+        {
+            lm.Network.Forward(single, [prompt[t]], [t], AttentionMask.Causal, [0], one, batchInvariant: true);
+            Assert.That(one, Is.EqualTo(batched.AsSpan(t * vocab, vocab).ToArray()), $"row {t}");
+        }
+    }
+
+    [Test]
+    public void Speculative_greedy_equals_plain_greedy()
+    {
+        using var dir = new TempDir();
+        using var lm = LanguageModel.Load(TinyModel.Random(Spec).WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 2 });
+        int[] prompt = [256, 10, 20, 30, 40, 10, 20, 30, 40, 10, 20, 30];
+        var plain = SpeculativeTests.Plain(lm, prompt, 40);
+        using var decoder = new SpeculativeDecoder(lm, DraftSources.Create("lookup", lm), new SpeculativeOptions { Adaptive = false });
+        var speculative = decoder.Generate(prompt, new GenerationOptions { MaxTokens = 40, Sampling = SamplingOptions.Greedy }).ToList();
+        Assert.That(speculative, Is.EqualTo(plain));
+        Assert.That(decoder.Stats.DraftedTokens, Is.GreaterThan(0));
+    }
+
+    /// <summary>TLS and CLS by their definitions on scores laid out by hand: 4 blocks, 16 rows in one pass.</summary>
+    [Test]
+    public void Sparsity_counts_follow_the_definitions()
+    {
+        var stats = new BlockSparsity(layers: 1, blocks: 4);
+        var scores = new float[16 * 4];
+        // rows 0-7 use blocks {0} and {1} alternately; rows 8-15 use block 2 each and block 3 in row 15
+        for (int t = 0; t < 8; t++)
+            scores[t * 4 + t % 2] = 1f;
+        for (int t = 8; t < 16; t++)
+            scores[t * 4 + 2] = 0.5f;
+        scores[15 * 4 + 3] = 2f;
+        stats.Record(0, scores, 16, 4);
+        Assert.That(stats.TokenLevel(0), Is.EqualTo(1 - 17.0 / 64).Within(1e-12), "17 of 64 (token, block) pairs on");
+        Assert.That(stats.ChunkLevel(0), Is.EqualTo(1 - (2 + 2) / 8.0).Within(1e-12), "chunks of 8 use blocks {0, 1} and {2, 3}");
+        Assert.That(stats.PassLevel(0), Is.EqualTo(0).Within(1e-12), "the 16-row pass uses all 4 blocks");
+        Assert.That(stats.RowsPerPass(0), Is.EqualTo(16));
+    }
+
+    [Test]
+    public void Blocks_that_do_not_divide_the_intermediate_size_are_refused_by_key()
+    {
+        using var dir = new TempDir();
+        string good = TinyModel.Random(Spec).WriteGguf(dir.File("good.gguf"));
+        string bad = ModelParityTests.WithKeys(good, dir.File("bad.gguf"), ("blockffn.expert_feed_forward_length", GgufValue.From(40u)));
+        var e = Assert.Throws<ModelFormatException>(() => LanguageModel.Load(bad, new ModelOptions { Threads = 1 }).Dispose())!;
+        Assert.That(e.Message, Does.Contain("blockffn.expert_feed_forward_length").And.Contain("40").And.Contain("384"));
+
+        string count = ModelParityTests.WithKeys(good, dir.File("count.gguf"), ("blockffn.expert_count", GgufValue.From(10u)));
+        e = Assert.Throws<ModelFormatException>(() => LanguageModel.Load(count, new ModelOptions { Threads = 1 }).Dispose())!;
+        Assert.That(e.Message, Does.Contain("blockffn.expert_count").And.Contain("10"));
+
+        string noNorm = ModelParityTests.WithoutTensor(good, "blk.1.ffn_router_norm.weight", dir.File("no-norm.gguf"));
+        e = Assert.Throws<ModelFormatException>(() => LanguageModel.Load(noNorm, new ModelOptions { Threads = 1 }).Dispose())!;
+        Assert.That(e.Message, Does.Contain("blk.1.ffn_router_norm.weight").And.Contain("missing"));
+    }
+
+    /// <summary>Logits of every prompt row, from one pass.</summary>
+    private static float[] Run(LanguageModel lm, int[] prompt, bool batchInvariant)
+    {
+        int n = prompt.Length;
+        using var cache = lm.Network.CreateKvCache(64);
+        using var seq = cache.CreateSequence();
+        var logits = new float[n * lm.Config.VocabSize];
+        lm.Network.Forward(seq, prompt, Enumerable.Range(0, n).ToArray(), AttentionMask.Causal, Enumerable.Range(0, n).ToArray(), logits, batchInvariant: batchInvariant);
+        return logits;
+    }
+}
