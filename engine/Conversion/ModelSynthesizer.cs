@@ -8,25 +8,38 @@ namespace Engine.Conversion;
 public sealed record SynthSpec(
     string Arch, int Dim, int Layers, int Heads, int KvHeads, int Ffn, LlamaFileType FileType,
     ulong Seed = 1, int ContextLength = 2048, float RopeTheta = 10000f, int HeadDimOverride = 0,
-    int Experts = 0, int ExpertsUsed = 0, int SharedFfn = 0)
+    int Experts = 0, int ExpertsUsed = 0, int SharedFfn = 0, double Sparsity = 0.8, double ChunkLocality = 0.7)
 {
+    /// <summary>BlockFFN: <see cref="Experts"/> blocks of <see cref="Ffn"/> units.</summary>
+    public bool BlockFfn => Arch == "blockffn";
+
     /// <summary>The GGUF architecture written: Mixtral is llama with experts.</summary>
     public string GgufArch => Arch == "mixtral" ? "llama" : Arch;
 
     /// <summary>Whether each FFN is a mixture of <see cref="Experts"/> experts of width <see cref="Ffn"/>.</summary>
     public bool Moe => Arch is "mixtral" or "qwen2moe" or "qwen3moe";
 
+    /// <summary>Whether the layers' FFNs are made of experts or blocks (both need --experts).</summary>
+    private bool Sparse => Moe || BlockFfn;
+
     /// <summary>Dim / Heads, or the spec's own (Qwen3's heads are wider than dim / heads).</summary>
     public int HeadDim => HeadDimOverride > 0 ? HeadDimOverride : Dim / Heads;
 
     public void Validate()
     {
-        if (Arch is not ("llama" or "qwen2" or "qwen3" or "granite" or "smollm3" or "olmo2" or "phi3" or "gemma2" or "gemma3" or "mixtral" or "qwen2moe" or "qwen3moe"))
-            throw new ArgumentException($"--arch {Arch} is not supported (llama, qwen2, qwen3, granite, smollm3, olmo2, phi3, gemma2, gemma3, mixtral, qwen2moe, qwen3moe)");
+        if (Arch is not ("llama" or "qwen2" or "qwen3" or "granite" or "smollm3" or "olmo2" or "phi3" or "gemma2" or "gemma3" or "mixtral" or "qwen2moe" or "qwen3moe" or "blockffn"))
+            throw new ArgumentException($"--arch {Arch} is not supported (llama, qwen2, qwen3, granite, smollm3, olmo2, phi3, gemma2, gemma3, mixtral, qwen2moe, qwen3moe, blockffn)");
+        if (BlockFfn)
+        {
+            if (Experts < 1 || Experts > 1 << 14)
+                throw new ArgumentException($"--arch blockffn needs --experts (the blocks, 1..16384); got {Experts}");
+            if (!(Sparsity is >= 0 and < 1) || !(ChunkLocality >= 0 && ChunkLocality <= Sparsity))
+                throw new ArgumentException($"--sparsity {Sparsity} must be in [0, 1) and --chunk-locality {ChunkLocality} in [0, --sparsity]: a chunk cannot leave off more blocks than its tokens do");
+        }
         if (Moe && (Experts < 1 || ExpertsUsed < 1 || ExpertsUsed > Experts || Experts > 1024))
             throw new ArgumentException($"--arch {Arch} needs --experts (1..1024) and --experts-used between 1 and the experts; got {Experts} and {ExpertsUsed}");
-        if (!Moe && (Experts != 0 || ExpertsUsed != 0))
-            throw new ArgumentException($"--experts is for mixtral, qwen2moe and qwen3moe, not {Arch}");
+        if (!Sparse && (Experts != 0 || ExpertsUsed != 0))
+            throw new ArgumentException($"--experts is for mixtral, qwen2moe, qwen3moe and blockffn, not {Arch}");
         if (SharedFfn < 0 || (SharedFfn > 0 && Arch != "qwen2moe"))
             throw new ArgumentException($"--shared-ffn {SharedFfn}: a shared expert is Qwen2-MoE's (--arch qwen2moe)");
         if (Dim <= 0 || Layers <= 0 || Heads <= 0 || KvHeads <= 0 || Ffn <= 0 || ContextLength <= 0)
@@ -64,7 +77,7 @@ public static class ModelSynthesizer
         w.Add($"{a}.context_length", (uint)spec.ContextLength);
         w.Add($"{a}.embedding_length", (uint)spec.Dim);
         w.Add($"{a}.block_count", (uint)spec.Layers);
-        w.Add($"{a}.feed_forward_length", (uint)spec.Ffn);
+        w.Add($"{a}.feed_forward_length", (uint)(spec.BlockFfn ? spec.Experts * spec.Ffn : spec.Ffn));
         w.Add($"{a}.attention.head_count", (uint)spec.Heads);
         w.Add($"{a}.attention.head_count_kv", (uint)spec.KvHeads);
         w.Add($"{a}.rope.dimension_count", (uint)spec.HeadDim);
@@ -85,6 +98,16 @@ public static class ModelSynthesizer
                 w.Add($"{a}.expert_feed_forward_length", (uint)spec.Ffn);
             if (shared > 0)
                 w.Add($"{a}.expert_shared_feed_forward_length", (uint)shared);
+        }
+        if (spec.BlockFfn)
+        {
+            // MiniCPM's scaling, which BlockFFN's models keep: embeddings × scale_emb (12), block outputs ×
+            // scale_depth / √layers (1.4), logits ÷ hidden / dim_model_base (256)
+            w.Add($"{a}.expert_count", (uint)spec.Experts);
+            w.Add($"{a}.expert_feed_forward_length", (uint)spec.Ffn);
+            w.Add($"{a}.embedding_scale", 12f);
+            w.Add($"{a}.residual_scale", 1.4f / MathF.Sqrt(spec.Layers));
+            w.Add($"{a}.logit_scale", spec.Dim / 256f);
         }
         if (a == "granite")
         {
@@ -163,6 +186,16 @@ public static class ModelSynthesizer
             Matrix(p + "attn_output.weight", spec.Dim, qDim);
             if (pre)
                 Vector(p + "ffn_norm.weight", spec.Dim, 1f, 0.1f);
+            if (spec.BlockFfn)
+            {
+                Matrix(p + "ffn_gate_inp.weight", spec.Experts, spec.Dim);
+                w.AddTensor(p + "ffn_gate_inp.bias", [spec.Experts], RouterBiases(spec, l));
+                Vector(p + "ffn_router_norm.weight", spec.Experts, 1f, 0.1f);
+                Matrix(p + "ffn_up_exps.weight", spec.Ffn, spec.Dim, stack: spec.Experts);
+                Matrix(p + "ffn_down_exps.weight", spec.Dim, spec.Ffn, stack: spec.Experts);
+                tensorIndex++; // the bias's seed slot
+                continue;
+            }
             if (spec.Moe)
             {
                 // the router (F32, as llama.cpp keeps it), then every expert's matrices stacked in 3-D tensors
@@ -185,6 +218,66 @@ public static class ModelSynthesizer
             Matrix(p + "ffn_up.weight", fused ? 2 * spec.Ffn : spec.Ffn, spec.Dim);
         }
         w.Write(path);
+    }
+
+    /// <summary>
+    /// Router biases that give a synthesized BlockFFN layer the asked token-level sparsity s (TLS) and
+    /// chunk-level sparsity c (CLS over chunks of 8 tokens). A block is on for a token when w·x + b &gt; 0.
+    /// With the router's uniform weights (standard deviation 0.02) and the FFN input x at an RMS of about
+    /// 1 (RMSNorm times norm weights near 1), w·x is close to normal with σ = 0.02·√dim across tokens.
+    /// A share 1 − f of the blocks gets b = −8σ (never on: they carry the chunk-level sparsity); the rest
+    /// are on with probability p = (1 − s) / f, b = σ·Φ⁻¹(p), so TLS = 1 − f·p = s. For tokens that pick
+    /// independently, CLS(8) = (1 − f) + f·(1 − p)⁸; f is solved for it by bisection. Real models also
+    /// have locality in time (neighbouring tokens pick alike); this gives the same CLS through a skew in
+    /// which blocks are popular instead — the kernel's cost depends only on the union it reads.
+    /// </summary>
+    public static float[] RouterBiases(SynthSpec spec, int layer)
+    {
+        int blocks = spec.Experts;
+        double s = spec.Sparsity, c = spec.ChunkLocality, sigma = 0.02 * Math.Sqrt(spec.Dim);
+        double Cls(double f) => (1 - f) + f * Math.Pow(1 - (1 - s) / f, BlockSparsityChunk);
+        double lo = 1 - s, hi = 1; // CLS(f) falls from s (f = 1 − s, candidates always on) to s⁸ (f = 1)
+        for (int i = 0; i < 60; i++)
+        {
+            double mid = (lo + hi) / 2;
+            if (Cls(mid) > c)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        double candidates = Math.Max(1 - s, (lo + hi) / 2);
+        double p = Math.Min(1, (1 - s) / candidates);
+        double bias = sigma * InverseNormal(Math.Clamp(p, 1e-6, 1 - 1e-6));
+        // which blocks are candidates: a seeded shuffle per layer, so no block index is special
+        var order = Enumerable.Range(0, blocks).OrderBy(e => SplitMix(spec.Seed ^ ((ulong)layer << 32) ^ (ulong)e)).ToArray();
+        int on = (int)Math.Round(candidates * blocks);
+        var result = new float[blocks];
+        for (int i = 0; i < blocks; i++)
+            result[order[i]] = (float)(i < on ? bias : -8 * sigma);
+        return result;
+    }
+
+    private const int BlockSparsityChunk = 8;
+
+    /// <summary>Φ⁻¹(p) by bisection on the normal CDF (erf from Abramowitz–Stegun 7.1.26, |error| &lt; 1.5e-7).</summary>
+    private static double InverseNormal(double p)
+    {
+        static double Cdf(double x)
+        {
+            double z = Math.Abs(x) / Math.Sqrt(2), t = 1 / (1 + 0.3275911 * z);
+            double erf = 1 - ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * Math.Exp(-z * z);
+            return 0.5 * (1 + Math.Sign(x) * erf);
+        }
+        double lo = -10, hi = 10;
+        for (int i = 0; i < 80; i++)
+        {
+            double mid = (lo + hi) / 2;
+            if (Cdf(mid) < p)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        return (lo + hi) / 2;
     }
 
     private static ulong Seed(ulong seed, int tensor) => SplitMix(seed ^ (0x9E3779B97F4A7C15UL * (ulong)(tensor + 1)));

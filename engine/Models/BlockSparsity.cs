@@ -77,6 +77,22 @@ public sealed class BlockSparsity(int layers, int blocks)
     public IEnumerable<string> PerLayer() => Enumerable.Range(0, layers).Select(l =>
         $"layer {l}: TLS {TokenLevel(l):0.000}, CLS(8) {ChunkLevel(l):0.000}, CLS(pass) {PassLevel(l):0.000}");
 
+    /// <summary>Adds another counter's counts (of a model of the same shape) to these.</summary>
+    public void Add(BlockSparsity other)
+    {
+        if (other.Layers != layers || other.Blocks != blocks)
+            throw new ArgumentException($"sparsity of {other.Layers} layers × {other.Blocks} blocks cannot add to {layers} × {blocks}");
+        for (int l = 0; l < layers; l++)
+        {
+            _tokens[l] += other._tokens[l];
+            _active[l] += other._active[l];
+            _passes[l] += other._passes[l];
+            _passUnion[l] += other._passUnion[l];
+            _chunks8[l] += other._chunks8[l];
+            _union8[l] += other._union8[l];
+        }
+    }
+
     public void Reset()
     {
         foreach (var a in new[] { _tokens, _active, _passes, _passUnion, _chunks8, _union8 })

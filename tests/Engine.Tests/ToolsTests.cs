@@ -187,6 +187,53 @@ public class ToolsTests
             AssertDecodes(lm);
     }
 
+    /// <summary>
+    /// BlockFFN: the router biases give the asked sparsity. 64 random tokens through the synthesized model
+    /// must meet TLS 0.8 and CLS(8) 0.7 within 0.06 — the biases are set from a normal approximation of
+    /// the router's logits (σ = 0.02·√dim, the FFN input at RMS ≈ 1; its norm weights vary ±10%), which
+    /// moves the realized shares by a few hundredths; a wrong method (no bias, or biases of the wrong sign
+    /// or scale) lands at TLS ≈ 0.5 or near 0/1. `bench` reports the same numbers, and `--dense-ffn` computes
+    /// every block for the same logits.
+    /// </summary>
+    [Test]
+    public void Synth_writes_blockffn_with_the_asked_sparsity()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("bffn.gguf");
+        Synth(path, "--arch", "blockffn", "--dim", "256", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--experts", "40", "--ffn", "32",
+            "--sparsity", "0.8", "--chunk-locality", "0.7", "--type", "Q8_0");
+        using (var gguf = GgufFile.Open(path))
+        {
+            Assert.That(gguf.Tensors.Single(t => t.Name == "blk.1.ffn_up_exps.weight").Dims, Is.EqualTo(new long[] { 256, 32, 40 }));
+            Assert.That(gguf.Tensors.Single(t => t.Name == "blk.1.ffn_gate_inp.bias").Dims, Is.EqualTo(new long[] { 40 }));
+        }
+        using (var lm = LanguageModel.Load(path, new ModelOptions { Threads = 2 }))
+        {
+            Assert.That(lm.Config.BlockFfn, Is.EqualTo(new Engine.Models.BlockFfnConfig(40, 32)));
+            var rng = new Random(3);
+            int[] prompt = Enumerable.Range(0, 64).Select(_ => rng.Next(lm.Config.VocabSize)).ToArray();
+            using var cache = lm.Network.CreateKvCache(64);
+            using var seq = cache.CreateSequence();
+            lm.Network.Forward(seq, prompt, Enumerable.Range(0, 64).ToArray(), Engine.Backends.AttentionMask.Causal, [63], new float[lm.Config.VocabSize]);
+            var s = lm.Network.BlockSparsity!;
+            for (int l = 0; l < 2; l++)
+            {
+                Assert.That(s.TokenLevel(l), Is.EqualTo(0.8).Within(0.06), s.Describe());
+                Assert.That(s.ChunkLevel(l), Is.EqualTo(0.7).Within(0.06), s.Describe());
+            }
+        }
+        var (code, output, err) = Run("bench", "-m", path, "-p", "16", "-n", "4", "-r", "1", "--json");
+        Assert.That(code, Is.Zero, err);
+        using var row = System.Text.Json.JsonDocument.Parse(output.Trim().Split('\n')[^1]);
+        Assert.That(row.RootElement.GetProperty("pp_tls").GetDouble(), Is.EqualTo(0.8).Within(0.1));
+        Assert.That(row.RootElement.GetProperty("tg_cls_pass").GetDouble(), Is.EqualTo(row.RootElement.GetProperty("tg_tls").GetDouble()).Within(1e-9),
+            "a decoding pass is one token: its chunk is the token");
+        Assert.That(row.RootElement.GetProperty("dense_ffn").GetBoolean(), Is.False);
+        (code, output, err) = Run("bench", "-m", path, "-p", "16", "-n", "0", "-r", "1", "--dense-ffn");
+        Assert.That(code, Is.Zero, err);
+        Assert.That(output, Does.Contain("every block computed (--dense-ffn)"));
+    }
+
     [Test]
     public void Synth_refuses_experts_that_do_not_add_up()
     {

@@ -29,7 +29,8 @@ internal static class BenchCommand
         var cacheType = SharedOptions.CacheType();
         var profile = new Option<bool>("--profile") { Description = "Also print the time spent in each backend operation (stderr)" };
         var unfused = new Option<bool>("--unfused") { Description = "On CUDA, launch every step of a layer on its own kernel (the fused kernels' baseline)" };
-        var command = new Command("bench", "Measure prompt processing (pp) and generation (tg) speed") { model, prompt, gen, reps, threads, device, graphs, cacheType, batch, json, profile, unfused };
+        var dense = new Option<bool>("--dense-ffn") { Description = "BlockFFN models: compute every block (the dense baseline of the chunk-sparse FFN; same output)" };
+        var command = new Command("bench", "Measure prompt processing (pp) and generation (tg) speed") { model, prompt, gen, reps, threads, device, graphs, cacheType, batch, json, profile, unfused, dense };
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
             int p = parse.GetValue(prompt), n = parse.GetValue(gen), r = parse.GetValue(reps), t = parse.GetValue(threads);
@@ -47,6 +48,13 @@ internal static class BenchCommand
             var profiler = parse.GetValue(profile) ? new ProfilingBackend(backend) : null;
             using var lm = LanguageModel.Load(path, new ModelOptions { Threads = t, MaxBatch = parse.GetValue(batch), ContextLength = Math.Max(p, n) + 1, Backend = profiler ?? backend });
             string where = backend.Name == "cpu" ? t.ToString(CultureInfo.InvariantCulture) : backend.Name;
+            var sparsity = lm.Network.BlockSparsity;
+            if (parse.GetValue(dense))
+            {
+                if (sparsity is null)
+                    throw new ArgumentException("--dense-ffn is for BlockFFN models (arch blockffn)");
+                lm.Network.DenseBlockFfn = true;
+            }
             var random = new Random(42);
             int Token() => random.Next(lm.Config.VocabSize);
 
@@ -72,7 +80,10 @@ internal static class BenchCommand
                     if (rep >= 0)
                         speeds[rep] = tokens / clock.Elapsed.TotalSeconds;
                     else
+                    {
                         profiler?.Reset(); // the profile covers the measured repetitions only
+                        sparsity?.Reset();
+                    }
                 }
                 return speeds;
             }
@@ -90,18 +101,22 @@ internal static class BenchCommand
             }
             var pp = p > 0 ? Measure(p, prompt: true) : [];
             Report($"pp{p}");
+            string? ppSparsity = p > 0 ? sparsity?.Describe() : null;
+            (object?, object?, object?)? ppLevels = p > 0 && sparsity is not null ? Levels(sparsity) : null;
             var gpu = (backend as Cuda.CudaBackend)?.Device;
             long launchesBefore = gpu?.Launches ?? 0;
             var tg = n > 0 ? Measure(n, prompt: false) : [];
             // Kernel launches per generated token (warm-up included): what CUDA-graph capture would save.
             double launchesPerToken = gpu is null || n == 0 ? 0 : (gpu.Launches - launchesBefore) / (double)((r + 1) * n);
             Report($"tg{n}");
+            string? tgSparsity = n > 0 ? sparsity?.Describe() : null;
+            (object?, object?, object?)? tgLevels = n > 0 && sparsity is not null ? Levels(sparsity) : null;
             long size = Directory.Exists(path) ? Directory.GetFiles(path, "*.safetensors").Sum(f => new FileInfo(f).Length) : new FileInfo(path).Length;
             long rss = Process.GetCurrentProcess().PeakWorkingSet64;
             string name = Path.GetFileName(path.TrimEnd('/'));
             if (parse.GetValue(json))
             {
-                var row = new Dictionary<string, object>
+                var row = new Dictionary<string, object?>
                 {
                     ["model"] = name,
                     ["model_size"] = size,
@@ -125,6 +140,12 @@ internal static class BenchCommand
                     row["graph_replays"] = ((Cuda.CudaBackend)backend).GraphStats.Replays;
                     row["graph_instantiations"] = ((Cuda.CudaBackend)backend).GraphStats.Instantiations;
                 }
+                if (ppLevels is { } ppl)
+                    (row["pp_tls"], row["pp_cls8"], row["pp_cls_pass"]) = ppl;
+                if (tgLevels is { } tgl)
+                    (row["tg_tls"], row["tg_cls8"], row["tg_cls_pass"]) = tgl;
+                if (sparsity is not null)
+                    row["dense_ffn"] = lm.Network.DenseBlockFfn;
                 io.Out.WriteLine(JsonSerializer.Serialize(row));
             }
             else
@@ -137,12 +158,27 @@ internal static class BenchCommand
                 if (n > 0)
                     io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {name} | {sizeText} | {where} | tg{n} | {Mean(tg):F2} ± {Std(tg):F2} |"));
                 io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"peak resident memory: {rss / 1048576.0:F0} MiB"));
+                if (ppSparsity is not null)
+                    io.Out.WriteLine($"pp{p} block sparsity (mean of layers): {ppSparsity}{(lm.Network.DenseBlockFfn ? "; every block computed (--dense-ffn)" : "")}");
+                if (tgSparsity is not null)
+                    io.Out.WriteLine($"tg{n} block sparsity (mean of layers): {tgSparsity}{(lm.Network.DenseBlockFfn ? "; every block computed (--dense-ffn)" : "")}");
                 if (gpu is not null)
                     io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"kernel launches per generated token: {launchesPerToken:F0}"));
             }
             return 0;
         }));
         return command;
+    }
+
+    /// <summary>Mean TLS, CLS(8) and CLS of the passes as they ran, over the layers (NaN as null for JSON).</summary>
+    private static (object?, object?, object?) Levels(Models.BlockSparsity s)
+    {
+        static object? Mean(Func<int, double> f, int layers)
+        {
+            var values = Enumerable.Range(0, layers).Select(f).Where(double.IsFinite).ToList();
+            return values.Count == 0 ? null : Math.Round(values.Average(), 4);
+        }
+        return (Mean(s.TokenLevel, s.Layers), Mean(s.ChunkLevel, s.Layers), Mean(s.PassLevel, s.Layers));
     }
 
     private static double Mean(double[] x) => x.Length == 0 ? 0 : x.Average();

@@ -76,17 +76,25 @@ internal static class SpecBenchCommand
                 double plainSeconds = 0, specSeconds = 0;
                 int plainTokens = 0, specTokens = 0, steps = 0, drafted = 0, accepted = 0;
                 bool identical = true;
+                // BlockFFN: the sparsity plain decoding met and the one verification met (passes of the draft's size)
+                var sparsity = lm.Network.BlockSparsity;
+                var plainSparsity = sparsity is null ? null : new Models.BlockSparsity(sparsity.Layers, sparsity.Blocks);
+                var specSparsity = sparsity is null ? null : new Models.BlockSparsity(sparsity.Layers, sparsity.Blocks);
                 foreach (var ids in promptIds)
                 {
                     // plain and speculative back to back, so a noisy machine slows both alike
                     using var session = lm.CreateSession();
                     var clock = Stopwatch.StartNew();
+                    sparsity?.Reset();
                     var plain = session.Generate(ids, options).ToList();
                     plainSeconds += clock.Elapsed.TotalSeconds;
+                    plainSparsity?.Add(sparsity!);
+                    sparsity?.Reset();
                     plainTokens += plain.Count;
                     clock.Restart();
                     var spec = decoder.Generate(ids, options).ToList();
                     specSeconds += clock.Elapsed.TotalSeconds;
+                    specSparsity?.Add(sparsity!);
                     specTokens += spec.Count;
                     var s = decoder.Stats;
                     steps += s.Steps;
@@ -107,6 +115,7 @@ internal static class SpecBenchCommand
                         ["spec_tokens_per_s"] = specRate, ["speedup"] = specRate / plainRate, ["identical"] = same,
                         ["steps"] = steps, ["verified_per_step"] = verified, ["drafted"] = drafted, ["accepted"] = accepted, ["prompts"] = promptIds.Count,
                         ["n_predict"] = n, ["temperature"] = sampling.Temperature, ["threads"] = threadCount,
+                        ["plain_block_sparsity"] = plainSparsity?.Describe(), ["spec_block_sparsity"] = specSparsity?.Describe(),
                     }));
                 }
                 else
@@ -114,6 +123,8 @@ internal static class SpecBenchCommand
                     io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                         $"| {name} | {tau:F2} | {rate:P0} | {verified:F1} | {plainRate:F1} | {specRate:F1} | {specRate / plainRate:F2}x | {(same is null ? "n/a (sampling)" : same.Value ? "yes" : "NO")} |"));
                 }
+                if (!asJson && plainSparsity is not null)
+                    io.Out.WriteLine($"  {name}: block sparsity, plain decoding: {plainSparsity.Describe()}; speculative: {specSparsity!.Describe()}");
                 io.Out.Flush();
                 if (same == false)
                     io.Error.WriteLine($"spec-bench: {name}: greedy output differs from plain decoding");
