@@ -241,27 +241,28 @@ public abstract class Backend : IDisposable
     /// <summary>
     /// BlockFFN's chunk-sparse feed-forward (Song et al., 2025; <see cref="Models.BlockFfnConfig"/>) for the
     /// rows of <paramref name="x"/> (a chunk: one decoding token, a verified draft, a prefill tile):
-    /// dst[t] = Σ_{e ∈ active} down[e] · (silu(up[e] · x[t]) · scores[t, e]), blocks in ascending order,
+    /// dst[t] = Σ_{e ∈ active} down_e · (silu(up_e · x[t]) · scores[t, e]), blocks in ascending order,
     /// reading only the blocks of <paramref name="active"/> — the union of the blocks some row activates —
     /// once for the whole chunk. Inactive blocks cost nothing. A row's result is the same whatever else is
     /// in the chunk (a block in the union that the row does not activate adds an exact zero), and the
     /// same as with every block listed: the sparse and the dense computation agree bit for bit.
     /// </summary>
+    /// <param name="up">The blocks' up matrices stacked: [blocks·blockSize, dim].</param>
+    /// <param name="down">The blocks' down matrices stacked: [blocks·dim, blockSize].</param>
     /// <param name="scores">[x.Rows, blocks] router scores on the host, 0 where a block is off.</param>
     /// <param name="active">Ascending block indices, each with a non-zero score in some row.</param>
-    public virtual void ChunkSparseFfn(Activation x, ReadOnlySpan<DeviceMatrix> up, ReadOnlySpan<DeviceMatrix> down, ReadOnlySpan<int> active,
+    public virtual void ChunkSparseFfn(Activation x, DeviceMatrix up, DeviceMatrix down, int blocks, ReadOnlySpan<int> active,
         ReadOnlySpan<float> scores, Activation dst, bool batchInvariant = false) =>
-        throw new NotSupportedException($"the {Name} backend has no chunk-sparse FFN kernel yet: BlockFFN models run on the CPU");
+        throw new NotSupportedException($"the {Name} backend has no chunk-sparse FFN kernel: BlockFFN models run on the CPU or CUDA");
 
     /// <summary>Checks a <see cref="ChunkSparseFfn"/> request.</summary>
-    protected static void CheckChunkSparseFfn(Activation x, ReadOnlySpan<DeviceMatrix> up, ReadOnlySpan<DeviceMatrix> down, ReadOnlySpan<int> active,
+    protected static void CheckChunkSparseFfn(Activation x, DeviceMatrix up, DeviceMatrix down, int blocks, ReadOnlySpan<int> active,
         ReadOnlySpan<float> scores, Activation dst)
     {
-        int blocks = up.Length;
-        if (blocks == 0 || down.Length != blocks)
-            throw new ArgumentException($"chunk_sparse_ffn: {blocks} up and {down.Length} down blocks");
-        if (scores.Length != (long)x.Rows * blocks || dst.Rows != x.Rows || dst.Cols != down[0].Rows || up[0].Cols != x.Cols)
-            throw new ArgumentException($"chunk_sparse_ffn: x {x}, {blocks} blocks [{up[0].Rows} x {up[0].Cols}], scores {scores.Length}, dst {dst}");
+        if (blocks < 1 || up.Rows % blocks != 0 || down.Rows % blocks != 0 || up.Rows / blocks != down.Cols)
+            throw new ArgumentException($"chunk_sparse_ffn: up [{up.Rows} x {up.Cols}] and down [{down.Rows} x {down.Cols}] are not {blocks} stacked blocks");
+        if (scores.Length != (long)x.Rows * blocks || dst.Rows != x.Rows || dst.Cols != down.Rows / blocks || up.Cols != x.Cols)
+            throw new ArgumentException($"chunk_sparse_ffn: x {x}, {blocks} blocks of [{up.Rows / blocks} x {up.Cols}], scores {scores.Length}, dst {dst}");
         int previous = -1;
         foreach (int e in active)
         {

@@ -155,11 +155,11 @@ public sealed class ProfilingBackend(Backend inner) : Backend
         Add("moe_combine", t);
     }
 
-    public override void ChunkSparseFfn(Activation x, ReadOnlySpan<DeviceMatrix> up, ReadOnlySpan<DeviceMatrix> down, ReadOnlySpan<int> active,
+    public override void ChunkSparseFfn(Activation x, DeviceMatrix up, DeviceMatrix down, int blocks, ReadOnlySpan<int> active,
         ReadOnlySpan<float> scores, Activation dst, bool batchInvariant = false)
     {
         long t = Stopwatch.GetTimestamp();
-        Inner.ChunkSparseFfn(x, up, down, active, scores, dst, batchInvariant);
+        Inner.ChunkSparseFfn(x, up, down, blocks, active, scores, dst, batchInvariant);
         Add("chunk_sparse_ffn", t);
     }
 

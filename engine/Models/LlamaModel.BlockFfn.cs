@@ -34,7 +34,7 @@ public sealed partial class LlamaModel
                 m.Active[active++] = e;
         }
         BlockSparsity!.Record(l, scores, n, blocks);
-        b.ChunkSparseFfn(h, w.Up, w.Down, DenseBlockFfn ? m.All : m.Active.AsSpan(0, active), scores, dst, s.Exact);
+        b.ChunkSparseFfn(h, w.Up, w.Down, blocks, DenseBlockFfn ? m.All : m.Active.AsSpan(0, active), scores, dst, s.Exact);
         Trace?.Invoke("ffn_out", l, dst);
     }
 

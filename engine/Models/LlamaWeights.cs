@@ -44,11 +44,12 @@ public sealed record MoeWeights(DeviceMatrix Router, DeviceMatrix[] Gate, Device
 
 /// <summary>
 /// A BlockFFN layer (<see cref="BlockFfnConfig"/>): the router [blocks, dim] with its optional bias and the
-/// RMSNorm weight over its scores [blocks], and per block its up [blockSize, dim] and down [dim, blockSize]
-/// matrices — views into the stacked <c>ffn_up_exps</c> / <c>ffn_down_exps</c>, each block contiguous.
+/// RMSNorm weight over its scores [blocks]; the blocks' up matrices stacked [blocks·blockSize, dim] (block
+/// e: rows e·blockSize..) and their down matrices stacked [blocks·dim, blockSize] (block e: rows e·dim..) —
+/// the file's <c>ffn_up_exps</c> / <c>ffn_down_exps</c> as they lie, each block contiguous.
 /// </summary>
 /// <remarks>The router norm's weight stays on the host, where the scores are formed.</remarks>
-public sealed record BlockFfnWeights(DeviceMatrix Router, DeviceVector? RouterBias, float[] RouterNorm, DeviceMatrix[] Up, DeviceMatrix[] Down);
+public sealed record BlockFfnWeights(DeviceMatrix Router, DeviceVector? RouterBias, float[] RouterNorm, DeviceMatrix Up, DeviceMatrix Down);
 
 /// <summary>
 /// Finds every tensor a Llama-family decoder needs by its GGUF name, checks its shape against the
@@ -111,6 +112,9 @@ public sealed class LlamaWeights : IDisposable
                 var stacked = Find(stackedName, [cols, rows, experts])!;
                 return Enumerable.Range(0, experts).Select(e => Track(backend.LoadMatrix(stacked.Matrix($"{prefix}{kind}.{e}.weight", e)))).ToArray();
             }
+            // a stack of matrices [cols, rows, count] as one matrix [count·rows, cols] (the same bytes)
+            DeviceMatrix Stacked(string name, int count, int rows, int cols) =>
+                Track(backend.LoadMatrix(Find(name, [cols, rows, count])!.Reshape([cols, (long)rows * count])));
             MoeWeights Moe(string prefix, MoeConfig moe)
             {
                 var router = Matrix(prefix + "ffn_gate_inp.weight", moe.Experts, c.Dim);
@@ -175,8 +179,8 @@ public sealed class LlamaWeights : IDisposable
                         Matrix(p + "ffn_gate_inp.weight", blocks.Blocks, c.Dim),
                         OptionalVector(p + "ffn_gate_inp.bias", blocks.Blocks),
                         HostVector(p + "ffn_router_norm.weight", blocks.Blocks),
-                        Experts(p, "ffn_up", blocks.Blocks, blocks.BlockSize, c.Dim),
-                        Experts(p, "ffn_down", blocks.Blocks, c.Dim, blocks.BlockSize)) : null,
+                        Stacked(p + "ffn_up_exps.weight", blocks.Blocks, blocks.BlockSize, c.Dim),
+                        Stacked(p + "ffn_down_exps.weight", blocks.Blocks, c.Dim, blocks.BlockSize)) : null,
                     // required where the family normalizes q and k (ModelConfig.QkNorm), absent elsewhere
                     QNorm = c.QkNorm is { } qk ? Vector(p + "attn_q_norm.weight", qk.Q) : null,
                     KNorm = c.QkNorm is { } kk ? Vector(p + "attn_k_norm.weight", kk.K) : null,

@@ -285,11 +285,11 @@ public sealed unsafe class CpuBackend : Backend
         ForRows(dst.Rows, RowOp.Add);
     }
 
-    public override void ChunkSparseFfn(Activation x, ReadOnlySpan<DeviceMatrix> up, ReadOnlySpan<DeviceMatrix> down, ReadOnlySpan<int> active,
+    public override void ChunkSparseFfn(Activation x, DeviceMatrix up, DeviceMatrix down, int blocks, ReadOnlySpan<int> active,
         ReadOnlySpan<float> scores, Activation dst, bool batchInvariant = false)
     {
-        CheckChunkSparseFfn(x, up, down, active, scores, dst);
-        int blocks = up.Length, n = x.Rows, size = up[0].Rows, dim = dst.Cols;
+        CheckChunkSparseFfn(x, up, down, blocks, active, scores, dst);
+        int n = x.Rows, size = up.Rows / blocks, dim = dst.Cols;
         var y = Data(dst);
         if (active.IsEmpty)
         {
@@ -299,13 +299,15 @@ public sealed unsafe class CpuBackend : Backend
         var s = _sparse ??= new SparseFfnScratch(blocks);
         if (s.Hidden.Length != blocks)
             s = _sparse = new SparseFfnScratch(blocks);
+        var upBlocks = BlockViews(up, blocks);
+        var downBlocks = BlockViews(down, blocks);
         // the active blocks' up rows: one product over one target per block, the input quantized once
         var targets = s.Targets(active.Length);
         for (int i = 0; i < active.Length; i++)
         {
             int e = active[i];
             var buffer = s.Buffer(e, (long)n * size);
-            targets[i] = new MatMulTarget(up[e], new Activation(buffer, n, size));
+            targets[i] = new MatMulTarget(upBlocks[e], new Activation(buffer, n, size));
         }
         MatMul(x, targets.AsSpan(0, active.Length), batchInvariant);
         for (int i = 0; i < active.Length; i++)
@@ -313,9 +315,9 @@ public sealed unsafe class CpuBackend : Backend
             int e = active[i];
             var hidden = s.Hidden[e]!.Data;
             Kernels.ChunkSparseFfn.Activate(hidden.AsSpan(0, n * size), n, size, scores, blocks, e, s.Sigmoid(size));
-            s.DownViews[e] = ((CpuMatrix)down[e]).View;
+            s.DownViews[e] = downBlocks[e].View;
             s.HiddenArrays[e] = hidden;
-            var kind = QuantizeActivations ? Kernels.MatMul.ActivationFor(down[e].Type) : null;
+            var kind = QuantizeActivations ? Kernels.MatMul.ActivationFor(down.Type) : null;
             if (kind is { } k)
             {
                 var q = s.Quantized[e] ??= new QuantizedActivations();
@@ -330,6 +332,20 @@ public sealed unsafe class CpuBackend : Backend
     }
 
     private SparseFfnScratch? _sparse;
+
+    /// <summary>A stacked matrix's blocks as matrices of their own (views, made once per matrix).</summary>
+    private CpuMatrix[] BlockViews(DeviceMatrix stacked, int blocks)
+    {
+        if (_blockViews.TryGetValue(stacked, out var views) && views.Length == blocks)
+            return views;
+        var view = ((CpuMatrix)stacked).View;
+        int rows = stacked.Rows / blocks;
+        views = Enumerable.Range(0, blocks).Select(e => new CpuMatrix(view.RowSlice($"{stacked.Name}[{e}]", (long)e * rows, rows))).ToArray();
+        _blockViews.AddOrUpdate(stacked, views);
+        return views;
+    }
+
+    private readonly System.Runtime.CompilerServices.ConditionalWeakTable<DeviceMatrix, CpuMatrix[]> _blockViews = new();
 
     /// <summary>Per block: its hidden values [rows, blockSize] and their int8 form; reused from pass to pass.</summary>
     private sealed class SparseFfnScratch(int blocks)
