@@ -20,8 +20,8 @@ namespace Engine.Cuda;
 public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
 {
     private readonly bool _ownsDevice;
-    private readonly HostInput<int> _tokens, _positions, _table, _table2, _rows, _windowStarts, _moeSlots;
-    private readonly HostInput<float> _moeWeights;
+    private readonly HostInput<int> _tokens, _positions, _table, _table2, _rows, _windowStarts, _moeSlots, _sparseActive;
+    private readonly HostInput<float> _moeWeights, _sparseScores;
     private readonly HostInput<ulong> _mask;
     private readonly HostInput<int> _treeParent, _treeToken, _treeQRow, _treeDraw;
     private GpuArray<int>? _decodeIds, _sampled, _acceptOutput;
@@ -65,6 +65,8 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         _rows = new(device, capturing);
         _moeSlots = new(device, capturing);
         _moeWeights = new(device, capturing);
+        _sparseActive = new(device, capturing);
+        _sparseScores = new(device, capturing);
         _mask = new(device, capturing);
         _treeParent = new(device, capturing);
         _treeToken = new(device, capturing);
@@ -554,6 +556,23 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
 
     public override void Scale(Activation x, float s) => Kernels.Add.ScaleF32(Device, Span(x), s, x.Size);
 
+    public override void ChunkSparseFfn(Activation x, DeviceMatrix up, DeviceMatrix down, int blocks, ReadOnlySpan<int> active,
+        ReadOnlySpan<float> scores, Activation dst, bool batchInvariant = false)
+    {
+        CheckChunkSparseFfn(x, up, down, blocks, active, scores, dst);
+        int n = x.Rows, size = up.Rows / blocks, dim = dst.Cols;
+        var activeSpan = _sparseActive.Put(active);
+        var h = Grow(ref _sparseHidden, Math.Max(1L, (long)active.Length * n * size));
+        if (!active.IsEmpty)
+        {
+            Kernels.ChunkSparseFfn.Up(Device, up.Type, ((CudaMatrix)up).Data, blocks, size, x.Cols, Span(x), n, _sparseScores.Put(scores), activeSpan,
+                active.Length, h);
+        }
+        Kernels.ChunkSparseFfn.Down(Device, down.Type, ((CudaMatrix)down).Data, blocks, dim, size, h, n, activeSpan, active.Length, Span(dst));
+    }
+
+    private GpuArray<float>? _sparseHidden;
+
     public override void MoeCombine(Activation src, ReadOnlySpan<int> slots, ReadOnlySpan<float> weights, int k, Activation dst)
     {
         CheckMoeCombine(src, slots, weights, k, dst);
@@ -738,6 +757,9 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         _rows.Dispose();
         _moeSlots.Dispose();
         _moeWeights.Dispose();
+        _sparseActive.Dispose();
+        _sparseScores.Dispose();
+        _sparseHidden?.Dispose();
         _mask.Dispose();
         _treeParent.Dispose();
         _treeToken.Dispose();

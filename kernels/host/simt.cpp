@@ -229,6 +229,7 @@ void run(dim3 grid, dim3 block, void (*body)(void *), void * argument) {
 #include "../sampling.cu"
 #include "../acceptance.cu"
 #include "../moe.cu"
+#include "../chunk_sparse_ffn.cu"
 
 namespace {
 // A kernel of any signature called with CUDA's argument array (args[i] points at parameter i).
@@ -255,8 +256,12 @@ Entry entry(const char * name, void (*f)(A...)) {
     entry("gemv_" #name "_x8", gemv_##name##_x8), entry("gemv_" #name "_glu", gemv_##name##_glu), \
     entry("gemv_" #name "_glu_x8", gemv_##name##_glu_x8), entry("dequantize_" #name "_f16", dequantize_##name##_f16),
 
+#define SPARSE_ENTRIES(name, type) entry("chunk_sparse_up_" #name, chunk_sparse_up_##name), \
+    entry("chunk_sparse_down_" #name, chunk_sparse_down_##name),
+
 const Entry g_entries[] = {
     ENGINE_FOR_EACH_WEIGHT_TYPE(WEIGHT_ENTRIES)
+    ENGINE_FOR_EACH_WEIGHT_TYPE(SPARSE_ENTRIES)
     entry("convert_f32_f16", convert_f32_f16),
     entry("rms_norm_f32", rms_norm_f32),
     entry("rope_f32", rope_f32),

@@ -23,7 +23,13 @@ public class BlockFfnTests
 
     public static IEnumerable<TinySpec> Specs() => [Spec, Spec with { Name = "blockffn-q8_0", WeightType = GgmlType.Q8_0, Seed = 86 }];
 
-    /// <remarks>Tolerances as <see cref="ModelParityTests"/>: float32 against double, and int8 activations for quantized weights.</remarks>
+    /// <remarks>
+    /// Float32 against double: 2e-5 of the logits' scale, as <see cref="ModelParityTests"/>. The int8
+    /// activations of quantized weights are not compared with the reference: the router's RMSNorm over
+    /// mostly-zero scores amplifies their errors near a block's on/off boundary without bound (see
+    /// <see cref="ModelParityTests.Gguf_model_logits_match_the_reference_forward"/>); that path is checked
+    /// against the dense computation bit for bit below.
+    /// </remarks>
     [TestCaseSource(nameof(Specs))]
     public void Logits_match_the_reference_forward(TinySpec spec)
     {
@@ -36,8 +42,10 @@ public class BlockFfnTests
             Assert.That(exact.Config.BlockFfn, Is.EqualTo(new BlockFfnConfig(12, 32)));
             ModelParityTests.AssertLogitsMatch(exact, reference);
         }
+        if (spec.WeightType != GgmlType.F32)
+            return;
         using var fast = LanguageModel.Load(path, new ModelOptions { Threads = 2 });
-        ModelParityTests.AssertLogitsMatch(fast, reference, spec.WeightType == GgmlType.F32 ? 2e-5 : 3e-2);
+        ModelParityTests.AssertLogitsMatch(fast, reference);
     }
 
     /// <summary>

@@ -645,6 +645,43 @@ public abstract partial class GpuSuite
         ModelParityTests.AssertLogitsMatch(lm, model.ReferenceLogits(ModelParityTests.Prompt), half ? 1e-2 : 2e-5);
     }
 
+    /// <summary>
+    /// chunk_sparse_ffn.cu: BlockFFN's sparse path equals the dense computation of the same layers bit for
+    /// bit on the device too (blocks outside a token's set add exact zeros, in ascending order), for a
+    /// 14-row chunk and for decoding rows; and a chunk gives each row the logits it gets alone.
+    /// </summary>
+    [TestCase(GgmlType.F32)]
+    [TestCase(GgmlType.Q8_0)]
+    public void Chunk_sparse_ffn_equals_the_dense_computation(GgmlType type)
+    {
+        var model = TinyModel.Random(new TinySpec("sparse-gpu", Arch: "blockffn", WeightType: type, Heads: 4, KvHeads: 2, Experts: 12, Ffn: 32, Seed: 87));
+        using var dir = new TempDir();
+        using var gpu = LoadOnGpu(model.WriteGguf(dir.File("m.gguf")), useCuBlas: false);
+        int[] prompt = ModelParityTests.Prompt;
+        int n = prompt.Length, vocab = gpu.Config.VocabSize;
+        float[] Run(bool dense)
+        {
+            gpu.Network.DenseBlockFfn = dense;
+            using var cache = gpu.Network.CreateKvCache(64);
+            using var seq = cache.CreateSequence();
+            var logits = new float[n * vocab];
+            gpu.Network.Forward(seq, prompt, Enumerable.Range(0, n).ToArray(), AttentionMask.Causal, Enumerable.Range(0, n).ToArray(), logits, batchInvariant: true);
+            return logits;
+        }
+        var sparse = Run(dense: false);
+        Assert.That(Run(dense: true), Is.EqualTo(sparse));
+        gpu.Network.DenseBlockFfn = false;
+        Assert.That(gpu.Network.BlockSparsity!.TokenLevel(0), Is.GreaterThan(0.3), "the chunk really skipped blocks");
+        using var c = gpu.Network.CreateKvCache(64);
+        using var single = c.CreateSequence();
+        var one = new float[vocab];
+        for (int t = 0; t < n; t++)
+        {
+            gpu.Network.Forward(single, [prompt[t]], [t], AttentionMask.Causal, [0], one, batchInvariant: true);
+            Assert.That(one, Is.EqualTo(sparse.AsSpan(t * vocab, vocab).ToArray()), $"row {t}");
+        }
+    }
+
     [Test]
     public void Forward_with_a_tree_mask_matches_the_cpu_backend()
     {

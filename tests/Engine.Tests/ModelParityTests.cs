@@ -70,6 +70,10 @@ public class ModelParityTests
             SeparateExperts: true, Seed: 71);
         yield return new TinySpec("qwen2moe-shared", Arch: "qwen2moe", Heads: 4, KvHeads: 2, QkvBias: true, Experts: 6, ExpertsUsed: 2,
             SharedFfn: 128, Seed: 72);
+        // BlockFFN: a ReLU router with biases and an RMSNorm over its scores, blocks stacked; MiniCPM's multipliers
+        yield return new TinySpec("blockffn-12x32", Arch: "blockffn", Heads: 4, KvHeads: 2, Experts: 12, Ffn: 32, Seed: 74,
+            EmbeddingScale: 12f, ResidualScale: 0.22f, LogitScale: 4f);
+        yield return new TinySpec("blockffn-q8_0", Arch: "blockffn", WeightType: GgmlType.Q8_0, Heads: 4, KvHeads: 2, Experts: 12, Ffn: 32, Seed: 75);
         yield return new TinySpec("qwen3moe-q4_0", Arch: "qwen3moe", WeightType: GgmlType.Q4_0, Heads: 4, KvHeads: 2, HeadDimOverride: 32,
             Experts: 8, ExpertsUsed: 3, Seed: 73);
     }
@@ -88,10 +92,17 @@ public class ModelParityTests
             Assert.That(exact.Network.TiedOutput, Is.EqualTo(spec.Tied));
             AssertLogitsMatch(exact, reference);
         }
-        using var fast = LanguageModel.Load(path, new ModelOptions { Threads = 2 });
         // Quantized types use int8 activations in their row kernels (Q8_0, Q4_0, Q4_K, Q6_K) and, for a
         // batch, in the matrix kernels (every quantized type).
         bool int8 = Backends.Cpu.Kernels.MatMul.ActivationFor(spec.WeightType) is not null || Backends.Cpu.Kernels.DecodedRows.Supports(spec.WeightType);
+        // BlockFFN's router normalizes mostly-zero ReLU outputs with RMSNorm: for a token with one block
+        // barely on, its score is r/√(r²/blocks + eps), a gain of up to 1/√eps ≈ 316 on r, so the int8 errors
+        // of the layers before (0.4% of the router's logits' scale) can move such a score by its whole size.
+        // No tolerance of that kind bounds it; the exact path above is checked, and BlockFfnTests checks the
+        // int8 path against the dense computation bit for bit.
+        if (spec.BlockFfn && int8)
+            return;
+        using var fast = LanguageModel.Load(path, new ModelOptions { Threads = 2 });
         AssertLogitsMatch(fast, reference, int8 ? Int8ActivationTolerance : Tolerance);
     }
 
