@@ -239,6 +239,30 @@ public abstract class Backend : IDisposable
     public abstract void MoeCombine(Activation src, ReadOnlySpan<int> slots, ReadOnlySpan<float> weights, int k, Activation dst);
 
     /// <summary>
+    /// Several products with inputs of their own in one go: targets[i].Output = inputs[i]·targets[i].Weightsᵀ
+    /// (+ bias) — the experts of a MoE layer, each over its own few rows. Each product gives the bits
+    /// <see cref="MatMul(Activation, ReadOnlySpan{MatMulTarget}, bool)"/> gives it under batch-invariant
+    /// arithmetic; a backend may run them all in one parallel pass (the CPU does, for up to
+    /// <see cref="GroupedRows"/> rows per input), where one call per product would pay its start-up each.
+    /// </summary>
+    public virtual void MatMulGroups(ReadOnlySpan<Activation> inputs, ReadOnlySpan<MatMulTarget> targets)
+    {
+        if (inputs.Length != targets.Length)
+            throw new ArgumentException($"matmul groups: {inputs.Length} inputs for {targets.Length} products");
+        for (int i = 0; i < targets.Length;)
+        {
+            int j = i + 1; // consecutive products of the same input share a call
+            while (j < targets.Length && inputs[j] == inputs[i])
+                j++;
+            MatMul(inputs[i], targets[i..j], batchInvariant: true);
+            i = j;
+        }
+    }
+
+    /// <summary>Most rows per input <see cref="MatMulGroups"/> takes (decoding and verification batches).</summary>
+    public const int GroupedRows = 16;
+
+    /// <summary>
     /// BlockFFN's chunk-sparse feed-forward (Song et al., 2025; <see cref="Models.BlockFfnConfig"/>) for the
     /// rows of <paramref name="x"/> (a chunk: one decoding token, a verified draft, a prefill tile):
     /// dst[t] = Σ_{e ∈ active} down_e · (silu(up_e · x[t]) · scores[t, e]), blocks in ascending order,

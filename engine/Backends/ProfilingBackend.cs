@@ -148,6 +148,13 @@ public sealed class ProfilingBackend(Backend inner) : Backend
         Add("add", t);
     }
 
+    public override void MatMulGroups(ReadOnlySpan<Activation> inputs, ReadOnlySpan<MatMulTarget> targets)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.MatMulGroups(inputs, targets);
+        Add($"matmul_groups {(targets.IsEmpty ? "" : targets[0].Weights.Type.ToString())} x{targets.Length}", t);
+    }
+
     public override void MoeCombine(Activation src, ReadOnlySpan<int> slots, ReadOnlySpan<float> weights, int k, Activation dst)
     {
         long t = Stopwatch.GetTimestamp();

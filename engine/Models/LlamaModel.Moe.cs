@@ -37,11 +37,26 @@ public sealed partial class LlamaModel
         b.Download(logits, hostLogits);
         Route(hostLogits, n, c, m);
 
-        // Each expert over its rows: gathered, the SwiGLU FFN, the output into rows offset[e].. of Y.
+        if (n <= Backend.GroupedRows)
+            SmallBatchExperts(s, w, c, h, m);
+        else
+            ExpertByExpert(s, w, c, h, m);
+        b.MoeCombine(m.Y.WithRows(n * slots), m.Slots.AsSpan(0, n * slots), m.Weights.AsSpan(0, n * slots), slots, dst);
+        Trace?.Invoke("ffn_moe_out", l, dst);
+    }
+
+    /// <summary>
+    /// A batch of prefill size: expert by expert, each over its gathered rows with the matrix kernels
+    /// (the shared expert over all rows), outputs into rows offset[e].. of Y.
+    /// </summary>
+    private void ExpertByExpert(in Step s, MoeWeights w, MoeConfig c, Activation h, MoeScratch m)
+    {
+        var b = Backend;
+        int n = h.Rows, k = c.Used, slots = c.Slots;
         // the step's FFN buffers, seen as [rows, expert width] (they are as wide as the widest FFN)
         var gate = new Activation(s.Gate.Buffer, n, c.ExpertFfn);
         var up = new Activation(s.Up.Buffer, n, c.ExpertFfn);
-        for (int e = 0; e < experts; e++)
+        for (int e = 0; e < c.Experts; e++)
         {
             int count = m.Count[e], offset = m.Offset[e];
             if (count == 0)
@@ -63,20 +78,91 @@ public sealed partial class LlamaModel
         }
         if (w.SharedGate is not null)
         {
-            var sharedLogits = m.HostShared.AsSpan(0, n);
-            b.Download(m.SharedLogits.WithRows(n), sharedLogits);
-            for (int t = 0; t < n; t++)
-            {
-                m.Slots[t * slots + k] = n * k + t;
-                m.Weights[t * slots + k] = 1f / (1f + MathF.Exp(-sharedLogits[t]));
-            }
+            SharedWeights(m, n, k, slots);
             var sharedGate = new Activation(s.Gate.Buffer, n, c.SharedFfn);
             b.GatedFfn(h, w.SharedGate, w.SharedUp!, sharedGate, new Activation(s.Up.Buffer, n, c.SharedFfn), s.Exact);
             b.MatMul(sharedGate, w.SharedDown!, m.ExpertOut.WithRows(n), s.Exact);
             b.CopyRows(m.ExpertOut, 0, m.Y, n * k, n);
         }
-        b.MoeCombine(m.Y.WithRows(n * slots), m.Slots.AsSpan(0, n * slots), m.Weights.AsSpan(0, n * slots), slots, dst);
-        Trace?.Invoke("ffn_moe_out", l, dst);
+    }
+
+    /// <summary>
+    /// Decoding and verification batches (up to <see cref="Backend.GroupedRows"/> rows): every chosen
+    /// expert's gate and up products in one <see cref="Backend.MatMulGroups"/> call, SwiGLU, then every
+    /// down product in a second — two parallel passes per layer however many experts the rows chose,
+    /// instead of two per expert.
+    /// </summary>
+    private void SmallBatchExperts(in Step s, MoeWeights w, MoeConfig c, Activation h, MoeScratch m)
+    {
+        var b = Backend;
+        int n = h.Rows, k = c.Used, slots = c.Slots, used = 0;
+        var inputs = m.Inputs;
+        var targets = m.Targets;
+        for (int e = 0; e < c.Experts; e++)
+        {
+            int count = m.Count[e];
+            if (count == 0)
+                continue;
+            var slot = m.Slot(b, used, c);
+            var input = h;
+            if (count < n)
+            {
+                input = slot.X.WithRows(count);
+                b.GatherRows(h, m.Tokens.AsSpan(m.Offset[e], count), input);
+            }
+            inputs[2 * used] = inputs[2 * used + 1] = input;
+            targets[2 * used] = new MatMulTarget(w.Gate[e], slot.Gate.WithRows(count));
+            targets[2 * used + 1] = new MatMulTarget(w.Up[e], slot.Up.WithRows(count));
+            m.SlotExpert[used++] = e;
+        }
+        int products = 2 * used;
+        var shared = w.SharedGate is not null ? m.Shared(b, c) : null;
+        if (shared is not null)
+        {
+            inputs[products] = inputs[products + 1] = h;
+            targets[products++] = new MatMulTarget(w.SharedGate!, shared.Gate.WithRows(n));
+            targets[products++] = new MatMulTarget(w.SharedUp!, shared.Up.WithRows(n));
+        }
+        b.MatMulGroups(inputs.AsSpan(0, products), targets.AsSpan(0, products));
+
+        products = 0;
+        for (int j = 0; j < used; j++)
+        {
+            int e = m.SlotExpert[j], count = m.Count[e];
+            var slot = m.Slot(b, j, c);
+            b.SwiGlu(slot.Gate.WithRows(count), slot.Up.WithRows(count), slot.Gate.WithRows(count));
+            inputs[products] = slot.Gate.WithRows(count);
+            targets[products++] = new MatMulTarget(w.Down[e], slot.Out.WithRows(count));
+        }
+        if (shared is not null)
+        {
+            b.SwiGlu(shared.Gate.WithRows(n), shared.Up.WithRows(n), shared.Gate.WithRows(n));
+            inputs[products] = shared.Gate.WithRows(n);
+            targets[products++] = new MatMulTarget(w.SharedDown!, shared.Out.WithRows(n));
+        }
+        b.MatMulGroups(inputs.AsSpan(0, products), targets.AsSpan(0, products));
+        for (int j = 0; j < used; j++)
+        {
+            int e = m.SlotExpert[j];
+            b.CopyRows(m.Slot(b, j, c).Out, 0, m.Y, m.Offset[e], m.Count[e]);
+        }
+        if (shared is not null)
+        {
+            SharedWeights(m, n, k, slots);
+            b.CopyRows(shared.Out, 0, m.Y, n * k, n);
+        }
+    }
+
+    /// <summary>The shared expert's row of each token: its output rows after the routed ones, weighted by sigmoid(gate logit).</summary>
+    private void SharedWeights(MoeScratch m, int n, int k, int slots)
+    {
+        var sharedLogits = m.HostShared.AsSpan(0, n);
+        Backend.Download(m.SharedLogits.WithRows(n), sharedLogits);
+        for (int t = 0; t < n; t++)
+        {
+            m.Slots[t * slots + k] = n * k + t;
+            m.Weights[t * slots + k] = 1f / (1f + MathF.Exp(-sharedLogits[t]));
+        }
     }
 
     /// <summary>
@@ -160,6 +246,11 @@ public sealed partial class LlamaModel
             Weights = new float[rows * c.Slots];
             Count = new int[c.Experts];
             Offset = new int[c.Experts];
+            int most = Math.Min(c.Experts, Backend.GroupedRows * c.Used);
+            _slots = new ExpertSlot?[most];
+            Inputs = new Activation[2 * most + 2];
+            Targets = new MatMulTarget[2 * most + 2];
+            SlotExpert = new int[most];
         }
 
         /// <summary>[rows, experts] router logits; [rows, 1] the shared expert's gate logit.</summary>
@@ -174,9 +265,48 @@ public sealed partial class LlamaModel
         /// <summary>Per expert: its rows (then its cursor while placing them) and its first row in Y.</summary>
         public int[] Count, Offset;
 
+        /// <summary>A small batch's buffers for the j-th expert it uses (made on first use, <see cref="Backend.GroupedRows"/> rows).</summary>
+        public ExpertSlot Slot(Backend b, int j, MoeConfig c) => _slots[j] ??= new ExpertSlot(b, X.Cols, c.ExpertFfn);
+
+        /// <summary>The shared expert's buffers for a small batch.</summary>
+        public ExpertSlot Shared(Backend b, MoeConfig c) => _shared ??= new ExpertSlot(b, X.Cols, c.SharedFfn);
+
+        private readonly ExpertSlot?[] _slots;
+        private ExpertSlot? _shared;
+
+        /// <summary>A small batch's products: two per expert and two for the shared one.</summary>
+        public Activation[] Inputs;
+        public MatMulTarget[] Targets;
+        /// <summary>The expert each slot holds.</summary>
+        public int[] SlotExpert;
+
         public void Dispose()
         {
             foreach (var a in new[] { RouterLogits, SharedLogits, X, ExpertOut, Y })
+                a.Buffer.Dispose();
+            foreach (var slot in _slots)
+                slot?.Dispose();
+            _shared?.Dispose();
+        }
+    }
+
+    /// <summary>One expert's rows in a small batch: its gathered input, gate (then SwiGLU), up and output.</summary>
+    private sealed class ExpertSlot : IDisposable
+    {
+        public ExpertSlot(Backend b, int dim, int ffn)
+        {
+            int rows = Backend.GroupedRows;
+            X = new Activation(b.Allocate((long)rows * dim), rows, dim);
+            Gate = new Activation(b.Allocate((long)rows * ffn), rows, ffn);
+            Up = new Activation(b.Allocate((long)rows * ffn), rows, ffn);
+            Out = new Activation(b.Allocate((long)rows * dim), rows, dim);
+        }
+
+        public readonly Activation X, Gate, Up, Out;
+
+        public void Dispose()
+        {
+            foreach (var a in new[] { X, Gate, Up, Out })
                 a.Buffer.Dispose();
         }
     }

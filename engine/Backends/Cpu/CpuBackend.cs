@@ -285,6 +285,126 @@ public sealed unsafe class CpuBackend : Backend
         ForRows(dst.Rows, RowOp.Add);
     }
 
+    public override void MatMulGroups(ReadOnlySpan<Activation> inputs, ReadOnlySpan<MatMulTarget> targets)
+    {
+        if (inputs.Length != targets.Length)
+            throw new ArgumentException($"matmul groups: {inputs.Length} inputs for {targets.Length} products");
+        int totalRows = 0;
+        for (int i = 0; i < targets.Length; i++)
+        {
+            var (w, dst) = targets[i];
+            var x = inputs[i];
+            if (x.Cols != w.Cols || dst.Cols != w.Rows || dst.Rows != x.Rows)
+                throw new ArgumentException($"matmul {w.Name}: x {x} · W [{w.Rows} x {w.Cols}]ᵀ → dst {dst}");
+            if (x.Rows > GroupedRows)
+            {
+                base.MatMulGroups(inputs, targets); // big batches: the matrix kernels, product by product
+                return;
+            }
+            totalRows += w.Rows;
+        }
+        if (targets.IsEmpty)
+            return;
+        // each distinct input quantized once, for each int8 format its products need
+        var work = _groups;
+        work.Begin(targets.Length);
+        for (int i = 0; i < targets.Length; i++)
+        {
+            var x = inputs[i];
+            var w = ((CpuMatrix)targets[i].Weights).View;
+            var kind = QuantizeActivations ? Kernels.MatMul.ActivationFor(w.Type) : null;
+            QuantizedActivations? q = null;
+            if (kind is { } k)
+            {
+                for (int j = 0; j < i && q is null; j++)
+                {
+                    if (inputs[j] == x && work.InputKind(j) == k)
+                        q = work.Input(j);
+                }
+                q ??= work.Quantize(Data(x), x.Rows, x.Cols, k);
+            }
+            work.Add(w, Array(x), x.Rows, Array(targets[i].Output), q, kind);
+        }
+        // Two chunks per thread: these products are small (a few MiB), and each chunk costs a start-up
+        // (measured on the 8-expert Q4_0 model: 4 chunks on 2 threads decode 4-6% faster than 16, 2 slower)
+        _pool.Run(work, Math.Min(totalRows, Threads * 2), Threads);
+        foreach (var t in targets)
+        {
+            if (t.Bias is not null)
+                AddBias(t.Output, t.Bias);
+        }
+    }
+
+    private readonly GroupedMatMulWork _groups = new();
+
+    /// <summary>
+    /// Products with inputs of their own in one parallel pass: rows of all products numbered one after
+    /// another, each chunk a contiguous range, each product on the row kernels (the bits of a
+    /// batch-invariant <see cref="MatMul(Activation, ReadOnlySpan{MatMulTarget}, bool)"/>).
+    /// </summary>
+    private sealed class GroupedMatMulWork : IParallelWork
+    {
+        private TensorView[] _w = new TensorView[8];
+        private float[][] _x = new float[8][], _y = new float[8][];
+        private int[] _n = new int[8];
+        private QuantizedActivations?[] _q = new QuantizedActivations?[8];
+        private ActivationBlock?[] _kinds = new ActivationBlock?[8];
+        private readonly List<QuantizedActivations> _pool = [];
+        private int _count, _quantized, _totalRows;
+
+        public void Begin(int count)
+        {
+            if (_w.Length < count)
+            {
+                int size = Math.Max(count, 2 * _w.Length);
+                System.Array.Resize(ref _w, size);
+                System.Array.Resize(ref _x, size);
+                System.Array.Resize(ref _y, size);
+                System.Array.Resize(ref _n, size);
+                System.Array.Resize(ref _q, size);
+                System.Array.Resize(ref _kinds, size);
+            }
+            _count = _quantized = _totalRows = 0;
+        }
+
+        public QuantizedActivations? Input(int i) => _q[i];
+
+        public ActivationBlock? InputKind(int i) => _kinds[i];
+
+        public QuantizedActivations Quantize(ReadOnlySpan<float> x, int rows, int cols, ActivationBlock kind)
+        {
+            if (_pool.Count == _quantized)
+                _pool.Add(new QuantizedActivations());
+            var q = _pool[_quantized++];
+            q.Quantize(x, rows, cols, kind);
+            return q;
+        }
+
+        public void Add(TensorView w, float[] x, int n, float[] y, QuantizedActivations? q, ActivationBlock? kind)
+        {
+            (_w[_count], _x[_count], _n[_count], _y[_count], _q[_count], _kinds[_count]) = (w, x, n, y, q, kind);
+            _totalRows += checked((int)w.RowCount);
+            _count++;
+        }
+
+        public void Execute(int chunk, int chunks)
+        {
+            var (start, end) = WorkerPool.Range(_totalRows, chunk, chunks);
+            int first = 0;
+            for (int i = 0; i < _count && start < end; i++)
+            {
+                int rows = (int)_w[i].RowCount;
+                if (start < first + rows)
+                {
+                    int localEnd = Math.Min(end, first + rows) - first;
+                    Kernels.MatMul.Rows(_w[i], _x[i], _q[i], null, null, _n[i], _y[i], start - first, localEnd);
+                    start = first + localEnd;
+                }
+                first += rows;
+            }
+        }
+    }
+
     public override void ChunkSparseFfn(Activation x, DeviceMatrix up, DeviceMatrix down, int blocks, ReadOnlySpan<int> active,
         ReadOnlySpan<float> scores, Activation dst, bool batchInvariant = false)
     {
