@@ -20,6 +20,9 @@
 #   bench8b  engine bench on the Llama-3-8B shape in Q8_0 and Q4_K_M (synthesized here), prompt 512 and 4096.
 #   families engine bench (Q4_K_M, prompt 512 and 4096) on the Gemma 2 2B, Gemma 3 1B and Qwen3 0.6B shapes:
 #            sliding-window layers, soft caps, GeGLU, 256-wide heads, per-head q/k norms on the device.
+#   moe      engine bench on a Mixtral-shape MoE (8 experts, top-2, Q4_0 and Q8_0; llama.cpp as the peer) and a
+#            BlockFFN shape at TLS 0.8 / CLS(8) 0.7: pp8 (an 8-token chunk, what verification runs) and tg,
+#            chunk-sparse against --dense-ffn on the same weights, plus spec-bench --verify-cost.
 #   serve    tools/bench/serve-load --device cuda on a 110M-shape Q4_0 model (synthesized here): 16
 #            streaming clients against one (continuous batching on the device), a cached ~1,000-token
 #            system prompt against the first, a 64-client soak of 30 s, then again with --spec 8; output into serve-load.txt
@@ -170,6 +173,31 @@ qwen3-0.6b|--arch qwen3 --dim 1024 --layers 28 --heads 16 --kv-heads 8 --head-di
     rm -f "$models/$name.gguf"
   done <<< "$shapes"
   cat "$OUT/bench.jsonl"
+fi
+if want moe; then
+  step "engine bench on the MoE shapes: Mixtral-like top-2 of 8, and BlockFFN chunk-sparse against dense"
+  # MOE_SHAPE / BLOCKFFN_SHAPE / MOE_DEVICE override (a dry run without a GPU: tiny shapes, --device cpu)
+  dev=${MOE_DEVICE:-cuda}
+  # shellcheck disable=SC2086
+  "$bin/engine" synth --like .device/shared/vocab/ggml-vocab-llama-spm.gguf --arch mixtral \
+    ${MOE_SHAPE:---dim 2048 --layers 16 --heads 16 --kv-heads 4 --ffn 5632 --experts 8 --experts-used 2} --type F16 "$models/mix-f16.gguf" || status=1
+  for t in Q4_0 Q8_0; do
+    "$bin/engine" quantize "$models/mix-f16.gguf" "$models/mix-${t,,}.gguf" "$t" --threads 16 || status=1
+    "$bin/engine" bench -m "$models/mix-${t,,}.gguf" --device "$dev" -p 512 -n 128 -r 3 --json >> "$OUT/bench.jsonl" || status=1
+    peer "$models/mix-${t,,}.gguf" 512 128 3
+  done
+  rm -f "$models"/mix-*.gguf
+  # shellcheck disable=SC2086
+  "$bin/engine" synth --like .device/shared/vocab/ggml-vocab-llama-spm.gguf --arch blockffn \
+    ${BLOCKFFN_SHAPE:---dim 2048 --layers 24 --heads 16 --kv-heads 4 --experts 64 --ffn 128} --sparsity 0.8 --chunk-locality 0.7 \
+    --type F16 "$models/bffn.gguf" || status=1
+  for dense in "" --dense-ffn; do
+    "$bin/engine" bench -m "$models/bffn.gguf" --device "$dev" $dense -p 8 -n 128 -r 9 --json >> "$OUT/bench.jsonl" || status=1
+    "$bin/engine" bench -m "$models/bffn.gguf" --device "$dev" $dense -p 512 -n 0 -r 3 --json >> "$OUT/bench.jsonl" || status=1
+  done
+  "$bin/engine" spec-bench -m "$models/bffn.gguf" --device "$dev" --verify-cost 1,2,4,8,16,32,64 -r 9 --json >> "$OUT/spec-bench.jsonl" || status=1
+  rm -f "$models/bffn.gguf"
+  tail -n 12 "$OUT/bench.jsonl"
 fi
 if want serve; then
   step "serve-load --device cuda on the 110M shape"
