@@ -6,49 +6,18 @@
 //   chunk_sparse_down_<type>: y[c, r]    = Σ_i down_e[r, :] · h[i, c, :]       i ascending
 // The blocks' up matrices are stacked [blocks·size, cols] (block e: rows e·size..), the down matrices
 // [blocks·dim, size] (block e: rows e·dim..): each active block is a contiguous run of rows. Every weight
-// row's dot product is gemv.cu's dot_row, so a row of x gets the same bits whatever else is in the chunk,
+// row's dot product is dot_row (dot_row.cuh), so a row of x gets the same bits whatever else is in the chunk,
 // and a block in the union that a token leaves off adds an exact zero to that token's sum.
 // CPU reference: engine/Backends/Cpu/Kernels/ChunkSparseFfn.cs (same order of blocks; the CPU's products
 // differ in rounding, so the two agree to float32 tolerance).
 // Launcher:      managed/Kernels/ChunkSparseFfn.cs.
 #include "common.cuh"
 #include "quant.cuh"
+#include "dot_row.cuh"
 
 #define SPARSE_WARPS 4
 #define SPARSE_THREADS (SPARSE_WARPS * ENGINE_WARP_SIZE)
 #define SPARSE_COLS 8
-
-template <typename T, int MAXC>
-static __device__ __forceinline__ void sparse_dot_row(const uint8_t * __restrict__ wr, const float * __restrict__ x, int cols, int ncols,
-                                                      float (&sum)[MAXC]) {
-    const int lane = threadIdx.x % ENGINE_WARP_SIZE;
-    const int chunks = cols / T::QK * T::CHUNKS;
-#pragma unroll
-    for (int c = 0; c < MAXC; c++) {
-        sum[c] = 0.0f;
-    }
-    for (int k = lane; k < chunks; k += ENGINE_WARP_SIZE) {
-        const int blk = k / T::CHUNKS, part = k % T::CHUNKS;
-        float v[T::VALS];
-        T::load(wr + (long long) blk * T::BYTES, part, v);
-        const float * xb = x + blk * T::QK;
-#pragma unroll
-        for (int c = 0; c < MAXC; c++) {
-            if (c < ncols) {
-                float xv[T::VALS];
-                T::load_x(xb + (long long) c * cols, part, xv);
-#pragma unroll
-                for (int i = 0; i < T::VALS; i++) {
-                    sum[c] = fmaf(v[i], xv[i], sum[c]);
-                }
-            }
-        }
-    }
-#pragma unroll
-    for (int c = 0; c < MAXC; c++) {
-        sum[c] = warp_reduce_sum(sum[c]);
-    }
-}
 
 // Up: warp k of block b takes row j = 4b + k of the active blocks' rows (active block i = j / size, its
 // row j % size) and every token of the chunk, eight at a time.
@@ -68,7 +37,7 @@ static __device__ void chunk_sparse_up(const uint8_t * __restrict__ up, long lon
     for (int c0 = 0; c0 < n; c0 += SPARSE_COLS) {
         const int ncols = min(SPARSE_COLS, n - c0);
         float sum[SPARSE_COLS];
-        sparse_dot_row<T, SPARSE_COLS>(wr, x + (long long) c0 * cols, cols, ncols, sum);
+        dot_row<T, SPARSE_COLS>(wr, x + (long long) c0 * cols, cols, ncols, sum);
         if (lane == 0) {
 #pragma unroll
             for (int c = 0; c < SPARSE_COLS; c++) {
@@ -104,7 +73,7 @@ static __device__ void chunk_sparse_down(const uint8_t * __restrict__ down, long
         for (int i = 0; i < n_active; i++) {
             const uint8_t * wr = down + ((long long) active[i] * dim + r) * row_bytes;
             float sum[SPARSE_COLS];
-            sparse_dot_row<T, SPARSE_COLS>(wr, h + ((long long) i * n + c0) * size, size, ncols, sum);
+            dot_row<T, SPARSE_COLS>(wr, h + ((long long) i * n + c0) * size, size, ncols, sum);
 #pragma unroll
             for (int c = 0; c < SPARSE_COLS; c++) {
                 acc[c] = __fadd_rn(acc[c], sum[c]);

@@ -573,6 +573,50 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
 
     private GpuArray<float>? _sparseHidden;
 
+    public override DeviceMatrix? RowView(DeviceMatrix matrix, long start, int rows, string name)
+    {
+        var m = (CudaMatrix)matrix;
+        if (start < 0 || rows <= 0 || start + rows > m.Rows)
+            throw new ArgumentOutOfRangeException(nameof(start), $"{m.Name}: rows {start}..{start + rows - 1} of {m.Rows}");
+        long rowBytes = GgmlTypeInfo.RowBytes(m.Type, m.Cols);
+        return new CudaMatrix(name, m.Type, rows, m.Cols, m.Data.Slice(start * rowBytes, rows * rowBytes));
+    }
+
+    /// <summary>
+    /// Routing, every chosen expert's gate and up rows, and every down row with the weighted sum, in three
+    /// launches (moe.cu) and no host round trip; the shared expert through the usual kernels, added last.
+    /// </summary>
+    public override bool RoutedExperts(Activation h, Activation routerLogits, Models.ExpertStacks experts, int k, bool normalize,
+        Models.SharedExpert? shared, Activation dst)
+    {
+        var (gate, up, down) = ((CudaMatrix)experts.Gate, (CudaMatrix)experts.Up, (CudaMatrix)experts.Down);
+        int n = h.Rows, count = experts.Experts, ffn = gate.Rows / count, dim = dst.Cols;
+        if (n > GroupedRows || gate.Type != up.Type || !WeightFormats.IsSupported(gate.Type) || !WeightFormats.IsSupported(down.Type)
+            || gate.Cols % WeightFormats.ValuesPerBlock(gate.Type) != 0 || ffn % WeightFormats.ValuesPerBlock(down.Type) != 0)
+            return false;
+        var chosen = Grow(ref _moeChosen, (long)n * k);
+        var weights = Grow(ref _moeRouteWeights, (long)n * k);
+        var hidden = Grow(ref _moeHidden, (long)n * k * ffn);
+        Kernels.Moe.Route(Device, Span(routerLogits), n, count, k, normalize, chosen, weights);
+        Kernels.Moe.Glu(Device, gate.Type, gate.Data, up.Data, count, ffn, h.Cols, Span(h), n, chosen, k, hidden);
+        Kernels.Moe.Down(Device, down.Type, down.Data, count, dim, ffn, hidden, n, chosen, weights, k, Span(dst));
+        if (shared is { } sh)
+        {
+            int width = sh.Gate.Rows;
+            var g = new Activation(_moeSharedGate ??= Allocate((long)GroupedRows * width), n, width);
+            var u = new Activation(_moeSharedUp ??= Allocate((long)GroupedRows * width), n, width);
+            var o = new Activation(_moeSharedOut ??= Allocate((long)GroupedRows * dim), n, dim);
+            GatedFfn(h, sh.Gate, sh.Up, g, u, batchInvariant: true);
+            MatMul(g, sh.Down, o, batchInvariant: true);
+            Kernels.Moe.AddGated(Device, Span(dst), Span(o), Span(sh.GateLogits), n, dim);
+        }
+        return true;
+    }
+
+    private GpuArray<int>? _moeChosen;
+    private GpuArray<float>? _moeRouteWeights, _moeHidden;
+    private DeviceBuffer? _moeSharedGate, _moeSharedUp, _moeSharedOut;
+
     public override void MoeCombine(Activation src, ReadOnlySpan<int> slots, ReadOnlySpan<float> weights, int k, Activation dst)
     {
         CheckMoeCombine(src, slots, weights, k, dst);
@@ -760,6 +804,12 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
         _sparseActive.Dispose();
         _sparseScores.Dispose();
         _sparseHidden?.Dispose();
+        _moeChosen?.Dispose();
+        _moeRouteWeights?.Dispose();
+        _moeHidden?.Dispose();
+        _moeSharedGate?.Dispose();
+        _moeSharedUp?.Dispose();
+        _moeSharedOut?.Dispose();
         _mask.Dispose();
         _treeParent.Dispose();
         _treeToken.Dispose();
@@ -880,11 +930,22 @@ internal sealed class CudaBuffer(GpuArray<float> data) : DeviceBuffer
 }
 
 /// <summary>A weight matrix in device memory, in its GGUF block format.</summary>
-internal sealed class CudaMatrix(string name, GgmlType type, int rows, int cols, GpuArray<byte> data) : DeviceMatrix(name, type, rows, cols)
+/// <summary>A weight matrix in device memory: its own allocation, or a view of rows of another (an expert of a stack), which frees nothing.</summary>
+internal sealed class CudaMatrix : DeviceMatrix
 {
-    public DeviceSpan<byte> Data => data.Span;
+    private readonly GpuArray<byte>? _owned;
 
-    public override void Dispose() => data.Dispose();
+    public CudaMatrix(string name, GgmlType type, int rows, int cols, GpuArray<byte> data) : base(name, type, rows, cols)
+    {
+        _owned = data;
+        Data = data.Span;
+    }
+
+    public CudaMatrix(string name, GgmlType type, int rows, int cols, DeviceSpan<byte> view) : base(name, type, rows, cols) => Data = view;
+
+    public DeviceSpan<byte> Data { get; }
+
+    public override void Dispose() => _owned?.Dispose();
 }
 
 internal sealed class CudaVector(string name, GpuArray<float> data) : DeviceVector(name, checked((int)data.Length))

@@ -239,6 +239,23 @@ public abstract class Backend : IDisposable
     public abstract void MoeCombine(Activation src, ReadOnlySpan<int> slots, ReadOnlySpan<float> weights, int k, Activation dst);
 
     /// <summary>
+    /// Rows [<paramref name="start"/>, +<paramref name="rows"/>) of a matrix as a matrix of its own that shares
+    /// its memory (an expert of a stacked tensor), or null when this backend makes no views (the caller then
+    /// loads the part on its own). A view owns nothing: disposing the whole frees it.
+    /// </summary>
+    public virtual DeviceMatrix? RowView(DeviceMatrix matrix, long start, int rows, string name) => null;
+
+    /// <summary>
+    /// The routed experts of a MoE layer without host routing (<see cref="Models.MoeConfig"/>): each row's top-k
+    /// experts from <paramref name="routerLogits"/> [rows, experts], their SwiGLU outputs, the weighted sum into
+    /// <paramref name="dst"/>, and Qwen2-MoE's shared expert when given. Returns false when this backend has no
+    /// such path; the model then routes on the host. For decoding and verification batches
+    /// (<see cref="GroupedRows"/> rows at most); a row's result does not depend on the batch.
+    /// </summary>
+    public virtual bool RoutedExperts(Activation h, Activation routerLogits, Models.ExpertStacks experts, int k, bool normalize,
+        Models.SharedExpert? shared, Activation dst) => false;
+
+    /// <summary>
     /// Several products with inputs of their own in one go: targets[i].Output = inputs[i]·targets[i].Weightsᵀ
     /// (+ bias) — the experts of a MoE layer, each over its own few rows. Each product gives the bits
     /// <see cref="MatMul(Activation, ReadOnlySpan{MatMulTarget}, bool)"/> gives it under batch-invariant

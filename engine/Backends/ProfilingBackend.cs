@@ -148,6 +148,18 @@ public sealed class ProfilingBackend(Backend inner) : Backend
         Add("add", t);
     }
 
+    public override DeviceMatrix? RowView(DeviceMatrix matrix, long start, int rows, string name) => Inner.RowView(matrix, start, rows, name);
+
+    public override bool RoutedExperts(Activation h, Activation routerLogits, Models.ExpertStacks experts, int k, bool normalize,
+        Models.SharedExpert? shared, Activation dst)
+    {
+        long t = Stopwatch.GetTimestamp();
+        bool done = Inner.RoutedExperts(h, routerLogits, experts, k, normalize, shared, dst);
+        if (done)
+            Add("routed_experts", t);
+        return done;
+    }
+
     public override void MatMulGroups(ReadOnlySpan<Activation> inputs, ReadOnlySpan<MatMulTarget> targets)
     {
         long t = Stopwatch.GetTimestamp();

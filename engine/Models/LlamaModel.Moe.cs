@@ -33,6 +33,17 @@ public sealed partial class LlamaModel
         else
             b.MatMul(h, w.Router, logits, s.Exact);
         Trace?.Invoke("ffn_moe_logits", l, logits);
+        // A backend that routes on the device (CUDA) takes decoding and verification batches whole.
+        if (n <= Backend.GroupedRows && w.Stacks is { } stacks && !HostRouting)
+        {
+            SharedExpert? shared = w.SharedGate is null ? null : new SharedExpert(w.SharedGate, w.SharedUp!, w.SharedDown!, m.SharedLogits.WithRows(n));
+            if (b.RoutedExperts(h, logits, stacks, k, c.NormalizeWeights, shared, dst))
+            {
+                DeviceRoutedLayers++;
+                Trace?.Invoke("ffn_moe_out", l, dst);
+                return;
+            }
+        }
         var hostLogits = m.HostLogits.AsSpan(0, n * experts);
         b.Download(logits, hostLogits);
         Route(hostLogits, n, c, m);
@@ -226,6 +237,12 @@ public sealed partial class LlamaModel
     }
 
     private MoeScratch? _moe;
+
+    /// <summary>MoE layer passes the backend routed on the device (<see cref="Backend.RoutedExperts"/>) so far.</summary>
+    public long DeviceRoutedLayers { get; private set; }
+
+    /// <summary>Route experts on the host even where the backend could on the device (the reference path for tests).</summary>
+    public bool HostRouting { get; set; }
 
     /// <summary>The routing tables and the expert rows' buffers of one pass, made on the first MoE layer.</summary>
     private sealed class MoeScratch : IDisposable

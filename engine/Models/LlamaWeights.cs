@@ -36,11 +36,20 @@ public sealed record LlamaLayer(
 /// </summary>
 public sealed record MoeWeights(DeviceMatrix Router, DeviceMatrix[] Gate, DeviceMatrix[] Up, DeviceMatrix[] Down)
 {
+    /// <summary>The experts' matrices as stacks (each expert a view into them), when the file stacks them; null otherwise.</summary>
+    public ExpertStacks? Stacks { get; init; }
+
     public DeviceMatrix? SharedGate { get; init; }
     public DeviceMatrix? SharedUp { get; init; }
     public DeviceMatrix? SharedDown { get; init; }
     public DeviceMatrix? SharedRouter { get; init; }
 }
+
+/// <summary>A MoE layer's experts stacked: gate and up [experts·ffn, dim], down [experts·dim, ffn].</summary>
+public sealed record ExpertStacks(DeviceMatrix Gate, DeviceMatrix Up, DeviceMatrix Down, int Experts);
+
+/// <summary>Qwen2-MoE's shared expert for a device-routed layer: its SwiGLU matrices and its gate logits [rows, 1].</summary>
+public readonly record struct SharedExpert(DeviceMatrix Gate, DeviceMatrix Up, DeviceMatrix Down, Activation GateLogits);
 
 /// <summary>
 /// A BlockFFN layer (<see cref="BlockFfnConfig"/>): the router [blocks, dim] with its optional bias and the
@@ -102,15 +111,25 @@ public sealed class LlamaWeights : IDisposable
                 return result;
             }
             DeviceVector Vector(string name, int length) => Track(backend.LoadVector(Find(name, [length])!));
-            // An expert's matrices: matrix e of the stacked tensor blk.N.ffn_gate_exps (llama.cpp's layout
-            // since 2024), or blk.N.ffn_gate.E.weight one per expert (the first Mixtral GGUFs, and HF's names).
-            DeviceMatrix[] Experts(string prefix, string kind, int experts, int rows, int cols)
+            // An expert's matrices: views into the stacked tensor blk.N.ffn_gate_exps (llama.cpp's layout since
+            // 2024), loaded once as [experts·rows, cols]; or blk.N.ffn_gate.E.weight one per expert (the first
+            // Mixtral GGUFs, and HF's names), when there is no stack. Returns the stack too (null without one).
+            (DeviceMatrix[] Experts, DeviceMatrix? Stack) Experts(string prefix, string kind, int experts, int rows, int cols)
             {
                 string stackedName = $"{prefix}{kind}_exps.weight";
                 if (source.Find(stackedName) is null && source.Find($"{prefix}{kind}.0.weight") is not null)
-                    return Enumerable.Range(0, experts).Select(e => Matrix($"{prefix}{kind}.{e}.weight", rows, cols)).ToArray();
+                    return (Enumerable.Range(0, experts).Select(e => Matrix($"{prefix}{kind}.{e}.weight", rows, cols)).ToArray(), null);
                 var stacked = Find(stackedName, [cols, rows, experts])!;
-                return Enumerable.Range(0, experts).Select(e => Track(backend.LoadMatrix(stacked.Matrix($"{prefix}{kind}.{e}.weight", e)))).ToArray();
+                var stack = backend.LoadMatrix(stacked.Reshape([cols, (long)rows * experts]));
+                var first = backend.RowView(stack, 0, rows, $"{prefix}{kind}.0.weight");
+                if (first is null) // no views here: each expert on its own
+                {
+                    stack.Dispose();
+                    return (Enumerable.Range(0, experts).Select(e => Track(backend.LoadMatrix(stacked.Matrix($"{prefix}{kind}.{e}.weight", e)))).ToArray(), null);
+                }
+                Track(stack);
+                return (Enumerable.Range(0, experts).Select(e => e == 0 ? first : backend.RowView(stack, (long)e * rows, rows, $"{prefix}{kind}.{e}.weight")!).ToArray(),
+                    stack);
             }
             // a stack of matrices [cols, rows, count] as one matrix [count·rows, cols] (the same bytes)
             DeviceMatrix Stacked(string name, int count, int rows, int cols) =>
@@ -118,15 +137,19 @@ public sealed class LlamaWeights : IDisposable
             MoeWeights Moe(string prefix, MoeConfig moe)
             {
                 var router = Matrix(prefix + "ffn_gate_inp.weight", moe.Experts, c.Dim);
-                var weights = new MoeWeights(router,
-                    Experts(prefix, "ffn_gate", moe.Experts, moe.ExpertFfn, c.Dim),
-                    Experts(prefix, "ffn_up", moe.Experts, moe.ExpertFfn, c.Dim),
-                    Experts(prefix, "ffn_down", moe.Experts, c.Dim, moe.ExpertFfn));
+                var gate = Experts(prefix, "ffn_gate", moe.Experts, moe.ExpertFfn, c.Dim);
+                var up = Experts(prefix, "ffn_up", moe.Experts, moe.ExpertFfn, c.Dim);
+                var down = Experts(prefix, "ffn_down", moe.Experts, c.Dim, moe.ExpertFfn);
+                var weights = new MoeWeights(router, gate.Experts, up.Experts, down.Experts)
+                {
+                    Stacks = gate.Stack is not null && up.Stack is not null && down.Stack is not null
+                        ? new ExpertStacks(gate.Stack, up.Stack, down.Stack, moe.Experts) : null,
+                };
                 if (moe.SharedFfn == 0)
                     return weights;
                 // the shared expert's gate is a vector [dim] in GGUF, a [1, dim] matrix in HF files
                 string gateName = prefix + "ffn_gate_inp_shexp.weight";
-                var gate = source.Find(gateName) is { Dims.Count: 1 }
+                var sharedGate = source.Find(gateName) is { Dims.Count: 1 }
                     ? Find(gateName, [c.Dim])!.Reshape([c.Dim, 1])
                     : Find(gateName, [c.Dim, 1])!;
                 return weights with
@@ -134,7 +157,7 @@ public sealed class LlamaWeights : IDisposable
                     SharedGate = Matrix(prefix + "ffn_gate_shexp.weight", moe.SharedFfn, c.Dim),
                     SharedUp = Matrix(prefix + "ffn_up_shexp.weight", moe.SharedFfn, c.Dim),
                     SharedDown = Matrix(prefix + "ffn_down_shexp.weight", c.Dim, moe.SharedFfn),
-                    SharedRouter = Track(backend.LoadMatrix(gate)),
+                    SharedRouter = Track(backend.LoadMatrix(sharedGate)),
                 };
             }
             float[] HostVector(string name, int length)

@@ -257,7 +257,8 @@ Entry entry(const char * name, void (*f)(A...)) {
     entry("gemv_" #name "_glu_x8", gemv_##name##_glu_x8), entry("dequantize_" #name "_f16", dequantize_##name##_f16),
 
 #define SPARSE_ENTRIES(name, type) entry("chunk_sparse_up_" #name, chunk_sparse_up_##name), \
-    entry("chunk_sparse_down_" #name, chunk_sparse_down_##name),
+    entry("chunk_sparse_down_" #name, chunk_sparse_down_##name), entry("gemv_" #name "_moe_glu", gemv_##name##_moe_glu), \
+    entry("gemv_" #name "_moe_down", gemv_##name##_moe_down),
 
 const Entry g_entries[] = {
     ENGINE_FOR_EACH_WEIGHT_TYPE(WEIGHT_ENTRIES)
@@ -291,6 +292,8 @@ const Entry g_entries[] = {
     entry("accept_greedy", accept_greedy),
     entry("accept_sampled", accept_sampled),
     entry("moe_combine_f32", moe_combine_f32),
+    entry("moe_route_f32", moe_route_f32),
+    entry("moe_add_gated_f32", moe_add_gated_f32),
 };
 
 struct Launch {

@@ -290,6 +290,9 @@ public sealed unsafe class CpuBackend : Backend
         ForRows(dst.Rows, RowOp.Add);
     }
 
+    public override DeviceMatrix? RowView(DeviceMatrix matrix, long start, int rows, string name) =>
+        new CpuMatrix(((CpuMatrix)matrix).View.RowSlice(name, start, rows));
+
     public override void MatMulGroups(ReadOnlySpan<Activation> inputs, ReadOnlySpan<MatMulTarget> targets)
     {
         if (inputs.Length != targets.Length)
