@@ -573,6 +573,20 @@ public sealed unsafe class CudaBackend : Backend, IDeviceDecoding
 
     private GpuArray<float>? _sparseHidden;
 
+    public override void MlaAssemble(Activation qRaw, Activation keyRope, Activation kvB, int heads, int nope, int rope, int vdim,
+        Activation q, Activation k, Activation v)
+    {
+        CheckMlaAssemble(qRaw, keyRope, kvB, heads, nope, rope, vdim, q, k, v);
+        Kernels.Mla.Assemble(Device, Span(qRaw), Span(keyRope), Span(kvB), qRaw.Rows, heads, nope, rope, vdim, Span(q), Span(k), Span(v));
+    }
+
+    public override void MlaCompact(Activation att, int heads, int vdim, Activation dst)
+    {
+        if (att.Cols % heads != 0 || dst.Cols != heads * vdim || vdim > att.Cols / heads || dst.Rows != att.Rows)
+            throw new ArgumentException($"mla_compact: att {att} of {heads} heads into dst {dst} of {vdim} per head");
+        Kernels.Mla.Compact(Device, Span(att), att.Rows, heads, att.Cols / heads, vdim, Span(dst));
+    }
+
     public override DeviceMatrix? RowView(DeviceMatrix matrix, long start, int rows, string name)
     {
         var m = (CudaMatrix)matrix;

@@ -239,6 +239,29 @@ public abstract class Backend : IDisposable
     public abstract void MoeCombine(Activation src, ReadOnlySpan<int> slots, ReadOnlySpan<float> weights, int k, Activation dst);
 
     /// <summary>
+    /// Multi-head latent attention's per-head rows (<see cref="Models.MlaConfig"/>), laid out so that RoPE
+    /// rotates each head's leading <paramref name="rope"/> dims: q[t, h] = [q_pe | q_nope] from qRaw's
+    /// [q_nope | q_pe]; k[t, h] = [k_pe (the same for every head) | k_nope]; v[t, h] = [v | 0] (padded to the
+    /// key width, which the cache holds), from kvB's [k_nope | v] per head.
+    /// </summary>
+    public abstract void MlaAssemble(Activation qRaw, Activation keyRope, Activation kvB, int heads, int nope, int rope, int vdim,
+        Activation q, Activation k, Activation v);
+
+    /// <summary>MLA's attention output per head [heads, nope + rope] cut to its value dims: dst[t, h·vdim + i] = att[t, h·width + i].</summary>
+    public abstract void MlaCompact(Activation att, int heads, int vdim, Activation dst);
+
+    /// <summary>Checks an <see cref="MlaAssemble"/> request.</summary>
+    protected static void CheckMlaAssemble(Activation qRaw, Activation keyRope, Activation kvB, int heads, int nope, int rope, int vdim,
+        Activation q, Activation k, Activation v)
+    {
+        int width = nope + rope, n = qRaw.Rows;
+        if (heads <= 0 || nope < 0 || rope <= 0 || vdim <= 0 || vdim > width || qRaw.Cols != heads * width || keyRope.Cols != rope
+            || kvB.Cols != heads * (nope + vdim) || q.Cols != heads * width || k.Cols != heads * width || v.Cols != heads * width
+            || keyRope.Rows != n || kvB.Rows != n || q.Rows != n || k.Rows != n || v.Rows != n)
+            throw new ArgumentException($"mla_assemble: {heads} heads of {nope} + {rope} (v {vdim}); q raw {qRaw}, k pe {keyRope}, kv b {kvB}, q {q}, k {k}, v {v}");
+    }
+
+    /// <summary>
     /// Rows [<paramref name="start"/>, +<paramref name="rows"/>) of a matrix as a matrix of its own that shares
     /// its memory (an expert of a stacked tensor), or null when this backend makes no views (the caller then
     /// loads the part on its own). A view owns nothing: disposing the whole frees it.

@@ -148,6 +148,21 @@ public sealed class ProfilingBackend(Backend inner) : Backend
         Add("add", t);
     }
 
+    public override void MlaAssemble(Activation qRaw, Activation keyRope, Activation kvB, int heads, int nope, int rope, int vdim,
+        Activation q, Activation k, Activation v)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.MlaAssemble(qRaw, keyRope, kvB, heads, nope, rope, vdim, q, k, v);
+        Add("mla_assemble", t);
+    }
+
+    public override void MlaCompact(Activation att, int heads, int vdim, Activation dst)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.MlaCompact(att, heads, vdim, dst);
+        Add("mla_compact", t);
+    }
+
     public override DeviceMatrix? RowView(DeviceMatrix matrix, long start, int rows, string name) => Inner.RowView(matrix, start, rows, name);
 
     public override bool RoutedExperts(Activation h, Activation routerLogits, Models.ExpertStacks experts, int k, bool normalize,

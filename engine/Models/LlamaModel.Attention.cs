@@ -44,7 +44,10 @@ public sealed partial class LlamaModel
         var c = Config;
         var b = Backend;
         var w = _w.Layers[l];
-        b.MatMul(input, [new(w.Wq, s.Q) { Bias = w.Bq }, new(w.Wk, s.K) { Bias = w.Bk }, new(w.Wv, s.V) { Bias = w.Bv }], s.Exact);
+        if (w.Mla is { } mla)
+            MlaProjections(s, input, mla);
+        else
+            b.MatMul(input, [new(w.Wq!, s.Q) { Bias = w.Bq }, new(w.Wk!, s.K) { Bias = w.Bk }, new(w.Wv!, s.V) { Bias = w.Bv }], s.Exact);
         if (w.QNorm is not null)
         {
             b.RmsNorm(s.Q.AsHeads(w.QNorm.Length), w.QNorm, c.RmsNormEps, s.Q.AsHeads(w.QNorm.Length));

@@ -26,7 +26,7 @@ public sealed partial class LlamaModel
         b.Download(logits, scores);
         Array.Clear(m.Used);
         for (int t = 0; t < n; t++)
-            RouterScores(scores.Slice(t * blocks, blocks), w.RouterNorm, Config.RmsNormEps, m.Used);
+            RouterScores(scores.Slice(t * blocks, blocks), c, w.RouterNorm, Config.RmsNormEps, m.Used);
         int active = 0;
         for (int e = 0; e < blocks; e++)
         {
@@ -39,23 +39,30 @@ public sealed partial class LlamaModel
     }
 
     /// <summary>
-    /// One row's scores in place: ReLU, then RMSNorm over the blocks (eps as the model's norms) times the
-    /// router norm's weight — in float32, each row on its own. Marks the blocks left non-zero.
+    /// One row's scores in place: ReLU, then the configured normalization over the blocks — RMSNorm (eps as
+    /// the model's norms) times the router norm's weight, or r / (Σr·scale + 1e-5), or none — in float32, each
+    /// row on its own. Marks the blocks left non-zero.
     /// </summary>
-    private static void RouterScores(Span<float> row, float[] weight, float eps, bool[] used)
+    private static void RouterScores(Span<float> row, BlockFfnConfig c, float[]? weight, float eps, bool[] used)
     {
-        float squares = 0f;
+        float squares = 0f, sum = 0f;
         for (int e = 0; e < row.Length; e++)
         {
             if (float.IsNaN(row[e]))
                 throw new InvalidOperationException("the BlockFFN router's logits hold NaN: the model's weights or input are not finite");
             row[e] = Math.Max(row[e], 0f);
             squares += row[e] * row[e];
+            sum += row[e];
         }
-        float scale = 1f / MathF.Sqrt(squares / row.Length + eps);
+        float scale = c.Normalization switch
+        {
+            RouterNormalization.Rms => 1f / MathF.Sqrt(squares / row.Length + eps),
+            RouterNormalization.Sum => 1f / (sum * c.NormScale + 1e-5f),
+            _ => 1f,
+        };
         for (int e = 0; e < row.Length; e++)
         {
-            row[e] = row[e] * scale * weight[e];
+            row[e] = weight is null ? row[e] * scale : row[e] * scale * weight[e];
             used[e] |= row[e] != 0f;
         }
     }

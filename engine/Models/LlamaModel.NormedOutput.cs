@@ -27,7 +27,7 @@ public sealed partial class LlamaModel
             Trace?.Invoke("attn_norm", l, s.H);
         }
         SelfAttention(s, l, input);
-        b.MatMul(s.Att, w.Wo, s.Proj, s.Exact);
+        b.MatMul(AttentionOutput(s), w.Wo, s.Proj, s.Exact);
         b.RmsNorm(s.Proj, w.AttnPostNorm!, c.RmsNormEps, s.Proj);
         b.Add(s.X, s.Proj);
         Trace?.Invoke("attn_residual", l, s.X);

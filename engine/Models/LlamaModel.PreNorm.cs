@@ -21,7 +21,7 @@ public sealed partial class LlamaModel
         var w = _w.Layers[l];
         Trace?.Invoke("attn_norm", l, s.H);
         SelfAttention(s, l, s.H);
-        b.MatMulAddNorm(s.Att, w.Wo, s.X, s.Proj, w.FfnNorm!, c.RmsNormEps, s.H, s.Exact, c.ResidualScale);
+        b.MatMulAddNorm(AttentionOutput(s), w.Wo, s.X, s.Proj, w.FfnNorm!, c.RmsNormEps, s.H, s.Exact, c.ResidualScale);
         Trace?.Invoke("attn_residual", l, s.X);
         Trace?.Invoke("ffn_norm", l, s.H);
 

@@ -23,6 +23,7 @@ public readonly record struct BatchSegment(KvSequence Sequence, int Count, bool 
 /// <item><c>LlamaModel.PreNorm.cs</c> — x += f(norm(x)): Llama (Touvron et al., 2023), Mistral, Qwen2/Qwen3,
 /// Granite 3, SmolLM3, Phi-3.</item>
 /// <item><c>LlamaModel.Moe.cs</c> — the mixture-of-experts FFN of Mixtral and Qwen-MoE.</item>
+/// <item><c>LlamaModel.Mla.cs</c> — multi-head latent attention's projections (MiniCPM/BlockFFN, DeepSeek-V2).</item>
 /// <item><c>LlamaModel.BlockFfn.cs</c> — BlockFFN's router and chunk-sparse FFN.</item>
 /// <item><c>LlamaModel.NormedOutput.cs</c> — x += norm(f(·)): OLMo 2 (post-norm) and Gemma 2/3 (norms on
 /// both sides).</item>
@@ -426,6 +427,7 @@ public sealed partial class LlamaModel : IDisposable
         _scratch?.Dispose();
         _moe?.Dispose();
         _blocks?.Dispose();
+        _mla?.Dispose();
         _w.Dispose();
     }
 

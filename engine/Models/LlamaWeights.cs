@@ -12,13 +12,16 @@ namespace Engine.Models;
 /// </summary>
 public sealed record LlamaLayer(
     DeviceVector? AttnNorm,
-    DeviceMatrix Wq, DeviceMatrix Wk, DeviceMatrix Wv, DeviceMatrix Wo,
+    DeviceMatrix? Wq, DeviceMatrix? Wk, DeviceMatrix? Wv, DeviceMatrix Wo,
     DeviceVector? Bq, DeviceVector? Bk, DeviceVector? Bv,
     DeviceVector? FfnNorm,
     DeviceMatrix? WGate, DeviceMatrix? WUp, DeviceMatrix? WDown)
 {
     /// <summary>The mixture of experts in place of the dense FFN (whose matrices are then null), or null.</summary>
     public MoeWeights? Moe { get; init; }
+
+    /// <summary>Multi-head latent attention's projections in place of q, k and v (then null), or null.</summary>
+    public MlaWeights? Mla { get; init; }
 
     /// <summary>BlockFFN's router and blocks in place of the dense FFN, or null.</summary>
     public BlockFfnWeights? BlockFfn { get; init; }
@@ -45,6 +48,15 @@ public sealed record MoeWeights(DeviceMatrix Router, DeviceMatrix[] Gate, Device
     public DeviceMatrix? SharedRouter { get; init; }
 }
 
+/// <summary>
+/// A layer's multi-head latent attention (<see cref="MlaConfig"/>): q's low-rank path (<see cref="QA"/>, its norm,
+/// then <see cref="Q"/>; or <see cref="Q"/> alone), and the two row ranges of <c>attn_kv_a_mqa</c> as views — the
+/// latent [kvLora, dim] and the shared rotated key [rope, dim] — the latent's norm, and <see cref="KvB"/>
+/// [heads·(nope + v), kvLora] expanding the latent into each head's key and value parts.
+/// </summary>
+public sealed record MlaWeights(DeviceMatrix? QA, DeviceVector? QANorm, DeviceMatrix Q, DeviceMatrix Latent, DeviceMatrix KeyRope, DeviceVector LatentNorm,
+    DeviceMatrix KvB);
+
 /// <summary>A MoE layer's experts stacked: gate and up [experts·ffn, dim], down [experts·dim, ffn].</summary>
 public sealed record ExpertStacks(DeviceMatrix Gate, DeviceMatrix Up, DeviceMatrix Down, int Experts);
 
@@ -58,7 +70,7 @@ public readonly record struct SharedExpert(DeviceMatrix Gate, DeviceMatrix Up, D
 /// the file's <c>ffn_up_exps</c> / <c>ffn_down_exps</c> as they lie, each block contiguous.
 /// </summary>
 /// <remarks>The router norm's weight stays on the host, where the scores are formed.</remarks>
-public sealed record BlockFfnWeights(DeviceMatrix Router, DeviceVector? RouterBias, float[] RouterNorm, DeviceMatrix Up, DeviceMatrix Down);
+public sealed record BlockFfnWeights(DeviceMatrix Router, DeviceVector? RouterBias, float[]? RouterNorm, DeviceMatrix Up, DeviceMatrix Down);
 
 /// <summary>
 /// Finds every tensor a Llama-family decoder needs by its GGUF name, checks its shape against the
@@ -178,9 +190,20 @@ public sealed class LlamaWeights : IDisposable
                 bool pre = c.Layout != BlockLayout.PostNorm, post = c.Layout != BlockLayout.PreNorm;
                 var attnNorm = pre ? Vector(p + "attn_norm.weight", c.Dim) : null; // looked up first: a file that lacks a layer names its first tensor
                 // Phi-3 stores q, k and v as one tensor, and gate and up as one (gate first)
-                var qkv = source.Find(p + "attn_qkv.weight") is null
+                var qkv = c.Mla is not null ? new DeviceMatrix?[3]
+                    : source.Find(p + "attn_qkv.weight") is null
                     ? [Matrix(p + "attn_q.weight", c.QDim, c.Dim), Matrix(p + "attn_k.weight", c.KvDim, c.Dim), Matrix(p + "attn_v.weight", c.KvDim, c.Dim)]
                     : Parts(p + "attn_qkv.weight", c.Dim, (p + "attn_q.weight", c.QDim), (p + "attn_k.weight", c.KvDim), (p + "attn_v.weight", c.KvDim));
+                MlaWeights? latent = null;
+                if (c.Mla is { } mla)
+                {
+                    var qa = mla.QLoraRank > 0 ? Matrix(p + "attn_q_a.weight", mla.QLoraRank, c.Dim) : null;
+                    var qaNorm = mla.QLoraRank > 0 ? Vector(p + "attn_q_a_norm.weight", mla.QLoraRank) : null;
+                    var q = mla.QLoraRank > 0 ? Matrix(p + "attn_q_b.weight", c.QDim, mla.QLoraRank) : Matrix(p + "attn_q.weight", c.QDim, c.Dim);
+                    var kva = Parts(p + "attn_kv_a_mqa.weight", c.Dim, (p + "attn_kv_a_mqa.latent", mla.KvLoraRank), (p + "attn_kv_a_mqa.rope", mla.RopeDim));
+                    latent = new MlaWeights(qa, qaNorm, q, kva[0], kva[1], Vector(p + "attn_kv_a_norm.weight", mla.KvLoraRank),
+                        Matrix(p + "attn_kv_b.weight", c.Heads * (mla.NopeDim + mla.VDim), mla.KvLoraRank));
+                }
                 bool sparseFfn = c.Moe is not null || c.BlockFfn is not null;
                 DeviceMatrix?[] gateUp = sparseFfn ? new DeviceMatrix?[2]
                     : c.Architecture == "phi3" && source.Find(p + "ffn_gate.weight") is null
@@ -189,7 +212,7 @@ public sealed class LlamaWeights : IDisposable
                 layers[i] = new LlamaLayer(
                     attnNorm,
                     qkv[0], qkv[1], qkv[2],
-                    Matrix(p + "attn_output.weight", c.Dim, c.QDim),
+                    Matrix(p + "attn_output.weight", c.Dim, c.AttentionOutputDim),
                     OptionalVector(p + "attn_q.bias", c.QDim),
                     OptionalVector(p + "attn_k.bias", c.KvDim),
                     OptionalVector(p + "attn_v.bias", c.KvDim),
@@ -198,10 +221,11 @@ public sealed class LlamaWeights : IDisposable
                     sparseFfn ? null : Matrix(p + "ffn_down.weight", c.Dim, c.FfnDim))
                 {
                     Moe = c.Moe is { } moe ? Moe(p, moe) : null,
+                    Mla = latent,
                     BlockFfn = c.BlockFfn is { } blocks ? new BlockFfnWeights(
                         Matrix(p + "ffn_gate_inp.weight", blocks.Blocks, c.Dim),
                         OptionalVector(p + "ffn_gate_inp.bias", blocks.Blocks),
-                        HostVector(p + "ffn_router_norm.weight", blocks.Blocks),
+                        blocks.Normalization == RouterNormalization.Rms ? HostVector(p + "ffn_router_norm.weight", blocks.Blocks) : null,
                         Stacked(p + "ffn_up_exps.weight", blocks.Blocks, blocks.BlockSize, c.Dim),
                         Stacked(p + "ffn_down_exps.weight", blocks.Blocks, c.Dim, blocks.BlockSize)) : null,
                     // required where the family normalizes q and k (ModelConfig.QkNorm), absent elsewhere

@@ -47,7 +47,31 @@ public sealed record MoeConfig(int Experts, int Used, int ExpertFfn, int SharedF
 /// No gate projection. A block whose score is 0 contributes nothing, so a chunk of tokens needs only the
 /// blocks some token of it activates (<see cref="Backends.Backend.ChunkSparseFfn"/>).
 /// </summary>
-public sealed record BlockFfnConfig(int Blocks, int BlockSize);
+public sealed record BlockFfnConfig(int Blocks, int BlockSize)
+{
+    /// <summary>How the ReLU scores are normalized: RMSNorm with a weight (the public checkpoints), a sum, or not at all.</summary>
+    public RouterNormalization Normalization { get; init; } = RouterNormalization.Rms;
+
+    /// <summary>The sum normalization's scale: s = r / (Σr·scale + 1e-5) (MiniCPM's <c>norm_scale</c>).</summary>
+    public float NormScale { get; init; } = 1f;
+}
+
+/// <summary>BlockFFN's normalization after the router's ReLU (HF <c>norm_after_router</c>).</summary>
+public enum RouterNormalization { Rms, Sum, None }
+
+/// <summary>
+/// Multi-head latent attention (DeepSeek-AI, "DeepSeek-V2: A Strong, Economical, and Efficient
+/// Mixture-of-Experts Language Model", 2024), as MiniCPM and BlockFFN's models use it: q from a low-rank
+/// path (x → <see cref="QLoraRank"/> → RMSNorm → heads·(nope + rope); or directly when the rank is 0), k and v
+/// from a shared latent c = RMSNorm(W_kv_a·x)[..kvLora] expanded per head by W_kv_b into [nope | v], and
+/// one rotated key part k_pe = W_kv_a·x[kvLora..] shared by every head. Scores use q·k over nope + rope
+/// dimensions. The engine caches each head's full key and value (the expanded form).
+/// </summary>
+public sealed record MlaConfig(int QLoraRank, int KvLoraRank, int NopeDim, int RopeDim, int VDim)
+{
+    /// <summary>The epsilon of the q and latent RMSNorms: HF's default for them (MiniCPM, DeepSeek-V2), not the layers'.</summary>
+    public const float NormEps = 1e-6f;
+}
 
 /// <summary>
 /// Hyper-parameters of a Llama-family decoder (Llama 2/3, Mistral, Qwen2): what the forward pass needs
@@ -71,6 +95,12 @@ public sealed record ModelConfig
 
     /// <summary>The mixture of experts that replaces every layer's FFN (Mixtral, Qwen-MoE), or null for a dense model.</summary>
     public MoeConfig? Moe { get; init; }
+
+    /// <summary>Multi-head latent attention in every layer (then <see cref="HeadDim"/> = nope + rope and <see cref="RopeDims"/> = rope), or null.</summary>
+    public MlaConfig? Mla { get; init; }
+
+    /// <summary>The width of the attention output the output projection reads: heads · v dims (MLA) or <see cref="QDim"/>.</summary>
+    public int AttentionOutputDim => Mla is { } m ? Heads * m.VDim : QDim;
 
     /// <summary>BlockFFN's block-sparse FFN in every layer, or null.</summary>
     public BlockFfnConfig? BlockFfn { get; init; }
@@ -214,6 +244,19 @@ public sealed record ModelConfig
         Positive(nameof(HeadDim), HeadDim, 1 << 14);
         Positive(nameof(FfnDim), FfnDim);
         Positive(nameof(ContextLength), ContextLength, int.MaxValue);
+        if (Mla is { } mla)
+        {
+            Positive(nameof(MlaConfig.KvLoraRank), mla.KvLoraRank);
+            Positive(nameof(MlaConfig.VDim), mla.VDim);
+            if (mla.QLoraRank < 0)
+                throw Error(nameof(MlaConfig.QLoraRank), $"{mla.QLoraRank} must be 0 (no low-rank q) or positive");
+            if (mla.NopeDim < 0 || mla.RopeDim <= 0 || mla.NopeDim + mla.RopeDim != HeadDim || mla.RopeDim != RopeDims)
+                throw Error(nameof(MlaConfig.RopeDim), $"nope {mla.NopeDim} + rope {mla.RopeDim} dims must make the key width {HeadDim}, rope = the rotated dims {RopeDims}");
+            if (mla.VDim > HeadDim)
+                throw Error(nameof(MlaConfig.VDim), $"a value width of {mla.VDim} wider than the key width {HeadDim} is not supported");
+            if (KvHeads != Heads)
+                throw Error(nameof(KvHeads), $"MLA expands keys and values per head: {KvHeads} kv heads for {Heads} heads");
+        }
         if (BlockFfn is { } blocks)
         {
             Positive(nameof(BlockFfnConfig.BlockSize), blocks.BlockSize);

@@ -29,6 +29,7 @@ public static class ModelConfigReader
         ["MixtralForCausalLM"] = "llama",
         ["Qwen2MoeForCausalLM"] = "qwen2moe",
         ["Qwen3MoeForCausalLM"] = "qwen3moe",
+        ["MiniCPMForCausalLM"] = "blockffn", // BlockFFN's checkpoints (ffn_type "block"); other MiniCPM variants are refused by name
         ["GraniteForCausalLM"] = "granite",
         ["SmolLM3ForCausalLM"] = "smollm3",
         ["Olmo2ForCausalLM"] = "olmo2",
@@ -62,7 +63,8 @@ public static class ModelConfigReader
         if (heads <= 0)
             throw new ModelFormatException(gguf.Path, k("attention.head_count"), $"{heads} must be positive");
         int headDim = m.GetInt32(k("attention.key_length"), dim / heads);
-        if (m.Contains(k("attention.value_length")) && m.GetInt32(k("attention.value_length")) != headDim)
+        bool mla = m.Contains(k("attention.kv_lora_rank"));
+        if (!mla && m.Contains(k("attention.value_length")) && m.GetInt32(k("attention.value_length")) != headDim)
             throw new ModelFormatException(gguf.Path, k("attention.value_length"), "a value length different from the key length is not supported");
 
         bool gemma = arch is "gemma2" or "gemma3";
@@ -95,6 +97,9 @@ public static class ModelConfigReader
             FfnDim = m.GetInt32(k("feed_forward_length")),
             Moe = GgufMoe(gguf, arch),
             BlockFfn = arch == "blockffn" ? GgufBlockFfn(gguf) : null,
+            Mla = mla ? new MlaConfig(m.GetInt32(k("attention.q_lora_rank"), 0), m.GetInt32(k("attention.kv_lora_rank")),
+                headDim - m.GetInt32(k("rope.dimension_count"), headDim), m.GetInt32(k("rope.dimension_count"), headDim),
+                m.GetInt32(k("attention.value_length"), headDim)) : null,
             ContextLength = m.GetInt32(k("context_length"), 2048),
             RmsNormEps = m.GetSingle(k("attention.layer_norm_rms_epsilon"), 1e-5f),
             RopeTheta = m.GetSingle(k("rope.freq_base"), 10000f),
@@ -142,6 +147,10 @@ public static class ModelConfigReader
             nameof(MoeConfig.ExpertFfn) => arch == "llama" ? k("feed_forward_length") : k("expert_feed_forward_length"),
             nameof(MoeConfig.SharedFfn) => k("expert_shared_feed_forward_length"),
             nameof(BlockFfnConfig.BlockSize) => k("expert_feed_forward_length"),
+            nameof(MlaConfig.KvLoraRank) => k("attention.kv_lora_rank"),
+            nameof(MlaConfig.QLoraRank) => k("attention.q_lora_rank"),
+            nameof(MlaConfig.RopeDim) => k("rope.dimension_count"),
+            nameof(MlaConfig.VDim) => k("attention.value_length"),
             nameof(BlockFfnConfig.Blocks) => k("expert_count"),
             nameof(ModelConfig.ContextLength) => k("context_length"),
             nameof(ModelConfig.RmsNormEps) => k("attention.layer_norm_rms_epsilon"),
@@ -199,7 +208,61 @@ public static class ModelConfigReader
             throw new ModelFormatException(gguf.Path, "blockffn.expert_feed_forward_length", "required: the units of one block");
         int size = m.GetInt32("blockffn.expert_feed_forward_length");
         int ffn = m.GetInt32("blockffn.feed_forward_length");
-        return new BlockFfnConfig(m.GetInt32("blockffn.expert_count", size > 0 ? ffn / size : 0), size);
+        return new BlockFfnConfig(m.GetInt32("blockffn.expert_count", size > 0 ? ffn / size : 0), size)
+        {
+            Normalization = RouterNorm(gguf.Path, "blockffn.router_normalization", m.GetStringOrNull("blockffn.router_normalization") ?? "rms"),
+            NormScale = m.GetSingle("blockffn.router_norm_scale", 1f),
+        };
+    }
+
+    private static RouterNormalization RouterNorm(string path, string key, string value) => value switch
+    {
+        "rms" => RouterNormalization.Rms,
+        "sum" => RouterNormalization.Sum,
+        "none" => RouterNormalization.None,
+        _ => throw new ModelFormatException(path, key, $"'{value}' is not a router normalization (rms, sum, none)"),
+    };
+
+    /// <summary>
+    /// BlockFFN's HF checkpoints (MiniCPM with <c>ffn_type</c> "block"): the blocks (<c>num_experts</c> of
+    /// <c>expert_size</c>), SiLU and a ReLU router, the router normalization, MiniCPM's multipliers
+    /// (<c>scale_emb</c>, <c>scale_depth</c>/√layers, <c>hidden_size</c>/<c>dim_model_base</c>), and MLA when
+    /// <c>attention_type</c> is "mla".
+    /// </summary>
+    private static ModelConfig HfMiniCpm(JsonElement root, string configPath, ModelConfig c, Func<string, int?, int> integer, Func<string, float, float> single)
+    {
+        string Text(string key, string fallback) => root.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString()! : fallback;
+        string ffnType = Text("ffn_type", "vanilla");
+        if (ffnType != "block")
+            throw new ModelFormatException(configPath, "ffn_type", $"'{ffnType}': of MiniCPM's variants only BlockFFN's block layout (\"block\") is supported"
+                + (ffnType == "block_linear" ? " (block_linear interleaves the blocks in down_proj)" : ""));
+        if (Text("hidden_act", "silu") != "silu" || Text("router_act", "relu") != "relu")
+            throw new ModelFormatException(configPath, "hidden_act", $"BlockFFN with {Text("hidden_act", "silu")} / router {Text("router_act", "relu")}: SiLU with a ReLU router is supported");
+        int blocks = integer("num_experts", null), size = integer("expert_size", null);
+        int layers = c.Layers;
+        var mla = Text("attention_type", "vanilla") switch
+        {
+            "vanilla" => null,
+            "mla" => new MlaConfig(integer("q_lora_rank", 0), integer("kv_lora_rank", null), integer("qk_nope_head_dim", null), integer("qk_rope_head_dim", null),
+                integer("v_head_dim", c.Dim / c.Heads)),
+            var other => throw new ModelFormatException(configPath, "attention_type", $"'{other}' is not vanilla or mla"),
+        };
+        return c with
+        {
+            FfnDim = blocks * size,
+            BlockFfn = new BlockFfnConfig(blocks, size)
+            {
+                Normalization = RouterNorm(configPath, "norm_after_router", Text("norm_after_router", "sum")),
+                NormScale = single("norm_scale", 1f),
+            },
+            EmbeddingScale = single("scale_emb", 1f),
+            ResidualScale = single("scale_depth", 1f) / MathF.Sqrt(layers),
+            LogitScale = c.Dim / single("dim_model_base", c.Dim),
+            Mla = mla,
+            HeadDim = mla is null ? c.HeadDim : mla.NopeDim + mla.RopeDim,
+            RopeDims = mla is null ? c.RopeDims : mla.RopeDim,
+            KvHeads = mla is null ? c.KvHeads : c.Heads,
+        };
     }
 
     /// <summary>
@@ -427,6 +490,8 @@ public static class ModelConfigReader
             AttentionSoftCap = Float("attn_logit_softcapping", 0f),
             FinalLogitSoftCap = Float("final_logit_softcapping", 0f),
         };
+        if (arch == "blockffn")
+            config = HfMiniCpm(root, configPath, config, Int, Float);
         config.Validate(configPath, property => property switch
         {
             nameof(ModelConfig.SlidingWindow) => "sliding_window",
@@ -452,6 +517,11 @@ public static class ModelConfigReader
             nameof(MoeConfig.Used) => "num_experts_per_tok",
             nameof(MoeConfig.ExpertFfn) => archName == "MixtralForCausalLM" ? "intermediate_size" : "moe_intermediate_size",
             nameof(MoeConfig.SharedFfn) => "shared_expert_intermediate_size",
+            nameof(BlockFfnConfig.BlockSize) or nameof(BlockFfnConfig.Blocks) => "expert_size",
+            nameof(MlaConfig.KvLoraRank) => "kv_lora_rank",
+            nameof(MlaConfig.QLoraRank) => "q_lora_rank",
+            nameof(MlaConfig.RopeDim) => "qk_rope_head_dim",
+            nameof(MlaConfig.VDim) => "v_head_dim",
             nameof(ModelConfig.ContextLength) => "max_position_embeddings",
             nameof(ModelConfig.RmsNormEps) => "rms_norm_eps",
             nameof(ModelConfig.RopeTheta) => "rope_theta",

@@ -152,6 +152,10 @@ public sealed unsafe partial class SafetensorsWeightSource : WeightSource
             case "model.norm.weight": return "output_norm.weight";
             case "lm_head.weight": return "output.weight";
         }
+        // BlockFFN's blocks are 3-D parameters without a suffix: up_proj [blocks, size, hidden], down_proj
+        // [blocks, hidden, size] — read reversed, exactly the stacked ffn_up_exps / ffn_down_exps
+        if (architecture == "blockffn" && BlockName().Match(hf) is { Success: true } block)
+            return $"blk.{block.Groups[1].Value}.ffn_{block.Groups[2].Value}_exps.weight";
         var m = LayerName().Match(hf);
         if (!m.Success)
             return null;
@@ -194,6 +198,15 @@ public sealed unsafe partial class SafetensorsWeightSource : WeightSource
             "mlp.shared_expert.up_proj" => "ffn_up_shexp",
             "mlp.shared_expert.down_proj" => "ffn_down_shexp",
             "mlp.shared_expert_gate" => "ffn_gate_inp_shexp",
+            // BlockFFN's router, and MLA's projections (llama.cpp's deepseek2 names)
+            "mlp.router_proj" => "ffn_gate_inp",
+            "mlp.router_norm" => "ffn_router_norm",
+            "self_attn.q_a_proj" => "attn_q_a",
+            "self_attn.q_a_layernorm" => "attn_q_a_norm",
+            "self_attn.q_b_proj" => "attn_q_b",
+            "self_attn.kv_a_proj_with_mqa" => "attn_kv_a_mqa",
+            "self_attn.kv_a_layernorm" => "attn_kv_a_norm",
+            "self_attn.kv_b_proj" => "attn_kv_b",
             _ => "",
         };
         return part.Length == 0 ? null : $"blk.{m.Groups[1].Value}.{part}.{m.Groups[3].Value}";
@@ -201,6 +214,9 @@ public sealed unsafe partial class SafetensorsWeightSource : WeightSource
 
     [GeneratedRegex(@"^model\.layers\.(\d{1,6})\.(.+)\.(weight|bias)$")]
     private static partial Regex LayerName();
+
+    [GeneratedRegex(@"^model\.layers\.(\d{1,6})\.mlp\.(up|down)_proj$")]
+    private static partial Regex BlockName();
 
     [GeneratedRegex(@"^(?:block_sparse_moe|mlp)\.experts\.(\d{1,5})\.(\w+)$")]
     private static partial Regex ExpertName();

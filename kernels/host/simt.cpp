@@ -230,6 +230,7 @@ void run(dim3 grid, dim3 block, void (*body)(void *), void * argument) {
 #include "../acceptance.cu"
 #include "../moe.cu"
 #include "../chunk_sparse_ffn.cu"
+#include "../mla.cu"
 
 namespace {
 // A kernel of any signature called with CUDA's argument array (args[i] points at parameter i).
@@ -293,6 +294,8 @@ const Entry g_entries[] = {
     entry("accept_sampled", accept_sampled),
     entry("moe_combine_f32", moe_combine_f32),
     entry("moe_route_f32", moe_route_f32),
+    entry("mla_assemble_f32", mla_assemble_f32),
+    entry("mla_compact_f32", mla_compact_f32),
     entry("moe_add_gated_f32", moe_add_gated_f32),
 };
 

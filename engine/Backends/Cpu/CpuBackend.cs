@@ -290,6 +290,20 @@ public sealed unsafe class CpuBackend : Backend
         ForRows(dst.Rows, RowOp.Add);
     }
 
+    public override void MlaAssemble(Activation qRaw, Activation keyRope, Activation kvB, int heads, int nope, int rope, int vdim,
+        Activation q, Activation k, Activation v)
+    {
+        CheckMlaAssemble(qRaw, keyRope, kvB, heads, nope, rope, vdim, q, k, v);
+        Kernels.Mla.AssembleF32(Array(qRaw), Array(keyRope), Array(kvB), qRaw.Rows, heads, nope, rope, vdim, Array(q), Array(k), Array(v));
+    }
+
+    public override void MlaCompact(Activation att, int heads, int vdim, Activation dst)
+    {
+        if (att.Cols % heads != 0 || dst.Cols != heads * vdim || vdim > att.Cols / heads || dst.Rows != att.Rows)
+            throw new ArgumentException($"mla_compact: att {att} of {heads} heads into dst {dst} of {vdim} per head");
+        Kernels.Mla.CompactF32(Array(att), att.Rows, heads, att.Cols / heads, vdim, Array(dst));
+    }
+
     public override DeviceMatrix? RowView(DeviceMatrix matrix, long start, int rows, string name) =>
         new CpuMatrix(((CpuMatrix)matrix).View.RowSlice(name, start, rows));
 
