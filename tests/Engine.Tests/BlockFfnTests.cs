@@ -139,6 +139,63 @@ public class BlockFfnTests
         Assert.That(stats.RowsPerPass(0), Is.EqualTo(16));
     }
 
+    /// <summary>
+    /// BlockFFN's public checkpoints: MiniCPM with multi-head latent attention (q through a low rank, one
+    /// rotated key part shared by the heads, values narrower than keys) and blocks as 3-D parameters, no
+    /// router bias. The HF folder (MiniCPMForCausalLM, ffn_type "block", attention_type "mla") and our GGUF
+    /// layout of the same network give the reference's logits (float32 against double: 2e-5 of the scale).
+    /// </summary>
+    [TestCase(32)]
+    [TestCase(0)]
+    public void Mla_checkpoints_load_from_hf_and_gguf(int qLora)
+    {
+        var spec = new TinySpec("blockffn-mla", Arch: "blockffn", Heads: 4, KvHeads: 4, HeadDimOverride: 32, QLora: qLora, KvLora: 32, RopeDim: 16,
+            VDim: 16, Experts: 12, Ffn: 32, Seed: 89, EmbeddingScale: 12f, ResidualScale: 0.22f, LogitScale: 4f, RouterBias: false);
+        using var dir = new TempDir();
+        ModelParityTests.AssertHfAndGgufMatchTheReference(TinyModel.Random(spec), dir, lm =>
+        {
+            Assert.That(lm.Config.Mla, Is.EqualTo(new MlaConfig(qLora, 32, 16, 16, 16)));
+            Assert.That((lm.Config.HeadDim, lm.Config.RopeDims, lm.Config.AttentionOutputDim), Is.EqualTo((32, 16, 64)));
+        });
+    }
+
+    /// <summary>MLA's rearranged rows keep batch invariance: a prompt in one pass equals its tokens one at a time, bit for bit.</summary>
+    [Test]
+    public void Mla_chunk_rows_equal_single_rows()
+    {
+        var spec = new TinySpec("blockffn-mla-batch", Arch: "blockffn", Heads: 4, KvHeads: 4, HeadDimOverride: 32, QLora: 32, KvLora: 32, RopeDim: 16,
+            VDim: 16, Experts: 12, Ffn: 32, Seed: 90);
+        using var dir = new TempDir();
+        using var lm = LanguageModel.Load(TinyModel.Random(spec).WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 2 });
+        int[] prompt = ModelParityTests.Prompt;
+        int n = prompt.Length, vocab = lm.Config.VocabSize;
+        var batched = Run(lm, prompt, batchInvariant: true);
+        using var cache = lm.Network.CreateKvCache(64);
+        using var single = cache.CreateSequence();
+        var one = new float[vocab];
+        for (int t = 0; t < n; t++)
+        {
+            lm.Network.Forward(single, [prompt[t]], [t], AttentionMask.Causal, [0], one, batchInvariant: true);
+            Assert.That(one, Is.EqualTo(batched.AsSpan(t * vocab, vocab).ToArray()), $"row {t}");
+        }
+    }
+
+    [Test]
+    public void Minicpm_variants_other_than_blockffn_are_refused_by_field()
+    {
+        var spec = new TinySpec("blockffn-hf", Arch: "blockffn", Heads: 4, KvHeads: 4, Experts: 12, Ffn: 32, Seed: 91, RouterBias: false);
+        using var dir = new TempDir();
+        string hf = TinyModel.Random(spec).WriteHfFolder(dir.File("hf"));
+        string config = Path.Combine(hf, "config.json");
+        string text = File.ReadAllText(config);
+        File.WriteAllText(config, text.Replace("\"ffn_type\":\"block\"", "\"ffn_type\":\"block_linear\""));
+        var e = Assert.Throws<ModelFormatException>(() => LanguageModel.Load(hf, new ModelOptions { Threads = 1 }).Dispose())!;
+        Assert.That(e.Message, Does.Contain("ffn_type").And.Contain("block_linear"));
+        File.WriteAllText(config, text.Replace("\"norm_after_router\":\"rms\"", "\"norm_after_router\":\"softmax\""));
+        e = Assert.Throws<ModelFormatException>(() => LanguageModel.Load(hf, new ModelOptions { Threads = 1 }).Dispose())!;
+        Assert.That(e.Message, Does.Contain("norm_after_router").And.Contain("softmax"));
+    }
+
     [Test]
     public void Blocks_that_do_not_divide_the_intermediate_size_are_refused_by_key()
     {

@@ -73,6 +73,9 @@ public class ModelParityTests
         // BlockFFN: a ReLU router with biases and an RMSNorm over its scores, blocks stacked; MiniCPM's multipliers
         yield return new TinySpec("blockffn-12x32", Arch: "blockffn", Heads: 4, KvHeads: 2, Experts: 12, Ffn: 32, Seed: 74,
             EmbeddingScale: 12f, ResidualScale: 0.22f, LogitScale: 4f);
+        // BlockFFN's public checkpoints' attention: MLA (q through a low rank, one shared rotated key part, narrower values)
+        yield return new TinySpec("blockffn-mla", Arch: "blockffn", Heads: 4, KvHeads: 4, HeadDimOverride: 32, QLora: 32, KvLora: 32, RopeDim: 16,
+            VDim: 16, Experts: 12, Ffn: 32, Seed: 76, EmbeddingScale: 12f, ResidualScale: 0.22f, LogitScale: 4f);
         yield return new TinySpec("blockffn-q8_0", Arch: "blockffn", WeightType: GgmlType.Q8_0, Heads: 4, KvHeads: 2, Experts: 12, Ffn: 32, Seed: 75);
         yield return new TinySpec("qwen3moe-q4_0", Arch: "qwen3moe", WeightType: GgmlType.Q4_0, Heads: 4, KvHeads: 2, HeadDimOverride: 32,
             Experts: 8, ExpertsUsed: 3, Seed: 73);

@@ -17,8 +17,18 @@ public sealed record TinySpec(
     float RopeTheta = 10000f, int Context = 256, Llama3Rope? Llama3 = null, int HeadDimOverride = 0,
     float EmbeddingScale = 1f, float ResidualScale = 1f, float AttentionScale = 0f, float LogitScale = 1f, int SlidingWindow = 0,
     float AttnSoftCap = 0f, float FinalSoftCap = 0f, float LocalRopeTheta = 10000f, int LongRopeOriginal = 0, int LoadContext = 0,
-    int Experts = 0, int ExpertsUsed = 0, int SharedFfn = 0, bool SeparateExperts = false)
+    int Experts = 0, int ExpertsUsed = 0, int SharedFfn = 0, bool SeparateExperts = false,
+    int QLora = 0, int KvLora = 0, int RopeDim = 0, int VDim = 0, bool RouterBias = true)
 {
+    /// <summary>
+    /// Multi-head latent attention (MiniCPM/BlockFFN's, DeepSeek-V2's): a latent of <see cref="KvLora"/> dims,
+    /// q through a rank of <see cref="QLora"/> (0: directly), keys of <see cref="HeadDim"/> = nope + <see cref="RopeDim"/>
+    /// (the spec's <see cref="HeadDimOverride"/>), values of <see cref="VDim"/>.
+    /// </summary>
+    public bool Mla => KvLora > 0;
+
+    public int Nope => HeadDim - RopeDim;
+
     /// <summary>
     /// A mixture of experts in place of each FFN: <see cref="Experts"/> experts of width <see cref="Ffn"/>,
     /// <see cref="ExpertsUsed"/> per token; Mixtral when the arch is llama, else qwen2moe (a shared expert
@@ -112,6 +122,7 @@ public sealed class TinyModel
         public float[]? SharedGate, SharedUp, SharedDown; // Qwen2-MoE's shared expert
         public float[]? SharedRouter;                     // [dim]: its sigmoid gate
         public float[]? RouterBias, RouterNorm;           // BlockFFN: [blocks] each
+        public float[]? QA, QANorm, QB, KvA, KvANorm, KvB;  // MLA: [qLora, dim], [qLora], [heads·hd, qLora], [kvLora + rope, dim], [kvLora], [heads·(nope + v), kvLora]
     }
 
     /// <summary>Seeded random weights, already rounded through the spec's weight type (so the reference sees what the engine sees).</summary>
@@ -143,7 +154,7 @@ public sealed class TinyModel
                 Wq = Matrix(s.QDim, s.Dim, 2 * w),
                 Wk = Matrix(s.KvDim, s.Dim, 2 * w),
                 Wv = Matrix(s.KvDim, s.Dim, w),
-                Wo = Matrix(s.Dim, s.QDim, w),
+                Wo = Matrix(s.Dim, s.Mla ? s.Heads * s.VDim : s.QDim, w),
                 FfnNorm = Norm(s.Dim),
                 Gate = Matrix(s.Ffn, s.Dim, w),
                 Up = Matrix(s.Ffn, s.Dim, w),
@@ -156,12 +167,25 @@ public sealed class TinyModel
                 AttnPostNorm = s.PostNorms ? Norm(s.Dim) : null,
                 FfnPostNorm = s.PostNorms ? Norm(s.Dim) : null,
             };
+            if (s.Mla)
+            {
+                var L = layers[l];
+                if (s.QLora > 0)
+                {
+                    L.QA = Matrix(s.QLora, s.Dim, 2 * w);
+                    L.QANorm = Norm(s.QLora);
+                    L.QB = Matrix(s.QDim, s.QLora, 2f / MathF.Sqrt(s.QLora));
+                }
+                L.KvA = Matrix(s.KvLora + s.RopeDim, s.Dim, 2 * w);
+                L.KvANorm = Norm(s.KvLora);
+                L.KvB = Matrix(s.Heads * (s.Nope + s.VDim), s.KvLora, 2f / MathF.Sqrt(s.KvLora));
+            }
             if (s.BlockFfn)
             {
                 var L = layers[l];
                 L.Router = Enumerable.Range(0, s.Experts * s.Dim).Select(_ => (float)((rng.NextDouble() * 2 - 1) * 4 * w)).ToArray();
                 // biases that switch most blocks off for most tokens: the router's logits are about ±1 here
-                L.RouterBias = Enumerable.Range(0, s.Experts).Select(e => (float)(e % 3 == 0 ? -0.2 - 0.3 * rng.NextDouble() : -1.5 - rng.NextDouble())).ToArray();
+                L.RouterBias = s.RouterBias ? Enumerable.Range(0, s.Experts).Select(e => (float)(e % 3 == 0 ? -0.2 - 0.3 * rng.NextDouble() : -1.5 - rng.NextDouble())).ToArray() : null;
                 L.RouterNorm = Norm(s.Experts);
                 L.ExpUp = Enumerable.Range(0, s.Experts).Select(_ => Matrix(s.Ffn, s.Dim, 2 * w)).ToArray();
                 L.ExpDown = Enumerable.Range(0, s.Experts).Select(_ => Matrix(s.Dim, s.Ffn, 2f / MathF.Sqrt(s.Ffn))).ToArray();
@@ -247,6 +271,14 @@ public sealed class TinyModel
         w.Add($"{a}.embedding_length", (uint)s.Dim);
         w.Add($"{a}.block_count", (uint)s.Layers);
         w.Add($"{a}.feed_forward_length", (uint)(s.BlockFfn ? s.Experts * s.Ffn : s.Ffn));
+        if (s.Mla)
+        {
+            if (s.QLora > 0)
+                w.Add($"{a}.attention.q_lora_rank", (uint)s.QLora);
+            w.Add($"{a}.attention.kv_lora_rank", (uint)s.KvLora);
+            w.Add($"{a}.attention.value_length", (uint)s.VDim);
+            w.Add($"{a}.rope.dimension_count", (uint)s.RopeDim);
+        }
         if (s.BlockFfn)
         {
             w.Add($"{a}.expert_count", (uint)s.Experts);
@@ -257,7 +289,8 @@ public sealed class TinyModel
         if (s.HeadDimOverride > 0)
         {
             w.Add($"{a}.attention.key_length", (uint)s.HeadDim);
-            w.Add($"{a}.attention.value_length", (uint)s.HeadDim);
+            if (!s.Mla)
+                w.Add($"{a}.attention.value_length", (uint)s.HeadDim);
         }
         w.Add($"{a}.attention.layer_norm_rms_epsilon", 1e-5f);
         w.Add($"{a}.rope.freq_base", s.RopeTheta);
@@ -324,7 +357,21 @@ public sealed class TinyModel
             string p = $"blk.{l}.";
             if (s.PreNorms)
                 Vector(p + "attn_norm.weight", L.AttnNorm);
-            if (s.Fused)
+            if (s.Mla)
+            {
+                if (s.QLora > 0)
+                {
+                    Matrix(p + "attn_q_a.weight", L.QA!, s.QLora, s.Dim);
+                    Vector(p + "attn_q_a_norm.weight", L.QANorm!);
+                    Matrix(p + "attn_q_b.weight", L.QB!, s.QDim, s.QLora);
+                }
+                else
+                    Matrix(p + "attn_q.weight", L.Wq, s.QDim, s.Dim);
+                Matrix(p + "attn_kv_a_mqa.weight", L.KvA!, s.KvLora + s.RopeDim, s.Dim);
+                Vector(p + "attn_kv_a_norm.weight", L.KvANorm!);
+                Matrix(p + "attn_kv_b.weight", L.KvB!, s.Heads * (s.Nope + s.VDim), s.KvLora);
+            }
+            else if (s.Fused)
                 Matrix(p + "attn_qkv.weight", [.. L.Wq, .. L.Wk, .. L.Wv], s.QDim + 2 * s.KvDim, s.Dim);
             else
             {
@@ -343,7 +390,7 @@ public sealed class TinyModel
                 Vector(p + "attn_q_norm.weight", L.QNorm);
                 Vector(p + "attn_k_norm.weight", L.KNorm!);
             }
-            Matrix(p + "attn_output.weight", L.Wo, s.Dim, s.QDim);
+            Matrix(p + "attn_output.weight", L.Wo, s.Dim, s.Mla ? s.Heads * s.VDim : s.QDim);
             if (s.PostNorms)
             {
                 Vector(p + "attn_post_norm.weight", L.AttnPostNorm!);
@@ -354,7 +401,8 @@ public sealed class TinyModel
             if (s.BlockFfn)
             {
                 Matrix(p + "ffn_gate_inp.weight", L.Router!, s.Experts, s.Dim, GgmlType.F32);
-                Vector(p + "ffn_gate_inp.bias", L.RouterBias!);
+                if (L.RouterBias is not null)
+                    Vector(p + "ffn_gate_inp.bias", L.RouterBias);
                 Vector(p + "ffn_router_norm.weight", L.RouterNorm!);
                 Experts(p, "ffn_up", L.ExpUp!, s.Ffn, s.Dim);
                 Experts(p, "ffn_down", L.ExpDown!, s.Dim, s.Ffn);
@@ -416,7 +464,7 @@ public sealed class TinyModel
         Directory.CreateDirectory(folder);
         var config = new Dictionary<string, object?>
         {
-            ["architectures"] = new[] { s.Arch switch { "llama" when s.Moe => "MixtralForCausalLM", "qwen2moe" => "Qwen2MoeForCausalLM", "qwen3moe" => "Qwen3MoeForCausalLM", "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "granite" => "GraniteForCausalLM", "smollm3" => "SmolLM3ForCausalLM", "olmo2" => "Olmo2ForCausalLM", "phi3" => "Phi3ForCausalLM", "gemma2" => "Gemma2ForCausalLM", "gemma3" => "Gemma3ForCausalLM", _ => "LlamaForCausalLM" } },
+            ["architectures"] = new[] { s.Arch switch { "blockffn" => "MiniCPMForCausalLM", "llama" when s.Moe => "MixtralForCausalLM", "qwen2moe" => "Qwen2MoeForCausalLM", "qwen3moe" => "Qwen3MoeForCausalLM", "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "granite" => "GraniteForCausalLM", "smollm3" => "SmolLM3ForCausalLM", "olmo2" => "Olmo2ForCausalLM", "phi3" => "Phi3ForCausalLM", "gemma2" => "Gemma2ForCausalLM", "gemma3" => "Gemma3ForCausalLM", _ => "LlamaForCausalLM" } },
             ["head_dim"] = s.HeadDim,
             ["hidden_size"] = s.Dim,
             ["intermediate_size"] = s.Ffn,
@@ -433,6 +481,29 @@ public sealed class TinyModel
         };
         if (s.SlidingWindow > 0)
             config["sliding_window"] = s.SlidingWindow;
+        if (s.BlockFfn)
+        {
+            if (s.RouterBias)
+                throw new InvalidOperationException("BlockFFN's HF checkpoints have no router bias: write the spec with RouterBias: false");
+            config["ffn_type"] = "block";
+            config["num_experts"] = s.Experts;
+            config["expert_size"] = s.Ffn;
+            config["hidden_act"] = "silu";
+            config["router_act"] = "relu";
+            config["norm_after_router"] = "rms";
+            config["scale_emb"] = s.EmbeddingScale;
+            config["scale_depth"] = s.ResidualScale * MathF.Sqrt(s.Layers);
+            config["dim_model_base"] = s.Dim / s.LogitScale;
+            config["attention_type"] = s.Mla ? "mla" : "vanilla";
+            if (s.Mla)
+            {
+                config["q_lora_rank"] = s.QLora;
+                config["kv_lora_rank"] = s.KvLora;
+                config["qk_nope_head_dim"] = s.Nope;
+                config["qk_rope_head_dim"] = s.RopeDim;
+                config["v_head_dim"] = s.VDim;
+            }
+        }
         if (s.Moe && s.Arch == "llama")
         {
             config["num_local_experts"] = s.Experts;
@@ -510,7 +581,21 @@ public sealed class TinyModel
             float[] HfNorm(float[] w) => s.Gemma ? w.Select(x => x - 1f).ToArray() : w;
             if (s.PreNorms)
                 tensors.Add((p + "input_layernorm.weight", HfNorm(L.AttnNorm), [s.Dim]));
-            if (s.Fused)
+            if (s.Mla)
+            {
+                if (s.QLora > 0)
+                {
+                    tensors.Add((p + "self_attn.q_a_proj.weight", L.QA!, [s.QLora, s.Dim]));
+                    tensors.Add((p + "self_attn.q_a_layernorm.weight", L.QANorm!, [s.QLora]));
+                    tensors.Add((p + "self_attn.q_b_proj.weight", L.QB!, [s.QDim, s.QLora]));
+                }
+                else
+                    tensors.Add((p + "self_attn.q_proj.weight", L.Wq, [s.QDim, s.Dim]));
+                tensors.Add((p + "self_attn.kv_a_proj_with_mqa.weight", L.KvA!, [s.KvLora + s.RopeDim, s.Dim]));
+                tensors.Add((p + "self_attn.kv_a_layernorm.weight", L.KvANorm!, [s.KvLora]));
+                tensors.Add((p + "self_attn.kv_b_proj.weight", L.KvB!, [s.Heads * (s.Nope + s.VDim), s.KvLora]));
+            }
+            else if (s.Fused)
                 tensors.Add((p + "self_attn.qkv_proj.weight", [.. L.Wq, .. L.Wk, .. L.Wv], [s.QDim + 2 * s.KvDim, s.Dim]));
             else
             {
@@ -529,7 +614,7 @@ public sealed class TinyModel
                 tensors.Add((p + "self_attn.q_norm.weight", HfNorm(L.QNorm), [L.QNorm.Length]));
                 tensors.Add((p + "self_attn.k_norm.weight", HfNorm(L.KNorm!), [L.KNorm!.Length]));
             }
-            tensors.Add((p + "self_attn.o_proj.weight", L.Wo, [s.Dim, s.QDim]));
+            tensors.Add((p + "self_attn.o_proj.weight", L.Wo, [s.Dim, s.Mla ? s.Heads * s.VDim : s.QDim]));
             if (s.PostNorms)
             {
                 tensors.Add((p + "post_attention_layernorm.weight", HfNorm(L.AttnPostNorm!), [s.Dim]));
@@ -539,7 +624,14 @@ public sealed class TinyModel
             }
             else
                 tensors.Add((p + "post_attention_layernorm.weight", L.FfnNorm, [s.Dim]));
-            if (s.Moe)
+            if (s.BlockFfn)
+            {
+                tensors.Add((p + "mlp.router_proj.weight", L.Router!, [s.Experts, s.Dim]));
+                tensors.Add((p + "mlp.router_norm.weight", L.RouterNorm!, [s.Experts]));
+                tensors.Add((p + "mlp.up_proj", L.ExpUp!.SelectMany(e => e).ToArray(), [s.Experts, s.Ffn, s.Dim]));
+                tensors.Add((p + "mlp.down_proj", L.ExpDown!.SelectMany(e => e).ToArray(), [s.Experts, s.Dim, s.Ffn]));
+            }
+            else if (s.Moe)
             {
                 bool mixtral = s.Arch == "llama";
                 string moe = mixtral ? "block_sparse_moe." : "mlp.";
@@ -566,7 +658,7 @@ public sealed class TinyModel
                 tensors.Add((p + "mlp.gate_proj.weight", L.Gate, [s.Ffn, s.Dim]));
                 tensors.Add((p + "mlp.up_proj.weight", L.Up, [s.Ffn, s.Dim]));
             }
-            if (!s.Moe)
+            if (!s.Moe && !s.BlockFfn)
                 tensors.Add((p + "mlp.down_proj.weight", L.Down, [s.Dim, s.Ffn]));
         }
         tensors.Add(("model.norm.weight", s.Gemma ? OutputNorm.Select(x => x - 1f).ToArray() : OutputNorm, [s.Dim]));
@@ -648,6 +740,13 @@ public sealed class TinyModel
             {
                 var L = Layers[l];
                 var xn = s.PreNorms ? RmsNorm(x, L.AttnNorm) : x;
+                if (s.Mla)
+                {
+                    var mo = MatVec(L.Wo, MlaAttention(L, xn, t, keys[l], values[l]), null);
+                    for (int i = 0; i < s.Dim; i++)
+                        x[i] += mo[i] * s.ResidualScale;
+                    goto ffn;
+                }
                 var q = MatVec(L.Wq, xn, L.Bq);
                 var k = MatVec(L.Wk, xn, L.Bk);
                 var v = MatVec(L.Wv, xn, L.Bv);
@@ -705,6 +804,7 @@ public sealed class TinyModel
                     o = RmsNorm(o, L.AttnPostNorm!);
                 for (int i = 0; i < s.Dim; i++)
                     x[i] += o[i] * s.ResidualScale;
+                ffn:
                 var fn = s.PreNorms ? RmsNorm(x, L.FfnNorm) : x;
                 if (s.Moe || s.BlockFfn)
                 {
@@ -732,6 +832,72 @@ public sealed class TinyModel
                 .Select(v => s.FinalSoftCap > 0 ? s.FinalSoftCap * Math.Tanh(v / s.FinalSoftCap) : v).ToArray();
         }
         return (result, hidden);
+    }
+
+    /// <summary>
+    /// MLA as MiniCPM's MLAAttention computes it (HF order: each head's q and k are [nope | pe]): q through
+    /// the low rank (RMSNorm eps 1e-6), the latent RMS-normed and expanded per head into [k_nope | v], the
+    /// one k_pe rotated (rotate-half over the rope dims, frequencies over the rope dims) and shared by all
+    /// heads, scores scaled by 1/√(nope + rope), values of v dims. Keys and values of past tokens come from
+    /// <paramref name="keys"/>/<paramref name="values"/> ([heads·(nope + rope)] and [heads·v] per token).
+    /// </summary>
+    private double[] MlaAttention(Layer L, double[] x, int position, List<double[]> keys, List<double[]> values)
+    {
+        var s = Spec;
+        int hd = s.HeadDim, nope = s.Nope, rope = s.RopeDim, vd = s.VDim;
+        double[] Norm6(double[] v, float[] w)
+        {
+            double scale = 1 / Math.Sqrt(v.Sum(a => a * a) / v.Length + 1e-6);
+            return v.Select((a, i) => a * scale * w[i]).ToArray();
+        }
+        void RotateHalf(double[] v, int at)
+        {
+            int half = rope / 2;
+            for (int i = 0; i < half; i++)
+            {
+                double angle = position * Math.Pow(s.RopeTheta, -2.0 * i / rope);
+                double x0 = v[at + i], x1 = v[at + i + half];
+                v[at + i] = x0 * Math.Cos(angle) - x1 * Math.Sin(angle);
+                v[at + i + half] = x0 * Math.Sin(angle) + x1 * Math.Cos(angle);
+            }
+        }
+        var q = s.QLora > 0 ? MatVec(L.QB!, Norm6(MatVec(L.QA!, x, null), L.QANorm!), null) : MatVec(L.Wq, x, null);
+        var kva = MatVec(L.KvA!, x, null);
+        var latent = Norm6(kva[..s.KvLora], L.KvANorm!);
+        var kpe = kva[s.KvLora..];
+        RotateHalf(kpe, 0);
+        var kvb = MatVec(L.KvB!, latent, null);
+        var k = new double[s.Heads * hd];
+        var v = new double[s.Heads * vd];
+        for (int h = 0; h < s.Heads; h++)
+        {
+            RotateHalf(q, h * hd + nope);
+            Array.Copy(kvb, h * (nope + vd), k, h * hd, nope);
+            Array.Copy(kpe, 0, k, h * hd + nope, rope);
+            Array.Copy(kvb, h * (nope + vd) + nope, v, h * vd, vd);
+        }
+        keys.Add(k);
+        values.Add(v);
+        var att = new double[s.Heads * vd];
+        for (int h = 0; h < s.Heads; h++)
+        {
+            var scores = new double[keys.Count];
+            for (int p = 0; p < keys.Count; p++)
+            {
+                double dot = 0;
+                for (int i = 0; i < hd; i++)
+                    dot += q[h * hd + i] * keys[p][h * hd + i];
+                scores[p] = dot / Math.Sqrt(hd);
+            }
+            double max = scores.Max(), sum = scores.Sum(a => Math.Exp(a - max));
+            for (int p = 0; p < keys.Count; p++)
+            {
+                double weight = Math.Exp(scores[p] - max) / sum;
+                for (int i = 0; i < vd; i++)
+                    att[h * vd + i] += weight * values[p][h * vd + i];
+            }
+        }
+        return att;
     }
 
     /// <summary>
