@@ -106,6 +106,71 @@ public static class TokenizerLoader
         throw new ModelFormatException(folder, "tokenizer", "no tokenizer.json or tokenizer.model in the model folder");
     }
 
+    /// <summary>
+    /// Writes an HF folder's tokenizer as GGUF <c>tokenizer.ggml.*</c> keys, as llama.cpp's converter would:
+    /// a SentencePiece <c>tokenizer.model</c> as "llama" (pieces, scores, types, the dummy prefix), a
+    /// byte-level BPE <c>tokenizer.json</c> as "gpt2" with its merges and the llama.cpp pre-tokenizer whose
+    /// regexes are the file's. What GGUF cannot express — a normalizer, a pre-tokenizer llama.cpp has no
+    /// name for, a byte-fallback tokenizer.json without its tokenizer.model — is refused by field. The
+    /// result loads back as the same tokenizer (<see cref="FromGguf"/>).
+    /// </summary>
+    public static void ToGguf(string folder, Formats.Gguf.GgufWriter w)
+    {
+        var special = HfSpecialTokens.Read(folder);
+        string json = Path.Combine(folder, "tokenizer.json"), sp = Path.Combine(folder, "tokenizer.model");
+        bool spFirst = File.Exists(sp) && (!File.Exists(json) || IsByteFallback(json));
+        if (spFirst)
+        {
+            var t = FromSentencePieceModel(sp, special);
+            var model = SentencePieceModel.Parse(File.ReadAllBytes(sp));
+            w.Add("tokenizer.ggml.model", "llama");
+            w.Add("tokenizer.ggml.tokens", Formats.Gguf.GgufValue.FromArray(model.Pieces));
+            w.Add("tokenizer.ggml.scores", Formats.Gguf.GgufValue.FromArray(model.Scores));
+            w.Add("tokenizer.ggml.token_type", Formats.Gguf.GgufValue.FromArray(model.Kinds.Select(k => (int)k).ToArray()));
+            w.Add("tokenizer.ggml.add_space_prefix", model.AddDummyPrefix);
+            if (model.UnkId >= 0 && model.UnkId < model.Pieces.Length)
+                w.Add("tokenizer.ggml.unknown_token_id", (uint)model.UnkId);
+            Specials(w, t);
+            return;
+        }
+        if (!File.Exists(json))
+            throw new ModelFormatException(folder, "tokenizer", "no tokenizer.json or tokenizer.model in the model folder");
+        if (IsByteFallback(json))
+            throw new ModelFormatException(json, "model.byte_fallback", "a SentencePiece-style tokenizer.json converts from its tokenizer.model, which the folder lacks");
+        var tokenizer = FromTokenizerJson(json, special);
+        using var doc = HfJson.Parse(json);
+        var root = doc.RootElement;
+        if (root.TryGetProperty("normalizer", out var n) && n.ValueKind != JsonValueKind.Null)
+            throw new ModelFormatException(json, "normalizer", "GGUF's byte-level tokenizers carry no normalizer");
+        var regexes = HfPipeline.PreTokenizerRegexes(json, root);
+        string pre = PreTokenizerPatterns.KnownGgufPre.FirstOrDefault(name => PreTokenizerPatterns.ForGgufPre(name) is { } rule && rule.Regexes.SequenceEqual(regexes))
+            ?? throw new ModelFormatException(json, "pre_tokenizer", "its regexes are none of llama.cpp's named pre-tokenizers");
+        var merges = ReadMerges(json, HfJson.Object(json, root, "model"));
+        w.Add("tokenizer.ggml.model", "gpt2");
+        w.Add("tokenizer.ggml.pre", pre);
+        w.Add("tokenizer.ggml.tokens", Formats.Gguf.GgufValue.FromArray(Enumerable.Range(0, tokenizer.VocabSize).Select(tokenizer.Piece).ToArray()));
+        w.Add("tokenizer.ggml.token_type", Formats.Gguf.GgufValue.FromArray(Enumerable.Range(0, tokenizer.VocabSize).Select(i => (int)tokenizer.Kind(i)).ToArray()));
+        w.Add("tokenizer.ggml.merges", Formats.Gguf.GgufValue.FromArray(merges.Select(m => m.Left + " " + m.Right).ToArray()));
+        Specials(w, tokenizer);
+    }
+
+    private static void Specials(Formats.Gguf.GgufWriter w, TextTokenizer t)
+    {
+        if (t.BosId is int bos)
+            w.Add("tokenizer.ggml.bos_token_id", (uint)bos);
+        if (t.EosId is int eos)
+            w.Add("tokenizer.ggml.eos_token_id", (uint)eos);
+        w.Add("tokenizer.ggml.add_bos_token", t.AddBos);
+        w.Add("tokenizer.ggml.add_eos_token", t.AddEos);
+    }
+
+    private static bool IsByteFallback(string json)
+    {
+        using var doc = HfJson.Parse(json);
+        return doc.RootElement.TryGetProperty("model", out var m) && m.ValueKind == JsonValueKind.Object
+            && m.TryGetProperty("byte_fallback", out var bf) && bf.ValueKind == JsonValueKind.True;
+    }
+
     private static TextTokenizer FromSentencePieceModel(string path, HfSpecialTokens special)
     {
         SentencePieceModel sp;

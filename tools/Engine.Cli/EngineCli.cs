@@ -24,6 +24,7 @@ public static class EngineCli
         root.Subcommands.Add(BenchCommand.Create(io));
         root.Subcommands.Add(PerplexityCommand.Create(io));
         root.Subcommands.Add(QuantizeCommand.Create(io));
+        root.Subcommands.Add(ConvertCommand.Create(io));
         root.Subcommands.Add(SynthCommand.Create(io));
         root.Subcommands.Add(SpecBenchCommand.Create(io));
         root.Subcommands.Add(KernelsBenchCommand.Create(io));
