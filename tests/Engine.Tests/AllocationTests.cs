@@ -43,6 +43,31 @@ public class AllocationTests
         AssertNoAllocationPerToken(lm, SamplingOptions.Greedy);
     }
 
+    /// <summary>
+    /// Mixtures of experts (routing tables, grouped products, the combine) and BlockFFN (router scores, the
+    /// active-block list, per-block buffers; MLA's scratch) reuse their buffers too.
+    /// </summary>
+    [TestCase("mixtral")]
+    [TestCase("qwen2moe")]
+    [TestCase("blockffn-mla")]
+    [TestCase("blockffn")]
+    public void Generating_from_sparse_models_allocates_nothing_per_token(string kind)
+    {
+        var spec = kind switch
+        {
+            "mixtral" => new TinySpec("alloc-mixtral", Vocab: 512, Heads: 4, KvHeads: 2, Experts: 4, ExpertsUsed: 2, WeightType: GgmlType.Q8_0, Context: 512),
+            "qwen2moe" => new TinySpec("alloc-qwen2moe", Arch: "qwen2moe", Vocab: 512, Heads: 4, KvHeads: 2, QkvBias: true, Experts: 6, ExpertsUsed: 2,
+                SharedFfn: 64, Context: 512),
+            "blockffn" => new TinySpec("alloc-blockffn-plain", Arch: "blockffn", Vocab: 512, Heads: 4, KvHeads: 2, Experts: 12, Ffn: 32,
+                WeightType: GgmlType.Q8_0, Context: 512),
+            _ => new TinySpec("alloc-blockffn", Arch: "blockffn", Vocab: 512, Heads: 4, KvHeads: 4, HeadDimOverride: 32, QLora: 32, KvLora: 32, RopeDim: 16,
+                VDim: 16, Experts: 12, Ffn: 32, WeightType: GgmlType.Q8_0, Context: 512),
+        };
+        using var dir = new TempDir();
+        using var lm = LanguageModel.Load(TinyModel.Random(spec).WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 2 });
+        AssertNoAllocationPerToken(lm, SamplingOptions.Greedy);
+    }
+
     private static void AssertNoAllocationPerToken(LanguageModel lm, SamplingOptions sampling)
     {
         using var session = lm.CreateSession();

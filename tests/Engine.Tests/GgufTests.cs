@@ -218,11 +218,21 @@ public class HostileGgufTests
     /// Seeded random corruption of a small but complete model file. Opening and loading must either work
     /// or fail with <see cref="ModelFormatException"/> — never another exception, a crash or a hang.
     /// </summary>
-    [Test]
-    public void Random_corruption_never_escapes_as_anything_but_a_format_error()
+    public static IEnumerable<TinySpec> FuzzSpecs()
+    {
+        yield return new TinySpec("fuzz", Vocab: 260, Dim: 32, Heads: 2, KvHeads: 1, Ffn: 32, Layers: 1);
+        // the keys and tensors of mixtures of experts, BlockFFN and MLA: counts, widths, ranks, stacked 3-D tensors
+        yield return new TinySpec("fuzz-qwen2moe", Arch: "qwen2moe", Vocab: 260, Dim: 32, Heads: 2, KvHeads: 1, Ffn: 32, Layers: 1, QkvBias: true,
+            Experts: 4, ExpertsUsed: 2, SharedFfn: 32);
+        yield return new TinySpec("fuzz-blockffn-mla", Arch: "blockffn", Vocab: 260, Dim: 32, Heads: 2, KvHeads: 2, HeadDimOverride: 32, QLora: 32,
+            KvLora: 32, RopeDim: 16, VDim: 16, Experts: 4, Ffn: 32, Layers: 1);
+    }
+
+    [TestCaseSource(nameof(FuzzSpecs))]
+    public void Random_corruption_never_escapes_as_anything_but_a_format_error(TinySpec spec)
     {
         using var dir = new TempDir();
-        string good = TinyModel.Random(new TinySpec("fuzz", Vocab: 260, Dim: 32, Heads: 2, KvHeads: 1, Ffn: 32, Layers: 1)).WriteGguf(dir.File("good.gguf"));
+        string good = TinyModel.Random(spec).WriteGguf(dir.File("good.gguf"));
         var original = File.ReadAllBytes(good);
         // Corrupt the header region, where the parser's decisions are made; tensor data is just numbers.
         int headerEnd;

@@ -454,6 +454,8 @@ public sealed unsafe class CpuBackend : Backend
             s = _sparse = new SparseFfnScratch(blocks);
         var upBlocks = BlockViews(up, blocks);
         var downBlocks = BlockViews(down, blocks);
+        s.Prepare(n, size, QuantizeActivations ? Kernels.MatMul.ActivationFor(down.Type) : null);
+        _matMul.Reserve(blocks); // every block may turn on: room for all of them as targets of the up product
         // the active blocks' up rows: one product over one target per block, the input quantized once
         var targets = s.Targets(active.Length);
         for (int i = 0; i < active.Length; i++)
@@ -491,11 +493,17 @@ public sealed unsafe class CpuBackend : Backend
     {
         if (_blockViews.TryGetValue(stacked, out var views) && views.Length == blocks)
             return views;
-        var view = ((CpuMatrix)stacked).View;
-        int rows = stacked.Rows / blocks;
-        views = Enumerable.Range(0, blocks).Select(e => new CpuMatrix(view.RowSlice($"{stacked.Name}[{e}]", (long)e * rows, rows))).ToArray();
+        views = MakeBlockViews(stacked, blocks);
         _blockViews.AddOrUpdate(stacked, views);
         return views;
+    }
+
+    // (its own method: a lambda's captures would otherwise be allocated on every call, the fast path's too)
+    private static CpuMatrix[] MakeBlockViews(DeviceMatrix stacked, int blocks)
+    {
+        var view = ((CpuMatrix)stacked).View;
+        int rows = stacked.Rows / blocks;
+        return Enumerable.Range(0, blocks).Select(e => new CpuMatrix(view.RowSlice($"{stacked.Name}[{e}]", (long)e * rows, rows))).ToArray();
     }
 
     private readonly System.Runtime.CompilerServices.ConditionalWeakTable<DeviceMatrix, CpuMatrix[]> _blockViews = new();
@@ -508,13 +516,33 @@ public sealed unsafe class CpuBackend : Backend
         public readonly QuantizedActivations?[] Quantized = new QuantizedActivations?[blocks];
         public readonly QuantizedActivations?[] QuantizedRefs = new QuantizedActivations?[blocks];
         public readonly TensorView[] DownViews = new TensorView[blocks];
-        public readonly Kernels.ChunkSparseFfn.DownWork Down = new();
+        public readonly Kernels.ChunkSparseFfn.DownWork Down = new(blocks);
         private MatMulTarget[] _targets = [];
         private float[] _part = [], _sigmoid = [];
 
         public CpuBuffer Buffer(int block, long floats) => Hidden[block] is { } b && b.Length >= floats ? b : Hidden[block] = new CpuBuffer(Math.Max(floats, 2 * (Hidden[block]?.Length ?? 0)));
 
-        public MatMulTarget[] Targets(int count) => _targets.Length >= count ? _targets : _targets = new MatMulTarget[count];
+        private int _rows;
+
+        /// <summary>
+        /// Every block's buffers for passes of up to <paramref name="rows"/> rows, made at once: a block that
+        /// turns on for the first time many tokens later then allocates nothing mid-generation.
+        /// </summary>
+        public void Prepare(int rows, int size, ActivationBlock? kind)
+        {
+            if (rows <= _rows)
+                return;
+            _rows = Math.Max(rows, 2 * _rows);
+            var zeros = new float[(long)_rows * size];
+            for (int e = 0; e < Hidden.Length; e++)
+            {
+                Buffer(e, (long)_rows * size);
+                if (kind is { } k)
+                    (Quantized[e] ??= new QuantizedActivations()).Quantize(zeros, _rows, size, k);
+            }
+        }
+
+        public MatMulTarget[] Targets(int count) => _targets.Length >= count ? _targets : _targets = new MatMulTarget[Math.Max(count, Hidden.Length)];
 
         public float[] Part(long floats) => _part.Length >= floats ? _part : _part = new float[floats];
 
@@ -615,6 +643,16 @@ public sealed unsafe class CpuBackend : Backend
         private QuantizedActivations?[] _inputs = new QuantizedActivations?[4];
         private QuantizedActivations? _groups;
         private FloatPanels? _panels;
+
+        /// <summary>Room for <paramref name="count"/> targets, so that a later run with that many allocates nothing.</summary>
+        public void Reserve(int count)
+        {
+            if (_weights.Length >= count)
+                return;
+            System.Array.Resize(ref _weights, count);
+            System.Array.Resize(ref _outputs, count);
+            System.Array.Resize(ref _inputs, count);
+        }
 
         public void Set(float[] x, int n, ReadOnlySpan<MatMulTarget> targets, QuantizedActivations? q80, QuantizedActivations? q8k,
             QuantizedActivations? groups, FloatPanels? panels)

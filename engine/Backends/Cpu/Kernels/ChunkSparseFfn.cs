@@ -38,12 +38,12 @@ internal static class ChunkSparseFfn
     /// with each block's product from the row kernels (<see cref="MatMul.Rows"/>, which give a row the same
     /// bits in any batch), written into the caller's zeroed y.
     /// </summary>
-    public sealed class DownWork : IParallelWork
+    public sealed class DownWork(int blocks) : IParallelWork
     {
         private TensorView[] _down = [];
         private float[][] _hidden = [];
         private QuantizedActivations?[] _quantized = [];
-        private int[] _active = [];
+        private int[] _active = new int[blocks]; // room for every block from the start: nothing allocated when more turn on
         private int _count, _rows, _dim;
         private float[] _y = [], _part = [];
 
