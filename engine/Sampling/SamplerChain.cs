@@ -37,6 +37,26 @@ public sealed class SamplerChain
         return new SamplerChain([.. processors], new Random(unchecked((int)options.Seed)));
     }
 
+    /// <summary>
+    /// A chain of these processors in this order (any of <see cref="Temperature"/>, <see cref="TopK"/>,
+    /// <see cref="TopP"/>, <see cref="MinP"/>, <see cref="Typical"/>, <see cref="TopNSigma"/>,
+    /// <see cref="EpsilonCutoff"/>, <see cref="EtaCutoff"/>, <see cref="Xtc"/>, <see cref="DynamicTemperature"/>,
+    /// <see cref="LogitBias"/>, <see cref="Penalties"/>, or one's own), drawing with a generator seeded by
+    /// <paramref name="seed"/>, or greedy (the argmax of what they leave) without one.
+    /// </summary>
+    public static SamplerChain Create(IEnumerable<ILogitsProcessor> processors, ulong? seed) =>
+        new([.. processors], seed is { } s ? new Random(unchecked((int)s)) : null);
+
+    /// <summary>Tells the stateful processors (penalties) the token the generation kept.</summary>
+    public void Accept(int token)
+    {
+        foreach (var p in _processors)
+        {
+            if (p is IStatefulProcessor stateful)
+                stateful.Accept(token);
+        }
+    }
+
     public int Sample(ReadOnlySpan<float> logits)
     {
         if (_random is null && _processors.All(p => p.PreservesArgmax))

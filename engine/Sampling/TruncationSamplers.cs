@@ -1,0 +1,458 @@
+namespace Engine.Sampling;
+
+/// <summary>
+/// Helpers the research samplers share: probabilities of the current candidates (NaN logits refused by
+/// token, an all -inf row refused as empty) and their entropy in nats.
+/// </summary>
+internal static class CandidateMath
+{
+    /// <summary>Softmax of the candidates after checking them: NaN is an error naming the token; so is a row with no finite logit.</summary>
+    public static void Probabilities(Candidates c, string sampler)
+    {
+        bool finite = false;
+        for (int i = 0; i < c.Count; i++)
+        {
+            if (float.IsNaN(c.Logits[i]))
+                throw new ArgumentException($"{sampler}: the logit of token {c.Ids[i]} is NaN");
+            finite |= c.Logits[i] > float.NegativeInfinity;
+        }
+        if (!finite)
+            throw new ArgumentException($"{sampler}: every candidate's logit is -inf: there is nothing to sample");
+        if (!c.HasProbs)
+            c.Softmax();
+    }
+
+    /// <summary>H = −Σ p·ln p over the candidates (their probabilities computed).</summary>
+    public static double Entropy(Candidates c)
+    {
+        double h = 0;
+        for (int i = 0; i < c.Count; i++)
+        {
+            double p = c.Probs[i];
+            if (p > 0)
+                h -= p * Math.Log(p);
+        }
+        return h;
+    }
+
+    /// <summary>Keeps, in their order, the candidates whose logit is at least <paramref name="floor"/>.</summary>
+    public static void KeepLogitsFrom(Candidates c, double floor)
+    {
+        int kept = 0;
+        for (int i = 0; i < c.Count; i++)
+        {
+            if (c.Logits[i] >= floor)
+            {
+                c.Ids[kept] = c.Ids[i];
+                c.Logits[kept++] = c.Logits[i];
+            }
+        }
+        c.Count = kept;
+        c.HasProbs = false;
+    }
+
+    /// <summary>Keeps, in their order, the candidates whose probability is at least <paramref name="cutoff"/>, and candidate <paramref name="always"/>.</summary>
+    public static void KeepProbsFrom(Candidates c, double cutoff, int always)
+    {
+        int kept = 0;
+        for (int i = 0; i < c.Count; i++)
+        {
+            if (i == always || c.Probs[i] >= cutoff)
+            {
+                c.Ids[kept] = c.Ids[i];
+                c.Logits[kept++] = c.Logits[i];
+            }
+        }
+        c.Count = kept;
+        c.HasProbs = false;
+    }
+}
+
+/// <summary>
+/// Locally typical sampling (Meister et al., "Locally Typical Sampling", TACL 2023): keeps the tokens whose
+/// surprise −ln p is closest to the distribution's entropy, fewest first, until their probabilities add up
+/// to at least P — llama.cpp's <c>typical</c> sampler.
+/// </summary>
+public sealed class Typical : ILogitsProcessor
+{
+    private int[] _order = [], _ids = [];
+    private double[] _distance = [];
+    private float[] _logits = [];
+
+    public Typical(float p)
+    {
+        if (!(p > 0 && p <= 1))
+            throw new ArgumentOutOfRangeException(nameof(p), $"typical-p {p} must be in (0, 1]");
+        P = p;
+    }
+
+    public float P { get; }
+
+    public string Name => $"typical={P}";
+
+    public bool PreservesArgmax => false;
+
+    public void Apply(Candidates c)
+    {
+        if (P >= 1 || c.Count <= 1)
+            return;
+        CandidateMath.Probabilities(c, Name);
+        double entropy = CandidateMath.Entropy(c);
+        if (_order.Length < c.Ids.Length)
+        {
+            _order = new int[c.Ids.Length];
+            _ids = new int[c.Ids.Length];
+            _distance = new double[c.Ids.Length];
+            _logits = new float[c.Ids.Length];
+        }
+        int n = c.Count;
+        for (int i = 0; i < n; i++)
+        {
+            _order[i] = i;
+            _distance[i] = c.Probs[i] > 0 ? Math.Abs(-Math.Log(c.Probs[i]) - entropy) : double.PositiveInfinity;
+        }
+        // nearest to the entropy first; equal distances by position (Array.Sort is unstable), so ties are deterministic
+        Array.Sort(_distance, _order, 0, n);
+        for (int i = 0, j; i < n; i = j)
+        {
+            for (j = i + 1; j < n && _distance[j] == _distance[i]; j++) { }
+            if (j - i > 1)
+                Array.Sort(_order, i, j - i);
+        }
+        double cumulative = 0;
+        int keep = n;
+        for (int i = 0; i < n; i++)
+        {
+            cumulative += c.Probs[_order[i]];
+            if (cumulative >= P)
+            {
+                keep = i + 1;
+                break;
+            }
+        }
+        for (int i = 0; i < keep; i++)
+        {
+            _ids[i] = c.Ids[_order[i]];
+            _logits[i] = c.Logits[_order[i]];
+        }
+        Array.Copy(_ids, c.Ids, keep);
+        Array.Copy(_logits, c.Logits, keep);
+        c.Count = keep;
+        c.Sorted = false;
+        c.HasProbs = false;
+    }
+}
+
+/// <summary>
+/// Top-nσ (Tang et al., "Top-nσ: Not All Logits Are You Need", 2024): keeps the tokens whose logit is within
+/// n standard deviations of the largest, σ over the finite logits — a threshold that does not move with
+/// temperature.
+/// </summary>
+public sealed class TopNSigma : ILogitsProcessor
+{
+    public TopNSigma(float n)
+    {
+        if (!(n >= 0) || !float.IsFinite(n))
+            throw new ArgumentOutOfRangeException(nameof(n), $"top-n-sigma {n} must be a non-negative number");
+        N = n;
+    }
+
+    public float N { get; }
+
+    public string Name => $"top-n-sigma={N}";
+
+    public bool PreservesArgmax => true;
+
+    public void Apply(Candidates c)
+    {
+        CandidateMath.Probabilities(c, Name);
+        double sum = 0, squares = 0, max = double.NegativeInfinity;
+        int finite = 0;
+        for (int i = 0; i < c.Count; i++)
+        {
+            double l = c.Logits[i];
+            if (double.IsNegativeInfinity(l))
+                continue;
+            sum += l;
+            squares += l * l;
+            max = Math.Max(max, l);
+            finite++;
+        }
+        double mean = sum / finite, sigma = Math.Sqrt(Math.Max(0, squares / finite - mean * mean));
+        double floor = max - N * sigma;
+        CandidateMath.KeepLogitsFrom(c, floor);
+    }
+}
+
+/// <summary>
+/// Epsilon sampling (Hewitt et al., "Truncation Sampling as Language Model Desmoothing", EMNLP 2022): drops
+/// the tokens whose probability is below ε, always keeping the most likely one.
+/// </summary>
+public sealed class EpsilonCutoff : ILogitsProcessor
+{
+    public EpsilonCutoff(float epsilon)
+    {
+        if (!(epsilon >= 0 && epsilon < 1))
+            throw new ArgumentOutOfRangeException(nameof(epsilon), $"epsilon {epsilon} must be in [0, 1)");
+        Epsilon = epsilon;
+    }
+
+    public float Epsilon { get; }
+
+    public string Name => $"epsilon={Epsilon}";
+
+    public bool PreservesArgmax => true;
+
+    public void Apply(Candidates c) => EtaCutoff.Cut(c, Epsilon, Name);
+}
+
+/// <summary>
+/// Eta sampling (Hewitt et al., 2022): drops the tokens below η = min(ε, √ε·e^−H), H the distribution's
+/// entropy — a cutoff that loosens when the model is unsure; the most likely token always stays.
+/// </summary>
+public sealed class EtaCutoff : ILogitsProcessor
+{
+    public EtaCutoff(float epsilon)
+    {
+        if (!(epsilon >= 0 && epsilon < 1))
+            throw new ArgumentOutOfRangeException(nameof(epsilon), $"eta's epsilon {epsilon} must be in [0, 1)");
+        Epsilon = epsilon;
+    }
+
+    public float Epsilon { get; }
+
+    public string Name => $"eta={Epsilon}";
+
+    public bool PreservesArgmax => true;
+
+    public void Apply(Candidates c)
+    {
+        CandidateMath.Probabilities(c, Name);
+        double eta = Math.Min(Epsilon, Math.Sqrt(Epsilon) * Math.Exp(-CandidateMath.Entropy(c)));
+        Cut(c, eta, Name);
+    }
+
+    internal static void Cut(Candidates c, double cutoff, string name)
+    {
+        CandidateMath.Probabilities(c, name);
+        int best = 0;
+        for (int i = 1; i < c.Count; i++)
+        {
+            if (c.Probs[i] > c.Probs[best])
+                best = i;
+        }
+        CandidateMath.KeepProbsFrom(c, cutoff, best);
+    }
+}
+
+/// <summary>
+/// Logit bias (OpenAI's <c>logit_bias</c>, llama.cpp's <c>--logit-bias</c>): adds a fixed amount to chosen
+/// tokens' logits; −∞ bans a token.
+/// </summary>
+public sealed class LogitBias : ILogitsProcessor
+{
+    private readonly Dictionary<int, float> _bias;
+
+    public LogitBias(IReadOnlyDictionary<int, float> bias)
+    {
+        foreach (var (id, value) in bias)
+        {
+            if (id < 0)
+                throw new ArgumentOutOfRangeException(nameof(bias), $"logit bias for token {id}: ids are not negative");
+            if (float.IsNaN(value) || float.IsPositiveInfinity(value))
+                throw new ArgumentOutOfRangeException(nameof(bias), $"logit bias {value} for token {id} must be a number or -inf");
+        }
+        _bias = new Dictionary<int, float>(bias);
+    }
+
+    public string Name => $"logit-bias({_bias.Count} tokens)";
+
+    public bool PreservesArgmax => _bias.Count == 0;
+
+    public void Apply(Candidates c)
+    {
+        if (_bias.Count == 0)
+            return;
+        for (int i = 0; i < c.Count; i++)
+        {
+            if (_bias.TryGetValue(c.Ids[i], out float b))
+                c.Logits[i] += b;
+        }
+        c.Sorted = false;
+        c.HasProbs = false;
+    }
+}
+
+/// <summary>
+/// Dynamic temperature (kalomaze's entropy-based "DynaTemp", llama.cpp's <c>--dynatemp-range</c>):
+/// T = T_min + (T_max − T_min)·(H / ln N)^exponent with [T_min, T_max] = T ± range, N the candidates — a
+/// confident distribution is sharpened, an unsure one flattened.
+/// </summary>
+public sealed class DynamicTemperature : ILogitsProcessor
+{
+    public DynamicTemperature(float temperature, float range, float exponent = 1f)
+    {
+        if (!(temperature > 0) || !float.IsFinite(temperature))
+            throw new ArgumentOutOfRangeException(nameof(temperature), $"temperature {temperature} must be a positive number");
+        if (!(range >= 0) || !(range < temperature))
+            throw new ArgumentOutOfRangeException(nameof(range), $"dynamic temperature range {range} must be in [0, {temperature})");
+        if (!(exponent > 0) || !float.IsFinite(exponent))
+            throw new ArgumentOutOfRangeException(nameof(exponent), $"dynamic temperature exponent {exponent} must be positive");
+        (Base, Range, Exponent) = (temperature, range, exponent);
+    }
+
+    public float Base { get; }
+    public float Range { get; }
+    public float Exponent { get; }
+
+    public string Name => $"dynatemp={Base}±{Range}^{Exponent}";
+
+    public bool PreservesArgmax => true;
+
+    /// <summary>The temperature last applied.</summary>
+    public float Last { get; private set; }
+
+    public void Apply(Candidates c)
+    {
+        CandidateMath.Probabilities(c, Name);
+        double maxEntropy = c.Count > 1 ? Math.Log(c.Count) : 1;
+        double normalized = c.Count > 1 ? CandidateMath.Entropy(c) / maxEntropy : 0;
+        double t = (Base - Range) + 2 * Range * Math.Pow(normalized, Exponent);
+        Last = (float)t;
+        float inv = (float)(1 / t);
+        for (int i = 0; i < c.Count; i++)
+            c.Logits[i] *= inv;
+        c.HasProbs = false;
+    }
+}
+
+/// <summary>
+/// Exclude Top Choices (XTC, p-e-w, 2024; llama.cpp's <c>--xtc-probability</c>/<c>--xtc-threshold</c>): with
+/// probability <see cref="Probability"/>, removes every token at or above <see cref="Threshold"/> but the
+/// least likely of them — when at least two reach it — steering away from the most predictable choice.
+/// Draws its coin from its own seeded generator.
+/// </summary>
+public sealed class Xtc : ILogitsProcessor
+{
+    private readonly Random _random;
+
+    public Xtc(float probability, float threshold, ulong seed)
+    {
+        if (!(probability >= 0 && probability <= 1))
+            throw new ArgumentOutOfRangeException(nameof(probability), $"xtc probability {probability} must be in [0, 1]");
+        if (!(threshold > 0 && threshold <= 0.5f))
+            throw new ArgumentOutOfRangeException(nameof(threshold), $"xtc threshold {threshold} must be in (0, 0.5]: above, no two tokens can reach it");
+        (Probability, Threshold) = (probability, threshold);
+        _random = new Random(unchecked((int)seed ^ 0x5854));
+    }
+
+    public float Probability { get; }
+    public float Threshold { get; }
+
+    public string Name => $"xtc={Probability}@{Threshold}";
+
+    public bool PreservesArgmax => false;
+
+    public void Apply(Candidates c)
+    {
+        if (Probability <= 0 || c.Count < 2 || _random.NextDouble() >= Probability)
+            return;
+        c.Sort();
+        CandidateMath.Probabilities(c, Name);
+        int above = 0;
+        while (above < c.Count && c.Probs[above] >= Threshold)
+            above++;
+        if (above < 2)
+            return;
+        int drop = above - 1; // keep the least likely of those at or above the threshold
+        for (int i = drop; i < c.Count; i++)
+        {
+            c.Ids[i - drop] = c.Ids[i];
+            c.Logits[i - drop] = c.Logits[i];
+        }
+        c.Count -= drop;
+        c.HasProbs = false;
+    }
+}
+
+/// <summary>A processor with state that advances with each token the generation keeps (<see cref="SamplerChain.Accept"/>).</summary>
+public interface IStatefulProcessor
+{
+    /// <summary>The token the generation kept (a sampled one, or an accepted draft token).</summary>
+    void Accept(int token);
+
+    /// <summary>Forgets the history (a new generation).</summary>
+    void Reset();
+}
+
+/// <summary>
+/// Repetition, frequency and presence penalties over the last <see cref="LastN"/> kept tokens, as llama.cpp
+/// applies them (repetition: Keskar et al., "CTRL", 2019 — a positive logit divided by the penalty, a
+/// negative one multiplied; frequency and presence: OpenAI's — minus count·frequency, minus presence if seen).
+/// </summary>
+public sealed class Penalties : ILogitsProcessor, IStatefulProcessor
+{
+    private readonly int[] _ring;
+    private readonly Dictionary<int, int> _counts = [];
+    private int _next, _filled;
+
+    public Penalties(int lastN, float repeat = 1f, float frequency = 0f, float presence = 0f)
+    {
+        if (lastN < 0 || lastN > 1 << 20)
+            throw new ArgumentOutOfRangeException(nameof(lastN), $"repeat-last-n {lastN} must be in [0, {1 << 20}]");
+        if (!(repeat > 0) || !float.IsFinite(repeat))
+            throw new ArgumentOutOfRangeException(nameof(repeat), $"repeat penalty {repeat} must be a positive number (1 = off)");
+        if (!float.IsFinite(frequency) || !float.IsFinite(presence))
+            throw new ArgumentOutOfRangeException(nameof(frequency), $"frequency {frequency} and presence {presence} penalties must be numbers");
+        (LastN, Repeat, Frequency, Presence) = (lastN, repeat, frequency, presence);
+        _ring = new int[lastN];
+    }
+
+    public int LastN { get; }
+    public float Repeat { get; }
+    public float Frequency { get; }
+    public float Presence { get; }
+
+    public string Name => $"penalties(last {LastN}: repeat {Repeat}, frequency {Frequency}, presence {Presence})";
+
+    public bool PreservesArgmax => false;
+
+    public void Accept(int token)
+    {
+        if (LastN == 0)
+            return;
+        if (_filled == LastN)
+        {
+            int old = _ring[_next];
+            if (--_counts[old] == 0)
+                _counts.Remove(old);
+        }
+        else
+            _filled++;
+        _ring[_next] = token;
+        _next = (_next + 1) % LastN;
+        _counts[token] = _counts.GetValueOrDefault(token) + 1;
+    }
+
+    public void Reset()
+    {
+        _counts.Clear();
+        _next = _filled = 0;
+    }
+
+    public void Apply(Candidates c)
+    {
+        if (_counts.Count == 0)
+            return;
+        for (int i = 0; i < c.Count; i++)
+        {
+            if (!_counts.TryGetValue(c.Ids[i], out int count))
+                continue;
+            float l = c.Logits[i];
+            l = l > 0 ? l / Repeat : l * Repeat;
+            c.Logits[i] = l - count * Frequency - Presence;
+        }
+        c.Sorted = false;
+        c.HasProbs = false;
+    }
+}

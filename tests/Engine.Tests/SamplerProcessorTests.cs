@@ -1,0 +1,169 @@
+using Engine.Sampling;
+
+namespace Engine.Tests;
+
+/// <summary>
+/// The research samplers on distributions small enough to compute by hand (the expected sets and values are
+/// derived in the tests from the definitions, in double): which tokens each keeps, ties broken by position,
+/// a single candidate, an all −∞ row and NaN logits (errors that name the problem).
+/// </summary>
+public class SamplerProcessorTests
+{
+    private static Candidates From(params double[] logits)
+    {
+        var c = new Candidates(logits.Length);
+        c.Reset(logits.Select(l => (float)l).ToArray());
+        return c;
+    }
+
+    private static Candidates FromProbs(params double[] probs) => From(probs.Select(p => Math.Log(p)).ToArray());
+
+    private static int[] Kept(Candidates c) => c.Ids[..c.Count];
+
+    [Test]
+    public void Typical_keeps_the_tokens_nearest_the_entropy_until_p()
+    {
+        double[] p = [0.5, 0.3, 0.2];
+        double h = -p.Sum(x => x * Math.Log(x));
+        var order = Enumerable.Range(0, 3).OrderBy(i => Math.Abs(-Math.Log(p[i]) - h)).ToArray();
+        Assert.That(order, Is.EqualTo(new[] { 1, 0, 2 }), "the hand computation: 0.3 is the most typical, then 0.5");
+        var c = FromProbs(p);
+        new Typical(0.5f).Apply(c);
+        Assert.That(Kept(c), Is.EqualTo(new[] { 1, 0 }), "0.3 < 0.5, 0.3 + 0.5 ≥ 0.5");
+        c = FromProbs(p);
+        new Typical(0.25f).Apply(c);
+        Assert.That(Kept(c), Is.EqualTo(new[] { 1 }));
+        // ties: every token equally typical, taken in position order
+        c = FromProbs(0.25, 0.25, 0.25, 0.25);
+        new Typical(0.5f).Apply(c);
+        Assert.That(Kept(c), Is.EqualTo(new[] { 0, 1 }));
+        c = From(1.5);
+        new Typical(0.1f).Apply(c);
+        Assert.That(Kept(c), Is.EqualTo(new[] { 0 }), "a single candidate stays");
+    }
+
+    [Test]
+    public void Top_n_sigma_keeps_logits_within_n_deviations_of_the_largest()
+    {
+        double[] logits = [3, 2, 1, 0];
+        double mean = logits.Average(), sigma = Math.Sqrt(logits.Average(l => (l - mean) * (l - mean)));
+        var c = From([.. logits, double.NegativeInfinity]); // -inf takes no part in σ
+        new TopNSigma(1f).Apply(c);
+        Assert.That(Kept(c), Is.EqualTo(Enumerable.Range(0, 4).Where(i => logits[i] >= 3 - sigma).ToArray()));
+        Assert.That(Kept(c), Is.EqualTo(new[] { 0, 1 }));
+        c = From(2, 2, 1);
+        new TopNSigma(0f).Apply(c);
+        Assert.That(Kept(c), Is.EqualTo(new[] { 0, 1 }), "n = 0 keeps the tied maxima");
+    }
+
+    [Test]
+    public void Epsilon_and_eta_cut_below_their_thresholds_and_keep_the_best()
+    {
+        var c = FromProbs(0.6, 0.3, 0.05, 0.05);
+        new EpsilonCutoff(0.1f).Apply(c);
+        Assert.That(Kept(c), Is.EqualTo(new[] { 0, 1 }));
+        c = FromProbs(0.25, 0.25, 0.25, 0.25);
+        new EpsilonCutoff(0.5f).Apply(c);
+        Assert.That(Kept(c), Is.EqualTo(new[] { 0 }), "nothing reaches ε: the most likely (the first of equals) stays");
+
+        double[] p = [0.4, 0.2, 0.15, 0.1, 0.08, 0.05, 0.02];
+        double eps = 0.1, eta = Math.Min(eps, Math.Sqrt(eps) * Math.Exp(p.Sum(x => x * Math.Log(x))));
+        Assert.That(eta, Is.LessThan(0.08).And.GreaterThan(0.05), "this distribution's entropy (1.63 nats) lowers η to 0.062");
+        c = FromProbs(p);
+        new EtaCutoff((float)eps).Apply(c);
+        Assert.That(Kept(c), Is.EqualTo(new[] { 0, 1, 2, 3, 4 }), "0.08 stays (ε alone would drop it), 0.05 and 0.02 go");
+    }
+
+    [Test]
+    public void Logit_bias_adds_and_bans()
+    {
+        var c = From(1, 2, 3);
+        new LogitBias(new Dictionary<int, float> { [0] = 5f, [2] = float.NegativeInfinity }).Apply(c);
+        Assert.That(c.Logits[..3], Is.EqualTo(new[] { 6f, 2f, float.NegativeInfinity }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new LogitBias(new Dictionary<int, float> { [1] = float.PositiveInfinity }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new LogitBias(new Dictionary<int, float> { [-1] = 1f }));
+    }
+
+    [Test]
+    public void Dynamic_temperature_follows_the_normalized_entropy()
+    {
+        var t = new DynamicTemperature(1f, 0.5f);
+        var c = From(0, 0, 0, 0);
+        t.Apply(c);
+        Assert.That(t.Last, Is.EqualTo(1.5f).Within(1e-6), "uniform: entropy ln N, the top of the range");
+        c = From(20, 0, 0, 0);
+        t.Apply(c);
+        double[] p = [1, Math.Exp(-20), Math.Exp(-20), Math.Exp(-20)];
+        double z = p.Sum(), h = -p.Sum(x => x / z * Math.Log(x / z));
+        Assert.That(t.Last, Is.EqualTo(0.5 + 1.0 * h / Math.Log(4)).Within(1e-6));
+        Assert.That(c.Logits[0], Is.EqualTo(20 / t.Last).Within(1e-4));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new DynamicTemperature(1f, 1f));
+    }
+
+    [Test]
+    public void Xtc_removes_the_top_choices_but_the_least_likely_of_them()
+    {
+        var c = FromProbs(0.5, 0.3, 0.15, 0.05);
+        new Xtc(1f, 0.2f, seed: 1).Apply(c);
+        Assert.That(Kept(c), Is.EqualTo(new[] { 1, 2, 3 }), "0.5 and 0.3 reach 0.2: 0.5 goes");
+        c = FromProbs(0.7, 0.15, 0.15);
+        new Xtc(1f, 0.2f, seed: 1).Apply(c);
+        Assert.That(Kept(c), Is.EqualTo(new[] { 0, 1, 2 }), "one token above the threshold: nothing changes");
+        c = FromProbs(0.5, 0.3, 0.15, 0.05);
+        new Xtc(0f, 0.2f, seed: 1).Apply(c);
+        Assert.That(Kept(c).Order(), Is.EqualTo(new[] { 0, 1, 2, 3 }), "probability 0: never");
+        Assert.Throws<ArgumentOutOfRangeException>(() => new Xtc(0.5f, 0.6f, seed: 1));
+    }
+
+    [Test]
+    public void Penalties_see_the_last_n_kept_tokens()
+    {
+        var penalties = new Penalties(lastN: 3, repeat: 2f, frequency: 0.5f, presence: 1f);
+        foreach (int token in new[] { 2, 2, 3 })
+            penalties.Accept(token);
+        var c = From(1, 1, 4, -2);
+        penalties.Apply(c);
+        Assert.That(c.Logits[..4], Is.EqualTo(new[] { 1f, 1f, 4f / 2 - 2 * 0.5f - 1, -2f * 2 - 0.5f - 1 }));
+        penalties.Accept(0); // the first 2 leaves the window of 3: [2, 3, 0]
+        c = From(1, 1, 4, -2);
+        penalties.Apply(c);
+        Assert.That(c.Logits[..4], Is.EqualTo(new[] { 1f / 2 - 0.5f - 1, 1f, 4f / 2 - 0.5f - 1, -2f * 2 - 0.5f - 1 }));
+        penalties.Reset();
+        c = From(1, 1, 4, -2);
+        penalties.Apply(c);
+        Assert.That(c.Logits[..4], Is.EqualTo(new[] { 1f, 1f, 4f, -2f }));
+    }
+
+    [Test]
+    public void Nan_and_all_minus_infinity_are_errors_that_say_so()
+    {
+        var c = From(1, double.NaN, 0);
+        var e = Assert.Throws<ArgumentException>(() => new TopNSigma(1f).Apply(c))!;
+        Assert.That(e.Message, Does.Contain("token 1").And.Contain("NaN"));
+        c = From(double.NegativeInfinity, double.NegativeInfinity);
+        e = Assert.Throws<ArgumentException>(() => new EpsilonCutoff(0.1f).Apply(c))!;
+        Assert.That(e.Message, Does.Contain("-inf"));
+        c = From(double.NegativeInfinity, double.NegativeInfinity);
+        Assert.Throws<ArgumentException>(() => new Typical(0.5f).Apply(c));
+    }
+
+    /// <summary>A chain of one's own processors draws from what they leave, seeded; greedy without a seed; penalties advance with Accept.</summary>
+    [Test]
+    public void A_chain_of_custom_processors_draws_from_their_distribution()
+    {
+        float[] logits = [2f, 1.5f, 0.1f, -1f, -3f];
+        var chain = SamplerChain.Create([new TopNSigma(1f), new Temperature(0.7f)], seed: 5);
+        var probs = new float[logits.Length];
+        chain.Distribution(logits, probs);
+        Assert.That(probs.Sum(), Is.EqualTo(1f).Within(1e-6));
+        Assert.That(probs.Select((p, i) => p > 0 ? i : -1).Where(i => i >= 0), Is.EqualTo(new[] { 0, 1 }));
+        var again = SamplerChain.Create([new TopNSigma(1f), new Temperature(0.7f)], seed: 5);
+        Assert.That(Enumerable.Range(0, 20).Select(_ => chain.Sample(logits)), Is.EqualTo(Enumerable.Range(0, 20).Select(_ => again.Sample(logits))));
+
+        var penalties = new Penalties(8, repeat: 10f);
+        var greedy = SamplerChain.Create([penalties], seed: null);
+        Assert.That(greedy.Sample(logits), Is.EqualTo(0));
+        greedy.Accept(0);
+        Assert.That(greedy.Sample(logits), Is.EqualTo(1), "token 0's logit 2 → 0.2 after it was kept");
+    }
+}
