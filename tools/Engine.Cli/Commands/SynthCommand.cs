@@ -18,7 +18,7 @@ internal static class SynthCommand
         var kvHeads = new Option<int?>("--kv-heads") { Description = "Key/value heads (default: --heads)" };
         var ffn = new Option<int>("--ffn") { Description = "Feed-forward width", Required = true };
         var type = new Option<string>("--type") { Description = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K", DefaultValueFactory = _ => "F16" };
-        var experts = new Option<int>("--experts") { Description = "Experts per MoE layer (mixtral, qwen2moe, qwen3moe); --ffn is each expert's width" };
+        var experts = new Option<int>("--experts") { Description = "Experts per MoE layer (mixtral, qwen2moe, qwen3moe) or blocks per BlockFFN layer (blockffn); --ffn is each one's width" };
         var expertsUsed = new Option<int>("--experts-used") { Description = "Experts each token runs (top-k)" };
         var sparsity = new Option<double>("--sparsity") { Description = "BlockFFN: the share of blocks a token leaves off (TLS)", DefaultValueFactory = _ => 0.8 };
         var locality = new Option<double>("--chunk-locality") { Description = "BlockFFN: the share of blocks no token of an 8-token chunk uses (CLS); at most --sparsity", DefaultValueFactory = _ => 0.7 };
