@@ -129,7 +129,15 @@ public sealed class Session : IDisposable
     private IEnumerable<int> GenerateIterator(int[] prompt, GenerationOptions options, SamplerChain sampler, CancellationToken ct)
     {
         var clock = Stopwatch.StartNew();
+        // a chain the device's fused kernel cannot compute samples on the host (the logits come down)
+        _hostLogits = !options.Sampling.IsFusable;
         _tokens.AddRange(prompt);
+        // the penalties see the whole context, as llama.cpp's server feeds them the prompt
+        if (options.Sampling.HasPenalties)
+        {
+            foreach (int token in _tokens)
+                sampler.Accept(token);
+        }
         ProcessPending(); // the prompt, plus the last token of a previous generation
         var promptTime = clock.Elapsed;
         clock.Restart();
@@ -147,6 +155,7 @@ public sealed class Session : IDisposable
             }
             generated++;
             _tokens.Add(next);
+            sampler.Accept(next);
             RecordStats(prompt.Length, promptTime, generated, clock.Elapsed, reason);
             yield return next;
             if (generated == options.MaxTokens)
@@ -170,6 +179,7 @@ public sealed class Session : IDisposable
     {
         int start = _sequence.Length;
         int count = _tokens.Count - start;
+        bool onDevice = _model.Network.Backend is IDeviceDecoding && !_hostLogits;
         if (count == 0)
         {
             if (_model.Network.Backend is not IDeviceDecoding)
@@ -184,10 +194,13 @@ public sealed class Session : IDisposable
         for (int i = 0; i < count; i++)
             positions[i] = start + i;
         Span<int> last = [count - 1];
-        if (_model.Network.Backend is IDeviceDecoding)
+        if (onDevice)
             _onDevice = _model.Network.ForwardOnDevice(_sequence, tokens, positions, AttentionMask.Causal, last);
         else
+        {
+            _onDevice = default;
             _model.Network.Forward(_sequence, tokens, positions, AttentionMask.Causal, last, _logits);
+        }
     }
 
     /// <summary>
@@ -208,6 +221,7 @@ public sealed class Session : IDisposable
     }
 
     private Activation _onDevice;
+    private bool _hostLogits;
     private readonly int[] _token = new int[1];
 
     /// <summary>

@@ -25,15 +25,35 @@ public sealed class SamplerChain
     public static SamplerChain Create(SamplingOptions options)
     {
         options.Validate();
+        // what reshapes the logits whatever the decoding: the bias, then the penalties (llama.cpp's order)
+        var processors = new List<ILogitsProcessor>();
+        if (options.LogitBias is { Count: > 0 } bias)
+            processors.Add(new LogitBias(bias));
+        if (options.HasPenalties)
+            processors.Add(new Penalties(options.RepeatLastN, options.RepeatPenalty, options.FrequencyPenalty, options.PresencePenalty));
         if (options.Temperature == 0)
-            return new SamplerChain([], null);
-        var processors = new List<ILogitsProcessor> { new Temperature(options.Temperature) };
+            return new SamplerChain([.. processors], null);
+        // top-nσ before temperature (its threshold is meant on the raw logits), then temperature (fixed or
+        // dynamic) and the filters in the order of HF transformers and vLLM, XTC last
+        if (options.TopNSigma >= 0)
+            processors.Add(new TopNSigma(options.TopNSigma));
+        processors.Add(options.DynatempRange > 0
+            ? new DynamicTemperature(options.Temperature, options.DynatempRange, options.DynatempExponent)
+            : new Temperature(options.Temperature));
         if (options.TopK > 0)
             processors.Add(new TopK(options.TopK));
+        if (options.TypicalP < 1)
+            processors.Add(new Typical(options.TypicalP));
         if (options.TopP < 1)
             processors.Add(new TopP(options.TopP));
         if (options.MinP > 0)
             processors.Add(new MinP(options.MinP));
+        if (options.Epsilon > 0)
+            processors.Add(new EpsilonCutoff(options.Epsilon));
+        if (options.Eta > 0)
+            processors.Add(new EtaCutoff(options.Eta));
+        if (options.XtcProbability > 0)
+            processors.Add(new Xtc(options.XtcProbability, options.XtcThreshold, options.Seed));
         return new SamplerChain([.. processors], new Random(unchecked((int)options.Seed)));
     }
 
@@ -159,7 +179,43 @@ public sealed record SamplingOptions
     public float MinP { get; init; }
     public ulong Seed { get; init; }
 
+    /// <summary>Locally typical sampling's mass (1 = off; llama.cpp's <c>--typical</c>).</summary>
+    public float TypicalP { get; init; } = 1f;
+    /// <summary>Top-nσ's n (negative = off; llama.cpp's <c>--top-n-sigma</c>).</summary>
+    public float TopNSigma { get; init; } = -1f;
+    /// <summary>Epsilon sampling's cutoff (0 = off).</summary>
+    public float Epsilon { get; init; }
+    /// <summary>Eta sampling's epsilon (0 = off).</summary>
+    public float Eta { get; init; }
+    /// <summary>XTC's chance per token (0 = off) and threshold (llama.cpp's defaults: 0 and 0.1).</summary>
+    public float XtcProbability { get; init; }
+    public float XtcThreshold { get; init; } = 0.1f;
+    /// <summary>Dynamic temperature: T ± range by the entropy (0 = a fixed temperature), and its exponent.</summary>
+    public float DynatempRange { get; init; }
+    public float DynatempExponent { get; init; } = 1f;
+    /// <summary>Repetition penalty over the last <see cref="RepeatLastN"/> tokens (1 = off; llama.cpp's defaults 1 and 64).</summary>
+    public float RepeatPenalty { get; init; } = 1f;
+    public int RepeatLastN { get; init; } = 64;
+    /// <summary>Frequency and presence penalties (0 = off).</summary>
+    public float FrequencyPenalty { get; init; }
+    public float PresencePenalty { get; init; }
+    /// <summary>Added to the logits of these token ids (−∞ bans one), or null.</summary>
+    public IReadOnlyDictionary<int, float>? LogitBias { get; init; }
+
     public static SamplingOptions Greedy { get; } = new() { Temperature = 0 };
+
+    /// <summary>Whether penalties are on: the chain then keeps the tokens' history (<see cref="SamplerChain.Accept"/>).</summary>
+    public bool HasPenalties => RepeatLastN > 0 && (RepeatPenalty != 1f || FrequencyPenalty != 0f || PresencePenalty != 0f);
+
+    /// <summary>
+    /// Whether the chain is what the device's fused kernel computes (temperature, top-k, top-p, min-p, the
+    /// draw): then decoding on a GPU samples there; any other processor runs on the host.
+    /// </summary>
+    public bool IsFusable => TypicalP >= 1 && TopNSigma < 0 && Epsilon == 0 && Eta == 0 && XtcProbability == 0 && DynatempRange == 0
+        && !HasPenalties && LogitBias is not { Count: > 0 };
+
+    /// <summary>Whether the chain keeps state or draws coins of its own, which speculative verification cannot reproduce.</summary>
+    public bool IsStateful => HasPenalties || (Temperature > 0 && XtcProbability > 0);
 
     /// <summary>Throws an <see cref="ArgumentOutOfRangeException"/> naming the impossible setting.</summary>
     public void Validate()
@@ -167,5 +223,29 @@ public sealed record SamplingOptions
         if (!(Temperature >= 0) || !float.IsFinite(Temperature))
             throw new ArgumentOutOfRangeException(nameof(Temperature), $"temperature {Temperature} must be 0 (greedy) or a positive number");
         FusedSamplingParameters.ValidateFilters(TopK, TopP, MinP);
+        if (!(TypicalP > 0 && TypicalP <= 1))
+            throw new ArgumentOutOfRangeException(nameof(TypicalP), $"--typical {TypicalP} must be in (0, 1] (1 = off)");
+        if (float.IsNaN(TopNSigma) || float.IsInfinity(TopNSigma))
+            throw new ArgumentOutOfRangeException(nameof(TopNSigma), $"--top-n-sigma {TopNSigma} must be a number (negative = off)");
+        if (!(Epsilon >= 0 && Epsilon < 1))
+            throw new ArgumentOutOfRangeException(nameof(Epsilon), $"--epsilon {Epsilon} must be in [0, 1)");
+        if (!(Eta >= 0 && Eta < 1))
+            throw new ArgumentOutOfRangeException(nameof(Eta), $"--eta {Eta} must be in [0, 1)");
+        if (!(XtcProbability >= 0 && XtcProbability <= 1))
+            throw new ArgumentOutOfRangeException(nameof(XtcProbability), $"--xtc-probability {XtcProbability} must be in [0, 1]");
+        if (!(XtcThreshold > 0 && XtcThreshold <= 0.5f))
+            throw new ArgumentOutOfRangeException(nameof(XtcThreshold), $"--xtc-threshold {XtcThreshold} must be in (0, 0.5]");
+        if (!(DynatempRange >= 0) || (DynatempRange > 0 && !(DynatempRange < Temperature)))
+            throw new ArgumentOutOfRangeException(nameof(DynatempRange), $"--dynatemp-range {DynatempRange} must be in [0, the temperature {Temperature})");
+        if (!(DynatempExponent > 0) || !float.IsFinite(DynatempExponent))
+            throw new ArgumentOutOfRangeException(nameof(DynatempExponent), $"--dynatemp-exp {DynatempExponent} must be positive");
+        if (!(RepeatPenalty > 0) || !float.IsFinite(RepeatPenalty))
+            throw new ArgumentOutOfRangeException(nameof(RepeatPenalty), $"--repeat-penalty {RepeatPenalty} must be a positive number (1 = off)");
+        if (RepeatLastN < 0 || RepeatLastN > 1 << 20)
+            throw new ArgumentOutOfRangeException(nameof(RepeatLastN), $"--repeat-last-n {RepeatLastN} must be in [0, {1 << 20}]");
+        if (!float.IsFinite(FrequencyPenalty) || !float.IsFinite(PresencePenalty))
+            throw new ArgumentOutOfRangeException(nameof(FrequencyPenalty), $"--frequency-penalty {FrequencyPenalty} and --presence-penalty {PresencePenalty} must be numbers");
+        if (LogitBias is not null)
+            _ = new LogitBias(LogitBias); // its checks, with the token named
     }
 }

@@ -512,6 +512,7 @@ public sealed class BatchScheduler : IDisposable
         if (request.TopLogprobs >= 0)
             (logprob, top) = Logprobs(logits, next, request.TopLogprobs);
         slot.Tokens.Add(next);
+        slot.Sampler.Accept(next); // verified drafts arrive here one by one, so each row saw the tokens before it
         slot.Generated++;
         Interlocked.Increment(ref _generated);
         string text = slot.Stops.Push(slot.Detokenizer.Push(next));
@@ -614,6 +615,11 @@ public sealed class BatchScheduler : IDisposable
             Tokens.AddRange(request.Prompt);
             PromptLength = request.Prompt.Count;
             Sampler = SamplerChain.Create(request.Sampling);
+            if (request.Sampling.HasPenalties)
+            {
+                foreach (int token in request.Prompt) // the penalties see the whole context
+                    Sampler.Accept(token);
+            }
             Detokenizer = tokenizer.CreateStreamingDetokenizer();
             if (tokenizer.BosId is int bos && request.Prompt[^1] == bos)
                 Detokenizer.Push(bos); // a first word right after BOS loses its SentencePiece space

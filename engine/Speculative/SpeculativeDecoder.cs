@@ -120,6 +120,9 @@ public sealed class SpeculativeDecoder : IDisposable
         _steps = _drafted = _accepted = _generated = 0;
         var net = _target.Network;
         int vocab = _target.Config.VocabSize;
+        if (options.Sampling.IsStateful)
+            throw new NotSupportedException("speculative decoding with repetition/frequency/presence penalties or XTC is not supported yet: "
+                + "their state would have to follow each draft path (use plain decoding)");
         var sampler = SamplerChain.Create(options.Sampling);
         IAcceptanceRule rule = Options.LossyTypicalAcceptance ? new TypicalAcceptance()
             : sampler.IsGreedy ? new GreedyMatch() : new RecursiveRejectionSampling();
@@ -133,8 +136,8 @@ public sealed class SpeculativeDecoder : IDisposable
         // On a GPU the logits stay there: argmax, sampling and acceptance run as kernels and the host
         // reads back token ids (the lossy typical rule runs on the host).
         var device = net.Backend as IDeviceDecoding;
-        if (rule is TypicalAcceptance)
-            device = null;
+        if (rule is TypicalAcceptance || !options.Sampling.IsFusable)
+            device = null; // the chain is not the fused kernel's: its distributions come from the host
         var fused = sampler.IsGreedy ? default : FusedSamplingParameters.From(options.Sampling);
         int next;
         if (device is not null)

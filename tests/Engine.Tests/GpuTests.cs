@@ -822,6 +822,33 @@ public abstract partial class GpuSuite
     }
 
     /// <summary>
+    /// A chain the fused kernel cannot compute (here a logit bias and penalties) samples on the host from the
+    /// device's logits: the banned token never comes, and the ids are the CPU's with the same chain (greedy
+    /// on stories260K, whose device and CPU logits agree on every argmax of the reference run).
+    /// </summary>
+    [Test]
+    public void A_chain_beyond_the_fused_kernel_samples_on_the_host()
+    {
+        var sampling = SamplingOptions.Greedy with
+        {
+            LogitBias = new Dictionary<int, float> { [SharedData.StoriesExpected().AfterPrompt[0]] = float.NegativeInfinity },
+            RepeatPenalty = 1.2f,
+        };
+        Assert.That(sampling.IsFusable, Is.False);
+        List<int> Run(LanguageModel lm)
+        {
+            var ids = lm.Tokenizer.Encode("Once upon a time, there was a little dog");
+            using var session = lm.CreateSession();
+            return session.Generate(ids, new GenerationOptions { MaxTokens = 24, Sampling = sampling, StopAtEndOfGeneration = false }).ToList();
+        }
+        using var gpu = LoadOnGpu(SharedData.StoriesGguf, useCuBlas: false);
+        using var cpu = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Threads = 1 });
+        var onGpu = Run(gpu);
+        Assert.That(onGpu, Does.Not.Contain(SharedData.StoriesExpected().AfterPrompt[0]));
+        Assert.That(onGpu, Is.EqualTo(Run(cpu)));
+    }
+
+    /// <summary>
     /// A prompt over the F16 cache takes the tensor-core attention (binary16 queries and probabilities)
     /// through the whole backend; the logits stay within 1e-2 of their scale of the double reference —
     /// the tolerance of the cuBLAS path, whose products round to F16 the same way — and the next decode

@@ -36,19 +36,22 @@ internal static class ChatCommand
         {
             model, system, template, templateFile, count, temperature, topK, topP, minP, seed, threads, device, graphs, cacheType, context,
         };
+        var samplers = new SamplerFlags();
+        foreach (var option in samplers.All)
+            command.Options.Add(option);
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
             var options = new GenerationOptions
             {
                 MaxTokens = parse.GetValue(count),
-                Sampling = new SamplingOptions
+                Sampling = samplers.Apply(parse, new SamplingOptions
                 {
                     Temperature = parse.GetValue(temperature),
                     TopK = parse.GetValue(topK),
                     TopP = parse.GetValue(topP),
                     MinP = parse.GetValue(minP),
                     Seed = parse.GetValue(seed) ?? (ulong)Random.Shared.NextInt64(),
-                },
+                }),
             };
             options.Validate();
             int threadCount = parse.GetValue(threads);

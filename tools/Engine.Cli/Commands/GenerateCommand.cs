@@ -36,12 +36,15 @@ internal static class GenerateCommand
         var fixedBudget = SharedOptions.FixedBudget();
         var lossy = SharedOptions.LossyTypical();
         var ngramCache = SharedOptions.NgramCache();
+        var samplers = new SamplerFlags();
 
         var command = new Command("generate", "Generate text from a prompt")
         {
             model, prompt, promptIds, count, temperature, topK, topP, minP, seed, threads, device, graphs, cacheType, context, ids,
             spec, draftModel, draftMax, tree, layers, fixedBudget, lossy, ngramCache,
         };
+        foreach (var option in samplers.All)
+            command.Options.Add(option);
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
             string? text = parse.GetValue(prompt);
@@ -51,14 +54,14 @@ internal static class GenerateCommand
             var options = new GenerationOptions
             {
                 MaxTokens = parse.GetValue(count),
-                Sampling = new SamplingOptions
+                Sampling = samplers.Apply(parse, new SamplingOptions
                 {
                     Temperature = parse.GetValue(temperature),
                     TopK = parse.GetValue(topK),
                     TopP = parse.GetValue(topP),
                     MinP = parse.GetValue(minP),
                     Seed = parse.GetValue(seed) ?? (ulong)Random.Shared.NextInt64(),
-                },
+                }),
             };
             options.Validate();
             int threadCount = parse.GetValue(threads);

@@ -112,3 +112,62 @@ internal sealed class SpeculativeSetup : IDisposable
 
     public void Dispose() => Draft?.Dispose();
 }
+
+/// <summary>The research samplers' options of llama.cpp's CLI, shared by <c>generate</c> and <c>chat</c>; defaults as llama.cpp's (all off).</summary>
+internal sealed class SamplerFlags
+{
+    public Option<float> Typical { get; } = new("--typical") { Description = "Locally typical sampling's mass (1 = off)", DefaultValueFactory = _ => 1f };
+    public Option<float> TopNSigma { get; } = new("--top-n-sigma") { Description = "Top-nσ: keep logits within n standard deviations of the largest (-1 = off)", DefaultValueFactory = _ => -1f };
+    public Option<float> Epsilon { get; } = new("--epsilon") { Description = "Epsilon sampling: drop tokens below this probability (0 = off)" };
+    public Option<float> Eta { get; } = new("--eta") { Description = "Eta sampling's epsilon: an entropy-scaled cutoff (0 = off)" };
+    public Option<float> XtcProbability { get; } = new("--xtc-probability") { Description = "XTC: chance per token of removing the top choices (0 = off)" };
+    public Option<float> XtcThreshold { get; } = new("--xtc-threshold") { Description = "XTC: probability a top choice must reach", DefaultValueFactory = _ => 0.1f };
+    public Option<float> DynatempRange { get; } = new("--dynatemp-range") { Description = "Dynamic temperature: temperature ± this by the entropy (0 = off)" };
+    public Option<float> DynatempExponent { get; } = new("--dynatemp-exp") { Description = "Dynamic temperature's exponent", DefaultValueFactory = _ => 1f };
+    public Option<float> RepeatPenalty { get; } = new("--repeat-penalty") { Description = "Repetition penalty over the last --repeat-last-n tokens (1 = off)", DefaultValueFactory = _ => 1f };
+    public Option<int> RepeatLastN { get; } = new("--repeat-last-n") { Description = "Tokens the penalties look back over", DefaultValueFactory = _ => 64 };
+    public Option<float> FrequencyPenalty { get; } = new("--frequency-penalty") { Description = "Frequency penalty (0 = off)" };
+    public Option<float> PresencePenalty { get; } = new("--presence-penalty") { Description = "Presence penalty (0 = off)" };
+    public Option<string[]> LogitBias { get; } = new("--logit-bias") { Description = "Token bias as ID+BIAS, ID-BIAS or ID-inf (repeatable)", AllowMultipleArgumentsPerToken = false };
+
+    public IEnumerable<Option> All => [Typical, TopNSigma, Epsilon, Eta, XtcProbability, XtcThreshold, DynatempRange, DynatempExponent, RepeatPenalty,
+        RepeatLastN, FrequencyPenalty, PresencePenalty, LogitBias];
+
+    /// <summary><paramref name="sampling"/> with these flags' values.</summary>
+    public Sampling.SamplingOptions Apply(System.CommandLine.ParseResult parse, Sampling.SamplingOptions sampling) => sampling with
+    {
+        TypicalP = parse.GetValue(Typical),
+        TopNSigma = parse.GetValue(TopNSigma),
+        Epsilon = parse.GetValue(Epsilon),
+        Eta = parse.GetValue(Eta),
+        XtcProbability = parse.GetValue(XtcProbability),
+        XtcThreshold = parse.GetValue(XtcThreshold),
+        DynatempRange = parse.GetValue(DynatempRange),
+        DynatempExponent = parse.GetValue(DynatempExponent),
+        RepeatPenalty = parse.GetValue(RepeatPenalty),
+        RepeatLastN = parse.GetValue(RepeatLastN),
+        FrequencyPenalty = parse.GetValue(FrequencyPenalty),
+        PresencePenalty = parse.GetValue(PresencePenalty),
+        LogitBias = ParseBias(parse.GetValue(LogitBias) ?? []),
+    };
+
+    /// <summary>llama.cpp's <c>--logit-bias</c> form: "15043+1", "15043-0.5", "15043-inf".</summary>
+    internal static Dictionary<int, float>? ParseBias(string[] items)
+    {
+        if (items.Length == 0)
+            return null;
+        var bias = new Dictionary<int, float>();
+        foreach (string item in items)
+        {
+            int sign = item.IndexOfAny(['+', '-'], 1);
+            if (sign < 1 || !int.TryParse(item.AsSpan(0, sign), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int id))
+                throw new ArgumentException($"--logit-bias '{item}' is not ID+BIAS or ID-BIAS (e.g. 15043+1, 15043-inf)");
+            string value = item[sign..];
+            float b = value is "-inf" ? float.NegativeInfinity
+                : float.TryParse(value, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out float v) && float.IsFinite(v) ? v
+                : throw new ArgumentException($"--logit-bias '{item}': '{value}' is not a number or -inf");
+            bias[id] = b;
+        }
+        return bias;
+    }
+}
