@@ -123,7 +123,7 @@ public sealed class Session : IDisposable
         }
         if (_tokens.Count + prompt.Count > _model.ContextLength)
             throw new ArgumentException($"the prompt ({prompt.Count} tokens, {_tokens.Count} already in context) does not fit in the context of {_model.ContextLength} tokens", nameof(prompt));
-        return GenerateIterator(prompt.ToArray(), options, SamplerChain.Create(options.Sampling), cancellationToken);
+        return GenerateIterator(prompt.ToArray(), options, SamplerChain.Create(options.Sampling, _model.Config.VocabSize), cancellationToken);
     }
 
     private IEnumerable<int> GenerateIterator(int[] prompt, GenerationOptions options, SamplerChain sampler, CancellationToken ct)

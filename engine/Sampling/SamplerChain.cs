@@ -22,7 +22,8 @@ public sealed class SamplerChain
     public bool IsGreedy => _random is null;
 
     /// <summary>Builds the chain for <paramref name="options"/> (validated first).</summary>
-    public static SamplerChain Create(SamplingOptions options)
+    /// <param name="vocabSize">The vocabulary's size (Mirostat version 1 needs it; 0 when unknown).</param>
+    public static SamplerChain Create(SamplingOptions options, int vocabSize = 0)
     {
         options.Validate();
         // what reshapes the logits whatever the decoding: the bias, then the penalties (llama.cpp's order)
@@ -33,6 +34,13 @@ public sealed class SamplerChain
             processors.Add(new Penalties(options.RepeatLastN, options.RepeatPenalty, options.FrequencyPenalty, options.PresencePenalty));
         if (options.Temperature == 0)
             return new SamplerChain([.. processors], null);
+        if (options.Mirostat != 0)
+        {
+            // as llama.cpp: temperature, then Mirostat, which takes the place of the other filters
+            processors.Add(new Temperature(options.Temperature));
+            processors.Add(new Mirostat(options.Mirostat, options.MirostatTau, options.MirostatEta, vocabSize));
+            return new SamplerChain([.. processors], new Random(unchecked((int)options.Seed)));
+        }
         // top-nσ before temperature (its threshold is meant on the raw logits), then temperature (fixed or
         // dynamic) and the filters in the order of HF transformers and vLLM, XTC last
         if (options.TopNSigma >= 0)
@@ -199,6 +207,11 @@ public sealed record SamplingOptions
     /// <summary>Frequency and presence penalties (0 = off).</summary>
     public float FrequencyPenalty { get; init; }
     public float PresencePenalty { get; init; }
+    /// <summary>Mirostat's version (0 = off, 1, 2), target surprise τ and learning rate η (llama.cpp's defaults 0, 5, 0.1).</summary>
+    public int Mirostat { get; init; }
+    public float MirostatTau { get; init; } = 5f;
+    public float MirostatEta { get; init; } = 0.1f;
+
     /// <summary>Added to the logits of these token ids (−∞ bans one), or null.</summary>
     public IReadOnlyDictionary<int, float>? LogitBias { get; init; }
 
@@ -212,10 +225,10 @@ public sealed record SamplingOptions
     /// draw): then decoding on a GPU samples there; any other processor runs on the host.
     /// </summary>
     public bool IsFusable => TypicalP >= 1 && TopNSigma < 0 && Epsilon == 0 && Eta == 0 && XtcProbability == 0 && DynatempRange == 0
-        && !HasPenalties && LogitBias is not { Count: > 0 };
+        && !HasPenalties && LogitBias is not { Count: > 0 } && (Mirostat == 0 || Temperature == 0);
 
     /// <summary>Whether the chain keeps state or draws coins of its own, which speculative verification cannot reproduce.</summary>
-    public bool IsStateful => HasPenalties || (Temperature > 0 && XtcProbability > 0);
+    public bool IsStateful => HasPenalties || (Temperature > 0 && (XtcProbability > 0 || Mirostat != 0));
 
     /// <summary>Throws an <see cref="ArgumentOutOfRangeException"/> naming the impossible setting.</summary>
     public void Validate()
@@ -247,5 +260,7 @@ public sealed record SamplingOptions
             throw new ArgumentOutOfRangeException(nameof(FrequencyPenalty), $"--frequency-penalty {FrequencyPenalty} and --presence-penalty {PresencePenalty} must be numbers");
         if (LogitBias is not null)
             _ = new LogitBias(LogitBias); // its checks, with the token named
+        if (Mirostat != 0)
+            _ = new Mirostat(Mirostat, MirostatTau, MirostatEta, 1); // its checks: version 1 or 2, τ and η positive
     }
 }

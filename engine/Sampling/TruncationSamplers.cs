@@ -456,3 +456,106 @@ public sealed class Penalties : ILogitsProcessor, IStatefulProcessor
         c.HasProbs = false;
     }
 }
+
+/// <summary>
+/// Mirostat (Basu et al., "Mirostat: A Neural Text Decoding Algorithm that Directly Controls Perplexity",
+/// ICLR 2021), as llama.cpp runs it: it keeps the surprise (−log₂ p of the kept token) near a target τ by a
+/// running threshold μ (starting at 2τ) that each kept token moves by η·(surprise − τ). Version 2 keeps the
+/// tokens whose surprise is at most μ; version 1 estimates the distribution's Zipf exponent ŝ from its top
+/// 100 tokens and keeps the top k = (ε̂·2^μ / (1 − N^−ε̂))^(1/ŝ), ε̂ = ŝ − 1. It is the last processor of its
+/// chain: the draw follows it, and <see cref="Accept"/> reads the drawn token's probability from it.
+/// </summary>
+public sealed class Mirostat : ILogitsProcessor, IStatefulProcessor
+{
+    private const int M = 100;
+    private readonly int _vocab;
+    private float[] _probs = [];
+    private int[] _ids = [];
+    private int _count;
+    private bool _pending;
+
+    public Mirostat(int version, float tau, float eta, int vocabSize)
+    {
+        if (version is not (1 or 2))
+            throw new ArgumentOutOfRangeException(nameof(version), $"--mirostat {version} must be 0 (off), 1 or 2");
+        if (!(tau > 0) || !float.IsFinite(tau))
+            throw new ArgumentOutOfRangeException(nameof(tau), $"--mirostat-ent {tau} must be a positive number");
+        if (!(eta > 0) || !float.IsFinite(eta))
+            throw new ArgumentOutOfRangeException(nameof(eta), $"--mirostat-lr {eta} must be a positive number");
+        (Version, Tau, Eta, _vocab) = (version, tau, eta, vocabSize);
+        Mu = 2 * tau;
+    }
+
+    public int Version { get; }
+    public float Tau { get; }
+    public float Eta { get; }
+
+    /// <summary>The running surprise threshold μ.</summary>
+    public float Mu { get; private set; }
+
+    /// <summary>The k version 1 chose last (for tests and traces).</summary>
+    public int LastK { get; private set; }
+
+    public string Name => $"mirostat-v{Version}(tau {Tau}, eta {Eta})";
+
+    public bool PreservesArgmax => true;
+
+    public void Apply(Candidates c)
+    {
+        c.Sort();
+        CandidateMath.Probabilities(c, Name);
+        int keep;
+        if (Version == 2)
+        {
+            keep = 0;
+            while (keep < c.Count && -MathF.Log2(c.Probs[keep]) <= Mu)
+                keep++;
+        }
+        else
+        {
+            double sumTiBi = 0, sumTiSq = 0;
+            for (int i = 0; i < Math.Min(M - 1, c.Count - 1); i++)
+            {
+                double ti = Math.Log((i + 2) / (double)(i + 1));
+                double bi = Math.Log(c.Probs[i] / (double)c.Probs[i + 1]);
+                sumTiBi += ti * bi;
+                sumTiSq += ti * ti;
+            }
+            double sHat = sumTiSq > 0 ? sumTiBi / sumTiSq : 1;
+            double epsilonHat = sHat - 1;
+            double k = Math.Pow(epsilonHat * Math.Pow(2, Mu) / (1 - Math.Pow(_vocab, -epsilonHat)), 1 / sHat);
+            keep = double.IsFinite(k) ? (int)Math.Min(c.Count, Math.Max(k, 1)) : c.Count;
+            LastK = keep;
+        }
+        c.Count = Math.Max(keep, 1);
+        c.Softmax(); // renormalized over what is left: the draw's distribution, and Accept's
+        if (_probs.Length < c.Count)
+        {
+            _probs = new float[c.Ids.Length];
+            _ids = new int[c.Ids.Length];
+        }
+        Array.Copy(c.Probs, _probs, c.Count);
+        Array.Copy(c.Ids, _ids, c.Count);
+        _count = c.Count;
+        _pending = true;
+    }
+
+    /// <summary>μ −= η·(surprise of the drawn token − τ). Tokens kept without a draw (the prompt) change nothing.</summary>
+    public void Accept(int token)
+    {
+        if (!_pending)
+            return;
+        _pending = false;
+        int at = Array.IndexOf(_ids, token, 0, _count);
+        if (at < 0)
+            return; // not drawn from this distribution (a token forced from outside)
+        float surprise = -MathF.Log2(_probs[at]);
+        Mu -= Eta * (surprise - Tau);
+    }
+
+    public void Reset()
+    {
+        Mu = 2 * Tau;
+        _pending = false;
+    }
+}

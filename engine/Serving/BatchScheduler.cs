@@ -614,7 +614,7 @@ public sealed class BatchScheduler : IDisposable
             Tokens = new List<int>(request.Prompt.Count + Math.Max(16, request.MaxTokens));
             Tokens.AddRange(request.Prompt);
             PromptLength = request.Prompt.Count;
-            Sampler = SamplerChain.Create(request.Sampling);
+            Sampler = SamplerChain.Create(request.Sampling, tokenizer.VocabSize);
             if (request.Sampling.HasPenalties)
             {
                 foreach (int token in request.Prompt) // the penalties see the whole context

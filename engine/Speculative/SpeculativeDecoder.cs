@@ -121,9 +121,9 @@ public sealed class SpeculativeDecoder : IDisposable
         var net = _target.Network;
         int vocab = _target.Config.VocabSize;
         if (options.Sampling.IsStateful)
-            throw new NotSupportedException("speculative decoding with repetition/frequency/presence penalties or XTC is not supported yet: "
+            throw new NotSupportedException("speculative decoding with repetition/frequency/presence penalties, XTC or Mirostat is not supported yet: "
                 + "their state would have to follow each draft path (use plain decoding)");
-        var sampler = SamplerChain.Create(options.Sampling);
+        var sampler = SamplerChain.Create(options.Sampling, vocab);
         IAcceptanceRule rule = Options.LossyTypicalAcceptance ? new TypicalAcceptance()
             : sampler.IsGreedy ? new GreedyMatch() : new RecursiveRejectionSampling();
         var budget = new DraftBudget(Math.Min(Options.MaxDraft, net.MaxBatch - 1), Options.Adaptive);

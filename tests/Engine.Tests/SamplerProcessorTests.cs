@@ -134,6 +134,44 @@ public class SamplerProcessorTests
         Assert.That(c.Logits[..4], Is.EqualTo(new[] { 1f, 1f, 4f, -2f }));
     }
 
+    /// <summary>Mirostat 2 on surprises of 1, 2, 3, 4, 4 bits: μ = 2τ = 2.5 keeps the first two; a drawn token moves μ by η·(surprise − τ).</summary>
+    [Test]
+    public void Mirostat_v2_truncates_at_mu_and_follows_the_surprise()
+    {
+        var m = new Mirostat(2, tau: 1.25f, eta: 0.1f, vocabSize: 5);
+        var c = FromProbs(0.5, 0.25, 0.125, 0.0625, 0.0625);
+        m.Accept(3); // a prompt token: nothing was drawn, μ stays
+        Assert.That(m.Mu, Is.EqualTo(2.5f));
+        m.Apply(c);
+        Assert.That(Kept(c), Is.EqualTo(new[] { 0, 1 }));
+        Assert.That(c.Probs[..2], Is.EqualTo(new[] { 2f / 3, 1f / 3 }).Within(1e-6));
+        m.Accept(1);
+        Assert.That(m.Mu, Is.EqualTo(2.5 - 0.1 * (-Math.Log2(1.0 / 3) - 1.25)).Within(1e-5));
+        float mu = m.Mu;
+        m.Accept(0); // no second draw happened: ignored
+        Assert.That(m.Mu, Is.EqualTo(mu));
+    }
+
+    /// <summary>
+    /// Mirostat 1 on a Zipf distribution p_i ∝ i^−1.2 over 1000 tokens: the estimated exponent is 1.2, so k =
+    /// (0.2·2^μ / (1 − 1000^−0.2))^(1/1.2) with μ = 2τ = 10 — about 107.
+    /// </summary>
+    [Test]
+    public void Mirostat_v1_picks_k_from_the_estimated_zipf_exponent()
+    {
+        const int n = 1000;
+        const double s = 1.2;
+        var weights = Enumerable.Range(1, n).Select(i => Math.Pow(i, -s)).ToArray();
+        double z = weights.Sum();
+        var m = new Mirostat(1, tau: 5f, eta: 0.1f, vocabSize: n);
+        var c = FromProbs(weights.Select(w => w / z).ToArray());
+        m.Apply(c);
+        double k = Math.Pow((s - 1) * Math.Pow(2, 10) / (1 - Math.Pow(n, -(s - 1))), 1 / s);
+        Assert.That(m.LastK, Is.EqualTo((int)k).Within(1), $"k = {k:F2}");
+        Assert.That(c.Count, Is.EqualTo(m.LastK));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new Mirostat(3, 5f, 0.1f, n));
+    }
+
     [Test]
     public void Nan_and_all_minus_infinity_are_errors_that_say_so()
     {

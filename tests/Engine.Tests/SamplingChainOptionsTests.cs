@@ -97,6 +97,9 @@ public class SamplingChainOptionsTests
         using var decoder = new SpeculativeDecoder(lm, DraftSources.Create("lookup", lm), new SpeculativeOptions { Adaptive = false });
         var e = Assert.Throws<NotSupportedException>(() => decoder.Generate(Prompt(lm), new GenerationOptions { MaxTokens = 4, Sampling = Penalized }).ToList())!;
         Assert.That(e.Message, Does.Contain("penalties"));
+        var mirostat = new SamplingOptions { Temperature = 1f, Mirostat = 2 };
+        e = Assert.Throws<NotSupportedException>(() => decoder.Generate(Prompt(lm), new GenerationOptions { MaxTokens = 4, Sampling = mirostat }).ToList())!;
+        Assert.That(e.Message, Does.Contain("Mirostat"));
     }
 
     [TestCase("--typical", "1.5")]
@@ -104,6 +107,8 @@ public class SamplingChainOptionsTests
     [TestCase("--xtc-threshold", "0.7")]
     [TestCase("--dynatemp-range", "2")]
     [TestCase("--logit-bias", "12x3")]
+    [TestCase("--mirostat", "3")]
+    [TestCase("--mirostat", "-1")]
     public void Impossible_settings_name_their_option(string option, string value)
     {
         var (code, _, err) = CliTests.Run(["generate", "-m", SharedData.StoriesGguf, "-p", "Once", "-n", "2", option, value]);
@@ -117,6 +122,9 @@ public class SamplingChainOptionsTests
         var (code, output, err) = CliTests.Run(["generate", "-m", SharedData.StoriesGguf, "-p", "Once upon a time", "-n", "12", "--seed", "3", "--typical", "0.9",
             "--top-n-sigma", "1.5", "--xtc-probability", "0.5", "--dynatemp-range", "0.3", "--repeat-penalty", "1.2", "--presence-penalty", "0.3",
             "--logit-bias", "13-inf", "--ids"]);
+        Assert.That(code, Is.Zero, err);
+        (code, output, err) = CliTests.Run(["generate", "-m", SharedData.StoriesGguf, "-p", "Once upon a time", "-n", "12", "--seed", "3", "--mirostat", "2",
+            "--mirostat-ent", "3", "--logit-bias", "13-inf", "--ids"]);
         Assert.That(code, Is.Zero, err);
         var ids = output.Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToList();
         Assert.That(ids, Has.Count.EqualTo(12).Or.Count.LessThan(12));

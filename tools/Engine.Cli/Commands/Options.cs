@@ -128,10 +128,13 @@ internal sealed class SamplerFlags
     public Option<int> RepeatLastN { get; } = new("--repeat-last-n") { Description = "Tokens the penalties look back over", DefaultValueFactory = _ => 64 };
     public Option<float> FrequencyPenalty { get; } = new("--frequency-penalty") { Description = "Frequency penalty (0 = off)" };
     public Option<float> PresencePenalty { get; } = new("--presence-penalty") { Description = "Presence penalty (0 = off)" };
+    public Option<int> Mirostat { get; } = new("--mirostat") { Description = "Mirostat version: 1, 2 (0 = off); replaces top-k, top-p and the other filters" };
+    public Option<float> MirostatEnt { get; } = new("--mirostat-ent") { Description = "Mirostat's target surprise τ (bits)", DefaultValueFactory = _ => 5f };
+    public Option<float> MirostatLr { get; } = new("--mirostat-lr") { Description = "Mirostat's learning rate η", DefaultValueFactory = _ => 0.1f };
     public Option<string[]> LogitBias { get; } = new("--logit-bias") { Description = "Token bias as ID+BIAS, ID-BIAS or ID-inf (repeatable)", AllowMultipleArgumentsPerToken = false };
 
     public IEnumerable<Option> All => [Typical, TopNSigma, Epsilon, Eta, XtcProbability, XtcThreshold, DynatempRange, DynatempExponent, RepeatPenalty,
-        RepeatLastN, FrequencyPenalty, PresencePenalty, LogitBias];
+        RepeatLastN, FrequencyPenalty, PresencePenalty, Mirostat, MirostatEnt, MirostatLr, LogitBias];
 
     /// <summary><paramref name="sampling"/> with these flags' values.</summary>
     public Sampling.SamplingOptions Apply(System.CommandLine.ParseResult parse, Sampling.SamplingOptions sampling) => sampling with
@@ -148,6 +151,9 @@ internal sealed class SamplerFlags
         RepeatLastN = parse.GetValue(RepeatLastN),
         FrequencyPenalty = parse.GetValue(FrequencyPenalty),
         PresencePenalty = parse.GetValue(PresencePenalty),
+        Mirostat = parse.GetValue(Mirostat),
+        MirostatTau = parse.GetValue(MirostatEnt),
+        MirostatEta = parse.GetValue(MirostatLr),
         LogitBias = ParseBias(parse.GetValue(LogitBias) ?? []),
     };
 
