@@ -123,7 +123,7 @@ public sealed class Session : IDisposable
         }
         if (_tokens.Count + prompt.Count > _model.ContextLength)
             throw new ArgumentException($"the prompt ({prompt.Count} tokens, {_tokens.Count} already in context) does not fit in the context of {_model.ContextLength} tokens", nameof(prompt));
-        return GenerateIterator(prompt.ToArray(), options, SamplerChain.Create(options.Sampling, _model.Config.VocabSize), cancellationToken);
+        return GenerateIterator(prompt.ToArray(), options, SamplerChain.Create(options.Sampling, _model.Config.VocabSize, _model.Tokenizer), cancellationToken);
     }
 
     private IEnumerable<int> GenerateIterator(int[] prompt, GenerationOptions options, SamplerChain sampler, CancellationToken ct)
@@ -133,7 +133,7 @@ public sealed class Session : IDisposable
         _hostLogits = !options.Sampling.IsFusable;
         _tokens.AddRange(prompt);
         // the penalties see the whole context, as llama.cpp's server feeds them the prompt
-        if (options.Sampling.HasPenalties)
+        if (options.Sampling.NeedsHistory)
         {
             foreach (int token in _tokens)
                 sampler.Accept(token);

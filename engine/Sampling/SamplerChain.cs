@@ -23,7 +23,8 @@ public sealed class SamplerChain
 
     /// <summary>Builds the chain for <paramref name="options"/> (validated first).</summary>
     /// <param name="vocabSize">The vocabulary's size (Mirostat version 1 needs it; 0 when unknown).</param>
-    public static SamplerChain Create(SamplingOptions options, int vocabSize = 0)
+    /// <param name="tokenizer">The model's tokenizer: DRY's sequence breakers are tokens whose text holds a breaker (none without it).</param>
+    public static SamplerChain Create(SamplingOptions options, int vocabSize = 0, Tokenizers.TextTokenizer? tokenizer = null)
     {
         options.Validate();
         // what reshapes the logits whatever the decoding: the bias, then the penalties (llama.cpp's order)
@@ -32,6 +33,12 @@ public sealed class SamplerChain
             processors.Add(new LogitBias(bias));
         if (options.HasPenalties)
             processors.Add(new Penalties(options.RepeatLastN, options.RepeatPenalty, options.FrequencyPenalty, options.PresencePenalty));
+        if (options.DryMultiplier > 0)
+        {
+            var breakers = tokenizer is null ? null : SequenceBreakers.For(tokenizer, options.DrySequenceBreakers);
+            processors.Add(new Dry(options.DryMultiplier, options.DryBase, options.DryAllowedLength, options.DryPenaltyLastN,
+                breakers is null ? static _ => false : breakers.IsBreaker));
+        }
         if (options.Temperature == 0)
             return new SamplerChain([.. processors], null);
         if (options.Mirostat != 0)
@@ -207,6 +214,16 @@ public sealed record SamplingOptions
     /// <summary>Frequency and presence penalties (0 = off).</summary>
     public float FrequencyPenalty { get; init; }
     public float PresencePenalty { get; init; }
+    /// <summary>DRY's multiplier (0 = off), base, allowed length, look-back and sequence breakers (llama.cpp's defaults).</summary>
+    public float DryMultiplier { get; init; }
+    public float DryBase { get; init; } = 1.75f;
+    public int DryAllowedLength { get; init; } = 2;
+    public int DryPenaltyLastN { get; init; } = 1024;
+    public IReadOnlyList<string> DrySequenceBreakers { get; init; } = ["\n", ":", "\"", "*"];
+
+    /// <summary>Whether the chain keeps the context's tokens (penalties, DRY): <see cref="SamplerChain.Accept"/> must see the prompt too.</summary>
+    public bool NeedsHistory => HasPenalties || DryMultiplier > 0;
+
     /// <summary>Mirostat's version (0 = off, 1, 2), target surprise τ and learning rate η (llama.cpp's defaults 0, 5, 0.1).</summary>
     public int Mirostat { get; init; }
     public float MirostatTau { get; init; } = 5f;
@@ -225,10 +242,10 @@ public sealed record SamplingOptions
     /// draw): then decoding on a GPU samples there; any other processor runs on the host.
     /// </summary>
     public bool IsFusable => TypicalP >= 1 && TopNSigma < 0 && Epsilon == 0 && Eta == 0 && XtcProbability == 0 && DynatempRange == 0
-        && !HasPenalties && LogitBias is not { Count: > 0 } && (Mirostat == 0 || Temperature == 0);
+        && !NeedsHistory && LogitBias is not { Count: > 0 } && (Mirostat == 0 || Temperature == 0);
 
     /// <summary>Whether the chain keeps state or draws coins of its own, which speculative verification cannot reproduce.</summary>
-    public bool IsStateful => HasPenalties || (Temperature > 0 && (XtcProbability > 0 || Mirostat != 0));
+    public bool IsStateful => NeedsHistory || (Temperature > 0 && (XtcProbability > 0 || Mirostat != 0));
 
     /// <summary>Throws an <see cref="ArgumentOutOfRangeException"/> naming the impossible setting.</summary>
     public void Validate()
@@ -262,5 +279,7 @@ public sealed record SamplingOptions
             _ = new LogitBias(LogitBias); // its checks, with the token named
         if (Mirostat != 0)
             _ = new Mirostat(Mirostat, MirostatTau, MirostatEta, 1); // its checks: version 1 or 2, τ and η positive
+        if (DryMultiplier != 0 || DryBase != 1.75f || DryAllowedLength != 2 || DryPenaltyLastN != 1024)
+            _ = new Dry(DryMultiplier, DryBase, DryAllowedLength, DryPenaltyLastN, static _ => false); // its checks, by option name
     }
 }

@@ -559,3 +559,140 @@ public sealed class Mirostat : ILogitsProcessor, IStatefulProcessor
         _pending = false;
     }
 }
+
+/// <summary>
+/// DRY, "Don't Repeat Yourself" (p-e-w, 2024; llama.cpp's <c>--dry-*</c>): penalizes the tokens that would
+/// extend a repetition of an earlier stretch of the context. When the context ends with a sequence of L ≥
+/// <see cref="AllowedLength"/> tokens that also occurred earlier followed by token t, t's logit drops by
+/// multiplier · base^(L − allowed length), L the longest such match. Matches never span a sequence breaker
+/// (a token whose text holds one of the breakers: newline, colon, quote, asterisk by default), and look back
+/// at most <see cref="LastN"/> tokens.
+/// </summary>
+public sealed class Dry : ILogitsProcessor, IStatefulProcessor
+{
+    private readonly List<int> _history = [];
+    private readonly Func<int, bool> _isBreaker;
+    private readonly Dictionary<int, int> _longest = [];
+
+    public Dry(float multiplier, float @base, int allowedLength, int lastN, Func<int, bool> isBreaker)
+    {
+        if (!(multiplier >= 0) || !float.IsFinite(multiplier))
+            throw new ArgumentOutOfRangeException(nameof(multiplier), $"--dry-multiplier {multiplier} must be a non-negative number (0 = off)");
+        if (!(@base >= 1) || !float.IsFinite(@base))
+            throw new ArgumentOutOfRangeException(nameof(@base), $"--dry-base {@base} must be at least 1");
+        if (allowedLength < 1)
+            throw new ArgumentOutOfRangeException(nameof(allowedLength), $"--dry-allowed-length {allowedLength} must be at least 1");
+        if (lastN < 1 || lastN > 1 << 16)
+            throw new ArgumentOutOfRangeException(nameof(lastN), $"--dry-penalty-last-n {lastN} must be in [1, {1 << 16}]");
+        (Multiplier, Base, AllowedLength, LastN, _isBreaker) = (multiplier, @base, allowedLength, lastN, isBreaker);
+    }
+
+    public float Multiplier { get; }
+    public float Base { get; }
+    public int AllowedLength { get; }
+    public int LastN { get; }
+
+    public string Name => $"dry(x{Multiplier}, base {Base}, allowed {AllowedLength}, last {LastN})";
+
+    public bool PreservesArgmax => false;
+
+    public void Accept(int token)
+    {
+        _history.Add(token);
+        if (_history.Count > 2 * LastN)
+            _history.RemoveRange(0, _history.Count - LastN); // amortized: the window, with room to grow
+    }
+
+    public void Reset() => _history.Clear();
+
+    /// <summary>For each token that would extend a repeat, the longest repeated suffix it would extend.</summary>
+    internal IReadOnlyDictionary<int, int> Matches()
+    {
+        _longest.Clear();
+        int end = _history.Count, start = Math.Max(0, end - LastN);
+        if (end == 0 || _isBreaker(_history[end - 1]))
+            return _longest;
+        // position i (< end − 1) followed by history[i + 1]: the match is the common suffix of history[..i] and history[..end − 1]
+        for (int i = end - 2; i >= start; i--)
+        {
+            int length = 0;
+            while (i - length >= start && _history[i - length] == _history[end - 1 - length] && !_isBreaker(_history[i - length])
+                && end - 1 - length > i)
+                length++;
+            if (length == 0)
+                continue;
+            int next = _history[i + 1];
+            if (!_longest.TryGetValue(next, out int best) || length > best)
+                _longest[next] = length;
+        }
+        return _longest;
+    }
+
+    public void Apply(Candidates c)
+    {
+        if (Multiplier == 0)
+            return;
+        var matches = Matches();
+        if (matches.Count == 0)
+            return;
+        for (int i = 0; i < c.Count; i++)
+        {
+            if (matches.TryGetValue(c.Ids[i], out int length) && length >= AllowedLength)
+                c.Logits[i] -= Multiplier * MathF.Pow(Base, length - AllowedLength);
+        }
+        c.Sorted = false;
+        c.HasProbs = false;
+    }
+}
+
+/// <summary>
+/// DRY's sequence breakers over a vocabulary: a token breaks a match when its text (UTF-8 bytes) holds one of
+/// the breaker strings. Answers are cached per token; one instance per (tokenizer, breakers), shared.
+/// </summary>
+public sealed class SequenceBreakers
+{
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<Tokenizers.TextTokenizer, List<SequenceBreakers>> s_cache = new();
+    private readonly Tokenizers.TextTokenizer _tokenizer;
+    private readonly byte[][] _breakers;
+    private readonly sbyte[] _known; // 0 unknown, 1 breaker, -1 not
+
+    private SequenceBreakers(Tokenizers.TextTokenizer tokenizer, IReadOnlyList<string> breakers)
+    {
+        _tokenizer = tokenizer;
+        Breakers = [.. breakers];
+        _breakers = breakers.Select(System.Text.Encoding.UTF8.GetBytes).Where(b => b.Length > 0).ToArray();
+        _known = new sbyte[tokenizer.VocabSize];
+    }
+
+    public IReadOnlyList<string> Breakers { get; }
+
+    public static SequenceBreakers For(Tokenizers.TextTokenizer tokenizer, IReadOnlyList<string> breakers)
+    {
+        var list = s_cache.GetOrCreateValue(tokenizer);
+        lock (list)
+        {
+            foreach (var existing in list)
+            {
+                if (existing.Breakers.SequenceEqual(breakers))
+                    return existing;
+            }
+            var made = new SequenceBreakers(tokenizer, breakers);
+            list.Add(made);
+            return made;
+        }
+    }
+
+    public bool IsBreaker(int token)
+    {
+        if ((uint)token >= (uint)_known.Length)
+            return false;
+        if (_known[token] != 0)
+            return _known[token] > 0;
+        var bytes = _tokenizer.TokenBytes(token);
+        bool breaks = false;
+        foreach (var b in _breakers)
+            breaks |= bytes.IndexOf(b) >= 0;
+        _known[token] = breaks ? (sbyte)1 : (sbyte)-1;
+        return breaks;
+    }
+}

@@ -614,8 +614,8 @@ public sealed class BatchScheduler : IDisposable
             Tokens = new List<int>(request.Prompt.Count + Math.Max(16, request.MaxTokens));
             Tokens.AddRange(request.Prompt);
             PromptLength = request.Prompt.Count;
-            Sampler = SamplerChain.Create(request.Sampling, tokenizer.VocabSize);
-            if (request.Sampling.HasPenalties)
+            Sampler = SamplerChain.Create(request.Sampling, tokenizer.VocabSize, tokenizer);
+            if (request.Sampling.NeedsHistory)
             {
                 foreach (int token in request.Prompt) // the penalties see the whole context
                     Sampler.Accept(token);

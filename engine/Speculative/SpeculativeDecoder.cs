@@ -121,7 +121,7 @@ public sealed class SpeculativeDecoder : IDisposable
         var net = _target.Network;
         int vocab = _target.Config.VocabSize;
         if (options.Sampling.IsStateful)
-            throw new NotSupportedException("speculative decoding with repetition/frequency/presence penalties, XTC or Mirostat is not supported yet: "
+            throw new NotSupportedException("speculative decoding with repetition/frequency/presence penalties, DRY, XTC or Mirostat is not supported yet: "
                 + "their state would have to follow each draft path (use plain decoding)");
         var sampler = SamplerChain.Create(options.Sampling, vocab);
         IAcceptanceRule rule = Options.LossyTypicalAcceptance ? new TypicalAcceptance()

@@ -172,6 +172,36 @@ public class SamplerProcessorTests
         Assert.Throws<ArgumentOutOfRangeException>(() => new Mirostat(3, 5f, 0.1f, n));
     }
 
+    /// <summary>
+    /// DRY on the context 1 2 3 4 1 2 3: the suffix 1 2 3 occurred before, followed by 4, so 4 would extend a
+    /// repeat of length 3: its logit drops by multiplier · base^(3 − allowed) = 1 · 2^1. A breaker inside the
+    /// suffix cuts the match short; an allowed length above the match, or a breaker at the end, leaves all.
+    /// </summary>
+    [Test]
+    public void Dry_penalizes_the_token_that_would_extend_a_repeat()
+    {
+        float[] Apply(Func<int, bool> breaker, int allowed = 2)
+        {
+            var dry = new Dry(1f, 2f, allowed, 64, breaker);
+            foreach (int t in new[] { 1, 2, 3, 4, 1, 2, 3 })
+                dry.Accept(t);
+            var c = From(0, 0, 0, 0, 0, 0);
+            dry.Apply(c);
+            return c.Logits[..6];
+        }
+        Assert.That(Apply(_ => false), Is.EqualTo(new[] { 0f, 0f, 0f, 0f, -2f, 0f }));
+        Assert.That(Apply(t => t == 2), Is.EqualTo(new float[6]), "2 breaks: the match is 3 alone, below the allowed 2");
+        Assert.That(Apply(_ => false, allowed: 4), Is.EqualTo(new float[6]));
+        Assert.That(Apply(t => t == 3), Is.EqualTo(new float[6]), "the context ends with a breaker");
+        var longer = new Dry(1f, 2f, 2, 64, _ => false);
+        foreach (int t in new[] { 5, 1, 2, 3, 4, 5, 1, 2, 3 })
+            longer.Accept(t);
+        var c2 = From(0, 0, 0, 0, 0, 0);
+        longer.Apply(c2);
+        Assert.That(c2.Logits[4], Is.EqualTo(-4f), "5 1 2 3 repeats: length 4, 2^(4 − 2)");
+        Assert.Throws<ArgumentOutOfRangeException>(() => new Dry(1f, 0.5f, 2, 64, _ => false));
+    }
+
     [Test]
     public void Nan_and_all_minus_infinity_are_errors_that_say_so()
     {

@@ -108,6 +108,7 @@ public class SamplingChainOptionsTests
     [TestCase("--dynatemp-range", "2")]
     [TestCase("--logit-bias", "12x3")]
     [TestCase("--mirostat", "3")]
+    [TestCase("--dry-base", "0.5")]
     [TestCase("--mirostat", "-1")]
     public void Impossible_settings_name_their_option(string option, string value)
     {
@@ -124,7 +125,7 @@ public class SamplingChainOptionsTests
             "--logit-bias", "13-inf", "--ids"]);
         Assert.That(code, Is.Zero, err);
         (code, output, err) = CliTests.Run(["generate", "-m", SharedData.StoriesGguf, "-p", "Once upon a time", "-n", "12", "--seed", "3", "--mirostat", "2",
-            "--mirostat-ent", "3", "--logit-bias", "13-inf", "--ids"]);
+            "--mirostat-ent", "3", "--logit-bias", "13-inf", "--dry-multiplier", "0.8", "--dry-sequence-breaker", ".", "--ids"]);
         Assert.That(code, Is.Zero, err);
         var ids = output.Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToList();
         Assert.That(ids, Has.Count.EqualTo(12).Or.Count.LessThan(12));

@@ -128,13 +128,19 @@ internal sealed class SamplerFlags
     public Option<int> RepeatLastN { get; } = new("--repeat-last-n") { Description = "Tokens the penalties look back over", DefaultValueFactory = _ => 64 };
     public Option<float> FrequencyPenalty { get; } = new("--frequency-penalty") { Description = "Frequency penalty (0 = off)" };
     public Option<float> PresencePenalty { get; } = new("--presence-penalty") { Description = "Presence penalty (0 = off)" };
+    public Option<float> DryMultiplier { get; } = new("--dry-multiplier") { Description = "DRY: penalty multiplier for extending a repeated sequence (0 = off)" };
+    public Option<float> DryBase { get; } = new("--dry-base") { Description = "DRY: the penalty's base, raised to the repeat's length beyond the allowed one", DefaultValueFactory = _ => 1.75f };
+    public Option<int> DryAllowedLength { get; } = new("--dry-allowed-length") { Description = "DRY: repeats this long go unpenalized", DefaultValueFactory = _ => 2 };
+    public Option<int> DryLastN { get; } = new("--dry-penalty-last-n") { Description = "DRY: tokens looked back over", DefaultValueFactory = _ => 1024 };
+    public Option<string[]> DryBreakers { get; } = new("--dry-sequence-breaker") { Description = "DRY: a string no repeat spans (repeatable; default newline, colon, quote, asterisk)" };
     public Option<int> Mirostat { get; } = new("--mirostat") { Description = "Mirostat version: 1, 2 (0 = off); replaces top-k, top-p and the other filters" };
     public Option<float> MirostatEnt { get; } = new("--mirostat-ent") { Description = "Mirostat's target surprise τ (bits)", DefaultValueFactory = _ => 5f };
     public Option<float> MirostatLr { get; } = new("--mirostat-lr") { Description = "Mirostat's learning rate η", DefaultValueFactory = _ => 0.1f };
     public Option<string[]> LogitBias { get; } = new("--logit-bias") { Description = "Token bias as ID+BIAS, ID-BIAS or ID-inf (repeatable)", AllowMultipleArgumentsPerToken = false };
 
     public IEnumerable<Option> All => [Typical, TopNSigma, Epsilon, Eta, XtcProbability, XtcThreshold, DynatempRange, DynatempExponent, RepeatPenalty,
-        RepeatLastN, FrequencyPenalty, PresencePenalty, Mirostat, MirostatEnt, MirostatLr, LogitBias];
+        RepeatLastN, FrequencyPenalty, PresencePenalty, DryMultiplier, DryBase, DryAllowedLength, DryLastN, DryBreakers, Mirostat, MirostatEnt,
+        MirostatLr, LogitBias];
 
     /// <summary><paramref name="sampling"/> with these flags' values.</summary>
     public Sampling.SamplingOptions Apply(System.CommandLine.ParseResult parse, Sampling.SamplingOptions sampling) => sampling with
@@ -151,6 +157,11 @@ internal sealed class SamplerFlags
         RepeatLastN = parse.GetValue(RepeatLastN),
         FrequencyPenalty = parse.GetValue(FrequencyPenalty),
         PresencePenalty = parse.GetValue(PresencePenalty),
+        DryMultiplier = parse.GetValue(DryMultiplier),
+        DryBase = parse.GetValue(DryBase),
+        DryAllowedLength = parse.GetValue(DryAllowedLength),
+        DryPenaltyLastN = parse.GetValue(DryLastN),
+        DrySequenceBreakers = parse.GetValue(DryBreakers) is { Length: > 0 } breakers ? breakers : sampling.DrySequenceBreakers,
         Mirostat = parse.GetValue(Mirostat),
         MirostatTau = parse.GetValue(MirostatEnt),
         MirostatEta = parse.GetValue(MirostatLr),
