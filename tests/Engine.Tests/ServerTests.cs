@@ -107,6 +107,44 @@ public class ServerTests
         Assert.That(withTools.Value.Usage.InputTokenCount, Is.GreaterThan(plain.Value.Usage.InputTokenCount + 20), "the tool's signature is in the prompt");
     }
 
+    /// <summary>
+    /// OpenAI's logit_bias and penalties and llama.cpp's sampler fields reach the chain: banning the greedy
+    /// first token changes the completion to the in-process greedy completion under the same bias; values
+    /// out of range are 400s naming the field.
+    /// </summary>
+    [Test]
+    public async Task Logit_bias_and_penalties_reach_the_sampler()
+    {
+        var (server, lm, dir) = await Start(ChatTests.ChatMl);
+        await using var _ = server;
+        using var __ = lm;
+        using var ___ = dir;
+        var ids = lm.Tokenizer.Encode("Once upon", addSpecial: true).ToArray();
+        int first = SpeculativeTests.Plain(lm, ids, 1)[0];
+        var options = new GenerationOptions
+        {
+            MaxTokens = 4, StopAtEndOfGeneration = false,
+            Sampling = Sampling.SamplingOptions.Greedy with
+            {
+                LogitBias = new Dictionary<int, float> { [first] = -100f }, PresencePenalty = 0.5f, FrequencyPenalty = 0.25f, RepeatLastN = 64,
+            },
+        };
+        using var session = lm.CreateSession();
+        string expected = lm.Tokenizer.Decode(session.Generate(ids, options).ToList());
+        var (status, body) = await Post(server, "/v1/completions",
+            $$"""{"prompt":"Once upon","max_tokens":4,"ignore_eos":true,"temperature":0,"logit_bias":{"{{first}}":-100},"presence_penalty":0.5,"frequency_penalty":0.25}""");
+        Assert.That(status, Is.EqualTo(HttpStatusCode.OK), body.ToString());
+        Assert.That(body.GetProperty("choices")[0].GetProperty("text").GetString(), Is.EqualTo(expected));
+        var (plainStatus, plain) = await Post(server, "/v1/completions", """{"prompt":"Once upon","max_tokens":4,"ignore_eos":true,"temperature":0}""");
+        Assert.That(plain.GetProperty("choices")[0].GetProperty("text").GetString(), Is.Not.EqualTo(expected), "the bias changed the completion");
+        foreach (var (field, value) in new[] { ("presence_penalty", "3"), ("logit_bias", "{\"x\":1}"), ("typical_p", "0"), ("mirostat", "3") })
+        {
+            var (bad, error) = await Post(server, "/v1/completions", $$"""{"prompt":"Once","max_tokens":1,"{{field}}":{{value}}}""");
+            Assert.That(bad, Is.EqualTo(HttpStatusCode.BadRequest), field);
+            Assert.That(error.GetProperty("error").GetProperty("param").GetString(), Is.EqualTo(field));
+        }
+    }
+
     private static async Task<(HttpStatusCode Status, JsonElement Body)> Post(OpenAiServer server, string path, string body, string? key = Key)
     {
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(60) };

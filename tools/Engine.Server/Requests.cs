@@ -168,13 +168,25 @@ public static class RequestReader
         long? seed = Get(root, "seed") is { } sd
             ? sd.ValueKind == JsonValueKind.Number && sd.TryGetInt64(out long v) ? v : throw ApiError.BadRequest("'seed' must be an integer", "seed")
             : null;
-        foreach (string penalty in new[] { "presence_penalty", "frequency_penalty" })
+        // OpenAI's penalties and logit_bias, applied as llama.cpp's server applies them (over the last
+        // repeat_last_n tokens of the context, 64 by default), and llama.cpp's own sampler fields
+        Dictionary<int, float>? bias = null;
+        if (Get(root, "logit_bias") is { } lb)
         {
-            if ((Float(root, penalty, -2, 2) ?? 0) != 0)
-                throw ApiError.BadRequest($"'{penalty}' is not supported yet (only 0)", penalty);
+            if (lb.ValueKind != JsonValueKind.Object)
+                throw ApiError.BadRequest("'logit_bias' must be an object of token ids to biases", "logit_bias");
+            bias = [];
+            foreach (var entry in lb.EnumerateObject())
+            {
+                if (!int.TryParse(entry.Name, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int id))
+                    throw ApiError.BadRequest($"'logit_bias' key '{entry.Name}' is not a token id", "logit_bias");
+                bias[id] = Float(lb, entry.Name, -100, 100)!.Value;
+            }
+            if (bias.Count > 1024)
+                throw ApiError.BadRequest($"'logit_bias' holds {bias.Count} tokens; at most 1024", "logit_bias");
         }
-        if (Get(root, "logit_bias") is { } lb && lb.ValueKind == JsonValueKind.Object && lb.EnumerateObject().Any())
-            throw ApiError.BadRequest("'logit_bias' is not supported yet", "logit_bias");
+        float mirostatTau = Float(root, "mirostat_tau", 0.001f, 100) ?? 5f;
+        int mirostat = Int(root, "mirostat", 0, 2) ?? 0;
         if (Get(root, "response_format") is { } rf)
         {
             string? type = rf.ValueKind == JsonValueKind.Object && rf.TryGetProperty("type", out var ty) && ty.ValueKind == JsonValueKind.String ? ty.GetString() : null;
@@ -203,6 +215,21 @@ public static class RequestReader
             TopP = topP,
             MinP = minP,
             Seed = seed is long x ? unchecked((ulong)x) : (ulong)Random.Shared.NextInt64(),
+            PresencePenalty = Float(root, "presence_penalty", -2, 2) ?? 0f,
+            FrequencyPenalty = Float(root, "frequency_penalty", -2, 2) ?? 0f,
+            RepeatPenalty = Float(root, "repeat_penalty", 0.001f, 10) ?? 1f,
+            RepeatLastN = Int(root, "repeat_last_n", 0, 1 << 16) ?? 64,
+            LogitBias = bias is { Count: > 0 } ? bias : null,
+            TypicalP = Float(root, "typical_p", 0.001f, 1) ?? 1f,
+            TopNSigma = Float(root, "top_n_sigma", -1, 100) ?? -1f,
+            XtcProbability = Float(root, "xtc_probability", 0, 1) ?? 0f,
+            XtcThreshold = Float(root, "xtc_threshold", 0.001f, 0.5f) ?? 0.1f,
+            DryMultiplier = Float(root, "dry_multiplier", 0, 100) ?? 0f,
+            DryBase = Float(root, "dry_base", 1, 100) ?? 1.75f,
+            DryAllowedLength = Int(root, "dry_allowed_length", 1, 1 << 16) ?? 2,
+            Mirostat = temperature == 0 ? 0 : mirostat,
+            MirostatTau = mirostatTau,
+            MirostatEta = Float(root, "mirostat_eta", 0.0001f, 10) ?? 0.1f,
         };
         return new RequestParameters
         {
