@@ -7,17 +7,18 @@ namespace Engine.Sampling;
 internal static class CandidateMath
 {
     /// <summary>Softmax of the candidates after checking them: NaN is an error naming the token; so is a row with no finite logit.</summary>
-    public static void Probabilities(Candidates c, string sampler)
+    /// <remarks>The processor's name is read only for an error: a name is a string built on demand.</remarks>
+    public static void Probabilities(Candidates c, ILogitsProcessor sampler)
     {
         bool finite = false;
         for (int i = 0; i < c.Count; i++)
         {
             if (float.IsNaN(c.Logits[i]))
-                throw new ArgumentException($"{sampler}: the logit of token {c.Ids[i]} is NaN");
+                throw new ArgumentException($"{sampler.Name}: the logit of token {c.Ids[i]} is NaN");
             finite |= c.Logits[i] > float.NegativeInfinity;
         }
         if (!finite)
-            throw new ArgumentException($"{sampler}: every candidate's logit is -inf: there is nothing to sample");
+            throw new ArgumentException($"{sampler.Name}: every candidate's logit is -inf: there is nothing to sample");
         if (!c.HasProbs)
             c.Softmax();
     }
@@ -96,7 +97,7 @@ public sealed class Typical : ILogitsProcessor
     {
         if (P >= 1 || c.Count <= 1)
             return;
-        CandidateMath.Probabilities(c, Name);
+        CandidateMath.Probabilities(c, this);
         double entropy = CandidateMath.Entropy(c);
         if (_order.Length < c.Ids.Length)
         {
@@ -165,7 +166,7 @@ public sealed class TopNSigma : ILogitsProcessor
 
     public void Apply(Candidates c)
     {
-        CandidateMath.Probabilities(c, Name);
+        CandidateMath.Probabilities(c, this);
         double sum = 0, squares = 0, max = double.NegativeInfinity;
         int finite = 0;
         for (int i = 0; i < c.Count; i++)
@@ -203,7 +204,7 @@ public sealed class EpsilonCutoff : ILogitsProcessor
 
     public bool PreservesArgmax => true;
 
-    public void Apply(Candidates c) => EtaCutoff.Cut(c, Epsilon, Name);
+    public void Apply(Candidates c) => EtaCutoff.Cut(c, Epsilon, this);
 }
 
 /// <summary>
@@ -227,14 +228,14 @@ public sealed class EtaCutoff : ILogitsProcessor
 
     public void Apply(Candidates c)
     {
-        CandidateMath.Probabilities(c, Name);
+        CandidateMath.Probabilities(c, this);
         double eta = Math.Min(Epsilon, Math.Sqrt(Epsilon) * Math.Exp(-CandidateMath.Entropy(c)));
-        Cut(c, eta, Name);
+        Cut(c, eta, this);
     }
 
-    internal static void Cut(Candidates c, double cutoff, string name)
+    internal static void Cut(Candidates c, double cutoff, ILogitsProcessor owner)
     {
-        CandidateMath.Probabilities(c, name);
+        CandidateMath.Probabilities(c, owner);
         int best = 0;
         for (int i = 1; i < c.Count; i++)
         {
@@ -314,7 +315,7 @@ public sealed class DynamicTemperature : ILogitsProcessor
 
     public void Apply(Candidates c)
     {
-        CandidateMath.Probabilities(c, Name);
+        CandidateMath.Probabilities(c, this);
         double maxEntropy = c.Count > 1 ? Math.Log(c.Count) : 1;
         double normalized = c.Count > 1 ? CandidateMath.Entropy(c) / maxEntropy : 0;
         double t = (Base - Range) + 2 * Range * Math.Pow(normalized, Exponent);
@@ -358,7 +359,7 @@ public sealed class Xtc : ILogitsProcessor
         if (Probability <= 0 || c.Count < 2 || _random.NextDouble() >= Probability)
             return;
         c.Sort();
-        CandidateMath.Probabilities(c, Name);
+        CandidateMath.Probabilities(c, this);
         int above = 0;
         while (above < c.Count && c.Probs[above] >= Threshold)
             above++;
@@ -393,7 +394,7 @@ public interface IStatefulProcessor
 public sealed class Penalties : ILogitsProcessor, IStatefulProcessor
 {
     private readonly int[] _ring;
-    private readonly Dictionary<int, int> _counts = [];
+    private readonly Dictionary<int, int> _counts;
     private int _next, _filled;
 
     public Penalties(int lastN, float repeat = 1f, float frequency = 0f, float presence = 0f)
@@ -406,6 +407,7 @@ public sealed class Penalties : ILogitsProcessor, IStatefulProcessor
             throw new ArgumentOutOfRangeException(nameof(frequency), $"frequency {frequency} and presence {presence} penalties must be numbers");
         (LastN, Repeat, Frequency, Presence) = (lastN, repeat, frequency, presence);
         _ring = new int[lastN];
+        _counts = new Dictionary<int, int>(Math.Min(lastN, 4096)); // at most one entry per token of the window: no growth mid-generation
     }
 
     public int LastN { get; }
@@ -503,7 +505,7 @@ public sealed class Mirostat : ILogitsProcessor, IStatefulProcessor
     public void Apply(Candidates c)
     {
         c.Sort();
-        CandidateMath.Probabilities(c, Name);
+        CandidateMath.Probabilities(c, this);
         int keep;
         if (Version == 2)
         {
@@ -570,9 +572,9 @@ public sealed class Mirostat : ILogitsProcessor, IStatefulProcessor
 /// </summary>
 public sealed class Dry : ILogitsProcessor, IStatefulProcessor
 {
-    private readonly List<int> _history = [];
+    private readonly List<int> _history;
     private readonly Func<int, bool> _isBreaker;
-    private readonly Dictionary<int, int> _longest = [];
+    private readonly Dictionary<int, int> _longest;
 
     public Dry(float multiplier, float @base, int allowedLength, int lastN, Func<int, bool> isBreaker)
     {
@@ -585,6 +587,8 @@ public sealed class Dry : ILogitsProcessor, IStatefulProcessor
         if (lastN < 1 || lastN > 1 << 16)
             throw new ArgumentOutOfRangeException(nameof(lastN), $"--dry-penalty-last-n {lastN} must be in [1, {1 << 16}]");
         (Multiplier, Base, AllowedLength, LastN, _isBreaker) = (multiplier, @base, allowedLength, lastN, isBreaker);
+        _history = new List<int>(2 * lastN + 1); // the window with its slack: no growth mid-generation
+        _longest = new Dictionary<int, int>(Math.Min(lastN, 4096));
     }
 
     public float Multiplier { get; }
