@@ -27,10 +27,68 @@ public sealed class SamplerChain
     public static SamplerChain Create(SamplingOptions options, int vocabSize = 0, Tokenizers.TextTokenizer? tokenizer = null)
     {
         options.Validate();
-        // what reshapes the logits whatever the decoding: the bias, then the penalties (llama.cpp's order)
         var processors = new List<ILogitsProcessor>();
         if (options.LogitBias is { Count: > 0 } bias)
-            processors.Add(new LogitBias(bias));
+            processors.Add(new LogitBias(bias)); // always first, as llama.cpp
+        bool greedy = options.Temperature == 0;
+        if (!greedy && options.Mirostat != 0)
+        {
+            // as llama.cpp: the penalties, temperature, then Mirostat, which takes the place of the other filters
+            AddHistory(processors, options, tokenizer);
+            processors.Add(new Temperature(options.Temperature));
+            processors.Add(new Mirostat(options.Mirostat, options.MirostatTau, options.MirostatEta, vocabSize));
+            return new SamplerChain([.. processors], new Random(unchecked((int)options.Seed)));
+        }
+        foreach (string name in options.Samplers ?? SamplingOptions.DefaultOrder)
+        {
+            switch (SamplingOptions.Canonical(name))
+            {
+                case "penalties" when options.HasPenalties:
+                    processors.Add(new Penalties(options.RepeatLastN, options.RepeatPenalty, options.FrequencyPenalty, options.PresencePenalty));
+                    break;
+                case "dry" when options.DryMultiplier > 0:
+                    var breakers = tokenizer is null ? null : SequenceBreakers.For(tokenizer, options.DrySequenceBreakers);
+                    processors.Add(new Dry(options.DryMultiplier, options.DryBase, options.DryAllowedLength, options.DryPenaltyLastN,
+                        breakers is null ? static _ => false : breakers.IsBreaker));
+                    break;
+                case var _ when greedy:
+                    break; // greedy decoding: what follows cannot change the argmax's meaning, only the draw
+                case "top_n_sigma" when options.TopNSigma >= 0:
+                    processors.Add(new TopNSigma(options.TopNSigma));
+                    break;
+                case "temperature":
+                    processors.Add(options.DynatempRange > 0
+                        ? new DynamicTemperature(options.Temperature, options.DynatempRange, options.DynatempExponent)
+                        : new Temperature(options.Temperature));
+                    break;
+                case "top_k" when options.TopK > 0:
+                    processors.Add(new TopK(options.TopK));
+                    break;
+                case "typ_p" when options.TypicalP < 1:
+                    processors.Add(new Typical(options.TypicalP));
+                    break;
+                case "top_p" when options.TopP < 1:
+                    processors.Add(new TopP(options.TopP));
+                    break;
+                case "min_p" when options.MinP > 0:
+                    processors.Add(new MinP(options.MinP));
+                    break;
+                case "epsilon" when options.Epsilon > 0:
+                    processors.Add(new EpsilonCutoff(options.Epsilon));
+                    break;
+                case "eta" when options.Eta > 0:
+                    processors.Add(new EtaCutoff(options.Eta));
+                    break;
+                case "xtc" when options.XtcProbability > 0:
+                    processors.Add(new Xtc(options.XtcProbability, options.XtcThreshold, options.Seed));
+                    break;
+            }
+        }
+        return new SamplerChain([.. processors], greedy ? null : new Random(unchecked((int)options.Seed)));
+    }
+
+    private static void AddHistory(List<ILogitsProcessor> processors, SamplingOptions options, Tokenizers.TextTokenizer? tokenizer)
+    {
         if (options.HasPenalties)
             processors.Add(new Penalties(options.RepeatLastN, options.RepeatPenalty, options.FrequencyPenalty, options.PresencePenalty));
         if (options.DryMultiplier > 0)
@@ -39,37 +97,6 @@ public sealed class SamplerChain
             processors.Add(new Dry(options.DryMultiplier, options.DryBase, options.DryAllowedLength, options.DryPenaltyLastN,
                 breakers is null ? static _ => false : breakers.IsBreaker));
         }
-        if (options.Temperature == 0)
-            return new SamplerChain([.. processors], null);
-        if (options.Mirostat != 0)
-        {
-            // as llama.cpp: temperature, then Mirostat, which takes the place of the other filters
-            processors.Add(new Temperature(options.Temperature));
-            processors.Add(new Mirostat(options.Mirostat, options.MirostatTau, options.MirostatEta, vocabSize));
-            return new SamplerChain([.. processors], new Random(unchecked((int)options.Seed)));
-        }
-        // top-nσ before temperature (its threshold is meant on the raw logits), then temperature (fixed or
-        // dynamic) and the filters in the order of HF transformers and vLLM, XTC last
-        if (options.TopNSigma >= 0)
-            processors.Add(new TopNSigma(options.TopNSigma));
-        processors.Add(options.DynatempRange > 0
-            ? new DynamicTemperature(options.Temperature, options.DynatempRange, options.DynatempExponent)
-            : new Temperature(options.Temperature));
-        if (options.TopK > 0)
-            processors.Add(new TopK(options.TopK));
-        if (options.TypicalP < 1)
-            processors.Add(new Typical(options.TypicalP));
-        if (options.TopP < 1)
-            processors.Add(new TopP(options.TopP));
-        if (options.MinP > 0)
-            processors.Add(new MinP(options.MinP));
-        if (options.Epsilon > 0)
-            processors.Add(new EpsilonCutoff(options.Epsilon));
-        if (options.Eta > 0)
-            processors.Add(new EtaCutoff(options.Eta));
-        if (options.XtcProbability > 0)
-            processors.Add(new Xtc(options.XtcProbability, options.XtcThreshold, options.Seed));
-        return new SamplerChain([.. processors], new Random(unchecked((int)options.Seed)));
     }
 
     /// <summary>
@@ -224,6 +251,38 @@ public sealed record SamplingOptions
     /// <summary>Whether the chain keeps the context's tokens (penalties, DRY): <see cref="SamplerChain.Accept"/> must see the prompt too.</summary>
     public bool NeedsHistory => HasPenalties || DryMultiplier > 0;
 
+    /// <summary>
+    /// Which processors run and in what order (llama.cpp's <c>--samplers</c>: penalties, dry, top_n_sigma, top_k,
+    /// typ_p, top_p, min_p, xtc, temperature; and epsilon, eta); null: <see cref="DefaultOrder"/>. A processor
+    /// not listed does not run, whatever its setting. The logit bias always comes first; Mirostat ignores the order.
+    /// </summary>
+    public IReadOnlyList<string>? Samplers { get; init; }
+
+    /// <summary>
+    /// The default order: the history's processors, top-nσ on the raw logits, then temperature before the
+    /// filters (HF transformers' and vLLM's order, and the GPU's fused kernel's), XTC last. llama.cpp's own
+    /// default puts temperature after the filters: <c>penalties;dry;top_n_sigma;top_k;typ_p;top_p;min_p;xtc;temperature</c>.
+    /// </summary>
+    public static IReadOnlyList<string> DefaultOrder { get; } =
+        ["penalties", "dry", "top_n_sigma", "temperature", "top_k", "typ_p", "top_p", "min_p", "epsilon", "eta", "xtc"];
+
+    /// <summary>A sampler's name as <see cref="Samplers"/> takes it (llama.cpp's aliases too), or null for an unknown one.</summary>
+    public static string? Canonical(string name) => name.Trim().ToLowerInvariant().Replace('-', '_') switch
+    {
+        "penalties" or "penalty" or "repetition" => "penalties",
+        "dry" => "dry",
+        "top_n_sigma" or "nsigma" => "top_n_sigma",
+        "temperature" or "temp" => "temperature",
+        "top_k" or "k" => "top_k",
+        "typ_p" or "typical_p" or "typical" or "typ" => "typ_p",
+        "top_p" or "nucleus" or "p" => "top_p",
+        "min_p" or "m" => "min_p",
+        "epsilon" => "epsilon",
+        "eta" => "eta",
+        "xtc" => "xtc",
+        _ => null,
+    };
+
     /// <summary>Mirostat's version (0 = off, 1, 2), target surprise τ and learning rate η (llama.cpp's defaults 0, 5, 0.1).</summary>
     public int Mirostat { get; init; }
     public float MirostatTau { get; init; } = 5f;
@@ -242,7 +301,8 @@ public sealed record SamplingOptions
     /// draw): then decoding on a GPU samples there; any other processor runs on the host.
     /// </summary>
     public bool IsFusable => TypicalP >= 1 && TopNSigma < 0 && Epsilon == 0 && Eta == 0 && XtcProbability == 0 && DynatempRange == 0
-        && !NeedsHistory && LogitBias is not { Count: > 0 } && (Mirostat == 0 || Temperature == 0);
+        && !NeedsHistory && LogitBias is not { Count: > 0 } && (Mirostat == 0 || Temperature == 0)
+        && (Samplers is null || Samplers.Select(Canonical).SequenceEqual(DefaultOrder));
 
     /// <summary>Whether the chain keeps state or draws coins of its own, which speculative verification cannot reproduce.</summary>
     public bool IsStateful => NeedsHistory || (Temperature > 0 && (XtcProbability > 0 || Mirostat != 0));
@@ -279,6 +339,17 @@ public sealed record SamplingOptions
             _ = new LogitBias(LogitBias); // its checks, with the token named
         if (Mirostat != 0)
             _ = new Mirostat(Mirostat, MirostatTau, MirostatEta, 1); // its checks: version 1 or 2, τ and η positive
+        if (Samplers is not null)
+        {
+            var seen = new HashSet<string>();
+            foreach (string name in Samplers)
+            {
+                string canonical = Canonical(name) ?? throw new ArgumentOutOfRangeException(nameof(Samplers),
+                    $"--samplers: '{name}' is not a sampler (known: {string.Join(", ", DefaultOrder)})");
+                if (!seen.Add(canonical))
+                    throw new ArgumentOutOfRangeException(nameof(Samplers), $"--samplers names '{canonical}' twice");
+            }
+        }
         if (DryMultiplier != 0 || DryBase != 1.75f || DryAllowedLength != 2 || DryPenaltyLastN != 1024)
             _ = new Dry(DryMultiplier, DryBase, DryAllowedLength, DryPenaltyLastN, static _ => false); // its checks, by option name
     }

@@ -215,6 +215,32 @@ public class SamplerProcessorTests
         Assert.Throws<ArgumentException>(() => new Typical(0.5f).Apply(c));
     }
 
+    /// <summary>
+    /// <c>--samplers</c> order: top-p 0.5 before temperature 2 keeps only the likeliest of [2, 1, 0, −1] (its
+    /// probability 0.64 ≥ 0.5); after it, the flattened distribution needs two tokens (0.455 + 0.276). A
+    /// sampler left out does not run; unknown and repeated names are errors naming the option.
+    /// </summary>
+    [Test]
+    public void The_samplers_order_decides_what_survives()
+    {
+        float[] logits = [2f, 1f, 0f, -1f];
+        var probs = new float[4];
+        var options = new SamplingOptions { Temperature = 2f, TopK = 0, TopP = 0.5f, Seed = 1 };
+        SamplerChain.Create(options with { Samplers = ["top_p", "temperature"] }).Distribution(logits, probs);
+        Assert.That(probs, Is.EqualTo(new[] { 1f, 0f, 0f, 0f }));
+        SamplerChain.Create(options with { Samplers = ["temperature", "top-p"] }).Distribution(logits, probs);
+        double a = Math.Exp(1), b = Math.Exp(0.5);
+        Assert.That(probs, Is.EqualTo(new[] { (float)(a / (a + b)), (float)(b / (a + b)), 0f, 0f }).Within(1e-6));
+        SamplerChain.Create(options with { TopK = 1, Samplers = ["temperature"] }).Distribution(logits, probs);
+        Assert.That(probs.Count(p => p > 0), Is.EqualTo(4), "top-k is set but not listed: it does not run");
+        Assert.That((options with { Samplers = ["top_p", "temperature"] }).IsFusable, Is.False);
+        Assert.That((options with { Samplers = [.. SamplingOptions.DefaultOrder] }).IsFusable, Is.True);
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => SamplerChain.Create(options with { Samplers = ["temperature", "beam"] }))!;
+        Assert.That(e.Message, Does.Contain("--samplers").And.Contain("beam"));
+        e = Assert.Throws<ArgumentOutOfRangeException>(() => SamplerChain.Create(options with { Samplers = ["temp", "temperature"] }))!;
+        Assert.That(e.Message, Does.Contain("twice"));
+    }
+
     /// <summary>A chain of one's own processors draws from what they leave, seeded; greedy without a seed; penalties advance with Accept.</summary>
     [Test]
     public void A_chain_of_custom_processors_draws_from_their_distribution()

@@ -109,6 +109,7 @@ public class SamplingChainOptionsTests
     [TestCase("--logit-bias", "12x3")]
     [TestCase("--mirostat", "3")]
     [TestCase("--dry-base", "0.5")]
+    [TestCase("--samplers", "top_k;beam")]
     [TestCase("--mirostat", "-1")]
     public void Impossible_settings_name_their_option(string option, string value)
     {

@@ -133,6 +133,7 @@ internal sealed class SamplerFlags
     public Option<int> DryAllowedLength { get; } = new("--dry-allowed-length") { Description = "DRY: repeats this long go unpenalized", DefaultValueFactory = _ => 2 };
     public Option<int> DryLastN { get; } = new("--dry-penalty-last-n") { Description = "DRY: tokens looked back over", DefaultValueFactory = _ => 1024 };
     public Option<string[]> DryBreakers { get; } = new("--dry-sequence-breaker") { Description = "DRY: a string no repeat spans (repeatable; default newline, colon, quote, asterisk)" };
+    public Option<string?> Samplers { get; } = new("--samplers") { Description = "Which samplers run, in order, ';'-separated (llama.cpp's names: penalties;dry;top_n_sigma;top_k;typ_p;top_p;min_p;xtc;temperature; and epsilon, eta)" };
     public Option<int> Mirostat { get; } = new("--mirostat") { Description = "Mirostat version: 1, 2 (0 = off); replaces top-k, top-p and the other filters" };
     public Option<float> MirostatEnt { get; } = new("--mirostat-ent") { Description = "Mirostat's target surprise τ (bits)", DefaultValueFactory = _ => 5f };
     public Option<float> MirostatLr { get; } = new("--mirostat-lr") { Description = "Mirostat's learning rate η", DefaultValueFactory = _ => 0.1f };
@@ -140,7 +141,7 @@ internal sealed class SamplerFlags
 
     public IEnumerable<Option> All => [Typical, TopNSigma, Epsilon, Eta, XtcProbability, XtcThreshold, DynatempRange, DynatempExponent, RepeatPenalty,
         RepeatLastN, FrequencyPenalty, PresencePenalty, DryMultiplier, DryBase, DryAllowedLength, DryLastN, DryBreakers, Mirostat, MirostatEnt,
-        MirostatLr, LogitBias];
+        MirostatLr, Samplers, LogitBias];
 
     /// <summary><paramref name="sampling"/> with these flags' values.</summary>
     public Sampling.SamplingOptions Apply(System.CommandLine.ParseResult parse, Sampling.SamplingOptions sampling) => sampling with
@@ -162,6 +163,7 @@ internal sealed class SamplerFlags
         DryAllowedLength = parse.GetValue(DryAllowedLength),
         DryPenaltyLastN = parse.GetValue(DryLastN),
         DrySequenceBreakers = parse.GetValue(DryBreakers) is { Length: > 0 } breakers ? breakers : sampling.DrySequenceBreakers,
+        Samplers = parse.GetValue(Samplers) is { } order ? order.Split([';', ','], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries) : null,
         Mirostat = parse.GetValue(Mirostat),
         MirostatTau = parse.GetValue(MirostatEnt),
         MirostatEta = parse.GetValue(MirostatLr),
