@@ -44,12 +44,10 @@ public sealed class SamplerChain
             switch (SamplingOptions.Canonical(name))
             {
                 case "penalties" when options.HasPenalties:
-                    processors.Add(new Penalties(options.RepeatLastN, options.RepeatPenalty, options.FrequencyPenalty, options.PresencePenalty));
+                    processors.Add(PenaltiesFor(options));
                     break;
                 case "dry" when options.DryMultiplier > 0:
-                    var breakers = tokenizer is null ? null : SequenceBreakers.For(tokenizer, options.DrySequenceBreakers);
-                    processors.Add(new Dry(options.DryMultiplier, options.DryBase, options.DryAllowedLength, options.DryPenaltyLastN,
-                        breakers is null ? static _ => false : breakers.IsBreaker));
+                    processors.Add(DryFor(options, tokenizer));
                     break;
                 case var _ when greedy:
                     break; // greedy decoding: what follows cannot change the argmax's meaning, only the draw
@@ -90,13 +88,18 @@ public sealed class SamplerChain
     private static void AddHistory(List<ILogitsProcessor> processors, SamplingOptions options, Tokenizers.TextTokenizer? tokenizer)
     {
         if (options.HasPenalties)
-            processors.Add(new Penalties(options.RepeatLastN, options.RepeatPenalty, options.FrequencyPenalty, options.PresencePenalty));
+            processors.Add(PenaltiesFor(options));
         if (options.DryMultiplier > 0)
-        {
-            var breakers = tokenizer is null ? null : SequenceBreakers.For(tokenizer, options.DrySequenceBreakers);
-            processors.Add(new Dry(options.DryMultiplier, options.DryBase, options.DryAllowedLength, options.DryPenaltyLastN,
-                breakers is null ? static _ => false : breakers.IsBreaker));
-        }
+            processors.Add(DryFor(options, tokenizer));
+    }
+
+    private static Penalties PenaltiesFor(SamplingOptions o) => new(o.RepeatLastN, o.RepeatPenalty, o.FrequencyPenalty, o.PresencePenalty);
+
+    /// <summary>DRY with the tokenizer's sequence breakers (none without a tokenizer).</summary>
+    private static Dry DryFor(SamplingOptions o, Tokenizers.TextTokenizer? tokenizer)
+    {
+        var breakers = tokenizer is null ? null : SequenceBreakers.For(tokenizer, o.DrySequenceBreakers);
+        return new Dry(o.DryMultiplier, o.DryBase, o.DryAllowedLength, o.DryPenaltyLastN, breakers is null ? static _ => false : breakers.IsBreaker);
     }
 
     /// <summary>
