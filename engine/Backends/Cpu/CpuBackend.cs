@@ -328,8 +328,9 @@ public sealed unsafe class CpuBackend : Backend
         if (targets.IsEmpty)
             return;
         // each distinct input quantized once, for each int8 format its products need
-        var work = _groups;
+        var work = _matMul;
         work.Begin(targets.Length);
+        int quantized = 0;
         for (int i = 0; i < targets.Length; i++)
         {
             var x = inputs[i];
@@ -340,12 +341,18 @@ public sealed unsafe class CpuBackend : Backend
             {
                 for (int j = 0; j < i && q is null; j++)
                 {
-                    if (inputs[j] == x && work.InputKind(j) == k)
-                        q = work.Input(j);
+                    if (inputs[j] == x && work.Input(j) is { } earlier && earlier.Kind == k)
+                        q = earlier;
                 }
-                q ??= work.Quantize(Data(x), x.Rows, x.Cols, k);
+                if (q is null)
+                {
+                    if (_groupInputs.Count == quantized)
+                        _groupInputs.Add(new QuantizedActivations());
+                    q = _groupInputs[quantized++];
+                    q.Quantize(Data(x), x.Rows, x.Cols, k);
+                }
             }
-            work.Add(w, Array(x), x.Rows, Array(targets[i].Output), q, kind);
+            work.Add(w, Array(x), x.Rows, Array(targets[i].Output), q);
         }
         // Two chunks per thread: these products are small (a few MiB), and each chunk costs a start-up
         // (measured on the 8-expert Q4_0 model: 4 chunks on 2 threads decode 4-6% faster than 16, 2 slower)
@@ -357,7 +364,8 @@ public sealed unsafe class CpuBackend : Backend
         }
     }
 
-    private readonly GroupedMatMulWork _groups = new();
+    /// <summary>The int8 forms of <see cref="MatMulGroups"/>'s distinct inputs, reused from call to call.</summary>
+    private readonly List<QuantizedActivations> _groupInputs = [];
 
     /// <summary>Below this many bytes of weights a one-row product is split into two chunks per thread.</summary>
     private const long SmallProductBytes = 2 << 20;
@@ -368,74 +376,6 @@ public sealed unsafe class CpuBackend : Backend
         foreach (var t in targets)
             bytes += ((CpuMatrix)t.Weights).View.ByteSize;
         return bytes;
-    }
-
-    /// <summary>
-    /// Products with inputs of their own in one parallel pass: rows of all products numbered one after
-    /// another, each chunk a contiguous range, each product on the row kernels (the bits of a
-    /// batch-invariant <see cref="MatMul(Activation, ReadOnlySpan{MatMulTarget}, bool)"/>).
-    /// </summary>
-    private sealed class GroupedMatMulWork : IParallelWork
-    {
-        private TensorView[] _w = new TensorView[8];
-        private float[][] _x = new float[8][], _y = new float[8][];
-        private int[] _n = new int[8];
-        private QuantizedActivations?[] _q = new QuantizedActivations?[8];
-        private ActivationBlock?[] _kinds = new ActivationBlock?[8];
-        private readonly List<QuantizedActivations> _pool = [];
-        private int _count, _quantized, _totalRows;
-
-        public void Begin(int count)
-        {
-            if (_w.Length < count)
-            {
-                int size = Math.Max(count, 2 * _w.Length);
-                System.Array.Resize(ref _w, size);
-                System.Array.Resize(ref _x, size);
-                System.Array.Resize(ref _y, size);
-                System.Array.Resize(ref _n, size);
-                System.Array.Resize(ref _q, size);
-                System.Array.Resize(ref _kinds, size);
-            }
-            _count = _quantized = _totalRows = 0;
-        }
-
-        public QuantizedActivations? Input(int i) => _q[i];
-
-        public ActivationBlock? InputKind(int i) => _kinds[i];
-
-        public QuantizedActivations Quantize(ReadOnlySpan<float> x, int rows, int cols, ActivationBlock kind)
-        {
-            if (_pool.Count == _quantized)
-                _pool.Add(new QuantizedActivations());
-            var q = _pool[_quantized++];
-            q.Quantize(x, rows, cols, kind);
-            return q;
-        }
-
-        public void Add(TensorView w, float[] x, int n, float[] y, QuantizedActivations? q, ActivationBlock? kind)
-        {
-            (_w[_count], _x[_count], _n[_count], _y[_count], _q[_count], _kinds[_count]) = (w, x, n, y, q, kind);
-            _totalRows += checked((int)w.RowCount);
-            _count++;
-        }
-
-        public void Execute(int chunk, int chunks)
-        {
-            var (start, end) = WorkerPool.Range(_totalRows, chunk, chunks);
-            int first = 0;
-            for (int i = 0; i < _count && start < end; i++)
-            {
-                int rows = (int)_w[i].RowCount;
-                if (start < first + rows)
-                {
-                    int localEnd = Math.Min(end, first + rows) - first;
-                    Kernels.MatMul.Rows(_w[i], _x[i], _q[i], null, null, _n[i], _y[i], start - first, localEnd);
-                    start = first + localEnd;
-                }
-                first += rows;
-            }
-        }
     }
 
     public override void ChunkSparseFfn(Activation x, DeviceMatrix up, DeviceMatrix down, int blocks, ReadOnlySpan<int> active,
@@ -636,10 +576,10 @@ public sealed unsafe class CpuBackend : Backend
     /// </summary>
     private sealed class MatMulWork : IParallelWork
     {
-        private float[] _x = [];
-        private int _n, _count, _totalRows;
+        private int _count, _totalRows;
         private TensorView[] _weights = new TensorView[4];
-        private float[][] _outputs = new float[4][];
+        private float[][] _x = new float[4][], _outputs = new float[4][];
+        private int[] _n = new int[4];
         private QuantizedActivations?[] _inputs = new QuantizedActivations?[4];
         private QuantizedActivations? _groups;
         private FloatPanels? _panels;
@@ -650,39 +590,51 @@ public sealed unsafe class CpuBackend : Backend
             if (_weights.Length >= count)
                 return;
             System.Array.Resize(ref _weights, count);
+            System.Array.Resize(ref _x, count);
             System.Array.Resize(ref _outputs, count);
+            System.Array.Resize(ref _n, count);
             System.Array.Resize(ref _inputs, count);
         }
 
+        /// <summary>Products that share the input <paramref name="x"/> ([n, cols]) and its int8 forms.</summary>
         public void Set(float[] x, int n, ReadOnlySpan<MatMulTarget> targets, QuantizedActivations? q80, QuantizedActivations? q8k,
             QuantizedActivations? groups, FloatPanels? panels)
         {
-            _x = x;
-            _n = n;
+            Begin(targets.Length);
             _groups = groups;
             _panels = panels;
-            _count = targets.Length;
-            if (_weights.Length < _count)
+            foreach (var t in targets)
             {
-                System.Array.Resize(ref _weights, _count);
-                System.Array.Resize(ref _outputs, _count);
-                System.Array.Resize(ref _inputs, _count);
-            }
-            _totalRows = 0;
-            for (int i = 0; i < _count; i++)
-            {
-                var w = ((CpuMatrix)targets[i].Weights).View;
-                _weights[i] = w;
-                _outputs[i] = ((CpuBuffer)targets[i].Output.Buffer).Data;
-                _inputs[i] = Kernels.MatMul.ActivationFor(w.Type) switch
+                var w = ((CpuMatrix)t.Weights).View;
+                var q = Kernels.MatMul.ActivationFor(w.Type) switch
                 {
                     ActivationBlock.Q8_0 => q80,
                     ActivationBlock.Q8_K => q8k,
                     _ => null,
                 };
-                _totalRows += checked((int)w.RowCount);
+                Add(w, x, n, ((CpuBuffer)t.Output.Buffer).Data, q);
             }
         }
+
+        /// <summary>Starts a run of products with inputs of their own (<see cref="Add"/>), on the row kernels.</summary>
+        public void Begin(int count)
+        {
+            Reserve(count);
+            _count = _totalRows = 0;
+            _groups = null;
+            _panels = null;
+        }
+
+        /// <summary>y [n, rows] = x [n, cols] · Wᵀ, x's int8 form <paramref name="q"/> where W's kernel takes one.</summary>
+        public void Add(TensorView w, float[] x, int n, float[] y, QuantizedActivations? q)
+        {
+            (_weights[_count], _x[_count], _n[_count], _outputs[_count], _inputs[_count]) = (w, x, n, y, q);
+            _totalRows += checked((int)w.RowCount);
+            _count++;
+        }
+
+        /// <summary>The int8 input of product <paramref name="i"/> of the run, if it has one.</summary>
+        public QuantizedActivations? Input(int i) => _inputs[i];
 
         public void Execute(int chunk, int chunks)
         {
@@ -694,7 +646,7 @@ public sealed unsafe class CpuBackend : Backend
                 if (start < first + rows)
                 {
                     int localEnd = Math.Min(end, first + rows) - first;
-                    Kernels.MatMul.Rows(_weights[i], _x, _inputs[i], _groups, _panels, _n, _outputs[i], start - first, localEnd);
+                    Kernels.MatMul.Rows(_weights[i], _x[i], _inputs[i], _groups, _panels, _n[i], _outputs[i], start - first, localEnd);
                     start = first + localEnd;
                 }
                 first += rows;
