@@ -95,16 +95,7 @@ public class BlockFfnTests
         using var dir = new TempDir();
         using var lm = LanguageModel.Load(TinyModel.Random(Spec).WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 2 });
         int[] prompt = ModelParityTests.Prompt;
-        int n = prompt.Length, vocab = lm.Config.VocabSize;
-        var batched = Run(lm, prompt, batchInvariant: true);
-        using var cache = lm.Network.CreateKvCache(64);
-        using var single = cache.CreateSequence();
-        var one = new float[vocab];
-        for (int t = 0; t < n; t++)
-        {
-            lm.Network.Forward(single, [prompt[t]], [t], AttentionMask.Causal, [0], one, batchInvariant: true);
-            Assert.That(one, Is.EqualTo(batched.AsSpan(t * vocab, vocab).ToArray()), $"row {t}");
-        }
+        ModelParityTests.AssertSingleStepsEqual(lm, prompt, Run(lm, prompt, batchInvariant: true));
     }
 
     [Test]
@@ -168,16 +159,7 @@ public class BlockFfnTests
         using var dir = new TempDir();
         using var lm = LanguageModel.Load(TinyModel.Random(spec).WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 2 });
         int[] prompt = ModelParityTests.Prompt;
-        int n = prompt.Length, vocab = lm.Config.VocabSize;
-        var batched = Run(lm, prompt, batchInvariant: true);
-        using var cache = lm.Network.CreateKvCache(64);
-        using var single = cache.CreateSequence();
-        var one = new float[vocab];
-        for (int t = 0; t < n; t++)
-        {
-            lm.Network.Forward(single, [prompt[t]], [t], AttentionMask.Causal, [0], one, batchInvariant: true);
-            Assert.That(one, Is.EqualTo(batched.AsSpan(t * vocab, vocab).ToArray()), $"row {t}");
-        }
+        ModelParityTests.AssertSingleStepsEqual(lm, prompt, Run(lm, prompt, batchInvariant: true));
     }
 
     [Test]
@@ -215,13 +197,5 @@ public class BlockFfnTests
     }
 
     /// <summary>Logits of every prompt row, from one pass.</summary>
-    private static float[] Run(LanguageModel lm, int[] prompt, bool batchInvariant)
-    {
-        int n = prompt.Length;
-        using var cache = lm.Network.CreateKvCache(64);
-        using var seq = cache.CreateSequence();
-        var logits = new float[n * lm.Config.VocabSize];
-        lm.Network.Forward(seq, prompt, Enumerable.Range(0, n).ToArray(), AttentionMask.Causal, Enumerable.Range(0, n).ToArray(), logits, batchInvariant: batchInvariant);
-        return logits;
-    }
+    private static float[] Run(LanguageModel lm, int[] prompt, bool batchInvariant) => ModelParityTests.PromptLogits(lm, prompt, batchInvariant);
 }

@@ -662,15 +662,11 @@ public abstract partial class GpuSuite
         using var dir = new TempDir();
         using var gpu = LoadOnGpu(model.WriteGguf(dir.File("m.gguf")), useCuBlas: false);
         int[] prompt = ModelParityTests.Prompt;
-        int n = prompt.Length, vocab = gpu.Config.VocabSize;
+        int vocab = gpu.Config.VocabSize;
         float[] Run(bool host)
         {
             gpu.Network.HostRouting = host;
-            using var cache = gpu.Network.CreateKvCache(64);
-            using var seq = cache.CreateSequence();
-            var logits = new float[n * vocab];
-            gpu.Network.Forward(seq, prompt, Enumerable.Range(0, n).ToArray(), AttentionMask.Causal, Enumerable.Range(0, n).ToArray(), logits, batchInvariant: true);
-            return logits;
+            return ModelParityTests.PromptLogits(gpu, prompt, batchInvariant: true);
         }
         var device = Run(host: false);
         Assert.That(gpu.Network.DeviceRoutedLayers, Is.EqualTo(spec.Layers), "one device-routed pass per layer");
@@ -679,14 +675,7 @@ public abstract partial class GpuSuite
         for (int i = 0; i < device.Length; i++)
             Assert.That(device[i], Is.EqualTo(hostRouted[i]).Within(1e-5 * scale), $"row {i / vocab}, logit {i % vocab}");
         gpu.Network.HostRouting = false;
-        using var c = gpu.Network.CreateKvCache(64);
-        using var single = c.CreateSequence();
-        var one = new float[vocab];
-        for (int t = 0; t < n; t++)
-        {
-            gpu.Network.Forward(single, [prompt[t]], [t], AttentionMask.Causal, [0], one, batchInvariant: true);
-            Assert.That(one, Is.EqualTo(device.AsSpan(t * vocab, vocab).ToArray()), $"row {t}");
-        }
+        ModelParityTests.AssertSingleStepsEqual(gpu, prompt, device);
     }
 
     /// <summary>
@@ -702,28 +691,16 @@ public abstract partial class GpuSuite
         using var dir = new TempDir();
         using var gpu = LoadOnGpu(model.WriteGguf(dir.File("m.gguf")), useCuBlas: false);
         int[] prompt = ModelParityTests.Prompt;
-        int n = prompt.Length, vocab = gpu.Config.VocabSize;
         float[] Run(bool dense)
         {
             gpu.Network.DenseBlockFfn = dense;
-            using var cache = gpu.Network.CreateKvCache(64);
-            using var seq = cache.CreateSequence();
-            var logits = new float[n * vocab];
-            gpu.Network.Forward(seq, prompt, Enumerable.Range(0, n).ToArray(), AttentionMask.Causal, Enumerable.Range(0, n).ToArray(), logits, batchInvariant: true);
-            return logits;
+            return ModelParityTests.PromptLogits(gpu, prompt, batchInvariant: true);
         }
         var sparse = Run(dense: false);
         Assert.That(Run(dense: true), Is.EqualTo(sparse));
         gpu.Network.DenseBlockFfn = false;
         Assert.That(gpu.Network.BlockSparsity!.TokenLevel(0), Is.GreaterThan(0.3), "the chunk really skipped blocks");
-        using var c = gpu.Network.CreateKvCache(64);
-        using var single = c.CreateSequence();
-        var one = new float[vocab];
-        for (int t = 0; t < n; t++)
-        {
-            gpu.Network.Forward(single, [prompt[t]], [t], AttentionMask.Causal, [0], one, batchInvariant: true);
-            Assert.That(one, Is.EqualTo(sparse.AsSpan(t * vocab, vocab).ToArray()), $"row {t}");
-        }
+        ModelParityTests.AssertSingleStepsEqual(gpu, prompt, sparse);
     }
 
     [Test]

@@ -436,6 +436,34 @@ public class ModelParityTests
         }
     }
 
+    /// <summary>Logits of every row of <paramref name="prompt"/>, from one pass over a fresh sequence.</summary>
+    internal static float[] PromptLogits(LanguageModel lm, int[] prompt, bool batchInvariant)
+    {
+        int n = prompt.Length;
+        using var cache = lm.Network.CreateKvCache(n + 32);
+        using var seq = cache.CreateSequence();
+        var logits = new float[n * lm.Config.VocabSize];
+        lm.Network.Forward(seq, prompt, Enumerable.Range(0, n).ToArray(), AttentionMask.Causal, Enumerable.Range(0, n).ToArray(), logits, batchInvariant: batchInvariant);
+        return logits;
+    }
+
+    /// <summary>
+    /// Each token of <paramref name="prompt"/> decoded alone, in order, under batch-invariant arithmetic gives
+    /// the row <paramref name="batched"/> (a one-pass, batch-invariant run of the same prompt) holds, bit for bit.
+    /// </summary>
+    internal static void AssertSingleStepsEqual(LanguageModel lm, int[] prompt, float[] batched)
+    {
+        int vocab = lm.Config.VocabSize;
+        using var cache = lm.Network.CreateKvCache(prompt.Length + 32);
+        using var single = cache.CreateSequence();
+        var one = new float[vocab];
+        for (int t = 0; t < prompt.Length; t++)
+        {
+            lm.Network.Forward(single, [prompt[t]], [t], AttentionMask.Causal, [0], one, batchInvariant: true);
+            Assert.That(one, Is.EqualTo(batched.AsSpan(t * vocab, vocab).ToArray()), $"row {t}");
+        }
+    }
+
     internal static void AssertRow(ReadOnlySpan<float> actual, double[] expected, double scale, string what, double tolerance = Tolerance)
     {
         double worst = 0;

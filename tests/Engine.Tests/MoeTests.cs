@@ -88,18 +88,7 @@ public class MoeTests
         using var dir = new TempDir();
         using var lm = LanguageModel.Load(TinyModel.Random(spec).WriteGguf(dir.File("m.gguf")), new ModelOptions { Threads = 2 });
         int[] prompt = ModelParityTests.Prompt;
-        int n = prompt.Length, vocab = lm.Config.VocabSize;
-        using var cache = lm.Network.CreateKvCache(64);
-        using var batch = cache.CreateSequence();
-        var all = new float[n * vocab];
-        lm.Network.Forward(batch, prompt, Enumerable.Range(0, n).ToArray(), AttentionMask.Causal, Enumerable.Range(0, n).ToArray(), all, batchInvariant: true);
-        using var single = cache.CreateSequence();
-        var one = new float[vocab];
-        for (int t = 0; t < n; t++)
-        {
-            lm.Network.Forward(single, [prompt[t]], [t], AttentionMask.Causal, [0], one, batchInvariant: true);
-            Assert.That(one, Is.EqualTo(all.AsSpan(t * vocab, vocab).ToArray()), $"row {t}");
-        }
+        ModelParityTests.AssertSingleStepsEqual(lm, prompt, ModelParityTests.PromptLogits(lm, prompt, batchInvariant: true));
     }
 
     /// <summary>Speculative greedy decoding (prompt lookup, draft verified in one batched pass) gives plain greedy output on a MoE model.</summary>
