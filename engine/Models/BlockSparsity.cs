@@ -69,9 +69,13 @@ public sealed class BlockSparsity(int layers, int blocks)
 
     private static double Mean(Func<int, double> f, int layers) => Enumerable.Range(0, layers).Select(f).Where(double.IsFinite).DefaultIfEmpty(double.NaN).Average();
 
-    /// <summary>Means over the layers: "TLS 0.81, CLS(8) 0.70, CLS(pass, 1.0 rows) 0.81".</summary>
-    public string Describe() =>
-        $"TLS {Mean(TokenLevel, layers):0.00}, CLS(8) {Mean(ChunkLevel, layers):0.00}, CLS(pass of {Mean(RowsPerPass, layers):0.#} rows) {Mean(PassLevel, layers):0.00}";
+    /// <summary>Means over the layers: "TLS 0.81, CLS(8) 0.70, CLS(pass of 1 rows) 0.81" ("n/a" where no pass had 8 rows).</summary>
+    public string Describe()
+    {
+        static string Share(double v) => double.IsFinite(v) ? v.ToString("0.00", System.Globalization.CultureInfo.InvariantCulture) : "n/a";
+        return $"TLS {Share(Mean(TokenLevel, layers))}, CLS(8) {Share(Mean(ChunkLevel, layers))}, "
+            + $"CLS(pass of {Mean(RowsPerPass, layers).ToString("0.#", System.Globalization.CultureInfo.InvariantCulture)} rows) {Share(Mean(PassLevel, layers))}";
+    }
 
     /// <summary>Per layer, one line each.</summary>
     public IEnumerable<string> PerLayer() => Enumerable.Range(0, layers).Select(l =>
