@@ -28,7 +28,7 @@ public class SpeculativeTests
         return (tokens, decoder.Stats);
     }
 
-    private static string QuantizedStories(TempDir dir, string type)
+    internal static string QuantizedStories(TempDir dir, string type)
     {
         string path = dir.File($"stories-{type}.gguf");
         var (code, _, err) = CliTests.Run("quantize", SharedData.StoriesGguf, path, type);
