@@ -98,7 +98,8 @@ public sealed class ContrastiveDecoding : DecodingStrategy
                 one[0] = token;
                 Prefill(Model.Network, expert, one, expertLogits);
                 Prefill(Amateur.Network, amateur, one, amateurLogits);
-                CountPass(1);
+                CountPass(1); // the expert's pass
+                CountPass(1); // the amateur's
             }
         }
         finally

@@ -39,6 +39,52 @@ public class CliTests
         Assert.That(text.Out, Is.EqualTo(expected.TextAfterPrompt + Environment.NewLine));
     }
 
+    /// <summary>Each strategy at its neutral setting reproduces the reference greedy ids through the CLI.</summary>
+    [TestCase("--strategy", "beam", "--beams", "1")]
+    [TestCase("--strategy", "contrastive", "--penalty-alpha", "0")]
+    [TestCase("--strategy", "cad", "--context", "", "--alpha", "0")]
+    [TestCase("--strategy", "adacad", "--context", "")]
+    [TestCase("--strategy", "cfg", "--guidance-scale", "1")]
+    [TestCase("--strategy", "cautious", "--entropy-threshold", "7")]
+    public void Generate_with_a_neutral_strategy_matches_the_reference_ids(params string[] strategy)
+    {
+        var expected = SharedData.StoriesExpected();
+        var (code, output, err) = Run(["generate", "-m", SharedData.StoriesGguf, "-p", "Once upon a time, there was a little dog", "-n", "48", "--temp", "0", "--ids", .. strategy]);
+        Assert.That(code, Is.Zero, err);
+        Assert.That(output.Trim(), Is.EqualTo(string.Join(' ', expected.AfterPrompt)));
+        Assert.That(err, Does.Match($@"strategy {strategy[1]}: prompt \d+ tokens .* generation: 48 tokens"));
+    }
+
+    [Test]
+    public void Generate_prints_a_beam_searchs_n_best_list_and_names_misplaced_options()
+    {
+        var (code, output, err) = Run("generate", "-m", SharedData.StoriesGguf, "-p", "Once upon a time", "-n", "12", "--strategy", "diverse-beam",
+            "--beams", "4", "--beam-groups", "2", "--diversity", "50", "--n-best", "4");
+        Assert.That(code, Is.Zero, err);
+        var lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.That(lines, Has.Length.EqualTo(4));
+        for (int i = 0; i < 4; i++)
+            Assert.That(lines[i], Does.StartWith($"#{i + 1} score ").And.Contain("Once upon a time"));
+        Assert.That(output, Does.Contain("group 0").And.Contain("group 1"));
+
+        foreach (var (args, message) in new (string[], string)[]
+        {
+            (["--strategy", "beam", "--beams", "0"], "--beams 0: the beam width must be 1..64"),
+            (["--strategy", "cad", "--beams", "3", "--context", "x"], "--beams is an option of --strategy beam or diverse-beam, not of --strategy cad"),
+            (["--penalty-alpha", "0.5"], "--penalty-alpha is an option of --strategy contrastive, not of plain sampling"),
+            (["--strategy", "cad"], "--strategy cad needs --context"),
+            (["--strategy", "contrastive-decoding"], "--strategy contrastive-decoding needs --amateur-model"),
+            (["--strategy", "nucleus"], "--strategy nucleus: unknown"),
+            (["--strategy", "beam", "--spec", "lookup"], "cannot be combined"),
+            (["--strategy", "cautious", "--trials", "1"], "--trials 1 must be 2..32"),
+        })
+        {
+            var run = Run(["generate", "-m", SharedData.StoriesGguf, "-p", "Once", "-n", "4", .. args]);
+            Assert.That(run.Code, Is.EqualTo(1), string.Join(' ', args));
+            Assert.That(run.Err, Does.Contain(message), string.Join(' ', args));
+        }
+    }
+
     [Test]
     public void Generate_text_from_bos_matches_the_reference_text()
     {

@@ -37,13 +37,14 @@ internal static class GenerateCommand
         var lossy = SharedOptions.LossyTypical();
         var ngramCache = SharedOptions.NgramCache();
         var samplers = new SamplerFlags();
+        var strategies = new StrategyFlags();
 
         var command = new Command("generate", "Generate text from a prompt")
         {
             model, prompt, promptIds, count, temperature, topK, topP, minP, seed, threads, device, graphs, cacheType, context, ids,
             spec, draftModel, draftMax, tree, layers, fixedBudget, lossy, ngramCache,
         };
-        foreach (var option in samplers.All)
+        foreach (var option in samplers.All.Concat(strategies.All))
             command.Options.Add(option);
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
@@ -69,10 +70,20 @@ internal static class GenerateCommand
                 throw new ArgumentException($"--threads {threadCount} must be at least 1");
 
             List<int>? givenIds = idText is not null ? ParseIds(idText) : null;
+            string? strategyName = strategies.Name(parse);
+            if (strategyName is not null && parse.GetValue(spec) is not null)
+                throw new ArgumentException($"--strategy {strategyName} and --spec cannot be combined (speculative decoding accelerates plain sampling)");
 
             using var lm = LanguageModel.Load(parse.GetRequiredValue(model), SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, parse.GetValue(graphs), parse.GetRequiredValue(cacheType)) with { ContextLength = parse.GetValue(context) });
             var tokenizer = lm.Tokenizer;
             List<int> promptTokens = givenIds ?? tokenizer.Encode(text!, addSpecial: true, parseSpecial: true);
+            if (strategyName is not null)
+            {
+                var (strategy, mainPrompt, amateur) = strategies.Create(parse, strategyName, lm, text, promptTokens, options.Sampling,
+                    parse.GetValue(topK), parse.GetResult(topK) is { Implicit: false }, SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount));
+                using (amateur)
+                    return RunStrategy(io, lm, strategy, mainPrompt, options.MaxTokens, parse.GetValue(ids), threadCount);
+            }
             string? method = parse.GetValue(spec);
             using var setup = method is null ? null : SpeculativeSetup.Create(method, lm, parse.GetValue(draftModel), parse.GetValue(draftMax),
                 parse.GetValue(tree), parse.GetValue(layers), parse.GetValue(fixedBudget), parse.GetValue(lossy), parse.GetValue(ngramCache), threadCount, parse.GetRequiredValue(device));
@@ -119,6 +130,56 @@ internal static class GenerateCommand
             return 0;
         }));
         return command;
+    }
+
+    /// <summary>Streams a strategy's tokens (beam search: its n-best list, best first) and a stats line.</summary>
+    private static int RunStrategy(CliOutput io, LanguageModel lm, Engine.Decoding.DecodingStrategy strategy, List<int> prompt, int maxTokens, bool onlyIds, int threads)
+    {
+        var output = io.Out;
+        var tokenizer = lm.Tokenizer;
+        string Text(IEnumerable<int> tokens)
+        {
+            var d = tokenizer.CreateStreamingDetokenizer();
+            var sb = new System.Text.StringBuilder();
+            foreach (int t in tokens)
+                sb.Append(d.Push(t));
+            return sb.Append(d.Flush()).ToString();
+        }
+        string Ids(IEnumerable<int> tokens) => string.Join(' ', tokens.Select(t => t.ToString(CultureInfo.InvariantCulture)));
+        if (strategy is Engine.Decoding.BeamSearch beam && beam.Options.NBest > 1)
+        {
+            var hypotheses = beam.Search(prompt, maxTokens);
+            for (int i = 0; i < hypotheses.Count; i++)
+            {
+                var h = hypotheses[i];
+                output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"#{i + 1} score {h.Score:F4} log-prob {h.LogProb:F4} group {h.Group}{(h.Finished ? "" : " (cut at the limit)")}: {(onlyIds ? Ids(h.Tokens) : Text(prompt.Concat(h.Tokens)))}"));
+            }
+        }
+        else
+        {
+            var detokenizer = tokenizer.CreateStreamingDetokenizer();
+            if (!onlyIds)
+            {
+                foreach (int t in prompt)
+                    output.Write(detokenizer.Push(t));
+            }
+            bool first = true;
+            foreach (int token in strategy.Generate(prompt, maxTokens))
+            {
+                output.Write(onlyIds ? (first ? "" : " ") + token.ToString(CultureInfo.InvariantCulture) : detokenizer.Push(token));
+                first = false;
+                output.Flush();
+            }
+            if (!onlyIds)
+                output.Write(detokenizer.Flush());
+            output.WriteLine();
+        }
+        output.Flush();
+        var s = strategy.LastStats!;
+        io.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"strategy {strategy.Name}: prompt {s.PromptTokens} tokens in {s.PromptTime.TotalSeconds:F2} s | generation: {s.GeneratedTokens} tokens, {s.GenerationTokensPerSecond:F1} tokens/s | passes {s.Passes}, rows {s.Rows} | {Where(lm, threads)}"));
+        return 0;
     }
 
     /// <summary>"1 2 3" → [1, 2, 3]; anything else is an error naming the bad item.</summary>
