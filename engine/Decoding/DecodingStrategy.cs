@@ -35,7 +35,7 @@ public abstract class DecodingStrategy
     public abstract string Name { get; }
 
     /// <summary>Stop at EOS (and the other end-of-generation tokens), which is not returned.</summary>
-    public bool StopAtEndOfGeneration { get; init; } = true;
+    public bool StopAtEndOfGeneration { get; set; } = true;
 
     /// <summary>The last generation's counts (null before the first).</summary>
     public DecodingStats? LastStats { get; protected set; }

@@ -28,8 +28,13 @@ public sealed class Candidates
     {
         if (logits.Length != Ids.Length)
             throw new ArgumentException($"expected {Ids.Length} logits, got {logits.Length}");
-        for (int i = 0; i < logits.Length; i++)
-            Ids[i] = i;
+        if (_identity.Length != Ids.Length)
+        {
+            _identity = new int[Ids.Length];
+            for (int i = 0; i < _identity.Length; i++)
+                _identity[i] = i;
+        }
+        _identity.CopyTo(Ids, 0); // a block copy, not a loop per token
         logits.CopyTo(Logits);
         Count = logits.Length;
         Sorted = false;
@@ -59,6 +64,86 @@ public sealed class Candidates
         Sorted = true;
         HasProbs = false;
     }
+
+    /// <summary>
+    /// Keeps the <paramref name="k"/> candidates a full <see cref="Sort"/> would put first (descending
+    /// logit, ties by ascending id), in that order, without sorting the rest: one pass with a k-entry
+    /// min-heap, O(n log k), then a sort of the k kept (llama.cpp's partial sort for top-k). At vocab 32k and
+    /// k = 40 this is tens of microseconds where the full sort took milliseconds.
+    /// </summary>
+    public void KeepTop(int k)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(k, 1);
+        if (k >= Count || Sorted)
+        {
+            Sort();
+            Count = Math.Min(k, Count);
+            HasProbs = false;
+            return;
+        }
+        if (_heap.Length < k)
+        {
+            _heap = new int[k];
+            _keptIds = new int[k];
+            _keptLogits = new float[k];
+        }
+        var heap = _heap.AsSpan(0, k);
+        int size = 0;
+        float worst = float.NegativeInfinity; // the root's logit once the heap is full: most candidates fail this one compare
+        for (int i = 0; i < Count; i++)
+        {
+            if (size == k && Logits[i] < worst)
+                continue;
+            if (size < k)
+            {
+                // sift up: the root is the worst kept candidate
+                int j = size++;
+                while (j > 0 && Better(heap[(j - 1) / 2], i))
+                {
+                    heap[j] = heap[(j - 1) / 2];
+                    j = (j - 1) / 2;
+                }
+                heap[j] = i;
+            }
+            else if (Better(i, heap[0]))
+            {
+                // replace the root and sift down
+                int j = 0;
+                while (true)
+                {
+                    int child = 2 * j + 1;
+                    if (child >= k)
+                        break;
+                    if (child + 1 < k && Better(heap[child], heap[child + 1]))
+                        child++;
+                    if (!Better(i, heap[child]))
+                        break;
+                    heap[j] = heap[child];
+                    j = child;
+                }
+                heap[j] = i;
+            }
+            if (size == k)
+                worst = Logits[heap[0]];
+        }
+        for (int j = 0; j < size; j++)
+            (_keptIds[j], _keptLogits[j]) = (Ids[heap[j]], Logits[heap[j]]);
+        _keptIds.AsSpan(0, size).CopyTo(Ids);
+        _keptLogits.AsSpan(0, size).CopyTo(Logits);
+        Count = size;
+        Sorted = false;
+        Sort();
+    }
+
+    /// <summary>Candidate a comes before b in <see cref="Sort"/>'s order (NaN after everything).</summary>
+    private bool Better(int a, int b)
+    {
+        float la = Logits[a], lb = Logits[b];
+        return la > lb || (la == lb && Ids[a] < Ids[b]) || (float.IsNaN(lb) && !float.IsNaN(la));
+    }
+
+    private int[] _heap = [], _keptIds = [], _identity = [];
+    private float[] _keptLogits = [];
 
     /// <summary>Softmax over the current candidates (max subtracted first for stability).</summary>
     public void Softmax()

@@ -32,9 +32,8 @@ public sealed class Temperature : ILogitsProcessor
 
     public void Apply(Candidates c)
     {
-        float inv = 1f / Value;
-        for (int i = 0; i < c.Count; i++)
-            c.Logits[i] *= inv;
+        var logits = c.Logits.AsSpan(0, c.Count);
+        System.Numerics.Tensors.TensorPrimitives.Multiply(logits, 1f / Value, logits);
         c.HasProbs = false;
     }
 }
@@ -58,9 +57,7 @@ public sealed class TopK : ILogitsProcessor
     {
         if (K >= c.Count)
             return;
-        c.Sort();
-        c.Count = K;
-        c.HasProbs = false;
+        c.KeepTop(K);
     }
 }
 

@@ -504,17 +504,36 @@ public sealed class Mirostat : ILogitsProcessor, IStatefulProcessor
 
     public void Apply(Candidates c)
     {
-        c.Sort();
-        CandidateMath.Probabilities(c, this);
         int keep;
         if (Version == 2)
         {
+            // the tokens of surprise ≤ μ are those of probability ≥ 2^−μ: a filter, then a sort of the few kept
+            // (the same set, in the same order, as sorting everything and cutting the sorted prefix)
+            CandidateMath.Probabilities(c, this);
+            int best = 0;
             keep = 0;
-            while (keep < c.Count && -MathF.Log2(c.Probs[keep]) <= Mu)
-                keep++;
+            for (int i = 0; i < c.Count; i++)
+            {
+                if (c.Logits[i] > c.Logits[best] || (c.Logits[i] == c.Logits[best] && c.Ids[i] < c.Ids[best]))
+                    best = i;
+            }
+            int bestId = c.Ids[best];
+            float bestLogit = c.Logits[best];
+            for (int i = 0; i < c.Count; i++)
+            {
+                if (-MathF.Log2(c.Probs[i]) <= Mu)
+                    (c.Ids[keep], c.Logits[keep], keep) = (c.Ids[i], c.Logits[i], keep + 1);
+            }
+            if (keep == 0)
+                (c.Ids[0], c.Logits[0], keep) = (bestId, bestLogit, 1); // nothing that unsurprising: the most likely token
+            c.Count = keep;
+            c.Sorted = false;
+            c.Sort();
         }
         else
         {
+            c.Sort();
+            CandidateMath.Probabilities(c, this);
             double sumTiBi = 0, sumTiSq = 0;
             for (int i = 0; i < Math.Min(M - 1, c.Count - 1); i++)
             {

@@ -20,6 +20,32 @@ public class SamplerProcessorTests
 
     private static int[] Kept(Candidates c) => c.Ids[..c.Count];
 
+    /// <summary>Top-k's partial selection keeps exactly what a full sort would put first, in that order, ties by id.</summary>
+    [TestCase(1)]
+    [TestCase(7)]
+    [TestCase(40)]
+    [TestCase(999)]
+    [TestCase(1000)]
+    public void Top_k_partial_selection_equals_a_full_sort_with_ties_broken_by_id(int k)
+    {
+        var random = new Random(k);
+        for (int trial = 0; trial < 20; trial++)
+        {
+            // few distinct values, so ties are everywhere, and some -inf
+            var logits = Enumerable.Range(0, 1000).Select(_ => random.Next(8) == 0 ? float.NegativeInfinity : random.Next(30) / 4f).ToArray();
+            var full = new Candidates(logits.Length);
+            full.Reset(logits);
+            full.Sort();
+            var partial = new Candidates(logits.Length);
+            partial.Reset(logits);
+            partial.KeepTop(k);
+            Assert.That(partial.Count, Is.EqualTo(Math.Min(k, logits.Length)));
+            Assert.That(partial.Sorted, Is.True);
+            Assert.That(partial.Ids.Take(partial.Count), Is.EqualTo(full.Ids.Take(partial.Count)), $"k {k}, trial {trial}");
+            Assert.That(partial.Logits.Take(partial.Count), Is.EqualTo(full.Logits.Take(partial.Count)));
+        }
+    }
+
     [Test]
     public void Typical_keeps_the_tokens_nearest_the_entropy_until_p()
     {

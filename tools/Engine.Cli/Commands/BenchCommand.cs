@@ -30,13 +30,40 @@ internal static class BenchCommand
         var profile = new Option<bool>("--profile") { Description = "Also print the time spent in each backend operation (stderr)" };
         var unfused = new Option<bool>("--unfused") { Description = "On CUDA, launch every step of a layer on its own kernel (the fused kernels' baseline)" };
         var dense = new Option<bool>("--dense-ffn") { Description = "BlockFFN models: compute every block (the dense baseline of the chunk-sparse FFN; same output)" };
-        var command = new Command("bench", "Measure prompt processing (pp) and generation (tg) speed") { model, prompt, gen, reps, threads, device, graphs, cacheType, batch, json, profile, unfused, dense };
+        var strategies = new StrategyFlags();
+        var samplers = new SamplerFlags();
+        var chain = new Option<bool>("--sampler-chain") { Description = "Measure generation with the sampler options given (--temp, --top-k, … and the research samplers) against greedy decoding" };
+        var temperature = new Option<float>("--temp") { Description = "--sampler-chain, --strategy: temperature (0 = greedy)", DefaultValueFactory = _ => 0f };
+        var topK = new Option<int>("--top-k") { Description = "--sampler-chain: top-k (0 = off); --strategy contrastive: candidates", DefaultValueFactory = _ => 40 };
+        var topP = new Option<float>("--top-p") { Description = "--sampler-chain: top-p (1 = off)", DefaultValueFactory = _ => 0.95f };
+        var minP = new Option<float>("--min-p") { Description = "--sampler-chain: min-p (0 = off)", DefaultValueFactory = _ => 0f };
+        var command = new Command("bench", "Measure prompt processing (pp) and generation (tg) speed; with --strategy or --sampler-chain, a decoding method's generation speed against greedy decoding")
+        {
+            model, prompt, gen, reps, threads, device, graphs, cacheType, batch, json, profile, unfused, dense, chain, temperature, topK, topP, minP,
+        };
+        foreach (var option in strategies.All.Concat(samplers.All))
+            command.Options.Add(option);
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
             int p = parse.GetValue(prompt), n = parse.GetValue(gen), r = parse.GetValue(reps), t = parse.GetValue(threads);
             if (p < 0 || n < 0 || r < 1 || t < 1 || parse.GetValue(batch) < 1)
                 throw new ArgumentException("-p and -n must not be negative; -r, -t and -b must be at least 1");
             string path = parse.GetRequiredValue(model);
+            string? strategyName = strategies.Name(parse);
+            if (strategyName is not null || parse.GetValue(chain))
+            {
+                var sampling = samplers.Apply(parse, new Sampling.SamplingOptions
+                {
+                    Temperature = parse.GetValue(temperature),
+                    TopK = parse.GetValue(topK),
+                    TopP = parse.GetValue(topP),
+                    MinP = parse.GetValue(minP),
+                    Seed = 1,
+                });
+                sampling.Validate();
+                return StrategyBench.Run(io, parse, strategies, strategyName, path, sampling, parse.GetValue(topK), parse.GetResult(topK) is { Implicit: false },
+                    Math.Max(p, 1), Math.Max(n, 1), r, t, parse.GetRequiredValue(device), parse.GetValue(json));
+            }
             var backend = Cuda.BackendFactory.Create(parse.GetRequiredValue(device), t, parse.GetValue(graphs), SharedOptions.ParseCacheType(parse.GetRequiredValue(cacheType)));
             if (parse.GetValue(unfused))
             {

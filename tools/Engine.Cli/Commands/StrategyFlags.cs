@@ -79,7 +79,7 @@ internal sealed class StrategyFlags
     /// model to dispose (if any).
     /// </summary>
     public (DecodingStrategy Strategy, List<int> Prompt, LanguageModel? Amateur) Create(ParseResult parse, string name, LanguageModel lm,
-        string? prompt, List<int> promptIds, SamplingOptions sampling, int topK, bool topKGiven, ModelOptions amateurOptions)
+        string? prompt, List<int> promptIds, SamplingOptions sampling, int topK, bool topKGiven, ModelOptions amateurOptions, bool benchmark = false)
     {
         var tokenizer = lm.Tokenizer;
         List<int> Encode(string text) => tokenizer.Encode(text, addSpecial: true, parseSpecial: true);
@@ -105,11 +105,17 @@ internal sealed class StrategyFlags
             case "cad":
             case "adacad":
             {
+                var kind = name == "cad" ? Guidance.ContextAware : Guidance.AdaptiveContextAware;
+                if (benchmark && parse.GetValue(Context) is null)
+                {
+                    // bench's random prompt: its first half stands for the context, the second sequence reads only the rest
+                    List<int> rest = [.. promptIds.Take(1), .. promptIds.Skip(Math.Max(1, promptIds.Count / 2))];
+                    return (new GuidedDecoding(lm, kind, rest, parse.GetValue(Alpha) ?? 0.5f, sampling), promptIds, null);
+                }
                 string context = parse.GetValue(Context) ?? throw new ArgumentException($"--strategy {name} needs --context (the text the answer should rely on)");
                 if (prompt is null)
                     throw new ArgumentException($"--strategy {name} needs --prompt text (the context is put before it)");
                 var contrast = Encode(parse.GetValue(NoContextPrompt) ?? prompt);
-                var kind = name == "cad" ? Guidance.ContextAware : Guidance.AdaptiveContextAware;
                 return (new GuidedDecoding(lm, kind, contrast, parse.GetValue(Alpha) ?? 0.5f, sampling), Encode(context + prompt), null);
             }
             case "cfg":
