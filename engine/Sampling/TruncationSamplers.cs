@@ -519,9 +519,10 @@ public sealed class Mirostat : ILogitsProcessor, IStatefulProcessor
             }
             int bestId = c.Ids[best];
             float bestLogit = c.Logits[best];
+            float least = MathF.Pow(2, -Mu); // surprise −log2 p ≤ μ  ⇔  p ≥ 2^−μ: one compare per token, no logarithm
             for (int i = 0; i < c.Count; i++)
             {
-                if (-MathF.Log2(c.Probs[i]) <= Mu)
+                if (c.Probs[i] >= least)
                     (c.Ids[keep], c.Logits[keep], keep) = (c.Ids[i], c.Logits[i], keep + 1);
             }
             if (keep == 0)

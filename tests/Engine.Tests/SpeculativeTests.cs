@@ -184,6 +184,96 @@ public class SpeculativeTests
     }
 
     /// <summary>
+    /// Speculative sampling stays lossless under every stateless processor of the chain: the target law is
+    /// what the chain makes of the model's rows (p′ = chain.Distribution), the draft proposes from its own q,
+    /// and recursive rejection sampling must emit the first two tokens with p′(x₁)·p′(x₂ | x₁). Pearson's
+    /// chi-square over the cells p′ keeps, at the 0.1% level (pooled below 5 expected draws; tokens p′ drops
+    /// must never appear). The stateful processors (penalties, DRY, Mirostat) and XTC's coin are refused by
+    /// the decoder, so they are not in this list.
+    /// </summary>
+    [TestCase("typical")]
+    [TestCase("min-p")]
+    [TestCase("top-n-sigma")]
+    [TestCase("epsilon")]
+    [TestCase("eta")]
+    [TestCase("dynatemp")]
+    [TestCase("logit-bias")]
+    [TestCase("top-k+top-p+temperature")]
+    public void Speculative_sampling_keeps_the_distribution_of_each_processor(string processor)
+    {
+        const int V = 8, trials = 30_000;
+        var plain = new SamplingOptions { Temperature = 1, TopK = 0, TopP = 1, Seed = 21 };
+        var options = processor switch
+        {
+            "typical" => plain with { TypicalP = 0.7f },
+            "min-p" => plain with { MinP = 0.3f },
+            "top-n-sigma" => plain with { TopNSigma = 1f },
+            "epsilon" => plain with { Epsilon = 0.06f },
+            "eta" => plain with { Eta = 0.08f },
+            "dynatemp" => plain with { Temperature = 0.9f, DynatempRange = 0.6f },
+            "logit-bias" => plain with { LogitBias = new Dictionary<int, float> { [2] = 1.5f, [5] = float.NegativeInfinity } },
+            _ => plain with { Temperature = 0.7f, TopK = 5, TopP = 0.85f },
+        };
+        var sampler = SamplerChain.Create(options, V);
+        double[] Law(double[] p)
+        {
+            var row = new float[V];
+            Fill(row, p);
+            var probs = new float[V];
+            sampler.Distribution(row, probs);
+            return probs.Select(x => (double)x).ToArray();
+        }
+        double[] p1 = Normalize([0.22, 0.18, 0.15, 0.12, 0.11, 0.09, 0.08, 0.05]);
+        double[][] p2 = Enumerable.Range(0, V).Select(a => Normalize(Enumerable.Range(0, V).Select(b => Math.Pow(1.0 + ((3 * a + 5 * b) % V), 1.6)).ToArray())).ToArray();
+        var law1 = Law(p1);
+        var law2 = p2.Select(Law).ToArray();
+        double reshaped = law1.Zip(p1).Max(x => Math.Abs(x.First - x.Second));
+        for (int a = 0; a < V; a++)
+            reshaped = Math.Max(reshaped, law2[a].Zip(p2[a]).Max(x => Math.Abs(x.First - x.Second)));
+        Assert.That(reshaped, Is.GreaterThan(0.01), "the processor reshaped the target's distribution (else the test checks plain sampling)");
+        float[] q1 = [0.05f, 0.25f, 0.20f, 0.05f, 0.15f, 0.10f, 0.10f, 0.10f];
+        float[] q2 = [0.20f, 0.05f, 0.10f, 0.20f, 0.05f, 0.20f, 0.10f, 0.10f];
+        var rule = new RecursiveRejectionSampling();
+        var rng = new Random(13);
+        var counts = new int[V * V];
+        var tree = new DraftTree();
+        var path = new List<int>();
+        const int siblings = 2;
+        var logits = new float[(1 + siblings + siblings * siblings) * V];
+        int rejections = 0;
+        for (int t = 0; t < trials; t++)
+        {
+            tree.Clear();
+            foreach (int a in Draw(tree, -1, q1, DraftDraw.Independent, siblings, rng))
+                Draw(tree, a, q2, DraftDraw.Independent, siblings, rng);
+            Fill(logits.AsSpan(0, V), p1);
+            for (int node = 0; node < tree.Count; node++)
+                Fill(logits.AsSpan((node + 1) * V, V), tree.Depth(node) == 1 ? p2[tree.Token(node)] : p1);
+            int next = rule.Accept(tree, logits.AsSpan(0, (tree.Count + 1) * V), V, sampler, path);
+            int x1, x2;
+            if (path.Count == 0)
+            {
+                (x1, rejections) = (next, rejections + 1);
+                x2 = SamplerChain.Draw(law2[x1].Select(v => (float)v).ToArray(), rng); // the next step samples from the chain's law
+            }
+            else
+            {
+                x1 = tree.Token(path[0]);
+                x2 = path.Count > 1 ? tree.Token(path[1]) : next;
+            }
+            counts[x1 * V + x2]++;
+        }
+        var expected = new double[V * V];
+        for (int a = 0; a < V; a++)
+        {
+            for (int b = 0; b < V; b++)
+                expected[a * V + b] = law1[a] * law2[a][b];
+        }
+        GpuSuite.AssertChiSquare(counts, expected, trials, processor);
+        Assert.That(rejections, Is.GreaterThan(trials / 50), "the rejection branch was exercised");
+    }
+
+    /// <summary>
     /// Counts the first two emitted tokens of a step: the accepted path's first nodes, else the next
     /// token and a draw from the target after it (what the next step would sample). False when no
     /// draft was accepted.
