@@ -165,7 +165,7 @@ public sealed class SamplerChain
         probs.Clear();
         if (_random is null)
         {
-            probs[Argmax(logits)] = 1;
+            probs[Sample(logits)] = 1; // the argmax after the processors that can move it (a bias, penalties)
             return;
         }
         var c = _candidates is { } existing && existing.Ids.Length == logits.Length ? existing : _candidates = new Candidates(logits.Length);

@@ -344,7 +344,20 @@ public sealed class Xtc : ILogitsProcessor
         if (!(threshold > 0 && threshold <= 0.5f))
             throw new ArgumentOutOfRangeException(nameof(threshold), $"xtc threshold {threshold} must be in (0, 0.5]: above, no two tokens can reach it");
         (Probability, Threshold) = (probability, threshold);
-        _random = new Random(unchecked((int)seed ^ 0x5854));
+        _random = new Random(SplitMix(seed ^ 0x5854));
+    }
+
+    /// <summary>
+    /// SplitMix64's finalizer: the coin's generator must not be seeded with a value close to the chain's own
+    /// seed — System.Random streams from nearby seeds are correlated, which couples the coin to the token's
+    /// draw (and to speculative acceptance) and biases the mixture XTC defines.
+    /// </summary>
+    private static int SplitMix(ulong seed)
+    {
+        ulong z = unchecked(seed + 0x9E3779B97F4A7C15UL);
+        z = unchecked((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL);
+        z = unchecked((z ^ (z >> 27)) * 0x94D049BB133111EBUL);
+        return unchecked((int)(z ^ (z >> 31)));
     }
 
     public float Probability { get; }

@@ -8,6 +8,9 @@ namespace Engine.Speculative;
 /// after node i. The rule returns the accepted path (node indices from the root down) and the next
 /// token, which comes from the target itself: the correction after a rejection or the bonus token
 /// after a fully accepted path. A lossless rule makes the output distribution exactly the target's.
+/// A rule tells the chain each token it accepts (<see cref="SamplerChain.Accept"/>) as it descends, so a
+/// stateful processor — penalties, DRY, Mirostat's μ — computes the next node's distribution from exactly
+/// the history plain decoding would have had; the caller accepts the returned next token.
 /// </summary>
 public interface IAcceptanceRule
 {
@@ -36,7 +39,7 @@ public sealed class GreedyMatch : IAcceptanceRule
         int node = -1;
         while (true)
         {
-            int best = SamplerChain.Argmax(logits.Slice((node + 1) * vocab, vocab));
+            int best = sampler.Sample(logits.Slice((node + 1) * vocab, vocab)); // the argmax, after any processor that can move it (bias, penalties)
             int next = -1;
             for (int c = tree.FirstChild(node); c >= 0; c = tree.NextSibling(c))
             {
@@ -49,6 +52,7 @@ public sealed class GreedyMatch : IAcceptanceRule
             if (next < 0)
                 return best;
             path.Add(next);
+            sampler.Accept(best);
             node = next;
         }
     }
@@ -151,6 +155,7 @@ public class RecursiveRejectionSampling : IAcceptanceRule
             if (accepted < 0)
                 return SamplerChain.Draw(p, random);
             path.Add(accepted);
+            sampler.Accept(tree.Token(accepted));
             node = accepted;
         }
     }
@@ -228,8 +233,9 @@ public sealed class TypicalAcceptance(float epsilon = 0.3f, float delta = 0.09f)
                 }
             }
             if (accepted < 0)
-                return sampler.IsGreedy ? SamplerChain.Argmax(logits.Slice((node + 1) * vocab, vocab)) : SamplerChain.Draw(p, sampler.Random!);
+                return sampler.IsGreedy ? sampler.Sample(logits.Slice((node + 1) * vocab, vocab)) : SamplerChain.Draw(p, sampler.Random!);
             path.Add(accepted);
+            sampler.Accept(tree.Token(accepted));
             node = accepted;
         }
     }

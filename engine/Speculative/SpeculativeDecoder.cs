@@ -120,10 +120,14 @@ public sealed class SpeculativeDecoder : IDisposable
         _steps = _drafted = _accepted = _generated = 0;
         var net = _target.Network;
         int vocab = _target.Config.VocabSize;
-        if (options.Sampling.IsStateful)
-            throw new NotSupportedException("speculative decoding with repetition/frequency/presence penalties, DRY, XTC or Mirostat is not supported yet: "
-                + "their state would have to follow each draft path (use plain decoding)");
-        var sampler = SamplerChain.Create(options.Sampling, vocab);
+        // Stateful processors (penalties, DRY, Mirostat) see what plain decoding shows them: the prompt, then
+        // each kept token in order — the rules accept the path's tokens as they descend, this loop the next one.
+        var sampler = SamplerChain.Create(options.Sampling, vocab, _target.Tokenizer);
+        if (options.Sampling.NeedsHistory)
+        {
+            foreach (int token in prompt)
+                sampler.Accept(token);
+        }
         IAcceptanceRule rule = Options.LossyTypicalAcceptance ? new TypicalAcceptance()
             : sampler.IsGreedy ? new GreedyMatch() : new RecursiveRejectionSampling();
         var budget = new DraftBudget(Math.Min(Options.MaxDraft, net.MaxBatch - 1), Options.Adaptive);
@@ -161,6 +165,7 @@ public sealed class SpeculativeDecoder : IDisposable
             _clock.Stop();
             yield break;
         }
+        sampler.Accept(next);
         _context.Add(next);
         _generated++;
         yield return next;
@@ -216,6 +221,8 @@ public sealed class SpeculativeDecoder : IDisposable
                 var verified = net.ForwardOnDevice(_sequence, tokenSpan, positionSpan, mask, AllRows(rows), batchInvariant: Options.ExactVerification);
                 next = AcceptOnDevice(device, verified, sampler, fused, options.Sampling.Seed, (ulong)_context.Count);
                 logits = ObservedLogits(device, verified, rows, vocab);
+                foreach (int node in _path)
+                    sampler.Accept(_tree.Token(node)); // (the fused kernel's chains keep no state: for symmetry with the host rules)
             }
             else
             {
@@ -240,6 +247,7 @@ public sealed class SpeculativeDecoder : IDisposable
             foreach (int node in _path)
                 _context.Add(_tree.Token(node));
             _context.Add(next);
+            sampler.Accept(next);
             if (device is not null && Source is ITopKObserver recycler)
             {
                 // Token Recycling records each row's top-k: k ids per row come back, not the logits.
