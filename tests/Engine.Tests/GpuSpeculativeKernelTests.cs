@@ -612,3 +612,35 @@ public abstract partial class GpuSuite
         Assert.That(e.Message, Does.Contain("--cache-type f16"));
     }
 }
+
+public abstract partial class GpuSuite
+{
+    /// <summary>
+    /// The decoding strategies on the device: beam search (forked sequences, batched passes), contrastive
+    /// search (a tree-masked pass with hidden states), CFG (two sequences per pass) and cautious decoding
+    /// (trials as forks) choose on CUDA the tokens they choose on the CPU. Greedy-style choices on stories260K
+    /// are far from ties, so the device's different summation order does not move them.
+    /// </summary>
+    [Test]
+    public void Decoding_strategies_on_the_device_choose_what_they_choose_on_the_cpu()
+    {
+        using var device = LoadStoriesOnDevice();
+        using var cpu = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Threads = 2 });
+        int[] prompt = [.. cpu.Tokenizer.Encode("Once upon a time, there was a little dog", addSpecial: true)];
+        int[] negative = [.. cpu.Tokenizer.Encode("Tom was sad", addSpecial: true)];
+        var greedy = new SamplingOptions { Temperature = 0 };
+        foreach (var make in new Func<LanguageModel, Engine.Decoding.DecodingStrategy>[]
+        {
+            lm => new Engine.Decoding.BeamSearch(lm, new Engine.Decoding.BeamSearchOptions { Beams = 4, Groups = 2, DiversityPenalty = 1f }),
+            lm => new Engine.Decoding.ContrastiveSearch(lm, 0.6f, 4),
+            lm => new Engine.Decoding.GuidedDecoding(lm, Engine.Decoding.Guidance.ClassifierFree, negative, 2f, greedy),
+            lm => new Engine.Decoding.CautiousDecoding(lm, new Engine.Decoding.CautiousOptions { EntropyThreshold = 0.5f, Sampling = greedy }),
+        })
+        {
+            var onDevice = make(device);
+            var expected = make(cpu).Generate(prompt, 24).ToList();
+            Assert.That(onDevice.Generate(prompt, 24).ToList(), Is.EqualTo(expected), onDevice.Name);
+            Assert.That(onDevice.LastStats!.Rows, Is.GreaterThan(onDevice.LastStats.Passes), $"{onDevice.Name}: several rows per pass");
+        }
+    }
+}
