@@ -77,6 +77,7 @@ public class CliTests
             (["--strategy", "nucleus"], "--strategy nucleus: unknown"),
             (["--strategy", "beam", "--spec", "lookup"], "cannot be combined"),
             (["--strategy", "cautious", "--trials", "1"], "--trials 1 must be 2..32"),
+            (["--strategy", "extract"], "--strategy extract needs --context"),
         })
         {
             var run = Run(["generate", "-m", SharedData.StoriesGguf, "-p", "Once", "-n", "4", .. args]);

@@ -340,6 +340,42 @@ public class DecodingStrategyTests
     }
 
     [Test]
+    public void Span_extraction_quotes_the_source_choosing_the_likeliest_continuation_of_an_occurrence()
+    {
+        using var lm = Stories();
+        const string context = "Lily had a big red ball. She liked to play with her dog Max in the park. Max liked the ball too.";
+        var source = lm.Tokenizer.Encode(context, addSpecial: false).ToArray();
+        var prompt = Prompt(lm, context + " Lily liked to");
+        var extract = new SpanExtraction(lm, source, SamplingOptions.Greedy);
+        var span = extract.Generate(prompt, 30).ToList();
+        Assert.That(span, Is.Not.Empty);
+        Assert.That(source.Skip(extract.LastSpanStart).Take(span.Count), Is.EqualTo(span), "the output is a span of the source");
+        // reference: at each step the argmax of the plain logits over the tokens that continue some occurrence
+        int eos = lm.Tokenizer.EosId!.Value;
+        var generated = new List<int>();
+        while (generated.Count < 30)
+        {
+            var allowed = new HashSet<int>();
+            for (int j = generated.Count; j < source.Length; j++)
+            {
+                if (source.Skip(j - generated.Count).Take(generated.Count).SequenceEqual(generated))
+                    allowed.Add(source[j]);
+            }
+            if (allowed.Count == 0)
+                break;
+            if (generated.Count > 0)
+                allowed.Add(eos);
+            var logits = LastLogits(lm, prompt.Concat(generated).ToList());
+            int best = allowed.OrderByDescending(t => logits[t]).ThenBy(t => t).First();
+            if (best == eos)
+                break;
+            generated.Add(best);
+        }
+        Assert.That(span, Is.EqualTo(generated));
+        Assert.That(Assert.Throws<ArgumentException>(() => new SpanExtraction(lm, [], SamplingOptions.Greedy))!.Message, Does.Contain("--context"));
+    }
+
+    [Test]
     public void Impossible_strategy_options_are_errors_naming_the_option()
     {
         using var lm = Stories();

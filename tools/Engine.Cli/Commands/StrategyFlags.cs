@@ -11,7 +11,7 @@ namespace Engine.Cli.Commands;
 /// </summary>
 internal sealed class StrategyFlags
 {
-    public static readonly string[] Names = ["beam", "diverse-beam", "contrastive", "cad", "adacad", "contrastive-decoding", "cfg", "cautious"];
+    public static readonly string[] Names = ["beam", "diverse-beam", "contrastive", "cad", "adacad", "contrastive-decoding", "cfg", "cautious", "extract"];
 
     public Option<string?> Strategy { get; } = new("--strategy") { Description = "Decoding strategy: " + string.Join(", ", Names) + " (default: sampling as the sampler options say)" };
     public Option<int> Beams { get; } = new("--beams") { Description = "beam, diverse-beam: beams in all", DefaultValueFactory = _ => 4 };
@@ -22,7 +22,7 @@ internal sealed class StrategyFlags
     public Option<bool> NoEarlyStopping { get; } = new("--no-early-stopping") { Description = "beam, diverse-beam: search on until no running beam can beat a finished one" };
     public Option<float> PenaltyAlpha { get; } = new("--penalty-alpha") { Description = "contrastive: degeneration penalty α", DefaultValueFactory = _ => 0.6f };
     public Option<float?> Alpha { get; } = new("--alpha") { Description = "cad: α of (1+α)·l(y|c,x) − α·l(y|x) (default 0.5); contrastive-decoding: plausibility threshold (default 0.1)" };
-    public Option<string?> Context { get; } = new("--context") { Description = "cad, adacad: the context, put before the prompt in the main sequence" };
+    public Option<string?> Context { get; } = new("--context") { Description = "cad, adacad, extract: the context, put before the prompt in the main sequence (extract: the text the answer is a span of)" };
     public Option<string?> NoContextPrompt { get; } = new("--no-context-prompt") { Description = "cad, adacad: the second sequence's text (default: the prompt alone)" };
     public Option<string?> AmateurModel { get; } = new("--amateur-model") { Description = "contrastive-decoding: the amateur model (same vocabulary)" };
     public Option<float> AmateurTemperature { get; } = new("--amateur-temp") { Description = "contrastive-decoding: temperature of the amateur's distribution", DefaultValueFactory = _ => 1f };
@@ -46,7 +46,7 @@ internal sealed class StrategyFlags
         [NoEarlyStopping] = ["beam", "diverse-beam"],
         [PenaltyAlpha] = ["contrastive"],
         [Alpha] = ["cad", "contrastive-decoding"],
-        [Context] = ["cad", "adacad"],
+        [Context] = ["cad", "adacad", "extract"],
         [NoContextPrompt] = ["cad", "adacad"],
         [AmateurModel] = ["contrastive-decoding"],
         [AmateurTemperature] = ["contrastive-decoding"],
@@ -137,6 +137,13 @@ internal sealed class StrategyFlags
                     amateur.Dispose();
                     throw;
                 }
+            }
+            case "extract":
+            {
+                string context = parse.GetValue(Context) ?? throw new ArgumentException("--strategy extract needs --context (the text the answer is a span of)");
+                var source = tokenizer.Encode(context, addSpecial: false, parseSpecial: false);
+                var main = prompt is null ? promptIds : Encode(context + prompt);
+                return (new SpanExtraction(lm, source, sampling), main, null);
             }
             case "cautious":
                 return (new CautiousDecoding(lm, new CautiousOptions
