@@ -1,3 +1,5 @@
+using System.Runtime.Intrinsics;
+
 namespace Engine.Sampling;
 
 /// <summary>
@@ -88,26 +90,35 @@ public sealed class Candidates
             _keptLogits = new float[k];
         }
         var heap = _heap.AsSpan(0, k);
-        int size = 0;
-        float worst = float.NegativeInfinity; // the root's logit once the heap is full: most candidates fail this one compare
-        for (int i = 0; i < Count; i++)
+        var logits = Logits.AsSpan(0, Count);
+        int size = 0, i = 0;
+        // the first k candidates fill the heap (sift up: the root is the worst kept candidate)
+        for (; i < k; i++)
         {
-            if (size == k && Logits[i] < worst)
-                continue;
-            if (size < k)
+            int j = size++;
+            while (j > 0 && Better(heap[(j - 1) / 2], i))
             {
-                // sift up: the root is the worst kept candidate
-                int j = size++;
-                while (j > 0 && Better(heap[(j - 1) / 2], i))
-                {
-                    heap[j] = heap[(j - 1) / 2];
-                    j = (j - 1) / 2;
-                }
-                heap[j] = i;
+                heap[j] = heap[(j - 1) / 2];
+                j = (j - 1) / 2;
             }
-            else if (Better(i, heap[0]))
+            heap[j] = i;
+        }
+        // The rest: almost every candidate is below the root's logit, so eight at a time are compared with
+        // it and skipped together; one at or above it is offered to the heap (replace the root, sift down).
+        float worst = logits[heap[0]];
+        while (i < logits.Length)
+        {
+            if (Vector256.IsHardwareAccelerated && i + 8 <= logits.Length
+                && Vector256.GreaterThanOrEqual(Vector256.Create<float>(logits.Slice(i, 8)), Vector256.Create(worst)).ExtractMostSignificantBits() == 0)
             {
-                // replace the root and sift down
+                i += 8;
+                continue;
+            }
+            int end = Math.Min(i + 8, logits.Length);
+            for (; i < end; i++)
+            {
+                if (logits[i] < worst || !Better(i, heap[0]))
+                    continue;
                 int j = 0;
                 while (true)
                 {
@@ -122,9 +133,8 @@ public sealed class Candidates
                     j = child;
                 }
                 heap[j] = i;
+                worst = logits[heap[0]];
             }
-            if (size == k)
-                worst = Logits[heap[0]];
         }
         for (int j = 0; j < size; j++)
             (_keptIds[j], _keptLogits[j]) = (Ids[heap[j]], Logits[heap[j]]);

@@ -10,6 +10,14 @@ internal static class CandidateMath
     /// <remarks>The processor's name is read only for an error: a name is a string built on demand.</remarks>
     public static void Probabilities(Candidates c, ILogitsProcessor sampler)
     {
+        Check(c, sampler);
+        if (!c.HasProbs)
+            c.Softmax();
+    }
+
+    /// <summary>The checks of <see cref="Probabilities"/> alone, for a sampler that reads only logits.</summary>
+    public static void Check(Candidates c, ILogitsProcessor sampler)
+    {
         bool finite = false;
         for (int i = 0; i < c.Count; i++)
         {
@@ -19,8 +27,6 @@ internal static class CandidateMath
         }
         if (!finite)
             throw new ArgumentException($"{sampler.Name}: every candidate's logit is -inf: there is nothing to sample");
-        if (!c.HasProbs)
-            c.Softmax();
     }
 
     /// <summary>H = −Σ p·ln p over the candidates (their probabilities computed).</summary>
@@ -166,7 +172,7 @@ public sealed class TopNSigma : ILogitsProcessor
 
     public void Apply(Candidates c)
     {
-        CandidateMath.Probabilities(c, this);
+        CandidateMath.Check(c, this); // σ is of the logits: no softmax needed
         double sum = 0, squares = 0, max = double.NegativeInfinity;
         int finite = 0;
         for (int i = 0; i < c.Count; i++)
@@ -459,16 +465,32 @@ public sealed class Penalties : ILogitsProcessor, IStatefulProcessor
     {
         if (_counts.Count == 0)
             return;
-        for (int i = 0; i < c.Count; i++)
+        // Usually the chain's first stage: candidate i is still token i, so each of the ≤ N penalized
+        // tokens is found directly instead of looking every candidate up in the counts.
+        bool direct = true;
+        foreach (int id in _counts.Keys)
+            direct &= id < c.Count && c.Ids[id] == id;
+        if (direct)
         {
-            if (!_counts.TryGetValue(c.Ids[i], out int count))
-                continue;
-            float l = c.Logits[i];
-            l = l > 0 ? l / Repeat : l * Repeat;
-            c.Logits[i] = l - count * Frequency - Presence;
+            foreach (var (id, count) in _counts)
+                c.Logits[id] = Penalize(c.Logits[id], count);
+        }
+        else
+        {
+            for (int i = 0; i < c.Count; i++)
+            {
+                if (_counts.TryGetValue(c.Ids[i], out int count))
+                    c.Logits[i] = Penalize(c.Logits[i], count);
+            }
         }
         c.Sorted = false;
         c.HasProbs = false;
+    }
+
+    private float Penalize(float l, int count)
+    {
+        l = l > 0 ? l / Repeat : l * Repeat;
+        return l - count * Frequency - Presence;
     }
 }
 
@@ -672,10 +694,25 @@ public sealed class Dry : ILogitsProcessor, IStatefulProcessor
         var matches = Matches();
         if (matches.Count == 0)
             return;
-        for (int i = 0; i < c.Count; i++)
+        // as the penalties: while candidate i is token i, reach the few matched tokens directly
+        bool direct = true;
+        foreach (int id in _longest.Keys)
+            direct &= id < c.Count && c.Ids[id] == id;
+        if (direct)
         {
-            if (matches.TryGetValue(c.Ids[i], out int length) && length >= AllowedLength)
-                c.Logits[i] -= Multiplier * MathF.Pow(Base, length - AllowedLength);
+            foreach (var (id, length) in _longest)
+            {
+                if (length >= AllowedLength)
+                    c.Logits[id] -= Multiplier * MathF.Pow(Base, length - AllowedLength);
+            }
+        }
+        else
+        {
+            for (int i = 0; i < c.Count; i++)
+            {
+                if (matches.TryGetValue(c.Ids[i], out int length) && length >= AllowedLength)
+                    c.Logits[i] -= Multiplier * MathF.Pow(Base, length - AllowedLength);
+            }
         }
         c.Sorted = false;
         c.HasProbs = false;
