@@ -23,6 +23,9 @@
 #   moe      engine bench on a Mixtral-shape MoE (8 experts, top-2, Q4_0 and Q8_0; llama.cpp as the peer) and a
 #            BlockFFN shape at TLS 0.8 / CLS(8) 0.7: pp8 (an 8-token chunk, what verification runs) and tg,
 #            chunk-sparse against --dense-ffn on the same weights, plus spec-bench --verify-cost.
+#   strategies engine bench --strategy / --sampler-chain on a 110M-shape Q4_0 model (synthesized here): each
+#            decoding strategy's time per token against greedy on the device (beams, candidates, guidance
+#            rows in one pass: where extra rows cost little), and the host sampler chain; into bench.jsonl.
 #   serve    tools/bench/serve-load --device cuda on a 110M-shape Q4_0 model (synthesized here): 16
 #            streaming clients against one (continuous batching on the device), a cached ~1,000-token
 #            system prompt against the first, a 64-client soak of 30 s, then again with --spec 8; output into serve-load.txt
@@ -198,6 +201,31 @@ if want moe; then
   "$bin/engine" spec-bench -m "$models/bffn.gguf" --device "$dev" --verify-cost 1,2,4,8,16,32,64 -r 9 --json >> "$OUT/spec-bench.jsonl" || status=1
   rm -f "$models/bffn.gguf"
   tail -n 12 "$OUT/bench.jsonl"
+fi
+if want strategies; then
+  step "engine bench --strategy: decoding strategies and the sampler chain against greedy on the device"
+  dev=${STRATEGY_DEVICE:-cuda}
+  "$bin/engine" synth --like .device/shared/vocab/ggml-vocab-llama-spm.gguf --dim 768 --layers 12 --heads 12 --ffn 2048 --type F16 "$models/s110-f16.gguf" || status=1
+  "$bin/engine" quantize "$models/s110-f16.gguf" "$models/s110.gguf" Q4_0 --threads 16 || status=1
+  "$bin/engine" synth --like .device/shared/vocab/ggml-vocab-llama-spm.gguf --dim 288 --layers 6 --heads 6 --ffn 768 --type F16 --seed 2 "$models/amateur.gguf" || status=1
+  while read -r args; do
+    # shellcheck disable=SC2086
+    "$bin/engine" bench -m "$models/s110.gguf" --device "$dev" -p 64 -n 128 -r 5 --json $args >> "$OUT/bench.jsonl" || status=1
+  done <<LIST
+--sampler-chain --temp 0.8
+--sampler-chain --temp 0.8 --min-p 0.05 --typical 0.95 --repeat-penalty 1.1 --presence-penalty 0.5 --dry-multiplier 0.8 --xtc-probability 0.5
+--strategy beam --beams 4
+--strategy diverse-beam --beams 8
+--strategy contrastive
+--strategy cad
+--strategy adacad
+--strategy cfg
+--strategy contrastive-decoding --amateur-model $models/amateur.gguf
+--strategy cautious --temp 0.8
+--strategy extract
+LIST
+  rm -f "$models"/s110*.gguf "$models/amateur.gguf"
+  tail -n 11 "$OUT/bench.jsonl"
 fi
 if want serve; then
   step "serve-load --device cuda on the 110M shape"

@@ -140,6 +140,8 @@ internal sealed class StrategyFlags
             }
             case "extract":
             {
+                if (benchmark && parse.GetValue(Context) is null)
+                    return (new SpanExtraction(lm, [.. promptIds.Skip(tokenizer.BosId is null ? 0 : 1)], sampling), promptIds, null); // bench: a span of the prompt
                 string context = parse.GetValue(Context) ?? throw new ArgumentException("--strategy extract needs --context (the text the answer is a span of)");
                 var source = tokenizer.Encode(context, addSpecial: false, parseSpecial: false);
                 var main = prompt is null ? promptIds : Encode(context + prompt);
