@@ -17,6 +17,13 @@ public sealed record GenerationOptions
     /// <summary>Stop at EOS (and other end-of-generation tokens); the stop token is not returned.</summary>
     public bool StopAtEndOfGeneration { get; init; } = true;
 
+    /// <summary>
+    /// Constrains the generated text to this grammar (<see cref="Engine.Constraints.Gbnf.Parse"/>): tokens that
+    /// would leave it are masked before sampling, end tokens are allowed only where the text is complete.
+    /// The grammar applies to the generated text alone, not to the prompt.
+    /// </summary>
+    public Engine.Constraints.Grammar? Grammar { get; init; }
+
     public void Validate()
     {
         if (MaxTokens < 0)
@@ -34,6 +41,8 @@ public enum StopReason
     MaxTokens,
     /// <summary>The session's context is full.</summary>
     ContextFull,
+    /// <summary>The grammar allows no token here (the text cannot continue and is not complete).</summary>
+    GrammarDeadEnd,
 }
 
 /// <summary>Counts and timings of the last generation.</summary>
@@ -129,8 +138,9 @@ public sealed class Session : IDisposable
     private IEnumerable<int> GenerateIterator(int[] prompt, GenerationOptions options, SamplerChain sampler, CancellationToken ct)
     {
         var clock = Stopwatch.StartNew();
-        // a chain the device's fused kernel cannot compute samples on the host (the logits come down)
-        _hostLogits = !options.Sampling.IsFusable;
+        // a chain the device's fused kernel cannot compute, or a grammar's mask, samples on the host (the logits come down)
+        _hostLogits = !options.Sampling.IsFusable || options.Grammar is not null;
+        var grammar = options.Grammar is null ? null : new Engine.Constraints.GrammarConstraint(options.Grammar, _model.Tokenizer);
         _tokens.AddRange(prompt);
         // the penalties see the whole context, as llama.cpp's server feeds them the prompt
         if (options.Sampling.NeedsHistory)
@@ -147,8 +157,20 @@ public sealed class Session : IDisposable
         while (generated < options.MaxTokens)
         {
             ct.ThrowIfCancellationRequested();
-            int next = _onDevice.Rows > 0 ? SampleOnDevice(options.Sampling, sampler) : sampler.Sample(_logits);
-            if (options.StopAtEndOfGeneration && tokenizer.IsEndOfGeneration(next))
+            int next;
+            if (grammar is not null)
+            {
+                next = Constrained(grammar, sampler);
+                if (next < 0)
+                {
+                    reason = StopReason.GrammarDeadEnd;
+                    break;
+                }
+                grammar.Accept(next);
+            }
+            else
+                next = _onDevice.Rows > 0 ? SampleOnDevice(options.Sampling, sampler) : sampler.Sample(_logits);
+            if ((options.StopAtEndOfGeneration || grammar is not null) && tokenizer.IsEndOfGeneration(next))
             {
                 reason = StopReason.EndOfGeneration;
                 break;
@@ -220,6 +242,17 @@ public sealed class Session : IDisposable
         return token[0];
     }
 
+    /// <summary>The next token under a grammar: greedy checks the best candidates first; sampling masks the logits. −1 at a dead end.</summary>
+    private int Constrained(Engine.Constraints.GrammarConstraint grammar, SamplerChain sampler)
+    {
+        var scratch = _scratch ??= new float[_logits.Length]; // the logits stay as computed: a later call may sample from them again
+        if (sampler.IsGreedy && sampler.Processors.All(p => p.PreservesArgmax))
+            return grammar.Greedy(_logits, scratch);
+        _logits.CopyTo(scratch, 0);
+        return grammar.Apply(scratch) ? sampler.Sample(scratch) : -1;
+    }
+
+    private float[]? _scratch;
     private Activation _onDevice;
     private bool _hostLogits;
     private readonly int[] _token = new int[1];

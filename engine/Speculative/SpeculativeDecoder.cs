@@ -101,6 +101,8 @@ public sealed class SpeculativeDecoder : IDisposable
     {
         ArgumentNullException.ThrowIfNull(prompt);
         options.Validate();
+        if (options.Grammar is not null)
+            throw new NotSupportedException("a grammar inside speculative decoding is not supported yet: generate without --spec to constrain the output");
         if (prompt.Count == 0)
             throw new ArgumentException("the prompt is empty (it needs at least one token, e.g. BOS)", nameof(prompt));
         int vocab = _target.Config.VocabSize;

@@ -38,11 +38,13 @@ internal static class GenerateCommand
         var ngramCache = SharedOptions.NgramCache();
         var samplers = new SamplerFlags();
         var strategies = new StrategyFlags();
+        var grammarText = new Option<string?>("--grammar") { Description = "Constrain the output to a GBNF grammar (llama.cpp's format; generation starts at rule 'root')" };
+        var grammarFile = new Option<string?>("--grammar-file") { Description = "File holding the GBNF grammar" };
 
         var command = new Command("generate", "Generate text from a prompt")
         {
             model, prompt, promptIds, count, temperature, topK, topP, minP, seed, threads, device, graphs, cacheType, context, ids,
-            spec, draftModel, draftMax, tree, layers, fixedBudget, lossy, ngramCache,
+            spec, draftModel, draftMax, tree, layers, fixedBudget, lossy, ngramCache, grammarText, grammarFile,
         };
         foreach (var option in samplers.All.Concat(strategies.All))
             command.Options.Add(option);
@@ -52,8 +54,10 @@ internal static class GenerateCommand
             string? idText = parse.GetValue(promptIds);
             if ((text is null) == (idText is null))
                 throw new ArgumentException("give exactly one of --prompt (-p) and --prompt-ids");
+            var grammar = GrammarOption.Load(parse.GetValue(grammarText), parse.GetValue(grammarFile)); // before the model: a bad grammar fails fast
             var options = new GenerationOptions
             {
+                Grammar = grammar,
                 MaxTokens = parse.GetValue(count),
                 Sampling = samplers.Apply(parse, new SamplingOptions
                 {
@@ -71,6 +75,8 @@ internal static class GenerateCommand
 
             List<int>? givenIds = idText is not null ? ParseIds(idText) : null;
             string? strategyName = strategies.Name(parse);
+            if (grammar is not null && (strategyName is not null || parse.GetValue(spec) is not null))
+                throw new ArgumentException($"--grammar cannot be combined with {(strategyName is not null ? "--strategy" : "--spec")} yet");
             if (strategyName is not null && parse.GetValue(spec) is not null)
                 throw new ArgumentException($"--strategy {strategyName} and --spec cannot be combined (speculative decoding accelerates plain sampling)");
 

@@ -190,3 +190,36 @@ internal sealed class SamplerFlags
         return bias;
     }
 }
+
+/// <summary><c>--grammar TEXT</c> / <c>--grammar-file F</c>: the grammar, parsed (errors give the line and column, and the file).</summary>
+internal static class GrammarOption
+{
+    public static Engine.Constraints.Grammar? Load(string? text, string? file)
+    {
+        if (text is not null && file is not null)
+            throw new ArgumentException("give one of --grammar and --grammar-file");
+        if (file is not null)
+        {
+            if (!File.Exists(file))
+                throw new FileNotFoundException($"--grammar-file {file}: no such file", file);
+            try
+            {
+                return Engine.Constraints.Gbnf.Parse(File.ReadAllText(file));
+            }
+            catch (Engine.Constraints.GrammarException e)
+            {
+                throw new ArgumentException($"{file}: {e.Message}", e);
+            }
+        }
+        if (text is null)
+            return null;
+        try
+        {
+            return Engine.Constraints.Gbnf.Parse(text);
+        }
+        catch (Engine.Constraints.GrammarException e)
+        {
+            throw new ArgumentException($"--grammar: {e.Message}", e);
+        }
+    }
+}

@@ -1,0 +1,218 @@
+namespace Engine.Constraints;
+
+/// <summary>
+/// Runs a <see cref="Grammar"/> over UTF-8 bytes as a pushdown automaton, determinized lazily: a state is
+/// the set of parse stacks alive after the bytes so far (llama.cpp's grammar stacks), plus whether the
+/// text may end there and a partial UTF-8 character. Stacks are interned as (position, parent) nodes, so
+/// equal stacks are equal ids, states are interned by their stack sets, and byte transitions are cached:
+/// a configuration seen before (inside a JSON string, every character leads back to the same state) is a
+/// dictionary lookup. The caches are bounded; past the bound they are dropped and rebuilt on demand.
+/// </summary>
+public sealed class GrammarMatcher
+{
+    /// <summary>A position in the grammar: rule, alternative, element index.</summary>
+    private readonly record struct Position(int Rule, int Alt, int Index);
+
+    private readonly Grammar _grammar;
+    private readonly List<(Position Pos, int Parent)> _nodes = [];
+    private readonly Dictionary<(Position, int), int> _nodeIds = [];
+    private readonly List<State> _states = [];
+    private readonly Dictionary<StateKey, int> _stateIds = [];
+    private readonly Dictionary<long, int> _transitions = [];
+    private const int MaxStates = 100_000;
+
+    public GrammarMatcher(Grammar grammar)
+    {
+        ArgumentNullException.ThrowIfNull(grammar);
+        _grammar = grammar;
+        Start = BuildStart();
+    }
+
+    public Grammar Grammar => _grammar;
+
+    /// <summary>The state before any text.</summary>
+    public int Start { get; private set; }
+
+    /// <summary>The state no text leads out of: every byte from here is rejected.</summary>
+    public const int Dead = -1;
+
+    /// <summary>Whether the text may end in <paramref name="state"/> (a complete sentence of the grammar, no partial character).</summary>
+    public bool CanEnd(int state) => state >= 0 && _states[state].CanEnd && _states[state].Remaining == 0;
+
+    /// <summary>Whether any byte can follow <paramref name="state"/>.</summary>
+    public bool CanContinue(int state) => state >= 0 && _states[state].Stacks.Length > 0;
+
+    /// <summary>States interned so far (a measure of the caches).</summary>
+    public int StateCount => _states.Count;
+
+    /// <summary>The state after <paramref name="b"/> from <paramref name="state"/> (<see cref="Dead"/> if rejected).</summary>
+    public int Step(int state, byte b)
+    {
+        if (state < 0)
+            return Dead;
+        long key = ((long)state << 8) | b;
+        if (_transitions.TryGetValue(key, out int next))
+            return next;
+        next = Compute(_states[state], b);
+        _transitions[key] = next;
+        return next;
+    }
+
+    /// <summary>The state after <paramref name="bytes"/>.</summary>
+    public int Step(int state, ReadOnlySpan<byte> bytes)
+    {
+        foreach (byte b in bytes)
+        {
+            state = Step(state, b);
+            if (state < 0)
+                return Dead;
+        }
+        return state;
+    }
+
+    /// <summary>Forgets every cached state (the ids handed out before become invalid); returns the new start.</summary>
+    public int Reset()
+    {
+        _nodes.Clear();
+        _nodeIds.Clear();
+        _states.Clear();
+        _stateIds.Clear();
+        _transitions.Clear();
+        Start = BuildStart();
+        return Start;
+    }
+
+    /// <summary>True when the caches passed their bound: the caller should <see cref="Reset"/> and replay its text.</summary>
+    public bool Oversized => _states.Count > MaxStates;
+
+    private int BuildStart()
+    {
+        var stacks = new HashSet<int>();
+        bool canEnd = false;
+        var rule = _grammar.Rules[_grammar.Root];
+        var seen = new HashSet<(Position, int)>();
+        for (int a = 0; a < rule.Alternatives.Count; a++)
+            Expand(new Position(_grammar.Root, a, 0), -1, stacks, ref canEnd, seen);
+        return Intern(stacks, canEnd, 0, 0);
+    }
+
+    private int Node(Position pos, int parent)
+    {
+        if (!_nodeIds.TryGetValue((pos, parent), out int id))
+        {
+            id = _nodes.Count;
+            _nodes.Add((pos, parent));
+            _nodeIds[(pos, parent)] = id;
+        }
+        return id;
+    }
+
+    /// <summary>
+    /// Adds the stacks that continue from <paramref name="pos"/> (returning to <paramref name="parent"/>)
+    /// to a character: rule references push their alternatives (a reference last in its alternative
+    /// replaces the frame instead — tail calls keep repetition's stack flat), the end of an alternative
+    /// returns to the parent, and the end of the root means the text may end.
+    /// </summary>
+    private void Expand(Position pos, int parent, HashSet<int> stacks, ref bool canEnd, HashSet<(Position, int)> seen)
+    {
+        if (!seen.Add((pos, parent)))
+            return;
+        var alt = _grammar.Rules[pos.Rule].Alternatives[pos.Alt];
+        if (pos.Index == alt.Length)
+        {
+            if (parent < 0)
+                canEnd = true;
+            else
+                Expand(_nodes[parent].Pos, _nodes[parent].Parent, stacks, ref canEnd, seen);
+            return;
+        }
+        var e = alt[pos.Index];
+        if (!e.IsRule)
+        {
+            stacks.Add(Node(pos, parent));
+            return;
+        }
+        var after = pos with { Index = pos.Index + 1 };
+        int returnTo = after.Index == alt.Length ? parent : Node(after, parent);
+        var callee = _grammar.Rules[e.Rule];
+        for (int a = 0; a < callee.Alternatives.Count; a++)
+            Expand(new Position(e.Rule, a, 0), returnTo, stacks, ref canEnd, seen);
+    }
+
+    /// <summary>A state: the stacks (node ids, sorted; each top at a character set), whether the text may end, and a partial UTF-8 character (value so far, continuation bytes still due).</summary>
+    private sealed record State(int[] Stacks, bool CanEnd, int Partial, int Remaining, int Min);
+
+    private readonly record struct StateKey(string Stacks, bool CanEnd, int Partial, int Remaining, int Min);
+
+    private int Intern(HashSet<int> stacks, bool canEnd, int partial, int remaining, int min = 0)
+    {
+        if (stacks.Count == 0 && !canEnd)
+            return Dead;
+        var sorted = stacks.ToArray();
+        Array.Sort(sorted);
+        var key = new StateKey(string.Join(',', sorted), canEnd, partial, remaining, min);
+        if (_stateIds.TryGetValue(key, out int id))
+            return id;
+        id = _states.Count;
+        _states.Add(new State(sorted, canEnd, partial, remaining, min));
+        _stateIds[key] = id;
+        return id;
+    }
+
+    private int Compute(State s, byte b)
+    {
+        if (s.Remaining > 0)
+        {
+            if ((b & 0xC0) != 0x80)
+                return Dead; // a character's continuation byte was due
+            int value = (s.Partial << 6) | (b & 0x3F);
+            if (s.Remaining > 1)
+                return Possible(s.Stacks, value, s.Remaining - 1, s.Min) ? InternPartial(s.Stacks, value, s.Remaining - 1, s.Min) : Dead;
+            // UTF-8 forbids overlong forms (F0 80 81 BB is not '{'), surrogates and values past U+10FFFF
+            if (value < s.Min || value > 0x10FFFF || value is >= 0xD800 and <= 0xDFFF)
+                return Dead;
+            return Advance(s.Stacks, value);
+        }
+        if (b < 0x80)
+            return Advance(s.Stacks, b);
+        int more = (b & 0xE0) == 0xC0 ? 1 : (b & 0xF0) == 0xE0 ? 2 : (b & 0xF8) == 0xF0 ? 3 : -1;
+        if (more < 0)
+            return Dead; // not a lead byte
+        int lead = b & (0x3F >> more);
+        int min = more switch { 1 => 0x80, 2 => 0x800, _ => 0x10000 }; // the least value that needs this many bytes
+        return Possible(s.Stacks, lead, more, min) ? InternPartial(s.Stacks, lead, more, min) : Dead;
+    }
+
+    private int InternPartial(int[] stacks, int value, int remaining, int min) =>
+        Intern([.. stacks], canEnd: false, value, remaining, min);
+
+    /// <summary>Whether a character beginning with these bits (<paramref name="remaining"/> continuation bytes to come, at least <paramref name="min"/>) can match some stack.</summary>
+    private bool Possible(int[] stacks, int value, int remaining, int min)
+    {
+        int lo = Math.Max(min, value << (6 * remaining)), hi = Math.Min(0x10FFFF, (value << (6 * remaining)) | ((1 << (6 * remaining)) - 1));
+        if (lo > hi)
+            return false;
+        foreach (int s in stacks)
+        {
+            var (pos, _) = _nodes[s];
+            if (_grammar.Rules[pos.Rule].Alternatives[pos.Alt][pos.Index].Chars!.Intersects(lo, hi))
+                return true;
+        }
+        return false;
+    }
+
+    /// <summary>The state after the whole character <paramref name="codePoint"/>.</summary>
+    private int Advance(int[] stacks, int codePoint)
+    {
+        var next = new HashSet<int>();
+        bool canEnd = false;
+        var seen = new HashSet<(Position, int)>();
+        foreach (int s in stacks)
+        {
+            var (pos, parent) = _nodes[s];
+            if (_grammar.Rules[pos.Rule].Alternatives[pos.Alt][pos.Index].Chars!.Contains(codePoint))
+                Expand(pos with { Index = pos.Index + 1 }, parent, next, ref canEnd, seen);
+        }
+        return Intern(next, canEnd, 0, 0);
+    }
+}

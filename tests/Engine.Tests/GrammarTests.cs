@@ -1,0 +1,291 @@
+using System.Text;
+using Engine.Api;
+using Engine.Constraints;
+using Engine.Sampling;
+
+namespace Engine.Tests;
+
+/// <summary>
+/// GBNF grammars: the parser (with errors that give line and column), the byte-level matcher against
+/// hand-listed languages, the token mask against brute force over random vocabularies, and constrained
+/// generation on stories260K.
+/// </summary>
+public class GrammarTests
+{
+    /// <summary>Grammars in the shapes of llama.cpp's examples (written here): JSON, arithmetic, a list, chess moves, a C subset.</summary>
+    internal static readonly Dictionary<string, string> Examples = new()
+    {
+        ["json"] = """
+            root   ::= object
+            value  ::= object | array | string | number | ("true" | "false" | "null") ws
+
+            object ::=
+              "{" ws (
+                        string ":" ws value
+                ("," ws string ":" ws value)*
+              )? "}" ws
+
+            array  ::=
+              "[" ws (
+                        value
+                ("," ws value)*
+              )? "]" ws
+
+            string ::=
+              "\"" (
+                [^"\\\x7F\x00-\x1F] |
+                "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4}) # escapes
+              )* "\"" ws
+
+            number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9] [1-9]{0,15})? ws
+
+            # optional whitespace after literals
+            ws ::= | " " | "\n" [ \t]{0,20}
+            """,
+        ["arithmetic"] = """
+            root  ::= (expr "=" ws term "\n")+
+            expr  ::= term ([-+*/] term)*
+            term  ::= ident | num | "(" ws expr ")" ws
+            ident ::= [a-z] [a-z0-9_]* ws
+            num   ::= [0-9]+ ws
+            ws    ::= [ \t\n]*
+            """,
+        ["list"] = """
+            root ::= item+
+            # no line breaks inside an item
+            item ::= "- " [^\r\n\x0b\x0c\x85\u2028\u2029]+ "\n"
+            """,
+        ["chess"] = """
+            root   ::= "1. " move " " move "\n" ([1-9] [0-9]? ". " move " " move "\n")+
+            move   ::= (pawn | nonpawn | castle) [+#]?
+            pawn   ::= ([a-h] "x")? [a-h] [1-8] ("=" [NBKQR])?
+            nonpawn ::= [NBKQR] [a-h]? [1-8]? "x"? [a-h] [1-8]
+            castle ::= "O-O" "-O"?
+            """,
+        ["c"] = """
+            root ::= (declaration)*
+            declaration ::= dataType identifier "(" parameter? ")" "{" statement* "}"
+            dataType  ::= "int" ws | "float" ws | "char" ws
+            identifier ::= [a-zA-Z_] [a-zA-Z_0-9]*
+            parameter ::= dataType identifier
+            statement ::=
+                ( dataType identifier ws "=" ws expression ";" ) |
+                ( identifier ws "=" ws expression ";" ) |
+                ( identifier ws "(" argList? ")" ";" ) |
+                ( "return" ws expression ";" ) |
+                ( "while" "(" condition ")" "{" statement* "}" ) |
+                ( "for" "(" forInit ";" ws condition ";" ws forUpdate ")" "{" statement* "}" ) |
+                ( "if" "(" condition ")" "{" statement* "}" ("else" "{" statement* "}")? ) |
+                ( singleLineComment ) |
+                ( multiLineComment )
+            forInit ::= dataType identifier ws "=" ws expression | identifier ws "=" ws expression
+            forUpdate ::= identifier ws "=" ws expression
+            condition ::= expression relationOperator expression
+            relationOperator ::= ("<=" | "<" | "==" | "!=" | ">=" | ">")
+            expression ::= term (("+" | "-") term)*
+            term ::= factor(("*" | "/") factor)*
+            factor ::= identifier | number | unaryTerm | funcCall | parenExpression
+            unaryTerm ::= "-" factor
+            funcCall ::= identifier "(" argList? ")"
+            parenExpression ::= "(" ws expression ws ")"
+            argList ::= expression ("," ws expression)*
+            number ::= [0-9]+
+            singleLineComment ::= "//" [^\n]* "\n"
+            multiLineComment ::= "/*" ( [^*] | ("*" [^/]) )* "*/"
+            ws ::= ([ \t\n]+)
+            """,
+    };
+
+    private static bool Matches(Grammar grammar, string text)
+    {
+        var m = new GrammarMatcher(grammar);
+        int state = m.Step(m.Start, Encoding.UTF8.GetBytes(text));
+        return m.CanEnd(state);
+    }
+
+    private static bool IsPrefix(Grammar grammar, string text)
+    {
+        var m = new GrammarMatcher(grammar);
+        return m.Step(m.Start, Encoding.UTF8.GetBytes(text)) != GrammarMatcher.Dead;
+    }
+
+    [TestCase("json", "{\"a\": [1, 2.5, -3e7, \"x\\n\\u00e9\"], \"b\": {\"c\": true, \"d\": null}}", true)]
+    [TestCase("json", "{}", true)]
+    [TestCase("json", "{\"a\": }", false)]
+    [TestCase("json", "{\"a\": 01}", false)]
+    [TestCase("json", "[1]", false)]
+    [TestCase("arithmetic", "x1 +(2*y)= 7\n", true)]
+    [TestCase("arithmetic", "x + = 1\n", false)]
+    [TestCase("list", "- milk\n- café au lait\n", true)]
+    [TestCase("list", "- milk\n\n", false)]
+    [TestCase("chess", "1. e4 e5\n2. Nf3 Nc6\n3. Bb5 a6\n", true)]
+    [TestCase("chess", "1. e9 e5\n2. Nf3 Nc6\n", false)]
+    [TestCase("c", "int main(){int x = 1;while(x<10){x = x+1;}return x;}", true)]
+    [TestCase("c", "int main(){x = ;}", false)]
+    public void The_example_grammars_compile_and_decide_their_languages(string name, string text, bool member)
+    {
+        var grammar = Gbnf.Parse(Examples[name]);
+        Assert.That(Matches(grammar, text), Is.EqualTo(member), $"{name}: {text}");
+    }
+
+    [Test]
+    public void Prefixes_and_partial_characters_are_followed_byte_by_byte()
+    {
+        var grammar = Gbnf.Parse("root ::= \"é\" [a-c]{2,3} | \"日本\" \".\"");
+        Assert.That(Matches(grammar, "éab"), Is.True);
+        Assert.That(Matches(grammar, "éabc"), Is.True);
+        Assert.That(Matches(grammar, "éabca"), Is.False);
+        Assert.That(Matches(grammar, "éa"), Is.False);
+        Assert.That(IsPrefix(grammar, "éa"), Is.True);
+        Assert.That(Matches(grammar, "日本."), Is.True);
+        var m = new GrammarMatcher(grammar);
+        var bytes = Encoding.UTF8.GetBytes("日本.");
+        int half = m.Step(m.Start, bytes.AsSpan(0, 2)); // inside 日's three bytes
+        Assert.That(half, Is.Not.EqualTo(GrammarMatcher.Dead));
+        Assert.That(m.CanEnd(half), Is.False, "a partial character never ends the text");
+        Assert.That(m.Step(m.Start, Encoding.UTF8.GetBytes("月").AsSpan(0, 2)), Is.EqualTo(GrammarMatcher.Dead),
+            "月 (E6 9C 88) shares its lead byte with 日 (E6 97 A5) but not its second: dead after two bytes");
+        Assert.That(m.Step(m.Start, [0xFF]), Is.EqualTo(GrammarMatcher.Dead), "not UTF-8");
+        var brace = Gbnf.Parse("root ::= \"{\" [^\\x00]*");
+        var b = new GrammarMatcher(brace);
+        Assert.That(b.Step(b.Start, [0x7B]), Is.Not.EqualTo(GrammarMatcher.Dead));
+        Assert.That(b.Step(b.Start, [0xF0, 0x80, 0x81, 0xBB]), Is.EqualTo(GrammarMatcher.Dead), "an overlong '{' (what byte-fallback tokens can spell) is not '{'");
+        Assert.That(b.Step(b.Start, [0xC1]), Is.EqualTo(GrammarMatcher.Dead), "C1 only starts overlong forms");
+        Assert.That(b.Step(b.Start, [0x7B, 0xED, 0xA0, 0x80]), Is.EqualTo(GrammarMatcher.Dead), "a UTF-16 surrogate is not a character");
+    }
+
+    [TestCase("root ::= foo", 1, 10, "rule 'foo' is used but never defined")]
+    [TestCase("root ::= \"abc", 1, 14, "unterminated string literal")]
+    [TestCase("root ::= x\nx ::= x \"a\" | \"b\"", 2, 1, "left-recursive")]
+    [TestCase("root ::= a\na ::= b? a \"x\"\nb ::= \"y\"", 2, 1, "left-recursive")]
+    [TestCase("root = \"a\"", 1, 6, "expected '::='")]
+    [TestCase("root ::= [z-a]", 1, 11, "reversed")]
+    [TestCase("root ::= \"\\q\"", 1, 11, "unknown escape")]
+    [TestCase("root ::= \"a\"{3,1}", 1, 13, "below the minimum")]
+    [TestCase("root ::= (\"a\" | \"b\"", 1, 20, "expected ')'")]
+    [TestCase("root ::= \"a\"\nroot ::= \"b\"", 2, 1, "defined twice")]
+    public void Bad_grammars_are_errors_with_line_and_column(string text, int line, int column, string reason)
+    {
+        var e = Assert.Throws<GrammarException>(() => Gbnf.Parse(text))!;
+        Assert.That(e.Message, Does.Contain(reason));
+        Assert.That((e.Line, e.Column), Is.EqualTo((line, column)), e.Message);
+        Assert.That(Assert.Throws<GrammarException>(() => Gbnf.Parse("start ::= \"a\""))!.Message, Does.Contain("no rule 'root'"));
+    }
+
+    /// <summary>
+    /// The mask never excludes a token that can continue a valid string, and never admits one that cannot:
+    /// for a finite language listed by hand, at every prefix of every sentence, each token of a random
+    /// vocabulary (multi-character pieces, pieces spanning several terminals, cut UTF-8) is allowed exactly
+    /// when prefix + token is a prefix of some sentence.
+    /// </summary>
+    [TestCase(1)]
+    [TestCase(2)]
+    [TestCase(3)]
+    public void The_mask_admits_exactly_the_tokens_that_keep_a_valid_prefix(int seed)
+    {
+        var grammar = Gbnf.Parse("""
+            root ::= ("ab" | "a" [cd]) sep? ("é" | "x" | "日本"){1,2}
+            sep ::= "-" | ", "
+            """);
+        var sentences = new List<string>();
+        foreach (string head in new[] { "ab", "ac", "ad" })
+        {
+            foreach (string sep in new[] { "", "-", ", " })
+            {
+                foreach (string a in new[] { "é", "x", "日本" })
+                {
+                    sentences.Add(head + sep + a);
+                    foreach (string b in new[] { "é", "x", "日本" })
+                        sentences.Add(head + sep + a + b);
+                }
+            }
+        }
+        var language = sentences.Select(Encoding.UTF8.GetBytes).ToArray();
+        var rng = new Random(seed);
+        string alphabet = "abcdx-, é日本z";
+        var vocab = new List<byte[]>();
+        for (int i = 0; i < 300; i++)
+        {
+            var bytes = Encoding.UTF8.GetBytes(string.Concat(Enumerable.Range(0, rng.Next(1, 4)).Select(_ => alphabet[rng.Next(alphabet.Length)])));
+            if (rng.Next(4) == 0 && bytes.Length > 1)
+                bytes = bytes[..rng.Next(1, bytes.Length)]; // cut, maybe inside a character
+            vocab.Add(bytes);
+        }
+        var trie = new TokenTrie(vocab.Count, id => vocab[id]);
+        var matcher = new GrammarMatcher(grammar);
+        var mask = new ulong[(vocab.Count + 63) / 64];
+        var prefixes = language.SelectMany(s => Enumerable.Range(0, s.Length + 1).Select(n => s[..n])).DistinctBy(Convert.ToHexString).ToList();
+        foreach (var prefix in prefixes)
+        {
+            int state = matcher.Step(matcher.Start, prefix);
+            Assert.That(state, Is.Not.EqualTo(GrammarMatcher.Dead));
+            Assert.That(matcher.CanEnd(state), Is.EqualTo(language.Any(s => s.AsSpan().SequenceEqual(prefix))), Convert.ToHexString(prefix));
+            trie.Allowed(matcher, state, mask);
+            for (int t = 0; t < vocab.Count; t++)
+            {
+                var extended = prefix.Concat(vocab[t]).ToArray();
+                bool expected = language.Any(s => s.AsSpan().StartsWith(extended));
+                bool got = (mask[t >> 6] & (1UL << (t & 63))) != 0;
+                Assert.That(got, Is.EqualTo(expected), $"prefix {Convert.ToHexString(prefix)}, token {Convert.ToHexString(vocab[t])}");
+            }
+        }
+    }
+
+    private static LanguageModel Stories() => LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Threads = 2 });
+
+    [Test]
+    public void Constrained_generation_stays_in_the_grammar_and_ends_where_it_may()
+    {
+        using var lm = Stories();
+        var grammar = Gbnf.Parse("""
+            root ::= " " answer "." (" " answer ".")?
+            answer ::= "Yes" | "No" | "The dog was " ("happy" | "sad" | "big")
+            """);
+        int[] prompt = [.. lm.Tokenizer.Encode("Lily asked her mom if she could play.", addSpecial: true)];
+        var matcher = new GrammarMatcher(grammar);
+        foreach (var sampling in new[] { SamplingOptions.Greedy, new SamplingOptions { Temperature = 1.2f, TopK = 0, TopP = 1, Seed = 3 }, new SamplingOptions { Temperature = 1.5f, Seed = 9, MinP = 0.01f } })
+        {
+            using var session = lm.CreateSession();
+            var tokens = session.Generate(prompt, new GenerationOptions { MaxTokens = 40, Sampling = sampling, Grammar = grammar }).ToList();
+            string text = Encoding.UTF8.GetString(tokens.SelectMany(t => lm.Tokenizer.TokenBytes(t).ToArray()).ToArray());
+            Assert.That(matcher.CanEnd(matcher.Step(matcher.Start, Encoding.UTF8.GetBytes(text))), Is.True, $"'{text}'");
+            Assert.That(session.LastStats!.StopReason, Is.EqualTo(StopReason.EndOfGeneration), $"'{text}' ended at the end token the grammar forced");
+        }
+    }
+
+    [Test]
+    public void Greedy_constrained_generation_takes_the_best_allowed_token_each_step()
+    {
+        using var lm = Stories();
+        var grammar = Gbnf.Parse(Examples["list"]);
+        int[] prompt = [.. lm.Tokenizer.Encode("Tom had a list:\n", addSpecial: true)];
+        using var session = lm.CreateSession();
+        var tokens = session.Generate(prompt, new GenerationOptions { MaxTokens = 30, Sampling = SamplingOptions.Greedy, Grammar = grammar }).ToList();
+        Assert.That(tokens, Has.Count.EqualTo(30));
+        // reference: each step, the argmax over the tokens whose bytes keep the text a prefix of the language
+        var matcher = new GrammarMatcher(grammar);
+        int state = matcher.Start;
+        var context = prompt.ToList();
+        foreach (int token in tokens)
+        {
+            using var cache = lm.Network.CreateKvCache(lm.ContextLength);
+            using var seq = cache.CreateSequence();
+            var logits = new float[lm.Config.VocabSize];
+            lm.Network.Forward(seq, context.ToArray(), Enumerable.Range(0, context.Count).ToArray(), Engine.Backends.AttentionMask.Causal, [context.Count - 1], logits);
+            int best = -1;
+            for (int t = 0; t < logits.Length; t++)
+            {
+                var bytes = lm.Tokenizer.TokenBytes(t);
+                bool allowed = lm.Tokenizer.Kind(t) is Engine.Tokenizers.TokenKind.Normal or Engine.Tokenizers.TokenKind.Byte or Engine.Tokenizers.TokenKind.UserDefined
+                    && bytes.Length > 0 && matcher.Step(state, bytes) != GrammarMatcher.Dead;
+                if (allowed && (best < 0 || logits[t] > logits[best]))
+                    best = t;
+            }
+            Assert.That(token, Is.EqualTo(best), $"after {context.Count - prompt.Length} tokens");
+            state = matcher.Step(state, lm.Tokenizer.TokenBytes(token));
+            context.Add(token);
+        }
+        string text = Encoding.UTF8.GetString(tokens.SelectMany(t => lm.Tokenizer.TokenBytes(t).ToArray()).ToArray());
+        Assert.That(text, Does.StartWith("- "));
+    }
+}
