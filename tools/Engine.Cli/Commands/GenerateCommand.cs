@@ -40,11 +40,13 @@ internal static class GenerateCommand
         var strategies = new StrategyFlags();
         var grammarText = new Option<string?>("--grammar") { Description = "Constrain the output to a GBNF grammar (llama.cpp's format; generation starts at rule 'root')" };
         var grammarFile = new Option<string?>("--grammar-file") { Description = "File holding the GBNF grammar" };
+        var jsonSchema = new Option<string?>("--json-schema") { Description = "Constrain the output to JSON valid under this schema (JSON text, or @FILE)" };
+        var regex = new Option<string?>("--regex") { Description = "Constrain the output to a regular expression (the whole text matches)" };
 
         var command = new Command("generate", "Generate text from a prompt")
         {
             model, prompt, promptIds, count, temperature, topK, topP, minP, seed, threads, device, graphs, cacheType, context, ids,
-            spec, draftModel, draftMax, tree, layers, fixedBudget, lossy, ngramCache, grammarText, grammarFile,
+            spec, draftModel, draftMax, tree, layers, fixedBudget, lossy, ngramCache, grammarText, grammarFile, jsonSchema, regex,
         };
         foreach (var option in samplers.All.Concat(strategies.All))
             command.Options.Add(option);
@@ -54,7 +56,7 @@ internal static class GenerateCommand
             string? idText = parse.GetValue(promptIds);
             if ((text is null) == (idText is null))
                 throw new ArgumentException("give exactly one of --prompt (-p) and --prompt-ids");
-            var grammar = GrammarOption.Load(parse.GetValue(grammarText), parse.GetValue(grammarFile)); // before the model: a bad grammar fails fast
+            var grammar = GrammarOption.Load(parse.GetValue(grammarText), parse.GetValue(grammarFile), parse.GetValue(jsonSchema), parse.GetValue(regex)); // before the model: a bad grammar fails fast
             var options = new GenerationOptions
             {
                 Grammar = grammar,

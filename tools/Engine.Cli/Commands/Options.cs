@@ -194,10 +194,40 @@ internal sealed class SamplerFlags
 /// <summary><c>--grammar TEXT</c> / <c>--grammar-file F</c>: the grammar, parsed (errors give the line and column, and the file).</summary>
 internal static class GrammarOption
 {
-    public static Engine.Constraints.Grammar? Load(string? text, string? file)
+    public static Engine.Constraints.Grammar? Load(string? text, string? file, string? schema = null, string? regex = null)
     {
-        if (text is not null && file is not null)
-            throw new ArgumentException("give one of --grammar and --grammar-file");
+        if (new[] { text, file, schema, regex }.Count(x => x is not null) > 1)
+            throw new ArgumentException("give one of --grammar, --grammar-file, --json-schema and --regex");
+        if (schema is not null)
+        {
+            string json = schema;
+            if (schema.StartsWith('@'))
+            {
+                string path = schema[1..];
+                if (!File.Exists(path))
+                    throw new FileNotFoundException($"--json-schema {schema}: no such file", path);
+                json = File.ReadAllText(path);
+            }
+            try
+            {
+                return Engine.Constraints.JsonSchemaGrammar.Compile(json);
+            }
+            catch (Engine.Constraints.GrammarException e)
+            {
+                throw new ArgumentException($"--json-schema: {e.Message}", e);
+            }
+        }
+        if (regex is not null)
+        {
+            try
+            {
+                return Engine.Constraints.Gbnf.Parse(Engine.Constraints.RegexGrammar.ToGbnf(regex));
+            }
+            catch (Engine.Constraints.GrammarException e)
+            {
+                throw new ArgumentException($"--regex: {e.Message}", e);
+            }
+        }
         if (file is not null)
         {
             if (!File.Exists(file))
