@@ -66,7 +66,7 @@ public sealed class TokenTrie
     }
 
     /// <summary>Sets the bit of every token whose bytes the matcher accepts from <paramref name="state"/>.</summary>
-    internal void Allowed(GrammarMatcher matcher, int state, ulong[] mask)
+    public void Allowed(GrammarMatcher matcher, int state, ulong[] mask)
     {
         Array.Clear(mask);
         var stack = new Stack<(int Node, int State)>();
@@ -135,16 +135,26 @@ public sealed class GrammarConstraint
     public bool Apply(Span<float> logits)
     {
         var mask = Mask();
-        bool any = false;
-        for (int i = 0; i < logits.Length; i++)
+        bool canEnd = CanEnd, any = false;
+        // word by word: a word of 64 disallowed tokens is one fill, of 64 allowed ones one check
+        for (int w = 0; w * 64 < logits.Length; w++)
         {
-            bool allowed = i < _trie.VocabSize && (mask[i >> 6] & (1UL << (i & 63))) != 0;
-            if (!allowed && CanEnd && i < _trie.VocabSize && _tokenizer.IsEndOfGeneration(i))
-                allowed = true;
-            if (allowed)
-                any |= logits[i] > float.NegativeInfinity;
-            else
-                logits[i] = float.NegativeInfinity;
+            int start = w * 64, count = Math.Min(64, logits.Length - start);
+            ulong bits = w < mask.Length ? mask[w] : 0;
+            if (bits == 0 && !canEnd)
+            {
+                logits.Slice(start, count).Fill(float.NegativeInfinity);
+                continue;
+            }
+            for (int j = 0; j < count; j++)
+            {
+                int i = start + j;
+                bool allowed = (bits & (1UL << j)) != 0 || (canEnd && i < _trie.VocabSize && _tokenizer.IsEndOfGeneration(i));
+                if (allowed)
+                    any |= logits[i] > float.NegativeInfinity;
+                else
+                    logits[i] = float.NegativeInfinity;
+            }
         }
         return any;
     }

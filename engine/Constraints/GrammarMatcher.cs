@@ -18,7 +18,8 @@ public sealed class GrammarMatcher
     private readonly Dictionary<(Position, int), int> _nodeIds = [];
     private readonly List<State> _states = [];
     private readonly Dictionary<StateKey, int> _stateIds = [];
-    private readonly Dictionary<long, int> _transitions = [];
+    private readonly List<int[]> _transitions = []; // per state, per byte: the next state, Unknown until computed
+    private const int Unknown = -2;
     private const int MaxStates = 100_000;
 
     public GrammarMatcher(Grammar grammar)
@@ -50,11 +51,12 @@ public sealed class GrammarMatcher
     {
         if (state < 0)
             return Dead;
-        long key = ((long)state << 8) | b;
-        if (_transitions.TryGetValue(key, out int next))
+        var row = _transitions[state];
+        int next = row[b];
+        if (next != Unknown)
             return next;
         next = Compute(_states[state], b);
-        _transitions[key] = next;
+        _transitions[state][b] = next; // (Compute may have added states: index again)
         return next;
     }
 
@@ -142,19 +144,58 @@ public sealed class GrammarMatcher
     /// <summary>A state: the stacks (node ids, sorted; each top at a character set), whether the text may end, and a partial UTF-8 character (value so far, continuation bytes still due).</summary>
     private sealed record State(int[] Stacks, bool CanEnd, int Partial, int Remaining, int Min);
 
-    private readonly record struct StateKey(string Stacks, bool CanEnd, int Partial, int Remaining, int Min);
+    /// <summary>A state's identity: its sorted stacks and the rest, hashed once.</summary>
+    private readonly struct StateKey(int[] stacks, int count, bool canEnd, int partial, int remaining, int min) : IEquatable<StateKey>
+    {
+        private readonly int _hash = Hash(stacks, count, canEnd, partial, remaining, min);
+        public int[] Stacks { get; } = stacks;
+        public int Count { get; } = count;
+        public bool CanEnd { get; } = canEnd;
+        public int Partial { get; } = partial;
+        public int Remaining { get; } = remaining;
+        public int Min { get; } = min;
+
+        private static int Hash(int[] stacks, int count, bool canEnd, int partial, int remaining, int min)
+        {
+            var h = new HashCode();
+            for (int i = 0; i < count; i++)
+                h.Add(stacks[i]);
+            h.Add(canEnd);
+            h.Add(partial);
+            h.Add(remaining);
+            h.Add(min);
+            return h.ToHashCode();
+        }
+
+        public bool Equals(StateKey o) => _hash == o._hash && Count == o.Count && CanEnd == o.CanEnd && Partial == o.Partial && Remaining == o.Remaining
+            && Min == o.Min && Stacks.AsSpan(0, Count).SequenceEqual(o.Stacks.AsSpan(0, o.Count));
+
+        public override bool Equals(object? obj) => obj is StateKey k && Equals(k);
+
+        public override int GetHashCode() => _hash;
+    }
+
+    private int[] _sortBuffer = new int[16];
+    private readonly HashSet<int> _scratchStacks = [];
+    private readonly HashSet<(Position, int)> _scratchSeen = [];
 
     private int Intern(HashSet<int> stacks, bool canEnd, int partial, int remaining, int min = 0)
     {
         if (stacks.Count == 0 && !canEnd)
             return Dead;
-        var sorted = stacks.ToArray();
-        Array.Sort(sorted);
-        var key = new StateKey(string.Join(',', sorted), canEnd, partial, remaining, min);
-        if (_stateIds.TryGetValue(key, out int id))
-            return id;
+        if (_sortBuffer.Length < stacks.Count)
+            _sortBuffer = new int[Math.Max(stacks.Count, 2 * _sortBuffer.Length)];
+        stacks.CopyTo(_sortBuffer);
+        Array.Sort(_sortBuffer, 0, stacks.Count);
+        if (_stateIds.TryGetValue(new StateKey(_sortBuffer, stacks.Count, canEnd, partial, remaining, min), out int id))
+            return id; // seen before: nothing allocated
+        var sorted = _sortBuffer.AsSpan(0, stacks.Count).ToArray();
+        var key = new StateKey(sorted, sorted.Length, canEnd, partial, remaining, min);
         id = _states.Count;
         _states.Add(new State(sorted, canEnd, partial, remaining, min));
+        var row = new int[256];
+        System.Array.Fill(row, Unknown);
+        _transitions.Add(row);
         _stateIds[key] = id;
         return id;
     }
@@ -183,8 +224,13 @@ public sealed class GrammarMatcher
         return Possible(s.Stacks, lead, more, min) ? InternPartial(s.Stacks, lead, more, min) : Dead;
     }
 
-    private int InternPartial(int[] stacks, int value, int remaining, int min) =>
-        Intern([.. stacks], canEnd: false, value, remaining, min);
+    private int InternPartial(int[] stacks, int value, int remaining, int min)
+    {
+        _scratchStacks.Clear();
+        foreach (int st in stacks)
+            _scratchStacks.Add(st);
+        return Intern(_scratchStacks, canEnd: false, value, remaining, min);
+    }
 
     /// <summary>Whether a character beginning with these bits (<paramref name="remaining"/> continuation bytes to come, at least <paramref name="min"/>) can match some stack.</summary>
     private bool Possible(int[] stacks, int value, int remaining, int min)
@@ -204,9 +250,11 @@ public sealed class GrammarMatcher
     /// <summary>The state after the whole character <paramref name="codePoint"/>.</summary>
     private int Advance(int[] stacks, int codePoint)
     {
-        var next = new HashSet<int>();
+        var next = _scratchStacks;
+        next.Clear();
         bool canEnd = false;
-        var seen = new HashSet<(Position, int)>();
+        var seen = _scratchSeen;
+        seen.Clear();
         foreach (int s in stacks)
         {
             var (pos, parent) = _nodes[s];
