@@ -65,6 +65,38 @@ public sealed class TokenTrie
         return n;
     }
 
+    /// <summary>
+    /// From a local state (<see cref="GrammarMatcher.Local"/>): the bits of the tokens accepted whatever the
+    /// context, and the list of those whose fate depends on the frames below the top.
+    /// </summary>
+    public void Classify(GrammarMatcher matcher, int local, ulong[] accepted, List<int> open)
+    {
+        Array.Clear(accepted);
+        open.Clear();
+        var stack = new Stack<(int Node, int State)>();
+        stack.Push((0, local));
+        while (stack.Count > 0)
+        {
+            var (node, s) = stack.Pop();
+            for (int c = _firstChild[node]; c >= 0; c = _nextSibling[c])
+            {
+                int next = matcher.Step(s, _byte[c]);
+                if (next == GrammarMatcher.Dead)
+                    continue;
+                var verdict = matcher.Verdict(next);
+                for (int t = _tokenHead[c]; t >= 0; t = _tokenNext[t])
+                {
+                    if (verdict == GrammarMatcher.TokenVerdict.Accepted)
+                        accepted[t >> 6] |= 1UL << (t & 63);
+                    else
+                        open.Add(t);
+                }
+                if (_firstChild[c] >= 0)
+                    stack.Push((c, next));
+            }
+        }
+    }
+
     /// <summary>Sets the bit of every token whose bytes the matcher accepts from <paramref name="state"/>.</summary>
     public void Allowed(GrammarMatcher matcher, int state, ulong[] mask)
     {
@@ -89,33 +121,108 @@ public sealed class TokenTrie
 }
 
 /// <summary>
+/// What every generation under one grammar and one vocabulary shares: the matcher with its interned
+/// states and transitions, the masks per state and the classification per local state. A grammar is
+/// compiled once and its caches grow with use (a schema served again costs cache lookups); generations
+/// in parallel take the lock for each step. Past the matcher's bound the caches are dropped, and each
+/// constraint replays its text into the new ones (<see cref="Epoch"/> tells them).
+/// </summary>
+internal sealed class SharedGrammar
+{
+    private static readonly ConditionalWeakTable<Grammar, ConditionalWeakTable<TextTokenizer, SharedGrammar>> s_cache = new();
+
+    private SharedGrammar(Grammar grammar, TextTokenizer tokenizer)
+    {
+        Matcher = new GrammarMatcher(grammar);
+        Tokenizer = tokenizer;
+        Trie = TokenTrie.For(tokenizer);
+    }
+
+    public static SharedGrammar For(Grammar grammar, TextTokenizer tokenizer) =>
+        s_cache.GetValue(grammar, _ => new()).GetValue(tokenizer, t => new SharedGrammar(grammar, t));
+
+    public GrammarMatcher Matcher { get; }
+    public TextTokenizer Tokenizer { get; }
+    public TokenTrie Trie { get; }
+    public Lock Gate { get; } = new();
+    public Dictionary<int, ulong[]> Masks { get; } = [];
+    public Dictionary<int, (ulong[] Accepted, int[]? Open)> Local { get; } = [];
+
+    /// <summary>Counts the times the caches were dropped: a state id from an older epoch means nothing now.</summary>
+    public int Epoch { get; private set; }
+
+    public void Drop()
+    {
+        Masks.Clear();
+        Local.Clear();
+        Matcher.Reset();
+        Epoch++;
+    }
+}
+
+/// <summary>
 /// A grammar applied to one generation: it masks the logits to the tokens that keep the text inside the
 /// grammar (end tokens only where the text may end) and advances with each kept token. Masks are cached
-/// per matcher state, so a state met again costs nothing; greedy decoding checks the best candidates one
-/// by one and builds the full mask only when several are rejected.
+/// per matcher state in the grammar's shared caches, so a state met again — in this generation or an
+/// earlier one — costs nothing; a fresh state reuses the classification of its top frames and checks
+/// only the tokens that leave them. Greedy decoding checks the best candidates one by one and builds
+/// the full mask only when several are rejected.
 /// </summary>
 public sealed class GrammarConstraint
 {
+    private readonly SharedGrammar _shared;
     private readonly GrammarMatcher _matcher;
     private readonly TextTokenizer _tokenizer;
     private readonly TokenTrie _trie;
-    private readonly Dictionary<int, ulong[]> _masks = [];
-    private readonly List<byte> _text = []; // the bytes accepted so far: replayed after the matcher drops its caches
-    private int _state;
+    private readonly List<byte> _text = []; // the bytes accepted so far: replayed after the caches are dropped
+    private int _state, _epoch;
 
     public GrammarConstraint(Grammar grammar, TextTokenizer tokenizer)
     {
-        _matcher = new GrammarMatcher(grammar);
+        _shared = SharedGrammar.For(grammar, tokenizer);
+        _matcher = _shared.Matcher;
         _tokenizer = tokenizer;
-        _trie = TokenTrie.For(tokenizer);
-        _state = _matcher.Start;
+        _trie = _shared.Trie;
+        lock (_shared.Gate)
+        {
+            _state = _matcher.Start;
+            _epoch = _shared.Epoch;
+        }
+    }
+
+    /// <summary>The current state, replayed from the text if the shared caches were dropped since (call under the lock).</summary>
+    private int State
+    {
+        get
+        {
+            if (_epoch != _shared.Epoch)
+            {
+                _state = _matcher.Step(_matcher.Start, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_text));
+                _epoch = _shared.Epoch;
+            }
+            return _state;
+        }
     }
 
     /// <summary>Whether the text so far is a complete sentence of the grammar.</summary>
-    public bool CanEnd => _matcher.CanEnd(_state);
+    public bool CanEnd
+    {
+        get
+        {
+            lock (_shared.Gate)
+                return _matcher.CanEnd(State);
+        }
+    }
 
     /// <summary>Whether the text so far can still grow.</summary>
-    public bool CanContinue => _matcher.CanContinue(_state);
+    public bool CanContinue
+    {
+        get
+        {
+            lock (_shared.Gate)
+                return _matcher.CanContinue(State);
+        }
+    }
 
     /// <summary>Whether <paramref name="token"/> may come next.</summary>
     public bool Allows(int token)
@@ -125,7 +232,8 @@ public sealed class GrammarConstraint
         if ((uint)token >= (uint)_trie.VocabSize || _tokenizer.Kind(token) is TokenKind.Control or TokenKind.Unknown or TokenKind.Unused)
             return false;
         var bytes = _tokenizer.TokenBytes(token);
-        return bytes.Length > 0 && _matcher.Step(_state, bytes) != GrammarMatcher.Dead;
+        lock (_shared.Gate)
+            return bytes.Length > 0 && _matcher.Step(State, bytes) != GrammarMatcher.Dead;
     }
 
     /// <summary>
@@ -134,8 +242,14 @@ public sealed class GrammarConstraint
     /// </summary>
     public bool Apply(Span<float> logits)
     {
-        var mask = Mask();
-        bool canEnd = CanEnd, any = false;
+        ulong[] mask;
+        bool canEnd;
+        lock (_shared.Gate)
+        {
+            mask = Mask();
+            canEnd = _matcher.CanEnd(State);
+        }
+        bool any = false;
         // word by word: a word of 64 disallowed tokens is one fill, of 64 allowed ones one check
         for (int w = 0; w * 64 < logits.Length; w++)
         {
@@ -187,27 +301,58 @@ public sealed class GrammarConstraint
         if (_tokenizer.IsEndOfGeneration(token))
             return;
         var bytes = _tokenizer.TokenBytes(token);
-        int next = _matcher.Step(_state, bytes);
-        if (next == GrammarMatcher.Dead || bytes.Length == 0)
-            throw new InvalidOperationException($"token {token} ('{_tokenizer.Piece(token)}') is not allowed by the grammar here");
-        _text.AddRange(bytes);
-        _state = next;
-        if (_matcher.Oversized)
+        lock (_shared.Gate)
         {
-            // the caches passed their bound: rebuild the current state from the text (same state, new id)
-            _masks.Clear();
-            _state = _matcher.Step(_matcher.Reset(), System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_text));
+            int next = _matcher.Step(State, bytes);
+            if (next == GrammarMatcher.Dead || bytes.Length == 0)
+                throw new InvalidOperationException($"token {token} ('{_tokenizer.Piece(token)}') is not allowed by the grammar here");
+            _text.AddRange(bytes);
+            _state = next;
+            if (_matcher.Oversized)
+                _shared.Drop(); // this constraint and every other replays its text on its next step
         }
     }
 
+    /// <summary>
+    /// The allowed tokens in the current state (call under the lock): from the cached classification of
+    /// its local state (shared by every state with the same top frames) plus a full check of the few
+    /// tokens that leave those frames; a state whose local walk leaves too much open is walked in full.
+    /// </summary>
     private ulong[] Mask()
     {
-        if (!_masks.TryGetValue(_state, out var mask))
+        int state = State;
+        if (_shared.Masks.TryGetValue(state, out var mask))
+            return mask;
+        mask = new ulong[(_trie.VocabSize + 63) / 64];
+        int local = _matcher.Local(state);
+        if (local == state)
+            _trie.Allowed(_matcher, state, mask);
+        else
         {
-            mask = new ulong[(_trie.VocabSize + 63) / 64];
-            _trie.Allowed(_matcher, _state, mask);
-            _masks[_state] = mask;
+            if (!_shared.Local.TryGetValue(local, out var split))
+            {
+                var accepted = new ulong[mask.Length];
+                var open = new List<int>();
+                _trie.Classify(_matcher, local, accepted, open);
+                split = (accepted, open.Count > OpenLimit ? null : open.ToArray());
+                _shared.Local[local] = split;
+            }
+            if (split.Open is null)
+                _trie.Allowed(_matcher, state, mask);
+            else
+            {
+                split.Accepted.CopyTo(mask, 0);
+                foreach (int t in split.Open)
+                {
+                    if (_matcher.Step(state, _tokenizer.TokenBytes(t)) != GrammarMatcher.Dead)
+                        mask[t >> 6] |= 1UL << (t & 63);
+                }
+            }
         }
+        _shared.Masks[state] = mask;
         return mask;
     }
+
+    /// <summary>Open tokens beyond which checking them one by one costs more than a full walk.</summary>
+    private const int OpenLimit = 4096;
 }

@@ -10,6 +10,9 @@ namespace Engine.Constraints;
 /// </summary>
 public sealed class GrammarMatcher
 {
+    /// <summary>The outcome of a token's walk from a local state (<see cref="Local"/>).</summary>
+    public enum TokenVerdict { Rejected, Accepted, Open }
+
     /// <summary>A position in the grammar: rule, alternative, element index.</summary>
     private readonly record struct Position(int Rule, int Alt, int Index);
 
@@ -38,7 +41,7 @@ public sealed class GrammarMatcher
     public const int Dead = -1;
 
     /// <summary>Whether the text may end in <paramref name="state"/> (a complete sentence of the grammar, no partial character).</summary>
-    public bool CanEnd(int state) => state >= 0 && _states[state].CanEnd && _states[state].Remaining == 0;
+    public bool CanEnd(int state) => state >= 0 && (_states[state].Flags & EndFlag) != 0 && _states[state].Remaining == 0;
 
     /// <summary>Whether any byte can follow <paramref name="state"/>.</summary>
     public bool CanContinue(int state) => state >= 0 && _states[state].Stacks.Length > 0;
@@ -72,6 +75,51 @@ public sealed class GrammarMatcher
         return state;
     }
 
+    /// <summary>
+    /// The local state of <paramref name="state"/>: each stack cut to its top frames, the rest unknown
+    /// (XGrammar's split of context-independent tokens, Dong et al., 2024). A token the local state
+    /// accepts without leaving the frame is accepted in every context; one it rejects without leaving
+    /// the frame is rejected in every context; only tokens that leave it depend on the full stack.
+    /// States with the same top frames share their local state, and so its cached walk.
+    /// </summary>
+    public int Local(int state)
+    {
+        if (state < 0)
+            return Dead;
+        var s = _states[state];
+        if (s.Remaining > 0)
+            return state; // mid-character: no sharing worth the trouble
+        var tops = new HashSet<int>();
+        foreach (int n in s.Stacks)
+            tops.Add(Cut(n, LocalDepth));
+        return Intern(tops, s.Flags & EndFlag, 0, 0);
+    }
+
+    /// <summary>
+    /// Frames a local state keeps: one would leave almost every token open where the top frame is a short
+    /// or optional rule (whitespace, a sign), so the top few are kept and only what lies below them is cut.
+    /// </summary>
+    public int LocalDepth { get; set; } = 4;
+
+    /// <summary>Node <paramref name="n"/> with its chain cut after <paramref name="depth"/> frames.</summary>
+    private int Cut(int n, int depth)
+    {
+        var (pos, parent) = _nodes[n];
+        int cut = parent == -1 ? -1 : depth <= 1 ? OuterFrame : Cut(parent, depth - 1);
+        return cut == parent ? n : Node(pos, cut);
+    }
+
+    /// <summary>What a token's walk from a local state says: accepted or rejected whatever the context, or open (it left the top frame).</summary>
+    public TokenVerdict Verdict(int localEnd)
+    {
+        if (localEnd < 0)
+            return TokenVerdict.Rejected;
+        var s = _states[localEnd];
+        if (s.Stacks.Length > 0 || (s.Flags & EndFlag) != 0)
+            return TokenVerdict.Accepted; // some path consumed the token inside the frame (or ended the root)
+        return TokenVerdict.Open;
+    }
+
     /// <summary>Forgets every cached state (the ids handed out before become invalid); returns the new start.</summary>
     public int Reset()
     {
@@ -90,12 +138,12 @@ public sealed class GrammarMatcher
     private int BuildStart()
     {
         var stacks = new HashSet<int>();
-        bool canEnd = false;
+        int flags = 0;
         var rule = _grammar.Rules[_grammar.Root];
         var seen = new HashSet<(Position, int)>();
         for (int a = 0; a < rule.Alternatives.Count; a++)
-            Expand(new Position(_grammar.Root, a, 0), -1, stacks, ref canEnd, seen);
-        return Intern(stacks, canEnd, 0, 0);
+            Expand(new Position(_grammar.Root, a, 0), -1, stacks, ref flags, seen);
+        return Intern(stacks, flags, 0, 0);
     }
 
     private int Node(Position pos, int parent)
@@ -115,17 +163,19 @@ public sealed class GrammarMatcher
     /// replaces the frame instead — tail calls keep repetition's stack flat), the end of an alternative
     /// returns to the parent, and the end of the root means the text may end.
     /// </summary>
-    private void Expand(Position pos, int parent, HashSet<int> stacks, ref bool canEnd, HashSet<(Position, int)> seen)
+    private void Expand(Position pos, int parent, HashSet<int> stacks, ref int flags, HashSet<(Position, int)> seen)
     {
         if (!seen.Add((pos, parent)))
             return;
         var alt = _grammar.Rules[pos.Rule].Alternatives[pos.Alt];
         if (pos.Index == alt.Length)
         {
-            if (parent < 0)
-                canEnd = true;
+            if (parent == -1)
+                flags |= EndFlag;
+            else if (parent == OuterFrame)
+                flags |= PoppedFlag; // a local state's path returned into the frame it does not know
             else
-                Expand(_nodes[parent].Pos, _nodes[parent].Parent, stacks, ref canEnd, seen);
+                Expand(_nodes[parent].Pos, _nodes[parent].Parent, stacks, ref flags, seen);
             return;
         }
         var e = alt[pos.Index];
@@ -138,24 +188,29 @@ public sealed class GrammarMatcher
         int returnTo = after.Index == alt.Length ? parent : Node(after, parent);
         var callee = _grammar.Rules[e.Rule];
         for (int a = 0; a < callee.Alternatives.Count; a++)
-            Expand(new Position(e.Rule, a, 0), returnTo, stacks, ref canEnd, seen);
+            Expand(new Position(e.Rule, a, 0), returnTo, stacks, ref flags, seen);
     }
 
     /// <summary>A state: the stacks (node ids, sorted; each top at a character set), whether the text may end, and a partial UTF-8 character (value so far, continuation bytes still due).</summary>
-    private sealed record State(int[] Stacks, bool CanEnd, int Partial, int Remaining, int Min);
+    private sealed record State(int[] Stacks, int Flags, int Partial, int Remaining, int Min);
+
+    private const int EndFlag = 1, PoppedFlag = 2;
+
+    /// <summary>The parent of a local state's stacks: the frame below the top, left unknown.</summary>
+    private const int OuterFrame = -3;
 
     /// <summary>A state's identity: its sorted stacks and the rest, hashed once.</summary>
-    private readonly struct StateKey(int[] stacks, int count, bool canEnd, int partial, int remaining, int min) : IEquatable<StateKey>
+    private readonly struct StateKey(int[] stacks, int count, int canEnd, int partial, int remaining, int min) : IEquatable<StateKey>
     {
         private readonly int _hash = Hash(stacks, count, canEnd, partial, remaining, min);
         public int[] Stacks { get; } = stacks;
         public int Count { get; } = count;
-        public bool CanEnd { get; } = canEnd;
+        public int CanEnd { get; } = canEnd;
         public int Partial { get; } = partial;
         public int Remaining { get; } = remaining;
         public int Min { get; } = min;
 
-        private static int Hash(int[] stacks, int count, bool canEnd, int partial, int remaining, int min)
+        private static int Hash(int[] stacks, int count, int canEnd, int partial, int remaining, int min)
         {
             var h = new HashCode();
             for (int i = 0; i < count; i++)
@@ -179,20 +234,20 @@ public sealed class GrammarMatcher
     private readonly HashSet<int> _scratchStacks = [];
     private readonly HashSet<(Position, int)> _scratchSeen = [];
 
-    private int Intern(HashSet<int> stacks, bool canEnd, int partial, int remaining, int min = 0)
+    private int Intern(HashSet<int> stacks, int flags, int partial, int remaining, int min = 0)
     {
-        if (stacks.Count == 0 && !canEnd)
+        if (stacks.Count == 0 && flags == 0)
             return Dead;
         if (_sortBuffer.Length < stacks.Count)
             _sortBuffer = new int[Math.Max(stacks.Count, 2 * _sortBuffer.Length)];
         stacks.CopyTo(_sortBuffer);
         Array.Sort(_sortBuffer, 0, stacks.Count);
-        if (_stateIds.TryGetValue(new StateKey(_sortBuffer, stacks.Count, canEnd, partial, remaining, min), out int id))
+        if (_stateIds.TryGetValue(new StateKey(_sortBuffer, stacks.Count, flags, partial, remaining, min), out int id))
             return id; // seen before: nothing allocated
         var sorted = _sortBuffer.AsSpan(0, stacks.Count).ToArray();
-        var key = new StateKey(sorted, sorted.Length, canEnd, partial, remaining, min);
+        var key = new StateKey(sorted, sorted.Length, flags, partial, remaining, min);
         id = _states.Count;
-        _states.Add(new State(sorted, canEnd, partial, remaining, min));
+        _states.Add(new State(sorted, flags, partial, remaining, min));
         var row = new int[256];
         System.Array.Fill(row, Unknown);
         _transitions.Add(row);
@@ -208,28 +263,28 @@ public sealed class GrammarMatcher
                 return Dead; // a character's continuation byte was due
             int value = (s.Partial << 6) | (b & 0x3F);
             if (s.Remaining > 1)
-                return Possible(s.Stacks, value, s.Remaining - 1, s.Min) ? InternPartial(s.Stacks, value, s.Remaining - 1, s.Min) : Dead;
+                return Possible(s.Stacks, value, s.Remaining - 1, s.Min) || (s.Flags & PoppedFlag) != 0 ? InternPartial(s.Stacks, value, s.Remaining - 1, s.Min, s.Flags) : Dead;
             // UTF-8 forbids overlong forms (F0 80 81 BB is not '{'), surrogates and values past U+10FFFF
             if (value < s.Min || value > 0x10FFFF || value is >= 0xD800 and <= 0xDFFF)
                 return Dead;
-            return Advance(s.Stacks, value);
+            return Advance(s.Stacks, value, s.Flags & PoppedFlag);
         }
         if (b < 0x80)
-            return Advance(s.Stacks, b);
+            return Advance(s.Stacks, b, s.Flags & PoppedFlag);
         int more = (b & 0xE0) == 0xC0 ? 1 : (b & 0xF0) == 0xE0 ? 2 : (b & 0xF8) == 0xF0 ? 3 : -1;
         if (more < 0)
             return Dead; // not a lead byte
         int lead = b & (0x3F >> more);
         int min = more switch { 1 => 0x80, 2 => 0x800, _ => 0x10000 }; // the least value that needs this many bytes
-        return Possible(s.Stacks, lead, more, min) ? InternPartial(s.Stacks, lead, more, min) : Dead;
+        return Possible(s.Stacks, lead, more, min) || (s.Flags & PoppedFlag) != 0 ? InternPartial(s.Stacks, lead, more, min, s.Flags) : Dead;
     }
 
-    private int InternPartial(int[] stacks, int value, int remaining, int min)
+    private int InternPartial(int[] stacks, int value, int remaining, int min, int popped)
     {
         _scratchStacks.Clear();
         foreach (int st in stacks)
             _scratchStacks.Add(st);
-        return Intern(_scratchStacks, canEnd: false, value, remaining, min);
+        return Intern(_scratchStacks, popped & PoppedFlag, value, remaining, min);
     }
 
     /// <summary>Whether a character beginning with these bits (<paramref name="remaining"/> continuation bytes to come, at least <paramref name="min"/>) can match some stack.</summary>
@@ -248,19 +303,19 @@ public sealed class GrammarMatcher
     }
 
     /// <summary>The state after the whole character <paramref name="codePoint"/>.</summary>
-    private int Advance(int[] stacks, int codePoint)
+    private int Advance(int[] stacks, int codePoint, int popped)
     {
         var next = _scratchStacks;
         next.Clear();
-        bool canEnd = false;
+        int flags = popped; // once a path left the frame, the outcome stays open
         var seen = _scratchSeen;
         seen.Clear();
         foreach (int s in stacks)
         {
             var (pos, parent) = _nodes[s];
             if (_grammar.Rules[pos.Rule].Alternatives[pos.Alt][pos.Index].Chars!.Contains(codePoint))
-                Expand(pos with { Index = pos.Index + 1 }, parent, next, ref canEnd, seen);
+                Expand(pos with { Index = pos.Index + 1 }, parent, next, ref flags, seen);
         }
-        return Intern(next, canEnd, 0, 0);
+        return Intern(next, flags, 0, 0);
     }
 }

@@ -231,6 +231,43 @@ public class GrammarTests
         }
     }
 
+    /// <summary>
+    /// The constraint's masks — built from cached local classifications plus a check of the tokens that
+    /// leave the top frames — equal a brute-force check of every token of a 32k vocabulary, at every step
+    /// of a JSON text (llama-spm's vocabulary), cold and again warm.
+    /// </summary>
+    [Test]
+    public void Constraint_masks_equal_a_token_by_token_check_on_a_real_vocabulary()
+    {
+        var tokenizer = LanguageModel.LoadTokenizer(SharedData.Require("vocab/ggml-vocab-llama-spm.gguf"));
+        var grammar = Gbnf.Parse(Examples["json"].Replace("root   ::= object", "root ::= \" \"? object"));
+        var ids = tokenizer.Encode("""{"name": "Ann Smith", "age": 31, "tags": ["a", "b c"], "more": {"x": [1, {"y": null}], "ok": false}}""", addSpecial: false);
+        var reference = new GrammarMatcher(grammar);
+        foreach (string pass in new[] { "cold", "warm" })
+        {
+            var constraint = new GrammarConstraint(grammar, tokenizer);
+            int state = reference.Start;
+            var logits = new float[tokenizer.VocabSize];
+            for (int step = 0; step < ids.Count; step++)
+            {
+                Array.Clear(logits);
+                constraint.Apply(logits);
+                for (int t = 0; t < tokenizer.VocabSize; t++)
+                {
+                    var bytes = tokenizer.TokenBytes(t);
+                    bool expected = tokenizer.Kind(t) is Engine.Tokenizers.TokenKind.Normal or Engine.Tokenizers.TokenKind.Byte or Engine.Tokenizers.TokenKind.UserDefined
+                        && bytes.Length > 0 && reference.Step(state, bytes) != GrammarMatcher.Dead
+                        || tokenizer.IsEndOfGeneration(t) && reference.CanEnd(state);
+                    if ((logits[t] == 0) != expected)
+                        Assert.Fail($"{pass}, step {step}: token {t} ('{tokenizer.Piece(t)}') is {(expected ? "valid but masked" : "invalid but allowed")}");
+                }
+                constraint.Accept(ids[step]);
+                state = reference.Step(state, tokenizer.TokenBytes(ids[step]));
+            }
+            Assert.That(constraint.CanEnd, Is.True);
+        }
+    }
+
     private static LanguageModel Stories() => LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Threads = 2 });
 
     [Test]

@@ -22,6 +22,7 @@ public static class EngineCli
         root.Subcommands.Add(TokenizeCommand.Create(io));
         root.Subcommands.Add(InspectCommand.Create(io));
         root.Subcommands.Add(BenchCommand.Create(io));
+        root.Subcommands.Add(GrammarBenchCommand.Create(io));
         root.Subcommands.Add(PerplexityCommand.Create(io));
         root.Subcommands.Add(QuantizeCommand.Create(io));
         root.Subcommands.Add(ConvertCommand.Create(io));
