@@ -33,12 +33,19 @@ public sealed class Gbnf
 
     /// <summary>Parses GBNF text; generation starts from the rule named <paramref name="root"/>.</summary>
     /// <exception cref="GrammarException">The text does not parse, a rule is undefined or left-recursive, or there is no root.</exception>
-    public static Grammar Parse(string text, string root = "root")
+    /// <remarks>The same text compiles to the same object (a bounded cache), so its masks are shared.</remarks>
+    /// <param name="cache">False: a new object with caches of its own (what a measurement of cold masks needs).</param>
+    public static Grammar Parse(string text, string root = "root", bool cache = true)
     {
         ArgumentNullException.ThrowIfNull(text);
-        var parser = new Gbnf(text);
-        parser.ParseRules();
-        return parser.Build(root);
+        ArgumentNullException.ThrowIfNull(root);
+        Grammar Compile()
+        {
+            var parser = new Gbnf(text);
+            parser.ParseRules();
+            return parser.Build(root);
+        }
+        return cache ? GrammarCache.Get("gbnf:" + root + "\n" + text, Compile) : Compile();
     }
 
     private void ParseRules()

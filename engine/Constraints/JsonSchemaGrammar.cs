@@ -56,7 +56,13 @@ public sealed class JsonSchemaGrammar
     }
 
     /// <summary>The compiled grammar of <paramref name="schema"/>.</summary>
-    public static Grammar Compile(string schema, bool whitespace = false) => Gbnf.Parse(ToGbnf(schema, whitespace));
+    /// <remarks>The same schema text compiles to the same object (a bounded cache), so its masks are shared.</remarks>
+    public static Grammar Compile(string schema, bool whitespace = false, bool cache = true)
+    {
+        ArgumentNullException.ThrowIfNull(schema);
+        return cache ? GrammarCache.Get((whitespace ? "json-ws:" : "json:") + schema, () => Gbnf.Parse(ToGbnf(schema, whitespace), cache: false))
+            : Gbnf.Parse(ToGbnf(schema, whitespace), cache: false);
+    }
 
     private string Ws => _whitespace ? " ws" : "";
 

@@ -29,6 +29,9 @@ public sealed record CompletionRequest
 
     /// <summary>Keep generating past end-of-generation tokens.</summary>
     public bool IgnoreEos { get; init; }
+
+    /// <summary>Constrain the output to this grammar (JSON mode, a JSON schema, GBNF); the text ends where the grammar lets it.</summary>
+    public Engine.Constraints.Grammar? Grammar { get; init; }
 }
 
 /// <summary>Why a completion ended, as OpenAI names it.</summary>
@@ -488,7 +491,7 @@ public sealed class BatchScheduler : IDisposable
     private void DraftFor(Slot slot, int room)
     {
         var request = slot.Request;
-        if (_options.SpeculativeDraft == 0 || !slot.Sampler.IsGreedy || request.TopLogprobs >= 0)
+        if (_options.SpeculativeDraft == 0 || !slot.Sampler.IsGreedy || request.TopLogprobs >= 0 || slot.Constraint is not null)
             return;
         int max = request.MaxTokens > 0 ? request.MaxTokens : _model.ContextLength - slot.PromptLength;
         int limit = Math.Min(Math.Min(_options.SpeculativeDraft, room), Math.Min(max - slot.Generated - 1, _model.ContextLength - slot.Tokens.Count - 1));
@@ -504,7 +507,21 @@ public sealed class BatchScheduler : IDisposable
     private FinishReason? Advance(Slot slot, ReadOnlySpan<float> logits)
     {
         var request = slot.Request;
-        int next = slot.Sampler.Sample(logits);
+        int next;
+        if (slot.Constraint is { } constraint)
+        {
+            // the grammar's mask on a copy (the logprobs below report the model's own distribution)
+            var masked = slot.Masked ??= new float[logits.Length];
+            logits.CopyTo(masked);
+            if (!constraint.Apply(masked))
+                return FinishReason.Stop; // a dead end: nothing may follow and the text may not end
+            next = slot.Sampler.Sample(masked);
+            if (_model.Tokenizer.IsEndOfGeneration(next))
+                return FinishReason.Stop; // the grammar allows an end token only where the text is complete
+            constraint.Accept(next);
+        }
+        else
+            next = slot.Sampler.Sample(logits);
         if (!request.IgnoreEos && _model.Tokenizer.IsEndOfGeneration(next))
             return FinishReason.Stop;
         float logprob = 0;
@@ -615,6 +632,8 @@ public sealed class BatchScheduler : IDisposable
             Tokens.AddRange(request.Prompt);
             PromptLength = request.Prompt.Count;
             Sampler = SamplerChain.Create(request.Sampling, tokenizer.VocabSize, tokenizer);
+            if (request.Grammar is not null)
+                Constraint = new Engine.Constraints.GrammarConstraint(request.Grammar, tokenizer);
             if (request.Sampling.NeedsHistory)
             {
                 foreach (int token in request.Prompt) // the penalties see the whole context
@@ -633,6 +652,8 @@ public sealed class BatchScheduler : IDisposable
         public List<int> Tokens { get; }
         public int PromptLength { get; }
         public SamplerChain Sampler { get; }
+        public Engine.Constraints.GrammarConstraint? Constraint { get; }
+        public float[]? Masked { get; set; }
         public StreamingDetokenizer Detokenizer { get; }
         public KvSequence? Sequence { get; set; }
         public int Cached { get; set; }

@@ -145,6 +145,30 @@ public class ServerTests
         }
     }
 
+    /// <summary>OpenAI's response_format (json_schema, json_object) and llama.cpp's grammar field constrain what comes back.</summary>
+    [Test]
+    public async Task Response_formats_and_grammars_constrain_the_reply()
+    {
+        var (server, lm, dir) = await Start(ChatTests.ChatMl);
+        await using var _ = server;
+        using var __ = lm;
+        using var ___ = dir;
+        const string schema = """{"type":"object","properties":{"name":{"type":"string","maxLength":8},"age":{"type":"integer","minimum":1,"maximum":99},"pets":{"type":"array","items":{"enum":["cat","dog"]},"maxItems":2}},"required":["name","age","pets"]}""";
+        for (int seed = 1; seed <= 3; seed++)
+        {
+            var (status, body) = await Post(server, "/v1/completions",
+                """{"prompt":"Once upon a time","max_tokens":100,"temperature":1,"seed":""" + seed + ""","response_format":{"type":"json_schema","json_schema":{"name":"p","schema":""" + schema + "}}}");
+            Assert.That(status, Is.EqualTo(HttpStatusCode.OK), body.ToString());
+            var choice = body.GetProperty("choices")[0];
+            string text = choice.GetProperty("text").GetString()!;
+            Assert.That(choice.GetProperty("finish_reason").GetString(), Is.EqualTo("stop"), text);
+            Assert.That(Json.Schema.JsonSchema.FromText(schema).Evaluate(JsonDocument.Parse(text).RootElement).IsValid, Is.True, text);
+        }
+        var (ok, grammarBody) = await Post(server, "/v1/completions", """{"prompt":"Was Lily happy?","max_tokens":10,"grammar":"root ::= \" Yes.\" | \" No.\""}""");
+        Assert.That(ok, Is.EqualTo(HttpStatusCode.OK));
+        Assert.That(grammarBody.GetProperty("choices")[0].GetProperty("text").GetString(), Is.AnyOf(" Yes.", " No."));
+    }
+
     private static async Task<(HttpStatusCode Status, JsonElement Body)> Post(OpenAiServer server, string path, string body, string? key = Key)
     {
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(60) };
@@ -167,7 +191,9 @@ public class ServerTests
         yield return new TestCaseData("{" + ok + ""","max_tokens":100000}""", 400, "max_tokens", "context").SetName("serve: max_tokens beyond the context");
         yield return new TestCaseData("{" + ok + ""","temperature":7}""", 400, "temperature", "0..2").SetName("serve: temperature out of range");
         yield return new TestCaseData("{" + ok + ""","model":"gpt-nope"}""", 404, "model", "gpt-nope").SetName("serve: an unknown model is a 404");
-        yield return new TestCaseData("{" + ok + ""","response_format":{"type":"json_object"}}""", 400, "response_format", "not supported yet").SetName("serve: JSON output is refused until constraints exist");
+        yield return new TestCaseData("{" + ok + ""","response_format":{"type":"xml"}}""", 400, "response_format", "text, json_object or json_schema").SetName("serve: an unknown response_format");
+        yield return new TestCaseData("{" + ok + ""","response_format":{"type":"json_schema","json_schema":{"schema":{"not":{}}}}}""", 400, "response_format", "'not'").SetName("serve: a schema a grammar cannot express");
+        yield return new TestCaseData("{" + ok + ""","grammar":"root ::= foo"}""", 400, "response_format", "never defined").SetName("serve: a grammar that does not parse");
         yield return new TestCaseData("{" + ok + ""","stop":[1]}""", 400, "stop", "strings").SetName("serve: stop of the wrong type");
         yield return new TestCaseData("""{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}""", 400, "messages[0].content[0]", "text part")
             .SetName("serve: an image part is refused");

@@ -246,6 +246,7 @@ public sealed class OpenAiServer : IAsyncDisposable
                     Stop = p.Stop,
                     TopLogprobs = p.TopLogprobs,
                     IgnoreEos = p.IgnoreEos,
+                    Grammar = p.Grammar,
                 }, cancel.Token);
             }
         }

@@ -16,6 +16,8 @@ public sealed record RequestParameters
     public int N { get; init; } = 1;
     public int TopLogprobs { get; init; } = -1;
     public bool IgnoreEos { get; init; }
+    /// <summary>response_format json_object / json_schema, or llama.cpp's grammar / json_schema fields, compiled.</summary>
+    public Engine.Constraints.Grammar? Grammar { get; init; }
 
     // chat only
     public IReadOnlyList<object?> Messages { get; init; } = [];
@@ -35,6 +37,12 @@ public sealed record RequestParameters
 /// </summary>
 public static class RequestReader
 {
+    /// <summary>JSON mode's grammar (any object, whitespace allowed), compiled once: its mask caches serve every request.</summary>
+    private static class JsonObjectGrammar
+    {
+        public static readonly Engine.Constraints.Grammar Value = Engine.Constraints.JsonSchemaGrammar.Compile("{\"type\": \"object\"}", whitespace: true);
+    }
+
     /// <summary>Most bytes a request body may have.</summary>
     public const int MaxBodyBytes = 8 << 20;
 
@@ -187,13 +195,37 @@ public static class RequestReader
         }
         float mirostatTau = Float(root, "mirostat_tau", 0.001f, 100) ?? 5f;
         int mirostat = Int(root, "mirostat", 0, 2) ?? 0;
-        if (Get(root, "response_format") is { } rf)
+        Engine.Constraints.Grammar? grammar = null;
+        try
         {
-            string? type = rf.ValueKind == JsonValueKind.Object && rf.TryGetProperty("type", out var ty) && ty.ValueKind == JsonValueKind.String ? ty.GetString() : null;
-            if (type is null)
-                throw ApiError.BadRequest("'response_format' must be an object with a 'type'", "response_format");
-            if (type != "text")
-                throw ApiError.BadRequest($"response_format '{type}' is not supported yet: constrained output (JSON, JSON Schema) needs the structured-output engine", "response_format");
+            if (Get(root, "response_format") is { } rf)
+            {
+                string? type = rf.ValueKind == JsonValueKind.Object && rf.TryGetProperty("type", out var ty) && ty.ValueKind == JsonValueKind.String ? ty.GetString() : null;
+                if (type is null)
+                    throw ApiError.BadRequest("'response_format' must be an object with a 'type'", "response_format");
+                grammar = type switch
+                {
+                    "text" => null,
+                    "json_object" => JsonObjectGrammar.Value,
+                    "json_schema" => Engine.Constraints.JsonSchemaGrammar.Compile(
+                        rf.TryGetProperty("json_schema", out var js) && js.ValueKind == JsonValueKind.Object && js.TryGetProperty("schema", out var schema)
+                            ? schema.GetRawText()
+                            : throw ApiError.BadRequest("response_format json_schema needs 'json_schema': {'schema': {...}}", "response_format.json_schema")),
+                    _ => throw ApiError.BadRequest($"response_format '{type}' must be text, json_object or json_schema", "response_format"),
+                };
+            }
+            if (Get(root, "json_schema") is { } llamaSchema) // llama.cpp's server field
+                grammar = Engine.Constraints.JsonSchemaGrammar.Compile(llamaSchema.GetRawText());
+            if (Get(root, "grammar") is { } gbnf)
+            {
+                grammar = gbnf.ValueKind == JsonValueKind.String
+                    ? Engine.Constraints.Gbnf.Parse(gbnf.GetString()!)
+                    : throw ApiError.BadRequest("'grammar' must be GBNF text", "grammar");
+            }
+        }
+        catch (Engine.Constraints.GrammarException e)
+        {
+            throw ApiError.BadRequest(e.Message, "response_format");
         }
         IReadOnlyList<string> stop = [];
         if (Get(root, "stop") is { } st)
@@ -235,6 +267,7 @@ public static class RequestReader
         {
             Model = model, Stream = stream, IncludeUsage = usage, MaxTokens = maxTokens, Sampling = sampling, Stop = stop, N = n,
             IgnoreEos = Get(root, "ignore_eos") is { } ie && Bool(ie, "ignore_eos"),
+            Grammar = grammar,
         };
     }
 

@@ -41,7 +41,7 @@ internal static class GrammarBenchCommand
             for (int i = 0; i <= r; i++)
             {
                 var clock = Stopwatch.StartNew();
-                grammar = GrammarOption.Load(parse.GetValue(grammarText), parse.GetValue(grammarFile), parse.GetValue(schema), parse.GetValue(regex))
+                grammar = GrammarOption.Load(parse.GetValue(grammarText), parse.GetValue(grammarFile), parse.GetValue(schema), parse.GetValue(regex), cache: false)
                     ?? throw new ArgumentException("give one of --grammar, --grammar-file, --json-schema and --regex");
                 _ = new GrammarMatcher(grammar);
                 if (i > 0)
@@ -52,7 +52,7 @@ internal static class GrammarBenchCommand
             double trieMs = trieClock.Elapsed.TotalMilliseconds;
             var ids = tokenizer.Encode(sentence, addSpecial: false, parseSpecial: false);
             var logits = new float[tokenizer.VocabSize];
-            Grammar Compile() => GrammarOption.Load(parse.GetValue(grammarText), parse.GetValue(grammarFile), parse.GetValue(schema), parse.GetValue(regex))!;
+            Grammar Compile() => GrammarOption.Load(parse.GetValue(grammarText), parse.GetValue(grammarFile), parse.GetValue(schema), parse.GetValue(regex), cache: false)!;
             // one walk of the text: each step's mask time
             List<double> Walk(Grammar g)
             {

@@ -194,7 +194,7 @@ internal sealed class SamplerFlags
 /// <summary><c>--grammar TEXT</c> / <c>--grammar-file F</c>: the grammar, parsed (errors give the line and column, and the file).</summary>
 internal static class GrammarOption
 {
-    public static Engine.Constraints.Grammar? Load(string? text, string? file, string? schema = null, string? regex = null)
+    public static Engine.Constraints.Grammar? Load(string? text, string? file, string? schema = null, string? regex = null, bool cache = true)
     {
         if (new[] { text, file, schema, regex }.Count(x => x is not null) > 1)
             throw new ArgumentException("give one of --grammar, --grammar-file, --json-schema and --regex");
@@ -210,7 +210,7 @@ internal static class GrammarOption
             }
             try
             {
-                return Engine.Constraints.JsonSchemaGrammar.Compile(json);
+                return Engine.Constraints.JsonSchemaGrammar.Compile(json, cache: cache);
             }
             catch (Engine.Constraints.GrammarException e)
             {
@@ -221,7 +221,7 @@ internal static class GrammarOption
         {
             try
             {
-                return Engine.Constraints.Gbnf.Parse(Engine.Constraints.RegexGrammar.ToGbnf(regex));
+                return Engine.Constraints.Gbnf.Parse(Engine.Constraints.RegexGrammar.ToGbnf(regex), cache: cache);
             }
             catch (Engine.Constraints.GrammarException e)
             {
@@ -234,7 +234,7 @@ internal static class GrammarOption
                 throw new FileNotFoundException($"--grammar-file {file}: no such file", file);
             try
             {
-                return Engine.Constraints.Gbnf.Parse(File.ReadAllText(file));
+                return Engine.Constraints.Gbnf.Parse(File.ReadAllText(file), cache: cache);
             }
             catch (Engine.Constraints.GrammarException e)
             {
@@ -245,7 +245,7 @@ internal static class GrammarOption
             return null;
         try
         {
-            return Engine.Constraints.Gbnf.Parse(text);
+            return Engine.Constraints.Gbnf.Parse(text, cache: cache);
         }
         catch (Engine.Constraints.GrammarException e)
         {
