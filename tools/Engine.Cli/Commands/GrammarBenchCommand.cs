@@ -10,6 +10,8 @@ namespace Engine.Cli.Commands;
 /// <summary>
 /// <c>engine grammar-bench</c>: how long a grammar takes to compile and to mask the vocabulary, token by
 /// token along a text the grammar accepts (the text's own tokenization, as a model writing it would step).
+/// The text is cut into tokens by longest match over the vocabulary's byte strings (a SentencePiece
+/// tokenizer would add a leading space the grammar may not allow; a model writes the bytes either way).
 /// Each repetition starts a fresh constraint (its mask cache empty, the vocabulary's trie and the JIT warm
 /// after the first); reported: compile time (median), mask time per token (mean, median, p99, max), and
 /// how many of the masks were cache hits.
@@ -50,7 +52,7 @@ internal static class GrammarBenchCommand
             var trieClock = Stopwatch.StartNew();
             var trie = TokenTrie.For(tokenizer);
             double trieMs = trieClock.Elapsed.TotalMilliseconds;
-            var ids = tokenizer.Encode(sentence, addSpecial: false, parseSpecial: false);
+            var ids = LongestMatch(tokenizer, System.Text.Encoding.UTF8.GetBytes(sentence));
             var logits = new float[tokenizer.VocabSize];
             Grammar Compile() => GrammarOption.Load(parse.GetValue(grammarText), parse.GetValue(grammarFile), parse.GetValue(schema), parse.GetValue(regex), cache: false)!;
             // one walk of the text: each step's mask time
@@ -114,5 +116,39 @@ internal static class GrammarBenchCommand
             return 0;
         }));
         return command;
+    }
+
+    /// <summary>The text as the longest vocabulary pieces from left to right (normal and byte tokens).</summary>
+    private static List<int> LongestMatch(Engine.Tokenizers.TextTokenizer tokenizer, byte[] text)
+    {
+        var pieces = new Dictionary<string, int>(StringComparer.Ordinal);
+        int longest = 1;
+        for (int id = 0; id < tokenizer.VocabSize; id++)
+        {
+            if (tokenizer.Kind(id) is not (Engine.Tokenizers.TokenKind.Normal or Engine.Tokenizers.TokenKind.Byte))
+                continue;
+            var bytes = tokenizer.TokenBytes(id);
+            if (bytes.Length == 0)
+                continue;
+            pieces.TryAdd(Convert.ToHexString(bytes), id);
+            longest = Math.Max(longest, bytes.Length);
+        }
+        var ids = new List<int>();
+        for (int at = 0; at < text.Length;)
+        {
+            int length = Math.Min(longest, text.Length - at);
+            for (; length > 0; length--)
+            {
+                if (pieces.TryGetValue(Convert.ToHexString(text, at, length), out int id))
+                {
+                    ids.Add(id);
+                    break;
+                }
+            }
+            if (length == 0)
+                throw new ArgumentException($"--text: byte {at} ({text[at]:X2}) has no token in this vocabulary");
+            at += length;
+        }
+        return ids;
     }
 }
