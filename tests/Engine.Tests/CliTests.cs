@@ -56,6 +56,40 @@ public class CliTests
     }
 
     [Test]
+    public void Generate_constrains_output_to_grammars_schemas_and_regexes_and_samples_them_aligned()
+    {
+        string model = SharedData.StoriesGguf;
+        var grammar = Run("generate", "-m", model, "-p", "Lily saw a big", "-n", "16", "--seed", "3", "--grammar", "root ::= \" \" (\"cat\" | \"dog\" | \"bird\") \".\"");
+        Assert.That(grammar.Code, Is.Zero, grammar.Err);
+        Assert.That(grammar.Out.Trim(), Is.AnyOf("Lily saw a big cat.", "Lily saw a big dog.", "Lily saw a big bird."));
+        Assert.That(grammar.Err, Does.Contain("stop: EndOfGeneration"));
+        var schema = Run("generate", "-m", model, "-p", "Once", "-n", "60", "--seed", "5", "--json-schema", "{\"type\":\"object\",\"properties\":{\"n\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":9}},\"required\":[\"n\"]}");
+        Assert.That(schema.Code, Is.Zero, schema.Err);
+        Assert.That(schema.Out.Trim(), Does.Match("^Once\\{\"n\":[1-9]\\}$"));
+        var regex = Run("generate", "-m", model, "-p", "Once", "-n", "20", "--seed", "5", "--regex", " [A-Z][a-z]+ (is|was) [a-z]+\\.");
+        Assert.That(regex.Code, Is.Zero, regex.Err);
+        Assert.That(regex.Out.Trim(), Does.Match("^Once [A-Z][a-z]+ (is|was) [a-z]+\\.$"));
+        var asap = Run("generate", "-m", model, "-p", "Lily saw a big", "-n", "16", "--seed", "3", "--grammar", "root ::= \" \" (\"cat\" | \"dog\") \".\"",
+            "--grammar-sampling", "asap", "--asap-samples", "50");
+        Assert.That(asap.Code, Is.Zero, asap.Err);
+        Assert.That(asap.Out.Trim(), Is.AnyOf("Lily saw a big cat.", "Lily saw a big dog."));
+        Assert.That(asap.Err, Does.Contain("grammar-aligned sampling (ASAp): 50 samples"));
+        foreach (var (args, message) in new (string[], string)[]
+        {
+            (["--grammar", "root ::= [z-a]"], "--grammar: grammar line 1, column 11: character range z-a is reversed"),
+            (["--json-schema", "{\"type\":\"number\",\"multipleOf\":2}"], "'multipleOf'"),
+            (["--regex", "(a)\\1"], "backreferences"),
+            (["--grammar-sampling", "asap"], "needs a grammar"),
+            (["--grammar", "root ::= \"a\"", "--spec", "lookup"], "cannot be combined"),
+        })
+        {
+            var run = Run(["generate", "-m", model, "-p", "Once", "-n", "4", .. args]);
+            Assert.That(run.Code, Is.EqualTo(1), string.Join(' ', args));
+            Assert.That(run.Err, Does.Contain(message), string.Join(' ', args));
+        }
+    }
+
+    [Test]
     public void Generate_prints_a_beam_searchs_n_best_list_and_names_misplaced_options()
     {
         var (code, output, err) = Run("generate", "-m", SharedData.StoriesGguf, "-p", "Once upon a time", "-n", "12", "--strategy", "diverse-beam",

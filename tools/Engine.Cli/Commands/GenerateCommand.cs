@@ -42,11 +42,13 @@ internal static class GenerateCommand
         var grammarFile = new Option<string?>("--grammar-file") { Description = "File holding the GBNF grammar" };
         var jsonSchema = new Option<string?>("--json-schema") { Description = "Constrain the output to JSON valid under this schema (JSON text, or @FILE)" };
         var regex = new Option<string?>("--regex") { Description = "Constrain the output to a regular expression (the whole text matches)" };
+        var grammarSampling = new Option<string>("--grammar-sampling") { Description = "mask (default: constrained decoding) or asap (grammar-aligned sampling: the model's distribution conditioned on the grammar)", DefaultValueFactory = _ => "mask" };
+        var asapSamples = new Option<int>("--asap-samples") { Description = "asap: samples drawn to learn the grammaticality estimates before the one printed", DefaultValueFactory = _ => 64 };
 
         var command = new Command("generate", "Generate text from a prompt")
         {
             model, prompt, promptIds, count, temperature, topK, topP, minP, seed, threads, device, graphs, cacheType, context, ids,
-            spec, draftModel, draftMax, tree, layers, fixedBudget, lossy, ngramCache, grammarText, grammarFile, jsonSchema, regex,
+            spec, draftModel, draftMax, tree, layers, fixedBudget, lossy, ngramCache, grammarText, grammarFile, jsonSchema, regex, grammarSampling, asapSamples,
         };
         foreach (var option in samplers.All.Concat(strategies.All))
             command.Options.Add(option);
@@ -85,6 +87,32 @@ internal static class GenerateCommand
             using var lm = LanguageModel.Load(parse.GetRequiredValue(model), SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, parse.GetValue(graphs), parse.GetRequiredValue(cacheType)) with { ContextLength = parse.GetValue(context) });
             var tokenizer = lm.Tokenizer;
             List<int> promptTokens = givenIds ?? tokenizer.Encode(text!, addSpecial: true, parseSpecial: true);
+            string how = parse.GetValue(grammarSampling)!.Trim().ToLowerInvariant();
+            if (how is not ("mask" or "asap"))
+                throw new ArgumentException($"--grammar-sampling {how}: expected mask or asap");
+            if (how == "asap")
+            {
+                if (grammar is null)
+                    throw new ArgumentException("--grammar-sampling asap needs a grammar (--grammar, --grammar-file, --json-schema or --regex)");
+                if (parse.GetResult(temperature) is { Implicit: false } && parse.GetValue(temperature) != 1f)
+                    throw new ArgumentException("--grammar-sampling asap samples the model's own distribution: --temp must be 1");
+                int budget = parse.GetValue(asapSamples);
+                if (budget < 1 || budget > 100_000)
+                    throw new ArgumentException($"--asap-samples {budget} must be 1..100000");
+                using var asap = new Engine.Constraints.GrammarAlignedSampler(lm, grammar, promptTokens, Math.Min(options.MaxTokens, lm.ContextLength - promptTokens.Count));
+                var rng = new Random(unchecked((int)options.Sampling.Seed));
+                IReadOnlyList<int> sample = [];
+                for (int i = 0; i < budget; i++)
+                    sample = asap.Sample(rng);
+                var d = tokenizer.CreateStreamingDetokenizer();
+                var written = new System.Text.StringBuilder();
+                foreach (int t in parse.GetValue(ids) ? [] : promptTokens.Concat(sample))
+                    written.Append(d.Push(t));
+                io.Out.WriteLine(parse.GetValue(ids) ? string.Join(' ', sample) : written.Append(d.Flush()).ToString());
+                io.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"grammar-aligned sampling (ASAp): {budget} samples, estimated P(grammatical) {asap.Grammaticality:G4} | seed: {options.Sampling.Seed} | {Where(lm, threadCount)}"));
+                return 0;
+            }
             if (strategyName is not null)
             {
                 var (strategy, mainPrompt, amateur) = strategies.Create(parse, strategyName, lm, text, promptTokens, options.Sampling,
