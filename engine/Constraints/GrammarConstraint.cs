@@ -242,12 +242,43 @@ public sealed class GrammarConstraint
     /// </summary>
     public bool Apply(Span<float> logits)
     {
+        int state;
+        lock (_shared.Gate)
+            state = State;
+        return Apply(state, logits);
+    }
+
+    /// <summary>The matcher state of the text so far (valid until the shared caches are dropped: use it within one step).</summary>
+    public int Current
+    {
+        get
+        {
+            lock (_shared.Gate)
+                return State;
+        }
+    }
+
+    /// <summary>The state after <paramref name="token"/> from <paramref name="state"/> (<see cref="GrammarMatcher.Dead"/> if not allowed) — a draft tree's branches each follow their own.</summary>
+    public int After(int state, int token)
+    {
+        if (state < 0 || _tokenizer.IsEndOfGeneration(token) || _tokenizer.Kind(token) is TokenKind.Control or TokenKind.Unknown or TokenKind.Unused)
+            return GrammarMatcher.Dead;
+        var bytes = _tokenizer.TokenBytes(token);
+        if (bytes.Length == 0)
+            return GrammarMatcher.Dead;
+        lock (_shared.Gate)
+            return _matcher.Step(state, bytes);
+    }
+
+    /// <summary><see cref="Apply(Span{float})"/> as at <paramref name="state"/> (from <see cref="Current"/> or <see cref="After"/>).</summary>
+    public bool Apply(int state, Span<float> logits)
+    {
         ulong[] mask;
         bool canEnd;
         lock (_shared.Gate)
         {
-            mask = Mask();
-            canEnd = _matcher.CanEnd(State);
+            mask = Mask(state);
+            canEnd = _matcher.CanEnd(state);
         }
         bool any = false;
         // word by word: a word of 64 disallowed tokens is one fill, of 64 allowed ones one check
@@ -318,9 +349,8 @@ public sealed class GrammarConstraint
     /// its local state (shared by every state with the same top frames) plus a full check of the few
     /// tokens that leave those frames; a state whose local walk leaves too much open is walked in full.
     /// </summary>
-    private ulong[] Mask()
+    private ulong[] Mask(int state)
     {
-        int state = State;
         if (_shared.Masks.TryGetValue(state, out var mask))
             return mask;
         mask = new ulong[(_trie.VocabSize + 63) / 64];

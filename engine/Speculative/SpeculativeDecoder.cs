@@ -101,8 +101,6 @@ public sealed class SpeculativeDecoder : IDisposable
     {
         ArgumentNullException.ThrowIfNull(prompt);
         options.Validate();
-        if (options.Grammar is not null)
-            throw new NotSupportedException("a grammar inside speculative decoding is not supported yet: generate without --spec to constrain the output");
         if (prompt.Count == 0)
             throw new ArgumentException("the prompt is empty (it needs at least one token, e.g. BOS)", nameof(prompt));
         int vocab = _target.Config.VocabSize;
@@ -142,7 +140,9 @@ public sealed class SpeculativeDecoder : IDisposable
         // On a GPU the logits stay there: argmax, sampling and acceptance run as kernels and the host
         // reads back token ids (the lossy typical rule runs on the host).
         var device = net.Backend as IDeviceDecoding;
-        if (rule is TypicalAcceptance || !options.Sampling.IsFusable)
+        // a grammar masks every verified row on the host: each tree node at the grammar state its branch reached
+        var grammar = options.Grammar is null ? null : new Engine.Constraints.GrammarConstraint(options.Grammar, _target.Tokenizer);
+        if (rule is TypicalAcceptance || !options.Sampling.IsFusable || grammar is not null)
             device = null; // the chain is not the fused kernel's: its distributions come from the host
         var fused = sampler.IsGreedy ? default : FusedSamplingParameters.From(options.Sampling);
         int next;
@@ -160,6 +160,11 @@ public sealed class SpeculativeDecoder : IDisposable
         {
             EnsureLogits(1, vocab);
             net.Forward(_sequence, prompt, Positions(0, prompt.Length), AttentionMask.Causal, [prompt.Length - 1], _logits.AsSpan(0, vocab));
+            if (grammar is not null && !grammar.Apply(_logits.AsSpan(0, vocab)))
+            {
+                _clock.Stop();
+                yield break; // the grammar allows nothing here
+            }
             next = sampler.Sample(_logits.AsSpan(0, vocab));
         }
         if (options.MaxTokens == 0 || (options.StopAtEndOfGeneration && tokenizer.IsEndOfGeneration(next)))
@@ -168,6 +173,8 @@ public sealed class SpeculativeDecoder : IDisposable
             yield break;
         }
         sampler.Accept(next);
+        if (grammar is not null && !tokenizer.IsEndOfGeneration(next))
+            grammar.Accept(next);
         _context.Add(next);
         _generated++;
         yield return next;
@@ -230,6 +237,11 @@ public sealed class SpeculativeDecoder : IDisposable
             {
                 EnsureLogits(rows, vocab);
                 net.Forward(_sequence, tokenSpan, positionSpan, mask, AllRows(rows), _logits.AsSpan(0, rows * vocab), batchInvariant: Options.ExactVerification);
+                if (grammar is not null && !MaskRows(grammar, rows, vocab))
+                {
+                    _clock.Stop();
+                    yield break; // the grammar allows nothing after the committed text
+                }
                 logits = _logits.AsSpan(0, rows * vocab);
                 next = rule.Accept(_tree, logits, vocab, sampler, _path);
             }
@@ -250,6 +262,13 @@ public sealed class SpeculativeDecoder : IDisposable
                 _context.Add(_tree.Token(node));
             _context.Add(next);
             sampler.Accept(next);
+            if (grammar is not null)
+            {
+                foreach (int node in _path)
+                    grammar.Accept(_tree.Token(node));
+                if (!tokenizer.IsEndOfGeneration(next))
+                    grammar.Accept(next);
+            }
             if (device is not null && Source is ITopKObserver recycler)
             {
                 // Token Recycling records each row's top-k: k ids per row come back, not the logits.
@@ -287,6 +306,31 @@ public sealed class SpeculativeDecoder : IDisposable
         }
     }
 
+    /// <summary>
+    /// Masks each verified row to what the grammar allows after that row's path: row 0 at the committed
+    /// text's state, row i + 1 at node i's (its parent's state stepped by its token). A node the grammar
+    /// rejects is never reached (its parent's row gives it probability 0), so its row is left as it is.
+    /// False when row 0 allows nothing (a dead end).
+    /// </summary>
+    private bool MaskRows(Engine.Constraints.GrammarConstraint grammar, int rows, int vocab)
+    {
+        if (_nodeStates.Length < rows)
+            _nodeStates = new int[Math.Max(rows, 2 * _nodeStates.Length)];
+        int root = grammar.Current;
+        if (!grammar.Apply(root, _logits.AsSpan(0, vocab)))
+            return false;
+        for (int node = 0; node < rows - 1; node++)
+        {
+            int parent = _tree.Parent(node);
+            int state = grammar.After(parent < 0 ? root : _nodeStates[parent], _tree.Token(node));
+            _nodeStates[node] = state;
+            if (state != Engine.Constraints.GrammarMatcher.Dead)
+                grammar.Apply(state, _logits.AsSpan((node + 1) * vocab, vocab));
+        }
+        return true;
+    }
+
+    private int[] _nodeStates = [];
     private Activation _verified;
     private int[] _topIds = [];
     private int[] _treeParent = [], _treeToken = [], _qRow = [], _drawKind = [];

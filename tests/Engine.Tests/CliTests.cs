@@ -80,7 +80,7 @@ public class CliTests
             (["--json-schema", "{\"type\":\"number\",\"multipleOf\":2}"], "'multipleOf'"),
             (["--regex", "(a)\\1"], "backreferences"),
             (["--grammar-sampling", "asap"], "needs a grammar"),
-            (["--grammar", "root ::= \"a\"", "--spec", "lookup"], "cannot be combined"),
+            (["--grammar", "root ::= \"a\"", "--strategy", "beam"], "cannot be combined"),
         })
         {
             var run = Run(["generate", "-m", model, "-p", "Once", "-n", "4", .. args]);

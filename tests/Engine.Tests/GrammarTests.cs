@@ -290,6 +290,32 @@ public class GrammarTests
         }
     }
 
+    /// <summary>
+    /// Inside speculative decoding each verified row is masked at the grammar state its branch reached, so
+    /// greedy speculative output under a grammar equals plain constrained greedy output, token for token.
+    /// </summary>
+    [TestCase("lookup")]
+    [TestCase("recycle")]
+    [TestCase("draft")]
+    public void Speculative_decoding_under_a_grammar_equals_constrained_decoding(string method)
+    {
+        using var lm = Stories();
+        using var dir = new TempDir();
+        using var draft = method == "draft" ? LanguageModel.Load(SpeculativeTests.QuantizedStories(dir, "Q8_0"), new ModelOptions { Threads = 2 }) : null;
+        foreach (string name in new[] { "list", "json" })
+        {
+            var grammar = Gbnf.Parse(Examples[name]);
+            int[] prompt = [.. lm.Tokenizer.Encode("Tom had a list of things to do:\n", addSpecial: true)];
+            var options = new GenerationOptions { MaxTokens = 80, Sampling = SamplingOptions.Greedy, Grammar = grammar };
+            using var session = lm.CreateSession();
+            var plain = session.Generate(prompt, options).ToList();
+            using var decoder = new Engine.Speculative.SpeculativeDecoder(lm, Engine.Speculative.DraftSources.Create(method, lm, draft), new Engine.Speculative.SpeculativeOptions { Adaptive = false, MaxDraft = 6 });
+            var spec = decoder.Generate(prompt, options).ToList();
+            Assert.That(spec, Is.EqualTo(plain), $"{method}, {name}");
+            Assert.That(decoder.Stats.AcceptedTokens, Is.GreaterThan(0), $"{method}, {name}: drafts were accepted under the grammar");
+        }
+    }
+
     [Test]
     public void Greedy_constrained_generation_takes_the_best_allowed_token_each_step()
     {

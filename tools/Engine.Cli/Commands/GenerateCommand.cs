@@ -79,8 +79,8 @@ internal static class GenerateCommand
 
             List<int>? givenIds = idText is not null ? ParseIds(idText) : null;
             string? strategyName = strategies.Name(parse);
-            if (grammar is not null && (strategyName is not null || parse.GetValue(spec) is not null))
-                throw new ArgumentException($"--grammar cannot be combined with {(strategyName is not null ? "--strategy" : "--spec")} yet");
+            if (grammar is not null && strategyName is not null)
+                throw new ArgumentException("--grammar cannot be combined with --strategy yet");
             if (strategyName is not null && parse.GetValue(spec) is not null)
                 throw new ArgumentException($"--strategy {strategyName} and --spec cannot be combined (speculative decoding accelerates plain sampling)");
 
