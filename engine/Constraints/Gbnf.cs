@@ -31,6 +31,11 @@ public sealed class Gbnf
 
     private Gbnf(string text) => _text = text;
 
+    /// <summary>Limits on what one grammar may hold (requests reach this parser): text, group nesting, elements.</summary>
+    private const int MaxText = 1 << 20, MaxNesting = 256, MaxElements = 1 << 20;
+
+    private int _nesting, _elements;
+
     /// <summary>Parses GBNF text; generation starts from the rule named <paramref name="root"/>.</summary>
     /// <exception cref="GrammarException">The text does not parse, a rule is undefined or left-recursive, or there is no root.</exception>
     /// <remarks>The same text compiles to the same object (a bounded cache), so its masks are shared.</remarks>
@@ -50,6 +55,8 @@ public sealed class Gbnf
 
     private void ParseRules()
     {
+        if (_text.Length > MaxText)
+            throw new GrammarException($"the grammar is {_text.Length} characters long; at most {MaxText}", 0, 0);
         SkipSpace(newlines: true);
         while (_pos < _text.Length)
         {
@@ -143,6 +150,8 @@ public sealed class Gbnf
             }
             else if (c == '(')
             {
+                if (++_nesting > MaxNesting)
+                    throw Error($"groups nest more than {MaxNesting} deep", _pos);
                 _pos++;
                 SkipSpace(newlines: true);
                 int group = NewRule(rule);
@@ -150,6 +159,7 @@ public sealed class Gbnf
                 if (_pos >= _text.Length || _text[_pos] != ')')
                     throw Error("expected ')' to close the group", _pos);
                 _pos++;
+                _nesting--;
                 items.Add(GrammarElement.Ref(group));
             }
             else
@@ -179,6 +189,9 @@ public sealed class Gbnf
     /// <summary>item{min,max} (max −1: unbounded) as elements and helper rules, right-recursive so that a matcher's stack does not grow.</summary>
     private void Repeat(int rule, GrammarElement item, int min, int max, List<GrammarElement> into)
     {
+        _elements += Math.Max(min, max) + 1;
+        if (_elements > MaxElements)
+            throw Error($"the repetitions expand to more than {MaxElements} elements", _pos);
         for (int i = 0; i < min; i++)
             into.Add(item);
         if (max < 0)

@@ -25,6 +25,9 @@ public sealed class GrammarMatcher
     private const int Unknown = -2;
     private const int MaxStates = 100_000;
 
+    /// <summary>Rule references followed without a character in between, at most (a deeper chain would exhaust the thread's stack).</summary>
+    private const int MaxExpansion = 2000;
+
     public GrammarMatcher(Grammar grammar)
     {
         ArgumentNullException.ThrowIfNull(grammar);
@@ -163,10 +166,12 @@ public sealed class GrammarMatcher
     /// replaces the frame instead — tail calls keep repetition's stack flat), the end of an alternative
     /// returns to the parent, and the end of the root means the text may end.
     /// </summary>
-    private void Expand(Position pos, int parent, HashSet<int> stacks, ref int flags, HashSet<(Position, int)> seen)
+    private void Expand(Position pos, int parent, HashSet<int> stacks, ref int flags, HashSet<(Position, int)> seen, int depth = 0)
     {
         if (!seen.Add((pos, parent)))
             return;
+        if (depth > MaxExpansion)
+            throw new GrammarException($"rules reference each other more than {MaxExpansion} deep before a character (at rule '{_grammar.Rules[pos.Rule].Name}')", 0, 0);
         var alt = _grammar.Rules[pos.Rule].Alternatives[pos.Alt];
         if (pos.Index == alt.Length)
         {
@@ -175,7 +180,7 @@ public sealed class GrammarMatcher
             else if (parent == OuterFrame)
                 flags |= PoppedFlag; // a local state's path returned into the frame it does not know
             else
-                Expand(_nodes[parent].Pos, _nodes[parent].Parent, stacks, ref flags, seen);
+                Expand(_nodes[parent].Pos, _nodes[parent].Parent, stacks, ref flags, seen, depth + 1);
             return;
         }
         var e = alt[pos.Index];
@@ -188,7 +193,7 @@ public sealed class GrammarMatcher
         int returnTo = after.Index == alt.Length ? parent : Node(after, parent);
         var callee = _grammar.Rules[e.Rule];
         for (int a = 0; a < callee.Alternatives.Count; a++)
-            Expand(new Position(e.Rule, a, 0), returnTo, stacks, ref flags, seen);
+            Expand(new Position(e.Rule, a, 0), returnTo, stacks, ref flags, seen, depth + 1);
     }
 
     /// <summary>A state: the stacks (node ids, sorted; each top at a character set), whether the text may end, and a partial UTF-8 character (value so far, continuation bytes still due).</summary>

@@ -24,7 +24,7 @@ public static class RegexGrammar
 
     private sealed class Parser(string pattern)
     {
-        private int _pos;
+        private int _pos, _depth;
 
         public string Parse()
         {
@@ -106,6 +106,8 @@ public static class RegexGrammar
             switch (c)
             {
                 case '(':
+                    if (++_depth > 256)
+                        throw Error("groups nest more than 256 deep");
                     _pos++;
                     if (pattern.AsSpan(_pos).StartsWith("?:"))
                         _pos += 2;
@@ -115,6 +117,7 @@ public static class RegexGrammar
                     if (_pos >= pattern.Length || pattern[_pos] != ')')
                         throw Error("missing ')'");
                     _pos++;
+                    _depth--;
                     return "(" + inner + ")";
                 case '[':
                     return Class();

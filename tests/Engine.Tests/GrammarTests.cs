@@ -172,6 +172,22 @@ public class GrammarTests
         Assert.That(Assert.Throws<GrammarException>(() => Gbnf.Parse("start ::= \"a\""))!.Message, Does.Contain("no rule 'root'"));
     }
 
+    /// <summary>Grammars arrive in requests: size, nesting and expansion are bounded with errors, never a stack overflow.</summary>
+    [Test]
+    public void Hostile_grammars_hit_limits_with_errors()
+    {
+        string nested = "root ::= " + new string('(', 300) + "\"a\"" + new string(')', 300);
+        Assert.That(Assert.Throws<GrammarException>(() => Gbnf.Parse(nested))!.Message, Does.Contain("nest more than 256"));
+        Assert.That(Gbnf.Parse("root ::= (\"a\"{10000}){10000}").Rules.Count, Is.LessThan(20_100), "a repeated group is one rule, referenced");
+        Assert.That(Assert.Throws<GrammarException>(() => Gbnf.Parse("root ::= " + string.Join(" ", Enumerable.Repeat("\"a\"{10000}", 120))))!.Message,
+            Does.Contain("more than 1048576 elements"));
+        Assert.That(Assert.Throws<GrammarException>(() => Gbnf.Parse("root ::= \"" + new string('a', 2 << 20) + "\""))!.Message, Does.Contain("at most"));
+        var chain = string.Join("\n", Enumerable.Range(0, 3000).Select(i => $"r{i} ::= r{i + 1}")) + "\nr3000 ::= \"x\"";
+        var deep = Gbnf.Parse(chain, root: "r0");
+        Assert.That(Assert.Throws<GrammarException>(() => _ = new GrammarMatcher(deep))!.Message, Does.Contain("more than 2000 deep"));
+        Assert.That(Assert.Throws<GrammarException>(() => RegexGrammar.ToGbnf(new string('(', 300) + "a" + new string(')', 300)))!.Message, Does.Contain("nest more than 256"));
+    }
+
     /// <summary>
     /// The mask never excludes a token that can continue a valid string, and never admits one that cannot:
     /// for a finite language listed by hand, at every prefix of every sentence, each token of a random
