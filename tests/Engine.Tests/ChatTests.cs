@@ -103,6 +103,23 @@ public class ChatTests
     }
 
     [Test]
+    public void Engine_chat_constrains_every_reply_to_a_grammar()
+    {
+        using var dir = new TempDir();
+        string path = ModelWithTemplates(dir, ("tokenizer.chat_template", ChatMl));
+        string saved = dir.File("conversation.json");
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = Engine.Cli.EngineCli.Run(["chat", "-m", path, "-n", "12", "--temp", "0.9", "--seed", "4", "-t", "1", "--grammar", "root ::= \"yes\" | \"no\""], stdout, stderr,
+            new StringReader($"Is it?\nAnd now?\n/save {saved}\n/exit\n"));
+        Assert.That(code, Is.Zero, stderr.ToString());
+        using var doc = JsonDocument.Parse(File.ReadAllText(saved));
+        var replies = doc.RootElement.EnumerateArray().Where(m => m.GetProperty("role").GetString() == "assistant").Select(m => m.GetProperty("content").GetString()).ToList();
+        Assert.That(replies, Has.Count.EqualTo(2));
+        Assert.That(replies, Has.All.Matches<string>(r => r is "yes" or "no"), string.Join(" | ", replies));
+    }
+
+    [Test]
     public void Engine_chat_talks_resets_saves_and_exits()
     {
         using var dir = new TempDir();

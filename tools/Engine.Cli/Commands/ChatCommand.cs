@@ -39,10 +39,17 @@ internal static class ChatCommand
         var samplers = new SamplerFlags();
         foreach (var option in samplers.All)
             command.Options.Add(option);
+        var grammarText = new Option<string?>("--grammar") { Description = "Constrain every reply to a GBNF grammar" };
+        var grammarFile = new Option<string?>("--grammar-file") { Description = "File holding the GBNF grammar" };
+        var jsonSchema = new Option<string?>("--json-schema") { Description = "Constrain every reply to JSON valid under this schema (JSON text, or @FILE)" };
+        var regex = new Option<string?>("--regex") { Description = "Constrain every reply to a regular expression" };
+        foreach (var option in new Option[] { grammarText, grammarFile, jsonSchema, regex })
+            command.Options.Add(option);
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
             var options = new GenerationOptions
             {
+                Grammar = GrammarOption.Load(parse.GetValue(grammarText), parse.GetValue(grammarFile), parse.GetValue(jsonSchema), parse.GetValue(regex)),
                 MaxTokens = parse.GetValue(count),
                 Sampling = samplers.Apply(parse, new SamplingOptions
                 {
