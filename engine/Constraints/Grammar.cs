@@ -29,6 +29,26 @@ public sealed class CharSet
         return inside != Negated;
     }
 
+    /// <summary>Whether every code point in [lo, hi] is in the set (conservative: false when it cannot tell cheaply).</summary>
+    public bool ContainsAll(int lo, int hi)
+    {
+        if (Negated)
+        {
+            foreach (var r in _ranges)
+            {
+                if (r.Lo <= hi && r.Hi >= lo)
+                    return false;
+            }
+            return true;
+        }
+        foreach (var r in _ranges)
+        {
+            if (r.Lo <= lo && r.Hi >= hi)
+                return true;
+        }
+        return false;
+    }
+
     /// <summary>Whether some code point in [lo, hi] is in the set (a partial UTF-8 sequence's possible completions).</summary>
     public bool Intersects(int lo, int hi)
     {

@@ -260,13 +260,25 @@ public sealed class GrammarMatcher
         return id;
     }
 
+    /// <summary>A partial state's <see cref="State.Partial"/> when the value no longer matters: every stack kept accepts every completion.</summary>
+    private const int AnyCompletion = -1;
+
     private int Compute(State s, byte b)
     {
         if (s.Remaining > 0)
         {
             if ((b & 0xC0) != 0x80)
                 return Dead; // a character's continuation byte was due
+            if (s.Partial == AnyCompletion)
+            {
+                // the value's bits do not matter: count the bytes down, then every stack takes the character
+                if (s.Remaining > 1)
+                    return InternPartial(s.Stacks, AnyCompletion, s.Remaining - 1, 0, s.Flags);
+                return AdvanceAll(s.Stacks, s.Flags & PoppedFlag);
+            }
             int value = (s.Partial << 6) | (b & 0x3F);
+            if (s.Remaining > 1 && Canonical(s.Stacks, value, s.Remaining - 1, s.Min, s.Flags) is int canonical)
+                return canonical;
             if (s.Remaining > 1)
                 return Possible(s.Stacks, value, s.Remaining - 1, s.Min) || (s.Flags & PoppedFlag) != 0 ? InternPartial(s.Stacks, value, s.Remaining - 1, s.Min, s.Flags) : Dead;
             // UTF-8 forbids overlong forms (F0 80 81 BB is not '{'), surrogates and values past U+10FFFF
@@ -281,7 +293,52 @@ public sealed class GrammarMatcher
             return Dead; // not a lead byte
         int lead = b & (0x3F >> more);
         int min = more switch { 1 => 0x80, 2 => 0x800, _ => 0x10000 }; // the least value that needs this many bytes
+        if (Canonical(s.Stacks, lead, more, min, s.Flags) is int any)
+            return any;
         return Possible(s.Stacks, lead, more, min) || (s.Flags & PoppedFlag) != 0 ? InternPartial(s.Stacks, lead, more, min, s.Flags) : Dead;
+    }
+
+    /// <summary>
+    /// A partial character whose completions [lo, hi] are all valid UTF-8 and which every stack either
+    /// accepts whole or rejects whole needs no value: the state keeps the accepting stacks and counts the
+    /// bytes still due. Inside a JSON string this folds the thousands of (lead, continuation) states of
+    /// multi-byte characters into three. Null where the value still decides something.
+    /// </summary>
+    private int? Canonical(int[] stacks, int value, int remaining, int min, int flags)
+    {
+        int lo = value << (6 * remaining), hi = lo | ((1 << (6 * remaining)) - 1);
+        if (lo < min || hi > 0x10FFFF || (lo <= 0xDFFF && hi >= 0xD800))
+            return null; // overlong forms, surrogates or values past Unicode among the completions
+        _scratchStacks.Clear();
+        foreach (int st in stacks)
+        {
+            var (pos, _) = _nodes[st];
+            var chars = _grammar.Rules[pos.Rule].Alternatives[pos.Alt][pos.Index].Chars!;
+            if (chars.ContainsAll(lo, hi))
+                _scratchStacks.Add(st);
+            else if (chars.Intersects(lo, hi))
+                return null; // this stack takes some completions and not others
+        }
+        if (_scratchStacks.Count == 0 && (flags & PoppedFlag) == 0)
+            return Dead;
+        return Intern(_scratchStacks, flags & PoppedFlag, AnyCompletion, remaining, 0);
+    }
+
+    /// <summary>The state after a character every stack accepts (a canonical partial state's end).</summary>
+    private int AdvanceAll(int[] stacks, int popped)
+    {
+        var next = _scratchStacks;
+        next.Clear();
+        int flags = popped;
+        var seen = _scratchSeen;
+        seen.Clear();
+        var tops = stacks.ToArray(); // Expand reuses the scratch sets
+        foreach (int st in tops)
+        {
+            var (pos, parent) = _nodes[st];
+            Expand(pos with { Index = pos.Index + 1 }, parent, next, ref flags, seen);
+        }
+        return Intern(next, flags, 0, 0);
     }
 
     private int InternPartial(int[] stacks, int value, int remaining, int min, int popped)
