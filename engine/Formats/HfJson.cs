@@ -10,9 +10,9 @@ internal static class HfJson
 
     public static JsonDocument Parse(string path)
     {
-        var info = new FileInfo(path);
-        if (!info.Exists)
+        if (!File.Exists(path))
             throw new FileNotFoundException($"{path}: no such file", path);
+        var info = LinkedFile.Resolve(path);
         if (info.Length > MaxBytes)
             throw new ModelFormatException(path, "file", $"{info.Length} bytes is larger than a JSON config may be ({MaxBytes})");
         try

@@ -33,9 +33,9 @@ public sealed unsafe class MappedFile : IDisposable
     /// <summary>Maps <paramref name="path"/>; an empty or unreadable file is a <see cref="ModelFormatException"/>.</summary>
     public static MappedFile Open(string path)
     {
-        FileInfo info = new(path);
-        if (!info.Exists)
+        if (!File.Exists(path))
             throw new FileNotFoundException($"{path}: no such file", path);
+        FileInfo info = LinkedFile.Resolve(path); // a link's own length is not the model's
         if (info.Length == 0)
             throw new ModelFormatException(path, "file", "the file is empty (0 bytes)");
         var map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, mapName: null, 0, MemoryMappedFileAccess.Read);

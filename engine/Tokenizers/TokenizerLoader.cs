@@ -176,7 +176,7 @@ public static class TokenizerLoader
         SentencePieceModel sp;
         try
         {
-            var info = new FileInfo(path);
+            var info = Formats.LinkedFile.Resolve(path);
             if (info.Length > 64 << 20)
                 throw new ModelFormatException(path, "file", $"{info.Length} bytes is too large for a SentencePiece model");
             sp = SentencePieceModel.Parse(File.ReadAllBytes(path));

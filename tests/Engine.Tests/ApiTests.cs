@@ -205,3 +205,37 @@ public class WorkerPoolTests
         Assert.That(next, Is.EqualTo(100));
     }
 }
+
+/// <summary>Models reached through symbolic links (the Hugging Face cache's snapshots/ → blobs/ layout) load as the files they point at.</summary>
+public class LinkedModelTests
+{
+    [Test]
+    public void A_model_behind_symbolic_links_loads_and_generates_the_reference()
+    {
+        var expected = SharedData.StoriesExpected();
+        using var dir = new TempDir();
+        // the hub cache's layout: blobs/<hash> holding the bytes, snapshots/<rev>/<name> linking to them
+        string blobs = Directory.CreateDirectory(Path.Combine(dir.Path, "blobs")).FullName;
+        string snapshot = Directory.CreateDirectory(Path.Combine(dir.Path, "snapshots", "abc123")).FullName;
+        File.Copy(SharedData.StoriesGguf, Path.Combine(blobs, "0f1e2d"));
+        File.CreateSymbolicLink(Path.Combine(snapshot, "stories260K.gguf"), Path.Combine("..", "..", "blobs", "0f1e2d"));
+        string hf = Directory.CreateDirectory(Path.Combine(dir.Path, "snapshots", "hf")).FullName;
+        foreach (string file in Directory.GetFiles(SharedData.StoriesHf))
+        {
+            string blob = Path.Combine(blobs, Path.GetFileName(file) + ".blob");
+            File.Copy(file, blob);
+            File.CreateSymbolicLink(Path.Combine(hf, Path.GetFileName(file)), blob);
+        }
+        foreach (string path in new[] { Path.Combine(snapshot, "stories260K.gguf"), hf })
+        {
+            using var lm = LanguageModel.Load(path, new ModelOptions { Threads = 1 });
+            using var session = lm.CreateSession();
+            var ids = session.Generate([1], new GenerationOptions { MaxTokens = 64, Sampling = Engine.Sampling.SamplingOptions.Greedy }).ToList();
+            Assert.That(ids, Is.EqualTo(expected.FromBos.Take(64)), path);
+        }
+        string dangling = Path.Combine(snapshot, "gone.gguf");
+        File.CreateSymbolicLink(dangling, Path.Combine(blobs, "missing"));
+        var e = Assert.Throws<FileNotFoundException>(() => LanguageModel.Load(dangling))!;
+        Assert.That(e.Message, Does.Contain("gone.gguf"));
+    }
+}

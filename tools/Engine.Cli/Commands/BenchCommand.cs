@@ -138,7 +138,7 @@ internal static class BenchCommand
             Report($"tg{n}");
             string? tgSparsity = n > 0 ? sparsity?.Describe() : null;
             (object?, object?, object?)? tgLevels = n > 0 && sparsity is not null ? Levels(sparsity) : null;
-            long size = Directory.Exists(path) ? Directory.GetFiles(path, "*.safetensors").Sum(f => new FileInfo(f).Length) : new FileInfo(path).Length;
+            long size = Directory.Exists(path) ? Directory.GetFiles(path, "*.safetensors").Sum(f => Engine.Formats.LinkedFile.Resolve(f).Length) : Engine.Formats.LinkedFile.Resolve(path).Length;
             long rss = Process.GetCurrentProcess().PeakWorkingSet64;
             string name = Path.GetFileName(path.TrimEnd('/'));
             if (parse.GetValue(json))

@@ -21,7 +21,7 @@ internal static class QuantizeCommand
             var tensors = GgufQuantizer.Quantize(from, to, fileType, parse.GetValue(threads));
             foreach (var group in tensors.GroupBy(t => (t.From, t.To)).OrderBy(g => g.Key.From).ThenBy(g => g.Key.To))
                 io.Out.WriteLine($"  {group.Count(),4} tensors {group.Key.From} -> {group.Key.To}");
-            io.Out.WriteLine($"wrote {to} ({fileType}): {new FileInfo(from).Length / (1 << 20)} MiB -> {new FileInfo(to).Length / (1 << 20)} MiB in {clock.Elapsed.TotalSeconds:F1} s");
+            io.Out.WriteLine($"wrote {to} ({fileType}): {Engine.Formats.LinkedFile.Resolve(from).Length / (1 << 20)} MiB -> {new FileInfo(to).Length / (1 << 20)} MiB in {clock.Elapsed.TotalSeconds:F1} s");
             return 0;
         }));
         return command;
