@@ -142,12 +142,7 @@ public sealed class Session : IDisposable
         _hostLogits = !options.Sampling.IsFusable || options.Grammar is not null;
         var grammar = options.Grammar is null ? null : new Engine.Constraints.GrammarConstraint(options.Grammar, _model.Tokenizer);
         _tokens.AddRange(prompt);
-        // the penalties see the whole context, as llama.cpp's server feeds them the prompt
-        if (options.Sampling.NeedsHistory)
-        {
-            foreach (int token in _tokens)
-                sampler.Accept(token);
-        }
+        sampler.AcceptContext(_tokens); // the penalties see the whole context
         ProcessPending(); // the prompt, plus the last token of a previous generation
         var promptTime = clock.Elapsed;
         clock.Restart();

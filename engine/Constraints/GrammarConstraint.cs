@@ -98,25 +98,15 @@ public sealed class TokenTrie
     }
 
     /// <summary>Sets the bit of every token whose bytes the matcher accepts from <paramref name="state"/>.</summary>
+    /// <remarks>
+    /// The walk of <see cref="Classify"/>: from a full state (not a local one) no path leaves its frames, so
+    /// every token that survives the walk is accepted and none is left open.
+    /// </remarks>
     public void Allowed(GrammarMatcher matcher, int state, ulong[] mask)
     {
-        Array.Clear(mask);
-        var stack = new Stack<(int Node, int State)>();
-        stack.Push((0, state));
-        while (stack.Count > 0)
-        {
-            var (node, s) = stack.Pop();
-            for (int c = _firstChild[node]; c >= 0; c = _nextSibling[c])
-            {
-                int next = matcher.Step(s, _byte[c]);
-                if (next == GrammarMatcher.Dead)
-                    continue;
-                for (int t = _tokenHead[c]; t >= 0; t = _tokenNext[t])
-                    mask[t >> 6] |= 1UL << (t & 63);
-                if (_firstChild[c] >= 0)
-                    stack.Push((c, next));
-            }
-        }
+        var open = new List<int>();
+        Classify(matcher, state, mask, open);
+        System.Diagnostics.Debug.Assert(open.Count == 0, "a full state leaves no token open");
     }
 }
 

@@ -62,7 +62,7 @@ public sealed class ContrastiveDecoding : DecodingStrategy
         maxTokens = Math.Min(maxTokens, Math.Min(Model.ContextLength, Amateur.ContextLength) - prompt.Length);
         if (maxTokens < 0)
             throw new ArgumentException($"the prompt ({prompt.Length} tokens) does not fit the amateur's context of {Amateur.ContextLength} tokens", nameof(prompt));
-        var chain = SamplerChain.Create(_sampling, vocab, Model.Tokenizer);
+        var chain = CreateChain(_sampling, prompt);
         BeginStats();
         using var expertCache = CreateCache(1, prompt.Length, maxTokens);
         using var amateurCache = Amateur.Network.CreateKvCache(Amateur.ContextLength);
@@ -73,39 +73,23 @@ public sealed class ContrastiveDecoding : DecodingStrategy
         var scores = new float[vocab];
         Prefill(Model.Network, expert, prompt, expertLogits);
         Prefill(Amateur.Network, amateur, prompt, amateurLogits);
-        if (_sampling.NeedsHistory)
-        {
-            foreach (int t in prompt)
-                chain.Accept(t);
-        }
         PromptDone();
         var one = new int[1];
-        int generated = 0;
-        try
+        float[] Scores()
         {
-            while (generated < maxTokens)
-            {
-                ct.ThrowIfCancellationRequested();
-                Score(expertLogits, amateurLogits, scores);
-                int token = chain.Sample(scores);
-                if (IsEnd(token))
-                    break;
-                chain.Accept(token);
-                generated++;
-                yield return token;
-                if (generated == maxTokens)
-                    break;
-                one[0] = token;
-                Prefill(Model.Network, expert, one, expertLogits);
-                Prefill(Amateur.Network, amateur, one, amateurLogits);
-                CountPass(1); // the expert's pass
-                CountPass(1); // the amateur's
-            }
+            Score(expertLogits, amateurLogits, scores);
+            return scores;
         }
-        finally
+        void Advance(int token)
         {
-            EndStats(prompt.Length, generated);
+            one[0] = token;
+            Prefill(Model.Network, expert, one, expertLogits);
+            Prefill(Amateur.Network, amateur, one, amateurLogits);
+            CountPass(1); // the expert's pass
+            CountPass(1); // the amateur's
         }
+        foreach (int token in DrawEach(prompt.Length, maxTokens, chain, Scores, Advance, ct))
+            yield return token;
     }
 
     /// <summary>

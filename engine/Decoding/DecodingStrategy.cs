@@ -3,6 +3,7 @@ using Engine.Api;
 using Engine.Backends;
 using Engine.Cache;
 using Engine.Models;
+using Engine.Sampling;
 
 namespace Engine.Decoding;
 
@@ -71,6 +72,51 @@ public abstract class DecodingStrategy
     }
 
     protected bool IsEnd(int token) => StopAtEndOfGeneration && Model.Tokenizer.IsEndOfGeneration(token);
+
+    /// <summary>A sampler chain for <paramref name="sampling"/>; history-dependent processors see the prompt first, as a session's do.</summary>
+    protected SamplerChain CreateChain(SamplingOptions sampling, int[] prompt)
+    {
+        var chain = SamplerChain.Create(sampling, Model.Config.VocabSize, Model.Tokenizer);
+        chain.AcceptContext(prompt);
+        return chain;
+    }
+
+    /// <summary>
+    /// The loop of the methods that draw one token per step from logits of their own making (guidance,
+    /// contrastive decoding, span extraction): <paramref name="score"/> gives the step's logits (null:
+    /// nothing may follow), the chain draws, an end token stops, <paramref name="kept"/> hears each kept
+    /// token, and <paramref name="advance"/> runs the pass that gives the next step's logits (not after
+    /// the last token, so a generation that stops wastes no pass).
+    /// </summary>
+    protected IEnumerable<int> DrawEach(int promptTokens, int maxTokens, SamplerChain chain, Func<float[]?> score, Action<int> advance,
+        CancellationToken ct, Action<int>? kept = null)
+    {
+        int generated = 0;
+        try
+        {
+            while (generated < maxTokens)
+            {
+                ct.ThrowIfCancellationRequested();
+                var logits = score();
+                if (logits is null)
+                    break;
+                int token = chain.Sample(logits);
+                if (IsEnd(token))
+                    break;
+                chain.Accept(token);
+                kept?.Invoke(token);
+                generated++;
+                yield return token;
+                if (generated == maxTokens)
+                    break;
+                advance(token);
+            }
+        }
+        finally
+        {
+            EndStats(promptTokens, generated);
+        }
+    }
 
     /// <summary>A cache for <paramref name="sequences"/> sequences that fork from one prompt: the pool holds the prompt once plus each sequence's own tokens.</summary>
     protected KvCache CreateCache(int sequences, int promptTokens, int maxTokens)

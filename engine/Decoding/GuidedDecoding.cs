@@ -78,7 +78,7 @@ public sealed class GuidedDecoding : DecodingStrategy
         var network = Model.Network;
         int vocab = Model.Config.VocabSize;
         maxTokens = Math.Min(maxTokens, Model.ContextLength - Math.Max(prompt.Length, _contrast.Length));
-        var chain = SamplerChain.Create(_sampling, vocab, Model.Tokenizer);
+        var chain = CreateChain(_sampling, prompt);
         _weights.Clear();
         BeginStats();
         using var cache = CreateCache(2, prompt.Length + _contrast.Length, maxTokens);
@@ -90,37 +90,21 @@ public sealed class GuidedDecoding : DecodingStrategy
         var logQ = new float[vocab];
         Prefill(network, main, prompt, logits.AsSpan(0, vocab));
         Prefill(network, contrast, _contrast, logits.AsSpan(vocab, vocab));
-        if (_sampling.NeedsHistory)
-        {
-            foreach (int t in prompt)
-                chain.Accept(t);
-        }
         PromptDone();
         KvSequence[] both = [main, contrast];
         var pair = new int[2];
-        int generated = 0;
-        try
+        float[] Score()
         {
-            while (generated < maxTokens)
-            {
-                ct.ThrowIfCancellationRequested();
-                Combine(logits.AsSpan(0, vocab), logits.AsSpan(vocab, vocab), combined, logP, logQ);
-                int token = chain.Sample(combined);
-                if (IsEnd(token))
-                    break;
-                chain.Accept(token);
-                generated++;
-                yield return token;
-                if (generated == maxTokens)
-                    break;
-                pair[0] = pair[1] = token;
-                Step(network, both, pair, logits);
-            }
+            Combine(logits.AsSpan(0, vocab), logits.AsSpan(vocab, vocab), combined, logP, logQ);
+            return combined;
         }
-        finally
+        void Advance(int token)
         {
-            EndStats(prompt.Length, generated);
+            pair[0] = pair[1] = token;
+            Step(network, both, pair, logits);
         }
+        foreach (int token in DrawEach(prompt.Length, maxTokens, chain, Score, Advance, ct))
+            yield return token;
     }
 
     /// <summary>The rule of <see cref="Kind"/> on one token's two logit rows (the scratch spans receive log-softmaxes).</summary>

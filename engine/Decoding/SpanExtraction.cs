@@ -44,7 +44,7 @@ public sealed class SpanExtraction : DecodingStrategy
         var network = Model.Network;
         int vocab = Model.Config.VocabSize;
         maxTokens = Math.Min(maxTokens, Model.ContextLength - prompt.Length);
-        var chain = SamplerChain.Create(_sampling, vocab, Model.Tokenizer);
+        var chain = CreateChain(_sampling, prompt);
         LastSpanStart = -1;
         BeginStats();
         using var cache = CreateCache(1, prompt.Length, maxTokens);
@@ -52,61 +52,49 @@ public sealed class SpanExtraction : DecodingStrategy
         var logits = new float[vocab];
         var masked = new float[vocab];
         Prefill(network, sequence, prompt, logits);
-        if (_sampling.NeedsHistory)
-        {
-            foreach (int t in prompt)
-                chain.Accept(t);
-        }
         PromptDone();
         // next[i]: the source position a span occurrence would continue at; all of them before the first token
         var next = new List<int>(Enumerable.Range(0, _source.Length));
-        var allowed = new List<int>();
         var one = new int[1];
-        int generated = 0;
-        try
+        int length = 0;
+        float[]? Masked()
         {
-            while (generated < maxTokens)
+            bool any = false;
+            Array.Fill(masked, float.NegativeInfinity);
+            foreach (int j in next)
             {
-                ct.ThrowIfCancellationRequested();
-                allowed.Clear();
-                Array.Fill(masked, float.NegativeInfinity);
-                foreach (int j in next)
+                if (j < _source.Length)
                 {
-                    if (j < _source.Length && float.IsNegativeInfinity(masked[_source[j]]))
-                    {
-                        masked[_source[j]] = logits[_source[j]];
-                        allowed.Add(_source[j]);
-                    }
+                    masked[_source[j]] = logits[_source[j]];
+                    any = true;
                 }
-                if (generated > 0 && Model.Tokenizer.EosId is int eos && StopAtEndOfGeneration)
-                    masked[eos] = logits[eos];
-                if (allowed.Count == 0)
-                    break; // every occurrence reached the end of the source
-                int token = chain.Sample(masked);
-                if (IsEnd(token))
-                    break;
-                int kept = 0;
-                for (int i = 0; i < next.Count; i++)
-                {
-                    int j = next[i];
-                    if (j < _source.Length && _source[j] == token)
-                        next[kept++] = j + 1;
-                }
-                next.RemoveRange(kept, next.Count - kept);
-                chain.Accept(token);
-                generated++;
-                LastSpanStart = next[0] - generated; // the first occurrence of the span so far
-                yield return token;
-                if (generated == maxTokens)
-                    break;
-                one[0] = token;
-                Prefill(network, sequence, one, logits);
-                CountPass(1);
             }
+            if (!any)
+                return null; // every occurrence reached the end of the source
+            if (length > 0 && Model.Tokenizer.EosId is int eos && StopAtEndOfGeneration)
+                masked[eos] = logits[eos];
+            return masked;
         }
-        finally
+        void Kept(int token)
         {
-            EndStats(prompt.Length, generated);
+            int kept = 0;
+            for (int i = 0; i < next.Count; i++)
+            {
+                int j = next[i];
+                if (j < _source.Length && _source[j] == token)
+                    next[kept++] = j + 1;
+            }
+            next.RemoveRange(kept, next.Count - kept);
+            length++;
+            LastSpanStart = next[0] - length; // the first occurrence of the span so far
         }
+        void Advance(int token)
+        {
+            one[0] = token;
+            Prefill(network, sequence, one, logits);
+            CountPass(1);
+        }
+        foreach (int token in DrawEach(prompt.Length, maxTokens, chain, Masked, Advance, ct, Kept))
+            yield return token;
     }
 }

@@ -112,6 +112,20 @@ public sealed class SamplerChain
     public static SamplerChain Create(IEnumerable<ILogitsProcessor> processors, ulong? seed) =>
         new([.. processors], seed is { } s ? new Random(unchecked((int)s)) : null);
 
+    /// <summary>
+    /// Tells the history processors (penalties, DRY) the context a generation continues — the prompt, as
+    /// llama.cpp's server feeds them. A chain without them has nothing to take from it (Mirostat moves only
+    /// on tokens it drew).
+    /// </summary>
+    public void AcceptContext(IEnumerable<int> tokens)
+    {
+        ArgumentNullException.ThrowIfNull(tokens);
+        if (!_processors.Any(p => p is Penalties or Dry))
+            return;
+        foreach (int token in tokens)
+            Accept(token);
+    }
+
     /// <summary>Tells the stateful processors (penalties) the token the generation kept.</summary>
     public void Accept(int token)
     {

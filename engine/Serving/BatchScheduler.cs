@@ -634,11 +634,7 @@ public sealed class BatchScheduler : IDisposable
             Sampler = SamplerChain.Create(request.Sampling, tokenizer.VocabSize, tokenizer);
             if (request.Grammar is not null)
                 Constraint = new Engine.Constraints.GrammarConstraint(request.Grammar, tokenizer);
-            if (request.Sampling.NeedsHistory)
-            {
-                foreach (int token in request.Prompt) // the penalties see the whole context
-                    Sampler.Accept(token);
-            }
+            Sampler.AcceptContext(request.Prompt); // the penalties see the whole context
             Detokenizer = tokenizer.CreateStreamingDetokenizer();
             if (tokenizer.BosId is int bos && request.Prompt[^1] == bos)
                 Detokenizer.Push(bos); // a first word right after BOS loses its SentencePiece space

@@ -123,11 +123,7 @@ public sealed class SpeculativeDecoder : IDisposable
         // Stateful processors (penalties, DRY, Mirostat) see what plain decoding shows them: the prompt, then
         // each kept token in order — the rules accept the path's tokens as they descend, this loop the next one.
         var sampler = SamplerChain.Create(options.Sampling, vocab, _target.Tokenizer);
-        if (options.Sampling.NeedsHistory)
-        {
-            foreach (int token in prompt)
-                sampler.Accept(token);
-        }
+        sampler.AcceptContext(prompt);
         IAcceptanceRule rule = Options.LossyTypicalAcceptance ? new TypicalAcceptance()
             : sampler.IsGreedy ? new GreedyMatch() : new RecursiveRejectionSampling();
         var budget = new DraftBudget(Math.Min(Options.MaxDraft, net.MaxBatch - 1), Options.Adaptive);
