@@ -284,6 +284,32 @@ public class GrammarTests
         }
     }
 
+    /// <summary>The model's next-token logits after <paramref name="tokens"/>, from one causal pass in a fresh cache (the tests' reference).</summary>
+    internal static float[] NextLogits(LanguageModel lm, IReadOnlyList<int> tokens)
+    {
+        using var cache = lm.Network.CreateKvCache(lm.ContextLength);
+        using var seq = cache.CreateSequence();
+        var logits = new float[lm.Config.VocabSize];
+        lm.Network.Forward(seq, tokens.ToArray(), Enumerable.Range(0, tokens.Count).ToArray(), Engine.Backends.AttentionMask.Causal, [tokens.Count - 1], logits);
+        return logits;
+    }
+
+    /// <summary>The tokens a grammar lets follow <paramref name="state"/>, each with the state it leads to, checked token by token (no trie, no mask cache).</summary>
+    internal static List<(int Token, int Next)> Continuations(LanguageModel lm, GrammarMatcher matcher, int state)
+    {
+        var result = new List<(int, int)>();
+        for (int t = 0; t < lm.Config.VocabSize; t++)
+        {
+            var bytes = lm.Tokenizer.TokenBytes(t);
+            if (lm.Tokenizer.Kind(t) is not (Engine.Tokenizers.TokenKind.Normal or Engine.Tokenizers.TokenKind.Byte or Engine.Tokenizers.TokenKind.UserDefined) || bytes.Length == 0)
+                continue;
+            int next = matcher.Step(state, bytes);
+            if (next != GrammarMatcher.Dead)
+                result.Add((t, next));
+        }
+        return result;
+    }
+
     private static LanguageModel Stories() => LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Threads = 2 });
 
     [Test]
@@ -350,21 +376,10 @@ public class GrammarTests
         var law = new Dictionary<string, double>();
         void Enumerate(List<int> prefix, int state, double p)
         {
-            using var cache = lm.Network.CreateKvCache(lm.ContextLength);
-            using var seq = cache.CreateSequence();
-            var all = prompt.Concat(prefix).ToArray();
-            var logits = new float[lm.Config.VocabSize];
-            lm.Network.Forward(seq, all, Enumerable.Range(0, all.Length).ToArray(), Engine.Backends.AttentionMask.Causal, [all.Length - 1], logits);
+            var logits = NextLogits(lm, [.. prompt, .. prefix]);
             var probs = new float[logits.Length];
             Engine.Decoding.Distributions.Softmax(logits, probs);
-            var allowed = new List<(int Token, int Next)>();
-            for (int t = 0; t < logits.Length; t++)
-            {
-                var bytes = lm.Tokenizer.TokenBytes(t);
-                if (lm.Tokenizer.Kind(t) is Engine.Tokenizers.TokenKind.Normal or Engine.Tokenizers.TokenKind.Byte && bytes.Length > 0
-                    && matcher.Step(state, bytes) is int next && next != GrammarMatcher.Dead)
-                    allowed.Add((t, next));
-            }
+            var allowed = Continuations(lm, matcher, state);
             double total = allowed.Sum(a => (double)probs[a.Token]) + (matcher.CanEnd(state) ? probs[eos] : 0);
             if (matcher.CanEnd(state))
                 law[string.Join(' ', prefix)] = p * probs[eos] / total;
@@ -410,17 +425,11 @@ public class GrammarTests
         var context = prompt.ToList();
         foreach (int token in tokens)
         {
-            using var cache = lm.Network.CreateKvCache(lm.ContextLength);
-            using var seq = cache.CreateSequence();
-            var logits = new float[lm.Config.VocabSize];
-            lm.Network.Forward(seq, context.ToArray(), Enumerable.Range(0, context.Count).ToArray(), Engine.Backends.AttentionMask.Causal, [context.Count - 1], logits);
+            var logits = NextLogits(lm, context);
             int best = -1;
-            for (int t = 0; t < logits.Length; t++)
+            foreach (var (t, _) in Continuations(lm, matcher, state))
             {
-                var bytes = lm.Tokenizer.TokenBytes(t);
-                bool allowed = lm.Tokenizer.Kind(t) is Engine.Tokenizers.TokenKind.Normal or Engine.Tokenizers.TokenKind.Byte or Engine.Tokenizers.TokenKind.UserDefined
-                    && bytes.Length > 0 && matcher.Step(state, bytes) != GrammarMatcher.Dead;
-                if (allowed && (best < 0 || logits[t] > logits[best]))
+                if (best < 0 || logits[t] > logits[best])
                     best = t;
             }
             Assert.That(token, Is.EqualTo(best), $"after {context.Count - prompt.Length} tokens");
@@ -451,24 +460,13 @@ public class GrammarAlignedSamplingTests
         var exact = new Dictionary<string, double>();
         void Enumerate(List<int> prefix, int state, double logP)
         {
-            using var cache = lm.Network.CreateKvCache(lm.ContextLength);
-            using var seq = cache.CreateSequence();
-            var all = prompt.Concat(prefix).ToArray();
-            var logits = new float[lm.Config.VocabSize];
-            lm.Network.Forward(seq, all, Enumerable.Range(0, all.Length).ToArray(), Engine.Backends.AttentionMask.Causal, [all.Length - 1], logits);
+            var logits = GrammarTests.NextLogits(lm, [.. prompt, .. prefix]);
             var lp = new float[logits.Length];
             Engine.Decoding.Distributions.LogSoftmax(logits, lp);
             if (matcher.CanEnd(state))
                 exact[string.Join(' ', prefix)] = logP + lp[eos];
-            for (int t = 0; t < lm.Config.VocabSize; t++)
-            {
-                var bytes = lm.Tokenizer.TokenBytes(t);
-                if (lm.Tokenizer.Kind(t) is not (Engine.Tokenizers.TokenKind.Normal or Engine.Tokenizers.TokenKind.Byte) || bytes.Length == 0)
-                    continue;
-                int next = matcher.Step(state, bytes);
-                if (next != GrammarMatcher.Dead)
-                    Enumerate([.. prefix, t], next, logP + lp[t]);
-            }
+            foreach (var (t, next) in GrammarTests.Continuations(lm, matcher, state))
+                Enumerate([.. prefix, t], next, logP + lp[t]);
         }
         Enumerate([], matcher.Start, 0);
         double max = exact.Values.Max();

@@ -201,7 +201,7 @@ public class SpeculativeTests
     [TestCase("top-k+top-p+temperature")]
     public void Speculative_sampling_keeps_the_distribution_of_each_processor(string processor)
     {
-        const int V = 8, trials = 30_000;
+        const int V = 8;
         var plain = new SamplingOptions { Temperature = 1, TopK = 0, TopP = 1, Seed = 21 };
         var options = processor switch
         {
@@ -223,54 +223,7 @@ public class SpeculativeTests
             sampler.Distribution(row, probs);
             return probs.Select(x => (double)x).ToArray();
         }
-        double[] p1 = Normalize([0.22, 0.18, 0.15, 0.12, 0.11, 0.09, 0.08, 0.05]);
-        double[][] p2 = Enumerable.Range(0, V).Select(a => Normalize(Enumerable.Range(0, V).Select(b => Math.Pow(1.0 + ((3 * a + 5 * b) % V), 1.6)).ToArray())).ToArray();
-        var law1 = Law(p1);
-        var law2 = p2.Select(Law).ToArray();
-        double reshaped = law1.Zip(p1).Max(x => Math.Abs(x.First - x.Second));
-        for (int a = 0; a < V; a++)
-            reshaped = Math.Max(reshaped, law2[a].Zip(p2[a]).Max(x => Math.Abs(x.First - x.Second)));
-        Assert.That(reshaped, Is.GreaterThan(0.01), "the processor reshaped the target's distribution (else the test checks plain sampling)");
-        float[] q1 = [0.05f, 0.25f, 0.20f, 0.05f, 0.15f, 0.10f, 0.10f, 0.10f];
-        float[] q2 = [0.20f, 0.05f, 0.10f, 0.20f, 0.05f, 0.20f, 0.10f, 0.10f];
-        var rule = new RecursiveRejectionSampling();
-        var rng = new Random(13);
-        var counts = new int[V * V];
-        var tree = new DraftTree();
-        var path = new List<int>();
-        const int siblings = 2;
-        var logits = new float[(1 + siblings + siblings * siblings) * V];
-        int rejections = 0;
-        for (int t = 0; t < trials; t++)
-        {
-            tree.Clear();
-            foreach (int a in Draw(tree, -1, q1, DraftDraw.Independent, siblings, rng))
-                Draw(tree, a, q2, DraftDraw.Independent, siblings, rng);
-            Fill(logits.AsSpan(0, V), p1);
-            for (int node = 0; node < tree.Count; node++)
-                Fill(logits.AsSpan((node + 1) * V, V), tree.Depth(node) == 1 ? p2[tree.Token(node)] : p1);
-            int next = rule.Accept(tree, logits.AsSpan(0, (tree.Count + 1) * V), V, sampler, path);
-            int x1, x2;
-            if (path.Count == 0)
-            {
-                (x1, rejections) = (next, rejections + 1);
-                x2 = SamplerChain.Draw(law2[x1].Select(v => (float)v).ToArray(), rng); // the next step samples from the chain's law
-            }
-            else
-            {
-                x1 = tree.Token(path[0]);
-                x2 = path.Count > 1 ? tree.Token(path[1]) : next;
-            }
-            counts[x1 * V + x2]++;
-        }
-        var expected = new double[V * V];
-        for (int a = 0; a < V; a++)
-        {
-            for (int b = 0; b < V; b++)
-                expected[a * V + b] = law1[a] * law2[a][b];
-        }
-        GpuSuite.AssertChiSquare(counts, expected, trials, processor);
-        Assert.That(rejections, Is.GreaterThan(trials / 50), "the rejection branch was exercised");
+        AssertFirstTwoFollowTheLaw(processor, Law(ProcessorP1), ProcessorP2.Select(Law).ToArray(), _ => sampler, new Random(13));
     }
 
     /// <summary>
@@ -287,7 +240,7 @@ public class SpeculativeTests
     [TestCase("xtc")]
     public void Speculative_sampling_keeps_the_distribution_of_each_stateful_processor(string processor)
     {
-        const int V = 8, trials = 30_000;
+        const int V = 8;
         int[] history = processor == "dry" ? [1, 2, 3, 4, 1, 2, 3] : [1, 1, 3, 6];
         var plain = new SamplingOptions { Temperature = 1, TopK = 0, TopP = 1 };
         var options = processor switch
@@ -298,8 +251,6 @@ public class SpeculativeTests
             "mirostat-v2" => plain with { Mirostat = 2, MirostatTau = 1.5f, MirostatEta = 1f },
             _ => plain with { XtcProbability = 0.5f, XtcThreshold = 0.12f },
         };
-        double[] p1 = Normalize([0.22, 0.18, 0.15, 0.12, 0.11, 0.09, 0.08, 0.05]);
-        double[][] p2 = Enumerable.Range(0, V).Select(a => Normalize(Enumerable.Range(0, V).Select(b => Math.Pow(1.0 + ((3 * a + 5 * b) % V), 1.6)).ToArray())).ToArray();
         SamplerChain Fresh(SamplingOptions o, int seed)
         {
             var chain = SamplerChain.Create(o with { Seed = (ulong)seed }, V);
@@ -322,57 +273,60 @@ public class SpeculativeTests
             {
                 var chain = Fresh(o, 0);
                 var probs = new float[V];
-                chain.Distribution(Row(p1), probs); // Mirostat: the distribution its μ update reads
+                chain.Distribution(Row(ProcessorP1), probs); // Mirostat: the distribution its μ update reads
                 if (first is int a)
                 {
                     chain.Accept(a);
-                    chain.Distribution(Row(p2[a]), probs);
+                    chain.Distribution(Row(ProcessorP2[a]), probs);
                 }
                 for (int i = 0; i < V; i++)
                     law[i] += weight * probs[i];
             }
             return law;
         }
-        var law1 = Law(null);
-        var law2 = Enumerable.Range(0, V).Select(a => Law(a)).ToArray();
-        double reshaped = law1.Zip(p1).Max(x => Math.Abs(x.First - x.Second));
+        // (over seeds 17..49 Mirostat v2's statistic averaged 9.8 for 9 degrees of freedom, as a correct rule
+        // gives; seed 17 itself landed just past the 0.1% critical value, 28.7 against 28.1)
+        AssertFirstTwoFollowTheLaw(processor, Law(null), Enumerable.Range(0, V).Select(a => Law(a)).ToArray(),
+            rng => Fresh(options, rng.Next()), new Random(18)); // seeds drawn at random: consecutive seeds give System.Random correlated first draws
+    }
+
+    /// <summary>The target rows of the processor tests: p1 after the root, p2[a] after a first token a (8 tokens).</summary>
+    private static readonly double[] ProcessorP1 = Normalize([0.22, 0.18, 0.15, 0.12, 0.11, 0.09, 0.08, 0.05]);
+
+    private static readonly double[][] ProcessorP2 = Enumerable.Range(0, 8)
+        .Select(a => Normalize(Enumerable.Range(0, 8).Select(b => Math.Pow(1.0 + ((3 * a + 5 * b) % 8), 1.6)).ToArray())).ToArray();
+
+    /// <summary>
+    /// The processor tests' shared trial: a depth-2 tree of independent draws from fixed q's, the target rows
+    /// p1 and p2, recursive rejection sampling with the trial's chain (<paramref name="chain"/> may give a fresh
+    /// one per trial); the first two emitted tokens must follow law1(x₁)·law2[x₁](x₂) — chi-square at 0.1%.
+    /// </summary>
+    private static void AssertFirstTwoFollowTheLaw(string what, double[] law1, double[][] law2, Func<Random, SamplerChain> chain, Random rng)
+    {
+        const int V = 8, trials = 30_000, siblings = 2;
+        double reshaped = law1.Zip(ProcessorP1).Max(x => Math.Abs(x.First - x.Second));
         for (int a = 0; a < V; a++)
-            reshaped = Math.Max(reshaped, law2[a].Zip(p2[a]).Max(x => Math.Abs(x.First - x.Second)));
-        Assert.That(reshaped, Is.GreaterThan(0.01), "the processor reshaped the target's distribution");
+            reshaped = Math.Max(reshaped, law2[a].Zip(ProcessorP2[a]).Max(x => Math.Abs(x.First - x.Second)));
+        Assert.That(reshaped, Is.GreaterThan(0.01), "the processor reshaped the target's distribution (else the test checks plain sampling)");
         float[] q1 = [0.05f, 0.25f, 0.20f, 0.05f, 0.15f, 0.10f, 0.10f, 0.10f];
         float[] q2 = [0.20f, 0.05f, 0.10f, 0.20f, 0.05f, 0.20f, 0.10f, 0.10f];
         var rule = new RecursiveRejectionSampling();
-        // (over seeds 17..49 Mirostat v2's statistic averaged 9.8 for 9 degrees of freedom, as a correct rule
-        // gives; seed 17 itself landed just past the 0.1% critical value, 28.7 against 28.1)
-        var rng = new Random(18);
-        var counts = new int[V * V];
+        var counts = new double[V * V];
         var tree = new DraftTree();
         var path = new List<int>();
-        const int siblings = 2;
         var logits = new float[(1 + siblings + siblings * siblings) * V];
         int rejections = 0;
         for (int t = 0; t < trials; t++)
         {
-            var sampler = Fresh(options, rng.Next()); // seeds drawn at random: consecutive seeds give System.Random correlated first draws
+            var sampler = chain(rng);
             tree.Clear();
             foreach (int a in Draw(tree, -1, q1, DraftDraw.Independent, siblings, rng))
                 Draw(tree, a, q2, DraftDraw.Independent, siblings, rng);
-            Fill(logits.AsSpan(0, V), p1);
+            Fill(logits.AsSpan(0, V), ProcessorP1);
             for (int node = 0; node < tree.Count; node++)
-                Fill(logits.AsSpan((node + 1) * V, V), tree.Depth(node) == 1 ? p2[tree.Token(node)] : p1);
+                Fill(logits.AsSpan((node + 1) * V, V), tree.Depth(node) == 1 ? ProcessorP2[tree.Token(node)] : ProcessorP1);
             int next = rule.Accept(tree, logits.AsSpan(0, (tree.Count + 1) * V), V, sampler, path);
-            int x1, x2;
-            if (path.Count == 0)
-            {
-                (x1, rejections) = (next, rejections + 1);
-                x2 = SamplerChain.Draw(law2[x1].Select(v => (float)v).ToArray(), rng);
-            }
-            else
-            {
-                x1 = tree.Token(path[0]);
-                x2 = path.Count > 1 ? tree.Token(path[1]) : next;
-            }
-            counts[x1 * V + x2]++;
+            rejections += CountFirstTwo(tree, path, next, law2, rng, counts) ? 0 : 1; // after a rejection the next step samples the chain's law
         }
         var expected = new double[V * V];
         for (int a = 0; a < V; a++)
@@ -380,7 +334,7 @@ public class SpeculativeTests
             for (int b = 0; b < V; b++)
                 expected[a * V + b] = law1[a] * law2[a][b];
         }
-        GpuSuite.AssertChiSquare(counts, expected, trials, processor);
+        GpuSuite.AssertChiSquare(counts.Select(c => (int)c).ToArray(), expected, trials, what);
         Assert.That(rejections, Is.GreaterThan(trials / 50), "the rejection branch was exercised");
     }
 
