@@ -141,6 +141,7 @@ public sealed class Session : IDisposable
         // a chain the device's fused kernel cannot compute, or a grammar's mask, samples on the host (the logits come down)
         _hostLogits = !options.Sampling.IsFusable || options.Grammar is not null;
         var grammar = options.Grammar is null ? null : new Engine.Constraints.GrammarConstraint(options.Grammar, _model.Tokenizer);
+        bool argmaxOnly = sampler.IsGreedy && sampler.Processors.All(p => p.PreservesArgmax); // once, not per token
         _tokens.AddRange(prompt);
         sampler.AcceptContext(_tokens); // the penalties see the whole context
         ProcessPending(); // the prompt, plus the last token of a previous generation
@@ -155,7 +156,7 @@ public sealed class Session : IDisposable
             int next;
             if (grammar is not null)
             {
-                next = Constrained(grammar, sampler);
+                next = Constrained(grammar, sampler, argmaxOnly);
                 if (next < 0)
                 {
                     reason = StopReason.GrammarDeadEnd;
@@ -238,10 +239,10 @@ public sealed class Session : IDisposable
     }
 
     /// <summary>The next token under a grammar: greedy checks the best candidates first; sampling masks the logits. −1 at a dead end.</summary>
-    private int Constrained(Engine.Constraints.GrammarConstraint grammar, SamplerChain sampler)
+    private int Constrained(Engine.Constraints.GrammarConstraint grammar, SamplerChain sampler, bool argmaxOnly)
     {
         var scratch = _scratch ??= new float[_logits.Length]; // the logits stay as computed: a later call may sample from them again
-        if (sampler.IsGreedy && sampler.Processors.All(p => p.PreservesArgmax))
+        if (argmaxOnly)
             return grammar.Greedy(_logits, scratch);
         _logits.CopyTo(scratch, 0);
         return grammar.Apply(scratch) ? sampler.Sample(scratch) : -1;
