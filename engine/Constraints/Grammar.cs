@@ -15,6 +15,23 @@ public sealed class CharSet
 
     public IReadOnlyList<(int Lo, int Hi)> Ranges => _ranges;
 
+    /// <summary>The set as sorted disjoint positive ranges of encodable code points (computed once).</summary>
+    internal (int Lo, int Hi)[] Positive => _positive ??= CodePointRanges.Of(this);
+
+    /// <summary>How many code points <see cref="Positive"/> holds.</summary>
+    internal long Size
+    {
+        get
+        {
+            long size = 0;
+            foreach (var (lo, hi) in Positive)
+                size += hi - lo + 1;
+            return size;
+        }
+    }
+
+    private (int Lo, int Hi)[]? _positive; // (a race computes it twice, alike)
+
     public bool Contains(int codePoint)
     {
         bool inside = false;
@@ -72,6 +89,80 @@ public sealed class CharSet
                 return false;
         }
         return cursor <= hi;
+    }
+}
+
+/// <summary>Sorted, disjoint, inclusive code point ranges: set operations for <see cref="CharSet"/>.</summary>
+internal static class CodePointRanges
+{
+    public const int MaxCodePoint = 0x10FFFF;
+
+    /// <summary>The code points of <paramref name="set"/> that UTF-8 can encode (no surrogates), as sorted disjoint ranges.</summary>
+    public static (int Lo, int Hi)[] Of(CharSet set)
+    {
+        var merged = new List<(int Lo, int Hi)>();
+        foreach (var (lo, hi) in set.Ranges.Where(r => r.Lo <= r.Hi).OrderBy(r => r.Lo))
+        {
+            if (merged.Count > 0 && lo <= merged[^1].Hi + 1)
+                merged[^1] = (merged[^1].Lo, Math.Max(merged[^1].Hi, hi));
+            else
+                merged.Add((lo, hi));
+        }
+        var positive = set.Negated ? Complement(merged) : merged;
+        return Minus([.. positive], [(0xD800, 0xDFFF)]);
+    }
+
+    private static List<(int Lo, int Hi)> Complement(List<(int Lo, int Hi)> ranges)
+    {
+        var result = new List<(int Lo, int Hi)>();
+        int cursor = 0;
+        foreach (var (lo, hi) in ranges)
+        {
+            if (lo > cursor)
+                result.Add((cursor, lo - 1));
+            cursor = Math.Max(cursor, hi + 1);
+        }
+        if (cursor <= MaxCodePoint)
+            result.Add((cursor, MaxCodePoint));
+        return result;
+    }
+
+    /// <summary><paramref name="a"/> without the code points of <paramref name="b"/> (both sorted and disjoint).</summary>
+    public static (int Lo, int Hi)[] Minus((int Lo, int Hi)[] a, (int Lo, int Hi)[] b)
+    {
+        var result = new List<(int Lo, int Hi)>();
+        int j = 0;
+        foreach (var (lo0, hi) in a)
+        {
+            int lo = lo0;
+            while (j < b.Length && b[j].Hi < lo)
+                j++;
+            for (int k = j; k < b.Length && b[k].Lo <= hi && lo <= hi; k++)
+            {
+                if (b[k].Lo > lo)
+                    result.Add((lo, b[k].Lo - 1));
+                lo = Math.Max(lo, b[k].Hi + 1);
+            }
+            if (lo <= hi)
+                result.Add((lo, hi));
+        }
+        return [.. result];
+    }
+
+    public static bool Contains((int Lo, int Hi)[] ranges, int codePoint)
+    {
+        int l = 0, h = ranges.Length - 1;
+        while (l <= h)
+        {
+            int m = (l + h) >> 1;
+            if (codePoint < ranges[m].Lo)
+                h = m - 1;
+            else if (codePoint > ranges[m].Hi)
+                l = m + 1;
+            else
+                return true;
+        }
+        return false;
     }
 }
 

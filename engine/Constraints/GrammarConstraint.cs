@@ -4,113 +4,6 @@ using Engine.Tokenizers;
 namespace Engine.Constraints;
 
 /// <summary>
-/// The vocabulary as a trie of token byte strings, built once per tokenizer: a mask walks it once, so
-/// tokens sharing a prefix share the matcher's steps over that prefix, and a prefix the grammar rejects
-/// prunes every token under it.
-/// </summary>
-public sealed class TokenTrie
-{
-    private static readonly ConditionalWeakTable<TextTokenizer, TokenTrie> s_cache = new();
-
-    private readonly List<int> _firstChild = [-1], _nextSibling = [-1], _tokenHead = [-1];
-    private readonly List<byte> _byte = [0];
-    private readonly int[] _tokenNext;
-
-    private TokenTrie(TextTokenizer tokenizer)
-        : this(tokenizer.VocabSize, id => tokenizer.Kind(id) is TokenKind.Control or TokenKind.Unknown or TokenKind.Unused ? [] : tokenizer.TokenBytes(id).ToArray())
-    {
-    }
-
-    /// <summary>A trie over any vocabulary: token id → its bytes (empty: never allowed).</summary>
-    internal TokenTrie(int vocabSize, Func<int, byte[]> bytesOf)
-    {
-        VocabSize = vocabSize;
-        _tokenNext = new int[VocabSize];
-        for (int id = 0; id < VocabSize; id++)
-        {
-            var bytes = bytesOf(id);
-            if (bytes.Length == 0)
-            {
-                _tokenNext[id] = -2; // never part of a constrained text (control tokens, empty pieces)
-                continue;
-            }
-            int node = 0;
-            foreach (byte b in bytes)
-                node = Child(node, b);
-            _tokenNext[id] = _tokenHead[node];
-            _tokenHead[node] = id;
-        }
-        Nodes = _byte.Count;
-    }
-
-    public static TokenTrie For(TextTokenizer tokenizer) => s_cache.GetValue(tokenizer, t => new TokenTrie(t));
-
-    public int VocabSize { get; }
-
-    public int Nodes { get; }
-
-    private int Child(int node, byte b)
-    {
-        for (int c = _firstChild[node]; c >= 0; c = _nextSibling[c])
-        {
-            if (_byte[c] == b)
-                return c;
-        }
-        int n = _byte.Count;
-        _byte.Add(b);
-        _firstChild.Add(-1);
-        _tokenHead.Add(-1);
-        _nextSibling.Add(_firstChild[node]);
-        _firstChild[node] = n;
-        return n;
-    }
-
-    /// <summary>
-    /// From a local state (<see cref="GrammarMatcher.Local"/>): the bits of the tokens accepted whatever the
-    /// context, and the list of those whose fate depends on the frames below the top.
-    /// </summary>
-    public void Classify(GrammarMatcher matcher, int local, ulong[] accepted, List<int> open)
-    {
-        Array.Clear(accepted);
-        open.Clear();
-        var stack = new Stack<(int Node, int State)>();
-        stack.Push((0, local));
-        while (stack.Count > 0)
-        {
-            var (node, s) = stack.Pop();
-            for (int c = _firstChild[node]; c >= 0; c = _nextSibling[c])
-            {
-                int next = matcher.Step(s, _byte[c]);
-                if (next == GrammarMatcher.Dead)
-                    continue;
-                var verdict = matcher.Verdict(next);
-                for (int t = _tokenHead[c]; t >= 0; t = _tokenNext[t])
-                {
-                    if (verdict == GrammarMatcher.TokenVerdict.Accepted)
-                        accepted[t >> 6] |= 1UL << (t & 63);
-                    else
-                        open.Add(t);
-                }
-                if (_firstChild[c] >= 0)
-                    stack.Push((c, next));
-            }
-        }
-    }
-
-    /// <summary>Sets the bit of every token whose bytes the matcher accepts from <paramref name="state"/>.</summary>
-    /// <remarks>
-    /// The walk of <see cref="Classify"/>: from a full state (not a local one) no path leaves its frames, so
-    /// every token that survives the walk is accepted and none is left open.
-    /// </remarks>
-    public void Allowed(GrammarMatcher matcher, int state, ulong[] mask)
-    {
-        var open = new List<int>();
-        Classify(matcher, state, mask, open);
-        System.Diagnostics.Debug.Assert(open.Count == 0, "a full state leaves no token open");
-    }
-}
-
-/// <summary>
 /// What every generation under one grammar and one vocabulary shares: the matcher with its interned
 /// states and transitions, the masks per state and the classification per local state. A grammar is
 /// compiled once and its caches grow with use (a schema served again costs cache lookups); generations
@@ -126,6 +19,7 @@ internal sealed class SharedGrammar
         Matcher = new GrammarMatcher(grammar);
         Tokenizer = tokenizer;
         Trie = TokenTrie.For(tokenizer);
+        EndTokens = [.. Enumerable.Range(0, tokenizer.VocabSize).Where(tokenizer.IsEndOfGeneration)];
     }
 
     public static SharedGrammar For(Grammar grammar, TextTokenizer tokenizer) =>
@@ -134,6 +28,9 @@ internal sealed class SharedGrammar
     public GrammarMatcher Matcher { get; }
     public TextTokenizer Tokenizer { get; }
     public TokenTrie Trie { get; }
+
+    /// <summary>The tokens that end a generation: allowed exactly where the text may end.</summary>
+    public int[] EndTokens { get; }
     public Lock Gate { get; } = new();
     public Dictionary<int, ulong[]> Masks { get; } = [];
     public Dictionary<int, (ulong[] Accepted, int[]? Open)> Local { get; } = [];
@@ -270,25 +167,38 @@ public sealed class GrammarConstraint
             mask = Mask(state);
             canEnd = _matcher.CanEnd(state);
         }
+        // the end tokens' logits, kept where the text may end (their bits are never in a mask)
+        var ends = _shared.EndTokens;
+        Span<float> endLogits = stackalloc float[canEnd ? ends.Length : 0];
+        for (int i = 0; i < endLogits.Length; i++)
+            endLogits[i] = ends[i] < logits.Length ? logits[ends[i]] : float.NegativeInfinity;
         bool any = false;
-        // word by word: a word of 64 disallowed tokens is one fill, of 64 allowed ones one check
+        // word by word: a word of 64 disallowed tokens is one fill, of 64 allowed ones nothing to do
         for (int w = 0; w * 64 < logits.Length; w++)
         {
             int start = w * 64, count = Math.Min(64, logits.Length - start);
             ulong bits = w < mask.Length ? mask[w] : 0;
-            if (bits == 0 && !canEnd)
+            var word = logits.Slice(start, count);
+            if (bits == 0)
             {
-                logits.Slice(start, count).Fill(float.NegativeInfinity);
+                word.Fill(float.NegativeInfinity);
                 continue;
             }
-            for (int j = 0; j < count; j++)
+            ulong inside = count == 64 ? ulong.MaxValue : (1UL << count) - 1;
+            for (ulong rejected = ~bits & inside; rejected != 0; rejected &= rejected - 1)
+                word[System.Numerics.BitOperations.TrailingZeroCount(rejected)] = float.NegativeInfinity;
+            if (!any)
             {
-                int i = start + j;
-                bool allowed = (bits & (1UL << j)) != 0 || (canEnd && i < _trie.VocabSize && _tokenizer.IsEndOfGeneration(i));
-                if (allowed)
-                    any |= logits[i] > float.NegativeInfinity;
-                else
-                    logits[i] = float.NegativeInfinity;
+                for (ulong kept = bits & inside; kept != 0 && !any; kept &= kept - 1)
+                    any = word[System.Numerics.BitOperations.TrailingZeroCount(kept)] > float.NegativeInfinity;
+            }
+        }
+        for (int i = 0; i < endLogits.Length; i++)
+        {
+            if (ends[i] < logits.Length)
+            {
+                logits[ends[i]] = endLogits[i];
+                any |= endLogits[i] > float.NegativeInfinity;
             }
         }
         return any;

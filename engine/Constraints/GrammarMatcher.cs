@@ -22,7 +22,9 @@ public sealed class GrammarMatcher
     private readonly List<State> _states = [];
     private readonly Dictionary<StateKey, int> _stateIds = [];
     private readonly List<int[]> _transitions = []; // per state, per byte: the next state, Unknown until computed
-    private const int Unknown = -2;
+    internal const int Unknown = -2;
+    private readonly List<bool> _accepts = []; // per state: some stack is alive or the text may end (the verdict of a walk that stops here)
+    private readonly Dictionary<int, (int Lo, int Hi)[]?> _loops = [];
     private const int MaxStates = 100_000;
 
     /// <summary>Rule references followed without a character in between, at most (a deeper chain would exhaust the thread's stack).</summary>
@@ -123,6 +125,77 @@ public sealed class GrammarMatcher
         return TokenVerdict.Open;
     }
 
+    /// <summary>The transition row of <paramref name="state"/> (<see cref="Unknown"/> where not computed yet): the trie walk's inner loop reads it directly.</summary>
+    internal int[] Row(int state) => _transitions[state];
+
+    /// <summary>Whether a walk ending in <paramref name="state"/> accepted its token inside the frame (<see cref="Verdict"/> without the dead case).</summary>
+    internal bool Accepts(int state) => _accepts[state];
+
+    /// <summary>
+    /// The characters that lead from <paramref name="state"/> back to itself, when one stack loops on a class
+    /// no other stack takes (the body of a JSON string, <c>[a-z]*</c>): every token made only of them is
+    /// accepted here. Null when there is no such class.
+    /// </summary>
+    /// <remarks>
+    /// Exact: a character only that stack takes advances that stack alone, so every such character —
+    /// of one byte or several, through the partial-character states — ends in the same expansion; one
+    /// probe character returning to the state proves it for the whole class.
+    /// </remarks>
+    internal (int Lo, int Hi)[]? LoopClass(int state)
+    {
+        if (state < 0)
+            return null;
+        if (!_loops.TryGetValue(state, out var found))
+            _loops[state] = found = Loop(state, oneStep: true);
+        return found;
+    }
+
+    /// <param name="oneStep">
+    /// Also take a class that reaches a loop after one character: a local state cut from deeper stacks
+    /// gets there (its stacks cut alike from then on), and every token of characters in both classes ends in it.
+    /// </param>
+    private (int Lo, int Hi)[]? Loop(int state, bool oneStep)
+    {
+        var s = _states[state];
+        if (s.Remaining > 0)
+            return null;
+        Span<byte> probe = stackalloc byte[4];
+        for (int i = 0; i < s.Stacks.Length; i++)
+        {
+            var chars = CharsAt(s.Stacks[i]);
+            if (chars.Size < MinLoopCodePoints)
+                continue;
+            var own = chars.Positive;
+            for (int j = 0; j < s.Stacks.Length && own.Length > 0; j++)
+            {
+                if (j != i)
+                    own = CodePointRanges.Minus(own, CharsAt(s.Stacks[j]).Positive);
+            }
+            if (own.Length == 0)
+                continue;
+            int n = new System.Text.Rune(own[0].Lo).EncodeToUtf8(probe);
+            int next = Step(state, probe[..n]);
+            if (next == state)
+                return own;
+            if (oneStep && next >= 0 && Loop(next, oneStep: false) is { } loop)
+            {
+                var both = CodePointRanges.Minus(own, CodePointRanges.Minus(own, loop));
+                if (both.Length > 0)
+                    return both;
+            }
+        }
+        return null;
+    }
+
+    /// <summary>Classes narrower than this are not looked for: a walk prunes them quickly, and a slice would cost a vocabulary scan.</summary>
+    internal const int MinLoopCodePoints = 16;
+
+    private CharSet CharsAt(int node)
+    {
+        var pos = _nodes[node].Pos;
+        return _grammar.Rules[pos.Rule].Alternatives[pos.Alt][pos.Index].Chars!;
+    }
+
     /// <summary>Forgets every cached state (the ids handed out before become invalid); returns the new start.</summary>
     public int Reset()
     {
@@ -131,6 +204,8 @@ public sealed class GrammarMatcher
         _states.Clear();
         _stateIds.Clear();
         _transitions.Clear();
+        _accepts.Clear();
+        _loops.Clear();
         Start = BuildStart();
         return Start;
     }
@@ -256,6 +331,7 @@ public sealed class GrammarMatcher
         var row = new int[256];
         System.Array.Fill(row, Unknown);
         _transitions.Add(row);
+        _accepts.Add(sorted.Length > 0 || (flags & EndFlag) != 0);
         _stateIds[key] = id;
         return id;
     }

@@ -66,6 +66,19 @@ public class CliTests
         var schema = Run("generate", "-m", model, "-p", "Once", "-n", "60", "--seed", "5", "--json-schema", "{\"type\":\"object\",\"properties\":{\"n\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":9}},\"required\":[\"n\"]}");
         Assert.That(schema.Code, Is.Zero, schema.Err);
         Assert.That(schema.Out.Trim(), Does.Match("^Once\\{\"n\":[1-9]\\}$"));
+        // '@FILE' reads the schema from the file (not a response file of System.CommandLine's, which would split it into arguments)
+        string schemaFile = Path.Combine(Path.GetTempPath(), $"engine-schema-{Guid.NewGuid():N}.json");
+        File.WriteAllText(schemaFile, "{\"type\": \"object\", \"properties\": {\"n\": {\"type\": \"integer\", \"minimum\": 1, \"maximum\": 9}}, \"required\": [\"n\"]}");
+        try
+        {
+            var fromFile = Run("generate", "-m", model, "-p", "Once", "-n", "60", "--seed", "5", "--json-schema", "@" + schemaFile);
+            Assert.That(fromFile.Code, Is.Zero, fromFile.Err);
+            Assert.That(fromFile.Out.Trim(), Is.EqualTo(schema.Out.Trim()));
+        }
+        finally
+        {
+            File.Delete(schemaFile);
+        }
         var regex = Run("generate", "-m", model, "-p", "Once", "-n", "20", "--seed", "5", "--regex", " [A-Z][a-z]+ (is|was) [a-z]+\\.");
         Assert.That(regex.Code, Is.Zero, regex.Err);
         Assert.That(regex.Out.Trim(), Does.Match("^Once [A-Z][a-z]+ (is|was) [a-z]+\\.$"));

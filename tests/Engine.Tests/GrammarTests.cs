@@ -248,6 +248,58 @@ public class GrammarTests
     }
 
     /// <summary>
+    /// States that loop on a character class take their class's tokens from a precomputed slice and walk
+    /// only the rest of the vocabulary: the masks (from full states and, with the open tokens, from local
+    /// states) equal a token-by-token step of the matcher at every prefix of random texts — loops inside
+    /// quotes, after one character, with escapes, multi-byte characters and cut UTF-8 pieces.
+    /// </summary>
+    [TestCase(1)]
+    [TestCase(2)]
+    [TestCase(3)]
+    [TestCase(4)]
+    public void Looping_states_mask_exactly_what_a_token_by_token_check_allows(int seed)
+    {
+        var grammar = Gbnf.Parse("""
+            root ::= item ("," " "? item)*
+            item ::= "\"" ([^"\\\x00-\x1F] | "\\" ["\\n])* "\"" | [a-zé日本]+ | "#" [0-9a-f]{2,4} | "(" root ")"
+            """);
+        var rng = new Random(seed);
+        string alphabet = "ab\"\\n,( )#0fé日本z\u0001";
+        var vocab = new List<byte[]>();
+        for (int i = 0; i < 400; i++)
+        {
+            var bytes = Encoding.UTF8.GetBytes(string.Concat(Enumerable.Range(0, rng.Next(1, 5)).Select(_ => alphabet[rng.Next(alphabet.Length)])));
+            if (rng.Next(5) == 0 && bytes.Length > 1)
+                bytes = bytes[..rng.Next(1, bytes.Length)]; // cut, maybe inside a character
+            vocab.Add(bytes);
+        }
+        var trie = new TokenTrie(vocab.Count, id => vocab[id]);
+        var matcher = new GrammarMatcher(grammar);
+        var mask = new ulong[(vocab.Count + 63) / 64];
+        var open = new List<int>();
+        for (int text = 0; text < 20; text++)
+        {
+            int state = matcher.Start;
+            for (int step = 0; step < 25; step++)
+            {
+                var allowed = Enumerable.Range(0, vocab.Count).Where(t => matcher.Step(state, vocab[t]) != GrammarMatcher.Dead).ToList();
+                trie.Allowed(matcher, state, mask);
+                Assert.That(Enumerable.Range(0, vocab.Count).Where(t => (mask[t >> 6] & (1UL << (t & 63))) != 0), Is.EqualTo(allowed), $"text {text}, step {step}");
+                // the local state's split: accepted bits plus the open tokens that pass the full check make the same set
+                int local = matcher.Local(state);
+                trie.Classify(matcher, local, mask, open);
+                var fromLocal = Enumerable.Range(0, vocab.Count).Where(t => (mask[t >> 6] & (1UL << (t & 63))) != 0)
+                    .Concat(open.Where(t => matcher.Step(state, vocab[t]) != GrammarMatcher.Dead)).Order();
+                Assert.That(fromLocal, Is.EqualTo(allowed), $"text {text}, step {step} (local state)");
+                if (allowed.Count == 0)
+                    break;
+                state = matcher.Step(state, vocab[allowed[rng.Next(allowed.Count)]]);
+            }
+        }
+        Assert.That(trie.SliceCount, Is.GreaterThan(0), "some state looped on a class (the string body, the word characters)");
+    }
+
+    /// <summary>
     /// The constraint's masks — built from cached local classifications plus a check of the tokens that
     /// leave the top frames — equal a brute-force check of every token of a 32k vocabulary, at every step
     /// of a JSON text (llama-spm's vocabulary), cold and again warm.

@@ -29,7 +29,8 @@ public static class EngineCli
         root.Subcommands.Add(SynthCommand.Create(io));
         root.Subcommands.Add(SpecBenchCommand.Create(io));
         root.Subcommands.Add(KernelsBenchCommand.Create(io));
-        var parsed = root.Parse(args);
+        // no response files: '@FILE' is ours (--json-schema @FILE, --text @FILE), read by the option that takes it
+        var parsed = root.Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null });
         return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false, Output = stdout, Error = stderr });
     }
 }

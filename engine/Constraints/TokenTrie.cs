@@ -1,0 +1,255 @@
+using System.Buffers;
+using System.Runtime.CompilerServices;
+using Engine.Tokenizers;
+
+namespace Engine.Constraints;
+
+/// <summary>
+/// The vocabulary as a trie of token byte strings, built once per tokenizer: a mask walks it once, so
+/// tokens sharing a prefix share the matcher's steps over that prefix, and a prefix the grammar rejects
+/// prunes every token under it. Nodes are numbered breadth-first with each node's children contiguous,
+/// so a walk reads arrays front to back.
+/// </summary>
+/// <remarks>
+/// A state that loops on a character class (inside a JSON string, every ordinary character leads back
+/// to the same state) accepts every token made only of that class's characters: those tokens come from a
+/// precomputed bit set per class (LLGuidance's "slices", Moskal et al., 2025), and only the rest of the
+/// vocabulary — a small trie of its own — is walked.
+/// </remarks>
+public sealed class TokenTrie
+{
+    private static readonly ConditionalWeakTable<TextTokenizer, TokenTrie> s_cache = new();
+
+    private readonly int[] _childStart; // node n's children: nodes _childStart[n] .. _childStart[n + 1] - 1
+    private readonly byte[] _byte; // the byte that enters a node
+    private readonly int[] _tokenStart; // node n's tokens: _tokens[_tokenStart[n] .. _tokenStart[n + 1] - 1]
+    private readonly int[] _tokens;
+    private readonly byte[][] _tokenBytes;
+    private readonly Dictionary<string, Slice> _slices = new(StringComparer.Ordinal);
+    private readonly Lock _sliceGate = new();
+
+    private TokenTrie(TextTokenizer tokenizer)
+        : this(tokenizer.VocabSize, id => tokenizer.Kind(id) is TokenKind.Control or TokenKind.Unknown or TokenKind.Unused ? [] : tokenizer.TokenBytes(id).ToArray())
+    {
+    }
+
+    /// <summary>A trie over any vocabulary: token id → its bytes (empty: never allowed).</summary>
+    internal TokenTrie(int vocabSize, Func<int, byte[]> bytesOf)
+    {
+        VocabSize = vocabSize;
+        _tokenBytes = new byte[vocabSize][];
+        // first as linked lists, then renumbered breadth-first into flat arrays
+        var firstChild = new List<int> { -1 };
+        var nextSibling = new List<int> { -1 };
+        var entry = new List<byte> { 0 };
+        var tokenHead = new List<int> { -1 };
+        var tokenNext = new int[vocabSize];
+        for (int id = 0; id < vocabSize; id++)
+        {
+            var bytes = bytesOf(id);
+            _tokenBytes[id] = bytes;
+            if (bytes.Length == 0)
+                continue; // never part of a constrained text (control tokens, empty pieces)
+            int node = 0;
+            foreach (byte b in bytes)
+            {
+                int c = firstChild[node];
+                while (c >= 0 && entry[c] != b)
+                    c = nextSibling[c];
+                if (c < 0)
+                {
+                    c = entry.Count;
+                    entry.Add(b);
+                    firstChild.Add(-1);
+                    tokenHead.Add(-1);
+                    nextSibling.Add(firstChild[node]);
+                    firstChild[node] = c;
+                }
+                node = c;
+            }
+            tokenNext[id] = tokenHead[node];
+            tokenHead[node] = id;
+        }
+        int count = entry.Count;
+        Nodes = count;
+        _childStart = new int[count + 1];
+        _byte = new byte[count];
+        _tokenStart = new int[count + 1];
+        var tokens = new List<int>();
+        var order = new int[count]; // new number → old node
+        order[0] = 0;
+        int next = 1;
+        for (int n = 0; n < count; n++)
+        {
+            int old = order[n];
+            _tokenStart[n] = tokens.Count;
+            for (int t = tokenHead[old]; t >= 0; t = tokenNext[t])
+                tokens.Add(t);
+            _childStart[n] = next;
+            for (int c = firstChild[old]; c >= 0; c = nextSibling[c])
+            {
+                _byte[next] = entry[c];
+                order[next++] = c;
+            }
+        }
+        _childStart[count] = next;
+        _tokenStart[count] = tokens.Count;
+        _tokens = [.. tokens];
+    }
+
+    public static TokenTrie For(TextTokenizer tokenizer) => s_cache.GetValue(tokenizer, t => new TokenTrie(t));
+
+    public int VocabSize { get; }
+
+    public int Nodes { get; }
+
+    /// <summary>Slices computed so far (one per character class a looping state was met with).</summary>
+    public int SliceCount
+    {
+        get
+        {
+            lock (_sliceGate)
+                return _slices.Count;
+        }
+    }
+
+    /// <summary>
+    /// From a local state (<see cref="GrammarMatcher.Local"/>): the bits of the tokens accepted whatever the
+    /// context, and the list of those whose fate depends on the frames below the top.
+    /// </summary>
+    public void Classify(GrammarMatcher matcher, int local, ulong[] accepted, List<int> open)
+    {
+        Array.Clear(accepted);
+        open.Clear();
+        if (matcher.LoopClass(local) is { } loop)
+        {
+            // the class's tokens lead back to this very state: accepted; only the others are walked
+            var slice = SliceOf(loop);
+            for (int w = 0; w < accepted.Length; w++)
+                accepted[w] = slice.Pure[w];
+            slice.Rest.Walk(matcher, local, accepted, open);
+            return;
+        }
+        Walk(matcher, local, accepted, open);
+    }
+
+    /// <summary>Sets the bit of every token whose bytes the matcher accepts from <paramref name="state"/>.</summary>
+    /// <remarks>
+    /// The walk of <see cref="Classify"/>: from a full state (not a local one) no path leaves its frames, so
+    /// every token that survives the walk is accepted and none is left open.
+    /// </remarks>
+    public void Allowed(GrammarMatcher matcher, int state, ulong[] mask)
+    {
+        var open = new List<int>();
+        Classify(matcher, state, mask, open);
+        System.Diagnostics.Debug.Assert(open.Count == 0, "a full state leaves no token open");
+    }
+
+    /// <summary>Depth-first over the trie from <paramref name="state"/>, pruning at rejected prefixes.</summary>
+    private void Walk(GrammarMatcher matcher, int state, ulong[] accepted, List<int> open)
+    {
+        var nodes = ArrayPool<int>.Shared.Rent(256);
+        var states = ArrayPool<int>.Shared.Rent(256);
+        try
+        {
+            int sp = 0;
+            nodes[sp] = 0;
+            states[sp++] = state;
+            while (sp > 0)
+            {
+                int node = nodes[--sp], s = states[sp];
+                var row = matcher.Row(s);
+                int end = _childStart[node + 1];
+                for (int c = _childStart[node]; c < end; c++)
+                {
+                    int next = row[_byte[c]];
+                    if (next == GrammarMatcher.Unknown)
+                        next = matcher.Step(s, _byte[c]);
+                    if (next < 0)
+                        continue;
+                    int tokensEnd = _tokenStart[c + 1];
+                    if (_tokenStart[c] < tokensEnd)
+                    {
+                        bool accept = matcher.Accepts(next);
+                        for (int i = _tokenStart[c]; i < tokensEnd; i++)
+                        {
+                            int t = _tokens[i];
+                            if (accept)
+                                accepted[t >> 6] |= 1UL << (t & 63);
+                            else
+                                open.Add(t);
+                        }
+                    }
+                    if (_childStart[c] < _childStart[c + 1])
+                    {
+                        if (sp == nodes.Length)
+                        {
+                            Grow(ref nodes, sp);
+                            Grow(ref states, sp);
+                        }
+                        nodes[sp] = c;
+                        states[sp++] = next;
+                    }
+                }
+            }
+        }
+        finally
+        {
+            ArrayPool<int>.Shared.Return(nodes);
+            ArrayPool<int>.Shared.Return(states);
+        }
+    }
+
+    private static void Grow(ref int[] array, int used)
+    {
+        var bigger = ArrayPool<int>.Shared.Rent(array.Length * 2);
+        Array.Copy(array, bigger, used);
+        ArrayPool<int>.Shared.Return(array);
+        array = bigger;
+    }
+
+    /// <summary>The tokens made only of characters in one class, and a trie of all the others.</summary>
+    private sealed record Slice(ulong[] Pure, TokenTrie Rest);
+
+    /// <summary>Slices kept per vocabulary (each a bit set and a trie of the rest); past it they are computed again.</summary>
+    private const int MaxSlices = 256;
+
+    private Slice SliceOf((int Lo, int Hi)[] ranges)
+    {
+        string key = string.Join(',', ranges.Select(r => $"{r.Lo:X}-{r.Hi:X}"));
+        lock (_sliceGate)
+        {
+            if (_slices.TryGetValue(key, out var cached))
+                return cached;
+        }
+        var pure = new ulong[(VocabSize + 63) / 64];
+        for (int t = 0; t < VocabSize; t++)
+        {
+            if (_tokenBytes[t].Length > 0 && AllIn(_tokenBytes[t], ranges))
+                pure[t >> 6] |= 1UL << (t & 63);
+        }
+        var rest = new TokenTrie(VocabSize, t => (pure[t >> 6] & (1UL << (t & 63))) != 0 ? [] : _tokenBytes[t]);
+        var slice = new Slice(pure, rest);
+        lock (_sliceGate)
+        {
+            if (_slices.Count >= MaxSlices)
+                _slices.Clear();
+            _slices[key] = slice;
+        }
+        return slice;
+    }
+
+    /// <summary>Whether <paramref name="bytes"/> are whole, well-formed UTF-8 characters, each inside <paramref name="ranges"/>.</summary>
+    private static bool AllIn(byte[] bytes, (int Lo, int Hi)[] ranges)
+    {
+        for (int i = 0; i < bytes.Length;)
+        {
+            if (System.Text.Rune.DecodeFromUtf8(bytes.AsSpan(i), out var rune, out int used) != OperationStatus.Done)
+                return false; // a partial or invalid character: its fate depends on the bytes around it
+            if (!CodePointRanges.Contains(ranges, rune.Value))
+                return false;
+            i += used;
+        }
+        return true;
+    }
+}
