@@ -95,7 +95,7 @@ public sealed class Gbnf
         int n = _rules.Count;
         string name;
         do
-            name = $"{baseName}-{n++}";
+            name = $"{baseName}~{n++}"; // '~' is no name character: never a rule defined further down
         while (_index.ContainsKey(name));
         int i = RuleIndex(name);
         _defined.Add(i);

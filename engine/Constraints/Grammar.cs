@@ -19,49 +19,29 @@ public sealed class CharSet
     internal (int Lo, int Hi)[] Positive => _positive ??= CodePointRanges.Of(this);
 
     /// <summary>How many code points <see cref="Positive"/> holds.</summary>
-    internal long Size
-    {
-        get
-        {
-            long size = 0;
-            foreach (var (lo, hi) in Positive)
-                size += hi - lo + 1;
-            return size;
-        }
-    }
+    internal long Size => CodePointRanges.Size(Positive);
+
+    /// <summary>Whether the set shares a code point with <paramref name="ranges"/> (sorted, disjoint).</summary>
+    internal bool Intersects((int Lo, int Hi)[] ranges) => CodePointRanges.Intersect(Positive, ranges).Length > 0;
 
     private (int Lo, int Hi)[]? _positive; // (a race computes it twice, alike)
 
-    public bool Contains(int codePoint)
-    {
-        bool inside = false;
-        foreach (var (lo, hi) in _ranges)
-        {
-            if (codePoint >= lo && codePoint <= hi)
-            {
-                inside = true;
-                break;
-            }
-        }
-        return inside != Negated;
-    }
+    public bool Contains(int codePoint) => CodePointRanges.Contains(Positive, codePoint);
 
-    /// <summary>Whether every code point in [lo, hi] is in the set (conservative: false when it cannot tell cheaply).</summary>
+    /// <summary>Whether every code point in [lo, hi] is in the set (surrogates, never encodable, count as outside).</summary>
     public bool ContainsAll(int lo, int hi)
     {
-        if (Negated)
+        var ranges = Positive;
+        int l = 0, h = ranges.Length - 1;
+        while (l <= h)
         {
-            foreach (var r in _ranges)
-            {
-                if (r.Lo <= hi && r.Hi >= lo)
-                    return false;
-            }
-            return true;
-        }
-        foreach (var r in _ranges)
-        {
-            if (r.Lo <= lo && r.Hi >= hi)
-                return true;
+            int m = (l + h) >> 1;
+            if (lo < ranges[m].Lo)
+                h = m - 1;
+            else if (lo > ranges[m].Hi)
+                l = m + 1;
+            else
+                return hi <= ranges[m].Hi;
         }
         return false;
     }
@@ -69,26 +49,17 @@ public sealed class CharSet
     /// <summary>Whether some code point in [lo, hi] is in the set (a partial UTF-8 sequence's possible completions).</summary>
     public bool Intersects(int lo, int hi)
     {
-        if (!Negated)
+        var ranges = Positive;
+        int l = 0, h = ranges.Length - 1;
+        while (l <= h) // the first range ending at or after lo
         {
-            foreach (var r in _ranges)
-            {
-                if (r.Lo <= hi && r.Hi >= lo)
-                    return true;
-            }
-            return false;
+            int m = (l + h) >> 1;
+            if (ranges[m].Hi < lo)
+                l = m + 1;
+            else
+                h = m - 1;
         }
-        // negated: some point of [lo, hi] escapes every range
-        int cursor = lo;
-        foreach (var r in _ranges.OrderBy(r => r.Lo))
-        {
-            if (r.Lo > cursor)
-                return true;
-            cursor = Math.Max(cursor, r.Hi + 1);
-            if (cursor > hi)
-                return false;
-        }
-        return cursor <= hi;
+        return l < ranges.Length && ranges[l].Lo <= hi;
     }
 }
 
@@ -149,6 +120,16 @@ internal static class CodePointRanges
         return [.. result];
     }
 
+    public static (int Lo, int Hi)[] Intersect((int Lo, int Hi)[] a, (int Lo, int Hi)[] b) => Minus(a, Minus(a, b));
+
+    public static long Size((int Lo, int Hi)[] ranges)
+    {
+        long size = 0;
+        foreach (var (lo, hi) in ranges)
+            size += hi - lo + 1;
+        return size;
+    }
+
     public static bool Contains((int Lo, int Hi)[] ranges, int codePoint)
     {
         int l = 0, h = ranges.Length - 1;
@@ -176,7 +157,7 @@ public readonly record struct GrammarElement(CharSet? Chars, int Rule)
     public static GrammarElement Of(CharSet chars) => new(chars, -1);
 }
 
-/// <summary>A rule: its name (generated rules for groups and repetitions are named <c>parent-N</c>) and its alternatives.</summary>
+/// <summary>A rule: its name (generated rules for groups and repetitions are named <c>parent~N</c>, which no written rule can be) and its alternatives.</summary>
 public sealed class GrammarRule(string name)
 {
     public string Name { get; } = name;

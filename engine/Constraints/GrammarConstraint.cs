@@ -19,7 +19,7 @@ internal sealed class SharedGrammar
         Matcher = new GrammarMatcher(grammar);
         Tokenizer = tokenizer;
         Trie = TokenTrie.For(tokenizer);
-        EndTokens = [.. Enumerable.Range(0, tokenizer.VocabSize).Where(tokenizer.IsEndOfGeneration)];
+        EndTokens = [.. tokenizer.EndOfGenerationTokens];
     }
 
     public static SharedGrammar For(Grammar grammar, TextTokenizer tokenizer) =>
@@ -121,6 +121,23 @@ public sealed class GrammarConstraint
         var bytes = _tokenizer.TokenBytes(token);
         lock (_shared.Gate)
             return bytes.Length > 0 && _matcher.Step(State, bytes) != GrammarMatcher.Dead;
+    }
+
+    /// <summary>
+    /// Computes the allowed-token mask of the text so far, if not cached yet: what <see cref="Apply(Span{float})"/>
+    /// does before writing the mask onto the logits. Returns how many tokens it allows (end tokens not counted).
+    /// </summary>
+    /// <remarks>Lets a benchmark time the mask apart from writing it over a vocabulary of logits.</remarks>
+    public int ComputeMask()
+    {
+        lock (_shared.Gate)
+        {
+            var mask = Mask(State);
+            int count = 0;
+            foreach (ulong w in mask)
+                count += System.Numerics.BitOperations.PopCount(w);
+            return count;
+        }
     }
 
     /// <summary>
@@ -253,7 +270,7 @@ public sealed class GrammarConstraint
     {
         if (_shared.Masks.TryGetValue(state, out var mask))
             return mask;
-        mask = new ulong[(_trie.VocabSize + 63) / 64];
+        mask = NewMask(_trie.VocabSize);
         int local = _matcher.Local(state);
         if (local == state)
             _trie.Allowed(_matcher, state, mask);
@@ -261,7 +278,7 @@ public sealed class GrammarConstraint
         {
             if (!_shared.Local.TryGetValue(local, out var split))
             {
-                var accepted = new ulong[mask.Length];
+                var accepted = NewMask(_trie.VocabSize);
                 var open = new List<int>();
                 _trie.Classify(_matcher, local, accepted, open);
                 split = (accepted, open.Count > OpenLimit ? null : open.ToArray());
@@ -282,6 +299,13 @@ public sealed class GrammarConstraint
         _shared.Masks[state] = mask;
         return mask;
     }
+
+    /// <summary>
+    /// A mask that lives as long as the grammar's caches: on the pinned object heap, which the collector
+    /// never copies — thousands of 16 KB masks (a 128k vocabulary) promoted through the young generations
+    /// would cost pauses of milliseconds in the middle of a generation.
+    /// </summary>
+    internal static ulong[] NewMask(int vocabSize) => GC.AllocateArray<ulong>((vocabSize + 63) / 64, pinned: true);
 
     /// <summary>Open tokens beyond which checking them one by one costs more than a full walk.</summary>
     private const int OpenLimit = 4096;

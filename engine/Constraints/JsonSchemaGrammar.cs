@@ -101,6 +101,18 @@ public sealed class JsonSchemaGrammar
             if (schema.TryGetProperty(keyword, out var v) && !(keyword == "uniqueItems" && v.ValueKind == JsonValueKind.False))
                 throw Unsupported($"{path}/{keyword}", $"'{keyword}'");
         }
+        // a keyword that constrains the value beside $ref, anyOf or oneOf would have to be intersected with
+        // it, which a grammar cannot do in general: an error rather than a keyword silently dropped
+        foreach (string combinator in new[] { "$ref", "anyOf", "oneOf", "const", "enum" })
+        {
+            if (!schema.TryGetProperty(combinator, out _))
+                continue;
+            foreach (string keyword in Constraining)
+            {
+                if (keyword != combinator && schema.TryGetProperty(keyword, out _) && !(combinator is "const" or "enum" && keyword == "type"))
+                    throw Unsupported($"{path}/{keyword}", $"'{keyword}' beside '{combinator}'");
+            }
+        }
         if (schema.TryGetProperty("$ref", out var reference))
             return Ref(reference.GetString() ?? "", path);
         if (schema.TryGetProperty("const", out var constant))
@@ -133,6 +145,13 @@ public sealed class JsonSchemaGrammar
             return Typed(schema, "array", path, hint);
         return "value"; // {} or only annotations: any JSON value
     }
+
+    /// <summary>The keywords that constrain a value (annotations — title, description, default, examples — do not).</summary>
+    private static readonly string[] Constraining =
+    [
+        "$ref", "anyOf", "oneOf", "allOf", "const", "enum", "type", "properties", "required", "additionalProperties", "items", "prefixItems",
+        "minItems", "maxItems", "minLength", "maxLength", "pattern", "format", "minimum", "maximum",
+    ];
 
     /// <summary>allOf of object schemas: one object with every part's properties and required names.</summary>
     private JsonElement MergeAll(JsonElement all, string path)
@@ -284,10 +303,20 @@ public sealed class JsonSchemaGrammar
     {
         if (schema.TryGetProperty("pattern", out var pattern))
         {
-            string rule = Sanitize(hint + "-pattern");
-            string gbnf = RegexGrammar.ToGbnf(pattern.GetString() ?? "", rule);
-            _names.Add(rule);
+            string rule = Sanitize(hint + "-pattern"), unique = rule;
+            for (int i = 2; !_names.Add(unique); i++)
+                unique = $"{rule}-{i}";
+            string gbnf;
+            try
+            {
+                gbnf = RegexGrammar.ToGbnf(pattern.GetString() ?? "", unique, jsonString: true);
+            }
+            catch (GrammarException e)
+            {
+                throw new GrammarException($"JSON schema at {path}/pattern: {e.Message}", 0, 0);
+            }
             _rules.Append(gbnf);
+            rule = unique;
             return $"\"\\\"\" {rule} \"\\\"\"";
         }
         if (schema.TryGetProperty("format", out var format))
@@ -325,6 +354,13 @@ public sealed class JsonSchemaGrammar
             return NewRule(hint + "-int", $"{Range(min.Value, (long)Math.Pow(10, Digits(min.Value)) - 1)} | [1-9] [0-9]{{{Digits(min.Value)},15}}");
         if (min is long lo && max is long hi && lo <= hi && hi - lo <= 1_000_000_000)
             return NewRule(hint + "-int", Range(lo, hi));
+        // one open end: the bounded part as a range, every longer number beyond it
+        if (min is null && max is long top && top >= 0 && top < 1_000_000_000)
+            return NewRule(hint + "-int", $"\"-\" natural | {Range(0, top)}");
+        if (min is null && max is long neg && neg < 0 && neg > -1_000_000_000)
+            return NewRule(hint + "-int", $"{Range(1 - (long)Math.Pow(10, Digits(-neg)), neg)} | \"-\" [1-9] [0-9]{{{Digits(-neg)},15}}");
+        if (max is null && min is long bottom && bottom < 0 && bottom > -1_000_000_000)
+            return NewRule(hint + "-int", $"{Range(bottom, -1)} | natural");
         throw Unsupported(path, $"an integer range [{min?.ToString(CultureInfo.InvariantCulture) ?? "-inf"}, {max?.ToString(CultureInfo.InvariantCulture) ?? "inf"}]");
     }
 

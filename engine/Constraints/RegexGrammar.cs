@@ -7,32 +7,35 @@ namespace Engine.Constraints;
 /// A regular expression as GBNF rules (the subset a grammar can express exactly): literals and escapes
 /// (<c>\d \w \s \D \W \S \. \\</c> …), classes <c>[...]</c> with ranges and negation, <c>.</c>, groups
 /// <c>(...)</c> and <c>(?:...)</c>, alternation, and <c>* + ? {m} {m,} {m,n}</c>. The pattern must match
-/// the whole text (leading <c>^</c> and trailing <c>$</c> are accepted and ignored); backreferences and
-/// lookaround are errors naming the position.
+/// the whole text (<c>^</c> at the start and <c>$</c> at the end of an alternative are accepted and
+/// ignored); anchors elsewhere, backreferences and lookaround are errors naming the position.
 /// </summary>
+/// <remarks>
+/// Inside a JSON string (<c>jsonString</c>: a schema's <c>pattern</c>) the text is the string's JSON
+/// form: a character the pattern matches that JSON must escape (<c>"</c>, <c>\</c>, controls) is
+/// written escaped (<c>\"</c>, <c>\\</c>, <c>\n</c>, <c>\u0001</c>), never raw, so the string
+/// stays valid JSON and its value matches the pattern.
+/// </remarks>
 public static class RegexGrammar
 {
-    /// <summary>GBNF for <paramref name="pattern"/> as a rule named <paramref name="name"/> (helper rules share its prefix).</summary>
+    /// <summary>GBNF for <paramref name="pattern"/> as a rule named <paramref name="name"/>.</summary>
+    /// <param name="jsonString">The text is the inside of a JSON string (escapes as JSON writes them).</param>
     /// <exception cref="GrammarException">The pattern uses what a grammar cannot express, or does not parse.</exception>
-    public static string ToGbnf(string pattern, string name = "root")
+    public static string ToGbnf(string pattern, string name = "root", bool jsonString = false)
     {
         ArgumentNullException.ThrowIfNull(pattern);
-        var p = new Parser(pattern);
+        var p = new Parser(pattern, jsonString);
         string body = p.Parse();
         return $"{name} ::= {body}\n";
     }
 
-    private sealed class Parser(string pattern)
+    private sealed class Parser(string pattern, bool json)
     {
         private int _pos, _depth;
 
         public string Parse()
         {
-            if (_pos < pattern.Length && pattern[_pos] == '^')
-                _pos++;
             string body = Alternation();
-            if (_pos < pattern.Length && pattern[_pos] == '$')
-                _pos++;
             if (_pos < pattern.Length)
                 throw Error(pattern[_pos] == ')' ? "unbalanced ')'" : $"unexpected '{pattern[_pos]}'");
             return body;
@@ -54,10 +57,19 @@ public static class RegexGrammar
         private string Sequence()
         {
             var items = new List<string>();
+            if (_pos < pattern.Length && pattern[_pos] == '^')
+                _pos++; // the whole text is matched anyway
             while (_pos < pattern.Length && pattern[_pos] is not ('|' or ')'))
             {
-                if (pattern[_pos] == '$' && _pos == pattern.Length - 1)
+                if (pattern[_pos] == '$')
+                {
+                    _pos++;
+                    if (_pos < pattern.Length && pattern[_pos] is not ('|' or ')'))
+                        throw Error("'$' before the end of an alternative cannot be expressed");
                     break;
+                }
+                if (pattern[_pos] == '^')
+                    throw Error("'^' after the start of an alternative cannot be expressed");
                 string atom = Atom();
                 items.Add(atom + Quantifier());
             }
@@ -123,9 +135,10 @@ public static class RegexGrammar
                     return Class();
                 case '.':
                     _pos++;
-                    return "[^\\n]";
+                    return Set([('\n', '\n')], negated: true);
                 case '\\':
-                    return Escape(inClass: false);
+                    var (ranges, negated, literal) = Escape(inClass: false);
+                    return ranges is null ? Literal(literal) : Set(ranges, negated);
                 case '*' or '+' or '?' or '{':
                     if (c == '{' && !TryBraces(out _))
                     {
@@ -134,34 +147,70 @@ public static class RegexGrammar
                     }
                     throw Error($"'{c}' has nothing to repeat");
                 default:
-                    _pos++;
-                    return Literal(c);
+                    return Literal(Next());
             }
+        }
+
+        /// <summary>The code point at the cursor (a surrogate pair is one), moving past it.</summary>
+        private int Next()
+        {
+            if (char.IsHighSurrogate(pattern[_pos]) && _pos + 1 < pattern.Length && char.IsLowSurrogate(pattern[_pos + 1]))
+            {
+                _pos += 2;
+                return char.ConvertToUtf32(pattern[_pos - 2], pattern[_pos - 1]);
+            }
+            return pattern[_pos++];
         }
 
         private string Class()
         {
             int start = _pos++;
-            var sb = new StringBuilder("[");
+            bool negated = false;
             if (_pos < pattern.Length && pattern[_pos] == '^')
             {
-                sb.Append('^');
+                negated = true;
                 _pos++;
             }
+            var ranges = new List<(int Lo, int Hi)>();
             bool first = true;
             while (_pos < pattern.Length && (pattern[_pos] != ']' || first))
             {
                 first = false;
+                int lo;
                 if (pattern[_pos] == '\\')
                 {
-                    string e = Escape(inClass: true);
-                    sb.Append(e.StartsWith('[') ? e[1..^1] : e);
+                    var (set, setNegated, literal) = Escape(inClass: true);
+                    if (set is not null)
+                    {
+                        if (setNegated)
+                            throw Error("a negated class escape (\\D \\W \\S) inside a class cannot be expressed");
+                        ranges.AddRange(set);
+                        continue;
+                    }
+                    lo = literal;
                 }
                 else
+                    lo = Next();
+                // a range lo-hi (a '-' first, last or after a range is itself)
+                if (_pos + 1 < pattern.Length && pattern[_pos] == '-' && pattern[_pos + 1] != ']')
                 {
-                    sb.Append(ClassChar(pattern[_pos]));
                     _pos++;
+                    int hi;
+                    if (pattern[_pos] == '\\')
+                    {
+                        var (set, _, literal) = Escape(inClass: true);
+                        if (set is not null)
+                            throw Error("a class escape cannot end a range");
+                        hi = literal;
+                    }
+                    else
+                        hi = Next();
+                    if (hi < lo)
+                        throw Error($"range {char.ConvertFromUtf32(lo)}-{char.ConvertFromUtf32(hi)} is reversed");
+                    ranges.Add((lo, hi));
                 }
+                else
+                    ranges.Add((lo, lo));
             }
             if (_pos >= pattern.Length)
             {
@@ -169,45 +218,65 @@ public static class RegexGrammar
                 throw Error("unterminated character class");
             }
             _pos++;
-            return sb.Append(']').ToString();
+            return Set([.. ranges], negated);
         }
 
-        private static string ClassChar(char c) => c switch
+        /// <summary>Characters JSON writes escaped inside a string, and how.</summary>
+        private static readonly (int Char, string Escaped)[] JsonEscapes = [('"', "\\\""), ('\\', "\\\\"), ('\n', "\\n"), ('\t', "\\t"), ('\r', "\\r")];
+
+        /// <summary>A class as GBNF; inside a JSON string the characters JSON escapes become their escapes.</summary>
+        private string Set((int Lo, int Hi)[] ranges, bool negated)
         {
-            '\\' => "\\\\",
-            ']' => "\\]",
-            '[' => "\\[",
-            '"' => "\\\"",
-            '\n' => "\\n",
-            '\t' => "\\t",
-            '\r' => "\\r",
-            _ when c < 0x20 => $"\\x{(int)c:X2}",
-            _ => c.ToString(),
+            var set = new CharSet(ranges, negated);
+            if (!json)
+                return "[" + (negated ? "^" : "") + string.Concat(ranges.Select(r => r.Lo == r.Hi ? ClassChar(r.Lo) : ClassChar(r.Lo) + "-" + ClassChar(r.Hi))) + "]";
+            // the raw characters: the class less what JSON escapes (controls, '"', '\\')
+            var raw = CodePointRanges.Minus(set.Positive, [(0, 0x1F), ('"', '"'), ('\\', '\\')]);
+            var alternatives = new List<string>();
+            if (raw.Length > 0)
+                alternatives.Add("[" + string.Concat(raw.Select(r => r.Lo == r.Hi ? ClassChar(r.Lo) : ClassChar(r.Lo) + "-" + ClassChar(r.Hi))) + "]");
+            for (int c = 0; c < 0x20; c++)
+            {
+                if (set.Contains(c) && !JsonEscapes.Any(e => e.Char == c))
+                    alternatives.Add($"\"\\\\u{c:x4}\"");
+            }
+            foreach (var (c, escaped) in JsonEscapes)
+            {
+                if (set.Contains(c))
+                    alternatives.Add("\"" + escaped.Replace("\\", "\\\\").Replace("\"", "\\\"") + "\""); // the escape's characters as a GBNF literal
+            }
+            if (alternatives.Count == 0)
+                throw Error("a class that matches no character");
+            return alternatives.Count == 1 ? alternatives[0] : "(" + string.Join(" | ", alternatives) + ")";
+        }
+
+        /// <summary>A character inside a GBNF class: the class's own syntax characters and the invisible ones escaped.</summary>
+        private static string ClassChar(int c) => c switch
+        {
+            '\\' or ']' or '[' or '-' or '^' or '"' => "\\" + (char)c,
+            _ when c < 0x20 || c == 0x7F => $"\\x{c:X2}",
+            _ when c > 0xFFFF => $"\\U{c:X8}",
+            _ => ((char)c).ToString(),
         };
 
-        private string Escape(bool inClass)
+        /// <summary>An escape: a class (<c>\d</c>, <c>\W</c> …) as ranges, or one character.</summary>
+        private ((int Lo, int Hi)[]? Ranges, bool Negated, int Literal) Escape(bool inClass)
         {
             _pos++;
             if (_pos >= pattern.Length)
                 throw Error("a backslash ends the pattern");
             char e = pattern[_pos++];
-            string set = e switch
+            (int, int)[] digits = [('0', '9')], word = [('a', 'z'), ('A', 'Z'), ('0', '9'), ('_', '_')], space = [(' ', ' '), ('\t', '\r')];
+            switch (e)
             {
-                'd' => "[0-9]",
-                'D' => "[^0-9]",
-                'w' => "[a-zA-Z0-9_]",
-                'W' => "[^a-zA-Z0-9_]",
-                's' => "[ \\t\\n\\r\\x0B\\x0C]",
-                'S' => "[^ \\t\\n\\r\\x0B\\x0C]",
-                _ => "",
-            };
-            if (set.Length > 0)
-            {
-                if (inClass && set[1] == '^')
-                    throw Error($"\\{e} inside a class cannot be expressed");
-                return set;
+                case 'd': return (digits, false, 0);
+                case 'D': return (digits, true, 0);
+                case 'w': return (word, false, 0);
+                case 'W': return (word, true, 0);
+                case 's': return (space, false, 0);
+                case 'S': return (space, true, 0);
             }
-            char literal = e switch
+            int literal = e switch
             {
                 'n' => '\n',
                 't' => '\t',
@@ -215,14 +284,15 @@ public static class RegexGrammar
                 'f' => '\f',
                 'v' => '\v',
                 '0' => '\0',
-                'x' => (char)Hex(2),
-                'u' => (char)Hex(4),
+                'x' => Hex(2),
+                'u' => Hex(4),
                 _ when char.IsAsciiDigit(e) => throw Error("backreferences cannot be expressed as a grammar"),
-                _ when e is 'b' or 'B' => throw Error("word boundaries cannot be expressed as a grammar"),
+                _ when e is 'b' or 'B' && !inClass => throw Error("word boundaries cannot be expressed as a grammar"),
+                'b' => '\b',
                 _ when char.IsAsciiLetter(e) => throw Error($"unknown escape \\{e}"),
                 _ => e,
             };
-            return inClass ? ClassChar(literal) : Literal(literal);
+            return (null, false, literal);
         }
 
         private int Hex(int digits)
@@ -233,15 +303,21 @@ public static class RegexGrammar
             return v;
         }
 
-        private static string Literal(char c) => "\"" + c switch
+        /// <summary>One character as a GBNF literal (inside a JSON string: as JSON writes it).</summary>
+        private string Literal(int c)
         {
-            '"' => "\\\"",
-            '\\' => "\\\\",
-            '\n' => "\\n",
-            '\t' => "\\t",
-            '\r' => "\\r",
-            _ when c < 0x20 => $"\\x{(int)c:X2}",
-            _ => c.ToString(),
-        } + "\"";
+            if (json && (c < 0x20 || c is '"' or '\\'))
+                return Set([(c, c)], negated: false);
+            return "\"" + c switch
+            {
+                '"' => "\\\"",
+                '\\' => "\\\\",
+                '\n' => "\\n",
+                '\t' => "\\t",
+                '\r' => "\\r",
+                _ when c < 0x20 => $"\\x{c:X2}",
+                _ => char.ConvertFromUtf32(c),
+            } + "\"";
+        }
     }
 }

@@ -11,10 +11,11 @@ namespace Engine.Constraints;
 /// so a walk reads arrays front to back.
 /// </summary>
 /// <remarks>
-/// A state that loops on a character class (inside a JSON string, every ordinary character leads back
-/// to the same state) accepts every token made only of that class's characters: those tokens come from a
-/// precomputed bit set per class (LLGuidance's "slices", Moskal et al., 2025), and only the rest of the
-/// vocabulary — a small trie of its own — is walked.
+/// A state in a run of one character class (inside a JSON string every ordinary character leads on the
+/// same way, for ever or for the string's remaining length) accepts every token made only of that class's
+/// characters, up to the run's length: those tokens come from a precomputed set per class and vocabulary
+/// (LLGuidance's "slices", Moskal et al., 2025), and only the rest of the vocabulary — a small trie of its
+/// own — is walked.
 /// </remarks>
 public sealed class TokenTrie
 {
@@ -25,7 +26,7 @@ public sealed class TokenTrie
     private readonly int[] _tokenStart; // node n's tokens: _tokens[_tokenStart[n] .. _tokenStart[n + 1] - 1]
     private readonly int[] _tokens;
     private readonly byte[][] _tokenBytes;
-    private readonly Dictionary<string, Slice> _slices = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, Slice?> _slices = new(StringComparer.Ordinal);
     private readonly Lock _sliceGate = new();
 
     private TokenTrie(TextTokenizer tokenizer)
@@ -121,12 +122,10 @@ public sealed class TokenTrie
     {
         Array.Clear(accepted);
         open.Clear();
-        if (matcher.LoopClass(local) is { } loop)
+        if (matcher.Run(local, MaxRunChars) is { } run && SliceOf(run.Class) is { } slice)
         {
-            // the class's tokens lead back to this very state: accepted; only the others are walked
-            var slice = SliceOf(loop);
-            for (int w = 0; w < accepted.Length; w++)
-                accepted[w] = slice.Pure[w];
+            // the class's tokens (up to the run's length) stay in the run: accepted; only the others are walked
+            slice.AcceptUpTo(run.Limit, accepted);
             slice.Rest.Walk(matcher, local, accepted, open);
             return;
         }
@@ -208,13 +207,44 @@ public sealed class TokenTrie
         array = bigger;
     }
 
-    /// <summary>The tokens made only of characters in one class, and a trie of all the others.</summary>
-    private sealed record Slice(ulong[] Pure, TokenTrie Rest);
-
     /// <summary>Slices kept per vocabulary (each a bit set and a trie of the rest); past it they are computed again.</summary>
     private const int MaxSlices = 256;
 
-    private Slice SliceOf((int Lo, int Hi)[] ranges)
+    /// <summary>Tokens longer than this (in characters) are never taken from a slice, but walked.</summary>
+    private const int MaxRunChars = 64;
+
+    /// <summary>
+    /// The tokens made only of characters in one class (at most <see cref="MaxRunChars"/> of them), by
+    /// length, and a trie of all the others.
+    /// </summary>
+    private sealed class Slice(int[] pureByLength, int[] lengthStart, TokenTrie rest, int words)
+    {
+        private readonly ulong[]?[] _upTo = new ulong[]?[MaxRunChars + 1];
+
+        public TokenTrie Rest { get; } = rest;
+
+        /// <summary>Sets the bits of the tokens of at most <paramref name="limit"/> characters.</summary>
+        public void AcceptUpTo(int limit, ulong[] accepted)
+        {
+            limit = Math.Min(limit, MaxRunChars);
+            var mask = Volatile.Read(ref _upTo[limit]);
+            if (mask is null)
+            {
+                mask = new ulong[words];
+                for (int i = 0; i < lengthStart[limit + 1]; i++)
+                    mask[pureByLength[i] >> 6] |= 1UL << (pureByLength[i] & 63);
+                Volatile.Write(ref _upTo[limit], mask); // a race builds it twice, alike
+            }
+            for (int w = 0; w < accepted.Length; w++)
+                accepted[w] |= mask[w];
+        }
+    }
+
+    /// <summary>
+    /// The slice of a class, or null where most of the vocabulary lies outside it (<c>[a-z]</c>): there the
+    /// walk prunes quickly by itself, and a trie of the rest would be nearly the whole one again.
+    /// </summary>
+    private Slice? SliceOf((int Lo, int Hi)[] ranges)
     {
         string key = string.Join(',', ranges.Select(r => $"{r.Lo:X}-{r.Hi:X}"));
         lock (_sliceGate)
@@ -222,14 +252,7 @@ public sealed class TokenTrie
             if (_slices.TryGetValue(key, out var cached))
                 return cached;
         }
-        var pure = new ulong[(VocabSize + 63) / 64];
-        for (int t = 0; t < VocabSize; t++)
-        {
-            if (_tokenBytes[t].Length > 0 && AllIn(_tokenBytes[t], ranges))
-                pure[t >> 6] |= 1UL << (t & 63);
-        }
-        var rest = new TokenTrie(VocabSize, t => (pure[t >> 6] & (1UL << (t & 63))) != 0 ? [] : _tokenBytes[t]);
-        var slice = new Slice(pure, rest);
+        var slice = BuildSlice(ranges);
         lock (_sliceGate)
         {
             if (_slices.Count >= MaxSlices)
@@ -239,17 +262,62 @@ public sealed class TokenTrie
         return slice;
     }
 
-    /// <summary>Whether <paramref name="bytes"/> are whole, well-formed UTF-8 characters, each inside <paramref name="ranges"/>.</summary>
-    private static bool AllIn(byte[] bytes, (int Lo, int Hi)[] ranges)
+    /// <summary>A slice pays where at least this share of the vocabulary is in it.</summary>
+    private const double MinSliceShare = 0.5;
+
+    private Slice? BuildSlice((int Lo, int Hi)[] ranges)
     {
-        for (int i = 0; i < bytes.Length;)
+        // a sample first: most classes met in patterns are narrow, and a scan of a 128k vocabulary costs milliseconds
+        int sampled = 0, pureSampled = 0;
+        for (int t = 0; t < VocabSize; t += Math.Max(1, VocabSize / 512))
         {
+            if (_tokenBytes[t].Length == 0)
+                continue;
+            sampled++;
+            pureSampled += PureLength(_tokenBytes[t], ranges) > 0 ? 1 : 0;
+        }
+        if (pureSampled < sampled * MinSliceShare * 0.8)
+            return null;
+        var length = new int[VocabSize]; // characters of a pure token, 0 for the others
+        var count = new int[MaxRunChars + 2];
+        for (int t = 0; t < VocabSize; t++)
+        {
+            length[t] = _tokenBytes[t].Length > 0 ? PureLength(_tokenBytes[t], ranges) : 0;
+            count[length[t] + 1]++;
+        }
+        var start = new int[MaxRunChars + 2]; // tokens of length ≤ L: pureByLength[0 .. start[L + 1]]
+        for (int l = 1; l <= MaxRunChars + 1; l++)
+            start[l] = start[l - 1] + (l >= 2 ? count[l] : 0);
+        var byLength = new int[start[MaxRunChars + 1]];
+        var fill = (int[])start.Clone();
+        for (int t = 0; t < VocabSize; t++)
+        {
+            if (length[t] > 0)
+                byLength[fill[length[t]]++] = t;
+        }
+        if (byLength.Length < VocabSize * MinSliceShare)
+            return null;
+        var rest = new TokenTrie(VocabSize, t => length[t] > 0 ? [] : _tokenBytes[t]);
+        return new Slice(byLength, start, rest, (VocabSize + 63) / 64);
+    }
+
+    /// <summary>
+    /// How many characters <paramref name="bytes"/> hold when they are whole, well-formed UTF-8 characters,
+    /// each inside <paramref name="ranges"/>, and at most <see cref="MaxRunChars"/>; else 0.
+    /// </summary>
+    private static int PureLength(byte[] bytes, (int Lo, int Hi)[] ranges)
+    {
+        int chars = 0;
+        for (int i = 0; i < bytes.Length; chars++)
+        {
+            if (chars == MaxRunChars)
+                return 0;
             if (System.Text.Rune.DecodeFromUtf8(bytes.AsSpan(i), out var rune, out int used) != OperationStatus.Done)
-                return false; // a partial or invalid character: its fate depends on the bytes around it
+                return 0; // a partial or invalid character: its fate depends on the bytes around it
             if (!CodePointRanges.Contains(ranges, rune.Value))
-                return false;
+                return 0;
             i += used;
         }
-        return true;
+        return chars;
     }
 }

@@ -68,6 +68,11 @@ public sealed class TextTokenizer
     /// <summary>EOS and any other token that ends a generation (end-of-turn, end-of-message).</summary>
     public bool IsEndOfGeneration(int id) => _endOfGeneration.Contains(id);
 
+    /// <summary>Every token that ends a generation (EOS, EOT, EOM), in id order.</summary>
+    public IReadOnlyList<int> EndOfGenerationTokens => _endTokens ??= [.. _endOfGeneration.Order()];
+
+    private int[]? _endTokens;
+
     /// <summary>The exact bytes a token renders as (empty for control tokens).</summary>
     public ReadOnlySpan<byte> TokenBytes(int id) => _bytes[CheckId(id)];
 

@@ -1,3 +1,4 @@
+using Engine.Api;
 using Engine.Cli;
 
 namespace Engine.Tests;
@@ -53,6 +54,44 @@ public class CliTests
         Assert.That(code, Is.Zero, err);
         Assert.That(output.Trim(), Is.EqualTo(string.Join(' ', expected.AfterPrompt)));
         Assert.That(err, Does.Match($@"strategy {strategy[1]}: prompt \d+ tokens .* generation: 48 tokens"));
+    }
+
+    /// <summary>
+    /// <c>grammar-bench --suite</c> measures every case of a folder and prints a table row per case, on a
+    /// vocabulary <c>synth-vocab</c> grew (byte-level, every old token kept with its id, the merges recorded).
+    /// </summary>
+    [Test]
+    public void Grammar_bench_runs_a_schema_suite_on_a_grown_vocabulary()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"engine-suite-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(dir);
+        try
+        {
+            string vocab = Path.Combine(dir, "grown.gguf");
+            var grow = Run("synth-vocab", "--like", SharedData.Require("vocab/ggml-vocab-gpt-2.gguf"), "--size", "60000", vocab);
+            Assert.That(grow.Code, Is.Zero, grow.Err);
+            Assert.That(grow.Out, Does.Contain("60000 tokens"));
+            var grown = LanguageModel.LoadTokenizer(vocab);
+            var source = LanguageModel.LoadTokenizer(SharedData.Require("vocab/ggml-vocab-gpt-2.gguf"));
+            Assert.That(grown.VocabSize, Is.EqualTo(60000));
+            Assert.That(grown.Encode("Hello world", addSpecial: false), Has.Count.LessThanOrEqualTo(source.Encode("Hello world", addSpecial: false).Count));
+            Assert.That(grown.TokenBytes(59999).ToArray(), Is.Not.Empty);
+            string cases = Path.Combine(dir, "cases");
+            Directory.CreateDirectory(cases);
+            foreach (string name in new[] { "01-person.json", "24-file-tree.json" })
+                File.Copy(Path.Combine(SharedData.RepositoryRoot, "tools", "grammar-suite", name), Path.Combine(cases, name));
+            var bench = Run("grammar-bench", "-m", vocab, "--suite", cases, "-r", "1");
+            Assert.That(bench.Code, Is.Zero, bench.Err);
+            Assert.That(bench.Out, Does.Contain("| 01-person |").And.Contains("| 24-file-tree |").And.Contains("2 case(s)"));
+            Assert.That(bench.Out, Does.Match(@"cold \(a fresh grammar\): mask mean \d+ µs"));
+            var bad = Run("synth-vocab", "--like", SharedData.Require("vocab/ggml-vocab-llama-spm.gguf"), Path.Combine(dir, "x.gguf"));
+            Assert.That(bad.Code, Is.EqualTo(1));
+            Assert.That(bad.Err, Does.Contain("not a byte-level BPE vocabulary"));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
     }
 
     [Test]

@@ -251,7 +251,7 @@ public class GrammarTests
     /// States that loop on a character class take their class's tokens from a precomputed slice and walk
     /// only the rest of the vocabulary: the masks (from full states and, with the open tokens, from local
     /// states) equal a token-by-token step of the matcher at every prefix of random texts — loops inside
-    /// quotes, after one character, with escapes, multi-byte characters and cut UTF-8 pieces.
+    /// quotes, after one character, bounded runs (<c>{0,5}</c>, <c>{2,6}</c>), escapes, multi-byte characters and cut UTF-8 pieces.
     /// </summary>
     [TestCase(1)]
     [TestCase(2)]
@@ -261,10 +261,10 @@ public class GrammarTests
     {
         var grammar = Gbnf.Parse("""
             root ::= item ("," " "? item)*
-            item ::= "\"" ([^"\\\x00-\x1F] | "\\" ["\\n])* "\"" | [a-zé日本]+ | "#" [0-9a-f]{2,4} | "(" root ")"
+            item ::= "\"" ([^"\\\x00-\x1F] | "\\" ["\\n])* "\"" | [a-zé日本]+ | "#" [0-9a-f]{2,4} | "(" root ")" | "'" [a-zé]{0,5} "'" | "<" [^<>]{2,6} ">"
             """);
         var rng = new Random(seed);
-        string alphabet = "ab\"\\n,( )#0fé日本z\u0001";
+        string alphabet = "ab\"\\n,( )#0fé日本z\u0001'<>";
         var vocab = new List<byte[]>();
         for (int i = 0; i < 400; i++)
         {

@@ -54,6 +54,15 @@ public class JsonSchemaTests
             {"allOf": [{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
                        {"type": "object", "properties": {"b": {"type": ["string", "null"], "maxLength": 3}}}]}
             """,
+        ["one-sided"] = """
+            {"type": "array", "prefixItems": [{"type": "integer", "maximum": 12}, {"type": "integer", "maximum": -30},
+                                              {"type": "integer", "minimum": -7}], "items": false}
+            """,
+        // a pattern's characters written as JSON writes them: quotes and backslashes escaped, never raw
+        ["pattern-escapes"] = """
+            {"type": "array", "prefixItems": [{"type": "string", "pattern": "^[^/]+$"}, {"type": "string", "pattern": "^a$|^b\\\\c$"},
+                                              {"type": "string", "pattern": "^[+\\-.^]{1,3}$"}], "items": false}
+            """,
     };
 
     private static bool Accepts(Grammar grammar, string text)
@@ -92,6 +101,18 @@ public class JsonSchemaTests
     [TestCase("all-of", """{"a":1,"b":null}""")]
     [TestCase("all-of", """{"a":1}""")]
     [TestCase("all-of", """{"b":"x"}""")]
+    [TestCase("one-sided", """[12,-30,-7]""")]
+    [TestCase("one-sided", """[-100000,-31,123456]""")]
+    [TestCase("one-sided", """[13,-30,0]""")]
+    [TestCase("one-sided", """[0,-29,0]""")]
+    [TestCase("one-sided", """[0,-30,-8]""")]
+    [TestCase("one-sided", """[0,-9999,-1]""")]
+    [TestCase("pattern-escapes", """["a\"b c","a","+"]""")]
+    [TestCase("pattern-escapes", """["a\\\\b","b\\c","-.^"]""")]
+    [TestCase("pattern-escapes", """["x/y","a","+"]""")]
+    [TestCase("pattern-escapes", """["x","bc","+"]""")]
+    [TestCase("pattern-escapes", """["x","a",","]""")]
+    [TestCase("pattern-escapes", """["x","a","~"]""")]
     public void The_grammar_accepts_a_compact_document_exactly_when_it_validates(string name, string json)
     {
         var grammar = JsonSchemaGrammar.Compile(Schemas[name]);
@@ -137,6 +158,9 @@ public class JsonSchemaTests
     [TestCase("""{"type": "strin"}""", "unknown type 'strin'")]
     [TestCase("""{"type": "string", "pattern": "(a)\\1"}""", "backreferences")]
     [TestCase("""{"type": "object" """, "not JSON")]
+    [TestCase("""{"anyOf": [{"type": "string"}, {"type": "null"}], "maxLength": 3}""", "'maxLength' beside 'anyOf'")]
+    [TestCase("""{"$ref": "#/$defs/a", "required": ["x"], "$defs": {"a": {"type": "object"}}}""", "'required' beside '$ref'")]
+    [TestCase("""{"type": "string", "pattern": "a$b"}""", "'$' before the end")]
     public void What_a_grammar_cannot_express_is_an_error_naming_it(string schema, string message)
     {
         var e = Assert.Throws<GrammarException>(() => JsonSchemaGrammar.Compile(schema))!;
@@ -155,6 +179,45 @@ public class JsonSchemaTests
         var grammar = Gbnf.Parse(RegexGrammar.ToGbnf(pattern));
         Assert.That(Accepts(grammar, text), Is.EqualTo(member));
         Assert.That(System.Text.RegularExpressions.Regex.IsMatch(text, "^(?:" + pattern.TrimStart('^').TrimEnd('$') + ")$"), Is.EqualTo(member), ".NET agrees");
+    }
+
+    /// <summary>
+    /// The benchmark suite (tools/grammar-suite: 50 real-world schemas, each with an instance): every schema
+    /// compiles, its instance validates (JsonSchema.Net, formats asserted), the grammar accepts the instance
+    /// written compactly, and what it accepts with a property name broken still validates.
+    /// </summary>
+    [Test]
+    public void The_benchmark_suite_compiles_and_accepts_its_valid_instances()
+    {
+        string folder = Path.Combine(SharedData.RepositoryRoot, "tools", "grammar-suite");
+        var files = Directory.GetFiles(folder, "*.json");
+        Assert.That(files, Has.Length.GreaterThanOrEqualTo(50));
+        var compact = new JsonSerializerOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+        var options = new EvaluationOptions { RequireFormatValidation = true };
+        int rejected = 0;
+        foreach (string file in files)
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllText(file));
+            string schema = doc.RootElement.GetProperty("schema").GetRawText();
+            string instance = JsonSerializer.Serialize(doc.RootElement.GetProperty("instance"), compact);
+            string name = Path.GetFileName(file);
+            Assert.That(JsonSchema.FromText(schema).Evaluate(JsonDocument.Parse(instance).RootElement, options).IsValid, Is.True, $"{name}: the instance validates");
+            var grammar = JsonSchemaGrammar.Compile(schema, cache: false);
+            Assert.That(Accepts(grammar, instance), Is.True, $"{name}: the grammar accepts the instance");
+            // a broken copy: the first property name's first letter changed (additionalProperties may still allow it)
+            int quote = instance.IndexOf("{\"", StringComparison.Ordinal);
+            if (quote >= 0 && quote + 2 < instance.Length && char.IsAsciiLetterLower(instance[quote + 2]))
+            {
+                string broken = instance[..(quote + 2)] + "Q" + instance[(quote + 3)..];
+                bool valid = JsonSchema.FromText(schema).Evaluate(JsonDocument.Parse(broken).RootElement, options).IsValid;
+                // sound: what the grammar accepts validates (the converse fails only where properties come in another order)
+                if (Accepts(grammar, broken))
+                    Assert.That(valid, Is.True, $"{name}: accepted but invalid: {broken[..Math.Min(60, broken.Length)]}");
+                else
+                    rejected++;
+            }
+        }
+        Assert.That(rejected, Is.GreaterThan(40), "most broken copies are rejected");
     }
 
     /// <summary>Sampled generation under each schema (strings and arrays bounded, so every path ends) parses and validates.</summary>
