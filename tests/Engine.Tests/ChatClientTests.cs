@@ -174,3 +174,45 @@ public class ChatClientTests
         }
     }
 }
+
+/// <summary>
+/// <see cref="ModelEmbeddingGenerator"/> through <see cref="IEmbeddingGenerator{TInput, TEmbedding}"/>: the
+/// mean of the tokens' last hidden states, checked against one whole-text pass of the network (the
+/// generator runs passes of 32 tokens; the hidden states must not depend on the split).
+/// </summary>
+public class EmbeddingGeneratorTests
+{
+    [Test]
+    public async Task Embeddings_are_mean_pooled_hidden_states_of_unit_length()
+    {
+        using var model = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Threads = 1 });
+        using IEmbeddingGenerator<string, Embedding<float>> generator = new ModelEmbeddingGenerator(model);
+        string longText = string.Concat(Enumerable.Repeat("Lily and Tom went to the park to play with a big red ball. ", 4));
+        var embeddings = await generator.GenerateAsync(["Once upon a time", longText, "Once upon a time"]);
+        Assert.That(embeddings, Has.Count.EqualTo(3));
+        Assert.That(embeddings[0].Vector.Length, Is.EqualTo(model.Config.Dim));
+        Assert.That(embeddings[0].Vector.ToArray(), Is.EqualTo(embeddings[2].Vector.ToArray()), "deterministic");
+        int longTokens = model.Tokenizer.Encode(longText).Count;
+        Assert.That(longTokens, Is.GreaterThan(64), "spans several passes");
+        Assert.That(embeddings.Usage!.InputTokenCount, Is.EqualTo(2 * model.Tokenizer.Encode("Once upon a time").Count + longTokens));
+
+        // the reference: one pass over the whole text, hidden states averaged and scaled to unit length
+        var ids = model.Tokenizer.Encode(longText).ToArray();
+        var network = model.Network;
+        int dim = model.Config.Dim;
+        using var cache = network.CreateKvCache(model.ContextLength, 32, sequences: 1, poolTokens: ids.Length + 64 + network.MaxBatch);
+        using var sequence = cache.CreateSequence();
+        var hidden = new float[ids.Length * dim];
+        network.Forward(sequence, ids, [.. Enumerable.Range(0, ids.Length)], Engine.Backends.AttentionMask.Causal, [.. Enumerable.Range(0, ids.Length)],
+            new float[ids.Length * model.Config.VocabSize], hidden);
+        var mean = Enumerable.Range(0, dim).Select(j => Enumerable.Range(0, ids.Length).Average(i => (double)hidden[i * dim + j])).ToArray();
+        double norm = Math.Sqrt(mean.Sum(x => x * x));
+        var vector = embeddings[1].Vector.ToArray();
+        // tolerance: the generator's 32-token passes and the one whole pass differ only in float summation order inside the kernels
+        for (int j = 0; j < dim; j++)
+            Assert.That(vector[j], Is.EqualTo(mean[j] / norm).Within(1e-4), $"component {j}");
+        Assert.That(Math.Sqrt(vector.Sum(x => (double)x * x)), Is.EqualTo(1).Within(1e-5));
+        await Assert.ThrowsAsync<NotSupportedException>(() => generator.GenerateAsync(["x"], new EmbeddingGenerationOptions { Dimensions = 7 }));
+        Assert.That(generator.GetService<EmbeddingGeneratorMetadata>()!.DefaultModelDimensions, Is.EqualTo(model.Config.Dim));
+    }
+}
