@@ -113,6 +113,33 @@ public sealed class LanguageModel : IDisposable
         }
     }
 
+    /// <summary>
+    /// Loads a model from the Hugging Face hub: <paramref name="file"/> in <paramref name="repo"/> (or the
+    /// repository's GGUF file, or its HF folder), downloaded into the hub cache unless it is there already
+    /// (<see cref="Hub.HubClient"/>: resumable, SHA-256 checked, <c>HF_TOKEN</c>/<c>HF_HUB_OFFLINE</c> honoured).
+    /// </summary>
+    /// <exception cref="Hub.HubException">The repository or file does not exist, the network failed, the download did not check out.</exception>
+    public static async Task<LanguageModel> LoadFromHubAsync(string repo, string? file = null, ModelOptions? options = null, string revision = "main",
+        IProgress<Hub.DownloadProgress>? progress = null, Hub.HubClient? hub = null, CancellationToken cancellationToken = default)
+    {
+        var client = hub ?? new Hub.HubClient();
+        try
+        {
+            string path = await Hub.HubModel.DownloadAsync(client, repo, file, revision, progress, cancellationToken).ConfigureAwait(false);
+            return Load(path, options);
+        }
+        finally
+        {
+            if (hub is null)
+                client.Dispose();
+        }
+    }
+
+    /// <summary><see cref="LoadFromHubAsync"/>, waited for.</summary>
+    public static LanguageModel LoadFromHub(string repo, string? file = null, ModelOptions? options = null, string revision = "main",
+        IProgress<Hub.DownloadProgress>? progress = null) =>
+        LoadFromHubAsync(repo, file, options, revision, progress).GetAwaiter().GetResult();
+
     /// <summary>Loads only the tokenizer of a model file or folder (works on vocabulary-only GGUF files).</summary>
     public static TextTokenizer LoadTokenizer(string path)
     {

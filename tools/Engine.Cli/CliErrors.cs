@@ -30,6 +30,7 @@ internal static class CliErrors
     private static string Describe(Exception e) => e switch
     {
         ModelFormatException m => m.Message,
+        Hub.HubException h => h.Message,
         FileNotFoundException f => f.Message,
         DirectoryNotFoundException d => d.Message,
         AggregateException { InnerException: { } inner } => Describe(inner),

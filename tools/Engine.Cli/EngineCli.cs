@@ -28,6 +28,7 @@ public static class EngineCli
         root.Subcommands.Add(ConvertCommand.Create(io));
         root.Subcommands.Add(SynthCommand.Create(io));
         root.Subcommands.Add(SynthVocabCommand.Create(io));
+        root.Subcommands.Add(PullCommand.Create(io));
         root.Subcommands.Add(SpecBenchCommand.Create(io));
         root.Subcommands.Add(KernelsBenchCommand.Create(io));
         // no response files: '@FILE' is ours (--json-schema @FILE, --text @FILE), read by the option that takes it

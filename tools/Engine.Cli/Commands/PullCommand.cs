@@ -1,0 +1,72 @@
+using System.CommandLine;
+using System.Diagnostics;
+using Engine.Hub;
+using Spectre.Console;
+
+namespace Engine.Cli.Commands;
+
+/// <summary>
+/// <c>engine pull REPO [FILE]</c>: downloads a model from the Hugging Face hub into its cache (shared with
+/// huggingface_hub) and prints the path to load; a progress bar on a terminal, one summary line otherwise.
+/// Without FILE it takes the repository's GGUF file (Q4_K_M of several) or its HF folder.
+/// </summary>
+internal static class PullCommand
+{
+    public static Command Create(CliOutput io)
+    {
+        var repo = new Argument<string>("REPO") { Description = "Hub repository, ORG/NAME" };
+        var file = new Argument<string?>("FILE") { Description = "File in the repository (default: its GGUF file, or its HF folder)", Arity = ArgumentArity.ZeroOrOne };
+        var revision = new Option<string>("--revision") { Description = "Branch, tag or commit", DefaultValueFactory = _ => "main" };
+        var cache = new Option<string?>("--cache-dir") { Description = "Hub cache folder (default: HF_HUB_CACHE, HF_HOME/hub or ~/.cache/huggingface/hub)" };
+        var endpoint = new Option<string?>("--endpoint") { Description = "Hub address (default: HF_ENDPOINT or https://huggingface.co)" };
+        var command = new Command("pull", "Download a model from the Hugging Face hub into its cache and print its path") { repo, file, revision, cache, endpoint };
+        command.SetAction(parse => CliErrors.Run(io, parse, () =>
+        {
+            using var hub = new HubClient(parse.GetValue(cache), parse.GetValue(endpoint));
+            var clock = Stopwatch.StartNew();
+            long last = 0;
+            string path;
+            bool terminal = ReferenceEquals(io.Error, Console.Error) && !Console.IsErrorRedirected;
+            if (terminal)
+            {
+                var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
+                path = console.Progress()
+                    .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new DownloadedColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
+                    .StartAsync(async ctx =>
+                    {
+                        var tasks = new Dictionary<string, ProgressTask>();
+                        var progress = new Callback(p =>
+                        {
+                            lock (tasks)
+                            {
+                                if (!tasks.TryGetValue(p.File, out var task))
+                                    tasks[p.File] = task = ctx.AddTask(p.File, maxValue: p.Total ?? 1);
+                                if (p.Total is long total)
+                                    task.MaxValue = total;
+                                task.Value = p.Bytes;
+                                last = p.Bytes;
+                            }
+                        });
+                        return await HubModel.DownloadAsync(hub, parse.GetRequiredValue(repo), parse.GetValue(file), parse.GetValue(revision)!, progress).ConfigureAwait(false);
+                    }).GetAwaiter().GetResult();
+            }
+            else
+            {
+                var progress = new Callback(p => last = p.Bytes);
+                path = HubModel.DownloadAsync(hub, parse.GetRequiredValue(repo), parse.GetValue(file), parse.GetValue(revision)!, progress).GetAwaiter().GetResult();
+                io.Error.WriteLine(last > 0
+                    ? $"downloaded {last / 1048576.0:F1} MiB in {clock.Elapsed.TotalSeconds:F1} s"
+                    : "in the cache already");
+            }
+            io.Out.WriteLine(path);
+            return 0;
+        }));
+        return command;
+    }
+
+    /// <summary>Progress reported on the downloading thread itself (no synchronization context to post to).</summary>
+    private sealed class Callback(Action<DownloadProgress> report) : IProgress<DownloadProgress>
+    {
+        public void Report(DownloadProgress value) => report(value);
+    }
+}
