@@ -25,6 +25,9 @@ public sealed unsafe class CpuBackend : Backend
     private readonly QuantizedActivations _q8k = new();
     private readonly FloatPanels _panels = new();
 
+    /// <summary>Whether the native CPU kernels (libengine_cpu) run on this machine, and if not, why.</summary>
+    public static string NativeKernelStatus => NativeKernels.Available ? "native kernels: " + NativeKernels.Status : "C# kernels: " + NativeKernels.Status;
+
     /// <param name="threads">Threads that compute, the caller's included (0 = one per core).</param>
     /// <param name="quantizeActivations">
     /// Quantize activations to int8 for the integer kernels of Q8_0/Q4_0/Q4_K/Q6_K weights (as llama.cpp
