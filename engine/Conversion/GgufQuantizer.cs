@@ -17,7 +17,8 @@ public sealed record QuantizedTensor(string Name, GgmlType From, GgmlType To, lo
 /// </summary>
 public static class GgufQuantizer
 {
-    public static IReadOnlyList<QuantizedTensor> Quantize(string input, string output, LlamaFileType fileType, int threads = 0)
+    /// <param name="progress">Told the tensor bytes written so far and in all, after each tensor.</param>
+    public static IReadOnlyList<QuantizedTensor> Quantize(string input, string output, LlamaFileType fileType, int threads = 0, IProgress<(long Done, long Total)>? progress = null)
     {
         if (Path.GetFullPath(input) == Path.GetFullPath(output))
             throw new ArgumentException("the output must be a different file from the input");
@@ -27,7 +28,7 @@ public static class GgufQuantizer
         int layers = m.Contains($"{arch}.block_count") ? m.GetInt32($"{arch}.block_count") : 0;
         bool hasOutput = source.FindTensor("output.weight") is not null;
 
-        var w = new GgufWriter { Alignment = source.Alignment };
+        var w = new GgufWriter { Alignment = source.Alignment, Progress = progress };
         foreach (string key in m.Keys)
         {
             if (key != "general.alignment")

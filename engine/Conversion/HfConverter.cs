@@ -20,7 +20,8 @@ public static class HfConverter
 {
     public static readonly IReadOnlyList<string> Architectures = ["llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "granite", "blockffn"];
 
-    public static unsafe void Convert(string folder, string output)
+    /// <param name="progress">Told the tensor bytes written so far and in all, after each tensor.</param>
+    public static unsafe void Convert(string folder, string output, IProgress<(long Done, long Total)>? progress = null)
     {
         string configPath = Path.Combine(folder, "config.json");
         var c = ModelConfigReader.FromHf(configPath);
@@ -30,7 +31,7 @@ public static class HfConverter
         if (c.RopeFreqFactors is not null || c.LongRope is not null)
             throw new ModelFormatException(configPath, "rope_scaling", "per-frequency RoPE factors are not converted; the folder loads as it is");
         using var weights = new SafetensorsWeightSource(folder, a);
-        var w = new GgufWriter();
+        var w = new GgufWriter { Progress = progress };
         w.Add("general.architecture", a);
         w.Add("general.name", Path.GetFileName(Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar)));
         w.Add($"{a}.context_length", (uint)c.ContextLength);

@@ -62,14 +62,15 @@ public sealed record SynthSpec(
 /// </summary>
 public static class ModelSynthesizer
 {
-    public static void Write(SynthSpec spec, GgufMetadata vocabulary, string path, int threads = 0)
+    /// <param name="progress">Told the tensor bytes written so far and in all, after each tensor.</param>
+    public static void Write(SynthSpec spec, GgufMetadata vocabulary, string path, int threads = 0, IProgress<(long Done, long Total)>? progress = null)
     {
         spec.Validate();
         if (!vocabulary.Contains("tokenizer.ggml.tokens"))
             throw new Formats.ModelFormatException(vocabulary.File, "tokenizer.ggml.tokens", "the --like file has no vocabulary");
         int vocab = vocabulary["tokenizer.ggml.tokens"].ArrayLength;
         string a = spec.GgufArch;
-        var w = new GgufWriter();
+        var w = new GgufWriter { Progress = progress };
         w.Add("general.architecture", a);
         w.Add("general.name", $"synth-{spec.Arch}-{spec.Dim}x{spec.Layers}{(spec.Moe ? $"-{spec.Experts}x{spec.ExpertsUsed}" : "")}-{spec.FileType}");
         w.Add("general.file_type", (uint)spec.FileType);

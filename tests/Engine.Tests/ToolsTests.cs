@@ -287,6 +287,26 @@ public class ToolsTests
         Assert.That(ids, Is.Not.Empty);
     }
 
+    /// <summary>Long writes report progress (what the CLI's bar shows on a terminal): from zero, rising, to every tensor byte.</summary>
+    [Test]
+    public void Quantize_reports_its_progress_tensor_by_tensor()
+    {
+        using var dir = new TempDir();
+        var reports = new List<(long Done, long Total)>();
+        var tensors = GgufQuantizer.Quantize(SharedData.StoriesGguf, dir.File("q.gguf"), QuantizationPlan.Parse("Q8_0"), 1, new Recorder(reports));
+        long total = tensors.Sum(t => t.Bytes);
+        Assert.That(reports[0], Is.EqualTo((0L, total)));
+        Assert.That(reports[^1], Is.EqualTo((total, total)));
+        Assert.That(reports, Has.Count.EqualTo(tensors.Count + 1), "one report per tensor, and the start");
+        Assert.That(reports.Select(r => r.Done), Is.Ordered);
+        Assert.That(new FileInfo(dir.File("q.gguf")).Length, Is.GreaterThan(total));
+    }
+
+    private sealed class Recorder(List<(long Done, long Total)> reports) : IProgress<(long Done, long Total)>
+    {
+        public void Report((long Done, long Total) value) => reports.Add(value);
+    }
+
     [Test]
     public void Quantize_never_overwrites_its_input_and_names_a_bad_type()
     {

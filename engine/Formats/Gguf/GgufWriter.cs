@@ -59,6 +59,9 @@ public sealed class GgufWriter
         return this;
     }
 
+    /// <summary>Told the tensor bytes written so far and in all, after each tensor (a long write's progress bar).</summary>
+    public IProgress<(long Done, long Total)>? Progress { get; init; }
+
     /// <summary>Writes the file; on any failure the destination is left as it was.</summary>
     public void Write(string path)
     {
@@ -115,6 +118,8 @@ public sealed class GgufWriter
 
         w.Pad(Alignment);
         long dataStart = w.Position;
+        long total = _tensors.Sum(t => t.ByteSize), done = 0;
+        Progress?.Report((0, total));
         for (int i = 0; i < _tensors.Count; i++)
         {
             w.Pad(Alignment);
@@ -127,6 +132,8 @@ public sealed class GgufWriter
             if (written != _tensors[i].ByteSize)
                 throw new InvalidOperationException($"tensor '{_tensors[i].Name}': writer produced {written} bytes, expected {_tensors[i].ByteSize}");
             w.Advance(written);
+            done += written;
+            Progress?.Report((done, total));
         }
         w.Flush();
     }

@@ -20,7 +20,11 @@ internal static class ConvertCommand
             if (!Directory.Exists(from))
                 throw new ArgumentException($"{from} is not a folder (convert reads an HF model folder)");
             var clock = System.Diagnostics.Stopwatch.StartNew();
-            HfConverter.Convert(from, to);
+            TerminalProgress.Run(io, "convert", progress =>
+            {
+                HfConverter.Convert(from, to, progress);
+                return 0;
+            });
             io.Out.WriteLine($"wrote {to}: {new FileInfo(to).Length / (1 << 20)} MiB in {clock.Elapsed.TotalSeconds:F1} s");
             return 0;
         }));

@@ -26,7 +26,7 @@ internal static class PullCommand
             var clock = Stopwatch.StartNew();
             long last = 0;
             string path;
-            bool terminal = ReferenceEquals(io.Error, Console.Error) && !Console.IsErrorRedirected;
+            bool terminal = TerminalProgress.Available(io);
             if (terminal)
             {
                 var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });

@@ -18,7 +18,7 @@ internal static class QuantizeCommand
             var fileType = QuantizationPlan.Parse(parse.GetRequiredValue(type));
             string from = parse.GetRequiredValue(input), to = parse.GetRequiredValue(output);
             var clock = System.Diagnostics.Stopwatch.StartNew();
-            var tensors = GgufQuantizer.Quantize(from, to, fileType, parse.GetValue(threads));
+            var tensors = TerminalProgress.Run(io, "quantize", progress => GgufQuantizer.Quantize(from, to, fileType, parse.GetValue(threads), progress));
             foreach (var group in tensors.GroupBy(t => (t.From, t.To)).OrderBy(g => g.Key.From).ThenBy(g => g.Key.To))
                 io.Out.WriteLine($"  {group.Count(),4} tensors {group.Key.From} -> {group.Key.To}");
             io.Out.WriteLine($"wrote {to} ({fileType}): {Engine.Formats.LinkedFile.Resolve(from).Length / (1 << 20)} MiB -> {new FileInfo(to).Length / (1 << 20)} MiB in {clock.Elapsed.TotalSeconds:F1} s");

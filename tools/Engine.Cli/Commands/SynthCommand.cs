@@ -42,7 +42,11 @@ internal static class SynthCommand
             using var vocab = GgufFile.Open(parse.GetRequiredValue(like));
             string path = parse.GetRequiredValue(output);
             var clock = System.Diagnostics.Stopwatch.StartNew();
-            ModelSynthesizer.Write(spec, vocab.Metadata, path, parse.GetValue(threads));
+            TerminalProgress.Run(io, "synth", progress =>
+            {
+                ModelSynthesizer.Write(spec, vocab.Metadata, path, parse.GetValue(threads), progress);
+                return 0;
+            });
             io.Out.WriteLine($"wrote {path}: {spec.Arch} dim {spec.Dim}, {spec.Layers} layers, {spec.Heads}/{spec.KvHeads} heads, ffn {spec.Ffn}{(spec.Moe ? $" × {spec.Experts} experts, {spec.ExpertsUsed} per token" : spec.BlockFfn ? $" × {spec.Experts} blocks, router biased for TLS {spec.Sparsity:0.##} / CLS(8) {spec.ChunkLocality:0.##}" : "")}, {spec.FileType}, {new FileInfo(path).Length / (1 << 20)} MiB in {clock.Elapsed.TotalSeconds:F1} s");
             return 0;
         }));
