@@ -91,6 +91,16 @@ public sealed class GrammarConstraint
         }
     }
 
+    /// <summary>Counts the times the shared caches were dropped: states from an older count mean nothing now (replay their text).</summary>
+    internal int Epoch
+    {
+        get
+        {
+            lock (_shared.Gate)
+                return _shared.Epoch;
+        }
+    }
+
     /// <summary>Whether the text so far is a complete sentence of the grammar.</summary>
     public bool CanEnd
     {

@@ -118,6 +118,10 @@ public sealed class BeamSearch : DecodingStrategy
         var touched = new List<int>();
         var pool = new List<(double Score, double LogProb, Beam From, int Token)>(o.Beams * candidates);
         var live = new List<KvSequence>();
+        // a grammar: each beam follows its own state; a row the grammar leaves nothing in ends its beam
+        var constraint = CreateConstraint();
+        int epoch = constraint?.Epoch ?? 0;
+        var alive = new bool[o.Beams];
         try
         {
             var root = cache.CreateSequence();
@@ -126,15 +130,21 @@ public sealed class BeamSearch : DecodingStrategy
             PromptDone();
             for (int g = 0; g < o.Groups; g++)
             {
-                running[g] = [new Beam(root, -1, 0, 0)];
+                running[g] = [new Beam(root, -1, 0, 0, 0, constraint?.Current ?? 0)];
                 finished[g] = [];
             }
             int rows = 1;
             for (int step = 0; step < maxTokens; step++)
             {
                 ct.ThrowIfCancellationRequested();
+                Array.Fill(alive, true, 0, rows);
+                if (constraint is not null)
+                    MaskRows(constraint, ref epoch, nodes, running, logits, vocab, alive);
                 for (int r = 0; r < rows; r++)
-                    Distributions.LogSoftmax(logits.AsSpan(r * vocab, vocab), logProbs.AsSpan(r * vocab, vocab));
+                {
+                    if (alive[r])
+                        Distributions.LogSoftmax(logits.AsSpan(r * vocab, vocab), logProbs.AsSpan(r * vocab, vocab));
+                }
                 foreach (int t in touched)
                     chosen[t] = 0;
                 touched.Clear();
@@ -147,13 +157,18 @@ public sealed class BeamSearch : DecodingStrategy
                     pool.Clear();
                     foreach (var beam in running[g])
                     {
+                        if (!alive[beam.Row])
+                            continue;
                         var lp = logProbs.AsSpan(beam.Row * vocab, vocab);
                         lp.CopyTo(row);
                         foreach (int t in touched)
                             row[t] -= o.DiversityPenalty * chosen[t];
                         int found = TopK.Largest<float>(row, best);
                         for (int k = 0; k < found; k++)
-                            pool.Add((beam.LogProb + row[best[k]], beam.LogProb + lp[best[k]], beam, best[k]));
+                        {
+                            if (!float.IsNegativeInfinity(lp[best[k]])) // a masked token is no continuation
+                                pool.Add((beam.LogProb + row[best[k]], beam.LogProb + lp[best[k]], beam, best[k]));
+                        }
                     }
                     pool.Sort((a, b) => b.Score.CompareTo(a.Score)); // stable enough: ties keep no promise
                     for (int rank = 0; rank < pool.Count && rank < candidates && next[g].Count < groupSize; rank++)
@@ -166,7 +181,7 @@ public sealed class BeamSearch : DecodingStrategy
                             continue;
                         }
                         nodes.Add((from.Node, token));
-                        next[g].Add(new Beam(from.Sequence, nodes.Count - 1, logProb, from.Length + 1));
+                        next[g].Add(new Beam(from.Sequence, nodes.Count - 1, logProb, from.Length + 1, 0, constraint?.After(from.Grammar, token) ?? 0));
                     }
                     foreach (var beam in next[g])
                     {
@@ -219,8 +234,44 @@ public sealed class BeamSearch : DecodingStrategy
         }
     }
 
-    /// <summary>A running beam: its sequence (holding all but its last token), its last node, its log-prob, its length and its logits row.</summary>
-    private readonly record struct Beam(KvSequence Sequence, int Node, double LogProb, int Length, int Row = 0);
+    /// <summary>A running beam: its sequence (holding all but its last token), its last node, its log-prob, its length, its logits row and its grammar state.</summary>
+    private readonly record struct Beam(KvSequence Sequence, int Node, double LogProb, int Length, int Row = 0, int Grammar = 0);
+
+    /// <summary>
+    /// Masks each beam's row at the beam's grammar state (rows shared by groups at the first step are one
+    /// row); a row nothing survives in is not alive. States from before the grammar's caches were dropped
+    /// are replayed from each beam's tokens first.
+    /// </summary>
+    private static void MaskRows(Engine.Constraints.GrammarConstraint constraint, ref int epoch, List<(int Parent, int Token)> nodes,
+        List<Beam>[] running, float[] logits, int vocab, bool[] alive)
+    {
+        if (constraint.Epoch != epoch)
+        {
+            epoch = constraint.Epoch;
+            foreach (var group in running)
+            {
+                for (int i = 0; i < group.Count; i++)
+                {
+                    var path = new List<int>();
+                    for (int n = group[i].Node; n >= 0; n = nodes[n].Parent)
+                        path.Add(nodes[n].Token);
+                    int state = constraint.Current;
+                    for (int j = path.Count - 1; j >= 0; j--)
+                        state = constraint.After(state, path[j]);
+                    group[i] = group[i] with { Grammar = state };
+                }
+            }
+        }
+        var masked = new HashSet<int>();
+        foreach (var group in running)
+        {
+            foreach (var beam in group)
+            {
+                if (masked.Add(beam.Row))
+                    alive[beam.Row] = constraint.Apply(beam.Grammar, logits.AsSpan(beam.Row * vocab, vocab));
+            }
+        }
+    }
 
     private BeamHypothesis Hypothesis(List<(int Parent, int Token)> nodes, int node, double logProb, int length, int group, bool finished)
     {

@@ -95,6 +95,9 @@ public sealed class CautiousDecoding : DecodingStrategy
         return Math.Min(_options.MaxTrials, 2 + (int)Math.Ceiling((_options.MaxTrials - 2) * share));
     }
 
+    /// <summary>Its trials run as forks sampled on their own until punctuation; a grammar per trial is not built yet.</summary>
+    protected override bool SupportsGrammar => false;
+
     protected override IEnumerable<int> Run(int[] prompt, int maxTokens, CancellationToken ct)
     {
         var network = Model.Network;

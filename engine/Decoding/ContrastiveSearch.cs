@@ -77,13 +77,25 @@ public sealed class ContrastiveSearch : DecodingStrategy
         var positionsK = new int[k];
         var normalized = new float[dim];
         int bestRow = 0, generated = 0;
+        var constraint = CreateConstraint();
         try
         {
             while (generated < maxTokens)
             {
                 ct.ThrowIfCancellationRequested();
+                if (constraint is not null && !constraint.Apply(logits.AsSpan(bestRow * vocab, vocab)))
+                    break; // the grammar's dead end
                 Distributions.Softmax(logits.AsSpan(bestRow * vocab, vocab), probs);
                 int found = Speculative.TopK.Largest<float>(probs, candidates);
+                int possible = 0; // candidates the model (or the grammar) gives no probability are no candidates
+                for (int i = 0; i < found; i++)
+                {
+                    if (probs[candidates[i]] > 0)
+                        candidates[possible++] = candidates[i];
+                }
+                found = possible;
+                if (found == 0)
+                    break;
                 for (int i = 0; i < found; i++)
                     (outputRows[i], positionsK[i]) = (i, sequence.Length);
                 var candidateMask = found == k ? mask : AttentionMask.FromParents(parents.AsSpan(0, found));
@@ -106,6 +118,7 @@ public sealed class ContrastiveSearch : DecodingStrategy
                 sequence.Compact(sequence.Length - found, [bestRow]);
                 if (IsEnd(token))
                     break;
+                constraint?.Accept(token);
                 Normalize(hidden.AsSpan(bestRow * dim, dim), context.AsSpan(held++ * dim, dim));
                 generated++;
                 yield return token;

@@ -38,6 +38,19 @@ public abstract class DecodingStrategy
     /// <summary>Stop at EOS (and the other end-of-generation tokens), which is not returned.</summary>
     public bool StopAtEndOfGeneration { get; set; } = true;
 
+    /// <summary>
+    /// Constrains the output to this grammar (null: none): beams, candidates and draws see only the tokens it
+    /// allows at their own text, end tokens only where that text is complete; a dead end stops the output.
+    /// </summary>
+    public Engine.Constraints.Grammar? Grammar { get; set; }
+
+    /// <summary>Whether the method applies <see cref="Grammar"/> (one that cannot is refused rather than ignored).</summary>
+    protected virtual bool SupportsGrammar => true;
+
+    /// <summary>A constraint of <see cref="Grammar"/> for one generation, or null.</summary>
+    protected Engine.Constraints.GrammarConstraint? CreateConstraint() =>
+        Grammar is null ? null : new Engine.Constraints.GrammarConstraint(Grammar, Model.Tokenizer);
+
     /// <summary>The last generation's counts (null before the first).</summary>
     public DecodingStats? LastStats { get; protected set; }
 
@@ -51,6 +64,8 @@ public abstract class DecodingStrategy
         CheckPrompt(prompt, "prompt");
         if (maxTokens < 0)
             throw new ArgumentOutOfRangeException(nameof(maxTokens), $"the token count {maxTokens} must not be negative");
+        if (Grammar is not null && !SupportsGrammar)
+            throw new NotSupportedException($"--strategy {Name} does not take a grammar yet");
         return Run(prompt.ToArray(), maxTokens, cancellationToken);
     }
 
@@ -92,6 +107,7 @@ public abstract class DecodingStrategy
         CancellationToken ct, Action<int>? kept = null)
     {
         int generated = 0;
+        var constraint = CreateConstraint();
         try
         {
             while (generated < maxTokens)
@@ -100,9 +116,12 @@ public abstract class DecodingStrategy
                 var logits = score();
                 if (logits is null)
                     break;
+                if (constraint is not null && !constraint.Apply(logits))
+                    break; // the grammar's dead end: nothing may follow
                 int token = chain.Sample(logits);
                 if (IsEnd(token))
                     break;
+                constraint?.Accept(token);
                 chain.Accept(token);
                 kept?.Invoke(token);
                 generated++;

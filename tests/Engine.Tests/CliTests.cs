@@ -121,6 +121,9 @@ public class CliTests
         var regex = Run("generate", "-m", model, "-p", "Once", "-n", "20", "--seed", "5", "--regex", " [A-Z][a-z]+ (is|was) [a-z]+\\.");
         Assert.That(regex.Code, Is.Zero, regex.Err);
         Assert.That(regex.Out.Trim(), Does.Match("^Once [A-Z][a-z]+ (is|was) [a-z]+\\.$"));
+        var beam = Run("generate", "-m", model, "-p", "Once", "-n", "20", "--strategy", "beam", "--beams", "3", "--regex", " [A-Z][a-z]+ (is|was) [a-z]+\\.");
+        Assert.That(beam.Code, Is.Zero, beam.Err);
+        Assert.That(beam.Out.Trim(), Does.Match("^Once [A-Z][a-z]+ (is|was) [a-z]+\\.$"), "a beam search under a grammar");
         var asap = Run("generate", "-m", model, "-p", "Lily saw a big", "-n", "16", "--seed", "3", "--grammar", "root ::= \" \" (\"cat\" | \"dog\") \".\"",
             "--grammar-sampling", "asap", "--asap-samples", "50");
         Assert.That(asap.Code, Is.Zero, asap.Err);
@@ -132,7 +135,8 @@ public class CliTests
             (["--json-schema", "{\"type\":\"number\",\"multipleOf\":2}"], "'multipleOf'"),
             (["--regex", "(a)\\1"], "backreferences"),
             (["--grammar-sampling", "asap"], "needs a grammar"),
-            (["--grammar", "root ::= \"a\"", "--strategy", "beam"], "cannot be combined"),
+            (["--grammar", "root ::= \"a\"", "--strategy", "cautious"], "cannot be combined with --strategy cautious"),
+            (["--grammar", "root ::= \"a\"", "--grammar-sampling", "asap", "--strategy", "beam"], "cannot be combined with --strategy beam"),
         })
         {
             var run = Run(["generate", "-m", model, "-p", "Once", "-n", "4", .. args]);

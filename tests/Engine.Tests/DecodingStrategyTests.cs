@@ -375,6 +375,47 @@ public class DecodingStrategyTests
         Assert.That(Assert.Throws<ArgumentException>(() => new SpanExtraction(lm, [], SamplingOptions.Greedy))!.Message, Does.Contain("--context"));
     }
 
+    /// <summary>
+    /// Strategies under a grammar: at their neutral settings (beam width 1, contrastive α = 0, CAD α = 0,
+    /// CFG γ = 1) they equal constrained greedy decoding; a wider beam search's every hypothesis is in the
+    /// grammar's language, each beam following its own state; a method that cannot take a grammar says so.
+    /// </summary>
+    [Test]
+    public void Strategies_under_a_grammar_keep_to_it_and_equal_constrained_greedy_at_their_neutral_settings()
+    {
+        using var lm = Stories();
+        // words the model would not write unasked, and a fixed shape: "<Name> (is|was) <word>."
+        var grammar = Engine.Constraints.Gbnf.Parse(Engine.Constraints.RegexGrammar.ToGbnf(" [A-Z][a-z]+ (is|was|had) [a-z]+( [a-z]+)?\\."));
+        var prompt = Prompt(lm, "Once upon a time");
+        List<int> ConstrainedGreedy(int[] ids, int n)
+        {
+            using var session = lm.CreateSession();
+            return session.Generate(ids, new GenerationOptions { MaxTokens = n, Sampling = SamplingOptions.Greedy, Grammar = grammar }).ToList();
+        }
+        var expected = ConstrainedGreedy(prompt, 40);
+        string text = lm.Tokenizer.Decode(expected);
+        Assert.That(text, Does.Match("^ [A-Z][a-z]+ (is|was|had) [a-z]+( [a-z]+)?\\.$"), "the reference keeps to the grammar");
+        Assert.That(expected, Is.Not.EqualTo(Greedy(lm, prompt, expected.Count)), "and differs from unconstrained greedy");
+
+        Assert.That(new BeamSearch(lm, new BeamSearchOptions { Beams = 1 }) { Grammar = grammar }.Generate(prompt, 40).ToList(), Is.EqualTo(expected), "beam width 1");
+        Assert.That(new ContrastiveSearch(lm, alpha: 0f, topK: 4) { Grammar = grammar }.Generate(prompt, 40).ToList(), Is.EqualTo(expected), "contrastive α = 0");
+        var query = Prompt(lm, "Lily");
+        Assert.That(new GuidedDecoding(lm, Guidance.ContextAware, query, 0f, SamplingOptions.Greedy) { Grammar = grammar }.Generate(prompt, 40).ToList(),
+            Is.EqualTo(expected), "CAD α = 0");
+        Assert.That(new GuidedDecoding(lm, Guidance.ClassifierFree, query, 1f, SamplingOptions.Greedy) { Grammar = grammar }.Generate(prompt, 40).ToList(),
+            Is.EqualTo(expected), "CFG γ = 1");
+
+        var wide = new BeamSearch(lm, new BeamSearchOptions { Beams = 4, NBest = 4 }) { Grammar = grammar };
+        var hypotheses = wide.Search(prompt, 40);
+        Assert.That(hypotheses, Has.Count.GreaterThan(1));
+        foreach (var h in hypotheses)
+            Assert.That(lm.Tokenizer.Decode(h.Tokens), Does.Match("^ [A-Z][a-z]+ (is|was|had) [a-z]+( [a-z]+)?\\.$"), "every hypothesis is in the language");
+        Assert.That(hypotheses.Select(h => string.Join(' ', h.Tokens)).Distinct().Count(), Is.EqualTo(hypotheses.Count), "beams followed states of their own");
+
+        var cautious = new CautiousDecoding(lm, new CautiousOptions()) { Grammar = grammar };
+        Assert.That(Assert.Throws<NotSupportedException>(() => cautious.Generate(prompt, 10).ToList())!.Message, Does.Contain("cautious"));
+    }
+
     [Test]
     public void Impossible_strategy_options_are_errors_naming_the_option()
     {

@@ -79,8 +79,8 @@ internal static class GenerateCommand
 
             List<int>? givenIds = idText is not null ? ParseIds(idText) : null;
             string? strategyName = strategies.Name(parse);
-            if (grammar is not null && strategyName is not null)
-                throw new ArgumentException("--grammar cannot be combined with --strategy yet");
+            if (grammar is not null && strategyName == "cautious")
+                throw new ArgumentException("--grammar cannot be combined with --strategy cautious yet");
             if (strategyName is not null && parse.GetValue(spec) is not null)
                 throw new ArgumentException($"--strategy {strategyName} and --spec cannot be combined (speculative decoding accelerates plain sampling)");
 
@@ -92,6 +92,8 @@ internal static class GenerateCommand
                 throw new ArgumentException($"--grammar-sampling {how}: expected mask or asap");
             if (how == "asap")
             {
+                if (strategyName is not null)
+                    throw new ArgumentException($"--grammar-sampling asap cannot be combined with --strategy {strategyName} (ASAp samples the model's own distribution)");
                 if (grammar is null)
                     throw new ArgumentException("--grammar-sampling asap needs a grammar (--grammar, --grammar-file, --json-schema or --regex)");
                 if (parse.GetResult(temperature) is { Implicit: false } && parse.GetValue(temperature) != 1f)
@@ -117,6 +119,7 @@ internal static class GenerateCommand
             {
                 var (strategy, mainPrompt, amateur) = strategies.Create(parse, strategyName, lm, text, promptTokens, options.Sampling,
                     parse.GetValue(topK), parse.GetResult(topK) is { Implicit: false }, SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount));
+                strategy.Grammar = grammar;
                 using (amateur)
                     return RunStrategy(io, lm, strategy, mainPrompt, options.MaxTokens, parse.GetValue(ids), threadCount);
             }
