@@ -145,6 +145,54 @@ public sealed class DraftTree
         }
     }
 
+    /// <summary>
+    /// Removes the nodes <paramref name="drop"/> marks, and every descendant of one, keeping the others in
+    /// their order (parents before children) with their draft distributions; returns how many went.
+    /// </summary>
+    public int Prune(ReadOnlySpan<bool> drop)
+    {
+        if (drop.Length < Count)
+            throw new ArgumentException($"{drop.Length} marks for {Count} nodes", nameof(drop));
+        var tokens = _tokens.ToArray();
+        var parents = _parents.ToArray();
+        var q = _q.ToArray();
+        var draw = _draw.ToArray();
+        var map = new int[tokens.Length];
+        Clear();
+        _q[0] = q[0];
+        _draw[0] = draw[0];
+        for (int n = 0; n < tokens.Length; n++)
+        {
+            int parent = parents[n];
+            if (drop[n] || (parent >= 0 && map[parent] < 0))
+            {
+                map[n] = -1;
+                continue;
+            }
+            int mapped = parent < 0 ? -1 : map[parent];
+            // not Add: siblings sampled with replacement may repeat a token
+            int node = Count;
+            _tokens.Add(tokens[n]);
+            _parents.Add(mapped);
+            int depth = mapped < 0 ? 1 : _depths[mapped] + 1;
+            _depths.Add(depth);
+            MaxDepth = Math.Max(MaxDepth, depth);
+            _nextSibling.Add(-1);
+            _firstChild.Add(-1);
+            _lastChild.Add(-1);
+            _q.Add(q[n + 1]);
+            _draw.Add(draw[n + 1]);
+            int slot = mapped + 1;
+            if (_lastChild[slot] < 0)
+                _firstChild[slot] = node;
+            else
+                _nextSibling[_lastChild[slot]] = node;
+            _lastChild[slot] = node;
+            map[n] = node;
+        }
+        return tokens.Length - Count;
+    }
+
     /// <summary>The tokens from the root down to <paramref name="node"/> (inclusive), root excluded.</summary>
     public void PathTo(int node, List<int> tokens)
     {

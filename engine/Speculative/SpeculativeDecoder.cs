@@ -35,6 +35,9 @@ public sealed record SpeculativeOptions
 /// <summary>Counts of a speculative generation.</summary>
 public sealed record SpeculativeStats(int Steps, int DraftedTokens, int AcceptedTokens, int GeneratedTokens, TimeSpan Elapsed)
 {
+    /// <summary>Drafted tokens dropped before verification because the grammar rejects them (greedy decoding under a grammar).</summary>
+    public int PrunedByGrammar { get; init; }
+
     /// <summary>Mean tokens produced per verification (accepted + the target's own), τ in the literature.</summary>
     public double Tau => Steps == 0 ? 0 : (double)(AcceptedTokens + Steps) / Steps;
 
@@ -91,7 +94,7 @@ public sealed class SpeculativeDecoder : IDisposable
     public SpeculativeOptions Options { get; }
 
     /// <summary>Counts of the current or last generation (built on request, so the loop allocates nothing for it).</summary>
-    public SpeculativeStats Stats => new(_steps, _drafted, _accepted, _generated, _clock.Elapsed);
+    public SpeculativeStats Stats => new(_steps, _drafted, _accepted, _generated, _clock.Elapsed) { PrunedByGrammar = _prunedByGrammar };
 
     /// <summary>
     /// Generates from <paramref name="prompt"/> (exact ids; add BOS yourself) with a fresh context,
@@ -117,7 +120,7 @@ public sealed class SpeculativeDecoder : IDisposable
     private IEnumerable<int> Run(int[] prompt, GenerationOptions options, CancellationToken ct)
     {
         _clock.Restart();
-        _steps = _drafted = _accepted = _generated = 0;
+        _steps = _drafted = _accepted = _generated = _prunedByGrammar = 0;
         var net = _target.Network;
         int vocab = _target.Config.VocabSize;
         // Stateful processors (penalties, DRY, Mirostat) see what plain decoding shows them: the prompt, then
@@ -202,6 +205,11 @@ public sealed class SpeculativeDecoder : IDisposable
                 if ((uint)_tree.Token(i) >= (uint)vocab)
                     throw new InvalidOperationException($"draft source {Source.Name} proposed token {_tree.Token(i)}, outside the vocabulary (0..{vocab - 1})");
             }
+            // greedy under a grammar: a draft the grammar rejects can never match the masked argmax, so it
+            // and its subtree are pruned before they cost verification rows (sampled verification keeps
+            // them: removing a proposal because of its value would change the rejection sampler's law)
+            int pruned = grammar is not null && rule is GreedyMatch && _tree.Count > 0 ? PruneOutsideGrammar(grammar) : 0;
+            _prunedByGrammar += pruned;
 
             // Verify root + tree in one pass.
             int rows = _tree.Count + 1;
@@ -250,7 +258,7 @@ public sealed class SpeculativeDecoder : IDisposable
             _sequence.Compact(committed, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(keep));
 
             _steps++;
-            _drafted += _tree.Count;
+            _drafted += _tree.Count + pruned;
             _accepted += _path.Count;
             budget.Record(n, _tree.MaxDepth, _path.Count, stepClock.Elapsed.TotalSeconds);
             int before = _context.Count;
@@ -326,6 +334,30 @@ public sealed class SpeculativeDecoder : IDisposable
         return true;
     }
 
+    /// <summary>Drops the draft nodes whose token the grammar rejects after their branch's text (and their subtrees).</summary>
+    private int PruneOutsideGrammar(Engine.Constraints.GrammarConstraint grammar)
+    {
+        int n = _tree.Count;
+        if (_nodeStates.Length < n + 1)
+            _nodeStates = new int[Math.Max(n + 1, 2 * _nodeStates.Length)];
+        if (_drop.Length < n)
+            _drop = new bool[Math.Max(n, 2 * _drop.Length)];
+        int root = grammar.Current;
+        bool any = false;
+        for (int node = 0; node < n; node++)
+        {
+            int parent = _tree.Parent(node);
+            int from = parent < 0 ? root : _nodeStates[parent];
+            int state = from == Engine.Constraints.GrammarMatcher.Dead ? from : grammar.After(from, _tree.Token(node));
+            _nodeStates[node] = state;
+            _drop[node] = state == Engine.Constraints.GrammarMatcher.Dead;
+            any |= _drop[node];
+        }
+        return any ? _tree.Prune(_drop.AsSpan(0, n)) : 0;
+    }
+
+    private bool[] _drop = [];
+    private int _prunedByGrammar;
     private int[] _nodeStates = [];
     private Activation _verified;
     private int[] _topIds = [];

@@ -385,8 +385,9 @@ public class GrammarTests
     }
 
     /// <summary>
-    /// Inside speculative decoding each verified row is masked at the grammar state its branch reached, so
-    /// greedy speculative output under a grammar equals plain constrained greedy output, token for token.
+    /// Inside speculative decoding each verified row is masked at the grammar state its branch reached, and
+    /// (greedy) drafts the grammar rejects are pruned before verification, so greedy speculative output
+    /// under a grammar equals plain constrained greedy output, token for token.
     /// </summary>
     [TestCase("lookup")]
     [TestCase("recycle")]
@@ -396,6 +397,7 @@ public class GrammarTests
         using var lm = Stories();
         using var dir = new TempDir();
         using var draft = method == "draft" ? LanguageModel.Load(SpeculativeTests.QuantizedStories(dir, "Q8_0"), new ModelOptions { Threads = 2 }) : null;
+        int pruned = 0;
         foreach (string name in new[] { "list", "json" })
         {
             var grammar = Gbnf.Parse(Examples[name]);
@@ -407,7 +409,10 @@ public class GrammarTests
             var spec = decoder.Generate(prompt, options).ToList();
             Assert.That(spec, Is.EqualTo(plain), $"{method}, {name}");
             Assert.That(decoder.Stats.AcceptedTokens, Is.GreaterThan(0), $"{method}, {name}: drafts were accepted under the grammar");
+            pruned += decoder.Stats.PrunedByGrammar;
         }
+        if (method == "recycle")
+            Assert.That(pruned, Is.GreaterThan(0), "drafts outside the grammar were pruned before verification (and the output still equals)");
     }
 
     /// <summary>

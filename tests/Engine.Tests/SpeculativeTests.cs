@@ -548,6 +548,27 @@ public class SpeculativeTests
 
     private static IEnumerable<int> Support(float[] d) => Enumerable.Range(0, d.Length).Where(i => d[i] > 0);
 
+    /// <summary>Pruning a draft tree drops the marked nodes and their subtrees, keeps the rest in order with their parents and draft distributions.</summary>
+    [Test]
+    public void Pruning_a_draft_tree_drops_subtrees_and_keeps_the_rest_in_order()
+    {
+        var tree = new DraftTree();
+        int a = tree.Add(-1, 10), b = tree.Add(-1, 20), a1 = tree.Add(a, 11), b1 = tree.Add(b, 21), a2 = tree.Add(a1, 12), b2 = tree.Add(b, 22);
+        var q = new float[] { 0.5f, 0.5f };
+        tree.SetDraftDistribution(b, q, DraftDraw.Independent);
+        var drop = new bool[tree.Count];
+        drop[a1] = true; // a1 and its child a2 go
+        Assert.That(tree.Prune(drop), Is.EqualTo(2));
+        Assert.That(Enumerable.Range(0, tree.Count).Select(tree.Token), Is.EqualTo(new[] { 10, 20, 21, 22 }));
+        Assert.That(Enumerable.Range(0, tree.Count).Select(tree.Parent), Is.EqualTo(new[] { -1, -1, 1, 1 }));
+        Assert.That(tree.DraftDistribution(1), Is.SameAs(q));
+        Assert.That(tree.Draw(1), Is.EqualTo(DraftDraw.Independent));
+        Assert.That(tree.ChildCount(1), Is.EqualTo(2));
+        Assert.That(tree.ChildCount(0), Is.Zero);
+        Assert.That(tree.MaxDepth, Is.EqualTo(2));
+        _ = (b1, a2, b2);
+    }
+
     [Test]
     public void Typical_acceptance_is_labelled_lossy_and_only_used_when_asked()
     {
