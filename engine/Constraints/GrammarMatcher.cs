@@ -408,10 +408,44 @@ public sealed class GrammarMatcher
         _states.Add(new State(sorted, flags, partial, remaining, min));
         var row = new int[256];
         System.Array.Fill(row, Unknown);
+        if (remaining == 0 && (flags & PoppedFlag) == 0)
+            MarkDeadBytes(sorted, row);
         _transitions.Add(row);
         _accepts.Add(sorted.Length > 0 || (flags & EndFlag) != 0);
         _stateIds[key] = id;
         return id;
+    }
+
+    /// <summary>
+    /// Marks dead the bytes no stack's character set can begin with (an ASCII character outside every set, a
+    /// lead byte of no character any set holds, a continuation byte): a trie walk from a fresh state then
+    /// skips most of the 256 first bytes without computing them. (Not for partial characters, nor where a
+    /// path left a local state's frames, whose outcome is open.)
+    /// </summary>
+    private void MarkDeadBytes(int[] stacks, int[] row)
+    {
+        Span<bool> live = stackalloc bool[256];
+        foreach (int st in stacks)
+        {
+            foreach (var (lo, hi) in CharsAt(st).Positive)
+            {
+                for (int c = lo; c <= Math.Min(hi, 0x7F); c++)
+                    live[c] = true;
+                if (hi >= 0x80)
+                {
+                    int from = LeadByte(Math.Max(lo, 0x80)), to = LeadByte(hi);
+                    for (int b = from; b <= to; b++)
+                        live[b] = true;
+                }
+            }
+        }
+        for (int b = 0; b < 256; b++)
+        {
+            if (!live[b])
+                row[b] = Dead;
+        }
+
+        static int LeadByte(int c) => c < 0x800 ? 0xC0 | (c >> 6) : c < 0x10000 ? 0xE0 | (c >> 12) : 0xF0 | (c >> 18);
     }
 
     /// <summary>A partial state's <see cref="State.Partial"/> when the value no longer matters: every stack kept accepts every completion.</summary>
