@@ -22,6 +22,9 @@ public sealed record ModelOptions
 
     /// <summary>The device to run on; null for the CPU backend. The model takes ownership (also when loading fails).</summary>
     public Backend? Backend { get; init; }
+
+    /// <summary>Told the weight tensors loaded so far and in the file, as the model loads (a progress bar's feed).</summary>
+    public IProgress<(long Done, long Total)>? LoadProgress { get; init; }
 }
 
 /// <summary>
@@ -102,7 +105,7 @@ public sealed class LanguageModel : IDisposable
             int context = options.ContextLength > 0 ? options.ContextLength : Math.Min(config.ContextLength, 4096);
             config = config.ForContext(context); // LongRoPE: the short or the long factors
             backend.Reserve(MemoryPlan.For(path, config, weights, backend, context, options.MaxBatch)); // before anything is allocated
-            var network = new LlamaModel(config, LlamaWeights.Load(weights, config, backend), backend, options.MaxBatch);
+            var network = new LlamaModel(config, LlamaWeights.Load(weights, config, backend, options.LoadProgress), backend, options.MaxBatch);
             return new LanguageModel(path, weights, tokenizer, network, context);
         }
         catch

@@ -87,14 +87,18 @@ public sealed class LlamaWeights : IDisposable
     public required bool TiedOutput { get; init; }
     public required LlamaLayer[] Layers { get; init; }
 
-    public static unsafe LlamaWeights Load(WeightSource source, ModelConfig c, Backend backend)
+    /// <param name="progress">Told the tensors loaded so far and in the file, after each (a long load's progress bar).</param>
+    public static unsafe LlamaWeights Load(WeightSource source, ModelConfig c, Backend backend, IProgress<(long Done, long Total)>? progress = null)
     {
         var owned = new List<IDisposable>();
+        long total = source.Tensors.Count;
+        progress?.Report((0, total));
         try
         {
             T Track<T>(T item) where T : IDisposable
             {
                 owned.Add(item);
+                progress?.Report((Math.Min(owned.Count, total), total));
                 return item;
             }
             TensorView? Find(string name, long[] dims, bool optional = false)

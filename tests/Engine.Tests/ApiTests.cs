@@ -5,6 +5,25 @@ namespace Engine.Tests;
 
 public class ApiTests
 {
+    /// <summary>A load reports its progress over the weight tensors (what the CLI's bar shows on a terminal).</summary>
+    [Test]
+    public void Loading_reports_progress_over_the_tensors()
+    {
+        var reports = new List<(long Done, long Total)>();
+        using var model = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Threads = 1, LoadProgress = new Recorder(reports) });
+        int tensors;
+        using (var file = Engine.Formats.Gguf.GgufFile.Open(SharedData.StoriesGguf))
+            tensors = file.Tensors.Count;
+        Assert.That(reports[0], Is.EqualTo((0L, (long)tensors)));
+        Assert.That(reports.Select(r => r.Done), Is.Ordered);
+        Assert.That(reports[^1].Done, Is.EqualTo(tensors), "every tensor of stories260K is loaded");
+    }
+
+    private sealed class Recorder(List<(long Done, long Total)> reports) : IProgress<(long Done, long Total)>
+    {
+        public void Report((long Done, long Total) value) => reports.Add(value);
+    }
+
     [Test]
     public async Task GenerateAsync_streams_the_reference_continuation()
     {

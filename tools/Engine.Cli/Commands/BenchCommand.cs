@@ -73,7 +73,7 @@ internal static class BenchCommand
             }
             // The profile times each backend call; on a GPU, calls are asynchronous, so it shows launch cost there.
             var profiler = parse.GetValue(profile) ? new ProfilingBackend(backend) : null;
-            using var lm = LanguageModel.Load(path, new ModelOptions { Threads = t, MaxBatch = parse.GetValue(batch), ContextLength = Math.Max(p, n) + 1, Backend = profiler ?? backend });
+            using var lm = SharedOptions.Load(io, path, new ModelOptions { Threads = t, MaxBatch = parse.GetValue(batch), ContextLength = Math.Max(p, n) + 1, Backend = profiler ?? backend });
             string where = backend.Name == "cpu" ? t.ToString(CultureInfo.InvariantCulture) : backend.Name;
             var sparsity = lm.Network.BlockSparsity;
             if (parse.GetValue(dense))

@@ -65,7 +65,7 @@ internal static class ChatCommand
             if (threadCount < 1)
                 throw new ArgumentException($"--threads {threadCount} must be at least 1");
             string path = parse.GetRequiredValue(model);
-            using var lm = LanguageModel.Load(path, SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, parse.GetValue(graphs),
+            using var lm = SharedOptions.Load(io, path, SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, parse.GetValue(graphs),
                 parse.GetRequiredValue(cacheType)) with { ContextLength = parse.GetValue(context) });
             var chatTemplate = parse.GetValue(templateFile) is { } file
                 ? new ChatTemplate(File.ReadAllText(file), lm.Tokenizer.BosId is int b ? lm.Tokenizer.Piece(b) : null,

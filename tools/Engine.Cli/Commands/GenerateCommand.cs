@@ -84,7 +84,7 @@ internal static class GenerateCommand
             if (strategyName is not null && parse.GetValue(spec) is not null)
                 throw new ArgumentException($"--strategy {strategyName} and --spec cannot be combined (speculative decoding accelerates plain sampling)");
 
-            using var lm = LanguageModel.Load(parse.GetRequiredValue(model), SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, parse.GetValue(graphs), parse.GetRequiredValue(cacheType)) with { ContextLength = parse.GetValue(context) });
+            using var lm = SharedOptions.Load(io, parse.GetRequiredValue(model), SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, parse.GetValue(graphs), parse.GetRequiredValue(cacheType)) with { ContextLength = parse.GetValue(context) });
             var tokenizer = lm.Tokenizer;
             List<int> promptTokens = givenIds ?? tokenizer.Encode(text!, addSpecial: true, parseSpecial: true);
             string how = parse.GetValue(grammarSampling)!.Trim().ToLowerInvariant();

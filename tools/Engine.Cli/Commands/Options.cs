@@ -5,6 +5,11 @@ namespace Engine.Cli.Commands;
 /// <summary>Options shared by several commands.</summary>
 internal static partial class SharedOptions
 {
+    /// <summary>Loads a model, with a progress bar over its tensors where stderr is a terminal.</summary>
+    public static Engine.Api.LanguageModel Load(CliOutput io, string path, Engine.Api.ModelOptions options) =>
+        TerminalProgress.Run(io, "load " + System.IO.Path.GetFileName(System.IO.Path.TrimEndingDirectorySeparator(path)),
+            progress => Engine.Api.LanguageModel.Load(path, options with { LoadProgress = progress }));
+
     public static Option<string> Model() => new("--model", "-m")
     {
         Description = "A .gguf file or an HF safetensors folder",

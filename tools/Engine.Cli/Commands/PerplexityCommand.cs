@@ -30,7 +30,7 @@ internal static class PerplexityCommand
             if (text.EndsWith('\n'))
                 text = text[..^1]; // llama.cpp's -f drops one trailing newline; the same tokens give the same chunks
 
-            using var lm = LanguageModel.Load(parse.GetRequiredValue(model), SharedOptions.ModelOptions(parse.GetRequiredValue(device), parse.GetValue(threads)) with { ContextLength = ctx, MaxBatch = ctx });
+            using var lm = SharedOptions.Load(io, parse.GetRequiredValue(model), SharedOptions.ModelOptions(parse.GetRequiredValue(device), parse.GetValue(threads)) with { ContextLength = ctx, MaxBatch = ctx });
             var result = Perplexity.Compute(lm, text, ctx, parse.GetValue(chunks), progress: (i, ppl) => io.Error.Write(string.Create(CultureInfo.InvariantCulture, $"[{i}]{ppl:F4},")));
             io.Error.WriteLine();
             io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,

@@ -55,7 +55,7 @@ internal static class ServeCommand
                 KvPoolTokens = parse.GetValue(kvTokens),
             };
             scheduler.Validate();
-            using var lm = LanguageModel.Load(path, SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, false,
+            using var lm = SharedOptions.Load(io, path, SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, false,
                 parse.GetRequiredValue(cacheType)) with { ContextLength = parse.GetValue(context) });
             var chatTemplate = parse.GetValue(templateFile) is { } file
                 ? new ChatTemplate(File.ReadAllText(file), lm.Tokenizer.BosId is int b ? lm.Tokenizer.Piece(b) : null,

@@ -45,7 +45,7 @@ internal static class SpecBenchCommand
             int threadCount = parse.GetValue(threads);
             if (threadCount < 1)
                 throw new ArgumentException($"--threads {threadCount} must be at least 1");
-            using var lm = LanguageModel.Load(parse.GetRequiredValue(model), SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, cacheType: parse.GetRequiredValue(cacheType)));
+            using var lm = SharedOptions.Load(io, parse.GetRequiredValue(model), SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, cacheType: parse.GetRequiredValue(cacheType)));
             if (parse.GetValue(verifyCost) is { } sizes)
                 return VerifyCost(io, lm, sizes, parse.GetValue(repetitions), parse.GetValue(json));
 
