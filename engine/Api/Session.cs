@@ -107,6 +107,30 @@ public sealed class Session : IDisposable
         _tokens.RemoveRange(length, _tokens.Count - length);
     }
 
+    /// <summary>
+    /// Rewinds to the longest prefix of <paramref name="prompt"/> the context already holds (keeping at
+    /// least its last token to run, whose logits start the answer) and returns that prefix's length: what
+    /// follows it is all the next <see cref="Generate"/> must prefill. A sliding window that no longer holds
+    /// what the rewind needs empties the context instead (returns 0).
+    /// </summary>
+    public int RewindToCommonPrefix(IReadOnlyList<int> prompt)
+    {
+        ArgumentNullException.ThrowIfNull(prompt);
+        int common = 0;
+        while (common < _tokens.Count && common < prompt.Count - 1 && _tokens[common] == prompt[common])
+            common++;
+        try
+        {
+            Rewind(common);
+        }
+        catch (InvalidOperationException)
+        {
+            Reset();
+            common = 0;
+        }
+        return common;
+    }
+
     /// <summary>Empties the context.</summary>
     public void Reset()
     {

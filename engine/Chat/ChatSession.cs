@@ -57,20 +57,7 @@ public sealed class ChatSession : IDisposable
         _messages.Add(ChatTemplate.Message("user", user));
         string prompt = _template.Render(_messages, addGenerationPrompt: true);
         var ids = _model.Tokenizer.Encode(prompt, addSpecial: false, parseSpecial: true);
-        // keep the longest prefix the cache already holds
-        var cached = _session.Tokens;
-        int common = 0;
-        while (common < cached.Count && common < ids.Count - 1 && cached[common] == ids[common])
-            common++;
-        try
-        {
-            _session.Rewind(common);
-        }
-        catch (InvalidOperationException)
-        {
-            _session.Reset(); // a sliding window dropped what the rewind needs: prefill it all
-            common = 0;
-        }
+        int common = _session.RewindToCommonPrefix(ids); // keep the longest prefix the cache already holds
         LastPrefill = ids.Count - common;
         return Stream(ids.GetRange(common, ids.Count - common), options, cancellationToken);
     }

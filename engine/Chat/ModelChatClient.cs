@@ -263,20 +263,7 @@ public sealed class ModelChatClient : IChatClient
         {
             string prompt = _template.Render(request.Messages, addGenerationPrompt: true, request.Tools);
             var ids = _model.Tokenizer.Encode(prompt, addSpecial: false, parseSpecial: true);
-            // the longest prefix the cache already holds stays (at least one token is run: its logits start the answer)
-            var cached = _session.Tokens;
-            int common = 0;
-            while (common < cached.Count && common < ids.Count - 1 && cached[common] == ids[common])
-                common++;
-            try
-            {
-                _session.Rewind(common);
-            }
-            catch (InvalidOperationException)
-            {
-                _session.Reset(); // a sliding window dropped what the rewind needs
-                common = 0;
-            }
+            int common = _session.RewindToCommonPrefix(ids); // the longest prefix the cache already holds stays
             string responseId = Guid.NewGuid().ToString("N");
             string modelId = _metadata.DefaultModelId!;
             ChatResponseUpdate Update(IList<AIContent> contents) => new(ChatRole.Assistant, contents) { ResponseId = responseId, MessageId = responseId, ModelId = modelId };

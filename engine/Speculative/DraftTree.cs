@@ -80,6 +80,12 @@ public sealed class DraftTree
             if (_tokens[c] == token && _draw[parent + 1] == DraftDraw.Deterministic)
                 throw new ArgumentException($"token {token} is already a child of node {parent}; deterministic siblings must differ");
         }
+        return Append(parent, token, null, DraftDraw.Deterministic);
+    }
+
+    /// <summary>A node as the last child of <paramref name="parent"/>, its children drawn from <paramref name="q"/> as <paramref name="draw"/> says.</summary>
+    private int Append(int parent, int token, float[]? q, DraftDraw draw)
+    {
         int node = Count;
         _tokens.Add(token);
         _parents.Add(parent);
@@ -89,8 +95,8 @@ public sealed class DraftTree
         _nextSibling.Add(-1);
         _firstChild.Add(-1);
         _lastChild.Add(-1);
-        _q.Add(null);
-        _draw.Add(DraftDraw.Deterministic);
+        _q.Add(q);
+        _draw.Add(draw);
         int slot = parent + 1;
         if (_lastChild[slot] < 0)
             _firstChild[slot] = node;
@@ -169,26 +175,8 @@ public sealed class DraftTree
                 map[n] = -1;
                 continue;
             }
-            int mapped = parent < 0 ? -1 : map[parent];
             // not Add: siblings sampled with replacement may repeat a token
-            int node = Count;
-            _tokens.Add(tokens[n]);
-            _parents.Add(mapped);
-            int depth = mapped < 0 ? 1 : _depths[mapped] + 1;
-            _depths.Add(depth);
-            MaxDepth = Math.Max(MaxDepth, depth);
-            _nextSibling.Add(-1);
-            _firstChild.Add(-1);
-            _lastChild.Add(-1);
-            _q.Add(q[n + 1]);
-            _draw.Add(draw[n + 1]);
-            int slot = mapped + 1;
-            if (_lastChild[slot] < 0)
-                _firstChild[slot] = node;
-            else
-                _nextSibling[_lastChild[slot]] = node;
-            _lastChild[slot] = node;
-            map[n] = node;
+            map[n] = Append(parent < 0 ? -1 : map[parent], tokens[n], q[n + 1], draw[n + 1]);
         }
         return tokens.Length - Count;
     }

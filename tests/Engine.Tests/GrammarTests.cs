@@ -188,6 +188,20 @@ public class GrammarTests
         Assert.That(Assert.Throws<GrammarException>(() => RegexGrammar.ToGbnf(new string('(', 300) + "a" + new string(')', 300)))!.Message, Does.Contain("nest more than 256"));
     }
 
+    /// <summary>Random tokens of 1..<paramref name="maxChars"/> characters of <paramref name="alphabet"/>, one in <paramref name="cutOneIn"/> cut short (maybe inside a character).</summary>
+    private static List<byte[]> RandomVocabulary(Random rng, string alphabet, int count, int maxChars, int cutOneIn)
+    {
+        var vocab = new List<byte[]>();
+        for (int i = 0; i < count; i++)
+        {
+            var bytes = Encoding.UTF8.GetBytes(string.Concat(Enumerable.Range(0, rng.Next(1, maxChars + 1)).Select(_ => alphabet[rng.Next(alphabet.Length)])));
+            if (rng.Next(cutOneIn) == 0 && bytes.Length > 1)
+                bytes = bytes[..rng.Next(1, bytes.Length)];
+            vocab.Add(bytes);
+        }
+        return vocab;
+    }
+
     /// <summary>
     /// The mask never excludes a token that can continue a valid string, and never admits one that cannot:
     /// for a finite language listed by hand, at every prefix of every sentence, each token of a random
@@ -219,14 +233,7 @@ public class GrammarTests
         var language = sentences.Select(Encoding.UTF8.GetBytes).ToArray();
         var rng = new Random(seed);
         string alphabet = "abcdx-, é日本z";
-        var vocab = new List<byte[]>();
-        for (int i = 0; i < 300; i++)
-        {
-            var bytes = Encoding.UTF8.GetBytes(string.Concat(Enumerable.Range(0, rng.Next(1, 4)).Select(_ => alphabet[rng.Next(alphabet.Length)])));
-            if (rng.Next(4) == 0 && bytes.Length > 1)
-                bytes = bytes[..rng.Next(1, bytes.Length)]; // cut, maybe inside a character
-            vocab.Add(bytes);
-        }
+        var vocab = RandomVocabulary(rng, alphabet, count: 300, maxChars: 3, cutOneIn: 4);
         var trie = new TokenTrie(vocab.Count, id => vocab[id]);
         var matcher = new GrammarMatcher(grammar);
         var mask = new ulong[(vocab.Count + 63) / 64];
@@ -265,14 +272,7 @@ public class GrammarTests
             """);
         var rng = new Random(seed);
         string alphabet = "ab\"\\n,( )#0fé日本z\u0001'<>";
-        var vocab = new List<byte[]>();
-        for (int i = 0; i < 400; i++)
-        {
-            var bytes = Encoding.UTF8.GetBytes(string.Concat(Enumerable.Range(0, rng.Next(1, 5)).Select(_ => alphabet[rng.Next(alphabet.Length)])));
-            if (rng.Next(5) == 0 && bytes.Length > 1)
-                bytes = bytes[..rng.Next(1, bytes.Length)]; // cut, maybe inside a character
-            vocab.Add(bytes);
-        }
+        var vocab = RandomVocabulary(rng, alphabet, count: 400, maxChars: 4, cutOneIn: 5);
         var trie = new TokenTrie(vocab.Count, id => vocab[id]);
         var matcher = new GrammarMatcher(grammar);
         var mask = new ulong[(vocab.Count + 63) / 64];
