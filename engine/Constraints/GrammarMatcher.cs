@@ -174,7 +174,7 @@ public sealed class GrammarMatcher
                 continue;
             // the probe: the class's first character; the run's class, what the same stacks take as it does
             int p = chars.Positive[0].Lo;
-            var run = TakenAlike(s.Stacks, p);
+            var run = TakenAlike(s.Stacks, p, out var wide);
             if (run is null || CodePointRanges.Size(run) < MinLoopCodePoints)
                 continue;
             int n = new System.Text.Rune(p).EncodeToUtf8(probe);
@@ -192,23 +192,28 @@ public sealed class GrammarMatcher
                     if (clean)
                     {
                         path.Add(Dead);
-                        return Found(run, path.Count - 2, path);
+                        Found(run, path);
+                        return new CharRun(run, path.Count - 2); // the limit rejects longer tokens: only the exact class
                     }
                     break;
                 }
                 if (path.Contains(next) || path.Count > maxChars)
                 {
+                    // a loop, or alive past every token's length: nothing is rejected, so characters other
+                    // stacks take too count as well (they add stacks, the run's stacks stay)
                     path.Add(next);
-                    return Found(run, int.MaxValue, path); // a loop, or alive past every token's length
+                    Found(run, path);
+                    return new CharRun(wide!, int.MaxValue);
                 }
                 var ns = _states[next];
                 if (ns.Remaining > 0 || (ns.Flags & PoppedFlag) != 0)
                     break; // a path left the frame: what follows depends on the context
                 path.Add(next);
                 cur = next;
-                if (TakenAlike(ns.Stacks, p) is { } here)
+                if (TakenAlike(ns.Stacks, p, out var takers) is { } here)
                 {
                     run = CodePointRanges.Intersect(run, here);
+                    wide = CodePointRanges.Intersect(wide!, takers!);
                     if (CodePointRanges.Size(run) < MinLoopCodePoints)
                         break;
                 }
@@ -221,9 +226,10 @@ public sealed class GrammarMatcher
     /// <summary>
     /// The characters taken by exactly the stacks that take <paramref name="probe"/> (those in all their
     /// classes and in no other stack's): each advances the same stacks as the probe, into the same
-    /// state. Null when no stack takes the probe.
+    /// state. Null when no stack takes the probe. <paramref name="takers"/>: what those stacks all take,
+    /// other stacks or not (each such character advances them too, and maybe more).
     /// </summary>
-    private (int Lo, int Hi)[]? TakenAlike(int[] stacks, int probe)
+    private (int Lo, int Hi)[]? TakenAlike(int[] stacks, int probe, out (int Lo, int Hi)[]? takers)
     {
         (int Lo, int Hi)[]? alike = null;
         foreach (int st in stacks)
@@ -232,6 +238,7 @@ public sealed class GrammarMatcher
             if (chars.Contains(probe))
                 alike = alike is null ? chars.Positive : CodePointRanges.Intersect(alike, chars.Positive);
         }
+        takers = alike;
         if (alike is null)
             return null;
         foreach (int st in stacks)
@@ -248,7 +255,7 @@ public sealed class GrammarMatcher
     /// the next on every one-byte character of the class, so a walk through the run's states (the rest of
     /// the vocabulary, walked at every position of a bounded string) finds them computed.
     /// </summary>
-    private CharRun Found((int Lo, int Hi)[] run, int limit, List<int> path)
+    private void Found((int Lo, int Hi)[] run, List<int> path)
     {
         for (int k = 0; k + 1 < path.Count; k++)
         {
@@ -262,7 +269,6 @@ public sealed class GrammarMatcher
                 }
             }
         }
-        return new CharRun(run, limit);
     }
 
     /// <summary>Classes narrower than this are not looked for: a walk prunes them quickly, and a slice would cost a vocabulary scan.</summary>

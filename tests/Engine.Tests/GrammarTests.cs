@@ -258,7 +258,7 @@ public class GrammarTests
     /// States that loop on a character class take their class's tokens from a precomputed slice and walk
     /// only the rest of the vocabulary: the masks (from full states and, with the open tokens, from local
     /// states) equal a token-by-token step of the matcher at every prefix of random texts — loops inside
-    /// quotes, after one character, bounded runs (<c>{0,5}</c>, <c>{2,6}</c>), escapes, multi-byte characters and cut UTF-8 pieces.
+    /// quotes, after one character, bounded runs (<c>{0,5}</c>, <c>{2,6}</c>), two loops reading the same letters, a loop and a bounded run beside literals that take some of their characters, escapes, multi-byte characters and cut UTF-8 pieces.
     /// </summary>
     [TestCase(1)]
     [TestCase(2)]
@@ -268,10 +268,10 @@ public class GrammarTests
     {
         var grammar = Gbnf.Parse("""
             root ::= item ("," " "? item)*
-            item ::= "\"" ([^"\\\x00-\x1F] | "\\" ["\\n])* "\"" | [a-zé日本]+ | "#" [0-9a-f]{2,4} | "(" root ")" | "'" [a-zé]{0,5} "'" | "<" [^<>]{2,6} ">"
+            item ::= "\"" ([^"\\\x00-\x1F] | "\\" ["\\n])* "\"" | [a-zé日本]+ | "#" [0-9a-f]{2,4} | "(" root ")" | "'" [a-zé]{0,5} "'" | "<" [^<>]{2,6} ">" | "k" [a-z]* ":" | "@" ("ab" | [^@,()<>'#"\\\x00-\x1F]*) "@" | "~" ("abba" | [^~@,()<>'#"\\\x00-\x1F]{0,2}) "~"
             """);
         var rng = new Random(seed);
-        string alphabet = "ab\"\\n,( )#0fé日本z\u0001'<>";
+        string alphabet = "ab\"\\n,( )#0fé日本z\u0001'<>k:@~";
         var vocab = RandomVocabulary(rng, alphabet, count: 400, maxChars: 4, cutOneIn: 5);
         var trie = new TokenTrie(vocab.Count, id => vocab[id]);
         var matcher = new GrammarMatcher(grammar);
