@@ -3,10 +3,12 @@ using System.Diagnostics;
 namespace Engine.Tests;
 
 /// <summary>
-/// The NuGet package as a consumer meets it: <c>dotnet pack</c> of Engine.Core into a local folder feed, a
-/// fresh console project (outside the repository, its own package folder) that references the package by
-/// version, restores it from the feed, loads stories260K and decodes greedily — the text equals the shared
-/// reference, and the native CPU kernels come from the package's <c>runtimes/RID/native</c> folder.
+/// The NuGet packages as a consumer meets them: <c>dotnet pack</c> of Engine.Core, Engine.Cuda and
+/// Engine.Server into a local folder feed, a fresh console project (outside the repository, its own package
+/// folder) that references them by version, restores them from the feed, loads stories260K and decodes
+/// greedily — the ids equal the shared reference, the native CPU kernels come from the package's
+/// <c>runtimes/RID/native</c> folder — then builds a backend through Engine.Cuda's factory and serves the
+/// model with Engine.Server on a loopback port, asking it for a completion over HTTP.
 /// </summary>
 public class PackageTests
 {
@@ -31,15 +33,18 @@ public class PackageTests
     }
 
     [Test]
-    public void The_package_restores_into_a_fresh_project_and_generates_text()
+    public void The_packages_restore_into_a_fresh_project_generate_text_and_serve()
     {
         string model = SharedData.StoriesGguf;
         var expected = SharedData.StoriesExpected();
         string configuration = AppContext.BaseDirectory.Contains($"{Path.DirectorySeparatorChar}Debug{Path.DirectorySeparatorChar}", StringComparison.Ordinal) ? "Debug" : "Release";
         using var dir = new TempDir();
         string feed = Path.Combine(dir.Path, "feed");
-        var pack = Dotnet(SharedData.RepositoryRoot, TimeSpan.FromMinutes(3), "pack", "engine/Engine.Core.csproj", "-c", configuration, "--no-build", "-o", feed);
-        Assert.That(pack.Code, Is.Zero, pack.Output);
+        foreach (string project in new[] { "engine/Engine.Core.csproj", "managed/Engine.Cuda.csproj", "tools/Engine.Server/Engine.Server.csproj" })
+        {
+            var pack = Dotnet(SharedData.RepositoryRoot, TimeSpan.FromMinutes(3), "pack", project, "-c", configuration, "--no-build", "-o", feed);
+            Assert.That(pack.Code, Is.Zero, pack.Output);
+        }
         string package = Directory.GetFiles(feed, "Engine.Core.*.nupkg").Single(f => !f.EndsWith(".snupkg", StringComparison.Ordinal));
         string version = Path.GetFileNameWithoutExtension(package)["Engine.Core.".Length..];
 
@@ -61,6 +66,8 @@ public class PackageTests
               </PropertyGroup>
               <ItemGroup>
                 <PackageReference Include="Engine.Core" Version="{version}" />
+                <PackageReference Include="Engine.Cuda" Version="{version}" />
+                <PackageReference Include="Engine.Server" Version="{version}" />
               </ItemGroup>
             </Project>
             """);
@@ -80,12 +87,23 @@ public class PackageTests
             var ids = session.Generate(model.Tokenizer.Encode("Once upon a time, there was a little dog"),
                 new GenerationOptions { MaxTokens = int.Parse(args[1]), Sampling = new SamplingOptions { Temperature = 0 } }).ToList();
             Console.WriteLine(string.Join(' ', ids));
+            using (var backend = Engine.Cuda.BackendFactory.Create("cpu", threads: 1))
+                Console.WriteLine("backend: " + backend.GetType().Name);
+            await using (var server = await Engine.Server.OpenAiServer.StartAsync(model, null, new Engine.Server.ServerOptions { Port = 0 }))
+            {
+                using var http = new HttpClient { BaseAddress = server.Address };
+                Console.WriteLine("health: " + (int)(await http.GetAsync("/health")).StatusCode);
+                var reply = await http.PostAsync("/v1/completions", new StringContent(
+                    "{\"prompt\": \"Once upon a time\", \"max_tokens\": 8, \"temperature\": 0}", System.Text.Encoding.UTF8, "application/json"));
+                Console.WriteLine("completion: " + (int)reply.StatusCode + " " + (await reply.Content.ReadAsStringAsync()).Contains("\"text\""));
+            }
             Console.WriteLine(Engine.Backends.Cpu.CpuBackend.NativeKernelStatus);
             """);
         var run = Dotnet(app, TimeSpan.FromMinutes(5), "run", "-c", "Release", "--", model, expected.AfterPrompt.Length.ToString(System.Globalization.CultureInfo.InvariantCulture));
         Assert.That(run.Code, Is.Zero, run.Output);
         var lines = run.Output.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         Assert.That(lines, Does.Contain(string.Join(' ', expected.AfterPrompt)), run.Output);
+        Assert.That(lines, Does.Contain("backend: CpuBackend").And.Contain("health: 200").And.Contain("completion: 200 True"), run.Output);
         string native = Path.Combine(SharedData.RepositoryRoot, "build", "native");
         if (Directory.Exists(native) && Directory.GetFiles(native, "*engine_cpu.*").Length > 0)
             Assert.That(lines[^1], Does.StartWith("native kernels"), "the package's runtimes/<rid>/native library is found");
