@@ -89,15 +89,10 @@ public sealed class ChatSession : IDisposable
                 message["reasoning_content"] = reply.Reasoning;
             if (reply.ToolCalls.Count > 0)
             {
-                message["tool_calls"] = reply.ToolCalls.Select((c, i) => (object?)new OrderedDictionary<string, object?>(StringComparer.Ordinal)
+                message["tool_calls"] = reply.ToolCalls.Select((c, i) =>
                 {
-                    ["id"] = c.Id ?? $"call_{_messages.Count}_{i}",
-                    ["type"] = "function",
-                    ["function"] = new OrderedDictionary<string, object?>(StringComparer.Ordinal)
-                    {
-                        ["name"] = c.Name,
-                        ["arguments"] = Jinja.PyValue.FromJson(System.Text.Json.JsonDocument.Parse(c.Arguments).RootElement),
-                    },
+                    using var arguments = System.Text.Json.JsonDocument.Parse(c.Arguments);
+                    return (object?)ChatTemplate.ToolCall(c.Id ?? $"call_{_messages.Count}_{i}", c.Name, Jinja.PyValue.FromJson(arguments.RootElement));
                 }).ToList();
             }
             _messages.Add(message);

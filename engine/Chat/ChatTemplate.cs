@@ -64,6 +64,16 @@ public sealed class ChatTemplate
     public static OrderedDictionary<string, object?> Message(string role, string content) =>
         new(StringComparer.Ordinal) { ["role"] = role, ["content"] = content };
 
+    /// <summary>A tool call as the templates expect it in an assistant message's <c>tool_calls</c>: <c>{id, type: "function", function: {name, arguments}}</c>.</summary>
+    /// <param name="arguments">The arguments as a template value (a dictionary from <see cref="Jinja.PyValue.FromJson"/>, or a string).</param>
+    public static OrderedDictionary<string, object?> ToolCall(string? id, string name, object? arguments) =>
+        new(StringComparer.Ordinal)
+        {
+            ["id"] = id,
+            ["type"] = "function",
+            ["function"] = new OrderedDictionary<string, object?>(StringComparer.Ordinal) { ["name"] = name, ["arguments"] = arguments },
+        };
+
     /// <summary>The names of a GGUF file's templates ("default" for tokenizer.chat_template).</summary>
     public static IReadOnlyList<string> Names(GgufMetadata m) =>
         [.. m.Keys.Where(k => k == "tokenizer.chat_template" || k.StartsWith("tokenizer.chat_template.", StringComparison.Ordinal))

@@ -213,18 +213,7 @@ public sealed class ModelChatClient : IChatClient
                 case FunctionCallContent call:
                     string arguments = JsonSerializer.Serialize(call.Arguments ?? new Dictionary<string, object?>());
                     using (var doc = JsonDocument.Parse(arguments))
-                    {
-                        calls.Add(new OrderedDictionary<string, object?>(StringComparer.Ordinal)
-                        {
-                            ["id"] = call.CallId,
-                            ["type"] = "function",
-                            ["function"] = new OrderedDictionary<string, object?>(StringComparer.Ordinal)
-                            {
-                                ["name"] = call.Name,
-                                ["arguments"] = Jinja.PyValue.FromJson(doc.RootElement.Clone()),
-                            },
-                        });
-                    }
+                        calls.Add(ChatTemplate.ToolCall(call.CallId, call.Name, Jinja.PyValue.FromJson(doc.RootElement)));
                     break;
                 case FunctionResultContent result:
                     var m = ChatTemplate.Message("tool", result.Result switch

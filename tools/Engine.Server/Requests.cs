@@ -330,12 +330,8 @@ public static class RequestReader
                         _ => throw ApiError.BadRequest($"{at}.function.arguments must be a JSON string", $"{at}.function.arguments"),
                     };
                 }
-                list.Add(new OrderedDictionary<string, object?>(StringComparer.Ordinal)
-                {
-                    ["id"] = call.TryGetProperty("id", out var id) && id.ValueKind == JsonValueKind.String ? id.GetString() : $"call_{k}",
-                    ["type"] = "function",
-                    ["function"] = new OrderedDictionary<string, object?>(StringComparer.Ordinal) { ["name"] = name.GetString(), ["arguments"] = arguments },
-                });
+                list.Add(Engine.Chat.ChatTemplate.ToolCall(call.TryGetProperty("id", out var id) && id.ValueKind == JsonValueKind.String ? id.GetString() : $"call_{k}",
+                    name.GetString()!, arguments));
             }
             message["tool_calls"] = list;
         }
