@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
 using Engine.Hub;
-using Spectre.Console;
 
 namespace Engine.Cli.Commands;
 
@@ -25,35 +24,14 @@ internal static class PullCommand
             using var hub = new HubClient(parse.GetValue(cache), parse.GetValue(endpoint));
             var clock = Stopwatch.StartNew();
             long last = 0;
-            string path;
-            bool terminal = TerminalProgress.Available(io);
-            if (terminal)
+            string path = TerminalProgress.Run(io, bars => HubModel.DownloadAsync(hub, parse.GetRequiredValue(repo), parse.GetValue(file), parse.GetValue(revision)!,
+                new Callback(p =>
+                {
+                    last = p.Bytes;
+                    bars?.Invoke(p.File).Report((p.Bytes, p.Total ?? 1));
+                })).GetAwaiter().GetResult());
+            if (!TerminalProgress.Available(io))
             {
-                var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
-                path = console.Progress()
-                    .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new DownloadedColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
-                    .StartAsync(async ctx =>
-                    {
-                        var tasks = new Dictionary<string, ProgressTask>();
-                        var progress = new Callback(p =>
-                        {
-                            lock (tasks)
-                            {
-                                if (!tasks.TryGetValue(p.File, out var task))
-                                    tasks[p.File] = task = ctx.AddTask(p.File, maxValue: p.Total ?? 1);
-                                if (p.Total is long total)
-                                    task.MaxValue = total;
-                                task.Value = p.Bytes;
-                                last = p.Bytes;
-                            }
-                        });
-                        return await HubModel.DownloadAsync(hub, parse.GetRequiredValue(repo), parse.GetValue(file), parse.GetValue(revision)!, progress).ConfigureAwait(false);
-                    }).GetAwaiter().GetResult();
-            }
-            else
-            {
-                var progress = new Callback(p => last = p.Bytes);
-                path = HubModel.DownloadAsync(hub, parse.GetRequiredValue(repo), parse.GetValue(file), parse.GetValue(revision)!, progress).GetAwaiter().GetResult();
                 io.Error.WriteLine(last > 0
                     ? $"downloaded {last / 1048576.0:F1} MiB in {clock.Elapsed.TotalSeconds:F1} s"
                     : "in the cache already");
