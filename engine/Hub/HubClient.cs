@@ -239,10 +239,13 @@ public sealed class HubClient : IDisposable
                     throw new IOException($"the connection ended at {done} of {e} bytes");
                 break;
             }
+            catch (IOException ex) when (ex.InnerException is null && ex.Message.Contains("No space left", StringComparison.OrdinalIgnoreCase))
+            {
+                // a full disk is not a dropped connection: no retry, whatever the retries left
+                throw new HubException($"{repo}/{file}: the disk is full ({Path.GetDirectoryName(blob)}); the partial download is kept for resuming", ex);
+            }
             catch (Exception ex) when (ex is IOException or HttpRequestException && !cancellationToken.IsCancellationRequested && attempt < MaxRetries)
             {
-                if (ex is IOException io && io.InnerException is null && io.Message.Contains("No space left", StringComparison.OrdinalIgnoreCase))
-                    throw new HubException($"{repo}/{file}: the disk is full ({Path.GetDirectoryName(blob)}); the partial download is kept for resuming", ex);
                 await Task.Delay(TimeSpan.FromMilliseconds(200 * (attempt + 1)), cancellationToken).ConfigureAwait(false);
             }
             catch (IOException ex) when (!cancellationToken.IsCancellationRequested)
