@@ -65,8 +65,9 @@ internal static class GrammarBenchCommand
             }
             var logits = new float[tokenizer.VocabSize];
             var results = new List<CaseResult>();
+            var cutter = new LongestMatch(tokenizer);
             foreach (var (name, compile, sentence) in cases)
-                results.Add(Measure(name, compile, LongestMatch(tokenizer, System.Text.Encoding.UTF8.GetBytes(sentence)), tokenizer, logits, r));
+                results.Add(Measure(name, compile, cutter.Cut(System.Text.Encoding.UTF8.GetBytes(sentence)), tokenizer, logits, r));
             var cold = results.SelectMany(x => x.Cold).Order().ToList();
             var warm = results.SelectMany(x => x.Warm).Order().ToList();
             var compileAll = results.Select(x => x.CompileMs).Order().ToList();
@@ -190,37 +191,45 @@ internal static class GrammarBenchCommand
         return (schema.GetRawText(), JsonSerializer.Serialize(instance, options));
     }
 
-    /// <summary>The text as the longest vocabulary pieces from left to right (normal and byte tokens).</summary>
-    private static List<int> LongestMatch(Engine.Tokenizers.TextTokenizer tokenizer, byte[] text)
+    /// <summary>Texts cut into the longest vocabulary pieces from left to right (normal and byte tokens); the pieces are indexed once per vocabulary.</summary>
+    private sealed class LongestMatch
     {
-        var pieces = new Dictionary<string, int>(StringComparer.Ordinal);
-        int longest = 1;
-        for (int id = 0; id < tokenizer.VocabSize; id++)
+        private readonly Dictionary<string, int> _pieces = new(StringComparer.Ordinal);
+        private readonly int _longest = 1;
+
+        public LongestMatch(Engine.Tokenizers.TextTokenizer tokenizer)
         {
-            if (tokenizer.Kind(id) is not (Engine.Tokenizers.TokenKind.Normal or Engine.Tokenizers.TokenKind.Byte))
-                continue;
-            var bytes = tokenizer.TokenBytes(id);
-            if (bytes.Length == 0)
-                continue;
-            pieces.TryAdd(Convert.ToHexString(bytes), id);
-            longest = Math.Max(longest, bytes.Length);
-        }
-        var ids = new List<int>();
-        for (int at = 0; at < text.Length;)
-        {
-            int length = Math.Min(longest, text.Length - at);
-            for (; length > 0; length--)
+            for (int id = 0; id < tokenizer.VocabSize; id++)
             {
-                if (pieces.TryGetValue(Convert.ToHexString(text, at, length), out int id))
-                {
-                    ids.Add(id);
-                    break;
-                }
+                if (tokenizer.Kind(id) is not (Engine.Tokenizers.TokenKind.Normal or Engine.Tokenizers.TokenKind.Byte))
+                    continue;
+                var bytes = tokenizer.TokenBytes(id);
+                if (bytes.Length == 0)
+                    continue;
+                _pieces.TryAdd(Convert.ToHexString(bytes), id);
+                _longest = Math.Max(_longest, bytes.Length);
             }
-            if (length == 0)
-                throw new ArgumentException($"--text: byte {at} ({text[at]:X2}) has no token in this vocabulary");
-            at += length;
         }
-        return ids;
+
+        public List<int> Cut(byte[] text)
+        {
+            var ids = new List<int>();
+            for (int at = 0; at < text.Length;)
+            {
+                int length = Math.Min(_longest, text.Length - at);
+                for (; length > 0; length--)
+                {
+                    if (_pieces.TryGetValue(Convert.ToHexString(text, at, length), out int id))
+                    {
+                        ids.Add(id);
+                        break;
+                    }
+                }
+                if (length == 0)
+                    throw new ArgumentException($"--text: byte {at} ({text[at]:X2}) has no token in this vocabulary");
+                at += length;
+            }
+            return ids;
+        }
     }
 }

@@ -27,6 +27,7 @@ internal static class SynthVocabCommand
             if (m.Find("tokenizer.ggml.model")?.AsString() != "gpt2")
                 throw new ArgumentException($"--like {parse.GetRequiredValue(like)}: not a byte-level BPE vocabulary (tokenizer.ggml.model is not gpt2)");
             var tokens = m.GetStringArray("tokenizer.ggml.tokens").ToList();
+            int original = tokens.Count;
             int target = parse.GetValue(size);
             if (target < tokens.Count || target > 1 << 20)
                 throw new ArgumentException($"--size {target}: must be between the vocabulary's {tokens.Count} tokens and {1 << 20}");
@@ -35,7 +36,7 @@ internal static class SynthVocabCommand
             var known = new HashSet<string>(tokens, StringComparer.Ordinal);
             // pieces to merge: the normal tokens of whole UTF-8 characters (BPE joins a character's bytes before
             // it joins the character to others), earlier (more frequent) ones drawn more often
-            var tokenizer = Engine.Api.LanguageModel.LoadTokenizer(parse.GetRequiredValue(like));
+            var tokenizer = Engine.Tokenizers.TokenizerLoader.FromGguf(m); // from the metadata already read
             var strict = new System.Text.UTF8Encoding(false, throwOnInvalidBytes: true);
             bool Whole(int id)
             {
@@ -83,7 +84,7 @@ internal static class SynthVocabCommand
             }
             string path = parse.GetRequiredValue(output);
             writer.Write(path);
-            io.Out.WriteLine($"wrote {path}: {tokens.Count} tokens ({tokens.Count - m.GetStringArray("tokenizer.ggml.tokens").Length} merged), {new FileInfo(path).Length / 1024} KiB");
+            io.Out.WriteLine($"wrote {path}: {tokens.Count} tokens ({tokens.Count - original} merged), {new FileInfo(path).Length / 1024} KiB");
             return 0;
         }));
         return command;
