@@ -32,8 +32,8 @@ internal sealed class SharedGrammar
     /// <summary>The tokens that end a generation: allowed exactly where the text may end.</summary>
     public int[] EndTokens { get; }
     public Lock Gate { get; } = new();
-    public Dictionary<int, ulong[]> Masks { get; } = [];
-    public Dictionary<int, (ulong[] Accepted, int[]? Open)> Local { get; } = [];
+    public Dictionary<int, TokenMask> Masks { get; } = [];
+    public Dictionary<int, (TokenMask Accepted, int[]? Open)> Local { get; } = [];
 
     /// <summary>Counts the times the caches were dropped: a state id from an older epoch means nothing now.</summary>
     public int Epoch { get; private set; }
@@ -142,11 +142,7 @@ public sealed class GrammarConstraint
     {
         lock (_shared.Gate)
         {
-            var mask = Mask(State);
-            int count = 0;
-            foreach (ulong w in mask)
-                count += System.Numerics.BitOperations.PopCount(w);
-            return count;
+            return Mask(State).Count;
         }
     }
 
@@ -187,11 +183,11 @@ public sealed class GrammarConstraint
     /// <summary><see cref="Apply(Span{float})"/> as at <paramref name="state"/> (from <see cref="Current"/> or <see cref="After"/>).</summary>
     public bool Apply(int state, Span<float> logits)
     {
-        ulong[] mask;
+        var mask = ApplyBits(_trie.VocabSize);
         bool canEnd;
         lock (_shared.Gate)
         {
-            mask = Mask(state);
+            Mask(state).CopyTo(mask);
             canEnd = _matcher.CanEnd(state);
         }
         // the end tokens' logits, kept where the text may end (their bits are never in a mask)
@@ -276,39 +272,64 @@ public sealed class GrammarConstraint
     /// its local state (shared by every state with the same top frames) plus a full check of the few
     /// tokens that leave those frames; a state whose local walk leaves too much open is walked in full.
     /// </summary>
-    private ulong[] Mask(int state)
+    private TokenMask Mask(int state)
     {
         if (_shared.Masks.TryGetValue(state, out var mask))
             return mask;
-        mask = NewMask(_trie.VocabSize);
+        var bits = Scratch(ref t_walkBits, _trie.VocabSize);
+        ulong[]? shared;
         int local = _matcher.Local(state);
         if (local == state)
-            _trie.Allowed(_matcher, state, mask);
+            shared = _trie.ClassifySplit(_matcher, state, bits, OpenScratch());
         else
         {
             if (!_shared.Local.TryGetValue(local, out var split))
             {
-                var accepted = NewMask(_trie.VocabSize);
-                var open = new List<int>();
-                _trie.Classify(_matcher, local, accepted, open);
-                split = (accepted, open.Count > OpenLimit ? null : open.ToArray());
+                var open = OpenScratch();
+                var slice = _trie.ClassifySplit(_matcher, local, bits, open);
+                split = (TokenMask.From(slice, bits), open.Count > OpenLimit ? null : open.ToArray());
                 _shared.Local[local] = split;
             }
             if (split.Open is null)
-                _trie.Allowed(_matcher, state, mask);
+                shared = _trie.ClassifySplit(_matcher, state, bits, OpenScratch());
             else
             {
-                split.Accepted.CopyTo(mask, 0);
+                shared = split.Accepted.Base;
+                split.Accepted.CopyBeyondBaseTo(bits);
                 foreach (int t in split.Open)
                 {
                     if (_matcher.Step(state, _tokenizer.TokenBytes(t)) != GrammarMatcher.Dead)
-                        mask[t >> 6] |= 1UL << (t & 63);
+                        bits[t >> 6] |= 1UL << (t & 63);
                 }
             }
         }
+        mask = TokenMask.From(shared, bits);
         _shared.Masks[state] = mask;
         return mask;
     }
+
+    /// <summary>The trie walk's bit set, one per thread and reused: memory already touched (see <see cref="TokenMask"/>).</summary>
+    [ThreadStatic]
+    private static ulong[]? t_walkBits;
+
+    /// <summary>The bit set <see cref="Apply(int, Span{float})"/> writes from, one per thread (apart from the walk's: no call nests in another).</summary>
+    [ThreadStatic]
+    private static ulong[]? t_applyBits;
+
+    [ThreadStatic]
+    private static List<int>? t_open;
+
+    private static ulong[] ApplyBits(int vocabSize) => Scratch(ref t_applyBits, vocabSize);
+
+    private static ulong[] Scratch(ref ulong[]? slot, int vocabSize)
+    {
+        int words = (vocabSize + 63) / 64;
+        if (slot is null || slot.Length != words)
+            slot = new ulong[words];
+        return slot;
+    }
+
+    private static List<int> OpenScratch() => t_open ??= [];
 
     /// <summary>
     /// A mask that lives as long as the grammar's caches: on the pinned object heap, which the collector

@@ -120,16 +120,31 @@ public sealed class TokenTrie
     /// </summary>
     public void Classify(GrammarMatcher matcher, int local, ulong[] accepted, List<int> open)
     {
+        if (ClassifySplit(matcher, local, accepted, open) is { } slice)
+        {
+            for (int w = 0; w < accepted.Length; w++)
+                accepted[w] |= slice[w];
+        }
+    }
+
+    /// <summary>
+    /// <see cref="Classify"/> with the slice kept apart: returns the bits of the run's class tokens (a set
+    /// shared by every grammar on this vocabulary, read-only; null where the state is in no run) and sets
+    /// in <paramref name="accepted"/> only what the walk of the rest accepted — so a cached mask can point
+    /// at the shared set instead of copying it.
+    /// </summary>
+    internal ulong[]? ClassifySplit(GrammarMatcher matcher, int local, ulong[] accepted, List<int> open)
+    {
         Array.Clear(accepted);
         open.Clear();
         if (matcher.Run(local, MaxRunChars) is { } run && SliceOf(run.Class) is { } slice)
         {
             // the class's tokens (up to the run's length) stay in the run: accepted; only the others are walked
-            slice.AcceptUpTo(run.Limit, accepted);
             slice.Rest.Walk(matcher, local, accepted, open);
-            return;
+            return slice.UpTo(run.Limit);
         }
         Walk(matcher, local, accepted, open);
+        return null;
     }
 
     /// <summary>Sets the bit of every token whose bytes the matcher accepts from <paramref name="state"/>.</summary>
@@ -223,20 +238,19 @@ public sealed class TokenTrie
 
         public TokenTrie Rest { get; } = rest;
 
-        /// <summary>Sets the bits of the tokens of at most <paramref name="limit"/> characters.</summary>
-        public void AcceptUpTo(int limit, ulong[] accepted)
+        /// <summary>The bits of the tokens of at most <paramref name="limit"/> characters (built once per limit, then shared: do not write).</summary>
+        public ulong[] UpTo(int limit)
         {
             limit = Math.Min(limit, MaxRunChars);
             var mask = Volatile.Read(ref _upTo[limit]);
             if (mask is null)
             {
-                mask = new ulong[words];
+                mask = GrammarConstraint.NewMask(words * 64);
                 for (int i = 0; i < lengthStart[limit + 1]; i++)
                     mask[pureByLength[i] >> 6] |= 1UL << (pureByLength[i] & 63);
                 Volatile.Write(ref _upTo[limit], mask); // a race builds it twice, alike
             }
-            for (int w = 0; w < accepted.Length; w++)
-                accepted[w] |= mask[w];
+            return mask;
         }
     }
 

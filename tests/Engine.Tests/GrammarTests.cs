@@ -336,6 +336,51 @@ public class GrammarTests
         }
     }
 
+    /// <summary>
+    /// A cached mask keeps a shared base and a list beyond it, or its own bits where the list would be the
+    /// larger: every form holds exactly base ∪ extra (sparse, dense, with and without a base, a vocabulary
+    /// not a multiple of 64).
+    /// </summary>
+    [TestCase(0.001, false)]
+    [TestCase(0.001, true)]
+    [TestCase(0.3, false)]
+    [TestCase(0.3, true)]
+    public void Token_masks_hold_their_base_and_extra_tokens_in_every_form(double density, bool withBase)
+    {
+        const int vocab = 50_257;
+        int words = (vocab + 63) / 64;
+        var rng = new Random(7);
+        var shared = withBase ? new ulong[words] : null;
+        var extra = new ulong[words];
+        var expected = new bool[vocab];
+        for (int t = 0; t < vocab; t++)
+        {
+            if (shared is not null && rng.NextDouble() < 0.5)
+            {
+                shared[t >> 6] |= 1UL << (t & 63);
+                expected[t] = true;
+            }
+            else if (rng.NextDouble() < density)
+            {
+                extra[t >> 6] |= 1UL << (t & 63);
+                expected[t] = true;
+            }
+        }
+        var mask = TokenMask.From(shared, extra);
+        Array.Fill(extra, ulong.MaxValue); // the scratch is reused by the next walk: the mask must not keep it
+        var bits = new ulong[words];
+        mask.CopyTo(bits);
+        int count = 0;
+        for (int t = 0; t < vocab; t++)
+        {
+            bool inBits = (bits[t >> 6] & (1UL << (t & 63))) != 0;
+            Assert.That((inBits, mask.Contains(t)), Is.EqualTo((expected[t], expected[t])), $"token {t}");
+            count += expected[t] ? 1 : 0;
+        }
+        Assert.That(mask.Count, Is.EqualTo(count));
+        Assert.That(bits[^1] >> (vocab & 63), Is.EqualTo(0UL), "no bit past the vocabulary");
+    }
+
     /// <summary>The model's next-token logits after <paramref name="tokens"/>, from one causal pass in a fresh cache (the tests' reference).</summary>
     internal static float[] NextLogits(LanguageModel lm, IReadOnlyList<int> tokens)
     {
