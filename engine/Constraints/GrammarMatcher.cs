@@ -24,7 +24,7 @@ public sealed class GrammarMatcher
     private readonly Dictionary<(Position, int), int> _nodeIds = [];
     private readonly List<State> _states = [];
     private readonly Dictionary<StateKey, int> _stateIds = [];
-    private readonly List<int[]> _transitions = []; // per state, per byte: the next state, Unknown until computed
+    private readonly List<int[]?> _transitions = []; // per state, per byte: the next state, Unknown until computed (the row itself made on the first step from the state)
     internal const int Unknown = -2;
     private readonly List<bool> _accepts = []; // per state: some stack is alive or the text may end (the verdict of a walk that stops here)
     private readonly Dictionary<(int, int), CharRun?> _runs = [];
@@ -62,12 +62,12 @@ public sealed class GrammarMatcher
     {
         if (state < 0)
             return Dead;
-        var row = _transitions[state];
+        var row = RowOf(state);
         int next = row[b];
         if (next != Unknown)
             return next;
         next = Compute(_states[state], b);
-        _transitions[state][b] = next; // (Compute may have added states: index again)
+        row[b] = next;
         return next;
     }
 
@@ -131,7 +131,22 @@ public sealed class GrammarMatcher
     }
 
     /// <summary>The transition row of <paramref name="state"/> (<see cref="Unknown"/> where not computed yet): the trie walk's inner loop reads it directly.</summary>
-    internal int[] Row(int state) => _transitions[state];
+    internal int[] Row(int state) => RowOf(state);
+
+    /// <summary>The transition row of <paramref name="state"/>, made on the first step from it (a walk reaches some states only at a token's end).</summary>
+    private int[] RowOf(int state)
+    {
+        var row = _transitions[state];
+        if (row is not null)
+            return row;
+        row = new int[256];
+        System.Array.Fill(row, Unknown);
+        var s = _states[state];
+        if (s.Remaining == 0 && (s.Flags & PoppedFlag) == 0)
+            MarkDeadBytes(s.Stacks, row);
+        _transitions[state] = row;
+        return row;
+    }
 
     /// <summary>Whether a walk ending in <paramref name="state"/> accepted its token inside the frame (<see cref="Verdict"/> without the dead case).</summary>
     internal bool Accepts(int state) => _accepts[state];
@@ -259,7 +274,7 @@ public sealed class GrammarMatcher
     {
         for (int k = 0; k + 1 < path.Count; k++)
         {
-            var row = _transitions[path[k]];
+            var row = RowOf(path[k]);
             foreach (var (lo, hi) in run)
             {
                 for (int b = lo; b <= Math.Min(hi, 0x7F); b++)
@@ -412,11 +427,7 @@ public sealed class GrammarMatcher
         var key = new StateKey(sorted, sorted.Length, flags, partial, remaining, min);
         id = _states.Count;
         _states.Add(new State(sorted, flags, partial, remaining, min));
-        var row = new int[256];
-        System.Array.Fill(row, Unknown);
-        if (remaining == 0 && (flags & PoppedFlag) == 0)
-            MarkDeadBytes(sorted, row);
-        _transitions.Add(row);
+        _transitions.Add(null);
         _accepts.Add(sorted.Length > 0 || (flags & EndFlag) != 0);
         _stateIds[key] = id;
         return id;
