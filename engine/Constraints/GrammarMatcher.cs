@@ -208,6 +208,11 @@ public sealed class GrammarMatcher
                     {
                         path.Add(Dead);
                         Found(run, path);
+                        // each state on the path is in the same run, nearer its end (a class narrower than a
+                        // walk from there would find is still exact: its longer tokens are rejected there too),
+                        // so the next token's state finds its run here instead of following the path again
+                        for (int k = 1; k + 1 < path.Count; k++)
+                            _runs.TryAdd((path[k], maxChars), new CharRun(run, path.Count - 2 - k));
                         return new CharRun(run, path.Count - 2); // the limit rejects longer tokens: only the exact class
                     }
                     break;
