@@ -24,7 +24,8 @@ public sealed class GrammarMatcher
     private readonly Dictionary<(Position, int), int> _nodeIds = [];
     private readonly List<State> _states = [];
     private readonly Dictionary<StateKey, int> _stateIds = [];
-    private readonly List<int[]?> _transitions = []; // per state, per byte: the next state, Unknown until computed (the row itself made on the first step from the state)
+    private readonly List<int[]?> _transitions = []; // per state, per byte class (per byte in a partial character): the next state, Unknown until computed (the row itself made on the first step from the state)
+    private readonly ByteClasses _classes;
     internal const int Unknown = -2;
     private readonly List<bool> _accepts = []; // per state: some stack is alive or the text may end (the verdict of a walk that stops here)
     private readonly Dictionary<(int, int), CharRun?> _runs = [];
@@ -34,9 +35,16 @@ public sealed class GrammarMatcher
     private const int MaxExpansion = 2000;
 
     public GrammarMatcher(Grammar grammar)
+        : this(grammar, byteClasses: true)
+    {
+    }
+
+    /// <summary>A matcher whose rows are per byte class (<paramref name="byteClasses"/>) or per byte (the tests' reference).</summary>
+    internal GrammarMatcher(Grammar grammar, bool byteClasses)
     {
         ArgumentNullException.ThrowIfNull(grammar);
         _grammar = grammar;
+        _classes = byteClasses ? ByteClasses.Of(grammar) : ByteClasses.PerByte;
         Start = BuildStart();
     }
 
@@ -63,11 +71,12 @@ public sealed class GrammarMatcher
         if (state < 0)
             return Dead;
         var row = RowOf(state);
-        int next = row[b];
+        int k = MapOf(row)[b];
+        int next = row[k];
         if (next != Unknown)
             return next;
         next = Compute(_states[state], b);
-        row[b] = next;
+        row[k] = next; // every byte of the class goes there (ByteClasses)
         return next;
     }
 
@@ -130,8 +139,19 @@ public sealed class GrammarMatcher
         return TokenVerdict.Open;
     }
 
-    /// <summary>The transition row of <paramref name="state"/> (<see cref="Unknown"/> where not computed yet): the trie walk's inner loop reads it directly.</summary>
-    internal int[] Row(int state) => RowOf(state);
+    /// <summary>
+    /// The transition row of <paramref name="state"/> (<see cref="Unknown"/> where not computed yet) and the map
+    /// from a byte to its entry: the trie walk's inner loop reads <c>row[map[b]]</c> directly.
+    /// </summary>
+    internal int[] Row(int state, out byte[] map)
+    {
+        var row = RowOf(state);
+        map = MapOf(row);
+        return row;
+    }
+
+    /// <summary>A row's byte → entry map: by class between characters, by byte inside one (a per-byte row is the only one that long).</summary>
+    private byte[] MapOf(int[] row) => row.Length == ByteClasses.Bytes ? ByteClasses.Identity : _classes.Map;
 
     /// <summary>The transition row of <paramref name="state"/>, made on the first step from it (a walk reaches some states only at a token's end).</summary>
     private int[] RowOf(int state)
@@ -139,9 +159,9 @@ public sealed class GrammarMatcher
         var row = _transitions[state];
         if (row is not null)
             return row;
-        row = new int[256];
-        System.Array.Fill(row, Unknown);
         var s = _states[state];
+        row = new int[s.Remaining > 0 ? ByteClasses.Bytes : _classes.Count];
+        System.Array.Fill(row, Unknown);
         if (s.Remaining == 0 && (s.Flags & PoppedFlag) == 0)
             MarkDeadBytes(s.Stacks, row);
         _transitions[state] = row;
@@ -280,12 +300,13 @@ public sealed class GrammarMatcher
         for (int k = 0; k + 1 < path.Count; k++)
         {
             var row = RowOf(path[k]);
+            var map = MapOf(row);
             foreach (var (lo, hi) in run)
             {
                 for (int b = lo; b <= Math.Min(hi, 0x7F); b++)
                 {
-                    if (row[b] == Unknown)
-                        row[b] = path[k + 1];
+                    if (row[map[b]] == Unknown)
+                        row[map[b]] = path[k + 1];
                 }
             }
         }
@@ -461,10 +482,11 @@ public sealed class GrammarMatcher
                 }
             }
         }
+        var map = _classes.Map; // (the bytes of a class are live or dead together)
         for (int b = 0; b < 256; b++)
         {
             if (!live[b])
-                row[b] = Dead;
+                row[map[b]] = Dead;
         }
 
         static int LeadByte(int c) => c < 0x800 ? 0xC0 | (c >> 6) : c < 0x10000 ? 0xE0 | (c >> 12) : 0xF0 | (c >> 18);

@@ -180,13 +180,13 @@ public sealed class TokenTrie
             while (sp > 0)
             {
                 int node = nodes[--sp], s = states[sp];
-                var row = matcher.Row(s);
+                var row = matcher.Row(s, out var map);
                 var trie = _nodes;
                 int end = trie[node + 1].ChildStart;
                 for (int c = trie[node].ChildStart; c < end; c++)
                 {
                     ref readonly var child = ref trie[c];
-                    int next = row[child.Byte];
+                    int next = row[map[child.Byte]];
                     if (next == GrammarMatcher.Unknown)
                         next = matcher.Step(s, child.Byte);
                     if (next < 0)

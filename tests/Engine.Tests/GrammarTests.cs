@@ -255,6 +255,86 @@ public class GrammarTests
     }
 
     /// <summary>
+    /// Rows per byte class change no transition: along random byte strings (ASCII the sets split finely, lead
+    /// bytes whose range a set holds whole, partly or not at all, overlong and surrogate leads, stray
+    /// continuation bytes, cut characters), a matcher with classes and one with a row entry per byte agree
+    /// at every prefix on whether the text is alive, may end, and on the verdict of a local state.
+    /// </summary>
+    [TestCase(1)]
+    [TestCase(2)]
+    [TestCase(3)]
+    public void Byte_classes_change_no_transition(int seed)
+    {
+        var grammar = Gbnf.Parse("""
+            root ::= (word | quoted | accented | "#" [0-9a-f]+ | "." . | "!" [^a-z"])+
+            word ::= [a-m]+ "_"? [k-z]*
+            quoted ::= "\"" [^"\\\x00-\x1F]* "\""
+            accented ::= [ɐ-ɟ] | [Ő-ſ]+ | "%" [ä-ą] | "日本" | [\U0001F600-\U0001F64F]
+            """);
+        var classed = new GrammarMatcher(grammar);
+        var perByte = new GrammarMatcher(grammar, byteClasses: false);
+        var rng = new Random(seed);
+        string Pick(string[] options) => options[rng.Next(options.Length)];
+        string[] pieces = ["a", "k", "z", "m", "_", "\"", "\\", "#", "0", "f", "g", ".", "!", "A", " ", "à", "ö", "÷", "Ā", "Ő", "ſ", "ƀ", "ɐ", "ɠ", "%", "ä", "ą", "â", "Ć", "ÿ", "日", "本", "😀", "🙏", "🚀", "\u0001"];
+        string[] letters = ["a", "c", "k", "m", "z", "q"];
+        // items of the language, each with a near miss beside it, so that texts live long enough to reach the leads
+        Func<string>[] items =
+        [
+            () => Pick(letters) + Pick(letters) + (rng.Next(2) == 0 ? "_" : "") + Pick(letters),
+            () => "\"" + Pick(pieces).Replace("\"", "x").Replace("\\", "y") + Pick(["ä", "ą", "日", "😀", "é"]) + "\"",
+            () => "%" + Pick(["ä", "ą", "â", "Ć", "ÿ", "Ā", "ă"]),
+            () => Pick(["ɐ", "ɟ", "ɠ", "ɏ", "Őſ", "ő", "Ŏ", "日本", "日日", "😀", "🙏", "🚀"]),
+            () => "#" + Pick(["0", "f", "9a", "g"]),
+            () => "." + Pick(pieces),
+            () => "!" + Pick(pieces),
+        ];
+        byte[][] raw = [[0x80], [0xC0, 0x80], [0xC1, 0xBF], [0xE0, 0x80, 0x80], [0xE1, 0x80, 0x80], [0xED, 0xA0, 0x80], [0xF4, 0x90, 0x80, 0x80], [0xF0, 0x80, 0x80, 0x80], [0xF5], [0xFF], [0xC3], [0xC4], [0xE6, 0x97], [0xF0, 0x9F]];
+        for (int text = 0; text < 400; text++)
+        {
+            var bytes = new List<byte>();
+            int n = rng.Next(1, 10);
+            for (int i = 0; i < n; i++)
+                bytes.AddRange(rng.Next(10) == 0 ? raw[rng.Next(raw.Length)] : Encoding.UTF8.GetBytes(items[rng.Next(items.Length)]()));
+            int a = classed.Start, b = perByte.Start;
+            for (int i = 0; i < bytes.Count; i++)
+            {
+                a = classed.Step(a, bytes[i]);
+                b = perByte.Step(b, bytes[i]);
+                string at = $"text {Convert.ToHexString(bytes.ToArray())}, byte {i}";
+                Assert.That(a == GrammarMatcher.Dead, Is.EqualTo(b == GrammarMatcher.Dead), at);
+                if (a == GrammarMatcher.Dead)
+                    break;
+                Assert.That(classed.CanEnd(a), Is.EqualTo(perByte.CanEnd(b)), at);
+                var rest = bytes.Skip(i + 1).Take(4).ToArray();
+                Assert.That(classed.Verdict(classed.Step(classed.Local(a), rest)), Is.EqualTo(perByte.Verdict(perByte.Step(perByte.Local(b), rest))), at + " (local)");
+            }
+        }
+        // an ASCII grammar (every lead byte outside every set) whose local states lose their frames at once:
+        // there a path that left the frame keeps a cut character's value, and overlong leads must not join the others
+        var ascii = Gbnf.Parse("""root ::= ("[" root "]" | [a-z]+ | "x" [0-9]){1,3}""");
+        classed = new GrammarMatcher(ascii) { LocalDepth = 1 };
+        perByte = new GrammarMatcher(ascii, byteClasses: false) { LocalDepth = 1 };
+        string[] asciiPieces = ["[", "]", "a", "z", "x", "0", "[a", "]]"];
+        for (int text = 0; text < 200; text++)
+        {
+            var bytes = new List<byte>();
+            int n = rng.Next(1, 8);
+            for (int i = 0; i < n; i++)
+                bytes.AddRange(rng.Next(4) == 0 ? raw[rng.Next(raw.Length)] : Encoding.ASCII.GetBytes(Pick(asciiPieces)));
+            int a = classed.Start, b = perByte.Start;
+            for (int i = 0; i < bytes.Count && a != GrammarMatcher.Dead; i++)
+            {
+                var rest = bytes.Skip(i).Take(4).ToArray();
+                string at = $"text {Convert.ToHexString(bytes.ToArray())}, byte {i} (ASCII grammar, local)";
+                Assert.That(classed.Verdict(classed.Step(classed.Local(a), rest)), Is.EqualTo(perByte.Verdict(perByte.Step(perByte.Local(b), rest))), at);
+                a = classed.Step(a, bytes[i]);
+                b = perByte.Step(b, bytes[i]);
+                Assert.That(a == GrammarMatcher.Dead, Is.EqualTo(b == GrammarMatcher.Dead), at);
+            }
+        }
+    }
+
+    /// <summary>
     /// States that loop on a character class take their class's tokens from a precomputed slice and walk
     /// only the rest of the vocabulary: the masks (from full states and, with the open tokens, from local
     /// states) equal a token-by-token step of the matcher at every prefix of random texts — loops inside
