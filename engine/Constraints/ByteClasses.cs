@@ -42,7 +42,10 @@ internal sealed class ByteClasses
     /// <summary>Byte → its class.</summary>
     public byte[] Map { get; }
 
-    /// <summary>How many classes (fewer than <see cref="Bytes"/> but in <see cref="PerByte"/>: a row's length tells the two kinds apart).</summary>
+    /// <summary>
+    /// How many classes: at most 185 (128 ASCII, one dead, 56 lead bytes C0–F7), so fewer than <see cref="Bytes"/>
+    /// but in <see cref="PerByte"/> — a row's length tells the two kinds apart.
+    /// </summary>
     public int Count { get; }
 
     public static ByteClasses Of(Grammar grammar)
