@@ -106,7 +106,8 @@ public sealed class GrammarMatcher
         var s = _states[state];
         if (s.Remaining > 0)
             return state; // mid-character: no sharing worth the trouble
-        var tops = new HashSet<int>();
+        var tops = _scratchTops;
+        tops.Clear();
         foreach (int n in s.Stacks)
             tops.Add(Cut(n, LocalDepth));
         return Intern(tops, s.Flags & EndFlag, 0, 0);
@@ -200,8 +201,9 @@ public sealed class GrammarMatcher
         if (s.Remaining > 0 || (s.Flags & PoppedFlag) != 0)
             return null;
         Span<byte> probe = stackalloc byte[4];
-        var path = new List<int>();
-        var tried = new HashSet<int>();
+        var path = _runPath;
+        var tried = _runTried;
+        tried.Clear();
         for (int i = 0; i < s.Stacks.Length; i++)
         {
             var chars = CharsAt(s.Stacks[i]);
@@ -437,6 +439,9 @@ public sealed class GrammarMatcher
 
     private int[] _sortBuffer = new int[16];
     private readonly HashSet<int> _scratchStacks = [];
+    private readonly HashSet<int> _scratchTops = []; // Local's
+    private readonly List<int> _runPath = []; // FindRun's (it never nests: a step computes no run)
+    private readonly HashSet<int> _runTried = [];
     private readonly HashSet<(Position, int)> _scratchSeen = [];
 
     private int Intern(HashSet<int> stacks, int flags, int partial, int remaining, int min = 0)
@@ -564,8 +569,7 @@ public sealed class GrammarMatcher
         int flags = popped;
         var seen = _scratchSeen;
         seen.Clear();
-        var tops = stacks.ToArray(); // Expand reuses the scratch sets
-        foreach (int st in tops)
+        foreach (int st in stacks) // (a state's own array: Expand fills only the scratch sets)
         {
             var (pos, parent) = _nodes[st];
             Expand(pos with { Index = pos.Index + 1 }, parent, next, ref flags, seen);
