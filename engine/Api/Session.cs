@@ -262,12 +262,17 @@ public sealed class Session : IDisposable
         return token[0];
     }
 
-    /// <summary>The next token under a grammar: greedy checks the best candidates first; sampling masks the logits. −1 at a dead end.</summary>
+    /// <summary>
+    /// The next token under a grammar: greedy, and sampling through a top-k, check the best candidates
+    /// first; otherwise (or when too few of them are allowed) the logits are masked. −1 at a dead end.
+    /// </summary>
     private int Constrained(Engine.Constraints.GrammarConstraint grammar, SamplerChain sampler, bool argmaxOnly)
     {
         var scratch = _scratch ??= new float[_logits.Length]; // the logits stay as computed: a later call may sample from them again
         if (argmaxOnly)
             return grammar.Greedy(_logits, scratch);
+        if (grammar.MostlyAllows && sampler.TrySampleAllowed(_logits, grammar.AllowsToken, out int token))
+            return token;
         _logits.CopyTo(scratch, 0);
         return grammar.Apply(scratch) ? sampler.Sample(scratch) : -1;
     }

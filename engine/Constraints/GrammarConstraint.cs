@@ -121,6 +121,59 @@ public sealed class GrammarConstraint
         }
     }
 
+    /// <summary>
+    /// <see cref="Allows"/> as a delegate made once, for a sampler that asks about a few dozen candidates per
+    /// token (<see cref="Sampling.SamplerChain.TrySampleAllowed"/>): where the current state's mask is cached
+    /// already, a bit test without the lock; otherwise a step of the token's bytes (no mask is computed).
+    /// </summary>
+    public Func<int, bool> AllowsToken => _allowsToken ??= AllowsFromMask;
+
+    private Func<int, bool>? _allowsToken;
+
+    // the current state's cached mask as AllowsFromMask last saw it (one generation's thread only)
+    private int _knownState = int.MinValue, _knownEpoch = -1;
+    private TokenMask? _knownMask;
+    private bool _knownCanEnd;
+
+    /// <summary>
+    /// Whether checking the best candidates one by one is likely to find enough allowed ones: the current
+    /// state's mask is not computed yet (the check may spare computing it), or it allows at least half the
+    /// vocabulary (free text). Where the grammar allows a few tokens, a sampler's search among the best
+    /// candidates would fail and be paid twice (measured: 25 of 68 steps of a JSON walk, +16 µs a token).
+    /// </summary>
+    public bool MostlyAllows
+    {
+        get
+        {
+            Know();
+            return _knownMask is not { } mask || 2L * mask.Count >= _trie.VocabSize;
+        }
+    }
+
+    private void Know()
+    {
+        if (_knownState != _state || _knownEpoch != _epoch)
+        {
+            lock (_shared.Gate)
+            {
+                int state = State; // (replays the text if the caches were dropped)
+                _knownMask = _shared.Masks.GetValueOrDefault(state);
+                _knownCanEnd = _matcher.CanEnd(state);
+                (_knownState, _knownEpoch) = (state, _epoch);
+            }
+        }
+    }
+
+    private bool AllowsFromMask(int token)
+    {
+        Know();
+        if (_knownMask is not { } mask)
+            return Allows(token);
+        if (_tokenizer.IsEndOfGeneration(token))
+            return _knownCanEnd;
+        return (uint)token < (uint)_trie.VocabSize && mask.Contains(token); // (control tokens are never in a mask)
+    }
+
     /// <summary>Whether <paramref name="token"/> may come next.</summary>
     public bool Allows(int token)
     {

@@ -100,4 +100,14 @@ internal sealed class TokenMask
         foreach (int t in _tokens!)
             dest[t >> 6] |= 1UL << (t & 63);
     }
+
+    /// <summary>Whether <paramref name="token"/> is in the set.</summary>
+    public bool Contains(int token)
+    {
+        if (_bits is not null)
+            return (_bits[token >> 6] & (1UL << (token & 63))) != 0;
+        if (_base is not null && (_base[token >> 6] & (1UL << (token & 63))) != 0)
+            return true;
+        return Array.BinarySearch(_tokens!, token) >= 0;
+    }
 }

@@ -15,6 +15,27 @@ public sealed class SamplerChain
     {
         _processors = processors;
         _random = random;
+        _lazyTopK = LazyTopKIndex(processors);
+    }
+
+    /// <summary>Where the chain's top-k is, when everything before it acts token by token (<see cref="TrySampleAllowed"/>); −1 otherwise.</summary>
+    private readonly int _lazyTopK;
+
+    private static int LazyTopKIndex(ILogitsProcessor[] processors)
+    {
+        for (int i = 0; i < processors.Length; i++)
+        {
+            switch (processors[i])
+            {
+                case TopK:
+                    return i;
+                case LogitBias or Penalties or Dry or Temperature:
+                    continue; // each token's logit from its own value alone: −∞ stays −∞ (a bias is never +∞)
+                default:
+                    return -1; // a filter that looks at the whole vocabulary (top-n-σ, dynamic temperature, …)
+            }
+        }
+        return -1;
     }
 
     public IReadOnlyList<ILogitsProcessor> Processors => _processors;
@@ -154,17 +175,85 @@ public sealed class SamplerChain
             }
             return c.Ids[best];
         }
+        return DrawFrom(c, _random);
+    }
+
+    /// <summary>The draw of <see cref="Sample"/>: one number from the generator, walked through the candidates' probabilities.</summary>
+    private static int DrawFrom(Candidates c, Random random)
+    {
         c.Softmax();
-        double u = _random.NextDouble();
+        double u = random.NextDouble();
         double cumulative = 0;
+        int last = 0;
         for (int i = 0; i < c.Count; i++)
         {
             cumulative += c.Probs[i];
+            if (c.Probs[i] > 0)
+                last = i;
             if (u < cumulative)
                 return c.Ids[i];
         }
-        return c.Ids[c.Count - 1]; // rounding left u just above the total
+        // rounding left u just above the total: the last candidate that can be drawn at all (never one at
+        // probability 0 — under a grammar that would be a token its mask refused)
+        return c.Ids[last];
     }
+
+    /// <summary>
+    /// Draws what <see cref="Sample"/> would from <paramref name="logits"/> with every token that
+    /// <paramref name="allowed"/> refuses set to −∞ (a grammar's mask), asking <paramref name="allowed"/> about
+    /// the best candidates only. Exact where the chain's first filter over the whole vocabulary is top-k and
+    /// what comes before it acts token by token (a bias, penalties, DRY, temperature): masked tokens would
+    /// stay at −∞ through those, so the masked top-k is the k best allowed candidates, in the same order (ties
+    /// by id), and the rest of the chain and the draw see the same numbers. The same one number is drawn.
+    /// </summary>
+    /// <returns>
+    /// False — nothing drawn, no state moved — where that cannot be told without the mask: no such top-k,
+    /// a greedy chain, or fewer than k allowed among the best k + <see cref="LazySlack"/> candidates (then
+    /// mask the logits and call <see cref="Sample"/>).
+    /// </returns>
+    public bool TrySampleAllowed(ReadOnlySpan<float> logits, Func<int, bool> allowed, out int token)
+    {
+        ArgumentNullException.ThrowIfNull(allowed);
+        token = -1;
+        if (_random is null || _lazyTopK < 0)
+            return false;
+        var c = _candidates is { } existing && existing.Ids.Length == logits.Length ? existing : _candidates = new Candidates(logits.Length);
+        c.Reset(logits);
+        for (int i = 0; i < _lazyTopK; i++)
+            _processors[i].Apply(c);
+        int k = ((TopK)_processors[_lazyTopK]).K;
+        if (k + LazySlack >= c.Count)
+            return false; // a vocabulary this small: the mask is as cheap
+        c.KeepTop(k + LazySlack);
+        int kept = 0;
+        for (int i = 0; i < c.Count && kept < k; i++)
+        {
+            if (!float.IsFinite(c.Logits[i]))
+                return false; // a banned token among the best: the masked top-k would keep −∞ entries beside it
+            if (allowed(c.Ids[i]))
+            {
+                c.Ids[kept] = c.Ids[i];
+                c.Logits[kept] = c.Logits[i];
+                kept++;
+            }
+        }
+        if (kept < k)
+            return false;
+        c.Count = k;
+        c.Sorted = true;
+        c.HasProbs = false;
+        for (int i = _lazyTopK + 1; i < _processors.Length; i++)
+            _processors[i].Apply(c);
+        token = DrawFrom(c, _random);
+        return true;
+    }
+
+    /// <summary>
+    /// Candidates beyond k that <see cref="TrySampleAllowed"/> looks among for k allowed ones: a few, as a
+    /// heap of k + slack costs more with every entry (4k made the short way slower than masking), and where
+    /// the grammar allows most tokens (free text) the best k + 8 hold k allowed ones.
+    /// </summary>
+    public const int LazySlack = 8;
 
     /// <summary>
     /// The distribution <see cref="Sample"/> draws from, over the whole vocabulary: the processors'

@@ -510,12 +510,16 @@ public sealed class BatchScheduler : IDisposable
         int next;
         if (slot.Constraint is { } constraint)
         {
+            // the best candidates checked first where the chain allows it (SamplerChain.TrySampleAllowed), else
             // the grammar's mask on a copy (the logprobs below report the model's own distribution)
-            var masked = slot.Masked ??= new float[logits.Length];
-            logits.CopyTo(masked);
-            if (!constraint.Apply(masked))
-                return FinishReason.Stop; // a dead end: nothing may follow and the text may not end
-            next = slot.Sampler.Sample(masked);
+            if (!constraint.MostlyAllows || !slot.Sampler.TrySampleAllowed(logits, constraint.AllowsToken, out next))
+            {
+                var masked = slot.Masked ??= new float[logits.Length];
+                logits.CopyTo(masked);
+                if (!constraint.Apply(masked))
+                    return FinishReason.Stop; // a dead end: nothing may follow and the text may not end
+                next = slot.Sampler.Sample(masked);
+            }
             if (_model.Tokenizer.IsEndOfGeneration(next))
                 return FinishReason.Stop; // the grammar allows an end token only where the text is complete
             constraint.Accept(next);

@@ -454,11 +454,73 @@ public class GrammarTests
         for (int t = 0; t < vocab; t++)
         {
             bool inBits = (bits[t >> 6] & (1UL << (t & 63))) != 0;
-            Assert.That(inBits, Is.EqualTo(expected[t]), $"token {t}");
+            Assert.That((inBits, mask.Contains(t)), Is.EqualTo((expected[t], expected[t])), $"token {t}");
             count += expected[t] ? 1 : 0;
         }
         Assert.That(mask.Count, Is.EqualTo(count));
         Assert.That(bits[^1] >> (vocab & 63), Is.EqualTo(0UL), "no bit past the vocabulary");
+    }
+
+    /// <summary>
+    /// Sampling through a top-k under a grammar asks about the best candidates only, and draws exactly what
+    /// masking all the logits first draws: two chains with one seed — one trying the best candidates, falling
+    /// back to the mask when too few are allowed, one always masking — pick the same token at every step of
+    /// a generation of JSON-like fields over llama-spm's 32k vocabulary (random logits, the allowed tokens lifted at some
+    /// steps so both paths run), with penalties, top-p, min-p and XTC after the top-k, and the end token banned.
+    /// A chain that filters the whole vocabulary before its top-k (top-n-σ) never takes the short way.
+    /// </summary>
+    [Test]
+    public void Sampling_through_top_k_checks_the_best_candidates_and_draws_what_masking_draws()
+    {
+        var tokenizer = LanguageModel.LoadTokenizer(SharedData.Require("vocab/ggml-vocab-llama-spm.gguf"));
+        // fields whose keys and values are free text (many allowed tokens) between literals (a few)
+        var grammar = Gbnf.Parse("""
+            root ::= ("{" field ("," field)* "}\n")+
+            field ::= "\"" [a-z]{1,8} "\": \"" [^"\\\x00-\x1F]{0,40} "\""
+            """);
+        var options = new SamplingOptions
+        {
+            Temperature = 0.9f, TopK = 40, TopP = 0.9f, MinP = 0.02f, Seed = 11, RepeatPenalty = 1.3f, PresencePenalty = 0.2f,
+            XtcProbability = 0.3f, LogitBias = new Dictionary<int, float> { [tokenizer.Encode("\"", addSpecial: false)[0]] = 2f, [tokenizer.EosId!.Value] = float.NegativeInfinity },
+        };
+        var lazy = SamplerChain.Create(options, tokenizer.VocabSize, tokenizer);
+        var masking = SamplerChain.Create(options, tokenizer.VocabSize, tokenizer);
+        var constraint = new GrammarConstraint(grammar, tokenizer);
+        var reference = new GrammarConstraint(grammar, tokenizer);
+        var rng = new Random(5);
+        var logits = new float[tokenizer.VocabSize];
+        var masked = new float[tokenizer.VocabSize];
+        int shortWay = 0, fallbacks = 0;
+        for (int step = 0; step < 200 && constraint.CanContinue; step++)
+        {
+            bool lift = rng.Next(3) > 0;
+            for (int t = 0; t < logits.Length; t++)
+                logits[t] = (float)(rng.NextDouble() * 6 - 3) + (lift && constraint.Allows(t) ? 4f : 0f);
+            int got;
+            if (lazy.TrySampleAllowed(logits, constraint.AllowsToken, out got))
+                shortWay++;
+            else
+            {
+                fallbacks++;
+                logits.CopyTo(masked, 0);
+                Assert.That(constraint.Apply(masked), Is.True);
+                got = lazy.Sample(masked);
+            }
+            logits.CopyTo(masked, 0);
+            Assert.That(reference.Apply(masked), Is.True);
+            int expected = masking.Sample(masked);
+            Assert.That(got, Is.EqualTo(expected), $"step {step}");
+            if (tokenizer.IsEndOfGeneration(got))
+                break;
+            constraint.Accept(got);
+            reference.Accept(got);
+            lazy.Accept(got);
+            masking.Accept(got);
+        }
+        Assert.That(shortWay, Is.GreaterThan(10), "the short way ran");
+        Assert.That(fallbacks, Is.GreaterThan(10), "the fallback ran");
+        var sigma = SamplerChain.Create(options with { TopNSigma = 2f }, tokenizer.VocabSize, tokenizer);
+        Assert.That(sigma.TrySampleAllowed(logits, constraint.AllowsToken, out _), Is.False, "top-n-σ before top-k looks at the whole vocabulary");
     }
 
     /// <summary>The model's next-token logits after <paramref name="tokens"/>, from one causal pass in a fresh cache (the tests' reference).</summary>
