@@ -50,62 +50,91 @@ internal sealed class ByteClasses
 
     public static ByteClasses Of(Grammar grammar)
     {
-        // the grammar's distinct character sets
-        var sets = new List<CharSet>();
-        var seen = new HashSet<string>(StringComparer.Ordinal);
+        // Partition refinement: every byte starts in the class of its kind, and each distinct character set
+        // of the grammar splits every class into the bytes it holds and those it does not — O(256) per set.
+        var cls = new int[Bytes];
+        var own = new bool[Bytes]; // a class of its own whatever the sets say
+        var dead = new bool[Bytes];
+        var range = new (int Lo, int Hi)[Bytes];
+        for (int b = 0; b < Bytes; b++)
+        {
+            if (b < 0x80)
+                cls[b] = 0; // a whole ASCII character
+            else if (b < 0xC0 || b >= 0xF8)
+            {
+                cls[b] = 1; // a continuation byte, or no lead byte at all: always dead between characters
+                dead[b] = true;
+            }
+            else
+            {
+                int more = b < 0xE0 ? 1 : b < 0xF0 ? 2 : 3;
+                int lo = (b & (0x3F >> more)) << (6 * more), hi = lo | ((1 << (6 * more)) - 1);
+                int min = more switch { 1 => 0x80, 2 => 0x800, _ => 0x10000 };
+                range[b] = (lo, hi);
+                cls[b] = 1 + more; // leads of one length together
+                own[b] = lo < min || hi > 0x10FFFF || (lo <= 0xDFFF && hi >= 0xD800); // overlong forms, surrogates or values past Unicode among its completions
+            }
+        }
+        var seen = new HashSet<(int Lo, int Hi)[]>(RangesComparer.Instance);
+        var split = new int[2 * Bytes];
         foreach (var rule in grammar.Rules)
         {
             foreach (var alt in rule.Alternatives)
             {
                 foreach (var e in alt)
                 {
-                    if (e.Chars is { } chars && seen.Add(string.Join(',', chars.Positive.Select(r => $"{r.Lo:X}-{r.Hi:X}"))))
-                        sets.Add(chars);
+                    if (e.Chars is not { } chars || !seen.Add(chars.Positive))
+                        continue;
+                    Array.Fill(split, -1);
+                    int next = 0;
+                    for (int b = 0; b < Bytes; b++)
+                    {
+                        bool holds;
+                        if (b < 0x80)
+                            holds = chars.Contains(b);
+                        else if (dead[b] || own[b])
+                            holds = false;
+                        else if (chars.ContainsAll(range[b].Lo, range[b].Hi))
+                            holds = true;
+                        else
+                        {
+                            holds = false;
+                            own[b] |= chars.Intersects(range[b].Lo, range[b].Hi); // the value decides: the matcher keeps it
+                        }
+                        int key = 2 * cls[b] + (holds ? 1 : 0);
+                        if (split[key] < 0)
+                            split[key] = next++;
+                        cls[b] = split[key];
+                    }
                 }
             }
         }
-        var signatures = new Dictionary<string, byte>(StringComparer.Ordinal);
+        // the bytes of their own last, then ids numbered in byte order
+        var ids = new Dictionary<int, byte>();
         var map = new byte[Bytes];
-        var bits = new char[sets.Count + 1];
         for (int b = 0; b < Bytes; b++)
         {
-            string signature;
-            if (b < 0x80)
-            {
-                bits[0] = 'a';
-                for (int i = 0; i < sets.Count; i++)
-                    bits[i + 1] = sets[i].Contains(b) ? '1' : '0';
-                signature = new string(bits);
-            }
-            else if (b < 0xC0 || b >= 0xF8)
-                signature = "dead"; // a continuation byte, or no lead byte at all
-            else
-                signature = LeadSignature(b, sets, bits) ?? $"own {b}";
-            if (!signatures.TryGetValue(signature, out byte id))
-                signatures[signature] = id = (byte)signatures.Count;
+            int key = own[b] ? -1 - b : cls[b];
+            if (!ids.TryGetValue(key, out byte id))
+                ids[key] = id = (byte)ids.Count;
             map[b] = id;
         }
-        return new ByteClasses(map, signatures.Count);
+        return new ByteClasses(map, ids.Count);
     }
 
-    /// <summary>The signature of a lead byte whose whole range each set holds or leaves; null where it needs a class of its own.</summary>
-    private static string? LeadSignature(int b, List<CharSet> sets, char[] bits)
+    /// <summary>Character sets compared by their ranges (a grammar repeats the same literal characters often).</summary>
+    private sealed class RangesComparer : IEqualityComparer<(int Lo, int Hi)[]>
     {
-        int more = b < 0xE0 ? 1 : b < 0xF0 ? 2 : 3;
-        int lo = (b & (0x3F >> more)) << (6 * more), hi = lo | ((1 << (6 * more)) - 1);
-        int min = more switch { 1 => 0x80, 2 => 0x800, _ => 0x10000 };
-        if (lo < min || hi > 0x10FFFF || (lo <= 0xDFFF && hi >= 0xD800))
-            return null; // overlong forms, surrogates or values past Unicode among its completions
-        bits[0] = (char)('0' + more);
-        for (int i = 0; i < sets.Count; i++)
+        public static readonly RangesComparer Instance = new();
+
+        public bool Equals((int Lo, int Hi)[]? a, (int Lo, int Hi)[]? b) => a is not null && b is not null && a.AsSpan().SequenceEqual(b);
+
+        public int GetHashCode((int Lo, int Hi)[] ranges)
         {
-            if (sets[i].ContainsAll(lo, hi))
-                bits[i + 1] = '1';
-            else if (sets[i].Intersects(lo, hi))
-                return null; // the value decides: the matcher keeps it
-            else
-                bits[i + 1] = '0';
+            var h = new HashCode();
+            foreach (var r in ranges)
+                h.Add(r);
+            return h.ToHashCode();
         }
-        return new string(bits);
     }
 }
