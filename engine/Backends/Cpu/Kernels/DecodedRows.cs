@@ -57,6 +57,7 @@ public sealed unsafe class DecodedRows : IDisposable
             switch (w.Type)
             {
                 case GgmlType.Q8_0: DecodeQ8_0(src, codes, scales, biases); break;
+                case GgmlType.Q4_0 when CpuFeatures.Avx2Fma: DecodeQ4_0(src, codes, scales, biases); break;
                 case GgmlType.Q4_0: DecodeLegacy(src, codes, scales, biases, 18, hasMin: false, fiveBits: false); break;
                 case GgmlType.Q4_1: DecodeLegacy(src, codes, scales, biases, 20, hasMin: true, fiveBits: false); break;
                 case GgmlType.Q5_0: DecodeLegacy(src, codes, scales, biases, 22, hasMin: false, fiveBits: true); break;
@@ -81,6 +82,29 @@ public sealed unsafe class DecodedRows : IDisposable
             float d = HalfTable.Load(blk);
             scales[b] = d;
             biases[b] = -128 * d;
+        }
+    }
+
+    /// <summary>
+    /// Q4_0 alone (AVX2), the common case of batched passes: without the other legacy types' branches in
+    /// the block loop, and the half table in a local — 0.039 ns a weight against 0.093 through
+    /// <see cref="DecodeLegacy"/>, the same bytes. At 16 activation rows decoding took as long as the matrix
+    /// kernel itself (a block of weight rows is decoded once per pass and used by one pair of 8-row groups).
+    /// </summary>
+    private void DecodeQ4_0(byte* src, byte* codes, float* scales, float* biases)
+    {
+        float* half = HalfTable.Pointer;
+        var low = Vector256.Create((byte)0x0F);
+        int blocks = Cols / 32;
+        for (int b = 0; b < blocks; b++)
+        {
+            byte* blk = src + b * 18;
+            float d = half[*(ushort*)blk];
+            scales[b] = d;
+            biases[b] = -8 * d;
+            var both = System.Runtime.Intrinsics.X86.Avx2.BroadcastVector128ToVector256(blk + 2);
+            var shifted = System.Runtime.Intrinsics.X86.Avx2.ShiftRightLogical(both.AsUInt16(), 4).AsByte();
+            (System.Runtime.Intrinsics.X86.Avx2.Blend(both.AsInt32(), shifted.AsInt32(), 0b1111_0000).AsByte() & low).Store(codes + b * 32);
         }
     }
 
