@@ -131,6 +131,11 @@ public sealed unsafe class DecodedRows : IDisposable
                 VecDot.Nibbles(qs).Store(c);
                 continue;
             }
+            if (fiveBits && CpuFeatures.Avx2Fma)
+            {
+                (VecDot.Nibbles(qs) | FifthBits(qh)).Store(c);
+                continue;
+            }
             for (int j = 0; j < 16; j++)
             {
                 int high0 = fiveBits ? (int)((qh >> j) & 1) << 4 : 0;
@@ -139,6 +144,18 @@ public sealed unsafe class DecodedRows : IDisposable
                 c[j + 16] = (byte)((qs[j] >> 4) | high1);
             }
         }
+    }
+
+    /// <summary>
+    /// Q5_0/Q5_1's fifth bits as bytes: bit j of <paramref name="qh"/> → 0x10 in byte j (value j's code), by
+    /// spreading each of its four bytes over eight lanes and testing one bit per lane.
+    /// </summary>
+    private static Vector256<byte> FifthBits(uint qh)
+    {
+        var spread = System.Runtime.Intrinsics.X86.Avx2.Shuffle(Vector256.Create(qh).AsByte(),
+            Vector256.Create((byte)0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+        var bit = Vector256.Create((byte)1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128);
+        return Vector256.Equals(spread & bit, bit) & Vector256.Create((byte)0x10);
     }
 
     private void DecodeQ4_K(byte* src, byte* codes, float* scales, float* biases, bool fiveBits)
@@ -153,14 +170,26 @@ public sealed unsafe class DecodedRows : IDisposable
             byte* qh = blk + 16;
             byte* ql = blk + (fiveBits ? 48 : 16);
             byte* c = codes + b * 256;
-            if (!fiveBits && Vector256.IsHardwareAccelerated)
+            if (Vector256.IsHardwareAccelerated)
             {
                 var mask = Vector256.Create((byte)0x0F);
+                var h = fiveBits ? Vector256.Load(qh) : Vector256<byte>.Zero;
+                var sixteen = Vector256.Create((byte)0x10);
                 for (int chunk = 0; chunk < 4; chunk++)
                 {
                     var q = Vector256.Load(ql + chunk * 32);
-                    (q & mask).Store(c + chunk * 64);
-                    (Vector256.ShiftRightLogical(q.AsUInt16(), 4).AsByte() & mask).Store(c + chunk * 64 + 32);
+                    var low = q & mask;
+                    var high = Vector256.ShiftRightLogical(q.AsUInt16(), 4).AsByte() & mask;
+                    if (fiveBits)
+                    {
+                        // Q5_K: bit 2·chunk of qh[l] is value l's fifth bit, bit 2·chunk + 1 value 32 + l's
+                        var bit0 = Vector256.Create((byte)(1 << (2 * chunk)));
+                        var bit1 = Vector256.Create((byte)(2 << (2 * chunk)));
+                        low |= Vector256.Equals(h & bit0, bit0) & sixteen;
+                        high |= Vector256.Equals(h & bit1, bit1) & sixteen;
+                    }
+                    low.Store(c + chunk * 64);
+                    high.Store(c + chunk * 64 + 32);
                 }
             }
             else
