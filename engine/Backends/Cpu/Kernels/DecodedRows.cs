@@ -265,6 +265,24 @@ public sealed unsafe class DecodedRows : IDisposable
             byte* packed = blk + 96;
             float d = HalfTable.Load(blk + 108);
             byte* c = codes + b * 256;
+            if (Vector256.IsHardwareAccelerated)
+            {
+                // value half·128 + pair·32 + l: bits 2·pair of q[half·32 + l], and bit half·4 + pair of hmask[l] as 4
+                var three = Vector256.Create((byte)3);
+                var four = Vector256.Create((byte)4);
+                var hm = Vector256.Load(hmask);
+                for (int half = 0; half < 2; half++)
+                {
+                    var v = Vector256.Load(q + half * 32);
+                    for (int pair = 0; pair < 4; pair++)
+                    {
+                        var bit = Vector256.Create((byte)(1 << (half * 4 + pair)));
+                        var low = Vector256.ShiftRightLogical(v.AsUInt16(), 2 * pair).AsByte() & three;
+                        (low | (Vector256.Equals(hm & bit, bit) & four)).Store(c + half * 128 + pair * 32);
+                    }
+                }
+            }
+            else
             for (int j = 0; j < 256; j++)
             {
                 int half = j / 128, pair = j % 128 / 32, l = j % 32;
@@ -293,6 +311,18 @@ public sealed unsafe class DecodedRows : IDisposable
             byte* q = blk + 16;
             float d = HalfTable.Load(blk + 80), dmin = HalfTable.Load(blk + 82);
             byte* c = codes + b * 256;
+            if (Vector256.IsHardwareAccelerated)
+            {
+                // value half·128 + pair·32 + l: bits 2·pair of q[half·32 + l] (a 16-bit shift, then each byte's low two bits)
+                var three = Vector256.Create((byte)3);
+                for (int half = 0; half < 2; half++)
+                {
+                    var v = Vector256.Load(q + half * 32);
+                    for (int pair = 0; pair < 4; pair++)
+                        (Vector256.ShiftRightLogical(v.AsUInt16(), 2 * pair).AsByte() & three).Store(c + half * 128 + pair * 32);
+                }
+            }
+            else
             for (int j = 0; j < 256; j++)
             {
                 int half = j / 128, pair = j % 128 / 32, l = j % 32;
