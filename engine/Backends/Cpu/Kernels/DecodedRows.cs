@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using Engine.Tensors;
 
 namespace Engine.Backends.Cpu.Kernels;
@@ -94,7 +95,6 @@ public sealed unsafe class DecodedRows : IDisposable
     private void DecodeQ4_0(byte* src, byte* codes, float* scales, float* biases)
     {
         float* half = HalfTable.Pointer;
-        var low = Vector256.Create((byte)0x0F);
         int blocks = Cols / 32;
         for (int b = 0; b < blocks; b++)
         {
@@ -102,9 +102,7 @@ public sealed unsafe class DecodedRows : IDisposable
             float d = half[*(ushort*)blk];
             scales[b] = d;
             biases[b] = -8 * d;
-            var both = System.Runtime.Intrinsics.X86.Avx2.BroadcastVector128ToVector256(blk + 2);
-            var shifted = System.Runtime.Intrinsics.X86.Avx2.ShiftRightLogical(both.AsUInt16(), 4).AsByte();
-            (System.Runtime.Intrinsics.X86.Avx2.Blend(both.AsInt32(), shifted.AsInt32(), 0b1111_0000).AsByte() & low).Store(codes + b * 32);
+            VecDot.Nibbles(blk + 2).Store(codes + b * 32);
         }
     }
 
@@ -152,7 +150,7 @@ public sealed unsafe class DecodedRows : IDisposable
     /// </summary>
     private static Vector256<byte> FifthBits(uint qh)
     {
-        var spread = System.Runtime.Intrinsics.X86.Avx2.Shuffle(Vector256.Create(qh).AsByte(),
+        var spread = Avx2.Shuffle(Vector256.Create(qh).AsByte(),
             Vector256.Create((byte)0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
         var bit = Vector256.Create((byte)1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128);
         return Vector256.Equals(spread & bit, bit) & Vector256.Create((byte)0x10);
