@@ -269,12 +269,7 @@ public sealed class Session : IDisposable
     private int Constrained(Engine.Constraints.GrammarConstraint grammar, SamplerChain sampler, bool argmaxOnly)
     {
         var scratch = _scratch ??= new float[_logits.Length]; // the logits stay as computed: a later call may sample from them again
-        if (argmaxOnly)
-            return grammar.Greedy(_logits, scratch);
-        if (grammar.MostlyAllows && sampler.TrySampleAllowed(_logits, grammar.AllowsToken, out int token))
-            return token;
-        _logits.CopyTo(scratch, 0);
-        return grammar.Apply(scratch) ? sampler.Sample(scratch) : -1;
+        return argmaxOnly ? grammar.Greedy(_logits, scratch) : grammar.Sample(sampler, _logits, scratch);
     }
 
     private float[]? _scratch;

@@ -75,7 +75,7 @@ internal sealed class ByteClasses
                 own[b] = lo < min || hi > 0x10FFFF || (lo <= 0xDFFF && hi >= 0xD800); // overlong forms, surrogates or values past Unicode among its completions
             }
         }
-        var seen = new HashSet<(int Lo, int Hi)[]>(RangesComparer.Instance);
+        var seen = new HashSet<(int Lo, int Hi)[]>(CodePointRanges.Comparer.Instance);
         var split = new int[2 * Bytes];
         foreach (var rule in grammar.Rules)
         {
@@ -120,21 +120,5 @@ internal sealed class ByteClasses
             map[b] = id;
         }
         return new ByteClasses(map, ids.Count);
-    }
-
-    /// <summary>Character sets compared by their ranges (a grammar repeats the same literal characters often).</summary>
-    private sealed class RangesComparer : IEqualityComparer<(int Lo, int Hi)[]>
-    {
-        public static readonly RangesComparer Instance = new();
-
-        public bool Equals((int Lo, int Hi)[]? a, (int Lo, int Hi)[]? b) => a is not null && b is not null && a.AsSpan().SequenceEqual(b);
-
-        public int GetHashCode((int Lo, int Hi)[] ranges)
-        {
-            var h = new HashCode();
-            foreach (var r in ranges)
-                h.Add(r);
-            return h.ToHashCode();
-        }
     }
 }

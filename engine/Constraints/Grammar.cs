@@ -32,18 +32,8 @@ public sealed class CharSet
     public bool ContainsAll(int lo, int hi)
     {
         var ranges = Positive;
-        int l = 0, h = ranges.Length - 1;
-        while (l <= h)
-        {
-            int m = (l + h) >> 1;
-            if (lo < ranges[m].Lo)
-                h = m - 1;
-            else if (lo > ranges[m].Hi)
-                l = m + 1;
-            else
-                return hi <= ranges[m].Hi;
-        }
-        return false;
+        int i = CodePointRanges.IndexOf(ranges, lo);
+        return i >= 0 && hi <= ranges[i].Hi;
     }
 
     /// <summary>Whether some code point in [lo, hi] is in the set (a partial UTF-8 sequence's possible completions).</summary>
@@ -130,7 +120,10 @@ internal static class CodePointRanges
         return size;
     }
 
-    public static bool Contains((int Lo, int Hi)[] ranges, int codePoint)
+    public static bool Contains((int Lo, int Hi)[] ranges, int codePoint) => IndexOf(ranges, codePoint) >= 0;
+
+    /// <summary>The index of the range holding <paramref name="codePoint"/>, or −1.</summary>
+    public static int IndexOf((int Lo, int Hi)[] ranges, int codePoint)
     {
         int l = 0, h = ranges.Length - 1;
         while (l <= h)
@@ -141,9 +134,25 @@ internal static class CodePointRanges
             else if (codePoint > ranges[m].Hi)
                 l = m + 1;
             else
-                return true;
+                return m;
         }
-        return false;
+        return -1;
+    }
+
+    /// <summary>Range lists compared by their ranges: a key for what is computed once per character class.</summary>
+    public sealed class Comparer : IEqualityComparer<(int Lo, int Hi)[]>
+    {
+        public static readonly Comparer Instance = new();
+
+        public bool Equals((int Lo, int Hi)[]? a, (int Lo, int Hi)[]? b) => a is not null && b is not null && a.AsSpan().SequenceEqual(b);
+
+        public int GetHashCode((int Lo, int Hi)[] ranges)
+        {
+            var h = new HashCode();
+            foreach (var r in ranges)
+                h.Add(r);
+            return h.ToHashCode();
+        }
     }
 }
 

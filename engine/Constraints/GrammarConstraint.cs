@@ -141,7 +141,7 @@ public sealed class GrammarConstraint
     /// vocabulary (free text). Where the grammar allows a few tokens, a sampler's search among the best
     /// candidates would fail and be paid twice (measured: 25 of 68 steps of a JSON walk, +16 µs a token).
     /// </summary>
-    public bool MostlyAllows
+    private bool MostlyAllows
     {
         get
         {
@@ -278,6 +278,21 @@ public sealed class GrammarConstraint
             }
         }
         return any;
+    }
+
+    /// <summary>
+    /// A draw of <paramref name="sampler"/> from <paramref name="logits"/> under the grammar: the best
+    /// candidates checked first where that tells (<see cref="Sampling.SamplerChain.TrySampleAllowed"/>, in
+    /// states that allow most of the vocabulary), else the logits copied into <paramref name="scratch"/>
+    /// (vocabulary-sized, overwritten) and masked. −1 at a dead end.
+    /// </summary>
+    public int Sample(Sampling.SamplerChain sampler, ReadOnlySpan<float> logits, float[] scratch)
+    {
+        ArgumentNullException.ThrowIfNull(sampler);
+        if (MostlyAllows && sampler.TrySampleAllowed(logits, AllowsToken, out int token))
+            return token;
+        logits.CopyTo(scratch);
+        return Apply(scratch) ? sampler.Sample(scratch) : -1;
     }
 
     /// <summary>

@@ -23,6 +23,9 @@ public sealed class TokenTrie
 
     private readonly TrieNode[] _nodes; // and a last one past the end, so that node n's ranges end where node n + 1's begin
     private readonly int[] _tokens;
+    private readonly byte[][] _tokenBytes;
+    private readonly Dictionary<(int Lo, int Hi)[], Slice?> _slices = new(CodePointRanges.Comparer.Instance);
+    private readonly Lock _sliceGate = new();
 
     /// <summary>
     /// A node: its children are nodes <c>ChildStart</c> .. the next node's <c>ChildStart</c> − 1, its tokens
@@ -35,9 +38,6 @@ public sealed class TokenTrie
         public int TokenStart;
         public byte Byte; // the byte that enters the node
     }
-    private readonly byte[][] _tokenBytes;
-    private readonly Dictionary<string, Slice?> _slices = new(StringComparer.Ordinal);
-    private readonly Lock _sliceGate = new();
 
     private TokenTrie(TextTokenizer tokenizer)
         : this(tokenizer.VocabSize, id => tokenizer.Kind(id) is TokenKind.Control or TokenKind.Unknown or TokenKind.Unused ? [] : tokenizer.TokenBytes(id).ToArray())
@@ -270,10 +270,9 @@ public sealed class TokenTrie
     /// </summary>
     private Slice? SliceOf((int Lo, int Hi)[] ranges)
     {
-        string key = string.Join(',', ranges.Select(r => $"{r.Lo:X}-{r.Hi:X}"));
         lock (_sliceGate)
         {
-            if (_slices.TryGetValue(key, out var cached))
+            if (_slices.TryGetValue(ranges, out var cached))
                 return cached;
         }
         var slice = BuildSlice(ranges);
@@ -281,7 +280,7 @@ public sealed class TokenTrie
         {
             if (_slices.Count >= MaxSlices)
                 _slices.Clear();
-            _slices[key] = slice;
+            _slices[ranges] = slice;
         }
         return slice;
     }

@@ -11,6 +11,10 @@ public sealed class SamplerChain
     private readonly Random? _random;
     private Candidates? _candidates;
 
+    /// <summary>The chain's candidate buffers, made once per vocabulary size and reused for every token.</summary>
+    private Candidates CandidatesFor(int vocabSize) =>
+        _candidates is { } existing && existing.Ids.Length == vocabSize ? existing : _candidates = new Candidates(vocabSize);
+
     private SamplerChain(ILogitsProcessor[] processors, Random? random)
     {
         _processors = processors;
@@ -161,7 +165,7 @@ public sealed class SamplerChain
     {
         if (_random is null && _processors.All(p => p.PreservesArgmax))
             return Argmax(logits);
-        var c = _candidates is { } existing && existing.Ids.Length == logits.Length ? existing : _candidates = new Candidates(logits.Length);
+        var c = CandidatesFor(logits.Length);
         c.Reset(logits);
         foreach (var p in _processors)
             p.Apply(c);
@@ -217,7 +221,7 @@ public sealed class SamplerChain
         token = -1;
         if (_random is null || _lazyTopK < 0)
             return false;
-        var c = _candidates is { } existing && existing.Ids.Length == logits.Length ? existing : _candidates = new Candidates(logits.Length);
+        var c = CandidatesFor(logits.Length);
         c.Reset(logits);
         for (int i = 0; i < _lazyTopK; i++)
             _processors[i].Apply(c);
@@ -271,7 +275,7 @@ public sealed class SamplerChain
             probs[Sample(logits)] = 1; // the argmax after the processors that can move it (a bias, penalties)
             return;
         }
-        var c = _candidates is { } existing && existing.Ids.Length == logits.Length ? existing : _candidates = new Candidates(logits.Length);
+        var c = CandidatesFor(logits.Length);
         c.Reset(logits);
         foreach (var p in _processors)
             p.Apply(c);

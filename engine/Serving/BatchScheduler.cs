@@ -510,16 +510,10 @@ public sealed class BatchScheduler : IDisposable
         int next;
         if (slot.Constraint is { } constraint)
         {
-            // the best candidates checked first where the chain allows it (SamplerChain.TrySampleAllowed), else
-            // the grammar's mask on a copy (the logprobs below report the model's own distribution)
-            if (!constraint.MostlyAllows || !slot.Sampler.TrySampleAllowed(logits, constraint.AllowsToken, out next))
-            {
-                var masked = slot.Masked ??= new float[logits.Length];
-                logits.CopyTo(masked);
-                if (!constraint.Apply(masked))
-                    return FinishReason.Stop; // a dead end: nothing may follow and the text may not end
-                next = slot.Sampler.Sample(masked);
-            }
+            // masked on a copy where it masks (the logprobs below report the model's own distribution)
+            next = constraint.Sample(slot.Sampler, logits, slot.Masked ??= new float[logits.Length]);
+            if (next < 0)
+                return FinishReason.Stop; // a dead end: nothing may follow and the text may not end
             if (_model.Tokenizer.IsEndOfGeneration(next))
                 return FinishReason.Stop; // the grammar allows an end token only where the text is complete
             constraint.Accept(next);
