@@ -26,6 +26,7 @@ public unsafe class NativeKernelTests
     [TestCase(GgmlType.Q6_K, 72)]
     [TestCase(GgmlType.Q4_0, 1)]
     [TestCase(GgmlType.Q4_0, 3)]
+    [TestCase(GgmlType.Q4_0, 24)]
     [TestCase(GgmlType.Q8_0, 24)]
     [TestCase(GgmlType.Q4_K, 8)]
     [TestCase(GgmlType.Q5_1, 65)]
@@ -89,12 +90,28 @@ public unsafe class NativeKernelTests
                         qx.InterleavedScaledSums32(0), qx.InterleavedScaledSums32(1), yp, rows);
                 }
             }
-            for (int o = 0; o < rows; o++)
+            AssertEqual(y, "native");
+            if (type == GgmlType.Q4_0)
             {
-                for (int r = 0; r < n; r++)
+                // the Q4_0 kernel that reads the blocks as the file holds them, against the same C# result
+                Array.Clear(y);
+                fixed (float* yp = y)
                 {
-                    Assert.That(BitConverter.SingleToInt32Bits(y[r * rows + o]), Is.EqualTo(BitConverter.SingleToInt32Bits(expected[o * n + r])),
-                        $"weight row {o}, activation row {r}: native {y[r * rows + o]}, C# {expected[o * n + r]}");
+                    NativeKernels.engine_q4_0_8x16(w, rowBytes, blocks, qx.InterleavedQ(0), qx.InterleavedQ(1), qx.InterleavedD(0), qx.InterleavedD(1),
+                        qx.InterleavedScaledSums32(0), qx.InterleavedScaledSums32(1), yp, rows);
+                }
+                AssertEqual(y, "native Q4_0 from its blocks");
+            }
+
+            void AssertEqual(float[] actual, string kernel)
+            {
+                for (int o = 0; o < rows; o++)
+                {
+                    for (int r = 0; r < n; r++)
+                    {
+                        Assert.That(BitConverter.SingleToInt32Bits(actual[r * rows + o]), Is.EqualTo(BitConverter.SingleToInt32Bits(expected[o * n + r])),
+                            $"weight row {o}, activation row {r}: {kernel} {actual[r * rows + o]}, C# {expected[o * n + r]}");
+                    }
                 }
             }
         }

@@ -12,7 +12,7 @@ namespace Engine.Backends.Cpu;
 internal static unsafe partial class NativeKernels
 {
     private const string Library = "engine_cpu";
-    private const int Abi = 1;
+    private const int Abi = 2;
 
     /// <summary>Why the native kernels are or are not used (for logs and tests).</summary>
     public static string Status { get; private set; } = "";
@@ -43,7 +43,7 @@ internal static unsafe partial class NativeKernels
             }
             if (engine_cpu_supported() == 0)
             {
-                reason = "this CPU lacks AVX-512 VNNI";
+                reason = "this CPU lacks AVX-512 VNNI (or F16C)";
                 return false;
             }
             reason = "AVX-512 VNNI kernels from " + Library;
@@ -75,5 +75,14 @@ internal static unsafe partial class NativeKernels
     [LibraryImport(Library)]
     [UnmanagedCallConv(CallConvs = [typeof(System.Runtime.CompilerServices.CallConvSuppressGCTransition)])]
     public static partial void engine_codes16_8x16(byte* codes, long codeStride, float* scales, float* biases, long scaleStride, int blocks,
+        sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
+
+    /// <summary>
+    /// <see cref="engine_codes32_8x16"/> on 8 Q4_0 rows read as the file holds them (row i at w + i·rowBytes)
+    /// instead of rows <see cref="Kernels.DecodedRows"/> decoded: the same output, bit for bit.
+    /// </summary>
+    [LibraryImport(Library)]
+    [UnmanagedCallConv(CallConvs = [typeof(System.Runtime.CompilerServices.CallConvSuppressGCTransition)])]
+    public static partial void engine_q4_0_8x16(byte* w, long rowBytes, int blocks,
         sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
 }

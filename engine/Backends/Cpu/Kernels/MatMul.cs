@@ -92,10 +92,40 @@ public static unsafe class MatMul
     private static DecodedRows? s_decoded;
 
     /// <summary>
-    /// Quantized weights: the row block decoded once, then run against the activation groups two at a
-    /// time, four weight rows at a time (the remaining rows and an odd last group one at a time).
+    /// Quantized weights against the activation groups, two groups at a time. Q4_0 under the native
+    /// kernels reads the GGUF blocks as they are, eight weight rows at a time; the other types, and the
+    /// rows and the odd last group that kernel leaves, go through <see cref="DecodedBlock"/>.
     /// </summary>
     private static void QuantizedBlock(TensorView w, QuantizedActivations qx, int groups, float* y, int rows, int o0, int o1)
+    {
+        const int G = QuantizedActivations.Group;
+        if (w.Type != GgmlType.Q4_0 || !NativeKernels.Available)
+        {
+            DecodedBlock(w, qx, 0, groups, y, rows, o0, o1);
+            return;
+        }
+        int pairs = groups / 2 * 2, direct = o0 + (o1 - o0) / 8 * 8, blocks = checked((int)w.RowLength) / 32;
+        for (int group = 0; group < pairs; group += 2)
+        {
+            for (int o = o0; o < direct; o += 8)
+            {
+                NativeKernels.engine_q4_0_8x16(w.Data + o * w.RowBytes, w.RowBytes, blocks,
+                    qx.InterleavedQ(group), qx.InterleavedQ(group + 1), qx.InterleavedD(group), qx.InterleavedD(group + 1),
+                    qx.InterleavedScaledSums32(group), qx.InterleavedScaledSums32(group + 1), y + (long)group * G * rows + o, rows);
+            }
+        }
+        if (direct < o1 && pairs > 0)
+            DecodedBlock(w, qx, 0, pairs, y, rows, direct, o1);
+        if (pairs < groups)
+            DecodedBlock(w, qx, pairs, groups, y, rows, o0, o1);
+    }
+
+    /// <summary>
+    /// Activation groups [<paramref name="firstGroup"/>, <paramref name="groups"/>) against weight rows
+    /// [<paramref name="o0"/>, <paramref name="o1"/>): the rows decoded once, then run two groups at a
+    /// time, eight or four weight rows at a time (the remaining rows and an odd last group one at a time).
+    /// </summary>
+    private static void DecodedBlock(TensorView w, QuantizedActivations qx, int firstGroup, int groups, float* y, int rows, int o0, int o1)
     {
         const int G = QuantizedActivations.Group;
         var decoded = s_decoded ??= new DecodedRows();
@@ -121,8 +151,8 @@ public static unsafe class MatMul
                 y[(long)(g * G + r) * rows + o] = out8[r];
         }
 
-        int group = 0;
         bool native = NativeKernels.Available;
+        int group = firstGroup;
         for (; group + 1 < groups; group += 2)
         {
             int o = o0;
