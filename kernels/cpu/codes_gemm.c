@@ -138,23 +138,52 @@ AVX512_VNNI EXPORT void engine_codes16_8x16(const uint8_t* codes, int64_t codeSt
     store_transposed(acc, y, ldy);
 }
 
-// q4_0_8x16: codes32_8x16 reading 8 Q4_0 weight rows as the GGUF file holds them, blocks of
-// { half d; u8 qs[16] } with value j the low nibble of qs[j] and value j+16 its high nibble, so the
-// decoding pass (DecodedRows.DecodeQ4_0, which wrote a byte per weight to be read back) disappears:
-// one broadcast of qs[k..k+3] yields the codes of values k..k+3 (low nibbles) and k+16..k+19 (high).
-// The scale and bias are DecodeQ4_0's, d and -8d (the half converted exactly), so every output is
-// bit for bit codes32_8x16's on the decoded rows. The next 8 rows (the next call's) are prefetched,
-// three cache lines a block, so that they arrive while this call computes: without it the kernel
-// waits on memory (measured from memory, K = 768: 0.155 -> 0.12 ns a weight; 0.10 from cache).
+// The kernels below read 8 weight rows as the GGUF file holds them instead of rows DecodedRows decoded
+// (which wrote a byte per weight to be read back): the codes are unpacked in registers from one
+// broadcast of 4 packed values per row, and the scales and biases are computed as DecodedRows computes
+// them (halves converted exactly), so every output is bit for bit codes32_8x16's on the decoded rows.
+// Each kernel prefetches the next 8 rows (the next call's) a few cache lines per block, so that they
+// arrive while this call computes: without it the kernel waits on memory (measured from memory, Q4_0,
+// K = 768: 0.155 -> 0.12 ns a weight; 0.10 from cache).
 //
-//   w        8 rows of Q4_0 blocks, row i at w + i*rowBytes
+//   w        8 weight rows, row i at w + i*rowBytes
+//   blocks   blocks per row (Q4_K: super-blocks of 256)
 //   the rest as codes32_8x16
+
+// Activations of values k..k+3 of a block of both groups (lanes 0..7 group g's rows, 8..15 group g+1's).
+AVX512_VNNI static inline __m512i activation_pair(const int8_t* x0, const int8_t* x1, int64_t offset)
+{
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(x0 + offset))),
+        _mm256_loadu_si256((const __m256i*)(x1 + offset)), 1);
+}
+
+// Lines [first, first + count) of the next call's rows (past the matrix's end a prefetch is dropped, not a fault).
+static inline void prefetch_lines(const uint8_t* next, int64_t bytes, int64_t first, int count)
+{
+    for (int64_t line = first * 64; line < (first + count) * 64 && line < bytes; line += 64)
+        _mm_prefetch((const char*)(next + line), _MM_HINT_T0);
+}
+
+static inline int32_t load32(const uint8_t* p)
+{
+    int32_t v;
+    __builtin_memcpy(&v, p, 4);
+    return v;
+}
+
+AVX512_VNNI static inline float load_half(const uint8_t* p)
+{
+    uint16_t h;
+    __builtin_memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+// Q4_0 blocks { half d; u8 qs[16] }: value j the low nibble of qs[j], value j+16 its high nibble;
+// scale d, bias -8d (DecodedRows.DecodeQ4_0).
 AVX512_VNNI EXPORT void engine_q4_0_8x16(const uint8_t* w, int64_t rowBytes, int32_t blocks, const int8_t* xq0, const int8_t* xq1,
     const float* xd0, const float* xd1, const float* xs0, const float* xs1, float* y, int64_t ldy)
 {
     const __m512i low = _mm512_set1_epi8(0x0F);
-    const uint8_t* next = w + 8 * rowBytes; // past the matrix's end a prefetch is dropped, not a fault
-    const int64_t ahead = 8 * rowBytes;
     __m512 acc[8];
     for (int i = 0; i < 8; i++)
         acc[i] = _mm512_setzero_ps();
@@ -163,8 +192,7 @@ AVX512_VNNI EXPORT void engine_q4_0_8x16(const uint8_t* w, int64_t rowBytes, int
         const uint8_t* blk = w + (int64_t)b * 18;
         const int8_t* x0 = xq0 + (int64_t)b * 256;
         const int8_t* x1 = xq1 + (int64_t)b * 256;
-        for (int64_t line = 3 * b * 64; line < 3 * (b + 1) * 64 && line < ahead; line += 64)
-            _mm_prefetch((const char*)(next + line), _MM_HINT_T0);
+        prefetch_lines(w + 8 * rowBytes, 8 * rowBytes, 3 * (int64_t)b, 3); // 8 x 18 bytes a block
         __m512i p[8], q[8];
         for (int i = 0; i < 8; i++)
         {
@@ -173,15 +201,10 @@ AVX512_VNNI EXPORT void engine_q4_0_8x16(const uint8_t* w, int64_t rowBytes, int
         }
         for (int k = 0; k < 16; k += 4)
         {
-            __m512i lo = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(x0 + 8 * k))),
-                _mm256_loadu_si256((const __m256i*)(x1 + 8 * k)), 1);
-            __m512i hi = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(x0 + 8 * (k + 16)))),
-                _mm256_loadu_si256((const __m256i*)(x1 + 8 * (k + 16))), 1);
+            __m512i lo = activation_pair(x0, x1, 8 * k), hi = activation_pair(x0, x1, 8 * (k + 16));
             for (int i = 0; i < 8; i++)
             {
-                int32_t packed;
-                __builtin_memcpy(&packed, blk + i * rowBytes + 2 + k, 4);
-                __m512i both = _mm512_set1_epi32(packed);
+                __m512i both = _mm512_set1_epi32(load32(blk + i * rowBytes + 2 + k));
                 p[i] = _mm512_dpbusd_epi32(p[i], _mm512_and_si512(both, low), lo);
                 q[i] = _mm512_dpbusd_epi32(q[i], _mm512_and_si512(_mm512_srli_epi16(both, 4), low), hi);
             }
@@ -189,13 +212,112 @@ AVX512_VNNI EXPORT void engine_q4_0_8x16(const uint8_t* w, int64_t rowBytes, int
         float scales[8], biases[8];
         for (int i = 0; i < 8; i++)
         {
-            uint16_t half;
-            __builtin_memcpy(&half, blk + i * rowBytes, 2);
-            scales[i] = _cvtsh_ss(half);
+            scales[i] = load_half(blk + i * rowBytes);
             biases[i] = -8 * scales[i];
             p[i] = _mm512_add_epi32(p[i], q[i]);
         }
         accumulate(acc, p, scales, biases, 1, xd0 + b * 8, xd1 + b * 8, xs0 + b * 8, xs1 + b * 8);
+    }
+    store_transposed(acc, y, ldy);
+}
+
+// Q8_0 blocks { half d; i8 qs[32] }: code qs[j] + 128 (the sign bit flipped), scale d, bias -128d
+// (DecodedRows.DecodeQ8_0).
+AVX512_VNNI EXPORT void engine_q8_0_8x16(const uint8_t* w, int64_t rowBytes, int32_t blocks, const int8_t* xq0, const int8_t* xq1,
+    const float* xd0, const float* xd1, const float* xs0, const float* xs1, float* y, int64_t ldy)
+{
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512 acc[8];
+    for (int i = 0; i < 8; i++)
+        acc[i] = _mm512_setzero_ps();
+    for (int b = 0; b < blocks; b++)
+    {
+        const uint8_t* blk = w + (int64_t)b * 34;
+        const int8_t* x0 = xq0 + (int64_t)b * 256;
+        const int8_t* x1 = xq1 + (int64_t)b * 256;
+        prefetch_lines(w + 8 * rowBytes, 8 * rowBytes, 5 * (int64_t)b, 5); // 8 x 34 bytes a block
+        __m512i p[8], q[8];
+        for (int i = 0; i < 8; i++)
+        {
+            p[i] = _mm512_setzero_si512();
+            q[i] = _mm512_setzero_si512();
+        }
+        for (int k = 0; k < 32; k += 8)
+        {
+            __m512i v = activation_pair(x0, x1, 8 * k), u = activation_pair(x0, x1, 8 * k + 32);
+            for (int i = 0; i < 8; i++)
+            {
+                const uint8_t* qs = blk + i * rowBytes + 2 + k;
+                p[i] = _mm512_dpbusd_epi32(p[i], _mm512_xor_si512(_mm512_set1_epi32(load32(qs)), flip), v);
+                q[i] = _mm512_dpbusd_epi32(q[i], _mm512_xor_si512(_mm512_set1_epi32(load32(qs + 4)), flip), u);
+            }
+        }
+        float scales[8], biases[8];
+        for (int i = 0; i < 8; i++)
+        {
+            scales[i] = load_half(blk + i * rowBytes);
+            biases[i] = -128 * scales[i];
+            p[i] = _mm512_add_epi32(p[i], q[i]);
+        }
+        accumulate(acc, p, scales, biases, 1, xd0 + b * 8, xd1 + b * 8, xs0 + b * 8, xs1 + b * 8);
+    }
+    store_transposed(acc, y, ldy);
+}
+
+// Q4_K super-blocks of 256 { half d, dmin; u8 scales[12]; u8 qs[128] }: chunk c (values 64c..64c+63)
+// is qs[32c..32c+31], low nibbles sub-block 2c, high nibbles sub-block 2c+1; sub-block j's 6-bit scale
+// and min unpacked as VecDot.ScalesAndMins does, scale d*sc, bias -dmin*m (DecodedRows.DecodeQ4_K).
+// The two sub-blocks of a chunk are summed side by side and accumulated in order, as the decoded rows are.
+AVX512_VNNI EXPORT void engine_q4_k_8x16(const uint8_t* w, int64_t rowBytes, int32_t blocks, const int8_t* xq0, const int8_t* xq1,
+    const float* xd0, const float* xd1, const float* xs0, const float* xs1, float* y, int64_t ldy)
+{
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    __m512 acc[8];
+    for (int i = 0; i < 8; i++)
+        acc[i] = _mm512_setzero_ps();
+    for (int b = 0; b < blocks; b++)
+    {
+        float scales[8 * 8], biases[8 * 8]; // [row][sub-block]
+        for (int i = 0; i < 8; i++)
+        {
+            const uint8_t* blk = w + i * rowBytes + (int64_t)b * 144;
+            float d = load_half(blk), dmin = load_half(blk + 2);
+            uint32_t a = (uint32_t)load32(blk + 4), m = (uint32_t)load32(blk + 8), c = (uint32_t)load32(blk + 12);
+            const uint32_t six = 0x3F3F3F3F, four = 0x0F0F0F0F, two = 0x03030303;
+            uint32_t packed[4] = { a & six, (c & four) | (((a >> 6) & two) << 4), m & six, ((c >> 4) & four) | (((m >> 6) & two) << 4) };
+            uint8_t sm[16];
+            __builtin_memcpy(sm, packed, 16);
+            for (int j = 0; j < 8; j++)
+            {
+                scales[i * 8 + j] = d * (float)sm[j];
+                biases[i * 8 + j] = -dmin * (float)sm[8 + j];
+            }
+        }
+        for (int chunk = 0; chunk < 4; chunk++)
+        {
+            int64_t s = (int64_t)b * 8 + 2 * chunk; // the chunk's first sub-block of 32 in the row
+            const int8_t* x0 = xq0 + s * 256;
+            const int8_t* x1 = xq1 + s * 256;
+            prefetch_lines(w + 8 * rowBytes, 8 * rowBytes, 18 * (int64_t)b + 5 * chunk, 5); // 8 x 144 bytes a super-block
+            __m512i p[8], q[8];
+            for (int i = 0; i < 8; i++)
+            {
+                p[i] = _mm512_setzero_si512();
+                q[i] = _mm512_setzero_si512();
+            }
+            for (int k = 0; k < 32; k += 4)
+            {
+                __m512i lo = activation_pair(x0, x1, 8 * k), hi = activation_pair(x0, x1, 256 + 8 * k);
+                for (int i = 0; i < 8; i++)
+                {
+                    __m512i both = _mm512_set1_epi32(load32(w + i * rowBytes + (int64_t)b * 144 + 16 + 32 * chunk + k));
+                    p[i] = _mm512_dpbusd_epi32(p[i], _mm512_and_si512(both, low), lo);
+                    q[i] = _mm512_dpbusd_epi32(q[i], _mm512_and_si512(_mm512_srli_epi16(both, 4), low), hi);
+                }
+            }
+            accumulate(acc, p, scales + 2 * chunk, biases + 2 * chunk, 8, xd0 + s * 8, xd1 + s * 8, xs0 + s * 8, xs1 + s * 8);
+            accumulate(acc, q, scales + 2 * chunk + 1, biases + 2 * chunk + 1, 8, xd0 + (s + 1) * 8, xd1 + (s + 1) * 8, xs0 + (s + 1) * 8, xs1 + (s + 1) * 8);
+        }
     }
     store_transposed(acc, y, ldy);
 }

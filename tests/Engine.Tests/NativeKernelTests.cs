@@ -29,6 +29,8 @@ public unsafe class NativeKernelTests
     [TestCase(GgmlType.Q4_0, 24)]
     [TestCase(GgmlType.Q8_0, 24)]
     [TestCase(GgmlType.Q4_K, 8)]
+    [TestCase(GgmlType.Q4_K, 72)]
+    [TestCase(GgmlType.Q8_0, 3)]
     [TestCase(GgmlType.Q5_1, 65)]
     public void Native_matrix_kernels_equal_the_CSharp_kernels_bit_for_bit(GgmlType type, int blocks)
     {
@@ -91,16 +93,13 @@ public unsafe class NativeKernelTests
                 }
             }
             AssertEqual(y, "native");
-            if (type == GgmlType.Q4_0)
+            if (NativeKernels.HasDirect(type))
             {
-                // the Q4_0 kernel that reads the blocks as the file holds them, against the same C# result
+                // the kernel that reads the blocks as the file holds them, against the same C# result
                 Array.Clear(y);
                 fixed (float* yp = y)
-                {
-                    NativeKernels.engine_q4_0_8x16(w, rowBytes, blocks, qx.InterleavedQ(0), qx.InterleavedQ(1), qx.InterleavedD(0), qx.InterleavedD(1),
-                        qx.InterleavedScaledSums32(0), qx.InterleavedScaledSums32(1), yp, rows);
-                }
-                AssertEqual(y, "native Q4_0 from its blocks");
+                    NativeKernels.Direct(type, w, rowBytes, cols, qx, 0, yp, rows);
+                AssertEqual(y, $"native {type} from its blocks");
             }
 
             void AssertEqual(float[] actual, string kernel)

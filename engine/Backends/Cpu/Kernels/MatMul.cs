@@ -92,27 +92,23 @@ public static unsafe class MatMul
     private static DecodedRows? s_decoded;
 
     /// <summary>
-    /// Quantized weights against the activation groups, two groups at a time. Q4_0 under the native
-    /// kernels reads the GGUF blocks as they are, eight weight rows at a time; the other types, and the
-    /// rows and the odd last group that kernel leaves, go through <see cref="DecodedBlock"/>.
+    /// Quantized weights against the activation groups, two groups at a time. Under the native kernels,
+    /// Q4_0, Q8_0 and Q4_K are read as the file holds them, eight weight rows at a time; the other types,
+    /// and the rows and the odd last group those kernels leave, go through <see cref="DecodedBlock"/>.
     /// </summary>
     private static void QuantizedBlock(TensorView w, QuantizedActivations qx, int groups, float* y, int rows, int o0, int o1)
     {
         const int G = QuantizedActivations.Group;
-        if (w.Type != GgmlType.Q4_0 || !NativeKernels.Available)
+        if (!NativeKernels.Available || !NativeKernels.HasDirect(w.Type))
         {
             DecodedBlock(w, qx, 0, groups, y, rows, o0, o1);
             return;
         }
-        int pairs = groups / 2 * 2, direct = o0 + (o1 - o0) / 8 * 8, blocks = checked((int)w.RowLength) / 32;
+        int pairs = groups / 2 * 2, direct = o0 + (o1 - o0) / 8 * 8, cols = checked((int)w.RowLength);
         for (int group = 0; group < pairs; group += 2)
         {
             for (int o = o0; o < direct; o += 8)
-            {
-                NativeKernels.engine_q4_0_8x16(w.Data + o * w.RowBytes, w.RowBytes, blocks,
-                    qx.InterleavedQ(group), qx.InterleavedQ(group + 1), qx.InterleavedD(group), qx.InterleavedD(group + 1),
-                    qx.InterleavedScaledSums32(group), qx.InterleavedScaledSums32(group + 1), y + (long)group * G * rows + o, rows);
-            }
+                NativeKernels.Direct(w.Type, w.Data + o * w.RowBytes, w.RowBytes, cols, qx, group, y + (long)group * G * rows + o, rows);
         }
         if (direct < o1 && pairs > 0)
             DecodedBlock(w, qx, 0, pairs, y, rows, direct, o1);
