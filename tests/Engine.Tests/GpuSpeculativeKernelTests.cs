@@ -604,13 +604,6 @@ public abstract partial class GpuSuite
             Assert.That(actual[i], Is.EqualTo(expected[i]).Within(1e-2 * scale), $"logit {i}");
         Assert.That(actual, Is.Not.EqualTo(expected), "the F16 cache rounds (the test would not see a cache left in F32)");
     }
-
-    [Test]
-    public void An_f16_cache_on_the_cpu_is_a_clear_error()
-    {
-        var e = Assert.Throws<ArgumentException>(() => BackendFactory.Create("cpu", 1, kvCacheType: Tensors.GgmlType.F16))!;
-        Assert.That(e.Message, Does.Contain("--cache-type f16"));
-    }
 }
 
 public abstract partial class GpuSuite

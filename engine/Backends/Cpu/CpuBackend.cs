@@ -34,10 +34,18 @@ public sealed unsafe class CpuBackend : Backend
     /// does; default). False dequantizes weights instead and multiplies in float: slower, exact up to
     /// float rounding — the reference path accuracy tests compare against.
     /// </param>
-    public CpuBackend(int threads = 0, bool quantizeActivations = true)
+    /// <param name="kvCacheType">
+    /// The KV cache's elements: <see cref="GgmlType.F32"/> (default, exact) or <see cref="GgmlType.F16"/>
+    /// (half the memory, and half the bytes attention reads — what bounds it when many sequences decode
+    /// together; values rounded to half on store, as llama.cpp's default cache does).
+    /// </param>
+    public CpuBackend(int threads = 0, bool quantizeActivations = true, GgmlType kvCacheType = GgmlType.F32)
     {
         if (threads < 0)
             throw new ArgumentOutOfRangeException(nameof(threads), $"thread count {threads} must be positive (0 = one per core)");
+        if (kvCacheType is not (GgmlType.F32 or GgmlType.F16))
+            throw new ArgumentException($"KV cache type {kvCacheType}: the CPU keeps its cache in F32 or F16", nameof(kvCacheType));
+        KvCacheType = kvCacheType;
         // never more computing threads than cores: the process-wide pool has one per core
         Threads = threads == 0 ? Environment.ProcessorCount : Math.Min(threads, Environment.ProcessorCount);
         QuantizeActivations = quantizeActivations;
@@ -45,6 +53,11 @@ public sealed unsafe class CpuBackend : Backend
     }
 
     public bool QuantizeActivations { get; }
+
+    /// <summary>The KV cache's element type: F32 or F16.</summary>
+    public GgmlType KvCacheType { get; }
+
+    public override int KvElementBytes => KvCacheType == GgmlType.F16 ? 2 : 4;
 
     public override string Name => "cpu";
 
@@ -68,7 +81,7 @@ public sealed unsafe class CpuBackend : Backend
 
     public override DeviceBuffer Allocate(long floats) => new CpuBuffer(floats);
 
-    public override KvStore CreateKvStore(KvLayout layout, int maxBlocks) => new CpuKvStore(layout);
+    public override KvStore CreateKvStore(KvLayout layout, int maxBlocks) => new CpuKvStore(layout, KvCacheType == GgmlType.F16);
 
     private static Span<float> Data(Activation a) => ((CpuBuffer)a.Buffer).Data.AsSpan(0, checked((int)a.Size));
 
@@ -210,6 +223,7 @@ public sealed unsafe class CpuBackend : Backend
     {
         var layout = store.Layout;
         var blocks = ((CpuKvStore)store).Pointers;
+        bool half = ((CpuKvStore)store).Half;
         int hd = layout.HeadDim, bs = layout.BlockSize;
         fixed (float* kd = Array(k))
         fixed (float* vd = Array(v))
@@ -217,17 +231,29 @@ public sealed unsafe class CpuBackend : Backend
             for (int r = 0; r < count; r++)
             {
                 int slot = firstSlot + r;
-                float* block = blocks[blockTable[slot / bs]];
                 int offset = slot % bs;
                 for (int h = 0; h < layout.KvHeads; h++)
                 {
                     // K transposed ([hd][bs]: element d of this slot at d·bs), V row-major ([bs][hd])
-                    float* kt = block + Kernels.Attention.KeyOffset(layout, layer, h) + offset;
+                    long kt = Kernels.Attention.KeyOffset(layout, layer, h) + offset;
                     float* ks = kd + (long)(row + r) * k.Cols + h * hd;
-                    for (int d = 0; d < hd; d++)
-                        kt[d * bs] = ks[d];
-                    float* vDst = block + Kernels.Attention.ValueOffset(layout, layer, h) + offset * hd;
-                    Buffer.MemoryCopy(vd + (long)(row + r) * v.Cols + h * hd, vDst, hd * sizeof(float), hd * sizeof(float));
+                    long vt = Kernels.Attention.ValueOffset(layout, layer, h) + (long)offset * hd;
+                    float* vs = vd + (long)(row + r) * v.Cols + h * hd;
+                    if (half)
+                    {
+                        var block = (ushort*)blocks[blockTable[slot / bs]];
+                        for (int d = 0; d < hd; d++)
+                            block[kt + d * bs] = Kernels.KvF16.Round(ks[d]);
+                        for (int d = 0; d < hd; d++)
+                            block[vt + d] = Kernels.KvF16.Round(vs[d]);
+                    }
+                    else
+                    {
+                        var block = (float*)blocks[blockTable[slot / bs]];
+                        for (int d = 0; d < hd; d++)
+                            block[kt + d * bs] = ks[d];
+                        Buffer.MemoryCopy(vs, block + vt, hd * sizeof(float), hd * sizeof(float));
+                    }
                 }
             }
         }
@@ -744,7 +770,7 @@ public sealed unsafe class CpuBackend : Backend
                 for (int r = group; r < _rows[j]; r += _groups[j])
                 {
                     int row = _rowStart[j] + r;
-                    Kernels.Attention.Head(q + (long)row * cols + head * hd, _store.Pointers, tables + _tableStart[j], layout, _layer, kvHead,
+                    Kernels.Attention.Head(q + (long)row * cols + head * hd, _store.Pointers, _store.Half, tables + _tableStart[j], layout, _layer, kvHead,
                         _prefix[j], _rows[j], r, AttentionMask.Causal, _scale, y + (long)row * cols + head * hd, _windowed ? _windowStarts[row] : 0, _softCap);
                 }
             }
@@ -794,7 +820,7 @@ public sealed unsafe class CpuBackend : Backend
             {
                 for (int row = chunk / _heads; row < _n; row += _rowGroups)
                 {
-                    Kernels.Attention.Head(q + (long)row * cols + head * hd, _store.Pointers, table, layout, _layer, kvHead,
+                    Kernels.Attention.Head(q + (long)row * cols + head * hd, _store.Pointers, _store.Half, table, layout, _layer, kvHead,
                         _prefix, _n, row, _mask, _scale, y + (long)row * cols + head * hd, _windowed ? _windowStarts[row] : 0, _softCap);
                 }
             }

@@ -25,21 +25,27 @@ internal sealed class CpuVector(string name, float[] data) : DeviceVector(name, 
 /// <summary>
 /// KV blocks in native memory (64-byte aligned, zeroed), allocated on first use: per layer, K of every
 /// kv head transposed ([kvHead][headDim][slot]), then V ([kvHead][slot][headDim]) — the layout
-/// <see cref="Kernels.Attention"/> reads. Native rather than managed so that the decode loop allocates
-/// nothing on the managed heap when a sequence grows into a new block, and so kernels keep raw
-/// pointers (<see cref="Pointers"/>) without pinning. Freed on <see cref="Dispose"/>.
+/// <see cref="Kernels.Attention"/> reads — in float elements, or F16 ones (<see cref="Half"/>). Native
+/// rather than managed so that the decode loop allocates nothing on the managed heap when a sequence
+/// grows into a new block, and so kernels keep raw pointers (<see cref="Pointers"/>) without pinning.
+/// Freed on <see cref="Dispose"/>.
 /// </summary>
-internal sealed unsafe class CpuKvStore(KvLayout layout) : KvStore(layout)
+internal sealed unsafe class CpuKvStore(KvLayout layout, bool half = false) : KvStore(layout)
 {
-    private float*[] _pointers = new float*[16];
+    private byte*[] _pointers = new byte*[16];
     private int _count;
 
     /// <summary>Start of each block's memory, by block id.</summary>
-    public float*[] Pointers => _pointers;
+    public byte*[] Pointers => _pointers;
 
-    private int BlockFloats => 2 * Layout.Layers * Layout.LayerBlockFloats;
+    /// <summary>Whether elements are F16 (else float).</summary>
+    public bool Half { get; } = half;
 
-    private nuint BlockBytes => (nuint)BlockFloats * sizeof(float);
+    public int ElementBytes => Half ? sizeof(ushort) : sizeof(float);
+
+    private long BlockElements => 2L * Layout.Layers * Layout.LayerBlockFloats;
+
+    private nuint BlockBytes => (nuint)(BlockElements * ElementBytes);
 
     public override void EnsureBlock(int block)
     {
@@ -48,34 +54,32 @@ internal sealed unsafe class CpuKvStore(KvLayout layout) : KvStore(layout)
         {
             if (_pointers.Length <= _count)
             {
-                var grown = new float*[_pointers.Length * 2];
+                var grown = new byte*[_pointers.Length * 2];
                 System.Array.Copy(_pointers, grown, _pointers.Length);
                 _pointers = grown;
             }
-            var memory = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(BlockBytes, 64);
+            var memory = (byte*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(BlockBytes, 64);
             System.Runtime.InteropServices.NativeMemory.Clear(memory, BlockBytes);
             _pointers[_count++] = memory;
         }
     }
 
-    private Span<float> Block(int block) => new(_pointers[block], BlockFloats);
-
-    public override void CopyBlock(int source, int destination) => Block(source).CopyTo(Block(destination));
+    public override void CopyBlock(int source, int destination) =>
+        Buffer.MemoryCopy(_pointers[source], _pointers[destination], (long)BlockBytes, (long)BlockBytes);
 
     public override void CopySlot(int sourceBlock, int sourceOffset, int destinationBlock, int destinationOffset)
     {
-        int hd = Layout.HeadDim, bs = Layout.BlockSize;
-        var src = Block(sourceBlock);
-        var dst = Block(destinationBlock);
+        int hd = Layout.HeadDim, bs = Layout.BlockSize, size = ElementBytes;
+        byte* src = _pointers[sourceBlock], dst = _pointers[destinationBlock];
         for (int layer = 0; layer < Layout.Layers; layer++)
         {
             for (int h = 0; h < Layout.KvHeads; h++)
             {
-                int k = Kernels.Attention.KeyOffset(Layout, layer, h);
+                long k = Kernels.Attention.KeyOffset(Layout, layer, h);
                 for (int d = 0; d < hd; d++)
-                    dst[k + d * bs + destinationOffset] = src[k + d * bs + sourceOffset];
-                int v = Kernels.Attention.ValueOffset(Layout, layer, h);
-                src.Slice(v + sourceOffset * hd, hd).CopyTo(dst.Slice(v + destinationOffset * hd, hd));
+                    Buffer.MemoryCopy(src + (k + (long)d * bs + sourceOffset) * size, dst + (k + (long)d * bs + destinationOffset) * size, size, size);
+                long v = Kernels.Attention.ValueOffset(Layout, layer, h);
+                Buffer.MemoryCopy(src + (v + (long)sourceOffset * hd) * size, dst + (v + (long)destinationOffset * hd) * size, (long)hd * size, (long)hd * size);
             }
         }
     }

@@ -149,7 +149,7 @@ internal static class BenchCommand
                     ["model_size"] = size,
                     ["threads"] = t,
                     ["device"] = backend.Name,
-                    ["cache_type"] = backend is Cuda.CudaBackend cb ? cb.KvCacheType.ToString().ToLowerInvariant() : "f32",
+                    ["cache_type"] = (backend is Cuda.CudaBackend cb ? cb.KvCacheType : backend is Engine.Backends.Cpu.CpuBackend cpu ? cpu.KvCacheType : Engine.Tensors.GgmlType.F32).ToString().ToLowerInvariant(),
                     ["n_prompt"] = p,
                     ["n_gen"] = n,
                     ["repetitions"] = r,

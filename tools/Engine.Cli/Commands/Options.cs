@@ -35,7 +35,7 @@ internal static partial class SharedOptions
 
     public static Option<string> CacheType() => new("--cache-type")
     {
-        Description = "KV cache elements: f32, f16 (CUDA only: half the bytes attention reads), or auto (f16 on CUDA, f32 on the CPU)",
+        Description = "KV cache elements: f32, f16 (half the memory and the bytes attention reads; values rounded to half), or auto (f16 on CUDA, f32 on the CPU)",
         DefaultValueFactory = _ => "auto",
     };
 

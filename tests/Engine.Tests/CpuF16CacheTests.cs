@@ -1,0 +1,193 @@
+using System.Runtime.Intrinsics;
+using Engine.Api;
+using Engine.Backends;
+using Engine.Backends.Cpu;
+using Engine.Backends.Cpu.Kernels;
+using Engine.Tensors;
+
+namespace Engine.Tests;
+
+/// <summary>
+/// The CPU's F16 KV cache (<c>--cache-type f16</c>): keys and values rounded to binary16 on store and
+/// widened exactly on read, so attention over it is bit for bit attention over a float cache holding
+/// the rounded values — the same kernels, the same order of operations.
+/// </summary>
+public unsafe class CpuF16CacheTests
+{
+    [Test]
+    public void Widening_by_multiply_is_exact_for_every_half()
+    {
+        if (!Vector512.IsHardwareAccelerated || !System.Runtime.Intrinsics.X86.Avx2.IsSupported)
+            Assert.Ignore("needs AVX-512 and AVX2");
+        var halves = new ushort[65536];
+        for (int i = 0; i < halves.Length; i++)
+            halves[i] = (ushort)i;
+        fixed (ushort* h = halves)
+        {
+            for (int i = 0; i < halves.Length; i += 16)
+            {
+                var wide = HalfTable.WidenByMultiply(Vector256.Load(h + i));
+                var narrow = HalfTable.WidenByMultiply(Vector128.Load(h + i + 8));
+                for (int j = 0; j < 16; j++)
+                {
+                    float actual = j < 8 ? wide[j] : narrow[j - 8];
+                    float wideUpper = wide[j];
+                    float expected = (float)BitConverter.UInt16BitsToHalf((ushort)(i + j));
+                    string what = $"half 0x{i + j:X4} ({expected})";
+                    if (float.IsNaN(expected))
+                    {
+                        Assert.That(float.IsNaN(actual) && float.IsNaN(wideUpper), what);
+                        continue;
+                    }
+                    Assert.That(BitConverter.SingleToInt32Bits(wideUpper), Is.EqualTo(BitConverter.SingleToInt32Bits(expected)), what + ", 512 bits");
+                    Assert.That(BitConverter.SingleToInt32Bits(actual), Is.EqualTo(BitConverter.SingleToInt32Bits(expected)), what + ", 256 bits");
+                }
+            }
+        }
+    }
+
+    public static IEnumerable<TestCaseData> AttentionCases()
+    {
+        // heads, kvHeads, headDim, blockSize, prefix, n, tree
+        yield return new TestCaseData(4, 2, 64, 32, 300, 1, false).SetName("f16 cache: decode after 300 (GQA, 64-wide heads)");
+        yield return new TestCaseData(4, 4, 128, 32, 70, 9, false).SetName("f16 cache: 9-row causal batch after 70 (128-wide heads)");
+        yield return new TestCaseData(2, 1, 64, 16, 45, 7, true).SetName("f16 cache: 7-node tree after 45");
+        yield return new TestCaseData(2, 2, 48, 32, 33, 3, false).SetName("f16 cache: 48-wide heads (16-wide value kernel)");
+    }
+
+    /// <summary>
+    /// Attention over an F16 cache against attention over an F32 cache filled with the same values
+    /// rounded to half: bit for bit, through single-sequence attention and a continuous batch of two
+    /// sequences; and a slot copied within the cache keeps its bits. Without rounding on the F32 side the
+    /// outputs differ (the cache really holds halves).
+    /// </summary>
+    [TestCaseSource(nameof(AttentionCases))]
+    public void Attention_over_an_f16_cache_is_attention_over_the_rounded_values(int heads, int kvHeads, int headDim, int blockSize, int prefix, int n, bool tree)
+    {
+        var layout = new KvLayout(Layers: 2, KvHeads: kvHeads, HeadDim: headDim, BlockSize: blockSize);
+        int layer = 1, tokens = prefix + n, blocks = (tokens + blockSize - 1) / blockSize;
+        var rng = new Random(heads * 1000 + prefix + n);
+        var table = Enumerable.Range(0, 2 * blocks).OrderBy(_ => rng.Next()).Take(blocks).ToArray();
+        int cols = kvHeads * headDim;
+        var k = Enumerable.Range(0, tokens * cols).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
+        var v = Enumerable.Range(0, tokens * cols).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
+        var q = Enumerable.Range(0, n * heads * headDim).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        var mask = tree ? AttentionMask.FromParents(Enumerable.Range(0, n).Select(i => i == 0 ? -1 : rng.Next(-1, i)).ToArray()) : AttentionMask.Causal;
+        float scale = 1 / MathF.Sqrt(headDim);
+        static float[] Round(float[] x) => x.Select(f => (float)(Half)f).ToArray();
+
+        float[] Run(GgmlType cacheType, float[] keys, float[] values, bool batch)
+        {
+            using var cpu = new CpuBackend(2, kvCacheType: cacheType);
+            using var store = cpu.CreateKvStore(layout, 2 * blocks);
+            for (int b = 0; b < 2 * blocks; b++)
+                store.EnsureBlock(b);
+            using var kb = cpu.Allocate(tokens * cols);
+            using var vb = cpu.Allocate(tokens * cols);
+            keys.CopyTo(((CpuBuffer)kb).Data, 0);
+            values.CopyTo(((CpuBuffer)vb).Data, 0);
+            cpu.StoreKv(store, layer, table, 0, new Activation(kb, tokens, cols), new Activation(vb, tokens, cols));
+            using var qb = cpu.Allocate(q.Length);
+            q.CopyTo(((CpuBuffer)qb).Data, 0);
+            using var ob = cpu.Allocate(q.Length);
+            if (!batch)
+                cpu.Attention(new Activation(qb, n, heads * headDim), store, layer, table, prefix, mask, heads, scale, new Activation(ob, n, heads * headDim));
+            else
+            {
+                // the same rows as two sequences over the same blocks: row 0 alone after prefix, the rest after prefix + 1
+                var both = new SequenceBatch();
+                both.Add(1, prefix, table);
+                if (n > 1)
+                    both.Add(n - 1, prefix + 1, table);
+                cpu.AttentionBatch(new Activation(qb, n, heads * headDim), store, layer, both, heads, scale, new Activation(ob, n, heads * headDim));
+            }
+            return [.. ((CpuBuffer)ob).Data];
+        }
+
+        foreach (bool batch in tree ? [false] : new[] { false, true })
+        {
+            var expected = Run(GgmlType.F32, Round(k), Round(v), batch);
+            var actual = Run(GgmlType.F16, k, v, batch);
+            for (int i = 0; i < actual.Length; i++)
+            {
+                Assert.That(BitConverter.SingleToInt32Bits(actual[i]), Is.EqualTo(BitConverter.SingleToInt32Bits(expected[i])),
+                    $"{(batch ? "batch" : "single")}: row {i / (heads * headDim)}, head {i / headDim % heads}, dim {i % headDim}: {actual[i]} vs {expected[i]}");
+            }
+            Assert.That(Run(GgmlType.F32, k, v, batch), Is.Not.EqualTo(actual), "the F16 cache rounds (the test would not see a cache left in F32)");
+        }
+    }
+
+    [Test]
+    public void A_copied_slot_keeps_its_halves()
+    {
+        var layout = new KvLayout(Layers: 2, KvHeads: 2, HeadDim: 64, BlockSize: 16);
+        using var cpu = new CpuBackend(1, kvCacheType: GgmlType.F16);
+        Assert.That(cpu.KvElementBytes, Is.EqualTo(2));
+        using var store = (CpuKvStore)cpu.CreateKvStore(layout, 4);
+        for (int b = 0; b < 4; b++)
+            store.EnsureBlock(b);
+        var rng = new Random(3);
+        int cols = 2 * 64;
+        using var kb = cpu.Allocate(20 * cols);
+        using var vb = cpu.Allocate(20 * cols);
+        for (int i = 0; i < 20 * cols; i++)
+        {
+            ((CpuBuffer)kb).Data[i] = (float)rng.NextDouble();
+            ((CpuBuffer)vb).Data[i] = -(float)rng.NextDouble();
+        }
+        int[] table = [2, 0];
+        cpu.StoreKv(store, 1, table, 0, new Activation(kb, 20, cols), new Activation(vb, 20, cols));
+        store.CopySlot(0, 3, 3, 9); // slot 19 (block 0, offset 3) to block 3, offset 9
+        var halves = (ushort*)store.Pointers[3];
+        for (int h = 0; h < 2; h++)
+        {
+            for (int d = 0; d < 64; d++)
+            {
+                float key = ((CpuBuffer)kb).Data[19 * cols + h * 64 + d], value = ((CpuBuffer)vb).Data[19 * cols + h * 64 + d];
+                Assert.That(halves[Attention.KeyOffset(layout, 1, h) + d * 16 + 9], Is.EqualTo(BitConverter.HalfToUInt16Bits((Half)key)), $"key {h}/{d}");
+                Assert.That(halves[Attention.ValueOffset(layout, 1, h) + 9 * 64 + d], Is.EqualTo(BitConverter.HalfToUInt16Bits((Half)value)), $"value {h}/{d}");
+            }
+        }
+    }
+
+    /// <summary>
+    /// stories260K on an F16 CPU cache: greedy speculative output equals plain greedy output on the same
+    /// cache, and the logits stay within 1e-2 of the F32 cache's scale — binary16 rounds each key and
+    /// value by at most 2^-11 relative (the CUDA F16 cache test's bound, same model), while a wrong
+    /// layout or conversion moves them by their whole scale.
+    /// </summary>
+    [Test]
+    public void A_model_on_an_f16_cpu_cache_decodes_speculatively_exactly_with_close_logits()
+    {
+        using var lm = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Backend = new CpuBackend(2, kvCacheType: GgmlType.F16) });
+        int[] prompt = [.. lm.Tokenizer.Encode("Once upon a time, there was a little dog", addSpecial: true)];
+        var plain = SpeculativeTests.Plain(lm, prompt, 40);
+        var (spec, stats) = SpeculativeTests.Speculative(lm, Speculative.DraftSources.Create("lookup", lm), prompt, 40);
+        Assert.That(spec, Is.EqualTo(plain));
+        Assert.That(stats.AcceptedTokens, Is.GreaterThan(0));
+
+        using var exact = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Backend = new CpuBackend(2) });
+        float[] Logits(LanguageModel model)
+        {
+            using var cache = model.Network.CreateKvCache(64);
+            using var seq = cache.CreateSequence();
+            var logits = new float[model.Config.VocabSize];
+            model.Network.Forward(seq, prompt, Enumerable.Range(0, prompt.Length).ToArray(), AttentionMask.Causal, [prompt.Length - 1], logits);
+            return logits;
+        }
+        var expected = Logits(exact);
+        var actual = Logits(lm);
+        float scale = expected.Max(MathF.Abs);
+        for (int i = 0; i < expected.Length; i++)
+            Assert.That(actual[i], Is.EqualTo(expected[i]).Within(1e-2 * scale), $"logit {i}");
+        Assert.That(actual, Is.Not.EqualTo(expected), "the F16 cache rounds (the test would not see a cache left in F32)");
+    }
+
+    [Test]
+    public void Cache_types_the_cpu_does_not_hold_are_a_clear_error()
+    {
+        var e = Assert.Throws<ArgumentException>(() => Engine.Cuda.BackendFactory.Create("cpu", 1, kvCacheType: GgmlType.Q8_0))!;
+        Assert.That(e.Message, Does.Contain("--cache-type q8_0"));
+        Assert.That(Engine.Cuda.BackendFactory.Create("cpu", 1, kvCacheType: GgmlType.F16).KvElementBytes, Is.EqualTo(2));
+    }
+}
