@@ -7,7 +7,7 @@ using Engine.Server;
 using Engine.Serving;
 
 // serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--soak-clients 64] [--soak-seconds 60] [--threads N]
-//            [--parallel N] [--device cpu|cuda[:N]] [--spec DRAFT] [--url http://127.0.0.1:PORT]
+//            [--parallel N] [--device cpu|cuda[:N]] [--cache-type f32|f16] [--spec DRAFT] [--url http://127.0.0.1:PORT]
 //
 // Starts engine serve's OpenAiServer in-process on 127.0.0.1 (a free port) — or, with --url, loads the
 // model only for its tokenizer and drives another OpenAI-compatible server on loopback (llama-server on
@@ -17,7 +17,7 @@ using Engine.Serving;
 //   3. a soak: M concurrent clients for S seconds — requests lost, malformed streams, memory before and after.
 if (args.Length == 0 || args[0].StartsWith('-'))
 {
-    Console.Error.WriteLine("usage: serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--soak-clients 64] [--soak-seconds 60] [--threads N] [--parallel N] [--device cpu|cuda] [--spec DRAFT] [--url URL]");
+    Console.Error.WriteLine("usage: serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--soak-clients 64] [--soak-seconds 60] [--threads N] [--parallel N] [--device cpu|cuda] [--cache-type f32|f16] [--spec DRAFT] [--url URL]");
     return 2;
 }
 string path = args[0];
@@ -35,13 +35,20 @@ string? StringArg(string name)
     return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
 }
 string device = StringArg("--device") ?? "cpu";
+Engine.Tensors.GgmlType? cacheType = StringArg("--cache-type") switch
+{
+    null or "auto" => null,
+    "f32" => Engine.Tensors.GgmlType.F32,
+    "f16" => Engine.Tensors.GgmlType.F16,
+    var other => throw new ArgumentException($"--cache-type {other}: expected f32, f16 or auto"),
+};
 var url = StringArg("--url") is { } u ? new Uri(u) : null;
 if (url is not null && !System.Net.IPAddress.IsLoopback(System.Net.IPAddress.Parse(url.Host)))
     throw new ArgumentException($"--url {url} is not on loopback: the load test only drives local servers");
 
 using var lm = url is not null
     ? LanguageModel.Load(path, new ModelOptions { Threads = 1, ContextLength = 2048 }) // for the tokenizer only
-    : LanguageModel.Load(path, new ModelOptions { Threads = threads, ContextLength = 2048, Backend = Engine.Cuda.BackendFactory.Create(device, threads, false, null) });
+    : LanguageModel.Load(path, new ModelOptions { Threads = threads, ContextLength = 2048, Backend = Engine.Cuda.BackendFactory.Create(device, threads, false, cacheType) });
 await using var server = url is not null ? null : await OpenAiServer.StartAsync(lm, null, new ServerOptions
 {
     Port = 0, Scheduler = new SchedulerOptions { Parallel = parallel, MaxQueue = 256, SpeculativeDraft = Arg("--spec", 0) },
