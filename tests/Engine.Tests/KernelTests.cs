@@ -248,6 +248,49 @@ public unsafe class KernelTests
         }
     }
 
+    /// <summary>
+    /// Activation quantization (vectorized) against the scalar formula it replaced: the same bytes, scales
+    /// and sums for both block kinds, on rows with an all-zero block, values exactly halfway between two
+    /// codes (ties to even), a huge value, and a NaN (whose block keeps the scalar loop's result).
+    /// </summary>
+    [TestCase(ActivationBlock.Q8_0)]
+    [TestCase(ActivationBlock.Q8_K)]
+    public void Activation_quantization_gives_the_scalar_formulas_bytes(ActivationBlock kind)
+    {
+        const int rows = 5, cols = 1024;
+        var rng = new Random((int)kind);
+        var x = new float[rows * cols];
+        for (int i = 0; i < x.Length; i++)
+            x[i] = (float)(rng.NextDouble() * 2 - 1) * (i % 97 == 0 ? 40 : 1);
+        Array.Clear(x, 256, 256);                                   // row 0: zero blocks
+        for (int i = 0; i < 32; i++)
+            x[cols + i] = i == 0 ? 127f : i - 16 + 0.5f;            // row 1: scale 1, values halfway between codes
+        x[2 * cols + 7] = 3e30f;                                    // row 2: a huge value
+        x[3 * cols + 300] = float.NaN;                              // row 3: a NaN
+        var qa = new QuantizedActivations();
+        qa.Quantize(x, rows, cols, kind);
+        int block = (int)kind;
+        for (int r = 0; r < rows; r++)
+        {
+            for (int b = 0; b < cols / block; b++)
+            {
+                var values = x.AsSpan(r * cols + b * block, block);
+                float amax = MathF.Abs(System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(values));
+                float d = amax / 127f, id = d != 0 ? 1f / d : 0f;
+                var q = new sbyte[block];
+                for (int i = 0; i < block; i++)
+                    q[i] = (sbyte)MathF.Round(values[i] * id);
+                Assert.That(BitConverter.SingleToInt32Bits(qa.D(r)[b]), Is.EqualTo(BitConverter.SingleToInt32Bits(d)), $"row {r}, block {b}: scale");
+                for (int i = 0; i < block; i++)
+                    Assert.That(qa.Q(r)[b * block + i], Is.EqualTo(q[i]), $"row {r}, block {b}, value {i}");
+                for (int g = 0; g < block / 16; g++)
+                    Assert.That(qa.Sums16(r)[b * block / 16 + g], Is.EqualTo(q.Skip(16 * g).Take(16).Sum(v => v)), $"row {r}, block {b}: sum {g}");
+                if (kind == ActivationBlock.Q8_0)
+                    Assert.That(BitConverter.SingleToInt32Bits(qa.ScaledSums(r)[b]), Is.EqualTo(BitConverter.SingleToInt32Bits(d * q.Sum(v => v))), $"row {r}, block {b}: scaled sum");
+            }
+        }
+    }
+
     [TestCase(1)]
     [TestCase(15)]
     [TestCase(16)]

@@ -1,4 +1,6 @@
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Engine.Backends.Cpu.Kernels;
 
@@ -64,26 +66,23 @@ public sealed unsafe class QuantizedActivations
         Grow(ref _d, rows * (cols / BlockSize));
         if (kind == ActivationBlock.Q8_0)
             Grow(ref _scaledSums, rows * (cols / 32));
-        else
-            Grow(ref _sums16, rows * (cols / 16));
-        for (int r = 0; r < rows; r++)
+        Grow(ref _sums16, rows * (cols / 16)); // Q8_0 too: Interleave's sums of each 16
+        fixed (float* xp = x)
         {
-            var row = x.Slice(r * cols, cols);
-            var q = new Span<sbyte>(Q(r), cols);
-            var d = new Span<float>(D(r), cols / BlockSize);
-            for (int b = 0; b < d.Length; b++)
-                d[b] = QuantizeBlock(row.Slice(b * BlockSize, BlockSize), q.Slice(b * BlockSize, BlockSize));
-            if (kind == ActivationBlock.Q8_0)
+            for (int r = 0; r < rows; r++)
             {
-                var sums = new Span<float>(ScaledSums(r), cols / 32);
-                for (int b = 0; b < sums.Length; b++)
-                    sums[b] = d[b] * Sum(q.Slice(b * 32, 32));
-            }
-            else
-            {
-                var sums = new Span<short>(Sums16(r), cols / 16);
-                for (int g = 0; g < sums.Length; g++)
-                    sums[g] = (short)Sum(q.Slice(g * 16, 16));
+                float* row = xp + (long)r * cols;
+                sbyte* q = Q(r);
+                float* d = D(r);
+                short* sums16 = Sums16(r);
+                for (int b = 0; b < cols / BlockSize; b++)
+                    d[b] = QuantizeBlock(row + b * BlockSize, q + b * BlockSize, BlockSize, sums16 + b * BlockSize / 16);
+                if (kind == ActivationBlock.Q8_0)
+                {
+                    float* sums = ScaledSums(r);
+                    for (int b = 0; b < cols / 32; b++)
+                        sums[b] = d[b] * (sums16[2 * b] + sums16[2 * b + 1]);
+                }
             }
         }
     }
@@ -134,36 +133,76 @@ public sealed unsafe class QuantizedActivations
                     dst[c4 * Group + r] = src[c4];
                 float* d = D(row);
                 float* sums = ScaledSums(row);
-                sbyte* q = Q(row);
+                short* sums16 = Sums16(row);
                 for (int b = 0; b < blocks; b++)
                 {
                     id[b * Group + r] = d[b];
                     s32[b * Group + r] = sums[b];
-                    s16[2 * b * Group + r] = d[b] * Sum(new ReadOnlySpan<sbyte>(q + 32 * b, 16));
-                    s16[(2 * b + 1) * Group + r] = d[b] * Sum(new ReadOnlySpan<sbyte>(q + 32 * b + 16, 16));
+                    s16[2 * b * Group + r] = d[b] * sums16[2 * b];
+                    s16[(2 * b + 1) * Group + r] = d[b] * sums16[2 * b + 1];
                 }
             }
         }
     }
 
-    private static int Sum(ReadOnlySpan<sbyte> values)
-    {
-        int s = 0;
-        foreach (sbyte v in values)
-            s += v;
-        return s;
-    }
-
     /// <summary>d = max|x| / 127, q = round(x / d) (ties to even, as ggml's SIMD quantizers round).</summary>
     public static float QuantizeBlock(ReadOnlySpan<float> x, Span<sbyte> q)
     {
-        float amax = System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(x);
-        amax = MathF.Abs(amax);
-        float d = amax / 127f;
-        float id = d != 0 ? 1f / d : 0f;
-        for (int i = 0; i < x.Length; i++)
-            q[i] = (sbyte)MathF.Round(x[i] * id);
-        return d;
+        if (x.Length % 16 != 0 || q.Length < x.Length)
+            throw new ArgumentException($"a block of {x.Length} values into {q.Length}: blocks are whole multiples of 16");
+        short* sums = stackalloc short[x.Length / 16];
+        fixed (float* xp = x)
+        fixed (sbyte* qp = q)
+            return QuantizeBlock(xp, qp, x.Length, sums);
+    }
+
+    /// <summary>
+    /// <see cref="QuantizeBlock(ReadOnlySpan{float}, Span{sbyte})"/> on <paramref name="n"/> values (a
+    /// multiple of 16), also writing the sum of each 16 quantized values. With AVX-512: the same products
+    /// x·(1/d), rounded to nearest even by the conversion as <c>MathF.Round</c> rounds, so the same
+    /// bytes; a block holding a NaN takes the scalar loop, whose NaN handling it keeps.
+    /// </summary>
+    private static float QuantizeBlock(float* x, sbyte* q, int n, short* sums16)
+    {
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var magnitude = Vector512<float>.Zero;
+            var nan = Vector512<float>.Zero;
+            for (int i = 0; i < n; i += 16)
+            {
+                var v = Vector512.Load(x + i);
+                magnitude = Vector512.Max(magnitude, Vector512.Abs(v));
+                nan |= ~Vector512.Equals(v, v);
+            }
+            if (nan == Vector512<float>.Zero)
+            {
+                var m = Vector256.Max(magnitude.GetLower(), magnitude.GetUpper());
+                var m4 = Vector128.Max(m.GetLower(), m.GetUpper());
+                float amax = MathF.Max(MathF.Max(m4[0], m4[1]), MathF.Max(m4[2], m4[3]));
+                float d = amax / 127f;
+                var id = Vector512.Create(d != 0 ? 1f / d : 0f);
+                for (int i = 0; i < n; i += 16)
+                {
+                    var values = Avx512F.ConvertToVector512Int32(Vector512.Load(x + i) * id);
+                    Avx512F.ConvertToVector128SByteWithSaturation(values).Store(q + i);
+                    sums16[i / 16] = (short)Vector512.Sum(values);
+                }
+                return d;
+            }
+        }
+        float max = System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(new ReadOnlySpan<float>(x, n));
+        float scale = MathF.Abs(max) / 127f;
+        float inverse = scale != 0 ? 1f / scale : 0f;
+        for (int i = 0; i < n; i++)
+            q[i] = (sbyte)MathF.Round(x[i] * inverse);
+        for (int g = 0; g < n / 16; g++)
+        {
+            int sum = 0;
+            for (int i = 0; i < 16; i++)
+                sum += q[16 * g + i];
+            sums16[g] = (short)sum;
+        }
+        return scale;
     }
 
     private static void Grow<T>(ref T[] array, int length)
