@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -43,14 +44,26 @@ public sealed unsafe class QuantizedActivations
     public ActivationBlock Kind { get; private set; }
     public int BlockSize => (int)Kind;
 
-    public sbyte* Q(int row) => (sbyte*)Unsafe(_q) + (long)row * Cols;
-    public float* D(int row) => (float*)Unsafe(_d) + (long)row * (Cols / BlockSize);
+    // The row accessors run once per weight row in decoding (MatMul.Dot), so they are a multiply and an
+    // add on fields set by Quantize (the arrays are pinned): no division, small enough to inline.
+    private sbyte* _qp;
+    private float* _dp, _scaledSumsP;
+    private short* _sums16P;
+    private int _blocksPerRow;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public sbyte* Q(int row) => _qp + (long)row * Cols;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public float* D(int row) => _dp + (long)row * _blocksPerRow;
 
     /// <summary>Q8_0: d·Σq of each block of 32.</summary>
-    public float* ScaledSums(int row) => (float*)Unsafe(_scaledSums) + (long)row * (Cols / 32);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public float* ScaledSums(int row) => _scaledSumsP + (long)row * (Cols / 32);
 
     /// <summary>Q8_K: Σq of each 16 values.</summary>
-    public short* Sums16(int row) => (short*)Unsafe(_sums16) + (long)row * (Cols / 16);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public short* Sums16(int row) => _sums16P + (long)row * (Cols / 16);
 
     private static void* Unsafe<T>(T[] array) where T : unmanaged => System.Runtime.CompilerServices.Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(array));
 
@@ -67,6 +80,11 @@ public sealed unsafe class QuantizedActivations
         if (kind == ActivationBlock.Q8_0)
             Grow(ref _scaledSums, rows * (cols / 32));
         Grow(ref _sums16, rows * (cols / 16)); // Q8_0 too: Interleave's sums of each 16
+        _qp = (sbyte*)Unsafe(_q);
+        _dp = (float*)Unsafe(_d);
+        _scaledSumsP = (float*)Unsafe(_scaledSums);
+        _sums16P = (short*)Unsafe(_sums16);
+        _blocksPerRow = cols / (int)kind;
         fixed (float* xp = x)
         {
             for (int r = 0; r < rows; r++)
