@@ -178,6 +178,30 @@ AVX512_VNNI static inline float load_half(const uint8_t* p)
     return _cvtsh_ss(h);
 }
 
+// The end of a Q4_0 or Q8_0 block: p[i] += q[i] >> shift (shift 4: high nibbles taken in place), then
+// accumulate with each row's scale d (the block's half) and bias factor * d, as DecodedRows computes them.
+AVX512_VNNI static inline void accumulate_block(__m512 acc[8], __m512i p[8], const __m512i q[8], int shift, const uint8_t* blk, int64_t rowBytes,
+    float factor, const float* xd0, const float* xd1, const float* xs0, const float* xs1)
+{
+    float scales[8], biases[8];
+    for (int i = 0; i < 8; i++)
+    {
+        scales[i] = load_half(blk + i * rowBytes);
+        biases[i] = factor * scales[i];
+        p[i] = _mm512_add_epi32(p[i], _mm512_srai_epi32(q[i], shift));
+    }
+    accumulate(acc, p, scales, biases, 1, xd0, xd1, xs0, xs1);
+}
+
+AVX512_VNNI static inline void zero_sums(__m512i p[8], __m512i q[8])
+{
+    for (int i = 0; i < 8; i++)
+    {
+        p[i] = _mm512_setzero_si512();
+        q[i] = _mm512_setzero_si512();
+    }
+}
+
 // Q4_0 blocks { half d; u8 qs[16] }: value j the low nibble of qs[j], value j+16 its high nibble;
 // scale d, bias -8d (DecodedRows.DecodeQ4_0). The high nibbles are used in place (byte & 0xF0, 16
 // times the code: at most 240, still a u8 for vpdpbusd) and their sum divided by 16 once per block,
@@ -196,11 +220,7 @@ AVX512_VNNI EXPORT void engine_q4_0_8x16(const uint8_t* w, int64_t rowBytes, int
         const int8_t* x1 = xq1 + (int64_t)b * 256;
         prefetch_lines(w + 8 * rowBytes, 8 * rowBytes, 3 * (int64_t)b, 3); // 8 x 18 bytes a block
         __m512i p[8], q[8];
-        for (int i = 0; i < 8; i++)
-        {
-            p[i] = _mm512_setzero_si512();
-            q[i] = _mm512_setzero_si512();
-        }
+        zero_sums(p, q);
         for (int k = 0; k < 16; k += 4)
         {
             __m512i lo = activation_pair(x0, x1, 8 * k), hi = activation_pair(x0, x1, 8 * (k + 16));
@@ -211,14 +231,7 @@ AVX512_VNNI EXPORT void engine_q4_0_8x16(const uint8_t* w, int64_t rowBytes, int
                 q[i] = _mm512_dpbusd_epi32(q[i], _mm512_and_si512(_mm512_set1_epi32(load32(packed)), high), hi);
             }
         }
-        float scales[8], biases[8];
-        for (int i = 0; i < 8; i++)
-        {
-            scales[i] = load_half(blk + i * rowBytes);
-            biases[i] = -8 * scales[i];
-            p[i] = _mm512_add_epi32(p[i], _mm512_srai_epi32(q[i], 4));
-        }
-        accumulate(acc, p, scales, biases, 1, xd0 + b * 8, xd1 + b * 8, xs0 + b * 8, xs1 + b * 8);
+        accumulate_block(acc, p, q, 4, blk, rowBytes, -8, xd0 + b * 8, xd1 + b * 8, xs0 + b * 8, xs1 + b * 8);
     }
     store_transposed(acc, y, ldy);
 }
@@ -239,11 +252,7 @@ AVX512_VNNI EXPORT void engine_q8_0_8x16(const uint8_t* w, int64_t rowBytes, int
         const int8_t* x1 = xq1 + (int64_t)b * 256;
         prefetch_lines(w + 8 * rowBytes, 8 * rowBytes, 5 * (int64_t)b, 5); // 8 x 34 bytes a block
         __m512i p[8], q[8];
-        for (int i = 0; i < 8; i++)
-        {
-            p[i] = _mm512_setzero_si512();
-            q[i] = _mm512_setzero_si512();
-        }
+        zero_sums(p, q);
         for (int k = 0; k < 32; k += 8)
         {
             __m512i v = activation_pair(x0, x1, 8 * k), u = activation_pair(x0, x1, 8 * k + 32);
@@ -254,14 +263,7 @@ AVX512_VNNI EXPORT void engine_q8_0_8x16(const uint8_t* w, int64_t rowBytes, int
                 q[i] = _mm512_dpbusd_epi32(q[i], _mm512_xor_si512(_mm512_set1_epi32(load32(qs + 4)), flip), u);
             }
         }
-        float scales[8], biases[8];
-        for (int i = 0; i < 8; i++)
-        {
-            scales[i] = load_half(blk + i * rowBytes);
-            biases[i] = -128 * scales[i];
-            p[i] = _mm512_add_epi32(p[i], q[i]);
-        }
-        accumulate(acc, p, scales, biases, 1, xd0 + b * 8, xd1 + b * 8, xs0 + b * 8, xs1 + b * 8);
+        accumulate_block(acc, p, q, 0, blk, rowBytes, -128, xd0 + b * 8, xd1 + b * 8, xs0 + b * 8, xs1 + b * 8);
     }
     store_transposed(acc, y, ldy);
 }
@@ -303,11 +305,7 @@ AVX512_VNNI EXPORT void engine_q4_k_8x16(const uint8_t* w, int64_t rowBytes, int
             const int8_t* x1 = xq1 + s * 256;
             prefetch_lines(w + 8 * rowBytes, 8 * rowBytes, 18 * (int64_t)b + 5 * chunk, 5); // 8 x 144 bytes a super-block
             __m512i p[8], q[8];
-            for (int i = 0; i < 8; i++)
-            {
-                p[i] = _mm512_setzero_si512();
-                q[i] = _mm512_setzero_si512();
-            }
+            zero_sums(p, q);
             for (int k = 0; k < 32; k += 4)
             {
                 __m512i lo = activation_pair(x0, x1, 8 * k), hi = activation_pair(x0, x1, 256 + 8 * k);

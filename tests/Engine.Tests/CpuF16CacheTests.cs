@@ -167,16 +167,8 @@ public unsafe class CpuF16CacheTests
         Assert.That(stats.AcceptedTokens, Is.GreaterThan(0));
 
         using var exact = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Backend = new CpuBackend(2) });
-        float[] Logits(LanguageModel model)
-        {
-            using var cache = model.Network.CreateKvCache(64);
-            using var seq = cache.CreateSequence();
-            var logits = new float[model.Config.VocabSize];
-            model.Network.Forward(seq, prompt, Enumerable.Range(0, prompt.Length).ToArray(), AttentionMask.Causal, [prompt.Length - 1], logits);
-            return logits;
-        }
-        var expected = Logits(exact);
-        var actual = Logits(lm);
+        var expected = SpeculativeTests.PromptLogits(exact, prompt);
+        var actual = SpeculativeTests.PromptLogits(lm, prompt);
         float scale = expected.Max(MathF.Abs);
         for (int i = 0; i < expected.Length; i++)
             Assert.That(actual[i], Is.EqualTo(expected[i]).Within(1e-2 * scale), $"logit {i}");

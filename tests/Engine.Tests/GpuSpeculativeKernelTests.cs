@@ -589,16 +589,8 @@ public abstract partial class GpuSuite
         Assert.That(stats.AcceptedTokens, Is.GreaterThan(0));
 
         using var single = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Backend = new CudaBackend(Device, ownsDevice: false) });
-        float[] Logits(LanguageModel model)
-        {
-            using var cache = model.Network.CreateKvCache(64);
-            using var seq = cache.CreateSequence();
-            var logits = new float[model.Config.VocabSize];
-            model.Network.Forward(seq, prompt, Enumerable.Range(0, prompt.Length).ToArray(), AttentionMask.Causal, [prompt.Length - 1], logits);
-            return logits;
-        }
-        var expected = Logits(single);
-        var actual = Logits(lm);
+        var expected = SpeculativeTests.PromptLogits(single, prompt);
+        var actual = SpeculativeTests.PromptLogits(lm, prompt);
         float scale = expected.Max(MathF.Abs);
         for (int i = 0; i < expected.Length; i++)
             Assert.That(actual[i], Is.EqualTo(expected[i]).Within(1e-2 * scale), $"logit {i}");

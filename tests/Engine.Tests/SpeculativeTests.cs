@@ -21,6 +21,16 @@ public class SpeculativeTests
         return session.Generate(prompt, Greedy(n)).ToList();
     }
 
+    /// <summary>The logits after one pass over <paramref name="prompt"/> from an empty cache.</summary>
+    internal static float[] PromptLogits(LanguageModel model, int[] prompt)
+    {
+        using var cache = model.Network.CreateKvCache(64);
+        using var seq = cache.CreateSequence();
+        var logits = new float[model.Config.VocabSize];
+        model.Network.Forward(seq, prompt, Enumerable.Range(0, prompt.Length).ToArray(), AttentionMask.Causal, [prompt.Length - 1], logits);
+        return logits;
+    }
+
     internal static (List<int> Tokens, SpeculativeStats Stats) Speculative(LanguageModel lm, IDraftSource source, int[] prompt, int n, SpeculativeOptions? options = null)
     {
         using var decoder = new SpeculativeDecoder(lm, source, options);
