@@ -818,7 +818,16 @@ public sealed unsafe class CpuBackend : Backend
             fixed (float* y = _y)
             fixed (int* table = _table)
             {
-                for (int row = chunk / _heads; row < _n; row += _rowGroups)
+                // causal rows two at a time where the paired kernel applies (keys and values loaded once for both)
+                bool pairs = _mask.IsCausal && !_windowed && Kernels.Attention.HasPair(hd);
+                int row = chunk / _heads;
+                for (; pairs && row + _rowGroups < _n; row += 2 * _rowGroups)
+                {
+                    int other = row + _rowGroups;
+                    Kernels.Attention.HeadPair(q + (long)row * cols + head * hd, q + (long)other * cols + head * hd, _store.Pointers, _store.Half, table,
+                        layout, _layer, kvHead, _prefix, row, other, _scale, y + (long)row * cols + head * hd, y + (long)other * cols + head * hd, _softCap);
+                }
+                for (; row < _n; row += _rowGroups)
                 {
                     Kernels.Attention.Head(q + (long)row * cols + head * hd, _store.Pointers, _store.Half, table, layout, _layer, kvHead,
                         _prefix, _n, row, _mask, _scale, y + (long)row * cols + head * hd, _windowed ? _windowStarts[row] : 0, _softCap);
