@@ -6,8 +6,9 @@ namespace Engine.Tests;
 
 /// <summary>
 /// Batch invariance of the CPU backend's attention: a prompt's rows, computed together (two causal rows
-/// at a time by <c>Attention.HeadPair</c> where it applies), get bit for bit what each row gets when
-/// decoded alone after the rows before it — what exact speculative verification and prefix reuse rely on.
+/// at a time by <c>Attention.HeadPair</c> where it applies) or as sequences of a continuous batch, get
+/// bit for bit what each row gets when decoded alone after the rows before it — what exact speculative
+/// verification and prefix reuse rely on.
 /// </summary>
 public class CpuAttentionTests
 {
@@ -45,6 +46,14 @@ public class CpuAttentionTests
         using var together = cpu.Allocate(q.Length);
         cpu.Attention(new Activation(qb, n, qCols), store, layer, table, prefix, AttentionMask.Causal, heads, scale, new Activation(together, n, qCols), softCap: softCap);
 
+        // the same rows as a continuous batch: 3 rows alone after the prefix, then the rest as a second sequence
+        using var batched = cpu.Allocate(q.Length);
+        var batch = new SequenceBatch();
+        batch.Add(Math.Min(3, n), prefix, table);
+        if (n > 3)
+            batch.Add(n - 3, prefix + 3, table);
+        cpu.AttentionBatch(new Activation(qb, n, qCols), store, layer, batch, heads, scale, new Activation(batched, n, qCols), softCap: softCap);
+
         using var one = cpu.Allocate(qCols);
         using var alone = cpu.Allocate(qCols);
         for (int r = 0; r < n; r++)
@@ -56,6 +65,9 @@ public class CpuAttentionTests
                 float expected = ((CpuBuffer)alone).Data[i], actual = ((CpuBuffer)together).Data[r * qCols + i];
                 Assert.That(BitConverter.SingleToInt32Bits(actual), Is.EqualTo(BitConverter.SingleToInt32Bits(expected)),
                     $"row {r}, head {i / headDim}, dim {i % headDim}: {actual} together, {expected} alone");
+                float inBatch = ((CpuBuffer)batched).Data[r * qCols + i];
+                Assert.That(BitConverter.SingleToInt32Bits(inBatch), Is.EqualTo(BitConverter.SingleToInt32Bits(expected)),
+                    $"row {r}, head {i / headDim}, dim {i % headDim}: {inBatch} in a continuous batch, {expected} alone");
             }
         }
     }

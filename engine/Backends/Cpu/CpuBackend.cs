@@ -767,7 +767,17 @@ public sealed unsafe class CpuBackend : Backend
             fixed (float* y = _y)
             fixed (int* tables = _tables)
             {
-                for (int r = group; r < _rows[j]; r += _groups[j])
+                // a prefill chunk's rows two at a time where the paired kernel applies, as in AttentionWork
+                bool pairs = !_windowed && Kernels.Attention.HasPair(hd);
+                int r = group, stride = _groups[j];
+                for (; pairs && r + stride < _rows[j]; r += 2 * stride)
+                {
+                    int row = _rowStart[j] + r, other = row + stride;
+                    Kernels.Attention.HeadPair(q + (long)row * cols + head * hd, q + (long)other * cols + head * hd, _store.Pointers, _store.Half,
+                        tables + _tableStart[j], layout, _layer, kvHead, _prefix[j], r, r + stride, _scale,
+                        y + (long)row * cols + head * hd, y + (long)other * cols + head * hd, _softCap);
+                }
+                for (; r < _rows[j]; r += stride)
                 {
                     int row = _rowStart[j] + r;
                     Kernels.Attention.Head(q + (long)row * cols + head * hd, _store.Pointers, _store.Half, tables + _tableStart[j], layout, _layer, kvHead,
