@@ -32,17 +32,8 @@ public class CpuAttentionTests
         float scale = 1 / MathF.Sqrt(headDim);
 
         using var cpu = new CpuBackend(2, kvCacheType: f16 ? GgmlType.F16 : GgmlType.F32);
-        using var store = cpu.CreateKvStore(layout, 2 * blocks);
-        for (int b = 0; b < 2 * blocks; b++)
-            store.EnsureBlock(b);
-        using var kb = cpu.Allocate(tokens * cols);
-        using var vb = cpu.Allocate(tokens * cols);
-        k.CopyTo(((CpuBuffer)kb).Data, 0);
-        v.CopyTo(((CpuBuffer)vb).Data, 0);
-        cpu.StoreKv(store, layer, table, 0, new Activation(kb, tokens, cols), new Activation(vb, tokens, cols));
-
-        using var qb = cpu.Allocate(q.Length);
-        q.CopyTo(((CpuBuffer)qb).Data, 0);
+        using var store = CpuKvFixture.Filled(cpu, layout, 2 * blocks, layer, table, k, v);
+        using var qb = CpuKvFixture.Upload(cpu, q);
         using var together = cpu.Allocate(q.Length);
         cpu.Attention(new Activation(qb, n, qCols), store, layer, table, prefix, AttentionMask.Causal, heads, scale, new Activation(together, n, qCols), softCap: softCap);
 

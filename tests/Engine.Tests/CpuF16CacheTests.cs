@@ -79,16 +79,8 @@ public unsafe class CpuF16CacheTests
         float[] Run(GgmlType cacheType, float[] keys, float[] values, bool batch)
         {
             using var cpu = new CpuBackend(2, kvCacheType: cacheType);
-            using var store = cpu.CreateKvStore(layout, 2 * blocks);
-            for (int b = 0; b < 2 * blocks; b++)
-                store.EnsureBlock(b);
-            using var kb = cpu.Allocate(tokens * cols);
-            using var vb = cpu.Allocate(tokens * cols);
-            keys.CopyTo(((CpuBuffer)kb).Data, 0);
-            values.CopyTo(((CpuBuffer)vb).Data, 0);
-            cpu.StoreKv(store, layer, table, 0, new Activation(kb, tokens, cols), new Activation(vb, tokens, cols));
-            using var qb = cpu.Allocate(q.Length);
-            q.CopyTo(((CpuBuffer)qb).Data, 0);
+            using var store = CpuKvFixture.Filled(cpu, layout, 2 * blocks, layer, table, keys, values);
+            using var qb = CpuKvFixture.Upload(cpu, q);
             using var ob = cpu.Allocate(q.Length);
             if (!batch)
                 cpu.Attention(new Activation(qb, n, heads * headDim), store, layer, table, prefix, mask, heads, scale, new Activation(ob, n, heads * headDim));

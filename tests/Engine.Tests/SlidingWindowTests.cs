@@ -118,17 +118,8 @@ public class SlidingWindowTests
 
         // The CPU backend's own attention, on its layout.
         using var cpu = new CpuBackend(1);
-        using var store = cpu.CreateKvStore(layout, blocks);
-        for (int b = 0; b < blocks; b++)
-            store.EnsureBlock(b);
-        int cols = kvHeads * headDim;
-        using var kb = cpu.Allocate(tokens * cols);
-        using var vb = cpu.Allocate(tokens * cols);
-        k.CopyTo(((CpuBuffer)kb).Data, 0);
-        v.CopyTo(((CpuBuffer)vb).Data, 0);
-        cpu.StoreKv(store, layer, table, 0, new Activation(kb, tokens, cols), new Activation(vb, tokens, cols));
-        using var qb = cpu.Allocate(q.Length);
-        q.CopyTo(((CpuBuffer)qb).Data, 0);
+        using var store = CpuKvFixture.Filled(cpu, layout, blocks, layer, table, k, v);
+        using var qb = CpuKvFixture.Upload(cpu, q);
         using var ob = cpu.Allocate(q.Length);
         cpu.Attention(new Activation(qb, n, heads * headDim), store, layer, table, prefix, sliding.Mask, heads, scale, new Activation(ob, n, heads * headDim),
             softCap: softCap, windowStarts: sliding.Starts);
