@@ -31,7 +31,21 @@ EXPORT int engine_cpu_supported(void)
         && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
 
-// The pieces both matrix kernels share.
+// The pieces the matrix kernels share.
+
+// Activations of values k..k+3 of a block of both groups (lanes 0..7 group g's rows, 8..15 group g+1's).
+AVX512_VNNI static inline __m512i activation_pair(const int8_t* x0, const int8_t* x1, int64_t offset)
+{
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(x0 + offset))),
+        _mm256_loadu_si256((const __m256i*)(x1 + offset)), 1);
+}
+
+static inline int32_t load32(const uint8_t* p)
+{
+    int32_t v;
+    __builtin_memcpy(&v, p, 4);
+    return v;
+}
 
 // p[i] += the u8 codes of weight row i (values 0..count-1 from c) times the int8 activations of
 // both groups: lanes 0..7 group g's 8 rows, lanes 8..15 group g+1's, 4 values per step. Two sums per
@@ -44,17 +58,11 @@ AVX512_VNNI static inline void dot_step(__m512i p[8], const uint8_t* c, int64_t 
         q[i] = _mm512_setzero_si512();
     for (int k = 0; k < count; k += 8)
     {
-        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(x0 + 8 * k))),
-            _mm256_loadu_si256((const __m256i*)(x1 + 8 * k)), 1);
-        __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(x0 + 8 * k + 32))),
-            _mm256_loadu_si256((const __m256i*)(x1 + 8 * k + 32)), 1);
+        __m512i v = activation_pair(x0, x1, 8 * k), u = activation_pair(x0, x1, 8 * k + 32);
         for (int i = 0; i < 8; i++)
         {
-            int32_t w0, w1;
-            __builtin_memcpy(&w0, c + i * codeStride + k, 4);
-            __builtin_memcpy(&w1, c + i * codeStride + k + 4, 4);
-            p[i] = _mm512_dpbusd_epi32(p[i], _mm512_set1_epi32(w0), v);
-            q[i] = _mm512_dpbusd_epi32(q[i], _mm512_set1_epi32(w1), u);
+            p[i] = _mm512_dpbusd_epi32(p[i], _mm512_set1_epi32(load32(c + i * codeStride + k)), v);
+            q[i] = _mm512_dpbusd_epi32(q[i], _mm512_set1_epi32(load32(c + i * codeStride + k + 4)), u);
         }
     }
     for (int i = 0; i < 8; i++)
@@ -150,25 +158,11 @@ AVX512_VNNI EXPORT void engine_codes16_8x16(const uint8_t* codes, int64_t codeSt
 //   blocks   blocks per row (Q4_K: super-blocks of 256)
 //   the rest as codes32_8x16
 
-// Activations of values k..k+3 of a block of both groups (lanes 0..7 group g's rows, 8..15 group g+1's).
-AVX512_VNNI static inline __m512i activation_pair(const int8_t* x0, const int8_t* x1, int64_t offset)
-{
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(x0 + offset))),
-        _mm256_loadu_si256((const __m256i*)(x1 + offset)), 1);
-}
-
 // Lines [first, first + count) of the next call's rows (past the matrix's end a prefetch is dropped, not a fault).
 static inline void prefetch_lines(const uint8_t* next, int64_t bytes, int64_t first, int count)
 {
     for (int64_t line = first * 64; line < (first + count) * 64 && line < bytes; line += 64)
         _mm_prefetch((const char*)(next + line), _MM_HINT_T0);
-}
-
-static inline int32_t load32(const uint8_t* p)
-{
-    int32_t v;
-    __builtin_memcpy(&v, p, 4);
-    return v;
 }
 
 AVX512_VNNI static inline float load_half(const uint8_t* p)

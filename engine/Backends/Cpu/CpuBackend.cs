@@ -684,6 +684,33 @@ public sealed unsafe class CpuBackend : Backend
     }
 
     /// <summary>
+    /// Rows first, first + stride, … below <paramref name="n"/> of one head of one sequence (rows
+    /// rowStart + r of q and y): causal rows two at a time through <see cref="Kernels.Attention.HeadPair"/>
+    /// where it applies (keys and values loaded once for both; no window), the rest one at a time.
+    /// </summary>
+    private static void AttendRows(float* q, float* y, int cols, int head, CpuKvStore store, int* table, int layer, int kvHead,
+        int prefix, int n, int rowStart, int first, int stride, AttentionMask mask, float scale, float softCap, int[]? windowStarts)
+    {
+        var layout = store.Layout;
+        int hd = layout.HeadDim, r = first;
+        if (mask.IsCausal && windowStarts is null && Kernels.Attention.HasPair(hd))
+        {
+            for (; r + stride < n; r += 2 * stride)
+            {
+                long a = (long)(rowStart + r) * cols + head * hd, b = (long)(rowStart + r + stride) * cols + head * hd;
+                Kernels.Attention.HeadPair(q + a, q + b, store.Pointers, store.Half, table, layout, layer, kvHead, prefix, r, r + stride, scale,
+                    y + a, y + b, softCap);
+            }
+        }
+        for (; r < n; r += stride)
+        {
+            long a = (long)(rowStart + r) * cols + head * hd;
+            Kernels.Attention.Head(q + a, store.Pointers, store.Half, table, layout, layer, kvHead, prefix, n, r, mask, scale, y + a,
+                windowStarts is null ? 0 : windowStarts[rowStart + r], softCap);
+        }
+    }
+
+    /// <summary>
     /// A continuous batch's attention: chunks (sequence j, head, row group) numbered sequence by sequence;
     /// a chunk runs rows group, group + groups_j, … of sequence j, each over j's own table and prefix.
     /// </summary>
@@ -767,22 +794,8 @@ public sealed unsafe class CpuBackend : Backend
             fixed (float* y = _y)
             fixed (int* tables = _tables)
             {
-                // a prefill chunk's rows two at a time where the paired kernel applies, as in AttentionWork
-                bool pairs = !_windowed && Kernels.Attention.HasPair(hd);
-                int r = group, stride = _groups[j];
-                for (; pairs && r + stride < _rows[j]; r += 2 * stride)
-                {
-                    int row = _rowStart[j] + r, other = row + stride;
-                    Kernels.Attention.HeadPair(q + (long)row * cols + head * hd, q + (long)other * cols + head * hd, _store.Pointers, _store.Half,
-                        tables + _tableStart[j], layout, _layer, kvHead, _prefix[j], r, r + stride, _scale,
-                        y + (long)row * cols + head * hd, y + (long)other * cols + head * hd, _softCap);
-                }
-                for (; r < _rows[j]; r += stride)
-                {
-                    int row = _rowStart[j] + r;
-                    Kernels.Attention.Head(q + (long)row * cols + head * hd, _store.Pointers, _store.Half, tables + _tableStart[j], layout, _layer, kvHead,
-                        _prefix[j], _rows[j], r, AttentionMask.Causal, _scale, y + (long)row * cols + head * hd, _windowed ? _windowStarts[row] : 0, _softCap);
-                }
+                AttendRows(q, y, cols, head, _store, tables + _tableStart[j], _layer, kvHead, _prefix[j], _rows[j], _rowStart[j], group, _groups[j],
+                    AttentionMask.Causal, _scale, _softCap, _windowed ? _windowStarts : null);
             }
         }
     }
@@ -828,20 +841,8 @@ public sealed unsafe class CpuBackend : Backend
             fixed (float* y = _y)
             fixed (int* table = _table)
             {
-                // causal rows two at a time where the paired kernel applies (keys and values loaded once for both)
-                bool pairs = _mask.IsCausal && !_windowed && Kernels.Attention.HasPair(hd);
-                int row = chunk / _heads;
-                for (; pairs && row + _rowGroups < _n; row += 2 * _rowGroups)
-                {
-                    int other = row + _rowGroups;
-                    Kernels.Attention.HeadPair(q + (long)row * cols + head * hd, q + (long)other * cols + head * hd, _store.Pointers, _store.Half, table,
-                        layout, _layer, kvHead, _prefix, row, other, _scale, y + (long)row * cols + head * hd, y + (long)other * cols + head * hd, _softCap);
-                }
-                for (; row < _n; row += _rowGroups)
-                {
-                    Kernels.Attention.Head(q + (long)row * cols + head * hd, _store.Pointers, _store.Half, table, layout, _layer, kvHead,
-                        _prefix, _n, row, _mask, _scale, y + (long)row * cols + head * hd, _windowed ? _windowStarts[row] : 0, _softCap);
-                }
+                AttendRows(q, y, cols, head, _store, table, _layer, kvHead, _prefix, _n, 0, chunk / _heads, _rowGroups, _mask, _scale, _softCap,
+                    _windowed ? _windowStarts : null);
             }
         }
     }

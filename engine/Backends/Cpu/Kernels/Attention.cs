@@ -91,7 +91,7 @@ public static unsafe class Attention
         int run = mask.IsCausal ? prefix + row + 1 : prefix;
         int from = Math.Min(windowStart, run);
         int capacity = prefix + n + 32; // group kernels may write scores up to 31 slots past the run
-        var scoreArray = s_scores is { } sc && sc.Length >= capacity ? sc : s_scores = new float[Math.Max(capacity, 512)];
+        var scoreArray = ScoreBuffer(ref s_scores, capacity);
         int count = run - from;
         int[]? list = null;
         fixed (float* scores = scoreArray)
@@ -109,15 +109,25 @@ public static unsafe class Attention
                     scores[count++] = SlotScore<TKv>(q, TKv.At(blocks[blockTable[slot / bs]], kBase + slot % bs), bs, hd, scale);
                 }
             }
-            if (softCap > 0)
-            {
-                for (int i = 0; i < count; i++)
-                    scores[i] = softCap * MathF.Tanh(scores[i] / softCap);
-            }
-            Activations.SoftmaxF32(new ReadOnlySpan<float>(scores, count), new Span<float>(scores, count));
+            ToWeights(scores, count, softCap);
             var extra = list is null ? ReadOnlySpan<int>.Empty : new ReadOnlySpan<int>(list, 0, count - (run - from));
             WeightedValues<TKv>(scores, blocks, blockTable, vBase, hd, bs, from, run, extra, output);
         }
+    }
+
+    /// <summary>This thread's score buffer, grown to hold <paramref name="capacity"/> scores.</summary>
+    private static float[] ScoreBuffer(ref float[]? buffer, int capacity) =>
+        buffer is { } b && b.Length >= capacity ? b : buffer = new float[Math.Max(capacity, 512)];
+
+    /// <summary>Scores to attention weights: Gemma 2's soft cap (cap·tanh(s / cap)) where one is set, then the softmax.</summary>
+    private static void ToWeights(float* scores, int count, float softCap)
+    {
+        if (softCap > 0)
+        {
+            for (int i = 0; i < count; i++)
+                scores[i] = softCap * MathF.Tanh(scores[i] / softCap);
+        }
+        Activations.SoftmaxF32(new ReadOnlySpan<float>(scores, count), new Span<float>(scores, count));
     }
 
     /// <summary>Whether <see cref="HeadPair"/> runs on this machine for heads of <paramref name="headDim"/>.</summary>
@@ -151,8 +161,8 @@ public static unsafe class Attention
         int kBase = KeyOffset(layout, layer, kvHead), vBase = ValueOffset(layout, layer, kvHead);
         int runA = prefix + rowA + 1, runB = prefix + rowB + 1;
         int capacity = runB + 32; // group kernels may write scores up to 31 slots past the run
-        var arrayA = s_scores is { } sa && sa.Length >= capacity ? sa : s_scores = new float[Math.Max(capacity, 512)];
-        var arrayB = s_scoresB is { } sb && sb.Length >= capacity ? sb : s_scoresB = new float[Math.Max(capacity, 512)];
+        var arrayA = ScoreBuffer(ref s_scores, capacity);
+        var arrayB = ScoreBuffer(ref s_scoresB, capacity);
         fixed (float* scoresA = arrayA)
         fixed (float* scoresB = arrayB)
         {
@@ -175,15 +185,8 @@ public static unsafe class Attention
                         scoresA[start + g] = SlotScore<TKv>(qa, TKv.At(kt, g), bs, hd, scale);
                 }
             }
-            if (softCap > 0)
-            {
-                for (int i = 0; i < runA; i++)
-                    scoresA[i] = softCap * MathF.Tanh(scoresA[i] / softCap);
-                for (int i = 0; i < runB; i++)
-                    scoresB[i] = softCap * MathF.Tanh(scoresB[i] / softCap);
-            }
-            Activations.SoftmaxF32(new ReadOnlySpan<float>(scoresA, runA), new Span<float>(scoresA, runA));
-            Activations.SoftmaxF32(new ReadOnlySpan<float>(scoresB, runB), new Span<float>(scoresB, runB));
+            ToWeights(scoresA, runA, softCap);
+            ToWeights(scoresB, runB, softCap);
             for (int c = 0; c < hd; c += 64)
                 Values64Pair<TKv>(scoresA, scoresB, blocks, blockTable, vBase + c, hd, bs, runA, runB, outA + c, outB + c);
         }

@@ -61,7 +61,7 @@ public sealed unsafe class QuantizedActivations
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public float* ScaledSums(int row) => _scaledSumsP + (long)row * (Cols / 32);
 
-    /// <summary>Q8_K: Σq of each 16 values.</summary>
+    /// <summary>Σq of each 16 values (Q8_K's offset and min corrections; for Q8_0, Interleave's 16-value sums).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public short* Sums16(int row) => _sums16P + (long)row * (Cols / 16);
 
@@ -163,22 +163,12 @@ public sealed unsafe class QuantizedActivations
         }
     }
 
-    /// <summary>d = max|x| / 127, q = round(x / d) (ties to even, as ggml's SIMD quantizers round).</summary>
-    public static float QuantizeBlock(ReadOnlySpan<float> x, Span<sbyte> q)
-    {
-        if (x.Length % 16 != 0 || q.Length < x.Length)
-            throw new ArgumentException($"a block of {x.Length} values into {q.Length}: blocks are whole multiples of 16");
-        short* sums = stackalloc short[x.Length / 16];
-        fixed (float* xp = x)
-        fixed (sbyte* qp = q)
-            return QuantizeBlock(xp, qp, x.Length, sums);
-    }
-
     /// <summary>
-    /// <see cref="QuantizeBlock(ReadOnlySpan{float}, Span{sbyte})"/> on <paramref name="n"/> values (a
-    /// multiple of 16), also writing the sum of each 16 quantized values. With AVX-512: the same products
-    /// x·(1/d), rounded to nearest even by the conversion as <c>MathF.Round</c> rounds, so the same
-    /// bytes; a block holding a NaN takes the scalar loop, whose NaN handling it keeps.
+    /// One block of <paramref name="n"/> values (a multiple of 16): d = max|x| / 127, q = round(x / d)
+    /// (ties to even, as ggml's SIMD quantizers round), and the sum of each 16 quantized values. With
+    /// AVX-512: the same products x·(1/d), rounded to nearest even by the conversion as
+    /// <c>MathF.Round</c> rounds, so the same bytes as the scalar loop; a block holding a NaN takes the
+    /// scalar loop, whose NaN handling it keeps.
     /// </summary>
     private static float QuantizeBlock(float* x, sbyte* q, int n, short* sums16)
     {
