@@ -35,16 +35,24 @@ string? StringArg(string name)
     return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
 }
 string device = StringArg("--device") ?? "cpu";
-Engine.Tensors.GgmlType? cacheType = StringArg("--cache-type") switch
+string? cacheName = StringArg("--cache-type");
+if (cacheName is not (null or "auto" or "f32" or "f16"))
 {
-    null or "auto" => null,
+    Console.Error.WriteLine($"serve-load: --cache-type {cacheName}: expected f32, f16 or auto");
+    return 2;
+}
+Engine.Tensors.GgmlType? cacheType = cacheName switch
+{
     "f32" => Engine.Tensors.GgmlType.F32,
     "f16" => Engine.Tensors.GgmlType.F16,
-    var other => throw new ArgumentException($"--cache-type {other}: expected f32, f16 or auto"),
+    _ => null,
 };
 var url = StringArg("--url") is { } u ? new Uri(u) : null;
 if (url is not null && !System.Net.IPAddress.IsLoopback(System.Net.IPAddress.Parse(url.Host)))
-    throw new ArgumentException($"--url {url} is not on loopback: the load test only drives local servers");
+{
+    Console.Error.WriteLine($"serve-load: --url {url} is not on loopback: the load test only drives local servers");
+    return 2;
+}
 
 using var lm = url is not null
     ? LanguageModel.Load(path, new ModelOptions { Threads = 1, ContextLength = 2048 }) // for the tokenizer only
