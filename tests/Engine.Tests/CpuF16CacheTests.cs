@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using Engine.Api;
 using Engine.Backends;
@@ -138,6 +139,76 @@ public unsafe class CpuF16CacheTests
                 float key = ((CpuBuffer)kb).Data[19 * cols + h * 64 + d], value = ((CpuBuffer)vb).Data[19 * cols + h * 64 + d];
                 Assert.That(halves[Attention.KeyOffset(layout, 1, h) + d * 16 + 9], Is.EqualTo(BitConverter.HalfToUInt16Bits((Half)key)), $"key {h}/{d}");
                 Assert.That(halves[Attention.ValueOffset(layout, 1, h) + 9 * 64 + d], Is.EqualTo(BitConverter.HalfToUInt16Bits((Half)value)), $"value {h}/{d}");
+            }
+        }
+    }
+
+    /// <summary>
+    /// StoreKvBatch splits a batch's rows across the pool and rounds 16 values at a time: every byte of
+    /// the cache is what storing each sequence alone on one thread writes, and each half is the scalar
+    /// cast's (NaN, infinities, subnormals, values that overflow a half and ties included). Rows of the
+    /// three sequences interleave their blocks, so a chunk boundary inside a sequence is exercised too.
+    /// </summary>
+    [TestCase(GgmlType.F32)]
+    [TestCase(GgmlType.F16)]
+    public void A_batch_store_split_across_threads_writes_what_each_sequence_stores_alone(GgmlType cacheType)
+    {
+        var layout = new KvLayout(Layers: 2, KvHeads: 2, HeadDim: 64, BlockSize: 16);
+        int cols = 2 * 64;
+        int[] rows = [1, 6, 9], prefixes = [30, 0, 13];
+        int[][] tables = [[0, 1], [2], [3, 4]];
+        var rng = new Random(11);
+        float[] special = [float.NaN, float.PositiveInfinity, float.NegativeInfinity, 65520f, -65519f, 6e-8f, 3e-8f, -0f, 1.00048828125f, 1.000732421875f];
+        int total = rows.Sum();
+        var k = Enumerable.Range(0, total * cols).Select(i => i % 37 == 0 ? special[i / 37 % special.Length] : (float)(rng.NextDouble() * 8 - 4)).ToArray();
+        var v = Enumerable.Range(0, total * cols).Select(i => i % 41 == 0 ? special[i / 41 % special.Length] : (float)(rng.NextDouble() * 8 - 4)).ToArray();
+
+        byte[] Stored(int threads, bool batched)
+        {
+            using var cpu = new CpuBackend(threads, kvCacheType: cacheType);
+            using var store = (CpuKvStore)cpu.CreateKvStore(layout, 5);
+            for (int b = 0; b < 5; b++)
+                store.EnsureBlock(b);
+            using var kb = CpuKvFixture.Upload(cpu, k);
+            using var vb = CpuKvFixture.Upload(cpu, v);
+            if (batched)
+            {
+                var batch = new SequenceBatch();
+                for (int j = 0; j < 3; j++)
+                    batch.Add(rows[j], prefixes[j], tables[j]);
+                cpu.StoreKvBatch(store, 1, batch, new Activation(kb, total, cols), new Activation(vb, total, cols));
+            }
+            else
+            {
+                for (int j = 0, row = 0; j < 3; row += rows[j], j++)
+                {
+                    using var kj = CpuKvFixture.Upload(cpu, k[(row * cols)..((row + rows[j]) * cols)]);
+                    using var vj = CpuKvFixture.Upload(cpu, v[(row * cols)..((row + rows[j]) * cols)]);
+                    cpu.StoreKv(store, 1, tables[j], prefixes[j], new Activation(kj, rows[j], cols), new Activation(vj, rows[j], cols));
+                }
+            }
+            long blockBytes = 2L * layout.Layers * layout.LayerBlockFloats * store.ElementBytes;
+            var bytes = new byte[5 * blockBytes];
+            for (int b = 0; b < 5; b++)
+                new ReadOnlySpan<byte>(store.Pointers[b], (int)blockBytes).CopyTo(bytes.AsSpan((int)(b * blockBytes)));
+            return bytes;
+        }
+
+        var alone = Stored(1, batched: false);
+        Assert.That(Stored(2, batched: true), Is.EqualTo(alone), "batched on two threads");
+        Assert.That(alone.Any(b => b != 0), "something was stored");
+        if (cacheType == GgmlType.F16)
+        {
+            // the second sequence's row 0 at slot 0 of block 2: each half is the scalar cast of its value
+            var halves = MemoryMarshal.Cast<byte, ushort>(alone.AsSpan((int)(2 * 2L * layout.Layers * layout.LayerBlockFloats * 2)));
+            for (int h = 0; h < 2; h++)
+            {
+                for (int d = 0; d < 64; d++)
+                {
+                    float key = k[1 * cols + h * 64 + d], value = v[1 * cols + h * 64 + d];
+                    Assert.That(halves[(int)Attention.KeyOffset(layout, 1, h) + d * 16], Is.EqualTo(BitConverter.HalfToUInt16Bits((Half)key)), $"key {h}/{d} = {key}");
+                    Assert.That(halves[(int)Attention.ValueOffset(layout, 1, h) + d], Is.EqualTo(BitConverter.HalfToUInt16Bits((Half)value)), $"value {h}/{d} = {value}");
+                }
             }
         }
     }

@@ -21,6 +21,7 @@ public sealed unsafe class CpuBackend : Backend
     private readonly AttentionWork _attention = new();
     private readonly BatchAttentionWork _batchAttention = new();
     private readonly RowsWork _rows = new();
+    private readonly StoreWork _storeKv = new();
     private readonly QuantizedActivations _q80 = new();
     private readonly QuantizedActivations _q8k = new();
     private readonly FloatPanels _panels = new();
@@ -212,10 +213,21 @@ public sealed unsafe class CpuBackend : Backend
     public override void StoreKv(KvStore store, int layer, ReadOnlySpan<int> blockTable, int firstSlot, Activation k, Activation v) =>
         StoreRows(store, layer, blockTable, firstSlot, k, v, 0, k.Rows);
 
+    /// <summary>
+    /// Every sequence's rows into its blocks, split by rows across the pool: each row writes a column of
+    /// every head's transposed K block, a cache line a few dimensions, and those lines are rarely cached
+    /// (16 sequences' blocks): a 16-sequence step of the 110M shape spent ~1 ms here on one thread, 0.55 on two.
+    /// </summary>
     public override void StoreKvBatch(KvStore store, int layer, SequenceBatch batch, Activation k, Activation v)
     {
-        for (int j = 0; j < batch.Count; j++)
-            StoreRows(store, layer, batch.Table(j), batch.Prefix(j), k, v, batch.RowStart(j), batch.RowCount(j));
+        if (batch.Rows < ParallelRows || Threads == 1)
+        {
+            for (int j = 0; j < batch.Count; j++)
+                StoreRows(store, layer, batch.Table(j), batch.Prefix(j), k, v, batch.RowStart(j), batch.RowCount(j));
+            return;
+        }
+        _storeKv.Set(store, layer, batch, k, v);
+        _pool.Run(_storeKv, Math.Min(batch.Rows, Threads * 4), Threads);
     }
 
     /// <summary>Rows [row, row + count) of k and v into slots firstSlot.. of the table.</summary>
@@ -225,6 +237,7 @@ public sealed unsafe class CpuBackend : Backend
         var blocks = ((CpuKvStore)store).Pointers;
         bool half = ((CpuKvStore)store).Half;
         int hd = layout.HeadDim, bs = layout.BlockSize;
+        Span<ushort> keyRow = !half ? default : hd <= 1024 ? stackalloc ushort[hd] : new ushort[hd];
         fixed (float* kd = Array(k))
         fixed (float* vd = Array(v))
         {
@@ -241,11 +254,12 @@ public sealed unsafe class CpuBackend : Backend
                     float* vs = vd + (long)(row + r) * v.Cols + h * hd;
                     if (half)
                     {
+                        // vectorized rounding: the same bits as the scalar cast (all 2^32 floats checked), several times faster
                         var block = (ushort*)blocks[blockTable[slot / bs]];
+                        Kernels.KvF16.RoundAll(new ReadOnlySpan<float>(ks, hd), keyRow);
                         for (int d = 0; d < hd; d++)
-                            block[kt + d * bs] = Kernels.KvF16.Round(ks[d]);
-                        for (int d = 0; d < hd; d++)
-                            block[vt + d] = Kernels.KvF16.Round(vs[d]);
+                            block[kt + d * bs] = keyRow[d];
+                        Kernels.KvF16.RoundAll(new ReadOnlySpan<float>(vs, hd), new Span<ushort>(block + vt, hd));
                     }
                     else
                     {
@@ -546,6 +560,30 @@ public sealed unsafe class CpuBackend : Backend
     }
 
     private enum RowOp { RmsNorm, Rope, SwiGlu, GeGlu, Add }
+
+    /// <summary>StoreKvBatch's rows, a contiguous range of the batch's rows per chunk.</summary>
+    private sealed class StoreWork : IParallelWork
+    {
+        private KvStore? _store;
+        private SequenceBatch? _batch;
+        private Activation _k, _v;
+        private int _layer;
+
+        public void Set(KvStore store, int layer, SequenceBatch batch, Activation k, Activation v) =>
+            (_store, _layer, _batch, _k, _v) = (store, layer, batch, k, v);
+
+        public void Execute(int chunk, int chunks)
+        {
+            var batch = _batch!;
+            var (start, end) = WorkerPool.Range(batch.Rows, chunk, chunks);
+            for (int j = 0; j < batch.Count && start < end; j++)
+            {
+                int first = Math.Max(start, batch.RowStart(j)), last = Math.Min(end, batch.RowStart(j) + batch.RowCount(j));
+                if (first < last)
+                    StoreRows(_store!, _layer, batch.Table(j), batch.Prefix(j) + first - batch.RowStart(j), _k, _v, first, last - first);
+            }
+        }
+    }
 
     /// <summary>The row-wise operations, with their arguments in fields so a run allocates nothing.</summary>
     private sealed class RowsWork : IParallelWork

@@ -68,4 +68,8 @@ internal readonly unsafe struct KvF16 : IKvElement
     /// <summary>The half nearest <paramref name="value"/> (ties to even), as its bits.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static ushort Round(float value) => BitConverter.HalfToUInt16Bits((Half)value);
+
+    /// <summary><see cref="Round"/> of every value, vectorized (TensorPrimitives rounds exactly as the cast does).</summary>
+    public static void RoundAll(ReadOnlySpan<float> values, Span<ushort> halves) =>
+        System.Numerics.Tensors.TensorPrimitives.ConvertToHalf(values, System.Runtime.InteropServices.MemoryMarshal.Cast<ushort, Half>(halves));
 }
