@@ -40,7 +40,7 @@ public unsafe class NativeKernelTests
         if (cols % block != 0)
             cols = (cols + block - 1) / block * block;
         blocks = cols / 32;
-        const int rows = 8, n = 16;
+        const int rows = 24, n = 16; // three calls' worth of the 8-row codes kernels, one call of the direct row loop
         var rng = new Random(cols);
         long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
         var w = (byte*)NativeMemory.Alloc((nuint)(rowBytes * rows));
@@ -79,17 +79,20 @@ public unsafe class NativeKernelTests
             var y = new float[n * rows]; // [activation row][weight row]
             fixed (float* yp = y)
             {
-                if (sixteen)
+                for (int o = 0; o < rows; o += 8)
                 {
-                    NativeKernels.engine_codes16_8x16(decoded.Codes(0), decoded.Cols, decoded.Scales(0), decoded.Biases(0), decoded.SubBlocksPerRow, blocks,
-                        qx.InterleavedQ(0), qx.InterleavedQ(1), qx.InterleavedD(0), qx.InterleavedD(1),
-                        qx.InterleavedScaledSums16(0), qx.InterleavedScaledSums16(1), yp, rows);
-                }
-                else
-                {
-                    NativeKernels.engine_codes32_8x16(decoded.Codes(0), decoded.Cols, decoded.Scales(0), decoded.Biases(0), decoded.SubBlocksPerRow, blocks,
-                        qx.InterleavedQ(0), qx.InterleavedQ(1), qx.InterleavedD(0), qx.InterleavedD(1),
-                        qx.InterleavedScaledSums32(0), qx.InterleavedScaledSums32(1), yp, rows);
+                    if (sixteen)
+                    {
+                        NativeKernels.engine_codes16_8x16(decoded.Codes(o), decoded.Cols, decoded.Scales(o), decoded.Biases(o), decoded.SubBlocksPerRow, blocks,
+                            qx.InterleavedQ(0), qx.InterleavedQ(1), qx.InterleavedD(0), qx.InterleavedD(1),
+                            qx.InterleavedScaledSums16(0), qx.InterleavedScaledSums16(1), yp + o, rows);
+                    }
+                    else
+                    {
+                        NativeKernels.engine_codes32_8x16(decoded.Codes(o), decoded.Cols, decoded.Scales(o), decoded.Biases(o), decoded.SubBlocksPerRow, blocks,
+                            qx.InterleavedQ(0), qx.InterleavedQ(1), qx.InterleavedD(0), qx.InterleavedD(1),
+                            qx.InterleavedScaledSums32(0), qx.InterleavedScaledSums32(1), yp + o, rows);
+                    }
                 }
             }
             AssertEqual(y, "native");
@@ -98,7 +101,7 @@ public unsafe class NativeKernelTests
                 // the kernel that reads the blocks as the file holds them, against the same C# result
                 Array.Clear(y);
                 fixed (float* yp = y)
-                    NativeKernels.Direct(type, w, rowBytes, cols, qx, 0, yp, rows);
+                    NativeKernels.Direct(type, w, rowBytes, rows, cols, qx, 0, yp, rows);
                 AssertEqual(y, $"native {type} from its blocks");
             }
 

@@ -12,7 +12,7 @@ namespace Engine.Backends.Cpu;
 internal static unsafe partial class NativeKernels
 {
     private const string Library = "engine_cpu";
-    private const int Abi = 2;
+    private const int Abi = 3;
 
     /// <summary>Why the native kernels are or are not used (for logs and tests).</summary>
     public static string Status { get; private set; } = "";
@@ -78,44 +78,44 @@ internal static unsafe partial class NativeKernels
         sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
 
     /// <summary>
-    /// <see cref="engine_codes32_8x16"/> on 8 weight rows read as the file holds them (row i at w + i·rowBytes,
+    /// <see cref="engine_codes32_8x16"/> on <c>rows</c> weight rows (a multiple of 8) read as the file holds them (row i at w + i·rowBytes,
     /// <paramref name="blocks"/> blocks a row: of 32 for Q4_0 and Q8_0, super-blocks of 256 for Q4_K)
     /// instead of rows <see cref="Kernels.DecodedRows"/> decoded: the same output, bit for bit.
     /// </summary>
     [LibraryImport(Library)]
     [UnmanagedCallConv(CallConvs = [typeof(System.Runtime.CompilerServices.CallConvSuppressGCTransition)])]
-    public static partial void engine_q4_0_8x16(byte* w, long rowBytes, int blocks,
+    public static partial void engine_q4_0_rows(byte* w, long rowBytes, int rows, int blocks,
         sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
 
-    /// <inheritdoc cref="engine_q4_0_8x16"/>
+    /// <inheritdoc cref="engine_q4_0_rows"/>
     [LibraryImport(Library)]
     [UnmanagedCallConv(CallConvs = [typeof(System.Runtime.CompilerServices.CallConvSuppressGCTransition)])]
-    public static partial void engine_q8_0_8x16(byte* w, long rowBytes, int blocks,
+    public static partial void engine_q8_0_rows(byte* w, long rowBytes, int rows, int blocks,
         sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
 
-    /// <inheritdoc cref="engine_q4_0_8x16"/>
+    /// <inheritdoc cref="engine_q4_0_rows"/>
     [LibraryImport(Library)]
     [UnmanagedCallConv(CallConvs = [typeof(System.Runtime.CompilerServices.CallConvSuppressGCTransition)])]
-    public static partial void engine_q4_k_8x16(byte* w, long rowBytes, int blocks,
+    public static partial void engine_q4_k_rows(byte* w, long rowBytes, int rows, int blocks,
         sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
 
     /// <summary>Whether <see cref="Direct"/> takes a type.</summary>
     public static bool HasDirect(Tensors.GgmlType type) => type is Tensors.GgmlType.Q4_0 or Tensors.GgmlType.Q8_0 or Tensors.GgmlType.Q4_K;
 
     /// <summary>
-    /// The kernel for <paramref name="type"/> that reads its blocks as they are, 8 weight rows of
-    /// <paramref name="cols"/> values against activation groups g and g+1 of <paramref name="qx"/>.
+    /// The kernel for <paramref name="type"/> that reads its blocks as they are: <paramref name="rows"/> weight
+    /// rows (a multiple of 8) of <paramref name="cols"/> values against activation groups g and g+1 of <paramref name="qx"/>.
     /// </summary>
-    public static void Direct(Tensors.GgmlType type, byte* w, long rowBytes, int cols, Kernels.QuantizedActivations qx, int g, float* y, long ldy)
+    public static void Direct(Tensors.GgmlType type, byte* w, long rowBytes, int rows, int cols, Kernels.QuantizedActivations qx, int g, float* y, long ldy)
     {
         sbyte* q0 = qx.InterleavedQ(g), q1 = qx.InterleavedQ(g + 1);
         float* d0 = qx.InterleavedD(g), d1 = qx.InterleavedD(g + 1);
         float* s0 = qx.InterleavedScaledSums32(g), s1 = qx.InterleavedScaledSums32(g + 1);
         switch (type)
         {
-            case Tensors.GgmlType.Q4_0: engine_q4_0_8x16(w, rowBytes, cols / 32, q0, q1, d0, d1, s0, s1, y, ldy); break;
-            case Tensors.GgmlType.Q8_0: engine_q8_0_8x16(w, rowBytes, cols / 32, q0, q1, d0, d1, s0, s1, y, ldy); break;
-            case Tensors.GgmlType.Q4_K: engine_q4_k_8x16(w, rowBytes, cols / 256, q0, q1, d0, d1, s0, s1, y, ldy); break;
+            case Tensors.GgmlType.Q4_0: engine_q4_0_rows(w, rowBytes, rows, cols / 32, q0, q1, d0, d1, s0, s1, y, ldy); break;
+            case Tensors.GgmlType.Q8_0: engine_q8_0_rows(w, rowBytes, rows, cols / 32, q0, q1, d0, d1, s0, s1, y, ldy); break;
+            case Tensors.GgmlType.Q4_K: engine_q4_k_rows(w, rowBytes, rows, cols / 256, q0, q1, d0, d1, s0, s1, y, ldy); break;
             default: throw new NotSupportedException($"no direct native kernel for {type}");
         }
     }

@@ -107,11 +107,8 @@ public static unsafe class MatMul
             return;
         }
         int pairs = groups / 2 * 2, direct = o0 + (o1 - o0) / 8 * 8, cols = checked((int)w.RowLength);
-        for (int group = 0; group < pairs; group += 2)
-        {
-            for (int o = o0; o < direct; o += 8)
-                NativeKernels.Direct(w.Type, w.Data + o * w.RowBytes, w.RowBytes, cols, qx, group, y + (long)group * G * rows + o, rows);
-        }
+        for (int group = 0; group < pairs && direct > o0; group += 2)
+            NativeKernels.Direct(w.Type, w.Data + o0 * w.RowBytes, w.RowBytes, direct - o0, cols, qx, group, y + (long)group * G * rows + o0, rows);
         if (direct < o1 && pairs > 0)
             DecodedBlock(w, qx, 0, pairs, y, rows, direct, o1);
         if (pairs < groups)
