@@ -149,12 +149,10 @@ public sealed unsafe class QuantizedActivations
             float* id = InterleavedD(g);
             float* s32 = InterleavedScaledSums32(g);
             float* s16 = InterleavedScaledSums16(g);
+            TransposeCodes(g, dst);
             for (int r = 0; r < Group; r++)
             {
                 int row = g * Group + r;
-                int* src = (int*)Q(row);
-                for (int c4 = 0; c4 < Cols / 4; c4++)
-                    dst[c4 * Group + r] = src[c4];
                 float* d = D(row);
                 float* sums = ScaledSums(row);
                 short* sums16 = Sums16(row);
@@ -167,6 +165,65 @@ public sealed unsafe class QuantizedActivations
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// dst[c·8 + r] = the c-th 4 codes of row r of group g (the kernels' layout): 8×8 transposes of
+    /// 32-bit words with AVX2 (a scalar copy of each word cost ~3 µs for 16 rows of 768 per product).
+    /// </summary>
+    private void TransposeCodes(int g, int* dst)
+    {
+        int words = Cols / 4, c = 0;
+        int* r0 = (int*)Q(g * Group);
+        long stride = Cols / 4; // words between rows
+        if (System.Runtime.Intrinsics.X86.Avx2.IsSupported)
+        {
+            for (; c + 8 <= words; c += 8)
+            {
+                var a0 = Vector256.Load(r0 + c);
+                var a1 = Vector256.Load(r0 + stride + c);
+                var a2 = Vector256.Load(r0 + 2 * stride + c);
+                var a3 = Vector256.Load(r0 + 3 * stride + c);
+                var a4 = Vector256.Load(r0 + 4 * stride + c);
+                var a5 = Vector256.Load(r0 + 5 * stride + c);
+                var a6 = Vector256.Load(r0 + 6 * stride + c);
+                var a7 = Vector256.Load(r0 + 7 * stride + c);
+                Transpose8x8(ref a0, ref a1, ref a2, ref a3, ref a4, ref a5, ref a6, ref a7);
+                int* o = dst + (long)c * Group;
+                a0.Store(o);
+                a1.Store(o + 8);
+                a2.Store(o + 16);
+                a3.Store(o + 24);
+                a4.Store(o + 32);
+                a5.Store(o + 40);
+                a6.Store(o + 48);
+                a7.Store(o + 56);
+            }
+        }
+        for (; c < words; c++)
+        {
+            for (int r = 0; r < Group; r++)
+                dst[c * Group + r] = r0[r * stride + c];
+        }
+    }
+
+    /// <summary>Rows a0..a7 of an 8×8 matrix of words become its columns.</summary>
+    private static void Transpose8x8(ref Vector256<int> a0, ref Vector256<int> a1, ref Vector256<int> a2, ref Vector256<int> a3,
+        ref Vector256<int> a4, ref Vector256<int> a5, ref Vector256<int> a6, ref Vector256<int> a7)
+    {
+        // pairs of words, then pairs of pairs within each 128-bit lane, then the lanes
+        var t0 = Avx2.UnpackLow(a0, a1); var t1 = Avx2.UnpackHigh(a0, a1);
+        var t2 = Avx2.UnpackLow(a2, a3); var t3 = Avx2.UnpackHigh(a2, a3);
+        var t4 = Avx2.UnpackLow(a4, a5); var t5 = Avx2.UnpackHigh(a4, a5);
+        var t6 = Avx2.UnpackLow(a6, a7); var t7 = Avx2.UnpackHigh(a6, a7);
+        var u0 = Avx2.UnpackLow(t0.AsInt64(), t2.AsInt64()).AsInt32(); var u1 = Avx2.UnpackHigh(t0.AsInt64(), t2.AsInt64()).AsInt32();
+        var u2 = Avx2.UnpackLow(t1.AsInt64(), t3.AsInt64()).AsInt32(); var u3 = Avx2.UnpackHigh(t1.AsInt64(), t3.AsInt64()).AsInt32();
+        var u4 = Avx2.UnpackLow(t4.AsInt64(), t6.AsInt64()).AsInt32(); var u5 = Avx2.UnpackHigh(t4.AsInt64(), t6.AsInt64()).AsInt32();
+        var u6 = Avx2.UnpackLow(t5.AsInt64(), t7.AsInt64()).AsInt32(); var u7 = Avx2.UnpackHigh(t5.AsInt64(), t7.AsInt64()).AsInt32();
+        a0 = Avx2.Permute2x128(u0, u4, 0x20); a4 = Avx2.Permute2x128(u0, u4, 0x31);
+        a1 = Avx2.Permute2x128(u1, u5, 0x20); a5 = Avx2.Permute2x128(u1, u5, 0x31);
+        a2 = Avx2.Permute2x128(u2, u6, 0x20); a6 = Avx2.Permute2x128(u2, u6, 0x31);
+        a3 = Avx2.Permute2x128(u3, u7, 0x20); a7 = Avx2.Permute2x128(u3, u7, 0x31);
     }
 
     /// <summary>
