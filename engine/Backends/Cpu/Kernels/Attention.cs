@@ -351,8 +351,11 @@ public static unsafe class Attention
         for (int start = from / bs * bs; start < run; start += bs)
         {
             byte* kt = TKv.At(blocks[blockTable[start / bs]], kBase);
-            // the next block's keys, brought in while this block's are computed on (the last block: its own, already cached)
-            byte* next = start + bs < run ? TKv.At(blocks[blockTable[start / bs + 1]], kBase) : kt;
+            // the block after next, brought in while this block's keys are computed on (the next one was
+            // fetched during the previous block, or before the loop; past the end: this block, cached)
+            if (start == from / bs * bs && start + bs < run)
+                Prefetch(TKv.At(blocks[blockTable[start / bs + 1]], kBase), (long)hd * bs * TKv.Bytes);
+            byte* next = start + 2 * bs < run ? TKv.At(blocks[blockTable[start / bs + 2]], kBase) : kt;
             int end = Math.Min(run, start + bs) - start; // slots of this block that are needed
             int g = Math.Max(0, from - start);
             // whole groups of 32 inside the block, even if the run ends inside the group
@@ -488,7 +491,9 @@ public static unsafe class Attention
         for (int start = from / bs * bs; start < run; start += bs)
         {
             byte* v = TKv.At(blocks[blockTable[start / bs]], vBase);
-            byte* next = start + bs < run ? TKv.At(blocks[blockTable[start / bs + 1]], vBase) : v;
+            if (start == from / bs * bs && start + bs < run)
+                Prefetch(TKv.At(blocks[blockTable[start / bs + 1]], vBase), (long)hd * bs * TKv.Bytes);
+            byte* next = start + 2 * bs < run ? TKv.At(blocks[blockTable[start / bs + 2]], vBase) : v;
             int end = Math.Min(run, start + bs) - start;
             for (int t = Math.Max(0, from - start); t < end; t++)
             {
