@@ -325,6 +325,7 @@ AVX512_VNNI static inline void q4_k_8x16(const uint8_t* w, int64_t rowBytes, int
     AVX512_VNNI EXPORT void engine_##name##_rows(const uint8_t* w, int64_t rowBytes, int32_t rows, int32_t blocks, const int8_t* xq0, \
         const int8_t* xq1, const float* xd0, const float* xd1, const float* xs0, const float* xs1, float* y, int64_t ldy) \
     { \
+        prefetch_lines(w, 8 * rowBytes, 0, (int)((8 * rowBytes + 63) / 64)); \
         for (int32_t o = 0; o + 8 <= rows; o += 8) \
             name##_8x16(w + o * rowBytes, rowBytes, blocks, xq0, xq1, xd0, xd1, xs0, xs1, y + o, ldy); \
     }
