@@ -492,7 +492,10 @@ public sealed partial class LlamaModel : IDisposable
             if (_logits is null || _logits.Length < (long)rows * VocabSize)
             {
                 _logits?.Dispose();
-                _logits = _backend.Allocate((long)rows * VocabSize);
+                // batches of 8+ rows to a whole 16: the CPU's matrix kernels then take a batch of 9-15 rows
+                // padded to 16 (CpuBackend.MatMul) instead of falling back to the row kernels
+                long room = rows >= 8 ? (rows + 15) / 16 * 16 : rows;
+                _logits = _backend.Allocate(room * VocabSize);
             }
             return new Activation(_logits, rows, VocabSize);
         }

@@ -146,7 +146,13 @@ public sealed unsafe class CpuBackend : Backend
         bool rows4 = true;
         foreach (var t in targets)
             rows4 &= Kernels.VecDot.HasRows4(t.Weights.Type);
-        bool batch = x.Rows >= (rows4 ? 2 : 1) * QuantizedActivations.Group && !batchInvariant;
+        // Where every target has a native kernel reading its blocks (Q4_0, Q8_0, Q4_K), 8 rows or more go
+        // through it in whole pairs of groups, the last padded with zero rows: a pass over the weights
+        // for 16 rows costs about what the row kernels pay for 8 (measured, 110M-shape Q8_0 continuous
+        // batch at context 48: 9-15 sequences took 15-25 ms a step against 12.3 for 16, 586 tokens/s).
+        bool pad = !batchInvariant && x.Rows >= QuantizedActivations.Group && x.Rows % (2 * QuantizedActivations.Group) != 0
+            && QuantizeActivations && PaddedOutputsFit(x.Rows, targets);
+        bool batch = (x.Rows >= (rows4 ? 2 : 1) * QuantizedActivations.Group || pad) && !batchInvariant;
         bool q80 = false, q8k = false, groups = false, panels = false;
         foreach (var t in targets)
         {
@@ -154,7 +160,7 @@ public sealed unsafe class CpuBackend : Backend
             var kind = QuantizeActivations ? Kernels.MatMul.ActivationFor(type) : null;
             bool gemm = batch && Kernels.MatMul.HasGemm(type, x.Cols);
             bool isFloat = type is GgmlType.F16 or GgmlType.BF16 or GgmlType.F32;
-            bool remainder = !gemm || x.Rows % QuantizedActivations.Group != 0;
+            bool remainder = !gemm || (x.Rows % QuantizedActivations.Group != 0 && !pad);
             q80 |= kind == ActivationBlock.Q8_0 && remainder;
             q8k |= kind == ActivationBlock.Q8_K && remainder;
             groups |= gemm && !isFloat && QuantizeActivations;
@@ -166,7 +172,7 @@ public sealed unsafe class CpuBackend : Backend
         {
             _q80.Quantize(xData, x.Rows, x.Cols, ActivationBlock.Q8_0);
             if (groups)
-                _q80.Interleave();
+                _q80.Interleave(padToPairs: pad);
         }
         if (q8k)
             _q8k.Quantize(xData, x.Rows, x.Cols, ActivationBlock.Q8_K);
@@ -182,6 +188,24 @@ public sealed unsafe class CpuBackend : Backend
             if (t.Bias is not null)
                 AddBias(t.Output, t.Bias);
         }
+    }
+
+    /// <summary>
+    /// Whether every target reads through a native direct kernel and its output buffer has room for the
+    /// rows of the padded groups (activation buffers are sized for the largest batch, usually more).
+    /// </summary>
+    private static bool PaddedOutputsFit(int rows, ReadOnlySpan<MatMulTarget> targets)
+    {
+        const int pair = 2 * QuantizedActivations.Group;
+        long padded = (rows + pair - 1) / pair * pair;
+        foreach (var t in targets)
+        {
+            var w = ((CpuMatrix)t.Weights).View;
+            if (!NativeKernels.Available || !NativeKernels.HasDirect(w.Type) || !Kernels.MatMul.HasGemm(w.Type, checked((int)w.RowLength))
+                || ((CpuBuffer)t.Output.Buffer).Data.Length < padded * w.RowCount)
+                return false;
+        }
+        return true;
     }
 
     public override void AddBias(Activation x, DeviceVector bias)

@@ -28,7 +28,7 @@ public static unsafe class MatMul
     /// </summary>
     /// <param name="x">[n, cols] float activations.</param>
     /// <param name="qx">The same activations quantized to <see cref="ActivationFor"/>(W.Type), or null if it needs none.</param>
-    /// <param name="y">[n, rows] output.</param>
+    /// <param name="y">[n, rows] output; with groups padded past n (<see cref="QuantizedActivations.Interleave"/>), room for their rows too.</param>
     /// <param name="panels">The same activations packed for the float matrix kernels (F16/F32 weights), or null.</param>
     public static void Rows(TensorView w, ReadOnlySpan<float> x, QuantizedActivations? qx, QuantizedActivations? groups8, FloatPanels? panels,
         int n, Span<float> y, int rowStart, int rowEnd)
@@ -41,6 +41,8 @@ public static unsafe class MatMul
         int groups = !HasGemm(w.Type, cols) ? 0
             : isFloat ? (panels is null ? 0 : n / QuantizedActivations.Group)
             : groups8?.Groups ?? 0;
+        if (!isFloat && (long)Math.Max(n, groups * QuantizedActivations.Group) * rows > y.Length)
+            throw new ArgumentException($"matmul {w.Name}: {groups} activation groups write {groups * QuantizedActivations.Group} rows of {rows}; the output holds {y.Length} values", nameof(y));
         float* four4 = stackalloc float[4];
         fixed (float* xp = x)
         fixed (float* yp = y)
@@ -59,7 +61,7 @@ public static unsafe class MatMul
                 }
                 // Rows left to the row kernels: four at a time where a 4-row kernel exists (each row's
                 // result bit for bit the one-row kernel's), then one at a time.
-                int first = groups * QuantizedActivations.Group;
+                int first = Math.Min(n, groups * QuantizedActivations.Group); // padded groups cover every row
                 if (n - first == 1 && OneRow(w, cols, rowBytes, qx, first, yp + (long)first * rows, o0, o1))
                     continue;
                 bool four = n - first >= 4 && VecDot.HasRows4(w.Type) && (w.Type == GgmlType.F16 || qx is not null);

@@ -131,11 +131,16 @@ public sealed unsafe class QuantizedActivations
     /// Builds the interleaved copy of every whole group of 8 rows (Q8_0 activations only; the remaining
     /// rows use the row-major form).
     /// </summary>
-    public void Interleave()
+    /// <param name="padToPairs">
+    /// Also interleave a last partial group, and a group of zeros where the count is odd, so that every
+    /// row goes through the two-group kernels (their outputs for the rows past <see cref="Rows"/> are
+    /// zero and land past the batch's rows of the output; <see cref="PaddedRows"/> says how far).
+    /// </param>
+    public void Interleave(bool padToPairs = false)
     {
         if (Kind != ActivationBlock.Q8_0)
             throw new InvalidOperationException("the matrix kernels take Q8_0 activations");
-        Groups = Rows / Group;
+        Groups = padToPairs ? (Rows + 2 * Group - 1) / (2 * Group) * 2 : Rows / Group;
         if (Groups == 0)
             return;
         int blocks = Cols / 32;
@@ -149,10 +154,26 @@ public sealed unsafe class QuantizedActivations
             float* id = InterleavedD(g);
             float* s32 = InterleavedScaledSums32(g);
             float* s16 = InterleavedScaledSums16(g);
-            TransposeCodes(g, dst);
+            int valid = Math.Clamp(Rows - g * Group, 0, Group);
+            if (valid == Group)
+                TransposeCodes(g, dst);
+            else
+                TransposePartial(g, valid, dst);
             for (int r = 0; r < Group; r++)
             {
                 int row = g * Group + r;
+                if (r >= valid)
+                {
+                    // a padding row: zero codes, scales and sums, so its products are exactly zero
+                    for (int b = 0; b < blocks; b++)
+                    {
+                        id[b * Group + r] = 0;
+                        s32[b * Group + r] = 0;
+                        s16[2 * b * Group + r] = 0;
+                        s16[(2 * b + 1) * Group + r] = 0;
+                    }
+                    continue;
+                }
                 float* d = D(row);
                 float* sums = ScaledSums(row);
                 short* sums16 = Sums16(row);
@@ -206,6 +227,20 @@ public sealed unsafe class QuantizedActivations
                 dst[c * Group + r] = r0[r * stride + c];
         }
     }
+
+    /// <summary><see cref="TransposeCodes"/> for a last group of <paramref name="valid"/> rows, the rest zero.</summary>
+    private void TransposePartial(int g, int valid, int* dst)
+    {
+        int words = Cols / 4;
+        for (int c = 0; c < words; c++)
+        {
+            for (int r = 0; r < Group; r++)
+                dst[c * Group + r] = r < valid ? ((int*)Q(g * Group + r))[c] : 0;
+        }
+    }
+
+    /// <summary>Activation rows the matrix kernels write after <see cref="Interleave"/>: the rows, or the padded groups' rows.</summary>
+    public int PaddedRows => Math.Max(Rows, Groups * Group);
 
     /// <summary>Rows a0..a7 of an 8×8 matrix of words become its columns.</summary>
     private static void Transpose8x8(ref Vector256<int> a0, ref Vector256<int> a1, ref Vector256<int> a2, ref Vector256<int> a3,
