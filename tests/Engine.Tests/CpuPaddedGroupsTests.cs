@@ -7,9 +7,9 @@ using Engine.Tensors;
 namespace Engine.Tests;
 
 /// <summary>
-/// A batch of 8 to 15 rows (or any count that is not whole pairs of 8-row groups) on weights with a
-/// native direct kernel goes through that kernel with its last group padded by zero rows, where the
-/// output buffer has room for the padded rows. The matrix kernels compute each activation row in its
+/// A batch of 8 to 15 rows (or any count that is not whole pairs of 8-row groups) on quantized weights
+/// goes through the native matrix kernels (direct, or on decoded rows) with its last group padded by
+/// zero rows, where the output buffer has room for the padded rows. The matrix kernels compute each activation row in its
 /// own lanes, so a row's result is bit for bit what it gets inside a full 16-row batch; where the output
 /// has no room, the row kernels run as before (bit for bit the batch-invariant result).
 /// </summary>
@@ -22,6 +22,9 @@ public unsafe class CpuPaddedGroupsTests
     [TestCase(GgmlType.Q4_0, 37, 23)]
     [TestCase(GgmlType.Q4_K, 40, 12)]
     [TestCase(GgmlType.Q4_K, 37, 9)]
+    [TestCase(GgmlType.Q6_K, 40, 12)] // decoded rows and the native codes kernels
+    [TestCase(GgmlType.Q6_K, 37, 15)]
+    [TestCase(GgmlType.Q5_1, 40, 9)]
     public void Padded_groups_give_each_row_its_full_batch_result(GgmlType type, int weightRows, int n)
     {
         if (!NativeKernels.Available)

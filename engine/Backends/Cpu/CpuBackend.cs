@@ -146,10 +146,10 @@ public sealed unsafe class CpuBackend : Backend
         bool rows4 = true;
         foreach (var t in targets)
             rows4 &= Kernels.VecDot.HasRows4(t.Weights.Type);
-        // Where every target has a native kernel reading its blocks (Q4_0, Q8_0, Q4_K), 8 rows or more go
-        // through it in whole pairs of groups, the last padded with zero rows: a pass over the weights
-        // for 16 rows costs about what the row kernels pay for 8 (measured, 110M-shape Q8_0 continuous
-        // batch at context 48: 9-15 sequences took 15-25 ms a step against 12.3 for 16, 586 tokens/s).
+        // Under the native kernels, 8 rows or more of quantized weights go through the matrix kernels in
+        // whole pairs of groups, the last padded with zero rows: a pass over the weights for 16 rows costs
+        // about what the row kernels pay for 8 (measured, 110M-shape Q8_0 continuous batch at context 48:
+        // 9-15 sequences took 15-25 ms a step against 12.3 for 16, 586 tokens/s).
         bool pad = !batchInvariant && x.Rows >= QuantizedActivations.Group && x.Rows % (2 * QuantizedActivations.Group) != 0
             && QuantizeActivations && PaddedOutputsFit(x.Rows, targets);
         bool batch = (x.Rows >= (rows4 ? 2 : 1) * QuantizedActivations.Group || pad) && !batchInvariant;
@@ -191,8 +191,9 @@ public sealed unsafe class CpuBackend : Backend
     }
 
     /// <summary>
-    /// Whether every target reads through a native direct kernel and its output buffer has room for the
-    /// rows of the padded groups (activation buffers are sized for the largest batch, usually more).
+    /// Whether every target is quantized with a matrix kernel, the native kernels run (the direct ones, or
+    /// the decoded rows' for the other types), and its output buffer has room for the rows of the padded
+    /// groups (activation buffers are sized for the largest batch, usually more).
     /// </summary>
     private static bool PaddedOutputsFit(int rows, ReadOnlySpan<MatMulTarget> targets)
     {
@@ -201,7 +202,7 @@ public sealed unsafe class CpuBackend : Backend
         foreach (var t in targets)
         {
             var w = ((CpuMatrix)t.Weights).View;
-            if (!NativeKernels.Available || !NativeKernels.HasDirect(w.Type) || !Kernels.MatMul.HasGemm(w.Type, checked((int)w.RowLength))
+            if (!NativeKernels.Available || w.Type is GgmlType.F16 or GgmlType.BF16 or GgmlType.F32 || !Kernels.MatMul.HasGemm(w.Type, checked((int)w.RowLength))
                 || ((CpuBuffer)t.Output.Buffer).Data.Length < padded * w.RowCount)
                 return false;
         }
