@@ -150,7 +150,8 @@ public sealed unsafe class CpuBackend : Backend
         // whole pairs of groups, the last padded with zero rows: a pass over the weights for 16 rows costs
         // about what the row kernels pay for 8 (measured, 110M-shape Q8_0 continuous batch at context 48:
         // 9-15 sequences took 15-25 ms a step against 12.3 for 16, 586 tokens/s).
-        bool pad = !batchInvariant && x.Rows >= QuantizedActivations.Group && x.Rows % (2 * QuantizedActivations.Group) != 0
+        // Fewer than 8 rows past the last pair stay on the row kernels: a 4-row pass costs less than a pair's.
+        bool pad = !batchInvariant && x.Rows % (2 * QuantizedActivations.Group) >= QuantizedActivations.Group
             && QuantizeActivations && PaddedOutputsFit(x.Rows, targets);
         bool batch = (x.Rows >= (rows4 ? 2 : 1) * QuantizedActivations.Group || pad) && !batchInvariant;
         bool q80 = false, q8k = false, groups = false, panels = false;
