@@ -1,7 +1,6 @@
 using System.Runtime.InteropServices;
 using Engine.Backends;
 using Engine.Backends.Cpu;
-using Engine.Quantization;
 using Engine.Tensors;
 
 namespace Engine.Tests;
@@ -27,26 +26,14 @@ public unsafe class CpuPaddedGroupsTests
     [TestCase(GgmlType.Q5_1, 40, 9)]
     public void Padded_groups_give_each_row_its_full_batch_result(GgmlType type, int weightRows, int n)
     {
-        if (!NativeKernels.Available)
-        {
-            if (SharedData.IsCi && Environment.GetEnvironmentVariable("ENGINE_NATIVE") != "0" && System.Runtime.Intrinsics.X86.Avx512F.IsSupported)
-                Assert.Fail($"CI builds the native CPU kernels and this CPU can run them, but they are not used: {NativeKernels.Status}");
-            Assert.Ignore($"native CPU kernels not in use: {NativeKernels.Status}");
-        }
+        NativeKernelTests.RequireNative();
         const int cols = 512;
         int full = (n + 15) / 16 * 16;
         var rng = new Random(weightRows * 100 + n);
         long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
-        var w = (byte*)NativeMemory.Alloc((nuint)(rowBytes * weightRows));
+        var w = NativeKernelTests.RandomRows(type, cols, weightRows, rng);
         try
         {
-            var row = new float[cols];
-            for (int r = 0; r < weightRows; r++)
-            {
-                for (int i = 0; i < cols; i++)
-                    row[i] = (float)(rng.NextDouble() * 2 - 1);
-                Quantize.Row(type, row, new Span<byte>(w + r * rowBytes, (int)rowBytes));
-            }
             var x = Enumerable.Range(0, full * cols).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
             using var cpu = new CpuBackend(2);
             var matrix = cpu.LoadMatrix(new TensorView("w", type, [cols, weightRows], w, rowBytes * weightRows));

@@ -13,13 +13,28 @@ namespace Engine.Tests;
 /// </summary>
 public unsafe class NativeKernelTests
 {
-    private static void RequireNative()
+    internal static void RequireNative()
     {
         if (NativeKernels.Available)
             return;
         if (SharedData.IsCi && Environment.GetEnvironmentVariable("ENGINE_NATIVE") != "0" && System.Runtime.Intrinsics.X86.Avx512F.IsSupported)
             Assert.Fail($"CI builds the native CPU kernels and this CPU can run them, but they are not used: {NativeKernels.Status}");
         Assert.Ignore($"native CPU kernels not in use: {NativeKernels.Status}");
+    }
+
+    /// <summary><paramref name="rows"/> rows of <paramref name="cols"/> uniform values in [-1, 1) quantized to <paramref name="type"/>, in native memory (the caller frees it).</summary>
+    internal static byte* RandomRows(GgmlType type, int cols, int rows, Random rng)
+    {
+        long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
+        var w = (byte*)NativeMemory.Alloc((nuint)(rowBytes * rows));
+        var row = new float[cols];
+        for (int r = 0; r < rows; r++)
+        {
+            for (int i = 0; i < cols; i++)
+                row[i] = (float)(rng.NextDouble() * 2 - 1);
+            Quantize.Row(type, row, new Span<byte>(w + r * rowBytes, (int)rowBytes));
+        }
+        return w;
     }
 
     [TestCase(GgmlType.Q6_K, 8)]
@@ -43,16 +58,9 @@ public unsafe class NativeKernelTests
         const int rows = 24, n = 16; // three calls' worth of the 8-row codes kernels, one call of the direct row loop
         var rng = new Random(cols);
         long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
-        var w = (byte*)NativeMemory.Alloc((nuint)(rowBytes * rows));
+        var w = RandomRows(type, cols, rows, rng);
         try
         {
-            var row = new float[cols];
-            for (int r = 0; r < rows; r++)
-            {
-                for (int i = 0; i < cols; i++)
-                    row[i] = (float)(rng.NextDouble() * 2 - 1);
-                Quantize.Row(type, row, new Span<byte>(w + r * rowBytes, (int)rowBytes));
-            }
             var x = new float[n * cols];
             for (int i = 0; i < x.Length; i++)
                 x[i] = (float)(rng.NextDouble() * 2 - 1) * (i % 41 == 0 ? 6 : 1);
