@@ -178,6 +178,7 @@ public sealed unsafe class CpuBackend : Backend
         if (q8k)
             _q8k.Quantize(xData, x.Rows, x.Cols, ActivationBlock.Q8_K);
         _matMul.Set(Array(x), x.Rows, targets, q80 || groups ? _q80 : null, q8k ? _q8k : null, groups ? _q80 : null, panels ? _panels : null);
+        _matMul.Stride = Threads;
         // A decoding product under 2 MiB of weights in two chunks per thread, not eight: each chunk pays a
         // start-up (claim, stream restart) that such a product cannot hide. Measured (2 threads, tg64): the
         // 110M-shape Q4_0 model 276 → 334 tokens/s, the 8-expert MoE 222 → 230; no change on the 1.1B shape,
@@ -731,8 +732,18 @@ public sealed unsafe class CpuBackend : Backend
         /// <summary>The int8 input of product <paramref name="i"/> of the run, if it has one.</summary>
         public QuantizedActivations? Input(int i) => _inputs[i];
 
+        /// <summary>
+        /// The run's threads. Claims alternate between them, so the k-th claim takes range (k mod T)·(chunks/T)
+        /// + k/T: each thread then walks contiguous rows, its kernels' prefetch running on into its next
+        /// chunk instead of restarting at every one (the same ranges, so the same results; measured, a
+        /// 16-sequence step of the 110M shape: Q8_0 +10%, Q4_0 +6%; pp512 +2%).
+        /// </summary>
+        public int Stride = 1;
+
         public void Execute(int chunk, int chunks)
         {
+            if (Stride > 1 && chunks % Stride == 0)
+                chunk = chunk % Stride * (chunks / Stride) + chunk / Stride;
             var (start, end) = WorkerPool.Range(_totalRows, chunk, chunks);
             int first = 0;
             for (int i = 0; i < _count && start < end; i++)
