@@ -51,6 +51,7 @@ public sealed unsafe class CpuBackend : Backend
         Threads = threads == 0 ? Environment.ProcessorCount : Math.Min(threads, Environment.ProcessorCount);
         QuantizeActivations = quantizeActivations;
         _pool = WorkerPool.Shared;
+        _matMul.Stride = Threads;
     }
 
     public bool QuantizeActivations { get; }
@@ -178,7 +179,6 @@ public sealed unsafe class CpuBackend : Backend
         if (q8k)
             _q8k.Quantize(xData, x.Rows, x.Cols, ActivationBlock.Q8_K);
         _matMul.Set(Array(x), x.Rows, targets, q80 || groups ? _q80 : null, q8k ? _q8k : null, groups ? _q80 : null, panels ? _panels : null);
-        _matMul.Stride = Threads;
         // A decoding product under 2 MiB of weights in two chunks per thread, not eight: each chunk pays a
         // start-up (claim, stream restart) that such a product cannot hide. Measured (2 threads, tg64): the
         // 110M-shape Q4_0 model 276 → 334 tokens/s, the 8-expert MoE 222 → 230; no change on the 1.1B shape,
@@ -201,10 +201,12 @@ public sealed unsafe class CpuBackend : Backend
     {
         const int pair = 2 * QuantizedActivations.Group;
         long padded = (rows + pair - 1) / pair * pair;
+        if (!NativeKernels.Available)
+            return false;
         foreach (var t in targets)
         {
             var w = ((CpuMatrix)t.Weights).View;
-            if (!NativeKernels.Available || w.Type is GgmlType.F16 or GgmlType.BF16 or GgmlType.F32 || !Kernels.MatMul.HasGemm(w.Type, checked((int)w.RowLength))
+            if (w.Type is GgmlType.F16 or GgmlType.BF16 or GgmlType.F32 || !Kernels.MatMul.HasGemm(w.Type, checked((int)w.RowLength))
                 || ((CpuBuffer)t.Output.Buffer).Data.Length < padded * w.RowCount)
                 return false;
         }
@@ -733,7 +735,7 @@ public sealed unsafe class CpuBackend : Backend
         public QuantizedActivations? Input(int i) => _inputs[i];
 
         /// <summary>
-        /// The run's threads. Claims alternate between them, so the k-th claim takes range (k mod T)·(chunks/T)
+        /// The threads of every run (the backend's). Claims alternate between them, so the k-th claim takes range (k mod T)·(chunks/T)
         /// + k/T: each thread then walks contiguous rows, its kernels' prefetch running on into its next
         /// chunk instead of restarting at every one (the same ranges, so the same results; measured, a
         /// 16-sequence step of the 110M shape: Q8_0 +10%, Q4_0 +6%; pp512 +2%).

@@ -134,7 +134,7 @@ public sealed unsafe class QuantizedActivations
     /// <param name="padToPairs">
     /// Also interleave a last partial group, and a group of zeros where the count is odd, so that every
     /// row goes through the two-group kernels (their outputs for the rows past <see cref="Rows"/> are
-    /// zero and land past the batch's rows of the output; <see cref="PaddedRows"/> says how far).
+    /// zero and land past the batch's rows of the output, up to <see cref="Groups"/> × 8 rows).
     /// </param>
     public void Interleave(bool padToPairs = false)
     {
@@ -155,10 +155,7 @@ public sealed unsafe class QuantizedActivations
             float* s32 = InterleavedScaledSums32(g);
             float* s16 = InterleavedScaledSums16(g);
             int valid = Math.Clamp(Rows - g * Group, 0, Group);
-            if (valid == Group)
-                TransposeCodes(g, dst);
-            else
-                TransposePartial(g, valid, dst);
+            TransposeCodes(g, valid, dst);
             for (int r = 0; r < Group; r++)
             {
                 int row = g * Group + r;
@@ -189,15 +186,16 @@ public sealed unsafe class QuantizedActivations
     }
 
     /// <summary>
-    /// dst[c·8 + r] = the c-th 4 codes of row r of group g (the kernels' layout): 8×8 transposes of
-    /// 32-bit words with AVX2 (a scalar copy of each word cost ~3 µs for 16 rows of 768 per product).
+    /// dst[c·8 + r] = the c-th 4 codes of row r of group g (the kernels' layout), zero for the rows from
+    /// <paramref name="valid"/> on (a padded last group): 8×8 transposes of 32-bit words with AVX2 for
+    /// a whole group (a scalar copy of each word cost ~3 µs for 16 rows of 768 per product).
     /// </summary>
-    private void TransposeCodes(int g, int* dst)
+    private void TransposeCodes(int g, int valid, int* dst)
     {
         int words = Cols / 4, c = 0;
         int* r0 = (int*)Q(g * Group);
         long stride = Cols / 4; // words between rows
-        if (System.Runtime.Intrinsics.X86.Avx2.IsSupported)
+        if (valid == Group && System.Runtime.Intrinsics.X86.Avx2.IsSupported)
         {
             for (; c + 8 <= words; c += 8)
             {
@@ -224,23 +222,9 @@ public sealed unsafe class QuantizedActivations
         for (; c < words; c++)
         {
             for (int r = 0; r < Group; r++)
-                dst[c * Group + r] = r0[r * stride + c];
+                dst[c * Group + r] = r < valid ? r0[r * stride + c] : 0;
         }
     }
-
-    /// <summary><see cref="TransposeCodes"/> for a last group of <paramref name="valid"/> rows, the rest zero.</summary>
-    private void TransposePartial(int g, int valid, int* dst)
-    {
-        int words = Cols / 4;
-        for (int c = 0; c < words; c++)
-        {
-            for (int r = 0; r < Group; r++)
-                dst[c * Group + r] = r < valid ? ((int*)Q(g * Group + r))[c] : 0;
-        }
-    }
-
-    /// <summary>Activation rows the matrix kernels write after <see cref="Interleave"/>: the rows, or the padded groups' rows.</summary>
-    public int PaddedRows => Math.Max(Rows, Groups * Group);
 
     /// <summary>Rows a0..a7 of an 8×8 matrix of words become its columns.</summary>
     private static void Transpose8x8(ref Vector256<int> a0, ref Vector256<int> a1, ref Vector256<int> a2, ref Vector256<int> a3,
