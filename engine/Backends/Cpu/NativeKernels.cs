@@ -12,7 +12,7 @@ namespace Engine.Backends.Cpu;
 internal static unsafe partial class NativeKernels
 {
     private const string Library = "engine_cpu";
-    private const int Abi = 3;
+    private const int Abi = 4;
 
     /// <summary>Why the native kernels are or are not used (for logs and tests).</summary>
     public static string Status { get; private set; } = "";
@@ -99,8 +99,15 @@ internal static unsafe partial class NativeKernels
     public static partial void engine_q4_k_rows(byte* w, long rowBytes, int rows, int blocks,
         sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
 
+    /// <inheritdoc cref="engine_q4_0_rows"/>
+    /// <remarks>Q6_K: <paramref name="blocks"/> super-blocks of 256, <paramref name="xs0"/>/<paramref name="xs1"/> the sums per half-block (<see cref="Kernels.QuantizedActivations.InterleavedScaledSums16"/>).</remarks>
+    [LibraryImport(Library)]
+    [UnmanagedCallConv(CallConvs = [typeof(System.Runtime.CompilerServices.CallConvSuppressGCTransition)])]
+    public static partial void engine_q6_k_rows(byte* w, long rowBytes, int rows, int blocks,
+        sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
+
     /// <summary>Whether <see cref="Direct"/> takes a type.</summary>
-    public static bool HasDirect(Tensors.GgmlType type) => type is Tensors.GgmlType.Q4_0 or Tensors.GgmlType.Q8_0 or Tensors.GgmlType.Q4_K;
+    public static bool HasDirect(Tensors.GgmlType type) => type is Tensors.GgmlType.Q4_0 or Tensors.GgmlType.Q8_0 or Tensors.GgmlType.Q4_K or Tensors.GgmlType.Q6_K;
 
     /// <summary>
     /// The kernel for <paramref name="type"/> that reads its blocks as they are: <paramref name="rows"/> weight
@@ -116,6 +123,9 @@ internal static unsafe partial class NativeKernels
             case Tensors.GgmlType.Q4_0: engine_q4_0_rows(w, rowBytes, rows, cols / 32, q0, q1, d0, d1, s0, s1, y, ldy); break;
             case Tensors.GgmlType.Q8_0: engine_q8_0_rows(w, rowBytes, rows, cols / 32, q0, q1, d0, d1, s0, s1, y, ldy); break;
             case Tensors.GgmlType.Q4_K: engine_q4_k_rows(w, rowBytes, rows, cols / 256, q0, q1, d0, d1, s0, s1, y, ldy); break;
+            case Tensors.GgmlType.Q6_K:
+                engine_q6_k_rows(w, rowBytes, rows, cols / 256, q0, q1, d0, d1, qx.InterleavedScaledSums16(g), qx.InterleavedScaledSums16(g + 1), y, ldy);
+                break;
             default: throw new NotSupportedException($"no direct native kernel for {type}");
         }
     }
