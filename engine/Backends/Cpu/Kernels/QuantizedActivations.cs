@@ -76,6 +76,17 @@ public sealed unsafe class QuantizedActivations
     /// <summary>Quantizes rows × cols floats (row-major) into this buffer.</summary>
     public void Quantize(ReadOnlySpan<float> x, int rows, int cols, ActivationBlock kind)
     {
+        Prepare(rows, cols, kind);
+        fixed (float* xp = x)
+            QuantizeRows(xp, 0, rows);
+    }
+
+    /// <summary>
+    /// Sizes the buffer for rows × cols values of <paramref name="kind"/>, for <see cref="QuantizeRows"/> to
+    /// fill (in parts, from several threads: each row's values depend on that row alone).
+    /// </summary>
+    public void Prepare(int rows, int cols, ActivationBlock kind)
+    {
         if (cols % (int)kind != 0)
             throw new ArgumentException($"{cols} columns are not a whole number of {kind} blocks");
         Rows = rows;
@@ -91,22 +102,25 @@ public sealed unsafe class QuantizedActivations
         _scaledSumsP = (float*)Unsafe(_scaledSums);
         _sums16P = (short*)Unsafe(_sums16);
         _blocksPerRow = cols / (int)kind;
-        fixed (float* xp = x)
+    }
+
+    /// <summary>Rows [first, end) of x (row-major, <see cref="Cols"/> wide) into the buffer <see cref="Prepare"/> sized.</summary>
+    public void QuantizeRows(float* xp, int first, int end)
+    {
+        int cols = Cols;
+        for (int r = first; r < end; r++)
         {
-            for (int r = 0; r < rows; r++)
+            float* row = xp + (long)r * cols;
+            sbyte* q = Q(r);
+            float* d = D(r);
+            short* sums16 = Sums16(r);
+            for (int b = 0; b < cols / BlockSize; b++)
+                d[b] = QuantizeBlock(row + b * BlockSize, q + b * BlockSize, BlockSize, sums16 + b * BlockSize / 16);
+            if (Kind == ActivationBlock.Q8_0)
             {
-                float* row = xp + (long)r * cols;
-                sbyte* q = Q(r);
-                float* d = D(r);
-                short* sums16 = Sums16(r);
-                for (int b = 0; b < cols / BlockSize; b++)
-                    d[b] = QuantizeBlock(row + b * BlockSize, q + b * BlockSize, BlockSize, sums16 + b * BlockSize / 16);
-                if (kind == ActivationBlock.Q8_0)
-                {
-                    float* sums = ScaledSums(r);
-                    for (int b = 0; b < cols / 32; b++)
-                        sums[b] = d[b] * (sums16[2 * b] + sums16[2 * b + 1]);
-                }
+                float* sums = ScaledSums(r);
+                for (int b = 0; b < cols / 32; b++)
+                    sums[b] = d[b] * (sums16[2 * b] + sums16[2 * b + 1]);
             }
         }
     }
@@ -138,6 +152,15 @@ public sealed unsafe class QuantizedActivations
     /// </param>
     public void Interleave(bool padToPairs = false)
     {
+        PrepareInterleave(padToPairs);
+        for (int g = 0; g < Groups; g++)
+            InterleaveGroup(g);
+    }
+
+    /// <summary>Sets <see cref="Groups"/> and sizes the interleaved buffers, for <see cref="InterleaveGroup"/> to fill.</summary>
+    /// <param name="padToPairs">As <see cref="Interleave"/>'s.</param>
+    public void PrepareInterleave(bool padToPairs)
+    {
         if (Kind != ActivationBlock.Q8_0)
             throw new InvalidOperationException("the matrix kernels take Q8_0 activations");
         Groups = padToPairs ? (Rows + 2 * Group - 1) / (2 * Group) * 2 : Rows / Group;
@@ -148,39 +171,42 @@ public sealed unsafe class QuantizedActivations
         Grow(ref _id, Groups * Group * blocks);
         Grow(ref _iScaledSums, Groups * Group * blocks);
         Grow(ref _iScaledSums16, Groups * Group * (Cols / 16));
-        for (int g = 0; g < Groups; g++)
+    }
+
+    /// <summary>The interleaved copy of group g (it reads the group's own rows only, once they are quantized).</summary>
+    public void InterleaveGroup(int g)
+    {
+        int blocks = Cols / 32;
+        int* dst = (int*)InterleavedQ(g);
+        float* id = InterleavedD(g);
+        float* s32 = InterleavedScaledSums32(g);
+        float* s16 = InterleavedScaledSums16(g);
+        int valid = Math.Clamp(Rows - g * Group, 0, Group);
+        TransposeCodes(g, valid, dst);
+        for (int r = 0; r < Group; r++)
         {
-            int* dst = (int*)InterleavedQ(g);
-            float* id = InterleavedD(g);
-            float* s32 = InterleavedScaledSums32(g);
-            float* s16 = InterleavedScaledSums16(g);
-            int valid = Math.Clamp(Rows - g * Group, 0, Group);
-            TransposeCodes(g, valid, dst);
-            for (int r = 0; r < Group; r++)
+            int row = g * Group + r;
+            if (r >= valid)
             {
-                int row = g * Group + r;
-                if (r >= valid)
-                {
-                    // a padding row: zero codes, scales and sums, so its products are exactly zero
-                    for (int b = 0; b < blocks; b++)
-                    {
-                        id[b * Group + r] = 0;
-                        s32[b * Group + r] = 0;
-                        s16[2 * b * Group + r] = 0;
-                        s16[(2 * b + 1) * Group + r] = 0;
-                    }
-                    continue;
-                }
-                float* d = D(row);
-                float* sums = ScaledSums(row);
-                short* sums16 = Sums16(row);
+                // a padding row: zero codes, scales and sums, so its products are exactly zero
                 for (int b = 0; b < blocks; b++)
                 {
-                    id[b * Group + r] = d[b];
-                    s32[b * Group + r] = sums[b];
-                    s16[2 * b * Group + r] = d[b] * sums16[2 * b];
-                    s16[(2 * b + 1) * Group + r] = d[b] * sums16[2 * b + 1];
+                    id[b * Group + r] = 0;
+                    s32[b * Group + r] = 0;
+                    s16[2 * b * Group + r] = 0;
+                    s16[(2 * b + 1) * Group + r] = 0;
                 }
+                continue;
+            }
+            float* d = D(row);
+            float* sums = ScaledSums(row);
+            short* sums16 = Sums16(row);
+            for (int b = 0; b < blocks; b++)
+            {
+                id[b * Group + r] = d[b];
+                s32[b * Group + r] = sums[b];
+                s16[2 * b * Group + r] = d[b] * sums16[2 * b];
+                s16[(2 * b + 1) * Group + r] = d[b] * sums16[2 * b + 1];
             }
         }
     }
