@@ -135,6 +135,19 @@ public abstract class Backend : IDisposable
     }
 
     /// <summary>
+    /// <see cref="RopeStoreKv"/> for a continuous batch: q and k rotated by each row's position, then
+    /// <see cref="StoreKvBatch"/>. A backend may do the three in one pass over the rows (the CPU does: one
+    /// dispatch to its threads instead of three).
+    /// </summary>
+    public virtual void RopeStoreKvBatch(Activation q, Activation k, Activation v, int heads, int kvHeads, ReadOnlySpan<int> positions, RopeTable rope,
+        KvStore store, int layer, SequenceBatch batch)
+    {
+        Rope(q, heads, positions, rope);
+        Rope(k, kvHeads, positions, rope);
+        StoreKvBatch(store, layer, batch, k, v);
+    }
+
+    /// <summary>
     /// <see cref="StoreKv"/> for a continuous batch: each sequence's rows of k and v into its own slots
     /// (after its prefix, through its block table). The default copies each sequence's rows out and
     /// stores them with <see cref="StoreKv"/>; a backend may index the rows in place (the CPU does).

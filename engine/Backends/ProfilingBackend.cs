@@ -204,6 +204,14 @@ public sealed class ProfilingBackend(Backend inner) : Backend
         Add("gather_rows", t);
     }
 
+    public override void RopeStoreKvBatch(Activation q, Activation k, Activation v, int heads, int kvHeads, ReadOnlySpan<int> positions, RopeTable rope,
+        KvStore store, int layer, SequenceBatch batch)
+    {
+        long t = Stopwatch.GetTimestamp();
+        Inner.RopeStoreKvBatch(q, k, v, heads, kvHeads, positions, rope, store, layer, batch);
+        Add("rope_store_kv_batch", t);
+    }
+
     public override void StoreKvBatch(KvStore store, int layer, SequenceBatch batch, Activation k, Activation v)
     {
         long t = Stopwatch.GetTimestamp();

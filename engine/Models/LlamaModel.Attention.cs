@@ -69,12 +69,9 @@ public sealed partial class LlamaModel
             var store = local ? first.Local!.Store : first.Store;
             var batch = local ? _localBatch : _batch;
             if (c.UsesRope(l))
-            {
-                var rope = sliding ? _localRope ?? _rope : _rope;
-                b.Rope(s.Q, c.Heads, s.Positions, rope);
-                b.Rope(s.K, c.KvHeads, s.Positions, rope);
-            }
-            b.StoreKvBatch(store, at, batch, s.K, s.V);
+                b.RopeStoreKvBatch(s.Q, s.K, s.V, c.Heads, c.KvHeads, s.Positions, sliding ? _localRope ?? _rope : _rope, store, at, batch);
+            else
+                b.StoreKvBatch(store, at, batch, s.K, s.V);
             Trace?.Invoke("q_rope", l, s.Q);
             Trace?.Invoke("k_rope", l, s.K);
             b.AttentionBatch(s.Q, store, at, batch, c.Heads, _attentionScale, s.Att, s.Exact, c.AttentionSoftCap, sliding ? _window.Starts : default);
