@@ -45,6 +45,8 @@ public unsafe class NativeKernelTests
     [TestCase(GgmlType.Q8_0, 24)]
     [TestCase(GgmlType.Q4_K, 8)]
     [TestCase(GgmlType.Q4_K, 72)]
+    [TestCase(GgmlType.Q5_K, 8)]
+    [TestCase(GgmlType.Q5_K, 72)]
     [TestCase(GgmlType.Q8_0, 3)]
     [TestCase(GgmlType.Q5_1, 65)]
     public void Native_matrix_kernels_equal_the_CSharp_kernels_bit_for_bit(GgmlType type, int blocks)

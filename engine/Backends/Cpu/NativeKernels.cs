@@ -100,6 +100,12 @@ internal static unsafe partial class NativeKernels
         sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
 
     /// <inheritdoc cref="engine_q4_0_rows"/>
+    [LibraryImport(Library)]
+    [UnmanagedCallConv(CallConvs = [typeof(System.Runtime.CompilerServices.CallConvSuppressGCTransition)])]
+    public static partial void engine_q5_k_rows(byte* w, long rowBytes, int rows, int blocks,
+        sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
+
+    /// <inheritdoc cref="engine_q4_0_rows"/>
     /// <remarks>Q6_K: <paramref name="blocks"/> super-blocks of 256, <paramref name="xs0"/>/<paramref name="xs1"/> the sums per half-block (<see cref="Kernels.QuantizedActivations.InterleavedScaledSums16"/>).</remarks>
     [LibraryImport(Library)]
     [UnmanagedCallConv(CallConvs = [typeof(System.Runtime.CompilerServices.CallConvSuppressGCTransition)])]
@@ -107,7 +113,7 @@ internal static unsafe partial class NativeKernels
         sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
 
     /// <summary>Whether <see cref="Direct"/> takes a type.</summary>
-    public static bool HasDirect(Tensors.GgmlType type) => type is Tensors.GgmlType.Q4_0 or Tensors.GgmlType.Q8_0 or Tensors.GgmlType.Q4_K or Tensors.GgmlType.Q6_K;
+    public static bool HasDirect(Tensors.GgmlType type) => type is Tensors.GgmlType.Q4_0 or Tensors.GgmlType.Q8_0 or Tensors.GgmlType.Q4_K or Tensors.GgmlType.Q5_K or Tensors.GgmlType.Q6_K;
 
     /// <summary>
     /// The kernel for <paramref name="type"/> that reads its blocks as they are: <paramref name="rows"/> weight
@@ -123,6 +129,7 @@ internal static unsafe partial class NativeKernels
             case Tensors.GgmlType.Q4_0: engine_q4_0_rows(w, rowBytes, rows, cols / 32, q0, q1, d0, d1, s0, s1, y, ldy); break;
             case Tensors.GgmlType.Q8_0: engine_q8_0_rows(w, rowBytes, rows, cols / 32, q0, q1, d0, d1, s0, s1, y, ldy); break;
             case Tensors.GgmlType.Q4_K: engine_q4_k_rows(w, rowBytes, rows, cols / 256, q0, q1, d0, d1, s0, s1, y, ldy); break;
+            case Tensors.GgmlType.Q5_K: engine_q5_k_rows(w, rowBytes, rows, cols / 256, q0, q1, d0, d1, s0, s1, y, ldy); break;
             case Tensors.GgmlType.Q6_K:
                 engine_q6_k_rows(w, rowBytes, rows, cols / 256, q0, q1, d0, d1, qx.InterleavedScaledSums16(g), qx.InterleavedScaledSums16(g + 1), y, ldy);
                 break;

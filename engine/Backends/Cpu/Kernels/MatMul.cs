@@ -97,7 +97,7 @@ public static unsafe class MatMul
 
     /// <summary>
     /// Quantized weights against the activation groups, two groups at a time. Under the native kernels,
-    /// Q4_0, Q8_0, Q4_K and Q6_K are read as the file holds them, eight weight rows at a time; the other types,
+    /// Q4_0, Q8_0, Q4_K, Q5_K and Q6_K are read as the file holds them, eight weight rows at a time; the other types,
     /// and the rows and the odd last group those kernels leave, go through <see cref="DecodedBlock"/>.
     /// </summary>
     private static void QuantizedBlock(TensorView w, QuantizedActivations qx, int groups, float* y, int rows, int o0, int o1)
