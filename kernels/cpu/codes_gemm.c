@@ -11,7 +11,7 @@
 #include <immintrin.h>
 #include <stdint.h>
 
-#define ENGINE_ABI 4
+#define ENGINE_ABI 5
 #define AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,f16c")))
 
 #if defined(_WIN32)
@@ -262,6 +262,23 @@ AVX512_VNNI static inline void q8_0_8x16(const uint8_t* w, int64_t rowBytes, int
     store_transposed(acc, y, ldy);
 }
 
+// A Q4_K or Q5_K super-block's 8 sub-block scales and biases: 6-bit scale and min j unpacked as
+// VecDot.ScalesAndMins does, scale d*sc, bias -dmin*m (DecodedRows.DecodeQ4_K).
+AVX512_VNNI static inline void k_scales(const uint8_t* blk, float* scales, float* biases)
+{
+    float d = load_half(blk), dmin = load_half(blk + 2);
+    uint32_t a = (uint32_t)load32(blk + 4), m = (uint32_t)load32(blk + 8), c = (uint32_t)load32(blk + 12);
+    const uint32_t six = 0x3F3F3F3F, four = 0x0F0F0F0F, two = 0x03030303;
+    uint32_t packed[4] = { a & six, (c & four) | (((a >> 6) & two) << 4), m & six, ((c >> 4) & four) | (((m >> 6) & two) << 4) };
+    uint8_t sm[16];
+    __builtin_memcpy(sm, packed, 16);
+    for (int j = 0; j < 8; j++)
+    {
+        scales[j] = d * (float)sm[j];
+        biases[j] = -dmin * (float)sm[8 + j];
+    }
+}
+
 // Q4_K super-blocks of 256 { half d, dmin; u8 scales[12]; u8 qs[128] }: chunk c (values 64c..64c+63)
 // is qs[32c..32c+31], low nibbles sub-block 2c, high nibbles sub-block 2c+1; sub-block j's 6-bit scale
 // and min unpacked as VecDot.ScalesAndMins does, scale d*sc, bias -dmin*m (DecodedRows.DecodeQ4_K).
@@ -279,18 +296,7 @@ AVX512_VNNI static inline void q4_k_8x16(const uint8_t* w, int64_t rowBytes, int
         float scales[8 * 8], biases[8 * 8]; // [row][sub-block]
         for (int i = 0; i < 8; i++)
         {
-            const uint8_t* blk = w + i * rowBytes + (int64_t)b * 144;
-            float d = load_half(blk), dmin = load_half(blk + 2);
-            uint32_t a = (uint32_t)load32(blk + 4), m = (uint32_t)load32(blk + 8), c = (uint32_t)load32(blk + 12);
-            const uint32_t six = 0x3F3F3F3F, four = 0x0F0F0F0F, two = 0x03030303;
-            uint32_t packed[4] = { a & six, (c & four) | (((a >> 6) & two) << 4), m & six, ((c >> 4) & four) | (((m >> 6) & two) << 4) };
-            uint8_t sm[16];
-            __builtin_memcpy(sm, packed, 16);
-            for (int j = 0; j < 8; j++)
-            {
-                scales[i * 8 + j] = d * (float)sm[j];
-                biases[i * 8 + j] = -dmin * (float)sm[8 + j];
-            }
+            k_scales(w + i * rowBytes + (int64_t)b * 144, scales + i * 8, biases + i * 8);
         }
         for (int chunk = 0; chunk < 4; chunk++)
         {
@@ -407,17 +413,7 @@ AVX512_VNNI static inline void q5_k_8x16(const uint8_t* w, int64_t rowBytes, int
                 _mm512_store_si512(codes + i * 256 + 128 * pair, _mm512_shuffle_i64x2(lo, hi, 0x44));
                 _mm512_store_si512(codes + i * 256 + 128 * pair + 64, _mm512_shuffle_i64x2(lo, hi, 0xEE));
             }
-            float d = load_half(blk), dmin = load_half(blk + 2);
-            uint32_t a = (uint32_t)load32(blk + 4), m = (uint32_t)load32(blk + 8), c = (uint32_t)load32(blk + 12);
-            const uint32_t six = 0x3F3F3F3F, four = 0x0F0F0F0F, two = 0x03030303;
-            uint32_t packed[4] = { a & six, (c & four) | (((a >> 6) & two) << 4), m & six, ((c >> 4) & four) | (((m >> 6) & two) << 4) };
-            uint8_t sm[16];
-            __builtin_memcpy(sm, packed, 16);
-            for (int j = 0; j < 8; j++)
-            {
-                scales[i * 8 + j] = d * (float)sm[j];
-                biases[i * 8 + j] = -dmin * (float)sm[8 + j];
-            }
+            k_scales(blk, scales + i * 8, biases + i * 8);
         }
         for (int j = 0; j < 8; j++)
         {
@@ -432,19 +428,29 @@ AVX512_VNNI static inline void q5_k_8x16(const uint8_t* w, int64_t rowBytes, int
     store_transposed(acc, y, ldy);
 }
 
-// The exported entry points: rows [0, rows) of w (rows a multiple of 8), 8 at a time, so that C# makes one
-// call per range of rows instead of one per 8 (measured: the per-call dispatch cost ~5% of a 16-row pass).
-#define DIRECT_ROWS(name) \
-    AVX512_VNNI EXPORT void engine_##name##_rows(const uint8_t* w, int64_t rowBytes, int32_t rows, int32_t blocks, const int8_t* xq0, \
-        const int8_t* xq1, const float* xd0, const float* xd1, const float* xs0, const float* xs1, float* y, int64_t ldy) \
-    { \
-        prefetch_lines(w, 8 * rowBytes, 0, (int)((8 * rowBytes + 63) / 64)); \
-        for (int32_t o = 0; o + 8 <= rows; o += 8) \
-            name##_8x16(w + o * rowBytes, rowBytes, blocks, xq0, xq1, xd0, xd1, xs0, xs1, y + o, ldy); \
-    }
+// The exported entry point: rows [0, rows) of w (rows a multiple of 8) of GGML type `type` (2 Q4_0, 8 Q8_0,
+// 12 Q4_K, 13 Q5_K, 14 Q6_K; blocks per row: of 32 for Q4_0 and Q8_0, super-blocks of 256 for the rest;
+// xs0/xs1 the sums per 32 values, or per 16 for Q6_K), 8 rows at a time, so that C# makes one call per
+// range of rows instead of one per 8 (measured: the per-call dispatch cost ~5% of a 16-row pass).
+// Returns 0, or -1 for a type without a kernel here (nothing written).
+typedef void (*rows8_kernel)(const uint8_t*, int64_t, int32_t, const int8_t*, const int8_t*, const float*, const float*,
+    const float*, const float*, float*, int64_t);
 
-DIRECT_ROWS(q4_0)
-DIRECT_ROWS(q8_0)
-DIRECT_ROWS(q4_k)
-DIRECT_ROWS(q5_k)
-DIRECT_ROWS(q6_k)
+AVX512_VNNI EXPORT int engine_direct_rows(int32_t type, const uint8_t* w, int64_t rowBytes, int32_t rows, int32_t blocks, const int8_t* xq0,
+    const int8_t* xq1, const float* xd0, const float* xd1, const float* xs0, const float* xs1, float* y, int64_t ldy)
+{
+    rows8_kernel kernel;
+    switch (type)
+    {
+        case 2: kernel = q4_0_8x16; break;
+        case 8: kernel = q8_0_8x16; break;
+        case 12: kernel = q4_k_8x16; break;
+        case 13: kernel = q5_k_8x16; break;
+        case 14: kernel = q6_k_8x16; break;
+        default: return -1;
+    }
+    prefetch_lines(w, 8 * rowBytes, 0, (int)((8 * rowBytes + 63) / 64));
+    for (int32_t o = 0; o + 8 <= rows; o += 8)
+        kernel(w + o * rowBytes, rowBytes, blocks, xq0, xq1, xd0, xd1, xs0, xs1, y + o, ldy);
+    return 0;
+}

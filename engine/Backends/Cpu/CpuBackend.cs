@@ -119,13 +119,12 @@ public sealed unsafe class CpuBackend : Backend
 
     public override void RmsNorm(Activation x, DeviceVector weight, float eps, Activation dst)
     {
-        _rows.X = Array(x);
-        _rows.Y = Array(dst);
-        _rows.W = ((CpuVector)weight).Data;
-        _rows.Cols = x.Cols;
-        _rows.Eps = eps;
+        SetRows(Array(x), Array(dst), ((CpuVector)weight).Data, x.Cols, eps);
         ForRows(x.Rows, RowOp.RmsNorm);
     }
+
+    private void SetRows(float[] x, float[] y, float[] w, int cols, float eps) =>
+        (_rows.X, _rows.Y, _rows.W, _rows.Cols, _rows.Eps) = (x, y, w, cols, eps);
 
     public override void MatMul(Activation x, ReadOnlySpan<MatMulTarget> targets, bool batchInvariant = false)
     {
@@ -419,12 +418,8 @@ public sealed unsafe class CpuBackend : Backend
         MatMul(x, w, scratch, batchInvariant);
         if (residual.Rows != scratch.Rows || residual.Cols != scratch.Cols || normOut.Rows != residual.Rows || normOut.Cols != residual.Cols)
             throw new ArgumentException($"matmul_add_norm: residual {residual}, product {scratch}, norm output {normOut}");
-        _rows.X = Array(scratch);
-        _rows.Y = Array(residual);
+        SetRows(Array(scratch), Array(residual), ((CpuVector)normWeight).Data, residual.Cols, eps);
         _rows.Z = Array(normOut);
-        _rows.W = ((CpuVector)normWeight).Data;
-        _rows.Cols = residual.Cols;
-        _rows.Eps = eps;
         ForRows(residual.Rows, RowOp.AddNorm);
     }
 

@@ -12,7 +12,7 @@ namespace Engine.Backends.Cpu;
 internal static unsafe partial class NativeKernels
 {
     private const string Library = "engine_cpu";
-    private const int Abi = 4;
+    private const int Abi = 5;
 
     /// <summary>Why the native kernels are or are not used (for logs and tests).</summary>
     public static string Status { get; private set; } = "";
@@ -78,38 +78,15 @@ internal static unsafe partial class NativeKernels
         sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
 
     /// <summary>
-    /// <see cref="engine_codes32_8x16"/> on <c>rows</c> weight rows (a multiple of 8) read as the file holds them (row i at w + i·rowBytes,
-    /// <paramref name="blocks"/> blocks a row: of 32 for Q4_0 and Q8_0, super-blocks of 256 for Q4_K)
-    /// instead of rows <see cref="Kernels.DecodedRows"/> decoded: the same output, bit for bit.
+    /// <see cref="engine_codes32_8x16"/> on <c>rows</c> weight rows (a multiple of 8) of GGML type <paramref name="type"/> read
+    /// as the file holds them (row i at w + i·rowBytes, <paramref name="blocks"/> blocks a row: of 32 for Q4_0 and Q8_0,
+    /// super-blocks of 256 for Q4_K, Q5_K and Q6_K; for Q6_K <paramref name="xs0"/>/<paramref name="xs1"/> are the sums per
+    /// 16 values) instead of rows <see cref="Kernels.DecodedRows"/> decoded: the same output, bit for bit. Returns -1 for
+    /// a type it has no kernel for.
     /// </summary>
     [LibraryImport(Library)]
     [UnmanagedCallConv(CallConvs = [typeof(System.Runtime.CompilerServices.CallConvSuppressGCTransition)])]
-    public static partial void engine_q4_0_rows(byte* w, long rowBytes, int rows, int blocks,
-        sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
-
-    /// <inheritdoc cref="engine_q4_0_rows"/>
-    [LibraryImport(Library)]
-    [UnmanagedCallConv(CallConvs = [typeof(System.Runtime.CompilerServices.CallConvSuppressGCTransition)])]
-    public static partial void engine_q8_0_rows(byte* w, long rowBytes, int rows, int blocks,
-        sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
-
-    /// <inheritdoc cref="engine_q4_0_rows"/>
-    [LibraryImport(Library)]
-    [UnmanagedCallConv(CallConvs = [typeof(System.Runtime.CompilerServices.CallConvSuppressGCTransition)])]
-    public static partial void engine_q4_k_rows(byte* w, long rowBytes, int rows, int blocks,
-        sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
-
-    /// <inheritdoc cref="engine_q4_0_rows"/>
-    [LibraryImport(Library)]
-    [UnmanagedCallConv(CallConvs = [typeof(System.Runtime.CompilerServices.CallConvSuppressGCTransition)])]
-    public static partial void engine_q5_k_rows(byte* w, long rowBytes, int rows, int blocks,
-        sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
-
-    /// <inheritdoc cref="engine_q4_0_rows"/>
-    /// <remarks>Q6_K: <paramref name="blocks"/> super-blocks of 256, <paramref name="xs0"/>/<paramref name="xs1"/> the sums per half-block (<see cref="Kernels.QuantizedActivations.InterleavedScaledSums16"/>).</remarks>
-    [LibraryImport(Library)]
-    [UnmanagedCallConv(CallConvs = [typeof(System.Runtime.CompilerServices.CallConvSuppressGCTransition)])]
-    public static partial void engine_q6_k_rows(byte* w, long rowBytes, int rows, int blocks,
+    public static partial int engine_direct_rows(int type, byte* w, long rowBytes, int rows, int blocks,
         sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
 
     /// <summary>Whether <see cref="Direct"/> takes a type.</summary>
@@ -123,17 +100,13 @@ internal static unsafe partial class NativeKernels
     {
         sbyte* q0 = qx.InterleavedQ(g), q1 = qx.InterleavedQ(g + 1);
         float* d0 = qx.InterleavedD(g), d1 = qx.InterleavedD(g + 1);
-        float* s0 = qx.InterleavedScaledSums32(g), s1 = qx.InterleavedScaledSums32(g + 1);
-        switch (type)
-        {
-            case Tensors.GgmlType.Q4_0: engine_q4_0_rows(w, rowBytes, rows, cols / 32, q0, q1, d0, d1, s0, s1, y, ldy); break;
-            case Tensors.GgmlType.Q8_0: engine_q8_0_rows(w, rowBytes, rows, cols / 32, q0, q1, d0, d1, s0, s1, y, ldy); break;
-            case Tensors.GgmlType.Q4_K: engine_q4_k_rows(w, rowBytes, rows, cols / 256, q0, q1, d0, d1, s0, s1, y, ldy); break;
-            case Tensors.GgmlType.Q5_K: engine_q5_k_rows(w, rowBytes, rows, cols / 256, q0, q1, d0, d1, s0, s1, y, ldy); break;
-            case Tensors.GgmlType.Q6_K:
-                engine_q6_k_rows(w, rowBytes, rows, cols / 256, q0, q1, d0, d1, qx.InterleavedScaledSums16(g), qx.InterleavedScaledSums16(g + 1), y, ldy);
-                break;
-            default: throw new NotSupportedException($"no direct native kernel for {type}");
-        }
+        bool sixteen = type == Tensors.GgmlType.Q6_K; // its sub-blocks are of 16 values
+        float* s0 = sixteen ? qx.InterleavedScaledSums16(g) : qx.InterleavedScaledSums32(g);
+        float* s1 = sixteen ? qx.InterleavedScaledSums16(g + 1) : qx.InterleavedScaledSums32(g + 1);
+        if (!HasDirect(type))
+            throw new NotSupportedException($"no direct native kernel for {type}");
+        int blocks = cols / (type is Tensors.GgmlType.Q4_0 or Tensors.GgmlType.Q8_0 ? 32 : 256);
+        if (engine_direct_rows((int)type, w, rowBytes, rows, blocks, q0, q1, d0, d1, s0, s1, y, ldy) != 0)
+            throw new NotSupportedException($"{Library} has no direct kernel for {type}");
     }
 }
