@@ -137,7 +137,7 @@ public unsafe class CpuF16CacheTests
             for (int d = 0; d < 64; d++)
             {
                 float key = ((CpuBuffer)kb).Data[19 * cols + h * 64 + d], value = ((CpuBuffer)vb).Data[19 * cols + h * 64 + d];
-                Assert.That(halves[Attention.KeyOffset(layout, 1, h) + d * 16 + 9], Is.EqualTo(BitConverter.HalfToUInt16Bits((Half)key)), $"key {h}/{d}");
+                Assert.That(halves[Attention.KeyOffset(layout, 1, h) + Attention.KeyIndex(d, 9, 16, layout.HeadDim)], Is.EqualTo(BitConverter.HalfToUInt16Bits((Half)key)), $"key {h}/{d}");
                 Assert.That(halves[Attention.ValueOffset(layout, 1, h) + 9 * 64 + d], Is.EqualTo(BitConverter.HalfToUInt16Bits((Half)value)), $"value {h}/{d}");
             }
         }
@@ -206,7 +206,7 @@ public unsafe class CpuF16CacheTests
                 for (int d = 0; d < 64; d++)
                 {
                     float key = k[1 * cols + h * 64 + d], value = v[1 * cols + h * 64 + d];
-                    Assert.That(halves[(int)Attention.KeyOffset(layout, 1, h) + d * 16], Is.EqualTo(BitConverter.HalfToUInt16Bits((Half)key)), $"key {h}/{d} = {key}");
+                    Assert.That(halves[(int)(Attention.KeyOffset(layout, 1, h) + Attention.KeyIndex(d, 0, 16, layout.HeadDim))], Is.EqualTo(BitConverter.HalfToUInt16Bits((Half)key)), $"key {h}/{d} = {key}");
                     Assert.That(halves[(int)Attention.ValueOffset(layout, 1, h) + d], Is.EqualTo(BitConverter.HalfToUInt16Bits((Half)value)), $"value {h}/{d} = {value}");
                 }
             }

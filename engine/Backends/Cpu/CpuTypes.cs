@@ -24,7 +24,7 @@ internal sealed class CpuVector(string name, float[] data) : DeviceVector(name, 
 
 /// <summary>
 /// KV blocks in native memory (64-byte aligned, zeroed), allocated on first use: per layer, K of every
-/// kv head transposed ([kvHead][headDim][slot]), then V ([kvHead][slot][headDim]) — the layout
+/// kv head four dimensions at a time ([kvHead][headDim/4][slot][4], Attention.KeyIndex), then V ([kvHead][slot][headDim]) — the layout
 /// <see cref="Kernels.Attention"/> reads — in float elements, or F16 ones (<see cref="Half"/>). Native
 /// rather than managed so that the decode loop allocates nothing on the managed heap when a sequence
 /// grows into a new block, and so kernels keep raw pointers (<see cref="Pointers"/>) without pinning.
@@ -87,7 +87,10 @@ internal sealed unsafe class CpuKvStore(KvLayout layout, bool half = false) : Kv
             {
                 long k = Kernels.Attention.KeyOffset(Layout, layer, h);
                 for (int d = 0; d < hd; d++)
-                    Buffer.MemoryCopy(src + (k + (long)d * bs + sourceOffset) * size, dst + (k + (long)d * bs + destinationOffset) * size, size, size);
+                {
+                    long from = k + Kernels.Attention.KeyIndex(d, sourceOffset, bs, hd), to = k + Kernels.Attention.KeyIndex(d, destinationOffset, bs, hd);
+                    Buffer.MemoryCopy(src + from * size, dst + to * size, size, size);
+                }
                 long v = Kernels.Attention.ValueOffset(Layout, layer, h);
                 Buffer.MemoryCopy(src + (v + (long)sourceOffset * hd) * size, dst + (v + (long)destinationOffset * hd) * size, (long)hd * size, (long)hd * size);
             }

@@ -10,11 +10,13 @@ namespace Engine.Backends.Cpu.Kernels;
 /// reads kv head h / (heads / kvHeads).
 /// </summary>
 /// <remarks>
-/// Layout of one (layer, kv head) in a block of BlockSize slots: K transposed, [headDim][slot], then
-/// (after all kv heads' K) V as [slot][headDim]. With K transposed, the scores of 16 consecutive slots
-/// are headDim multiply-adds of a broadcast query element with a vector of 16 keys' elements — no
-/// horizontal sum per score, which is what a dot product per slot costs. V stays row-major, so the
-/// weighted sum of values keeps a head's output in registers while it walks the slots.
+/// Layout of one (layer, kv head) in a block of BlockSize slots: K four dimensions at a time,
+/// [headDim/4][slot][4] (<see cref="KeyIndex"/>), then (after all kv heads' K) V as [slot][headDim].
+/// The scores of 4 consecutive slots are then headDim/4 multiply-adds of the query's four elements,
+/// broadcast, with a vector of 4 keys × 4 elements, each lane one phase of a slot's dot product — a
+/// short fixed sum per slot at the end rather than a horizontal sum per element, and a new key is
+/// headDim/4 pieces of 4 elements, not one element in each of headDim cache lines. V stays row-major,
+/// so the weighted sum of values keeps a head's output in registers while it walks the slots.
 ///
 /// Batch invariance: a row's result depends only on which slots it sees and in which order, never on
 /// where they lie or what else is in the batch. Every score is computed with one fixed arithmetic
@@ -48,7 +50,7 @@ public static unsafe class Attention
     [ThreadStatic]
     private static int[]? s_slots;
 
-    /// <summary>Offset of K of (layer, kvHead) within a block: [hd][bs] elements.</summary>
+    /// <summary>Offset of K of (layer, kvHead) within a block: hd·bs elements (<see cref="KeyIndex"/>).</summary>
     public static int KeyOffset(KvLayout layout, int layer, int kvHead) =>
         (layer * 2 * layout.KvHeads + kvHead) * layout.BlockSize * layout.HeadDim;
 
@@ -106,7 +108,7 @@ public static unsafe class Attention
                         continue;
                     int slot = prefix + j;
                     list[count - (run - from)] = slot;
-                    scores[count++] = SlotScore<TKv>(q, TKv.At(blocks[blockTable[slot / bs]], kBase + slot % bs), bs, hd, scale);
+                    scores[count++] = SlotScore<TKv>(q, TKv.At(blocks[blockTable[slot / bs]], kBase), slot % bs, bs, hd, scale);
                 }
             }
             ToWeights(scores, count, softCap);
@@ -174,15 +176,15 @@ public static unsafe class Attention
                 for (; g < end && g + 32 <= bs; g += 32)
                 {
                     if (start + g < runA)
-                        Scores32Pair<TKv>(qa, qb, TKv.At(kt, g), TKv.At(next, g), bs, hd, scale, scoresA + start + g, scoresB + start + g);
+                        Scores32Pair<TKv>(qa, qb, kt, g, next, bs, hd, scale, scoresA + start + g, scoresB + start + g);
                     else
-                        Scores32<TKv>(qb, TKv.At(kt, g), TKv.At(next, g), bs, hd, scale, scoresB + start + g);
+                        Scores32<TKv>(qb, kt, g, next, bs, hd, scale, scoresB + start + g);
                 }
                 for (; g < end; g++)
                 {
-                    scoresB[start + g] = SlotScore<TKv>(qb, TKv.At(kt, g), bs, hd, scale);
+                    scoresB[start + g] = SlotScore<TKv>(qb, kt, g, bs, hd, scale);
                     if (start + g < runA)
-                        scoresA[start + g] = SlotScore<TKv>(qa, TKv.At(kt, g), bs, hd, scale);
+                        scoresA[start + g] = SlotScore<TKv>(qa, kt, g, bs, hd, scale);
                 }
             }
             ToWeights(scoresA, runA, softCap);
@@ -194,55 +196,48 @@ public static unsafe class Attention
 
     /// <summary><see cref="Scores32"/> for two query rows: the keys loaded once, each row's eight accumulators its own.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Scores32Pair<TKv>(float* qa, float* qb, byte* kt, byte* next, int bs, int hd, float scale, float* scoresA, float* scoresB)
+    private static void Scores32Pair<TKv>(float* qa, float* qb, byte* kt, int slot0, byte* next, int bs, int hd, float scale, float* scoresA, float* scoresB)
         where TKv : struct, IKvElement
     {
-        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
-        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, e0 = default, e1 = default, e2 = default, e3 = default;
-        int d = 0;
-        for (; d + 4 <= hd; d += 4)
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+        Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default, b4 = default, b5 = default, b6 = default, b7 = default;
+        for (int d = 0; d < hd; d += 4)
         {
-            byte* k = TKv.At(kt, (long)d * bs);
-            Prefetch(TKv.At(next, (long)d * bs), 4L * bs * TKv.Bytes);
+            long at = ((long)d * bs + 4L * slot0); // group d/4, slot slot0
+            byte* k = TKv.At(kt, at);
+            Prefetch(TKv.At(next, at), 128L * TKv.Bytes);
+            var pa = Avx512F.BroadcastVector128ToVector512(qa + d);
+            var pb = Avx512F.BroadcastVector128ToVector512(qb + d);
             var k0 = TKv.Load16(k);
-            var k1 = TKv.Load16(TKv.At(k, 16));
-            a0 = Vector512.FusedMultiplyAdd(Vector512.Create(qa[d]), k0, a0);
-            b0 = Vector512.FusedMultiplyAdd(Vector512.Create(qa[d]), k1, b0);
-            c0 = Vector512.FusedMultiplyAdd(Vector512.Create(qb[d]), k0, c0);
-            e0 = Vector512.FusedMultiplyAdd(Vector512.Create(qb[d]), k1, e0);
-            k0 = TKv.Load16(TKv.At(k, bs));
-            k1 = TKv.Load16(TKv.At(k, bs + 16));
-            a1 = Vector512.FusedMultiplyAdd(Vector512.Create(qa[d + 1]), k0, a1);
-            b1 = Vector512.FusedMultiplyAdd(Vector512.Create(qa[d + 1]), k1, b1);
-            c1 = Vector512.FusedMultiplyAdd(Vector512.Create(qb[d + 1]), k0, c1);
-            e1 = Vector512.FusedMultiplyAdd(Vector512.Create(qb[d + 1]), k1, e1);
-            k0 = TKv.Load16(TKv.At(k, 2 * bs));
-            k1 = TKv.Load16(TKv.At(k, 2 * bs + 16));
-            a2 = Vector512.FusedMultiplyAdd(Vector512.Create(qa[d + 2]), k0, a2);
-            b2 = Vector512.FusedMultiplyAdd(Vector512.Create(qa[d + 2]), k1, b2);
-            c2 = Vector512.FusedMultiplyAdd(Vector512.Create(qb[d + 2]), k0, c2);
-            e2 = Vector512.FusedMultiplyAdd(Vector512.Create(qb[d + 2]), k1, e2);
-            k0 = TKv.Load16(TKv.At(k, 3 * bs));
-            k1 = TKv.Load16(TKv.At(k, 3 * bs + 16));
-            a3 = Vector512.FusedMultiplyAdd(Vector512.Create(qa[d + 3]), k0, a3);
-            b3 = Vector512.FusedMultiplyAdd(Vector512.Create(qa[d + 3]), k1, b3);
-            c3 = Vector512.FusedMultiplyAdd(Vector512.Create(qb[d + 3]), k0, c3);
-            e3 = Vector512.FusedMultiplyAdd(Vector512.Create(qb[d + 3]), k1, e3);
-        }
-        for (; d < hd; d++)
-        {
-            var k0 = TKv.Load16(TKv.At(kt, (long)d * bs));
-            var k1 = TKv.Load16(TKv.At(kt, (long)d * bs + 16));
-            a0 = Vector512.FusedMultiplyAdd(Vector512.Create(qa[d]), k0, a0);
-            b0 = Vector512.FusedMultiplyAdd(Vector512.Create(qa[d]), k1, b0);
-            c0 = Vector512.FusedMultiplyAdd(Vector512.Create(qb[d]), k0, c0);
-            e0 = Vector512.FusedMultiplyAdd(Vector512.Create(qb[d]), k1, e0);
+            a0 = Vector512.FusedMultiplyAdd(pa, k0, a0);
+            b0 = Vector512.FusedMultiplyAdd(pb, k0, b0);
+            k0 = TKv.Load16(TKv.At(k, 16));
+            a1 = Vector512.FusedMultiplyAdd(pa, k0, a1);
+            b1 = Vector512.FusedMultiplyAdd(pb, k0, b1);
+            k0 = TKv.Load16(TKv.At(k, 32));
+            a2 = Vector512.FusedMultiplyAdd(pa, k0, a2);
+            b2 = Vector512.FusedMultiplyAdd(pb, k0, b2);
+            k0 = TKv.Load16(TKv.At(k, 48));
+            a3 = Vector512.FusedMultiplyAdd(pa, k0, a3);
+            b3 = Vector512.FusedMultiplyAdd(pb, k0, b3);
+            k0 = TKv.Load16(TKv.At(k, 64));
+            a4 = Vector512.FusedMultiplyAdd(pa, k0, a4);
+            b4 = Vector512.FusedMultiplyAdd(pb, k0, b4);
+            k0 = TKv.Load16(TKv.At(k, 80));
+            a5 = Vector512.FusedMultiplyAdd(pa, k0, a5);
+            b5 = Vector512.FusedMultiplyAdd(pb, k0, b5);
+            k0 = TKv.Load16(TKv.At(k, 96));
+            a6 = Vector512.FusedMultiplyAdd(pa, k0, a6);
+            b6 = Vector512.FusedMultiplyAdd(pb, k0, b6);
+            k0 = TKv.Load16(TKv.At(k, 112));
+            a7 = Vector512.FusedMultiplyAdd(pa, k0, a7);
+            b7 = Vector512.FusedMultiplyAdd(pb, k0, b7);
         }
         var s = Vector512.Create(scale);
-        ((a0 + a1 + (a2 + a3)) * s).Store(scoresA);
-        ((b0 + b1 + (b2 + b3)) * s).Store(scoresA + 16);
-        ((c0 + c1 + (c2 + c3)) * s).Store(scoresB);
-        ((e0 + e1 + (e2 + e3)) * s).Store(scoresB + 16);
+        (SlotSums(a0, a1, a2, a3) * s).Store(scoresA);
+        (SlotSums(a4, a5, a6, a7) * s).Store(scoresA + 16);
+        (SlotSums(b0, b1, b2, b3) * s).Store(scoresB);
+        (SlotSums(b4, b5, b6, b7) * s).Store(scoresB + 16);
     }
 
     /// <summary>
@@ -298,16 +293,32 @@ public static unsafe class Attention
         b3.Store(outB + 48);
     }
 
-    /// <summary>How many interleaved accumulators the score kernels of this machine use (4 at 512 bits, 2 at 256, 1 scalar).</summary>
-    private static readonly int ScorePhases = Vector512.IsHardwareAccelerated ? 4 : Vector256.IsHardwareAccelerated ? 2 : 1;
+    /// <summary>How many interleaved accumulators the score kernels of this machine use (4 with vectors, 1 scalar).</summary>
+    private static readonly int ScorePhases = Vector256.IsHardwareAccelerated ? 4 : 1;
 
     /// <summary>
-    /// The score of one slot of a transposed K block (elements <paramref name="bs"/> apart), computed
-    /// exactly as one lane of <see cref="Scores32"/> (or <see cref="Scores32x256"/>) computes it: element
-    /// d goes into accumulator d mod P (P = <see cref="ScorePhases"/>) by fused multiply-add, the tail of
-    /// hd mod P elements into the first, and the accumulators are added as the vector code adds them.
+    /// Where element d of slot <paramref name="slot"/>'s key lies in a K block ([hd/4][bs][4]: dimensions
+    /// four at a time, each slot's four side by side; the hd mod 4 last ones transposed, [d][bs]). A slot's
+    /// key is then 16-byte pieces a line apart rather than one element in each of hd lines: a decoding
+    /// step writes one new key per head, and with hd lines to read and write back per key the cache write
+    /// cost a 16-sequence step of the 110M shape ~1 ms (docs/benchmarks.md). The score kernels still need
+    /// no horizontal sum per dimension: four slots' four dimensions fill a 512-bit vector, and the four
+    /// lanes of a slot are the four phases of the dot product.
     /// </summary>
-    private static float SlotScore<TKv>(float* q, byte* k, int bs, int hd, float scale) where TKv : struct, IKvElement
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static long KeyIndex(int d, int slot, int bs, int hd)
+    {
+        int whole = hd & ~3;
+        return d < whole ? ((long)(d >> 2) * bs + slot) * 4 + (d & 3) : (long)whole * bs + (long)(d - whole) * bs + slot;
+    }
+
+    /// <summary>
+    /// The score of one slot of a K block (<see cref="KeyIndex"/>), computed exactly as one slot of
+    /// <see cref="Scores32"/> (or <see cref="Scores32x256"/>) computes it: element d goes into accumulator
+    /// d mod P (P = <see cref="ScorePhases"/>) by fused multiply-add, the tail of hd mod P elements into the
+    /// first, and the accumulators are added as the vector code adds them.
+    /// </summary>
+    private static float SlotScore<TKv>(float* q, byte* kt, int slot, int bs, int hd, float scale) where TKv : struct, IKvElement
     {
         if (ScorePhases == 4)
         {
@@ -315,31 +326,19 @@ public static unsafe class Attention
             int d = 0;
             for (; d + 4 <= hd; d += 4)
             {
-                a0 = MathF.FusedMultiplyAdd(q[d], TKv.Load(TKv.At(k, (long)d * bs)), a0);
-                a1 = MathF.FusedMultiplyAdd(q[d + 1], TKv.Load(TKv.At(k, (long)(d + 1) * bs)), a1);
-                a2 = MathF.FusedMultiplyAdd(q[d + 2], TKv.Load(TKv.At(k, (long)(d + 2) * bs)), a2);
-                a3 = MathF.FusedMultiplyAdd(q[d + 3], TKv.Load(TKv.At(k, (long)(d + 3) * bs)), a3);
+                byte* k = TKv.At(kt, KeyIndex(d, slot, bs, hd));
+                a0 = MathF.FusedMultiplyAdd(q[d], TKv.Load(k), a0);
+                a1 = MathF.FusedMultiplyAdd(q[d + 1], TKv.Load(TKv.At(k, 1)), a1);
+                a2 = MathF.FusedMultiplyAdd(q[d + 2], TKv.Load(TKv.At(k, 2)), a2);
+                a3 = MathF.FusedMultiplyAdd(q[d + 3], TKv.Load(TKv.At(k, 3)), a3);
             }
             for (; d < hd; d++)
-                a0 = MathF.FusedMultiplyAdd(q[d], TKv.Load(TKv.At(k, (long)d * bs)), a0);
+                a0 = MathF.FusedMultiplyAdd(q[d], TKv.Load(TKv.At(kt, KeyIndex(d, slot, bs, hd))), a0);
             return (a0 + a1 + (a2 + a3)) * scale;
-        }
-        if (ScorePhases == 2)
-        {
-            float a = 0, b = 0;
-            int d = 0;
-            for (; d + 2 <= hd; d += 2)
-            {
-                a = MathF.FusedMultiplyAdd(q[d], TKv.Load(TKv.At(k, (long)d * bs)), a);
-                b = MathF.FusedMultiplyAdd(q[d + 1], TKv.Load(TKv.At(k, (long)(d + 1) * bs)), b);
-            }
-            for (; d < hd; d++)
-                a = MathF.FusedMultiplyAdd(q[d], TKv.Load(TKv.At(k, (long)d * bs)), a);
-            return (a + b) * scale;
         }
         float sum = 0;
         for (int d = 0; d < hd; d++)
-            sum = MathF.FusedMultiplyAdd(q[d], TKv.Load(TKv.At(k, (long)d * bs)), sum);
+            sum = MathF.FusedMultiplyAdd(q[d], TKv.Load(TKv.At(kt, KeyIndex(d, slot, bs, hd))), sum);
         return sum * scale;
     }
 
@@ -359,93 +358,107 @@ public static unsafe class Attention
             int end = Math.Min(run, start + bs) - start; // slots of this block that are needed
             int g = Math.Max(0, from - start);
             // whole groups of 32 inside the block, even if the run ends inside the group
-            if (Vector512.IsHardwareAccelerated)
+            if (Vector512.IsHardwareAccelerated && hd % 4 == 0)
             {
                 for (; g < end && g + 32 <= bs; g += 32)
-                    Scores32<TKv>(q, TKv.At(kt, g), TKv.At(next, g), bs, hd, scale, scores + start + g);
+                    Scores32<TKv>(q, kt, g, next, bs, hd, scale, scores + start + g);
             }
-            else if (Vector256.IsHardwareAccelerated)
+            else if (Vector256.IsHardwareAccelerated && hd % 4 == 0)
             {
                 for (; g < end && g + 32 <= bs; g += 32)
-                    Scores32x256<TKv>(q, TKv.At(kt, g), bs, hd, scale, scores + start + g);
+                    Scores32x256<TKv>(q, kt, g, bs, hd, scale, scores + start + g);
             }
             for (; g < end; g++)
-                scores[start + g] = SlotScore<TKv>(q, TKv.At(kt, g), bs, hd, scale);
+                scores[start + g] = SlotScore<TKv>(q, kt, g, bs, hd, scale);
         }
     }
 
     /// <summary>
-    /// The scores of 32 consecutive slots of a transposed K block (kt[d·bs + j]): for each element d of
-    /// the query, 32 keys' element d times q[d]. Eight accumulators (two halves × four phases of d)
-    /// keep the multiply-adds independent enough to fill the FMA pipes.
+    /// The scores of 32 consecutive slots of a K block from <paramref name="slot0"/> (hd a multiple of 4):
+    /// per four dimensions, eight vectors of four slots × four dimensions against the query's four
+    /// broadcast, each lane one phase of its slot's dot product; the phases added at the end as
+    /// <see cref="SlotScore"/> adds them.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Scores32<TKv>(float* q, byte* kt, byte* next, int bs, int hd, float scale, float* scores) where TKv : struct, IKvElement
+    private static void Scores32<TKv>(float* q, byte* kt, int slot0, byte* next, int bs, int hd, float scale, float* scores) where TKv : struct, IKvElement
     {
-        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
-        int d = 0;
-        for (; d + 4 <= hd; d += 4)
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+        for (int d = 0; d < hd; d += 4)
         {
-            byte* k = TKv.At(kt, (long)d * bs);
-            Prefetch(TKv.At(next, (long)d * bs), 4L * bs * TKv.Bytes); // four rows of the next block's keys
-            var q0 = Vector512.Create(q[d]);
-            var q1 = Vector512.Create(q[d + 1]);
-            var q2 = Vector512.Create(q[d + 2]);
-            var q3 = Vector512.Create(q[d + 3]);
-            a0 = Vector512.FusedMultiplyAdd(q0, TKv.Load16(k), a0);
-            b0 = Vector512.FusedMultiplyAdd(q0, TKv.Load16(TKv.At(k, 16)), b0);
-            a1 = Vector512.FusedMultiplyAdd(q1, TKv.Load16(TKv.At(k, bs)), a1);
-            b1 = Vector512.FusedMultiplyAdd(q1, TKv.Load16(TKv.At(k, bs + 16)), b1);
-            a2 = Vector512.FusedMultiplyAdd(q2, TKv.Load16(TKv.At(k, 2 * bs)), a2);
-            b2 = Vector512.FusedMultiplyAdd(q2, TKv.Load16(TKv.At(k, 2 * bs + 16)), b2);
-            a3 = Vector512.FusedMultiplyAdd(q3, TKv.Load16(TKv.At(k, 3 * bs)), a3);
-            b3 = Vector512.FusedMultiplyAdd(q3, TKv.Load16(TKv.At(k, 3 * bs + 16)), b3);
-        }
-        for (; d < hd; d++)
-        {
-            var qd = Vector512.Create(q[d]);
-            a0 = Vector512.FusedMultiplyAdd(qd, TKv.Load16(TKv.At(kt, (long)d * bs)), a0);
-            b0 = Vector512.FusedMultiplyAdd(qd, TKv.Load16(TKv.At(kt, (long)d * bs + 16)), b0);
+            long at = (long)d * bs + 4L * slot0; // group d/4, slot slot0
+            byte* k = TKv.At(kt, at);
+            Prefetch(TKv.At(next, at), 128L * TKv.Bytes); // the next block's same 32 slots of these four dimensions
+            var p = Avx512F.BroadcastVector128ToVector512(q + d);
+            a0 = Vector512.FusedMultiplyAdd(p, TKv.Load16(k), a0);
+            a1 = Vector512.FusedMultiplyAdd(p, TKv.Load16(TKv.At(k, 16)), a1);
+            a2 = Vector512.FusedMultiplyAdd(p, TKv.Load16(TKv.At(k, 32)), a2);
+            a3 = Vector512.FusedMultiplyAdd(p, TKv.Load16(TKv.At(k, 48)), a3);
+            a4 = Vector512.FusedMultiplyAdd(p, TKv.Load16(TKv.At(k, 64)), a4);
+            a5 = Vector512.FusedMultiplyAdd(p, TKv.Load16(TKv.At(k, 80)), a5);
+            a6 = Vector512.FusedMultiplyAdd(p, TKv.Load16(TKv.At(k, 96)), a6);
+            a7 = Vector512.FusedMultiplyAdd(p, TKv.Load16(TKv.At(k, 112)), a7);
         }
         var s = Vector512.Create(scale);
-        ((a0 + a1 + (a2 + a3)) * s).Store(scores);
-        ((b0 + b1 + (b2 + b3)) * s).Store(scores + 16);
+        (SlotSums(a0, a1, a2, a3) * s).Store(scores);
+        (SlotSums(a4, a5, a6, a7) * s).Store(scores + 16);
     }
 
-    /// <summary><see cref="Scores32"/> with 256-bit vectors: four vectors of 8 slots × two phases of d.</summary>
+    private static readonly Vector512<int> EveryFourth = Vector512.Create(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+    private static readonly Vector512<int> LowHalves = Vector512.Create(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+
+    /// <summary>
+    /// Sixteen slots' scores from four vectors of four slots' four phases: (a0 + a1) + (a2 + a3) per slot,
+    /// as <see cref="SlotScore"/> adds them (a float sum does not depend on the order of its two terms).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Scores32x256<TKv>(float* q, byte* kt, int bs, int hd, float scale, float* scores) where TKv : struct, IKvElement
+    private static Vector512<float> SlotSums(Vector512<float> u0, Vector512<float> u1, Vector512<float> u2, Vector512<float> u3)
     {
-        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
-        int d = 0;
-        for (; d + 2 <= hd; d += 2)
+        u0 = PhaseSums(u0);
+        u1 = PhaseSums(u1);
+        u2 = PhaseSums(u2);
+        u3 = PhaseSums(u3);
+        var x = Avx512F.PermuteVar16x32x2(u0, EveryFourth, u1); // slots 0-7 in lanes 0-7
+        var y = Avx512F.PermuteVar16x32x2(u2, EveryFourth, u3); // slots 8-15
+        return Avx512F.PermuteVar16x32x2(x, LowHalves, y);
+    }
+
+    /// <summary>Lane 4i: (a0 + a1) + (a2 + a3) of the four lanes 4i..4i+3.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> PhaseSums(Vector512<float> u)
+    {
+        var t = u + Avx512F.Permute4x32(u, 0b10_11_00_01); // lanes 4i and 4i+2: a0 + a1, a2 + a3
+        return t + Avx512F.Permute4x32(t, 0b01_00_11_10);
+    }
+
+    /// <summary><see cref="Scores32"/> with 256-bit vectors: per eight slots, four vectors of two slots × four dimensions.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Scores32x256<TKv>(float* q, byte* kt, int slot0, int bs, int hd, float scale, float* scores) where TKv : struct, IKvElement
+    {
+        for (int e = 0; e < 32; e += 8)
         {
-            byte* k = TKv.At(kt, (long)d * bs);
-            var q0 = Vector256.Create(q[d]);
-            var q1 = Vector256.Create(q[d + 1]);
-            a0 = Vector256.FusedMultiplyAdd(q0, TKv.Load8(k), a0);
-            a1 = Vector256.FusedMultiplyAdd(q0, TKv.Load8(TKv.At(k, 8)), a1);
-            a2 = Vector256.FusedMultiplyAdd(q0, TKv.Load8(TKv.At(k, 16)), a2);
-            a3 = Vector256.FusedMultiplyAdd(q0, TKv.Load8(TKv.At(k, 24)), a3);
-            b0 = Vector256.FusedMultiplyAdd(q1, TKv.Load8(TKv.At(k, bs)), b0);
-            b1 = Vector256.FusedMultiplyAdd(q1, TKv.Load8(TKv.At(k, bs + 8)), b1);
-            b2 = Vector256.FusedMultiplyAdd(q1, TKv.Load8(TKv.At(k, bs + 16)), b2);
-            b3 = Vector256.FusedMultiplyAdd(q1, TKv.Load8(TKv.At(k, bs + 24)), b3);
+            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+            for (int d = 0; d < hd; d += 4)
+            {
+                byte* k = TKv.At(kt, (long)d * bs + 4L * (slot0 + e));
+                var p = Avx.BroadcastVector128ToVector256(q + d);
+                a0 = Vector256.FusedMultiplyAdd(p, TKv.Load8(k), a0);
+                a1 = Vector256.FusedMultiplyAdd(p, TKv.Load8(TKv.At(k, 8)), a1);
+                a2 = Vector256.FusedMultiplyAdd(p, TKv.Load8(TKv.At(k, 16)), a2);
+                a3 = Vector256.FusedMultiplyAdd(p, TKv.Load8(TKv.At(k, 24)), a3);
+            }
+            Store2(a0, scores + e);
+            Store2(a1, scores + e + 2);
+            Store2(a2, scores + e + 4);
+            Store2(a3, scores + e + 6);
         }
-        for (; d < hd; d++)
+
+        void Store2(Vector256<float> u, float* dst)
         {
-            var qd = Vector256.Create(q[d]);
-            byte* k = TKv.At(kt, (long)d * bs);
-            a0 = Vector256.FusedMultiplyAdd(qd, TKv.Load8(k), a0);
-            a1 = Vector256.FusedMultiplyAdd(qd, TKv.Load8(TKv.At(k, 8)), a1);
-            a2 = Vector256.FusedMultiplyAdd(qd, TKv.Load8(TKv.At(k, 16)), a2);
-            a3 = Vector256.FusedMultiplyAdd(qd, TKv.Load8(TKv.At(k, 24)), a3);
+            var t = u + Avx.Permute(u, 0b10_11_00_01);
+            t += Avx.Permute(t, 0b01_00_11_10);
+            dst[0] = t.GetElement(0) * scale;
+            dst[1] = t.GetElement(4) * scale;
         }
-        var s = Vector256.Create(scale);
-        ((a0 + b0) * s).Store(scores);
-        ((a1 + b1) * s).Store(scores + 8);
-        ((a2 + b2) * s).Store(scores + 16);
-        ((a3 + b3) * s).Store(scores + 24);
     }
 
     /// <summary>
