@@ -34,6 +34,7 @@ internal sealed unsafe class CpuKvStore(KvLayout layout, bool half = false) : Kv
 {
     private byte*[] _pointers = new byte*[16];
     private byte*[] _allocations = new byte*[16];
+    private KvArena? _arena;
     private int _count;
 
     /// <summary>Start of each block's memory, by block id.</summary>
@@ -65,8 +66,14 @@ internal sealed unsafe class CpuKvStore(KvLayout layout, bool half = false) : Kv
             // Page-aligned: a head's keys (or values) of one block are one or more whole 4 KiB pages (64-wide
             // F16 heads in blocks of 32: exactly one), so attention reads each as whole pages instead of
             // straddling two (measured: one (row, head) over 16 sequences' cache at context 256, one
-            // thread, 4.0-4.6 -> 2.9-3.2 µs). Zeroed by calloc, which skips the clear for fresh pages
-            // from the system (a 1.2 MiB memset per new block was 2% of a serving run's samples).
+            // thread, 4.0-4.6 -> 2.9-3.2 µs). Zeroed by the system (mmap, or calloc, which skips the clear
+            // for fresh pages: a 1.2 MiB memset per new block was 2% of a serving run's samples).
+            if (KvArena.Supported)
+            {
+                _arena ??= new KvArena(BlockBytes);
+                _pointers[_count++] = _arena.Allocate();
+                continue;
+            }
             nuint alignment = BlockBytes >= 4096 ? 4096u : 64u;
             var allocation = (byte*)System.Runtime.InteropServices.NativeMemory.AllocZeroed(BlockBytes + alignment);
             _allocations[_count] = allocation;
@@ -109,7 +116,12 @@ internal sealed unsafe class CpuKvStore(KvLayout layout, bool half = false) : Kv
     private void Free()
     {
         for (int i = 0; i < _count; i++)
-            System.Runtime.InteropServices.NativeMemory.Free(_allocations[i]);
+        {
+            if (_allocations[i] != null)
+                System.Runtime.InteropServices.NativeMemory.Free(_allocations[i]);
+        }
+        _arena?.Dispose();
+        _arena = null;
         _count = 0;
         _pointers = [];
         _allocations = [];
