@@ -68,7 +68,7 @@ internal sealed unsafe class CpuKvStore(KvLayout layout, bool half = false) : Kv
             // straddling two (measured: one (row, head) over 16 sequences' cache at context 256, one
             // thread, 4.0-4.6 -> 2.9-3.2 µs). Zeroed by the system (mmap, or calloc, which skips the clear
             // for fresh pages: a 1.2 MiB memset per new block was 2% of a serving run's samples).
-            if (KvArena.Supported)
+            if (KvArena.Supported && BlockBytes >= KvArena.MinBlockBytes)
             {
                 _arena ??= new KvArena(BlockBytes);
                 _pointers[_count++] = _arena.Allocate();

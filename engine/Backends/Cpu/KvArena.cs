@@ -20,6 +20,12 @@ internal sealed unsafe partial class KvArena : IDisposable
     /// <summary>Whether this platform maps arenas (64-bit Linux); elsewhere blocks come from the native heap.</summary>
     public static bool Supported => OperatingSystem.IsLinux() && (RuntimeInformation.ProcessArchitecture is Architecture.X64 or Architecture.Arm64);
 
+    /// <summary>
+    /// Blocks smaller than this stay on the native heap: a huge page is committed whole on first touch,
+    /// so a small model's store (a test's, a draft's) would hold 2 MiB for a few KiB of cache.
+    /// </summary>
+    public const nuint MinBlockBytes = 256u << 10;
+
     private readonly nuint _blockBytes, _arenaBytes;
     private readonly List<(nint Start, nuint Length)> _maps = [];
     private byte* _next, _end;
