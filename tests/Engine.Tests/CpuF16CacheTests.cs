@@ -251,4 +251,33 @@ public unsafe class CpuF16CacheTests
         Assert.That(e.Message, Does.Contain("--cache-type q8_0"));
         Assert.That(Engine.Cuda.BackendFactory.Create("cpu", 1, kvCacheType: GgmlType.F16).KvElementBytes, Is.EqualTo(2));
     }
+
+    [Test]
+    public void Large_blocks_from_huge_page_arenas_are_zeroed_aligned_and_apart()
+    {
+        // 4 layers x 8 kv heads x 32 slots x 64 x 4 bytes x 2 (K, V) = 512 KiB a block: past KvArena's threshold,
+        // and 80 of them (40 MiB) take a second 32 MiB arena
+        var layout = new KvLayout(Layers: 4, KvHeads: 8, HeadDim: 64, BlockSize: 32);
+        using var cpu = new CpuBackend(1);
+        var store = (CpuKvStore)cpu.CreateKvStore(layout, 80);
+        const long bytes = 512 << 10;
+        for (int b = 0; b < 80; b++)
+            store.EnsureBlock(b);
+        var starts = new List<long>();
+        for (int b = 0; b < 80; b++)
+        {
+            byte* p = store.Pointers[b];
+            Assert.That((long)p % 4096, Is.Zero, $"block {b} is not page-aligned");
+            Assert.That(new ReadOnlySpan<byte>(p, (int)bytes).IndexOfAnyExcept((byte)0), Is.EqualTo(-1), $"block {b} is not zeroed");
+            new Span<byte>(p, (int)bytes).Fill((byte)(b + 1)); // writable, every byte
+            starts.Add((long)p);
+        }
+        starts.Sort();
+        for (int i = 1; i < starts.Count; i++)
+            Assert.That(starts[i] - starts[i - 1], Is.GreaterThanOrEqualTo(bytes), "blocks overlap");
+        for (int b = 0; b < 80; b++)
+            Assert.That(new ReadOnlySpan<byte>(store.Pointers[b], (int)bytes).IndexOfAnyExcept((byte)(b + 1)), Is.EqualTo(-1), $"block {b} was overwritten");
+        store.Dispose();
+        Assert.That(store.Pointers, Is.Empty);
+    }
 }
