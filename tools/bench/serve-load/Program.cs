@@ -6,18 +6,20 @@ using Engine.Api;
 using Engine.Server;
 using Engine.Serving;
 
-// serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--soak-clients 64] [--soak-seconds 60] [--threads N]
+// serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--rounds 1] [--soak-clients 64] [--soak-seconds 60] [--threads N]
 //            [--parallel N] [--device cpu|cuda[:N]] [--cache-type f32|f16] [--spec DRAFT] [--url http://127.0.0.1:PORT]
 //
 // Starts engine serve's OpenAiServer in-process on 127.0.0.1 (a free port) — or, with --url, loads the
 // model only for its tokenizer and drives another OpenAI-compatible server on loopback (llama-server on
 // the same file, for a peer's numbers) — and measures, each against a baseline from the same run:
-//   1. aggregate decode throughput of N concurrent streaming clients vs one client (continuous batching);
+//   1. aggregate decode throughput of N concurrent streaming clients vs one client (continuous batching),
+//      --rounds times, one client then N in each round, and the medians (the machine's speed drifts between
+//      runs, so each round's ratio is taken within the round);
 //   2. time to first token of a request whose ~1,000-token system prompt is cached vs the first one (prefix caching);
 //   3. a soak: M concurrent clients for S seconds — requests lost, malformed streams, memory before and after.
 if (args.Length == 0 || args[0].StartsWith('-'))
 {
-    Console.Error.WriteLine("usage: serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--soak-clients 64] [--soak-seconds 60] [--threads N] [--parallel N] [--device cpu|cuda] [--cache-type f32|f16] [--spec DRAFT] [--url URL]");
+    Console.Error.WriteLine("usage: serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--rounds 1] [--soak-clients 64] [--soak-seconds 60] [--threads N] [--parallel N] [--device cpu|cuda] [--cache-type f32|f16] [--spec DRAFT] [--url URL]");
     return 2;
 }
 string path = args[0];
@@ -26,7 +28,12 @@ int Arg(string name, int fallback)
     int i = Array.IndexOf(args, name);
     return i >= 0 && i + 1 < args.Length ? int.Parse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture) : fallback;
 }
-int clients = Arg("--clients", 16), tokens = Arg("--tokens", 64), requests = Arg("--requests", 2);
+int clients = Arg("--clients", 16), tokens = Arg("--tokens", 64), requests = Arg("--requests", 2), rounds = Arg("--rounds", 1);
+if (clients < 1 || tokens < 1 || requests < 1 || rounds < 1 || rounds > 100)
+{
+    Console.Error.WriteLine($"serve-load: --clients {clients}, --tokens {tokens}, --requests {requests} must be positive and --rounds {rounds} 1 to 100");
+    return 2;
+}
 int soakClients = Arg("--soak-clients", 64), soakSeconds = Arg("--soak-seconds", 60), threads = Arg("--threads", 0);
 int parallel = Arg("--parallel", Math.Max(clients, 16));
 string? StringArg(string name)
@@ -127,21 +134,42 @@ string Prompt(int i) => $"Once upon a time, in a town numbered {i}, there lived"
 // 1. one client, then N at once
 await Stream(Prompt(0), 8); // warm-up
 double Throughput(IEnumerable<(int Tokens, double FirstToken, double Seconds, bool WellFormed)> results, double seconds) => results.Sum(r => r.Tokens) / seconds;
-var clock = Stopwatch.StartNew();
-var single = new List<(int, double, double, bool)>();
-for (int r = 0; r < requests; r++)
-    single.Add(await Stream(Prompt(r), tokens));
-double one = Throughput(single, clock.Elapsed.TotalSeconds);
-clock.Restart();
-var many = await Task.WhenAll(Enumerable.Range(0, clients).Select(async c =>
+var clock = new Stopwatch();
+var ones = new List<double>();
+var alls = new List<double>();
+var ratios = new List<double>();
+for (int round = 0; round < rounds; round++)
 {
-    var list = new List<(int, double, double, bool)>();
+    int p = round * 10_000; // prompts of their own in every round: none is in the prefix cache
+    clock.Restart();
+    var single = new List<(int, double, double, bool)>();
     for (int r = 0; r < requests; r++)
-        list.Add(await Stream(Prompt(100 + c * requests + r), tokens));
-    return list;
-}));
-double all = Throughput(many.SelectMany(l => l), clock.Elapsed.TotalSeconds);
-Console.WriteLine($"throughput: 1 client {one:F1} tok/s, {clients} clients {all:F1} tok/s aggregate = {all / one:F2}x");
+        single.Add(await Stream(Prompt(p + r), tokens));
+    double one = Throughput(single, clock.Elapsed.TotalSeconds);
+    clock.Restart();
+    var many = await Task.WhenAll(Enumerable.Range(0, clients).Select(async c =>
+    {
+        var list = new List<(int, double, double, bool)>();
+        for (int r = 0; r < requests; r++)
+            list.Add(await Stream(Prompt(p + 100 + c * requests + r), tokens));
+        return list;
+    }));
+    double all = Throughput(many.SelectMany(l => l), clock.Elapsed.TotalSeconds);
+    Console.WriteLine($"throughput: 1 client {one:F1} tok/s, {clients} clients {all:F1} tok/s aggregate = {all / one:F2}x");
+    ones.Add(one);
+    alls.Add(all);
+    ratios.Add(all / one);
+}
+if (rounds > 1)
+{
+    static double Median(List<double> values)
+    {
+        var sorted = values.Order().ToList();
+        return sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[sorted.Count / 2 - 1] + sorted[sorted.Count / 2]) / 2;
+    }
+    Console.WriteLine($"throughput, median of {rounds} rounds: 1 client {Median(ones):F1} tok/s, {clients} clients {Median(alls):F1} tok/s, "
+        + $"ratio {Median(ratios):F2}x (rounds {string.Join(", ", ratios.Select(r => r.ToString("F2", System.Globalization.CultureInfo.InvariantCulture)))})");
+}
 
 // 2. a ~1,000-token system prompt, first and then cached
 var system = new StringBuilder();
