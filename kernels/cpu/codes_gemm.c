@@ -11,7 +11,7 @@
 #include <immintrin.h>
 #include <stdint.h>
 
-#define ENGINE_ABI 5
+#define ENGINE_ABI 6
 #define AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,f16c")))
 
 #if defined(_WIN32)
@@ -172,19 +172,35 @@ AVX512_VNNI static inline float load_half(const uint8_t* p)
     return _cvtsh_ss(h);
 }
 
-// The end of a Q4_0 or Q8_0 block: p[i] += q[i] >> shift (shift 4: high nibbles taken in place), then
-// accumulate with each row's scale d (the block's half) and bias factor * d, as DecodedRows computes them.
-AVX512_VNNI static inline void accumulate_block(__m512 acc[8], __m512i p[8], const __m512i q[8], int shift, const uint8_t* blk, int64_t rowBytes,
-    float factor, const float* xd0, const float* xd1, const float* xs0, const float* xs1)
+// Q4_0 and Q8_0 codes are the value plus a power-of-two offset (8, 128), so a block's dot product with
+// the offset taken out, Σ (code - offset)·x, is an integer: each row's sums start at -offset·Σx (xi: the
+// activations' block sums, 8 rows of group g then of g+1) and the block adds float(sum)·(d·dx) with one
+// fused multiply-add. Exact where the decoded rows' form (a float scale times the code sum plus a float
+// bias times the activation sum) rounds twice, and two vector operations a row and block fewer: measured
+// on Q4_0, 0.0705 -> 0.0642 ns a weight per 16 rows from cache. Checked against a scalar C# reference of
+// the same arithmetic (NativeKernelTests).
+AVX512_VNNI static inline void offset_sums(__m512i p[8], __m512i q[8], const int32_t* xi0, const int32_t* xi1, int offsetShift)
 {
-    float scales[8], biases[8];
+    __m512i sums = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)xi0)), _mm256_loadu_si256((const __m256i*)xi1), 1);
+    __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sums, offsetShift));
     for (int i = 0; i < 8; i++)
     {
-        scales[i] = load_half(blk + i * rowBytes);
-        biases[i] = factor * scales[i];
-        p[i] = _mm512_add_epi32(p[i], _mm512_srai_epi32(q[i], shift));
+        p[i] = start;
+        q[i] = _mm512_setzero_si512();
     }
-    accumulate(acc, p, scales, biases, 1, xd0, xd1, xs0, xs1);
+}
+
+// The end of a Q4_0 or Q8_0 block: sum = p[i] + (q[i] >> shift) (shift 4: high nibbles taken in place),
+// acc[i] = fma(float(sum), d_i·dx, acc[i]) with d_i row i's block scale (a half).
+AVX512_VNNI static inline void accumulate_block(__m512 acc[8], const __m512i p[8], const __m512i q[8], int shift, const uint8_t* blk, int64_t rowBytes,
+    const float* xd0, const float* xd1)
+{
+    __m512 dx = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(xd0)), _mm256_loadu_ps(xd1), 1);
+    for (int i = 0; i < 8; i++)
+    {
+        __m512i sum = _mm512_add_epi32(p[i], _mm512_srai_epi32(q[i], shift));
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(_mm512_set1_ps(load_half(blk + i * rowBytes)), dx), acc[i]);
+    }
 }
 
 AVX512_VNNI static inline void zero_sums(__m512i p[8], __m512i q[8])
@@ -201,7 +217,7 @@ AVX512_VNNI static inline void zero_sums(__m512i p[8], __m512i q[8])
 // times the code: at most 240, still a u8 for vpdpbusd) and their sum divided by 16 once per block,
 // exactly — one instruction a broadcast instead of a shift and a mask (measured 7% faster).
 AVX512_VNNI static inline void q4_0_8x16(const uint8_t* w, int64_t rowBytes, int32_t blocks, const int8_t* xq0, const int8_t* xq1,
-    const float* xd0, const float* xd1, const float* xs0, const float* xs1, float* y, int64_t ldy)
+    const float* xd0, const float* xd1, const float* xs0, const float* xs1, const int32_t* xi0, const int32_t* xi1, float* y, int64_t ldy)
 {
     const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8((char)0xF0);
     __m512 acc[8];
@@ -214,7 +230,7 @@ AVX512_VNNI static inline void q4_0_8x16(const uint8_t* w, int64_t rowBytes, int
         const int8_t* x1 = xq1 + (int64_t)b * 256;
         prefetch_lines(w + 8 * rowBytes, 8 * rowBytes, 3 * (int64_t)b, 3); // 8 x 18 bytes a block
         __m512i p[8], q[8];
-        zero_sums(p, q);
+        offset_sums(p, q, xi0 + b * 8, xi1 + b * 8, 3);
         for (int k = 0; k < 16; k += 4)
         {
             __m512i lo = activation_pair(x0, x1, 8 * k), hi = activation_pair(x0, x1, 8 * (k + 16));
@@ -225,7 +241,7 @@ AVX512_VNNI static inline void q4_0_8x16(const uint8_t* w, int64_t rowBytes, int
                 q[i] = _mm512_dpbusd_epi32(q[i], _mm512_and_si512(_mm512_set1_epi32(load32(packed)), high), hi);
             }
         }
-        accumulate_block(acc, p, q, 4, blk, rowBytes, -8, xd0 + b * 8, xd1 + b * 8, xs0 + b * 8, xs1 + b * 8);
+        accumulate_block(acc, p, q, 4, blk, rowBytes, xd0 + b * 8, xd1 + b * 8);
     }
     store_transposed(acc, y, ldy);
 }
@@ -233,7 +249,7 @@ AVX512_VNNI static inline void q4_0_8x16(const uint8_t* w, int64_t rowBytes, int
 // Q8_0 blocks { half d; i8 qs[32] }: code qs[j] + 128 (the sign bit flipped), scale d, bias -128d
 // (DecodedRows.DecodeQ8_0).
 AVX512_VNNI static inline void q8_0_8x16(const uint8_t* w, int64_t rowBytes, int32_t blocks, const int8_t* xq0, const int8_t* xq1,
-    const float* xd0, const float* xd1, const float* xs0, const float* xs1, float* y, int64_t ldy)
+    const float* xd0, const float* xd1, const float* xs0, const float* xs1, const int32_t* xi0, const int32_t* xi1, float* y, int64_t ldy)
 {
     const __m512i flip = _mm512_set1_epi8((char)0x80);
     __m512 acc[8];
@@ -246,7 +262,7 @@ AVX512_VNNI static inline void q8_0_8x16(const uint8_t* w, int64_t rowBytes, int
         const int8_t* x1 = xq1 + (int64_t)b * 256;
         prefetch_lines(w + 8 * rowBytes, 8 * rowBytes, 5 * (int64_t)b, 5); // 8 x 34 bytes a block
         __m512i p[8], q[8];
-        zero_sums(p, q);
+        offset_sums(p, q, xi0 + b * 8, xi1 + b * 8, 7);
         for (int k = 0; k < 32; k += 8)
         {
             __m512i v = activation_pair(x0, x1, 8 * k), u = activation_pair(x0, x1, 8 * k + 32);
@@ -257,7 +273,7 @@ AVX512_VNNI static inline void q8_0_8x16(const uint8_t* w, int64_t rowBytes, int
                 q[i] = _mm512_dpbusd_epi32(q[i], _mm512_xor_si512(_mm512_set1_epi32(load32(qs + 4)), flip), u);
             }
         }
-        accumulate_block(acc, p, q, 0, blk, rowBytes, -128, xd0 + b * 8, xd1 + b * 8, xs0 + b * 8, xs1 + b * 8);
+        accumulate_block(acc, p, q, 0, blk, rowBytes, xd0 + b * 8, xd1 + b * 8);
     }
     store_transposed(acc, y, ldy);
 }
@@ -285,7 +301,7 @@ AVX512_VNNI static inline void k_scales(const uint8_t* blk, float* scales, float
 // The two sub-blocks of a chunk are summed side by side (the high nibbles in place, as in q4_0_8x16)
 // and accumulated in order, as the decoded rows are.
 AVX512_VNNI static inline void q4_k_8x16(const uint8_t* w, int64_t rowBytes, int32_t blocks, const int8_t* xq0, const int8_t* xq1,
-    const float* xd0, const float* xd1, const float* xs0, const float* xs1, float* y, int64_t ldy)
+    const float* xd0, const float* xd1, const float* xs0, const float* xs1, const int32_t* xi0, const int32_t* xi1, float* y, int64_t ldy)
 {
     const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8((char)0xF0);
     __m512 acc[8];
@@ -332,7 +348,7 @@ AVX512_VNNI static inline void q4_k_8x16(const uint8_t* w, int64_t rowBytes, int
 // a nibble's, so each super-block of the 8 rows is unpacked once, 64 bytes at a time, into 2 KiB of
 // codes that stay in L1, and run as codes16_8x16 runs decoded rows: the same sums in the same order.
 AVX512_VNNI static inline void q6_k_8x16(const uint8_t* w, int64_t rowBytes, int32_t blocks, const int8_t* xq0, const int8_t* xq1,
-    const float* xd0, const float* xd1, const float* xs0, const float* xs1, float* y, int64_t ldy)
+    const float* xd0, const float* xd1, const float* xs0, const float* xs1, const int32_t* xi0, const int32_t* xi1, float* y, int64_t ldy)
 {
     const __m512i nibble = _mm512_set1_epi8(0x0F), high2 = _mm512_set1_epi8(0x30);
     __attribute__((aligned(64))) uint8_t codes[8 * 256];
@@ -382,7 +398,7 @@ AVX512_VNNI static inline void q6_k_8x16(const uint8_t* w, int64_t rowBytes, int
 // (DecodedRows.DecodeQ4_K with fiveBits). Unpacked as q6_k_8x16 unpacks, two chunks of 64 per 512 bits,
 // and run as codes32_8x16 runs decoded rows.
 AVX512_VNNI static inline void q5_k_8x16(const uint8_t* w, int64_t rowBytes, int32_t blocks, const int8_t* xq0, const int8_t* xq1,
-    const float* xd0, const float* xd1, const float* xs0, const float* xs1, float* y, int64_t ldy)
+    const float* xd0, const float* xd1, const float* xs0, const float* xs1, const int32_t* xi0, const int32_t* xi1, float* y, int64_t ldy)
 {
     const __m512i nibble = _mm512_set1_epi8(0x0F), sixteen = _mm512_set1_epi8(0x10);
     // the qh bit of each chunk's low and high halves, for chunks (0, 1) and (2, 3) side by side
@@ -430,14 +446,16 @@ AVX512_VNNI static inline void q5_k_8x16(const uint8_t* w, int64_t rowBytes, int
 
 // The exported entry point: rows [0, rows) of w (rows a multiple of 8) of GGML type `type` (2 Q4_0, 8 Q8_0,
 // 12 Q4_K, 13 Q5_K, 14 Q6_K; blocks per row: of 32 for Q4_0 and Q8_0, super-blocks of 256 for the rest;
-// xs0/xs1 the sums per 32 values, or per 16 for Q6_K), 8 rows at a time, so that C# makes one call per
+// xs0/xs1 the scaled sums per 32 values, or per 16 for Q6_K; xi0/xi1 the integer sums per 32, which Q4_0
+// and Q8_0 take instead), 8 rows at a time, so that C# makes one call per
 // range of rows instead of one per 8 (measured: the per-call dispatch cost ~5% of a 16-row pass).
 // Returns 0, or -1 for a type without a kernel here (nothing written).
 typedef void (*rows8_kernel)(const uint8_t*, int64_t, int32_t, const int8_t*, const int8_t*, const float*, const float*,
-    const float*, const float*, float*, int64_t);
+    const float*, const float*, const int32_t*, const int32_t*, float*, int64_t);
 
 AVX512_VNNI EXPORT int engine_direct_rows(int32_t type, const uint8_t* w, int64_t rowBytes, int32_t rows, int32_t blocks, const int8_t* xq0,
-    const int8_t* xq1, const float* xd0, const float* xd1, const float* xs0, const float* xs1, float* y, int64_t ldy)
+    const int8_t* xq1, const float* xd0, const float* xd1, const float* xs0, const float* xs1, const int32_t* xi0, const int32_t* xi1,
+    float* y, int64_t ldy)
 {
     rows8_kernel kernel;
     switch (type)
@@ -451,6 +469,6 @@ AVX512_VNNI EXPORT int engine_direct_rows(int32_t type, const uint8_t* w, int64_
     }
     prefetch_lines(w, 8 * rowBytes, 0, (int)((8 * rowBytes + 63) / 64));
     for (int32_t o = 0; o + 8 <= rows; o += 8)
-        kernel(w + o * rowBytes, rowBytes, blocks, xq0, xq1, xd0, xd1, xs0, xs1, y + o, ldy);
+        kernel(w + o * rowBytes, rowBytes, blocks, xq0, xq1, xd0, xd1, xs0, xs1, xi0, xi1, y + o, ldy);
     return 0;
 }

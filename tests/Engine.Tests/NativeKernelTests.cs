@@ -108,10 +108,25 @@ public unsafe class NativeKernelTests
             AssertEqual(y, "native");
             if (NativeKernels.HasDirect(type))
             {
-                // the kernel that reads the blocks as the file holds them, against the same C# result
+                // the kernel that reads the blocks as the file holds them: the K-quants against the same C#
+                // result, Q4_0 and Q8_0 against the plain reference of their exact-offset arithmetic
                 Array.Clear(y);
                 fixed (float* yp = y)
                     NativeKernels.Direct(type, w, rowBytes, rows, cols, qx, 0, yp, rows);
+                if (type is GgmlType.Q4_0 or GgmlType.Q8_0)
+                {
+                    var decodedForm = (float[])expected.Clone();
+                    for (int o = 0; o < rows; o++)
+                    {
+                        for (int r = 0; r < n; r++)
+                            expected[o * n + r] = MatMul.ExactOffsetReference(type, w + o * rowBytes, qx, r, cols);
+                    }
+                    // the two forms agree to float rounding: a few ulps of the sum's largest terms, measured
+                    // against the largest |y| (the products are sums of 32-value blocks whose terms reach ~|y|)
+                    float scale = decodedForm.Max(MathF.Abs);
+                    for (int i = 0; i < expected.Length; i++)
+                        Assert.That(expected[i], Is.EqualTo(decodedForm[i]).Within(scale * 1e-5f), $"reference vs decoded form, element {i}");
+                }
                 AssertEqual(y, $"native {type} from its blocks");
             }
 

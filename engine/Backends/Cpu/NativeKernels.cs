@@ -12,7 +12,7 @@ namespace Engine.Backends.Cpu;
 internal static unsafe partial class NativeKernels
 {
     private const string Library = "engine_cpu";
-    private const int Abi = 5;
+    private const int Abi = 6;
 
     /// <summary>Why the native kernels are or are not used (for logs and tests).</summary>
     public static string Status { get; private set; } = "";
@@ -81,13 +81,15 @@ internal static unsafe partial class NativeKernels
     /// <see cref="engine_codes32_8x16"/> on <c>rows</c> weight rows (a multiple of 8) of GGML type <paramref name="type"/> read
     /// as the file holds them (row i at w + i·rowBytes, <paramref name="blocks"/> blocks a row: of 32 for Q4_0 and Q8_0,
     /// super-blocks of 256 for Q4_K, Q5_K and Q6_K; for Q6_K <paramref name="xs0"/>/<paramref name="xs1"/> are the sums per
-    /// 16 values) instead of rows <see cref="Kernels.DecodedRows"/> decoded: the same output, bit for bit. Returns -1 for
-    /// a type it has no kernel for.
+    /// 16 values; <paramref name="xi0"/>/<paramref name="xi1"/> the integer sums per 32, <see cref="Kernels.QuantizedActivations.InterleavedSums32"/>)
+    /// instead of rows <see cref="Kernels.DecodedRows"/> decoded: for the K-quants the same output bit for bit; Q4_0 and Q8_0
+    /// take the offset out of each block's integer dot product (<see cref="Kernels.MatMul.ExactOffsetReference"/>). Returns -1
+    /// for a type it has no kernel for.
     /// </summary>
     [LibraryImport(Library)]
     [UnmanagedCallConv(CallConvs = [typeof(System.Runtime.CompilerServices.CallConvSuppressGCTransition)])]
     public static partial int engine_direct_rows(int type, byte* w, long rowBytes, int rows, int blocks,
-        sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, float* y, long ldy);
+        sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, int* xi0, int* xi1, float* y, long ldy);
 
     /// <summary>Whether <see cref="Direct"/> takes a type.</summary>
     public static bool HasDirect(Tensors.GgmlType type) => type is Tensors.GgmlType.Q4_0 or Tensors.GgmlType.Q8_0 or Tensors.GgmlType.Q4_K or Tensors.GgmlType.Q5_K or Tensors.GgmlType.Q6_K;
@@ -106,7 +108,8 @@ internal static unsafe partial class NativeKernels
         if (!HasDirect(type))
             throw new NotSupportedException($"no direct native kernel for {type}");
         int blocks = cols / (type is Tensors.GgmlType.Q4_0 or Tensors.GgmlType.Q8_0 ? 32 : 256);
-        if (engine_direct_rows((int)type, w, rowBytes, rows, blocks, q0, q1, d0, d1, s0, s1, y, ldy) != 0)
+        int* i0 = qx.InterleavedSums32(g), i1 = qx.InterleavedSums32(g + 1);
+        if (engine_direct_rows((int)type, w, rowBytes, rows, blocks, q0, q1, d0, d1, s0, s1, i0, i1, y, ldy) != 0)
             throw new NotSupportedException($"{Library} has no direct kernel for {type}");
     }
 }

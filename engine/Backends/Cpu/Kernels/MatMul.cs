@@ -86,6 +86,36 @@ public static unsafe class MatMul
     private const int RowBlock = 32;
 
     /// <summary>
+    /// What the native Q4_0 and Q8_0 matrix kernels compute for one weight row and one activation row (Q8_0
+    /// activations), written plainly: per block of 32, the integer Σ (code − offset)·q with Q4_0's offset 8
+    /// (codes the nibbles) and Q8_0's 128 (codes the bytes + 128: the signed bytes themselves), then
+    /// acc = fma(float(Σ), d·dx, acc) in block order — no float bias term, so one rounding fewer than the
+    /// decoded rows' scale-and-bias form the C# matrix kernels keep. The tests check the kernels against it
+    /// bit for bit.
+    /// </summary>
+    public static float ExactOffsetReference(GgmlType type, byte* row, QuantizedActivations qx, int activationRow, int cols)
+    {
+        if (type is not (GgmlType.Q4_0 or GgmlType.Q8_0) || cols % 32 != 0)
+            throw new ArgumentException($"{type} with {cols} columns has no exact-offset kernel");
+        sbyte* q = qx.Q(activationRow);
+        float* dx = qx.D(activationRow);
+        float acc = 0;
+        for (int b = 0; b < cols / 32; b++)
+        {
+            byte* blk = row + b * (type == GgmlType.Q4_0 ? 18 : 34);
+            float d = (float)BitConverter.UInt16BitsToHalf(*(ushort*)blk);
+            int sum = 0;
+            for (int j = 0; j < 32; j++)
+            {
+                int value = type == GgmlType.Q4_0 ? (j < 16 ? blk[2 + j] & 0xF : blk[2 + j - 16] >> 4) - 8 : (sbyte)blk[2 + j];
+                sum += value * q[32 * b + j];
+            }
+            acc = MathF.FusedMultiplyAdd(sum, d * dx[b], acc);
+        }
+        return acc;
+    }
+
+    /// <summary>
     /// Target floats of each activation row per pass of the float kernels: a 16-row panel block of
     /// 16 × 384 × 4 = 24 KiB stays in a 32 KiB L1 beside the weight rows streaming past it (measured:
     /// 384 beats 256 and 512). Rows are split into equal blocks near this size.
