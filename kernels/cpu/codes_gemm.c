@@ -11,7 +11,7 @@
 #include <immintrin.h>
 #include <stdint.h>
 
-#define ENGINE_ABI 6
+#define ENGINE_ABI 7
 #define AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,f16c")))
 
 #if defined(_WIN32)
@@ -343,16 +343,17 @@ AVX512_VNNI static inline void q4_k_8x16(const uint8_t* w, int64_t rowBytes, int
 
 // Q6_K super-blocks of 256 { u8 ql[128]; u8 qh[64]; i8 scales[16]; half d }: half h (values 128h..128h+127)
 // takes ql[64h..64h+63] and qh[32h..32h+31]; value 128h+32p+l is nibble (p >> 1) of ql[64h+32(p&1)+l]
-// with bits 2p, 2p+1 of qh[32h+l] above it; sub-block j of 16 has scale d*sc[j], bias -32d*sc[j]
+// with bits 2p, 2p+1 of qh[32h+l] above it, the value code - 32; sub-block j of 16 has scale d*sc[j]
 // (DecodedRows.DecodeQ6_K). Unpacking 6-bit codes from a broadcast costs three times the instructions of
 // a nibble's, so each super-block of the 8 rows is unpacked once, 64 bytes at a time, into 2 KiB of
-// codes that stay in L1, and run as codes16_8x16 runs decoded rows: the same sums in the same order.
+// codes that stay in L1, then dotted as codes16_8x16 dots decoded rows, with Q4_0's exact offset
+// (MatMul.ExactOffsetReference).
 AVX512_VNNI static inline void q6_k_8x16(const uint8_t* w, int64_t rowBytes, int32_t blocks, const int8_t* xq0, const int8_t* xq1,
     const float* xd0, const float* xd1, const float* xs0, const float* xs1, const int32_t* xi0, const int32_t* xi1, float* y, int64_t ldy)
 {
     const __m512i nibble = _mm512_set1_epi8(0x0F), high2 = _mm512_set1_epi8(0x30);
     __attribute__((aligned(64))) uint8_t codes[8 * 256];
-    float scales[8 * 16], biases[8 * 16]; // [row][sub-block]
+    float scales[8 * 16]; // [row][sub-block]: d·sc
     __m512 acc[8];
     for (int i = 0; i < 8; i++)
         acc[i] = _mm512_setzero_ps();
@@ -377,17 +378,22 @@ AVX512_VNNI static inline void q6_k_8x16(const uint8_t* w, int64_t rowBytes, int
             float d = load_half(blk + 208);
             __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(blk + 192))));
             _mm512_storeu_ps(scales + i * 16, _mm512_mul_ps(_mm512_set1_ps(d), sc));
-            _mm512_storeu_ps(biases + i * 16, _mm512_mul_ps(_mm512_set1_ps(-32 * d), sc));
         }
         for (int j = 0; j < 16; j++)
         {
             int64_t h = (int64_t)b * 16 + j; // the sub-block of 16 in the row
             int64_t s = h / 2;                // its block of 32
-            __m512i p[8];
+            // codes are the value + 32: the sums start at -32·Σx (as Q4_0's, offset_sums), so each sub-block
+            // adds float(Σ (code - 32)·x)·(d·sc·dx) with one fused multiply-add
+            __m512i sums = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(xi0 + h * 8))),
+                _mm256_loadu_si256((const __m256i*)(xi1 + h * 8)), 1);
+            __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sums, 5)), p[8];
             for (int i = 0; i < 8; i++)
-                p[i] = _mm512_setzero_si512();
+                p[i] = start;
             dot_step(p, codes + j * 16, 256, xq0 + h * 128, xq1 + h * 128, 16);
-            accumulate(acc, p, scales + j, biases + j, 16, xd0 + s * 8, xd1 + s * 8, xs0 + h * 8, xs1 + h * 8);
+            __m512 dx = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(xd0 + s * 8)), _mm256_loadu_ps(xd1 + s * 8), 1);
+            for (int i = 0; i < 8; i++)
+                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[i]), _mm512_mul_ps(_mm512_set1_ps(scales[i * 16 + j]), dx), acc[i]);
         }
     }
     store_transposed(acc, y, ldy);
@@ -446,8 +452,8 @@ AVX512_VNNI static inline void q5_k_8x16(const uint8_t* w, int64_t rowBytes, int
 
 // The exported entry point: rows [0, rows) of w (rows a multiple of 8) of GGML type `type` (2 Q4_0, 8 Q8_0,
 // 12 Q4_K, 13 Q5_K, 14 Q6_K; blocks per row: of 32 for Q4_0 and Q8_0, super-blocks of 256 for the rest;
-// xs0/xs1 the scaled sums per 32 values, or per 16 for Q6_K; xi0/xi1 the integer sums per 32, which Q4_0
-// and Q8_0 take instead), 8 rows at a time, so that C# makes one call per
+// xs0/xs1 the scaled sums per 32 values; xi0/xi1 the integer sums per 32, which Q4_0 and Q8_0 take
+// instead, or per 16 for Q6_K), 8 rows at a time, so that C# makes one call per
 // range of rows instead of one per 8 (measured: the per-call dispatch cost ~5% of a 16-row pass).
 // Returns 0, or -1 for a type without a kernel here (nothing written).
 typedef void (*rows8_kernel)(const uint8_t*, int64_t, int32_t, const int8_t*, const int8_t*, const float*, const float*,

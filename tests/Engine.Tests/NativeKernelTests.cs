@@ -109,11 +109,11 @@ public unsafe class NativeKernelTests
             if (NativeKernels.HasDirect(type))
             {
                 // the kernel that reads the blocks as the file holds them: the K-quants against the same C#
-                // result, Q4_0 and Q8_0 against the plain reference of their exact-offset arithmetic
+                // result, Q4_0, Q8_0 and Q6_K against the plain reference of their exact-offset arithmetic
                 Array.Clear(y);
                 fixed (float* yp = y)
                     NativeKernels.Direct(type, w, rowBytes, rows, cols, qx, 0, yp, rows);
-                if (type is GgmlType.Q4_0 or GgmlType.Q8_0)
+                if (type is GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q6_K)
                 {
                     var decodedForm = (float[])expected.Clone();
                     for (int o = 0; o < rows; o++)

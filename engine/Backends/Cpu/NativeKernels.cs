@@ -12,7 +12,7 @@ namespace Engine.Backends.Cpu;
 internal static unsafe partial class NativeKernels
 {
     private const string Library = "engine_cpu";
-    private const int Abi = 6;
+    private const int Abi = 7;
 
     /// <summary>Why the native kernels are or are not used (for logs and tests).</summary>
     public static string Status { get; private set; } = "";
@@ -80,10 +80,10 @@ internal static unsafe partial class NativeKernels
     /// <summary>
     /// <see cref="engine_codes32_8x16"/> on <c>rows</c> weight rows (a multiple of 8) of GGML type <paramref name="type"/> read
     /// as the file holds them (row i at w + i·rowBytes, <paramref name="blocks"/> blocks a row: of 32 for Q4_0 and Q8_0,
-    /// super-blocks of 256 for Q4_K, Q5_K and Q6_K; for Q6_K <paramref name="xs0"/>/<paramref name="xs1"/> are the sums per
-    /// 16 values; <paramref name="xi0"/>/<paramref name="xi1"/> the integer sums per 32, <see cref="Kernels.QuantizedActivations.InterleavedSums32"/>)
-    /// instead of rows <see cref="Kernels.DecodedRows"/> decoded: for the K-quants the same output bit for bit; Q4_0 and Q8_0
-    /// take the offset out of each block's integer dot product (<see cref="Kernels.MatMul.ExactOffsetReference"/>). Returns -1
+    /// super-blocks of 256 for Q4_K, Q5_K and Q6_K; <paramref name="xi0"/>/<paramref name="xi1"/> the integer sums per 32,
+    /// <see cref="Kernels.QuantizedActivations.InterleavedSums32"/>, or per 16 for Q6_K) instead of rows <see cref="Kernels.DecodedRows"/>
+    /// decoded: for Q4_K and Q5_K the same output bit for bit; Q4_0, Q8_0 and Q6_K take the offset out of each block's integer
+    /// dot product (<see cref="Kernels.MatMul.ExactOffsetReference"/>). Returns -1
     /// for a type it has no kernel for.
     /// </summary>
     [LibraryImport(Library)]
@@ -103,12 +103,12 @@ internal static unsafe partial class NativeKernels
         sbyte* q0 = qx.InterleavedQ(g), q1 = qx.InterleavedQ(g + 1);
         float* d0 = qx.InterleavedD(g), d1 = qx.InterleavedD(g + 1);
         bool sixteen = type == Tensors.GgmlType.Q6_K; // its sub-blocks are of 16 values
-        float* s0 = sixteen ? qx.InterleavedScaledSums16(g) : qx.InterleavedScaledSums32(g);
-        float* s1 = sixteen ? qx.InterleavedScaledSums16(g + 1) : qx.InterleavedScaledSums32(g + 1);
+        float* s0 = qx.InterleavedScaledSums32(g), s1 = qx.InterleavedScaledSums32(g + 1);
         if (!HasDirect(type))
             throw new NotSupportedException($"no direct native kernel for {type}");
         int blocks = cols / (type is Tensors.GgmlType.Q4_0 or Tensors.GgmlType.Q8_0 ? 32 : 256);
-        int* i0 = qx.InterleavedSums32(g), i1 = qx.InterleavedSums32(g + 1);
+        int* i0 = sixteen ? qx.InterleavedSums16(g) : qx.InterleavedSums32(g);
+        int* i1 = sixteen ? qx.InterleavedSums16(g + 1) : qx.InterleavedSums32(g + 1);
         if (engine_direct_rows((int)type, w, rowBytes, rows, blocks, q0, q1, d0, d1, s0, s1, i0, i1, y, ldy) != 0)
             throw new NotSupportedException($"{Library} has no direct kernel for {type}");
     }

@@ -86,20 +86,38 @@ public static unsafe class MatMul
     private const int RowBlock = 32;
 
     /// <summary>
-    /// What the native Q4_0 and Q8_0 matrix kernels compute for one weight row and one activation row (Q8_0
-    /// activations), written plainly: per block of 32, the integer Σ (code − offset)·q with Q4_0's offset 8
-    /// (codes the nibbles) and Q8_0's 128 (codes the bytes + 128: the signed bytes themselves), then
-    /// acc = fma(float(Σ), d·dx, acc) in block order — no float bias term, so one rounding fewer than the
-    /// decoded rows' scale-and-bias form the C# matrix kernels keep. The tests check the kernels against it
-    /// bit for bit.
+    /// What the native Q4_0, Q8_0 and Q6_K matrix kernels compute for one weight row and one activation row
+    /// (Q8_0 activations), written plainly: per block (Q4_0, Q8_0: 32 values) or sub-block (Q6_K: 16), the
+    /// integer Σ (code − offset)·q — Q4_0's nibbles less 8, Q8_0's signed bytes, Q6_K's 6-bit codes less 32
+    /// — then acc = fma(float(Σ), scale·dx, acc) in order, with scale the block's d (Q6_K: d·sc). No float
+    /// bias term: one rounding fewer than the decoded rows' scale-and-bias form the C# matrix kernels keep.
+    /// The tests check the kernels against it bit for bit.
     /// </summary>
     public static float ExactOffsetReference(GgmlType type, byte* row, QuantizedActivations qx, int activationRow, int cols)
     {
-        if (type is not (GgmlType.Q4_0 or GgmlType.Q8_0) || cols % 32 != 0)
+        if (type is not (GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q6_K) || cols % (type == GgmlType.Q6_K ? 256 : 32) != 0)
             throw new ArgumentException($"{type} with {cols} columns has no exact-offset kernel");
         sbyte* q = qx.Q(activationRow);
         float* dx = qx.D(activationRow);
         float acc = 0;
+        if (type == GgmlType.Q6_K)
+        {
+            for (int v0 = 0; v0 < cols; v0 += 16)
+            {
+                byte* blk = row + v0 / 256 * 210;
+                float d = (float)BitConverter.UInt16BitsToHalf(*(ushort*)(blk + 208));
+                float scale = d * (sbyte)blk[192 + v0 % 256 / 16];
+                int sum = 0;
+                for (int v = v0; v < v0 + 16; v++)
+                {
+                    int h = v % 256 / 128, part = v % 128 / 32, l = v % 32;
+                    int low = blk[64 * h + 32 * (part & 1) + l] >> (4 * (part >> 1)) & 0xF, high = blk[128 + 32 * h + l] >> (2 * part) & 3;
+                    sum += ((low | high << 4) - 32) * q[v];
+                }
+                acc = MathF.FusedMultiplyAdd(sum, scale * dx[v0 / 32], acc);
+            }
+            return acc;
+        }
         for (int b = 0; b < cols / 32; b++)
         {
             byte* blk = row + b * (type == GgmlType.Q4_0 ? 18 : 34);

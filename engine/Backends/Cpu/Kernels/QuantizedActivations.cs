@@ -33,6 +33,7 @@ public sealed unsafe class QuantizedActivations
     private float[] _iScaledSums = [];
     private float[] _iScaledSums16 = [];
     private int[] _iSums = [];
+    private int[] _iSums16 = [];
 
     /// <summary>Rows are interleaved in groups of this many for the matrix-matrix kernels.</summary>
     public const int Group = 8;
@@ -145,6 +146,9 @@ public sealed unsafe class QuantizedActivations
     /// <summary>For each block of 32, the 8 rows' Σq as integers (the Q4_0/Q8_0 kernels' exact offset term).</summary>
     public int* InterleavedSums32(int group) => (int*)Unsafe(_iSums) + (long)group * Group * (Cols / 32);
 
+    /// <summary>For each 16 values, the 8 rows' Σq as integers (Q6_K's exact offset term).</summary>
+    public int* InterleavedSums16(int group) => (int*)Unsafe(_iSums16) + (long)group * Group * (Cols / 16);
+
     /// <summary>
     /// Builds the interleaved copy of every whole group of 8 rows (Q8_0 activations only; the remaining
     /// rows use the row-major form).
@@ -176,6 +180,7 @@ public sealed unsafe class QuantizedActivations
         Grow(ref _iScaledSums, Groups * Group * blocks);
         Grow(ref _iScaledSums16, Groups * Group * (Cols / 16));
         Grow(ref _iSums, Groups * Group * blocks);
+        Grow(ref _iSums16, Groups * Group * (Cols / 16));
     }
 
     /// <summary>The interleaved copy of group g (it reads the group's own rows only, once they are quantized).</summary>
@@ -186,7 +191,7 @@ public sealed unsafe class QuantizedActivations
         float* id = InterleavedD(g);
         float* s32 = InterleavedScaledSums32(g);
         float* s16 = InterleavedScaledSums16(g);
-        int* sums32 = InterleavedSums32(g);
+        int* sums32 = InterleavedSums32(g), isums16 = InterleavedSums16(g);
         int valid = Math.Clamp(Rows - g * Group, 0, Group);
         TransposeCodes(g, valid, dst);
         for (int r = 0; r < Group; r++)
@@ -202,6 +207,8 @@ public sealed unsafe class QuantizedActivations
                     s16[2 * b * Group + r] = 0;
                     s16[(2 * b + 1) * Group + r] = 0;
                     sums32[b * Group + r] = 0;
+                    isums16[2 * b * Group + r] = 0;
+                    isums16[(2 * b + 1) * Group + r] = 0;
                 }
                 continue;
             }
@@ -215,6 +222,8 @@ public sealed unsafe class QuantizedActivations
                 s16[2 * b * Group + r] = d[b] * sums16[2 * b];
                 s16[(2 * b + 1) * Group + r] = d[b] * sums16[2 * b + 1];
                 sums32[b * Group + r] = sums16[2 * b] + sums16[2 * b + 1];
+                isums16[2 * b * Group + r] = sums16[2 * b];
+                isums16[(2 * b + 1) * Group + r] = sums16[2 * b + 1];
             }
         }
     }
