@@ -232,19 +232,10 @@ public sealed unsafe class CpuBackend : Backend
 
     public override void Rope(Activation x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
     {
-        int maxPosition = 0;
-        foreach (int p in positions)
-            maxPosition = Math.Max(maxPosition, p);
-        var (cos, sin) = rope.Tables(maxPosition + 1);
+        _rows.Rotation.Set(rope, positions);
         _rows.X = Array(x);
         _rows.Cols = x.Cols;
         _rows.Heads = heads;
-        _rows.HeadDim = rope.HeadDim;
-        _rows.NeoX = rope.Style == Models.RopeStyle.NeoX;
-        _rows.Cos = cos;
-        _rows.Sin = sin;
-        _rows.Pairs = rope.InvFreq.Length;
-        _rows.SetPositions(positions);
         ForRows(x.Rows, RowOp.Rope);
     }
 
@@ -260,13 +251,9 @@ public sealed unsafe class CpuBackend : Backend
             base.RopeStoreKvBatch(q, k, v, heads, kvHeads, positions, rope, store, layer, batch);
             return;
         }
-        int maxPosition = 0;
-        foreach (int p in positions)
-            maxPosition = Math.Max(maxPosition, p);
-        var (cos, sin) = rope.Tables(maxPosition + 1);
+        _rows.Rotation.Set(rope, positions);
         _storeKv.Set(store, layer, batch, k, v);
-        _storeKv.SetRope(Array(q), q.Cols, heads, Array(k), k.Cols, kvHeads, rope.HeadDim, rope.Style == Models.RopeStyle.NeoX, cos, sin,
-            rope.InvFreq.Length, positions);
+        _storeKv.SetRope(_rows.Rotation, Array(q), q.Cols, heads, Array(k), k.Cols, kvHeads);
         _pool.Run(_storeKv, Math.Min(batch.Rows, Threads * 4), Threads);
     }
 
@@ -295,7 +282,7 @@ public sealed unsafe class CpuBackend : Backend
         var layout = store.Layout;
         var blocks = ((CpuKvStore)store).Pointers;
         bool half = ((CpuKvStore)store).Half;
-        int hd = layout.HeadDim, bs = layout.BlockSize, width = layout.KvHeads * hd;
+        int hd = layout.HeadDim, bs = layout.BlockSize, width = layout.KvHeads * hd, whole = hd & ~3; // whole: the dimensions in fours
         // A row's K and V rounded in one call each: per head (64 values) the call's dispatch cost more
         // than the rounding (a 16-sequence step of the 110M shape: 4,608 calls).
         var rounded = half ? RoundedRow(2 * width) : default;
@@ -320,7 +307,6 @@ public sealed unsafe class CpuBackend : Backend
                     // K four dimensions at a time ([hd/4][bs][4], Attention.KeyIndex), V row-major ([bs][hd])
                     long kt = Kernels.Attention.KeyOffset(layout, layer, h);
                     long vt = Kernels.Attention.ValueOffset(layout, layer, h) + (long)offset * hd;
-                    int whole = hd & ~3;
                     if (half)
                     {
                         var block = (ushort*)blocks[blockTable[slot / bs]];
@@ -671,40 +657,28 @@ public sealed unsafe class CpuBackend : Backend
         private Activation _k, _v;
         private int _layer;
 
-        // RoPE before the store (RopeStoreKvBatch), when set
-        private bool _rotate, _neoX;
-        private float[] _q = [], _kRows = [], _cos = [], _sin = [];
-        private int _qCols, _kCols, _heads, _kvHeads, _headDim, _pairs;
-        private int[] _positions = new int[256];
+        // RoPE of q and k before the store (RopeStoreKvBatch), when set
+        private RopeRows? _rotation;
+        private float[] _q = [], _kRows = [];
+        private int _qCols, _kCols, _heads, _kvHeads;
 
         public void Set(KvStore store, int layer, SequenceBatch batch, Activation k, Activation v)
         {
             (_store, _layer, _batch, _k, _v) = (store, layer, batch, k, v);
-            _rotate = false;
+            _rotation = null;
         }
 
-        public void SetRope(float[] q, int qCols, int heads, float[] k, int kCols, int kvHeads, int headDim, bool neoX, float[] cos, float[] sin,
-            int pairs, ReadOnlySpan<int> positions)
-        {
-            (_q, _qCols, _heads, _kRows, _kCols, _kvHeads, _headDim, _neoX, _cos, _sin, _pairs) = (q, qCols, heads, k, kCols, kvHeads, headDim, neoX, cos, sin, pairs);
-            if (_positions.Length < positions.Length)
-                _positions = new int[Math.Max(positions.Length, _positions.Length * 2)];
-            positions.CopyTo(_positions);
-            _rotate = true;
-        }
+        public void SetRope(RopeRows rotation, float[] q, int qCols, int heads, float[] k, int kCols, int kvHeads) =>
+            (_rotation, _q, _qCols, _heads, _kRows, _kCols, _kvHeads) = (rotation, q, qCols, heads, k, kCols, kvHeads);
 
         public void Execute(int chunk, int chunks)
         {
             var batch = _batch!;
             var (start, end) = WorkerPool.Range(batch.Rows, chunk, chunks);
-            for (int r = start; _rotate && r < end; r++)
+            for (int r = start; _rotation is not null && r < end; r++)
             {
-                // RowsWork's Rope, row by row
-                int p = _positions[r];
-                var cos = _cos.AsSpan(p * _pairs, _pairs);
-                var sin = _sin.AsSpan(p * _pairs, _pairs);
-                Kernels.Rope.RopeF32(_q.AsSpan(r * _qCols, _qCols), _heads, _headDim, _neoX, cos, sin);
-                Kernels.Rope.RopeF32(_kRows.AsSpan(r * _kCols, _kCols), _kvHeads, _headDim, _neoX, cos, sin);
+                _rotation.Rotate(_q, _qCols, _heads, r);
+                _rotation.Rotate(_kRows, _kCols, _kvHeads, r);
             }
             for (int j = 0; j < batch.Count && start < end; j++)
             {
@@ -715,22 +689,44 @@ public sealed unsafe class CpuBackend : Backend
         }
     }
 
-    /// <summary>The row-wise operations, with their arguments in fields so a run allocates nothing.</summary>
-    private sealed class RowsWork : IParallelWork
+    /// <summary>A pass's RoPE tables and row positions, and the rotation of one row by its position.</summary>
+    private sealed class RopeRows
     {
-        public RowOp Op;
-        public float[] X = [], Y = [], Z = [], W = [], Cos = [], Sin = [];
-        public int Rows, Cols, Heads, HeadDim, Pairs;
-        public float Eps;
-        public bool NeoX;
+        private float[] _cos = [], _sin = [];
+        private int _pairs, _headDim;
+        private bool _neoX;
         private int[] _positions = new int[256];
 
-        public void SetPositions(ReadOnlySpan<int> positions)
+        public void Set(RopeTable rope, ReadOnlySpan<int> positions)
         {
+            int maxPosition = 0;
+            foreach (int p in positions)
+                maxPosition = Math.Max(maxPosition, p);
+            (_cos, _sin) = rope.Tables(maxPosition + 1);
+            (_pairs, _headDim, _neoX) = (rope.InvFreq.Length, rope.HeadDim, rope.Style == Models.RopeStyle.NeoX);
             if (_positions.Length < positions.Length)
                 _positions = new int[Math.Max(positions.Length, _positions.Length * 2)];
             positions.CopyTo(_positions);
         }
+
+        /// <summary>Row r of x ([rows, cols], heads of the table's head size) rotated in place by position r's angles.</summary>
+        public void Rotate(float[] x, int cols, int heads, int r)
+        {
+            int p = _positions[r];
+            Kernels.Rope.RopeF32(x.AsSpan(r * cols, cols), heads, _headDim, _neoX, _cos.AsSpan(p * _pairs, _pairs), _sin.AsSpan(p * _pairs, _pairs));
+        }
+    }
+
+    /// <summary>The row-wise operations, with their arguments in fields so a run allocates nothing.</summary>
+    private sealed class RowsWork : IParallelWork
+    {
+        public RowOp Op;
+        public float[] X = [], Y = [], Z = [], W = [];
+        public int Rows, Cols, Heads;
+        public float Eps;
+
+        /// <summary>The Rope op's tables and positions (RopeStoreKvBatch's too).</summary>
+        public readonly RopeRows Rotation = new();
 
         public void Execute(int chunk, int chunks)
         {
@@ -749,8 +745,7 @@ public sealed unsafe class CpuBackend : Backend
                         Kernels.RmsNorm.RmsNormF32(row, W, Eps, Y.AsSpan(r * Cols, Cols));
                         break;
                     case RowOp.Rope:
-                        int p = _positions[r];
-                        Kernels.Rope.RopeF32(row, Heads, HeadDim, NeoX, Cos.AsSpan(p * Pairs, Pairs), Sin.AsSpan(p * Pairs, Pairs));
+                        Rotation.Rotate(X, Cols, Heads, r);
                         break;
                     case RowOp.SwiGlu:
                         Activations.SwiGluF32(row, W.AsSpan(r * Cols, Cols), Y.AsSpan(r * Cols, Cols));
@@ -828,7 +823,6 @@ public sealed unsafe class CpuBackend : Backend
         }
 
         private int _prologue, _prologueDone;
-        private float[] _prologueX = [];
         private volatile bool _prologueFailed;
 
         /// <summary>
@@ -841,7 +835,6 @@ public sealed unsafe class CpuBackend : Backend
             _prologue = chunks;
             _prologueDone = 0;
             _prologueFailed = false;
-            _prologueX = _x[0];
         }
 
         private void Prologue(int g)
@@ -852,7 +845,7 @@ public sealed unsafe class CpuBackend : Backend
                 int first = g * QuantizedActivations.Group, end = Math.Min(q.Rows, first + QuantizedActivations.Group);
                 if (first < end)
                 {
-                    fixed (float* x = _prologueX)
+                    fixed (float* x = _x[0]) // every target's input is the run's one x
                         q.QuantizeRows(x, first, end);
                 }
                 if (g < q.Groups)

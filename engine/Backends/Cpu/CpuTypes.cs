@@ -23,7 +23,7 @@ internal sealed class CpuVector(string name, float[] data) : DeviceVector(name, 
 }
 
 /// <summary>
-/// KV blocks in native memory (64-byte aligned, zeroed), allocated on first use: per layer, K of every
+/// KV blocks in native memory (page-aligned where a block is 4 KiB or more, else 64-byte; zeroed), allocated on first use: per layer, K of every
 /// kv head four dimensions at a time ([kvHead][headDim/4][slot][4], Attention.KeyIndex), then V ([kvHead][slot][headDim]) — the layout
 /// <see cref="Kernels.Attention"/> reads — in float elements, or F16 ones (<see cref="Half"/>). Native
 /// rather than managed so that the decode loop allocates nothing on the managed heap when a sequence
