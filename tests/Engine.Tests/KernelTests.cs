@@ -177,7 +177,7 @@ public unsafe class KernelTests
         else
             panels.Pack(d.X, n, cols);
         var y = new float[n * d.Rows];
-        MatMul.Rows(view, d.X, kind is null ? null : d.Q, quantized ? groups : null, quantized ? null : panels, n, y, 0, d.Rows);
+        MatMul.Rows(view, null, d.X, kind is null ? null : d.Q, quantized ? groups : null, quantized ? null : panels, n, y, 0, d.Rows);
         int grouped = n / 8 * 8;
         for (int r = 0; r < n; r++)
         {

@@ -66,7 +66,7 @@ internal static class ChunkSparseFfn
             for (int i = 0; i < _count; i++)
             {
                 int e = _active[i];
-                MatMul.Rows(_down[e], _hidden[e], _quantized[e], null, null, _rows, _part, o0, o1);
+                MatMul.Rows(_down[e], null, _hidden[e], _quantized[e], null, null, _rows, _part, o0, o1);
                 for (int t = 0; t < _rows; t++)
                 {
                     var y = _y.AsSpan(t * _dim + o0, o1 - o0);

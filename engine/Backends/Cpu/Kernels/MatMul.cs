@@ -30,7 +30,9 @@ public static unsafe class MatMul
     /// <param name="qx">The same activations quantized to <see cref="ActivationFor"/>(W.Type), or null if it needs none.</param>
     /// <param name="y">[n, rows] output; with groups padded past n (<see cref="QuantizedActivations.Interleave"/>), room for their rows too.</param>
     /// <param name="panels">The same activations packed for the float matrix kernels (F16/F32 weights), or null.</param>
-    public static void Rows(TensorView w, ReadOnlySpan<float> x, QuantizedActivations? qx, QuantizedActivations? groups8, FloatPanels? panels,
+    /// <param name="packed">W repacked for the native kernels (Q4_0 only), or null: then every quantized row, of the matrix
+    /// kernels' groups and of the row kernels alike, goes through it.</param>
+    public static void Rows(TensorView w, Q4_0x16? packed, ReadOnlySpan<float> x, QuantizedActivations? qx, QuantizedActivations? groups8, FloatPanels? panels,
         int n, Span<float> y, int rowStart, int rowEnd)
     {
         int cols = checked((int)w.RowLength);
@@ -56,12 +58,19 @@ public static unsafe class MatMul
                 {
                     if (isFloat)
                         FloatBlock(w, panels!, groups, yp, rows, o0, o1);
+                    else if (packed is not null)
+                        PackedBlock(w, packed, groups8!, groups, yp, rows, o0, o1);
                     else
                         QuantizedBlock(w, groups8!, groups, yp, rows, o0, o1);
                 }
                 // Rows left to the row kernels: four at a time where a 4-row kernel exists (each row's
                 // result bit for bit the one-row kernel's), then one at a time.
                 int first = Math.Min(n, groups * QuantizedActivations.Group); // padded groups cover every row
+                if (packed is not null && qx is not null)
+                {
+                    PackedRows(packed, qx, first, n, yp, rows, o0, o1);
+                    continue;
+                }
                 if (n - first == 1 && OneRow(w, cols, rowBytes, qx, first, yp + (long)first * rows, o0, o1))
                     continue;
                 bool four = n - first >= 4 && VecDot.HasRows4(w.Type) && (w.Type == GgmlType.F16 || qx is not null);
@@ -163,6 +172,81 @@ public static unsafe class MatMul
             DecodedBlock(w, qx, 0, pairs, y, rows, direct, o1);
         if (pairs < groups)
             DecodedBlock(w, qx, pairs, groups, y, rows, o0, o1);
+    }
+
+    /// <summary>
+    /// <see cref="QuantizedBlock"/> for a Q4_0 matrix repacked sixteen rows at a time: pairs of activation groups
+    /// through <c>engine_q4_0x16_rows</c>, a group of 16 weight rows the range cuts (never, where the chunks are
+    /// in sixteens) computed whole into a tile and the range's rows copied out; an odd last activation group
+    /// through <see cref="DecodedBlock"/>.
+    /// </summary>
+    private static void PackedBlock(TensorView w, Q4_0x16 packed, QuantizedActivations qx, int groups, float* y, int rows, int o0, int o1)
+    {
+        const int G = QuantizedActivations.Group;
+        int pairs = groups / 2 * 2, a = (o0 + 15) / 16 * 16, b = o1 / 16 * 16;
+        float* tile = stackalloc float[2 * G * 16];
+        for (int group = 0; group < pairs; group += 2)
+        {
+            sbyte* q0 = qx.InterleavedQ(group), q1 = qx.InterleavedQ(group + 1);
+            float* d0 = qx.InterleavedD(group), d1 = qx.InterleavedD(group + 1);
+            int* i0 = qx.InterleavedSums32(group), i1 = qx.InterleavedSums32(group + 1);
+            float* yg = y + (long)group * G * rows;
+            if (a < b)
+                NativeKernels.engine_q4_0x16_rows(packed.Group(a / 16), (b - a) / 16, packed.Blocks, q0, q1, d0, d1, i0, i1, yg + a, rows);
+            for (int g0 = o0 / 16 * 16; g0 < o1; g0 += 16)
+            {
+                if (g0 >= a && g0 < b)
+                    continue; // a whole group, done above
+                NativeKernels.engine_q4_0x16_rows(packed.Group(g0 / 16), 1, packed.Blocks, q0, q1, d0, d1, i0, i1, tile, 16);
+                for (int o = Math.Max(o0, g0); o < Math.Min(o1, g0 + 16); o++)
+                {
+                    for (int r = 0; r < 2 * G; r++)
+                        yg[(long)r * rows + o] = tile[r * 16 + o - g0];
+                }
+            }
+        }
+        if (pairs < groups)
+            DecodedBlock(w, qx, pairs, groups, y, rows, o0, o1);
+    }
+
+    /// <summary>
+    /// The row kernels' case on a repacked Q4_0 matrix: activation rows [first, n) four at a time through
+    /// <c>engine_q4_0x16_few</c>, each row's result its own (the same alone, beside others, or in a group of the
+    /// matrix kernel). Groups the range cuts are computed whole into a tile, as in <see cref="PackedBlock"/>.
+    /// </summary>
+    private static void PackedRows(Q4_0x16 packed, QuantizedActivations qx, int first, int n, float* y, int rows, int o0, int o1)
+    {
+        int a = (o0 + 15) / 16 * 16, b = o1 / 16 * 16;
+        sbyte** q = stackalloc sbyte*[4];
+        float** d = stackalloc float*[4];
+        float** yr = stackalloc float*[4];
+        float* tile = stackalloc float[4 * 16];
+        for (int r = first; r < n; r += 4)
+        {
+            int count = Math.Min(4, n - r);
+            for (int j = 0; j < count; j++)
+            {
+                q[j] = qx.Q(r + j);
+                d[j] = qx.D(r + j);
+                yr[j] = y + (long)(r + j) * rows + a;
+            }
+            if (a < b && NativeKernels.engine_q4_0x16_few(packed.Group(a / 16), (b - a) / 16, packed.Blocks, count, q, d, yr) != 0)
+                throw new InvalidOperationException("engine_q4_0x16_few refused its arguments");
+            for (int g0 = o0 / 16 * 16; g0 < o1; g0 += 16)
+            {
+                if (g0 >= a && g0 < b)
+                    continue;
+                for (int j = 0; j < count; j++)
+                    yr[j] = tile + j * 16;
+                if (NativeKernels.engine_q4_0x16_few(packed.Group(g0 / 16), 1, packed.Blocks, count, q, d, yr) != 0)
+                    throw new InvalidOperationException("engine_q4_0x16_few refused its arguments");
+                for (int j = 0; j < count; j++)
+                {
+                    for (int o = Math.Max(o0, g0); o < Math.Min(o1, g0 + 16); o++)
+                        y[(long)(r + j) * rows + o] = tile[j * 16 + o - g0];
+                }
+            }
+        }
     }
 
     /// <summary>
