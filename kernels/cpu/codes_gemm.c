@@ -460,77 +460,98 @@ AVX512_VNNI static inline void q5_k_8x16(const uint8_t* w, int64_t rowBytes, int
     store_transposed(acc, y, ldy);
 }
 
-// Q4_0 interleaved sixteen rows at a time (Q4_0x16, built once per matrix by engine_q4_0x16_pack): for each
-// group of 16 weight rows and each block of 32 values, the 16 rows' scales as floats (64 bytes), then for
-// each quarter k4 of the block the rows' packed bytes 4k4..4k4+3 side by side (4 x 64 bytes: row i's
-// four bytes at 4i). One 512-bit load then holds four values of all 16 rows (low nibbles: values
-// 4k4..4k4+3, high nibbles: 16+4k4..16+4k4+3), so a vector's lanes are weight rows and each activation
-// row's four bytes are broadcast against it: the nibbles are unpacked once per 64 bytes for every
-// activation row, where the file's layout (q4_0_8x16) unpacks each broadcast anew — one vector
-// instruction a vpdpbusd. Measured, 16 activation rows, K = 768, weights from memory: 0.150 -> 0.097 ns a
-// weight. The arithmetic is q4_0_8x16's (and MatMul.ExactOffsetReference's): Σ (code - 8)·x as an
-// integer, then acc = fma(float(Σ), d·dx, acc) block by block — so every output is bit for bit theirs.
-#define Q4_0X16_BLOCK 320
+// Q4_0 and Q8_0 interleaved sixteen rows at a time (built once per matrix by engine_x16_pack): for each group
+// of 16 weight rows and each block of 32 values, the 16 rows' scales as floats (64 bytes), then the rows'
+// codes four values at a time, row i's four bytes at 4i of each 64: Q4_0 its packed bytes 4k..4k+3 for
+// k = 0..3 (low nibbles values 4k..4k+3, high nibbles 16+4k..16+4k+3), 4 x 64 bytes; Q8_0 its values
+// 4k..4k+3 for k = 0..7 with the sign bit flipped (code + 128, unsigned as vpdpbusd takes them), 8 x 64.
+// One 512-bit load then holds four values of all 16 rows, so a vector's lanes are weight rows and each
+// activation row's four bytes are broadcast against it: Q4_0's nibbles are unpacked, Q8_0's signs flipped,
+// once per 64 bytes for every activation row, where the file's layout (q4_0_8x16, q8_0_8x16) does it anew
+// for each broadcast — one vector instruction a vpdpbusd. Measured, Q4_0, 16 activation rows, K = 768,
+// weights from memory, one thread: 0.150 -> 0.097 ns a weight. The arithmetic is the direct kernels' (and
+// MatMul.ExactOffsetReference's): Σ (code - offset)·x as an integer, then acc = fma(float(Σ), d·dx, acc)
+// block by block — so every output is bit for bit theirs.
 
-// rows (a multiple of 16) of Q4_0 at w, row i at w + i*rowBytes, blocks of 32 a row, into dst (rows/16 *
-// blocks * Q4_0X16_BLOCK bytes).
-AVX512_VNNI EXPORT void engine_q4_0x16_pack(const uint8_t* w, int64_t rowBytes, int32_t rows, int32_t blocks, uint8_t* dst)
+// Bytes of one group of 16 rows and one block (type 2 Q4_0, 8 Q8_0).
+static inline int64_t x16_block_bytes(int type) { return type == 2 ? 320 : 576; }
+
+// rows (a multiple of 16) of type at w, row i at w + i*rowBytes, blocks of 32 a row, into dst (rows/16 *
+// blocks * x16_block_bytes bytes). Returns -1 (nothing written) for another type.
+AVX512_VNNI EXPORT int engine_x16_pack(int32_t type, const uint8_t* w, int64_t rowBytes, int32_t rows, int32_t blocks, uint8_t* dst)
 {
+    if (type != 2 && type != 8)
+        return -1;
+    int64_t blockBytes = x16_block_bytes(type), typeBytes = type == 2 ? 18 : 34;
+    int steps = type == 2 ? 4 : 8;
     for (int32_t g = 0; g < rows / 16; g++)
     {
         for (int32_t b = 0; b < blocks; b++)
         {
-            uint8_t* out = dst + ((int64_t)g * blocks + b) * Q4_0X16_BLOCK;
+            uint8_t* out = dst + ((int64_t)g * blocks + b) * blockBytes;
             for (int i = 0; i < 16; i++)
             {
-                const uint8_t* blk = w + ((int64_t)g * 16 + i) * rowBytes + (int64_t)b * 18;
+                const uint8_t* blk = w + ((int64_t)g * 16 + i) * rowBytes + (int64_t)b * typeBytes;
                 float d = load_half(blk);
                 __builtin_memcpy(out + 4 * i, &d, 4);
-                for (int k4 = 0; k4 < 4; k4++)
-                    __builtin_memcpy(out + 64 + 64 * k4 + 4 * i, blk + 2 + 4 * k4, 4);
+                for (int k = 0; k < steps; k++)
+                {
+                    uint32_t v = (uint32_t)load32(blk + 2 + 4 * k);
+                    if (type == 8)
+                        v ^= 0x80808080u;
+                    __builtin_memcpy(out + 64 + 64 * k + 4 * i, &v, 4);
+                }
             }
         }
     }
+    return 0;
 }
 
-// A block's 16 rows of codes: W[2k4] the low nibbles of quarter k4, W[2k4 + 1] its high nibbles.
-AVX512_VNNI static inline void q4_0x16_codes(const uint8_t* blk, __m512i W[8])
+// A block's 16 rows of codes, W[s] values 4s..4s+3 (s = 0..7).
+AVX512_VNNI static inline __attribute__((always_inline)) void x16_codes(int type, const uint8_t* blk, __m512i W[8])
 {
-    const __m512i low = _mm512_set1_epi8(0x0F);
-    for (int k4 = 0; k4 < 4; k4++)
+    if (type == 2)
     {
-        __m512i v = _mm512_loadu_si512(blk + 64 + 64 * k4);
-        W[2 * k4] = _mm512_and_si512(v, low);
-        W[2 * k4 + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+        const __m512i low = _mm512_set1_epi8(0x0F);
+        for (int k = 0; k < 4; k++)
+        {
+            __m512i v = _mm512_loadu_si512(blk + 64 + 64 * k);
+            W[k] = _mm512_and_si512(v, low);
+            W[4 + k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+        }
+    }
+    else
+    {
+        for (int s = 0; s < 8; s++)
+            W[s] = _mm512_loadu_si512(blk + 64 + 64 * s);
     }
 }
 
-// 16 weight rows (one group of the interleaved layout, blocks at rp) against the 8 activation rows of one
-// interleaved group (xq: per block 256 bytes, step s's 4 values of row r at 32s + 4r; xd, xi: 8 per block):
-// y[r*ldy + i] for weight row i. pf: pfBytes to prefetch meanwhile (3 lines a block), or null.
-AVX512_VNNI static inline void q4_0x16_group8(const uint8_t* rp, const uint8_t* pf, int64_t pfBytes, int32_t blocks, const int8_t* xq, const float* xd,
-    const int32_t* xi, float* y, int64_t ldy)
+// 16 weight rows (one group, blocks at rp) against the 8 activation rows of one interleaved group (xq: per
+// block 256 bytes, step s's 4 values of row r at 32s + 4r; xd, xi: 8 per block): y[r*ldy + i] for weight
+// row i. pf: pfBytes to prefetch meanwhile, spread over the blocks, or null.
+AVX512_VNNI static inline __attribute__((always_inline)) void x16_group8(int type, const uint8_t* rp, const uint8_t* pf, int64_t pfBytes,
+    int32_t blocks, const int8_t* xq, const float* xd, const int32_t* xi, float* y, int64_t ldy)
 {
+    const int64_t blockBytes = x16_block_bytes(type);
+    const int shift = type == 2 ? 3 : 7, lines = (int)(pfBytes / 64 + blocks - 1) / blocks;
     __m512 acc[8];
     for (int r = 0; r < 8; r++)
         acc[r] = _mm512_setzero_ps();
     for (int b = 0; b < blocks; b++)
     {
-        const uint8_t* blk = rp + (int64_t)b * Q4_0X16_BLOCK;
+        const uint8_t* blk = rp + (int64_t)b * blockBytes;
         const uint8_t* x = (const uint8_t*)(xq + (int64_t)b * 256);
         if (pf)
-            prefetch_lines(pf, pfBytes, 3 * (int64_t)b, 3);
+            prefetch_lines(pf, pfBytes, lines * (int64_t)b, lines);
         __m512i W[8];
-        q4_0x16_codes(blk, W);
+        x16_codes(type, blk, W);
         __m512 d = _mm512_loadu_ps((const float*)blk);
         for (int r = 0; r < 8; r++)
         {
-            __m512i p = _mm512_set1_epi32(-(xi[b * 8 + r] * 8));
-            for (int k4 = 0; k4 < 4; k4++)
-            {
-                p = _mm512_dpbusd_epi32(p, W[2 * k4], _mm512_set1_epi32(load32(x + 32 * k4 + 4 * r)));
-                p = _mm512_dpbusd_epi32(p, W[2 * k4 + 1], _mm512_set1_epi32(load32(x + 32 * (k4 + 4) + 4 * r)));
-            }
+            __m512i p = _mm512_set1_epi32(-(xi[b * 8 + r] << shift));
+            for (int s = 0; s < 8; s++)
+                p = _mm512_dpbusd_epi32(p, W[s], _mm512_set1_epi32(load32(x + 32 * s + 4 * r)));
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(d, _mm512_set1_ps(xd[b * 8 + r])), acc[r]);
         }
     }
@@ -538,44 +559,45 @@ AVX512_VNNI static inline void q4_0x16_group8(const uint8_t* rp, const uint8_t* 
         _mm512_storeu_ps(y + r * ldy, acc[r]);
 }
 
-// Groups [0, groups) of the interleaved layout at rp (weight rows 16g..16g+15) against activation groups
-// g and g+1 (as engine_direct_rows takes them): y[r*ldy + 16g + i]. Each group's bytes are read twice, the
-// second time from L1; the next group is prefetched meanwhile.
-AVX512_VNNI EXPORT void engine_q4_0x16_rows(const uint8_t* rp, int32_t groups, int32_t blocks, const int8_t* xq0, const int8_t* xq1,
-    const float* xd0, const float* xd1, const int32_t* xi0, const int32_t* xi1, float* y, int64_t ldy)
+AVX512_VNNI static inline __attribute__((always_inline)) void x16_rows(int type, const uint8_t* rp, int32_t groups, int32_t blocks,
+    const int8_t* xq0, const int8_t* xq1, const float* xd0, const float* xd1, const int32_t* xi0, const int32_t* xi1, float* y, int64_t ldy)
 {
-    int64_t groupBytes = (int64_t)blocks * Q4_0X16_BLOCK;
+    int64_t groupBytes = (int64_t)blocks * x16_block_bytes(type);
     prefetch_lines(rp, groupBytes, 0, 24);
     for (int32_t g = 0; g < groups; g++)
     {
         const uint8_t* w = rp + g * groupBytes;
         const uint8_t* next = g + 1 < groups ? w + groupBytes : 0;
-        int64_t half = 3 * 64 * (int64_t)blocks; // of the next group's 5 lines a block, the first pass prefetches 3, the second the rest
-        q4_0x16_group8(w, next, half, blocks, xq0, xd0, xi0, y + 16 * g, ldy);
-        q4_0x16_group8(w, next ? next + half : 0, groupBytes - half, blocks, xq1, xd1, xi1, y + 8 * ldy + 16 * g, ldy);
+        int64_t half = groupBytes / 128 * 64; // the next group's first half of lines prefetched in the first pass, the rest in the second
+        x16_group8(type, w, next, half, blocks, xq0, xd0, xi0, y + 16 * g, ldy);
+        x16_group8(type, w, next ? next + half : 0, groupBytes - half, blocks, xq1, xd1, xi1, y + 8 * ldy + 16 * g, ldy);
     }
+}
+
+// Groups [0, groups) of the interleaved layout at rp (weight rows 16g..16g+15) against activation groups g
+// and g+1 (as engine_direct_rows takes them): y[r*ldy + 16g + i]. Each group's bytes are read twice, the
+// second time from L1; the next group is prefetched meanwhile. Returns -1 (nothing written) for another type.
+AVX512_VNNI EXPORT int engine_x16_rows(int32_t type, const uint8_t* rp, int32_t groups, int32_t blocks, const int8_t* xq0, const int8_t* xq1,
+    const float* xd0, const float* xd1, const int32_t* xi0, const int32_t* xi1, float* y, int64_t ldy)
+{
+    if (type == 2)
+        x16_rows(2, rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, y, ldy);
+    else if (type == 8)
+        x16_rows(8, rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, y, ldy);
+    else
+        return -1;
+    return 0;
 }
 
 // The row kernels' case: n (1..4) activation rows in plain layout (row j: q[j], 32 int8 a block, scales
 // d[j]) against groups [0, groups) of the interleaved layout: y[j][16g + i]. Each activation row's result
-// is computed on its own, exactly as with n = 1 (and as engine_q4_0x16_rows computes it), so a row's output
-// does not depend on the rows beside it. Returns -1 (nothing written) for more than 4096 blocks a row.
-AVX512_VNNI EXPORT int engine_q4_0x16_few(const uint8_t* rp, int32_t groups, int32_t blocks, int32_t n, const int8_t* const* q,
-    const float* const* d, float* const* y)
+// is computed on its own, exactly as with n = 1 (and as engine_x16_rows computes it), so a row's output
+// does not depend on the rows beside it.
+AVX512_VNNI static inline __attribute__((always_inline)) void x16_few(int type, const uint8_t* rp, int32_t groups, int32_t blocks, int32_t n,
+    const int8_t* const* q, const float* const* d, float* const* y, int32_t sums[4][4096])
 {
-    if (blocks > 4096 || n < 1 || n > 4)
-        return -1;
-    int32_t sums[4][4096];
-    for (int j = 0; j < n; j++)
-    {
-        for (int32_t b = 0; b < blocks; b++)
-        {
-            __m256i v = _mm256_loadu_si256((const __m256i*)(q[j] + 32 * (int64_t)b));
-            __m512i wide = _mm512_cvtepi8_epi16(v);
-            sums[j][b] = _mm512_reduce_add_epi32(_mm512_madd_epi16(wide, _mm512_set1_epi16(1)));
-        }
-    }
-    int64_t groupBytes = (int64_t)blocks * Q4_0X16_BLOCK;
+    const int64_t blockBytes = x16_block_bytes(type), groupBytes = (int64_t)blocks * blockBytes;
+    const int shift = type == 2 ? 3 : 7;
     for (int32_t g = 0; g < groups; g++)
     {
         const uint8_t* w = rp + g * groupBytes;
@@ -584,19 +606,19 @@ AVX512_VNNI EXPORT int engine_q4_0x16_few(const uint8_t* rp, int32_t groups, int
             acc[j] = _mm512_setzero_ps();
         for (int32_t b = 0; b < blocks; b++)
         {
-            const uint8_t* blk = w + (int64_t)b * Q4_0X16_BLOCK;
+            const uint8_t* blk = w + (int64_t)b * blockBytes;
             __m512i W[8];
-            q4_0x16_codes(blk, W);
+            x16_codes(type, blk, W);
             __m512 scale = _mm512_loadu_ps((const float*)blk);
             for (int j = 0; j < n; j++)
             {
                 const uint8_t* x = (const uint8_t*)(q[j] + 32 * (int64_t)b);
                 // two chains (values 0..15, 16..31), joined before the float step: the sum is an integer, so exact
-                __m512i p = _mm512_set1_epi32(-(sums[j][b] * 8)), h = _mm512_setzero_si512();
-                for (int k4 = 0; k4 < 4; k4++)
+                __m512i p = _mm512_set1_epi32(-(sums[j][b] << shift)), h = _mm512_setzero_si512();
+                for (int s = 0; s < 4; s++)
                 {
-                    p = _mm512_dpbusd_epi32(p, W[2 * k4], _mm512_set1_epi32(load32(x + 4 * k4)));
-                    h = _mm512_dpbusd_epi32(h, W[2 * k4 + 1], _mm512_set1_epi32(load32(x + 16 + 4 * k4)));
+                    p = _mm512_dpbusd_epi32(p, W[s], _mm512_set1_epi32(load32(x + 4 * s)));
+                    h = _mm512_dpbusd_epi32(h, W[4 + s], _mm512_set1_epi32(load32(x + 16 + 4 * s)));
                 }
                 acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p, h)), _mm512_mul_ps(scale, _mm512_set1_ps(d[j][b])), acc[j]);
             }
@@ -604,6 +626,27 @@ AVX512_VNNI EXPORT int engine_q4_0x16_few(const uint8_t* rp, int32_t groups, int
         for (int j = 0; j < n; j++)
             _mm512_storeu_ps(y[j] + 16 * g, acc[j]);
     }
+}
+
+// Returns -1 (nothing written) for another type, more than 4096 blocks a row or n outside 1..4.
+AVX512_VNNI EXPORT int engine_x16_few(int32_t type, const uint8_t* rp, int32_t groups, int32_t blocks, int32_t n, const int8_t* const* q,
+    const float* const* d, float* const* y)
+{
+    if (blocks > 4096 || n < 1 || n > 4 || (type != 2 && type != 8))
+        return -1;
+    int32_t sums[4][4096];
+    for (int j = 0; j < n; j++)
+    {
+        for (int32_t b = 0; b < blocks; b++)
+        {
+            __m512i wide = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(q[j] + 32 * (int64_t)b)));
+            sums[j][b] = _mm512_reduce_add_epi32(_mm512_madd_epi16(wide, _mm512_set1_epi16(1)));
+        }
+    }
+    if (type == 2)
+        x16_few(2, rp, groups, blocks, n, q, d, y, sums);
+    else
+        x16_few(8, rp, groups, blocks, n, q, d, y, sums);
     return 0;
 }
 

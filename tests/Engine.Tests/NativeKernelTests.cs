@@ -149,27 +149,31 @@ public unsafe class NativeKernelTests
     }
 
     /// <summary>
-    /// Q4_0 repacked sixteen rows at a time (<see cref="Q4_0x16"/>) through <see cref="MatMul.Rows"/>: the matrix
+    /// Q4_0 and Q8_0 repacked sixteen rows at a time (<see cref="Repacked16"/>) through <see cref="MatMul.Rows"/>: the matrix
     /// kernel's groups and the row kernel's rows (21 activation rows: two groups of 8, then 5 left to the rows),
     /// over the whole matrix and over a range that cuts its groups of 16, each output bit for bit the
     /// exact-offset reference — the arithmetic of the direct kernel on the file's blocks, so repacking changes
     /// nothing but speed, and a row's result is the same whichever kernel computes it.
     /// </summary>
-    [TestCase(1, 0, 48)]
-    [TestCase(24, 0, 48)]
-    [TestCase(24, 5, 43)]
-    [TestCase(3, 17, 30)]
-    public void Repacked_Q4_0_equals_the_exact_offset_reference_bit_for_bit(int blocks, int rowStart, int rowEnd)
+    [TestCase(GgmlType.Q4_0, 1, 0, 48)]
+    [TestCase(GgmlType.Q4_0, 24, 0, 48)]
+    [TestCase(GgmlType.Q4_0, 24, 5, 43)]
+    [TestCase(GgmlType.Q4_0, 3, 17, 30)]
+    [TestCase(GgmlType.Q8_0, 1, 0, 48)]
+    [TestCase(GgmlType.Q8_0, 24, 0, 48)]
+    [TestCase(GgmlType.Q8_0, 24, 5, 43)]
+    [TestCase(GgmlType.Q8_0, 3, 17, 30)]
+    public void Repacked_matrices_equal_the_exact_offset_reference_bit_for_bit(GgmlType type, int blocks, int rowStart, int rowEnd)
     {
         RequireNative();
         int cols = 32 * blocks;
         const int rows = 48, n = 21;
-        var rng = new Random(blocks * 31 + rowStart);
-        long rowBytes = GgmlTypeInfo.RowBytes(GgmlType.Q4_0, cols);
-        var w = RandomRows(GgmlType.Q4_0, cols, rows, rng);
-        var view = new TensorView("w", GgmlType.Q4_0, [cols, rows], w, rowBytes * rows);
-        Assert.That(Q4_0x16.Applies(view), "a 48-row Q4_0 matrix is repacked under the native kernels");
-        using var packed = Q4_0x16.Pack(view);
+        var rng = new Random(blocks * 31 + rowStart + (int)type);
+        long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
+        var w = RandomRows(type, cols, rows, rng);
+        var view = new TensorView("w", type, [cols, rows], w, rowBytes * rows);
+        Assert.That(Repacked16.Applies(view), $"a 48-row {type} matrix is repacked under the native kernels");
+        using var packed = Repacked16.Pack(view);
         try
         {
             var x = new float[n * cols];
@@ -192,7 +196,7 @@ public unsafe class NativeKernelTests
                         Assert.That(float.IsNaN(actual), $"row {r}, output {o} lies outside the range and must stay unwritten");
                         continue;
                     }
-                    float expected = MatMul.ExactOffsetReference(GgmlType.Q4_0, w + o * rowBytes, qx, r, cols);
+                    float expected = MatMul.ExactOffsetReference(type, w + o * rowBytes, qx, r, cols);
                     Assert.That(BitConverter.SingleToInt32Bits(actual), Is.EqualTo(BitConverter.SingleToInt32Bits(expected)),
                         $"activation row {r} ({(r < 16 ? "matrix" : "row")} kernel), weight row {o}: {actual} vs reference {expected}");
                 }

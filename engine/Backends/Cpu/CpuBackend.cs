@@ -774,7 +774,7 @@ public sealed unsafe class CpuBackend : Backend
     {
         private int _count, _totalRows;
         private TensorView[] _weights = new TensorView[4];
-        private Q4_0x16?[] _packed = new Q4_0x16?[4];
+        private Repacked16?[] _packed = new Repacked16?[4];
         private bool _sixteens;
         private float[][] _x = new float[4][], _outputs = new float[4][];
         private int[] _n = new int[4];
@@ -911,7 +911,7 @@ public sealed unsafe class CpuBackend : Backend
             }
             if (Stride > 1 && chunks % Stride == 0)
                 chunk = chunk % Stride * (chunks / Stride) + chunk / Stride;
-            // Where every product's rows come in sixteens, so do the chunks' ranges: a Q4_0x16 group is never split.
+            // Where every product's rows come in sixteens, so do the chunks' ranges: a Repacked16 group is never split.
             int unit = _sixteens ? 16 : 1;
             var (start, end) = WorkerPool.Range(_totalRows / unit, chunk, chunks);
             (start, end) = (start * unit, end * unit);

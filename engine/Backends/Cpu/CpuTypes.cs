@@ -11,10 +11,10 @@ internal sealed class CpuBuffer(long floats) : DeviceBuffer
     public override void Dispose() { }
 }
 
-/// <summary>A weight matrix used in place from the mapped file (a Q4_0 one repacked for the native kernels, <see cref="Q4_0x16"/>).</summary>
+/// <summary>A weight matrix used in place from the mapped file (a Q4_0 one repacked for the native kernels, <see cref="Repacked16"/>).</summary>
 internal sealed class CpuMatrix(TensorView view) : DeviceMatrix(view.Name, view.Type, checked((int)view.RowCount), checked((int)view.RowLength))
 {
-    private Q4_0x16? _packed;
+    private Repacked16? _packed;
     private bool _disposed;
 
     public TensorView View { get; } = view;
@@ -23,12 +23,12 @@ internal sealed class CpuMatrix(TensorView view) : DeviceMatrix(view.Name, view.
     /// The repacked form the products read, made on the first call (on the thread that runs the product,
     /// before its workers start), or null where it does not apply.
     /// </summary>
-    public Q4_0x16? Packed()
+    public Repacked16? Packed()
     {
-        if (_packed is null && !_disposed && Q4_0x16.Applies(View))
+        if (_packed is null && !_disposed && Repacked16.Applies(View))
         {
             lock (this)
-                _packed ??= Q4_0x16.Pack(View);
+                _packed ??= Repacked16.Pack(View);
         }
         return _packed;
     }

@@ -30,9 +30,9 @@ public static unsafe class MatMul
     /// <param name="qx">The same activations quantized to <see cref="ActivationFor"/>(W.Type), or null if it needs none.</param>
     /// <param name="y">[n, rows] output; with groups padded past n (<see cref="QuantizedActivations.Interleave"/>), room for their rows too.</param>
     /// <param name="panels">The same activations packed for the float matrix kernels (F16/F32 weights), or null.</param>
-    /// <param name="packed">W repacked for the native kernels (Q4_0 only), or null: then every quantized row, of the matrix
+    /// <param name="packed">W repacked for the native kernels (Q4_0 and Q8_0), or null: then every quantized row, of the matrix
     /// kernels' groups and of the row kernels alike, goes through it.</param>
-    public static void Rows(TensorView w, Q4_0x16? packed, ReadOnlySpan<float> x, QuantizedActivations? qx, QuantizedActivations? groups8, FloatPanels? panels,
+    public static void Rows(TensorView w, Repacked16? packed, ReadOnlySpan<float> x, QuantizedActivations? qx, QuantizedActivations? groups8, FloatPanels? panels,
         int n, Span<float> y, int rowStart, int rowEnd)
     {
         int cols = checked((int)w.RowLength);
@@ -175,12 +175,12 @@ public static unsafe class MatMul
     }
 
     /// <summary>
-    /// <see cref="QuantizedBlock"/> for a Q4_0 matrix repacked sixteen rows at a time: pairs of activation groups
-    /// through <c>engine_q4_0x16_rows</c>, a group of 16 weight rows the range cuts (never, where the chunks are
+    /// <see cref="QuantizedBlock"/> for a Q4_0 or Q8_0 matrix repacked sixteen rows at a time: pairs of activation
+    /// groups through <c>engine_x16_rows</c>, a group of 16 weight rows the range cuts (never, where the chunks are
     /// in sixteens) computed whole into a tile and the range's rows copied out; an odd last activation group
     /// through <see cref="DecodedBlock"/>.
     /// </summary>
-    private static void PackedBlock(TensorView w, Q4_0x16 packed, QuantizedActivations qx, int groups, float* y, int rows, int o0, int o1)
+    private static void PackedBlock(TensorView w, Repacked16 packed, QuantizedActivations qx, int groups, float* y, int rows, int o0, int o1)
     {
         const int G = QuantizedActivations.Group;
         int pairs = groups / 2 * 2, a = (o0 + 15) / 16 * 16, b = o1 / 16 * 16;
@@ -192,12 +192,12 @@ public static unsafe class MatMul
             int* i0 = qx.InterleavedSums32(group), i1 = qx.InterleavedSums32(group + 1);
             float* yg = y + (long)group * G * rows;
             if (a < b)
-                NativeKernels.engine_q4_0x16_rows(packed.Group(a / 16), (b - a) / 16, packed.Blocks, q0, q1, d0, d1, i0, i1, yg + a, rows);
+                NativeKernels.engine_x16_rows((int)packed.Type, packed.Group(a / 16), (b - a) / 16, packed.Blocks, q0, q1, d0, d1, i0, i1, yg + a, rows);
             for (int g0 = o0 / 16 * 16; g0 < o1; g0 += 16)
             {
                 if (g0 >= a && g0 < b)
                     continue; // a whole group, done above
-                NativeKernels.engine_q4_0x16_rows(packed.Group(g0 / 16), 1, packed.Blocks, q0, q1, d0, d1, i0, i1, tile, 16);
+                NativeKernels.engine_x16_rows((int)packed.Type, packed.Group(g0 / 16), 1, packed.Blocks, q0, q1, d0, d1, i0, i1, tile, 16);
                 for (int o = Math.Max(o0, g0); o < Math.Min(o1, g0 + 16); o++)
                 {
                     for (int r = 0; r < 2 * G; r++)
@@ -210,11 +210,11 @@ public static unsafe class MatMul
     }
 
     /// <summary>
-    /// The row kernels' case on a repacked Q4_0 matrix: activation rows [first, n) four at a time through
-    /// <c>engine_q4_0x16_few</c>, each row's result its own (the same alone, beside others, or in a group of the
+    /// The row kernels' case on a repacked matrix: activation rows [first, n) four at a time through
+    /// <c>engine_x16_few</c>, each row's result its own (the same alone, beside others, or in a group of the
     /// matrix kernel). Groups the range cuts are computed whole into a tile, as in <see cref="PackedBlock"/>.
     /// </summary>
-    private static void PackedRows(Q4_0x16 packed, QuantizedActivations qx, int first, int n, float* y, int rows, int o0, int o1)
+    private static void PackedRows(Repacked16 packed, QuantizedActivations qx, int first, int n, float* y, int rows, int o0, int o1)
     {
         int a = (o0 + 15) / 16 * 16, b = o1 / 16 * 16;
         sbyte** q = stackalloc sbyte*[4];
@@ -230,16 +230,16 @@ public static unsafe class MatMul
                 d[j] = qx.D(r + j);
                 yr[j] = y + (long)(r + j) * rows + a;
             }
-            if (a < b && NativeKernels.engine_q4_0x16_few(packed.Group(a / 16), (b - a) / 16, packed.Blocks, count, q, d, yr) != 0)
-                throw new InvalidOperationException("engine_q4_0x16_few refused its arguments");
+            if (a < b && NativeKernels.engine_x16_few((int)packed.Type, packed.Group(a / 16), (b - a) / 16, packed.Blocks, count, q, d, yr) != 0)
+                throw new InvalidOperationException("engine_x16_few refused its arguments");
             for (int g0 = o0 / 16 * 16; g0 < o1; g0 += 16)
             {
                 if (g0 >= a && g0 < b)
                     continue;
                 for (int j = 0; j < count; j++)
                     yr[j] = tile + j * 16;
-                if (NativeKernels.engine_q4_0x16_few(packed.Group(g0 / 16), 1, packed.Blocks, count, q, d, yr) != 0)
-                    throw new InvalidOperationException("engine_q4_0x16_few refused its arguments");
+                if (NativeKernels.engine_x16_few((int)packed.Type, packed.Group(g0 / 16), 1, packed.Blocks, count, q, d, yr) != 0)
+                    throw new InvalidOperationException("engine_x16_few refused its arguments");
                 for (int j = 0; j < count; j++)
                 {
                     for (int o = Math.Max(o0, g0); o < Math.Min(o1, g0 + 16); o++)
