@@ -473,13 +473,52 @@ AVX512_VNNI static inline void q5_k_8x16(const uint8_t* w, int64_t rowBytes, int
 // MatMul.ExactOffsetReference's): Σ (code - offset)·x as an integer, then acc = fma(float(Σ), d·dx, acc)
 // block by block — so every output is bit for bit theirs.
 
-// Bytes of one group of 16 rows and one block (type 2 Q4_0, 8 Q8_0).
-static inline int64_t x16_block_bytes(int type) { return type == 2 ? 320 : 576; }
+// Bytes of one group of 16 rows and one block (type 2 Q4_0, 8 Q8_0: of 32 values; 12 Q4_K: a super-block of 256).
+static inline int64_t x16_block_bytes(int type) { return type == 2 ? 320 : type == 8 ? 576 : 2432; }
+
+// Q4_K interleaved the same way, per group of 16 rows and super-block: d and dmin of the 16 rows as floats
+// (2 x 64 bytes), the 8 sub-blocks' 6-bit scales and mins unpacked to bytes ([8][16] each, 2 x 128), then
+// for each chunk c of 64 values (qs[32c..32c+31]: low nibbles sub-block 2c, high nibbles 2c+1) and step s
+// the rows' qs[32c+4s..32c+4s+3] side by side (32 x 64 bytes). 2432 bytes where the file holds 2304.
+AVX512_VNNI static inline void k_scale_bytes(const uint8_t* blk, uint8_t sm[16])
+{
+    uint32_t a = (uint32_t)load32(blk + 4), m = (uint32_t)load32(blk + 8), c = (uint32_t)load32(blk + 12);
+    const uint32_t six = 0x3F3F3F3F, four = 0x0F0F0F0F, two = 0x03030303;
+    uint32_t packed[4] = { a & six, (c & four) | (((a >> 6) & two) << 4), m & six, ((c >> 4) & four) | (((m >> 6) & two) << 4) };
+    __builtin_memcpy(sm, packed, 16);
+}
 
 // rows (a multiple of 16) of type at w, row i at w + i*rowBytes, blocks of 32 a row, into dst (rows/16 *
 // blocks * x16_block_bytes bytes). Returns -1 (nothing written) for another type.
 AVX512_VNNI EXPORT int engine_x16_pack(int32_t type, const uint8_t* w, int64_t rowBytes, int32_t rows, int32_t blocks, uint8_t* dst)
 {
+    if (type == 12)
+    {
+        for (int32_t g = 0; g < rows / 16; g++)
+        {
+            for (int32_t b = 0; b < blocks; b++)
+            {
+                uint8_t* out = dst + ((int64_t)g * blocks + b) * 2432;
+                for (int i = 0; i < 16; i++)
+                {
+                    const uint8_t* blk = w + ((int64_t)g * 16 + i) * rowBytes + (int64_t)b * 144;
+                    float d = load_half(blk), dmin = load_half(blk + 2);
+                    __builtin_memcpy(out + 4 * i, &d, 4);
+                    __builtin_memcpy(out + 64 + 4 * i, &dmin, 4);
+                    uint8_t sm[16];
+                    k_scale_bytes(blk, sm);
+                    for (int j = 0; j < 8; j++)
+                    {
+                        out[128 + 16 * j + i] = sm[j];
+                        out[256 + 16 * j + i] = sm[8 + j];
+                    }
+                    for (int k = 0; k < 32; k++) // chunk k / 8, step k % 8
+                        __builtin_memcpy(out + 384 + 64 * k + 4 * i, blk + 16 + 4 * k, 4);
+                }
+            }
+        }
+        return 0;
+    }
     if (type != 2 && type != 8)
         return -1;
     int64_t blockBytes = x16_block_bytes(type), typeBytes = type == 2 ? 18 : 34;
@@ -559,6 +598,119 @@ AVX512_VNNI static inline __attribute__((always_inline)) void x16_group8(int typ
         _mm512_storeu_ps(y + r * ldy, acc[r]);
 }
 
+
+// Sub-block j's scales and biases of the 16 rows of a Q4_K super-block: d·sc and (-dmin)·m, as k_scales
+// computes them for the direct kernel.
+AVX512_VNNI static inline void x16_k_scales(const uint8_t* blk, int j, __m512* scale, __m512* bias)
+{
+    __m512 d = _mm512_loadu_ps((const float*)blk);
+    __m512 negDmin = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(_mm512_loadu_ps((const float*)(blk + 64))), _mm512_set1_epi32((int)0x80000000)));
+    *scale = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(blk + 128 + 16 * j)))));
+    *bias = _mm512_mul_ps(negDmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(blk + 256 + 16 * j)))));
+}
+
+// Chunk c's codes of the 16 rows: low nibbles (sub-block 2c) or high (2c+1), W[s] values 4s..4s+3.
+AVX512_VNNI static inline void x16_k_codes(const uint8_t* blk, int c, int high, __m512i W[8])
+{
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    for (int s = 0; s < 8; s++)
+    {
+        __m512i v = _mm512_loadu_si512(blk + 384 + 64 * (8 * c + s));
+        W[s] = high ? _mm512_and_si512(_mm512_srli_epi16(v, 4), low) : _mm512_and_si512(v, low);
+    }
+}
+
+// x16_group8 for Q4_K: per sub-block j of 32 (activation block b·8 + j) acc = fma(float(Σ code·x), scale·dx,
+// fma(bias, xs, acc)) in sub-block order — q4_k_8x16's arithmetic, so bit for bit its outputs.
+AVX512_VNNI static inline void x16_k_group8(const uint8_t* rp, const uint8_t* pf, int64_t pfBytes, int32_t blocks, const int8_t* xq,
+    const float* xd, const float* xs, float* y, int64_t ldy)
+{
+    const int lines = (int)(pfBytes / 64 + 8 * blocks - 1) / (8 * blocks);
+    __m512 acc[8];
+    for (int r = 0; r < 8; r++)
+        acc[r] = _mm512_setzero_ps();
+    for (int b = 0; b < blocks; b++)
+    {
+        const uint8_t* blk = rp + (int64_t)b * 2432;
+        for (int j = 0; j < 8; j++)
+        {
+            int64_t sub = (int64_t)b * 8 + j;
+            const uint8_t* x = (const uint8_t*)(xq + sub * 256);
+            if (pf)
+                prefetch_lines(pf, pfBytes, lines * sub, lines);
+            __m512i W[8];
+            x16_k_codes(blk, j / 2, j % 2, W);
+            __m512 scale, bias;
+            x16_k_scales(blk, j, &scale, &bias);
+            for (int r = 0; r < 8; r++)
+            {
+                __m512i p = _mm512_setzero_si512();
+                for (int s = 0; s < 8; s++)
+                    p = _mm512_dpbusd_epi32(p, W[s], _mm512_set1_epi32(load32(x + 32 * s + 4 * r)));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(scale, _mm512_set1_ps(xd[sub * 8 + r])),
+                    _mm512_fmadd_ps(bias, _mm512_set1_ps(xs[sub * 8 + r]), acc[r]));
+            }
+        }
+    }
+    for (int r = 0; r < 8; r++)
+        _mm512_storeu_ps(y + r * ldy, acc[r]);
+}
+
+AVX512_VNNI static void x16_k_rows(const uint8_t* rp, int32_t groups, int32_t blocks, const int8_t* xq0, const int8_t* xq1,
+    const float* xd0, const float* xd1, const float* xs0, const float* xs1, float* y, int64_t ldy)
+{
+    int64_t groupBytes = (int64_t)blocks * 2432;
+    prefetch_lines(rp, groupBytes, 0, 24);
+    for (int32_t g = 0; g < groups; g++)
+    {
+        const uint8_t* w = rp + g * groupBytes;
+        const uint8_t* next = g + 1 < groups ? w + groupBytes : 0;
+        int64_t half = groupBytes / 128 * 64;
+        x16_k_group8(w, next, half, blocks, xq0, xd0, xs0, y + 16 * g, ldy);
+        x16_k_group8(w, next ? next + half : 0, groupBytes - half, blocks, xq1, xd1, xs1, y + 8 * ldy + 16 * g, ldy);
+    }
+}
+
+// x16_few for Q4_K: plain activation rows with their scaled sums per 32 (xs[j]).
+AVX512_VNNI static void x16_k_few(const uint8_t* rp, int32_t groups, int32_t blocks, int32_t n, const int8_t* const* q,
+    const float* const* d, const float* const* xs, float* const* y)
+{
+    const int64_t groupBytes = (int64_t)blocks * 2432;
+    for (int32_t g = 0; g < groups; g++)
+    {
+        const uint8_t* w = rp + g * groupBytes;
+        __m512 acc[4];
+        for (int j = 0; j < 4; j++)
+            acc[j] = _mm512_setzero_ps();
+        for (int32_t b = 0; b < blocks; b++)
+        {
+            const uint8_t* blk = w + (int64_t)b * 2432;
+            for (int k = 0; k < 8; k++)
+            {
+                int64_t sub = (int64_t)b * 8 + k;
+                __m512i W[8];
+                x16_k_codes(blk, k / 2, k % 2, W);
+                __m512 scale, bias;
+                x16_k_scales(blk, k, &scale, &bias);
+                for (int j = 0; j < n; j++)
+                {
+                    const uint8_t* x = (const uint8_t*)(q[j] + 32 * sub);
+                    __m512i p = _mm512_setzero_si512(), h = _mm512_setzero_si512();
+                    for (int s = 0; s < 4; s++)
+                    {
+                        p = _mm512_dpbusd_epi32(p, W[s], _mm512_set1_epi32(load32(x + 4 * s)));
+                        h = _mm512_dpbusd_epi32(h, W[4 + s], _mm512_set1_epi32(load32(x + 16 + 4 * s)));
+                    }
+                    acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p, h)), _mm512_mul_ps(scale, _mm512_set1_ps(d[j][sub])),
+                        _mm512_fmadd_ps(bias, _mm512_set1_ps(xs[j][sub]), acc[j]));
+                }
+            }
+        }
+        for (int j = 0; j < n; j++)
+            _mm512_storeu_ps(y[j] + 16 * g, acc[j]);
+    }
+}
+
 AVX512_VNNI static inline __attribute__((always_inline)) void x16_rows(int type, const uint8_t* rp, int32_t groups, int32_t blocks,
     const int8_t* xq0, const int8_t* xq1, const float* xd0, const float* xd1, const int32_t* xi0, const int32_t* xi1, float* y, int64_t ldy)
 {
@@ -578,9 +730,11 @@ AVX512_VNNI static inline __attribute__((always_inline)) void x16_rows(int type,
 // and g+1 (as engine_direct_rows takes them): y[r*ldy + 16g + i]. Each group's bytes are read twice, the
 // second time from L1; the next group is prefetched meanwhile. Returns -1 (nothing written) for another type.
 AVX512_VNNI EXPORT int engine_x16_rows(int32_t type, const uint8_t* rp, int32_t groups, int32_t blocks, const int8_t* xq0, const int8_t* xq1,
-    const float* xd0, const float* xd1, const int32_t* xi0, const int32_t* xi1, float* y, int64_t ldy)
+    const float* xd0, const float* xd1, const int32_t* xi0, const int32_t* xi1, const float* xs0, const float* xs1, float* y, int64_t ldy)
 {
-    if (type == 2)
+    if (type == 12)
+        x16_k_rows(rp, groups, blocks, xq0, xq1, xd0, xd1, xs0, xs1, y, ldy);
+    else if (type == 2)
         x16_rows(2, rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, y, ldy);
     else if (type == 8)
         x16_rows(8, rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, y, ldy);
@@ -630,10 +784,15 @@ AVX512_VNNI static inline __attribute__((always_inline)) void x16_few(int type, 
 
 // Returns -1 (nothing written) for another type, more than 4096 blocks a row or n outside 1..4.
 AVX512_VNNI EXPORT int engine_x16_few(int32_t type, const uint8_t* rp, int32_t groups, int32_t blocks, int32_t n, const int8_t* const* q,
-    const float* const* d, float* const* y)
+    const float* const* d, const float* const* xs, float* const* y)
 {
-    if (blocks > 4096 || n < 1 || n > 4 || (type != 2 && type != 8))
+    if (blocks > 4096 || n < 1 || n > 4 || (type != 2 && type != 8 && type != 12))
         return -1;
+    if (type == 12)
+    {
+        x16_k_few(rp, groups, blocks, n, q, d, xs, y);
+        return 0;
+    }
     int32_t sums[4][4096];
     for (int j = 0; j < n; j++)
     {

@@ -152,8 +152,9 @@ public unsafe class NativeKernelTests
     /// Q4_0 and Q8_0 repacked sixteen rows at a time (<see cref="Repacked16"/>) through <see cref="MatMul.Rows"/>: the matrix
     /// kernel's groups and the row kernel's rows (21 activation rows: two groups of 8, then 5 left to the rows),
     /// over the whole matrix and over a range that cuts its groups of 16, each output bit for bit the
-    /// exact-offset reference — the arithmetic of the direct kernel on the file's blocks, so repacking changes
-    /// nothing but speed, and a row's result is the same whichever kernel computes it.
+    /// exact-offset reference (Q4_K: the decoded rows' scale-and-bias form, <see cref="DecodedRowsReference"/>) —
+    /// the arithmetic of the direct kernel on the file's blocks, so repacking changes nothing but speed, and a
+    /// row's result is the same whichever kernel computes it.
     /// </summary>
     [TestCase(GgmlType.Q4_0, 1, 0, 48)]
     [TestCase(GgmlType.Q4_0, 24, 0, 48)]
@@ -163,7 +164,10 @@ public unsafe class NativeKernelTests
     [TestCase(GgmlType.Q8_0, 24, 0, 48)]
     [TestCase(GgmlType.Q8_0, 24, 5, 43)]
     [TestCase(GgmlType.Q8_0, 3, 17, 30)]
-    public void Repacked_matrices_equal_the_exact_offset_reference_bit_for_bit(GgmlType type, int blocks, int rowStart, int rowEnd)
+    [TestCase(GgmlType.Q4_K, 8, 0, 48)]
+    [TestCase(GgmlType.Q4_K, 24, 5, 43)]
+    [TestCase(GgmlType.Q4_K, 16, 17, 30)]
+    public void Repacked_matrices_equal_their_direct_kernels_reference_bit_for_bit(GgmlType type, int blocks, int rowStart, int rowEnd)
     {
         RequireNative();
         int cols = 32 * blocks;
@@ -183,6 +187,8 @@ public unsafe class NativeKernelTests
             qx.Quantize(x, n, cols, ActivationBlock.Q8_0);
             qx.Interleave();
             Assert.That(qx.Groups, Is.EqualTo(2), "two whole groups for the matrix kernel, five rows for the row kernel");
+            var decoded = new DecodedRows();
+            decoded.Decode(view, 0, rows);
             var y = new float[n * rows];
             Array.Fill(y, float.NaN);
             MatMul.Rows(view, packed, x, qx, qx, null, n, y, rowStart, rowEnd);
@@ -196,7 +202,8 @@ public unsafe class NativeKernelTests
                         Assert.That(float.IsNaN(actual), $"row {r}, output {o} lies outside the range and must stay unwritten");
                         continue;
                     }
-                    float expected = MatMul.ExactOffsetReference(type, w + o * rowBytes, qx, r, cols);
+                    float expected = type == GgmlType.Q4_K ? DecodedRowsReference(decoded, o, qx, r)
+                        : MatMul.ExactOffsetReference(type, w + o * rowBytes, qx, r, cols);
                     Assert.That(BitConverter.SingleToInt32Bits(actual), Is.EqualTo(BitConverter.SingleToInt32Bits(expected)),
                         $"activation row {r} ({(r < 16 ? "matrix" : "row")} kernel), weight row {o}: {actual} vs reference {expected}");
                 }
@@ -206,5 +213,27 @@ public unsafe class NativeKernelTests
         {
             NativeMemory.Free(w);
         }
+    }
+
+    /// <summary>
+    /// What the decoded-rows kernels (and the direct Q4_K kernel) compute for weight row <paramref name="o"/> and activation
+    /// row <paramref name="r"/> (Q8_0 activations), written plainly: per sub-block of 32, acc = fma(float(Σ code·q),
+    /// scale·dx, fma(bias, dx·Σq, acc)) in order.
+    /// </summary>
+    private static float DecodedRowsReference(DecodedRows decoded, int o, QuantizedActivations qx, int r)
+    {
+        byte* codes = decoded.Codes(o);
+        float* scales = decoded.Scales(o), biases = decoded.Biases(o);
+        sbyte* q = qx.Q(r);
+        float* dx = qx.D(r), xs = qx.ScaledSums(r);
+        float acc = 0;
+        for (int b = 0; b < decoded.Cols / 32; b++)
+        {
+            int sum = 0;
+            for (int j = 0; j < 32; j++)
+                sum += codes[32 * b + j] * q[32 * b + j];
+            acc = MathF.FusedMultiplyAdd(sum, scales[b] * dx[b], MathF.FusedMultiplyAdd(biases[b], xs[b], acc));
+        }
+        return acc;
     }
 }

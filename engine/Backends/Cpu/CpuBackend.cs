@@ -158,7 +158,7 @@ public sealed unsafe class CpuBackend : Backend
         foreach (var t in targets)
         {
             var type = t.Weights.Type;
-            var kind = QuantizeActivations ? Kernels.MatMul.ActivationFor(type) : null;
+            var kind = QuantizeActivations ? ((CpuMatrix)t.Weights).ActivationKind() : null;
             bool gemm = batch && Kernels.MatMul.HasGemm(type, x.Cols);
             bool isFloat = type is GgmlType.F16 or GgmlType.BF16 or GgmlType.F32;
             bool remainder = !gemm || (x.Rows % QuantizedActivations.Group != 0 && !pad);
@@ -465,8 +465,7 @@ public sealed unsafe class CpuBackend : Backend
         for (int i = 0; i < targets.Length; i++)
         {
             var x = inputs[i];
-            var w = ((CpuMatrix)targets[i].Weights).View;
-            var kind = QuantizeActivations ? Kernels.MatMul.ActivationFor(w.Type) : null;
+            var kind = QuantizeActivations ? ((CpuMatrix)targets[i].Weights).ActivationKind() : null;
             QuantizedActivations? q = null;
             if (kind is { } k)
             {
@@ -804,8 +803,7 @@ public sealed unsafe class CpuBackend : Backend
             _panels = panels;
             foreach (var t in targets)
             {
-                var w = ((CpuMatrix)t.Weights).View;
-                var q = Kernels.MatMul.ActivationFor(w.Type) switch
+                var q = ((CpuMatrix)t.Weights).ActivationKind() switch
                 {
                     ActivationBlock.Q8_0 => q80,
                     ActivationBlock.Q8_K => q8k,

@@ -33,6 +33,9 @@ internal sealed class CpuMatrix(TensorView view) : DeviceMatrix(view.Name, view.
         return _packed;
     }
 
+    /// <summary>The int8 activation format this matrix's row kernels take: Q8_0 for a repacked one (its kernels read the per-32 form), else the type's.</summary>
+    public Kernels.ActivationBlock? ActivationKind() => Packed() is not null ? Kernels.ActivationBlock.Q8_0 : Kernels.MatMul.ActivationFor(Type);
+
     public override void Dispose()
     {
         lock (this)
