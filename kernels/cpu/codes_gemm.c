@@ -473,8 +473,13 @@ AVX512_VNNI static inline void q5_k_8x16(const uint8_t* w, int64_t rowBytes, int
 // MatMul.ExactOffsetReference's): Σ (code - offset)·x as an integer, then acc = fma(float(Σ), d·dx, acc)
 // block by block — so every output is bit for bit theirs.
 
-// Bytes of one group of 16 rows and one block (type 2 Q4_0, 8 Q8_0: of 32 values; 12 Q4_K: a super-block of 256).
-static inline int64_t x16_block_bytes(int type) { return type == 2 ? 320 : type == 8 ? 576 : 2432; }
+// Bytes of one group of 16 rows and one block (type 2 Q4_0, 8 Q8_0: of 32 values; 12 Q4_K, 14 Q6_K: a super-block of 256).
+static inline int64_t x16_block_bytes(int type) { return type == 2 ? 320 : type == 8 ? 576 : type == 12 ? 2432 : 3392; }
+
+// Q6_K interleaved: per group of 16 rows and super-block, d of the 16 rows as floats (64 bytes), the 16
+// sub-blocks' scales ([16][16] int8, 256), then ql four bytes at a time — for half h, ql half e (ql[64h+32e..])
+// and step s, the rows' ql[64h+32e+4s..+3] side by side (32 x 64 bytes) — then qh the same way (qh[32h+4s..],
+// 16 x 64). 3392 bytes where the file holds 3360.
 
 // Q4_K interleaved the same way, per group of 16 rows and super-block: d and dmin of the 16 rows as floats
 // (2 x 64 bytes), the 8 sub-blocks' 6-bit scales and mins unpacked to bytes ([8][16] each, 2 x 128), then
@@ -514,6 +519,29 @@ AVX512_VNNI EXPORT int engine_x16_pack(int32_t type, const uint8_t* w, int64_t r
                     }
                     for (int k = 0; k < 32; k++) // chunk k / 8, step k % 8
                         __builtin_memcpy(out + 384 + 64 * k + 4 * i, blk + 16 + 4 * k, 4);
+                }
+            }
+        }
+        return 0;
+    }
+    if (type == 14)
+    {
+        for (int32_t g = 0; g < rows / 16; g++)
+        {
+            for (int32_t b = 0; b < blocks; b++)
+            {
+                uint8_t* out = dst + ((int64_t)g * blocks + b) * 3392;
+                for (int i = 0; i < 16; i++)
+                {
+                    const uint8_t* blk = w + ((int64_t)g * 16 + i) * rowBytes + (int64_t)b * 210;
+                    float d = load_half(blk + 208);
+                    __builtin_memcpy(out + 4 * i, &d, 4);
+                    for (int j = 0; j < 16; j++)
+                        out[64 + 16 * j + i] = blk[192 + j];
+                    for (int k = 0; k < 32; k++) // ql: half k / 16, ql half (k / 8) % 2, step k % 8
+                        __builtin_memcpy(out + 320 + 64 * k + 4 * i, blk + 4 * k, 4);
+                    for (int k = 0; k < 16; k++) // qh: half k / 8, step k % 8
+                        __builtin_memcpy(out + 2368 + 64 * k + 4 * i, blk + 128 + 4 * k, 4);
                 }
             }
         }
@@ -711,6 +739,131 @@ AVX512_VNNI static void x16_k_few(const uint8_t* rp, int32_t groups, int32_t blo
     }
 }
 
+
+// Q6_K: the 16 rows' 6-bit codes of values 128h + 32·part + 4s..+3 (s = 4·e..4·e+3 for sub-block half e):
+// the low 4 bits from ql (half part & 1, nibble part >> 1), bits 4-5 from qh's bits 2·part, 2·part+1.
+AVX512_VNNI static inline void x16_q6_codes(const uint8_t* blk, int h, int part, int e, __m512i W[4])
+{
+    const __m512i low = _mm512_set1_epi8(0x0F), bits45 = _mm512_set1_epi8(0x30);
+    for (int k = 0; k < 4; k++)
+    {
+        int s = 4 * e + k;
+        __m512i ql = _mm512_loadu_si512(blk + 320 + 64 * (16 * h + 8 * (part & 1) + s));
+        __m512i qh = _mm512_loadu_si512(blk + 2368 + 64 * (8 * h + s));
+        if (part >> 1)
+            ql = _mm512_srli_epi16(ql, 4);
+        qh = part == 0 ? _mm512_slli_epi16(qh, 4) : part == 1 ? _mm512_slli_epi16(qh, 2) : part == 3 ? _mm512_srli_epi16(qh, 2) : qh;
+        W[k] = _mm512_ternarylogic_epi32(ql, _mm512_and_si512(qh, bits45), low, 0xEC); // (ql & 0x0F) | (qh & 0x30)
+    }
+}
+
+// Sub-block (8h + 2·part + e)'s scales of the 16 rows: d·sc.
+AVX512_VNNI static inline __m512 x16_q6_scale(const uint8_t* blk, int sub)
+{
+    return _mm512_mul_ps(_mm512_loadu_ps((const float*)blk), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(blk + 64 + 16 * sub)))));
+}
+
+// x16_group8 for Q6_K: per sub-block of 16 values in order, Σ (code - 32)·x as an integer (xi: the activations'
+// sums per 16, interleaved), then acc = fma(float(Σ), d·sc·dx, acc) — q6_k_8x16's arithmetic (and
+// MatMul.ExactOffsetReference's), bit for bit.
+AVX512_VNNI static inline void x16_q6_group8(const uint8_t* rp, const uint8_t* pf, int64_t pfBytes, int32_t blocks, const int8_t* xq,
+    const float* xd, const int32_t* xi, float* y, int64_t ldy)
+{
+    const int lines = (int)(pfBytes / 64 + 16 * blocks - 1) / (16 * blocks);
+    __m512 acc[8];
+    for (int r = 0; r < 8; r++)
+        acc[r] = _mm512_setzero_ps();
+    for (int b = 0; b < blocks; b++)
+    {
+        const uint8_t* blk = rp + (int64_t)b * 3392;
+        for (int h = 0; h < 2; h++)
+        {
+            for (int part = 0; part < 4; part++)
+            {
+                int64_t b32 = (int64_t)b * 8 + 4 * h + part; // the activations' block of 32
+                const uint8_t* x = (const uint8_t*)(xq + b32 * 256);
+                for (int e = 0; e < 2; e++)
+                {
+                    int sub = 8 * h + 2 * part + e;
+                    if (pf)
+                        prefetch_lines(pf, pfBytes, lines * ((int64_t)b * 16 + sub), lines);
+                    __m512i W[4];
+                    x16_q6_codes(blk, h, part, e, W);
+                    __m512 scale = x16_q6_scale(blk, sub);
+                    for (int r = 0; r < 8; r++)
+                    {
+                        __m512i p = _mm512_set1_epi32(-(xi[(2 * b32 + e) * 8 + r] << 5));
+                        for (int k = 0; k < 4; k++)
+                            p = _mm512_dpbusd_epi32(p, W[k], _mm512_set1_epi32(load32(x + 32 * (4 * e + k) + 4 * r)));
+                        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(scale, _mm512_set1_ps(xd[b32 * 8 + r])), acc[r]);
+                    }
+                }
+            }
+        }
+    }
+    for (int r = 0; r < 8; r++)
+        _mm512_storeu_ps(y + r * ldy, acc[r]);
+}
+
+AVX512_VNNI static void x16_q6_rows(const uint8_t* rp, int32_t groups, int32_t blocks, const int8_t* xq0, const int8_t* xq1,
+    const float* xd0, const float* xd1, const int32_t* xi0, const int32_t* xi1, float* y, int64_t ldy)
+{
+    int64_t groupBytes = (int64_t)blocks * 3392;
+    prefetch_lines(rp, groupBytes, 0, 24);
+    for (int32_t g = 0; g < groups; g++)
+    {
+        const uint8_t* w = rp + g * groupBytes;
+        const uint8_t* next = g + 1 < groups ? w + groupBytes : 0;
+        int64_t half = groupBytes / 128 * 64;
+        x16_q6_group8(w, next, half, blocks, xq0, xd0, xi0, y + 16 * g, ldy);
+        x16_q6_group8(w, next ? next + half : 0, groupBytes - half, blocks, xq1, xd1, xi1, y + 8 * ldy + 16 * g, ldy);
+    }
+}
+
+// x16_few for Q6_K: plain activation rows with their integer sums per 16 (s16[j]).
+AVX512_VNNI static void x16_q6_few(const uint8_t* rp, int32_t groups, int32_t blocks, int32_t n, const int8_t* const* q,
+    const float* const* d, const int16_t* const* s16, float* const* y)
+{
+    const int64_t groupBytes = (int64_t)blocks * 3392;
+    for (int32_t g = 0; g < groups; g++)
+    {
+        const uint8_t* w = rp + g * groupBytes;
+        __m512 acc[4];
+        for (int j = 0; j < 4; j++)
+            acc[j] = _mm512_setzero_ps();
+        for (int32_t b = 0; b < blocks; b++)
+        {
+            const uint8_t* blk = w + (int64_t)b * 3392;
+            for (int h = 0; h < 2; h++)
+            {
+                for (int part = 0; part < 4; part++)
+                {
+                    int64_t b32 = (int64_t)b * 8 + 4 * h + part;
+                    for (int e = 0; e < 2; e++)
+                    {
+                        int sub = 8 * h + 2 * part + e;
+                        __m512i W[4];
+                        x16_q6_codes(blk, h, part, e, W);
+                        __m512 scale = x16_q6_scale(blk, sub);
+                        for (int j = 0; j < n; j++)
+                        {
+                            const uint8_t* x = (const uint8_t*)(q[j] + 32 * b32 + 16 * e);
+                            __m512i p = _mm512_set1_epi32(-((int32_t)s16[j][2 * b32 + e] << 5)), u = _mm512_setzero_si512();
+                            p = _mm512_dpbusd_epi32(p, W[0], _mm512_set1_epi32(load32(x)));
+                            u = _mm512_dpbusd_epi32(u, W[1], _mm512_set1_epi32(load32(x + 4)));
+                            p = _mm512_dpbusd_epi32(p, W[2], _mm512_set1_epi32(load32(x + 8)));
+                            u = _mm512_dpbusd_epi32(u, W[3], _mm512_set1_epi32(load32(x + 12)));
+                            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p, u)), _mm512_mul_ps(scale, _mm512_set1_ps(d[j][b32])), acc[j]);
+                        }
+                    }
+                }
+            }
+        }
+        for (int j = 0; j < n; j++)
+            _mm512_storeu_ps(y[j] + 16 * g, acc[j]);
+    }
+}
+
 AVX512_VNNI static inline __attribute__((always_inline)) void x16_rows(int type, const uint8_t* rp, int32_t groups, int32_t blocks,
     const int8_t* xq0, const int8_t* xq1, const float* xd0, const float* xd1, const int32_t* xi0, const int32_t* xi1, float* y, int64_t ldy)
 {
@@ -734,6 +887,8 @@ AVX512_VNNI EXPORT int engine_x16_rows(int32_t type, const uint8_t* rp, int32_t 
 {
     if (type == 12)
         x16_k_rows(rp, groups, blocks, xq0, xq1, xd0, xd1, xs0, xs1, y, ldy);
+    else if (type == 14)
+        x16_q6_rows(rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, y, ldy);
     else if (type == 2)
         x16_rows(2, rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, y, ldy);
     else if (type == 8)
@@ -784,10 +939,15 @@ AVX512_VNNI static inline __attribute__((always_inline)) void x16_few(int type, 
 
 // Returns -1 (nothing written) for another type, more than 4096 blocks a row or n outside 1..4.
 AVX512_VNNI EXPORT int engine_x16_few(int32_t type, const uint8_t* rp, int32_t groups, int32_t blocks, int32_t n, const int8_t* const* q,
-    const float* const* d, const float* const* xs, float* const* y)
+    const float* const* d, const float* const* xs, const int16_t* const* s16, float* const* y)
 {
-    if (blocks > 4096 || n < 1 || n > 4 || (type != 2 && type != 8 && type != 12))
+    if (blocks > 4096 || n < 1 || n > 4 || (type != 2 && type != 8 && type != 12 && type != 14))
         return -1;
+    if (type == 14)
+    {
+        x16_q6_few(rp, groups, blocks, n, q, d, s16, y);
+        return 0;
+    }
     if (type == 12)
     {
         x16_k_few(rp, groups, blocks, n, q, d, xs, y);

@@ -149,7 +149,7 @@ public unsafe class NativeKernelTests
     }
 
     /// <summary>
-    /// Q4_0 and Q8_0 repacked sixteen rows at a time (<see cref="Repacked16"/>) through <see cref="MatMul.Rows"/>: the matrix
+    /// Q4_0, Q8_0, Q4_K and Q6_K repacked sixteen rows at a time (<see cref="Repacked16"/>) through <see cref="MatMul.Rows"/>: the matrix
     /// kernel's groups and the row kernel's rows (21 activation rows: two groups of 8, then 5 left to the rows),
     /// over the whole matrix and over a range that cuts its groups of 16, each output bit for bit the
     /// exact-offset reference (Q4_K: the decoded rows' scale-and-bias form, <see cref="DecodedRowsReference"/>) —
@@ -167,6 +167,9 @@ public unsafe class NativeKernelTests
     [TestCase(GgmlType.Q4_K, 8, 0, 48)]
     [TestCase(GgmlType.Q4_K, 24, 5, 43)]
     [TestCase(GgmlType.Q4_K, 16, 17, 30)]
+    [TestCase(GgmlType.Q6_K, 8, 0, 48)]
+    [TestCase(GgmlType.Q6_K, 24, 5, 43)]
+    [TestCase(GgmlType.Q6_K, 16, 17, 30)]
     public void Repacked_matrices_equal_their_direct_kernels_reference_bit_for_bit(GgmlType type, int blocks, int rowStart, int rowEnd)
     {
         RequireNative();

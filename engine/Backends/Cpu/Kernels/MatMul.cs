@@ -30,7 +30,7 @@ public static unsafe class MatMul
     /// <param name="qx">The same activations quantized to <see cref="ActivationFor"/>(W.Type), or null if it needs none.</param>
     /// <param name="y">[n, rows] output; with groups padded past n (<see cref="QuantizedActivations.Interleave"/>), room for their rows too.</param>
     /// <param name="panels">The same activations packed for the float matrix kernels (F16/F32 weights), or null.</param>
-    /// <param name="packed">W repacked for the native kernels (Q4_0, Q8_0, Q4_K), or null: then every quantized row, of the matrix
+    /// <param name="packed">W repacked for the native kernels (Q4_0, Q8_0, Q4_K, Q6_K), or null: then every quantized row, of the matrix
     /// kernels' groups and of the row kernels alike, goes through it.</param>
     public static void Rows(TensorView w, Repacked16? packed, ReadOnlySpan<float> x, QuantizedActivations? qx, QuantizedActivations? groups8, FloatPanels? panels,
         int n, Span<float> y, int rowStart, int rowEnd)
@@ -189,7 +189,9 @@ public static unsafe class MatMul
         {
             sbyte* q0 = qx.InterleavedQ(group), q1 = qx.InterleavedQ(group + 1);
             float* d0 = qx.InterleavedD(group), d1 = qx.InterleavedD(group + 1);
-            int* i0 = qx.InterleavedSums32(group), i1 = qx.InterleavedSums32(group + 1);
+            bool sixteen = packed.Type == GgmlType.Q6_K; // its offset comes out of sums per 16
+            int* i0 = sixteen ? qx.InterleavedSums16(group) : qx.InterleavedSums32(group);
+            int* i1 = sixteen ? qx.InterleavedSums16(group + 1) : qx.InterleavedSums32(group + 1);
             float* s0 = qx.InterleavedScaledSums32(group), s1 = qx.InterleavedScaledSums32(group + 1);
             float* yg = y + (long)group * G * rows;
             if (a < b)
@@ -221,6 +223,7 @@ public static unsafe class MatMul
         sbyte** q = stackalloc sbyte*[4];
         float** d = stackalloc float*[4];
         float** xs = stackalloc float*[4];
+        short** s16 = stackalloc short*[4];
         float** yr = stackalloc float*[4];
         float* tile = stackalloc float[4 * 16];
         for (int r = first; r < n; r += 4)
@@ -231,9 +234,10 @@ public static unsafe class MatMul
                 q[j] = qx.Q(r + j);
                 d[j] = qx.D(r + j);
                 xs[j] = qx.ScaledSums(r + j);
+                s16[j] = qx.Sums16(r + j);
                 yr[j] = y + (long)(r + j) * rows + a;
             }
-            if (a < b && NativeKernels.engine_x16_few((int)packed.Type, packed.Group(a / 16), (b - a) / 16, packed.Blocks, count, q, d, xs, yr) != 0)
+            if (a < b && NativeKernels.engine_x16_few((int)packed.Type, packed.Group(a / 16), (b - a) / 16, packed.Blocks, count, q, d, xs, s16, yr) != 0)
                 throw new InvalidOperationException("engine_x16_few refused its arguments");
             for (int g0 = o0 / 16 * 16; g0 < o1; g0 += 16)
             {
@@ -241,7 +245,7 @@ public static unsafe class MatMul
                     continue;
                 for (int j = 0; j < count; j++)
                     yr[j] = tile + j * 16;
-                if (NativeKernels.engine_x16_few((int)packed.Type, packed.Group(g0 / 16), 1, packed.Blocks, count, q, d, xs, yr) != 0)
+                if (NativeKernels.engine_x16_few((int)packed.Type, packed.Group(g0 / 16), 1, packed.Blocks, count, q, d, xs, s16, yr) != 0)
                     throw new InvalidOperationException("engine_x16_few refused its arguments");
                 for (int j = 0; j < count; j++)
                 {
