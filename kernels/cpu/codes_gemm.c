@@ -614,12 +614,20 @@ AVX512_VNNI static inline __attribute__((always_inline)) void x16_group8(int typ
         __m512i W[8];
         x16_codes(type, blk, W);
         __m512 d = _mm512_loadu_ps((const float*)blk);
+        // unrolled so that acc stays in registers; two chains a row (values 0..15 and 16..31), joined before the
+        // float step (the sum is an integer, so exact): eight dependent vpdpbusd a row had left the kernel
+        // waiting on their latency
+#pragma GCC unroll 8
         for (int r = 0; r < 8; r++)
         {
-            __m512i p = _mm512_set1_epi32(-(xi[b * 8 + r] << shift));
-            for (int s = 0; s < 8; s++)
+            __m512i p = _mm512_set1_epi32(-(xi[b * 8 + r] << shift)), h = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int s = 0; s < 4; s++)
+            {
                 p = _mm512_dpbusd_epi32(p, W[s], _mm512_set1_epi32(load32(x + 32 * s + 4 * r)));
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(d, _mm512_set1_ps(xd[b * 8 + r])), acc[r]);
+                h = _mm512_dpbusd_epi32(h, W[4 + s], _mm512_set1_epi32(load32(x + 32 * (4 + s) + 4 * r)));
+            }
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p, h)), _mm512_mul_ps(d, _mm512_set1_ps(xd[b * 8 + r])), acc[r]);
         }
     }
     for (int r = 0; r < 8; r++)
@@ -670,12 +678,17 @@ AVX512_VNNI static inline void x16_k_group8(const uint8_t* rp, const uint8_t* pf
             x16_k_codes(blk, j / 2, j % 2, W);
             __m512 scale, bias;
             x16_k_scales(blk, j, &scale, &bias);
+#pragma GCC unroll 8
             for (int r = 0; r < 8; r++)
             {
-                __m512i p = _mm512_setzero_si512();
-                for (int s = 0; s < 8; s++)
+                __m512i p = _mm512_setzero_si512(), h = _mm512_setzero_si512(); // two chains, as x16_group8
+#pragma GCC unroll 4
+                for (int s = 0; s < 4; s++)
+                {
                     p = _mm512_dpbusd_epi32(p, W[s], _mm512_set1_epi32(load32(x + 32 * s + 4 * r)));
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(scale, _mm512_set1_ps(xd[sub * 8 + r])),
+                    h = _mm512_dpbusd_epi32(h, W[4 + s], _mm512_set1_epi32(load32(x + 32 * (4 + s) + 4 * r)));
+                }
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p, h)), _mm512_mul_ps(scale, _mm512_set1_ps(xd[sub * 8 + r])),
                     _mm512_fmadd_ps(bias, _mm512_set1_ps(xs[sub * 8 + r]), acc[r]));
             }
         }
@@ -790,12 +803,15 @@ AVX512_VNNI static inline void x16_q6_group8(const uint8_t* rp, const uint8_t* p
                     __m512i W[4];
                     x16_q6_codes(blk, h, part, e, W);
                     __m512 scale = x16_q6_scale(blk, sub);
+#pragma GCC unroll 8
                     for (int r = 0; r < 8; r++)
                     {
-                        __m512i p = _mm512_set1_epi32(-(xi[(2 * b32 + e) * 8 + r] << 5));
-                        for (int k = 0; k < 4; k++)
-                            p = _mm512_dpbusd_epi32(p, W[k], _mm512_set1_epi32(load32(x + 32 * (4 * e + k) + 4 * r)));
-                        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(scale, _mm512_set1_ps(xd[b32 * 8 + r])), acc[r]);
+                        __m512i p = _mm512_set1_epi32(-(xi[(2 * b32 + e) * 8 + r] << 5)), h = _mm512_setzero_si512();
+                        p = _mm512_dpbusd_epi32(p, W[0], _mm512_set1_epi32(load32(x + 32 * (4 * e) + 4 * r)));
+                        h = _mm512_dpbusd_epi32(h, W[1], _mm512_set1_epi32(load32(x + 32 * (4 * e + 1) + 4 * r)));
+                        p = _mm512_dpbusd_epi32(p, W[2], _mm512_set1_epi32(load32(x + 32 * (4 * e + 2) + 4 * r)));
+                        h = _mm512_dpbusd_epi32(h, W[3], _mm512_set1_epi32(load32(x + 32 * (4 * e + 3) + 4 * r)));
+                        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p, h)), _mm512_mul_ps(scale, _mm512_set1_ps(xd[b32 * 8 + r])), acc[r]);
                     }
                 }
             }
