@@ -474,7 +474,7 @@ AVX512_VNNI static inline void q5_k_8x16(const uint8_t* w, int64_t rowBytes, int
 // block by block — so every output is bit for bit theirs.
 
 // Bytes of one group of 16 rows and one block (type 2 Q4_0, 8 Q8_0: of 32 values; 12 Q4_K, 14 Q6_K: a super-block of 256).
-static inline int64_t x16_block_bytes(int type) { return type == 2 ? 320 : type == 8 ? 576 : type == 12 ? 2432 : 3392; }
+static inline int64_t x16_block_bytes(int type) { return type == 2 ? 320 : type == 8 ? 576 : type == 12 ? 2432 : type == 13 ? 2944 : 3392; }
 
 // Q6_K interleaved: per group of 16 rows and super-block, d of the 16 rows as floats (64 bytes), the 16
 // sub-blocks' scales ([16][16] int8, 256), then ql four bytes at a time — for half h, ql half e (ql[64h+32e..])
@@ -484,7 +484,9 @@ static inline int64_t x16_block_bytes(int type) { return type == 2 ? 320 : type 
 // Q4_K interleaved the same way, per group of 16 rows and super-block: d and dmin of the 16 rows as floats
 // (2 x 64 bytes), the 8 sub-blocks' 6-bit scales and mins unpacked to bytes ([8][16] each, 2 x 128), then
 // for each chunk c of 64 values (qs[32c..32c+31]: low nibbles sub-block 2c, high nibbles 2c+1) and step s
-// the rows' qs[32c+4s..32c+4s+3] side by side (32 x 64 bytes). 2432 bytes where the file holds 2304.
+// the rows' qs[32c+4s..32c+4s+3] side by side (32 x 64 bytes). 2432 bytes where the file holds 2304. Q5_K the
+// same, its qs (at 48 in the file's block) likewise, then its fifth bits qh[4s..4s+3] side by side (8 x 64
+// bytes; bit j of qh[l] is the fifth bit of value l of sub-block j): 2944 bytes where the file holds 2816.
 AVX512_VNNI static inline void k_scale_bytes(const uint8_t* blk, uint8_t sm[16])
 {
     uint32_t a = (uint32_t)load32(blk + 4), m = (uint32_t)load32(blk + 8), c = (uint32_t)load32(blk + 12);
@@ -497,16 +499,17 @@ AVX512_VNNI static inline void k_scale_bytes(const uint8_t* blk, uint8_t sm[16])
 // blocks * x16_block_bytes bytes). Returns -1 (nothing written) for another type.
 AVX512_VNNI EXPORT int engine_x16_pack(int32_t type, const uint8_t* w, int64_t rowBytes, int32_t rows, int32_t blocks, uint8_t* dst)
 {
-    if (type == 12)
+    if (type == 12 || type == 13)
     {
+        int64_t blockBytes = x16_block_bytes(type), typeBytes = type == 12 ? 144 : 176, qs = type == 12 ? 16 : 48;
         for (int32_t g = 0; g < rows / 16; g++)
         {
             for (int32_t b = 0; b < blocks; b++)
             {
-                uint8_t* out = dst + ((int64_t)g * blocks + b) * 2432;
+                uint8_t* out = dst + ((int64_t)g * blocks + b) * blockBytes;
                 for (int i = 0; i < 16; i++)
                 {
-                    const uint8_t* blk = w + ((int64_t)g * 16 + i) * rowBytes + (int64_t)b * 144;
+                    const uint8_t* blk = w + ((int64_t)g * 16 + i) * rowBytes + (int64_t)b * typeBytes;
                     float d = load_half(blk), dmin = load_half(blk + 2);
                     __builtin_memcpy(out + 4 * i, &d, 4);
                     __builtin_memcpy(out + 64 + 4 * i, &dmin, 4);
@@ -518,7 +521,12 @@ AVX512_VNNI EXPORT int engine_x16_pack(int32_t type, const uint8_t* w, int64_t r
                         out[256 + 16 * j + i] = sm[8 + j];
                     }
                     for (int k = 0; k < 32; k++) // chunk k / 8, step k % 8
-                        __builtin_memcpy(out + 384 + 64 * k + 4 * i, blk + 16 + 4 * k, 4);
+                        __builtin_memcpy(out + 384 + 64 * k + 4 * i, blk + qs + 4 * k, 4);
+                    if (type == 13)
+                    {
+                        for (int k = 0; k < 8; k++)
+                            __builtin_memcpy(out + 2432 + 64 * k + 4 * i, blk + 16 + 4 * k, 4);
+                    }
                 }
             }
         }
@@ -645,20 +653,31 @@ AVX512_VNNI static inline void x16_k_scales(const uint8_t* blk, int j, __m512* s
     *bias = _mm512_mul_ps(negDmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(blk + 256 + 16 * j)))));
 }
 
-// Chunk c's codes of the 16 rows: low nibbles (sub-block 2c) or high (2c+1), W[s] values 4s..4s+3.
-AVX512_VNNI static inline void x16_k_codes(const uint8_t* blk, int c, int high, __m512i W[8])
+// Chunk c's codes of the 16 rows: low nibbles (sub-block 2c) or high (2c+1), W[s] values 4s..4s+3; for Q5_K
+// (type 13) with the sub-block's fifth bit from qh put in as 16.
+AVX512_VNNI static inline __attribute__((always_inline)) void x16_k_codes(int type, const uint8_t* blk, int c, int high, __m512i W[8])
 {
-    const __m512i low = _mm512_set1_epi8(0x0F);
+    const __m512i low = _mm512_set1_epi8(0x0F), bit4 = _mm512_set1_epi8(0x10);
+    int j = 2 * c + high; // the sub-block: bit j of qh
     for (int s = 0; s < 8; s++)
     {
         __m512i v = _mm512_loadu_si512(blk + 384 + 64 * (8 * c + s));
-        W[s] = high ? _mm512_and_si512(_mm512_srli_epi16(v, 4), low) : _mm512_and_si512(v, low);
+        if (high)
+            v = _mm512_srli_epi16(v, 4);
+        if (type == 13)
+        {
+            __m512i h = _mm512_loadu_si512(blk + 2432 + 64 * s);
+            h = j < 4 ? _mm512_slli_epi16(h, 4 - j) : j > 4 ? _mm512_srli_epi16(h, j - 4) : h; // bit j to bit 4
+            W[s] = _mm512_ternarylogic_epi32(v, _mm512_and_si512(h, bit4), low, 0xEC); // (v & 0x0F) | bit
+        }
+        else
+            W[s] = _mm512_and_si512(v, low);
     }
 }
 
 // x16_group8 for Q4_K: per sub-block j of 32 (activation block b·8 + j) acc = fma(float(Σ code·x), scale·dx,
 // fma(bias, xs, acc)) in sub-block order — q4_k_8x16's arithmetic, so bit for bit its outputs.
-AVX512_VNNI static inline void x16_k_group8(const uint8_t* rp, const uint8_t* pf, int64_t pfBytes, int32_t blocks, const int8_t* xq,
+AVX512_VNNI static inline __attribute__((always_inline)) void x16_k_group8(int type, const uint8_t* rp, const uint8_t* pf, int64_t pfBytes, int32_t blocks, const int8_t* xq,
     const float* xd, const float* xs, float* y, int64_t ldy)
 {
     const int lines = (int)(pfBytes / 64 + 8 * blocks - 1) / (8 * blocks);
@@ -667,7 +686,7 @@ AVX512_VNNI static inline void x16_k_group8(const uint8_t* rp, const uint8_t* pf
         acc[r] = _mm512_setzero_ps();
     for (int b = 0; b < blocks; b++)
     {
-        const uint8_t* blk = rp + (int64_t)b * 2432;
+        const uint8_t* blk = rp + (int64_t)b * x16_block_bytes(type);
         for (int j = 0; j < 8; j++)
         {
             int64_t sub = (int64_t)b * 8 + j;
@@ -675,7 +694,7 @@ AVX512_VNNI static inline void x16_k_group8(const uint8_t* rp, const uint8_t* pf
             if (pf)
                 prefetch_lines(pf, pfBytes, lines * sub, lines);
             __m512i W[8];
-            x16_k_codes(blk, j / 2, j % 2, W);
+            x16_k_codes(type, blk, j / 2, j % 2, W);
             __m512 scale, bias;
             x16_k_scales(blk, j, &scale, &bias);
 #pragma GCC unroll 8
@@ -697,26 +716,26 @@ AVX512_VNNI static inline void x16_k_group8(const uint8_t* rp, const uint8_t* pf
         _mm512_storeu_ps(y + r * ldy, acc[r]);
 }
 
-AVX512_VNNI static void x16_k_rows(const uint8_t* rp, int32_t groups, int32_t blocks, const int8_t* xq0, const int8_t* xq1,
+AVX512_VNNI static inline __attribute__((always_inline)) void x16_k_rows(int type, const uint8_t* rp, int32_t groups, int32_t blocks, const int8_t* xq0, const int8_t* xq1,
     const float* xd0, const float* xd1, const float* xs0, const float* xs1, float* y, int64_t ldy)
 {
-    int64_t groupBytes = (int64_t)blocks * 2432;
+    int64_t groupBytes = (int64_t)blocks * x16_block_bytes(type);
     prefetch_lines(rp, groupBytes, 0, 24);
     for (int32_t g = 0; g < groups; g++)
     {
         const uint8_t* w = rp + g * groupBytes;
         const uint8_t* next = g + 1 < groups ? w + groupBytes : 0;
         int64_t half = groupBytes / 128 * 64;
-        x16_k_group8(w, next, half, blocks, xq0, xd0, xs0, y + 16 * g, ldy);
-        x16_k_group8(w, next ? next + half : 0, groupBytes - half, blocks, xq1, xd1, xs1, y + 8 * ldy + 16 * g, ldy);
+        x16_k_group8(type, w, next, half, blocks, xq0, xd0, xs0, y + 16 * g, ldy);
+        x16_k_group8(type, w, next ? next + half : 0, groupBytes - half, blocks, xq1, xd1, xs1, y + 8 * ldy + 16 * g, ldy);
     }
 }
 
 // x16_few for Q4_K: plain activation rows with their scaled sums per 32 (xs[j]).
-AVX512_VNNI static void x16_k_few(const uint8_t* rp, int32_t groups, int32_t blocks, int32_t n, const int8_t* const* q,
+AVX512_VNNI static inline __attribute__((always_inline)) void x16_k_few(int type, const uint8_t* rp, int32_t groups, int32_t blocks, int32_t n, const int8_t* const* q,
     const float* const* d, const float* const* xs, float* const* y)
 {
-    const int64_t groupBytes = (int64_t)blocks * 2432;
+    const int64_t groupBytes = (int64_t)blocks * x16_block_bytes(type);
     for (int32_t g = 0; g < groups; g++)
     {
         const uint8_t* w = rp + g * groupBytes;
@@ -725,12 +744,12 @@ AVX512_VNNI static void x16_k_few(const uint8_t* rp, int32_t groups, int32_t blo
             acc[j] = _mm512_setzero_ps();
         for (int32_t b = 0; b < blocks; b++)
         {
-            const uint8_t* blk = w + (int64_t)b * 2432;
+            const uint8_t* blk = w + (int64_t)b * x16_block_bytes(type);
             for (int k = 0; k < 8; k++)
             {
                 int64_t sub = (int64_t)b * 8 + k;
                 __m512i W[8];
-                x16_k_codes(blk, k / 2, k % 2, W);
+                x16_k_codes(type, blk, k / 2, k % 2, W);
                 __m512 scale, bias;
                 x16_k_scales(blk, k, &scale, &bias);
                 for (int j = 0; j < n; j++)
@@ -902,7 +921,9 @@ AVX512_VNNI EXPORT int engine_x16_rows(int32_t type, const uint8_t* rp, int32_t 
     const float* xd0, const float* xd1, const int32_t* xi0, const int32_t* xi1, const float* xs0, const float* xs1, float* y, int64_t ldy)
 {
     if (type == 12)
-        x16_k_rows(rp, groups, blocks, xq0, xq1, xd0, xd1, xs0, xs1, y, ldy);
+        x16_k_rows(12, rp, groups, blocks, xq0, xq1, xd0, xd1, xs0, xs1, y, ldy);
+    else if (type == 13)
+        x16_k_rows(13, rp, groups, blocks, xq0, xq1, xd0, xd1, xs0, xs1, y, ldy);
     else if (type == 14)
         x16_q6_rows(rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, y, ldy);
     else if (type == 2)
@@ -957,7 +978,7 @@ AVX512_VNNI static inline __attribute__((always_inline)) void x16_few(int type, 
 AVX512_VNNI EXPORT int engine_x16_few(int32_t type, const uint8_t* rp, int32_t groups, int32_t blocks, int32_t n, const int8_t* const* q,
     const float* const* d, const float* const* xs, const int16_t* const* s16, float* const* y)
 {
-    if (blocks > 4096 || n < 1 || n > 4 || (type != 2 && type != 8 && type != 12 && type != 14))
+    if (blocks > 4096 || n < 1 || n > 4 || (type != 2 && type != 8 && type != 12 && type != 13 && type != 14))
         return -1;
     if (type == 14)
     {
@@ -966,7 +987,12 @@ AVX512_VNNI EXPORT int engine_x16_few(int32_t type, const uint8_t* rp, int32_t g
     }
     if (type == 12)
     {
-        x16_k_few(rp, groups, blocks, n, q, d, xs, y);
+        x16_k_few(12, rp, groups, blocks, n, q, d, xs, y);
+        return 0;
+    }
+    if (type == 13)
+    {
+        x16_k_few(13, rp, groups, blocks, n, q, d, xs, y);
         return 0;
     }
     int32_t sums[4][4096];

@@ -30,7 +30,7 @@ public static unsafe class MatMul
     /// <param name="qx">The same activations quantized to <see cref="ActivationFor"/>(W.Type), or null if it needs none.</param>
     /// <param name="y">[n, rows] output; with groups padded past n (<see cref="QuantizedActivations.Interleave"/>), room for their rows too.</param>
     /// <param name="panels">The same activations packed for the float matrix kernels (F16/F32 weights), or null.</param>
-    /// <param name="packed">W repacked for the native kernels (Q4_0, Q8_0, Q4_K, Q6_K), or null: then every quantized row, of the matrix
+    /// <param name="packed">W repacked for the native kernels (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K), or null: then every quantized row, of the matrix
     /// kernels' groups and of the row kernels alike, goes through it.</param>
     public static void Rows(TensorView w, Repacked16? packed, ReadOnlySpan<float> x, QuantizedActivations? qx, QuantizedActivations? groups8, FloatPanels? panels,
         int n, Span<float> y, int rowStart, int rowEnd)
