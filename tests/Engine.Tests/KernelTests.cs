@@ -249,6 +249,71 @@ public unsafe class KernelTests
     }
 
     /// <summary>
+    /// Rows of the types without a row kernel (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, and Q5_K where it is not repacked: these
+    /// 13 rows are not) through <see cref="MatMul.Rows"/> with float activations — decoding's path: decoded once, then
+    /// per sub-block scale·Σ code·x + bias·Σ x — against the dequantized weights' exact product, on random blocks.
+    /// The bound: each term's float rounding (2e-6 relative: a sum of up to 32 products, then two fused
+    /// multiply-adds) over the terms' magnitudes, plus the decoded weights' own rounding (1e-5 of |w|·|x|).
+    /// </summary>
+    [TestCase(GgmlType.Q4_1)]
+    [TestCase(GgmlType.Q5_0)]
+    [TestCase(GgmlType.Q5_1)]
+    [TestCase(GgmlType.Q2_K)]
+    [TestCase(GgmlType.Q3_K)]
+    [TestCase(GgmlType.Q5_K)]
+    public void Rows_without_a_row_kernel_match_the_dequantized_product(GgmlType type)
+    {
+        if (!CpuFeatures.Avx2Fma)
+            Assert.Ignore("the decoded rows need AVX2 and FMA");
+        var (blockSize, typeSize) = GgmlTypeInfo.Layout(type)!.Value;
+        int cols = 512, rows = 13, n = 3;
+        var rng = new Random((int)type + 300);
+        var bytes = new byte[rows * cols / blockSize * typeSize];
+        rng.NextBytes(bytes);
+        int[] halves = type switch
+        {
+            GgmlType.Q5_0 => [0],
+            GgmlType.Q4_1 or GgmlType.Q5_1 or GgmlType.Q5_K => [0, 2],
+            GgmlType.Q2_K => [80, 82],
+            _ => [108],
+        };
+        for (int b = 0; b < bytes.Length / typeSize; b++)
+        {
+            foreach (int h in halves)
+                System.Buffers.Binary.BinaryPrimitives.WriteHalfLittleEndian(bytes.AsSpan(b * typeSize + h), (Half)((rng.NextDouble() * 2 - 1) * 0.1));
+        }
+        var x = new float[n * cols];
+        for (int i = 0; i < x.Length; i++)
+            x[i] = (float)(rng.NextDouble() * 2 - 1);
+        fixed (byte* p = bytes)
+        {
+            var view = new TensorView("w", type, [cols, rows], p, bytes.Length);
+            Assert.That(MatMul.ActivationFor(type), Is.Null, $"{type} has no int8 row kernel, so its rows take the decoded path");
+            var y = new float[n * rows];
+            MatMul.Rows(view, null, x, null, null, null, n, y, 0, rows);
+            using var decoded = new DecodedRows();
+            decoded.Decode(view, 0, rows);
+            var w = new float[cols];
+            for (int o = 0; o < rows; o++)
+            {
+                Dequantize.Row(type, view.Row(o), w);
+                for (int r = 0; r < n; r++)
+                {
+                    double exact = 0, terms = 0, weights = 0;
+                    for (int i = 0; i < cols; i++)
+                    {
+                        int sb = i / decoded.SubBlock;
+                        exact += (double)w[i] * x[r * cols + i];
+                        terms += (Math.Abs(decoded.Scales(o)[sb] * decoded.Codes(o)[i]) + Math.Abs(decoded.Biases(o)[sb])) * Math.Abs(x[r * cols + i]);
+                        weights += Math.Abs(w[i] * x[r * cols + i]);
+                    }
+                    Assert.That(y[r * rows + o], Is.EqualTo(exact).Within(2e-6 * terms + 1e-5 * weights + 1e-6), $"{type}: weight row {o}, activation row {r}");
+                }
+            }
+        }
+    }
+
+    /// <summary>
     /// Activation quantization (vectorized) against the scalar formula it replaced: the same bytes, scales
     /// and sums for both block kinds, on rows with an all-zero block, values exactly halfway between two
     /// codes (ties to even), a huge value, and a NaN (whose block keeps the scalar loop's result).

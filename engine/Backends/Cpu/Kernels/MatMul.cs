@@ -1,3 +1,5 @@
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using Engine.Quantization;
 using Engine.Tensors;
 
@@ -84,6 +86,11 @@ public static unsafe class MatMul
                 int first = Math.Min(n, groups * QuantizedActivations.Group); // padded groups cover every row
                 if (n - first == 1 && OneRow(w, cols, rowBytes, qx, first, yp + (long)first * rows, o0, o1))
                     continue;
+                if (first < n && qx is null && ActivationFor(w.Type) is null && !isFloat && DecodedRows.Supports(w.Type) && CpuFeatures.Avx2Fma)
+                {
+                    DecodedRowDots(w, xp, first, n, yp, rows, o0, o1);
+                    continue;
+                }
                 bool four = n - first >= 4 && VecDot.HasRows4(w.Type) && (w.Type == GgmlType.F16 || qx is not null);
                 for (int o = o0; o < o1; o++)
                 {
@@ -517,6 +524,56 @@ public static unsafe class MatMul
             }
             default:
                 return false;
+        }
+    }
+
+    [ThreadStatic]
+    private static float[]? s_subSums;
+
+    /// <summary>
+    /// The row kernels' case for the quantized types without one (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, and Q5_K where the
+    /// native kernels do not run): the weight rows decoded once into codes, scales and biases (<see cref="DecodedRows"/>'
+    /// vector decoders), then each activation row in float: per sub-block, scale·Σ code·x + bias·Σ x. Every row
+    /// goes this way, one alone or several, so a row's result does not depend on the rows beside it. Before it each
+    /// weight row was dequantized to floats by the scalar reference for every activation row: the 110M-shape Q5_K_M
+    /// model decoded 3.3-3.6 tokens/s.
+    /// </summary>
+    private static void DecodedRowDots(TensorView w, float* x, int first, int n, float* y, int rows, int o0, int o1)
+    {
+        var decoded = s_decoded ??= new DecodedRows();
+        decoded.Decode(w, o0, o1 - o0);
+        int cols = decoded.Cols, sub = decoded.SubBlock, subs = decoded.SubBlocksPerRow;
+        var sums = s_subSums is { } a && a.Length >= subs ? a : s_subSums = new float[Math.Max(subs, 256)];
+        fixed (float* xs = sums)
+        {
+            for (int r = first; r < n; r++)
+            {
+                float* xr = x + (long)r * cols;
+                for (int b = 0; b < subs; b++)
+                {
+                    var v = Vector256.Load(xr + b * sub);
+                    for (int j = 8; j < sub; j += 8)
+                        v += Vector256.Load(xr + b * sub + j);
+                    xs[b] = Vector256.Sum(v);
+                }
+                for (int o = o0; o < o1; o++)
+                {
+                    byte* codes = decoded.Codes(o - o0);
+                    float* scales = decoded.Scales(o - o0), biases = decoded.Biases(o - o0);
+                    float acc = 0;
+                    for (int b = 0; b < subs; b++)
+                    {
+                        var dot = Vector256<float>.Zero;
+                        for (int j = 0; j < sub; j += 8)
+                        {
+                            var c = Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(codes + b * sub + j));
+                            dot = Fma.MultiplyAdd(c, Vector256.Load(xr + b * sub + j), dot);
+                        }
+                        acc = MathF.FusedMultiplyAdd(scales[b], Vector256.Sum(dot), MathF.FusedMultiplyAdd(biases[b], xs[b], acc));
+                    }
+                    y[(long)r * rows + o] = acc;
+                }
+            }
         }
     }
 
