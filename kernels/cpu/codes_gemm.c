@@ -716,21 +716,6 @@ AVX512_VNNI static inline __attribute__((always_inline)) void x16_k_group8(int t
         _mm512_storeu_ps(y + r * ldy, acc[r]);
 }
 
-AVX512_VNNI static inline __attribute__((always_inline)) void x16_k_rows(int type, const uint8_t* rp, int32_t groups, int32_t blocks, const int8_t* xq0, const int8_t* xq1,
-    const float* xd0, const float* xd1, const float* xs0, const float* xs1, float* y, int64_t ldy)
-{
-    int64_t groupBytes = (int64_t)blocks * x16_block_bytes(type);
-    prefetch_lines(rp, groupBytes, 0, 24);
-    for (int32_t g = 0; g < groups; g++)
-    {
-        const uint8_t* w = rp + g * groupBytes;
-        const uint8_t* next = g + 1 < groups ? w + groupBytes : 0;
-        int64_t half = groupBytes / 128 * 64;
-        x16_k_group8(type, w, next, half, blocks, xq0, xd0, xs0, y + 16 * g, ldy);
-        x16_k_group8(type, w, next ? next + half : 0, groupBytes - half, blocks, xq1, xd1, xs1, y + 8 * ldy + 16 * g, ldy);
-    }
-}
-
 // x16_few for Q4_K: plain activation rows with their scaled sums per 32 (xs[j]).
 AVX512_VNNI static inline __attribute__((always_inline)) void x16_k_few(int type, const uint8_t* rp, int32_t groups, int32_t blocks, int32_t n, const int8_t* const* q,
     const float* const* d, const float* const* xs, float* const* y)
@@ -840,21 +825,6 @@ AVX512_VNNI static inline void x16_q6_group8(const uint8_t* rp, const uint8_t* p
         _mm512_storeu_ps(y + r * ldy, acc[r]);
 }
 
-AVX512_VNNI static void x16_q6_rows(const uint8_t* rp, int32_t groups, int32_t blocks, const int8_t* xq0, const int8_t* xq1,
-    const float* xd0, const float* xd1, const int32_t* xi0, const int32_t* xi1, float* y, int64_t ldy)
-{
-    int64_t groupBytes = (int64_t)blocks * 3392;
-    prefetch_lines(rp, groupBytes, 0, 24);
-    for (int32_t g = 0; g < groups; g++)
-    {
-        const uint8_t* w = rp + g * groupBytes;
-        const uint8_t* next = g + 1 < groups ? w + groupBytes : 0;
-        int64_t half = groupBytes / 128 * 64;
-        x16_q6_group8(w, next, half, blocks, xq0, xd0, xi0, y + 16 * g, ldy);
-        x16_q6_group8(w, next ? next + half : 0, groupBytes - half, blocks, xq1, xd1, xi1, y + 8 * ldy + 16 * g, ldy);
-    }
-}
-
 // x16_few for Q6_K: plain activation rows with their integer sums per 16 (s16[j]).
 AVX512_VNNI static void x16_q6_few(const uint8_t* rp, int32_t groups, int32_t blocks, int32_t n, const int8_t* const* q,
     const float* const* d, const int16_t* const* s16, float* const* y)
@@ -899,8 +869,21 @@ AVX512_VNNI static void x16_q6_few(const uint8_t* rp, int32_t groups, int32_t bl
     }
 }
 
+// One group of 16 weight rows against one activation group, by type (xi: integer sums per 32, Q6_K's per 16; xs: Q4_K's and Q5_K's scaled sums).
+AVX512_VNNI static inline __attribute__((always_inline)) void x16_group8_of(int type, const uint8_t* rp, const uint8_t* pf, int64_t pfBytes, int32_t blocks,
+    const int8_t* xq, const float* xd, const int32_t* xi, const float* xs, float* y, int64_t ldy)
+{
+    if (type == 12 || type == 13)
+        x16_k_group8(type, rp, pf, pfBytes, blocks, xq, xd, xs, y, ldy);
+    else if (type == 14)
+        x16_q6_group8(rp, pf, pfBytes, blocks, xq, xd, xi, y, ldy);
+    else
+        x16_group8(type, rp, pf, pfBytes, blocks, xq, xd, xi, y, ldy);
+}
+
 AVX512_VNNI static inline __attribute__((always_inline)) void x16_rows(int type, const uint8_t* rp, int32_t groups, int32_t blocks,
-    const int8_t* xq0, const int8_t* xq1, const float* xd0, const float* xd1, const int32_t* xi0, const int32_t* xi1, float* y, int64_t ldy)
+    const int8_t* xq0, const int8_t* xq1, const float* xd0, const float* xd1, const int32_t* xi0, const int32_t* xi1, const float* xs0, const float* xs1,
+    float* y, int64_t ldy)
 {
     int64_t groupBytes = (int64_t)blocks * x16_block_bytes(type);
     prefetch_lines(rp, groupBytes, 0, 24);
@@ -909,8 +892,8 @@ AVX512_VNNI static inline __attribute__((always_inline)) void x16_rows(int type,
         const uint8_t* w = rp + g * groupBytes;
         const uint8_t* next = g + 1 < groups ? w + groupBytes : 0;
         int64_t half = groupBytes / 128 * 64; // the next group's first half of lines prefetched in the first pass, the rest in the second
-        x16_group8(type, w, next, half, blocks, xq0, xd0, xi0, y + 16 * g, ldy);
-        x16_group8(type, w, next ? next + half : 0, groupBytes - half, blocks, xq1, xd1, xi1, y + 8 * ldy + 16 * g, ldy);
+        x16_group8_of(type, w, next, half, blocks, xq0, xd0, xi0, xs0, y + 16 * g, ldy);
+        x16_group8_of(type, w, next ? next + half : 0, groupBytes - half, blocks, xq1, xd1, xi1, xs1, y + 8 * ldy + 16 * g, ldy);
     }
 }
 
@@ -920,18 +903,15 @@ AVX512_VNNI static inline __attribute__((always_inline)) void x16_rows(int type,
 AVX512_VNNI EXPORT int engine_x16_rows(int32_t type, const uint8_t* rp, int32_t groups, int32_t blocks, const int8_t* xq0, const int8_t* xq1,
     const float* xd0, const float* xd1, const int32_t* xi0, const int32_t* xi1, const float* xs0, const float* xs1, float* y, int64_t ldy)
 {
-    if (type == 12)
-        x16_k_rows(12, rp, groups, blocks, xq0, xq1, xd0, xd1, xs0, xs1, y, ldy);
-    else if (type == 13)
-        x16_k_rows(13, rp, groups, blocks, xq0, xq1, xd0, xd1, xs0, xs1, y, ldy);
-    else if (type == 14)
-        x16_q6_rows(rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, y, ldy);
-    else if (type == 2)
-        x16_rows(2, rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, y, ldy);
-    else if (type == 8)
-        x16_rows(8, rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, y, ldy);
-    else
-        return -1;
+    switch (type)
+    {
+        case 2: x16_rows(2, rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, xs0, xs1, y, ldy); break;
+        case 8: x16_rows(8, rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, xs0, xs1, y, ldy); break;
+        case 12: x16_rows(12, rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, xs0, xs1, y, ldy); break;
+        case 13: x16_rows(13, rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, xs0, xs1, y, ldy); break;
+        case 14: x16_rows(14, rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, xs0, xs1, y, ldy); break;
+        default: return -1;
+    }
     return 0;
 }
 
