@@ -210,25 +210,8 @@ public unsafe class KernelTests
     [TestCaseSource(nameof(DecodableTypes))]
     public void Decoded_codes_scales_and_biases_reproduce_the_weights(GgmlType type)
     {
-        var (blockSize, typeSize) = GgmlTypeInfo.Layout(type)!.Value;
         int cols = 512, rows = 3;
-        var rng = new Random((int)type + 100);
-        var bytes = new byte[rows * cols / blockSize * typeSize];
-        rng.NextBytes(bytes);
-        // Finite float16 scales wherever the format keeps them.
-        int[] halves = type switch
-        {
-            GgmlType.Q4_0 or GgmlType.Q5_0 or GgmlType.Q8_0 => [0],
-            GgmlType.Q4_1 or GgmlType.Q5_1 or GgmlType.Q4_K or GgmlType.Q5_K => [0, 2],
-            GgmlType.Q2_K => [80, 82],
-            GgmlType.Q3_K => [108],
-            _ => [208],
-        };
-        for (int b = 0; b < bytes.Length / typeSize; b++)
-        {
-            foreach (int h in halves)
-                System.Buffers.Binary.BinaryPrimitives.WriteHalfLittleEndian(bytes.AsSpan(b * typeSize + h), (Half)((rng.NextDouble() * 2 - 1) * 0.1));
-        }
+        var bytes = RandomBlocks(type, rows, cols, new Random((int)type + 100));
         fixed (byte* p = bytes)
         {
             var view = new TensorView("w", type, [cols, rows], p, bytes.Length);
@@ -248,6 +231,28 @@ public unsafe class KernelTests
         }
     }
 
+    /// <summary><paramref name="rows"/> rows of random blocks of <paramref name="type"/>, with finite float16 scales wherever the format keeps them.</summary>
+    private static byte[] RandomBlocks(GgmlType type, int rows, int cols, Random rng)
+    {
+        var (blockSize, typeSize) = GgmlTypeInfo.Layout(type)!.Value;
+        var bytes = new byte[rows * cols / blockSize * typeSize];
+        rng.NextBytes(bytes);
+        int[] halves = type switch
+        {
+            GgmlType.Q4_0 or GgmlType.Q5_0 or GgmlType.Q8_0 => [0],
+            GgmlType.Q4_1 or GgmlType.Q5_1 or GgmlType.Q4_K or GgmlType.Q5_K => [0, 2],
+            GgmlType.Q2_K => [80, 82],
+            GgmlType.Q3_K => [108],
+            _ => [208],
+        };
+        for (int b = 0; b < bytes.Length / typeSize; b++)
+        {
+            foreach (int h in halves)
+                System.Buffers.Binary.BinaryPrimitives.WriteHalfLittleEndian(bytes.AsSpan(b * typeSize + h), (Half)((rng.NextDouble() * 2 - 1) * 0.1));
+        }
+        return bytes;
+    }
+
     /// <summary>
     /// Rows of the types without a row kernel (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, and Q5_K where it is not repacked: these
     /// 13 rows are not) through <see cref="MatMul.Rows"/> with float activations — decoding's path: decoded once, then
@@ -265,23 +270,9 @@ public unsafe class KernelTests
     {
         if (!CpuFeatures.Avx2Fma)
             Assert.Ignore("the decoded rows need AVX2 and FMA");
-        var (blockSize, typeSize) = GgmlTypeInfo.Layout(type)!.Value;
         int cols = 512, rows = 13, n = 3;
         var rng = new Random((int)type + 300);
-        var bytes = new byte[rows * cols / blockSize * typeSize];
-        rng.NextBytes(bytes);
-        int[] halves = type switch
-        {
-            GgmlType.Q5_0 => [0],
-            GgmlType.Q4_1 or GgmlType.Q5_1 or GgmlType.Q5_K => [0, 2],
-            GgmlType.Q2_K => [80, 82],
-            _ => [108],
-        };
-        for (int b = 0; b < bytes.Length / typeSize; b++)
-        {
-            foreach (int h in halves)
-                System.Buffers.Binary.BinaryPrimitives.WriteHalfLittleEndian(bytes.AsSpan(b * typeSize + h), (Half)((rng.NextDouble() * 2 - 1) * 0.1));
-        }
+        var bytes = RandomBlocks(type, rows, cols, rng);
         var x = new float[n * cols];
         for (int i = 0; i < x.Length; i++)
             x[i] = (float)(rng.NextDouble() * 2 - 1);
