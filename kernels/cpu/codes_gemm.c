@@ -474,7 +474,26 @@ AVX512_VNNI static inline void q5_k_8x16(const uint8_t* w, int64_t rowBytes, int
 // block by block — so every output is bit for bit theirs.
 
 // Bytes of one group of 16 rows and one block (type 2 Q4_0, 8 Q8_0: of 32 values; 12 Q4_K, 14 Q6_K: a super-block of 256).
-static inline int64_t x16_block_bytes(int type) { return type == 2 ? 320 : type == 8 ? 576 : type == 12 ? 2432 : type == 13 ? 2944 : 3392; }
+static inline int64_t x16_block_bytes(int type)
+{
+    switch (type)
+    {
+        case 2: return 320;
+        case 3: return 384;
+        case 6: case 7: return 448;
+        case 8: return 576;
+        case 12: return 2432;
+        case 13: return 2944;
+        default: return 3392;
+    }
+}
+
+// Q4_1, Q5_0 and Q5_1 (types 3, 6, 7), whose values are d·code + bias (bias m, or -16·d for Q5_0): per group of
+// 16 rows and block of 32, d and the bias as floats (2 x 64 bytes), the packed nibbles as Q4_0's (4 x 64), and
+// for Q5_0/Q5_1 the fifth bits, each row's 32 regrouped so that byte k holds the bits of values k, 4 + k, ...,
+// 28 + k (value 4s + k at bit s) — one shift then puts step s's four bits at bit 4 of its four bytes (64 bytes).
+// 384 bytes (Q4_1, the file 320) or 448 (Q5_0 352, Q5_1 384).
+static inline int x16_legacy(int type) { return type == 3 || type == 6 || type == 7; }
 
 // Q6_K interleaved: per group of 16 rows and super-block, d of the 16 rows as floats (64 bytes), the 16
 // sub-blocks' scales ([16][16] int8, 256), then ql four bytes at a time — for half h, ql half e (ql[64h+32e..])
@@ -555,6 +574,35 @@ AVX512_VNNI EXPORT int engine_x16_pack(int32_t type, const uint8_t* w, int64_t r
         }
         return 0;
     }
+    if (x16_legacy(type))
+    {
+        int64_t blockBytes = x16_block_bytes(type), typeBytes = type == 3 ? 20 : type == 6 ? 22 : 24;
+        int qs = type == 3 ? 4 : type == 6 ? 6 : 8;
+        for (int32_t g = 0; g < rows / 16; g++)
+        {
+            for (int32_t b = 0; b < blocks; b++)
+            {
+                uint8_t* out = dst + ((int64_t)g * blocks + b) * blockBytes;
+                for (int i = 0; i < 16; i++)
+                {
+                    const uint8_t* blk = w + ((int64_t)g * 16 + i) * rowBytes + (int64_t)b * typeBytes;
+                    float d = load_half(blk), bias = type == 6 ? -16.0f * d : load_half(blk + 2);
+                    __builtin_memcpy(out + 4 * i, &d, 4);
+                    __builtin_memcpy(out + 64 + 4 * i, &bias, 4);
+                    for (int k = 0; k < 4; k++)
+                        __builtin_memcpy(out + 128 + 64 * k + 4 * i, blk + qs + 4 * k, 4);
+                    if (type != 3)
+                    {
+                        uint32_t qh = (uint32_t)load32(blk + (type == 6 ? 2 : 4)), regrouped = 0;
+                        for (int v = 0; v < 32; v++)
+                            regrouped |= ((qh >> v) & 1u) << (8 * (v % 4) + v / 4);
+                        __builtin_memcpy(out + 384 + 4 * i, &regrouped, 4);
+                    }
+                }
+            }
+        }
+        return 0;
+    }
     if (type != 2 && type != 8)
         return -1;
     int64_t blockBytes = x16_block_bytes(type), typeBytes = type == 2 ? 18 : 34;
@@ -585,7 +633,25 @@ AVX512_VNNI EXPORT int engine_x16_pack(int32_t type, const uint8_t* w, int64_t r
 // A block's 16 rows of codes, W[s] values 4s..4s+3 (s = 0..7).
 AVX512_VNNI static inline __attribute__((always_inline)) void x16_codes(int type, const uint8_t* blk, __m512i W[8])
 {
-    if (type == 2)
+    if (x16_legacy(type))
+    {
+        const __m512i low = _mm512_set1_epi8(0x0F), bit4 = _mm512_set1_epi8(0x10);
+        __m512i h = type == 3 ? _mm512_setzero_si512() : _mm512_loadu_si512(blk + 384);
+        for (int s = 0; s < 8; s++)
+        {
+            __m512i v = _mm512_loadu_si512(blk + 128 + 64 * (s % 4));
+            if (s >= 4)
+                v = _mm512_srli_epi16(v, 4);
+            if (type == 3)
+                W[s] = _mm512_and_si512(v, low);
+            else
+            {
+                __m512i hs = s < 4 ? _mm512_slli_epi16(h, 4 - s) : s > 4 ? _mm512_srli_epi16(h, s - 4) : h; // bit s to bit 4
+                W[s] = _mm512_ternarylogic_epi32(v, _mm512_and_si512(hs, bit4), low, 0xEC); // (v & 0x0F) | bit
+            }
+        }
+    }
+    else if (type == 2)
     {
         const __m512i low = _mm512_set1_epi8(0x0F);
         for (int k = 0; k < 4; k++)
@@ -606,7 +672,7 @@ AVX512_VNNI static inline __attribute__((always_inline)) void x16_codes(int type
 // block 256 bytes, step s's 4 values of row r at 32s + 4r; xd, xi: 8 per block): y[r*ldy + i] for weight
 // row i. pf: pfBytes to prefetch meanwhile, spread over the blocks, or null.
 AVX512_VNNI static inline __attribute__((always_inline)) void x16_group8(int type, const uint8_t* rp, const uint8_t* pf, int64_t pfBytes,
-    int32_t blocks, const int8_t* xq, const float* xd, const int32_t* xi, float* y, int64_t ldy)
+    int32_t blocks, const int8_t* xq, const float* xd, const int32_t* xi, const float* xs, float* y, int64_t ldy)
 {
     const int64_t blockBytes = x16_block_bytes(type);
     const int shift = type == 2 ? 3 : 7, lines = (int)(pfBytes / 64 + blocks - 1) / blocks;
@@ -622,6 +688,25 @@ AVX512_VNNI static inline __attribute__((always_inline)) void x16_group8(int typ
         __m512i W[8];
         x16_codes(type, blk, W);
         __m512 d = _mm512_loadu_ps((const float*)blk);
+        if (x16_legacy(type))
+        {
+            // d·code + bias: acc = fma(float(Σ code·x), d·dx, fma(bias, xs, acc)), the decoded rows' arithmetic
+            __m512 bias = _mm512_loadu_ps((const float*)(blk + 64));
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++)
+            {
+                __m512i p = _mm512_setzero_si512(), h = _mm512_setzero_si512();
+#pragma GCC unroll 4
+                for (int s = 0; s < 4; s++)
+                {
+                    p = _mm512_dpbusd_epi32(p, W[s], _mm512_set1_epi32(load32(x + 32 * s + 4 * r)));
+                    h = _mm512_dpbusd_epi32(h, W[4 + s], _mm512_set1_epi32(load32(x + 32 * (4 + s) + 4 * r)));
+                }
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p, h)), _mm512_mul_ps(d, _mm512_set1_ps(xd[b * 8 + r])),
+                    _mm512_fmadd_ps(bias, _mm512_set1_ps(xs[b * 8 + r]), acc[r]));
+            }
+            continue;
+        }
         // unrolled so that acc stays in registers; two chains a row (values 0..15 and 16..31), joined before the
         // float step (the sum is an integer, so exact): eight dependent vpdpbusd a row had left the kernel
         // waiting on their latency
@@ -886,7 +971,7 @@ AVX512_VNNI static inline __attribute__((always_inline)) void x16_group8_of(int 
     else if (type == 14)
         x16_q6_group8(rp, pf, pfBytes, blocks, xq, xd, xi, y, ldy);
     else
-        x16_group8(type, rp, pf, pfBytes, blocks, xq, xd, xi, y, ldy);
+        x16_group8(type, rp, pf, pfBytes, blocks, xq, xd, xi, xs, y, ldy);
 }
 
 AVX512_VNNI static inline __attribute__((always_inline)) void x16_rows(int type, const uint8_t* rp, int32_t groups, int32_t blocks,
@@ -914,6 +999,9 @@ AVX512_VNNI EXPORT int engine_x16_rows(int32_t type, const uint8_t* rp, int32_t 
     switch (type)
     {
         case 2: x16_rows(2, rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, xs0, xs1, y, ldy); break;
+        case 3: x16_rows(3, rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, xs0, xs1, y, ldy); break;
+        case 6: x16_rows(6, rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, xs0, xs1, y, ldy); break;
+        case 7: x16_rows(7, rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, xs0, xs1, y, ldy); break;
         case 8: x16_rows(8, rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, xs0, xs1, y, ldy); break;
         case 12: x16_rows(12, rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, xs0, xs1, y, ldy); break;
         case 13: x16_rows(13, rp, groups, blocks, xq0, xq1, xd0, xd1, xi0, xi1, xs0, xs1, y, ldy); break;
@@ -928,7 +1016,7 @@ AVX512_VNNI EXPORT int engine_x16_rows(int32_t type, const uint8_t* rp, int32_t 
 // is computed on its own, exactly as with n = 1 (and as engine_x16_rows computes it), so a row's output
 // does not depend on the rows beside it.
 AVX512_VNNI static inline __attribute__((always_inline)) void x16_few(int type, const uint8_t* rp, int32_t groups, int32_t blocks, int32_t n,
-    const int8_t* const* q, const float* const* d, float* const* y, int32_t sums[4][4096])
+    const int8_t* const* q, const float* const* d, const float* const* xs, float* const* y, int32_t sums[4][4096])
 {
     const int64_t blockBytes = x16_block_bytes(type), groupBytes = (int64_t)blocks * blockBytes;
     const int shift = type == 2 ? 3 : 7;
@@ -951,13 +1039,14 @@ AVX512_VNNI static inline __attribute__((always_inline)) void x16_few(int type, 
             {
                 const uint8_t* x = (const uint8_t*)(q[j] + 32 * (int64_t)b);
                 // two chains (values 0..15, 16..31), joined before the float step: the sum is an integer, so exact
-                __m512i p = _mm512_set1_epi32(-(sums[j][b] << shift)), h = _mm512_setzero_si512();
+                __m512i p = x16_legacy(type) ? _mm512_setzero_si512() : _mm512_set1_epi32(-(sums[j][b] << shift)), h = _mm512_setzero_si512();
                 for (int s = 0; s < 4; s++)
                 {
                     p = _mm512_dpbusd_epi32(p, W[s], _mm512_set1_epi32(load32(x + 4 * s)));
                     h = _mm512_dpbusd_epi32(h, W[4 + s], _mm512_set1_epi32(load32(x + 16 + 4 * s)));
                 }
-                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p, h)), _mm512_mul_ps(scale, _mm512_set1_ps(d[j][b])), acc[j]);
+                __m512 start = x16_legacy(type) ? _mm512_fmadd_ps(_mm512_loadu_ps((const float*)(blk + 64)), _mm512_set1_ps(xs[j][b]), acc[j]) : acc[j];
+                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p, h)), _mm512_mul_ps(scale, _mm512_set1_ps(d[j][b])), start);
             }
         }
         for (int j = 0; j < n; j++)
@@ -969,8 +1058,9 @@ AVX512_VNNI static inline __attribute__((always_inline)) void x16_few(int type, 
 AVX512_VNNI EXPORT int engine_x16_few(int32_t type, const uint8_t* rp, int32_t groups, int32_t blocks, int32_t n, const int8_t* const* q,
     const float* const* d, const float* const* xs, const int16_t* const* s16, float* const* y)
 {
-    if (blocks > 4096 || n < 1 || n > 4 || (type != 2 && type != 8 && type != 12 && type != 13 && type != 14))
+    if (blocks > 4096 || n < 1 || n > 4 || (type != 2 && type != 8 && !x16_legacy(type) && type != 12 && type != 13 && type != 14))
         return -1;
+
     if (type == 14)
     {
         x16_q6_few(rp, groups, blocks, n, q, d, s16, y);
@@ -987,6 +1077,13 @@ AVX512_VNNI EXPORT int engine_x16_few(int32_t type, const uint8_t* rp, int32_t g
         return 0;
     }
     int32_t sums[4][4096];
+    switch (type) // the legacy types' arithmetic takes no integer sums
+    {
+        case 3: x16_few(3, rp, groups, blocks, n, q, d, xs, y, sums); return 0;
+        case 6: x16_few(6, rp, groups, blocks, n, q, d, xs, y, sums); return 0;
+        case 7: x16_few(7, rp, groups, blocks, n, q, d, xs, y, sums); return 0;
+        default: break;
+    }
     for (int j = 0; j < n; j++)
     {
         for (int32_t b = 0; b < blocks; b++)
@@ -996,9 +1093,9 @@ AVX512_VNNI EXPORT int engine_x16_few(int32_t type, const uint8_t* rp, int32_t g
         }
     }
     if (type == 2)
-        x16_few(2, rp, groups, blocks, n, q, d, y, sums);
+        x16_few(2, rp, groups, blocks, n, q, d, xs, y, sums);
     else
-        x16_few(8, rp, groups, blocks, n, q, d, y, sums);
+        x16_few(8, rp, groups, blocks, n, q, d, xs, y, sums);
     return 0;
 }
 

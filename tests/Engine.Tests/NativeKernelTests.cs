@@ -149,10 +149,10 @@ public unsafe class NativeKernelTests
     }
 
     /// <summary>
-    /// Q4_0, Q8_0, Q4_K, Q5_K and Q6_K repacked sixteen rows at a time (<see cref="Repacked16"/>) through <see cref="MatMul.Rows"/>: the matrix
+    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K repacked sixteen rows at a time (<see cref="Repacked16"/>) through <see cref="MatMul.Rows"/>: the matrix
     /// kernel's groups and the row kernel's rows (21 activation rows: two groups of 8, then 5 left to the rows),
     /// over the whole matrix and over a range that cuts its groups of 16, each output bit for bit the
-    /// exact-offset reference (Q4_K, Q5_K: the decoded rows' scale-and-bias form, <see cref="DecodedRowsReference"/>) —
+    /// exact-offset reference (Q4_1, Q5_0, Q5_1, Q4_K, Q5_K: the decoded rows' scale-and-bias form, <see cref="DecodedRowsReference"/>) —
     /// the arithmetic of the direct kernel on the file's blocks, so repacking changes nothing but speed, and a
     /// row's result is the same whichever kernel computes it.
     /// </summary>
@@ -167,6 +167,11 @@ public unsafe class NativeKernelTests
     [TestCase(GgmlType.Q4_K, 8, 0, 48)]
     [TestCase(GgmlType.Q4_K, 24, 5, 43)]
     [TestCase(GgmlType.Q4_K, 16, 17, 30)]
+    [TestCase(GgmlType.Q4_1, 24, 5, 43)]
+    [TestCase(GgmlType.Q5_0, 24, 5, 43)]
+    [TestCase(GgmlType.Q5_0, 3, 17, 30)]
+    [TestCase(GgmlType.Q5_1, 24, 0, 48)]
+    [TestCase(GgmlType.Q5_1, 3, 17, 30)]
     [TestCase(GgmlType.Q5_K, 8, 0, 48)]
     [TestCase(GgmlType.Q5_K, 24, 5, 43)]
     [TestCase(GgmlType.Q5_K, 16, 17, 30)]
@@ -208,7 +213,7 @@ public unsafe class NativeKernelTests
                         Assert.That(float.IsNaN(actual), $"row {r}, output {o} lies outside the range and must stay unwritten");
                         continue;
                     }
-                    float expected = type is GgmlType.Q4_K or GgmlType.Q5_K ? DecodedRowsReference(decoded, o, qx, r)
+                    float expected = type is not (GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q6_K) ? DecodedRowsReference(decoded, o, qx, r)
                         : MatMul.ExactOffsetReference(type, w + o * rowBytes, qx, r, cols);
                     Assert.That(BitConverter.SingleToInt32Bits(actual), Is.EqualTo(BitConverter.SingleToInt32Bits(expected)),
                         $"activation row {r} ({(r < 16 ? "matrix" : "row")} kernel), weight row {o}: {actual} vs reference {expected}");
