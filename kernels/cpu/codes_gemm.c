@@ -290,16 +290,22 @@ AVX512_VNNI static inline void q8_0_8x16(const uint8_t* w, int64_t rowBytes, int
     store_transposed(acc, y, ldy);
 }
 
-// A Q4_K or Q5_K super-block's 8 sub-block scales and biases: 6-bit scale and min j unpacked as
-// VecDot.ScalesAndMins does, scale d*sc, bias -dmin*m (DecodedRows.DecodeQ4_K).
-AVX512_VNNI static inline void k_scales(const uint8_t* blk, float* scales, float* biases)
+// A Q4_K or Q5_K super-block's 8 sub-blocks' 6-bit scales (sm[0..8)) and mins (sm[8..16)), unpacked as
+// VecDot.ScalesAndMins does.
+AVX512_VNNI static inline void k_scale_bytes(const uint8_t* blk, uint8_t sm[16])
 {
-    float d = load_half(blk), dmin = load_half(blk + 2);
     uint32_t a = (uint32_t)load32(blk + 4), m = (uint32_t)load32(blk + 8), c = (uint32_t)load32(blk + 12);
     const uint32_t six = 0x3F3F3F3F, four = 0x0F0F0F0F, two = 0x03030303;
     uint32_t packed[4] = { a & six, (c & four) | (((a >> 6) & two) << 4), m & six, ((c >> 4) & four) | (((m >> 6) & two) << 4) };
-    uint8_t sm[16];
     __builtin_memcpy(sm, packed, 16);
+}
+
+// Their scales and biases as floats: scale d*sc, bias -dmin*m (DecodedRows.DecodeQ4_K).
+AVX512_VNNI static inline void k_scales(const uint8_t* blk, float* scales, float* biases)
+{
+    float d = load_half(blk), dmin = load_half(blk + 2);
+    uint8_t sm[16];
+    k_scale_bytes(blk, sm);
     for (int j = 0; j < 8; j++)
     {
         scales[j] = d * (float)sm[j];
@@ -506,125 +512,103 @@ static inline int x16_legacy(int type) { return type == 3 || type == 6 || type =
 // the rows' qs[32c+4s..32c+4s+3] side by side (32 x 64 bytes). 2432 bytes where the file holds 2304. Q5_K the
 // same, its qs (at 48 in the file's block) likewise, then its fifth bits qh[4s..4s+3] side by side (8 x 64
 // bytes; bit j of qh[l] is the fifth bit of value l of sub-block j): 2944 bytes where the file holds 2816.
-AVX512_VNNI static inline void k_scale_bytes(const uint8_t* blk, uint8_t sm[16])
+
+// Bytes of one block of a row of type in the file (0 for a type without a repacked layout).
+static inline int64_t x16_type_bytes(int type)
 {
-    uint32_t a = (uint32_t)load32(blk + 4), m = (uint32_t)load32(blk + 8), c = (uint32_t)load32(blk + 12);
-    const uint32_t six = 0x3F3F3F3F, four = 0x0F0F0F0F, two = 0x03030303;
-    uint32_t packed[4] = { a & six, (c & four) | (((a >> 6) & two) << 4), m & six, ((c >> 4) & four) | (((m >> 6) & two) << 4) };
-    __builtin_memcpy(sm, packed, 16);
+    switch (type)
+    {
+        case 2: return 18;
+        case 3: return 20;
+        case 6: return 22;
+        case 7: return 24;
+        case 8: return 34;
+        case 12: return 144;
+        case 13: return 176;
+        case 14: return 210;
+        default: return 0;
+    }
 }
 
-// rows (a multiple of 16) of type at w, row i at w + i*rowBytes, blocks of 32 a row, into dst (rows/16 *
-// blocks * x16_block_bytes bytes). Returns -1 (nothing written) for another type.
-AVX512_VNNI EXPORT int engine_x16_pack(int32_t type, const uint8_t* w, int64_t rowBytes, int32_t rows, int32_t blocks, uint8_t* dst)
+// Row i (0..15) of a group: its block blk of the file written to its places in the group's block out.
+AVX512_VNNI static void x16_pack_row(int type, const uint8_t* blk, uint8_t* out, int i)
 {
     if (type == 12 || type == 13)
     {
-        int64_t blockBytes = x16_block_bytes(type), typeBytes = type == 12 ? 144 : 176, qs = type == 12 ? 16 : 48;
-        for (int32_t g = 0; g < rows / 16; g++)
+        float d = load_half(blk), dmin = load_half(blk + 2);
+        __builtin_memcpy(out + 4 * i, &d, 4);
+        __builtin_memcpy(out + 64 + 4 * i, &dmin, 4);
+        uint8_t sm[16];
+        k_scale_bytes(blk, sm);
+        for (int j = 0; j < 8; j++)
         {
-            for (int32_t b = 0; b < blocks; b++)
-            {
-                uint8_t* out = dst + ((int64_t)g * blocks + b) * blockBytes;
-                for (int i = 0; i < 16; i++)
-                {
-                    const uint8_t* blk = w + ((int64_t)g * 16 + i) * rowBytes + (int64_t)b * typeBytes;
-                    float d = load_half(blk), dmin = load_half(blk + 2);
-                    __builtin_memcpy(out + 4 * i, &d, 4);
-                    __builtin_memcpy(out + 64 + 4 * i, &dmin, 4);
-                    uint8_t sm[16];
-                    k_scale_bytes(blk, sm);
-                    for (int j = 0; j < 8; j++)
-                    {
-                        out[128 + 16 * j + i] = sm[j];
-                        out[256 + 16 * j + i] = sm[8 + j];
-                    }
-                    for (int k = 0; k < 32; k++) // chunk k / 8, step k % 8
-                        __builtin_memcpy(out + 384 + 64 * k + 4 * i, blk + qs + 4 * k, 4);
-                    if (type == 13)
-                    {
-                        for (int k = 0; k < 8; k++)
-                            __builtin_memcpy(out + 2432 + 64 * k + 4 * i, blk + 16 + 4 * k, 4);
-                    }
-                }
-            }
+            out[128 + 16 * j + i] = sm[j];
+            out[256 + 16 * j + i] = sm[8 + j];
         }
-        return 0;
-    }
-    if (type == 14)
-    {
-        for (int32_t g = 0; g < rows / 16; g++)
+        int qs = type == 12 ? 16 : 48;
+        for (int k = 0; k < 32; k++) // chunk k / 8, step k % 8
+            __builtin_memcpy(out + 384 + 64 * k + 4 * i, blk + qs + 4 * k, 4);
+        if (type == 13)
         {
-            for (int32_t b = 0; b < blocks; b++)
-            {
-                uint8_t* out = dst + ((int64_t)g * blocks + b) * 3392;
-                for (int i = 0; i < 16; i++)
-                {
-                    const uint8_t* blk = w + ((int64_t)g * 16 + i) * rowBytes + (int64_t)b * 210;
-                    float d = load_half(blk + 208);
-                    __builtin_memcpy(out + 4 * i, &d, 4);
-                    for (int j = 0; j < 16; j++)
-                        out[64 + 16 * j + i] = blk[192 + j];
-                    for (int k = 0; k < 32; k++) // ql: half k / 16, ql half (k / 8) % 2, step k % 8
-                        __builtin_memcpy(out + 320 + 64 * k + 4 * i, blk + 4 * k, 4);
-                    for (int k = 0; k < 16; k++) // qh: half k / 8, step k % 8
-                        __builtin_memcpy(out + 2368 + 64 * k + 4 * i, blk + 128 + 4 * k, 4);
-                }
-            }
+            for (int k = 0; k < 8; k++)
+                __builtin_memcpy(out + 2432 + 64 * k + 4 * i, blk + 16 + 4 * k, 4);
         }
-        return 0;
     }
-    if (x16_legacy(type))
+    else if (type == 14)
     {
-        int64_t blockBytes = x16_block_bytes(type), typeBytes = type == 3 ? 20 : type == 6 ? 22 : 24;
+        float d = load_half(blk + 208);
+        __builtin_memcpy(out + 4 * i, &d, 4);
+        for (int j = 0; j < 16; j++)
+            out[64 + 16 * j + i] = blk[192 + j];
+        for (int k = 0; k < 32; k++) // ql: half k / 16, ql half (k / 8) % 2, step k % 8
+            __builtin_memcpy(out + 320 + 64 * k + 4 * i, blk + 4 * k, 4);
+        for (int k = 0; k < 16; k++) // qh: half k / 8, step k % 8
+            __builtin_memcpy(out + 2368 + 64 * k + 4 * i, blk + 128 + 4 * k, 4);
+    }
+    else if (x16_legacy(type))
+    {
+        float d = load_half(blk), bias = type == 6 ? -16.0f * d : load_half(blk + 2);
+        __builtin_memcpy(out + 4 * i, &d, 4);
+        __builtin_memcpy(out + 64 + 4 * i, &bias, 4);
         int qs = type == 3 ? 4 : type == 6 ? 6 : 8;
-        for (int32_t g = 0; g < rows / 16; g++)
+        for (int k = 0; k < 4; k++)
+            __builtin_memcpy(out + 128 + 64 * k + 4 * i, blk + qs + 4 * k, 4);
+        if (type != 3)
         {
-            for (int32_t b = 0; b < blocks; b++)
-            {
-                uint8_t* out = dst + ((int64_t)g * blocks + b) * blockBytes;
-                for (int i = 0; i < 16; i++)
-                {
-                    const uint8_t* blk = w + ((int64_t)g * 16 + i) * rowBytes + (int64_t)b * typeBytes;
-                    float d = load_half(blk), bias = type == 6 ? -16.0f * d : load_half(blk + 2);
-                    __builtin_memcpy(out + 4 * i, &d, 4);
-                    __builtin_memcpy(out + 64 + 4 * i, &bias, 4);
-                    for (int k = 0; k < 4; k++)
-                        __builtin_memcpy(out + 128 + 64 * k + 4 * i, blk + qs + 4 * k, 4);
-                    if (type != 3)
-                    {
-                        uint32_t qh = (uint32_t)load32(blk + (type == 6 ? 2 : 4)), regrouped = 0;
-                        for (int v = 0; v < 32; v++)
-                            regrouped |= ((qh >> v) & 1u) << (8 * (v % 4) + v / 4);
-                        __builtin_memcpy(out + 384 + 4 * i, &regrouped, 4);
-                    }
-                }
-            }
+            uint32_t qh = (uint32_t)load32(blk + (type == 6 ? 2 : 4)), regrouped = 0;
+            for (int v = 0; v < 32; v++)
+                regrouped |= ((qh >> v) & 1u) << (8 * (v % 4) + v / 4);
+            __builtin_memcpy(out + 384 + 4 * i, &regrouped, 4);
         }
-        return 0;
     }
-    if (type != 2 && type != 8)
+    else // Q4_0, Q8_0
+    {
+        float d = load_half(blk);
+        __builtin_memcpy(out + 4 * i, &d, 4);
+        for (int k = 0; k < (type == 2 ? 4 : 8); k++)
+        {
+            uint32_t v = (uint32_t)load32(blk + 2 + 4 * k);
+            if (type == 8)
+                v ^= 0x80808080u;
+            __builtin_memcpy(out + 64 + 64 * k + 4 * i, &v, 4);
+        }
+    }
+}
+
+// rows (a multiple of 16) of type at w, row i at w + i*rowBytes, blocks a row, into dst (rows/16 * blocks *
+// x16_block_bytes bytes). Returns -1 (nothing written) for another type.
+AVX512_VNNI EXPORT int engine_x16_pack(int32_t type, const uint8_t* w, int64_t rowBytes, int32_t rows, int32_t blocks, uint8_t* dst)
+{
+    int64_t blockBytes = x16_block_bytes(type), typeBytes = x16_type_bytes(type);
+    if (typeBytes == 0)
         return -1;
-    int64_t blockBytes = x16_block_bytes(type), typeBytes = type == 2 ? 18 : 34;
-    int steps = type == 2 ? 4 : 8;
     for (int32_t g = 0; g < rows / 16; g++)
     {
         for (int32_t b = 0; b < blocks; b++)
         {
             uint8_t* out = dst + ((int64_t)g * blocks + b) * blockBytes;
             for (int i = 0; i < 16; i++)
-            {
-                const uint8_t* blk = w + ((int64_t)g * 16 + i) * rowBytes + (int64_t)b * typeBytes;
-                float d = load_half(blk);
-                __builtin_memcpy(out + 4 * i, &d, 4);
-                for (int k = 0; k < steps; k++)
-                {
-                    uint32_t v = (uint32_t)load32(blk + 2 + 4 * k);
-                    if (type == 8)
-                        v ^= 0x80808080u;
-                    __builtin_memcpy(out + 64 + 64 * k + 4 * i, &v, 4);
-                }
-            }
+                x16_pack_row(type, w + ((int64_t)16 * g + i) * rowBytes + (int64_t)b * typeBytes, out, i);
         }
     }
     return 0;
