@@ -672,39 +672,25 @@ AVX512_VNNI static inline __attribute__((always_inline)) void x16_group8(int typ
         __m512i W[8];
         x16_codes(type, blk, W);
         __m512 d = _mm512_loadu_ps((const float*)blk);
-        if (x16_legacy(type))
-        {
-            // d·code + bias: acc = fma(float(Σ code·x), d·dx, fma(bias, xs, acc)), the decoded rows' arithmetic
-            __m512 bias = _mm512_loadu_ps((const float*)(blk + 64));
-#pragma GCC unroll 8
-            for (int r = 0; r < 8; r++)
-            {
-                __m512i p = _mm512_setzero_si512(), h = _mm512_setzero_si512();
-#pragma GCC unroll 4
-                for (int s = 0; s < 4; s++)
-                {
-                    p = _mm512_dpbusd_epi32(p, W[s], _mm512_set1_epi32(load32(x + 32 * s + 4 * r)));
-                    h = _mm512_dpbusd_epi32(h, W[4 + s], _mm512_set1_epi32(load32(x + 32 * (4 + s) + 4 * r)));
-                }
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p, h)), _mm512_mul_ps(d, _mm512_set1_ps(xd[b * 8 + r])),
-                    _mm512_fmadd_ps(bias, _mm512_set1_ps(xs[b * 8 + r]), acc[r]));
-            }
-            continue;
-        }
+        // the legacy types (d·code + bias): no offset, acc = fma(float(Σ code·x), d·dx, fma(bias, xs, acc)), the
+        // decoded rows' arithmetic; Q4_0/Q8_0: the sums start at -offset·Σx and acc = fma(float(Σ), d·dx, acc)
+        const int legacy = x16_legacy(type);
+        __m512 bias = legacy ? _mm512_loadu_ps((const float*)(blk + 64)) : _mm512_setzero_ps();
         // unrolled so that acc stays in registers; two chains a row (values 0..15 and 16..31), joined before the
         // float step (the sum is an integer, so exact): eight dependent vpdpbusd a row had left the kernel
         // waiting on their latency
 #pragma GCC unroll 8
         for (int r = 0; r < 8; r++)
         {
-            __m512i p = _mm512_set1_epi32(-(xi[b * 8 + r] << shift)), h = _mm512_setzero_si512();
+            __m512i p = legacy ? _mm512_setzero_si512() : _mm512_set1_epi32(-(xi[b * 8 + r] << shift)), h = _mm512_setzero_si512();
 #pragma GCC unroll 4
             for (int s = 0; s < 4; s++)
             {
                 p = _mm512_dpbusd_epi32(p, W[s], _mm512_set1_epi32(load32(x + 32 * s + 4 * r)));
                 h = _mm512_dpbusd_epi32(h, W[4 + s], _mm512_set1_epi32(load32(x + 32 * (4 + s) + 4 * r)));
             }
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p, h)), _mm512_mul_ps(d, _mm512_set1_ps(xd[b * 8 + r])), acc[r]);
+            __m512 start = legacy ? _mm512_fmadd_ps(bias, _mm512_set1_ps(xs[b * 8 + r]), acc[r]) : acc[r];
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p, h)), _mm512_mul_ps(d, _mm512_set1_ps(xd[b * 8 + r])), start);
         }
     }
     for (int r = 0; r < 8; r++)
