@@ -1023,13 +1023,18 @@ public sealed unsafe class CpuBackend : Backend
         public void Execute(int chunk, int chunks)
         {
             var (start, end) = WorkerPool.Range(_items, chunk, chunks);
+            Prefetch(start);
             for (int item = start; item < end; item++)
+            {
+                if (item + 1 < end)
+                    Prefetch(item + 1); // its first keys and values arrive while this item computes
                 Attend(item);
+            }
         }
 
-        private void Attend(int chunk)
+        /// <summary>The sequence whose items hold item <paramref name="chunk"/> (binary search over the first item of each).</summary>
+        private int SequenceOf(int chunk)
         {
-            // the sequence whose items hold this one (binary search over the first item of each)
             int lo = 0, hi = _sequences - 1;
             while (lo < hi)
             {
@@ -1039,7 +1044,24 @@ public sealed unsafe class CpuBackend : Backend
                 else
                     hi = mid - 1;
             }
-            int j = lo, local = chunk - _firstChunk[j];
+            return lo;
+        }
+
+        private void Prefetch(int chunk)
+        {
+            int j = SequenceOf(chunk), local = chunk - _firstChunk[j];
+            int head = local % _heads, group = local / _heads;
+            var layout = _store!.Layout;
+            int kvHead = head / (_heads / layout.KvHeads);
+            // the row group's first row sees the fewest slots; its window's start where there is one
+            int run = _prefix[j] + group + 1, from = _windowed ? Math.Min(_windowStarts[_rowStart[j] + group], run) : 0;
+            fixed (int* tables = _tables)
+                Kernels.Attention.PrefetchFirstBlock(_store.Pointers, _store.Half, tables + _tableStart[j], layout, _layer, kvHead, from, run);
+        }
+
+        private void Attend(int chunk)
+        {
+            int j = SequenceOf(chunk), local = chunk - _firstChunk[j];
             int head = local % _heads, group = local / _heads;
             var layout = _store!.Layout;
             int hd = layout.HeadDim;

@@ -44,6 +44,27 @@ public static unsafe class Attention
             Sse.Prefetch0(p + i);
     }
 
+    /// <summary>
+    /// Asks for the keys and values a head's attention reads first — slots [from, run)'s part of their first
+    /// block — so that a thread walking a batch's (sequence, head) items fetches the next item's while it
+    /// computes this one. Without it every item began with two waits on memory (its first K and V block: 16
+    /// sequences of the 110M shape at context 150 read 44 MB of cache a step at ~9 GB/s on 2 cores).
+    /// </summary>
+    public static void PrefetchFirstBlock(byte*[] blocks, bool half, int* blockTable, KvLayout layout, int layer, int kvHead, int from, int run)
+    {
+        if (!Sse.IsSupported || run <= from)
+            return;
+        int hd = layout.HeadDim, bs = layout.BlockSize, bytes = half ? sizeof(ushort) : sizeof(float);
+        int start = from / bs * bs, first = from - start, end = Math.Min(run - start, bs);
+        byte* block = blocks[blockTable[start / bs]];
+        // K: per four dimensions, slots first..end side by side ([hd/4][bs][4]); V: rows first..end ([bs][hd])
+        byte* k = block + (long)KeyOffset(layout, layer, kvHead) * bytes;
+        long keyRun = 4L * (end - first) * bytes;
+        for (int d = 0; d < hd / 4; d++)
+            Prefetch(k + ((long)d * bs + first) * 4 * bytes, keyRun);
+        Prefetch(block + ((long)ValueOffset(layout, layer, kvHead) + (long)first * hd) * bytes, (long)(end - first) * hd * bytes);
+    }
+
     [ThreadStatic]
     private static float[]? s_scores;
 
