@@ -660,6 +660,22 @@ AVX512_VNNI static inline __attribute__((always_inline)) void x16_codes(int type
     }
 }
 
+// Σ code·x over one block of 32 values for the 16 rows (W[s]: values 4s..4s+3), the four activation bytes
+// of step s at x + step·s (step 32 in the interleaved groups, 4 in a plain row), the sum starting at start.
+// Two chains (values 0..15 and 16..31) joined at the end — the sum is an integer, so exact: eight dependent
+// vpdpbusd a row had left the kernels waiting on their latency.
+AVX512_VNNI static inline __attribute__((always_inline)) __m512i x16_dot32(const __m512i W[8], const uint8_t* x, int step, __m512i start)
+{
+    __m512i p = start, h = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int s = 0; s < 4; s++)
+    {
+        p = _mm512_dpbusd_epi32(p, W[s], _mm512_set1_epi32(load32(x + step * s)));
+        h = _mm512_dpbusd_epi32(h, W[4 + s], _mm512_set1_epi32(load32(x + step * (4 + s))));
+    }
+    return _mm512_add_epi32(p, h);
+}
+
 // 16 weight rows (one group, blocks at rp) against the 8 activation rows of one interleaved group (xq: per
 // block 256 bytes, step s's 4 values of row r at 32s + 4r; xd, xi: 8 per block): y[r*ldy + i] for weight
 // row i. pf: pfBytes to prefetch meanwhile, spread over the blocks.
@@ -683,21 +699,13 @@ AVX512_VNNI static inline __attribute__((always_inline)) void x16_group8(int typ
         // decoded rows' arithmetic; Q4_0/Q8_0: the sums start at -offset·Σx and acc = fma(float(Σ), d·dx, acc)
         const int legacy = x16_legacy(type);
         __m512 bias = legacy ? _mm512_loadu_ps((const float*)(blk + 64)) : _mm512_setzero_ps();
-        // unrolled so that acc stays in registers; two chains a row (values 0..15 and 16..31), joined before the
-        // float step (the sum is an integer, so exact): eight dependent vpdpbusd a row had left the kernel
-        // waiting on their latency
+        // unrolled so that acc stays in registers
 #pragma GCC unroll 8
         for (int r = 0; r < 8; r++)
         {
-            __m512i p = legacy ? _mm512_setzero_si512() : _mm512_set1_epi32(-(xi[b * 8 + r] << shift)), h = _mm512_setzero_si512();
-#pragma GCC unroll 4
-            for (int s = 0; s < 4; s++)
-            {
-                p = _mm512_dpbusd_epi32(p, W[s], _mm512_set1_epi32(load32(x + 32 * s + 4 * r)));
-                h = _mm512_dpbusd_epi32(h, W[4 + s], _mm512_set1_epi32(load32(x + 32 * (4 + s) + 4 * r)));
-            }
+            __m512i sum = x16_dot32(W, x + 4 * r, 32, legacy ? _mm512_setzero_si512() : _mm512_set1_epi32(-(xi[b * 8 + r] << shift)));
             __m512 start = legacy ? _mm512_fmadd_ps(bias, _mm512_set1_ps(xs[b * 8 + r]), acc[r]) : acc[r];
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p, h)), _mm512_mul_ps(d, _mm512_set1_ps(xd[b * 8 + r])), start);
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(d, _mm512_set1_ps(xd[b * 8 + r])), start);
         }
     }
     for (int r = 0; r < 8; r++)
@@ -761,14 +769,8 @@ AVX512_VNNI static inline __attribute__((always_inline)) void x16_k_group8(int t
 #pragma GCC unroll 8
             for (int r = 0; r < 8; r++)
             {
-                __m512i p = _mm512_setzero_si512(), h = _mm512_setzero_si512(); // two chains, as x16_group8
-#pragma GCC unroll 4
-                for (int s = 0; s < 4; s++)
-                {
-                    p = _mm512_dpbusd_epi32(p, W[s], _mm512_set1_epi32(load32(x + 32 * s + 4 * r)));
-                    h = _mm512_dpbusd_epi32(h, W[4 + s], _mm512_set1_epi32(load32(x + 32 * (4 + s) + 4 * r)));
-                }
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p, h)), _mm512_mul_ps(scale, _mm512_set1_ps(xd[sub * 8 + r])),
+                __m512i sum = x16_dot32(W, x + 4 * r, 32, _mm512_setzero_si512());
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(scale, _mm512_set1_ps(xd[sub * 8 + r])),
                     _mm512_fmadd_ps(bias, _mm512_set1_ps(xs[sub * 8 + r]), acc[r]));
             }
         }
@@ -803,14 +805,8 @@ AVX512_VNNI static inline __attribute__((always_inline)) void x16_k_few(int type
                 x16_k_scales(blk, k, &scale, &bias);
                 for (int j = 0; j < n; j++)
                 {
-                    const uint8_t* x = (const uint8_t*)(q[j] + 32 * sub);
-                    __m512i p = _mm512_setzero_si512(), h = _mm512_setzero_si512();
-                    for (int s = 0; s < 4; s++)
-                    {
-                        p = _mm512_dpbusd_epi32(p, W[s], _mm512_set1_epi32(load32(x + 4 * s)));
-                        h = _mm512_dpbusd_epi32(h, W[4 + s], _mm512_set1_epi32(load32(x + 16 + 4 * s)));
-                    }
-                    acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p, h)), _mm512_mul_ps(scale, _mm512_set1_ps(d[j][sub])),
+                    __m512i sum = x16_dot32(W, (const uint8_t*)(q[j] + 32 * sub), 4, _mm512_setzero_si512());
+                    acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(scale, _mm512_set1_ps(d[j][sub])),
                         _mm512_fmadd_ps(bias, _mm512_set1_ps(xs[j][sub]), acc[j]));
                 }
             }
@@ -1013,16 +1009,10 @@ AVX512_VNNI static inline __attribute__((always_inline)) void x16_few(int type, 
             __m512 scale = _mm512_loadu_ps((const float*)blk);
             for (int j = 0; j < n; j++)
             {
-                const uint8_t* x = (const uint8_t*)(q[j] + 32 * (int64_t)b);
-                // two chains (values 0..15, 16..31), joined before the float step: the sum is an integer, so exact
-                __m512i p = x16_legacy(type) ? _mm512_setzero_si512() : _mm512_set1_epi32(-(sums[j][b] << shift)), h = _mm512_setzero_si512();
-                for (int s = 0; s < 4; s++)
-                {
-                    p = _mm512_dpbusd_epi32(p, W[s], _mm512_set1_epi32(load32(x + 4 * s)));
-                    h = _mm512_dpbusd_epi32(h, W[4 + s], _mm512_set1_epi32(load32(x + 16 + 4 * s)));
-                }
+                __m512i sum = x16_dot32(W, (const uint8_t*)(q[j] + 32 * (int64_t)b),
+                    4, x16_legacy(type) ? _mm512_setzero_si512() : _mm512_set1_epi32(-(sums[j][b] << shift)));
                 __m512 start = x16_legacy(type) ? _mm512_fmadd_ps(_mm512_loadu_ps((const float*)(blk + 64)), _mm512_set1_ps(xs[j][b]), acc[j]) : acc[j];
-                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p, h)), _mm512_mul_ps(scale, _mm512_set1_ps(d[j][b])), start);
+                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(scale, _mm512_set1_ps(d[j][b])), start);
             }
         }
         for (int j = 0; j < n; j++)
