@@ -1032,8 +1032,11 @@ public sealed unsafe class CpuBackend : Backend
             }
         }
 
-        /// <summary>The sequence whose items hold item <paramref name="chunk"/> (binary search over the first item of each).</summary>
-        private int SequenceOf(int chunk)
+        /// <summary>
+        /// Item <paramref name="chunk"/>'s sequence j (binary search over the first item of each), its head and kv
+        /// head, and its row group.
+        /// </summary>
+        private (int J, int Head, int KvHead, int Group) Item(int chunk)
         {
             int lo = 0, hi = _sequences - 1;
             while (lo < hi)
@@ -1044,29 +1047,23 @@ public sealed unsafe class CpuBackend : Backend
                 else
                     hi = mid - 1;
             }
-            return lo;
+            int local = chunk - _firstChunk[lo], head = local % _heads;
+            return (lo, head, head / (_heads / _store!.Layout.KvHeads), local / _heads);
         }
 
         private void Prefetch(int chunk)
         {
-            int j = SequenceOf(chunk), local = chunk - _firstChunk[j];
-            int head = local % _heads, group = local / _heads;
-            var layout = _store!.Layout;
-            int kvHead = head / (_heads / layout.KvHeads);
+            var (j, _, kvHead, group) = Item(chunk);
             // the row group's first row sees the fewest slots; its window's start where there is one
             int run = _prefix[j] + group + 1, from = _windowed ? Math.Min(_windowStarts[_rowStart[j] + group], run) : 0;
             fixed (int* tables = _tables)
-                Kernels.Attention.PrefetchFirstBlock(_store.Pointers, _store.Half, tables + _tableStart[j], layout, _layer, kvHead, from, run);
+                Kernels.Attention.PrefetchFirstBlock(_store!.Pointers, _store.Half, tables + _tableStart[j], _store.Layout, _layer, kvHead, from, run);
         }
 
         private void Attend(int chunk)
         {
-            int j = SequenceOf(chunk), local = chunk - _firstChunk[j];
-            int head = local % _heads, group = local / _heads;
-            var layout = _store!.Layout;
-            int hd = layout.HeadDim;
-            int cols = _heads * hd;
-            int kvHead = head / (_heads / layout.KvHeads);
+            var (j, head, kvHead, group) = Item(chunk);
+            int cols = _heads * _store!.Layout.HeadDim;
             fixed (float* q = _q)
             fixed (float* y = _y)
             fixed (int* tables = _tables)

@@ -11,7 +11,7 @@ internal sealed class CpuBuffer(long floats) : DeviceBuffer
     public override void Dispose() { }
 }
 
-/// <summary>A weight matrix used in place from the mapped file (a Q4_0 one repacked for the native kernels, <see cref="Repacked16"/>).</summary>
+/// <summary>A weight matrix used in place from the mapped file (repacked for the native kernels where <see cref="Repacked16"/> applies).</summary>
 internal sealed class CpuMatrix(TensorView view) : DeviceMatrix(view.Name, view.Type, checked((int)view.RowCount), checked((int)view.RowLength))
 {
     private Repacked16? _packed;

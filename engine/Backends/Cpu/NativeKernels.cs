@@ -92,7 +92,7 @@ internal static unsafe partial class NativeKernels
         sbyte* xq0, sbyte* xq1, float* xd0, float* xd1, float* xs0, float* xs1, int* xi0, int* xi1, float* y, long ldy);
 
     /// <summary>
-    /// Q4_0, Q8_0, Q4_K, Q5_K or Q6_K rows (type 2, 8, 12, 13 or 14; a multiple of 16, row i at w + i·rowBytes, <paramref name="blocks"/> blocks a row)
+    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K or Q6_K rows (type 2, 3, 6, 7, 8, 12, 13 or 14; a multiple of 16, row i at w + i·rowBytes, <paramref name="blocks"/> blocks a row)
     /// repacked into <see cref="Repacked16"/>'s layout at <paramref name="dst"/>. Returns -1 (nothing written) for another type.
     /// </summary>
     [LibraryImport(Library)]
@@ -100,8 +100,8 @@ internal static unsafe partial class NativeKernels
 
     /// <summary>
     /// Groups [0, groups) of 16 weight rows in <see cref="Repacked16"/>'s layout against activation groups g and g+1
-    /// (as <see cref="engine_direct_rows"/> takes them; Q4_K and Q5_K read the scaled sums xs, the others the integer sums xi, Q6_K's per 16):
-    /// y[r·ldy + 16·group + i], bit for bit the direct kernel's.
+    /// (as <see cref="engine_direct_rows"/> takes them; Q4_1, Q5_0, Q5_1, Q4_K and Q5_K read the scaled sums xs, Q4_0 and Q8_0 the integer sums xi, Q6_K's per 16):
+    /// y[r·ldy + 16·group + i], bit for bit the direct kernel's (Q4_1, Q5_0, Q5_1: the decoded rows' scale-and-bias arithmetic).
     /// </summary>
     [LibraryImport(Library)]
     [UnmanagedCallConv(CallConvs = [typeof(System.Runtime.CompilerServices.CallConvSuppressGCTransition)])]
@@ -109,7 +109,7 @@ internal static unsafe partial class NativeKernels
         int* xi0, int* xi1, float* xs0, float* xs1, float* y, long ldy);
 
     /// <summary>
-    /// 1-4 activation rows in plain layout (row j: q[j], d[j], Q4_K and Q5_K also its scaled sums xs[j], Q6_K its integer sums per 16 s16[j]) against groups [0, groups) of <see cref="Repacked16"/>'s layout:
+    /// 1-4 activation rows in plain layout (row j: q[j], d[j], Q4_1, Q5_0, Q5_1, Q4_K and Q5_K also its scaled sums xs[j], Q6_K its integer sums per 16 s16[j]) against groups [0, groups) of <see cref="Repacked16"/>'s layout:
     /// y[j][16·group + i], each row computed on its own, bit for bit what <see cref="engine_x16_rows"/> gives it.
     /// Returns -1 (nothing written) for another type, more than 4096 blocks a row or n outside 1..4.
     /// </summary>

@@ -32,7 +32,7 @@ public static unsafe class MatMul
     /// <param name="qx">The same activations quantized to <see cref="ActivationFor"/>(W.Type), or null if it needs none.</param>
     /// <param name="y">[n, rows] output; with groups padded past n (<see cref="QuantizedActivations.Interleave"/>), room for their rows too.</param>
     /// <param name="panels">The same activations packed for the float matrix kernels (F16/F32 weights), or null.</param>
-    /// <param name="packed">W repacked for the native kernels (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K), or null: then every quantized row, of the matrix
+    /// <param name="packed">W repacked for the native kernels (<see cref="Repacked16"/>), or null: then every quantized row, of the matrix
     /// kernels' groups and of the row kernels alike, goes through it.</param>
     public static void Rows(TensorView w, Repacked16? packed, ReadOnlySpan<float> x, QuantizedActivations? qx, QuantizedActivations? groups8, FloatPanels? panels,
         int n, Span<float> y, int rowStart, int rowEnd)
@@ -531,8 +531,8 @@ public static unsafe class MatMul
     private static float[]? s_subSums;
 
     /// <summary>
-    /// The row kernels' case for the quantized types without one (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, and Q5_K where the
-    /// native kernels do not run): the weight rows decoded once into codes, scales and biases (<see cref="DecodedRows"/>'
+    /// The row kernels' case for the quantized types without one (Q2_K and Q3_K, and Q4_1, Q5_0, Q5_1 and Q5_K where
+    /// the native kernels do not run): the weight rows decoded once into codes, scales and biases (<see cref="DecodedRows"/>'
     /// vector decoders), then each activation row in float: per sub-block, scale·Σ code·x + bias·Σ x. Every row
     /// goes this way, one alone or several, so a row's result does not depend on the rows beside it. Before it each
     /// weight row was dequantized to floats by the scalar reference for every activation row: the 110M-shape Q5_K_M
