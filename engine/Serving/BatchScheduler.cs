@@ -63,7 +63,7 @@ public sealed class SchedulerBusyException(string message) : InvalidOperationExc
 /// <summary>A snapshot of what the scheduler is doing (Prometheus <c>/metrics</c>).</summary>
 public sealed record SchedulerMetrics(int Active, int Queued, long Requests, long PromptTokens, long CachedPromptTokens, long GeneratedTokens,
     long Steps, int KvUsedBlocks, int KvTotalBlocks, int PrefixCachedBlocks, double GeneratedTokensPerSecond, long Cancelled,
-    long DraftedTokens = 0, long AcceptedTokens = 0, long Preemptions = 0);
+    long DraftedTokens = 0, long AcceptedTokens = 0, long Preemptions = 0, double StepSeconds = 0, double ForwardSeconds = 0);
 
 /// <summary>How the scheduler runs.</summary>
 public sealed record SchedulerOptions
@@ -138,6 +138,10 @@ public sealed class BatchScheduler : IDisposable
     private readonly List<int> _matched = [];
     private int _queued;
     private long _requests, _promptTokens, _cachedTokens, _generated, _steps, _cancelled, _drafted, _accepted, _preemptions;
+
+    // Stopwatch ticks in Step and in its forward passes: the rest of a step (sampling, detokenizing, stop
+    // checks, handing chunks to the streams) is their difference.
+    private long _stepTicks, _forwardTicks;
     private readonly PromptLookupSource _lookup = new(maxNgram: 3, minNgram: 1, maxBranches: 1);
     private readonly DraftTree _tree = new();
     private long _rateStart = Stopwatch.GetTimestamp(), _rateTokens;
@@ -232,7 +236,8 @@ public sealed class BatchScheduler : IDisposable
         return new SchedulerMetrics(_activeCount, Volatile.Read(ref _queued) + _preempted.Count, Interlocked.Read(ref _requests), Interlocked.Read(ref _promptTokens),
             Interlocked.Read(ref _cachedTokens), Interlocked.Read(ref _generated), Interlocked.Read(ref _steps), _cache.UsedBlocks, _cache.MaxBlocks,
             _prefix?.Blocks ?? 0, rate, Interlocked.Read(ref _cancelled), Interlocked.Read(ref _drafted), Interlocked.Read(ref _accepted),
-            Interlocked.Read(ref _preemptions));
+            Interlocked.Read(ref _preemptions), Interlocked.Read(ref _stepTicks) / (double)Stopwatch.Frequency,
+            Interlocked.Read(ref _forwardTicks) / (double)Stopwatch.Frequency);
     }
 
     private void Loop()
@@ -246,6 +251,7 @@ public sealed class BatchScheduler : IDisposable
                 _wake.Wait(TimeSpan.FromSeconds(1));
                 continue;
             }
+            long stepStart = Stopwatch.GetTimestamp();
             try
             {
                 Step();
@@ -258,6 +264,7 @@ public sealed class BatchScheduler : IDisposable
                 _active.Clear();
                 _activeCount = 0;
             }
+            Interlocked.Add(ref _stepTicks, Stopwatch.GetTimestamp() - stepStart);
         }
         foreach (var slot in _active)
             Finish(slot, FinishReason.Cancelled);
@@ -409,6 +416,7 @@ public sealed class BatchScheduler : IDisposable
 
         int outputs = _segments.Sum(s => s.Logits ? s.LogitRows : 0);
         var logits = _logits.AsSpan(0, outputs * _model.Config.VocabSize);
+        long forwardStart = Stopwatch.GetTimestamp();
         try
         {
             net.ForwardBatch(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_segments), System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_tokens), logits);
@@ -428,6 +436,10 @@ public sealed class BatchScheduler : IDisposable
             }
             _activeCount = _active.Count;
             return;
+        }
+        finally
+        {
+            Interlocked.Add(ref _forwardTicks, Stopwatch.GetTimestamp() - forwardStart);
         }
         Interlocked.Increment(ref _steps);
 

@@ -227,6 +227,67 @@ public unsafe class NativeKernelTests
     }
 
     /// <summary>
+    /// The float matrix kernels' whole panels of 16 activation rows (<c>engine_float_outer</c> under the native kernels,
+    /// <see cref="Gemm.F32Outer8x16"/> otherwise): every output one chain of fused multiply-adds over the columns in order,
+    /// the weight widened exactly — checked bit for bit against that chain written plainly, with columns that leave a
+    /// partial 64-column tile (80), columns the native kernel refuses (24: the C# path), one, two and three whole panels
+    /// (the native kernel runs them alone, as a pair, as a pair and one), ranges that start and end
+    /// inside a group of 8 weight rows, and a last panel of 8 rows beside two whole ones (that panel and the weight
+    /// rows past the range's last whole group of 8 go through another kernel, left to the float tests elsewhere). Not only under the native kernels: the C# path owes the same bits.
+    /// </summary>
+    [TestCase(GgmlType.F16, 80, 16, 0, 48)]
+    [TestCase(GgmlType.F16, 80, 40, 5, 43)]
+    [TestCase(GgmlType.F16, 768, 16, 16, 48)]
+    [TestCase(GgmlType.BF16, 80, 40, 0, 48)]
+    [TestCase(GgmlType.F32, 80, 40, 3, 29)]
+    [TestCase(GgmlType.F16, 24, 32, 0, 48)]
+    [TestCase(GgmlType.F16, 96, 56, 8, 40)]
+    public void Float_matrix_panels_are_one_fma_chain_per_output(GgmlType type, int cols, int n, int rowStart, int rowEnd)
+    {
+        const int rows = 48;
+        var rng = new Random(cols * 7 + n + (int)type);
+        long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
+        var w = RandomRows(type, cols, rows, rng);
+        try
+        {
+            var view = new TensorView("w", type, [cols, rows], w, rowBytes * rows);
+            var x = new float[n * cols];
+            for (int i = 0; i < x.Length; i++)
+                x[i] = (float)(rng.NextDouble() * 2 - 1);
+            using var panels = new FloatPanels();
+            panels.Pack(x, n, cols);
+            var y = new float[n * rows];
+            Array.Fill(y, float.NaN);
+            MatMul.Rows(view, null, x, null, null, panels, n, y, rowStart, rowEnd);
+            var widened = new float[cols];
+            for (int o = 0; o < rows; o++)
+            {
+                Engine.Quantization.Dequantize.Row(type, new ReadOnlySpan<byte>(w + o * rowBytes, (int)rowBytes), widened);
+                for (int r = 0; r < n; r++)
+                {
+                    float actual = y[r * rows + o];
+                    if (o < rowStart || o >= rowEnd)
+                    {
+                        Assert.That(float.IsNaN(actual), $"row {r}, output {o} lies outside the range and must stay unwritten");
+                        continue;
+                    }
+                    if (r >= n / FloatPanels.Rows16 * FloatPanels.Rows16 || o >= rowStart + (rowEnd - rowStart) / 8 * 8)
+                        continue; // the last panel of 8, or weight rows past the range's last whole group of 8
+                    float expected = 0;
+                    for (int k = 0; k < cols; k++)
+                        expected = MathF.FusedMultiplyAdd(widened[k], x[r * cols + k], expected);
+                    Assert.That(BitConverter.SingleToInt32Bits(actual), Is.EqualTo(BitConverter.SingleToInt32Bits(expected)),
+                        $"activation row {r}, weight row {o}: {actual} vs the chain {expected}");
+                }
+            }
+        }
+        finally
+        {
+            NativeMemory.Free(w);
+        }
+    }
+
+    /// <summary>
     /// What the decoded-rows kernels (and the direct Q4_K kernel) compute for weight row <paramref name="o"/> and activation
     /// row <paramref name="r"/> (Q8_0 activations), written plainly: per sub-block of 32, acc = fma(float(Σ code·q),
     /// scale·dx, fma(bias, dx·Σq, acc)) in order.

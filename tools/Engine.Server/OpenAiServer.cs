@@ -522,6 +522,8 @@ public sealed class OpenAiServer : IAsyncDisposable
         Metric("prompt_tokens_cached_total", "counter", "Prompt tokens served from the prefix cache.", m.CachedPromptTokens);
         Metric("generation_tokens_total", "counter", "Tokens generated.", m.GeneratedTokens);
         Metric("steps_total", "counter", "Batched forward passes.", m.Steps);
+        Metric("step_seconds_total", "counter", "Seconds in scheduler steps (forward pass, sampling, streaming out).", m.StepSeconds);
+        Metric("forward_seconds_total", "counter", "Seconds in the steps' forward passes.", m.ForwardSeconds);
         Metric("requests_cancelled_total", "counter", "Completions whose client went away or cancelled.", m.Cancelled);
         Metric("preemptions_total", "counter", "Requests that stepped back for room in the KV pool (recomputed later).", m.Preemptions);
         Metric("spec_draft_tokens_total", "counter", "Draft tokens proposed for verification (--spec).", m.DraftedTokens);

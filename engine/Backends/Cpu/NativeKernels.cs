@@ -12,7 +12,7 @@ namespace Engine.Backends.Cpu;
 internal static unsafe partial class NativeKernels
 {
     private const string Library = "engine_cpu";
-    private const int Abi = 8;
+    private const int Abi = 9;
 
     /// <summary>Why the native kernels are or are not used (for logs and tests).</summary>
     public static string Status { get; private set; } = "";
@@ -138,4 +138,18 @@ internal static unsafe partial class NativeKernels
         if (engine_direct_rows((int)type, w, rowBytes, rows, blocks, q0, q1, d0, d1, s0, s1, i0, i1, y, ldy) != 0)
             throw new NotSupportedException($"{Library} has no direct kernel for {type}");
     }
+
+    /// <summary>
+    /// <see cref="Kernels.Gemm.F32Outer8x16"/> over weight rows [0, <paramref name="rows"/>) (a multiple of 8) of type
+    /// <paramref name="type"/> (F32, F16 or BF16; <paramref name="cols"/> a multiple of 16) against <paramref name="panels"/>
+    /// (1..<see cref="MaxFloatPanels"/>) transposed panels of 16 activation rows (<see cref="Kernels.FloatPanels.Transposed"/>,
+    /// one after another): y[(16p + r)·ldy + o], bit for bit the C# kernel's; <paramref name="rowsAfter"/> rows of the matrix follow
+    /// the range (prefetched as the range ends). Returns -1 (nothing written) for another type or shape.
+    /// </summary>
+    [LibraryImport(Library)]
+    [UnmanagedCallConv(CallConvs = [typeof(System.Runtime.CompilerServices.CallConvSuppressGCTransition)])]
+    public static partial int engine_float_outer(int type, byte* w, long rowBytes, int rows, int rowsAfter, int cols, float* xT, int panels, float* y, long ldy);
+
+    /// <summary>Most panels one <see cref="engine_float_outer"/> call takes.</summary>
+    public const int MaxFloatPanels = 32;
 }

@@ -146,6 +146,7 @@ for (int round = 0; round < rounds; round++)
     for (int r = 0; r < requests; r++)
         single.Add(await Stream(Prompt(p + r), tokens));
     double one = Throughput(single, clock.Elapsed.TotalSeconds);
+    var m0 = server?.Scheduler.Metrics();
     clock.Restart();
     var many = await Task.WhenAll(Enumerable.Range(0, clients).Select(async c =>
     {
@@ -156,6 +157,13 @@ for (int round = 0; round < rounds; round++)
     }));
     double all = Throughput(many.SelectMany(l => l), clock.Elapsed.TotalSeconds);
     Console.WriteLine($"throughput: 1 client {one:F1} tok/s, {clients} clients {all:F1} tok/s aggregate = {all / one:F2}x");
+    if (server?.Scheduler.Metrics() is { } m1 && m0 is not null && m1.Steps > m0.Steps)
+    {
+        // where the N clients' time went, per scheduler step: the forward pass, the rest of the step, and between steps
+        double steps = m1.Steps - m0.Steps, forward = (m1.ForwardSeconds - m0.ForwardSeconds) / steps, step = (m1.StepSeconds - m0.StepSeconds) / steps;
+        Console.WriteLine($"  {clients} clients: {steps:F0} steps, {(m1.GeneratedTokens - m0.GeneratedTokens) / steps:F1} tokens a step; a step {clock.Elapsed.TotalSeconds / steps * 1000:F2} ms: "
+            + $"forward {forward * 1000:F2}, sampling and streaming {(step - forward) * 1000:F2}, between steps {(clock.Elapsed.TotalSeconds / steps - step) * 1000:F2}");
+    }
     ones.Add(one);
     alls.Add(all);
     ratios.Add(all / one);

@@ -69,6 +69,9 @@ public static unsafe class MatMul
                 }
                 return;
             }
+            // Float weights under the native kernels: every whole panel of 16 activation rows over the range's
+            // whole groups of 8 weight rows in one call; FloatBlock does what is left (a last panel of 8, rows past them).
+            int nativeEnd = isFloat && groups >= 2 ? NativeFloatPanels(w, panels!, groups / 2, yp, rows, rowStart, rowEnd) : rowStart;
             // Cache blocking: a block of weight rows (small enough to stay in L2) is run against one
             // activation group at a time, so the group stays in L1 while the block's rows stream past it.
             for (int o0 = rowStart; o0 < rowEnd; o0 += RowBlock)
@@ -77,7 +80,7 @@ public static unsafe class MatMul
                 if (groups > 0)
                 {
                     if (isFloat)
-                        FloatBlock(w, panels!, groups, yp, rows, o0, o1);
+                        FloatBlock(w, panels!, groups, yp, rows, o0, o1, nativeEnd);
                     else
                         QuantizedBlock(w, groups8!, groups, yp, rows, o0, o1);
                 }
@@ -361,6 +364,31 @@ public static unsafe class MatMul
         }
     }
 
+    /// <summary>
+    /// The whole panels [0, <paramref name="full"/>) of 16 activation rows against weight rows [rowStart, end) through
+    /// <c>engine_float_outer</c>, end the last whole group of 8 weight rows; returns end (rowStart where the native
+    /// kernel does not apply: no library, no transposed panels, columns not in sixteens). Bit for bit what
+    /// <see cref="Gemm.F32Outer8x16"/> computes in <see cref="FloatBlock"/>, at about twice its speed from memory.
+    /// </summary>
+    private static int NativeFloatPanels(TensorView w, FloatPanels panels, int full, float* y, int rows, int rowStart, int rowEnd)
+    {
+        int cols = checked((int)w.RowLength), end = rowStart + (rowEnd - rowStart) / 8 * 8;
+        if (!NativeKernels.Available || !FloatPanels.HasTransposed || cols % 16 != 0 || end == rowStart)
+            return rowStart;
+        for (int p0 = 0; p0 < full; p0 += NativeKernels.MaxFloatPanels)
+        {
+            int count = Math.Min(NativeKernels.MaxFloatPanels, full - p0);
+            if (NativeKernels.engine_float_outer((int)w.Type, w.Data + rowStart * w.RowBytes, w.RowBytes, end - rowStart, rows - end, cols, panels.Transposed(p0), count,
+                y + (long)p0 * FloatPanels.Rows16 * rows + rowStart, rows) != 0)
+            {
+                if (p0 == 0)
+                    return rowStart;
+                throw new InvalidOperationException($"engine_float_outer refused {w.Name} ({w.Type}) after taking its first panels");
+            }
+        }
+        return end;
+    }
+
     [ThreadStatic]
     private static float* s_widened;
 
@@ -373,9 +401,12 @@ public static unsafe class MatMul
     /// serve every panel: the conversion is paid once per weight instead of once per 16 activation rows,
     /// and the FMA loop keeps all 16 accumulators in registers.
     /// </summary>
-    private static void FloatBlock(TensorView w, FloatPanels panels, int groups, float* y, int rows, int o0, int o1)
+    /// <param name="nativeEnd">Rows below it have their whole panels done already (<see cref="NativeFloatPanels"/>).</param>
+    private static void FloatBlock(TensorView w, FloatPanels panels, int groups, float* y, int rows, int o0, int o1, int nativeEnd)
     {
         int cols = checked((int)w.RowLength);
+        if (o1 <= nativeEnd && groups % 2 == 0)
+            return; // nothing left: no last panel of 8, every row's whole panels done
         float* weights;
         long stride;
         if (w.Type is GgmlType.F16 or GgmlType.BF16)
@@ -411,6 +442,10 @@ public static unsafe class MatMul
         {
             int height = Math.Min(FloatPanels.Rows16, groups * QuantizedActivations.Group - p * FloatPanels.Rows16);
             int first = o0;
+            if (height == FloatPanels.Rows16)
+                first = Math.Clamp(nativeEnd, o0, o1);
+            if (first == o1)
+                continue;
             if (height == FloatPanels.Rows16 && FloatPanels.HasTransposed)
             {
                 // 512-bit outer products, eight weight rows at a time; the rows left over take the path below.
