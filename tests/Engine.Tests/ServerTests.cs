@@ -263,6 +263,11 @@ public class ServerTests
         Assert.That(await http.GetStringAsync(new Uri(server.Address, "/health")), Does.Contain("ok"));
         string metrics = await http.GetStringAsync(new Uri(server.Address, "/metrics"));
         Assert.That(metrics, Does.Contain("engine_generation_tokens_total").And.Contain("engine_requests_waiting 0").And.Contain("engine_kv_cache_usage_ratio"));
+        double Counter(string name) => double.Parse(metrics.Split('\n').Single(l => l.StartsWith(name + " ", StringComparison.Ordinal))[(name.Length + 1)..],
+            System.Globalization.CultureInfo.InvariantCulture);
+        double step = Counter("engine_step_seconds_total"), forward = Counter("engine_forward_seconds_total");
+        Assert.That(forward, Is.GreaterThan(0), "the completions above ran forward passes");
+        Assert.That(step, Is.GreaterThanOrEqualTo(forward), "a step's time holds its forward pass's");
         string access = log.ToString();
         Assert.That(access, Does.Contain("POST /v1/chat/completions 401"));
         Assert.That(access, Does.Contain("POST /v1/completions 200").And.Contain("completion=3"), "one line per request, with its tokens");
