@@ -358,15 +358,18 @@ public sealed class OpenAiServer : IAsyncDisposable
         response.Headers.CacheControl = "no-cache";
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         var gate = new SemaphoreSlim(1, 1);
+        // One event, one write: "data: " + the chunk's JSON + a blank line, framed before taking the gate.
         async Task Send(object chunk)
         {
             byte[] json = JsonSerializer.SerializeToUtf8Bytes(chunk);
+            var frame = new byte[json.Length + 8];
+            "data: "u8.CopyTo(frame);
+            json.CopyTo(frame, 6);
+            "\n\n"u8.CopyTo(frame.AsSpan(6 + json.Length));
             await gate.WaitAsync(abort).ConfigureAwait(false);
             try
             {
-                await response.Body.WriteAsync("data: "u8.ToArray(), abort).ConfigureAwait(false);
-                await response.Body.WriteAsync(json, abort).ConfigureAwait(false);
-                await response.Body.WriteAsync("\n\n"u8.ToArray(), abort).ConfigureAwait(false);
+                await response.Body.WriteAsync(frame, abort).ConfigureAwait(false);
                 await response.Body.FlushAsync(abort).ConfigureAwait(false);
             }
             finally
