@@ -20,6 +20,15 @@ public abstract class KvStore : IDisposable
     /// <summary>Makes block <paramref name="block"/> exist (contents undefined until written).</summary>
     public abstract void EnsureBlock(int block);
 
+    /// <summary>
+    /// Commits the memory of every block made so far, now rather than on first write (a server reserving its
+    /// pool at start). The default does nothing: a backend whose blocks are committed when made (device
+    /// memory) has nothing to add.
+    /// </summary>
+    public virtual void Commit()
+    {
+    }
+
     /// <summary>Copies all layers of a whole block (copy-on-write after a fork).</summary>
     public abstract void CopyBlock(int source, int destination);
 

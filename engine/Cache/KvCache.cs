@@ -142,6 +142,33 @@ public sealed class KvCache : IDisposable
         return new KvSequence(this, blocks, length);
     }
 
+    /// <summary>
+    /// Makes every block of the pool now and has the backend commit their memory (<see cref="KvStore.Commit"/>),
+    /// as llama.cpp's server and vLLM hold their whole cache from the start: the memory a server needs is
+    /// taken, or refused, when it starts rather than mid-request, and no step pays for blocks written the
+    /// first time. Call before any sequence holds a block.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">A sequence already holds blocks.</exception>
+    /// <exception cref="OutOfMemoryException">The system has not the memory for the pool.</exception>
+    public void Reserve()
+    {
+        if (UsedBlocks != 0)
+            throw new InvalidOperationException($"reserve the KV pool before use: {UsedBlocks} blocks are held");
+        if (_created < MaxBlocks)
+        {
+            Store.EnsureBlock(MaxBlocks - 1);
+            // on the free stack so that block ids come out in order, lowest first, as when made on demand
+            for (int b = MaxBlocks - 1; b >= _created; b--)
+                _free.Push(b);
+            _created = MaxBlocks;
+        }
+        Store.Commit();
+        Local?.Reserve();
+    }
+
+    /// <summary>Blocks made so far (all of them after <see cref="Reserve"/>).</summary>
+    public int CreatedBlocks => _created;
+
     internal int Allocate()
     {
         int block;

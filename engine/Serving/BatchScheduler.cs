@@ -88,6 +88,13 @@ public sealed record SchedulerOptions
     public int KvPoolTokens { get; init; }
 
     /// <summary>
+    /// Make and commit the whole KV pool when the scheduler starts (<see cref="Cache.KvCache.Reserve"/>), as
+    /// llama.cpp's server does: its memory is taken, or refused with an error, at start, and no step pays
+    /// for writing a block the first time. Off: blocks are made as requests first need them.
+    /// </summary>
+    public bool ReserveKvPool { get; init; }
+
+    /// <summary>
     /// Draft tokens a greedy request may have verified per step (0: off): prompt lookup
     /// (<see cref="PromptLookupSource"/>) proposes what followed the context's last n-gram earlier, and
     /// the draft rides in the request's rows of the batched step. Pays where a step's cost does not grow
@@ -154,6 +161,19 @@ public sealed class BatchScheduler : IDisposable
         _options.Validate();
         var net = model.Network;
         _cache = net.CreateKvCache(model.ContextLength, sequences: _options.Parallel, poolTokens: PoolTokens(model, _options));
+        if (_options.ReserveKvPool)
+        {
+            try
+            {
+                _cache.Reserve();
+            }
+            catch (OutOfMemoryException e)
+            {
+                _cache.Dispose();
+                throw new OutOfMemoryException($"the KV pool of {KvPoolTokens} tokens ({PoolBytes(model, KvPoolTokens) >> 20} MiB) could not be reserved: {e.Message}; "
+                    + "ask for fewer tokens (--kv-tokens), fewer --parallel requests or a shorter context", e);
+            }
+        }
         if (_options.PrefixCaching && _cache.Window == 0 && _cache.Local is null)
             _prefix = new PrefixCache(_cache);
         _logits = new float[(long)Math.Min(_options.Parallel * (1 + _options.SpeculativeDraft), net.MaxBatch) * model.Config.VocabSize];
@@ -177,10 +197,17 @@ public sealed class BatchScheduler : IDisposable
             return options.KvPoolTokens;
         if (model.Backend is not Backends.Cpu.CpuBackend)
             return 0;
-        long perToken = (long)model.Config.Layers * 2 * model.Config.KvDim * model.Backend.KvElementBytes;
+        long perToken = PoolBytes(model, 1);
         long budget = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / 2;
         return (int)Math.Clamp(budget / Math.Max(1, perToken), model.ContextLength, (long)model.ContextLength * options.Parallel);
     }
+
+    /// <summary>Bytes of KV cache <paramref name="tokens"/> tokens hold on this model's backend.</summary>
+    private static long PoolBytes(LanguageModel model, int tokens) =>
+        (long)tokens * model.Config.Layers * 2 * model.Config.KvDim * model.Backend.KvElementBytes;
+
+    /// <summary>Whether the whole KV pool was made and committed at start (<see cref="SchedulerOptions.ReserveKvPool"/>).</summary>
+    public bool KvPoolReserved => _options.ReserveKvPool;
 
     public SchedulerOptions Options => _options;
 

@@ -11,7 +11,7 @@ namespace Engine.Tests;
 /// differs (tree rows vs. one token at a time: the same arithmetic per row, but kept loose enough that a
 /// future batched kernel with another summation order still passes).
 /// </summary>
-public class KvCacheTests
+public unsafe class KvCacheTests
 {
     private static TempDir? s_dir;
     private static LanguageModel? s_model;
@@ -165,6 +165,64 @@ public class KvCacheTests
         Assert.That(seq.Length, Is.EqualTo(Prefix.Length));
         Assert.That(Run(seq, 1), Has.Length.EqualTo(Vocab), "the sequence still works");
     }
+
+    [Test]
+    public void A_reserved_pool_makes_every_block_at_once_and_computes_the_same()
+    {
+        using var lazy = Model.Network.CreateKvCache(256, blockSize: 16);
+        using var lazySeq = lazy.CreateSequence();
+        var expected = Run(lazySeq, Prefix);
+        Assert.That(lazy.CreatedBlocks, Is.EqualTo(3), "made on demand: 40 tokens in blocks of 16");
+
+        using var reserved = Model.Network.CreateKvCache(256, blockSize: 16);
+        reserved.Reserve();
+        Assert.That((reserved.CreatedBlocks, reserved.UsedBlocks, reserved.FreeBlocks), Is.EqualTo((16, 0, 16)));
+        using var seq = reserved.CreateSequence();
+        // the same blocks' arithmetic: bit for bit
+        Assert.That(Run(seq, Prefix), Is.EqualTo(expected));
+        Assert.That((reserved.CreatedBlocks, reserved.UsedBlocks), Is.EqualTo((16, 3)), "no block made after the reservation");
+        Assert.That(seq.BlockTable.ToArray(), Is.EqualTo(new[] { 0, 1, 2 }), "handed out lowest first, as on demand");
+        var e = Assert.Throws<InvalidOperationException>(reserved.Reserve)!;
+        Assert.That(e.Message, Does.Contain("3 blocks are held"));
+
+        using var small = Model.Network.CreateKvCache(48, blockSize: 16);
+        small.Reserve();
+        using var full = small.CreateSequence();
+        Run(full, Prefix);
+        Assert.Throws<KvCacheFullException>(() => Run(full, 1, 2, 3, 4, 5, 6, 7, 8, 9), "a reserved pool still ends at its size");
+        Assert.That(full.Length, Is.EqualTo(Prefix.Length));
+    }
+
+    [Test]
+    public void Reserving_commits_the_memory_of_large_blocks_at_once()
+    {
+        if (!OperatingSystem.IsLinux())
+            Assert.Ignore("reads the resident set from /proc/self/statm (Linux)");
+        // blocks of 512 KiB: carved from the huge-page arenas (KvArena), committed by MADV_POPULATE_WRITE
+        using var backend = new Engine.Backends.Cpu.CpuBackend(1, kvCacheType: Engine.Tensors.GgmlType.F16);
+        var layout = new KvLayout(Layers: 8, KvHeads: 8, HeadDim: 64, BlockSize: 32);
+        const int blocks = 64;
+        long poolBytes = blocks * 2L * layout.Layers * layout.LayerBlockFloats * sizeof(ushort); // 32 MiB
+        long before = Resident();
+        using var lazy = new KvCache(backend, layout, blocks * 32, blocks * 32);
+        lazy.Store.EnsureBlock(blocks - 1);
+        long made = Resident() - before;
+        using var reserved = new KvCache(backend, layout, blocks * 32, blocks * 32);
+        long beforeReserve = Resident();
+        reserved.Reserve();
+        long committed = Resident() - beforeReserve;
+        TestContext.Out.WriteLine($"resident: {made >> 20} MiB for {blocks} blocks made, {committed >> 20} MiB for {blocks} reserved ({poolBytes >> 20} MiB)");
+        // Margins: the test process's own heap moves by a few MiB between readings, far less than the pool
+        Assert.That(committed, Is.GreaterThan(poolBytes * 3 / 4), "a reserved pool is resident at once");
+        Assert.That(made, Is.LessThan(poolBytes / 4), "blocks only made are not (mapped, untouched)");
+
+        var block = (byte*)((Engine.Backends.Cpu.CpuKvStore)reserved.Store).Pointers[blocks - 1];
+        Assert.That(new ReadOnlySpan<byte>(block, 1 << 19).IndexOfAnyExcept((byte)0), Is.EqualTo(-1), "committed blocks read as zeros");
+    }
+
+    /// <summary>This process's resident set in bytes (/proc/self/statm's second field, in pages).</summary>
+    private static long Resident() =>
+        long.Parse(File.ReadAllText("/proc/self/statm").Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture) * Environment.SystemPageSize;
 
     [Test]
     public void Bad_forward_arguments_are_rejected_before_any_work()

@@ -59,6 +59,24 @@ public class ServingTests
     }
 
     [Test]
+    public async Task A_reserved_pool_serves_what_an_unreserved_one_does()
+    {
+        using var dir = new TempDir();
+        using var lm = Load(dir);
+        var rng = new Random(12);
+        var prompts = Enumerable.Range(0, 3).Select(i => Enumerable.Range(0, 9 + 20 * i).Select(_ => rng.Next(lm.Config.VocabSize)).ToArray()).ToArray();
+        async Task<List<int>[]> Serve(bool reserve)
+        {
+            using var scheduler = new BatchScheduler(lm, new SchedulerOptions { Parallel = 2, KvPoolTokens = 1024, ReserveKvPool = reserve });
+            Assert.That(scheduler.KvPoolReserved, Is.EqualTo(reserve));
+            Assert.That(scheduler.Metrics().KvUsedBlocks, Is.Zero, "reserved blocks are free until a request takes them");
+            var results = await Task.WhenAll(prompts.Select(p => Drain(scheduler.Submit(new CompletionRequest { Prompt = p, MaxTokens = 10, IgnoreEos = true }))));
+            return results.Select(r => r.Tokens).ToArray();
+        }
+        Assert.That(await Serve(true), Is.EqualTo(await Serve(false)));
+    }
+
+    [Test]
     public async Task A_shared_prompt_prefix_is_computed_once()
     {
         using var dir = new TempDir();

@@ -111,6 +111,22 @@ internal sealed unsafe class CpuKvStore(KvLayout layout, bool half = false) : Kv
         }
     }
 
+    /// <summary>
+    /// Faults in every page of the blocks made so far. Fresh blocks are zero pages the system maps on first
+    /// write, and on the VM this was measured on that first write is expensive: a 16-client serving run of
+    /// the 110M shape spent ~0.7 ms of each ~10 ms step storing keys and values into blocks never written
+    /// before (the same step into reused blocks: ~0.6 ms less).
+    /// </summary>
+    public override void Commit()
+    {
+        for (int b = 0; b < _count; b++)
+        {
+            if (_allocations[b] == null && KvArena.Populate(_pointers[b], BlockBytes))
+                continue;
+            KvArena.Touch(_pointers[b], BlockBytes);
+        }
+    }
+
     public override void CopyBlock(int source, int destination) =>
         Buffer.MemoryCopy(_pointers[source], _pointers[destination], (long)BlockBytes, (long)BlockBytes);
 

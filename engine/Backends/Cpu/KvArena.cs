@@ -15,7 +15,7 @@ internal sealed unsafe partial class KvArena : IDisposable
 {
     private const nuint HugePage = 2u << 20;
     private const nuint Page = 4096;
-    private const int ProtReadWrite = 0x1 | 0x2, MapPrivateAnonymous = 0x02 | 0x20, MadviseHugePage = 14;
+    private const int ProtReadWrite = 0x1 | 0x2, MapPrivateAnonymous = 0x02 | 0x20, MadviseHugePage = 14, MadvisePopulateWrite = 23, ENOMEM = 12;
 
     /// <summary>Whether this platform maps arenas (64-bit Linux); elsewhere blocks come from the native heap.</summary>
     public static bool Supported => OperatingSystem.IsLinux() && (RuntimeInformation.ProcessArchitecture is Architecture.X64 or Architecture.Arm64);
@@ -58,6 +58,32 @@ internal sealed unsafe partial class KvArena : IDisposable
         _ = madvise((nint)aligned, _arenaBytes, MadviseHugePage); // advice only: without huge pages the memory is still good
         _next = aligned;
         _end = aligned + _arenaBytes;
+    }
+
+    /// <summary>
+    /// Faults in the pages of [<paramref name="start"/>, +<paramref name="bytes"/>) writable without writing
+    /// them (<c>MADV_POPULATE_WRITE</c>, Linux 5.14+); false where the kernel cannot (then <see cref="Touch"/>).
+    /// </summary>
+    /// <exception cref="OutOfMemoryException">The system has not the memory to back the range.</exception>
+    public static bool Populate(byte* start, nuint bytes)
+    {
+        if (!Supported || ((nuint)start & (Page - 1)) != 0)
+            return false;
+        if (madvise((nint)start, bytes, MadvisePopulateWrite) == 0)
+            return true;
+        int errno = Marshal.GetLastPInvokeError();
+        if (errno == ENOMEM)
+            throw new OutOfMemoryException($"the KV cache could not commit {bytes >> 10} KiB more: the system is out of memory");
+        return false; // EINVAL: an older kernel
+    }
+
+    /// <summary>Writes every page of the range once, with the value it holds (the pool is not yet in use), so the system backs it.</summary>
+    public static void Touch(byte* start, nuint bytes)
+    {
+        for (nuint i = 0; i < bytes; i += Page)
+            Volatile.Write(ref start[i], Volatile.Read(ref start[i]));
+        if (bytes > 0)
+            Volatile.Write(ref start[bytes - 1], Volatile.Read(ref start[bytes - 1]));
     }
 
     public void Dispose()

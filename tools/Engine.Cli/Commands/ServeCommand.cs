@@ -29,6 +29,7 @@ internal static class ServeCommand
         var spec = new Option<string?>("--spec") { Description = "Speculative decoding for greedy requests: lookup (prompt-lookup drafts verified in the batch)" };
         var draftMax = SharedOptions.DraftMax();
         var quiet = new Option<bool>("--quiet") { Description = "No line per request on stderr" };
+        var noReserve = new Option<bool>("--no-kv-reserve") { Description = "Make KV blocks as requests first need them instead of reserving the whole pool at start" };
         var kvTokens = new Option<int>("--kv-tokens") { Description = "Tokens the shared KV pool holds for all requests (default: --parallel contexts, on the CPU at most half the memory)" };
         var threads = SharedOptions.Threads();
         var device = SharedOptions.Device();
@@ -37,7 +38,7 @@ internal static class ServeCommand
 
         var command = new Command("serve", "An OpenAI-compatible HTTP server (chat, completions, streaming, tools) with continuous batching")
         {
-            model, host, port, parallel, queue, apiKey, alias, template, templateFile, noPrefix, chunk, spec, draftMax, kvTokens, quiet, threads, device, cacheType, context,
+            model, host, port, parallel, queue, apiKey, alias, template, templateFile, noPrefix, chunk, spec, draftMax, kvTokens, noReserve, quiet, threads, device, cacheType, context,
         };
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
@@ -52,7 +53,7 @@ internal static class ServeCommand
             {
                 Parallel = parse.GetValue(parallel), MaxQueue = parse.GetValue(queue), PrefillChunk = parse.GetValue(chunk),
                 PrefixCaching = !parse.GetValue(noPrefix), SpeculativeDraft = method is null ? 0 : parse.GetValue(draftMax),
-                KvPoolTokens = parse.GetValue(kvTokens),
+                KvPoolTokens = parse.GetValue(kvTokens), ReserveKvPool = !parse.GetValue(noReserve),
             };
             scheduler.Validate();
             using var lm = SharedOptions.Load(io, path, SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, false,
@@ -77,7 +78,7 @@ internal static class ServeCommand
                     Scheduler = scheduler,
                 }).GetAwaiter().GetResult();
                 io.Error.WriteLine($"serving {Path.GetFileName(path)} at {server.Address} ({scheduler.Parallel} parallel, context {lm.ContextLength}, "
-                    + $"KV pool {server.Scheduler.KvPoolTokens} tokens, "
+                    + $"KV pool {server.Scheduler.KvPoolTokens} tokens{(server.Scheduler.KvPoolReserved ? " reserved" : "")}, "
                     + $"{(chatTemplate is null ? "no chat template: /v1/completions only" : chatTemplate.Name + " chat template")}, "
                     + $"prefix cache {(server.Scheduler.PrefixCaching ? "on" : "off")}); Ctrl+C stops");
                 try

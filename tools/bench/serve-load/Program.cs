@@ -7,7 +7,9 @@ using Engine.Server;
 using Engine.Serving;
 
 // serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--rounds 1] [--soak-clients 64] [--soak-seconds 60] [--threads N]
-//            [--parallel N] [--device cpu|cuda[:N]] [--cache-type f32|f16] [--spec DRAFT] [--url http://127.0.0.1:PORT]
+//            [--parallel N] [--device cpu|cuda[:N]] [--cache-type f32|f16] [--spec DRAFT] [--no-kv-reserve] [--url http://127.0.0.1:PORT]
+//
+// The in-process server reserves its KV pool at start as engine serve does (--no-kv-reserve: blocks made on first use).
 //
 // Starts engine serve's OpenAiServer in-process on 127.0.0.1 (a free port) — or, with --url, loads the
 // model only for its tokenizer and drives another OpenAI-compatible server on loopback (llama-server on
@@ -19,7 +21,7 @@ using Engine.Serving;
 //   3. a soak: M concurrent clients for S seconds — requests lost, malformed streams, memory before and after.
 if (args.Length == 0 || args[0].StartsWith('-'))
 {
-    Console.Error.WriteLine("usage: serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--rounds 1] [--soak-clients 64] [--soak-seconds 60] [--threads N] [--parallel N] [--device cpu|cuda] [--cache-type f32|f16] [--spec DRAFT] [--url URL]");
+    Console.Error.WriteLine("usage: serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--rounds 1] [--soak-clients 64] [--soak-seconds 60] [--threads N] [--parallel N] [--device cpu|cuda] [--cache-type f32|f16] [--spec DRAFT] [--no-kv-reserve] [--url URL]");
     return 2;
 }
 string path = args[0];
@@ -66,7 +68,7 @@ using var lm = url is not null
     : LanguageModel.Load(path, new ModelOptions { Threads = threads, ContextLength = 2048, Backend = Engine.Cuda.BackendFactory.Create(device, threads, false, cacheType) });
 await using var server = url is not null ? null : await OpenAiServer.StartAsync(lm, null, new ServerOptions
 {
-    Port = 0, Scheduler = new SchedulerOptions { Parallel = parallel, MaxQueue = 256, SpeculativeDraft = Arg("--spec", 0) },
+    Port = 0, Scheduler = new SchedulerOptions { Parallel = parallel, MaxQueue = 256, SpeculativeDraft = Arg("--spec", 0), ReserveKvPool = !args.Contains("--no-kv-reserve") },
 });
 using var http = new HttpClient { BaseAddress = url ?? server!.Address, Timeout = TimeSpan.FromMinutes(5) };
 Console.WriteLine($"serve-load: {Path.GetFileName(path)} at {http.BaseAddress} ({(url is null ? $"engine on {lm.Backend.Name}, parallel {parallel}" : "external server")}), "
@@ -135,18 +137,31 @@ string Prompt(int i) => $"Once upon a time, in a town numbered {i}, there lived"
 await Stream(Prompt(0), 8); // warm-up
 double Throughput(IEnumerable<(int Tokens, double FirstToken, double Seconds, bool WellFormed)> results, double seconds) => results.Sum(r => r.Tokens) / seconds;
 var clock = new Stopwatch();
+// Where a phase's time went, per scheduler step: the forward pass, the rest of the step (sampling, streaming),
+// and between steps (the scheduler waiting for work) — printed for the one-client and the N-client phases.
+void Breakdown(int clients, SchedulerMetrics m0, SchedulerMetrics m1, double seconds)
+{
+    if (m1.Steps <= m0.Steps)
+        return;
+    double steps = m1.Steps - m0.Steps, forward = (m1.ForwardSeconds - m0.ForwardSeconds) / steps, step = (m1.StepSeconds - m0.StepSeconds) / steps;
+    Console.WriteLine($"  {clients} client{(clients == 1 ? "" : "s")}: {steps:F0} steps, {(m1.GeneratedTokens - m0.GeneratedTokens) / steps:F1} tokens a step; a step {seconds / steps * 1000:F2} ms: "
+        + $"forward {forward * 1000:F2}, sampling and streaming {(step - forward) * 1000:F2}, between steps {(seconds / steps - step) * 1000:F2}");
+}
 var ones = new List<double>();
 var alls = new List<double>();
 var ratios = new List<double>();
 for (int round = 0; round < rounds; round++)
 {
     int p = round * 10_000; // prompts of their own in every round: none is in the prefix cache
+    var s0 = server?.Scheduler.Metrics();
     clock.Restart();
     var single = new List<(int, double, double, bool)>();
     for (int r = 0; r < requests; r++)
         single.Add(await Stream(Prompt(p + r), tokens));
     double one = Throughput(single, clock.Elapsed.TotalSeconds);
     var m0 = server?.Scheduler.Metrics();
+    if (m0 is not null && s0 is not null)
+        Breakdown(1, s0, m0, clock.Elapsed.TotalSeconds);
     clock.Restart();
     var many = await Task.WhenAll(Enumerable.Range(0, clients).Select(async c =>
     {
@@ -157,13 +172,8 @@ for (int round = 0; round < rounds; round++)
     }));
     double all = Throughput(many.SelectMany(l => l), clock.Elapsed.TotalSeconds);
     Console.WriteLine($"throughput: 1 client {one:F1} tok/s, {clients} clients {all:F1} tok/s aggregate = {all / one:F2}x");
-    if (server?.Scheduler.Metrics() is { } m1 && m0 is not null && m1.Steps > m0.Steps)
-    {
-        // where the N clients' time went, per scheduler step: the forward pass, the rest of the step, and between steps
-        double steps = m1.Steps - m0.Steps, forward = (m1.ForwardSeconds - m0.ForwardSeconds) / steps, step = (m1.StepSeconds - m0.StepSeconds) / steps;
-        Console.WriteLine($"  {clients} clients: {steps:F0} steps, {(m1.GeneratedTokens - m0.GeneratedTokens) / steps:F1} tokens a step; a step {clock.Elapsed.TotalSeconds / steps * 1000:F2} ms: "
-            + $"forward {forward * 1000:F2}, sampling and streaming {(step - forward) * 1000:F2}, between steps {(clock.Elapsed.TotalSeconds / steps - step) * 1000:F2}");
-    }
+    if (server?.Scheduler.Metrics() is { } m1 && m0 is not null)
+        Breakdown(clients, m0, m1, clock.Elapsed.TotalSeconds);
     ones.Add(one);
     alls.Add(all);
     ratios.Add(all / one);
