@@ -149,7 +149,7 @@ public sealed class KvCache : IDisposable
     /// first time. Call before any sequence holds a block.
     /// </summary>
     /// <exception cref="InvalidOperationException">A sequence already holds blocks.</exception>
-    /// <exception cref="OutOfMemoryException">The system has not the memory for the pool.</exception>
+    /// <exception cref="InsufficientMemoryException">The system has not the memory for the pool.</exception>
     public void Reserve()
     {
         if (UsedBlocks != 0)

@@ -94,6 +94,9 @@ public sealed record SchedulerOptions
     /// </summary>
     public bool ReserveKvPool { get; init; }
 
+    /// <summary>The largest <see cref="KvPoolTokens"/> (2^28: far past any machine's memory, and block counts stay in range).</summary>
+    public const int MaxKvPoolTokens = 1 << 28;
+
     /// <summary>
     /// Draft tokens a greedy request may have verified per step (0: off): prompt lookup
     /// (<see cref="PromptLookupSource"/>) proposes what followed the context's last n-gram earlier, and
@@ -110,8 +113,8 @@ public sealed record SchedulerOptions
             throw new ArgumentOutOfRangeException(nameof(MaxQueue), $"queue length {MaxQueue} must not be negative");
         if (PrefillChunk < 1)
             throw new ArgumentOutOfRangeException(nameof(PrefillChunk), $"prefill chunk {PrefillChunk} must be positive");
-        if (KvPoolTokens < 0)
-            throw new ArgumentOutOfRangeException(nameof(KvPoolTokens), $"KV pool of {KvPoolTokens} tokens must not be negative (0: automatic)");
+        if (KvPoolTokens < 0 || KvPoolTokens > MaxKvPoolTokens)
+            throw new ArgumentOutOfRangeException(nameof(KvPoolTokens), $"KV pool of {KvPoolTokens} tokens must be 0 (automatic) to {MaxKvPoolTokens}");
         if (SpeculativeDraft < 0 || SpeculativeDraft > 32)
             throw new ArgumentOutOfRangeException(nameof(SpeculativeDraft), $"draft tokens {SpeculativeDraft} must be 0..32");
     }
@@ -160,7 +163,15 @@ public sealed class BatchScheduler : IDisposable
         _options = options ?? new SchedulerOptions();
         _options.Validate();
         var net = model.Network;
-        _cache = net.CreateKvCache(model.ContextLength, sequences: _options.Parallel, poolTokens: PoolTokens(model, _options));
+        int poolTokens = PoolTokens(model, _options);
+        const string Fewer = "ask for fewer tokens (--kv-tokens), fewer --parallel requests or a shorter context";
+        if (_options.ReserveKvPool && model.Backend is Backends.Cpu.CpuBackend
+            && PoolBytes(model, poolTokens) is var bytes && bytes > GC.GetGCMemoryInfo().TotalAvailableMemoryBytes)
+        {
+            throw new InsufficientMemoryException($"the KV pool of {poolTokens} tokens needs {bytes >> 20} MiB, more than the "
+                + $"{GC.GetGCMemoryInfo().TotalAvailableMemoryBytes >> 20} MiB this process may use; {Fewer}");
+        }
+        _cache = net.CreateKvCache(model.ContextLength, sequences: _options.Parallel, poolTokens: poolTokens);
         if (_options.ReserveKvPool)
         {
             try
@@ -170,8 +181,8 @@ public sealed class BatchScheduler : IDisposable
             catch (OutOfMemoryException e)
             {
                 _cache.Dispose();
-                throw new OutOfMemoryException($"the KV pool of {KvPoolTokens} tokens ({PoolBytes(model, KvPoolTokens) >> 20} MiB) could not be reserved: {e.Message}; "
-                    + "ask for fewer tokens (--kv-tokens), fewer --parallel requests or a shorter context", e);
+                throw new InsufficientMemoryException($"the KV pool of {KvPoolTokens} tokens ({PoolBytes(model, KvPoolTokens) >> 20} MiB) "
+                    + $"could not be reserved ({e.Message}); {Fewer}", e);
             }
         }
         if (_options.PrefixCaching && _cache.Window == 0 && _cache.Local is null)

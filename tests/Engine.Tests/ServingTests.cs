@@ -77,6 +77,26 @@ public class ServingTests
     }
 
     [Test]
+    public void A_pool_larger_than_memory_is_refused_before_anything_is_reserved()
+    {
+        using var dir = new TempDir();
+        using var lm = Load(dir);
+        long perToken = (long)lm.Config.Layers * 2 * lm.Config.KvDim * lm.Backend.KvElementBytes;
+        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        if (perToken * SchedulerOptions.MaxKvPoolTokens <= available)
+            Assert.Ignore($"this process may use {available >> 30} GiB, more than the largest pool of the test model");
+        var e = Assert.Throws<InsufficientMemoryException>(() =>
+            _ = new BatchScheduler(lm, new SchedulerOptions { KvPoolTokens = SchedulerOptions.MaxKvPoolTokens, ReserveKvPool = true }))!;
+        Assert.That(e.Message, Does.Contain($"{SchedulerOptions.MaxKvPoolTokens} tokens").And.Contain("--kv-tokens"));
+        var range = Assert.Throws<ArgumentOutOfRangeException>(() =>
+            _ = new BatchScheduler(lm, new SchedulerOptions { KvPoolTokens = SchedulerOptions.MaxKvPoolTokens + 1 }))!;
+        Assert.That(range.Message, Does.Contain("KV pool"));
+        // the model is untouched: a scheduler of sane size still serves
+        using var scheduler = new BatchScheduler(lm, new SchedulerOptions { Parallel = 1, ReserveKvPool = true });
+        Assert.That(scheduler.Metrics().KvTotalBlocks, Is.EqualTo(512 / 32));
+    }
+
+    [Test]
     public async Task A_shared_prompt_prefix_is_computed_once()
     {
         using var dir = new TempDir();

@@ -17,7 +17,7 @@ internal static class CliErrors
         {
             return body();
         }
-        catch (Exception e) when (e is not OutOfMemoryException)
+        catch (Exception e) when (e is not OutOfMemoryException || e is InsufficientMemoryException) // our own memory checks, not the runtime out of heap
         {
             io.Out.Flush();
             io.Error.WriteLine($"engine: error: {Describe(e)}");
@@ -36,6 +36,7 @@ internal static class CliErrors
         AggregateException { InnerException: { } inner } => Describe(inner),
         UnauthorizedAccessException or IOException => e.Message,
         Cuda.CudaException c => c.Message,
+        InsufficientMemoryException m => m.Message,
         ArgumentException a => a.ParamName is null ? a.Message : a.Message.Replace($" (Parameter '{a.ParamName}')", "", StringComparison.Ordinal),
         _ => $"{e.GetType().Name}: {e.Message}",
     };

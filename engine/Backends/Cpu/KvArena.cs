@@ -52,7 +52,7 @@ internal sealed unsafe partial class KvArena : IDisposable
         nuint length = _arenaBytes + HugePage; // room to align the start to a huge page
         nint start = mmap(0, length, ProtReadWrite, MapPrivateAnonymous, -1, 0);
         if (start == -1)
-            throw new OutOfMemoryException($"the KV cache could not map {length >> 20} MiB more (mmap errno {Marshal.GetLastPInvokeError()})");
+            throw new InsufficientMemoryException($"the KV cache could not map {length >> 20} MiB more (mmap errno {Marshal.GetLastPInvokeError()})");
         _maps.Add((start, length));
         var aligned = (byte*)(((nuint)start + HugePage - 1) & ~(HugePage - 1));
         _ = madvise((nint)aligned, _arenaBytes, MadviseHugePage); // advice only: without huge pages the memory is still good
@@ -64,7 +64,7 @@ internal sealed unsafe partial class KvArena : IDisposable
     /// Faults in the pages of [<paramref name="start"/>, +<paramref name="bytes"/>) writable without writing
     /// them (<c>MADV_POPULATE_WRITE</c>, Linux 5.14+); false where the kernel cannot (then <see cref="Touch"/>).
     /// </summary>
-    /// <exception cref="OutOfMemoryException">The system has not the memory to back the range.</exception>
+    /// <exception cref="InsufficientMemoryException">The system has not the memory to back the range.</exception>
     public static bool Populate(byte* start, nuint bytes)
     {
         if (!Supported || ((nuint)start & (Page - 1)) != 0)
@@ -73,7 +73,7 @@ internal sealed unsafe partial class KvArena : IDisposable
             return true;
         int errno = Marshal.GetLastPInvokeError();
         if (errno == ENOMEM)
-            throw new OutOfMemoryException($"the KV cache could not commit {bytes >> 10} KiB more: the system is out of memory");
+            throw new InsufficientMemoryException($"the KV cache could not commit {bytes >> 10} KiB more: the system is out of memory");
         return false; // EINVAL: an older kernel
     }
 
