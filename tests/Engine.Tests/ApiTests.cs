@@ -40,6 +40,22 @@ public class ApiTests
         Assert.That(session.LastStats.StopReason, Is.EqualTo(StopReason.MaxTokens));
     }
 
+    /// <summary>The warm-up pass at load (the CLI's default) leaves nothing behind: the reference continuation is unchanged.</summary>
+    [Test]
+    public async Task A_warmed_up_model_gives_the_reference_continuation()
+    {
+        var expected = SharedData.StoriesExpected();
+        using var lm = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Threads = 2, WarmUp = true });
+        lm.WarmUp(); // and again, on a model already warm
+        using var session = lm.CreateSession();
+        string prompt = "Once upon a time, there was a little dog";
+        var pieces = new List<string>();
+        await foreach (string piece in session.GenerateAsync(prompt, new GenerationOptions { MaxTokens = 48, Sampling = SamplingOptions.Greedy }))
+            pieces.Add(piece);
+        Assert.That(prompt + string.Concat(pieces), Is.EqualTo(expected.TextAfterPrompt));
+        Assert.That(session.LastStats!.PromptTokens, Is.EqualTo(session.Tokens.Count - 48), "the session holds only its own tokens");
+    }
+
     [Test]
     public async Task GenerateAsync_stops_when_cancelled()
     {

@@ -30,11 +30,12 @@ internal static class ChatCommand
         var device = SharedOptions.Device();
         var graphs = SharedOptions.CudaGraphs();
         var cacheType = SharedOptions.CacheType();
+        var noWarmup = SharedOptions.NoWarmup();
         var context = new Option<int>("--ctx", "-c") { Description = "Context size in tokens (default: the model's, at most 4096)" };
 
         var command = new Command("chat", "Chat with an instruction-tuned model through its chat template")
         {
-            model, system, template, templateFile, count, temperature, topK, topP, minP, seed, threads, device, graphs, cacheType, context,
+            model, system, template, templateFile, count, temperature, topK, topP, minP, seed, threads, device, graphs, cacheType, noWarmup, context,
         };
         var samplers = new SamplerFlags();
         foreach (var option in samplers.All)
@@ -66,7 +67,7 @@ internal static class ChatCommand
                 throw new ArgumentException($"--threads {threadCount} must be at least 1");
             string path = parse.GetRequiredValue(model);
             using var lm = SharedOptions.Load(io, path, SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, parse.GetValue(graphs),
-                parse.GetRequiredValue(cacheType)) with { ContextLength = parse.GetValue(context) });
+                parse.GetRequiredValue(cacheType)) with { ContextLength = parse.GetValue(context), WarmUp = !parse.GetValue(noWarmup) });
             var chatTemplate = parse.GetValue(templateFile) is { } file
                 ? new ChatTemplate(File.ReadAllText(file), lm.Tokenizer.BosId is int b ? lm.Tokenizer.Piece(b) : null,
                     lm.Tokenizer.EosId is int e ? lm.Tokenizer.Piece(e) : null, Path.GetFileName(file))

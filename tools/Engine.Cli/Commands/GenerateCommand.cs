@@ -27,6 +27,7 @@ internal static class GenerateCommand
         var graphs = SharedOptions.CudaGraphs();
         var context = new Option<int>("--ctx", "-c") { Description = "Context size in tokens (default: the model's, at most 4096)" };
         var cacheType = SharedOptions.CacheType();
+        var noWarmup = SharedOptions.NoWarmup();
         var ids = new Option<bool>("--ids") { Description = "Print only the generated token ids, space separated" };
         var spec = new Option<string?>("--spec") { Description = "Speculative decoding: draft, layerskip, lookup, recycle, rsd or online (lossless)" };
         var draftModel = SharedOptions.DraftModel();
@@ -47,7 +48,7 @@ internal static class GenerateCommand
 
         var command = new Command("generate", "Generate text from a prompt")
         {
-            model, prompt, promptIds, count, temperature, topK, topP, minP, seed, threads, device, graphs, cacheType, context, ids,
+            model, prompt, promptIds, count, temperature, topK, topP, minP, seed, threads, device, graphs, cacheType, noWarmup, context, ids,
             spec, draftModel, draftMax, tree, layers, fixedBudget, lossy, ngramCache, grammarText, grammarFile, jsonSchema, regex, grammarSampling, asapSamples,
         };
         foreach (var option in samplers.All.Concat(strategies.All))
@@ -84,7 +85,7 @@ internal static class GenerateCommand
             if (strategyName is not null && parse.GetValue(spec) is not null)
                 throw new ArgumentException($"--strategy {strategyName} and --spec cannot be combined (speculative decoding accelerates plain sampling)");
 
-            using var lm = SharedOptions.Load(io, parse.GetRequiredValue(model), SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, parse.GetValue(graphs), parse.GetRequiredValue(cacheType)) with { ContextLength = parse.GetValue(context) });
+            using var lm = SharedOptions.Load(io, parse.GetRequiredValue(model), SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, parse.GetValue(graphs), parse.GetRequiredValue(cacheType)) with { ContextLength = parse.GetValue(context), WarmUp = !parse.GetValue(noWarmup) });
             var tokenizer = lm.Tokenizer;
             List<int> promptTokens = givenIds ?? tokenizer.Encode(text!, addSpecial: true, parseSpecial: true);
             string how = parse.GetValue(grammarSampling)!.Trim().ToLowerInvariant();

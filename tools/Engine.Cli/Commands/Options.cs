@@ -31,6 +31,11 @@ internal static partial class SharedOptions
         DefaultValueFactory = _ => Environment.GetEnvironmentVariable(DeviceVariable) is { Length: > 0 } d ? d : "auto",
     };
 
+    public static Option<bool> NoWarmup() => new("--no-warmup")
+    {
+        Description = "Skip the warm-up pass at load (the first prompt then pays for reading and repacking the weights and compiling the code)",
+    };
+
     public static Option<bool> CudaGraphs() => new("--cuda-graphs") { Description = "On CUDA, replay each decode step as a CUDA graph (one launch instead of hundreds)" };
 
     public static Option<string> CacheType() => new("--cache-type")

@@ -34,11 +34,12 @@ internal static class ServeCommand
         var threads = SharedOptions.Threads();
         var device = SharedOptions.Device();
         var cacheType = SharedOptions.CacheType();
+        var noWarmup = SharedOptions.NoWarmup();
         var context = new Option<int>("--ctx", "-c") { Description = "Context per request in tokens (default: the model's, at most 4096)" };
 
         var command = new Command("serve", "An OpenAI-compatible HTTP server (chat, completions, streaming, tools) with continuous batching")
         {
-            model, host, port, parallel, queue, apiKey, alias, template, templateFile, noPrefix, chunk, spec, draftMax, kvTokens, noReserve, quiet, threads, device, cacheType, context,
+            model, host, port, parallel, queue, apiKey, alias, template, templateFile, noPrefix, chunk, spec, draftMax, kvTokens, noReserve, quiet, threads, device, cacheType, noWarmup, context,
         };
         command.SetAction(parse => CliErrors.Run(io, parse, () =>
         {
@@ -57,7 +58,7 @@ internal static class ServeCommand
             };
             scheduler.Validate();
             using var lm = SharedOptions.Load(io, path, SharedOptions.ModelOptions(parse.GetRequiredValue(device), threadCount, false,
-                parse.GetRequiredValue(cacheType)) with { ContextLength = parse.GetValue(context) });
+                parse.GetRequiredValue(cacheType)) with { ContextLength = parse.GetValue(context), WarmUp = !parse.GetValue(noWarmup) });
             var chatTemplate = parse.GetValue(templateFile) is { } file
                 ? new ChatTemplate(File.ReadAllText(file), lm.Tokenizer.BosId is int b ? lm.Tokenizer.Piece(b) : null,
                     lm.Tokenizer.EosId is int e ? lm.Tokenizer.Piece(e) : null, Path.GetFileName(file))
