@@ -15,8 +15,8 @@ public static class BackendFactory
     /// <exception cref="ArgumentException">The name is not one of the forms above.</exception>
     /// <exception cref="CudaException">CUDA was asked for and is not available, with the reason.</exception>
     /// <param name="cudaGraphs">On CUDA, replay one-token passes as CUDA graphs (<see cref="CudaBackend"/>).</param>
-    /// <param name="kvCacheType">The KV cache's elements: F32 or F16 (half the memory and half the bytes attention reads each
-    /// step); null for the device's default — F16 on CUDA, F32 (exact) on the CPU.</param>
+    /// <param name="kvCacheType">The KV cache's elements: F32, F16 (half the memory and half the bytes attention reads each
+    /// step) or, on the CPU, Q8_0 (a quarter, plus a scale per head vector); null for the device's default — F16 on CUDA, F32 (exact) on the CPU.</param>
     public static Backend Create(string device, int threads = 0, bool cudaGraphs = false, Tensors.GgmlType? kvCacheType = null)
     {
         string d = device.Trim().ToLowerInvariant();
@@ -30,8 +30,8 @@ public static class BackendFactory
         };
         if (!cuda)
         {
-            if (kvCacheType is { } t && t is not (Tensors.GgmlType.F32 or Tensors.GgmlType.F16))
-                throw new ArgumentException($"--cache-type {t.ToString().ToLowerInvariant()}: expected f32 or f16");
+            if (kvCacheType is { } t && t is not (Tensors.GgmlType.F32 or Tensors.GgmlType.F16 or Tensors.GgmlType.Q8_0))
+                throw new ArgumentException($"--cache-type {t.ToString().ToLowerInvariant()}: expected f32, f16 or q8_0");
             return new CpuBackend(threads, kvCacheType: kvCacheType ?? Tensors.GgmlType.F32);
         }
         int index = 0;

@@ -34,6 +34,12 @@ public abstract class Backend : IDisposable
     public virtual int KvElementBytes => 4;
 
     /// <summary>
+    /// Bytes the KV cache takes for one token of one layer (its keys and values, <paramref name="kvHeads"/>
+    /// heads of <paramref name="headDim"/>): the elements, and what a quantized cache keeps beside them.
+    /// </summary>
+    public virtual long KvBytesPerTokenLayer(int kvHeads, int headDim) => 2L * kvHeads * headDim * KvElementBytes;
+
+    /// <summary>
     /// Checks, before a model loads, that what it will hold fits; throws <see cref="DeviceMemoryException"/>
     /// naming what was needed and what was free. The CPU backend maps weights and grows its cache as it
     /// goes: nothing to check.

@@ -35,7 +35,7 @@ public sealed record MemoryPlan(string Model, IReadOnlyList<(string Part, long B
         // windowed layers keep a pool sized by the window (LlamaModel.CreateKvCache), global ones the context
         int windowedLayers = c.SlidingWindow > 0 ? Enumerable.Range(0, c.Layers).Count(c.IsSliding) : 0;
         long windowSlots = Math.Min(slots, ((long)Models.LlamaModel.WindowPoolTokens(Math.Max(c.SlidingWindow, 1), maxBatch, block) + block - 1) / block * block);
-        long cache = (slots * (c.Layers - windowedLayers) + windowSlots * windowedLayers) * 2L * c.KvDim * backend.KvElementBytes;
+        long cache = (slots * (c.Layers - windowedLayers) + windowSlots * windowedLayers) * backend.KvBytesPerTokenLayer(c.KvHeads, c.HeadDim);
         long perRow = 3L * c.Dim + 2L * c.QDim + 2L * c.KvDim + 2L * c.MaxFfnDim
             + (c.Moe is { } moe ? moe.Experts + 1 + (2L + moe.Slots) * c.Dim : 0); // the router's logits, an expert's rows, every expert output
         long activations = 4L * maxBatch * perRow + 4L * c.VocabSize + 2L * (largest + (long)maxBatch * Math.Max(c.MaxFfnDim, c.Dim))

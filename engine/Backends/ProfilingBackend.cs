@@ -82,6 +82,8 @@ public sealed class ProfilingBackend(Backend inner) : Backend
 
     public override int KvElementBytes => Inner.KvElementBytes;
 
+    public override long KvBytesPerTokenLayer(int kvHeads, int headDim) => Inner.KvBytesPerTokenLayer(kvHeads, headDim);
+
     public override void Reserve(MemoryPlan plan) => Inner.Reserve(plan);
 
     public override void AddBias(Activation x, DeviceVector bias)

@@ -215,7 +215,7 @@ public sealed class BatchScheduler : IDisposable
 
     /// <summary>Bytes of KV cache <paramref name="tokens"/> tokens hold on this model's backend.</summary>
     private static long PoolBytes(LanguageModel model, int tokens) =>
-        (long)tokens * model.Config.Layers * 2 * model.Config.KvDim * model.Backend.KvElementBytes;
+        (long)tokens * model.Config.Layers * model.Backend.KvBytesPerTokenLayer(model.Config.KvHeads, model.Config.HeadDim);
 
     /// <summary>Whether the whole KV pool was made and committed at start (<see cref="SchedulerOptions.ReserveKvPool"/>).</summary>
     public bool KvPoolReserved => _options.ReserveKvPool;

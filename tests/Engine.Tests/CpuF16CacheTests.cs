@@ -151,6 +151,7 @@ public unsafe class CpuF16CacheTests
     /// </summary>
     [TestCase(GgmlType.F32)]
     [TestCase(GgmlType.F16)]
+    [TestCase(GgmlType.Q8_0)]
     public void A_batch_store_split_across_threads_writes_what_each_sequence_stores_alone(GgmlType cacheType)
     {
         var layout = new KvLayout(Layers: 2, KvHeads: 2, HeadDim: 64, BlockSize: 16);
@@ -187,7 +188,7 @@ public unsafe class CpuF16CacheTests
                     cpu.StoreKv(store, 1, tables[j], prefixes[j], new Activation(kj, rows[j], cols), new Activation(vj, rows[j], cols));
                 }
             }
-            long blockBytes = 2L * layout.Layers * layout.LayerBlockFloats * store.ElementBytes;
+            long blockBytes = store.BlockByteCount;
             var bytes = new byte[5 * blockBytes];
             for (int b = 0; b < 5; b++)
                 new ReadOnlySpan<byte>(store.Pointers[b], (int)blockBytes).CopyTo(bytes.AsSpan((int)(b * blockBytes)));
@@ -247,8 +248,8 @@ public unsafe class CpuF16CacheTests
     [Test]
     public void Cache_types_the_cpu_does_not_hold_are_a_clear_error()
     {
-        var e = Assert.Throws<ArgumentException>(() => Engine.Cuda.BackendFactory.Create("cpu", 1, kvCacheType: GgmlType.Q8_0))!;
-        Assert.That(e.Message, Does.Contain("--cache-type q8_0"));
+        var e = Assert.Throws<ArgumentException>(() => Engine.Cuda.BackendFactory.Create("cpu", 1, kvCacheType: GgmlType.Q4_0))!;
+        Assert.That(e.Message, Does.Contain("--cache-type q4_0"));
         Assert.That(Engine.Cuda.BackendFactory.Create("cpu", 1, kvCacheType: GgmlType.F16).KvElementBytes, Is.EqualTo(2));
     }
 

@@ -36,16 +36,17 @@ public sealed unsafe class CpuBackend : Backend
     /// float rounding — the reference path accuracy tests compare against.
     /// </param>
     /// <param name="kvCacheType">
-    /// The KV cache's elements: <see cref="GgmlType.F32"/> (default, exact) or <see cref="GgmlType.F16"/>
+    /// The KV cache's elements: <see cref="GgmlType.F32"/> (default, exact), <see cref="GgmlType.F16"/>
     /// (half the memory, and half the bytes attention reads — what bounds it when many sequences decode
-    /// together; values rounded to half on store, as llama.cpp's default cache does).
+    /// together; values rounded to half on store, as llama.cpp's default cache does) or
+    /// <see cref="GgmlType.Q8_0"/> (8-bit, a scale per head vector: <see cref="Kernels.KvI8"/>).
     /// </param>
     public CpuBackend(int threads = 0, bool quantizeActivations = true, GgmlType kvCacheType = GgmlType.F32)
     {
         if (threads < 0)
             throw new ArgumentOutOfRangeException(nameof(threads), $"thread count {threads} must be positive (0 = one per core)");
-        if (kvCacheType is not (GgmlType.F32 or GgmlType.F16))
-            throw new ArgumentException($"KV cache type {kvCacheType}: the CPU keeps its cache in F32 or F16", nameof(kvCacheType));
+        if (kvCacheType is not (GgmlType.F32 or GgmlType.F16 or GgmlType.Q8_0))
+            throw new ArgumentException($"KV cache type {kvCacheType}: the CPU keeps its cache in F32, F16 or Q8_0", nameof(kvCacheType));
         KvCacheType = kvCacheType;
         // never more computing threads than cores: the process-wide pool has one per core
         Threads = threads == 0 ? Environment.ProcessorCount : Math.Min(threads, Environment.ProcessorCount);
@@ -56,10 +57,14 @@ public sealed unsafe class CpuBackend : Backend
 
     public bool QuantizeActivations { get; }
 
-    /// <summary>The KV cache's element type: F32 or F16.</summary>
+    /// <summary>The KV cache's element type: F32, F16 or Q8_0 (<see cref="Kernels.KvI8"/>).</summary>
     public GgmlType KvCacheType { get; }
 
-    public override int KvElementBytes => KvCacheType == GgmlType.F16 ? 2 : 4;
+    /// <summary>Bytes an element (Q8_0: one, and a float scale per head vector of each token besides).</summary>
+    public override int KvElementBytes => KvCacheType switch { GgmlType.F16 => 2, GgmlType.Q8_0 => 1, _ => 4 };
+
+    public override long KvBytesPerTokenLayer(int kvHeads, int headDim) =>
+        2L * kvHeads * (headDim * KvElementBytes + (KvCacheType == GgmlType.Q8_0 ? sizeof(float) : 0));
 
     public override string Name => "cpu";
 
@@ -83,7 +88,8 @@ public sealed unsafe class CpuBackend : Backend
 
     public override DeviceBuffer Allocate(long floats) => new CpuBuffer(floats);
 
-    public override KvStore CreateKvStore(KvLayout layout, int maxBlocks) => new CpuKvStore(layout, KvCacheType == GgmlType.F16);
+    public override KvStore CreateKvStore(KvLayout layout, int maxBlocks) =>
+        new CpuKvStore(layout, KvCacheType switch { GgmlType.F16 => KvElementType.F16, GgmlType.Q8_0 => KvElementType.I8, _ => KvElementType.F32 });
 
     private static Span<float> Data(Activation a) => ((CpuBuffer)a.Buffer).Data.AsSpan(0, checked((int)a.Size));
 
@@ -282,6 +288,11 @@ public sealed unsafe class CpuBackend : Backend
     /// <summary>Rows [row, row + count) of k and v into slots firstSlot.. of the table.</summary>
     private static void StoreRows(KvStore store, int layer, ReadOnlySpan<int> blockTable, int firstSlot, Activation k, Activation v, int row, int count)
     {
+        if (((CpuKvStore)store).Int8)
+        {
+            StoreRowsInt8((CpuKvStore)store, layer, blockTable, firstSlot, k, v, row, count);
+            return;
+        }
         var layout = store.Layout;
         var blocks = ((CpuKvStore)store).Pointers;
         bool half = ((CpuKvStore)store).Half;
@@ -330,6 +341,43 @@ public sealed unsafe class CpuBackend : Backend
                             tile[Kernels.Attention.KeyIndex(d, offset, bs, hd)] = ks[d];
                         Buffer.MemoryCopy(vRow + h * hd, block + vt, hd * sizeof(float), hd * sizeof(float));
                     }
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// <see cref="StoreRows"/> into an 8-bit cache: each head's key and value vector quantized on its own
+    /// (<see cref="Kernels.KvI8.Quantize"/>), its bytes laid out as the float cache's elements and its scale
+    /// into the block's scales (<see cref="Kernels.Attention.ScaleOffset"/>).
+    /// </summary>
+    private static void StoreRowsInt8(CpuKvStore store, int layer, ReadOnlySpan<int> blockTable, int firstSlot, Activation k, Activation v, int row, int count)
+    {
+        var layout = store.Layout;
+        var blocks = store.Pointers;
+        int hd = layout.HeadDim, bs = layout.BlockSize, whole = hd & ~3;
+        Span<sbyte> codes = stackalloc sbyte[hd];
+        var kd = Array(k).AsSpan();
+        var vd = Array(v).AsSpan();
+        fixed (sbyte* kc = codes)
+        {
+            for (int r = 0; r < count; r++)
+            {
+                int slot = firstSlot + r, offset = slot % bs;
+                byte* block = blocks[blockTable[slot / bs]];
+                for (int h = 0; h < layout.KvHeads; h++)
+                {
+                    // K four dimensions at a time ([hd/4][bs][4], Attention.KeyIndex), V row-major ([bs][hd])
+                    float kScale = Kernels.KvI8.Quantize(kd.Slice((row + r) * k.Cols + h * hd, hd), codes);
+                    byte* tile = block + Kernels.Attention.KeyOffset(layout, layer, h);
+                    for (int d = 0; d < whole; d += 4)
+                        *(uint*)(tile + ((long)(d >> 2) * bs + offset) * 4) = *(uint*)(kc + d);
+                    for (int d = whole; d < hd; d++)
+                        tile[Kernels.Attention.KeyIndex(d, offset, bs, hd)] = (byte)kc[d];
+                    ((float*)(block + Kernels.Attention.ScaleOffset(layout, layer, h, false)))[offset] = kScale;
+                    float vScale = Kernels.KvI8.Quantize(vd.Slice((row + r) * v.Cols + h * hd, hd),
+                        new Span<sbyte>(block + Kernels.Attention.ValueOffset(layout, layer, h) + (long)offset * hd, hd));
+                    ((float*)(block + Kernels.Attention.ScaleOffset(layout, layer, h, true)))[offset] = vScale;
                 }
             }
         }
@@ -946,14 +994,14 @@ public sealed unsafe class CpuBackend : Backend
             for (; r + stride < n; r += 2 * stride)
             {
                 long a = (long)(rowStart + r) * cols + head * hd, b = (long)(rowStart + r + stride) * cols + head * hd;
-                Kernels.Attention.HeadPair(q + a, q + b, store.Pointers, store.Half, table, layout, layer, kvHead, prefix, r, r + stride, scale,
+                Kernels.Attention.HeadPair(q + a, q + b, store.Pointers, store.Element, table, layout, layer, kvHead, prefix, r, r + stride, scale,
                     y + a, y + b, softCap);
             }
         }
         for (; r < n; r += stride)
         {
             long a = (long)(rowStart + r) * cols + head * hd;
-            Kernels.Attention.Head(q + a, store.Pointers, store.Half, table, layout, layer, kvHead, prefix, n, r, mask, scale, y + a,
+            Kernels.Attention.Head(q + a, store.Pointers, store.Element, table, layout, layer, kvHead, prefix, n, r, mask, scale, y + a,
                 windowStarts is null ? 0 : windowStarts[rowStart + r], softCap);
         }
     }
@@ -1060,7 +1108,7 @@ public sealed unsafe class CpuBackend : Backend
             // the row group's first row sees the fewest slots; its window's start where there is one
             int run = _prefix[j] + group + 1, from = _windowed ? Math.Min(_windowStarts[_rowStart[j] + group], run) : 0;
             fixed (int* tables = _tables)
-                Kernels.Attention.PrefetchFirstBlock(_store!.Pointers, _store.Half, tables + _tableStart[j], _store.Layout, _layer, kvHead, from, run);
+                Kernels.Attention.PrefetchFirstBlock(_store!.Pointers, _store.Element, tables + _tableStart[j], _store.Layout, _layer, kvHead, from, run);
         }
 
         private void Attend(int chunk)

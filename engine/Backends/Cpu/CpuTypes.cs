@@ -52,15 +52,30 @@ internal sealed class CpuVector(string name, float[] data) : DeviceVector(name, 
     public float[] Data { get; } = data;
 }
 
+/// <summary>The element types of the CPU's KV cache (<see cref="CpuKvStore"/>).</summary>
+public enum KvElementType
+{
+    /// <summary>Floats, exact.</summary>
+    F32,
+
+    /// <summary>IEEE halves, rounded to nearest on store.</summary>
+    F16,
+
+    /// <summary>Signed bytes with a float scale per head vector of each token (<see cref="Kernels.KvI8"/>).</summary>
+    I8,
+}
+
 /// <summary>
 /// KV blocks in native memory (page-aligned where a block is 4 KiB or more, else 64-byte; zeroed), allocated on first use: per layer, K of every
 /// kv head four dimensions at a time ([kvHead][headDim/4][slot][4], Attention.KeyIndex), then V ([kvHead][slot][headDim]) — the layout
-/// <see cref="Kernels.Attention"/> reads — in float elements, or F16 ones (<see cref="Half"/>). Native
+/// <see cref="Kernels.Attention"/> reads — in float elements, F16 ones (<see cref="Half"/>) or signed bytes
+/// (<see cref="Int8"/>, <see cref="Kernels.KvI8"/>), whose scales follow all layers' K and V
+/// (<see cref="Kernels.Attention.ScaleOffset"/>). Native
 /// rather than managed so that the decode loop allocates nothing on the managed heap when a sequence
 /// grows into a new block, and so kernels keep raw pointers (<see cref="Pointers"/>) without pinning.
 /// Freed on <see cref="Dispose"/>.
 /// </summary>
-internal sealed unsafe class CpuKvStore(KvLayout layout, bool half = false) : KvStore(layout)
+internal sealed unsafe class CpuKvStore(KvLayout layout, KvElementType element = KvElementType.F32) : KvStore(layout)
 {
     private byte*[] _pointers = new byte*[16];
     private byte*[] _allocations = new byte*[16];
@@ -70,14 +85,23 @@ internal sealed unsafe class CpuKvStore(KvLayout layout, bool half = false) : Kv
     /// <summary>Start of each block's memory, by block id.</summary>
     public byte*[] Pointers => _pointers;
 
-    /// <summary>Whether elements are F16 (else float).</summary>
-    public bool Half { get; } = half;
+    /// <summary>What the elements are.</summary>
+    public KvElementType Element { get; } = element;
 
-    public int ElementBytes => Half ? sizeof(ushort) : sizeof(float);
+    /// <summary>Whether elements are F16.</summary>
+    public bool Half => Element == KvElementType.F16;
+
+    /// <summary>Whether elements are signed bytes with a float scale per (slot, layer, K or V, kv head).</summary>
+    public bool Int8 => Element == KvElementType.I8;
+
+    public int ElementBytes => Element switch { KvElementType.F16 => sizeof(ushort), KvElementType.I8 => 1, _ => sizeof(float) };
 
     private long BlockElements => 2L * Layout.Layers * Layout.LayerBlockFloats;
 
-    private nuint BlockBytes => (nuint)(BlockElements * ElementBytes);
+    /// <summary>Bytes a block takes: its elements and, 8-bit, their scales.</summary>
+    public long BlockByteCount => (long)BlockBytes;
+
+    private nuint BlockBytes => (nuint)(BlockElements * ElementBytes + (Int8 ? BlockElements / Layout.HeadDim * sizeof(float) : 0));
 
     public override void EnsureBlock(int block)
     {
@@ -146,6 +170,14 @@ internal sealed unsafe class CpuKvStore(KvLayout layout, bool half = false) : Kv
                 }
                 long v = Kernels.Attention.ValueOffset(Layout, layer, h);
                 Buffer.MemoryCopy(src + (v + (long)sourceOffset * hd) * size, dst + (v + (long)destinationOffset * hd) * size, (long)hd * size, (long)hd * size);
+                if (Int8)
+                {
+                    for (int part = 0; part < 2; part++)
+                    {
+                        long scales = Kernels.Attention.ScaleOffset(Layout, layer, h, part == 1);
+                        ((float*)(dst + scales))[destinationOffset] = ((float*)(src + scales))[sourceOffset];
+                    }
+                }
             }
         }
     }

@@ -40,7 +40,7 @@ internal static partial class SharedOptions
 
     public static Option<string> CacheType() => new("--cache-type")
     {
-        Description = "KV cache elements: f32, f16 (half the memory and the bytes attention reads; values rounded to half), or auto (f16 on CUDA, f32 on the CPU)",
+        Description = "KV cache elements: f32, f16 (half the memory and the bytes attention reads; values rounded to half), q8_0 (CPU: 8-bit with a scale per head vector, about a quarter), or auto (f16 on CUDA, f32 on the CPU)",
         DefaultValueFactory = _ => "auto",
     };
 
@@ -49,8 +49,9 @@ internal static partial class SharedOptions
     {
         "f32" => Engine.Tensors.GgmlType.F32,
         "f16" => Engine.Tensors.GgmlType.F16,
+        "q8_0" => Engine.Tensors.GgmlType.Q8_0,
         "auto" => null,
-        _ => throw new ArgumentException($"--cache-type {value}: expected f32, f16 or auto"),
+        _ => throw new ArgumentException($"--cache-type {value}: expected f32, f16, q8_0 or auto"),
     };
 
     /// <summary>Model options for a device name: the CPU with <paramref name="threads"/>, or a CUDA backend.</summary>

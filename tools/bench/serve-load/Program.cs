@@ -7,7 +7,7 @@ using Engine.Server;
 using Engine.Serving;
 
 // serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--rounds 1] [--soak-clients 64] [--soak-seconds 60] [--threads N]
-//            [--parallel N] [--device cpu|cuda[:N]] [--cache-type f32|f16] [--spec DRAFT] [--no-kv-reserve] [--url http://127.0.0.1:PORT]
+//            [--parallel N] [--device cpu|cuda[:N]] [--cache-type f32|f16|q8_0] [--spec DRAFT] [--no-kv-reserve] [--url http://127.0.0.1:PORT]
 //
 // The in-process server reserves its KV pool at start as engine serve does (--no-kv-reserve: blocks made on first use).
 //
@@ -21,7 +21,7 @@ using Engine.Serving;
 //   3. a soak: M concurrent clients for S seconds — requests lost, malformed streams, memory before and after.
 if (args.Length == 0 || args[0].StartsWith('-'))
 {
-    Console.Error.WriteLine("usage: serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--rounds 1] [--soak-clients 64] [--soak-seconds 60] [--threads N] [--parallel N] [--device cpu|cuda] [--cache-type f32|f16] [--spec DRAFT] [--no-kv-reserve] [--url URL]");
+    Console.Error.WriteLine("usage: serve-load MODEL [--clients 16] [--tokens 64] [--requests 2] [--rounds 1] [--soak-clients 64] [--soak-seconds 60] [--threads N] [--parallel N] [--device cpu|cuda] [--cache-type f32|f16|q8_0] [--spec DRAFT] [--no-kv-reserve] [--url URL]");
     return 2;
 }
 string path = args[0];
@@ -45,15 +45,16 @@ string? StringArg(string name)
 }
 string device = StringArg("--device") ?? "cpu";
 string? cacheName = StringArg("--cache-type");
-if (cacheName is not (null or "auto" or "f32" or "f16"))
+if (cacheName is not (null or "auto" or "f32" or "f16" or "q8_0"))
 {
-    Console.Error.WriteLine($"serve-load: --cache-type {cacheName}: expected f32, f16 or auto");
+    Console.Error.WriteLine($"serve-load: --cache-type {cacheName}: expected f32, f16, q8_0 or auto");
     return 2;
 }
 Engine.Tensors.GgmlType? cacheType = cacheName switch
 {
     "f32" => Engine.Tensors.GgmlType.F32,
     "f16" => Engine.Tensors.GgmlType.F16,
+    "q8_0" => Engine.Tensors.GgmlType.Q8_0,
     _ => null,
 };
 var url = StringArg("--url") is { } u ? new Uri(u) : null;

@@ -50,11 +50,11 @@ public static unsafe class Attention
     /// computes this one. Without it every item began with two waits on memory (its first K and V block: 16
     /// sequences of the 110M shape at context 150 read 44 MB of cache a step at ~9 GB/s on 2 cores).
     /// </summary>
-    public static void PrefetchFirstBlock(byte*[] blocks, bool half, int* blockTable, KvLayout layout, int layer, int kvHead, int from, int run)
+    public static void PrefetchFirstBlock(byte*[] blocks, KvElementType element, int* blockTable, KvLayout layout, int layer, int kvHead, int from, int run)
     {
         if (!Sse.IsSupported || run <= from)
             return;
-        int hd = layout.HeadDim, bs = layout.BlockSize, bytes = half ? sizeof(ushort) : sizeof(float);
+        int hd = layout.HeadDim, bs = layout.BlockSize, bytes = element switch { KvElementType.F16 => sizeof(ushort), KvElementType.I8 => 1, _ => sizeof(float) };
         int start = from / bs * bs, first = from - start, end = Math.Min(run - start, bs);
         byte* block = blocks[blockTable[start / bs]];
         // K: per four dimensions, slots first..end side by side ([hd/4][bs][4]); V: rows first..end ([bs][hd])
@@ -80,6 +80,37 @@ public static unsafe class Attention
         KeyOffset(layout, layer, kvHead) + layout.KvHeads * layout.BlockSize * layout.HeadDim;
 
     /// <summary>
+    /// Byte offset, in an 8-bit block (<see cref="KvI8"/>), of the scales of (layer, kvHead)'s keys or values:
+    /// [layer][K, V][kvHead][slot] floats after every layer's elements.
+    /// </summary>
+    public static long ScaleOffset(KvLayout layout, int layer, int kvHead, bool values) =>
+        2L * layout.Layers * layout.LayerBlockFloats + (((long)layer * 2 + (values ? 1 : 0)) * layout.KvHeads + kvHead) * layout.BlockSize * sizeof(float);
+
+    /// <summary>
+    /// An 8-bit cache's scales applied (<see cref="KvI8"/>): x[i] *= the scale of slot from + i for the run
+    /// [from, run), then of the listed slots, whose entries follow the run's. Keys' scales go on the scores
+    /// before the softmax, values' on the weights after it.
+    /// </summary>
+    private static void ApplyScales(float* x, byte*[] blocks, int* blockTable, KvLayout layout, int layer, int kvHead, bool values,
+        int from, int run, ReadOnlySpan<int> extra)
+    {
+        long offset = ScaleOffset(layout, layer, kvHead, values);
+        int bs = layout.BlockSize;
+        for (int start = from / bs * bs; start < run; start += bs)
+        {
+            var scales = (float*)(blocks[blockTable[start / bs]] + offset);
+            int first = Math.Max(from, start), end = Math.Min(run, start + bs);
+            var part = new Span<float>(x + first - from, end - first);
+            System.Numerics.Tensors.TensorPrimitives.Multiply(part, new ReadOnlySpan<float>(scales + first - start, end - first), part);
+        }
+        for (int i = 0; i < extra.Length; i++)
+        {
+            int slot = extra[i];
+            x[run - from + i] *= ((float*)(blocks[blockTable[slot / bs]] + offset))[slot % bs];
+        }
+    }
+
+    /// <summary>
     /// Attention of query row <paramref name="row"/> of a batch of <paramref name="n"/> tokens, stored at
     /// slots prefix.. of a sequence whose blocks are <paramref name="blockTable"/>: the row sees all
     /// <paramref name="prefix"/> committed slots and the batch slots <paramref name="mask"/> allows.
@@ -90,14 +121,22 @@ public static unsafe class Attention
     /// already exclude the batch slots outside the window.
     /// </param>
     /// <param name="softCap">0, or Gemma 2's soft-capping: each score s becomes cap·tanh(s / cap).</param>
-    /// <param name="half">Whether the cache holds F16 elements (widened exactly to float as they are read), else float.</param>
-    public static void Head(float* q, byte*[] blocks, bool half, int* blockTable, KvLayout layout,
+    /// <param name="element">The cache's elements: float, F16 (widened exactly to float as they are read) or 8-bit (<see cref="KvI8"/>).</param>
+    public static void Head(float* q, byte*[] blocks, KvElementType element, int* blockTable, KvLayout layout,
         int layer, int kvHead, int prefix, int n, int row, AttentionMask mask, float scale, float* output, int windowStart = 0, float softCap = 0)
     {
-        if (half)
-            Head<KvF16>(q, blocks, blockTable, layout, layer, kvHead, prefix, n, row, mask, scale, output, windowStart, softCap);
-        else
-            Head<KvF32>(q, blocks, blockTable, layout, layer, kvHead, prefix, n, row, mask, scale, output, windowStart, softCap);
+        switch (element)
+        {
+            case KvElementType.F16:
+                Head<KvF16>(q, blocks, blockTable, layout, layer, kvHead, prefix, n, row, mask, scale, output, windowStart, softCap);
+                break;
+            case KvElementType.I8:
+                Head<KvI8>(q, blocks, blockTable, layout, layer, kvHead, prefix, n, row, mask, scale, output, windowStart, softCap);
+                break;
+            default:
+                Head<KvF32>(q, blocks, blockTable, layout, layer, kvHead, prefix, n, row, mask, scale, output, windowStart, softCap);
+                break;
+        }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -132,8 +171,12 @@ public static unsafe class Attention
                     scores[count++] = SlotScore<TKv>(q, TKv.At(blocks[blockTable[slot / bs]], kBase), slot % bs, bs, hd, scale);
                 }
             }
-            ToWeights(scores, count, softCap);
             var extra = list is null ? ReadOnlySpan<int>.Empty : new ReadOnlySpan<int>(list, 0, count - (run - from));
+            if (typeof(TKv) == typeof(KvI8))
+                ApplyScales(scores, blocks, blockTable, layout, layer, kvHead, false, from, run, extra);
+            ToWeights(scores, count, softCap);
+            if (typeof(TKv) == typeof(KvI8))
+                ApplyScales(scores, blocks, blockTable, layout, layer, kvHead, true, from, run, extra);
             WeightedValues<TKv>(scores, blocks, blockTable, vBase, hd, bs, from, run, extra, output);
         }
     }
@@ -164,13 +207,21 @@ public static unsafe class Attention
     /// (tests) — a prompt's attention stays batch-invariant. Measured on a 512-token prefill of the 110M
     /// shape: attention 257 → 147 ms, the prefill 1,372 → 1,557 tok/s (docs/benchmarks.md).
     /// </summary>
-    public static void HeadPair(float* qa, float* qb, byte*[] blocks, bool half, int* blockTable, KvLayout layout, int layer, int kvHead,
+    public static void HeadPair(float* qa, float* qb, byte*[] blocks, KvElementType element, int* blockTable, KvLayout layout, int layer, int kvHead,
         int prefix, int rowA, int rowB, float scale, float* outA, float* outB, float softCap = 0)
     {
-        if (half)
-            HeadPair<KvF16>(qa, qb, blocks, blockTable, layout, layer, kvHead, prefix, rowA, rowB, scale, outA, outB, softCap);
-        else
-            HeadPair<KvF32>(qa, qb, blocks, blockTable, layout, layer, kvHead, prefix, rowA, rowB, scale, outA, outB, softCap);
+        switch (element)
+        {
+            case KvElementType.F16:
+                HeadPair<KvF16>(qa, qb, blocks, blockTable, layout, layer, kvHead, prefix, rowA, rowB, scale, outA, outB, softCap);
+                break;
+            case KvElementType.I8:
+                HeadPair<KvI8>(qa, qb, blocks, blockTable, layout, layer, kvHead, prefix, rowA, rowB, scale, outA, outB, softCap);
+                break;
+            default:
+                HeadPair<KvF32>(qa, qb, blocks, blockTable, layout, layer, kvHead, prefix, rowA, rowB, scale, outA, outB, softCap);
+                break;
+        }
     }
 
     [ThreadStatic]
@@ -208,8 +259,18 @@ public static unsafe class Attention
                         scoresA[start + g] = SlotScore<TKv>(qa, kt, g, bs, hd, scale);
                 }
             }
+            if (typeof(TKv) == typeof(KvI8))
+            {
+                ApplyScales(scoresA, blocks, blockTable, layout, layer, kvHead, false, 0, runA, default);
+                ApplyScales(scoresB, blocks, blockTable, layout, layer, kvHead, false, 0, runB, default);
+            }
             ToWeights(scoresA, runA, softCap);
             ToWeights(scoresB, runB, softCap);
+            if (typeof(TKv) == typeof(KvI8))
+            {
+                ApplyScales(scoresA, blocks, blockTable, layout, layer, kvHead, true, 0, runA, default);
+                ApplyScales(scoresB, blocks, blockTable, layout, layer, kvHead, true, 0, runB, default);
+            }
             for (int c = 0; c < hd; c += 64)
                 Values64Pair<TKv>(scoresA, scoresB, blocks, blockTable, vBase + c, hd, bs, runA, runB, outA + c, outB + c);
         }

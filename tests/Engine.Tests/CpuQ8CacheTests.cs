@@ -1,0 +1,202 @@
+using Engine.Api;
+using Engine.Backends;
+using Engine.Backends.Cpu;
+using Engine.Backends.Cpu.Kernels;
+using Engine.Tensors;
+
+namespace Engine.Tests;
+
+/// <summary>
+/// The CPU's 8-bit KV cache (<c>--cache-type q8_0</c>, <see cref="KvI8"/>): each head's key and value vector
+/// of a token stored as bytes with one scale, attention applying the key's scale to the score and the
+/// value's to the weight. Attention over it is attention over the dequantized values up to float
+/// rounding, the same for a row alone or in a batch (batch invariance), and a model on it stays close to
+/// the float cache.
+/// </summary>
+public unsafe class CpuQ8CacheTests
+{
+    /// <summary>The reference quantization, written out: q = round(x · 127 / max|x|) (ties to even), s = max|x| / 127.</summary>
+    private static (sbyte[] Q, float Scale) Reference(ReadOnlySpan<float> x)
+    {
+        float amax = 0;
+        foreach (float f in x)
+            amax = Math.Max(amax, Math.Abs(f));
+        var q = new sbyte[x.Length];
+        if (amax == 0)
+            return (q, 0);
+        float inv = 127f / amax;
+        for (int i = 0; i < x.Length; i++)
+            q[i] = (sbyte)Math.Round(x[i] * inv, MidpointRounding.ToEven);
+        return (q, amax / 127f);
+    }
+
+    [Test]
+    public void Quantization_gives_the_reference_bytes_and_scale()
+    {
+        var rng = new Random(4);
+        foreach (int n in new[] { 64, 128, 48, 7, 1 })
+        {
+            for (int trial = 0; trial < 50; trial++)
+            {
+                var x = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 6 - 3) * (trial % 5 == 0 ? 1e-3f : 1f)).ToArray();
+                if (trial % 7 == 0)
+                    x[rng.Next(n)] = 0.5f; // an exactly representable value among the random ones
+                var q = new sbyte[n];
+                float scale = KvI8.Quantize(x, q);
+                var (expectedQ, expectedScale) = Reference(x);
+                Assert.That(q, Is.EqualTo(expectedQ), $"{n} values, trial {trial}");
+                Assert.That(scale, Is.EqualTo(expectedScale));
+                for (int i = 0; i < n; i++)
+                    Assert.That(Math.Abs(x[i] - scale * q[i]), Is.LessThanOrEqualTo(scale * 0.5f * 1.0001f), $"element {i} within half a step");
+            }
+        }
+        var zeros = new sbyte[64];
+        Assert.That(KvI8.Quantize(new float[64], zeros), Is.Zero);
+        Assert.That(KvI8.Quantize(Enumerable.Repeat(1e-45f, 64).ToArray(), zeros), Is.Zero, "subnormals: zeros");
+        Assert.That(zeros, Is.All.EqualTo(0));
+        var inf = new float[64];
+        inf[3] = float.PositiveInfinity;
+        Assert.That(float.IsFinite(KvI8.Quantize(inf, zeros)), Is.False, "an infinity leaves a non-finite scale (attention gives NaN, as over floats)");
+        Assert.That(zeros, Is.All.EqualTo(0));
+    }
+
+    public static IEnumerable<TestCaseData> AttentionCases()
+    {
+        // heads, kvHeads, headDim, blockSize, prefix, n, tree
+        yield return new TestCaseData(4, 2, 64, 32, 300, 1, false).SetName("q8 cache: decode after 300 (GQA, 64-wide heads)");
+        yield return new TestCaseData(4, 4, 128, 32, 70, 9, false).SetName("q8 cache: 9-row causal batch after 70 (128-wide heads)");
+        yield return new TestCaseData(2, 1, 64, 16, 45, 7, true).SetName("q8 cache: 7-node tree after 45");
+        yield return new TestCaseData(2, 2, 48, 32, 33, 3, false).SetName("q8 cache: 48-wide heads (16-wide value kernel)");
+    }
+
+    /// <summary>
+    /// Attention over the 8-bit cache against attention over a float cache holding the dequantized values
+    /// s·q. The two differ only in where the scale enters — (Σ q_d·k_d)·s against Σ q_d·(s·k_d) — so by
+    /// float rounding: each of the head's products and sums moves a score by at most 2^-24 of its
+    /// magnitude (hd·2^-24 ≈ 8e-6 at 128 wide), the softmax carries that into the weights, and the
+    /// weighted sum into the outputs; 1e-4 of the values' scale bounds that with margin and is far below
+    /// what one wrong byte (1/127 of a vector's scale) or a scale left out would move. The rows computed in
+    /// a batch of two sequences are bit for bit the rows computed alone, and the cache really quantizes
+    /// (against the unquantized values the outputs move by more than the tolerance).
+    /// </summary>
+    [TestCaseSource(nameof(AttentionCases))]
+    public void Attention_over_a_q8_cache_is_attention_over_the_dequantized_values(int heads, int kvHeads, int headDim, int blockSize, int prefix, int n, bool tree)
+    {
+        var layout = new KvLayout(Layers: 2, KvHeads: kvHeads, HeadDim: headDim, BlockSize: blockSize);
+        int layer = 1, tokens = prefix + n, blocks = (tokens + blockSize - 1) / blockSize;
+        var rng = new Random(heads * 1000 + prefix + n);
+        var table = Enumerable.Range(0, 2 * blocks).OrderBy(_ => rng.Next()).Take(blocks).ToArray();
+        int cols = kvHeads * headDim;
+        var k = Enumerable.Range(0, tokens * cols).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
+        var v = Enumerable.Range(0, tokens * cols).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
+        var q = Enumerable.Range(0, n * heads * headDim).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        var mask = tree ? AttentionMask.FromParents(Enumerable.Range(0, n).Select(i => i == 0 ? -1 : rng.Next(-1, i)).ToArray()) : AttentionMask.Causal;
+        float scale = 1 / MathF.Sqrt(headDim);
+        float[] Dequantized(float[] x)
+        {
+            var y = new float[x.Length];
+            for (int at = 0; at < x.Length; at += headDim)
+            {
+                var (codes, s) = Reference(x.AsSpan(at, headDim));
+                for (int d = 0; d < headDim; d++)
+                    y[at + d] = s * codes[d];
+            }
+            return y;
+        }
+
+        float[] Run(GgmlType cacheType, float[] keys, float[] values, bool batch)
+        {
+            using var cpu = new CpuBackend(2, kvCacheType: cacheType);
+            using var store = CpuKvFixture.Filled(cpu, layout, 2 * blocks, layer, table, keys, values);
+            using var qb = CpuKvFixture.Upload(cpu, q);
+            using var ob = cpu.Allocate(q.Length);
+            if (!batch)
+                cpu.Attention(new Activation(qb, n, heads * headDim), store, layer, table, prefix, mask, heads, scale, new Activation(ob, n, heads * headDim));
+            else
+            {
+                var both = new SequenceBatch();
+                both.Add(1, prefix, table);
+                if (n > 1)
+                    both.Add(n - 1, prefix + 1, table);
+                cpu.AttentionBatch(new Activation(qb, n, heads * headDim), store, layer, both, heads, scale, new Activation(ob, n, heads * headDim));
+            }
+            return [.. ((CpuBuffer)ob).Data];
+        }
+
+        var alone = Run(GgmlType.Q8_0, k, v, batch: false);
+        var expected = Run(GgmlType.F32, Dequantized(k), Dequantized(v), batch: false);
+        float tolerance = 1e-4f * v.Max(MathF.Abs);
+        for (int i = 0; i < alone.Length; i++)
+            Assert.That(alone[i], Is.EqualTo(expected[i]).Within(tolerance), $"row {i / (heads * headDim)}, head {i / headDim % heads}, dim {i % headDim}");
+        var unquantized = Run(GgmlType.F32, k, v, batch: false);
+        Assert.That(unquantized.Zip(alone).Max(p => Math.Abs(p.First - p.Second)), Is.GreaterThan(tolerance), "the cache quantizes");
+        if (!tree)
+        {
+            var batched = Run(GgmlType.Q8_0, k, v, batch: true);
+            for (int i = 0; i < alone.Length; i++)
+                Assert.That(BitConverter.SingleToInt32Bits(batched[i]), Is.EqualTo(BitConverter.SingleToInt32Bits(alone[i])), $"batch: element {i}");
+        }
+    }
+
+    [Test]
+    public void A_copied_slot_keeps_its_bytes_and_scales()
+    {
+        var layout = new KvLayout(Layers: 2, KvHeads: 2, HeadDim: 64, BlockSize: 16);
+        using var cpu = new CpuBackend(1, kvCacheType: GgmlType.Q8_0);
+        Assert.That(cpu.KvElementBytes, Is.EqualTo(1));
+        using var store = (CpuKvStore)cpu.CreateKvStore(layout, 4);
+        Assert.That(store.BlockByteCount, Is.EqualTo(2L * 2 * 2 * 16 * 64 + 2L * 2 * 2 * 16 * sizeof(float)), "elements, then a scale per (layer, K/V, head, slot)");
+        for (int b = 0; b < 4; b++)
+            store.EnsureBlock(b);
+        var rng = new Random(3);
+        int cols = 2 * 64;
+        var k = Enumerable.Range(0, 20 * cols).Select(_ => (float)rng.NextDouble()).ToArray();
+        var v = Enumerable.Range(0, 20 * cols).Select(_ => -(float)rng.NextDouble() * 3).ToArray();
+        using var kb = CpuKvFixture.Upload(cpu, k);
+        using var vb = CpuKvFixture.Upload(cpu, v);
+        int[] table = [2, 0];
+        cpu.StoreKv(store, 1, table, 0, new Activation(kb, 20, cols), new Activation(vb, 20, cols));
+        store.CopySlot(0, 3, 3, 9); // slot 19 (block 0, offset 3) to block 3, offset 9
+        byte* block = store.Pointers[3];
+        for (int h = 0; h < 2; h++)
+        {
+            var (kq, ks) = Reference(k.AsSpan(19 * cols + h * 64, 64));
+            var (vq, vs) = Reference(v.AsSpan(19 * cols + h * 64, 64));
+            Assert.That(((float*)(block + Attention.ScaleOffset(layout, 1, h, false)))[9], Is.EqualTo(ks), $"key scale {h}");
+            Assert.That(((float*)(block + Attention.ScaleOffset(layout, 1, h, true)))[9], Is.EqualTo(vs), $"value scale {h}");
+            for (int d = 0; d < 64; d++)
+            {
+                Assert.That((sbyte)block[Attention.KeyOffset(layout, 1, h) + Attention.KeyIndex(d, 9, 16, layout.HeadDim)], Is.EqualTo(kq[d]), $"key {h}/{d}");
+                Assert.That((sbyte)block[Attention.ValueOffset(layout, 1, h) + 9 * 64 + d], Is.EqualTo(vq[d]), $"value {h}/{d}");
+            }
+        }
+    }
+
+    /// <summary>
+    /// stories260K on the 8-bit cache: greedy speculative output equals plain greedy output on the same
+    /// cache (verification and decoding read the same bytes through the same kernels), and the prompt's
+    /// logits stay within 5e-2 of the float cache's scale. Its heads are 8 wide, so a scale covers only 8
+    /// values and each is off by up to 1/254 of its vector's largest; measured, the logits move by about
+    /// 1e-2 of their scale over the 5 layers, where a wrong byte layout or a lost scale moves them by their
+    /// whole scale.
+    /// </summary>
+    [Test]
+    public void A_model_on_a_q8_cpu_cache_decodes_speculatively_exactly_with_close_logits()
+    {
+        using var lm = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Backend = new CpuBackend(2, kvCacheType: GgmlType.Q8_0) });
+        int[] prompt = [.. lm.Tokenizer.Encode("Once upon a time, there was a little dog", addSpecial: true)];
+        var plain = SpeculativeTests.Plain(lm, prompt, 40);
+        var (spec, stats) = SpeculativeTests.Speculative(lm, Speculative.DraftSources.Create("lookup", lm), prompt, 40);
+        Assert.That(spec, Is.EqualTo(plain));
+        Assert.That(stats.AcceptedTokens, Is.GreaterThan(0));
+
+        using var reference = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Backend = new CpuBackend(2) });
+        var expected = SpeculativeTests.PromptLogits(reference, prompt);
+        var actual = SpeculativeTests.PromptLogits(lm, prompt);
+        float scale = expected.Max(MathF.Abs);
+        float worst = expected.Zip(actual).Max(p => Math.Abs(p.First - p.Second));
+        TestContext.Out.WriteLine($"largest logit difference {worst / scale:E2} of the scale");
+        Assert.That(worst, Is.LessThanOrEqualTo(5e-2f * scale));
+        Assert.That(worst, Is.GreaterThan(0), "the cache quantizes");
+    }
+}
