@@ -24,17 +24,24 @@ public class ApiTests
         public void Report((long Done, long Total) value) => reports.Add(value);
     }
 
+    /// <summary>stories260K's reference prompt continued greedily for 48 tokens through GenerateAsync: the pieces as they arrived.</summary>
+    private static async Task<(string Text, List<string> Pieces)> StreamReference(Session session)
+    {
+        string prompt = "Once upon a time, there was a little dog";
+        var pieces = new List<string>();
+        await foreach (string piece in session.GenerateAsync(prompt, new GenerationOptions { MaxTokens = 48, Sampling = SamplingOptions.Greedy }))
+            pieces.Add(piece);
+        return (prompt + string.Concat(pieces), pieces);
+    }
+
     [Test]
     public async Task GenerateAsync_streams_the_reference_continuation()
     {
         var expected = SharedData.StoriesExpected();
         using var lm = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Threads = 2 });
         using var session = lm.CreateSession();
-        string prompt = "Once upon a time, there was a little dog";
-        var pieces = new List<string>();
-        await foreach (string piece in session.GenerateAsync(prompt, new GenerationOptions { MaxTokens = 48, Sampling = SamplingOptions.Greedy }))
-            pieces.Add(piece);
-        Assert.That(prompt + string.Concat(pieces), Is.EqualTo(expected.TextAfterPrompt));
+        var (text, pieces) = await StreamReference(session);
+        Assert.That(text, Is.EqualTo(expected.TextAfterPrompt));
         Assert.That(pieces, Has.Count.GreaterThan(10), "text arrives piece by piece");
         Assert.That(session.LastStats!.GeneratedTokens, Is.EqualTo(48));
         Assert.That(session.LastStats.StopReason, Is.EqualTo(StopReason.MaxTokens));
@@ -48,11 +55,7 @@ public class ApiTests
         using var lm = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Threads = 2, WarmUp = true });
         lm.WarmUp(); // and again, on a model already warm
         using var session = lm.CreateSession();
-        string prompt = "Once upon a time, there was a little dog";
-        var pieces = new List<string>();
-        await foreach (string piece in session.GenerateAsync(prompt, new GenerationOptions { MaxTokens = 48, Sampling = SamplingOptions.Greedy }))
-            pieces.Add(piece);
-        Assert.That(prompt + string.Concat(pieces), Is.EqualTo(expected.TextAfterPrompt));
+        Assert.That((await StreamReference(session)).Text, Is.EqualTo(expected.TextAfterPrompt));
         Assert.That(session.LastStats!.PromptTokens, Is.EqualTo(session.Tokens.Count - 48), "the session holds only its own tokens");
     }
 

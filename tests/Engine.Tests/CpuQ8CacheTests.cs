@@ -1,4 +1,3 @@
-using Engine.Api;
 using Engine.Backends;
 using Engine.Backends.Cpu;
 using Engine.Backends.Cpu.Kernels;
@@ -60,15 +59,6 @@ public unsafe class CpuQ8CacheTests
         Assert.That(zeros, Is.All.EqualTo(0));
     }
 
-    public static IEnumerable<TestCaseData> AttentionCases()
-    {
-        // heads, kvHeads, headDim, blockSize, prefix, n, tree
-        yield return new TestCaseData(4, 2, 64, 32, 300, 1, false).SetName("q8 cache: decode after 300 (GQA, 64-wide heads)");
-        yield return new TestCaseData(4, 4, 128, 32, 70, 9, false).SetName("q8 cache: 9-row causal batch after 70 (128-wide heads)");
-        yield return new TestCaseData(2, 1, 64, 16, 45, 7, true).SetName("q8 cache: 7-node tree after 45");
-        yield return new TestCaseData(2, 2, 48, 32, 33, 3, false).SetName("q8 cache: 48-wide heads (16-wide value kernel)");
-    }
-
     /// <summary>
     /// Attention over the 8-bit cache against attention over a float cache holding the dequantized values
     /// s·q. The two differ only in where the scale enters — (Σ q_d·k_d)·s against Σ q_d·(s·k_d) — so by
@@ -79,19 +69,10 @@ public unsafe class CpuQ8CacheTests
     /// a batch of two sequences are bit for bit the rows computed alone, and the cache really quantizes
     /// (against the unquantized values the outputs move by more than the tolerance).
     /// </summary>
-    [TestCaseSource(nameof(AttentionCases))]
+    [TestCaseSource(typeof(CpuKvFixture), nameof(CpuKvFixture.AttentionCases), new object[] { "q8" })]
     public void Attention_over_a_q8_cache_is_attention_over_the_dequantized_values(int heads, int kvHeads, int headDim, int blockSize, int prefix, int n, bool tree)
     {
-        var layout = new KvLayout(Layers: 2, KvHeads: kvHeads, HeadDim: headDim, BlockSize: blockSize);
-        int layer = 1, tokens = prefix + n, blocks = (tokens + blockSize - 1) / blockSize;
-        var rng = new Random(heads * 1000 + prefix + n);
-        var table = Enumerable.Range(0, 2 * blocks).OrderBy(_ => rng.Next()).Take(blocks).ToArray();
-        int cols = kvHeads * headDim;
-        var k = Enumerable.Range(0, tokens * cols).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
-        var v = Enumerable.Range(0, tokens * cols).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
-        var q = Enumerable.Range(0, n * heads * headDim).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
-        var mask = tree ? AttentionMask.FromParents(Enumerable.Range(0, n).Select(i => i == 0 ? -1 : rng.Next(-1, i)).ToArray()) : AttentionMask.Causal;
-        float scale = 1 / MathF.Sqrt(headDim);
+        var problem = new AttentionProblem(heads, kvHeads, headDim, blockSize, prefix, n, tree);
         float[] Dequantized(float[] x)
         {
             var y = new float[x.Length];
@@ -104,35 +85,16 @@ public unsafe class CpuQ8CacheTests
             return y;
         }
 
-        float[] Run(GgmlType cacheType, float[] keys, float[] values, bool batch)
-        {
-            using var cpu = new CpuBackend(2, kvCacheType: cacheType);
-            using var store = CpuKvFixture.Filled(cpu, layout, 2 * blocks, layer, table, keys, values);
-            using var qb = CpuKvFixture.Upload(cpu, q);
-            using var ob = cpu.Allocate(q.Length);
-            if (!batch)
-                cpu.Attention(new Activation(qb, n, heads * headDim), store, layer, table, prefix, mask, heads, scale, new Activation(ob, n, heads * headDim));
-            else
-            {
-                var both = new SequenceBatch();
-                both.Add(1, prefix, table);
-                if (n > 1)
-                    both.Add(n - 1, prefix + 1, table);
-                cpu.AttentionBatch(new Activation(qb, n, heads * headDim), store, layer, both, heads, scale, new Activation(ob, n, heads * headDim));
-            }
-            return [.. ((CpuBuffer)ob).Data];
-        }
-
-        var alone = Run(GgmlType.Q8_0, k, v, batch: false);
-        var expected = Run(GgmlType.F32, Dequantized(k), Dequantized(v), batch: false);
-        float tolerance = 1e-4f * v.Max(MathF.Abs);
+        var alone = problem.Run(GgmlType.Q8_0, problem.K, problem.V, batch: false);
+        var expected = problem.Run(GgmlType.F32, Dequantized(problem.K), Dequantized(problem.V), batch: false);
+        float tolerance = 1e-4f * problem.V.Max(MathF.Abs);
         for (int i = 0; i < alone.Length; i++)
             Assert.That(alone[i], Is.EqualTo(expected[i]).Within(tolerance), $"row {i / (heads * headDim)}, head {i / headDim % heads}, dim {i % headDim}");
-        var unquantized = Run(GgmlType.F32, k, v, batch: false);
+        var unquantized = problem.Run(GgmlType.F32, problem.K, problem.V, batch: false);
         Assert.That(unquantized.Zip(alone).Max(p => Math.Abs(p.First - p.Second)), Is.GreaterThan(tolerance), "the cache quantizes");
         if (!tree)
         {
-            var batched = Run(GgmlType.Q8_0, k, v, batch: true);
+            var batched = problem.Run(GgmlType.Q8_0, problem.K, problem.V, batch: true);
             for (int i = 0; i < alone.Length; i++)
                 Assert.That(BitConverter.SingleToInt32Bits(batched[i]), Is.EqualTo(BitConverter.SingleToInt32Bits(alone[i])), $"batch: element {i}");
         }
@@ -173,30 +135,12 @@ public unsafe class CpuQ8CacheTests
     }
 
     /// <summary>
-    /// stories260K on the 8-bit cache: greedy speculative output equals plain greedy output on the same
-    /// cache (verification and decoding read the same bytes through the same kernels), and the prompt's
-    /// logits stay within 5e-2 of the float cache's scale. Its heads are 8 wide, so a scale covers only 8
-    /// values and each is off by up to 1/254 of its vector's largest; measured, the logits move by about
-    /// 1e-2 of their scale over the 5 layers, where a wrong byte layout or a lost scale moves them by their
-    /// whole scale.
+    /// stories260K on the 8-bit cache, as <see cref="CpuF16CacheTests.AssertExactAndClose"/> says, with the
+    /// logits within 5e-2 of the float cache's scale: its heads are 8 wide, so a scale covers only 8 values
+    /// and each is off by up to 1/254 of its vector's largest; measured, the logits move by about 1.1e-2 of
+    /// their scale over the 5 layers, where a wrong byte layout or a lost scale moves them by their whole scale.
     /// </summary>
     [Test]
-    public void A_model_on_a_q8_cpu_cache_decodes_speculatively_exactly_with_close_logits()
-    {
-        using var lm = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Backend = new CpuBackend(2, kvCacheType: GgmlType.Q8_0) });
-        int[] prompt = [.. lm.Tokenizer.Encode("Once upon a time, there was a little dog", addSpecial: true)];
-        var plain = SpeculativeTests.Plain(lm, prompt, 40);
-        var (spec, stats) = SpeculativeTests.Speculative(lm, Speculative.DraftSources.Create("lookup", lm), prompt, 40);
-        Assert.That(spec, Is.EqualTo(plain));
-        Assert.That(stats.AcceptedTokens, Is.GreaterThan(0));
-
-        using var reference = LanguageModel.Load(SharedData.StoriesGguf, new ModelOptions { Backend = new CpuBackend(2) });
-        var expected = SpeculativeTests.PromptLogits(reference, prompt);
-        var actual = SpeculativeTests.PromptLogits(lm, prompt);
-        float scale = expected.Max(MathF.Abs);
-        float worst = expected.Zip(actual).Max(p => Math.Abs(p.First - p.Second));
-        TestContext.Out.WriteLine($"largest logit difference {worst / scale:E2} of the scale");
-        Assert.That(worst, Is.LessThanOrEqualTo(5e-2f * scale));
-        Assert.That(worst, Is.GreaterThan(0), "the cache quantizes");
-    }
+    public void A_model_on_a_q8_cpu_cache_decodes_speculatively_exactly_with_close_logits() =>
+        CpuF16CacheTests.AssertExactAndClose(new CpuBackend(2, kvCacheType: GgmlType.Q8_0), new CpuBackend(2), "lookup", tolerance: 5e-2f);
 }
