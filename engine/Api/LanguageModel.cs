@@ -193,9 +193,10 @@ public sealed class LanguageModel : IDisposable
     }
 
     /// <summary>
-    /// Decodes two tokens after a 32-token prompt in a throw-away session, so that what a first request
-    /// would otherwise pay is paid now: the weights read from the file once (they are mapped, not read, at
-    /// load), the CPU kernels' repacking of the matrices they repack, the code paths compiled. On the 110M
+    /// Decodes two tokens after a 32-token prompt in a throw-away session, and one step of a two-sequence
+    /// continuous batch, so that what a first request would otherwise pay is paid now: the weights read
+    /// from the file once (they are mapped, not read, at load), the CPU kernels' repacking of the matrices
+    /// they repack, the code paths compiled. On the 110M
     /// shape (Q4_0, 2 cores) a first 16-token prompt took 436 ms cold and 6 ms after. llama.cpp runs such a
     /// warm-up pass at load too. Leaves no state behind: sessions opened later start from an empty cache.
     /// </summary>
@@ -210,6 +211,11 @@ public sealed class LanguageModel : IDisposable
             new GenerationOptions { MaxTokens = 2, Sampling = Sampling.SamplingOptions.Greedy, StopAtEndOfGeneration = false }))
         {
         }
+        // a continuous batch's paths too (a server's steps): two one-token sequences in one pass, on a cache of two blocks
+        using var cache = Network.CreateKvCache(64, sequences: 2, poolTokens: 64);
+        using var a = cache.CreateSequence();
+        using var b = cache.CreateSequence();
+        Network.ForwardBatch([new BatchSegment(a, 1, true), new BatchSegment(b, 1, true)], [first, first], new float[2L * vocab]);
     }
 
     /// <summary>A new conversation with its own KV cache.</summary>
