@@ -57,6 +57,10 @@ public unsafe class CpuQ8CacheTests
         inf[3] = float.PositiveInfinity;
         Assert.That(float.IsFinite(KvI8.Quantize(inf, zeros)), Is.False, "an infinity leaves a non-finite scale (attention gives NaN, as over floats)");
         Assert.That(zeros, Is.All.EqualTo(0));
+        var nan = Enumerable.Range(0, 64).Select(i => (float)i).ToArray();
+        nan[40] = float.NaN;
+        Assert.That(float.IsNaN(KvI8.Quantize(nan, zeros)), "a NaN anywhere leaves a NaN scale");
+        Assert.That(zeros, Is.All.EqualTo(0));
     }
 
     /// <summary>

@@ -122,9 +122,8 @@ internal readonly unsafe struct KvI8 : IKvElement
     {
         if (q.Length < x.Length)
             throw new ArgumentException($"{q.Length} bytes for {x.Length} values", nameof(q));
-        float amax = 0;
-        foreach (float f in x)
-            amax = MathF.Max(amax, MathF.Abs(f));
+        // the largest magnitude, vectorized (a NaN anywhere gives NaN, as MathF.Max would)
+        float amax = x.IsEmpty ? 0f : MathF.Abs(System.Numerics.Tensors.TensorPrimitives.MaxMagnitude(x));
         float inv = 127f / amax;
         if (!(amax > 0) || !float.IsFinite(amax) || !float.IsFinite(inv))
         {
