@@ -75,6 +75,7 @@ public sealed class LanguageModel : IDisposable
             throw new ArgumentOutOfRangeException(nameof(options), $"context length {options.ContextLength} must be positive (0 = the model's)");
         WeightSource? weights = null;
         Backend? backend = options.Backend;
+        LanguageModel model;
         try
         {
             ModelConfig config;
@@ -109,20 +110,7 @@ public sealed class LanguageModel : IDisposable
             config = config.ForContext(context); // LongRoPE: the short or the long factors
             backend.Reserve(MemoryPlan.For(path, config, weights, backend, context, options.MaxBatch)); // before anything is allocated
             var network = new LlamaModel(config, LlamaWeights.Load(weights, config, backend, options.LoadProgress), backend, options.MaxBatch);
-            var model = new LanguageModel(path, weights, tokenizer, network, context);
-            if (options.WarmUp)
-            {
-                try
-                {
-                    model.WarmUp();
-                }
-                catch
-                {
-                    model.Dispose();
-                    throw;
-                }
-            }
-            return model;
+            model = new LanguageModel(path, weights, tokenizer, network, context);
         }
         catch
         {
@@ -130,6 +118,19 @@ public sealed class LanguageModel : IDisposable
             backend?.Dispose(); // the model owns a given backend too, even when loading fails
             throw;
         }
+        if (options.WarmUp)
+        {
+            try
+            {
+                model.WarmUp();
+            }
+            catch
+            {
+                model.Dispose(); // its weights and backend with it
+                throw;
+            }
+        }
+        return model;
     }
 
     /// <summary>

@@ -165,11 +165,12 @@ public sealed class BatchScheduler : IDisposable
         var net = model.Network;
         int poolTokens = PoolTokens(model, _options);
         const string Fewer = "ask for fewer tokens (--kv-tokens), fewer --parallel requests or a shorter context";
-        if (_options.ReserveKvPool && model.Backend is Backends.Cpu.CpuBackend
-            && PoolBytes(model, poolTokens) is var bytes && bytes > GC.GetGCMemoryInfo().TotalAvailableMemoryBytes)
+        if (_options.ReserveKvPool && model.Backend is Backends.Cpu.CpuBackend)
         {
-            throw new InsufficientMemoryException($"the KV pool of {poolTokens} tokens needs {bytes >> 20} MiB, more than the "
-                + $"{GC.GetGCMemoryInfo().TotalAvailableMemoryBytes >> 20} MiB this process may use; {Fewer}");
+            long bytes = PoolBytes(model, poolTokens), available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+            if (bytes > available)
+                throw new InsufficientMemoryException($"the KV pool of {poolTokens} tokens needs {bytes >> 20} MiB, more than the "
+                    + $"{available >> 20} MiB this process may use; {Fewer}");
         }
         _cache = net.CreateKvCache(model.ContextLength, sequences: _options.Parallel, poolTokens: poolTokens);
         if (_options.ReserveKvPool)

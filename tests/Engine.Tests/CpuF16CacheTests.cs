@@ -76,27 +76,14 @@ public unsafe class CpuF16CacheTests
         var layout = new KvLayout(Layers: 2, KvHeads: 2, HeadDim: 64, BlockSize: 16);
         using var cpu = new CpuBackend(1, kvCacheType: GgmlType.F16);
         Assert.That(cpu.KvElementBytes, Is.EqualTo(2));
-        using var store = (CpuKvStore)cpu.CreateKvStore(layout, 4);
-        for (int b = 0; b < 4; b++)
-            store.EnsureBlock(b);
-        var rng = new Random(3);
+        using var store = CpuKvFixture.StoredAndSlotCopied(cpu, layout, out var k, out var v); // slot 19 to block 3, offset 9
         int cols = 2 * 64;
-        using var kb = cpu.Allocate(20 * cols);
-        using var vb = cpu.Allocate(20 * cols);
-        for (int i = 0; i < 20 * cols; i++)
-        {
-            ((CpuBuffer)kb).Data[i] = (float)rng.NextDouble();
-            ((CpuBuffer)vb).Data[i] = -(float)rng.NextDouble();
-        }
-        int[] table = [2, 0];
-        cpu.StoreKv(store, 1, table, 0, new Activation(kb, 20, cols), new Activation(vb, 20, cols));
-        store.CopySlot(0, 3, 3, 9); // slot 19 (block 0, offset 3) to block 3, offset 9
         var halves = (ushort*)store.Pointers[3];
         for (int h = 0; h < 2; h++)
         {
             for (int d = 0; d < 64; d++)
             {
-                float key = ((CpuBuffer)kb).Data[19 * cols + h * 64 + d], value = ((CpuBuffer)vb).Data[19 * cols + h * 64 + d];
+                float key = k[19 * cols + h * 64 + d], value = v[19 * cols + h * 64 + d];
                 Assert.That(halves[Attention.KeyOffset(layout, 1, h) + Attention.KeyIndex(d, 9, 16, layout.HeadDim)], Is.EqualTo(BitConverter.HalfToUInt16Bits((Half)key)), $"key {h}/{d}");
                 Assert.That(halves[Attention.ValueOffset(layout, 1, h) + 9 * 64 + d], Is.EqualTo(BitConverter.HalfToUInt16Bits((Half)value)), $"value {h}/{d}");
             }

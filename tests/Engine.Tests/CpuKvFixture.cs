@@ -28,6 +28,32 @@ internal static class CpuKvFixture
         return buffer;
     }
 
+    /// <summary>
+    /// The copied-slot tests' store: 20 rows of keys in [0, 1) and values in (-1, 0] (<paramref name="layout"/>
+    /// of 2 kv heads of 64, blocks of 16) stored at layer 1 through the table [2, 0], then slot 19 (block 0,
+    /// offset 3) copied to block 3, offset 9.
+    /// </summary>
+    public static CpuKvStore StoredAndSlotCopied(CpuBackend cpu, KvLayout layout, out float[] k, out float[] v)
+    {
+        var store = (CpuKvStore)cpu.CreateKvStore(layout, 4);
+        for (int b = 0; b < 4; b++)
+            store.EnsureBlock(b);
+        var rng = new Random(3);
+        int cols = layout.KvHeads * layout.HeadDim;
+        k = new float[20 * cols];
+        v = new float[20 * cols];
+        for (int i = 0; i < k.Length; i++)
+        {
+            k[i] = (float)rng.NextDouble();
+            v[i] = -(float)rng.NextDouble();
+        }
+        using var kb = Upload(cpu, k);
+        using var vb = Upload(cpu, v);
+        cpu.StoreKv(store, 1, [2, 0], 0, new Activation(kb, 20, cols), new Activation(vb, 20, cols));
+        store.CopySlot(0, 3, 3, 9);
+        return store;
+    }
+
     /// <summary>The cache-type attention tests' cases: (heads, kvHeads, headDim, blockSize, prefix, n, tree), named after <paramref name="cache"/>.</summary>
     public static IEnumerable<TestCaseData> AttentionCases(string cache)
     {

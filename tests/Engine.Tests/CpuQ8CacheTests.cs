@@ -110,19 +110,9 @@ public unsafe class CpuQ8CacheTests
         var layout = new KvLayout(Layers: 2, KvHeads: 2, HeadDim: 64, BlockSize: 16);
         using var cpu = new CpuBackend(1, kvCacheType: GgmlType.Q8_0);
         Assert.That(cpu.KvElementBytes, Is.EqualTo(1));
-        using var store = (CpuKvStore)cpu.CreateKvStore(layout, 4);
+        using var store = CpuKvFixture.StoredAndSlotCopied(cpu, layout, out var k, out var v); // slot 19 to block 3, offset 9
         Assert.That(store.BlockByteCount, Is.EqualTo(2L * 2 * 2 * 16 * 64 + 2L * 2 * 2 * 16 * sizeof(float)), "elements, then a scale per (layer, K/V, head, slot)");
-        for (int b = 0; b < 4; b++)
-            store.EnsureBlock(b);
-        var rng = new Random(3);
         int cols = 2 * 64;
-        var k = Enumerable.Range(0, 20 * cols).Select(_ => (float)rng.NextDouble()).ToArray();
-        var v = Enumerable.Range(0, 20 * cols).Select(_ => -(float)rng.NextDouble() * 3).ToArray();
-        using var kb = CpuKvFixture.Upload(cpu, k);
-        using var vb = CpuKvFixture.Upload(cpu, v);
-        int[] table = [2, 0];
-        cpu.StoreKv(store, 1, table, 0, new Activation(kb, 20, cols), new Activation(vb, 20, cols));
-        store.CopySlot(0, 3, 3, 9); // slot 19 (block 0, offset 3) to block 3, offset 9
         byte* block = store.Pointers[3];
         for (int h = 0; h < 2; h++)
         {

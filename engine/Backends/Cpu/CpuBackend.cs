@@ -61,10 +61,13 @@ public sealed unsafe class CpuBackend : Backend
     public GgmlType KvCacheType { get; }
 
     /// <summary>Bytes an element (Q8_0: one, and a float scale per head vector of each token besides).</summary>
-    public override int KvElementBytes => KvCacheType switch { GgmlType.F16 => 2, GgmlType.Q8_0 => 1, _ => 4 };
+    public override int KvElementBytes => KvElement.Bytes();
 
     public override long KvBytesPerTokenLayer(int kvHeads, int headDim) =>
-        2L * kvHeads * (headDim * KvElementBytes + (KvCacheType == GgmlType.Q8_0 ? sizeof(float) : 0));
+        2L * kvHeads * (headDim * KvElementBytes + (KvElement == KvElementType.I8 ? sizeof(float) : 0));
+
+    /// <summary>The cache's elements as the CPU's store and kernels name them.</summary>
+    private KvElementType KvElement => KvCacheType switch { GgmlType.F16 => KvElementType.F16, GgmlType.Q8_0 => KvElementType.I8, _ => KvElementType.F32 };
 
     public override string Name => "cpu";
 
@@ -88,8 +91,7 @@ public sealed unsafe class CpuBackend : Backend
 
     public override DeviceBuffer Allocate(long floats) => new CpuBuffer(floats);
 
-    public override KvStore CreateKvStore(KvLayout layout, int maxBlocks) =>
-        new CpuKvStore(layout, KvCacheType switch { GgmlType.F16 => KvElementType.F16, GgmlType.Q8_0 => KvElementType.I8, _ => KvElementType.F32 });
+    public override KvStore CreateKvStore(KvLayout layout, int maxBlocks) => new CpuKvStore(layout, KvElement);
 
     private static Span<float> Data(Activation a) => ((CpuBuffer)a.Buffer).Data.AsSpan(0, checked((int)a.Size));
 

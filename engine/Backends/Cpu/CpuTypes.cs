@@ -65,6 +65,13 @@ public enum KvElementType
     I8,
 }
 
+/// <summary>What a <see cref="KvElementType"/> takes.</summary>
+public static class KvElementTypes
+{
+    /// <summary>Bytes one element takes (an 8-bit cache's scales besides).</summary>
+    public static int Bytes(this KvElementType element) => element switch { KvElementType.F16 => sizeof(ushort), KvElementType.I8 => 1, _ => sizeof(float) };
+}
+
 /// <summary>
 /// KV blocks in native memory (page-aligned where a block is 4 KiB or more, else 64-byte; zeroed), allocated on first use: per layer, K of every
 /// kv head four dimensions at a time ([kvHead][headDim/4][slot][4], Attention.KeyIndex), then V ([kvHead][slot][headDim]) — the layout
@@ -94,7 +101,7 @@ internal sealed unsafe class CpuKvStore(KvLayout layout, KvElementType element =
     /// <summary>Whether elements are signed bytes with a float scale per (slot, layer, K or V, kv head).</summary>
     public bool Int8 => Element == KvElementType.I8;
 
-    public int ElementBytes => Element switch { KvElementType.F16 => sizeof(ushort), KvElementType.I8 => 1, _ => sizeof(float) };
+    public int ElementBytes => Element.Bytes();
 
     private long BlockElements => 2L * Layout.Layers * Layout.LayerBlockFloats;
 

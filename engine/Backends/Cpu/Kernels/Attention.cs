@@ -54,7 +54,7 @@ public static unsafe class Attention
     {
         if (!Sse.IsSupported || run <= from)
             return;
-        int hd = layout.HeadDim, bs = layout.BlockSize, bytes = element switch { KvElementType.F16 => sizeof(ushort), KvElementType.I8 => 1, _ => sizeof(float) };
+        int hd = layout.HeadDim, bs = layout.BlockSize, bytes = element.Bytes();
         int start = from / bs * bs, first = from - start, end = Math.Min(run - start, bs);
         byte* block = blocks[blockTable[start / bs]];
         // K: per four dimensions, slots first..end side by side ([hd/4][bs][4]); V: rows first..end ([bs][hd])
